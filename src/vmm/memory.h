@@ -1,0 +1,44 @@
+/* Guest RAM: one anonymous mapping, presented to the guest as up to two
+ * regions split around the 32-bit MMIO hole. Every translation from a
+ * guest-physical address checks that the whole range lies in one region. */
+#ifndef EMBER_VMM_MEMORY_H
+#define EMBER_VMM_MEMORY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GUEST_MEM_MAX_REGIONS 2
+
+struct guest_region {
+    uint64_t gpa;
+    uint64_t size;
+    uint8_t *hva;
+};
+
+struct guest_memory {
+    uint8_t *base;     /* start of the host mapping */
+    uint64_t ram_size; /* bytes of guest RAM */
+    bool owns_mapping; /* created by guest_memory_map (munmap on free) */
+    unsigned nregions;
+    struct guest_region regions[GUEST_MEM_MAX_REGIONS];
+};
+
+/* Splits ram_size bytes at base into regions below and above the hole. */
+void guest_memory_layout(struct guest_memory *mem, uint8_t *base, uint64_t ram_size,
+                         uint64_t hole_start, uint64_t hole_end);
+/* Maps ram_size bytes (MAP_NORESERVE) and lays them out around the hole. */
+int guest_memory_map(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
+                     uint64_t hole_end);
+void guest_memory_free(struct guest_memory *mem);
+
+/* Host pointer for [gpa, gpa+len) or NULL when any byte of it is not RAM
+ * (or the range wraps). len 0 is treated as 1. */
+void *gpa_to_hva(const struct guest_memory *mem, uint64_t gpa, uint64_t len);
+/* Copies in/out of guest RAM; -1 (with an error) if the range is not RAM. */
+int guest_write(const struct guest_memory *mem, uint64_t gpa, const void *src, uint64_t len);
+int guest_read(const struct guest_memory *mem, uint64_t gpa, void *dst, uint64_t len);
+/* End of the RAM region that contains gpa (0 if none). */
+uint64_t guest_region_end(const struct guest_memory *mem, uint64_t gpa);
+
+#endif
