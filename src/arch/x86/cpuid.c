@@ -1,0 +1,249 @@
+#include "arch/x86/cpuid.h"
+
+#include "util/error.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#define BIT(n) (1u << (n))
+
+/* Leaf 1 */
+#define ECX_FMA        BIT(12)
+#define ECX_CX16       BIT(13)
+#define ECX_TSCDEADLN  BIT(24)
+#define ECX_POPCNT     BIT(23)
+#define ECX_XSAVE      BIT(26)
+#define ECX_OSXSAVE    BIT(27)
+#define ECX_AVX        BIT(28)
+#define ECX_F16C       BIT(29)
+#define ECX_HYPERVISOR BIT(31)
+#define EDX_HTT        BIT(28)
+/* Leaf 7.0 */
+#define EBX7_AVX2    BIT(5)
+#define EBX7_ERMS    BIT(9)
+#define EBX7_AVX512F BIT(16)
+#define EBX7_SMAP    BIT(20)
+#define EBX7_AVX512_ALL                                                                            \
+    (BIT(16) | BIT(17) | BIT(21) | BIT(26) | BIT(27) | BIT(28) | BIT(30) | BIT(31))
+/* AVX-512 VBMI/VBMI2/VNNI/BITALG/VPOPCNTDQ, PKU/OSPKE, VAES, VPCLMULQDQ */
+#define ECX7_XSAVE_DEPENDENT                                                                       \
+    (BIT(1) | BIT(3) | BIT(4) | BIT(6) | BIT(9) | BIT(10) | BIT(11) | BIT(12) | BIT(14))
+#define EDX7_FSRM BIT(4)
+/* AVX512_4VNNIW/4FMAPS, VP2INTERSECT, AMX-BF16, AVX512_FP16, AMX-TILE, AMX-INT8 */
+#define EDX7_XSAVE_DEPENDENT (BIT(2) | BIT(3) | BIT(8) | BIT(22) | BIT(23) | BIT(24) | BIT(25))
+/* Leaf 7.1 EAX: AVX-VNNI, AVX512_BF16, fast zero-length/short rep movs/stos/cmps */
+#define EAX71_HIDDEN (BIT(4) | BIT(5) | BIT(10) | BIT(11) | BIT(12))
+/* Leaf 0x80000001 ECX: ABM (LZCNT+POPCNT), XOP, FMA4, TOPOEXT */
+#define ECX81_ABM     BIT(5)
+#define ECX81_XOP     BIT(11)
+#define ECX81_FMA4    BIT(16)
+#define ECX81_TOPOEXT BIT(22)
+/* Leaf 0x40000001 EAX: KVM paravirtual features */
+#define KVM_FEAT_CLOCKSOURCE  BIT(0)
+#define KVM_FEAT_CLOCKSOURCE2 BIT(3)
+#define KVM_FEAT_PV_UNHALT    BIT(7)
+#define KVM_FEAT_PV_SEND_IPI  BIT(11)
+#define KVM_FEAT_PV_SCHED_YLD BIT(13)
+#define KVM_FEAT_HC_MAP_GPA   BIT(16)
+#define KVM_FEAT_CLOCK_STABLE BIT(24)
+
+int cpu_template_parse(const char *name, enum cpu_template *out)
+{
+    if (strcmp(name, "host") == 0)
+        *out = CPU_TEMPLATE_HOST;
+    else if (strcmp(name, "baseline") == 0)
+        *out = CPU_TEMPLATE_BASELINE;
+    else
+        return error_set("unknown CPU template '%s' (use host or baseline)", name);
+    return 0;
+}
+
+const char *cpu_template_name(enum cpu_template t)
+{
+    return t == CPU_TEMPLATE_BASELINE ? "baseline" : "host";
+}
+
+struct kvm_cpuid_entry2 *cpuid_find(struct kvm_cpuid2 *cpuid, unsigned function, unsigned index)
+{
+    for (unsigned i = 0; i < cpuid->nent; i++) {
+        struct kvm_cpuid_entry2 *e = &cpuid->entries[i];
+        if (e->function != function)
+            continue;
+        if ((e->flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) && e->index != index)
+            continue;
+        return e;
+    }
+    return NULL;
+}
+
+struct kvm_cpuid2 *cpuid_get_supported(int kvm_fd, unsigned extra, unsigned *capacity)
+{
+    for (unsigned n = 64; n <= 4096; n *= 2) {
+        struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + (n + extra) * sizeof(c->entries[0]));
+        if (!c) {
+            error_set("out of memory");
+            return NULL;
+        }
+        c->nent = n;
+        if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+            *capacity = n + extra;
+            return c;
+        }
+        int e = errno;
+        free(c);
+        if (e != E2BIG) {
+            errno = e;
+            error_errno("KVM_GET_SUPPORTED_CPUID");
+            return NULL;
+        }
+    }
+    error_set("KVM_GET_SUPPORTED_CPUID: too many entries");
+    return NULL;
+}
+
+static unsigned bits_for(unsigned count)
+{
+    unsigned b = 0;
+    while ((1u << b) < count)
+        b++;
+    return b;
+}
+
+static void drop_leaf(struct kvm_cpuid2 *c, unsigned function)
+{
+    unsigned out = 0;
+    for (unsigned i = 0; i < c->nent; i++) {
+        if (c->entries[i].function != function)
+            c->entries[out++] = c->entries[i];
+    }
+    c->nent = out;
+}
+
+/* Replaces every subleaf of an extended-topology leaf (0xb or 0x1f) with
+ * two levels: one thread per core, ncpus cores per package. */
+static int set_topology_leaf(struct kvm_cpuid2 *c, unsigned max, unsigned function,
+                             const struct cpuid_params *p)
+{
+    if (!cpuid_find(c, function, 0))
+        return 0;
+    drop_leaf(c, function);
+    if (c->nent + 3 > max)
+        return error_set("no room for CPUID topology leaves");
+    unsigned core_shift = bits_for(p->ncpus);
+    struct kvm_cpuid_entry2 smt = {
+        .function = function,
+        .index = 0,
+        .flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        .eax = 0,
+        .ebx = 1,
+        .ecx = 0 | (1u << 8), /* level 0, type SMT */
+        .edx = p->vcpu_id,
+    };
+    struct kvm_cpuid_entry2 core = {
+        .function = function,
+        .index = 1,
+        .flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        .eax = core_shift,
+        .ebx = p->ncpus,
+        .ecx = 1 | (2u << 8), /* level 1, type core */
+        .edx = p->vcpu_id,
+    };
+    struct kvm_cpuid_entry2 end = {
+        .function = function,
+        .index = 2,
+        .flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        .ecx = 2, /* level 2, type invalid: the list ends */
+        .edx = p->vcpu_id,
+    };
+    c->entries[c->nent++] = smt;
+    c->entries[c->nent++] = core;
+    c->entries[c->nent++] = end;
+    return 0;
+}
+
+static void apply_baseline(struct kvm_cpuid2 *c)
+{
+    struct kvm_cpuid_entry2 *e;
+    if ((e = cpuid_find(c, 1, 0)))
+        e->ecx &= ~(ECX_CX16 | ECX_POPCNT | ECX_XSAVE | ECX_OSXSAVE | ECX_AVX | ECX_FMA | ECX_F16C);
+    if ((e = cpuid_find(c, 7, 0))) {
+        e->ebx &= ~(EBX7_SMAP | EBX7_ERMS | EBX7_AVX2 | EBX7_AVX512_ALL);
+        e->ecx &= ~ECX7_XSAVE_DEPENDENT;
+        e->edx &= ~(EDX7_FSRM | EDX7_XSAVE_DEPENDENT);
+    }
+    if ((e = cpuid_find(c, 7, 1)))
+        e->eax &= ~EAX71_HIDDEN;
+    /* XSAVE's own leaf goes entirely. */
+    drop_leaf(c, 0xd);
+    if ((e = cpuid_find(c, 0x80000001, 0)))
+        e->ecx &= ~(ECX81_ABM | ECX81_XOP | ECX81_FMA4);
+    /* Paravirtual features whose use needs a hypercall (vmmcall/vmcall):
+     * PV IPIs, PV spinlock kicks, directed yield, and clock pairing, which
+     * has no bit of its own: the guest only tries it on top of kvmclock,
+     * so kvmclock goes too and the guest uses the TSC. */
+    if ((e = cpuid_find(c, 0x40000001, 0)))
+        e->eax &= ~(KVM_FEAT_PV_UNHALT | KVM_FEAT_PV_SEND_IPI | KVM_FEAT_PV_SCHED_YLD |
+                    KVM_FEAT_HC_MAP_GPA | KVM_FEAT_CLOCKSOURCE | KVM_FEAT_CLOCKSOURCE2 |
+                    KVM_FEAT_CLOCK_STABLE);
+}
+
+int cpuid_filter(struct kvm_cpuid2 *c, unsigned max, const struct cpuid_params *p)
+{
+    if (p->ncpus == 0 || p->vcpu_id >= p->ncpus)
+        return error_set("invalid vCPU %u of %u", p->vcpu_id, p->ncpus);
+    struct kvm_cpuid_entry2 *e;
+    unsigned apic_id = p->vcpu_id;
+
+    if ((e = cpuid_find(c, 1, 0))) {
+        /* EBX: APIC id [31:24], logical processors per package [23:16],
+         * CLFLUSH line size [15:8] (kept), brand index [7:0] (kept). */
+        unsigned logical = p->ncpus > 255 ? 255 : p->ncpus;
+        e->ebx = (e->ebx & 0xffff) | (logical << 16) | (apic_id << 24);
+        e->ecx |= ECX_HYPERVISOR;
+        if (p->tsc_deadline)
+            e->ecx |= ECX_TSCDEADLN;
+        else
+            e->ecx &= ~ECX_TSCDEADLN;
+        if (p->ncpus > 1)
+            e->edx |= EDX_HTT;
+        else
+            e->edx &= ~EDX_HTT;
+    }
+    /* Intel deterministic cache parameters: cores per package [31:26],
+     * one thread per cache level below the package. */
+    for (unsigned i = 0; i < c->nent; i++) {
+        e = &c->entries[i];
+        if (e->function != 4 || (e->eax & 0x1f) == 0)
+            continue;
+        unsigned cores = p->ncpus > 64 ? 64 : p->ncpus;
+        unsigned level = (e->eax >> 5) & 0x7;
+        unsigned sharing = level >= 3 ? cores : 1;
+        e->eax = (e->eax & 0x3fff) | ((sharing - 1) << 14) | ((cores - 1) << 26);
+    }
+    if (set_topology_leaf(c, max, 0xb, p) < 0 || set_topology_leaf(c, max, 0x1f, p) < 0)
+        return -1;
+    if ((e = cpuid_find(c, 0x80000008, 0))) {
+        /* AMD: NC [7:0] = cores - 1, ApicIdCoreIdSize [15:12]. */
+        unsigned nc = p->ncpus > 256 ? 256 : p->ncpus;
+        e->ecx = (e->ecx & ~0xf0ffu) | (nc - 1) | (bits_for(p->ncpus) << 12);
+    }
+    if ((e = cpuid_find(c, 0x8000001e, 0))) {
+        /* AMD extended APIC id; one thread per core, one node. */
+        e->eax = apic_id;
+        e->ebx = apic_id & 0xff;
+        e->ecx = 0;
+        e->edx = 0;
+    }
+    if ((e = cpuid_find(c, 0x80000001, 0))) {
+        /* Legacy AMD multi-core flag follows the package size. */
+        if (p->ncpus > 1)
+            e->ecx |= BIT(1);
+        else
+            e->ecx &= ~BIT(1);
+    }
+    if (p->template == CPU_TEMPLATE_BASELINE)
+        apply_baseline(c);
+    return 0;
+}

@@ -1,0 +1,34 @@
+/* The CPUID a vCPU sees: what KVM supports, filtered per vCPU (APIC id,
+ * topology, hypervisor bit) and through a CPU template. */
+#ifndef EMBER_ARCH_X86_CPUID_H
+#define EMBER_ARCH_X86_CPUID_H
+
+#include <linux/kvm.h>
+#include <stdbool.h>
+
+enum cpu_template {
+    CPU_TEMPLATE_HOST,     /* everything KVM offers */
+    CPU_TEMPLATE_BASELINE, /* without what software and nested hosts cannot run */
+};
+
+int cpu_template_parse(const char *name, enum cpu_template *out);
+const char *cpu_template_name(enum cpu_template t);
+
+struct cpuid_params {
+    unsigned vcpu_id; /* also the APIC id */
+    unsigned ncpus;
+    enum cpu_template template;
+    bool tsc_deadline; /* KVM emulates the LAPIC TSC-deadline timer */
+};
+
+/* Filters entries in place (may add topology subleaves up to the array's
+ * capacity `max`, may drop entries). */
+int cpuid_filter(struct kvm_cpuid2 *cpuid, unsigned max, const struct cpuid_params *p);
+/* The entry for function/index or NULL. */
+struct kvm_cpuid_entry2 *cpuid_find(struct kvm_cpuid2 *cpuid, unsigned function, unsigned index);
+
+/* KVM_GET_SUPPORTED_CPUID into a fresh allocation (free()), with room for
+ * `extra` more entries. */
+struct kvm_cpuid2 *cpuid_get_supported(int kvm_fd, unsigned extra, unsigned *capacity);
+
+#endif

@@ -1,0 +1,33 @@
+/* The in-kernel interrupt controllers (PIC, IOAPIC, LAPIC), the PIT, and
+ * the GSI routing table that wires device interrupts to them. */
+#ifndef EMBER_ARCH_X86_IRQCHIP_H
+#define EMBER_ARCH_X86_IRQCHIP_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#define IRQCHIP_IOAPIC_PINS 24
+/* GSIs from here up carry MSIs. */
+#define IRQCHIP_FIRST_MSI_GSI 24
+
+struct irqchip {
+    int vm_fd;
+    pthread_mutex_t lock;
+    struct kvm_irq_routing *routes;
+    unsigned capacity;
+    unsigned next_msi_gsi;
+};
+
+/* Creates the irqchip and PIT, sets KVM's private x86 pages, and installs
+ * the routing: ISA IRQ n to PIC input n and IOAPIC pin n, except the PIT
+ * (GSI 0), which reaches IOAPIC pin 2 as on a PC; GSI 16-23 to pins 16-23. */
+int irqchip_create(struct irqchip *chip, int vm_fd);
+void irqchip_destroy(struct irqchip *chip);
+/* Sets a line-based interrupt (GSI) high or low. */
+int irqchip_set_line(struct irqchip *chip, unsigned gsi, int level);
+/* Allocates a GSI that delivers the given MSI; returns it or -1. */
+int irqchip_add_msi_route(struct irqchip *chip, uint64_t addr, uint32_t data);
+int irqchip_update_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data);
+
+#endif
