@@ -1,0 +1,84 @@
+# ember: `make` builds build/ember; `make demo` boots the demo guest;
+# `make test` runs every test. See README.md.
+
+CC      ?= cc
+BUILD   ?= build
+VERSION := 0.1.0
+
+CFLAGS_WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+               -Wformat=2 -Wno-format-nonliteral -Wvla
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -MMD -MP \
+              -DEMBER_VERSION=\"$(VERSION)\" $(EXTRA_CFLAGS)
+LDLIBS  := -lpthread $(EXTRA_LDLIBS)
+
+SRCS := $(shell find src -name '*.c' | sort)
+OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)
+LIB_OBJS := $(filter-out $(BUILD)/obj/src/main.o,$(OBJS))
+
+UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
+UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+
+.PHONY: all deps demo test unit-test guest-test linux-smoke-test sanitize test-sanitize \
+        clang guests format format-check clean bench
+
+all: $(BUILD)/ember
+
+$(BUILD)/ember: $(OBJS)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(if $(filter tests/%,$<),$(CHECK_CFLAGS) -Itests/unit) -c -o $@ $<
+
+$(BUILD)/unit-tests: $(UNIT_OBJS) $(LIB_OBJS)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(CHECK_LIBS) $(LDLIBS)
+
+guests:
+	$(MAKE) -C guest O=$(abspath $(BUILD))/guest CC=$(CC)
+
+deps:
+	@scripts/install-deps.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all guests >/dev/null
+	$(BUILD)/ember run --kernel $(BUILD)/guest/hello.elf
+
+unit-test: $(BUILD)/unit-tests
+	$(BUILD)/unit-tests
+
+guest-test: all guests
+	EMBER=$(BUILD)/ember GUESTS=$(BUILD)/guest tests/guest/run.sh
+
+linux-smoke-test: all
+	EMBER=$(BUILD)/ember tests/linux/debian-kernel-smoke.sh
+
+# The whole suite; CI runs exactly this.
+test: deps
+	$(MAKE) all unit-test guest-test linux-smoke-test
+	$(MAKE) test-sanitize
+	$(MAKE) clang
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build, running the unit and
+# guest tests.
+test-sanitize:
+	$(MAKE) BUILD=build/sanitize CC=clang \
+	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	  unit-test guest-test
+
+# Warnings must be clean under clang too.
+clang:
+	$(MAKE) BUILD=build/clang CC=clang all $(BUILD)/../build/clang/unit-tests
+
+format:
+	clang-format -i $(SRCS) $(UNIT_SRCS) $(shell find src tests guest -name '*.h')
+
+format-check:
+	clang-format --dry-run --Werror $(SRCS) $(UNIT_SRCS) $(shell find src tests guest -name '*.h')
+
+clean:
+	rm -rf build
+
+-include $(OBJS:.o=.d) $(UNIT_OBJS:.o=.d)

@@ -1,0 +1,257 @@
+#include "cli.h"
+
+#include "util/error.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef EMBER_VERSION
+#define EMBER_VERSION "0.1.0"
+#endif
+
+void cli_usage(FILE *f)
+{
+    fprintf(f,
+            "ember " EMBER_VERSION ": a small, fast virtual machine monitor for Linux KVM\n"
+            "\n"
+            "Usage:\n"
+            "  ember run --kernel FILE [options]   boot a kernel in a new virtual machine\n"
+            "  ember --help                        this text\n"
+            "  ember --version                     print the version\n"
+            "\n"
+            "Options of `ember run` (VALUE may also be given as --option=VALUE):\n"
+            "  --kernel FILE         kernel to boot: bzImage, vmlinux ELF, or ELF with a PVH note\n"
+            "  --initrd FILE         initial ramdisk for the kernel\n"
+            "  --cmdline STRING      kernel command line (default \"%s\")\n"
+            "  --memory MiB          guest RAM in MiB, or with a suffix: 512M, 2G (default %d)\n"
+            "  --cpus N              number of vCPUs (default %d)\n"
+            "  --cpu-template NAME   CPUID the guest sees: host (all KVM offers, default) or\n"
+            "                        baseline (hides CX16, POPCNT, SMAP, ERMS, FSRM, the XSAVE\n"
+            "                        family and KVM paravirtual features that need hypercalls)\n"
+            "  --debug-exit          add an exit port at 0xf4: a guest write of v ends ember\n"
+            "                        with status (v << 1) | 1\n"
+            "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
+            "\n"
+            "The guest's first serial port (COM1, ttyS0) is ember's standard input and output.\n"
+            "On a terminal, Ctrl-A x quits, Ctrl-A h lists the other console keys.\n"
+            "\n"
+            "Exit status: 0 guest powered off or reset; 2 bad usage or input; 4 host failure;\n"
+            "10 guest triple fault; 12 guest halted for good; 14 KVM internal error;\n"
+            "16 VM entry failure; 18 guest crash; 20 other unexpected exit; 128+N signal N;\n"
+            "odd values come from the guest through --debug-exit.\n",
+            VM_DEFAULT_CMDLINE, VM_DEFAULT_MEMORY_MIB, VM_DEFAULT_CPUS);
+}
+
+int cli_parse_uint(const char *s, unsigned max, unsigned *out)
+{
+    if (!*s)
+        return error_set("empty number");
+    unsigned long long v = 0;
+    for (const char *p = s; *p; p++) {
+        if (!isdigit((unsigned char)*p))
+            return error_set("'%s' is not a number", s);
+        v = v * 10 + (unsigned)(*p - '0');
+        if (v > max)
+            return error_set("%s is too large (at most %u)", s, max);
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+
+int cli_parse_size(const char *s, unsigned unit_shift, uint64_t *out)
+{
+    const char *p = s;
+    unsigned long long v = 0;
+    if (!isdigit((unsigned char)*p))
+        return error_set("'%s' is not a size", s);
+    while (isdigit((unsigned char)*p)) {
+        if (v > (1ULL << 40))
+            return error_set("'%s' is absurdly large", s);
+        v = v * 10 + (unsigned)(*p++ - '0');
+    }
+    int shift;
+    switch (toupper((unsigned char)*p)) {
+    case '\0':
+        shift = (int)unit_shift;
+        break;
+    case 'K':
+        shift = 10;
+        break;
+    case 'M':
+        shift = 20;
+        break;
+    case 'G':
+        shift = 30;
+        break;
+    case 'T':
+        shift = 40;
+        break;
+    default:
+        return error_set("'%s' has an unknown size suffix (use M or G)", s);
+    }
+    if (*p && p[1] && !((p[1] == 'i' || p[1] == 'I') && (p[2] == 'B' || p[2] == 'b') && !p[3]) &&
+        !((p[1] == 'B' || p[1] == 'b') && !p[2]))
+        return error_set("'%s' has an unknown size suffix (use M or G)", s);
+    /* Convert to units of 1 << unit_shift, refusing fractions and overflow. */
+    if (v > (1ULL << 40))
+        return error_set("'%s' is absurdly large", s);
+    unsigned __int128 bytes = (unsigned __int128)v << shift;
+    unsigned __int128 unit = (unsigned __int128)1 << unit_shift;
+    if (bytes % unit)
+        return error_set("'%s' is not a whole number of MiB", s);
+    *out = (uint64_t)(bytes / unit);
+    return 0;
+}
+
+enum opt_id {
+    OPT_KERNEL,
+    OPT_INITRD,
+    OPT_CMDLINE,
+    OPT_MEMORY,
+    OPT_CPUS,
+    OPT_CPU_TEMPLATE,
+    OPT_DEBUG_EXIT,
+    OPT_LOG_LEVEL,
+    OPT_HELP,
+};
+
+static const struct {
+    const char *name;
+    enum opt_id id;
+    bool takes_value;
+} run_options[] = {
+    {"kernel", OPT_KERNEL, true},
+    {"initrd", OPT_INITRD, true},
+    {"cmdline", OPT_CMDLINE, true},
+    {"memory", OPT_MEMORY, true},
+    {"cpus", OPT_CPUS, true},
+    {"cpu-template", OPT_CPU_TEMPLATE, true},
+    {"debug-exit", OPT_DEBUG_EXIT, false},
+    {"log-level", OPT_LOG_LEVEL, true},
+    {"help", OPT_HELP, false},
+};
+
+static uint64_t host_ram_mib(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0)
+        return UINT64_MAX;
+    return ((uint64_t)pages * (uint64_t)page) >> 20;
+}
+
+static int apply_option(struct cli *cli, enum opt_id id, const char *name, const char *value)
+{
+    struct vm_config *vm = &cli->vm;
+    switch (id) {
+    case OPT_KERNEL:
+        vm->kernel_path = value;
+        return 0;
+    case OPT_INITRD:
+        vm->initrd_path = value;
+        return 0;
+    case OPT_CMDLINE:
+        vm->cmdline = value;
+        return 0;
+    case OPT_MEMORY: {
+        uint64_t mib;
+        if (cli_parse_size(value, 20, &mib) < 0)
+            return error_prefix("--memory");
+        if (mib < VM_MIN_MEMORY_MIB)
+            return error_set("--memory %s: a guest needs at least %d MiB", value,
+                             VM_MIN_MEMORY_MIB);
+        uint64_t host = host_ram_mib();
+        if (mib > host)
+            return error_set("--memory %s: more than this host's %llu MiB of RAM", value,
+                             (unsigned long long)host);
+        vm->memory_mib = mib;
+        return 0;
+    }
+    case OPT_CPUS:
+        if (cli_parse_uint(value, 1u << 20, &vm->ncpus) < 0)
+            return error_prefix("--cpus");
+        if (vm->ncpus == 0)
+            return error_set("--cpus 0: a guest needs at least one vCPU");
+        return 0;
+    case OPT_CPU_TEMPLATE:
+        return cpu_template_parse(value, &vm->cpu_template);
+    case OPT_DEBUG_EXIT:
+        vm->debug_exit = true;
+        return 0;
+    case OPT_LOG_LEVEL:
+        return log_level_parse(value, &cli->log_level);
+    case OPT_HELP:
+        cli->action = CLI_HELP;
+        return 0;
+    }
+    return error_set("internal: unhandled option --%s", name);
+}
+
+static int parse_run(int argc, char **argv, struct cli *cli)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0')
+            return error_set("unexpected argument '%s' (options start with --; see ember --help)",
+                             arg);
+        const char *name = arg + 2;
+        const char *eq = strchr(name, '=');
+        size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
+        size_t k;
+        for (k = 0; k < sizeof(run_options) / sizeof(run_options[0]); k++) {
+            if (strlen(run_options[k].name) == name_len &&
+                strncmp(run_options[k].name, name, name_len) == 0)
+                break;
+        }
+        if (k == sizeof(run_options) / sizeof(run_options[0]))
+            return error_set("unknown option '--%.*s' (see ember --help)", (int)name_len, name);
+        const char *value = NULL;
+        if (run_options[k].takes_value) {
+            if (eq)
+                value = eq + 1;
+            else if (i + 1 < argc)
+                value = argv[++i];
+            else
+                return error_set("option '--%s' needs a value", run_options[k].name);
+        } else if (eq) {
+            return error_set("option '--%s' takes no value", run_options[k].name);
+        }
+        if (apply_option(cli, run_options[k].id, run_options[k].name, value) < 0)
+            return -1;
+    }
+    if (cli->action == CLI_RUN && !cli->vm.kernel_path)
+        return error_set("ember run needs --kernel FILE (see ember --help)");
+    return 0;
+}
+
+int cli_parse(int argc, char **argv, struct cli *out)
+{
+    memset(out, 0, sizeof(*out));
+    vm_config_defaults(&out->vm);
+    out->log_level = LOG_WARN;
+    if (argc < 2)
+        return error_set("no command given (try ember --help)");
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        out->action = CLI_HELP;
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0 || strcmp(cmd, "version") == 0) {
+        out->action = CLI_VERSION;
+        return 0;
+    }
+    if (strcmp(cmd, "run") == 0) {
+        out->action = CLI_RUN;
+        return parse_run(argc - 2, argv + 2, out);
+    }
+    if (cmd[0] == '-')
+        return error_set("unknown option '%s' (see ember --help)", cmd);
+    return error_set("unknown command '%s' (see ember --help)", cmd);
+}
+
+const char *cli_version(void)
+{
+    return EMBER_VERSION;
+}

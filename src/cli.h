@@ -1,0 +1,27 @@
+/* The command line: `ember run ...`, `ember --help`, `ember --version`. */
+#ifndef EMBER_CLI_H
+#define EMBER_CLI_H
+
+#include "util/log.h"
+#include "vmm/vm.h"
+
+#include <stdio.h>
+
+enum cli_action { CLI_RUN, CLI_HELP, CLI_VERSION };
+
+struct cli {
+    enum cli_action action;
+    struct vm_config vm;
+    enum log_level log_level;
+};
+
+/* Parses argv into *out. On error, returns -1 with error_get() set. */
+int cli_parse(int argc, char **argv, struct cli *out);
+void cli_usage(FILE *f);
+/* Parses a decimal count with an optional K/M/G/T suffix relative to
+ * unit_shift (20 for MiB: "512" = 512 MiB, "2G" = 2048). */
+int cli_parse_size(const char *s, unsigned unit_shift, uint64_t *out);
+int cli_parse_uint(const char *s, unsigned max, unsigned *out);
+const char *cli_version(void);
+
+#endif

@@ -1,0 +1,32 @@
+/* One thread per vCPU running KVM_RUN and dispatching its exits. */
+#ifndef EMBER_VMM_VCPU_H
+#define EMBER_VMM_VCPU_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct vm;
+
+struct vcpu {
+    struct vm *vm;
+    unsigned id;
+    int fd;
+    struct kvm_run *run;
+    pthread_t thread;
+    bool started;
+    uint64_t exits, io_exits, mmio_exits, unhandled_io;
+};
+
+/* Creates vCPU id with its CPUID and, for vCPU 0, the boot registers. */
+int vcpu_create(struct vcpu *vcpu, struct vm *vm, unsigned id);
+int vcpu_start(struct vcpu *vcpu);
+/* Makes a vCPU leave KVM_RUN soon (any thread). */
+void vcpu_kick(struct vcpu *vcpu);
+void vcpu_join(struct vcpu *vcpu);
+void vcpu_destroy(struct vcpu *vcpu);
+/* Installs the signal used to kick vCPUs out of KVM_RUN (once per process). */
+int vcpu_init_kick_signal(void);
+
+#endif

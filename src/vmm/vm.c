@@ -1,0 +1,371 @@
+#include "vmm/vm.h"
+
+#include "arch/x86/layout.h"
+#include "arch/x86/mptable.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "vmm/exit_status.h"
+#include "vmm/vcpu.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void vm_config_defaults(struct vm_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->cmdline = VM_DEFAULT_CMDLINE;
+    cfg->memory_mib = VM_DEFAULT_MEMORY_MIB;
+    cfg->ncpus = VM_DEFAULT_CPUS;
+    cfg->cpu_template = CPU_TEMPLATE_HOST;
+    cfg->kvm_path = "/dev/kvm";
+}
+
+bool vm_is_stopping(const struct vm *vm)
+{
+    return __atomic_load_n(&vm->stopping, __ATOMIC_ACQUIRE);
+}
+
+void vm_request_stop(struct vm *vm, int status)
+{
+    pthread_mutex_lock(&vm->stop_lock);
+    bool first = !vm->stopping;
+    if (first) {
+        vm->exit_status = status;
+        __atomic_store_n(&vm->stopping, true, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&vm->stop_lock);
+    if (!first)
+        return;
+    /* Stop every vCPU at once so nothing runs past the event that ended
+     * the machine, then let the main loop finish up. */
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        vcpu_kick(&vm->vcpus[i]);
+    event_loop_stop(&vm->loop);
+}
+
+/* ---- device glue ----------------------------------------------------- */
+
+static void com1_set_irq(void *opaque, int level)
+{
+    struct vm *vm = opaque;
+    if (irqchip_set_line(&vm->irqchip, SERIAL_COM1_IRQ, level) < 0)
+        log_error("serial: %s", error_get());
+}
+
+static size_t com1_deliver(void *opaque, const uint8_t *buf, size_t len)
+{
+    return serial_receive(opaque, buf, len);
+}
+
+static void com1_rx_space(void *opaque)
+{
+    struct vm *vm = opaque;
+    stdio_console_resume(&vm->console);
+}
+
+static void on_guest_reset(void *opaque)
+{
+    struct vm *vm = opaque;
+    log_info("guest reset the machine through the i8042");
+    vm_request_stop(vm, EXIT_OK);
+}
+
+static void on_debug_exit(void *opaque, int status)
+{
+    struct vm *vm = opaque;
+    log_info("guest wrote the debug-exit port: exit status %d", status);
+    vm_request_stop(vm, status);
+}
+
+static void on_console_quit(void *opaque)
+{
+    struct vm *vm = opaque;
+    fprintf(stderr, "\r\nember: quit from the console (Ctrl-A x)\r\n");
+    vm_request_stop(vm, EXIT_OK);
+}
+
+static void com1_output(void *opaque, const uint8_t *buf, size_t len)
+{
+    struct vm *vm = opaque;
+    stdio_console_output(&vm->console, buf, len);
+}
+
+static int create_devices(struct vm *vm)
+{
+    struct serial_ops ops = {
+        .set_irq = com1_set_irq,
+        .output = com1_output,
+        .rx_space = com1_rx_space,
+        .opaque = vm,
+    };
+    serial_init(&vm->com1, &ops);
+    i8042_init(&vm->i8042, on_guest_reset, vm);
+    uint64_t below = vm->mem.regions[0].size;
+    uint64_t above = vm->mem.nregions > 1 ? vm->mem.regions[1].size : 0;
+    rtc_init(&vm->rtc, below, above);
+    vm->debug_exit = (struct debug_exit){.on_exit = on_debug_exit, .opaque = vm};
+
+    if (bus_register(&vm->pio, SERIAL_COM1_BASE, 8, serial_io, &vm->com1, "serial (COM1)") < 0 ||
+        bus_register(&vm->pio, I8042_DATA_PORT, 1, i8042_data_io, &vm->i8042, "i8042 data") < 0 ||
+        bus_register(&vm->pio, I8042_COMMAND_PORT, 1, i8042_command_io, &vm->i8042,
+                     "i8042 command") < 0 ||
+        bus_register(&vm->pio, RTC_PORT, RTC_PORT_LEN, rtc_io, &vm->rtc, "rtc") < 0)
+        return -1;
+    if (vm->cfg.debug_exit && bus_register(&vm->pio, DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE,
+                                           debug_exit_io, &vm->debug_exit, "debug-exit") < 0)
+        return -1;
+    return 0;
+}
+
+/* ---- creation -------------------------------------------------------- */
+
+static int set_memory_regions(struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->mem.nregions; i++) {
+        const struct guest_region *r = &vm->mem.regions[i];
+        struct kvm_userspace_memory_region region = {
+            .slot = i,
+            .guest_phys_addr = r->gpa,
+            .memory_size = r->size,
+            .userspace_addr = (uintptr_t)r->hva,
+        };
+        if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+            return error_errno("KVM_SET_USER_MEMORY_REGION (slot %u, %llu MiB)", i,
+                               (unsigned long long)(r->size >> 20));
+    }
+    return 0;
+}
+
+static int load_kernel(struct vm *vm)
+{
+    const struct vm_config *cfg = &vm->cfg;
+    int kfd = open(cfg->kernel_path, O_RDONLY | O_CLOEXEC);
+    if (kfd < 0)
+        return error_errno("cannot open kernel '%s'", cfg->kernel_path);
+    struct stat st;
+    if (fstat(kfd, &st) < 0) {
+        close(kfd);
+        return error_errno("cannot stat kernel '%s'", cfg->kernel_path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(kfd);
+        return error_set("kernel '%s' is not a regular file", cfg->kernel_path);
+    }
+    if (st.st_size == 0) {
+        close(kfd);
+        return error_set("kernel '%s' is empty", cfg->kernel_path);
+    }
+    if ((uint64_t)st.st_size > vm->mem.ram_size) {
+        close(kfd);
+        return error_set("kernel '%s' (%lld KiB) is larger than guest memory (%llu MiB); raise "
+                         "--memory",
+                         cfg->kernel_path, (long long)st.st_size >> 10,
+                         (unsigned long long)(vm->mem.ram_size >> 20));
+    }
+    void *image = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, kfd, 0);
+    close(kfd);
+    if (image == MAP_FAILED)
+        return error_errno("cannot map kernel '%s'", cfg->kernel_path);
+
+    struct boot_request req = {
+        .kernel = image,
+        .kernel_size = (size_t)st.st_size,
+        .initrd_fd = -1,
+        .cmdline = cfg->cmdline,
+    };
+    int ifd = -1;
+    if (cfg->initrd_path) {
+        ifd = open(cfg->initrd_path, O_RDONLY | O_CLOEXEC);
+        if (ifd < 0) {
+            munmap(image, (size_t)st.st_size);
+            return error_errno("cannot open initrd '%s'", cfg->initrd_path);
+        }
+        struct stat ist;
+        if (fstat(ifd, &ist) < 0 || !S_ISREG(ist.st_mode)) {
+            close(ifd);
+            munmap(image, (size_t)st.st_size);
+            return error_set("initrd '%s' is not a regular file", cfg->initrd_path);
+        }
+        req.initrd_fd = ifd;
+        req.initrd_size = (uint64_t)ist.st_size;
+    }
+    int r = boot_load(&vm->mem, &req, &vm->boot);
+    if (r < 0 && cfg->initrd_path && strstr(error_get(), "initrd"))
+        error_prefix("initrd '%s'", cfg->initrd_path);
+    else if (r < 0)
+        error_prefix("kernel '%s'", cfg->kernel_path);
+    if (ifd >= 0)
+        close(ifd);
+    munmap(image, (size_t)st.st_size);
+    if (r == 0)
+        log_info("loaded %s kernel, entry 0x%llx%s", vm->boot.format,
+                 (unsigned long long)vm->boot.entry, vm->boot.initrd_size ? ", with initrd" : "");
+    return r;
+}
+
+static int write_mptable(struct vm *vm)
+{
+    struct mptable_params p = {
+        .ncpus = vm->ncpus,
+        .ioapic_addr = LAYOUT_IOAPIC,
+        .lapic_addr = LAYOUT_LAPIC,
+    };
+    struct kvm_cpuid_entry2 *leaf1 = cpuid_find(vm->supported_cpuid, 1, 0);
+    if (leaf1) {
+        p.cpu_signature = leaf1->eax;
+        p.cpu_features = leaf1->edx;
+    }
+    return mptable_write(&vm->mem, LAYOUT_MPTABLE, &p) < 0 ? -1 : 0;
+}
+
+int vm_create(struct vm *vm, const struct vm_config *cfg)
+{
+    memset(vm, 0, sizeof(*vm));
+    vm->vm_fd = -1;
+    vm->kvm.fd = -1;
+    vm->signal_fd = -1;
+    vm->cfg = *cfg;
+    vm->ncpus = cfg->ncpus;
+    pthread_mutex_init(&vm->stop_lock, NULL);
+    bus_init(&vm->pio, "pio");
+    bus_init(&vm->mmio, "mmio");
+    if (event_loop_init(&vm->loop) < 0)
+        return -1;
+
+    vm->create_status = EXIT_HOST_ERROR;
+    if (kvm_open(&vm->kvm, cfg->kvm_path) < 0)
+        return -1;
+    unsigned max_cpus = vm->kvm.max_vcpus < MPTABLE_MAX_CPUS ? vm->kvm.max_vcpus : MPTABLE_MAX_CPUS;
+    vm->create_status = EXIT_USAGE; /* what the user asked for cannot be done */
+    if (cfg->ncpus == 0 || cfg->ncpus > max_cpus)
+        return error_set("--cpus %u: this host allows 1 to %u vCPUs", cfg->ncpus, max_cpus);
+    vm->create_status = EXIT_HOST_ERROR;
+    vm->supported_cpuid = cpuid_get_supported(vm->kvm.fd, 8, &vm->cpuid_capacity);
+    if (!vm->supported_cpuid)
+        return -1;
+    vm->vm_fd = kvm_create_vm(&vm->kvm);
+    if (vm->vm_fd < 0)
+        return -1;
+    if (irqchip_create(&vm->irqchip, vm->vm_fd) < 0)
+        return -1;
+    if (guest_memory_map(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
+                         LAYOUT_MMIO_HOLE_END) < 0)
+        return -1;
+    if (set_memory_regions(vm) < 0)
+        return -1;
+    vm->create_status = EXIT_USAGE;
+    if (load_kernel(vm) < 0)
+        return -1;
+    vm->create_status = EXIT_HOST_ERROR;
+    if (write_mptable(vm) < 0)
+        return -1;
+    if (create_devices(vm) < 0)
+        return -1;
+
+    vm->vcpus = calloc(vm->ncpus, sizeof(*vm->vcpus));
+    if (!vm->vcpus)
+        return error_set("out of memory");
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        vm->vcpus[i].fd = -1;
+    for (unsigned i = 0; i < vm->ncpus; i++) {
+        if (vcpu_create(&vm->vcpus[i], vm, i) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- running --------------------------------------------------------- */
+
+static void on_signal(void *opaque, uint32_t events)
+{
+    struct vm *vm = opaque;
+    (void)events;
+    struct signalfd_siginfo si;
+    if (read(vm->signal_fd, &si, sizeof(si)) != sizeof(si))
+        return;
+    fprintf(stderr, "ember: stopping on %s\n", strsignal((int)si.ssi_signo));
+    vm_request_stop(vm, EXIT_SIGNAL_BASE + (int)si.ssi_signo);
+}
+
+int vm_run(struct vm *vm)
+{
+    /* Termination signals arrive through the loop, on this thread only:
+     * block them before the vCPU threads inherit the mask. */
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGHUP);
+    sigaddset(&stop_signals, SIGQUIT);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    vm->signal_fd = signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (vm->signal_fd < 0) {
+        error_errno("signalfd");
+        return EXIT_HOST_ERROR;
+    }
+    if (!event_loop_add(&vm->loop, vm->signal_fd, EPOLLIN, on_signal, vm))
+        return EXIT_HOST_ERROR;
+    if (vcpu_init_kick_signal() < 0)
+        return EXIT_HOST_ERROR;
+
+    struct stdio_sink sink = {.deliver = com1_deliver, .opaque = &vm->com1};
+    if (stdio_console_start(&vm->console, &vm->loop, STDIN_FILENO, STDOUT_FILENO, &sink,
+                            on_console_quit, vm) < 0) {
+        fprintf(stderr, "ember: console: %s\n", error_get());
+        return EXIT_HOST_ERROR;
+    }
+    for (unsigned i = 0; i < vm->ncpus; i++) {
+        if (vcpu_start(&vm->vcpus[i]) < 0) {
+            fprintf(stderr, "ember: %s\n", error_get());
+            vm_request_stop(vm, EXIT_HOST_ERROR);
+            break;
+        }
+    }
+    if (event_loop_run(&vm->loop) < 0) {
+        fprintf(stderr, "ember: event loop: %s\n", error_get());
+        vm_request_stop(vm, EXIT_HOST_ERROR);
+    }
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        vcpu_kick(&vm->vcpus[i]);
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        vcpu_join(&vm->vcpus[i]);
+    stdio_console_stop(&vm->console);
+    return vm->exit_status;
+}
+
+void vm_destroy(struct vm *vm)
+{
+    if (vm->vcpus) {
+        for (unsigned i = 0; i < vm->ncpus; i++) {
+            if (vm->vcpus[i].fd >= 0)
+                vcpu_destroy(&vm->vcpus[i]);
+        }
+        free(vm->vcpus);
+        vm->vcpus = NULL;
+    }
+    if (vm->irqchip.routes)
+        irqchip_destroy(&vm->irqchip);
+    guest_memory_free(&vm->mem);
+    free(vm->supported_cpuid);
+    vm->supported_cpuid = NULL;
+    if (vm->vm_fd >= 0)
+        close(vm->vm_fd);
+    vm->vm_fd = -1;
+    kvm_close(&vm->kvm);
+    if (vm->signal_fd >= 0)
+        close(vm->signal_fd);
+    vm->signal_fd = -1;
+    event_loop_destroy(&vm->loop);
+    bus_destroy(&vm->pio);
+    bus_destroy(&vm->mmio);
+}
