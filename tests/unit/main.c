@@ -1,0 +1,16 @@
+#include "suites.h"
+
+#include <stdlib.h>
+
+int main(void)
+{
+    Suite *(*const suites[])(void) = {boot_suite,   bus_suite,     cli_suite,    cpuid_suite,
+                                      memory_suite, mptable_suite, serial_suite, legacy_suite};
+    SRunner *runner = srunner_create(NULL);
+    for (size_t i = 0; i < sizeof(suites) / sizeof(suites[0]); i++)
+        srunner_add_suite(runner, suites[i]());
+    srunner_run_all(runner, CK_NORMAL);
+    int failed = srunner_ntests_failed(runner);
+    srunner_free(runner);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

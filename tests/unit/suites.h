@@ -1,0 +1,16 @@
+/* Every unit-test suite, run by main.c. */
+#ifndef EMBER_TESTS_UNIT_SUITES_H
+#define EMBER_TESTS_UNIT_SUITES_H
+
+#include <check.h>
+
+Suite *boot_suite(void);
+Suite *bus_suite(void);
+Suite *cli_suite(void);
+Suite *cpuid_suite(void);
+Suite *memory_suite(void);
+Suite *mptable_suite(void);
+Suite *serial_suite(void);
+Suite *legacy_suite(void);
+
+#endif

@@ -1,0 +1,113 @@
+#include "cli.h"
+#include "suites.h"
+#include "util/error.h"
+
+#include <string.h>
+
+static int parse(struct cli *cli, const char *const *args, int n)
+{
+    char *argv[32];
+    argv[0] = "ember";
+    for (int i = 0; i < n; i++)
+        argv[i + 1] = (char *)args[i];
+    return cli_parse(n + 1, argv, cli);
+}
+
+#define PARSE(cli, ...)                                                                            \
+    parse(cli, (const char *const[]){__VA_ARGS__},                                                 \
+          (int)(sizeof((const char *const[]){__VA_ARGS__}) / sizeof(char *)))
+
+START_TEST(run_with_every_option)
+{
+    struct cli c;
+    ck_assert_msg(PARSE(&c, "run", "--kernel", "k.elf", "--initrd=i.img", "--cmdline", "a=1 b",
+                        "--memory", "2G", "--cpus=3", "--debug-exit", "--cpu-template", "baseline",
+                        "--log-level", "debug") == 0,
+                  "%s", error_get());
+    ck_assert_int_eq(c.action, CLI_RUN);
+    ck_assert_str_eq(c.vm.kernel_path, "k.elf");
+    ck_assert_str_eq(c.vm.initrd_path, "i.img");
+    ck_assert_str_eq(c.vm.cmdline, "a=1 b");
+    ck_assert_uint_eq(c.vm.memory_mib, 2048);
+    ck_assert_uint_eq(c.vm.ncpus, 3);
+    ck_assert(c.vm.debug_exit);
+    ck_assert_int_eq(c.vm.cpu_template, CPU_TEMPLATE_BASELINE);
+    ck_assert_int_eq(c.log_level, LOG_DEBUG);
+}
+END_TEST
+
+START_TEST(defaults)
+{
+    struct cli c;
+    ck_assert_int_eq(PARSE(&c, "run", "--kernel", "k"), 0);
+    ck_assert_uint_eq(c.vm.memory_mib, 128);
+    ck_assert_uint_eq(c.vm.ncpus, 1);
+    ck_assert_str_eq(c.vm.cmdline, "console=ttyS0 reboot=k panic=1");
+    ck_assert(!c.vm.debug_exit);
+    ck_assert_int_eq(c.vm.cpu_template, CPU_TEMPLATE_HOST);
+    ck_assert_int_eq(PARSE(&c, "--help"), 0);
+    ck_assert_int_eq(c.action, CLI_HELP);
+    ck_assert_int_eq(PARSE(&c, "--version"), 0);
+    ck_assert_int_eq(c.action, CLI_VERSION);
+}
+END_TEST
+
+static void expect_error(int r, const char *needle)
+{
+    ck_assert_int_eq(r, -1);
+    ck_assert_msg(strstr(error_get(), needle), "'%s' lacks '%s'", error_get(), needle);
+}
+
+START_TEST(bad_input_gets_one_clear_error)
+{
+    struct cli c;
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--frobnicate"),
+                 "unknown option '--frobnicate'");
+    expect_error(PARSE(&c, "run", "--kernel"), "needs a value");
+    expect_error(PARSE(&c, "run", "--cmdline", "x"), "needs --kernel");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--memory", "0"), "at least");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--memory", "lots"), "not a size");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--memory", "99999999999"), "RAM");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--memory", "12Q"), "suffix");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--memory", "1536K"), "whole number");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpus", "0"), "at least one");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpus", "-1"), "not a number");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpus", "99999999999"), "too large");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-template", "fast"), "unknown CPU");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--debug-exit=1"), "takes no value");
+    expect_error(PARSE(&c, "run", "stray"), "unexpected argument");
+    expect_error(PARSE(&c, "fly"), "unknown command");
+    expect_error(PARSE(&c, "--bogus"), "unknown option");
+    char *argv[] = {"ember"};
+    expect_error(cli_parse(1, argv, &c), "no command");
+}
+END_TEST
+
+START_TEST(size_parsing)
+{
+    uint64_t v;
+    ck_assert_int_eq(cli_parse_size("512", 20, &v), 0);
+    ck_assert_uint_eq(v, 512);
+    ck_assert_int_eq(cli_parse_size("1G", 20, &v), 0);
+    ck_assert_uint_eq(v, 1024);
+    ck_assert_int_eq(cli_parse_size("256MiB", 20, &v), 0);
+    ck_assert_uint_eq(v, 256);
+    ck_assert_int_eq(cli_parse_size("2048K", 20, &v), 0);
+    ck_assert_uint_eq(v, 2);
+    ck_assert_int_eq(cli_parse_size("", 20, &v), -1);
+    ck_assert_int_eq(cli_parse_size("1GG", 20, &v), -1);
+    ck_assert_int_eq(cli_parse_size("99999999999999999999999", 20, &v), -1);
+}
+END_TEST
+
+Suite *cli_suite(void)
+{
+    Suite *s = suite_create("cli");
+    TCase *t = tcase_create("parse");
+    tcase_add_test(t, run_with_every_option);
+    tcase_add_test(t, defaults);
+    tcase_add_test(t, bad_input_gets_one_clear_error);
+    tcase_add_test(t, size_parsing);
+    suite_add_tcase(s, t);
+    return s;
+}
