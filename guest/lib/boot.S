@@ -59,6 +59,8 @@ linux64_entry:
     cli
     cld
     movl $BOOT_PROTOCOL_LINUX64, %edi
+    /* The protocol promises no stack; the far return below needs one. */
+    movq $(bsp_stack + BSP_STACK_SIZE), %rsp
     /* Leave the VMM's GDT and page tables: both may live in memory we reuse. */
     lgdt gdt_pointer(%rip)
     movq $pml4, %rax
