@@ -163,6 +163,7 @@ run_qemu() {
     if [ "$mode" = crash ]; then
         # After a KVM internal error QEMU stops the guest but lives on: wait for the report,
         # then end it.
+        : >"$RUN_ERR"
         timeout "$RUN_TIMEOUT" "$QEMU" "${args[@]}" </dev/null >"$RUN_OUT" 2>"$RUN_ERR" &
         local pid=$! waited=0
         while kill -0 "$pid" 2>/dev/null && ! grep -q 'KVM internal error' "$RUN_ERR" &&
