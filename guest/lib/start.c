@@ -1,0 +1,17 @@
+/* C entry on the BSP: bring up what every guest needs, then run the guest. */
+#include "guest.h"
+
+_Noreturn void guest_start(int protocol, uint64_t info_addr);
+
+_Noreturn void guest_start(int protocol, uint64_t info_addr)
+{
+    serial_init();
+    idt_init();
+    boot_info_parse(protocol, info_addr);
+    /* Remap the PIC away from the exception vectors before anything enables interrupts. */
+    pic_init();
+    /* Now, not lazily: calibrating reprograms PIT channel 0, which a test may be using. */
+    tsc_calibrate();
+    guest_main();
+    bail_out("guest_main returned");
+}
