@@ -17,15 +17,16 @@ pvh_entry32:
     movl %ebx, %esi
     movl $BOOT_PROTOCOL_PVH, %edi
     lgdt gdt_pointer
-    movl $pvh_entry64, %ebp
+    movl $pvh_far, %ebp
     jmp enter_long_mode
 
     .globl ap_entry32
 ap_entry32:
-    movl $ap_entry64, %ebp
+    movl $ap_far, %ebp
     /* fall through */
 
-/* Turns on PAE paging with our tables and long mode, then jumps to the 64-bit %ebp. */
+/* Turns on PAE paging with our tables and long mode, then jumps through the far pointer at
+ * %ebp. No stack is used: PVH promises none and APs share this path. */
 enter_long_mode:
     movl $SEL_DATA, %eax
     movl %eax, %ds
@@ -43,9 +44,14 @@ enter_long_mode:
     movl %cr0, %eax
     orl $(CR0_PG | CR0_PE), %eax
     movl %eax, %cr0
-    pushl $SEL_CODE64
-    pushl %ebp
-    lret
+    ljmpl *(%ebp)
+
+pvh_far:
+    .long pvh_entry64
+    .word SEL_CODE64
+ap_far:
+    .long ap_entry64
+    .word SEL_CODE64
 
     .code64
 pvh_entry64:
