@@ -10,8 +10,6 @@ _Noreturn void guest_start(int protocol, uint64_t info_addr)
     boot_info_parse(protocol, info_addr);
     /* Remap the PIC away from the exception vectors before anything enables interrupts. */
     pic_init();
-    /* Now, not lazily: calibrating reprograms PIT channel 0, which a test may be using. */
-    tsc_calibrate();
     guest_main();
     bail_out("guest_main returned");
 }

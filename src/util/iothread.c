@@ -1,0 +1,130 @@
+#include "util/iothread.h"
+
+#include "util/error.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+struct iothread_call {
+    void (*fn)(void *);
+    void *arg;
+    bool finished;
+    struct iothread_call *next;
+};
+
+static void run_calls(void *opaque, uint32_t events)
+{
+    struct iothread *t = opaque;
+    (void)events;
+    uint64_t v;
+    ssize_t ignored = read(t->call_fd, &v, sizeof(v));
+    (void)ignored;
+    pthread_mutex_lock(&t->lock);
+    while (t->calls) {
+        struct iothread_call *c = t->calls;
+        t->calls = c->next;
+        pthread_mutex_unlock(&t->lock);
+        c->fn(c->arg);
+        pthread_mutex_lock(&t->lock);
+        c->finished = true;
+        pthread_cond_broadcast(&t->done);
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+static void *iothread_main(void *arg)
+{
+    struct iothread *t = arg;
+    /* Termination signals belong to the main thread. */
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    int timeout = -1;
+    while (!__atomic_load_n(&t->loop.stop, __ATOMIC_ACQUIRE)) {
+        if (event_loop_run_once(&t->loop, timeout) < 0) {
+            fprintf(stderr, "ember: %s: %s\n", t->name, error_get());
+            break;
+        }
+        timeout = t->idle ? t->idle(t->idle_opaque) : -1;
+    }
+    return NULL;
+}
+
+int iothread_start(struct iothread *t, const char *name)
+{
+    memset(t, 0, sizeof(*t));
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    if (event_loop_init(&t->loop) < 0)
+        return -1;
+    t->call_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (t->call_fd < 0) {
+        event_loop_destroy(&t->loop);
+        return error_errno("eventfd");
+    }
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->done, NULL);
+    if (!event_loop_add(&t->loop, t->call_fd, EPOLLIN, run_calls, t))
+        return -1;
+    int r = pthread_create(&t->thread, NULL, iothread_main, t);
+    if (r != 0) {
+        errno = r;
+        return error_errno("cannot start I/O thread %s", name);
+    }
+    pthread_setname_np(t->thread, t->name);
+    t->running = true;
+    return 0;
+}
+
+bool iothread_is_current(const struct iothread *t)
+{
+    return t->running && pthread_equal(pthread_self(), t->thread);
+}
+
+void iothread_call(struct iothread *t, void (*fn)(void *), void *arg)
+{
+    if (!t->running || iothread_is_current(t)) {
+        fn(arg);
+        return;
+    }
+    struct iothread_call c = {.fn = fn, .arg = arg};
+    pthread_mutex_lock(&t->lock);
+    struct iothread_call **tail = &t->calls;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = &c;
+    uint64_t one = 1;
+    ssize_t ignored = write(t->call_fd, &one, sizeof(one));
+    (void)ignored;
+    while (!c.finished)
+        pthread_cond_wait(&t->done, &t->lock);
+    pthread_mutex_unlock(&t->lock);
+}
+
+void iothread_stop(struct iothread *t)
+{
+    if (!t->running)
+        return;
+    event_loop_stop(&t->loop);
+    pthread_join(t->thread, NULL);
+    /* Calls queued after the loop ended run here, on the caller. */
+    pthread_mutex_lock(&t->lock);
+    while (t->calls) {
+        struct iothread_call *c = t->calls;
+        t->calls = c->next;
+        c->fn(c->arg);
+        c->finished = true;
+    }
+    pthread_cond_broadcast(&t->done);
+    pthread_mutex_unlock(&t->lock);
+    t->running = false;
+    close(t->call_fd);
+    event_loop_destroy(&t->loop);
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->done);
+}

@@ -1,0 +1,134 @@
+/* What every virtio device shares, whatever its transport: feature
+ * negotiation, the status state machine, queues and their kick eventfds,
+ * interrupts, reset, and the DEVICE_NEEDS_RESET path for guest errors.
+ *
+ * Threads: transports run on vCPU threads and take dev->lock; the device's
+ * I/O work runs on its iothread. Activation and reset are handed to the
+ * iothread with iothread_call(), so queue state has one owner. */
+#ifndef EMBER_VIRTIO_DEVICE_H
+#define EMBER_VIRTIO_DEVICE_H
+
+#include "util/iothread.h"
+#include "virtio/queue.h"
+#include "vmm/memory.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Device status bits (2.1). */
+#define VIRTIO_STATUS_ACKNOWLEDGE 1
+#define VIRTIO_STATUS_DRIVER      2
+#define VIRTIO_STATUS_DRIVER_OK   4
+#define VIRTIO_STATUS_FEATURES_OK 8
+#define VIRTIO_STATUS_NEEDS_RESET 64
+#define VIRTIO_STATUS_FAILED      128
+
+/* Reserved feature bits (6). */
+#define VIRTIO_F_INDIRECT_DESC    28
+#define VIRTIO_F_EVENT_IDX        29
+#define VIRTIO_F_VERSION_1        32
+#define VIRTIO_F_ACCESS_PLATFORM  33
+#define VIRTIO_F_RING_PACKED      34
+
+/* Device types (5). */
+#define VIRTIO_ID_NET     1
+#define VIRTIO_ID_BLOCK   2
+#define VIRTIO_ID_CONSOLE 3
+#define VIRTIO_ID_RNG     4
+#define VIRTIO_ID_BALLOON 5
+#define VIRTIO_ID_VSOCK   19
+
+#define VIRTIO_NO_VECTOR 0xffff
+
+struct virtio_dev;
+
+/* Device-specific behaviour. Calls marked [io] run on the device's
+ * iothread; the others on the thread that touched the register. */
+struct virtio_dev_ops {
+    /* Reads/writes of the device-specific configuration space; offset and
+     * len are already checked against config_size. */
+    void (*read_config)(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len);
+    void (*write_config)(struct virtio_dev *d, uint32_t offset, const void *data, uint32_t len);
+    /* [io] The driver set DRIVER_OK; queues are mapped. Start serving. */
+    int (*activate)(struct virtio_dev *d);
+    /* [io] Stop serving and forget queue state; in-flight requests finish
+     * first. Called on driver reset, on DEVICE_NEEDS_RESET and at exit. */
+    void (*quiesce)(struct virtio_dev *d);
+    /* [io] The driver kicked queue q (or polling found work). */
+    void (*queue_notify)(struct virtio_dev *d, unsigned q);
+    /* Feature bits that only make sense together get checked here; return
+     * false to refuse FEATURES_OK. */
+    bool (*features_ok)(struct virtio_dev *d, uint64_t features);
+};
+
+/* How a transport delivers an interrupt. Called from the iothread. */
+struct virtio_transport_ops {
+    void (*notify_queue)(struct virtio_dev *d, unsigned q);
+    void (*notify_config)(struct virtio_dev *d);
+};
+
+struct virtio_queue {
+    struct virtq_config cfg; /* as the driver programmed it */
+    bool enabled;
+    uint16_t msix_vector;
+    int kick_fd;  /* eventfd signalled by KVM (ioeventfd) or the transport */
+    struct event_handler *kick_handler;
+    struct virtq vq; /* valid while the device is active */
+};
+
+struct virtio_dev {
+    char name[16];
+    uint32_t device_id;
+    uint64_t host_features;
+    uint64_t driver_features;
+    uint8_t status;
+    uint32_t config_generation;
+    uint32_t config_size;
+    unsigned nqueues;
+    uint16_t queue_max_size;
+    struct virtio_queue *queues;
+    const struct guest_memory *mem;
+    const struct virtio_dev_ops *ops;
+    const struct virtio_transport_ops *transport;
+    void *transport_opaque;
+    void *opaque; /* the device model */
+    pthread_mutex_t lock;
+    struct iothread io;
+    bool active;
+    bool needs_reset_logged;
+    /* Counters for metrics. */
+    uint64_t interrupts, kicks;
+};
+
+int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id,
+                    uint64_t features, unsigned nqueues, uint16_t queue_max_size,
+                    uint32_t config_size, const struct virtio_dev_ops *ops, void *opaque,
+                    const struct guest_memory *mem);
+void virtio_dev_destroy(struct virtio_dev *d);
+
+/* ---- for transports (hold d->lock) ---------------------------------- */
+
+/* Applies a status write: reset on 0, feature check on FEATURES_OK,
+ * activation on DRIVER_OK. */
+void virtio_dev_set_status(struct virtio_dev *d, uint8_t status);
+/* The device's 32 feature bits from word sel (0 or 1; others read 0). */
+uint32_t virtio_dev_host_features(const struct virtio_dev *d, uint32_t sel);
+void virtio_dev_set_driver_features(struct virtio_dev *d, uint32_t sel, uint32_t value);
+void virtio_dev_config_access(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len,
+                              bool is_write);
+/* A notify register write that did not go through an ioeventfd. */
+void virtio_dev_kick(struct virtio_dev *d, unsigned q);
+
+/* ---- for device models (iothread) ---------------------------------- */
+
+/* Interrupts the driver for queue q if it asked for it (EVENT_IDX etc.). */
+void virtio_dev_signal_used(struct virtio_dev *d, unsigned q);
+/* A guest error: log once, set DEVICE_NEEDS_RESET, stop serving, raise a
+ * configuration interrupt. Other devices are unaffected. */
+void virtio_dev_fail(struct virtio_dev *d, const char *why);
+bool virtio_dev_has_feature(const struct virtio_dev *d, unsigned bit);
+/* Starts watching kick eventfds on the iothread (called by activate). */
+int virtio_dev_watch_kicks(struct virtio_dev *d);
+
+#endif

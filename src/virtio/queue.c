@@ -1,0 +1,278 @@
+#include "virtio/queue.h"
+
+#include "util/error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "virtio rings are little-endian");
+
+/* Guest memory can change under us: read each shared field exactly once. */
+#define READ_ONCE(x)      __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define WRITE_ONCE(x, v)  __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+
+static int violation(struct virtq *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int violation(struct virtq *q, const char *fmt, ...)
+{
+    if (!q->broken) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(q->error, sizeof(q->error), fmt, ap);
+        va_end(ap);
+        q->broken = true;
+    }
+    return -1;
+}
+
+int virtq_init(struct virtq *q, const struct guest_memory *mem, const struct virtq_config *cfg,
+               bool event_idx, bool indirect)
+{
+    memset(q, 0, sizeof(*q));
+    q->mem = mem;
+    q->event_idx = event_idx;
+    q->indirect = indirect;
+    uint32_t n = cfg->size;
+    if (n == 0 || n > VIRTQ_MAX_SIZE || (n & (n - 1)))
+        return error_set("queue size %u is not a power of two up to %u", n, VIRTQ_MAX_SIZE);
+    if (cfg->desc_gpa % 16 || cfg->avail_gpa % 2 || cfg->used_gpa % 4)
+        return error_set("queue rings misaligned (desc 0x%llx, avail 0x%llx, used 0x%llx)",
+                         (unsigned long long)cfg->desc_gpa, (unsigned long long)cfg->avail_gpa,
+                         (unsigned long long)cfg->used_gpa);
+    uint64_t desc_len = 16ULL * n, avail_len = 6 + 2ULL * n, used_len = 6 + 8ULL * n;
+    q->desc = gpa_to_hva(mem, cfg->desc_gpa, desc_len);
+    q->avail = gpa_to_hva(mem, cfg->avail_gpa, avail_len);
+    q->used = gpa_to_hva(mem, cfg->used_gpa, used_len);
+    if (!q->desc || !q->avail || !q->used)
+        return error_set("queue ring outside guest RAM (desc 0x%llx, avail 0x%llx, used 0x%llx, "
+                         "size %u)",
+                         (unsigned long long)cfg->desc_gpa, (unsigned long long)cfg->avail_gpa,
+                         (unsigned long long)cfg->used_gpa, n);
+    q->size = (uint16_t)n; /* at most 32768 */
+    /* Both sides start counting at 0 after a reset. */
+    q->last_avail = 0;
+    q->used_idx = 0;
+    return 0;
+}
+
+int virtq_chain_alloc(struct virtq_chain *c, unsigned capacity)
+{
+    memset(c, 0, sizeof(*c));
+    c->bufs = calloc(capacity, sizeof(*c->bufs));
+    if (!c->bufs)
+        return error_set("out of memory");
+    c->capacity = capacity;
+    return 0;
+}
+
+void virtq_chain_free(struct virtq_chain *c)
+{
+    free(c->bufs);
+    memset(c, 0, sizeof(*c));
+}
+
+static uint16_t avail_idx(struct virtq *q)
+{
+    /* Acquire: the ring entries and descriptors written before idx. */
+    return __atomic_load_n(&q->avail->idx, __ATOMIC_ACQUIRE);
+}
+
+bool virtq_has_avail(struct virtq *q)
+{
+    return !q->broken && avail_idx(q) != q->last_avail;
+}
+
+/* Adds one descriptor's buffer to the chain after checking it. */
+static int add_buf(struct virtq *q, struct virtq_chain *c, const struct virtq_desc *d,
+                   unsigned *count)
+{
+    if (++*count > q->size)
+        return violation(q, "descriptor chain longer than the queue (loop?)");
+    bool writable = d->flags & VIRTQ_DESC_F_WRITE;
+    if (!writable && c->nin)
+        return violation(q, "readable descriptor after a writable one");
+    if (d->len == 0)
+        return 0;
+    uint8_t *hva = gpa_to_hva(q->mem, d->addr, d->len);
+    if (!hva)
+        return violation(q, "buffer 0x%llx+%u is not guest RAM", (unsigned long long)d->addr,
+                         d->len);
+    if (c->nout + c->nin >= c->capacity)
+        return violation(q, "descriptor chain has too many buffers");
+    c->bufs[c->nout + c->nin] = (struct virtq_buf){.hva = hva, .len = d->len};
+    if (writable) {
+        c->nin++;
+        c->in_len += d->len;
+    } else {
+        c->nout++;
+        c->out_len += d->len;
+    }
+    return 0;
+}
+
+static int walk_indirect(struct virtq *q, struct virtq_chain *c, const struct virtq_desc *d,
+                         unsigned *count)
+{
+    if (!q->indirect)
+        return violation(q, "indirect descriptor without VIRTIO_F_INDIRECT_DESC");
+    if (d->flags & VIRTQ_DESC_F_NEXT)
+        return violation(q, "indirect descriptor with NEXT set");
+    if (d->len == 0 || d->len % 16)
+        return violation(q, "indirect table length %u is not a multiple of 16", d->len);
+    uint32_t n = d->len / 16;
+    if (n > q->size)
+        return violation(q, "indirect table of %u entries exceeds the queue size", n);
+    const struct virtq_desc *table = gpa_to_hva(q->mem, d->addr, d->len);
+    if (!table)
+        return violation(q, "indirect table 0x%llx+%u is not guest RAM",
+                         (unsigned long long)d->addr, d->len);
+    uint32_t i = 0;
+    for (;;) {
+        struct virtq_desc e;
+        memcpy(&e, &table[i], sizeof(e));
+        if (e.flags & VIRTQ_DESC_F_INDIRECT)
+            return violation(q, "indirect descriptor inside an indirect table");
+        if (add_buf(q, c, &e, count) < 0)
+            return -1;
+        if (!(e.flags & VIRTQ_DESC_F_NEXT))
+            return 0;
+        if (e.next >= n)
+            return violation(q, "indirect next index %u outside a table of %u", e.next, n);
+        i = e.next;
+    }
+}
+
+int virtq_pop(struct virtq *q, struct virtq_chain *c)
+{
+    if (q->broken)
+        return -1;
+    uint16_t avail = avail_idx(q);
+    if (avail == q->last_avail)
+        return 0;
+    if ((uint16_t)(avail - q->last_avail) > q->size)
+        return violation(q, "avail index jumped from %u to %u (queue size %u)", q->last_avail,
+                          avail, q->size);
+    uint16_t head = READ_ONCE(q->avail->ring[q->last_avail % q->size]);
+    if (head >= q->size)
+        return violation(q, "avail ring names descriptor %u of %u", head, q->size);
+    c->head = head;
+    c->nout = c->nin = 0;
+    c->out_len = c->in_len = 0;
+    unsigned count = 0;
+    uint16_t i = head;
+    for (;;) {
+        struct virtq_desc d;
+        memcpy(&d, &q->desc[i], sizeof(d));
+        if (d.flags & VIRTQ_DESC_F_INDIRECT) {
+            if (walk_indirect(q, c, &d, &count) < 0)
+                return -1;
+            /* An indirect descriptor is the chain's last (no NEXT). */
+            break;
+        }
+        if (add_buf(q, c, &d, &count) < 0)
+            return -1;
+        if (!(d.flags & VIRTQ_DESC_F_NEXT))
+            break;
+        if (d.next >= q->size)
+            return violation(q, "next index %u outside a queue of %u", d.next, q->size);
+        i = d.next;
+    }
+    q->last_avail++;
+    return 1;
+}
+
+void virtq_push(struct virtq *q, uint16_t head, uint32_t written)
+{
+    struct virtq_used_elem *e = &q->used->ring[q->used_idx % q->size];
+    WRITE_ONCE(e->id, head);
+    WRITE_ONCE(e->len, written);
+    q->used_idx++;
+    /* Release: the element (and the data) before the index. */
+    __atomic_store_n(&q->used->idx, q->used_idx, __ATOMIC_RELEASE);
+}
+
+static uint16_t *used_event(struct virtq *q)
+{
+    return &q->avail->ring[q->size];
+}
+
+static uint16_t *avail_event(struct virtq *q)
+{
+    return (uint16_t *)&q->used->ring[q->size];
+}
+
+bool virtq_should_notify(struct virtq *q)
+{
+    /* Order our used->idx store before reading the driver's suppression. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint16_t old = q->signalled, now = q->used_idx;
+    bool valid = q->signalled_valid;
+    q->signalled = now;
+    q->signalled_valid = true;
+    if (!q->event_idx)
+        return !(READ_ONCE(q->avail->flags) & VIRTQ_AVAIL_F_NO_INTERRUPT);
+    if (!valid)
+        return true;
+    /* Interrupt if used_event lies in (old, now]: the standard wrap-safe test. */
+    uint16_t event = READ_ONCE(*used_event(q));
+    return (uint16_t)(now - event - 1) < (uint16_t)(now - old);
+}
+
+bool virtq_enable_kicks(struct virtq *q, bool enable)
+{
+    if (q->event_idx) {
+        /* Ask to be kicked once the driver passes last_avail. */
+        if (enable)
+            WRITE_ONCE(*avail_event(q), q->last_avail);
+    } else {
+        uint16_t flags = READ_ONCE(q->used->flags);
+        flags = enable ? (uint16_t)(flags & ~VIRTQ_USED_F_NO_NOTIFY)
+                       : (uint16_t)(flags | VIRTQ_USED_F_NO_NOTIFY);
+        WRITE_ONCE(q->used->flags, flags);
+    }
+    if (!enable)
+        return false;
+    /* The driver may have added buffers before it saw the change. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return virtq_has_avail(q);
+}
+
+size_t virtq_chain_read(const struct virtq_chain *c, uint64_t offset, void *dst, size_t len)
+{
+    size_t done = 0;
+    for (unsigned i = 0; i < c->nout && done < len; i++) {
+        const struct virtq_buf *b = &c->bufs[i];
+        if (offset >= b->len) {
+            offset -= b->len;
+            continue;
+        }
+        size_t n = b->len - offset;
+        if (n > len - done)
+            n = len - done;
+        memcpy((uint8_t *)dst + done, b->hva + offset, n);
+        done += n;
+        offset = 0;
+    }
+    return done;
+}
+
+size_t virtq_chain_write(const struct virtq_chain *c, uint64_t offset, const void *src, size_t len)
+{
+    size_t done = 0;
+    for (unsigned i = 0; i < c->nin && done < len; i++) {
+        const struct virtq_buf *b = &c->bufs[c->nout + i];
+        if (offset >= b->len) {
+            offset -= b->len;
+            continue;
+        }
+        size_t n = b->len - offset;
+        if (n > len - done)
+            n = len - done;
+        memcpy(b->hva + offset, (const uint8_t *)src + done, n);
+        done += n;
+        offset = 0;
+    }
+    return done;
+}

@@ -1,0 +1,111 @@
+/* Split virtqueues (virtio 1.2, section 2.7), device side. Every value read
+ * from the guest is checked before use: ring placement, descriptor indexes,
+ * chain length, buffer addresses and lengths, buffer direction, avail index
+ * jumps. A violation marks the queue broken and returns an error; the
+ * device then asks the driver for a reset (DEVICE_NEEDS_RESET). */
+#ifndef EMBER_VIRTIO_QUEUE_H
+#define EMBER_VIRTIO_QUEUE_H
+
+#include "vmm/memory.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define VIRTQ_MAX_SIZE 32768
+
+#define VIRTQ_DESC_F_NEXT     1
+#define VIRTQ_DESC_F_WRITE    2
+#define VIRTQ_DESC_F_INDIRECT 4
+
+#define VIRTQ_AVAIL_F_NO_INTERRUPT 1
+#define VIRTQ_USED_F_NO_NOTIFY     1
+
+struct virtq_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+};
+
+struct virtq_avail {
+    uint16_t flags;
+    uint16_t idx;
+    uint16_t ring[]; /* then used_event */
+};
+
+struct virtq_used_elem {
+    uint32_t id;
+    uint32_t len;
+};
+
+struct virtq_used {
+    uint16_t flags;
+    uint16_t idx;
+    struct virtq_used_elem ring[]; /* then avail_event */
+};
+
+/* What the driver programmed (through a transport) for one queue. */
+struct virtq_config {
+    uint16_t size;
+    uint64_t desc_gpa, avail_gpa, used_gpa;
+};
+
+struct virtq {
+    const struct guest_memory *mem;
+    uint16_t size;
+    bool event_idx;  /* VIRTIO_F_EVENT_IDX negotiated */
+    bool indirect;   /* VIRTIO_F_INDIRECT_DESC negotiated */
+    bool broken;
+    struct virtq_desc *desc;
+    struct virtq_avail *avail;
+    struct virtq_used *used;
+    uint16_t last_avail;  /* next avail entry to take */
+    uint16_t used_idx;    /* shadow of used->idx */
+    uint16_t signalled;   /* used_idx when we last interrupted */
+    bool signalled_valid;
+    char error[160];      /* first violation, for the log */
+};
+
+/* One buffer of a chain, already translated to host memory. */
+struct virtq_buf {
+    uint8_t *hva;
+    uint32_t len;
+};
+
+/* A descriptor chain popped from the avail ring. Readable buffers come
+ * first (out[]), then writable ones (in[]), as the spec requires. */
+struct virtq_chain {
+    uint16_t head;
+    unsigned nout, nin;
+    uint64_t out_len, in_len;
+    unsigned capacity; /* of bufs[] */
+    struct virtq_buf *bufs; /* out[0..nout) then in[0..nin) */
+};
+
+/* Validates placement and alignment and maps the rings. */
+int virtq_init(struct virtq *q, const struct guest_memory *mem, const struct virtq_config *cfg,
+               bool event_idx, bool indirect);
+/* Allocates room for the longest chain a queue of this size may carry. */
+int virtq_chain_alloc(struct virtq_chain *c, unsigned capacity);
+void virtq_chain_free(struct virtq_chain *c);
+
+/* Takes the next available chain: 1 taken, 0 none pending, -1 violation
+ * (q->error says which; the queue is then broken). */
+int virtq_pop(struct virtq *q, struct virtq_chain *chain);
+/* Returns a chain's head with the number of bytes written into it. */
+void virtq_push(struct virtq *q, uint16_t head, uint32_t written);
+/* Whether the driver wants an interrupt for what was pushed since the last
+ * time this returned true (EVENT_IDX or NO_INTERRUPT). */
+bool virtq_should_notify(struct virtq *q);
+/* Asks the driver not to kick (false) or to kick (true) for new buffers.
+ * After enabling, returns true when buffers arrived meanwhile (re-check). */
+bool virtq_enable_kicks(struct virtq *q, bool enable);
+bool virtq_has_avail(struct virtq *q);
+
+/* Copies helpers over a chain's readable/writable buffers. */
+size_t virtq_chain_read(const struct virtq_chain *c, uint64_t offset, void *dst, size_t len);
+size_t virtq_chain_write(const struct virtq_chain *c, uint64_t offset, const void *src, size_t len);
+
+#endif
