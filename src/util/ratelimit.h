@@ -1,0 +1,24 @@
+/* A token bucket: `rate` tokens per second, at most `burst` saved up. A
+ * rate of 0 means unlimited. Used for bytes and for operations. */
+#ifndef EMBER_UTIL_RATELIMIT_H
+#define EMBER_UTIL_RATELIMIT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct token_bucket {
+    uint64_t rate;  /* tokens per second; 0 = unlimited */
+    uint64_t burst; /* bucket size */
+    uint64_t tokens;
+    uint64_t last_ns;
+};
+
+void token_bucket_init(struct token_bucket *b, uint64_t rate, uint64_t burst);
+bool token_bucket_unlimited(const struct token_bucket *b);
+/* Takes up to want tokens; returns how many were taken. */
+uint64_t token_bucket_take(struct token_bucket *b, uint64_t want);
+/* Nanoseconds until at least `want` tokens (capped at burst) are there. */
+uint64_t token_bucket_wait_ns(struct token_bucket *b, uint64_t want);
+uint64_t monotonic_ns(void);
+
+#endif
