@@ -4,7 +4,9 @@
  *
  * Threads: transports run on vCPU threads and take dev->lock; the device's
  * I/O work runs on its iothread. Activation and reset are handed to the
- * iothread with iothread_call(), so queue state has one owner. */
+ * iothread with iothread_call(), so queue state has one owner. The iothread
+ * never takes dev->lock (a vCPU may hold it while waiting for the iothread);
+ * status and config_generation are updated atomically for that reason. */
 #ifndef EMBER_VIRTIO_DEVICE_H
 #define EMBER_VIRTIO_DEVICE_H
 
@@ -25,11 +27,11 @@
 #define VIRTIO_STATUS_FAILED      128
 
 /* Reserved feature bits (6). */
-#define VIRTIO_F_INDIRECT_DESC    28
-#define VIRTIO_F_EVENT_IDX        29
-#define VIRTIO_F_VERSION_1        32
-#define VIRTIO_F_ACCESS_PLATFORM  33
-#define VIRTIO_F_RING_PACKED      34
+#define VIRTIO_F_INDIRECT_DESC   28
+#define VIRTIO_F_EVENT_IDX       29
+#define VIRTIO_F_VERSION_1       32
+#define VIRTIO_F_ACCESS_PLATFORM 33
+#define VIRTIO_F_RING_PACKED     34
 
 /* Device types (5). */
 #define VIRTIO_ID_NET     1
@@ -69,10 +71,12 @@ struct virtio_transport_ops {
 };
 
 struct virtio_queue {
+    struct virtio_dev *dev;
+    unsigned index;
     struct virtq_config cfg; /* as the driver programmed it */
     bool enabled;
     uint16_t msix_vector;
-    int kick_fd;  /* eventfd signalled by KVM (ioeventfd) or the transport */
+    int kick_fd; /* eventfd signalled by KVM (ioeventfd) or the transport */
     struct event_handler *kick_handler;
     struct virtq vq; /* valid while the device is active */
 };
@@ -101,10 +105,9 @@ struct virtio_dev {
     uint64_t interrupts, kicks;
 };
 
-int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id,
-                    uint64_t features, unsigned nqueues, uint16_t queue_max_size,
-                    uint32_t config_size, const struct virtio_dev_ops *ops, void *opaque,
-                    const struct guest_memory *mem);
+int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id, uint64_t features,
+                    unsigned nqueues, uint16_t queue_max_size, uint32_t config_size,
+                    const struct virtio_dev_ops *ops, void *opaque, const struct guest_memory *mem);
 void virtio_dev_destroy(struct virtio_dev *d);
 
 /* ---- for transports (hold d->lock) ---------------------------------- */

@@ -10,8 +10,8 @@
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "virtio rings are little-endian");
 
 /* Guest memory can change under us: read each shared field exactly once. */
-#define READ_ONCE(x)      __atomic_load_n(&(x), __ATOMIC_RELAXED)
-#define WRITE_ONCE(x, v)  __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#define READ_ONCE(x)     __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define WRITE_ONCE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
 
 static int violation(struct virtq *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -153,7 +153,7 @@ int virtq_pop(struct virtq *q, struct virtq_chain *c)
         return 0;
     if ((uint16_t)(avail - q->last_avail) > q->size)
         return violation(q, "avail index jumped from %u to %u (queue size %u)", q->last_avail,
-                          avail, q->size);
+                         avail, q->size);
     uint16_t head = READ_ONCE(q->avail->ring[q->last_avail % q->size]);
     if (head >= q->size)
         return violation(q, "avail ring names descriptor %u of %u", head, q->size);

@@ -55,17 +55,17 @@ struct virtq_config {
 struct virtq {
     const struct guest_memory *mem;
     uint16_t size;
-    bool event_idx;  /* VIRTIO_F_EVENT_IDX negotiated */
-    bool indirect;   /* VIRTIO_F_INDIRECT_DESC negotiated */
+    bool event_idx; /* VIRTIO_F_EVENT_IDX negotiated */
+    bool indirect;  /* VIRTIO_F_INDIRECT_DESC negotiated */
     bool broken;
     struct virtq_desc *desc;
     struct virtq_avail *avail;
     struct virtq_used *used;
-    uint16_t last_avail;  /* next avail entry to take */
-    uint16_t used_idx;    /* shadow of used->idx */
-    uint16_t signalled;   /* used_idx when we last interrupted */
+    uint16_t last_avail; /* next avail entry to take */
+    uint16_t used_idx;   /* shadow of used->idx */
+    uint16_t signalled;  /* used_idx when we last interrupted */
     bool signalled_valid;
-    char error[160];      /* first violation, for the log */
+    char error[160]; /* first violation, for the log */
 };
 
 /* One buffer of a chain, already translated to host memory. */
@@ -80,7 +80,7 @@ struct virtq_chain {
     uint16_t head;
     unsigned nout, nin;
     uint64_t out_len, in_len;
-    unsigned capacity; /* of bufs[] */
+    unsigned capacity;      /* of bufs[] */
     struct virtq_buf *bufs; /* out[0..nout) then in[0..nin) */
 };
 

@@ -1,0 +1,282 @@
+#include "virtio/device.h"
+
+#include "util/error.h"
+#include "util/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id, uint64_t features,
+                    unsigned nqueues, uint16_t queue_max_size, uint32_t config_size,
+                    const struct virtio_dev_ops *ops, void *opaque, const struct guest_memory *mem)
+{
+    memset(d, 0, sizeof(*d));
+    snprintf(d->name, sizeof(d->name), "%s", name);
+    d->device_id = device_id;
+    /* Modern devices only; indirect descriptors and event index always. */
+    d->host_features = features | (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_F_INDIRECT_DESC) |
+                       (1ULL << VIRTIO_F_EVENT_IDX);
+    d->nqueues = nqueues;
+    d->queue_max_size = queue_max_size;
+    d->config_size = config_size;
+    d->ops = ops;
+    d->opaque = opaque;
+    d->mem = mem;
+    pthread_mutex_init(&d->lock, NULL);
+    d->queues = calloc(nqueues, sizeof(*d->queues));
+    if (!d->queues)
+        return error_set("out of memory");
+    for (unsigned i = 0; i < nqueues; i++) {
+        d->queues[i].dev = d;
+        d->queues[i].index = i;
+        d->queues[i].kick_fd = -1;
+        d->queues[i].msix_vector = VIRTIO_NO_VECTOR;
+        d->queues[i].cfg.size = queue_max_size;
+    }
+    for (unsigned i = 0; i < nqueues; i++) {
+        d->queues[i].kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (d->queues[i].kick_fd < 0)
+            return error_errno("%s: eventfd", name);
+    }
+    if (iothread_start(&d->io, name) < 0)
+        return -1;
+    return 0;
+}
+
+static void quiesce_on_io(void *arg)
+{
+    struct virtio_dev *d = arg;
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        if (d->queues[i].kick_handler)
+            event_loop_del(&d->io.loop, d->queues[i].kick_handler);
+        d->queues[i].kick_handler = NULL;
+    }
+    if (d->active && d->ops->quiesce)
+        d->ops->quiesce(d);
+    d->active = false;
+}
+
+void virtio_dev_destroy(struct virtio_dev *d)
+{
+    if (d->io.running) {
+        iothread_call(&d->io, quiesce_on_io, d);
+        iothread_stop(&d->io);
+    }
+    for (unsigned i = 0; d->queues && i < d->nqueues; i++) {
+        if (d->queues[i].kick_fd >= 0)
+            close(d->queues[i].kick_fd);
+    }
+    free(d->queues);
+    d->queues = NULL;
+    pthread_mutex_destroy(&d->lock);
+}
+
+bool virtio_dev_has_feature(const struct virtio_dev *d, unsigned bit)
+{
+    return (d->driver_features >> bit) & 1;
+}
+
+uint32_t virtio_dev_host_features(const struct virtio_dev *d, uint32_t sel)
+{
+    return sel < 2 ? (uint32_t)(d->host_features >> (32 * sel)) : 0;
+}
+
+void virtio_dev_set_driver_features(struct virtio_dev *d, uint32_t sel, uint32_t value)
+{
+    /* Features are fixed once FEATURES_OK is set (3.1.1). */
+    if (sel >= 2 || (d->status & VIRTIO_STATUS_FEATURES_OK))
+        return;
+    uint64_t mask = 0xffffffffULL << (32 * sel);
+    d->driver_features = (d->driver_features & ~mask) | ((uint64_t)value << (32 * sel));
+}
+
+void virtio_dev_config_access(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len,
+                              bool is_write)
+{
+    if (offset > d->config_size || len > d->config_size - offset) {
+        if (!is_write)
+            memset(data, 0, len);
+        return;
+    }
+    if (is_write) {
+        if (d->ops->write_config)
+            d->ops->write_config(d, offset, data, len);
+    } else if (d->ops->read_config) {
+        d->ops->read_config(d, offset, data, len);
+    } else {
+        memset(data, 0, len);
+    }
+}
+
+static void on_kick(void *opaque, uint32_t events)
+{
+    struct virtio_queue *q = opaque;
+    struct virtio_dev *d = q->dev;
+    (void)events;
+    uint64_t v;
+    ssize_t ignored = read(q->kick_fd, &v, sizeof(v));
+    (void)ignored;
+    d->kicks++;
+    if (d->active && !q->vq.broken && d->ops->queue_notify)
+        d->ops->queue_notify(d, q->index);
+}
+
+int virtio_dev_watch_kicks(struct virtio_dev *d)
+{
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        struct virtio_queue *q = &d->queues[i];
+        if (!q->enabled || q->kick_handler)
+            continue;
+        q->kick_handler = event_loop_add(&d->io.loop, q->kick_fd, EPOLLIN, on_kick, q);
+        if (!q->kick_handler)
+            return -1;
+    }
+    return 0;
+}
+
+void virtio_dev_kick(struct virtio_dev *d, unsigned q)
+{
+    if (q >= d->nqueues)
+        return;
+    uint64_t one = 1;
+    ssize_t ignored = write(d->queues[q].kick_fd, &one, sizeof(one));
+    (void)ignored;
+}
+
+/* ---- activation and reset ------------------------------------------- */
+
+struct activate_call {
+    struct virtio_dev *d;
+    int result;
+    char why[200];
+};
+
+static void activate_on_io(void *arg)
+{
+    struct activate_call *c = arg;
+    struct virtio_dev *d = c->d;
+    bool event_idx = virtio_dev_has_feature(d, VIRTIO_F_EVENT_IDX);
+    bool indirect = virtio_dev_has_feature(d, VIRTIO_F_INDIRECT_DESC);
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        struct virtio_queue *q = &d->queues[i];
+        if (!q->enabled)
+            continue;
+        if (q->cfg.size > d->queue_max_size) {
+            snprintf(c->why, sizeof(c->why), "queue %u size %u exceeds the maximum %u", i,
+                     q->cfg.size, d->queue_max_size);
+            c->result = -1;
+            return;
+        }
+        if (virtq_init(&q->vq, d->mem, &q->cfg, event_idx, indirect) < 0) {
+            snprintf(c->why, sizeof(c->why), "queue %u: %s", i, error_get());
+            c->result = -1;
+            return;
+        }
+    }
+    d->active = true;
+    if (virtio_dev_watch_kicks(d) < 0 || (d->ops->activate && d->ops->activate(d) < 0)) {
+        snprintf(c->why, sizeof(c->why), "activation failed: %s", error_get());
+        quiesce_on_io(d);
+        c->result = -1;
+        return;
+    }
+    c->result = 0;
+}
+
+static void reset_state(struct virtio_dev *d)
+{
+    d->status = 0;
+    d->driver_features = 0;
+    d->needs_reset_logged = false;
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        struct virtio_queue *q = &d->queues[i];
+        q->enabled = false;
+        q->msix_vector = VIRTIO_NO_VECTOR;
+        q->cfg = (struct virtq_config){.size = d->queue_max_size};
+        memset(&q->vq, 0, sizeof(q->vq));
+    }
+}
+
+void virtio_dev_set_status(struct virtio_dev *d, uint8_t status)
+{
+    if (status == 0) {
+        /* Reset: stop all I/O and wait for in-flight requests first. */
+        iothread_call(&d->io, quiesce_on_io, d);
+        reset_state(d);
+        return;
+    }
+    uint8_t old = d->status;
+    /* Bits are only ever added (3.1.1); clearing one needs a reset. */
+    if ((old & ~status) & ~VIRTIO_STATUS_NEEDS_RESET) {
+        log_warn("%s: driver cleared status bits (0x%02x -> 0x%02x) without a reset", d->name, old,
+                 status);
+    }
+    status |= old & VIRTIO_STATUS_NEEDS_RESET;
+    if ((status & VIRTIO_STATUS_FEATURES_OK) && !(old & VIRTIO_STATUS_FEATURES_OK)) {
+        uint64_t f = d->driver_features;
+        bool ok = (f & ~d->host_features) == 0 && (f & (1ULL << VIRTIO_F_VERSION_1)) &&
+                  (!d->ops->features_ok || d->ops->features_ok(d, f));
+        if (!ok) {
+            log_warn("%s: refusing driver features 0x%llx (offered 0x%llx; VERSION_1 required)",
+                     d->name, (unsigned long long)f, (unsigned long long)d->host_features);
+            /* Leave FEATURES_OK clear: the driver reads it back and gives up. */
+            status &= (uint8_t)~VIRTIO_STATUS_FEATURES_OK;
+        }
+    }
+    if ((status & VIRTIO_STATUS_DRIVER_OK) && !(old & VIRTIO_STATUS_DRIVER_OK)) {
+        if (!(status & VIRTIO_STATUS_FEATURES_OK)) {
+            log_warn("%s: DRIVER_OK without FEATURES_OK; ignoring", d->name);
+            status &= (uint8_t)~VIRTIO_STATUS_DRIVER_OK;
+        } else {
+            d->status = status;
+            struct activate_call c = {.d = d};
+            iothread_call(&d->io, activate_on_io, &c);
+            if (c.result < 0) {
+                log_warn("%s: %s; device needs a reset", d->name, c.why);
+                d->status |= VIRTIO_STATUS_NEEDS_RESET;
+                d->needs_reset_logged = true;
+                d->config_generation++;
+                if (d->transport && d->transport->notify_config)
+                    d->transport->notify_config(d);
+            }
+            return;
+        }
+    }
+    d->status = status;
+}
+
+/* ---- interrupts and failure ----------------------------------------- */
+
+void virtio_dev_signal_used(struct virtio_dev *d, unsigned q)
+{
+    if (!virtq_should_notify(&d->queues[q].vq))
+        return;
+    d->interrupts++;
+    d->transport->notify_queue(d, q);
+}
+
+void virtio_dev_fail(struct virtio_dev *d, const char *why)
+{
+    /* Runs on the iothread, which owns the queues: stop serving now. */
+    if (!d->needs_reset_logged) {
+        d->needs_reset_logged = true;
+        log_error("%s: guest error: %s; device stopped until the driver resets it", d->name, why);
+    }
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        if (d->queues[i].kick_handler)
+            event_loop_del(&d->io.loop, d->queues[i].kick_handler);
+        d->queues[i].kick_handler = NULL;
+    }
+    if (d->active && d->ops->quiesce)
+        d->ops->quiesce(d);
+    d->active = false;
+    /* Not under d->lock: a vCPU holding it may be waiting for this thread. */
+    __atomic_or_fetch(&d->status, VIRTIO_STATUS_NEEDS_RESET, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&d->config_generation, 1, __ATOMIC_SEQ_CST);
+    if (d->transport && d->transport->notify_config)
+        d->transport->notify_config(d);
+}
