@@ -1,0 +1,450 @@
+#include "virtio/blk.h"
+
+#include "util/error.h"
+#include "util/log.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#define BLK_QUEUE_SIZE 256
+#define SECTOR         512ULL
+
+/* Feature bits (5.2.3). */
+#define VIRTIO_BLK_F_SEG_MAX      2
+#define VIRTIO_BLK_F_RO           5
+#define VIRTIO_BLK_F_BLK_SIZE     6
+#define VIRTIO_BLK_F_FLUSH        9
+#define VIRTIO_BLK_F_MQ           12
+#define VIRTIO_BLK_F_DISCARD      13
+#define VIRTIO_BLK_F_WRITE_ZEROES 14
+
+/* Request types and status (5.2.6). */
+#define VIRTIO_BLK_T_IN           0
+#define VIRTIO_BLK_T_OUT          1
+#define VIRTIO_BLK_T_FLUSH        4
+#define VIRTIO_BLK_T_GET_ID       8
+#define VIRTIO_BLK_T_DISCARD      11
+#define VIRTIO_BLK_T_WRITE_ZEROES 13
+#define VIRTIO_BLK_S_OK           0
+#define VIRTIO_BLK_S_IOERR        1
+#define VIRTIO_BLK_S_UNSUPP       2
+
+#define WRITE_ZEROES_FLAG_UNMAP 1
+
+struct blk_req_header {
+    uint32_t type;
+    uint32_t reserved;
+    uint64_t sector;
+};
+
+struct blk_segment {
+    uint64_t sector;
+    uint32_t num_sectors;
+    uint32_t flags;
+};
+
+struct blk_request {
+    struct blk_io io;
+    struct blk_queue *queue;
+    uint16_t head;
+    uint8_t *status;
+    uint32_t written;
+    struct blk_request *next_free;
+    struct iovec iov[BLK_QUEUE_SIZE];
+};
+
+struct blk_queue {
+    struct virtio_blk *blk;
+    unsigned index;
+    struct virtq_chain chain;
+    struct blk_request *reqs;
+    struct blk_request *free_list;
+    bool completed; /* used entries pushed since the last signal */
+};
+
+/* ---- configuration space ------------------------------------------- */
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
+}
+
+static void build_config(struct virtio_blk *b)
+{
+    uint8_t *c = b->config;
+    memset(c, 0, sizeof(b->config));
+    memcpy(c + 0, &b->capacity, 8);
+    put32(c + 12, BLK_QUEUE_SIZE - 2); /* seg_max: room for header and status */
+    put32(c + 20, SECTOR);             /* blk_size */
+    uint16_t nq = (uint16_t)b->opts.queues;
+    memcpy(c + 34, &nq, 2);
+    put32(c + 36, 0x3fffff); /* max_discard_sectors (2 GiB - 512) */
+    put32(c + 40, 1);        /* max_discard_seg */
+    put32(c + 44, 1);        /* discard_sector_alignment */
+    put32(c + 48, 0x3fffff); /* max_write_zeroes_sectors */
+    put32(c + 52, 1);        /* max_write_zeroes_seg */
+    c[56] = 1;               /* write_zeroes_may_unmap */
+}
+
+static void read_config(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len)
+{
+    struct virtio_blk *b = d->opaque;
+    memcpy(data, b->config + offset, len);
+}
+
+/* ---- requests -------------------------------------------------------- */
+
+static void signal_queues(struct virtio_blk *b)
+{
+    for (unsigned i = 0; i < b->opts.queues; i++) {
+        if (b->queues[i].completed) {
+            b->queues[i].completed = false;
+            virtio_dev_signal_used(&b->dev, i);
+        }
+    }
+}
+
+static void finish_request(struct blk_request *r, uint8_t status)
+{
+    struct blk_queue *q = r->queue;
+    struct virtio_blk *b = q->blk;
+    if (status != VIRTIO_BLK_S_OK) {
+        if (status == VIRTIO_BLK_S_UNSUPP)
+            b->unsupported++;
+        else
+            b->errors++;
+    }
+    *r->status = status;
+    /* A device that was reset while this was in flight no longer owns
+     * the ring: the result is dropped, as the driver expects after reset. */
+    if (b->dev.active && !b->dev.queues[q->index].vq.broken) {
+        virtq_push(&b->dev.queues[q->index].vq, r->head, r->written);
+        q->completed = true;
+    }
+    r->next_free = q->free_list;
+    q->free_list = r;
+}
+
+static void io_done(void *opaque, struct blk_io *io)
+{
+    (void)opaque;
+    struct blk_request *r = (struct blk_request *)io;
+    struct virtio_blk *b = r->queue->blk;
+    if (io->result < 0) {
+        log_once(b->io_error_logged, LOG_WARN, "%s: host I/O error: %s (reported to the guest)",
+                 b->dev.name, strerror(-io->result));
+        finish_request(r, VIRTIO_BLK_S_IOERR);
+        return;
+    }
+    if (io->op == BLK_READ) {
+        b->reads++;
+        b->read_bytes += io->len;
+    } else if (io->op == BLK_WRITE) {
+        b->writes++;
+        b->write_bytes += io->len;
+    } else if (io->op == BLK_FLUSH) {
+        b->flushes++;
+    } else {
+        b->discards++;
+    }
+    finish_request(r, VIRTIO_BLK_S_OK);
+}
+
+static bool in_range(const struct virtio_blk *b, uint64_t sector, uint64_t sectors)
+{
+    return sector <= b->capacity && sectors <= b->capacity - sector;
+}
+
+/* Builds iovecs over the chain's buffers from byte `skip` for `len` bytes,
+ * readable (out) or writable (in) side. Returns the count. */
+static int chain_iov(const struct virtq_chain *c, bool writable, uint64_t skip, uint64_t len,
+                     struct iovec *iov)
+{
+    unsigned first = writable ? c->nout : 0, n = writable ? c->nin : c->nout;
+    int cnt = 0;
+    for (unsigned i = 0; i < n && len; i++) {
+        const struct virtq_buf *buf = &c->bufs[first + i];
+        if (skip >= buf->len) {
+            skip -= buf->len;
+            continue;
+        }
+        uint64_t take = buf->len - skip;
+        if (take > len)
+            take = len;
+        iov[cnt++] = (struct iovec){.iov_base = buf->hva + skip, .iov_len = (size_t)take};
+        len -= take;
+        skip = 0;
+    }
+    return cnt;
+}
+
+/* Starts one request. Returns false on a guest error that needs a reset. */
+static bool start_request(struct blk_queue *q, struct blk_request *r, const char **why)
+{
+    struct virtio_blk *b = q->blk;
+    const struct virtq_chain *c = &q->chain;
+    if (c->in_len == 0) {
+        *why = "request has no writable status byte";
+        return false;
+    }
+    struct blk_req_header h;
+    if (c->out_len < sizeof(h)) {
+        *why = "request header shorter than 16 bytes";
+        return false;
+    }
+    virtq_chain_read(c, 0, &h, sizeof(h));
+    const struct virtq_buf *last = &c->bufs[c->nout + c->nin - 1];
+    r->head = c->head;
+    r->status = last->hva + last->len - 1;
+    r->written = 1;
+    uint64_t data_in = c->in_len - 1, data_out = c->out_len - sizeof(h);
+    struct blk_io *io = &r->io;
+    io->iov = r->iov;
+    io->iovcnt = 0;
+
+    switch (h.type) {
+    case VIRTIO_BLK_T_IN:
+    case VIRTIO_BLK_T_OUT: {
+        bool is_read = h.type == VIRTIO_BLK_T_IN;
+        uint64_t len = is_read ? data_in : data_out;
+        if (len % SECTOR || !in_range(b, h.sector, len / SECTOR) ||
+            (!is_read && b->opts.readonly)) {
+            finish_request(r, VIRTIO_BLK_S_IOERR);
+            return true;
+        }
+        if (len == 0) {
+            finish_request(r, VIRTIO_BLK_S_OK);
+            return true;
+        }
+        io->op = is_read ? BLK_READ : BLK_WRITE;
+        io->offset = h.sector * SECTOR;
+        io->len = len;
+        io->iovcnt = chain_iov(c, is_read, is_read ? 0 : sizeof(h), len, r->iov);
+        if (is_read)
+            r->written += (uint32_t)len;
+        blk_backend_submit(&b->backend, io);
+        return true;
+    }
+    case VIRTIO_BLK_T_FLUSH:
+        io->op = BLK_FLUSH;
+        io->offset = io->len = 0;
+        blk_backend_submit(&b->backend, io);
+        return true;
+    case VIRTIO_BLK_T_GET_ID: {
+        uint64_t n = data_in < VIRTIO_BLK_ID_BYTES ? data_in : VIRTIO_BLK_ID_BYTES;
+        struct iovec iov[BLK_QUEUE_SIZE];
+        int cnt = chain_iov(c, true, 0, n, iov);
+        uint64_t done = 0;
+        for (int i = 0; i < cnt; i++) {
+            memcpy(iov[i].iov_base, b->serial + done, iov[i].iov_len);
+            done += iov[i].iov_len;
+        }
+        r->written += (uint32_t)n;
+        finish_request(r, VIRTIO_BLK_S_OK);
+        return true;
+    }
+    case VIRTIO_BLK_T_DISCARD:
+    case VIRTIO_BLK_T_WRITE_ZEROES: {
+        bool zero = h.type == VIRTIO_BLK_T_WRITE_ZEROES;
+        struct blk_segment seg;
+        if (data_out != sizeof(seg)) {
+            /* We offer one segment per request (max_*_seg = 1). */
+            finish_request(r, data_out % sizeof(seg) ? VIRTIO_BLK_S_UNSUPP : VIRTIO_BLK_S_IOERR);
+            return true;
+        }
+        virtq_chain_read(c, sizeof(h), &seg, sizeof(seg));
+        uint32_t allowed_flags = zero ? WRITE_ZEROES_FLAG_UNMAP : 0;
+        if (seg.flags & ~allowed_flags) {
+            finish_request(r, VIRTIO_BLK_S_UNSUPP);
+            return true;
+        }
+        if (b->opts.readonly || !in_range(b, seg.sector, seg.num_sectors) ||
+            seg.num_sectors > 0x3fffff) {
+            finish_request(r, VIRTIO_BLK_S_IOERR);
+            return true;
+        }
+        io->op = !zero                                   ? BLK_DISCARD
+                 : (seg.flags & WRITE_ZEROES_FLAG_UNMAP) ? BLK_ZERO_UNMAP
+                                                         : BLK_ZERO;
+        io->offset = seg.sector * SECTOR;
+        io->len = (uint64_t)seg.num_sectors * SECTOR;
+        blk_backend_submit(&b->backend, io);
+        return true;
+    }
+    default:
+        finish_request(r, VIRTIO_BLK_S_UNSUPP);
+        return true;
+    }
+}
+
+static void reap(struct virtio_blk *b)
+{
+    blk_backend_reap(&b->backend, io_done, b);
+}
+
+static void process_queue(struct virtio_blk *b, unsigned index)
+{
+    struct blk_queue *q = &b->queues[index];
+    struct virtq *vq = &b->dev.queues[index].vq;
+    virtq_enable_kicks(vq, false);
+    for (;;) {
+        while (q->free_list) {
+            int got = virtq_pop(vq, &q->chain);
+            if (got < 0) {
+                blk_backend_kick(&b->backend);
+                virtio_dev_fail(&b->dev, vq->error);
+                return;
+            }
+            if (got == 0)
+                break;
+            struct blk_request *r = q->free_list;
+            q->free_list = r->next_free;
+            const char *why = NULL;
+            if (!start_request(q, r, &why)) {
+                r->next_free = q->free_list;
+                q->free_list = r;
+                blk_backend_kick(&b->backend);
+                virtio_dev_fail(&b->dev, why);
+                return;
+            }
+        }
+        if (!q->free_list)
+            break; /* every slot busy: completions bring us back */
+        if (!virtq_enable_kicks(vq, true))
+            break;
+        virtq_enable_kicks(vq, false);
+    }
+    blk_backend_kick(&b->backend);
+}
+
+static void queue_notify(struct virtio_dev *d, unsigned index)
+{
+    struct virtio_blk *b = d->opaque;
+    process_queue(b, index);
+    reap(b);
+    signal_queues(b);
+}
+
+static void on_completion(void *opaque, uint32_t events)
+{
+    struct virtio_blk *b = opaque;
+    (void)events;
+    reap(b);
+    /* Freed slots may let a full queue go on. */
+    for (unsigned i = 0; i < b->opts.queues && b->dev.active; i++) {
+        if (b->dev.queues[i].enabled && virtq_has_avail(&b->dev.queues[i].vq))
+            process_queue(b, i);
+    }
+    reap(b);
+    signal_queues(b);
+}
+
+static int activate(struct virtio_dev *d)
+{
+    struct virtio_blk *b = d->opaque;
+    if (b->backend.event_fd >= 0) {
+        b->completion_handler =
+            event_loop_add(&d->io.loop, b->backend.event_fd, EPOLLIN, on_completion, b);
+        if (!b->completion_handler)
+            return -1;
+    }
+    for (unsigned i = 0; i < b->opts.queues; i++) {
+        if (d->queues[i].enabled)
+            process_queue(b, i);
+    }
+    reap(b);
+    signal_queues(b);
+    return 0;
+}
+
+static void quiesce(struct virtio_dev *d)
+{
+    struct virtio_blk *b = d->opaque;
+    /* In-flight requests finish (their data reaches the image) before the
+     * rings are given up. */
+    blk_backend_drain(&b->backend, io_done, b);
+    signal_queues(b);
+    if (b->completion_handler)
+        event_loop_del(&d->io.loop, b->completion_handler);
+    b->completion_handler = NULL;
+}
+
+static bool features_ok(struct virtio_dev *d, uint64_t f)
+{
+    (void)d;
+    (void)f;
+    return true;
+}
+
+static const struct virtio_dev_ops blk_ops = {
+    .read_config = read_config,
+    .activate = activate,
+    .quiesce = quiesce,
+    .queue_notify = queue_notify,
+    .features_ok = features_ok,
+};
+
+int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_options *opts,
+                    const struct guest_memory *mem)
+{
+    memset(b, 0, sizeof(*b));
+    b->opts = *opts;
+    if (b->opts.queues == 0)
+        b->opts.queues = 1;
+    if (b->opts.queues > VIRTIO_BLK_MAX_QUEUES)
+        return error_set("drive %s: at most %d queues", name, VIRTIO_BLK_MAX_QUEUES);
+    if (blk_backend_open(&b->backend, opts->path, opts->readonly, opts->direct, !opts->sync_io,
+                         b->opts.queues * BLK_QUEUE_SIZE) < 0)
+        return -1;
+    if (b->backend.size % SECTOR)
+        log_warn("drive '%s': size is not a multiple of 512; the last %llu bytes are unused",
+                 opts->path, (unsigned long long)(b->backend.size % SECTOR));
+    b->capacity = b->backend.size / SECTOR;
+    /* The serial is not NUL-terminated when it fills all 20 bytes. */
+    const char *serial = opts->id ? opts->id : name;
+    memcpy(b->serial, serial, strnlen(serial, sizeof(b->serial)));
+    build_config(b);
+
+    b->queues = calloc(b->opts.queues, sizeof(*b->queues));
+    if (!b->queues)
+        return error_set("out of memory");
+    for (unsigned i = 0; i < b->opts.queues; i++) {
+        struct blk_queue *q = &b->queues[i];
+        q->blk = b;
+        q->index = i;
+        if (virtq_chain_alloc(&q->chain, BLK_QUEUE_SIZE) < 0)
+            return -1;
+        q->reqs = calloc(BLK_QUEUE_SIZE, sizeof(*q->reqs));
+        if (!q->reqs)
+            return error_set("out of memory");
+        for (unsigned k = 0; k < BLK_QUEUE_SIZE; k++) {
+            q->reqs[k].queue = q;
+            q->reqs[k].next_free = q->free_list;
+            q->free_list = &q->reqs[k];
+        }
+    }
+    uint64_t features = (1ULL << VIRTIO_BLK_F_SEG_MAX) | (1ULL << VIRTIO_BLK_F_BLK_SIZE) |
+                        (1ULL << VIRTIO_BLK_F_FLUSH) | (1ULL << VIRTIO_BLK_F_DISCARD) |
+                        (1ULL << VIRTIO_BLK_F_WRITE_ZEROES);
+    if (opts->readonly)
+        features |= 1ULL << VIRTIO_BLK_F_RO;
+    if (b->opts.queues > 1)
+        features |= 1ULL << VIRTIO_BLK_F_MQ;
+    return virtio_dev_init(&b->dev, name, VIRTIO_ID_BLOCK, features, b->opts.queues, BLK_QUEUE_SIZE,
+                           sizeof(b->config), &blk_ops, b, mem);
+}
+
+void virtio_blk_destroy(struct virtio_blk *b)
+{
+    virtio_dev_destroy(&b->dev);
+    for (unsigned i = 0; b->queues && i < b->opts.queues; i++) {
+        virtq_chain_free(&b->queues[i].chain);
+        free(b->queues[i].reqs);
+    }
+    free(b->queues);
+    b->queues = NULL;
+    blk_backend_close(&b->backend);
+}

@@ -1,0 +1,43 @@
+/* virtio-blk (virtio 1.2, 5.2) on a raw image: reads, writes, flush,
+ * get-id, discard and write-zeroes, one or more queues, served on the
+ * device's iothread through the block backend (io_uring or synchronous). */
+#ifndef EMBER_VIRTIO_BLK_H
+#define EMBER_VIRTIO_BLK_H
+
+#include "backends/block.h"
+#include "virtio/device.h"
+
+#define VIRTIO_BLK_ID_BYTES   20
+#define VIRTIO_BLK_MAX_QUEUES 16
+
+struct blk_options {
+    const char *path;
+    const char *id; /* serial the guest reads with GET_ID; default: drive name */
+    bool readonly;
+    bool direct; /* cache=none: O_DIRECT, host page cache bypassed */
+    unsigned queues;
+    bool sync_io; /* force the synchronous backend */
+};
+
+struct blk_request;
+struct blk_queue;
+
+struct virtio_blk {
+    struct virtio_dev dev;
+    struct blk_options opts;
+    char serial[VIRTIO_BLK_ID_BYTES];
+    uint64_t capacity; /* 512-byte sectors */
+    struct blk_backend backend;
+    struct event_handler *completion_handler;
+    struct blk_queue *queues;
+    uint8_t config[60];
+    bool io_error_logged;
+    /* Counters (iothread). */
+    uint64_t reads, writes, read_bytes, write_bytes, flushes, discards, errors, unsupported;
+};
+
+int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_options *opts,
+                    const struct guest_memory *mem);
+void virtio_blk_destroy(struct virtio_blk *b);
+
+#endif
