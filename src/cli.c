@@ -33,6 +33,19 @@ void cli_usage(FILE *f)
             "                        family and KVM paravirtual features that need hypercalls)\n"
             "  --debug-exit          add an exit port at 0xf4: a guest write of v ends ember\n"
             "                        with status (v << 1) | 1\n"
+            "  --drive SPEC          a virtio-blk disk (repeatable); SPEC is\n"
+            "                        path=FILE[,id=NAME][,readonly=on][,cache=none|writeback]\n"
+            "                        [,queues=N]: a raw image or block device; id is the serial\n"
+            "                        the guest reads (max 20 bytes); cache=none bypasses the\n"
+            "                        host page cache (O_DIRECT); queues 1-16 (default 1)\n"
+            "  --transport KIND      how virtio devices attach: pci (default) or mmio (announced\n"
+            "                        on the kernel command line as virtio_mmio.device=...)\n"
+            "  --console KIND        guest console on ember's stdio: serial (ttyS0, default) or\n"
+            "                        virtio (hvc0; serial output is still shown)\n"
+            "  --rng                 a virtio-rng device fed by the host's getrandom()\n"
+            "  --rng-rate BYTES      its rate limit in bytes per second, K/M/G suffixes allowed\n"
+            "                        (default 1M; 0 = unlimited); implies --rng\n"
+            "  --blk-sync            synchronous block I/O instead of io_uring\n"
             "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
             "\n"
             "The guest's first serial port (COM1, ttyS0) is ember's standard input and output.\n"
@@ -115,6 +128,12 @@ enum opt_id {
     OPT_CPU_TEMPLATE,
     OPT_DEBUG_EXIT,
     OPT_LOG_LEVEL,
+    OPT_DRIVE,
+    OPT_TRANSPORT,
+    OPT_CONSOLE,
+    OPT_RNG,
+    OPT_RNG_RATE,
+    OPT_BLK_SYNC,
     OPT_HELP,
 };
 
@@ -131,6 +150,12 @@ static const struct {
     {"cpu-template", OPT_CPU_TEMPLATE, true},
     {"debug-exit", OPT_DEBUG_EXIT, false},
     {"log-level", OPT_LOG_LEVEL, true},
+    {"drive", OPT_DRIVE, true},
+    {"transport", OPT_TRANSPORT, true},
+    {"console", OPT_CONSOLE, true},
+    {"rng", OPT_RNG, false},
+    {"rng-rate", OPT_RNG_RATE, true},
+    {"blk-sync", OPT_BLK_SYNC, false},
     {"help", OPT_HELP, false},
 };
 
@@ -140,6 +165,66 @@ static uint64_t host_ram_mib(void)
     if (pages <= 0 || page <= 0)
         return UINT64_MAX;
     return ((uint64_t)pages * (uint64_t)page) >> 20;
+}
+
+static bool is_on(const char *v, bool *out)
+{
+    if (!strcmp(v, "on") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1"))
+        *out = true;
+    else if (!strcmp(v, "off") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "0"))
+        *out = false;
+    else
+        return false;
+    return true;
+}
+
+/* --drive path=FILE[,id=NAME][,readonly=on][,cache=none|writeback][,queues=N]
+ * (a bare FILE is path=FILE). Values cannot contain commas. */
+int cli_parse_drive(const char *spec, struct drive_config *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->queues = 1;
+    char *copy = strdup(spec);
+    if (!copy)
+        return error_set("out of memory");
+    /* The strings stay referenced by the config for the process's life. */
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            if (d->path)
+                return error_set("--drive %s: '%s' is not key=value", spec, item);
+            d->path = item;
+            continue;
+        }
+        *eq = '\0';
+        const char *key = item, *val = eq + 1;
+        if (!strcmp(key, "path") || !strcmp(key, "file")) {
+            d->path = val;
+        } else if (!strcmp(key, "id")) {
+            if (strlen(val) > 20)
+                return error_set("--drive id '%s' is longer than the 20 bytes virtio allows", val);
+            d->id = val;
+        } else if (!strcmp(key, "readonly") || !strcmp(key, "ro")) {
+            if (!is_on(val, &d->readonly))
+                return error_set("--drive readonly=%s: use on or off", val);
+        } else if (!strcmp(key, "cache")) {
+            if (!strcmp(val, "none"))
+                d->direct = true;
+            else if (!strcmp(val, "writeback"))
+                d->direct = false;
+            else
+                return error_set("--drive cache=%s: use none or writeback", val);
+        } else if (!strcmp(key, "queues")) {
+            if (cli_parse_uint(val, 16, &d->queues) < 0 || d->queues == 0)
+                return error_set("--drive queues=%s: use 1 to 16", val);
+        } else {
+            return error_set("--drive: unknown key '%s' (path, id, readonly, cache, queues)", key);
+        }
+    }
+    if (!d->path || !*d->path)
+        return error_set("--drive %s: needs path=FILE", spec);
+    return 0;
 }
 
 static int apply_option(struct cli *cli, enum opt_id id, const char *name, const char *value)
@@ -182,6 +267,43 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
         return 0;
     case OPT_LOG_LEVEL:
         return log_level_parse(value, &cli->log_level);
+    case OPT_DRIVE:
+        if (vm->ndrives == VM_MAX_DRIVES)
+            return error_set("at most %d --drive options", VM_MAX_DRIVES);
+        if (cli_parse_drive(value, &vm->drives[vm->ndrives]) < 0)
+            return -1;
+        vm->ndrives++;
+        return 0;
+    case OPT_TRANSPORT:
+        if (!strcmp(value, "pci"))
+            vm->transport = TRANSPORT_PCI;
+        else if (!strcmp(value, "mmio"))
+            vm->transport = TRANSPORT_MMIO;
+        else
+            return error_set("--transport %s: use pci or mmio", value);
+        return 0;
+    case OPT_CONSOLE:
+        if (!strcmp(value, "serial"))
+            vm->console = CONSOLE_SERIAL;
+        else if (!strcmp(value, "virtio"))
+            vm->console = CONSOLE_VIRTIO;
+        else
+            return error_set("--console %s: use serial or virtio", value);
+        return 0;
+    case OPT_RNG:
+        vm->rng = true;
+        return 0;
+    case OPT_RNG_RATE: {
+        uint64_t rate;
+        if (cli_parse_size(value, 0, &rate) < 0)
+            return error_prefix("--rng-rate");
+        vm->rng = true;
+        vm->rng_rate = rate;
+        return 0;
+    }
+    case OPT_BLK_SYNC:
+        vm->blk_sync = true;
+        return 0;
     case OPT_HELP:
         cli->action = CLI_HELP;
         return 0;

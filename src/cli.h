@@ -23,5 +23,6 @@ void cli_usage(FILE *f);
 int cli_parse_size(const char *s, unsigned unit_shift, uint64_t *out);
 int cli_parse_uint(const char *s, unsigned max, unsigned *out);
 const char *cli_version(void);
+int cli_parse_drive(const char *spec, struct drive_config *d);
 
 #endif

@@ -4,6 +4,8 @@
 #include "arch/x86/mptable.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "virtio/console.h"
+#include "vmm/devices.h"
 #include "vmm/exit_status.h"
 #include "vmm/vcpu.h"
 
@@ -28,6 +30,9 @@ void vm_config_defaults(struct vm_config *cfg)
     cfg->ncpus = VM_DEFAULT_CPUS;
     cfg->cpu_template = CPU_TEMPLATE_HOST;
     cfg->kvm_path = "/dev/kvm";
+    cfg->transport = TRANSPORT_PCI;
+    cfg->console = CONSOLE_SERIAL;
+    cfg->rng_rate = 1 << 20;
 }
 
 bool vm_is_stopping(const struct vm *vm)
@@ -65,6 +70,11 @@ static void com1_set_irq(void *opaque, int level)
 static size_t com1_deliver(void *opaque, const uint8_t *buf, size_t len)
 {
     return serial_receive(opaque, buf, len);
+}
+
+static size_t vconsole_deliver(void *opaque, const uint8_t *buf, size_t len)
+{
+    return virtio_console_receive(opaque, buf, len);
 }
 
 static void com1_rx_space(void *opaque)
@@ -181,7 +191,7 @@ static int load_kernel(struct vm *vm)
         .kernel = image,
         .kernel_size = (size_t)st.st_size,
         .initrd_fd = -1,
-        .cmdline = cfg->cmdline,
+        .cmdline = vm->full_cmdline,
     };
     int ifd = -1;
     if (cfg->initrd_path) {
@@ -219,6 +229,7 @@ static int write_mptable(struct vm *vm)
         .ncpus = vm->ncpus,
         .ioapic_addr = LAYOUT_IOAPIC,
         .lapic_addr = LAYOUT_LAPIC,
+        .pci_slots = vm_pci_slots(vm),
     };
     struct kvm_cpuid_entry2 *leaf1 = cpuid_find(vm->supported_cpuid, 1, 0);
     if (leaf1) {
@@ -265,13 +276,13 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
         return -1;
     if (irqchip_create(&vm->irqchip, vm->vm_fd) < 0)
         return -1;
-    vm->create_status = EXIT_USAGE;
+    vm->create_status = EXIT_USAGE; /* bad drive files, bad images */
+    if (create_devices(vm) < 0 || vm_create_virtio_devices(vm) < 0)
+        return -1;
     if (load_kernel(vm) < 0)
         return -1;
     vm->create_status = EXIT_HOST_ERROR;
     if (write_mptable(vm) < 0)
-        return -1;
-    if (create_devices(vm) < 0)
         return -1;
 
     vm->vcpus = calloc(vm->ncpus, sizeof(*vm->vcpus));
@@ -321,6 +332,8 @@ int vm_run(struct vm *vm)
         return EXIT_HOST_ERROR;
 
     struct stdio_sink sink = {.deliver = com1_deliver, .opaque = &vm->com1};
+    if (vm->vconsole)
+        sink = (struct stdio_sink){.deliver = vconsole_deliver, .opaque = vm->vconsole};
     if (stdio_console_start(&vm->console, &vm->loop, STDIN_FILENO, STDOUT_FILENO, &sink,
                             on_console_quit, vm) < 0) {
         fprintf(stderr, "ember: console: %s\n", error_get());
@@ -347,6 +360,7 @@ int vm_run(struct vm *vm)
 
 void vm_destroy(struct vm *vm)
 {
+    vm_destroy_virtio_devices(vm);
     if (vm->vcpus) {
         for (unsigned i = 0; i < vm->ncpus; i++) {
             if (vm->vcpus[i].fd >= 0)

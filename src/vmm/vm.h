@@ -8,6 +8,7 @@
 #include "arch/x86/irqchip.h"
 #include "backends/stdio.h"
 #include "bus/bus.h"
+#include "bus/pci.h"
 #include "devices/debug_exit.h"
 #include "devices/i8042.h"
 #include "devices/rtc.h"
@@ -24,6 +25,18 @@
 #define VM_DEFAULT_CPUS       1
 #define VM_DEFAULT_CMDLINE    "console=ttyS0 reboot=k panic=1"
 #define VM_MIN_MEMORY_MIB     4
+#define VM_MAX_DRIVES         16
+
+enum virtio_transport_kind { TRANSPORT_PCI, TRANSPORT_MMIO };
+enum console_kind { CONSOLE_SERIAL, CONSOLE_VIRTIO };
+
+struct drive_config {
+    const char *path;
+    const char *id;
+    bool readonly;
+    bool direct;
+    unsigned queues;
+};
 
 struct vm_config {
     const char *kernel_path;
@@ -34,11 +47,19 @@ struct vm_config {
     bool debug_exit;
     enum cpu_template cpu_template;
     const char *kvm_path; /* "/dev/kvm" unless testing */
+    enum virtio_transport_kind transport;
+    enum console_kind console;
+    unsigned ndrives;
+    struct drive_config drives[VM_MAX_DRIVES];
+    bool rng;
+    uint64_t rng_rate; /* bytes per second; 0 = unlimited */
+    bool blk_sync;     /* synchronous block I/O instead of io_uring */
 };
 
 void vm_config_defaults(struct vm_config *cfg);
 
 struct vcpu;
+struct vm_virtio;
 
 struct vm {
     struct vm_config cfg;
@@ -60,6 +81,14 @@ struct vm {
     struct rtc rtc;
     struct debug_exit debug_exit;
     struct stdio_console console;
+
+    struct pci_bus pci;
+    bool has_pci;
+    unsigned nvirtio;
+    struct vm_virtio *virtio[VM_MAX_DRIVES + 4];
+    unsigned next_mmio_irq;
+    struct virtio_console *vconsole;
+    char *full_cmdline; /* user command line plus device announcements */
 
     pthread_mutex_t stop_lock;
     bool stopping; /* read by vCPU threads, atomically */

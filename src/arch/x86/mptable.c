@@ -4,8 +4,10 @@
 
 #include <string.h>
 
-#define MP_SPEC_REV 4
-#define ISA_BUS_ID  0
+#define MP_SPEC_REV   4
+#define ISA_BUS_ID    0
+#define PCI_BUS_ID    1
+#define IRQ_FLAGS_PCI 0x0f /* active low, level triggered */
 
 enum { MP_PROCESSOR, MP_BUS, MP_IOAPIC, MP_INTSRC, MP_LINTSRC };
 enum { MP_IRQ_INT = 0, MP_IRQ_NMI = 1, MP_IRQ_EXTINT = 3 };
@@ -88,7 +90,8 @@ int mptable_write(const struct guest_memory *mem, uint64_t gpa, const struct mpt
         return error_set("MP table supports 1 to %d CPUs, not %u", MPTABLE_MAX_CPUS, p->ncpus);
     size_t size = sizeof(struct mp_floating_pointer) + sizeof(struct mp_config_header) +
                   p->ncpus * sizeof(struct mp_processor) + sizeof(struct mp_bus) +
-                  sizeof(struct mp_ioapic) + 16 * sizeof(struct mp_irq) + 2 * sizeof(struct mp_irq);
+                  sizeof(struct mp_bus) + sizeof(struct mp_ioapic) + 16 * sizeof(struct mp_irq) +
+                  32 * sizeof(struct mp_irq) + 2 * sizeof(struct mp_irq);
     uint8_t *base = gpa_to_hva(mem, gpa, size);
     if (!base)
         return error_set("no guest memory for the MP table at 0x%llx", (unsigned long long)gpa);
@@ -118,6 +121,13 @@ int mptable_write(const struct guest_memory *mem, uint64_t gpa, const struct mpt
     memcpy(cursor, &isa, sizeof(isa));
     cursor += sizeof(isa);
     entries++;
+    if (p->pci_slots) {
+        struct mp_bus pci = {.type = MP_BUS, .bus_id = PCI_BUS_ID};
+        memcpy(pci.bus_type, "PCI   ", 6);
+        memcpy(cursor, &pci, sizeof(pci));
+        cursor += sizeof(pci);
+        entries++;
+    }
     struct mp_ioapic ioapic = {.type = MP_IOAPIC,
                                .apic_id = ioapic_id,
                                .apic_version = 0x11,
@@ -135,6 +145,21 @@ int mptable_write(const struct guest_memory *mem, uint64_t gpa, const struct mpt
                            .src_irq = (uint8_t)irq,
                            .dst_apic = ioapic_id,
                            .dst_pin = (uint8_t)mptable_isa_irq_to_pin(irq)};
+        memcpy(cursor, &e, sizeof(e));
+        cursor += sizeof(e);
+        entries++;
+    }
+    for (unsigned slot = 0; slot < 32; slot++) {
+        if (!(p->pci_slots >> slot & 1))
+            continue;
+        /* INTA of each slot, swizzled over pins 16-23. */
+        struct mp_irq e = {.type = MP_INTSRC,
+                           .irq_type = MP_IRQ_INT,
+                           .flags = IRQ_FLAGS_PCI,
+                           .src_bus = PCI_BUS_ID,
+                           .src_irq = (uint8_t)(slot << 2),
+                           .dst_apic = ioapic_id,
+                           .dst_pin = (uint8_t)(MPTABLE_PCI_FIRST_PIN + slot % 8)};
         memcpy(cursor, &e, sizeof(e));
         cursor += sizeof(e);
         entries++;

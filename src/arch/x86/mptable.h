@@ -15,6 +15,7 @@ struct mptable_params {
     uint32_t cpu_features;  /* CPUID 1 EDX */
     uint64_t ioapic_addr;
     uint64_t lapic_addr;
+    uint32_t pci_slots; /* bitmap of PCI bus 0 slots with a device (INTA) */
 };
 
 /* Writes the floating pointer and configuration table at gpa (inside the
@@ -22,6 +23,7 @@ struct mptable_params {
 int mptable_write(const struct guest_memory *mem, uint64_t gpa, const struct mptable_params *p);
 
 /* IOAPIC input that an ISA IRQ is wired to (IRQ 0, the PIT, to pin 2). */
+#define MPTABLE_PCI_FIRST_PIN 16
 unsigned mptable_isa_irq_to_pin(unsigned irq);
 
 #endif

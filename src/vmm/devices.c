@@ -1,0 +1,182 @@
+#include "vmm/devices.h"
+
+#include "arch/x86/layout.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "virtio/blk.h"
+#include "virtio/console.h"
+#include "virtio/rng.h"
+#include "vmm/vm.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ISA interrupt lines free for virtio-mmio devices (edge-triggered, as
+ * the guest assumes for ISA lines): not the PIT (0), keyboard (1),
+ * cascade (2), COM2/COM1 (3, 4), RTC (8) or the mouse/FPU lines. */
+static const unsigned mmio_irqs[] = {5, 6, 7, 9, 10, 11, 14, 15};
+#define PCI_WINDOW_START 0xe0000000ULL
+#define PCI_WINDOW_END   0xfec00000ULL
+
+static int attach(struct vm *vm, struct virtio_dev *dev, void *model, void (*destroy)(void *))
+{
+    struct vm_virtio *v = calloc(1, sizeof(*v));
+    if (!v)
+        return error_set("out of memory");
+    v->dev = dev;
+    v->model = model;
+    v->destroy = destroy;
+    vm->virtio[vm->nvirtio++] = v;
+    if (vm->cfg.transport == TRANSPORT_PCI) {
+        v->on_pci = true;
+        return virtio_pci_init(&v->pci, dev, &vm->pci, &vm->irqchip, vm->vm_fd);
+    }
+    unsigned index = vm->next_mmio_irq;
+    if (index >= sizeof(mmio_irqs) / sizeof(mmio_irqs[0]))
+        return error_set("too many virtio-mmio devices (at most %zu); use --transport pci",
+                         sizeof(mmio_irqs) / sizeof(mmio_irqs[0]));
+    vm->next_mmio_irq++;
+    uint64_t base = LAYOUT_VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_WINDOW;
+    if (virtio_mmio_init(&v->mmio, dev, vm->vm_fd, base, mmio_irqs[index]) < 0)
+        return -1;
+    return bus_register(&vm->mmio, base, VIRTIO_MMIO_WINDOW, virtio_mmio_io, &v->mmio, dev->name);
+}
+
+static void destroy_blk(void *model)
+{
+    virtio_blk_destroy(model);
+    free(model);
+}
+
+static void destroy_rng(void *model)
+{
+    virtio_rng_destroy(model);
+    free(model);
+}
+
+static void destroy_console(void *model)
+{
+    virtio_console_destroy(model);
+    free(model);
+}
+
+static void console_output(void *opaque, const uint8_t *buf, size_t len)
+{
+    struct vm *vm = opaque;
+    stdio_console_output(&vm->console, buf, len);
+}
+
+static void console_input_space(void *opaque)
+{
+    struct vm *vm = opaque;
+    stdio_console_resume(&vm->console);
+}
+
+static int append_cmdline(struct vm *vm, const char *extra)
+{
+    size_t old = strlen(vm->full_cmdline), add = strlen(extra);
+    char *s = realloc(vm->full_cmdline, old + add + 2);
+    if (!s)
+        return error_set("out of memory");
+    if (old)
+        s[old++] = ' ';
+    memcpy(s + old, extra, add + 1);
+    vm->full_cmdline = s;
+    return 0;
+}
+
+int vm_create_virtio_devices(struct vm *vm)
+{
+    const struct vm_config *cfg = &vm->cfg;
+    vm->full_cmdline = strdup(cfg->cmdline);
+    if (!vm->full_cmdline)
+        return error_set("out of memory");
+    if (cfg->transport == TRANSPORT_PCI) {
+        if (pci_bus_init(&vm->pci, &vm->pio, &vm->mmio, PCI_WINDOW_START, PCI_WINDOW_END) < 0)
+            return -1;
+        vm->has_pci = true;
+    }
+    for (unsigned i = 0; i < cfg->ndrives; i++) {
+        const struct drive_config *dc = &cfg->drives[i];
+        struct virtio_blk *b = calloc(1, sizeof(*b));
+        if (!b)
+            return error_set("out of memory");
+        char name[16];
+        snprintf(name, sizeof(name), "blk%u", i);
+        struct blk_options o = {.path = dc->path,
+                                .id = dc->id,
+                                .readonly = dc->readonly,
+                                .direct = dc->direct,
+                                .queues = dc->queues,
+                                .sync_io = cfg->blk_sync};
+        if (virtio_blk_init(b, name, &o, &vm->mem) < 0) {
+            virtio_blk_destroy(b);
+            free(b);
+            return -1;
+        }
+        if (attach(vm, &b->dev, b, destroy_blk) < 0)
+            return -1;
+        log_info("%s: %s, %llu sectors, %s%s, %u queue(s), %s I/O", name, dc->path,
+                 (unsigned long long)b->capacity, dc->readonly ? "read-only" : "read-write",
+                 dc->direct ? ", cache=none" : "", o.queues ? o.queues : 1,
+                 blk_backend_kind(&b->backend));
+    }
+    if (cfg->console == CONSOLE_VIRTIO) {
+        struct virtio_console *c = calloc(1, sizeof(*c));
+        if (!c)
+            return error_set("out of memory");
+        if (virtio_console_init(c, &vm->mem, console_output, console_input_space, vm) < 0 ||
+            attach(vm, &c->dev, c, destroy_console) < 0)
+            return -1;
+        vm->vconsole = c;
+    }
+    if (cfg->rng) {
+        struct virtio_rng *r = calloc(1, sizeof(*r));
+        if (!r)
+            return error_set("out of memory");
+        if (virtio_rng_init(r, &vm->mem, cfg->rng_rate, 0) < 0 ||
+            attach(vm, &r->dev, r, destroy_rng) < 0)
+            return -1;
+    }
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        if (vm->virtio[i]->on_pci)
+            continue;
+        char arg[80];
+        virtio_mmio_cmdline(&vm->virtio[i]->mmio, arg, sizeof(arg));
+        if (append_cmdline(vm, arg) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+void vm_destroy_virtio_devices(struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        struct vm_virtio *v = vm->virtio[i];
+        /* Stop the device (draining I/O) before its transport goes. */
+        if (v->destroy)
+            v->destroy(v->model);
+        if (v->on_pci)
+            virtio_pci_destroy(&v->pci);
+        else
+            virtio_mmio_destroy(&v->mmio);
+        free(v);
+    }
+    vm->nvirtio = 0;
+    free(vm->full_cmdline);
+    vm->full_cmdline = NULL;
+    if (vm->has_pci)
+        pci_bus_destroy(&vm->pci);
+    vm->has_pci = false;
+}
+
+uint32_t vm_pci_slots(const struct vm *vm)
+{
+    uint32_t slots = 0;
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        if (vm->virtio[i]->on_pci)
+            slots |= 1u << vm->virtio[i]->pci.fn.slot;
+    }
+    return slots;
+}

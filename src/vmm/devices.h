@@ -1,0 +1,29 @@
+/* Assembling the machine's virtio devices: models, transports (MMIO
+ * windows and IRQs, or PCI slots), and the kernel command line entries
+ * that announce virtio-mmio devices. */
+#ifndef EMBER_VMM_DEVICES_H
+#define EMBER_VMM_DEVICES_H
+
+#include "virtio/device.h"
+#include "virtio/mmio.h"
+#include "virtio/pci.h"
+
+struct vm;
+
+struct vm_virtio {
+    struct virtio_dev *dev;
+    void *model;
+    void (*destroy)(void *model);
+    bool on_pci;
+    struct virtio_mmio mmio;
+    struct virtio_pci pci;
+};
+
+/* Creates every virtio device the configuration asks for and builds
+ * vm->full_cmdline. Call after memory and the irqchip exist. */
+int vm_create_virtio_devices(struct vm *vm);
+void vm_destroy_virtio_devices(struct vm *vm);
+/* PCI slots in use (bitmap), for the MP table's interrupt entries. */
+uint32_t vm_pci_slots(const struct vm *vm);
+
+#endif
