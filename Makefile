@@ -21,10 +21,14 @@ UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-.PHONY: bench-startup all deps demo test unit-test guest-test linux-smoke-test sanitize test-sanitize \
+.PHONY: all deps demo test unit-test guest-test linux-smoke-test test-sanitize fuzz fuzz-build \
+        bench bench-startup \
         clang guests format format-check clean bench
 
 all: $(BUILD)/ember
+
+SHELL := /bin/bash
+.SECONDARY:
 
 # V=1 shows the commands.
 Q := $(if $(V),,@)
@@ -86,6 +90,31 @@ test-sanitize:
 # Warnings must be clean under clang too.
 clang:
 	$(MAKE) BUILD=build/clang CC=clang all $(BUILD)/../build/clang/unit-tests
+
+# libFuzzer targets (clang), each run for FUZZ_SECONDS with ASan and UBSan.
+FUZZ_SECONDS ?= 60
+FUZZ_SRCS    := $(sort $(wildcard tests/fuzz/*.c))
+FUZZ_NAMES   := $(notdir $(FUZZ_SRCS:.c=))
+FUZZ_BUILD   := build/fuzz
+FUZZ_FLAGS   := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+
+fuzz-build:
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang EXTRA_CFLAGS="$(FUZZ_FLAGS)" $(addprefix $(FUZZ_BUILD)/,$(FUZZ_NAMES))
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(LIB_OBJS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+fuzz: fuzz-build guests
+	@for f in $(FUZZ_NAMES); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus-$$f; \
+	  seeds=""; [ $$f = fuzz_boot ] && seeds=$(BUILD)/guest; \
+	  echo "fuzz: $$f for $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_BUILD)/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -max_len=65536 $(FUZZ_BUILD)/corpus-$$f $$seeds 2>&1 | \
+	    grep -E "^(stat::number_of_executed_units|stat::new_units_added|==|SUMMARY)|ERROR" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
 
 format:
 	clang-format -i $(SRCS) $(UNIT_SRCS) $(shell find src tests guest -name '*.h')

@@ -12,5 +12,7 @@ Suite *memory_suite(void);
 Suite *mptable_suite(void);
 Suite *serial_suite(void);
 Suite *legacy_suite(void);
+Suite *virtq_suite(void);
+Suite *virtio_blk_suite(void);
 
 #endif
