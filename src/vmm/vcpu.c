@@ -33,6 +33,21 @@ int vcpu_init_kick_signal(void)
     return 0;
 }
 
+/* Reads back what KVM made of the CPUID we set: a host that passes the
+ * real CPUID through cannot hide features, and the user must know. */
+static void check_template(struct vcpu *vcpu, struct kvm_cpuid2 *buf, unsigned capacity)
+{
+    buf->nent = capacity;
+    if (ioctl(vcpu->fd, KVM_GET_CPUID2, buf) < 0)
+        return;
+    char names[256];
+    if (cpuid_template_leaks(buf, vcpu->vm->cfg.cpu_template, names, sizeof(names)) > 0)
+        log_warn("this host's KVM keeps these features visible despite --cpu-template %s: %s "
+                 "(it passes the real CPUID through); a Linux guest here may need "
+                 "clearcpuid=/noxsave on its command line",
+                 cpu_template_name(vcpu->vm->cfg.cpu_template), names);
+}
+
 int vcpu_create(struct vcpu *vcpu, struct vm *vm, unsigned id)
 {
     memset(vcpu, 0, sizeof(*vcpu));
@@ -62,6 +77,8 @@ int vcpu_create(struct vcpu *vcpu, struct vm *vm, unsigned id)
     int r = cpuid_filter(cpuid, vm->cpuid_capacity, &params);
     if (r == 0 && ioctl(vcpu->fd, KVM_SET_CPUID2, cpuid) < 0)
         r = error_errno("KVM_SET_CPUID2 on vCPU %u", id);
+    if (r == 0 && id == 0)
+        check_template(vcpu, cpuid, vm->cpuid_capacity);
     free(cpuid);
     if (r < 0)
         return -1;

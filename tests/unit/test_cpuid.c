@@ -133,6 +133,25 @@ START_TEST(bad_params_and_templates)
 }
 END_TEST
 
+START_TEST(leaks_name_what_the_host_kept)
+{
+    struct kvm_cpuid2 *c = fake_supported();
+    struct cpuid_params p = {.vcpu_id = 0, .ncpus = 1, .template = CPU_TEMPLATE_BASELINE};
+    ck_assert_int_eq(cpuid_filter(c, CAP, &p), 0);
+    char names[256];
+    ck_assert_int_eq(cpuid_template_leaks(c, CPU_TEMPLATE_BASELINE, names, sizeof(names)), 0);
+    ck_assert_str_eq(names, "");
+    /* A host that forces POPCNT and SMAP back on is caught, by name. */
+    leaf(c, 1, 0)->ecx |= 1u << 23;
+    leaf(c, 7, 0)->ebx |= 1u << 20;
+    ck_assert_int_eq(cpuid_template_leaks(c, CPU_TEMPLATE_BASELINE, names, sizeof(names)), 2);
+    ck_assert_str_eq(names, "POPCNT SMAP");
+    /* The host template promises nothing. */
+    ck_assert_int_eq(cpuid_template_leaks(c, CPU_TEMPLATE_HOST, names, sizeof(names)), 0);
+    free(c);
+}
+END_TEST
+
 Suite *cpuid_suite(void)
 {
     Suite *s = suite_create("cpuid");
@@ -141,6 +160,7 @@ Suite *cpuid_suite(void)
     tcase_add_test(t, single_cpu_has_no_htt);
     tcase_add_test(t, baseline_hides_what_nested_hosts_cannot_run);
     tcase_add_test(t, bad_params_and_templates);
+    tcase_add_test(t, leaks_name_what_the_host_kept);
     suite_add_tcase(s, t);
     return s;
 }

@@ -90,6 +90,43 @@ START_TEST(table_lists_cpus_ioapic_and_isa_irqs)
 }
 END_TEST
 
+START_TEST(pci_slots_get_level_interrupts_on_bus_0)
+{
+    struct guest_memory m;
+    ck_assert_int_eq(guest_memory_map(&m, 16 << 20, LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END),
+                     0);
+    struct mptable_params p = {.ncpus = 1, .pci_slots = (1u << 1) | (1u << 9)};
+    ck_assert_int_gt(mptable_write(&m, LAYOUT_MPTABLE, &p), 0);
+    const uint8_t *hdr = gpa_to_hva(&m, LAYOUT_MPTABLE + 16, 44);
+    uint16_t count;
+    memcpy(&count, hdr + 34, 2);
+    const uint8_t *e = hdr + 44;
+    int pci_bus = -1, isa_bus = -1;
+    unsigned pci_irqs = 0;
+    for (unsigned i = 0; i < count; i++) {
+        if (e[0] == 1 && memcmp(e + 2, "PCI", 3) == 0)
+            pci_bus = e[1];
+        if (e[0] == 1 && memcmp(e + 2, "ISA", 3) == 0)
+            isa_bus = e[1];
+        if (e[0] == 3 && e[4] == pci_bus) {
+            uint16_t flags;
+            memcpy(&flags, e + 2, 2);
+            ck_assert_uint_eq(flags, 0x0f); /* active low, level */
+            unsigned slot = e[5] >> 2;
+            ck_assert(slot == 1 || slot == 9);
+            ck_assert_uint_eq(e[7], 16 + slot % 8);
+            pci_irqs++;
+        }
+        e += e[0] == 0 ? 20 : 8;
+    }
+    /* Guests take the MP bus id for the PCI bus number: it must be 0. */
+    ck_assert_int_eq(pci_bus, 0);
+    ck_assert_int_ne(isa_bus, 0);
+    ck_assert_uint_eq(pci_irqs, 2);
+    guest_memory_free(&m);
+}
+END_TEST
+
 START_TEST(cpu_count_limits)
 {
     struct guest_memory m;
@@ -111,6 +148,7 @@ Suite *mptable_suite(void)
     TCase *t = tcase_create("write");
     tcase_add_test(t, table_lists_cpus_ioapic_and_isa_irqs);
     tcase_add_test(t, cpu_count_limits);
+    tcase_add_test(t, pci_slots_get_level_interrupts_on_bus_0);
     suite_add_tcase(s, t);
     return s;
 }

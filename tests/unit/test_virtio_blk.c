@@ -70,8 +70,11 @@ static void setup_opts(bool readonly)
     ck_assert_int_eq(write(fd, data, DISK_SIZE), DISK_SIZE);
     free(data);
     close(fd);
-    struct blk_options o = {.path = path, .id = "serial-42", .readonly = readonly,
-                            .queues = 1, .sync_io = sync_backend};
+    struct blk_options o = {.path = path,
+                            .id = "serial-42",
+                            .readonly = readonly,
+                            .queues = 1,
+                            .sync_io = sync_backend};
     ck_assert_msg(virtio_blk_init(&blk, "blk0", &o, &f.mem) == 0, "%s", error_get());
     blk.dev.transport = &fake_transport;
     queue_irqs = config_irqs = 0;

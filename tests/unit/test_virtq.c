@@ -76,7 +76,8 @@ START_TEST(indirect_chain)
 {
     struct virtq_desc *table = (void *)fake_ptr(&f, FAKE_INDIRECT, 48);
     table[0] = (struct virtq_desc){FAKE_DATA, 16, VIRTQ_DESC_F_NEXT, 2};
-    table[2] = (struct virtq_desc){FAKE_DATA + 0x100, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 1};
+    table[2] =
+        (struct virtq_desc){FAKE_DATA + 0x100, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 1};
     table[1] = (struct virtq_desc){FAKE_DATA + 0x400, 1, VIRTQ_DESC_F_WRITE, 0};
     fake_set_desc(&f, 5, FAKE_INDIRECT, 48, VIRTQ_DESC_F_INDIRECT, 0);
     fake_publish(&f, 5);
@@ -281,9 +282,9 @@ START_TEST(notification_suppression_with_event_idx)
     *used_event = 2; /* interrupt me when used idx passes 2 */
     for (int i = 0; i < 4; i++)
         ck_assert_int_eq(virtq_pop(&vq, &c), 1);
-    virtq_push(&vq, 0, 0); /* used 1 */
+    virtq_push(&vq, 0, 0);               /* used 1 */
     ck_assert(virtq_should_notify(&vq)); /* first signal always goes */
-    virtq_push(&vq, 1, 0); /* used 2: event 2 not passed */
+    virtq_push(&vq, 1, 0);               /* used 2: event 2 not passed */
     ck_assert(!virtq_should_notify(&vq));
     virtq_push(&vq, 2, 0); /* used 3: passed 2 */
     ck_assert(virtq_should_notify(&vq));

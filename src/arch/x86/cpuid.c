@@ -3,6 +3,8 @@
 #include "util/error.h"
 
 #include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -36,10 +38,9 @@
 /* Leaf 7.1 EAX: AVX-VNNI, AVX512_BF16, fast zero-length/short rep movs/stos/cmps */
 #define EAX71_HIDDEN (BIT(4) | BIT(5) | BIT(10) | BIT(11) | BIT(12))
 /* Leaf 0x80000001 ECX: ABM (LZCNT+POPCNT), XOP, FMA4, TOPOEXT */
-#define ECX81_ABM     BIT(5)
-#define ECX81_XOP     BIT(11)
-#define ECX81_FMA4    BIT(16)
-#define ECX81_TOPOEXT BIT(22)
+#define ECX81_ABM  BIT(5)
+#define ECX81_XOP  BIT(11)
+#define ECX81_FMA4 BIT(16)
 /* Leaf 0x40000001 EAX: KVM paravirtual features */
 #define KVM_FEAT_CLOCKSOURCE  BIT(0)
 #define KVM_FEAT_CLOCKSOURCE2 BIT(3)
@@ -163,30 +164,87 @@ static int set_topology_leaf(struct kvm_cpuid2 *c, unsigned max, unsigned functi
     return 0;
 }
 
-static void apply_baseline(struct kvm_cpuid2 *c)
-{
-    struct kvm_cpuid_entry2 *e;
-    if ((e = cpuid_find(c, 1, 0)))
-        e->ecx &= ~(ECX_CX16 | ECX_POPCNT | ECX_XSAVE | ECX_OSXSAVE | ECX_AVX | ECX_FMA | ECX_F16C);
-    if ((e = cpuid_find(c, 7, 0))) {
-        e->ebx &= ~(EBX7_SMAP | EBX7_ERMS | EBX7_AVX2 | EBX7_AVX512_ALL);
-        e->ecx &= ~ECX7_XSAVE_DEPENDENT;
-        e->edx &= ~(EDX7_FSRM | EDX7_XSAVE_DEPENDENT);
-    }
-    if ((e = cpuid_find(c, 7, 1)))
-        e->eax &= ~EAX71_HIDDEN;
-    /* XSAVE's own leaf goes entirely. */
-    drop_leaf(c, 0xd);
-    if ((e = cpuid_find(c, 0x80000001, 0)))
-        e->ecx &= ~(ECX81_ABM | ECX81_XOP | ECX81_FMA4);
+enum { REG_EAX, REG_EBX, REG_ECX, REG_EDX };
+
+/* What the baseline template hides, by name, so that the same table masks
+ * the bits and later checks that the host let them stay hidden. */
+static const struct hidden_feature {
+    uint32_t leaf, index;
+    uint8_t reg;
+    uint32_t mask;
+    const char *name;
+} baseline_hidden[] = {
+    {1, 0, REG_ECX, ECX_CX16, "CX16"},
+    {1, 0, REG_ECX, ECX_POPCNT, "POPCNT"},
+    {1, 0, REG_ECX, ECX_XSAVE, "XSAVE"},
+    {1, 0, REG_ECX, ECX_AVX | ECX_FMA | ECX_F16C, "AVX"},
+    {7, 0, REG_EBX, EBX7_SMAP, "SMAP"},
+    {7, 0, REG_EBX, EBX7_ERMS, "ERMS"},
+    {7, 0, REG_EDX, EDX7_FSRM, "FSRM"},
+    {7, 0, REG_EBX, EBX7_AVX2 | EBX7_AVX512_ALL, "AVX2/AVX-512"},
+    {7, 0, REG_ECX, ECX7_XSAVE_DEPENDENT, "AVX-512/VAES/PKU"},
+    {7, 0, REG_EDX, EDX7_XSAVE_DEPENDENT, "AVX-512/AMX"},
+    {7, 1, REG_EAX, EAX71_HIDDEN, "AVX-VNNI/fast short REP"},
+    {0x80000001, 0, REG_ECX, ECX81_ABM | ECX81_XOP | ECX81_FMA4, "ABM/XOP/FMA4"},
     /* Paravirtual features whose use needs a hypercall (vmmcall/vmcall):
-     * PV IPIs, PV spinlock kicks, directed yield, and clock pairing, which
+     * PV IPIs, PV spinlock kicks, directed yield; and clock pairing, which
      * has no bit of its own: the guest only tries it on top of kvmclock,
      * so kvmclock goes too and the guest uses the TSC. */
-    if ((e = cpuid_find(c, 0x40000001, 0)))
-        e->eax &= ~(KVM_FEAT_PV_UNHALT | KVM_FEAT_PV_SEND_IPI | KVM_FEAT_PV_SCHED_YLD |
-                    KVM_FEAT_HC_MAP_GPA | KVM_FEAT_CLOCKSOURCE | KVM_FEAT_CLOCKSOURCE2 |
-                    KVM_FEAT_CLOCK_STABLE);
+    {0x40000001, 0, REG_EAX, KVM_FEAT_PV_UNHALT, "PV_UNHALT"},
+    {0x40000001, 0, REG_EAX, KVM_FEAT_PV_SEND_IPI, "PV_SEND_IPI"},
+    {0x40000001, 0, REG_EAX, KVM_FEAT_PV_SCHED_YLD, "PV_SCHED_YIELD"},
+    {0x40000001, 0, REG_EAX, KVM_FEAT_HC_MAP_GPA, "HC_MAP_GPA_RANGE"},
+    {0x40000001, 0, REG_EAX, KVM_FEAT_CLOCKSOURCE | KVM_FEAT_CLOCKSOURCE2 | KVM_FEAT_CLOCK_STABLE,
+     "kvmclock"},
+};
+
+static uint32_t *reg_of(struct kvm_cpuid_entry2 *e, uint8_t reg)
+{
+    switch (reg) {
+    case REG_EAX:
+        return &e->eax;
+    case REG_EBX:
+        return &e->ebx;
+    case REG_ECX:
+        return &e->ecx;
+    default:
+        return &e->edx;
+    }
+}
+
+static void apply_baseline(struct kvm_cpuid2 *c)
+{
+    for (size_t i = 0; i < sizeof(baseline_hidden) / sizeof(baseline_hidden[0]); i++) {
+        const struct hidden_feature *h = &baseline_hidden[i];
+        struct kvm_cpuid_entry2 *e = cpuid_find(c, h->leaf, h->index);
+        if (e)
+            *reg_of(e, h->reg) &= ~h->mask;
+    }
+    /* The OS-enabled bit and XSAVE's own leaf go with XSAVE. */
+    struct kvm_cpuid_entry2 *e = cpuid_find(c, 1, 0);
+    if (e)
+        e->ecx &= ~ECX_OSXSAVE;
+    drop_leaf(c, 0xd);
+}
+
+int cpuid_template_leaks(struct kvm_cpuid2 *actual, enum cpu_template t, char *buf, size_t len)
+{
+    size_t used = 0;
+    int count = 0;
+    buf[0] = '\0';
+    if (t != CPU_TEMPLATE_BASELINE)
+        return 0;
+    for (size_t i = 0; i < sizeof(baseline_hidden) / sizeof(baseline_hidden[0]); i++) {
+        const struct hidden_feature *h = &baseline_hidden[i];
+        struct kvm_cpuid_entry2 *e = cpuid_find(actual, h->leaf, h->index);
+        if (!e || !(*reg_of(e, h->reg) & h->mask))
+            continue;
+        int n = snprintf(buf + used, len - used, "%s%s", count ? " " : "", h->name);
+        if (n > 0 && (size_t)n < len - used)
+            used += (size_t)n;
+        count++;
+    }
+    return count;
 }
 
 int cpuid_filter(struct kvm_cpuid2 *c, unsigned max, const struct cpuid_params *p)

@@ -5,6 +5,7 @@
 
 #include <linux/kvm.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 enum cpu_template {
     CPU_TEMPLATE_HOST,     /* everything KVM offers */
@@ -26,6 +27,12 @@ struct cpuid_params {
 int cpuid_filter(struct kvm_cpuid2 *cpuid, unsigned max, const struct cpuid_params *p);
 /* The entry for function/index or NULL. */
 struct kvm_cpuid_entry2 *cpuid_find(struct kvm_cpuid2 *cpuid, unsigned function, unsigned index);
+
+/* After KVM_SET_CPUID2, names (space-separated, into buf) the features the
+ * template hides that the vCPU still reports (read back with
+ * KVM_GET_CPUID2): some hosts pass parts of the real CPUID through.
+ * Returns how many. */
+int cpuid_template_leaks(struct kvm_cpuid2 *actual, enum cpu_template t, char *buf, size_t len);
 
 /* KVM_GET_SUPPORTED_CPUID into a fresh allocation (free()), with room for
  * `extra` more entries. */

@@ -4,9 +4,10 @@
 
 #include <string.h>
 
-#define MP_SPEC_REV   4
-#define ISA_BUS_ID    0
-#define PCI_BUS_ID    1
+#define MP_SPEC_REV 4
+/* PCI must be MP bus 0: guests equate MP bus ids with PCI bus numbers. */
+#define PCI_BUS_ID    0
+#define ISA_BUS_ID    1
 #define IRQ_FLAGS_PCI 0x0f /* active low, level triggered */
 
 enum { MP_PROCESSOR, MP_BUS, MP_IOAPIC, MP_INTSRC, MP_LINTSRC };
