@@ -21,7 +21,7 @@ UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-.PHONY: all deps demo test unit-test guest-test linux-smoke-test test-sanitize fuzz fuzz-build \
+.PHONY: all demo test unit-test guest-test test-sanitize fuzz fuzz-build \
         bench bench-startup \
         clang guests format format-check clean bench
 
@@ -58,10 +58,8 @@ bench-startup:
 guests:
 	$(MAKE) -C guest O=$(abspath $(BUILD))/guest CC=$(CC)
 
-deps:
-	@scripts/install-deps.sh
-
-demo: deps
+demo:
+	@scripts/install-deps.sh build
 	@$(MAKE) --no-print-directory all guests >/dev/null
 	$(BUILD)/ember run --kernel $(BUILD)/guest/hello.elf
 
@@ -69,16 +67,16 @@ unit-test: $(BUILD)/unit-tests
 	$(BUILD)/unit-tests
 
 guest-test: all guests
-	EMBER=$(BUILD)/ember GUESTS=$(BUILD)/guest tests/guest/run.sh
-
-linux-smoke-test: all
-	EMBER=$(BUILD)/ember tests/linux/debian-kernel-smoke.sh
+	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest OUT_DIR=$(abspath $(BUILD))/guest-tests NO_BUILD=1 \
+	  tests/guest/run.sh
 
 # The whole suite; CI runs exactly this.
-test: deps
-	$(MAKE) all unit-test guest-test linux-smoke-test
+test:
+	@scripts/install-deps.sh test
+	$(MAKE) all unit-test guest-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
+	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build, running the unit and
 # guest tests.
@@ -89,10 +87,11 @@ test-sanitize:
 
 # Warnings must be clean under clang too.
 clang:
-	$(MAKE) BUILD=build/clang CC=clang all $(BUILD)/../build/clang/unit-tests
+	$(MAKE) BUILD=build/clang CC=clang all build/clang/unit-tests
 
 # libFuzzer targets (clang), each run for FUZZ_SECONDS with ASan and UBSan.
 FUZZ_SECONDS ?= 60
+TEST_FUZZ_SECONDS ?= 30
 FUZZ_SRCS    := $(sort $(wildcard tests/fuzz/*.c))
 FUZZ_NAMES   := $(notdir $(FUZZ_SRCS:.c=))
 FUZZ_BUILD   := build/fuzz
