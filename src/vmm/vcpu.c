@@ -290,8 +290,13 @@ static void *vcpu_main(void *arg)
     pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
     while (!vm_is_stopping(vm)) {
         if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {
-            if (errno == EINTR || errno == EAGAIN)
+            if (errno == EINTR || errno == EAGAIN) {
+                /* Kicked: to stop, or to park while the VM is paused. Clear
+                 * the kick first: one that lands after this is kept. */
+                __atomic_store_n(&vcpu->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+                vm_vcpu_park(vm);
                 continue;
+            }
             fprintf(stderr, "ember: KVM_RUN failed on vCPU %u: %s\n", vcpu->id, strerror(errno));
             vm_request_stop(vm, EXIT_HOST_ERROR);
             break;

@@ -18,7 +18,6 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -47,6 +46,7 @@ void vm_request_stop(struct vm *vm, int status)
     if (first) {
         vm->exit_status = status;
         __atomic_store_n(&vm->stopping, true, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&vm->pause_cond); /* parked vCPUs and pausers */
     }
     pthread_mutex_unlock(&vm->stop_lock);
     if (!first)
@@ -55,7 +55,8 @@ void vm_request_stop(struct vm *vm, int status)
      * the machine, then let the main loop finish up. */
     for (unsigned i = 0; i < vm->ncpus; i++)
         vcpu_kick(&vm->vcpus[i]);
-    event_loop_stop(&vm->loop);
+    if (vm->loop)
+        event_loop_stop(vm->loop);
 }
 
 /* ---- device glue ----------------------------------------------------- */
@@ -239,19 +240,18 @@ static int write_mptable(struct vm *vm)
     return mptable_write(&vm->mem, LAYOUT_MPTABLE, &p) < 0 ? -1 : 0;
 }
 
-int vm_create(struct vm *vm, const struct vm_config *cfg)
+int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loop)
 {
     memset(vm, 0, sizeof(*vm));
     vm->vm_fd = -1;
     vm->kvm.fd = -1;
-    vm->signal_fd = -1;
+    vm->loop = loop;
     vm->cfg = *cfg;
     vm->ncpus = cfg->ncpus;
     pthread_mutex_init(&vm->stop_lock, NULL);
+    pthread_cond_init(&vm->pause_cond, NULL);
     bus_init(&vm->pio, "pio");
     bus_init(&vm->mmio, "mmio");
-    if (event_loop_init(&vm->loop) < 0)
-        return -1;
 
     vm->create_status = EXIT_HOST_ERROR;
     if (kvm_open(&vm->kvm, cfg->kvm_path) < 0)
@@ -299,63 +299,99 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 
 /* ---- running --------------------------------------------------------- */
 
-static void on_signal(void *opaque, uint32_t events)
+int vm_start(struct vm *vm, bool attach_console)
 {
-    struct vm *vm = opaque;
-    (void)events;
-    struct signalfd_siginfo si;
-    if (read(vm->signal_fd, &si, sizeof(si)) != sizeof(si))
-        return;
-    fprintf(stderr, "ember: stopping on %s\n", strsignal((int)si.ssi_signo));
-    vm_request_stop(vm, EXIT_SIGNAL_BASE + (int)si.ssi_signo);
-}
-
-int vm_run(struct vm *vm)
-{
-    /* Termination signals arrive through the loop, on this thread only:
-     * block them before the vCPU threads inherit the mask. */
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGHUP);
-    sigaddset(&stop_signals, SIGQUIT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
-    vm->signal_fd = signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (vm->signal_fd < 0) {
-        error_errno("signalfd");
-        return EXIT_HOST_ERROR;
-    }
-    if (!event_loop_add(&vm->loop, vm->signal_fd, EPOLLIN, on_signal, vm))
-        return EXIT_HOST_ERROR;
     if (vcpu_init_kick_signal() < 0)
-        return EXIT_HOST_ERROR;
-
-    struct stdio_sink sink = {.deliver = com1_deliver, .opaque = &vm->com1};
-    if (vm->vconsole)
-        sink = (struct stdio_sink){.deliver = vconsole_deliver, .opaque = vm->vconsole};
-    if (stdio_console_start(&vm->console, &vm->loop, STDIN_FILENO, STDOUT_FILENO, &sink,
-                            on_console_quit, vm) < 0) {
-        fprintf(stderr, "ember: console: %s\n", error_get());
-        return EXIT_HOST_ERROR;
+        return -1;
+    if (attach_console) {
+        struct stdio_sink sink = {.deliver = com1_deliver, .opaque = &vm->com1};
+        if (vm->vconsole)
+            sink = (struct stdio_sink){.deliver = vconsole_deliver, .opaque = vm->vconsole};
+        if (stdio_console_start(&vm->console, vm->loop, STDIN_FILENO, STDOUT_FILENO, &sink,
+                                on_console_quit, vm) < 0)
+            return error_prefix("console");
+        vm->console_attached = true;
     }
     for (unsigned i = 0; i < vm->ncpus; i++) {
         if (vcpu_start(&vm->vcpus[i]) < 0) {
-            fprintf(stderr, "ember: %s\n", error_get());
             vm_request_stop(vm, EXIT_HOST_ERROR);
-            break;
+            return -1;
         }
     }
-    if (event_loop_run(&vm->loop) < 0) {
-        fprintf(stderr, "ember: event loop: %s\n", error_get());
-        vm_request_stop(vm, EXIT_HOST_ERROR);
-    }
+    vm->started = true;
+    return 0;
+}
+
+int vm_finish(struct vm *vm)
+{
+    /* Whoever ended the run has kicked the vCPUs; kick again for a stop
+     * that came from elsewhere (the event loop failing). */
+    vm_request_stop(vm, EXIT_HOST_ERROR);
+    pthread_mutex_lock(&vm->stop_lock);
+    vm->paused = false;
+    pthread_cond_broadcast(&vm->pause_cond);
+    pthread_mutex_unlock(&vm->stop_lock);
     for (unsigned i = 0; i < vm->ncpus; i++)
         vcpu_kick(&vm->vcpus[i]);
     for (unsigned i = 0; i < vm->ncpus; i++)
         vcpu_join(&vm->vcpus[i]);
-    stdio_console_stop(&vm->console);
+    if (vm->console_attached)
+        stdio_console_stop(&vm->console);
+    vm->console_attached = false;
     return vm->exit_status;
+}
+
+int vm_pause(struct vm *vm)
+{
+    if (!vm->started)
+        return error_set("the machine is not running");
+    pthread_mutex_lock(&vm->stop_lock);
+    if (vm->stopping) {
+        pthread_mutex_unlock(&vm->stop_lock);
+        return error_set("the machine is stopping");
+    }
+    if (!vm->paused) {
+        vm->paused = true;
+        for (unsigned i = 0; i < vm->ncpus; i++)
+            vcpu_kick(&vm->vcpus[i]);
+        /* Wait until every vCPU has left KVM_RUN and parked. */
+        while (vm->parked < vm->ncpus && !vm->stopping)
+            pthread_cond_wait(&vm->pause_cond, &vm->stop_lock);
+    }
+    pthread_mutex_unlock(&vm->stop_lock);
+    return 0;
+}
+
+int vm_resume(struct vm *vm)
+{
+    if (!vm->started)
+        return error_set("the machine is not running");
+    pthread_mutex_lock(&vm->stop_lock);
+    vm->paused = false;
+    pthread_cond_broadcast(&vm->pause_cond);
+    pthread_mutex_unlock(&vm->stop_lock);
+    return 0;
+}
+
+bool vm_is_paused(struct vm *vm)
+{
+    pthread_mutex_lock(&vm->stop_lock);
+    bool p = vm->paused;
+    pthread_mutex_unlock(&vm->stop_lock);
+    return p;
+}
+
+void vm_vcpu_park(struct vm *vm)
+{
+    pthread_mutex_lock(&vm->stop_lock);
+    if (vm->paused && !vm->stopping) {
+        vm->parked++;
+        pthread_cond_broadcast(&vm->pause_cond);
+        while (vm->paused && !vm->stopping)
+            pthread_cond_wait(&vm->pause_cond, &vm->stop_lock);
+        vm->parked--;
+    }
+    pthread_mutex_unlock(&vm->stop_lock);
 }
 
 void vm_destroy(struct vm *vm)
@@ -378,10 +414,6 @@ void vm_destroy(struct vm *vm)
         close(vm->vm_fd);
     vm->vm_fd = -1;
     kvm_close(&vm->kvm);
-    if (vm->signal_fd >= 0)
-        close(vm->signal_fd);
-    vm->signal_fd = -1;
-    event_loop_destroy(&vm->loop);
     bus_destroy(&vm->pio);
     bus_destroy(&vm->mmio);
 }

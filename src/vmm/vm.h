@@ -69,8 +69,7 @@ struct vm {
     struct irqchip irqchip;
     struct bus pio, mmio;
     struct boot_entry boot;
-    struct event_loop loop;
-    int signal_fd; /* SIGINT, SIGTERM, SIGHUP, SIGQUIT */
+    struct event_loop *loop; /* the main thread's, borrowed */
     struct kvm_cpuid2 *supported_cpuid;
     unsigned cpuid_capacity;
     unsigned ncpus;
@@ -90,17 +89,33 @@ struct vm {
     struct virtio_console *vconsole;
     char *full_cmdline; /* user command line plus device announcements */
 
-    pthread_mutex_t stop_lock;
+    pthread_mutex_t stop_lock; /* stop and pause state */
+    pthread_cond_t pause_cond;
     bool stopping; /* read by vCPU threads, atomically */
+    bool paused;
+    unsigned parked; /* vCPUs waiting while paused */
+    bool started, console_attached;
     int exit_status;
     int create_status; /* exit status when vm_create fails */
 };
 
-/* Builds the machine from cfg; nothing runs yet. Errors via error_get(). */
-int vm_create(struct vm *vm, const struct vm_config *cfg);
-/* Runs vCPUs and the event loop until the machine stops; returns the
- * process exit status. */
-int vm_run(struct vm *vm);
+/* Builds the machine from cfg; nothing runs yet. loop is the main thread's
+ * event loop: ember stops it when the machine stops. Errors via
+ * error_get(); vm->create_status says which exit status fits. */
+int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loop);
+/* Starts the vCPUs; with attach_console, stdin/stdout become the guest's
+ * console (on the loop). */
+int vm_start(struct vm *vm, bool attach_console);
+/* After the loop stopped: stops and joins the vCPUs; returns the exit
+ * status the machine ended with. */
+int vm_finish(struct vm *vm);
+/* Parks every vCPU outside KVM_RUN (returns when all are parked) / lets
+ * them run again. Devices keep serving what is in flight. */
+int vm_pause(struct vm *vm);
+int vm_resume(struct vm *vm);
+bool vm_is_paused(struct vm *vm);
+/* Called by a vCPU thread that was kicked: waits while the VM is paused. */
+void vm_vcpu_park(struct vm *vm);
 /* Ends the run with status (the first request wins). Any thread. */
 void vm_request_stop(struct vm *vm, int status);
 bool vm_is_stopping(const struct vm *vm);
