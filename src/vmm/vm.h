@@ -30,12 +30,30 @@
 enum virtio_transport_kind { TRANSPORT_PCI, TRANSPORT_MMIO };
 enum console_kind { CONSOLE_SERIAL, CONSOLE_VIRTIO };
 
+/* A token-bucket pair in Firecracker's terms: `size` tokens refilled every
+ * `refill_ms`, plus a one-time burst. A size of 0 means unlimited. */
+struct token_bucket_config {
+    uint64_t size;
+    uint64_t one_time_burst;
+    uint64_t refill_ms;
+};
+
+struct rate_limit_config {
+    struct token_bucket_config bandwidth; /* bytes */
+    struct token_bucket_config ops;       /* requests */
+};
+
 struct drive_config {
     const char *path;
     const char *id;
     bool readonly;
-    bool direct;
+    bool direct;      /* cache=none: O_DIRECT */
+    bool unsafe;      /* flushes ignored, not offered (Firecracker's "Unsafe") */
+    bool sync_io;     /* synchronous I/O for this drive */
+    bool is_root;     /* becomes /dev/vda and root= on the command line */
+    const char *partuuid;
     unsigned queues;
+    struct rate_limit_config rate_limit;
 };
 
 struct vm_config {
@@ -53,6 +71,7 @@ struct vm_config {
     struct drive_config drives[VM_MAX_DRIVES];
     bool rng;
     uint64_t rng_rate; /* bytes per second; 0 = unlimited */
+    struct token_bucket_config rng_limit; /* when set (size > 0), overrides rng_rate */
     bool blk_sync;     /* synchronous block I/O instead of io_uring */
 };
 
