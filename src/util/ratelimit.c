@@ -25,6 +25,11 @@ bool token_bucket_unlimited(const struct token_bucket *b)
 static void refill(struct token_bucket *b)
 {
     uint64_t now = monotonic_ns();
+    if (b->tokens >= b->burst) {
+        /* Full (or still spending a one-time burst): time passes unused. */
+        b->last_ns = now;
+        return;
+    }
     uint64_t elapsed = now - b->last_ns;
     /* Whole tokens only; keep the remainder of time for the next refill. */
     unsigned __int128 earned = (unsigned __int128)elapsed * b->rate / 1000000000ULL;
@@ -38,6 +43,18 @@ static void refill(struct token_bucket *b)
     } else {
         b->tokens += (uint64_t)earned;
     }
+}
+
+void token_bucket_init_fc(struct token_bucket *b, uint64_t size, uint64_t one_time_burst,
+                          uint64_t refill_ms)
+{
+    if (size == 0 || refill_ms == 0) {
+        token_bucket_init(b, 0, 0);
+        return;
+    }
+    unsigned __int128 rate = (unsigned __int128)size * 1000 / refill_ms;
+    token_bucket_init(b, rate ? (uint64_t)rate : 1, size);
+    b->tokens += one_time_burst;
 }
 
 uint64_t token_bucket_take(struct token_bucket *b, uint64_t want)

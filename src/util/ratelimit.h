@@ -14,6 +14,10 @@ struct token_bucket {
 };
 
 void token_bucket_init(struct token_bucket *b, uint64_t rate, uint64_t burst);
+/* Firecracker's terms: `size` tokens refilled every `refill_ms`, plus a
+ * one-time burst spent before the refill rate applies. */
+void token_bucket_init_fc(struct token_bucket *b, uint64_t size, uint64_t one_time_burst,
+                          uint64_t refill_ms);
 bool token_bucket_unlimited(const struct token_bucket *b);
 /* Takes up to want tokens; returns how many were taken. */
 uint64_t token_bucket_take(struct token_bucket *b, uint64_t want);

@@ -14,5 +14,6 @@ Suite *serial_suite(void);
 Suite *legacy_suite(void);
 Suite *virtq_suite(void);
 Suite *virtio_blk_suite(void);
+Suite *ratelimit_suite(void);
 
 #endif
