@@ -47,10 +47,10 @@ struct drive_config {
     const char *path;
     const char *id;
     bool readonly;
-    bool direct;      /* cache=none: O_DIRECT */
-    bool unsafe;      /* flushes ignored, not offered (Firecracker's "Unsafe") */
-    bool sync_io;     /* synchronous I/O for this drive */
-    bool is_root;     /* becomes /dev/vda and root= on the command line */
+    bool direct;  /* cache=none: O_DIRECT */
+    bool unsafe;  /* flushes ignored, not offered (Firecracker's "Unsafe") */
+    bool sync_io; /* synchronous I/O for this drive */
+    bool is_root; /* becomes /dev/vda and root= on the command line */
     const char *partuuid;
     unsigned queues;
     struct rate_limit_config rate_limit;
@@ -70,9 +70,9 @@ struct vm_config {
     unsigned ndrives;
     struct drive_config drives[VM_MAX_DRIVES];
     bool rng;
-    uint64_t rng_rate; /* bytes per second; 0 = unlimited */
+    uint64_t rng_rate;                    /* bytes per second; 0 = unlimited */
     struct token_bucket_config rng_limit; /* when set (size > 0), overrides rng_rate */
-    bool blk_sync;     /* synchronous block I/O instead of io_uring */
+    bool blk_sync;                        /* synchronous block I/O instead of io_uring */
 };
 
 void vm_config_defaults(struct vm_config *cfg);
