@@ -33,11 +33,18 @@ void cli_usage(FILE *f)
             "                        family and KVM paravirtual features that need hypercalls)\n"
             "  --debug-exit          add an exit port at 0xf4: a guest write of v ends ember\n"
             "                        with status (v << 1) | 1\n"
-            "  --drive SPEC          a virtio-blk disk (repeatable); SPEC is\n"
-            "                        path=FILE[,id=NAME][,readonly=on][,cache=none|writeback]\n"
-            "                        [,queues=N]: a raw image or block device; id is the serial\n"
-            "                        the guest reads (max 20 bytes); cache=none bypasses the\n"
-            "                        host page cache (O_DIRECT); queues 1-16 (default 1)\n"
+            "  --drive SPEC          a virtio-blk disk (repeatable); SPEC is path=FILE and any of\n"
+            "                          id=NAME          serial the guest reads (max 20 bytes)\n"
+            "                          readonly=on      writes fail, VIRTIO_BLK_F_RO offered\n"
+            "                          cache=MODE       writeback (default), none (O_DIRECT),\n"
+            "                                           unsafe (flushes not offered)\n"
+            "                          io=uring|sync    io_uring (default) or synchronous I/O\n"
+            "                          queues=N         1-16 request queues (default 1)\n"
+            "                          root=on          first disk (vda) and root=/dev/vda on\n"
+            "                                           the command line; partuuid=ID uses\n"
+            "                                           root=PARTUUID=ID instead\n"
+            "                          bw=BYTES         bandwidth limit per second (K/M/G)\n"
+            "                          iops=N           request limit per second\n"
             "  --transport KIND      how virtio devices attach: pci (default) or mmio (announced\n"
             "                        on the kernel command line as virtio_mmio.device=...)\n"
             "  --console KIND        guest console on ember's stdio: serial (ttyS0, default) or\n"
@@ -213,8 +220,29 @@ int cli_parse_drive(const char *spec, struct drive_config *d)
                 d->direct = true;
             else if (!strcmp(val, "writeback"))
                 d->direct = false;
+            else if (!strcmp(val, "unsafe"))
+                d->unsafe = true;
             else
-                return error_set("--drive cache=%s: use none or writeback", val);
+                return error_set("--drive cache=%s: use none, writeback or unsafe", val);
+        } else if (!strcmp(key, "io")) {
+            if (!strcmp(val, "sync"))
+                d->sync_io = true;
+            else if (!strcmp(val, "uring") || !strcmp(val, "async"))
+                d->sync_io = false;
+            else
+                return error_set("--drive io=%s: use uring or sync", val);
+        } else if (!strcmp(key, "root")) {
+            if (!is_on(val, &d->is_root))
+                return error_set("--drive root=%s: use on or off", val);
+        } else if (!strcmp(key, "partuuid")) {
+            d->partuuid = val;
+        } else if (!strcmp(key, "bw") || !strcmp(key, "iops")) {
+            uint64_t rate;
+            if (cli_parse_size(val, 0, &rate) < 0)
+                return error_prefix("--drive %s", key);
+            struct token_bucket_config *tb =
+                !strcmp(key, "bw") ? &d->rate_limit.bandwidth : &d->rate_limit.ops;
+            *tb = (struct token_bucket_config){.size = rate, .refill_ms = 1000};
         } else if (!strcmp(key, "queues")) {
             if (cli_parse_uint(val, 16, &d->queues) < 0 || d->queues == 0)
                 return error_set("--drive queues=%s: use 1 to 16", val);

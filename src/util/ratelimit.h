@@ -6,6 +6,20 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* A limit in Firecracker's terms: `size` tokens refilled every
+ * `refill_ms`, plus a one-time burst. A size of 0 means unlimited. */
+struct token_bucket_config {
+    uint64_t size;
+    uint64_t one_time_burst;
+    uint64_t refill_ms;
+};
+
+/* Limits for a device: bytes and requests. */
+struct rate_limit_config {
+    struct token_bucket_config bandwidth;
+    struct token_bucket_config ops;
+};
+
 struct token_bucket {
     uint64_t rate;  /* tokens per second; 0 = unlimited */
     uint64_t burst; /* bucket size */

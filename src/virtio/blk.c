@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
 #define BLK_QUEUE_SIZE 256
 #define SECTOR         512ULL
@@ -63,6 +65,7 @@ struct blk_queue {
     struct blk_request *reqs;
     struct blk_request *free_list;
     bool completed; /* used entries pushed since the last signal */
+    bool held;      /* chain popped but waiting for rate-limit tokens */
 };
 
 /* ---- configuration space ------------------------------------------- */
@@ -229,6 +232,11 @@ static bool start_request(struct blk_queue *q, struct blk_request *r, const char
         return true;
     }
     case VIRTIO_BLK_T_FLUSH:
+        if (b->opts.unsafe) {
+            /* Not offered; a driver that sends it anyway gets nothing synced. */
+            finish_request(r, VIRTIO_BLK_S_OK);
+            return true;
+        }
         io->op = BLK_FLUSH;
         io->offset = io->len = 0;
         blk_backend_submit(&b->backend, io);
@@ -280,6 +288,48 @@ static bool start_request(struct blk_queue *q, struct blk_request *r, const char
     }
 }
 
+/* Bytes a request moves, for the bandwidth limit. */
+static uint64_t request_bytes(const struct virtq_chain *c)
+{
+    uint64_t in = c->in_len ? c->in_len - 1 : 0;
+    uint64_t out = c->out_len > sizeof(struct blk_req_header) ? c->out_len - 16 : 0;
+    return in > out ? in : out;
+}
+
+static void arm_throttle(struct virtio_blk *b, uint64_t ns)
+{
+    struct itimerspec its = {.it_value = {.tv_sec = (time_t)(ns / 1000000000ULL),
+                                          .tv_nsec = (long)(ns % 1000000000ULL)}};
+    if (ns == 0)
+        its.it_value.tv_nsec = 1;
+    timerfd_settime(b->throttle_fd, 0, &its, NULL);
+}
+
+/* Takes the tokens a request needs, or arms the timer for when they will
+ * be there and returns false. A request larger than a bucket waits for a
+ * full bucket and empties it. */
+static bool rate_allow(struct virtio_blk *b, const struct virtq_chain *c)
+{
+    if (token_bucket_unlimited(&b->ops_bucket) && token_bucket_unlimited(&b->bytes_bucket))
+        return true;
+    uint64_t bytes = request_bytes(c);
+    uint64_t wait = token_bucket_wait_ns(&b->ops_bucket, 1);
+    uint64_t wait_bytes = token_bucket_wait_ns(&b->bytes_bucket, bytes);
+    if (wait_bytes > wait)
+        wait = wait_bytes;
+    if (wait) {
+        if (!b->throttled)
+            b->throttle_events++;
+        b->throttled = true;
+        arm_throttle(b, wait);
+        return false;
+    }
+    b->throttled = false;
+    token_bucket_take(&b->ops_bucket, 1);
+    token_bucket_take(&b->bytes_bucket, bytes);
+    return true;
+}
+
 static void reap(struct virtio_blk *b)
 {
     blk_backend_reap(&b->backend, io_done, b);
@@ -292,14 +342,23 @@ static void process_queue(struct virtio_blk *b, unsigned index)
     virtq_enable_kicks(vq, false);
     for (;;) {
         while (q->free_list) {
-            int got = virtq_pop(vq, &q->chain);
-            if (got < 0) {
+            if (!q->held) {
+                int got = virtq_pop(vq, &q->chain);
+                if (got < 0) {
+                    blk_backend_kick(&b->backend);
+                    virtio_dev_fail(&b->dev, vq->error);
+                    return;
+                }
+                if (got == 0)
+                    break;
+            }
+            if (!rate_allow(b, &q->chain)) {
+                /* Keep the chain; the throttle timer brings us back. */
+                q->held = true;
                 blk_backend_kick(&b->backend);
-                virtio_dev_fail(&b->dev, vq->error);
                 return;
             }
-            if (got == 0)
-                break;
+            q->held = false;
             struct blk_request *r = q->free_list;
             q->free_list = r->next_free;
             const char *why = NULL;
@@ -342,9 +401,29 @@ static void on_completion(void *opaque, uint32_t events)
     signal_queues(b);
 }
 
+static void on_throttle(void *opaque, uint32_t events)
+{
+    struct virtio_blk *b = opaque;
+    (void)events;
+    uint64_t v;
+    ssize_t ignored = read(b->throttle_fd, &v, sizeof(v));
+    (void)ignored;
+    for (unsigned i = 0; i < b->opts.queues && b->dev.active; i++) {
+        if (b->dev.queues[i].enabled)
+            process_queue(b, i);
+    }
+    reap(b);
+    signal_queues(b);
+}
+
 static int activate(struct virtio_dev *d)
 {
     struct virtio_blk *b = d->opaque;
+    b->throttle_handler = event_loop_add(&d->io.loop, b->throttle_fd, EPOLLIN, on_throttle, b);
+    if (!b->throttle_handler)
+        return -1;
+    for (unsigned i = 0; i < b->opts.queues; i++)
+        b->queues[i].held = false;
     if (b->backend.event_fd >= 0) {
         b->completion_handler =
             event_loop_add(&d->io.loop, b->backend.event_fd, EPOLLIN, on_completion, b);
@@ -370,6 +449,12 @@ static void quiesce(struct virtio_dev *d)
     if (b->completion_handler)
         event_loop_del(&d->io.loop, b->completion_handler);
     b->completion_handler = NULL;
+    if (b->throttle_handler)
+        event_loop_del(&d->io.loop, b->throttle_handler);
+    b->throttle_handler = NULL;
+    /* A chain held back by the rate limiter belongs to the driver again. */
+    for (unsigned i = 0; i < b->opts.queues; i++)
+        b->queues[i].held = false;
 }
 
 static bool features_ok(struct virtio_dev *d, uint64_t f)
@@ -391,7 +476,15 @@ int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_opt
                     const struct guest_memory *mem)
 {
     memset(b, 0, sizeof(*b));
+    b->throttle_fd = -1;
     b->opts = *opts;
+    const struct rate_limit_config *rl = &opts->rate_limit;
+    token_bucket_init_fc(&b->bytes_bucket, rl->bandwidth.size, rl->bandwidth.one_time_burst,
+                         rl->bandwidth.refill_ms);
+    token_bucket_init_fc(&b->ops_bucket, rl->ops.size, rl->ops.one_time_burst, rl->ops.refill_ms);
+    b->throttle_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (b->throttle_fd < 0)
+        return error_errno("%s: timerfd", name);
     if (b->opts.queues == 0)
         b->opts.queues = 1;
     if (b->opts.queues > VIRTIO_BLK_MAX_QUEUES)
@@ -427,8 +520,9 @@ int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_opt
         }
     }
     uint64_t features = (1ULL << VIRTIO_BLK_F_SEG_MAX) | (1ULL << VIRTIO_BLK_F_BLK_SIZE) |
-                        (1ULL << VIRTIO_BLK_F_FLUSH) | (1ULL << VIRTIO_BLK_F_DISCARD) |
-                        (1ULL << VIRTIO_BLK_F_WRITE_ZEROES);
+                        (1ULL << VIRTIO_BLK_F_DISCARD) | (1ULL << VIRTIO_BLK_F_WRITE_ZEROES);
+    if (!opts->unsafe)
+        features |= 1ULL << VIRTIO_BLK_F_FLUSH;
     if (opts->readonly)
         features |= 1ULL << VIRTIO_BLK_F_RO;
     if (b->opts.queues > 1)
@@ -447,4 +541,7 @@ void virtio_blk_destroy(struct virtio_blk *b)
     free(b->queues);
     b->queues = NULL;
     blk_backend_close(&b->backend);
+    if (b->throttle_fd >= 0)
+        close(b->throttle_fd);
+    b->throttle_fd = -1;
 }

@@ -5,6 +5,7 @@
 #define EMBER_VIRTIO_BLK_H
 
 #include "backends/block.h"
+#include "util/ratelimit.h"
 #include "virtio/device.h"
 
 #define VIRTIO_BLK_ID_BYTES   20
@@ -15,8 +16,10 @@ struct blk_options {
     const char *id; /* serial the guest reads with GET_ID; default: drive name */
     bool readonly;
     bool direct; /* cache=none: O_DIRECT, host page cache bypassed */
+    bool unsafe; /* flushes not offered: the host cache may lose data */
     unsigned queues;
     bool sync_io; /* force the synchronous backend */
+    struct rate_limit_config rate_limit;
 };
 
 struct blk_request;
@@ -29,11 +32,16 @@ struct virtio_blk {
     uint64_t capacity; /* 512-byte sectors */
     struct blk_backend backend;
     struct event_handler *completion_handler;
+    struct token_bucket bytes_bucket, ops_bucket;
+    int throttle_fd; /* timerfd: tokens will be there */
+    struct event_handler *throttle_handler;
+    bool throttled;
     struct blk_queue *queues;
     uint8_t config[60];
     bool io_error_logged;
     /* Counters (iothread). */
     uint64_t reads, writes, read_bytes, write_bytes, flushes, discards, errors, unsupported;
+    uint64_t throttle_events;
 };
 
 int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_options *opts,

@@ -97,19 +97,36 @@ int vm_create_virtio_devices(struct vm *vm)
             return -1;
         vm->has_pci = true;
     }
+    /* The root drive goes first so that the guest names it vda. */
+    unsigned order[VM_MAX_DRIVES], n = 0, roots = 0;
     for (unsigned i = 0; i < cfg->ndrives; i++) {
+        if (cfg->drives[i].is_root) {
+            order[n++] = i;
+            roots++;
+        }
+    }
+    if (roots > 1)
+        return error_set("only one drive can be the root device");
+    for (unsigned i = 0; i < cfg->ndrives; i++) {
+        if (!cfg->drives[i].is_root)
+            order[n++] = i;
+    }
+    for (unsigned k = 0; k < cfg->ndrives; k++) {
+        unsigned i = order[k];
         const struct drive_config *dc = &cfg->drives[i];
         struct virtio_blk *b = calloc(1, sizeof(*b));
         if (!b)
             return error_set("out of memory");
         char name[16];
-        snprintf(name, sizeof(name), "blk%u", i);
+        snprintf(name, sizeof(name), "blk%u", k);
         struct blk_options o = {.path = dc->path,
                                 .id = dc->id,
                                 .readonly = dc->readonly,
                                 .direct = dc->direct,
+                                .unsafe = dc->unsafe,
                                 .queues = dc->queues,
-                                .sync_io = cfg->blk_sync};
+                                .sync_io = cfg->blk_sync || dc->sync_io,
+                                .rate_limit = dc->rate_limit};
         if (virtio_blk_init(b, name, &o, &vm->mem) < 0) {
             virtio_blk_destroy(b);
             free(b);
@@ -135,8 +152,26 @@ int vm_create_virtio_devices(struct vm *vm)
         struct virtio_rng *r = calloc(1, sizeof(*r));
         if (!r)
             return error_set("out of memory");
-        if (virtio_rng_init(r, &vm->mem, cfg->rng_rate, 0) < 0 ||
+        uint64_t rate = cfg->rng_rate, burst = 0;
+        if (cfg->rng_limit.size && cfg->rng_limit.refill_ms) {
+            rate = cfg->rng_limit.size * 1000 / cfg->rng_limit.refill_ms;
+            burst = cfg->rng_limit.size;
+        }
+        if (virtio_rng_init(r, &vm->mem, rate, burst) < 0 ||
             attach(vm, &r->dev, r, destroy_rng) < 0)
+            return -1;
+    }
+    for (unsigned i = 0; i < cfg->ndrives; i++) {
+        const struct drive_config *dc = &cfg->drives[i];
+        if (!dc->is_root)
+            continue;
+        char arg[128];
+        if (dc->partuuid)
+            snprintf(arg, sizeof(arg), "root=PARTUUID=%s %s", dc->partuuid,
+                     dc->readonly ? "ro" : "rw");
+        else
+            snprintf(arg, sizeof(arg), "root=/dev/vda %s", dc->readonly ? "ro" : "rw");
+        if (append_cmdline(vm, arg) < 0)
             return -1;
     }
     for (unsigned i = 0; i < vm->nvirtio; i++) {

@@ -14,6 +14,7 @@
 #include "devices/rtc.h"
 #include "devices/serial.h"
 #include "util/eventloop.h"
+#include "util/ratelimit.h"
 #include "vmm/kvm.h"
 #include "vmm/memory.h"
 
@@ -29,19 +30,6 @@
 
 enum virtio_transport_kind { TRANSPORT_PCI, TRANSPORT_MMIO };
 enum console_kind { CONSOLE_SERIAL, CONSOLE_VIRTIO };
-
-/* A token-bucket pair in Firecracker's terms: `size` tokens refilled every
- * `refill_ms`, plus a one-time burst. A size of 0 means unlimited. */
-struct token_bucket_config {
-    uint64_t size;
-    uint64_t one_time_burst;
-    uint64_t refill_ms;
-};
-
-struct rate_limit_config {
-    struct token_bucket_config bandwidth; /* bytes */
-    struct token_bucket_config ops;       /* requests */
-};
 
 struct drive_config {
     const char *path;

@@ -27,6 +27,8 @@ static struct virtio_blk blk;
 static char path[64];
 static int queue_irqs, config_irqs;
 static bool sync_backend;
+static struct rate_limit_config test_limit;
+static bool test_unsafe;
 
 static void fake_notify_queue(struct virtio_dev *d, unsigned q)
 {
@@ -73,8 +75,10 @@ static void setup_opts(bool readonly)
     struct blk_options o = {.path = path,
                             .id = "serial-42",
                             .readonly = readonly,
+                            .unsafe = test_unsafe,
                             .queues = 1,
-                            .sync_io = sync_backend};
+                            .sync_io = sync_backend,
+                            .rate_limit = test_limit};
     ck_assert_msg(virtio_blk_init(&blk, "blk0", &o, &f.mem) == 0, "%s", error_get());
     blk.dev.transport = &fake_transport;
     queue_irqs = config_irqs = 0;
@@ -299,6 +303,49 @@ START_TEST(features_without_version_1_refused)
 }
 END_TEST
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+START_TEST(ops_limit_paces_requests)
+{
+    /* 5 requests per 100 ms: 15 requests need at least 200 ms. */
+    double start = now_s();
+    for (int i = 0; i < 15; i++)
+        ck_assert_int_eq(request(0, (uint64_t)i, 512, true, NULL), 0);
+    double took = now_s() - start;
+    ck_assert_msg(took >= 0.18, "15 requests took %.3f s", took);
+    ck_assert_uint_ge(blk.throttle_events, 1);
+}
+END_TEST
+
+START_TEST(unsafe_cache_offers_no_flush)
+{
+    ck_assert_uint_eq(virtio_dev_host_features(&blk.dev, 0) & (1u << 9), 0);
+    ck_assert_int_eq(request(4 /* FLUSH */, 0, 0, false, NULL), 0);
+    ck_assert_uint_eq(blk.flushes, 0);
+}
+END_TEST
+
+static void setup_limited(void)
+{
+    sync_backend = false;
+    test_limit = (struct rate_limit_config){.ops = {.size = 5, .refill_ms = 100}};
+    setup();
+    test_limit = (struct rate_limit_config){0};
+}
+
+static void setup_unsafe(void)
+{
+    sync_backend = false;
+    test_unsafe = true;
+    setup();
+    test_unsafe = false;
+}
+
 static void add_common(TCase *t)
 {
     tcase_add_test(t, read_write_flush);
@@ -334,6 +381,14 @@ Suite *virtio_blk_suite(void)
     tcase_add_checked_fixture(sync, use_sync, teardown);
     add_common(sync);
     suite_add_tcase(s, sync);
+    TCase *limited = tcase_create("rate limit");
+    tcase_add_checked_fixture(limited, setup_limited, teardown);
+    tcase_add_test(limited, ops_limit_paces_requests);
+    suite_add_tcase(s, limited);
+    TCase *unsafe = tcase_create("unsafe");
+    tcase_add_checked_fixture(unsafe, setup_unsafe, teardown);
+    tcase_add_test(unsafe, unsafe_cache_offers_no_flush);
+    suite_add_tcase(s, unsafe);
     TCase *ro = tcase_create("readonly");
     tcase_add_checked_fixture(ro, setup_ro, teardown);
     tcase_add_test(ro, readonly_drive_refuses_writes);
