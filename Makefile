@@ -10,7 +10,7 @@ CFLAGS_WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prot
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -MMD -MP \
               -DEMBER_VERSION=\"$(VERSION)\" $(EXTRA_CFLAGS)
-LDLIBS  := -luring -lpthread $(EXTRA_LDLIBS)
+LDLIBS  := -luring -ldl -lpthread $(EXTRA_LDLIBS)
 
 SRCS := $(shell find src -name '*.c' | sort)
 OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)

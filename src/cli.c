@@ -53,6 +53,15 @@ void cli_usage(FILE *f)
             "  --rng-rate BYTES      its rate limit in bytes per second, K/M/G suffixes allowed\n"
             "                        (default 1M; 0 = unlimited); implies --rng\n"
             "  --blk-sync            synchronous block I/O instead of io_uring\n"
+            "  --net SPEC            a virtio-net interface (repeatable); SPEC is one of\n"
+            "                          tap=NAME         a host tap device (created if missing\n"
+            "                                           and allowed); offloads pass through\n"
+            "                          user             user-mode networking (libslirp): guest\n"
+            "                                           10.0.2.15, host 10.0.2.2 (the host's\n"
+            "                                           loopback), DNS 10.0.2.3, DHCP\n"
+            "                        and any of mac=XX:XX:XX:XX:XX:XX, hostfwd=tcp:HOST:GUEST\n"
+            "                        (user only, several joined with +), rx-bw=BYTES, tx-bw=BYTES,\n"
+            "                        rx-pps=N, tx-pps=N (per-second limits)\n"
             "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
             "\n"
             "The guest's first serial port (COM1, ttyS0) is ember's standard input and output.\n"
@@ -141,6 +150,7 @@ enum opt_id {
     OPT_RNG,
     OPT_RNG_RATE,
     OPT_BLK_SYNC,
+    OPT_NET,
     OPT_HELP,
 };
 
@@ -163,6 +173,7 @@ static const struct {
     {"rng", OPT_RNG, false},
     {"rng-rate", OPT_RNG_RATE, true},
     {"blk-sync", OPT_BLK_SYNC, false},
+    {"net", OPT_NET, true},
     {"help", OPT_HELP, false},
 };
 
@@ -255,6 +266,72 @@ int cli_parse_drive(const char *spec, struct drive_config *d)
     return 0;
 }
 
+static int parse_mac(const char *s, uint8_t mac[6])
+{
+    unsigned b[6];
+    char tail;
+    if (sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+               &tail) != 6)
+        return error_set("'%s' is not a MAC address (use xx:xx:xx:xx:xx:xx)", s);
+    if (b[0] & 1)
+        return error_set("MAC %s is a multicast address", s);
+    for (int i = 0; i < 6; i++)
+        mac[i] = (uint8_t)b[i];
+    return 0;
+}
+
+/* --net tap=NAME[,mac=MAC] | --net user[,hostfwd=tcp:H:G+...][,mac=MAC],
+ * plus rx-bw, tx-bw, rx-pps, tx-pps limits. */
+int cli_parse_net(const char *spec, struct net_config *n)
+{
+    memset(n, 0, sizeof(*n));
+    char *copy = strdup(spec);
+    if (!copy)
+        return error_set("out of memory");
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            if (!strcmp(item, "user"))
+                n->user = true;
+            else
+                return error_set("--net %s: '%s' is not key=value (tap=NAME or user)", spec,
+                                 item);
+            continue;
+        }
+        *eq = '\0';
+        const char *key = item, *val = eq + 1;
+        if (!strcmp(key, "tap")) {
+            n->tap = val;
+        } else if (!strcmp(key, "id")) {
+            n->id = val;
+        } else if (!strcmp(key, "mac")) {
+            if (parse_mac(val, n->mac) < 0)
+                return error_prefix("--net mac");
+            n->has_mac = true;
+        } else if (!strcmp(key, "hostfwd")) {
+            n->forwards = val;
+        } else if (!strcmp(key, "rx-bw") || !strcmp(key, "tx-bw") || !strcmp(key, "rx-pps") ||
+                   !strcmp(key, "tx-pps")) {
+            uint64_t rate;
+            if (cli_parse_size(val, 0, &rate) < 0)
+                return error_prefix("--net %s", key);
+            struct rate_limit_config *rl = key[0] == 'r' ? &n->rx_limit : &n->tx_limit;
+            struct token_bucket_config *tb = strstr(key, "bw") ? &rl->bandwidth : &rl->ops;
+            *tb = (struct token_bucket_config){.size = rate, .refill_ms = 1000};
+        } else {
+            return error_set("--net: unknown key '%s' (tap, user, mac, hostfwd, rx-bw, tx-bw, "
+                             "rx-pps, tx-pps)",
+                             key);
+        }
+    }
+    if (!n->tap == !n->user)
+        return error_set("--net %s: give either tap=NAME or user", spec);
+    if (n->forwards && !n->user)
+        return error_set("--net hostfwd= works with user networking only");
+    return 0;
+}
+
 static int apply_option(struct cli *cli, enum opt_id id, const char *name, const char *value)
 {
     struct vm_config *vm = &cli->vm;
@@ -331,6 +408,13 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
     }
     case OPT_BLK_SYNC:
         vm->blk_sync = true;
+        return 0;
+    case OPT_NET:
+        if (vm->nnets == VM_MAX_NETS)
+            return error_set("at most %d --net options", VM_MAX_NETS);
+        if (cli_parse_net(value, &vm->nets[vm->nnets]) < 0)
+            return -1;
+        vm->nnets++;
         return 0;
     case OPT_HELP:
         cli->action = CLI_HELP;

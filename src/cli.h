@@ -24,5 +24,6 @@ int cli_parse_size(const char *s, unsigned unit_shift, uint64_t *out);
 int cli_parse_uint(const char *s, unsigned max, unsigned *out);
 const char *cli_version(void);
 int cli_parse_drive(const char *spec, struct drive_config *d);
+int cli_parse_net(const char *spec, struct net_config *n);
 
 #endif

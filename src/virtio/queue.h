@@ -94,6 +94,8 @@ void virtq_chain_free(struct virtq_chain *c);
 /* Takes the next available chain: 1 taken, 0 none pending, -1 violation
  * (q->error says which; the queue is then broken). */
 int virtq_pop(struct virtq *q, struct virtq_chain *chain);
+/* Gives the last n popped chains back, to be popped again later. */
+void virtq_unpop(struct virtq *q, uint16_t n);
 /* Returns a chain's head with the number of bytes written into it. */
 void virtq_push(struct virtq *q, uint16_t head, uint32_t written);
 /* Whether the driver wants an interrupt for what was pushed since the last

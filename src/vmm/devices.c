@@ -5,6 +5,7 @@
 #include "util/log.h"
 #include "virtio/blk.h"
 #include "virtio/console.h"
+#include "virtio/net.h"
 #include "virtio/rng.h"
 #include "vmm/vm.h"
 
@@ -47,6 +48,37 @@ static void destroy_blk(void *model)
 {
     virtio_blk_destroy(model);
     free(model);
+}
+
+static void destroy_net(void *model)
+{
+    virtio_net_destroy(model);
+    free(model);
+}
+
+/* "tcp:8080:80+udp:5353:53" into slirp forwards. */
+static int parse_forwards(const char *spec, struct net_options *o)
+{
+    const char *p = spec;
+    while (p && *p) {
+        char proto[4];
+        unsigned host, guest;
+        int used = 0;
+        if (sscanf(p, "%3[a-z]:%u:%u%n", proto, &host, &guest, &used) != 3 || host == 0 ||
+            host > 65535 || guest == 0 || guest > 65535 ||
+            (strcmp(proto, "tcp") && strcmp(proto, "udp")))
+            return error_set("bad port forward '%s' (use tcp:HOSTPORT:GUESTPORT)", p);
+        if (o->nforwards == NET_MAX_FORWARDS)
+            return error_set("at most %d port forwards", NET_MAX_FORWARDS);
+        o->forwards[o->nforwards++] = (struct slirp_forward){
+            .udp = !strcmp(proto, "udp"), .host_port = (uint16_t)host, .guest_port = (uint16_t)guest};
+        p += used;
+        if (*p == '+')
+            p++;
+        else if (*p)
+            return error_set("bad port forward list '%s'", spec);
+    }
+    return 0;
 }
 
 static void destroy_rng(void *model)
@@ -138,6 +170,29 @@ int vm_create_virtio_devices(struct vm *vm)
                  (unsigned long long)b->capacity, dc->readonly ? "read-only" : "read-write",
                  dc->direct ? ", cache=none" : "", o.queues ? o.queues : 1,
                  blk_backend_kind(&b->backend));
+    }
+    for (unsigned i = 0; i < cfg->nnets; i++) {
+        const struct net_config *nc = &cfg->nets[i];
+        struct virtio_net *net = calloc(1, sizeof(*net));
+        if (!net)
+            return error_set("out of memory");
+        struct net_options o = {.tap = nc->tap,
+                                .user = nc->user,
+                                .has_mac = nc->has_mac,
+                                .rx_limit = nc->rx_limit,
+                                .tx_limit = nc->tx_limit};
+        memcpy(o.mac, nc->mac, 6);
+        char name[16];
+        snprintf(name, sizeof(name), "net%u", i);
+        if ((nc->forwards && parse_forwards(nc->forwards, &o) < 0) ||
+            virtio_net_init(net, name, &o, &vm->mem) < 0) {
+            virtio_net_destroy(net);
+            free(net);
+            return -1;
+        }
+        if (attach(vm, &net->dev, net, destroy_net) < 0)
+            return -1;
+        log_info("%s: %s%s%s", name, net->be.kind, nc->tap ? " " : "", nc->tap ? nc->tap : "");
     }
     if (cfg->console == CONSOLE_VIRTIO) {
         struct virtio_console *c = calloc(1, sizeof(*c));

@@ -44,6 +44,18 @@ struct drive_config {
     struct rate_limit_config rate_limit;
 };
 
+#define VM_MAX_NETS 4
+
+struct net_config {
+    const char *id;      /* the API's iface_id */
+    const char *tap;     /* host tap name (Firecracker's host_dev_name) */
+    bool user;           /* user-mode networking instead of a tap */
+    const char *forwards; /* user: "tcp:HOSTPORT:GUESTPORT" items, '+'-separated */
+    uint8_t mac[6];
+    bool has_mac;
+    struct rate_limit_config rx_limit, tx_limit;
+};
+
 struct vm_config {
     const char *kernel_path;
     const char *initrd_path;
@@ -61,6 +73,8 @@ struct vm_config {
     uint64_t rng_rate;                    /* bytes per second; 0 = unlimited */
     struct token_bucket_config rng_limit; /* when set (size > 0), overrides rng_rate */
     bool blk_sync;                        /* synchronous block I/O instead of io_uring */
+    unsigned nnets;
+    struct net_config nets[VM_MAX_NETS];
 };
 
 void vm_config_defaults(struct vm_config *cfg);
@@ -91,7 +105,7 @@ struct vm {
     struct pci_bus pci;
     bool has_pci;
     unsigned nvirtio;
-    struct vm_virtio *virtio[VM_MAX_DRIVES + 4];
+    struct vm_virtio *virtio[VM_MAX_DRIVES + VM_MAX_NETS + 4];
     unsigned next_mmio_irq;
     struct virtio_console *vconsole;
     char *full_cmdline; /* user command line plus device announcements */

@@ -1,0 +1,527 @@
+#include "virtio/net.h"
+
+#include "util/error.h"
+#include "util/log.h"
+
+#include <errno.h>
+#include <linux/if_tun.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#define NET_QUEUE_SIZE 256
+#define RXQ 0
+#define TXQ 1
+#define BATCH 64 /* frames per round before interrupting the guest */
+
+/* Feature bits (5.1.3). */
+#define VIRTIO_NET_F_CSUM       0
+#define VIRTIO_NET_F_GUEST_CSUM 1
+#define VIRTIO_NET_F_MAC        5
+#define VIRTIO_NET_F_GUEST_TSO4 7
+#define VIRTIO_NET_F_GUEST_TSO6 8
+#define VIRTIO_NET_F_GUEST_ECN  9
+#define VIRTIO_NET_F_GUEST_UFO  10
+#define VIRTIO_NET_F_HOST_TSO4  11
+#define VIRTIO_NET_F_HOST_TSO6  12
+#define VIRTIO_NET_F_HOST_ECN   13
+#define VIRTIO_NET_F_HOST_UFO   14
+#define VIRTIO_NET_F_MRG_RXBUF  15
+#define VIRTIO_NET_F_STATUS     16
+
+#define VIRTIO_NET_S_LINK_UP 1
+
+#define HDR_F_NEEDS_CSUM 1
+#define GSO_NONE  0
+#define GSO_TCPV4 1
+#define GSO_UDP   3
+#define GSO_TCPV6 4
+#define GSO_ECN   0x80
+
+struct net_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+    uint16_t num_buffers;
+};
+
+_Static_assert(sizeof(struct net_hdr) == VIRTIO_NET_HDR_LEN, "virtio_net_hdr_v1 is 12 bytes");
+
+static bool has(const struct virtio_net *n, unsigned bit)
+{
+    return virtio_dev_has_feature(&n->dev, bit);
+}
+
+static void count_drop(struct virtio_net *n, uint64_t *counter, const char *why)
+{
+    (*counter)++;
+    log_once(n->drop_logged, LOG_WARN, "%s: dropping a frame: %s (further drops are counted "
+             "only)", n->dev.name, why);
+}
+
+static void arm_timer(struct virtio_net *n, uint64_t ns)
+{
+    struct itimerspec its = {.it_value = {.tv_sec = (time_t)(ns / 1000000000ULL),
+                                          .tv_nsec = (long)(ns % 1000000000ULL)}};
+    if (ns == 0)
+        its.it_value.tv_nsec = 1;
+    timerfd_settime(n->timer_fd, 0, &its, NULL);
+}
+
+/* Takes tokens for one frame of len bytes, or arms the timer. */
+static bool tokens(struct virtio_net *n, struct token_bucket *bytes, struct token_bucket *ops,
+                   uint64_t len)
+{
+    if (token_bucket_unlimited(bytes) && token_bucket_unlimited(ops))
+        return true;
+    uint64_t wait = token_bucket_wait_ns(ops, 1), wb = token_bucket_wait_ns(bytes, len);
+    if (wb > wait)
+        wait = wb;
+    if (wait) {
+        arm_timer(n, wait);
+        return false;
+    }
+    token_bucket_take(ops, 1);
+    token_bucket_take(bytes, len);
+    return true;
+}
+
+/* ---- transmit ---------------------------------------------------------- */
+
+/* Whether a guest's header asks only for what was negotiated and fits the
+ * frame (the host kernel checks again; a guest gets no further). */
+static const char *check_tx_header(const struct virtio_net *n, const struct net_hdr *h,
+                                   uint64_t frame_len)
+{
+    if (frame_len < 14)
+        return "shorter than an Ethernet header";
+    if (frame_len > VIRTIO_NET_MAX_FRAME)
+        return "longer than 64 KiB";
+    if (h->flags & ~HDR_F_NEEDS_CSUM)
+        return "unknown header flags";
+    if (h->flags & HDR_F_NEEDS_CSUM) {
+        if (!has(n, VIRTIO_NET_F_CSUM))
+            return "checksum offload not negotiated";
+        if ((uint32_t)h->csum_start + h->csum_offset + 2 > frame_len)
+            return "checksum position outside the frame";
+    }
+    uint8_t gso = h->gso_type & ~GSO_ECN;
+    if (gso == GSO_NONE)
+        return (h->gso_type & GSO_ECN) ? "ECN without segmentation" : NULL;
+    bool ok = (gso == GSO_TCPV4 && has(n, VIRTIO_NET_F_HOST_TSO4)) ||
+              (gso == GSO_TCPV6 && has(n, VIRTIO_NET_F_HOST_TSO6)) ||
+              (gso == GSO_UDP && has(n, VIRTIO_NET_F_HOST_UFO));
+    if (!ok)
+        return "segmentation offload not negotiated";
+    if ((h->gso_type & GSO_ECN) && !has(n, VIRTIO_NET_F_HOST_ECN))
+        return "ECN not negotiated";
+    if (!(h->flags & HDR_F_NEEDS_CSUM) || h->gso_size == 0 || h->hdr_len > frame_len)
+        return "inconsistent segmentation header";
+    return NULL;
+}
+
+/* Builds the iovec of a transmit chain past skip bytes. */
+static int tx_iov(const struct virtq_chain *c, uint64_t skip, struct iovec *iov)
+{
+    int cnt = 0;
+    for (unsigned i = 0; i < c->nout; i++) {
+        const struct virtq_buf *b = &c->bufs[i];
+        if (skip >= b->len) {
+            skip -= b->len;
+            continue;
+        }
+        iov[cnt++] = (struct iovec){.iov_base = b->hva + skip, .iov_len = b->len - skip};
+        skip = 0;
+    }
+    return cnt;
+}
+
+static void process_tx(struct virtio_net *n);
+
+static void on_tx_room(void *opaque, uint32_t events)
+{
+    struct virtio_net *n = opaque;
+    (void)events;
+    event_loop_del(&n->dev.io.loop, n->tx_handler);
+    n->tx_handler = NULL;
+    if (n->dev.active)
+        process_tx(n);
+}
+
+static void process_tx(struct virtio_net *n)
+{
+    struct virtio_dev *d = &n->dev;
+    struct virtq *q = &d->queues[TXQ].vq;
+    struct iovec iov[NET_QUEUE_SIZE];
+    bool pushed = false;
+    virtq_enable_kicks(q, false);
+    for (unsigned done = 0;; done++) {
+        if (!n->tx_held) {
+            int got = virtq_pop(q, &n->tx_chain);
+            if (got < 0) {
+                virtio_dev_fail(d, q->error);
+                return;
+            }
+            if (got == 0) {
+                if (virtq_enable_kicks(q, true)) {
+                    virtq_enable_kicks(q, false);
+                    continue;
+                }
+                break;
+            }
+        }
+        struct virtq_chain *c = &n->tx_chain;
+        struct net_hdr h;
+        const char *bad = NULL;
+        if (c->nin)
+            bad = "writable buffer in a transmit chain";
+        else if (c->out_len < sizeof(h))
+            bad = "no virtio-net header";
+        else {
+            virtq_chain_read(c, 0, &h, sizeof(h));
+            bad = check_tx_header(n, &h, c->out_len - sizeof(h));
+        }
+        if (bad) {
+            count_drop(n, &n->tx_dropped, bad);
+            virtq_push(q, c->head, 0);
+            n->tx_held = false;
+            pushed = true;
+            continue;
+        }
+        uint64_t frame = c->out_len - sizeof(h);
+        if (!tokens(n, &n->tx_bytes_tb, &n->tx_ops_tb, frame)) {
+            n->tx_held = true;
+            break;
+        }
+        int cnt = tx_iov(c, n->be.vnet_hdr ? 0 : sizeof(h), iov);
+        ssize_t r = n->be.ops->send(&n->be, iov, cnt);
+        if (r == -EAGAIN) {
+            /* The host side is full: keep the frame, wait for room. */
+            n->tx_held = true;
+            n->tx_pushback++;
+            if (!n->tx_handler)
+                n->tx_handler = event_loop_add(&d->io.loop, n->be.tx_fd, n->be.tx_wait_events,
+                                               on_tx_room, n);
+            break;
+        }
+        n->tx_held = false;
+        if (r < 0) {
+            count_drop(n, &n->tx_dropped, strerror((int)-r));
+        } else {
+            n->tx_frames++;
+            n->tx_bytes += frame;
+        }
+        virtq_push(q, c->head, 0);
+        pushed = true;
+        if (done % BATCH == BATCH - 1)
+            virtio_dev_signal_used(d, TXQ);
+    }
+    if (pushed)
+        virtio_dev_signal_used(d, TXQ);
+}
+
+/* ---- receive ----------------------------------------------------------- */
+
+static void watch_rx(struct virtio_net *n, bool on)
+{
+    if (on == n->rx_watching)
+        return;
+    event_loop_mod(&n->dev.io.loop, n->rx_handler, on ? EPOLLIN : 0);
+    n->rx_watching = on;
+}
+
+/* Places rx_buf into guest buffers: true when delivered (or dropped),
+ * false when the guest has no buffers (then the frame waits). */
+static bool deliver(struct virtio_net *n)
+{
+    struct virtio_dev *d = &n->dev;
+    struct virtq *q = &d->queues[RXQ].vq;
+    bool merge = has(n, VIRTIO_NET_F_MRG_RXBUF);
+    size_t len = n->rx_pending;
+    unsigned nchains = 0;
+    uint64_t room = 0;
+    while (room < len) {
+        if (nchains == sizeof(n->rx_chains) / sizeof(n->rx_chains[0]) || (nchains && !merge))
+            break;
+        int got = virtq_pop(q, &n->rx_chains[nchains]);
+        if (got < 0) {
+            virtio_dev_fail(d, q->error);
+            n->rx_pending = 0;
+            return true;
+        }
+        if (got == 0) {
+            virtq_unpop(q, (uint16_t)nchains);
+            return false;
+        }
+        if (n->rx_chains[nchains].nout) {
+            /* A receive buffer the device may not write: the driver's bug. */
+            virtq_unpop(q, (uint16_t)(nchains + 1));
+            virtio_dev_fail(d, "readable buffer in a receive chain");
+            n->rx_pending = 0;
+            return true;
+        }
+        room += n->rx_chains[nchains].in_len;
+        nchains++;
+    }
+    if (room < len) {
+        /* Too big for the buffers the guest offers: the frame goes, the
+         * buffers stay for the next one. */
+        virtq_unpop(q, (uint16_t)nchains);
+        count_drop(n, &n->rx_dropped, "larger than the guest's receive buffers");
+        n->rx_pending = 0;
+        return true;
+    }
+    struct net_hdr *h = (struct net_hdr *)n->rx_buf;
+    h->num_buffers = (uint16_t)nchains;
+    size_t off = 0;
+    for (unsigned i = 0; i < nchains; i++) {
+        size_t take = n->rx_chains[i].in_len < len - off ? n->rx_chains[i].in_len : len - off;
+        virtq_chain_write(&n->rx_chains[i], 0, n->rx_buf + off, take);
+        virtq_push(q, n->rx_chains[i].head, (uint32_t)take);
+        off += take;
+    }
+    n->rx_frames++;
+    n->rx_bytes += len - sizeof(*h);
+    n->rx_pending = 0;
+    return true;
+}
+
+static void process_rx(struct virtio_net *n)
+{
+    struct virtio_dev *d = &n->dev;
+    struct virtq *q = &d->queues[RXQ].vq;
+    bool pushed = false;
+    unsigned round = 0;
+    for (;;) {
+        if (!n->rx_pending) {
+            size_t skip = n->be.vnet_hdr ? 0 : sizeof(struct net_hdr);
+            struct iovec iov = {.iov_base = n->rx_buf + skip,
+                                .iov_len = VIRTIO_NET_MAX_FRAME + sizeof(struct net_hdr) - skip};
+            ssize_t r = n->be.ops->recv(&n->be, &iov, 1);
+            if (r == -EAGAIN)
+                break;
+            if (r < 0) {
+                count_drop(n, &n->rx_dropped, strerror((int)-r));
+                break;
+            }
+            if ((size_t)r > iov.iov_len || (size_t)r + skip < sizeof(struct net_hdr)) {
+                count_drop(n, &n->rx_dropped, "frame from the host too large");
+                continue;
+            }
+            if (skip)
+                memset(n->rx_buf, 0, sizeof(struct net_hdr)); /* no offload info */
+            n->rx_pending = (size_t)r + skip;
+        }
+        if (!tokens(n, &n->rx_bytes_tb, &n->rx_ops_tb, n->rx_pending - sizeof(struct net_hdr))) {
+            watch_rx(n, false);
+            break;
+        }
+        if (!deliver(n)) {
+            /* No buffers: stop reading the host until the guest adds some
+             * (its kick on the receive queue), which pushes back on it. */
+            if (virtq_enable_kicks(q, true)) {
+                virtq_enable_kicks(q, false);
+                continue;
+            }
+            watch_rx(n, false);
+            break;
+        }
+        if (!d->active)
+            return;
+        pushed = true;
+        if (++round % BATCH == 0)
+            virtio_dev_signal_used(d, RXQ);
+    }
+    if (pushed)
+        virtio_dev_signal_used(d, RXQ);
+}
+
+static void on_rx(void *opaque, uint32_t events)
+{
+    struct virtio_net *n = opaque;
+    (void)events;
+    if (n->dev.active)
+        process_rx(n);
+}
+
+static void on_timer(void *opaque, uint32_t events)
+{
+    struct virtio_net *n = opaque;
+    (void)events;
+    uint64_t v;
+    ssize_t ignored = read(n->timer_fd, &v, sizeof(v));
+    (void)ignored;
+    if (!n->dev.active)
+        return;
+    watch_rx(n, true);
+    process_rx(n);
+    process_tx(n);
+}
+
+static void queue_notify(struct virtio_dev *d, unsigned q)
+{
+    struct virtio_net *n = d->opaque;
+    if (q == TXQ) {
+        process_tx(n);
+    } else if (q == RXQ) {
+        /* New receive buffers: resume reading the host. */
+        virtq_enable_kicks(&d->queues[RXQ].vq, false);
+        watch_rx(n, true);
+        process_rx(n);
+    }
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static bool features_ok(struct virtio_dev *d, uint64_t f)
+{
+    struct virtio_net *n = d->opaque;
+    if (!n->be.offloads || !n->be.ops->set_offloads)
+        return true;
+    /* The host may hand us only what the guest can take. */
+    unsigned tun = 0;
+    if (f & (1ULL << VIRTIO_NET_F_GUEST_CSUM)) {
+        tun |= TUN_F_CSUM;
+        if (f & (1ULL << VIRTIO_NET_F_GUEST_TSO4))
+            tun |= TUN_F_TSO4;
+        if (f & (1ULL << VIRTIO_NET_F_GUEST_TSO6))
+            tun |= TUN_F_TSO6;
+        if (f & (1ULL << VIRTIO_NET_F_GUEST_ECN))
+            tun |= TUN_F_TSO_ECN;
+        if (f & (1ULL << VIRTIO_NET_F_GUEST_UFO))
+            tun |= TUN_F_UFO;
+    }
+    if (n->be.ops->set_offloads(&n->be, tun) < 0) {
+        log_warn("%s: %s", d->name, error_get());
+        return false;
+    }
+    return true;
+}
+
+static int activate(struct virtio_dev *d)
+{
+    struct virtio_net *n = d->opaque;
+    n->tx_held = false;
+    n->rx_pending = 0;
+    n->rx_handler = event_loop_add(&d->io.loop, n->be.rx_fd, EPOLLIN, on_rx, n);
+    n->timer_handler = event_loop_add(&d->io.loop, n->timer_fd, EPOLLIN, on_timer, n);
+    if (!n->rx_handler || !n->timer_handler)
+        return -1;
+    n->rx_watching = true;
+    if (d->queues[TXQ].enabled)
+        process_tx(n);
+    if (d->queues[RXQ].enabled)
+        process_rx(n);
+    return 0;
+}
+
+static void quiesce(struct virtio_dev *d)
+{
+    struct virtio_net *n = d->opaque;
+    struct event_handler **hs[] = {&n->rx_handler, &n->tx_handler, &n->timer_handler};
+    for (unsigned i = 0; i < 3; i++) {
+        if (*hs[i])
+            event_loop_del(&d->io.loop, *hs[i]);
+        *hs[i] = NULL;
+    }
+    arm_timer(n, 0);
+    struct itimerspec off = {0};
+    timerfd_settime(n->timer_fd, 0, &off, NULL);
+    n->rx_watching = false;
+    /* A frame read from the host but not delivered is lost with the
+     * reset, as on a real NIC. */
+    n->rx_pending = 0;
+    n->tx_held = false;
+}
+
+static void read_config(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len)
+{
+    struct virtio_net *n = d->opaque;
+    memcpy(data, n->config + offset, len);
+}
+
+static const struct virtio_dev_ops net_ops = {
+    .read_config = read_config,
+    .activate = activate,
+    .quiesce = quiesce,
+    .queue_notify = queue_notify,
+    .features_ok = features_ok,
+};
+
+int virtio_net_init(struct virtio_net *n, const char *name, const struct net_options *opts,
+                    const struct guest_memory *mem)
+{
+    memset(n, 0, sizeof(*n));
+    n->timer_fd = -1;
+    n->be.rx_fd = n->be.tx_fd = -1;
+    n->opts = *opts;
+    const struct rate_limit_config *rx = &opts->rx_limit, *tx = &opts->tx_limit;
+    token_bucket_init_fc(&n->rx_bytes_tb, rx->bandwidth.size, rx->bandwidth.one_time_burst,
+                         rx->bandwidth.refill_ms);
+    token_bucket_init_fc(&n->rx_ops_tb, rx->ops.size, rx->ops.one_time_burst, rx->ops.refill_ms);
+    token_bucket_init_fc(&n->tx_bytes_tb, tx->bandwidth.size, tx->bandwidth.one_time_burst,
+                         tx->bandwidth.refill_ms);
+    token_bucket_init_fc(&n->tx_ops_tb, tx->ops.size, tx->ops.one_time_burst, tx->ops.refill_ms);
+    int r = opts->user ? net_user_open(&n->be, opts->forwards, opts->nforwards)
+                       : net_tap_open(&n->be, opts->tap);
+    if (r < 0)
+        return -1;
+    n->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (n->timer_fd < 0)
+        return error_errno("%s: timerfd", name);
+    n->rx_buf = malloc(VIRTIO_NET_MAX_FRAME + sizeof(struct net_hdr));
+    if (!n->rx_buf)
+        return error_set("out of memory");
+    for (unsigned i = 0; i < sizeof(n->rx_chains) / sizeof(n->rx_chains[0]); i++) {
+        if (virtq_chain_alloc(&n->rx_chains[i], NET_QUEUE_SIZE) < 0)
+            return -1;
+    }
+    if (virtq_chain_alloc(&n->tx_chain, NET_QUEUE_SIZE) < 0)
+        return -1;
+
+    uint8_t mac[6];
+    if (opts->has_mac) {
+        memcpy(mac, opts->mac, 6);
+    } else {
+        /* Random, locally administered, unicast. */
+        if (getrandom(mac, 6, 0) != 6)
+            return error_errno("getrandom");
+        mac[0] = (uint8_t)((mac[0] & 0xfe) | 0x02);
+    }
+    memcpy(n->config, mac, 6);
+    uint16_t status = VIRTIO_NET_S_LINK_UP, pairs = 1;
+    memcpy(n->config + 6, &status, 2);
+    memcpy(n->config + 8, &pairs, 2);
+
+    uint64_t features = (1ULL << VIRTIO_NET_F_MAC) | (1ULL << VIRTIO_NET_F_MRG_RXBUF) |
+                        (1ULL << VIRTIO_NET_F_STATUS);
+    if (n->be.offloads)
+        features |= (1ULL << VIRTIO_NET_F_CSUM) | (1ULL << VIRTIO_NET_F_GUEST_CSUM) |
+                    (1ULL << VIRTIO_NET_F_GUEST_TSO4) | (1ULL << VIRTIO_NET_F_GUEST_TSO6) |
+                    (1ULL << VIRTIO_NET_F_GUEST_ECN) | (1ULL << VIRTIO_NET_F_GUEST_UFO) |
+                    (1ULL << VIRTIO_NET_F_HOST_TSO4) | (1ULL << VIRTIO_NET_F_HOST_TSO6) |
+                    (1ULL << VIRTIO_NET_F_HOST_ECN) | (1ULL << VIRTIO_NET_F_HOST_UFO);
+    return virtio_dev_init(&n->dev, name, VIRTIO_ID_NET, features, 2, NET_QUEUE_SIZE,
+                           sizeof(n->config), &net_ops, n, mem);
+}
+
+void virtio_net_destroy(struct virtio_net *n)
+{
+    virtio_dev_destroy(&n->dev);
+    if (n->be.ops && n->be.ops->close)
+        n->be.ops->close(&n->be);
+    if (n->timer_fd >= 0)
+        close(n->timer_fd);
+    n->timer_fd = -1;
+    for (unsigned i = 0; i < sizeof(n->rx_chains) / sizeof(n->rx_chains[0]); i++)
+        virtq_chain_free(&n->rx_chains[i]);
+    virtq_chain_free(&n->tx_chain);
+    free(n->rx_buf);
+    n->rx_buf = NULL;
+}

@@ -1,0 +1,49 @@
+/* virtio-net (virtio 1.2, 5.1) with one queue pair on a host backend: a
+ * tap (virtio-net headers and offloads pass straight through) or user-mode
+ * networking. Transmit never drops a valid frame: a full host side pushes
+ * back on the guest. Malformed frames are dropped and counted. */
+#ifndef EMBER_VIRTIO_NET_H
+#define EMBER_VIRTIO_NET_H
+
+#include "backends/net.h"
+#include "util/ratelimit.h"
+#include "virtio/device.h"
+
+#define VIRTIO_NET_HDR_LEN 12
+#define VIRTIO_NET_MAX_FRAME 65550 /* a 64 KiB GSO frame and its Ethernet header */
+#define NET_MAX_FORWARDS 8
+
+struct net_options {
+    const char *tap;   /* tap interface name, or NULL */
+    bool user;         /* user-mode networking instead */
+    struct slirp_forward forwards[NET_MAX_FORWARDS];
+    unsigned nforwards;
+    uint8_t mac[6];
+    bool has_mac;
+    struct rate_limit_config rx_limit, tx_limit;
+};
+
+struct virtio_net {
+    struct virtio_dev dev;
+    struct net_options opts;
+    struct net_backend be;
+    uint8_t config[12];
+    struct virtq_chain rx_chains[64]; /* chains one merged frame may need */
+    struct virtq_chain tx_chain;
+    bool tx_held;        /* tx_chain popped, waiting for room or tokens */
+    uint8_t *rx_buf;     /* one frame from the host, with its header */
+    size_t rx_pending;   /* bytes in rx_buf not yet given to the guest */
+    bool rx_watching;    /* rx fd in the loop */
+    struct event_handler *rx_handler, *tx_handler, *timer_handler;
+    int timer_fd;
+    struct token_bucket rx_bytes_tb, rx_ops_tb, tx_bytes_tb, tx_ops_tb;
+    /* Counters (iothread). */
+    uint64_t rx_frames, rx_bytes, rx_dropped, tx_frames, tx_bytes, tx_dropped, tx_pushback;
+    bool drop_logged;
+};
+
+int virtio_net_init(struct virtio_net *n, const char *name, const struct net_options *opts,
+                    const struct guest_memory *mem);
+void virtio_net_destroy(struct virtio_net *n);
+
+#endif
