@@ -1,0 +1,334 @@
+/*
+ * ember-vsock: the vsock check of ember's test initramfs.
+ *
+ *   ember-vsock [-C cid] [-c port] [-l port] [-n bytes] [-t seconds]
+ *
+ *   -c port   connect to cid:port (cid 2, the host, unless -C), send the
+ *             data, read the answer
+ *   -l port   listen on port, accept one connection from the host, read
+ *             its data, send the answer
+ *   -n bytes  bytes sent each way (default 65536)
+ *   -t secs   give up after this many seconds in all (default 30)
+ *
+ * Protocol, the same in both directions: the side that opened the
+ * connection sends n bytes, byte i being pattern(i) below, and shuts its
+ * write side down; the other side checks them all, answers with n bytes
+ * pattern(i) ^ 0xff and closes. So each connection carries a stream both
+ * ways. The host side is in tests/linux/ (ember_linux_test.py).
+ *
+ * Prints one summary line on stdout and exits 0 when every stream matched,
+ * 1 otherwise, 2 on bad usage; a timeout ends it with SIGALRM.
+ *
+ * Freestanding (no libc): a static glibc binary would be ~750 KB, and every
+ * KB of the initramfs costs boot time on the emulating test hosts.
+ */
+#include <stddef.h>
+#include <linux/vm_sockets.h>
+#include <asm/unistd.h>
+
+#define AF_VSOCK_ 40
+#define SOCK_STREAM_ 1
+#define SHUT_WR_ 1
+#define EINTR_ 4
+
+static long sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+    long ret;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+#define sys3(n, a, b, c) sys6(n, (long)(a), (long)(b), (long)(c), 0, 0, 0)
+
+void *memset(void *d, int c, size_t n)
+{
+    unsigned char *p = d;
+    while (n--)
+        *p++ = (unsigned char)c;
+    return d;
+}
+
+void *memcpy(void *d, const void *s, size_t n)
+{
+    unsigned char *p = d;
+    const unsigned char *q = s;
+    while (n--)
+        *p++ = *q++;
+    return d;
+}
+
+static char out[512];
+static size_t outlen;
+
+static void put(const char *s)
+{
+    while (*s && outlen < sizeof(out) - 1)
+        out[outlen++] = *s++;
+}
+
+static void putnum(unsigned long v)
+{
+    char b[24];
+    int i = sizeof(b);
+    b[--i] = 0;
+    do {
+        b[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(b + i);
+}
+
+static void flush(void)
+{
+    put("\n");
+    sys3(__NR_write, 1, out, outlen);
+    outlen = 0;
+}
+
+static unsigned char pattern(unsigned long i)
+{
+    return (unsigned char)(i * 7 + (i >> 10));
+}
+
+static unsigned char buf[16384];
+
+/* Sends n bytes of pattern ^ x; returns 0 or a negative errno. */
+static long send_all(int fd, unsigned long n, unsigned char x)
+{
+    unsigned long off = 0;
+    while (off < n) {
+        unsigned long len = n - off < sizeof(buf) ? n - off : sizeof(buf);
+        for (unsigned long i = 0; i < len; i++)
+            buf[i] = pattern(off + i) ^ x;
+        unsigned long done = 0;
+        while (done < len) {
+            long r = sys3(__NR_write, fd, buf + done, len - done);
+            if (r == -EINTR_)
+                continue;
+            if (r <= 0)
+                return r < 0 ? r : -1;
+            done += (unsigned long)r;
+        }
+        off += len;
+    }
+    return 0;
+}
+
+/*
+ * Reads until end of stream and checks pattern ^ x; returns the number of
+ * bytes read, or a negative errno. *bad is set to the first wrong offset + 1.
+ */
+static long recv_all(int fd, unsigned long limit, unsigned char x, unsigned long *bad)
+{
+    unsigned long off = 0;
+    *bad = 0;
+    for (;;) {
+        long r = sys3(__NR_read, fd, buf, sizeof(buf));
+        if (r == -EINTR_)
+            continue;
+        if (r < 0)
+            return r;
+        if (r == 0)
+            return (long)off;
+        for (long i = 0; i < r; i++)
+            if (!*bad && (buf[i] != (unsigned char)(pattern(off + (unsigned long)i) ^ x)))
+                *bad = off + (unsigned long)i + 1;
+        off += (unsigned long)r;
+        if (off > limit)
+            return (long)off;
+    }
+}
+
+static int report(const char *what, long r, unsigned long n, unsigned long bad)
+{
+    if (r < 0) {
+        put(what);
+        put(": error ");
+        putnum((unsigned long)-r);
+        flush();
+        return 1;
+    }
+    if ((unsigned long)r != n || bad) {
+        put(what);
+        put(": got ");
+        putnum((unsigned long)r);
+        put(" of ");
+        putnum(n);
+        put(" bytes");
+        if (bad) {
+            put(", first wrong byte at ");
+            putnum(bad - 1);
+        }
+        flush();
+        return 1;
+    }
+    return 0;
+}
+
+static int do_connect(unsigned int cid, unsigned int port, unsigned long n)
+{
+    struct sockaddr_vm sa;
+    long fd = -1, r;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.svm_family = AF_VSOCK_;
+    sa.svm_cid = cid;
+    sa.svm_port = port;
+    /* The host may not listen yet: retry until the alarm ends us. */
+    for (;;) {
+        fd = sys3(__NR_socket, AF_VSOCK_, SOCK_STREAM_, 0);
+        if (fd < 0)
+            return report("socket(AF_VSOCK)", fd, n, 0);
+        r = sys3(__NR_connect, fd, &sa, sizeof(sa));
+        if (r == 0)
+            break;
+        sys3(__NR_close, fd, 0, 0);
+        struct {
+            long s, ns;
+        } ts = {0, 200000000};
+        sys3(__NR_nanosleep, &ts, 0, 0);
+    }
+    r = send_all((int)fd, n, 0);
+    if (r < 0)
+        return report("connect: send", r, n, 0);
+    sys3(__NR_shutdown, fd, SHUT_WR_, 0);
+    unsigned long bad;
+    r = recv_all((int)fd, n, 0xff, &bad);
+    sys3(__NR_close, fd, 0, 0);
+    return report("connect: answer", r, n, bad);
+}
+
+static int do_listen(unsigned int port, unsigned long n)
+{
+    struct sockaddr_vm sa;
+    long fd, c, r;
+    unsigned long bad;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.svm_family = AF_VSOCK_;
+    sa.svm_cid = VMADDR_CID_ANY;
+    sa.svm_port = port;
+    fd = sys3(__NR_socket, AF_VSOCK_, SOCK_STREAM_, 0);
+    if (fd < 0)
+        return report("socket(AF_VSOCK)", fd, n, 0);
+    r = sys3(__NR_bind, fd, &sa, sizeof(sa));
+    if (r < 0)
+        return report("bind", r, n, 0);
+    r = sys3(__NR_listen, fd, 1, 0);
+    if (r < 0)
+        return report("listen", r, n, 0);
+    put("# vsock: listening on port ");
+    putnum(port);
+    flush();
+    c = sys3(__NR_accept, fd, 0, 0);
+    if (c < 0)
+        return report("accept", c, n, 0);
+    r = recv_all((int)c, n, 0, &bad);
+    if (report("listen: data from the host", r, n, bad))
+        return 1;
+    r = send_all((int)c, n, 0xff);
+    sys3(__NR_close, c, 0, 0);
+    sys3(__NR_close, fd, 0, 0);
+    return report("listen: send", r < 0 ? r : (long)n, n, 0);
+}
+
+static int parse(const char *s, unsigned long *v)
+{
+    *v = 0;
+    if (!*s)
+        return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || *v > 0xffffffffUL)
+            return -1;
+        *v = *v * 10 + (unsigned long)(*s - '0');
+    }
+    return 0;
+}
+
+static int usage(void)
+{
+    put("usage: ember-vsock [-C cid] [-c port] [-l port] [-n bytes] [-t seconds]");
+    flush();
+    return 2;
+}
+
+static int run(int argc, char **argv)
+{
+    unsigned long cid = 2, cport = 0, lport = 0, n = 65536, secs = 30;
+    int have_c = 0, have_l = 0;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        unsigned long *dst;
+        if (a[0] != '-' || !a[1] || a[2] || i + 1 >= argc)
+            return usage();
+        switch (a[1]) {
+        case 'C':
+            dst = &cid;
+            break;
+        case 'c':
+            dst = &cport;
+            have_c = 1;
+            break;
+        case 'l':
+            dst = &lport;
+            have_l = 1;
+            break;
+        case 'n':
+            dst = &n;
+            break;
+        case 't':
+            dst = &secs;
+            break;
+        default:
+            return usage();
+        }
+        if (parse(argv[++i], dst))
+            return usage();
+    }
+    if (!have_c && !have_l)
+        return usage();
+
+    sys3(__NR_alarm, secs, 0, 0);
+    if (have_c && do_connect((unsigned int)cid, (unsigned int)cport, n))
+        return 1;
+    if (have_l && do_listen((unsigned int)lport, n))
+        return 1;
+    if (have_c) {
+        put("guest->host port ");
+        putnum(cport);
+    }
+    if (have_l) {
+        put(have_c ? ", " : "");
+        put("host->guest port ");
+        putnum(lport);
+    }
+    put(": ");
+    putnum(n);
+    put(" bytes each way matched");
+    flush();
+    return 0;
+}
+
+__attribute__((used)) void ember_main(long *sp)
+{
+    int rc = run((int)sp[0], (char **)(sp + 1));
+    sys3(__NR_exit_group, rc, 0, 0);
+    for (;;)
+        ;
+}
+
+__attribute__((naked, noreturn)) void _start(void)
+{
+    __asm__ volatile("xor %ebp, %ebp\n\t"
+                     "mov %rsp, %rdi\n\t"
+                     "and $-16, %rsp\n\t"
+                     "call ember_main\n\t"
+                     "ud2\n\t");
+}

@@ -1,0 +1,504 @@
+#!/usr/bin/env python3
+"""Boot ember's test Linux guest under a VMM and check its devices.
+
+The guest is the kernel of linux/build-kernel.sh with the initramfs of
+linux/build-initramfs.sh; its /init runs the checks named by ember.checks=
+and prints TAP lines on the serial console (see linux/initramfs/init). This
+harness prepares what the checks need on the host (disk images, a network
+namespace with a tap device and an HTTP server, the hvc0 console socket,
+vsock listeners), starts the VMM, drives hvc0 and vsock, checks the disk
+image afterwards, and prints one TAP stream with the guest's checks and its
+own, ending with a line "N passed, N failed, N skipped".
+
+Only QEMU is wired up so far; ember joins with its own command-line builder
+(vmm_ember below) when its devices land. Run as root (netns, tap).
+"""
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ALL_CHECKS = ["smp", "blk", "ro", "rng", "console", "net", "vsock"]
+
+# Host-specific, see shared ENVIRONMENT.md: this host's KVM is nested and
+# emulates guest kernel code. QEMU's leaf-1 CPUID masks do not take effect
+# here, hence the clearcpuid= on the kernel command line (QEMU only: ember
+# masks CPUID in its CPU template).
+QEMU_CPU = "host,-arch-capabilities,-cx16,-kvm-pv-ipi,-kvm-pv-unhalt,-kvm-pv-sched-yield"
+QEMU_CMDLINE_EXTRA = "clearcpuid=151,141,308,297,580 noxsave nopvspin"
+BASE_CMDLINE = "console=ttyS0 panic=-1 noreplace-smp rodata=off reboot=k"
+
+NETNS_HOST_IP = "172.30.0.1"
+NETNS_GUEST_IP = "172.30.0.2"
+SLIRP_HOST_IP = "10.0.2.2"
+SLIRP_GUEST_IP = "10.0.2.15"
+HTTP_PORT = 18080
+VSOCK_GUEST_CID = 3
+VSOCK_HOST_PORT = 5100  # the guest connects here
+VSOCK_GUEST_PORT = 5200  # the host connects here
+
+
+def log(msg):
+    print(f"# {msg}", flush=True)
+
+
+def blk_data(seed, kib):
+    """The file the guest writes on the rw disk (same rule as its /init)."""
+    unit = f"ember blk data, seed {seed}\n".encode()
+    n = kib * 1024
+    return (unit * (n // len(unit) + 1))[:n]
+
+
+def vsock_pattern(n, x):
+    """Byte i is (i*7 + (i>>10)) & 0xff, xor x (as ember-vsock.c)."""
+    return bytes(((i * 7 + (i >> 10)) & 0xFF) ^ x for i in range(n))
+
+
+def run(cmd, check=True, **kw):
+    return subprocess.run(cmd, check=check, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, **kw)
+
+
+class Results:
+    def __init__(self):
+        self.lines = []
+
+    def add(self, ok, name, reason="", skip=False):
+        self.lines.append((ok, name, reason, skip))
+
+    def print(self):
+        print(f"1..{len(self.lines)}")
+        passed = failed = skipped = 0
+        for i, (ok, name, reason, skip) in enumerate(self.lines, 1):
+            if skip:
+                skipped += 1
+                print(f"ok {i} - {name} # SKIP {reason}")
+            elif ok:
+                passed += 1
+                print(f"ok {i} - {name}")
+            else:
+                failed += 1
+                print(f"not ok {i} - {name}" + (f" # {reason}" if reason else ""))
+        print(f"{passed} passed, {failed} failed, {skipped} skipped")
+        return failed == 0
+
+
+class Setup:
+    """Everything on the host side of one run."""
+
+    def __init__(self, args, work):
+        self.args = args
+        self.work = work
+        self.checks = args.checks
+        self.tag = f"{os.getpid()}"
+        self.netns = None
+        self.httpd = None
+        self.vsock_listener = None
+        self.vsock_result = {}
+        self.hvc_result = {}
+        self.cmdline = {}
+        self.skips = {}  # check -> reason
+
+    # --- disks -------------------------------------------------------------
+    def make_disks(self):
+        if "blk" in self.checks:
+            self.rw_img = os.path.join(self.work, "rw.img")
+            with open(self.rw_img, "wb") as f:
+                f.truncate(64 << 20)
+            run(["mkfs.ext4", "-q", "-F", "-L", "ember-rw", self.rw_img])
+            self.blk_seed = f"s{self.tag}"
+            self.cmdline.update({"blk": "ember-rw", "blk_seed": self.blk_seed,
+                                 "blk_kib": str(self.args.blk_kib)})
+        if "ro" in self.checks:
+            rodir = os.path.join(self.work, "ro")
+            os.mkdir(rodir)
+            self.ro_token = f"ro-{self.tag}"
+            with open(os.path.join(rodir, "token"), "w") as f:
+                f.write(self.ro_token + "\n")
+            self.ro_img = os.path.join(self.work, "ro.img")
+            with open(self.ro_img, "wb") as f:
+                f.truncate(8 << 20)
+            run(["mkfs.ext4", "-q", "-F", "-L", "ember-ro", "-d", rodir, self.ro_img])
+            self.cmdline.update({"ro": "ember-ro", "ro_token": self.ro_token})
+
+    # --- network -----------------------------------------------------------
+    def make_net(self):
+        if "net" not in self.checks:
+            return
+        www = os.path.join(self.work, "www")
+        os.mkdir(www)
+        data = os.urandom(self.args.net_kib * 1024)
+        with open(os.path.join(www, "ember-net.bin"), "wb") as f:
+            f.write(data)
+        sha = hashlib.sha256(data).hexdigest()
+        if self.args.net == "tap":
+            self.netns = f"ember-lt-{self.tag}"
+            run(["ip", "netns", "add", self.netns])
+            for c in (["link", "set", "lo", "up"],
+                      ["tuntap", "add", "dev", "tap0", "mode", "tap"],
+                      ["addr", "add", f"{NETNS_HOST_IP}/24", "dev", "tap0"],
+                      ["link", "set", "tap0", "up"]):
+                run(["ip", "-n", self.netns] + c)
+            host, guest, bind = NETNS_HOST_IP, NETNS_GUEST_IP, NETNS_HOST_IP
+            prefix = ["ip", "netns", "exec", self.netns]
+        else:
+            host, guest, bind = SLIRP_HOST_IP, SLIRP_GUEST_IP, "127.0.0.1"
+            prefix = []
+        self.httpd = subprocess.Popen(
+            prefix + [shutil.which("busybox") or "/bin/busybox", "httpd", "-f",
+                      "-p", f"{bind}:{HTTP_PORT}", "-h", www],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.cmdline.update({"net_ip": f"{guest}/24", "net_host": host,
+                             "net_port": str(HTTP_PORT), "net_file": "ember-net.bin",
+                             "net_sha256": sha})
+
+    # --- vsock -------------------------------------------------------------
+    def make_vsock(self):
+        if "vsock" not in self.checks:
+            return
+        reason = self.vsock_unsupported()
+        if reason:
+            self.skips["vsock"] = reason
+            return
+        self.cmdline.update({"vsock_port": str(VSOCK_HOST_PORT),
+                             "vsock_listen": str(VSOCK_GUEST_PORT),
+                             "vsock_bytes": str(self.args.vsock_bytes)})
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        s.bind((socket.VMADDR_CID_ANY, VSOCK_HOST_PORT))
+        s.listen(1)
+        self.vsock_listener = s
+        threading.Thread(target=self.vsock_host, daemon=True).start()
+
+    def vsock_unsupported(self):
+        if self.args.vmm == "qemu" and not os.path.exists("/dev/vhost-vsock"):
+            return "QEMU needs vhost-vsock and /dev/vhost-vsock does not exist on this host"
+        if self.args.vmm == "ember":
+            return "ember's vsock device does not exist yet"
+        return None
+
+    def vsock_host(self):
+        n = self.args.vsock_bytes
+        res = self.vsock_result
+        try:
+            self.vsock_listener.settimeout(self.args.timeout)
+            c, _ = self.vsock_listener.accept()
+            with c:
+                got = recv_to_eof(c)
+                res["guest->host"] = got == vsock_pattern(n, 0)
+                c.sendall(vsock_pattern(n, 0xFF))
+            deadline = time.time() + 60
+            while True:
+                try:
+                    c = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+                    c.connect((VSOCK_GUEST_CID, VSOCK_GUEST_PORT))
+                    break
+                except OSError:
+                    c.close()
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.2)
+            with c:
+                c.sendall(vsock_pattern(n, 0))
+                c.shutdown(socket.SHUT_WR)
+                res["host->guest"] = recv_to_eof(c) == vsock_pattern(n, 0xFF)
+        except OSError as e:
+            res["error"] = str(e)
+
+    # --- console -----------------------------------------------------------
+    def make_console(self):
+        if "console" not in self.checks:
+            return
+        self.hvc_sock = os.path.join(self.work, "hvc0.sock")
+        self.hvc_token = f"hvc-{self.tag}"
+        self.cmdline["hvc_token"] = self.hvc_token
+
+    def drive_console(self):
+        """Connect to the VMM's hvc0 socket, wait for the guest's shell, send
+        a command, wait for its answer."""
+        res = self.hvc_result
+        t0 = time.time()
+        s = None
+        try:
+            while s is None:
+                try:
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.connect(self.hvc_sock)
+                except OSError:
+                    s.close()
+                    s = None
+                    if time.time() - t0 > 30:
+                        raise
+                    time.sleep(0.1)
+            s.settimeout(self.args.timeout)
+            buf = b""
+            while b"ember-hvc-ready" not in buf:
+                d = s.recv(4096)
+                if not d:
+                    raise OSError("hvc0 closed before the shell said ember-hvc-ready")
+                buf += d
+            res["ready"] = time.time()
+            tok = self.hvc_token
+            cmd = f"echo ember-hvc-reply $((6*7)) {tok}; echo {tok} >/tmp/hvc.fifo; exit\n"
+            s.sendall(cmd.encode())
+            want = f"ember-hvc-reply 42 {tok}".encode()
+            buf = b""
+            while want not in buf:
+                d = s.recv(4096)
+                if not d:
+                    break
+                buf += d
+            res["reply"] = want in buf
+            res["time"] = time.time() - res["ready"]
+            res["raw"] = buf[-200:].decode(errors="replace")
+        except OSError as e:
+            res["error"] = str(e)
+        finally:
+            if s:
+                s.close()
+
+    def cleanup(self):
+        if self.httpd:
+            self.httpd.kill()
+            self.httpd.wait()
+        if self.vsock_listener:
+            self.vsock_listener.close()
+        if self.netns:
+            run(["ip", "netns", "del", self.netns], check=False)
+
+
+def recv_to_eof(s):
+    chunks = []
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return b"".join(chunks)
+        chunks.append(d)
+
+
+# --- VMM command lines -------------------------------------------------------
+def vmm_qemu(a, st, cmdline):
+    """QEMU reference command line. mmio: microvm (virtio-mmio devices are
+    announced on the kernel command line). pci: q35 without ACPI (the kernel
+    has no ACPI; microvm's PCIe host is only described by ACPI). Under q35
+    SeaBIOS runs first (emulated real mode: ~6 s here) and its MP table lists
+    only the boot CPU on this host, so pci runs see 1 CPU."""
+    if a.transport == "mmio":
+        machine = ["-M", "microvm,x-option-roms=off,rtc=off,acpi=off",
+                   "-global", "virtio-mmio.force-legacy=false"]
+        dev = lambda name: f"virtio-{name}-device"  # noqa: E731
+        serial_dev = "virtio-serial-device"
+    else:
+        machine = ["-M", "q35,acpi=off", "-global", "virtio-pci.disable-legacy=on"]
+        dev = lambda name: f"virtio-{name}-pci"  # noqa: E731
+        serial_dev = "virtio-serial-pci"
+    cmd = ["qemu-system-x86_64"] + machine + [
+        "-enable-kvm", "-cpu", QEMU_CPU, "-smp", str(a.cpus), "-m", f"{a.mem}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+        "-no-reboot", "-device", "i8042",
+        "-kernel", a.kernel, "-initrd", a.initrd,
+        "-append", f"{cmdline} {QEMU_CMDLINE_EXTRA}"]
+    if "blk" in st.checks:
+        cmd += ["-drive", f"file={st.rw_img},if=none,id=rw,format=raw,cache=unsafe",
+                "-device", f"{dev('blk')},drive=rw,serial=ember-rw"]
+    if "ro" in st.checks:
+        cmd += ["-drive", f"file={st.ro_img},if=none,id=ro,format=raw,readonly=on",
+                "-device", f"{dev('blk')},drive=ro,serial=ember-ro"]
+    if "rng" in st.checks:
+        cmd += ["-device", dev("rng")]
+    if "console" in st.checks:
+        cmd += ["-chardev", f"socket,id=hvc0,path={st.hvc_sock},server=on,wait=off",
+                "-device", f"{serial_dev},max_ports=1", "-device", "virtconsole,chardev=hvc0"]
+    if "net" in st.checks:
+        if a.net == "tap":
+            cmd += ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]
+        else:
+            cmd += ["-netdev", "user,id=n0"]
+        cmd += ["-device", f"{dev('net')},netdev=n0"]
+    if "vsock" in st.checks and "vsock" not in st.skips:
+        cmd += ["-device", f"vhost-vsock-{'device' if a.transport == 'mmio' else 'pci'},"
+                f"guest-cid={VSOCK_GUEST_CID}"]
+    if st.netns:
+        cmd = ["ip", "netns", "exec", st.netns] + cmd
+    return cmd
+
+
+def vmm_ember(a, st, cmdline):
+    raise SystemExit("ember's devices are not wired into this harness yet "
+                     "(add its command line in vmm_ember)")
+
+
+# --- the run -----------------------------------------------------------------
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vmm", choices=["qemu", "ember"], default="qemu")
+    p.add_argument("--transport", choices=["mmio", "pci"], default="mmio")
+    p.add_argument("--kernel", required=True)
+    p.add_argument("--initrd", required=True)
+    p.add_argument("--checks", default=",".join(ALL_CHECKS),
+                   help="comma-separated, from: " + ",".join(ALL_CHECKS))
+    p.add_argument("--cpus", type=int, default=None,
+                   help="vCPUs (default 2 for mmio, 1 for pci: see vmm_qemu)")
+    p.add_argument("--mem", type=int, default=128, help="guest RAM in MiB")
+    p.add_argument("--net", choices=["tap", "user"], default="tap",
+                   help="tap: tap0 in a new network namespace (root); user: QEMU's slirp")
+    p.add_argument("--blk-kib", type=int, default=64)
+    p.add_argument("--net-kib", type=int, default=64)
+    p.add_argument("--vsock-bytes", type=int, default=65536)
+    p.add_argument("--timeout", type=int, default=240, help="seconds for the whole VM run")
+    p.add_argument("--work", help="keep images and logs in this directory")
+    a = p.parse_args()
+    a.checks = [c for c in a.checks.split(",") if c]
+    for c in a.checks:
+        if c not in ALL_CHECKS:
+            p.error(f"unknown check {c}")
+    if a.cpus is None:
+        a.cpus = 2 if a.transport == "mmio" else 1
+
+    a.kernel = os.path.abspath(a.kernel)
+    a.initrd = os.path.abspath(a.initrd)
+    if a.work:
+        work = os.path.abspath(a.work)
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+    else:
+        work = tempfile.mkdtemp(prefix="ember-linux-test-")
+    st = Setup(a, work)
+    res = Results()
+    try:
+        ok = run_vm(a, st, res, work)
+    finally:
+        st.cleanup()
+        if not a.work:
+            shutil.rmtree(work, ignore_errors=True)
+    ok = res.print() and ok
+    sys.exit(0 if ok else 1)
+
+
+def run_vm(a, st, res, work):
+    st.make_disks()
+    st.make_net()
+    st.make_vsock()
+    st.make_console()
+    guest_checks = [c for c in a.checks if c not in st.skips]
+    st.cmdline.update({"checks": ",".join(guest_checks), "expect_cpus": str(a.cpus)})
+    cmdline = BASE_CMDLINE + "".join(f" ember.{k}={v}" for k, v in st.cmdline.items())
+    cmd = (vmm_qemu if a.vmm == "qemu" else vmm_ember)(a, st, cmdline)
+    log(f"work dir: {work}")
+    log("vmm: " + " ".join(cmd))
+
+    serial_log = open(os.path.join(work, "serial.log"), "w")
+    t0 = time.time()
+    vm = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+    marks = {}
+    guest = {}  # TAP number -> (ok, text)
+    plan = None
+    hvc_thread = None
+    killed = []
+
+    def watchdog():
+        if vm.poll() is None:
+            killed.append(True)
+            vm.kill()
+
+    timer = threading.Timer(a.timeout, watchdog)
+    timer.start()
+    if "console" in guest_checks:
+        hvc_thread = threading.Thread(target=st.drive_console, daemon=True)
+        hvc_thread.start()
+    tap_re = re.compile(r"^(not )?ok (\d+) - (.*)$")
+    for raw in vm.stdout:
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        t = time.time() - t0
+        serial_log.write(f"{t:7.2f} {line}\n")
+        serial_log.flush()
+        for key, pat in (("banner", "Linux version"), ("init", "Run /init as init process"),
+                         ("start", "ember-init: start"), ("done", "ember-init: done")):
+            if key not in marks and pat in line:
+                marks[key] = t
+        m = tap_re.match(line)
+        if m:
+            guest[int(m.group(2))] = (m.group(1) is None, m.group(3), t)
+            print(f"# {t:6.1f}s guest: {line}", flush=True)
+        elif line.startswith("1..") and plan is None:
+            plan = int(line[3:])
+        elif line.startswith("# ") and not line.startswith("# console: shell"):
+            print(f"# {t:6.1f}s guest {line}", flush=True)
+        if re.search(r"Kernel panic|KVM internal error|emulation failure", line):
+            print(f"# {t:6.1f}s serial: {line}", flush=True)
+    rc = vm.wait()
+    timer.cancel()
+    total = time.time() - t0
+    serial_log.close()
+    if hvc_thread:
+        hvc_thread.join(5)
+
+    # Guest checks, in the order they ran.
+    for i, c in enumerate(guest_checks, 1):
+        if i in guest:
+            ok, text, t = guest[i]
+            name, _, reason = text.partition(" # ")
+            res.add(ok, f"{a.vmm}/{a.transport}: guest {name} (at {t:.1f} s)", reason)
+        else:
+            res.add(False, f"{a.vmm}/{a.transport}: guest {c}", "no TAP line from the guest")
+    for c, reason in st.skips.items():
+        res.add(True, f"{a.vmm}/{a.transport}: {c}", reason, skip=True)
+
+    # Host-side checks.
+    pre = f"{a.vmm}/{a.transport}: host"
+    if "blk" in guest_checks:
+        check_blk_image(st, res, pre, a)
+    if "console" in guest_checks:
+        h = st.hvc_result
+        if h.get("reply"):
+            res.add(True, f"{pre} read the hvc0 shell's answer ({h['time']:.2f} s after ready)")
+        else:
+            res.add(False, f"{pre} hvc0 answer",
+                    h.get("error") or f"no 'ember-hvc-reply 42' in {h.get('raw', '')!r}")
+    if "vsock" in guest_checks:
+        v = st.vsock_result
+        ok = v.get("guest->host") and v.get("host->guest")
+        res.add(bool(ok), f"{pre} vsock streams matched both ways", v.get("error", repr(v)))
+    if "done" in marks and rc == 0 and not killed:
+        res.add(True, f"{pre} reboot -f ended the VMM with status 0 "
+                f"({total - marks['done']:.2f} s after the last check)")
+    else:
+        why = "killed after --timeout" if killed else f"exit status {rc}"
+        res.add(False, f"{pre} reboot -f ends the VMM with status 0",
+                why + ("" if "done" in marks else ", /init never finished"))
+    if plan is not None and plan != len(guest_checks):
+        res.add(False, f"{pre} guest plan", f"guest planned {plan}, expected {len(guest_checks)}")
+
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in marks.items())
+    log(f"timings from VMM start: {timings}, exit {total:.1f} s")
+    return True
+
+
+def check_blk_image(st, res, pre, a):
+    want = hashlib.sha256(blk_data(st.blk_seed, a.blk_kib)).hexdigest()
+    r = subprocess.run(["debugfs", "-R", "cat /ember-data.bin", st.rw_img],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    got = hashlib.sha256(r.stdout).hexdigest()
+    res.add(got == want, f"{pre} ember-data.bin in the image has the guest's data",
+            f"sha256 {got} in the image, expected {want}")
+    r = subprocess.run(["debugfs", "-R", "cat /ember-hello.txt", st.rw_img],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    hello = r.stdout.decode(errors="replace").strip()
+    res.add(hello == f"ember {st.blk_seed}", f"{pre} ember-hello.txt in the image",
+            f"read {hello!r}")
+    r = run(["e2fsck", "-fn", st.rw_img], check=False)
+    res.add(r.returncode == 0, f"{pre} e2fsck -fn finds the image clean",
+            r.stdout.strip().splitlines()[-1] if r.stdout.strip() else f"status {r.returncode}")
+
+
+if __name__ == "__main__":
+    main()
