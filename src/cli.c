@@ -14,64 +14,68 @@
 
 void cli_usage(FILE *f)
 {
-    fprintf(f,
-            "ember " EMBER_VERSION ": a small, fast virtual machine monitor for Linux KVM\n"
-            "\n"
-            "Usage:\n"
-            "  ember run --kernel FILE [options]   boot a kernel in a new virtual machine\n"
-            "  ember --help                        this text\n"
-            "  ember --version                     print the version\n"
-            "\n"
-            "Options of `ember run` (VALUE may also be given as --option=VALUE):\n"
-            "  --kernel FILE         kernel to boot: bzImage, vmlinux ELF, or ELF with a PVH note\n"
-            "  --initrd FILE         initial ramdisk for the kernel\n"
-            "  --cmdline STRING      kernel command line (default \"%s\")\n"
-            "  --memory MiB          guest RAM in MiB, or with a suffix: 512M, 2G (default %d)\n"
-            "  --cpus N              number of vCPUs (default %d)\n"
-            "  --cpu-template NAME   CPUID the guest sees: host (all KVM offers, default) or\n"
-            "                        baseline (hides CX16, POPCNT, SMAP, ERMS, FSRM, the XSAVE\n"
-            "                        family and KVM paravirtual features that need hypercalls)\n"
-            "  --debug-exit          add an exit port at 0xf4: a guest write of v ends ember\n"
-            "                        with status (v << 1) | 1\n"
-            "  --drive SPEC          a virtio-blk disk (repeatable); SPEC is path=FILE and any of\n"
-            "                          id=NAME          serial the guest reads (max 20 bytes)\n"
-            "                          readonly=on      writes fail, VIRTIO_BLK_F_RO offered\n"
-            "                          cache=MODE       writeback (default), none (O_DIRECT),\n"
-            "                                           unsafe (flushes not offered)\n"
-            "                          io=uring|sync    io_uring (default) or synchronous I/O\n"
-            "                          queues=N         1-16 request queues (default 1)\n"
-            "                          root=on          first disk (vda) and root=/dev/vda on\n"
-            "                                           the command line; partuuid=ID uses\n"
-            "                                           root=PARTUUID=ID instead\n"
-            "                          bw=BYTES         bandwidth limit per second (K/M/G)\n"
-            "                          iops=N           request limit per second\n"
-            "  --transport KIND      how virtio devices attach: pci (default) or mmio (announced\n"
-            "                        on the kernel command line as virtio_mmio.device=...)\n"
-            "  --console KIND        guest console on ember's stdio: serial (ttyS0, default) or\n"
-            "                        virtio (hvc0; serial output is still shown)\n"
-            "  --rng                 a virtio-rng device fed by the host's getrandom()\n"
-            "  --rng-rate BYTES      its rate limit in bytes per second, K/M/G suffixes allowed\n"
-            "                        (default 1M; 0 = unlimited); implies --rng\n"
-            "  --blk-sync            synchronous block I/O instead of io_uring\n"
-            "  --net SPEC            a virtio-net interface (repeatable); SPEC is one of\n"
-            "                          tap=NAME         a host tap device (created if missing\n"
-            "                                           and allowed); offloads pass through\n"
-            "                          user             user-mode networking (libslirp): guest\n"
-            "                                           10.0.2.15, host 10.0.2.2 (the host's\n"
-            "                                           loopback), DNS 10.0.2.3, DHCP\n"
-            "                        and any of mac=XX:XX:XX:XX:XX:XX, hostfwd=tcp:HOST:GUEST\n"
-            "                        (user only, several joined with +), rx-bw=BYTES, tx-bw=BYTES,\n"
-            "                        rx-pps=N, tx-pps=N (per-second limits)\n"
-            "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
-            "\n"
-            "The guest's first serial port (COM1, ttyS0) is ember's standard input and output.\n"
-            "On a terminal, Ctrl-A x quits, Ctrl-A h lists the other console keys.\n"
-            "\n"
-            "Exit status: 0 guest powered off or reset; 2 bad usage or input; 4 host failure;\n"
-            "10 guest triple fault; 12 guest halted for good; 14 KVM internal error;\n"
-            "16 VM entry failure; 18 guest crash; 20 other unexpected exit; 128+N signal N;\n"
-            "odd values come from the guest through --debug-exit.\n",
-            VM_DEFAULT_CMDLINE, VM_DEFAULT_MEMORY_MIB, VM_DEFAULT_CPUS);
+    fprintf(
+        f,
+        "ember " EMBER_VERSION ": a small, fast virtual machine monitor for Linux KVM\n"
+        "\n"
+        "Usage:\n"
+        "  ember run --kernel FILE [options]   boot a kernel in a new virtual machine\n"
+        "  ember --help                        this text\n"
+        "  ember --version                     print the version\n"
+        "\n"
+        "Options of `ember run` (VALUE may also be given as --option=VALUE):\n"
+        "  --kernel FILE         kernel to boot: bzImage, vmlinux ELF, or ELF with a PVH note\n"
+        "  --initrd FILE         initial ramdisk for the kernel\n"
+        "  --cmdline STRING      kernel command line (default \"%s\")\n"
+        "  --memory MiB          guest RAM in MiB, or with a suffix: 512M, 2G (default %d)\n"
+        "  --cpus N              number of vCPUs (default %d)\n"
+        "  --cpu-template NAME   CPUID the guest sees: host (all KVM offers, default) or\n"
+        "                        baseline (hides CX16, POPCNT, SMAP, ERMS, FSRM, the XSAVE\n"
+        "                        family and KVM paravirtual features that need hypercalls)\n"
+        "  --debug-exit          add an exit port at 0xf4: a guest write of v ends ember\n"
+        "                        with status (v << 1) | 1\n"
+        "  --drive SPEC          a virtio-blk disk (repeatable); SPEC is path=FILE and any of\n"
+        "                          id=NAME          serial the guest reads (max 20 bytes)\n"
+        "                          readonly=on      writes fail, VIRTIO_BLK_F_RO offered\n"
+        "                          cache=MODE       writeback (default), none (O_DIRECT),\n"
+        "                                           unsafe (flushes not offered)\n"
+        "                          io=uring|sync    io_uring (default) or synchronous I/O\n"
+        "                          queues=N         1-16 request queues (default 1)\n"
+        "                          root=on          first disk (vda) and root=/dev/vda on\n"
+        "                                           the command line; partuuid=ID uses\n"
+        "                                           root=PARTUUID=ID instead\n"
+        "                          bw=BYTES         bandwidth limit per second (K/M/G)\n"
+        "                          iops=N           request limit per second\n"
+        "                          poll=US          after work, poll the queues this many\n"
+        "                                           microseconds before waiting for a kick\n"
+        "                                           (0, the default, never polls)\n"
+        "  --transport KIND      how virtio devices attach: pci (default) or mmio (announced\n"
+        "                        on the kernel command line as virtio_mmio.device=...)\n"
+        "  --console KIND        guest console on ember's stdio: serial (ttyS0, default) or\n"
+        "                        virtio (hvc0; serial output is still shown)\n"
+        "  --rng                 a virtio-rng device fed by the host's getrandom()\n"
+        "  --rng-rate BYTES      its rate limit in bytes per second, K/M/G suffixes allowed\n"
+        "                        (default 1M; 0 = unlimited); implies --rng\n"
+        "  --blk-sync            synchronous block I/O instead of io_uring\n"
+        "  --net SPEC            a virtio-net interface (repeatable); SPEC is one of\n"
+        "                          tap=NAME         a host tap device (created if missing\n"
+        "                                           and allowed); offloads pass through\n"
+        "                          user             user-mode networking (libslirp): guest\n"
+        "                                           10.0.2.15, host 10.0.2.2 (the host's\n"
+        "                                           loopback), DNS 10.0.2.3, DHCP\n"
+        "                        and any of mac=XX:XX:XX:XX:XX:XX, hostfwd=tcp:HOST:GUEST\n"
+        "                        (user only, several joined with +), rx-bw=BYTES, tx-bw=BYTES,\n"
+        "                        rx-pps=N, tx-pps=N (per-second limits)\n"
+        "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
+        "\n"
+        "The guest's first serial port (COM1, ttyS0) is ember's standard input and output.\n"
+        "On a terminal, Ctrl-A x quits, Ctrl-A h lists the other console keys.\n"
+        "\n"
+        "Exit status: 0 guest powered off or reset; 2 bad usage or input; 4 host failure;\n"
+        "10 guest triple fault; 12 guest halted for good; 14 KVM internal error;\n"
+        "16 VM entry failure; 18 guest crash; 20 other unexpected exit; 128+N signal N;\n"
+        "odd values come from the guest through --debug-exit.\n",
+        VM_DEFAULT_CMDLINE, VM_DEFAULT_MEMORY_MIB, VM_DEFAULT_CPUS);
 }
 
 int cli_parse_uint(const char *s, unsigned max, unsigned *out)
@@ -247,6 +251,9 @@ int cli_parse_drive(const char *spec, struct drive_config *d)
                 return error_set("--drive root=%s: use on or off", val);
         } else if (!strcmp(key, "partuuid")) {
             d->partuuid = val;
+        } else if (!strcmp(key, "poll")) {
+            if (cli_parse_uint(val, 1000000, &d->poll_us) < 0)
+                return error_prefix("--drive poll");
         } else if (!strcmp(key, "bw") || !strcmp(key, "iops")) {
             uint64_t rate;
             if (cli_parse_size(val, 0, &rate) < 0)
@@ -270,8 +277,8 @@ static int parse_mac(const char *s, uint8_t mac[6])
 {
     unsigned b[6];
     char tail;
-    if (sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
-               &tail) != 6)
+    if (sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) !=
+        6)
         return error_set("'%s' is not a MAC address (use xx:xx:xx:xx:xx:xx)", s);
     if (b[0] & 1)
         return error_set("MAC %s is a multicast address", s);
@@ -295,8 +302,7 @@ int cli_parse_net(const char *spec, struct net_config *n)
             if (!strcmp(item, "user"))
                 n->user = true;
             else
-                return error_set("--net %s: '%s' is not key=value (tap=NAME or user)", spec,
-                                 item);
+                return error_set("--net %s: '%s' is not key=value (tap=NAME or user)", spec, item);
             continue;
         }
         *eq = '\0';

@@ -25,9 +25,9 @@ struct net_backend {
     const struct net_backend_ops *ops;
     const char *kind; /* "tap", "user" */
     bool vnet_hdr;
-    bool offloads;    /* can take TUN_F_* offloads */
-    int rx_fd;        /* readable: frames for the guest */
-    int tx_fd;        /* signals room again after -EAGAIN */
+    bool offloads;           /* can take TUN_F_* offloads */
+    int rx_fd;               /* readable: frames for the guest */
+    int tx_fd;               /* signals room again after -EAGAIN */
     uint32_t tx_wait_events; /* what to wait for on tx_fd (EPOLLOUT, EPOLLIN) */
     void *priv;
 };

@@ -59,9 +59,9 @@ struct user_net {
     Slirp *slirp;
     pthread_t thread;
     bool stop;
-    int wake_fd;     /* to the slirp thread: frames to send, or stop */
-    int rx_fd;       /* to the device: frames for the guest */
-    int tx_room_fd;  /* to the device: the send queue has room again */
+    int wake_fd;    /* to the slirp thread: frames to send, or stop */
+    int rx_fd;      /* to the device: frames for the guest */
+    int tx_room_fd; /* to the device: the send queue has room again */
     pthread_mutex_t lock;
     struct frame_queue to_guest, to_net;
     bool to_net_was_full;
@@ -373,7 +373,7 @@ static int load_api(struct user_net *u)
     do {                                                                                           \
         *(void **)&u->api.field = dlsym(u->lib, name);                                             \
         if (!u->api.field)                                                                         \
-            return error_set("libslirp lacks %s", name);                                          \
+            return error_set("libslirp lacks %s", name);                                           \
     } while (0)
     SYM(new_, "slirp_new");
     SYM(cleanup, "slirp_cleanup");

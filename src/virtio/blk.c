@@ -372,6 +372,8 @@ static void process_queue(struct virtio_blk *b, unsigned index)
         }
         if (!q->free_list)
             break; /* every slot busy: completions bring us back */
+        if (b->polling)
+            break; /* no kicks while the iothread polls the ring */
         if (!virtq_enable_kicks(vq, true))
             break;
         virtq_enable_kicks(vq, false);
@@ -379,9 +381,57 @@ static void process_queue(struct virtio_blk *b, unsigned index)
     blk_backend_kick(&b->backend);
 }
 
+/* Polling: after work, the iothread keeps looking at the rings and the
+ * completion queue for poll_us before it enables kicks and sleeps. A busy
+ * guest then submits without exits, and completions need no wake-up. */
+static int poll_idle(void *opaque)
+{
+    struct virtio_blk *b = opaque;
+    if (!b->dev.active || !b->polling)
+        return -1;
+    b->poll_rounds++;
+    bool work = blk_backend_reap(&b->backend, io_done, b) > 0;
+    for (unsigned i = 0; i < b->opts.queues; i++) {
+        if (b->dev.queues[i].enabled && virtq_has_avail(&b->dev.queues[i].vq)) {
+            process_queue(b, i);
+            work = true;
+        }
+    }
+    if (work) {
+        b->poll_hits++;
+        reap(b);
+        signal_queues(b);
+        b->last_work_ns = monotonic_ns();
+        return 0;
+    }
+    if (monotonic_ns() - b->last_work_ns < (uint64_t)b->opts.poll_us * 1000)
+        return 0;
+    /* Quiet long enough: ask for kicks again, and look once more for work
+     * that raced with that. */
+    b->polling = false;
+    for (unsigned i = 0; i < b->opts.queues; i++) {
+        struct virtq *vq = &b->dev.queues[i].vq;
+        if (b->dev.queues[i].enabled && virtq_enable_kicks(vq, true)) {
+            b->polling = true;
+            b->last_work_ns = monotonic_ns();
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void start_polling(struct virtio_blk *b)
+{
+    if (!b->opts.poll_us)
+        return;
+    b->polling = true;
+    b->last_work_ns = monotonic_ns();
+}
+
 static void queue_notify(struct virtio_dev *d, unsigned index)
 {
     struct virtio_blk *b = d->opaque;
+    start_polling(b);
     process_queue(b, index);
     reap(b);
     signal_queues(b);
@@ -430,6 +480,11 @@ static int activate(struct virtio_dev *d)
         if (!b->completion_handler)
             return -1;
     }
+    b->polling = false;
+    if (b->opts.poll_us) {
+        d->io.idle = poll_idle;
+        d->io.idle_opaque = b;
+    }
     for (unsigned i = 0; i < b->opts.queues; i++) {
         if (d->queues[i].enabled)
             process_queue(b, i);
@@ -442,6 +497,8 @@ static int activate(struct virtio_dev *d)
 static void quiesce(struct virtio_dev *d)
 {
     struct virtio_blk *b = d->opaque;
+    d->io.idle = NULL;
+    b->polling = false;
     /* In-flight requests finish (their data reaches the image) before the
      * rings are given up. */
     blk_backend_drain(&b->backend, io_done, b);

@@ -18,7 +18,8 @@ struct blk_options {
     bool direct; /* cache=none: O_DIRECT, host page cache bypassed */
     bool unsafe; /* flushes not offered: the host cache may lose data */
     unsigned queues;
-    bool sync_io; /* force the synchronous backend */
+    bool sync_io;     /* force the synchronous backend */
+    unsigned poll_us; /* after work, poll the rings this long before sleeping */
     struct rate_limit_config rate_limit;
 };
 
@@ -36,12 +37,14 @@ struct virtio_blk {
     int throttle_fd; /* timerfd: tokens will be there */
     struct event_handler *throttle_handler;
     bool throttled;
+    bool polling; /* kicks off, the iothread watches the rings */
+    uint64_t last_work_ns;
     struct blk_queue *queues;
     uint8_t config[60];
     bool io_error_logged;
     /* Counters (iothread). */
     uint64_t reads, writes, read_bytes, write_bytes, flushes, discards, errors, unsupported;
-    uint64_t throttle_events;
+    uint64_t throttle_events, poll_hits, poll_rounds;
 };
 
 int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_options *opts,

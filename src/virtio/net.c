@@ -13,9 +13,9 @@
 #include <unistd.h>
 
 #define NET_QUEUE_SIZE 256
-#define RXQ 0
-#define TXQ 1
-#define BATCH 64 /* frames per round before interrupting the guest */
+#define RXQ            0
+#define TXQ            1
+#define BATCH          64 /* frames per round before interrupting the guest */
 
 /* Feature bits (5.1.3). */
 #define VIRTIO_NET_F_CSUM       0
@@ -35,11 +35,11 @@
 #define VIRTIO_NET_S_LINK_UP 1
 
 #define HDR_F_NEEDS_CSUM 1
-#define GSO_NONE  0
-#define GSO_TCPV4 1
-#define GSO_UDP   3
-#define GSO_TCPV6 4
-#define GSO_ECN   0x80
+#define GSO_NONE         0
+#define GSO_TCPV4        1
+#define GSO_UDP          3
+#define GSO_TCPV6        4
+#define GSO_ECN          0x80
 
 struct net_hdr {
     uint8_t flags;
@@ -61,8 +61,10 @@ static bool has(const struct virtio_net *n, unsigned bit)
 static void count_drop(struct virtio_net *n, uint64_t *counter, const char *why)
 {
     (*counter)++;
-    log_once(n->drop_logged, LOG_WARN, "%s: dropping a frame: %s (further drops are counted "
-             "only)", n->dev.name, why);
+    log_once(n->drop_logged, LOG_WARN,
+             "%s: dropping a frame: %s (further drops are counted "
+             "only)",
+             n->dev.name, why);
 }
 
 static void arm_timer(struct virtio_net *n, uint64_t ns)
@@ -206,8 +208,8 @@ static void process_tx(struct virtio_net *n)
             n->tx_held = true;
             n->tx_pushback++;
             if (!n->tx_handler)
-                n->tx_handler = event_loop_add(&d->io.loop, n->be.tx_fd, n->be.tx_wait_events,
-                                               on_tx_room, n);
+                n->tx_handler =
+                    event_loop_add(&d->io.loop, n->be.tx_fd, n->be.tx_wait_events, on_tx_room, n);
             break;
         }
         n->tx_held = false;

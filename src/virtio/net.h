@@ -9,13 +9,13 @@
 #include "util/ratelimit.h"
 #include "virtio/device.h"
 
-#define VIRTIO_NET_HDR_LEN 12
+#define VIRTIO_NET_HDR_LEN   12
 #define VIRTIO_NET_MAX_FRAME 65550 /* a 64 KiB GSO frame and its Ethernet header */
-#define NET_MAX_FORWARDS 8
+#define NET_MAX_FORWARDS     8
 
 struct net_options {
-    const char *tap;   /* tap interface name, or NULL */
-    bool user;         /* user-mode networking instead */
+    const char *tap; /* tap interface name, or NULL */
+    bool user;       /* user-mode networking instead */
     struct slirp_forward forwards[NET_MAX_FORWARDS];
     unsigned nforwards;
     uint8_t mac[6];
@@ -30,10 +30,10 @@ struct virtio_net {
     uint8_t config[12];
     struct virtq_chain rx_chains[64]; /* chains one merged frame may need */
     struct virtq_chain tx_chain;
-    bool tx_held;        /* tx_chain popped, waiting for room or tokens */
-    uint8_t *rx_buf;     /* one frame from the host, with its header */
-    size_t rx_pending;   /* bytes in rx_buf not yet given to the guest */
-    bool rx_watching;    /* rx fd in the loop */
+    bool tx_held;      /* tx_chain popped, waiting for room or tokens */
+    uint8_t *rx_buf;   /* one frame from the host, with its header */
+    size_t rx_pending; /* bytes in rx_buf not yet given to the guest */
+    bool rx_watching;  /* rx fd in the loop */
     struct event_handler *rx_handler, *tx_handler, *timer_handler;
     int timer_fd;
     struct token_bucket rx_bytes_tb, rx_ops_tb, tx_bytes_tb, tx_ops_tb;

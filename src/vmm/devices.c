@@ -70,8 +70,9 @@ static int parse_forwards(const char *spec, struct net_options *o)
             return error_set("bad port forward '%s' (use tcp:HOSTPORT:GUESTPORT)", p);
         if (o->nforwards == NET_MAX_FORWARDS)
             return error_set("at most %d port forwards", NET_MAX_FORWARDS);
-        o->forwards[o->nforwards++] = (struct slirp_forward){
-            .udp = !strcmp(proto, "udp"), .host_port = (uint16_t)host, .guest_port = (uint16_t)guest};
+        o->forwards[o->nforwards++] = (struct slirp_forward){.udp = !strcmp(proto, "udp"),
+                                                             .host_port = (uint16_t)host,
+                                                             .guest_port = (uint16_t)guest};
         p += used;
         if (*p == '+')
             p++;
@@ -157,6 +158,7 @@ int vm_create_virtio_devices(struct vm *vm)
                                 .direct = dc->direct,
                                 .unsafe = dc->unsafe,
                                 .queues = dc->queues,
+                                .poll_us = dc->poll_us,
                                 .sync_io = cfg->blk_sync || dc->sync_io,
                                 .rate_limit = dc->rate_limit};
         if (virtio_blk_init(b, name, &o, &vm->mem) < 0) {

@@ -41,15 +41,16 @@ struct drive_config {
     bool is_root; /* becomes /dev/vda and root= on the command line */
     const char *partuuid;
     unsigned queues;
+    unsigned poll_us; /* iothread polls the rings this long after work */
     struct rate_limit_config rate_limit;
 };
 
 #define VM_MAX_NETS 4
 
 struct net_config {
-    const char *id;      /* the API's iface_id */
-    const char *tap;     /* host tap name (Firecracker's host_dev_name) */
-    bool user;           /* user-mode networking instead of a tap */
+    const char *id;       /* the API's iface_id */
+    const char *tap;      /* host tap name (Firecracker's host_dev_name) */
+    bool user;            /* user-mode networking instead of a tap */
     const char *forwards; /* user: "tcp:HOSTPORT:GUESTPORT" items, '+'-separated */
     uint8_t mac[6];
     bool has_mac;

@@ -29,6 +29,7 @@ static int queue_irqs, config_irqs;
 static bool sync_backend;
 static struct rate_limit_config test_limit;
 static bool test_unsafe;
+static unsigned test_poll_us;
 
 static void fake_notify_queue(struct virtio_dev *d, unsigned q)
 {
@@ -77,6 +78,7 @@ static void setup_opts(bool readonly)
                             .readonly = readonly,
                             .unsafe = test_unsafe,
                             .queues = 1,
+                            .poll_us = test_poll_us,
                             .sync_io = sync_backend,
                             .rate_limit = test_limit};
     ck_assert_msg(virtio_blk_init(&blk, "blk0", &o, &f.mem) == 0, "%s", error_get());
@@ -338,6 +340,40 @@ static void setup_limited(void)
     test_limit = (struct rate_limit_config){0};
 }
 
+START_TEST(polling_serves_without_kicks)
+{
+    ck_assert_int_eq(request(0, 0, 512, true, NULL), 0); /* the first kick starts polling */
+    ck_assert(blk.polling);
+    /* While polling, new requests need no kick. */
+    uint32_t hdr[4] = {0, 0, 3, 0};
+    memcpy(fake_ptr(&f, HDR, 16), hdr, 16);
+    *fake_ptr(&f, STATUS, 1) = 0xee;
+    uint16_t before = fake_used(&f)->idx;
+    fake_publish(&f, 0);
+    for (int i = 0; i < 2000 && __atomic_load_n(&fake_used(&f)->idx, __ATOMIC_ACQUIRE) == before;
+         i++)
+        usleep(100);
+    ck_assert_uint_ne(fake_used(&f)->idx, before);
+    ck_assert_uint_eq(*fake_ptr(&f, STATUS, 1), 0);
+    ck_assert_uint_gt(blk.poll_hits, 0);
+    /* Quiet for longer than the window: polling stops, kicks are asked for. */
+    usleep(50000);
+    ck_assert(!blk.polling);
+    /* EVENT_IDX was negotiated: the device asks for a kick at its next index. */
+    uint16_t avail_event = *(uint16_t *)&fake_used(&f)->ring[16];
+    ck_assert_uint_eq(avail_event, 2);
+    ck_assert_int_eq(request(0, 1, 512, true, NULL), 0);
+}
+END_TEST
+
+static void setup_polling(void)
+{
+    sync_backend = false;
+    test_poll_us = 10000;
+    setup();
+    test_poll_us = 0;
+}
+
 static void setup_unsafe(void)
 {
     sync_backend = false;
@@ -385,6 +421,11 @@ Suite *virtio_blk_suite(void)
     tcase_add_checked_fixture(limited, setup_limited, teardown);
     tcase_add_test(limited, ops_limit_paces_requests);
     suite_add_tcase(s, limited);
+    TCase *polling = tcase_create("polling");
+    tcase_add_checked_fixture(polling, setup_polling, teardown);
+    tcase_add_test(polling, polling_serves_without_kicks);
+    tcase_add_test(polling, read_write_flush);
+    suite_add_tcase(s, polling);
     TCase *unsafe = tcase_create("unsafe");
     tcase_add_checked_fixture(unsafe, setup_unsafe, teardown);
     tcase_add_test(unsafe, unsafe_cache_offers_no_flush);
