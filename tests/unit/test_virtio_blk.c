@@ -360,7 +360,8 @@ START_TEST(polling_serves_without_kicks)
     usleep(50000);
     ck_assert(!blk.polling);
     /* EVENT_IDX was negotiated: the device asks for a kick at its next index. */
-    uint16_t avail_event = *(uint16_t *)&fake_used(&f)->ring[16];
+    uint16_t avail_event;
+    memcpy(&avail_event, &fake_used(&f)->ring[16], 2);
     ck_assert_uint_eq(avail_event, 2);
     ck_assert_int_eq(request(0, 1, 512, true, NULL), 0);
 }
