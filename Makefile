@@ -21,7 +21,7 @@ UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-.PHONY: all demo test unit-test guest-test linux-smoke-test test-sanitize fuzz fuzz-build \
+.PHONY: all demo test unit-test guest-test console-test linux-smoke-test test-sanitize fuzz fuzz-build \
         bench bench-startup \
         clang guests format format-check clean bench
 
@@ -70,6 +70,10 @@ guest-test: all guests
 	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest OUT_DIR=$(abspath $(BUILD))/guest-tests NO_BUILD=1 \
 	  tests/guest/run.sh
 
+# ember's console on pipes, files and a terminal.
+console-test: all guests
+	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/console/test_console.py
+
 # Debian's stock kernel under ember: banner, command line, e820, initrd,
 # memory init (about 90 s here).
 linux-smoke-test: all
@@ -78,7 +82,7 @@ linux-smoke-test: all
 # The whole suite; CI runs exactly this.
 test:
 	@scripts/install-deps.sh test
-	$(MAKE) all unit-test guest-test linux-smoke-test
+	$(MAKE) all unit-test guest-test console-test linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
@@ -88,7 +92,7 @@ test:
 test-sanitize:
 	$(MAKE) BUILD=build/sanitize CC=clang \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-	  unit-test guest-test
+	  unit-test guest-test console-test
 
 # Warnings must be clean under clang too.
 clang:

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -78,51 +79,65 @@ static void arm(struct stdio_console *c, bool on)
     event_loop_mod(c->loop, c->handler, on ? EPOLLIN : 0);
 }
 
+/* Hands pending input to the device; true when all of it was taken. */
+static bool deliver_pending(struct stdio_console *c)
+{
+    if (c->pending_off < c->pending_len)
+        c->pending_off += c->sink.deliver(c->sink.opaque, c->pending + c->pending_off,
+                                          c->pending_len - c->pending_off);
+    return c->pending_off == c->pending_len;
+}
+
+/* Readable input: one read per wake-up (the fd may be blocking, e.g. a
+ * terminal shared with the shell; the loop calls again while data
+ * remains). */
 static void on_input(void *opaque, uint32_t events)
 {
     struct stdio_console *c = opaque;
     (void)events;
-    for (;;) {
-        if (c->pending_off < c->pending_len) {
-            size_t n = c->sink.deliver(c->sink.opaque, c->pending + c->pending_off,
-                                       c->pending_len - c->pending_off);
-            c->pending_off += n;
-            if (c->pending_off < c->pending_len) {
-                /* The device is full: stop reading until it drains. Check
-                 * again after disarming, in case it drained meanwhile. */
-                arm(c, false);
-                n = c->sink.deliver(c->sink.opaque, c->pending + c->pending_off,
-                                    c->pending_len - c->pending_off);
-                c->pending_off += n;
-                if (c->pending_off < c->pending_len)
-                    return;
-                arm(c, true);
-            }
-        }
-        if (c->eof)
-            return;
-        ssize_t n = read(c->watch_fd, c->pending, sizeof(c->pending));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return;
-        if (n <= 0) {
-            /* End of input: the guest keeps running without it. */
-            c->eof = true;
-            event_loop_del(c->loop, c->handler);
-            c->handler = NULL;
-            return;
-        }
-        c->pending_off = 0;
-        c->pending_len = c->is_tty ? filter_escapes(c, c->pending, (size_t)n) : (size_t)n;
+    if (!deliver_pending(c)) {
+        arm(c, false);
+        return;
     }
+    ssize_t n = read(c->watch_fd, c->pending, sizeof(c->pending));
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return;
+    if (n <= 0) {
+        /* End of input: the guest keeps running without it. */
+        c->eof = true;
+        event_loop_del(c->loop, c->handler);
+        c->handler = NULL;
+        return;
+    }
+    c->pending_off = 0;
+    c->pending_len = c->is_tty ? filter_escapes(c, c->pending, (size_t)n) : (size_t)n;
+    if (!deliver_pending(c)) {
+        /* The device is full: stop reading until it says it has room. */
+        arm(c, false);
+    }
+}
+
+/* The device has room again (signalled through resume_fd). */
+static void on_resume(void *opaque, uint32_t events)
+{
+    struct stdio_console *c = opaque;
+    (void)events;
+    uint64_t v;
+    ssize_t ignored = read(c->resume_fd, &v, sizeof(v));
+    (void)ignored;
+    if (deliver_pending(c) && !c->eof)
+        arm(c, true);
 }
 
 void stdio_console_resume(void *opaque)
 {
     struct stdio_console *c = opaque;
-    /* epoll_ctl is thread-safe; the loop thread does the delivering. */
-    arm(c, true);
+    /* Any thread: the loop thread does the delivering. */
+    if (c->resume_fd >= 0) {
+        uint64_t one = 1;
+        ssize_t ignored = write(c->resume_fd, &one, sizeof(one));
+        (void)ignored;
+    }
 }
 
 /* Input that epoll cannot watch (a regular file, /dev/null) is copied
@@ -158,6 +173,12 @@ int stdio_console_start(struct stdio_console *c, struct event_loop *loop, int in
                         const struct stdio_sink *sink, void (*on_quit)(void *), void *opaque)
 {
     memset(c, 0, sizeof(*c));
+    c->resume_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->resume_fd < 0)
+        return error_errno("eventfd");
+    c->resume_handler = event_loop_add(loop, c->resume_fd, EPOLLIN, on_resume, c);
+    if (!c->resume_handler)
+        return -1;
     c->in_fd = in_fd;
     c->out_fd = out_fd;
     c->watch_fd = in_fd;
@@ -199,6 +220,12 @@ void stdio_console_stop(struct stdio_console *c)
     if (c->handler)
         event_loop_del(c->loop, c->handler);
     c->handler = NULL;
+    if (c->resume_handler)
+        event_loop_del(c->loop, c->resume_handler);
+    c->resume_handler = NULL;
+    if (c->resume_fd >= 0)
+        close(c->resume_fd);
+    c->resume_fd = -1;
     if (c->has_copier) {
         /* The copier may sit in a blocking read: leave it, the process is
          * ending; only its pipe end is ours to close. */

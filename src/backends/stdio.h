@@ -26,6 +26,8 @@ struct stdio_console {
     bool is_tty, escape, eof, out_broken, armed;
     struct event_loop *loop;
     struct event_handler *handler;
+    int resume_fd; /* eventfd: the device has room again */
+    struct event_handler *resume_handler;
     struct stdio_sink sink;
     void (*on_quit)(void *opaque);
     void *quit_opaque;

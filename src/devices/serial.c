@@ -85,6 +85,12 @@ static void update_irq(struct serial *s)
     }
 }
 
+/* With FIFOs off the UART holds one byte, as a 16450 does. */
+static unsigned rx_capacity(const struct serial *s)
+{
+    return (s->fcr & FCR_ENABLE) ? SERIAL_RX_FIFO : 1;
+}
+
 static bool rx_push(struct serial *s, uint8_t byte)
 {
     if (s->rx_count == SERIAL_RX_FIFO) {
@@ -236,7 +242,7 @@ void serial_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool 
     /* Tell the host side once there is room again (FIFO drained, or the
      * loopback test that disconnected the line is over). */
     bool rx_space = false;
-    if (s->rx_was_full && s->rx_count < SERIAL_RX_FIFO && !(s->mcr & MCR_LOOP)) {
+    if (s->rx_was_full && s->rx_count < rx_capacity(s) && !(s->mcr & MCR_LOOP)) {
         s->rx_was_full = false;
         rx_space = true;
     }
@@ -251,12 +257,12 @@ size_t serial_receive(struct serial *s, const uint8_t *buf, size_t len)
     pthread_mutex_lock(&s->lock);
     /* In loopback mode the line is disconnected from the host. */
     if (!(s->mcr & MCR_LOOP)) {
-        while (taken < len && s->rx_count < SERIAL_RX_FIFO) {
+        while (taken < len && s->rx_count < rx_capacity(s)) {
             rx_push(s, buf[taken]);
             taken++;
         }
         s->rx_bytes += taken;
-        if (s->rx_count == SERIAL_RX_FIFO)
+        if (s->rx_count >= rx_capacity(s))
             s->rx_was_full = true;
     }
     update_irq(s);
@@ -267,7 +273,8 @@ size_t serial_receive(struct serial *s, const uint8_t *buf, size_t len)
 size_t serial_rx_space(struct serial *s)
 {
     pthread_mutex_lock(&s->lock);
-    size_t space = (s->mcr & MCR_LOOP) ? 0 : SERIAL_RX_FIFO - s->rx_count;
+    unsigned cap = rx_capacity(s);
+    size_t space = (s->mcr & MCR_LOOP) || s->rx_count >= cap ? 0 : cap - s->rx_count;
     if (space == 0)
         s->rx_was_full = true;
     pthread_mutex_unlock(&s->lock);

@@ -100,10 +100,22 @@ START_TEST(receive_with_interrupt_and_fifo_bits)
 }
 END_TEST
 
+START_TEST(without_fifo_one_byte_waits)
+{
+    /* FIFOs off (the reset state): the UART holds one byte, like a 16450. */
+    ck_assert_uint_eq(serial_receive(&uart, (const uint8_t *)"ab", 2), 1);
+    ck_assert_uint_eq(serial_rx_space(&uart), 0);
+    ck_assert_uint_eq(rd(0), 'a');
+    ck_assert_int_eq(h.rx_space_calls, 1);
+    ck_assert_uint_eq(serial_receive(&uart, (const uint8_t *)"b", 1), 1);
+}
+END_TEST
+
 START_TEST(full_fifo_pushes_back_and_reports_space)
 {
     uint8_t buf[200];
     memset(buf, 'z', sizeof(buf));
+    wr(2, 0x01); /* FIFOs on */
     size_t taken = serial_receive(&uart, buf, sizeof(buf));
     ck_assert_uint_eq(taken, SERIAL_RX_FIFO);
     ck_assert_uint_eq(serial_receive(&uart, buf, 1), 0);
@@ -171,6 +183,7 @@ Suite *serial_suite(void)
     tcase_add_test(t, thr_empty_interrupt_and_ack);
     tcase_add_test(t, receive_with_interrupt_and_fifo_bits);
     tcase_add_test(t, full_fifo_pushes_back_and_reports_space);
+    tcase_add_test(t, without_fifo_one_byte_waits);
     tcase_add_test(t, loopback_mode);
     tcase_add_test(t, divisor_latch_and_scratch);
     suite_add_tcase(s, t);
