@@ -8,9 +8,11 @@ VERSION := 0.1.0
 CFLAGS_WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
                -Wformat=2 -Wno-format-nonliteral -Wvla
 CFLAGS  ?= -O2 -g
+CJSON_CFLAGS := $(shell pkg-config --cflags libcjson 2>/dev/null)
+CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -MMD -MP \
-              -DEMBER_VERSION=\"$(VERSION)\" $(EXTRA_CFLAGS)
-LDLIBS  := -luring -lpthread $(EXTRA_LDLIBS)
+              -DEMBER_VERSION=\"$(VERSION)\" $(CJSON_CFLAGS) $(EXTRA_CFLAGS)
+LDLIBS  := -luring $(CJSON_LIBS) -lm -lpthread $(EXTRA_LDLIBS)
 
 SRCS := $(shell find src -name '*.c' | sort)
 OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)
