@@ -23,7 +23,7 @@ UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-.PHONY: all demo test unit-test guest-test test-sanitize fuzz fuzz-build \
+.PHONY: all demo test unit-test guest-test api-test test-sanitize fuzz fuzz-build \
         bench bench-startup \
         clang guests format format-check clean bench
 
@@ -72,10 +72,14 @@ guest-test: all guests
 	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest OUT_DIR=$(abspath $(BUILD))/guest-tests NO_BUILD=1 \
 	  tests/guest/run.sh
 
+# End-to-end tests of the API over its unix socket (Python 3, standard library).
+api-test: all guests
+	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/api/test_api.py
+
 # The whole suite; CI runs exactly this.
 test:
 	@scripts/install-deps.sh test
-	$(MAKE) all unit-test guest-test
+	$(MAKE) all unit-test guest-test api-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
@@ -85,7 +89,7 @@ test:
 test-sanitize:
 	$(MAKE) BUILD=build/sanitize CC=clang \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-	  unit-test guest-test
+	  unit-test guest-test api-test
 
 # Warnings must be clean under clang too.
 clang:
