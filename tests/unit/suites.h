@@ -14,5 +14,7 @@ Suite *serial_suite(void);
 Suite *legacy_suite(void);
 Suite *virtq_suite(void);
 Suite *virtio_blk_suite(void);
+Suite *api_suite(void);
+Suite *keyboard_suite(void);
 
 #endif
