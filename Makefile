@@ -114,6 +114,7 @@ fuzz: fuzz-build guests
 	@for f in $(FUZZ_NAMES); do \
 	  mkdir -p $(FUZZ_BUILD)/corpus-$$f; \
 	  seeds=""; [ $$f = fuzz_boot ] && seeds=$(BUILD)/guest; \
+	  [ -d tests/fuzz/seeds/$$f ] && seeds=tests/fuzz/seeds/$$f; \
 	  echo "fuzz: $$f for $(FUZZ_SECONDS) s"; \
 	  $(FUZZ_BUILD)/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	    -max_len=65536 $(FUZZ_BUILD)/corpus-$$f $$seeds 2>&1 | \
