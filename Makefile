@@ -24,7 +24,7 @@ CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
 .PHONY: all demo test unit-test guest-test api-test test-sanitize fuzz fuzz-build \
-        bench bench-startup \
+        bench bench-startup bench-api \
         clang guests format format-check clean bench
 
 all: $(BUILD)/ember
@@ -52,7 +52,14 @@ $(BUILD)/runbench: bench/runbench.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
-bench: bench-startup
+$(BUILD)/apibench: bench/apibench.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+
+bench: bench-startup bench-api
+
+bench-api:
+	bench/api.sh
 
 bench-startup:
 	bench/startup.sh
