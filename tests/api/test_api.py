@@ -415,6 +415,38 @@ def test_logger_metrics(tmp):
         e.kill()
 
 
+def test_metrics_fifo_and_signals(tmp):
+    fifo = os.path.join(tmp, "metrics.fifo")
+    os.mkfifo(fifo)
+    e = Ember(tmp)
+    try:
+        expect(e.req("PUT", "/metrics", {"metrics_path": fifo}), 400, "FIFO without a reader", "no reader")
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            expect(e.req("PUT", "/metrics", {"metrics_path": fifo}), 204, "FIFO with a reader")
+            expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "flush to the FIFO")
+            line = os.read(reader, 65536).decode()
+            check(line.endswith("\n") and "api_server" in json.loads(line), "FIFO line %r" % line)
+        finally:
+            os.close(reader)
+        # SIGTERM before the machine starts: exit status 128 + 15, socket removed.
+        e.proc.terminate()
+        check(e.wait(10) == 128 + 15, "status after SIGTERM")
+        check(not os.path.exists(e.sock), "socket removed after SIGTERM")
+    finally:
+        e.kill()
+    # SIGTERM while a machine runs: it is stopped, same status.
+    e = Ember(tmp, name="running")
+    try:
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "start")
+        check(e.wait_output("waiting for Ctrl+Alt+Del"), "guest up")
+        e.proc.terminate()
+        check(e.wait(10) == 128 + 15, "status after SIGTERM of a running machine")
+    finally:
+        e.kill()
+
+
 def test_entropy_vsock(tmp):
     e = Ember(tmp)
     try:
@@ -838,7 +870,7 @@ class Skip(Exception):
 
 TESTS = [
     test_instance_info, test_machine_config, test_boot_source, test_drives, test_network_interfaces,
-    test_logger_metrics, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
+    test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
     test_concurrent_clients, test_http_robustness, test_max_payload_flag, test_getting_started_with_curl,
     test_config_file, test_flags,
 ]
