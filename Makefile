@@ -8,9 +8,11 @@ VERSION := 0.1.0
 CFLAGS_WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
                -Wformat=2 -Wno-format-nonliteral -Wvla
 CFLAGS  ?= -O2 -g
+CJSON_CFLAGS := $(shell pkg-config --cflags libcjson 2>/dev/null)
+CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -MMD -MP \
-              -DEMBER_VERSION=\"$(VERSION)\" $(EXTRA_CFLAGS)
-LDLIBS  := -luring -ldl -lpthread $(EXTRA_LDLIBS)
+              -DEMBER_VERSION=\"$(VERSION)\" $(CJSON_CFLAGS) $(EXTRA_CFLAGS)
+LDLIBS  := -luring $(CJSON_LIBS) -lm -ldl -lpthread $(EXTRA_LDLIBS)
 
 SRCS := $(shell find src -name '*.c' | sort)
 OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)
@@ -21,8 +23,8 @@ UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-.PHONY: all demo test unit-test guest-test console-test linux-smoke-test test-sanitize fuzz fuzz-build \
-        bench bench-startup \
+.PHONY: all demo test unit-test guest-test console-test api-test linux-smoke-test test-sanitize \
+        fuzz fuzz-build bench bench-startup bench-api \
         clang guests format format-check clean bench
 
 all: $(BUILD)/ember
@@ -50,7 +52,14 @@ $(BUILD)/runbench: bench/runbench.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
-bench: bench-startup
+$(BUILD)/apibench: bench/apibench.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+
+bench: bench-startup bench-api
+
+bench-api:
+	bench/api.sh
 
 bench-startup:
 	bench/startup.sh
@@ -79,10 +88,14 @@ console-test: all guests
 linux-smoke-test: all
 	EMBER=$(abspath $(BUILD))/ember tests/linux/debian-smoke.sh
 
+# End-to-end tests of the API over its unix socket (Python 3, standard library).
+api-test: all guests
+	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/api/test_api.py
+
 # The whole suite; CI runs exactly this.
 test:
 	@scripts/install-deps.sh test
-	$(MAKE) all unit-test guest-test console-test linux-smoke-test
+	$(MAKE) all unit-test guest-test console-test api-test linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
@@ -92,7 +105,7 @@ test:
 test-sanitize:
 	$(MAKE) BUILD=build/sanitize CC=clang \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-	  unit-test guest-test console-test
+	  unit-test guest-test console-test api-test
 
 # Warnings must be clean under clang too.
 clang:
@@ -117,6 +130,7 @@ fuzz: fuzz-build guests
 	@for f in $(FUZZ_NAMES); do \
 	  mkdir -p $(FUZZ_BUILD)/corpus-$$f; \
 	  seeds=""; [ $$f = fuzz_boot ] && seeds=$(BUILD)/guest; \
+	  [ -d tests/fuzz/seeds/$$f ] && seeds=tests/fuzz/seeds/$$f; \
 	  echo "fuzz: $$f for $(FUZZ_SECONDS) s"; \
 	  $(FUZZ_BUILD)/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	    -max_len=65536 $(FUZZ_BUILD)/corpus-$$f $$seeds 2>&1 | \

@@ -20,8 +20,29 @@ void cli_usage(FILE *f)
         "\n"
         "Usage:\n"
         "  ember run --kernel FILE [options]   boot a kernel in a new virtual machine\n"
+        "  ember --api-sock PATH [flags]       serve Firecracker's API on a unix socket\n"
+        "  ember --config-file FILE [flags]    boot from a Firecracker configuration file\n"
         "  ember --help                        this text\n"
         "  ember --version                     print the version\n"
+        "\n"
+        "Flags of the API mode (Firecracker's; VALUE may also be given as --flag=VALUE):\n"
+        "  --api-sock PATH       the API's unix socket (default " CLI_DEFAULT_API_SOCK ")\n"
+        "  --config-file FILE    configure from FILE (Firecracker's JSON document) and start\n"
+        "                        the machine at once; the API keeps serving unless --no-api\n"
+        "  --no-api              no API socket (needs --config-file)\n"
+        "  --id ID               instance id, in GET / and in log lines (default\n"
+        "                        anonymous-instance)\n"
+        "  --level LEVEL         log level: Off, Error, Warning (default), Info, Debug, Trace\n"
+        "  --log-path PATH       log to a file or named pipe instead of stderr\n"
+        "  --show-level          put the level in log lines\n"
+        "  --show-log-origin     put the source file and line in log lines\n"
+        "  --module NAME         accepted for compatibility; ember does not filter by module\n"
+        "  --metrics-path PATH   write metrics (JSON lines) to a file or named pipe\n"
+        "  --http-api-max-payload-size BYTES   largest request body (default 51200)\n"
+        "  --enable-pci          virtio devices on PCI (default: virtio-mmio, announced on\n"
+        "                        the kernel command line, as Firecracker does)\n"
+        "  --start-time-us, --start-time-cpu-us, --parent-cpu-time-us N, --no-seccomp,\n"
+        "  --mmds-size-limit N   accepted, as the jailer passes them, and ignored\n"
         "\n"
         "Options of `ember run` (VALUE may also be given as --option=VALUE):\n"
         "  --kernel FILE         kernel to boot: bzImage, vmlinux ELF, or ELF with a PVH note\n"
@@ -466,6 +487,177 @@ static int parse_run(int argc, char **argv, struct cli *cli)
     return 0;
 }
 
+enum top_flag {
+    TOP_API_SOCK,
+    TOP_CONFIG_FILE,
+    TOP_NO_API,
+    TOP_ID,
+    TOP_LEVEL,
+    TOP_LOG_PATH,
+    TOP_SHOW_LEVEL,
+    TOP_SHOW_LOG_ORIGIN,
+    TOP_MODULE,
+    TOP_METRICS_PATH,
+    TOP_MAX_PAYLOAD,
+    TOP_ENABLE_PCI,
+    TOP_IGNORED_NUMBER,
+    TOP_IGNORED_FLAG,
+    TOP_UNSUPPORTED,
+};
+
+static const struct {
+    const char *name;
+    enum top_flag id;
+    bool takes_value;
+} top_flags[] = {
+    {"api-sock", TOP_API_SOCK, true},
+    {"config-file", TOP_CONFIG_FILE, true},
+    {"no-api", TOP_NO_API, false},
+    {"id", TOP_ID, true},
+    {"level", TOP_LEVEL, true},
+    {"log-path", TOP_LOG_PATH, true},
+    {"show-level", TOP_SHOW_LEVEL, false},
+    {"show-log-origin", TOP_SHOW_LOG_ORIGIN, false},
+    {"module", TOP_MODULE, true},
+    {"metrics-path", TOP_METRICS_PATH, true},
+    {"http-api-max-payload-size", TOP_MAX_PAYLOAD, true},
+    {"enable-pci", TOP_ENABLE_PCI, false},
+    /* The jailer passes these; ember has nothing to do with them yet. */
+    {"start-time-us", TOP_IGNORED_NUMBER, true},
+    {"start-time-cpu-us", TOP_IGNORED_NUMBER, true},
+    {"parent-cpu-time-us", TOP_IGNORED_NUMBER, true},
+    {"mmds-size-limit", TOP_IGNORED_NUMBER, true},
+    {"no-seccomp", TOP_IGNORED_FLAG, false},
+    /* Accepting these silently would pretend to a protection or a
+     * feature ember does not have. */
+    {"seccomp-filter", TOP_UNSUPPORTED, true},
+    {"boot-timer", TOP_UNSUPPORTED, false},
+    {"metadata", TOP_UNSUPPORTED, true},
+    {"describe-snapshot", TOP_UNSUPPORTED, true},
+    {"snapshot-version", TOP_UNSUPPORTED, false},
+};
+
+static bool instance_id_valid(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > 64)
+        return false;
+    for (const char *p = id; *p; p++) {
+        if (!isalnum((unsigned char)*p) && *p != '-')
+            return false;
+    }
+    return true;
+}
+
+static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, const char *value)
+{
+    struct cli_api *a = &cli->api;
+    uint64_t n;
+    switch (id) {
+    case TOP_API_SOCK:
+        if (!*value)
+            return error_set("--api-sock needs a path");
+        a->socket_path = value;
+        return 0;
+    case TOP_CONFIG_FILE:
+        a->config_file = value;
+        return 0;
+    case TOP_NO_API:
+        a->no_api = true;
+        return 0;
+    case TOP_ID:
+        if (!instance_id_valid(value))
+            return error_set("--id '%s': use 1 to 64 letters, digits or '-'", value);
+        a->id = value;
+        return 0;
+    case TOP_LEVEL:
+        a->level_given = true;
+        return log_level_parse(value, &cli->log_level) < 0 ? error_prefix("--level") : 0;
+    case TOP_LOG_PATH:
+        a->log_path = value;
+        return 0;
+    case TOP_SHOW_LEVEL:
+        a->show_level = true;
+        return 0;
+    case TOP_SHOW_LOG_ORIGIN:
+        a->show_log_origin = true;
+        return 0;
+    case TOP_MODULE:
+        a->module = value;
+        return 0;
+    case TOP_METRICS_PATH:
+        a->metrics_path = value;
+        return 0;
+    case TOP_MAX_PAYLOAD:
+        if (cli_parse_size(value, 0, &n) < 0)
+            return error_prefix("--http-api-max-payload-size");
+        if (n == 0 || n > (64u << 20))
+            return error_set("--http-api-max-payload-size %s: use 1 byte to 64 MiB", value);
+        a->max_payload = n;
+        return 0;
+    case TOP_ENABLE_PCI:
+        a->enable_pci = true;
+        return 0;
+    case TOP_IGNORED_NUMBER:
+        for (const char *p = value; *p; p++) {
+            if (!isdigit((unsigned char)*p))
+                return error_set("--%s %s: not a number", name, value);
+        }
+        return 0;
+    case TOP_IGNORED_FLAG:
+        return 0;
+    case TOP_UNSUPPORTED:
+        return error_set("--%s is not supported by ember yet", name);
+    }
+    return error_set("internal: unhandled flag --%s", name);
+}
+
+static int parse_top_level(int argc, char **argv, struct cli *cli)
+{
+    cli->action = CLI_API;
+    cli->api.socket_path = CLI_DEFAULT_API_SOCK;
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+            cli->action = CLI_HELP;
+            return 0;
+        }
+        if (!strcmp(arg, "--version") || !strcmp(arg, "-V")) {
+            cli->action = CLI_VERSION;
+            return 0;
+        }
+        if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0')
+            return error_set("unexpected argument '%s' (see ember --help)", arg);
+        const char *name = arg + 2;
+        const char *eq = strchr(name, '=');
+        size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
+        size_t k;
+        for (k = 0; k < sizeof(top_flags) / sizeof(top_flags[0]); k++) {
+            if (strlen(top_flags[k].name) == name_len &&
+                strncmp(top_flags[k].name, name, name_len) == 0)
+                break;
+        }
+        if (k == sizeof(top_flags) / sizeof(top_flags[0]))
+            return error_set("unknown option '--%.*s' (see ember --help)", (int)name_len, name);
+        const char *value = NULL;
+        if (top_flags[k].takes_value) {
+            if (eq)
+                value = eq + 1;
+            else if (i + 1 < argc)
+                value = argv[++i];
+            else
+                return error_set("option '--%s' needs a value", top_flags[k].name);
+        } else if (eq) {
+            return error_set("option '--%s' takes no value", top_flags[k].name);
+        }
+        if (apply_top_flag(cli, top_flags[k].id, top_flags[k].name, value) < 0)
+            return -1;
+    }
+    if (cli->api.no_api && !cli->api.config_file)
+        return error_set("--no-api needs --config-file FILE (nothing could configure the machine)");
+    return 0;
+}
+
 int cli_parse(int argc, char **argv, struct cli *out)
 {
     memset(out, 0, sizeof(*out));
@@ -486,6 +678,8 @@ int cli_parse(int argc, char **argv, struct cli *out)
         out->action = CLI_RUN;
         return parse_run(argc - 2, argv + 2, out);
     }
+    if (cmd[0] == '-' && cmd[1] == '-')
+        return parse_top_level(argc - 1, argv + 1, out);
     if (cmd[0] == '-')
         return error_set("unknown option '%s' (see ember --help)", cmd);
     return error_set("unknown command '%s' (see ember --help)", cmd);

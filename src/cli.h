@@ -1,4 +1,6 @@
-/* The command line: `ember run ...`, `ember --help`, `ember --version`. */
+/* The command line: `ember run ...`, `ember --help`, `ember --version`,
+ * and Firecracker's top-level flags (`ember --api-sock PATH ...`), which
+ * start the API instead of booting at once. */
 #ifndef EMBER_CLI_H
 #define EMBER_CLI_H
 
@@ -7,12 +9,30 @@
 
 #include <stdio.h>
 
-enum cli_action { CLI_RUN, CLI_HELP, CLI_VERSION };
+enum cli_action { CLI_RUN, CLI_HELP, CLI_VERSION, CLI_API };
+
+#define CLI_DEFAULT_API_SOCK "/run/ember.socket"
+
+/* Firecracker's process flags. */
+struct cli_api {
+    const char *socket_path;
+    bool no_api;
+    const char *config_file;
+    const char *id;
+    const char *log_path;
+    bool level_given;
+    bool show_level, show_log_origin;
+    const char *module;
+    const char *metrics_path;
+    uint64_t max_payload;
+    bool enable_pci;
+};
 
 struct cli {
     enum cli_action action;
     struct vm_config vm;
     enum log_level log_level;
+    struct cli_api api;
 };
 
 /* Parses argv into *out. On error, returns -1 with error_get() set. */

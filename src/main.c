@@ -1,3 +1,5 @@
+#include "api/api.h"
+#include "api/server.h"
 #include "cli.h"
 #include "util/error.h"
 #include "util/eventloop.h"
@@ -5,7 +7,10 @@
 #include "vmm/exit_status.h"
 #include "vmm/vm.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -83,6 +88,97 @@ static int run_vm(struct process *p, const struct vm_config *cfg)
     return status;
 }
 
+/* The configuration file: read whole, bounded (it is a small document). */
+static char *read_config_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        error_errno("cannot open configuration file '%s'", path);
+        return NULL;
+    }
+    size_t cap = 1 << 20;
+    char *buf = malloc(cap + 1);
+    size_t n = buf ? fread(buf, 1, cap + 1, f) : 0;
+    bool failed = ferror(f);
+    fclose(f);
+    if (!buf || failed || n > cap) {
+        error_set("configuration file '%s': %s", path,
+                  !buf     ? "out of memory"
+                  : failed ? "read error"
+                           : "larger than 1 MiB");
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+/* `ember --api-sock ...`: the API on the loop, the machine once
+ * InstanceStart (or the configuration file) says so. */
+static int run_api(struct process *p, const struct cli *cli)
+{
+    const struct cli_api *o = &cli->api;
+    static struct vm vm;
+    static struct api api;
+    static struct api_server server;
+    p->vm = &vm;
+    if (o->id)
+        log_set_instance(o->id);
+    if (o->log_path && log_open(o->log_path) < 0) {
+        fprintf(stderr, "ember: %s\n", error_get());
+        return EXIT_USAGE;
+    }
+    if (o->show_level || o->show_log_origin || o->log_path)
+        log_set_format(o->show_level, o->show_log_origin);
+    api_init(&api, &p->loop, &vm, o->id, o->enable_pci);
+    if (o->metrics_path && api_apply_metrics(&api, o->metrics_path) < 0) {
+        fprintf(stderr, "ember: %s\n", error_get());
+        api_finish(&api, 0);
+        return EXIT_USAGE;
+    }
+    int status = EXIT_OK;
+    if (!o->no_api) {
+        struct http_limits limits;
+        http_limits_default(&limits);
+        if (o->max_payload)
+            limits.max_payload = o->max_payload;
+        if (api_server_start(&server, &p->loop, o->socket_path, &limits, api_handle_request, &api) <
+            0) {
+            fprintf(stderr, "ember: %s\n", error_get());
+            api_finish(&api, 0);
+            return EXIT_HOST_ERROR;
+        }
+        log_info("API listening on %s", o->socket_path);
+    }
+    if (o->config_file) {
+        size_t len;
+        char *text = read_config_file(o->config_file, &len);
+        int r = text ? api_config_parse_document(&api.cfg, text, len) : -1;
+        free(text);
+        if (r == 0 && api.cfg.logger.set) {
+            struct api_logger l = api.cfg.logger;
+            api.cfg.logger = (struct api_logger){0};
+            r = api_apply_logger(&api, &l);
+        }
+        if (r == 0 && api.cfg.metrics_path && !api_metrics_enabled(&api.metrics))
+            r = api_apply_metrics(&api, api.cfg.metrics_path);
+        status = EXIT_USAGE;
+        if (r == 0)
+            r = api_start_instance(&api, &status);
+        if (r < 0) {
+            fprintf(stderr, "ember: %s\n", error_get());
+            if (!o->no_api)
+                api_server_stop(&server);
+            return api_finish(&api, status);
+        }
+    }
+    if (event_loop_run(&p->loop) < 0)
+        fprintf(stderr, "ember: event loop: %s\n", error_get());
+    if (!o->no_api)
+        api_server_stop(&server);
+    return api_finish(&api, p->status);
+}
+
 int main(int argc, char **argv)
 {
     struct cli cli;
@@ -104,5 +200,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "ember: %s\n", error_get());
         return EXIT_HOST_ERROR;
     }
+    if (cli.action == CLI_API)
+        return run_api(&proc, &cli);
     return run_vm(&proc, &cli.vm);
 }

@@ -1,5 +1,9 @@
-/* Just enough of the PS/2 controller for a guest to reset the machine
- * (Linux's reboot=k: command 0xfe to port 0x64). No keyboard or mouse. */
+/* The PS/2 controller (i8042) with a keyboard behind it: enough for a
+ * guest to reset the machine (Linux's reboot=k: command 0xfe to port
+ * 0x64) and for the host to type keys into the guest (Ctrl+Alt+Del, as
+ * Firecracker's SendCtrlAltDel does). Keyboard bytes wait in a small FIFO
+ * and raise IRQ 1 while the output buffer is full and the guest enabled
+ * keyboard interrupts. No mouse (aux port). */
 #ifndef EMBER_DEVICES_I8042_H
 #define EMBER_DEVICES_I8042_H
 
@@ -9,20 +13,33 @@
 
 #define I8042_DATA_PORT    0x60
 #define I8042_COMMAND_PORT 0x64
+#define I8042_KBD_IRQ      1
+#define I8042_FIFO_SIZE    16
 
 struct i8042 {
     pthread_mutex_t lock;
     void (*on_reset)(void *opaque);
     void *opaque;
+    void (*set_irq)(void *opaque, int level);
+    void *irq_opaque;
+    int irq_level;
     uint8_t command_byte;
-    uint8_t pending_command; /* command waiting for its data byte */
-    bool output_full;
-    uint8_t output;
+    uint8_t pending_command;       /* controller command waiting for its data byte */
+    uint8_t pending_kbd_command;   /* keyboard command waiting for its argument */
+    uint8_t fifo[I8042_FIFO_SIZE]; /* bytes for the guest, oldest first */
+    unsigned fifo_head, fifo_count;
+    uint8_t scancode_set; /* what the keyboard says it sends (1-3); ember sends set 2 */
+    uint64_t keys_sent, bytes_dropped;
 };
 
 void i8042_init(struct i8042 *c, void (*on_reset)(void *), void *opaque);
+/* Where IRQ 1 goes (called with the new line level, under the device lock). */
+void i8042_connect_irq(struct i8042 *c, void (*set_irq)(void *, int), void *opaque);
 /* Bus handlers for the data (0x60) and command/status (0x64) ports. */
 void i8042_data_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write);
 void i8042_command_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write);
+/* Presses and releases Ctrl, Alt and Delete, as a keyboard would (any
+ * thread). Returns false if the FIFO had no room for the whole sequence. */
+bool i8042_send_ctrl_alt_del(struct i8042 *c);
 
 #endif

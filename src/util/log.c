@@ -10,9 +10,11 @@
 #include <time.h>
 #include <unistd.h>
 
-static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
+static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG", "TRACE"};
 static enum log_level current_level = LOG_WARN;
 static int log_fd = STDERR_FILENO;
+static bool show_level = true, show_origin;
+static char instance[80];
 
 void log_set_level(enum log_level level)
 {
@@ -24,24 +26,44 @@ enum log_level log_get_level(void)
     return current_level;
 }
 
+const char *log_level_name(enum log_level level)
+{
+    return level == LOG_OFF ? "OFF" : level_names[level];
+}
+
 int log_level_parse(const char *name, enum log_level *out)
 {
     static const struct {
         const char *name;
         enum log_level level;
-    } names[] = {{"error", LOG_ERROR}, {"warn", LOG_WARN},   {"warning", LOG_WARN},
-                 {"info", LOG_INFO},   {"debug", LOG_DEBUG}, {"trace", LOG_DEBUG}};
+    } names[] = {{"off", LOG_OFF},      {"error", LOG_ERROR}, {"warn", LOG_WARN},
+                 {"warning", LOG_WARN}, {"info", LOG_INFO},   {"debug", LOG_DEBUG},
+                 {"trace", LOG_TRACE}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (strcasecmp(name, names[i].name) == 0) {
             *out = names[i].level;
             return 0;
         }
     }
-    return error_set("unknown log level '%s' (use error, warn, info or debug)", name);
+    return error_set("unknown log level '%s' (use off, error, warning, info, debug or trace)",
+                     name);
+}
+
+void log_set_format(bool level, bool origin)
+{
+    show_level = level;
+    show_origin = origin;
+}
+
+void log_set_instance(const char *id)
+{
+    snprintf(instance, sizeof(instance), "%s%s", id ? ":" : "", id ? id : "");
 }
 
 int log_open(const char *path)
 {
+    /* Non-blocking so that a stalled FIFO reader costs log lines, never a
+     * stuck vCPU. */
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
     if (fd < 0)
         return error_errno("cannot open log file '%s'", path);
@@ -57,23 +79,29 @@ void log_close(void)
     log_fd = STDERR_FILENO;
 }
 
-void log_msg(enum log_level level, const char *fmt, ...)
+static void log_vmsg(enum log_level level, const char *file, int line_no, const char *fmt,
+                     va_list ap)
 {
-    if (level > current_level)
+    if (level > current_level || level < LOG_ERROR)
         return;
     char line[1024];
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
-    int n = snprintf(line, sizeof(line),
-                     "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ [ember] %s: ", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000,
-                     level_names[level]);
-    va_list ap;
-    va_start(ap, fmt);
+    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ [ember%s] ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000, instance);
+    if (show_level)
+        n += snprintf(line + n, sizeof(line) - (size_t)n, "%s: ", level_names[level]);
+    if (show_origin && file) {
+        const char *base = strstr(file, "src/");
+        n += snprintf(line + n, sizeof(line) - (size_t)n, "%s:%d: ", base ? base + 4 : file,
+                      line_no);
+    }
+    if ((size_t)n >= sizeof(line) - 2)
+        n = (int)sizeof(line) - 2;
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
-    va_end(ap);
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
     if (len > sizeof(line) - 2)
         len = sizeof(line) - 2;
@@ -81,4 +109,20 @@ void log_msg(enum log_level level, const char *fmt, ...)
     /* One write per line keeps lines from different threads whole. */
     ssize_t ignored = write(log_fd, line, len);
     (void)ignored;
+}
+
+void log_msg(enum log_level level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_vmsg(level, NULL, 0, fmt, ap);
+    va_end(ap);
+}
+
+void log_msg_at(enum log_level level, const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_vmsg(level, file, line, fmt, ap);
+    va_end(ap);
 }

@@ -1,32 +1,43 @@
 /* Leveled, timestamped log lines. Goes to stderr until log_open() points it
- * at a file or pipe. Safe to call from any thread. */
+ * at a file or pipe. Safe to call from any thread; reconfigure (level,
+ * destination, format) only while no other thread logs. */
 #ifndef EMBER_UTIL_LOG_H
 #define EMBER_UTIL_LOG_H
 
 #include <stdbool.h>
 
-enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+/* LOG_OFF silences everything; TRACE is the most verbose. */
+enum log_level { LOG_OFF = -1, LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG, LOG_TRACE };
 
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
-/* Parses "error", "warn"/"warning", "info", "debug" (case-insensitive). */
+/* Parses "off", "error", "warn"/"warning", "info", "debug", "trace"
+ * (case-insensitive). */
 int log_level_parse(const char *name, enum log_level *out);
-/* Sends log lines to path (appended; a FIFO works too). */
+const char *log_level_name(enum log_level level);
+/* Whether lines carry the level and the source file:line of the call. */
+void log_set_format(bool show_level, bool show_origin);
+/* Names the instance in every line ("[ember:ID]"); NULL for plain "[ember]". */
+void log_set_instance(const char *id);
+/* Sends log lines to path (appended; a FIFO works too, if it has a reader). */
 int log_open(const char *path);
 void log_close(void);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_msg_at(enum log_level level, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
-#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
-#define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
-#define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
-#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+#define log_error(...) log_msg_at(LOG_ERROR, __FILE__, __LINE__, __VA_ARGS__)
+#define log_warn(...)  log_msg_at(LOG_WARN, __FILE__, __LINE__, __VA_ARGS__)
+#define log_info(...)  log_msg_at(LOG_INFO, __FILE__, __LINE__, __VA_ARGS__)
+#define log_debug(...) log_msg_at(LOG_DEBUG, __FILE__, __LINE__, __VA_ARGS__)
+#define log_trace(...) log_msg_at(LOG_TRACE, __FILE__, __LINE__, __VA_ARGS__)
 
 /* Logs only the first time a given flag is seen clear, then sets it: for
  * guest-triggerable conditions that must not flood the log. */
 #define log_once(flag, level, ...)                                                                 \
     do {                                                                                           \
         if (!__atomic_exchange_n(&(flag), true, __ATOMIC_RELAXED))                                 \
-            log_msg(level, __VA_ARGS__);                                                           \
+            log_msg_at(level, __FILE__, __LINE__, __VA_ARGS__);                                    \
     } while (0)
 
 #endif

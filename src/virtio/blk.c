@@ -5,9 +5,11 @@
 
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -601,4 +603,78 @@ void virtio_blk_destroy(struct virtio_blk *b)
     if (b->throttle_fd >= 0)
         close(b->throttle_fd);
     b->throttle_fd = -1;
+}
+
+/* ---- changing the backing image at run time -------------------------- */
+
+struct change_backing {
+    struct virtio_blk *blk;
+    const char *path;
+    int result;
+    char error[256];
+};
+
+static void change_backing_on_io(void *arg)
+{
+    struct change_backing *cb = arg;
+    struct virtio_blk *b = cb->blk;
+    struct blk_backend fresh;
+    struct stat now, old;
+    /* The same file again (grown or shrunk in place) cannot be opened
+     * beside the old descriptor, which holds its lock: close that first. */
+    bool same_file = stat(cb->path, &now) == 0 && fstat(b->backend.fd, &old) == 0 &&
+                     now.st_dev == old.st_dev && now.st_ino == old.st_ino;
+    if (same_file) {
+        blk_backend_drain(&b->backend, io_done, b);
+        signal_queues(b);
+        if (b->completion_handler)
+            event_loop_del(&b->dev.io.loop, b->completion_handler);
+        b->completion_handler = NULL;
+        blk_backend_close(&b->backend);
+    }
+    /* Otherwise open first: on failure the device goes on with the old image. */
+    if (blk_backend_open(&fresh, cb->path, b->opts.readonly, b->opts.direct, !b->opts.sync_io,
+                         b->opts.queues * BLK_QUEUE_SIZE) < 0) {
+        snprintf(cb->error, sizeof(cb->error), "%s", error_get());
+        blk_backend_close(&fresh);
+        cb->result = -1;
+        if (same_file) /* nothing left to serve from */
+            virtio_dev_fail(&b->dev, "its image could not be reopened");
+        return;
+    }
+    if (!same_file) {
+        blk_backend_drain(&b->backend, io_done, b);
+        signal_queues(b);
+        if (b->completion_handler)
+            event_loop_del(&b->dev.io.loop, b->completion_handler);
+        b->completion_handler = NULL;
+        blk_backend_close(&b->backend);
+    }
+    b->backend = fresh;
+    if (b->dev.active && b->backend.event_fd >= 0) {
+        b->completion_handler =
+            event_loop_add(&b->dev.io.loop, b->backend.event_fd, EPOLLIN, on_completion, b);
+        if (!b->completion_handler) {
+            snprintf(cb->error, sizeof(cb->error), "%s", error_get());
+            virtio_dev_fail(&b->dev, "cannot watch the new image's completions");
+            cb->result = -1;
+            return;
+        }
+    }
+    b->opts.path = cb->path;
+    b->capacity = b->backend.size / SECTOR;
+    build_config(b);
+    __atomic_add_fetch(&b->dev.config_generation, 1, __ATOMIC_SEQ_CST);
+    if (b->dev.transport && b->dev.transport->notify_config)
+        b->dev.transport->notify_config(&b->dev);
+    cb->result = 0;
+}
+
+int virtio_blk_change_backing(struct virtio_blk *b, const char *path)
+{
+    struct change_backing cb = {.blk = b, .path = path};
+    iothread_call(&b->dev.io, change_backing_on_io, &cb);
+    if (cb.result < 0)
+        return error_set("%s", cb.error);
+    return 0;
 }

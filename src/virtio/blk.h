@@ -50,5 +50,10 @@ struct virtio_blk {
 int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_options *opts,
                     const struct guest_memory *mem);
 void virtio_blk_destroy(struct virtio_blk *b);
+/* Points the running device at another image (any thread but its own):
+ * in-flight requests finish on the old one, the capacity and the
+ * configuration space follow the new one, and the driver gets a
+ * configuration interrupt. The device keeps the path pointer. */
+int virtio_blk_change_backing(struct virtio_blk *b, const char *path);
 
 #endif

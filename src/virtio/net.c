@@ -20,6 +20,7 @@
 /* Feature bits (5.1.3). */
 #define VIRTIO_NET_F_CSUM       0
 #define VIRTIO_NET_F_GUEST_CSUM 1
+#define VIRTIO_NET_F_MTU        3
 #define VIRTIO_NET_F_MAC        5
 #define VIRTIO_NET_F_GUEST_TSO4 7
 #define VIRTIO_NET_F_GUEST_TSO6 8
@@ -500,9 +501,13 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
     uint16_t status = VIRTIO_NET_S_LINK_UP, pairs = 1;
     memcpy(n->config + 6, &status, 2);
     memcpy(n->config + 8, &pairs, 2);
+    uint16_t mtu = (uint16_t)opts->mtu;
+    memcpy(n->config + 10, &mtu, 2);
 
     uint64_t features = (1ULL << VIRTIO_NET_F_MAC) | (1ULL << VIRTIO_NET_F_MRG_RXBUF) |
                         (1ULL << VIRTIO_NET_F_STATUS);
+    if (opts->mtu)
+        features |= 1ULL << VIRTIO_NET_F_MTU;
     if (n->be.offloads)
         features |= (1ULL << VIRTIO_NET_F_CSUM) | (1ULL << VIRTIO_NET_F_GUEST_CSUM) |
                     (1ULL << VIRTIO_NET_F_GUEST_TSO4) | (1ULL << VIRTIO_NET_F_GUEST_TSO6) |

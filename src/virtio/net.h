@@ -20,6 +20,7 @@ struct net_options {
     unsigned nforwards;
     uint8_t mac[6];
     bool has_mac;
+    unsigned mtu; /* 0: not announced (VIRTIO_NET_F_MTU off) */
     struct rate_limit_config rx_limit, tx_limit;
 };
 

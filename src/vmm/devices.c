@@ -181,6 +181,7 @@ int vm_create_virtio_devices(struct vm *vm)
         struct net_options o = {.tap = nc->tap,
                                 .user = nc->user,
                                 .has_mac = nc->has_mac,
+                                .mtu = nc->mtu,
                                 .rx_limit = nc->rx_limit,
                                 .tx_limit = nc->tx_limit};
         memcpy(o.mac, nc->mac, 6);

@@ -222,6 +222,7 @@ static bool handle_exit(struct vcpu *vcpu)
         handle_mmio(vcpu);
         return true;
     case KVM_EXIT_INTR:
+        vcpu->intr_exits++;
         return true;
     case KVM_EXIT_HLT:
         report(vcpu, "HLT (KVM_EXIT_HLT): halted with nothing to wake it", NULL);

@@ -16,7 +16,7 @@ struct vcpu {
     struct kvm_run *run;
     pthread_t thread;
     bool started;
-    uint64_t exits, io_exits, mmio_exits, unhandled_io;
+    uint64_t exits, io_exits, mmio_exits, intr_exits, unhandled_io;
 };
 
 /* Creates vCPU id with its CPUID and, for vCPU 0, the boot registers. */

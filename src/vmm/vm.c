@@ -68,6 +68,13 @@ static void com1_set_irq(void *opaque, int level)
         log_error("serial: %s", error_get());
 }
 
+static void keyboard_set_irq(void *opaque, int level)
+{
+    struct vm *vm = opaque;
+    if (irqchip_set_line(&vm->irqchip, I8042_KBD_IRQ, level) < 0)
+        log_error("i8042: %s", error_get());
+}
+
 static size_t com1_deliver(void *opaque, const uint8_t *buf, size_t len)
 {
     return serial_receive(opaque, buf, len);
@@ -121,6 +128,7 @@ static int create_devices(struct vm *vm)
     };
     serial_init(&vm->com1, &ops);
     i8042_init(&vm->i8042, on_guest_reset, vm);
+    i8042_connect_irq(&vm->i8042, keyboard_set_irq, vm);
     uint64_t below = vm->mem.regions[0].size;
     uint64_t above = vm->mem.nregions > 1 ? vm->mem.regions[1].size : 0;
     rtc_init(&vm->rtc, below, above);

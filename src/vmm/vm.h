@@ -54,6 +54,7 @@ struct net_config {
     const char *forwards; /* user: "tcp:HOSTPORT:GUESTPORT" items, '+'-separated */
     uint8_t mac[6];
     bool has_mac;
+    unsigned mtu; /* 0: not announced */
     struct rate_limit_config rx_limit, tx_limit;
 };
 

@@ -15,5 +15,7 @@ Suite *legacy_suite(void);
 Suite *virtq_suite(void);
 Suite *virtio_blk_suite(void);
 Suite *ratelimit_suite(void);
+Suite *api_suite(void);
+Suite *keyboard_suite(void);
 
 #endif

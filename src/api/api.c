@@ -1,0 +1,568 @@
+#include "api/api.h"
+
+#include "devices/i8042.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "virtio/blk.h"
+#include "vmm/devices.h"
+#include "vmm/exit_status.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#ifndef EMBER_VERSION
+#define EMBER_VERSION "0.1.0"
+#endif
+
+/* ---- responses --------------------------------------------------------- */
+
+static char *print_json(cJSON *o)
+{
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return s;
+}
+
+static int fault(char **out, const char *message)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "fault_message", message);
+    *out = print_json(o);
+    return 400;
+}
+
+/* The error recorded by the failing layer becomes the fault message. */
+static int fault_from_error(char **out)
+{
+    return fault(out, error_get()[0] ? error_get() : "request failed");
+}
+
+static int not_after_start(char **out)
+{
+    return fault(out, "this operation is only allowed before the machine starts "
+                      "(InstanceStart was already sent)");
+}
+
+static int not_before_start(char **out)
+{
+    return fault(out, "this operation needs a running machine (send InstanceStart first)");
+}
+
+/* ---- state -------------------------------------------------------------- */
+
+static void on_metrics_timer(void *opaque, uint32_t events)
+{
+    struct api *a = opaque;
+    (void)events;
+    uint64_t ticks;
+    ssize_t ignored = read(a->metrics_timer_fd, &ticks, sizeof(ticks));
+    (void)ignored;
+    if (api_metrics_flush(&a->metrics, a->vm_created ? a->vm : NULL) < 0)
+        log_warn("metrics: %s", error_get());
+}
+
+void api_init(struct api *a, struct event_loop *loop, struct vm *vm, const char *instance_id,
+              bool enable_pci)
+{
+    memset(a, 0, sizeof(*a));
+    api_config_init(&a->cfg);
+    a->loop = loop;
+    a->vm = vm;
+    a->enable_pci = enable_pci;
+    a->metrics_timer_fd = -1;
+    snprintf(a->instance_id, sizeof(a->instance_id), "%s",
+             instance_id ? instance_id : "anonymous-instance");
+    api_metrics_init(&a->metrics);
+}
+
+bool api_instance_started(const struct api *a)
+{
+    return a->vm_created && a->vm->started;
+}
+
+static const char *state_name(struct api *a)
+{
+    if (!api_instance_started(a))
+        return "Not started";
+    return vm_is_paused(a->vm) ? "Paused" : "Running";
+}
+
+int api_apply_logger(struct api *a, const struct api_logger *l)
+{
+    if (l->log_path && log_open(l->log_path) < 0)
+        return -1;
+    log_set_level(l->level);
+    log_set_format(l->show_level, l->show_log_origin);
+    free(a->cfg.logger.log_path);
+    free(a->cfg.logger.module);
+    a->cfg.logger = *l;
+    return 0;
+}
+
+int api_apply_metrics(struct api *a, const char *path)
+{
+    if (api_metrics_enabled(&a->metrics))
+        return error_set("metrics are already configured (to '%s')", a->cfg.metrics_path);
+    if (api_metrics_open(&a->metrics, path) < 0)
+        return -1;
+    a->metrics_timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (a->metrics_timer_fd < 0)
+        return error_errno("timerfd_create");
+    struct itimerspec its = {.it_interval.tv_sec = API_METRICS_PERIOD_S,
+                             .it_value.tv_sec = API_METRICS_PERIOD_S};
+    timerfd_settime(a->metrics_timer_fd, 0, &its, NULL);
+    a->metrics_timer = event_loop_add(a->loop, a->metrics_timer_fd, EPOLLIN, on_metrics_timer, a);
+    if (!a->metrics_timer)
+        return -1;
+    if (a->cfg.metrics_path != path) {
+        free(a->cfg.metrics_path);
+        a->cfg.metrics_path = strdup(path);
+    }
+    return 0;
+}
+
+int api_start_instance(struct api *a, int *status)
+{
+    *status = EXIT_USAGE;
+    if (api_instance_started(a))
+        return error_set("the machine has already started");
+    vm_config_defaults(&a->vm_cfg);
+    /* Firecracker's guests find their devices on the kernel command line
+     * (virtio-mmio) unless PCI was asked for. */
+    a->vm_cfg.transport = a->enable_pci ? TRANSPORT_PCI : TRANSPORT_MMIO;
+    if (api_config_to_vm(&a->cfg, &a->vm_cfg) < 0)
+        return -1;
+    if (vm_create(a->vm, &a->vm_cfg, a->loop) < 0) {
+        char why[512];
+        snprintf(why, sizeof(why), "%s", error_get());
+        *status = a->vm->create_status;
+        vm_destroy(a->vm);
+        return error_set("cannot create the machine: %s", why);
+    }
+    a->vm_created = true;
+    if (vm_start(a->vm, true) < 0) {
+        /* vm_start asked the machine to stop; the loop ends and
+         * api_finish reports it. */
+        *status = EXIT_HOST_ERROR;
+        return error_prefix("cannot start the machine");
+    }
+    log_info("machine started: %u vCPU(s), %llu MiB, %u drive(s)", a->vm_cfg.ncpus,
+             (unsigned long long)a->vm_cfg.memory_mib, a->vm_cfg.ndrives);
+    return 0;
+}
+
+int api_finish(struct api *a, int no_vm_status)
+{
+    int status = no_vm_status;
+    if (a->vm_created) {
+        if (a->vm->started)
+            status = vm_finish(a->vm);
+        if (api_metrics_flush(&a->metrics, a->vm) < 0)
+            log_warn("metrics: %s", error_get());
+        vm_destroy(a->vm);
+        a->vm_created = false;
+    } else if (api_metrics_flush(&a->metrics, NULL) < 0) {
+        log_warn("metrics: %s", error_get());
+    }
+    if (a->metrics_timer)
+        event_loop_del(a->loop, a->metrics_timer);
+    if (a->metrics_timer_fd >= 0)
+        close(a->metrics_timer_fd);
+    a->metrics_timer = NULL;
+    a->metrics_timer_fd = -1;
+    api_metrics_close(&a->metrics);
+    api_config_free(&a->cfg);
+    return status;
+}
+
+/* ---- handlers ----------------------------------------------------------- */
+
+static int get_instance(struct api *a, char **out)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", a->instance_id);
+    cJSON_AddStringToObject(o, "state", state_name(a));
+    cJSON_AddStringToObject(o, "vmm_version", EMBER_VERSION);
+    cJSON_AddStringToObject(o, "app_name", "ember");
+    *out = print_json(o);
+    return 200;
+}
+
+static int get_version(char **out)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "firecracker_version", EMBER_VERSION);
+    *out = print_json(o);
+    return 200;
+}
+
+static int do_action(struct api *a, const cJSON *body, char **out)
+{
+    enum api_action action;
+    if (api_parse_action(body, &action) < 0)
+        return fault_from_error(out);
+    switch (action) {
+    case API_ACTION_INSTANCE_START: {
+        if (api_instance_started(a))
+            return not_after_start(out);
+        int status;
+        if (api_start_instance(a, &status) < 0)
+            return fault_from_error(out);
+        return 204;
+    }
+    case API_ACTION_CTRL_ALT_DEL:
+        if (!api_instance_started(a))
+            return not_before_start(out);
+        i8042_send_ctrl_alt_del(&a->vm->i8042);
+        log_info("sent Ctrl+Alt+Del to the guest keyboard");
+        return 204;
+    case API_ACTION_FLUSH_METRICS:
+        if (api_metrics_flush(&a->metrics, a->vm_created ? a->vm : NULL) < 0)
+            return fault_from_error(out);
+        return 204;
+    }
+    return fault(out, "unknown action");
+}
+
+static int patch_vm(struct api *a, const cJSON *body, char **out)
+{
+    bool pause;
+    if (api_parse_vm_state(body, &pause) < 0)
+        return fault_from_error(out);
+    if (!api_instance_started(a))
+        return not_before_start(out);
+    if ((pause ? vm_pause(a->vm) : vm_resume(a->vm)) < 0)
+        return fault_from_error(out);
+    log_info("machine %s", pause ? "paused" : "resumed");
+    return 204;
+}
+
+static struct virtio_blk *find_blk(struct vm *vm, const char *id)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        if (vm->virtio[i]->dev->device_id != VIRTIO_ID_BLOCK)
+            continue;
+        struct virtio_blk *b = vm->virtio[i]->model;
+        if (b->opts.id && !strcmp(b->opts.id, id))
+            return b;
+    }
+    return NULL;
+}
+
+static int patch_drive(struct api *a, const char *id, const cJSON *body, char **out)
+{
+    struct api_drive_update u;
+    if (api_parse_drive_update(id, body, &u) < 0)
+        return fault_from_error(out);
+    int status = 204;
+    if (!api_instance_started(a)) {
+        status = not_before_start(out);
+        goto done;
+    }
+    struct api_drive *d = NULL;
+    unsigned index = 0;
+    for (unsigned i = 0; i < a->cfg.ndrives; i++) {
+        if (!strcmp(a->cfg.drives[i].id, id)) {
+            d = &a->cfg.drives[i];
+            index = i;
+        }
+    }
+    struct virtio_blk *b = d ? find_blk(a->vm, id) : NULL;
+    if (!b) {
+        error_set("no drive '%s'", id);
+        status = fault_from_error(out);
+        goto done;
+    }
+    if (u.path) {
+        if (virtio_blk_change_backing(b, u.path) < 0) {
+            error_prefix("drive '%s'", id);
+            status = fault_from_error(out);
+            goto done;
+        }
+        log_info("drive '%s' now reads and writes '%s'", id, u.path);
+        /* The device holds the new string now; the old one has no user. */
+        free(d->path);
+        d->path = u.path;
+        a->vm->cfg.drives[index].path = u.path;
+        u.path = NULL;
+    }
+    if (u.has_rate_limiter) {
+        d->rate_limit = u.rate_limit;
+        d->has_rate_limiter = true;
+        a->vm->cfg.drives[index].rate_limit = u.rate_limit;
+        log_info("drive '%s': new rate limiter stored; the running device keeps its current "
+                 "limits until limits can change at run time",
+                 id);
+    }
+done:
+    free(u.path);
+    return status;
+}
+
+/* Routes Firecracker has that ember does not implement yet. */
+static const struct {
+    const char *path;
+    const char *methods; /* space-separated */
+    const char *feature;
+} unsupported_routes[] = {
+    {"/mmds", "GET PUT PATCH", "MMDS (the microVM metadata service)"},
+    {"/mmds/config", "PUT", "MMDS (the microVM metadata service)"},
+    {"/balloon", "GET PUT PATCH", "the balloon device"},
+    {"/balloon/statistics", "GET PATCH", "the balloon device"},
+    {"/balloon/hinting/start", "PATCH", "the balloon device"},
+    {"/balloon/hinting/status", "GET", "the balloon device"},
+    {"/balloon/hinting/stop", "PATCH", "the balloon device"},
+    {"/snapshot/create", "PUT", "snapshots"},
+    {"/snapshot/load", "PUT", "snapshots"},
+    {"/cpu-config", "PUT", "custom CPU configuration"},
+    {"/hotplug/memory", "GET PUT PATCH", "memory hotplug"},
+    {"/pmem/*", "PUT PATCH", "virtio-pmem devices"},
+    {"/serial", "PUT", "serial output configuration"},
+};
+
+static bool method_in(const char *method, const char *list)
+{
+    size_t n = strlen(method);
+    for (const char *p = list; *p;) {
+        const char *sp = strchr(p, ' ');
+        size_t len = sp ? (size_t)(sp - p) : strlen(p);
+        if (len == n && !strncmp(p, method, n))
+            return true;
+        p += len + (sp ? 1 : 0);
+    }
+    return false;
+}
+
+/* "/drives/x" against "/drives/" returns "x" (non-empty, no '/'), else NULL. */
+static const char *path_param(const char *path, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (strncmp(path, prefix, n) != 0 || !path[n] || strchr(path + n, '/'))
+        return NULL;
+    return path + n;
+}
+
+struct route_ctx {
+    struct api *a;
+    const char *method;
+    const char *path;
+    const cJSON *body;
+    char **out;
+};
+
+static int invalid_route(struct route_ctx *r)
+{
+    char msg[HTTP_MAX_PATH + 80];
+    snprintf(msg, sizeof(msg), "invalid request method and/or path: %s %s", r->method, r->path);
+    return fault(r->out, msg);
+}
+
+static int route(struct route_ctx *r)
+{
+    struct api *a = r->a;
+    const char *m = r->method, *p = r->path;
+    bool get = !strcmp(m, "GET"), put = !strcmp(m, "PUT"), patch = !strcmp(m, "PATCH");
+    const char *id;
+    char **out = r->out;
+    if (!strcmp(p, "/")) {
+        if (!get)
+            return invalid_route(r);
+        return get_instance(a, out);
+    }
+    if (!strcmp(p, "/version")) {
+        if (!get)
+            return invalid_route(r);
+        return get_version(out);
+    }
+    if (!strcmp(p, "/machine-config")) {
+        if (get) {
+            *out = print_json(api_machine_config_json(&a->cfg));
+            return 200;
+        }
+        if (!put && !patch)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        if (api_put_machine_config(&a->cfg, r->body, patch) < 0)
+            return fault_from_error(out);
+        return 204;
+    }
+    if (!strcmp(p, "/boot-source")) {
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        return api_put_boot_source(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
+    }
+    if ((id = path_param(p, "/drives/"))) {
+        if (patch)
+            return patch_drive(a, id, r->body, out);
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        return api_put_drive(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
+    }
+    if ((id = path_param(p, "/network-interfaces/"))) {
+        if (patch) {
+            if (!api_instance_started(a))
+                return not_before_start(out);
+            return fault(out, "no such network interface (ember has no network devices yet)");
+        }
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        return api_put_net(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
+    }
+    if (!strcmp(p, "/actions")) {
+        if (!put)
+            return invalid_route(r);
+        return do_action(a, r->body, out);
+    }
+    if (!strcmp(p, "/vm")) {
+        if (!patch)
+            return invalid_route(r);
+        return patch_vm(a, r->body, out);
+    }
+    if (!strcmp(p, "/vm/config")) {
+        if (!get)
+            return invalid_route(r);
+        *out = print_json(api_config_json(&a->cfg));
+        return 200;
+    }
+    if (!strcmp(p, "/logger")) {
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        struct api_logger l;
+        if (api_parse_logger(r->body, &l) < 0)
+            return fault_from_error(out);
+        if (api_apply_logger(a, &l) < 0) {
+            free(l.log_path);
+            free(l.module);
+            return fault_from_error(out);
+        }
+        return 204;
+    }
+    if (!strcmp(p, "/metrics")) {
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        char *path;
+        if (api_parse_metrics(r->body, &path) < 0)
+            return fault_from_error(out);
+        int rc = api_apply_metrics(a, path);
+        free(path);
+        return rc < 0 ? fault_from_error(out) : 204;
+    }
+    if (!strcmp(p, "/entropy")) {
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        return api_put_entropy(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
+    }
+    if (!strcmp(p, "/vsock")) {
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        api_check_vsock(r->body);
+        return fault_from_error(out);
+    }
+    for (size_t i = 0; i < sizeof(unsupported_routes) / sizeof(unsupported_routes[0]); i++) {
+        const char *rp = unsupported_routes[i].path;
+        size_t n = strlen(rp);
+        bool match = rp[n - 1] == '*' ? path_param(p, "/pmem/") != NULL : !strcmp(p, rp);
+        if (!match)
+            continue;
+        if (!method_in(m, unsupported_routes[i].methods))
+            return invalid_route(r);
+        char msg[160];
+        snprintf(msg, sizeof(msg), "ember does not support %s yet", unsupported_routes[i].feature);
+        return fault(out, msg);
+    }
+    return invalid_route(r);
+}
+
+/* The route a request counts under in the metrics: ids and unknown paths
+ * fold into one name each, so no client can grow the table. */
+static const char *route_template(const char *method, const char *path)
+{
+    static const char *const fixed[] = {"/",        "/version", "/machine-config", "/boot-source",
+                                        "/actions", "/vm",      "/vm/config",      "/logger",
+                                        "/metrics", "/entropy", "/vsock"};
+    if (strcmp(method, "GET") && strcmp(method, "PUT") && strcmp(method, "PATCH"))
+        return "other"; /* any method name would otherwise make a new entry */
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
+        if (!strcmp(path, fixed[i]))
+            return fixed[i];
+    }
+    if (path_param(path, "/drives/"))
+        return "/drives/{drive_id}";
+    if (path_param(path, "/network-interfaces/"))
+        return "/network-interfaces/{iface_id}";
+    if (path_param(path, "/pmem/"))
+        return "/pmem/{id}";
+    for (size_t i = 0; i < sizeof(unsupported_routes) / sizeof(unsupported_routes[0]); i++) {
+        if (!strcmp(path, unsupported_routes[i].path))
+            return unsupported_routes[i].path;
+    }
+    return "other";
+}
+
+int api_dispatch(struct api *a, const char *method, const char *path, const char *body,
+                 size_t body_len, char **out)
+{
+    *out = NULL;
+    error_clear();
+    struct route_ctx r = {.a = a, .method = method, .path = path, .out = out};
+    cJSON *json = NULL;
+    int status;
+    bool wants_body = !strcmp(method, "PUT") || !strcmp(method, "PATCH");
+    if (wants_body && body_len == 0) {
+        char msg[64];
+        snprintf(msg, sizeof(msg), "empty %s request: a JSON body is required", method);
+        status = fault(out, msg);
+        goto count;
+    }
+    if (wants_body) {
+        json = cJSON_ParseWithLength(body, body_len);
+        if (!json) {
+            const char *at = cJSON_GetErrorPtr();
+            char msg[96];
+            snprintf(msg, sizeof(msg), "the body is not valid JSON (near byte %zu)",
+                     at && at >= body && at <= body + body_len ? (size_t)(at - body) : (size_t)0);
+            status = fault(out, msg);
+            goto count;
+        }
+    }
+    r.body = json;
+    status = route(&r);
+count:;
+    char key[48];
+    const char *tmpl = route_template(method, path);
+    if (!strcmp(tmpl, "other"))
+        snprintf(key, sizeof(key), "other");
+    else
+        snprintf(key, sizeof(key), "%s %s", method, tmpl);
+    api_metrics_count_request(&a->metrics, key, status);
+    if (status >= 400)
+        log_debug("API: %s %s -> %d %s", method, path, status, *out ? *out : "");
+    else
+        log_debug("API: %s %s -> %d", method, path, status);
+    cJSON_Delete(json);
+    return status;
+}
+
+void api_handle_request(void *opaque, const struct http_request *req, int *status, char **body)
+{
+    *status = api_dispatch(opaque, req->method_name, req->path, req->body, req->body_len, body);
+}

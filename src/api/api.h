@@ -1,0 +1,52 @@
+/* The control plane: Firecracker's API routes, answered on the main
+ * thread, over ember's machine. Before InstanceStart requests shape a
+ * configuration (api/config.h); InstanceStart builds and starts the
+ * machine; afterwards only the runtime operations remain (pause, resume,
+ * Ctrl+Alt+Del, drive updates, metrics). */
+#ifndef EMBER_API_API_H
+#define EMBER_API_API_H
+
+#include "api/config.h"
+#include "api/http.h"
+#include "api/metrics.h"
+#include "util/eventloop.h"
+#include "vmm/vm.h"
+
+#include <stdbool.h>
+
+#define API_METRICS_PERIOD_S 60
+
+struct api {
+    struct api_config cfg;
+    struct vm_config vm_cfg; /* what the machine was built from */
+    struct vm *vm;           /* storage owned by the process */
+    struct event_loop *loop;
+    bool vm_created;
+    bool enable_pci;
+    char instance_id[API_MAX_ID_BYTES + 1];
+    struct api_metrics metrics;
+    int metrics_timer_fd;
+    struct event_handler *metrics_timer;
+};
+
+void api_init(struct api *a, struct event_loop *loop, struct vm *vm, const char *instance_id,
+              bool enable_pci);
+/* Answers one HTTP request (the server's callback). */
+void api_handle_request(void *opaque, const struct http_request *req, int *status, char **body);
+/* Dispatches method + path + body; status and a malloc'd JSON body (or
+ * NULL) come back. Also counts the request for metrics. */
+int api_dispatch(struct api *a, const char *method, const char *path, const char *body,
+                 size_t body_len, char **out_body);
+/* Applies a logger / metrics configuration now. */
+int api_apply_logger(struct api *a, const struct api_logger *l);
+int api_apply_metrics(struct api *a, const char *path);
+/* Builds and starts the machine from a->cfg (InstanceStart). On failure
+ * *status says which exit status fits. */
+int api_start_instance(struct api *a, int *status);
+bool api_instance_started(const struct api *a);
+/* After the loop ended: stops the machine if it runs, writes the last
+ * metrics, frees everything; returns the machine's exit status, or
+ * no_vm_status when none was started. */
+int api_finish(struct api *a, int no_vm_status);
+
+#endif

@@ -1,0 +1,850 @@
+#include "api/config.h"
+
+#include "arch/x86/cpuid.h"
+#include "util/error.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* ---- JSON helpers ----------------------------------------------------- */
+
+static char *dup_str(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void replace_str(char **slot, char *value)
+{
+    free(*slot);
+    *slot = value;
+}
+
+static int expect_object(const cJSON *v, const char *what)
+{
+    if (!v || !cJSON_IsObject(v))
+        return error_set("%s must be a JSON object", what);
+    return 0;
+}
+
+/* Refuses fields the schema does not have, as Firecracker's parser does,
+ * so that a misspelt option is an error rather than silently ignored. */
+static int only_fields(const cJSON *obj, const char *what, const char *const *allowed)
+{
+    for (const cJSON *f = obj->child; f; f = f->next) {
+        bool ok = false;
+        for (const char *const *a = allowed; *a && !ok; a++)
+            ok = f->string && !strcmp(f->string, *a);
+        if (!ok)
+            return error_set("%s: unknown field `%s`", what, f->string ? f->string : "");
+        for (const cJSON *g = f->next; g; g = g->next) {
+            if (g->string && f->string && !strcmp(g->string, f->string))
+                return error_set("%s: duplicate field `%s`", what, f->string);
+        }
+    }
+    return 0;
+}
+
+/* A field that is absent or null counts as not given. */
+static const cJSON *field(const cJSON *obj, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+static int get_string(const cJSON *obj, const char *what, const char *name, bool required,
+                      const char **out)
+{
+    const cJSON *v = field(obj, name);
+    if (!v) {
+        if (required)
+            return error_set("%s: missing field `%s`", what, name);
+        *out = NULL;
+        return 0;
+    }
+    if (!cJSON_IsString(v))
+        return error_set("%s: `%s` must be a string", what, name);
+    *out = v->valuestring;
+    return 0;
+}
+
+static int get_bool(const cJSON *obj, const char *what, const char *name, bool required, bool *out,
+                    bool *given)
+{
+    const cJSON *v = field(obj, name);
+    if (given)
+        *given = v != NULL;
+    if (!v)
+        return required ? error_set("%s: missing field `%s`", what, name) : 0;
+    if (!cJSON_IsBool(v))
+        return error_set("%s: `%s` must be true or false", what, name);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+static int get_u64(const cJSON *obj, const char *what, const char *name, bool required,
+                   uint64_t max, uint64_t *out, bool *given)
+{
+    const cJSON *v = field(obj, name);
+    if (given)
+        *given = v != NULL;
+    if (!v)
+        return required ? error_set("%s: missing field `%s`", what, name) : 0;
+    double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
+    if (!cJSON_IsNumber(v) || d < 0 || d != floor(d) || d > (double)max)
+        return error_set("%s: `%s` must be a whole number from 0 to %llu", what, name,
+                         (unsigned long long)max);
+    *out = (uint64_t)d;
+    return 0;
+}
+
+bool api_id_valid(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > API_MAX_ID_BYTES)
+        return false;
+    for (const char *p = id; *p; p++) {
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-' && *p != '.')
+            return false;
+    }
+    return true;
+}
+
+static int check_id(const char *what, const char *id)
+{
+    if (!api_id_valid(id))
+        return error_set("%s: invalid id '%s' (1 to %d letters, digits, '_', '-' or '.')", what, id,
+                         API_MAX_ID_BYTES);
+    return 0;
+}
+
+/* ---- rate limiters ---------------------------------------------------- */
+
+static int parse_token_bucket(const cJSON *v, const char *what, struct token_bucket_config *tb)
+{
+    static const char *const fields[] = {"size", "one_time_burst", "refill_time", NULL};
+    if (expect_object(v, what) < 0 || only_fields(v, what, fields) < 0)
+        return -1;
+    *tb = (struct token_bucket_config){0};
+    if (get_u64(v, what, "size", true, UINT64_MAX >> 12, &tb->size, NULL) < 0 ||
+        get_u64(v, what, "one_time_burst", false, UINT64_MAX >> 12, &tb->one_time_burst, NULL) <
+            0 ||
+        get_u64(v, what, "refill_time", true, UINT64_MAX >> 12, &tb->refill_ms, NULL) < 0)
+        return -1;
+    /* A bucket that never refills limits nothing, as in Firecracker. */
+    if (tb->refill_ms == 0)
+        tb->size = 0;
+    return 0;
+}
+
+static int parse_rate_limiter(const cJSON *v, const char *what, struct rate_limit_config *rl)
+{
+    static const char *const fields[] = {"bandwidth", "ops", NULL};
+    char sub[96];
+    memset(rl, 0, sizeof(*rl));
+    if (expect_object(v, what) < 0 || only_fields(v, what, fields) < 0)
+        return -1;
+    const cJSON *b = field(v, "bandwidth"), *o = field(v, "ops");
+    snprintf(sub, sizeof(sub), "%s.bandwidth", what);
+    if (b && parse_token_bucket(b, sub, &rl->bandwidth) < 0)
+        return -1;
+    snprintf(sub, sizeof(sub), "%s.ops", what);
+    if (o && parse_token_bucket(o, sub, &rl->ops) < 0)
+        return -1;
+    return 0;
+}
+
+static cJSON *bucket_json(const struct token_bucket_config *tb)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "size", (double)tb->size);
+    if (tb->one_time_burst)
+        cJSON_AddNumberToObject(o, "one_time_burst", (double)tb->one_time_burst);
+    cJSON_AddNumberToObject(o, "refill_time", (double)tb->refill_ms);
+    return o;
+}
+
+cJSON *api_rate_limiter_json(const struct rate_limit_config *rl)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (rl->bandwidth.size)
+        cJSON_AddItemToObject(o, "bandwidth", bucket_json(&rl->bandwidth));
+    if (rl->ops.size)
+        cJSON_AddItemToObject(o, "ops", bucket_json(&rl->ops));
+    return o;
+}
+
+/* ---- the configuration ------------------------------------------------- */
+
+void api_config_init(struct api_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->machine.vcpu_count = VM_DEFAULT_CPUS;
+    c->machine.mem_size_mib = VM_DEFAULT_MEMORY_MIB;
+    strcpy(c->machine.cpu_template, "None");
+    strcpy(c->machine.huge_pages, "None");
+    c->logger.level = LOG_INFO;
+}
+
+static void free_drive(struct api_drive *d)
+{
+    free(d->id);
+    free(d->path);
+    free(d->partuuid);
+    memset(d, 0, sizeof(*d));
+}
+
+static void free_net(struct api_net *n)
+{
+    free(n->id);
+    free(n->host_dev_name);
+    free(n->guest_mac);
+    memset(n, 0, sizeof(*n));
+}
+
+void api_config_free(struct api_config *c)
+{
+    free(c->kernel_path);
+    free(c->initrd_path);
+    free(c->boot_args);
+    for (unsigned i = 0; i < c->ndrives; i++)
+        free_drive(&c->drives[i]);
+    for (unsigned i = 0; i < c->nnets; i++)
+        free_net(&c->nets[i]);
+    free(c->logger.log_path);
+    free(c->logger.module);
+    free(c->metrics_path);
+    api_config_init(c);
+}
+
+int api_put_boot_source(struct api_config *c, const cJSON *body)
+{
+    static const char *const fields[] = {"kernel_image_path", "initrd_path", "boot_args", NULL};
+    const char *what = "boot-source", *kernel, *initrd, *args;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "kernel_image_path", true, &kernel) < 0 ||
+        get_string(body, what, "initrd_path", false, &initrd) < 0 ||
+        get_string(body, what, "boot_args", false, &args) < 0)
+        return -1;
+    if (!*kernel)
+        return error_set("%s: `kernel_image_path` is empty", what);
+    /* Checked now so that the mistake is reported where it was made. */
+    if (access(kernel, R_OK) < 0)
+        return error_errno("%s: cannot read kernel image '%s'", what, kernel);
+    if (initrd && access(initrd, R_OK) < 0)
+        return error_errno("%s: cannot read initrd '%s'", what, initrd);
+    if (args && strlen(args) >= 4096)
+        return error_set("%s: `boot_args` is longer than 4095 bytes", what);
+    replace_str(&c->kernel_path, dup_str(kernel));
+    replace_str(&c->initrd_path, dup_str(initrd));
+    replace_str(&c->boot_args, dup_str(args));
+    c->has_boot_source = true;
+    return 0;
+}
+
+static uint64_t host_ram_mib(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0)
+        return UINT64_MAX;
+    return ((uint64_t)pages * (uint64_t)page) >> 20;
+}
+
+int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial)
+{
+    static const char *const fields[] = {"vcpu_count",        "mem_size_mib", "smt", "cpu_template",
+                                         "track_dirty_pages", "huge_pages",   NULL};
+    const char *what = "machine-config";
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0)
+        return -1;
+    /* PUT replaces: what it leaves out takes the default value. */
+    struct api_machine m = c->machine;
+    if (!partial) {
+        m.smt = m.track_dirty_pages = false;
+        strcpy(m.cpu_template, "None");
+        strcpy(m.huge_pages, "None");
+    }
+    uint64_t vcpus = m.vcpu_count, mem = m.mem_size_mib;
+    const char *tmpl, *huge;
+    if (get_u64(body, what, "vcpu_count", !partial, API_MAX_VCPUS, &vcpus, NULL) < 0 ||
+        get_u64(body, what, "mem_size_mib", !partial, UINT64_MAX >> 20, &mem, NULL) < 0 ||
+        get_bool(body, what, "smt", false, &m.smt, NULL) < 0 ||
+        get_bool(body, what, "track_dirty_pages", false, &m.track_dirty_pages, NULL) < 0 ||
+        get_string(body, what, "cpu_template", false, &tmpl) < 0 ||
+        get_string(body, what, "huge_pages", false, &huge) < 0)
+        return -1;
+    if (vcpus < 1)
+        return error_set("%s: `vcpu_count` must be from 1 to %d", what, API_MAX_VCPUS);
+    if (mem < VM_MIN_MEMORY_MIB)
+        return error_set("%s: `mem_size_mib` must be at least %d", what, VM_MIN_MEMORY_MIB);
+    if (mem > host_ram_mib())
+        return error_set("%s: `mem_size_mib` %llu is more than this host's %llu MiB of RAM", what,
+                         (unsigned long long)mem, (unsigned long long)host_ram_mib());
+    if (m.smt)
+        return error_set("%s: `smt` true is not supported: ember gives each vCPU its own core",
+                         what);
+    if (m.track_dirty_pages)
+        return error_set("%s: `track_dirty_pages` true is not supported yet (ember has no "
+                         "snapshots yet)",
+                         what);
+    if (tmpl) {
+        enum cpu_template t;
+        if (!strcmp(tmpl, "None"))
+            strcpy(m.cpu_template, "None");
+        else if (strlen(tmpl) < sizeof(m.cpu_template) && cpu_template_parse(tmpl, &t) == 0)
+            strcpy(m.cpu_template, tmpl);
+        else
+            return error_set("%s: unknown `cpu_template` '%s' (ember knows None, host and "
+                             "baseline)",
+                             what, tmpl);
+    }
+    if (huge) {
+        if (!strcmp(huge, "None") || !strcmp(huge, "Transparent"))
+            strcpy(m.huge_pages, huge);
+        else if (!strcmp(huge, "2M"))
+            return error_set("%s: `huge_pages` 2M is not supported yet: ember backs guest RAM "
+                             "with anonymous memory and transparent huge pages, not hugetlbfs",
+                             what);
+        else
+            return error_set("%s: unknown `huge_pages` '%s' (None, Transparent)", what, huge);
+    }
+    m.vcpu_count = (unsigned)vcpus;
+    m.mem_size_mib = mem;
+    c->machine = m;
+    return 0;
+}
+
+static struct api_drive *find_drive(struct api_config *c, const char *id)
+{
+    for (unsigned i = 0; i < c->ndrives; i++) {
+        if (!strcmp(c->drives[i].id, id))
+            return &c->drives[i];
+    }
+    return NULL;
+}
+
+static int check_path_id(const char *what, const char *path_id, const char *body_id,
+                         const char *field_name)
+{
+    if (check_id(what, body_id) < 0)
+        return -1;
+    if (path_id && strcmp(path_id, body_id) != 0)
+        return error_set("%s: the id in the path ('%s') differs from `%s` in the body ('%s')", what,
+                         path_id, field_name, body_id);
+    return 0;
+}
+
+int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body)
+{
+    static const char *const fields[] = {
+        "drive_id",   "path_on_host", "is_root_device", "partuuid", "is_read_only",
+        "cache_type", "rate_limiter", "io_engine",      "socket",   NULL};
+    const char *what = "drive", *id, *path, *partuuid, *cache, *engine, *sock;
+    struct api_drive d = {0};
+    bool ro_given;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "drive_id", true, &id) < 0 ||
+        check_path_id(what, path_id, id, "drive_id") < 0 ||
+        get_bool(body, what, "is_root_device", true, &d.is_root, NULL) < 0 ||
+        get_string(body, what, "path_on_host", false, &path) < 0 ||
+        get_string(body, what, "partuuid", false, &partuuid) < 0 ||
+        get_bool(body, what, "is_read_only", false, &d.readonly, &ro_given) < 0 ||
+        get_string(body, what, "cache_type", false, &cache) < 0 ||
+        get_string(body, what, "io_engine", false, &engine) < 0 ||
+        get_string(body, what, "socket", false, &sock) < 0)
+        return -1;
+    if (sock)
+        return error_set("drive '%s': vhost-user block devices (`socket`) are not supported yet",
+                         id);
+    if (!path || !*path)
+        return error_set("drive '%s': missing field `path_on_host`", id);
+    if (access(path, d.readonly ? R_OK : R_OK | W_OK) < 0)
+        return error_errno("drive '%s': cannot open '%s'%s", id, path,
+                           d.readonly ? "" : " for reading and writing");
+    d.cache_unsafe = true;
+    if (cache && !strcmp(cache, "Writeback"))
+        d.cache_unsafe = false;
+    else if (cache && strcmp(cache, "Unsafe") != 0)
+        return error_set("drive '%s': unknown `cache_type` '%s' (Unsafe, Writeback)", id, cache);
+    d.io_sync = true;
+    if (engine && !strcmp(engine, "Async"))
+        d.io_sync = false;
+    else if (engine && strcmp(engine, "Sync") != 0)
+        return error_set("drive '%s': unknown `io_engine` '%s' (Sync, Async)", id, engine);
+    const cJSON *rl = field(body, "rate_limiter");
+    if (rl) {
+        if (parse_rate_limiter(rl, "drive rate_limiter", &d.rate_limit) < 0)
+            return -1;
+        d.has_rate_limiter = true;
+    }
+    struct api_drive *old = find_drive(c, id);
+    if (d.is_root) {
+        for (unsigned i = 0; i < c->ndrives; i++) {
+            if (c->drives[i].is_root && &c->drives[i] != old)
+                return error_set("drive '%s': drive '%s' is already the root device", id,
+                                 c->drives[i].id);
+        }
+    }
+    if (!old && c->ndrives == VM_MAX_DRIVES)
+        return error_set("drive '%s': at most %d drives", id, VM_MAX_DRIVES);
+    d.id = strdup(id);
+    d.path = strdup(path);
+    d.partuuid = dup_str(d.is_root ? partuuid : NULL);
+    if (!d.id || !d.path || (d.is_root && partuuid && !d.partuuid)) {
+        free_drive(&d);
+        return error_set("out of memory");
+    }
+    if (old) {
+        free_drive(old);
+        *old = d;
+    } else {
+        c->drives[c->ndrives++] = d;
+    }
+    return 0;
+}
+
+int api_parse_drive_update(const char *path_id, const cJSON *body, struct api_drive_update *u)
+{
+    static const char *const fields[] = {"drive_id", "path_on_host", "rate_limiter", NULL};
+    const char *what = "drive update", *id, *path;
+    memset(u, 0, sizeof(*u));
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "drive_id", true, &id) < 0 ||
+        check_path_id(what, path_id, id, "drive_id") < 0 ||
+        get_string(body, what, "path_on_host", false, &path) < 0)
+        return -1;
+    const cJSON *rl = field(body, "rate_limiter");
+    if (rl) {
+        if (parse_rate_limiter(rl, "drive rate_limiter", &u->rate_limit) < 0)
+            return -1;
+        u->has_rate_limiter = true;
+    }
+    if (path) {
+        if (!*path)
+            return error_set("%s: `path_on_host` is empty", what);
+        u->path = strdup(path);
+        if (!u->path)
+            return error_set("out of memory");
+    }
+    return 0;
+}
+
+static bool mac_valid(const char *s)
+{
+    if (strlen(s) != 17)
+        return false;
+    for (int i = 0; i < 17; i++) {
+        if (i % 3 == 2 ? s[i] != ':' : !isxdigit((unsigned char)s[i]))
+            return false;
+    }
+    return true;
+}
+
+int api_put_net(struct api_config *c, const char *path_id, const cJSON *body)
+{
+    static const char *const fields[] = {
+        "iface_id",        "host_dev_name",   "guest_mac",           "mtu",
+        "rx_rate_limiter", "tx_rate_limiter", "allow_mmds_requests", NULL};
+    const char *what = "network interface", *id, *dev, *mac;
+    struct api_net n = {0};
+    uint64_t mtu = 0;
+    bool mtu_given;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "iface_id", true, &id) < 0 ||
+        check_path_id(what, path_id, id, "iface_id") < 0 ||
+        get_string(body, what, "host_dev_name", true, &dev) < 0 ||
+        get_string(body, what, "guest_mac", false, &mac) < 0 ||
+        get_u64(body, what, "mtu", false, 65535, &mtu, &mtu_given) < 0)
+        return -1;
+    if (!*dev || strlen(dev) >= 16)
+        return error_set("%s '%s': `host_dev_name` must be a tap device name of 1 to 15 bytes",
+                         what, id);
+    if (mac && !mac_valid(mac))
+        return error_set("%s '%s': `guest_mac` '%s' is not of the form 12:34:56:78:9a:bc", what, id,
+                         mac);
+    if (mtu_given && mtu < 68)
+        return error_set("%s '%s': `mtu` must be from 68 to 65535", what, id);
+    const cJSON *rx = field(body, "rx_rate_limiter"), *tx = field(body, "tx_rate_limiter");
+    if (rx && parse_rate_limiter(rx, "rx_rate_limiter", &n.rx) < 0)
+        return -1;
+    if (tx && parse_rate_limiter(tx, "tx_rate_limiter", &n.tx) < 0)
+        return -1;
+    n.has_rx = rx != NULL;
+    n.has_tx = tx != NULL;
+    n.mtu = (unsigned)mtu;
+    struct api_net *old = NULL;
+    for (unsigned i = 0; i < c->nnets; i++) {
+        if (!strcmp(c->nets[i].id, id))
+            old = &c->nets[i];
+        else if (!strcmp(c->nets[i].host_dev_name, dev))
+            return error_set("%s '%s': tap device '%s' is already used by '%s'", what, id, dev,
+                             c->nets[i].id);
+        else if (mac && c->nets[i].guest_mac && !strcasecmp(c->nets[i].guest_mac, mac))
+            return error_set("%s '%s': MAC address %s is already used by '%s'", what, id, mac,
+                             c->nets[i].id);
+    }
+    if (!old && c->nnets == API_MAX_NETS)
+        return error_set("at most %d network interfaces", API_MAX_NETS);
+    n.id = strdup(id);
+    n.host_dev_name = strdup(dev);
+    n.guest_mac = dup_str(mac);
+    if (!n.id || !n.host_dev_name || (mac && !n.guest_mac)) {
+        free_net(&n);
+        return error_set("out of memory");
+    }
+    if (old) {
+        free_net(old);
+        *old = n;
+    } else {
+        c->nets[c->nnets++] = n;
+    }
+    return 0;
+}
+
+int api_parse_logger(const cJSON *body, struct api_logger *out)
+{
+    static const char *const fields[] = {"log_path",        "level",  "show_level",
+                                         "show_log_origin", "module", NULL};
+    const char *what = "logger", *path, *level, *module;
+    struct api_logger l = {.set = true, .level = LOG_INFO};
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "log_path", false, &path) < 0 ||
+        get_string(body, what, "level", false, &level) < 0 ||
+        get_bool(body, what, "show_level", false, &l.show_level, NULL) < 0 ||
+        get_bool(body, what, "show_log_origin", false, &l.show_log_origin, NULL) < 0 ||
+        get_string(body, what, "module", false, &module) < 0)
+        return -1;
+    if (level && log_level_parse(level, &l.level) < 0)
+        return error_prefix("%s", what);
+    if (path && !*path)
+        return error_set("%s: `log_path` is empty", what);
+    l.log_path = dup_str(path);
+    l.module = dup_str(module);
+    *out = l;
+    return 0;
+}
+
+int api_parse_metrics(const cJSON *body, char **path_out)
+{
+    static const char *const fields[] = {"metrics_path", NULL};
+    const char *what = "metrics", *path;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "metrics_path", true, &path) < 0)
+        return -1;
+    if (!*path)
+        return error_set("%s: `metrics_path` is empty", what);
+    *path_out = strdup(path);
+    return *path_out ? 0 : error_set("out of memory");
+}
+
+int api_put_entropy(struct api_config *c, const cJSON *body)
+{
+    static const char *const fields[] = {"rate_limiter", NULL};
+    const char *what = "entropy";
+    struct api_entropy e = {.set = true};
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0)
+        return -1;
+    const cJSON *rl = field(body, "rate_limiter");
+    if (rl) {
+        if (parse_rate_limiter(rl, "entropy rate_limiter", &e.rate_limit) < 0)
+            return -1;
+        e.has_rate_limiter = true;
+    }
+    c->entropy = e;
+    return 0;
+}
+
+int api_check_vsock(const cJSON *body)
+{
+    static const char *const fields[] = {"guest_cid", "uds_path", "vsock_id", NULL};
+    const char *what = "vsock", *uds, *id;
+    uint64_t cid;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_u64(body, what, "guest_cid", true, UINT32_MAX, &cid, NULL) < 0 ||
+        get_string(body, what, "uds_path", true, &uds) < 0 ||
+        get_string(body, what, "vsock_id", false, &id) < 0)
+        return -1;
+    if (cid < 3)
+        return error_set("%s: `guest_cid` must be at least 3", what);
+    return error_set("vsock devices are not supported yet");
+}
+
+int api_parse_action(const cJSON *body, enum api_action *out)
+{
+    static const char *const fields[] = {"action_type", NULL};
+    const char *what = "action", *type;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "action_type", true, &type) < 0)
+        return -1;
+    if (!strcmp(type, "InstanceStart"))
+        *out = API_ACTION_INSTANCE_START;
+    else if (!strcmp(type, "SendCtrlAltDel"))
+        *out = API_ACTION_CTRL_ALT_DEL;
+    else if (!strcmp(type, "FlushMetrics"))
+        *out = API_ACTION_FLUSH_METRICS;
+    else
+        return error_set("%s: unknown `action_type` '%s' (InstanceStart, SendCtrlAltDel, "
+                         "FlushMetrics)",
+                         what, type);
+    return 0;
+}
+
+int api_parse_vm_state(const cJSON *body, bool *paused)
+{
+    static const char *const fields[] = {"state", NULL};
+    const char *what = "vm", *state;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "state", true, &state) < 0)
+        return -1;
+    if (!strcmp(state, "Paused"))
+        *paused = true;
+    else if (!strcmp(state, "Resumed"))
+        *paused = false;
+    else
+        return error_set("%s: unknown `state` '%s' (Paused, Resumed)", what, state);
+    return 0;
+}
+
+/* ---- the configuration file -------------------------------------------- */
+
+static int unsupported_section(const cJSON *doc, const char *name, const char *what)
+{
+    const cJSON *v = field(doc, name);
+    if (v)
+        return error_set("%s is not supported yet (remove \"%s\")", what, name);
+    return 0;
+}
+
+int api_config_parse_document(struct api_config *c, const char *text, size_t len)
+{
+    static const char *const sections[] = {
+        "boot-source", "machine-config", "drives",  "network-interfaces", "logger",     "metrics",
+        "entropy",     "vsock",          "balloon", "mmds-config",        "cpu-config", "serial",
+        "pmem",        "memory-hotplug", NULL};
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    if (!doc)
+        return error_set("the configuration is not valid JSON (near byte %zu)",
+                         (size_t)(cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : 0));
+    int r = -1;
+    if (expect_object(doc, "the configuration") < 0 ||
+        only_fields(doc, "the configuration", sections) < 0)
+        goto out;
+    const cJSON *v;
+    if (!(v = field(doc, "boot-source"))) {
+        error_set("the configuration needs \"boot-source\"");
+        goto out;
+    }
+    if (api_put_boot_source(c, v) < 0)
+        goto out;
+    if ((v = field(doc, "machine-config")) && api_put_machine_config(c, v, false) < 0)
+        goto out;
+    if ((v = field(doc, "drives"))) {
+        if (!cJSON_IsArray(v)) {
+            error_set("\"drives\" must be an array");
+            goto out;
+        }
+        for (const cJSON *d = v->child; d; d = d->next) {
+            if (api_put_drive(c, NULL, d) < 0)
+                goto out;
+        }
+    }
+    if ((v = field(doc, "network-interfaces"))) {
+        if (!cJSON_IsArray(v)) {
+            error_set("\"network-interfaces\" must be an array");
+            goto out;
+        }
+        for (const cJSON *n = v->child; n; n = n->next) {
+            if (api_put_net(c, NULL, n) < 0)
+                goto out;
+        }
+    }
+    if ((v = field(doc, "logger"))) {
+        struct api_logger l;
+        if (api_parse_logger(v, &l) < 0)
+            goto out;
+        free(c->logger.log_path);
+        free(c->logger.module);
+        c->logger = l;
+    }
+    if ((v = field(doc, "metrics"))) {
+        char *path;
+        if (api_parse_metrics(v, &path) < 0)
+            goto out;
+        replace_str(&c->metrics_path, path);
+    }
+    if ((v = field(doc, "entropy")) && api_put_entropy(c, v) < 0)
+        goto out;
+    if ((v = field(doc, "vsock")) && api_check_vsock(v) < 0)
+        goto out;
+    if (unsupported_section(doc, "balloon", "the balloon device") < 0 ||
+        unsupported_section(doc, "mmds-config", "MMDS") < 0 ||
+        unsupported_section(doc, "cpu-config", "custom CPU configuration") < 0 ||
+        unsupported_section(doc, "serial", "serial output configuration") < 0 ||
+        unsupported_section(doc, "pmem", "virtio-pmem") < 0 ||
+        unsupported_section(doc, "memory-hotplug", "memory hotplug") < 0)
+        goto out;
+    r = 0;
+out:
+    cJSON_Delete(doc);
+    return r;
+}
+
+/* ---- onto the machine ------------------------------------------------- */
+
+int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
+{
+    if (!c->has_boot_source)
+        return error_set("cannot start without a boot source (PUT /boot-source first)");
+    vm->kernel_path = c->kernel_path;
+    vm->initrd_path = c->initrd_path;
+    if (c->boot_args)
+        vm->cmdline = c->boot_args;
+    vm->memory_mib = c->machine.mem_size_mib;
+    vm->ncpus = c->machine.vcpu_count;
+    vm->cpu_template = CPU_TEMPLATE_HOST;
+    if (strcmp(c->machine.cpu_template, "None") != 0 &&
+        cpu_template_parse(c->machine.cpu_template, &vm->cpu_template) < 0)
+        return -1;
+    vm->nnets = c->nnets;
+    for (unsigned i = 0; i < c->nnets; i++) {
+        const struct api_net *n = &c->nets[i];
+        struct net_config *nc = &vm->nets[i];
+        *nc = (struct net_config){.id = n->id, .tap = n->host_dev_name, .mtu = n->mtu};
+        if (n->has_rx)
+            nc->rx_limit = n->rx;
+        if (n->has_tx)
+            nc->tx_limit = n->tx;
+        if (n->guest_mac) {
+            unsigned b[6];
+            sscanf(n->guest_mac, "%2x:%2x:%2x:%2x:%2x:%2x", &b[0], &b[1], &b[2], &b[3], &b[4],
+                   &b[5]);
+            for (int k = 0; k < 6; k++)
+                nc->mac[k] = (uint8_t)b[k];
+            nc->has_mac = true;
+        }
+    }
+    vm->ndrives = c->ndrives;
+    for (unsigned i = 0; i < c->ndrives; i++) {
+        const struct api_drive *d = &c->drives[i];
+        vm->drives[i] = (struct drive_config){
+            .path = d->path,
+            .id = d->id,
+            .readonly = d->readonly,
+            .unsafe = d->cache_unsafe,
+            .sync_io = d->io_sync,
+            .is_root = d->is_root,
+            .partuuid = d->partuuid,
+            .queues = 1,
+            .rate_limit = d->rate_limit,
+        };
+    }
+    vm->rng = c->entropy.set;
+    if (c->entropy.set) {
+        /* Firecracker's entropy device is unlimited unless given a limiter. */
+        vm->rng_rate = 0;
+        vm->rng_limit = c->entropy.rate_limit.bandwidth;
+    }
+    return 0;
+}
+
+/* ---- back to JSON ------------------------------------------------------ */
+
+cJSON *api_machine_config_json(const struct api_config *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "vcpu_count", c->machine.vcpu_count);
+    cJSON_AddNumberToObject(o, "mem_size_mib", (double)c->machine.mem_size_mib);
+    cJSON_AddBoolToObject(o, "smt", c->machine.smt);
+    cJSON_AddStringToObject(o, "cpu_template", c->machine.cpu_template);
+    cJSON_AddBoolToObject(o, "track_dirty_pages", c->machine.track_dirty_pages);
+    cJSON_AddStringToObject(o, "huge_pages", c->machine.huge_pages);
+    return o;
+}
+
+static cJSON *drive_json(const struct api_drive *d)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "drive_id", d->id);
+    cJSON_AddStringToObject(o, "path_on_host", d->path);
+    cJSON_AddBoolToObject(o, "is_root_device", d->is_root);
+    if (d->partuuid)
+        cJSON_AddStringToObject(o, "partuuid", d->partuuid);
+    cJSON_AddBoolToObject(o, "is_read_only", d->readonly);
+    cJSON_AddStringToObject(o, "cache_type", d->cache_unsafe ? "Unsafe" : "Writeback");
+    cJSON_AddStringToObject(o, "io_engine", d->io_sync ? "Sync" : "Async");
+    if (d->has_rate_limiter)
+        cJSON_AddItemToObject(o, "rate_limiter", api_rate_limiter_json(&d->rate_limit));
+    return o;
+}
+
+static cJSON *net_json(const struct api_net *n)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "iface_id", n->id);
+    cJSON_AddStringToObject(o, "host_dev_name", n->host_dev_name);
+    if (n->guest_mac)
+        cJSON_AddStringToObject(o, "guest_mac", n->guest_mac);
+    if (n->mtu)
+        cJSON_AddNumberToObject(o, "mtu", n->mtu);
+    if (n->has_rx)
+        cJSON_AddItemToObject(o, "rx_rate_limiter", api_rate_limiter_json(&n->rx));
+    if (n->has_tx)
+        cJSON_AddItemToObject(o, "tx_rate_limiter", api_rate_limiter_json(&n->tx));
+    return o;
+}
+
+cJSON *api_config_json(const struct api_config *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (c->has_boot_source) {
+        cJSON *b = cJSON_AddObjectToObject(o, "boot-source");
+        cJSON_AddStringToObject(b, "kernel_image_path", c->kernel_path);
+        if (c->initrd_path)
+            cJSON_AddStringToObject(b, "initrd_path", c->initrd_path);
+        if (c->boot_args)
+            cJSON_AddStringToObject(b, "boot_args", c->boot_args);
+    } else {
+        cJSON_AddNullToObject(o, "boot-source");
+    }
+    cJSON *drives = cJSON_AddArrayToObject(o, "drives");
+    for (unsigned i = 0; i < c->ndrives; i++)
+        cJSON_AddItemToArray(drives, drive_json(&c->drives[i]));
+    cJSON_AddItemToObject(o, "machine-config", api_machine_config_json(c));
+    cJSON *nets = cJSON_AddArrayToObject(o, "network-interfaces");
+    for (unsigned i = 0; i < c->nnets; i++)
+        cJSON_AddItemToArray(nets, net_json(&c->nets[i]));
+    if (c->logger.set) {
+        cJSON *l = cJSON_AddObjectToObject(o, "logger");
+        if (c->logger.log_path)
+            cJSON_AddStringToObject(l, "log_path", c->logger.log_path);
+        const char *names[] = {"Error", "Warning", "Info", "Debug", "Trace"};
+        cJSON_AddStringToObject(l, "level",
+                                c->logger.level == LOG_OFF ? "Off" : names[c->logger.level]);
+        cJSON_AddBoolToObject(l, "show_level", c->logger.show_level);
+        cJSON_AddBoolToObject(l, "show_log_origin", c->logger.show_log_origin);
+        if (c->logger.module)
+            cJSON_AddStringToObject(l, "module", c->logger.module);
+    } else {
+        cJSON_AddNullToObject(o, "logger");
+    }
+    if (c->metrics_path)
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(o, "metrics"), "metrics_path",
+                                c->metrics_path);
+    else
+        cJSON_AddNullToObject(o, "metrics");
+    if (c->entropy.set) {
+        cJSON *e = cJSON_AddObjectToObject(o, "entropy");
+        if (c->entropy.has_rate_limiter)
+            cJSON_AddItemToObject(e, "rate_limiter", api_rate_limiter_json(&c->entropy.rate_limit));
+    } else {
+        cJSON_AddNullToObject(o, "entropy");
+    }
+    cJSON_AddNullToObject(o, "vsock");
+    cJSON_AddNullToObject(o, "balloon");
+    cJSON_AddNullToObject(o, "mmds-config");
+    return o;
+}

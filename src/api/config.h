@@ -1,0 +1,121 @@
+/* The machine as Firecracker's API and configuration file describe it
+ * (boot-source, machine-config, drives, network-interfaces, logger,
+ * metrics, entropy, vsock), parsed from JSON with the same validation for
+ * both, and mapped onto ember's struct vm_config. One parser serves
+ * `PUT /...` requests and `--config-file`. */
+#ifndef EMBER_API_CONFIG_H
+#define EMBER_API_CONFIG_H
+
+#include "util/log.h"
+#include "vmm/vm.h"
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define API_MAX_NETS     8
+#define API_MAX_VCPUS    32
+#define API_MAX_ID_BYTES 64
+
+struct api_drive {
+    char *id;
+    char *path;
+    char *partuuid;
+    bool is_root;
+    bool readonly;
+    bool cache_unsafe; /* cache_type "Unsafe" (Firecracker's default) or "Writeback" */
+    bool io_sync;      /* io_engine "Sync" (Firecracker's default) or "Async" */
+    bool has_rate_limiter;
+    struct rate_limit_config rate_limit;
+};
+
+struct api_net {
+    char *id;
+    char *host_dev_name;
+    char *guest_mac;
+    unsigned mtu; /* 0: not given */
+    bool has_rx, has_tx;
+    struct rate_limit_config rx, tx;
+};
+
+struct api_machine {
+    unsigned vcpu_count;
+    uint64_t mem_size_mib;
+    bool smt;
+    bool track_dirty_pages;
+    char cpu_template[16]; /* as given: "None", "host" or "baseline" */
+    char huge_pages[16];   /* "None" or "Transparent" */
+};
+
+struct api_logger {
+    bool set;
+    char *log_path;
+    enum log_level level;
+    bool show_level, show_log_origin;
+    char *module;
+};
+
+struct api_entropy {
+    bool set;
+    bool has_rate_limiter;
+    struct rate_limit_config rate_limit;
+};
+
+/* Everything configured so far. Strings are owned (malloc'd). */
+struct api_config {
+    bool has_boot_source;
+    char *kernel_path, *initrd_path, *boot_args;
+    struct api_machine machine;
+    unsigned ndrives;
+    struct api_drive drives[VM_MAX_DRIVES];
+    unsigned nnets;
+    struct api_net nets[API_MAX_NETS];
+    struct api_logger logger;
+    char *metrics_path;
+    struct api_entropy entropy;
+};
+
+/* A PATCH /drives/{id} after start: what changes. */
+struct api_drive_update {
+    char *path; /* NULL: unchanged */
+    bool has_rate_limiter;
+    struct rate_limit_config rate_limit;
+};
+
+enum api_action { API_ACTION_INSTANCE_START, API_ACTION_CTRL_ALT_DEL, API_ACTION_FLUSH_METRICS };
+
+void api_config_init(struct api_config *c);
+void api_config_free(struct api_config *c);
+
+/* Each parser validates body (a parsed JSON value) and applies it to c
+ * only when all of it is valid; on error returns -1 with error_get() set
+ * to the reason shown as the fault_message. */
+int api_put_boot_source(struct api_config *c, const cJSON *body);
+int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial);
+int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body);
+int api_parse_drive_update(const char *path_id, const cJSON *body, struct api_drive_update *u);
+int api_put_net(struct api_config *c, const char *path_id, const cJSON *body);
+int api_parse_logger(const cJSON *body, struct api_logger *out);
+int api_parse_metrics(const cJSON *body, char **path);
+int api_put_entropy(struct api_config *c, const cJSON *body);
+/* vsock is validated, then refused: ember has no vsock device yet. */
+int api_check_vsock(const cJSON *body);
+int api_parse_action(const cJSON *body, enum api_action *out);
+int api_parse_vm_state(const cJSON *body, bool *paused);
+/* Whether id is a valid resource id (drive, interface, instance). */
+bool api_id_valid(const char *id);
+
+/* A whole configuration document (--config-file); logger and metrics are
+ * returned in c for the caller to apply. */
+int api_config_parse_document(struct api_config *c, const char *text, size_t len);
+
+/* Maps c onto vm (which starts from vm_config_defaults); fails when
+ * something needed is missing or not supported yet. Pointers in vm point
+ * into c. */
+int api_config_to_vm(const struct api_config *c, struct vm_config *vm);
+
+cJSON *api_machine_config_json(const struct api_config *c);
+cJSON *api_config_json(const struct api_config *c);
+cJSON *api_rate_limiter_json(const struct rate_limit_config *rl);
+
+#endif

@@ -1,0 +1,230 @@
+#include "api/metrics.h"
+
+#include "util/error.h"
+#include "virtio/blk.h"
+#include "virtio/console.h"
+#include "virtio/rng.h"
+#include "vmm/devices.h"
+#include "vmm/vcpu.h"
+#include "vmm/vm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+void api_metrics_init(struct api_metrics *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->fd = -1;
+}
+
+int api_metrics_open(struct api_metrics *m, const char *path)
+{
+    /* Non-blocking: a FIFO nobody drains costs metrics lines, never the
+     * main loop. Opening a FIFO this way fails (ENXIO) without a reader. */
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
+    if (fd < 0) {
+        if (errno == ENXIO)
+            return error_set("metrics FIFO '%s' has no reader", path);
+        return error_errno("cannot open metrics file '%s'", path);
+    }
+    if (m->fd >= 0)
+        close(m->fd);
+    m->fd = fd;
+    return 0;
+}
+
+bool api_metrics_enabled(const struct api_metrics *m)
+{
+    return m->fd >= 0;
+}
+
+void api_metrics_count_request(struct api_metrics *m, const char *route, int status)
+{
+    for (unsigned i = 0; i < m->nroutes; i++) {
+        if (m->routes[i].status == status && !strcmp(m->routes[i].route, route)) {
+            m->routes[i].count++;
+            return;
+        }
+    }
+    if (m->nroutes == m->routes_cap) {
+        unsigned cap = m->routes_cap ? m->routes_cap * 2 : 16;
+        struct api_route_count *n = realloc(m->routes, cap * sizeof(*n));
+        if (!n)
+            return;
+        m->routes = n;
+        m->routes_cap = cap;
+    }
+    struct api_route_count *r = &m->routes[m->nroutes++];
+    snprintf(r->route, sizeof(r->route), "%s", route);
+    r->status = status;
+    r->count = 1;
+}
+
+/* Device threads update these counters; a relaxed read may be a little
+ * stale, never torn (aligned 64-bit loads). */
+static double counter(const uint64_t *v)
+{
+    return (double)__atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+static void add_vcpus(cJSON *root, struct vm *vm)
+{
+    cJSON *all = cJSON_AddObjectToObject(root, "vcpu");
+    uint64_t exits = 0, io = 0, mmio = 0, intr = 0;
+    for (unsigned i = 0; i < vm->ncpus && vm->vcpus; i++) {
+        struct vcpu *v = &vm->vcpus[i];
+        uint64_t e = __atomic_load_n(&v->exits, __ATOMIC_RELAXED);
+        uint64_t pio = __atomic_load_n(&v->io_exits, __ATOMIC_RELAXED);
+        uint64_t mm = __atomic_load_n(&v->mmio_exits, __ATOMIC_RELAXED);
+        uint64_t in = __atomic_load_n(&v->intr_exits, __ATOMIC_RELAXED);
+        char name[16];
+        snprintf(name, sizeof(name), "vcpu%u", i);
+        cJSON *o = cJSON_AddObjectToObject(root, name);
+        cJSON_AddNumberToObject(o, "exits", (double)e);
+        cJSON_AddNumberToObject(o, "exit_io", (double)pio);
+        cJSON_AddNumberToObject(o, "exit_mmio", (double)mm);
+        cJSON_AddNumberToObject(o, "exit_signal", (double)in);
+        cJSON_AddNumberToObject(o, "exit_other", (double)(e - pio - mm - in));
+        cJSON_AddNumberToObject(o, "unhandled_io", counter(&v->unhandled_io));
+        exits += e;
+        io += pio;
+        mmio += mm;
+        intr += in;
+    }
+    cJSON_AddNumberToObject(all, "exits", (double)exits);
+    cJSON_AddNumberToObject(all, "exit_io", (double)io);
+    cJSON_AddNumberToObject(all, "exit_mmio", (double)mmio);
+    cJSON_AddNumberToObject(all, "exit_signal", (double)intr);
+    cJSON_AddNumberToObject(all, "exit_other", (double)(exits - io - mmio - intr));
+}
+
+static void add_blk(cJSON *root, cJSON *total, struct virtio_blk *b)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "block_%s", b->opts.id ? b->opts.id : b->dev.name);
+    cJSON *o = cJSON_AddObjectToObject(root, name);
+    const struct {
+        const char *key;
+        const uint64_t *v;
+    } fields[] = {{"read_count", &b->reads},          {"write_count", &b->writes},
+                  {"read_bytes", &b->read_bytes},     {"write_bytes", &b->write_bytes},
+                  {"flush_count", &b->flushes},       {"discard_count", &b->discards},
+                  {"io_errors", &b->errors},          {"unsupported", &b->unsupported},
+                  {"interrupts", &b->dev.interrupts}, {"queue_kicks", &b->dev.kicks}};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        double v = counter(fields[i].v);
+        cJSON_AddNumberToObject(o, fields[i].key, v);
+        cJSON *t = cJSON_GetObjectItemCaseSensitive(total, fields[i].key);
+        if (t)
+            cJSON_SetNumberValue(t, t->valuedouble + v);
+        else
+            cJSON_AddNumberToObject(total, fields[i].key, v);
+    }
+}
+
+cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *api = cJSON_AddObjectToObject(root, "api_server");
+    for (unsigned i = 0; i < m->nroutes; i++) {
+        cJSON *r = cJSON_GetObjectItemCaseSensitive(api, m->routes[i].route);
+        if (!r)
+            r = cJSON_AddObjectToObject(api, m->routes[i].route);
+        char status[8];
+        snprintf(status, sizeof(status), "%d", m->routes[i].status);
+        cJSON_AddNumberToObject(r, status, (double)m->routes[i].count);
+    }
+    if (!vm || !vm->started)
+        return root;
+    add_vcpus(root, vm);
+    cJSON *uart = cJSON_AddObjectToObject(root, "uart");
+    cJSON_AddNumberToObject(uart, "tx_bytes", counter(&vm->com1.tx_bytes));
+    cJSON_AddNumberToObject(uart, "rx_bytes", counter(&vm->com1.rx_bytes));
+    cJSON *blk_total = cJSON_CreateObject();
+    bool any_blk = false;
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        struct virtio_dev *d = vm->virtio[i]->dev;
+        if (d->device_id == VIRTIO_ID_BLOCK) {
+            add_blk(root, blk_total, vm->virtio[i]->model);
+            any_blk = true;
+        } else if (d->device_id == VIRTIO_ID_RNG) {
+            struct virtio_rng *r = vm->virtio[i]->model;
+            cJSON *o = cJSON_AddObjectToObject(root, "entropy");
+            cJSON_AddNumberToObject(o, "bytes", counter(&r->bytes));
+            cJSON_AddNumberToObject(o, "requests", counter(&r->requests));
+        } else if (d->device_id == VIRTIO_ID_CONSOLE) {
+            struct virtio_console *c = vm->virtio[i]->model;
+            cJSON *o = cJSON_AddObjectToObject(root, "virtio_console");
+            cJSON_AddNumberToObject(o, "tx_bytes", counter(&c->tx_bytes));
+            cJSON_AddNumberToObject(o, "rx_bytes", counter(&c->rx_bytes));
+        }
+    }
+    if (any_blk)
+        cJSON_AddItemToObject(root, "block", blk_total);
+    else
+        cJSON_Delete(blk_total);
+    return root;
+}
+
+/* Turns cumulative values in cur into changes since prev, in place. */
+static void subtract(cJSON *cur, const cJSON *prev)
+{
+    for (cJSON *c = cur->child; c; c = c->next) {
+        const cJSON *p = prev ? cJSON_GetObjectItemCaseSensitive(prev, c->string) : NULL;
+        if (cJSON_IsObject(c))
+            subtract(c, p);
+        else if (cJSON_IsNumber(c) && p && cJSON_IsNumber(p))
+            cJSON_SetNumberValue(c, c->valuedouble - p->valuedouble);
+    }
+}
+
+int api_metrics_flush(struct api_metrics *m, struct vm *vm)
+{
+    if (m->fd < 0)
+        return 0;
+    cJSON *now = api_metrics_snapshot(m, vm);
+    cJSON *line = cJSON_Duplicate(now, true);
+    if (!now || !line) {
+        cJSON_Delete(now);
+        cJSON_Delete(line);
+        return error_set("out of memory");
+    }
+    subtract(line, m->previous);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    cJSON_AddNumberToObject(line, "utc_timestamp_ms",
+                            (double)ts.tv_sec * 1000 + (double)(ts.tv_nsec / 1000000));
+    char *text = cJSON_PrintUnformatted(line);
+    cJSON_Delete(line);
+    cJSON_Delete(m->previous);
+    m->previous = now;
+    if (!text)
+        return error_set("out of memory");
+    size_t len = strlen(text);
+    text[len] = '\n'; /* replaces the terminator: one write per line */
+    ssize_t w = write(m->fd, text, len + 1);
+    free(text);
+    if (w != (ssize_t)(len + 1)) {
+        m->lines_lost++;
+        return error_set("metrics line not written (%s)", w < 0 ? strerror(errno) : "short");
+    }
+    m->lines_written++;
+    return 0;
+}
+
+void api_metrics_close(struct api_metrics *m)
+{
+    if (m->fd >= 0)
+        close(m->fd);
+    m->fd = -1;
+    cJSON_Delete(m->previous);
+    m->previous = NULL;
+    free(m->routes);
+    m->routes = NULL;
+    m->nroutes = m->routes_cap = 0;
+}

@@ -1,0 +1,40 @@
+/* Metrics as JSON lines, one object per flush, written to a file or FIFO:
+ * the API's requests by route and status, and the machine's counters
+ * (vCPU exits by reason, block, serial, entropy and console devices).
+ * Counters are reported as the change since the previous flush, as
+ * Firecracker reports them. */
+#ifndef EMBER_API_METRICS_H
+#define EMBER_API_METRICS_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct vm;
+
+struct api_route_count {
+    char route[48];
+    int status;
+    uint64_t count;
+};
+
+struct api_metrics {
+    int fd;          /* -1 until configured */
+    cJSON *previous; /* cumulative values at the last flush */
+    struct api_route_count *routes;
+    unsigned nroutes, routes_cap;
+    uint64_t lines_written, lines_lost;
+};
+
+void api_metrics_init(struct api_metrics *m);
+/* Opens path for appending (a FIFO needs a reader already). */
+int api_metrics_open(struct api_metrics *m, const char *path);
+bool api_metrics_enabled(const struct api_metrics *m);
+void api_metrics_count_request(struct api_metrics *m, const char *route, int status);
+/* Writes one line; vm may be NULL (not started). A no-op when not open. */
+int api_metrics_flush(struct api_metrics *m, struct vm *vm);
+/* The cumulative counters as JSON (for tests and the flush). */
+cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm);
+void api_metrics_close(struct api_metrics *m);
+
+#endif

@@ -1,0 +1,915 @@
+#!/usr/bin/env python3
+"""End-to-end tests of ember's API (Firecracker's routes) over its unix socket.
+
+Standard library only. Usage: tests/api/test_api.py [-v] [NAME...]
+Environment: EMBER (default build/ember), GUEST_DIR (default build/guest).
+Prints one line per check and ends with "api: N passed, N failed, N skipped".
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EMBER = os.environ.get("EMBER", os.path.join(ROOT, "build", "ember"))
+GUEST_DIR = os.environ.get("GUEST_DIR", os.path.join(ROOT, "build", "guest"))
+HELLO = os.path.join(GUEST_DIR, "hello.elf")
+KEYBOARD = os.path.join(GUEST_DIR, "keyboard.elf")
+VERBOSE = False
+REQUEST_TIMEOUT_S = 5  # the server's deadline for one request
+
+
+class Failure(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Failure(what)
+
+
+# ---- a client -----------------------------------------------------------------------------
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body) if self.body else None
+
+    def fault(self):
+        return (self.json() or {}).get("fault_message", "")
+
+    def __repr__(self):
+        return "%d %s" % (self.status, self.body[:300])
+
+
+class Conn:
+    """One keep-alive connection; reads responses with Content-Length framing."""
+
+    def __init__(self, path, timeout=10):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed")
+        self.buf += chunk
+
+    def read_response(self):
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0"))
+        while len(self.buf) < n:
+            self._fill()
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return Response(status, headers, body.decode())
+
+    def closed_by_peer(self, wait=2.0):
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def request(self, method, path, body=None, raw_body=None, headers=None):
+        if raw_body is None and body is not None:
+            raw_body = json.dumps(body).encode()
+        raw_body = raw_body or b""
+        head = "%s %s HTTP/1.1\r\nHost: localhost\r\n" % (method, path)
+        for k, v in (headers or {}).items():
+            head += "%s: %s\r\n" % (k, v)
+        if raw_body or method in ("PUT", "PATCH"):
+            head += "Content-Length: %d\r\n" % len(raw_body)
+        self.send_raw(head.encode() + b"\r\n" + raw_body)
+        return self.read_response()
+
+
+def encode_request(method, path, body):
+    raw = json.dumps(body).encode() if body is not None else b""
+    head = "%s %s HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (method, path, len(raw))
+    return head.encode() + raw
+
+
+# ---- an ember process -------------------------------------------------------------------
+
+
+class Ember:
+    def __init__(self, tmp, args=(), api=True, name="ember"):
+        self.sock = os.path.join(tmp, name + ".sock")
+        self.out_path = os.path.join(tmp, name + ".out")
+        self.err_path = os.path.join(tmp, name + ".err")
+        cmd = [EMBER]
+        if api:
+            cmd += ["--api-sock", self.sock]
+        cmd += list(args)
+        self.out = open(self.out_path, "wb")
+        self.err = open(self.err_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err)
+        if api:
+            deadline = time.time() + 10
+            while True:
+                try:
+                    Conn(self.sock, timeout=1).close()
+                    break
+                except OSError:
+                    if self.proc.poll() is not None or time.time() > deadline:
+                        raise Failure("ember did not open its API socket: %s" % self.stderr())
+                    time.sleep(0.01)
+        self._conn = None
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = Conn(self.sock)
+        return self._conn
+
+    def req(self, method, path, body=None, **kw):
+        try:
+            return self.conn.request(method, path, body, **kw)
+        except (EOFError, OSError):
+            self._conn = None
+            raise
+
+    def stdout(self):
+        self.out.flush()
+        with open(self.out_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stderr(self):
+        self.err.flush()
+        with open(self.err_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wait(self, timeout=30):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise Failure("ember did not exit within %d s" % timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def wait_output(self, text, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if text in self.stdout():
+                return True
+            if not self.alive():
+                break
+            time.sleep(0.05)
+        return False
+
+
+def expect(resp, status, what, fault_has=None):
+    check(resp.status == status, "%s: expected %d, got %r" % (what, status, resp))
+    if fault_has is not None:
+        check(fault_has.lower() in resp.fault().lower(),
+              "%s: fault_message %r lacks %r" % (what, resp.fault(), fault_has))
+
+
+def serving(e, what="after a bad request"):
+    """The API still answers on a fresh connection."""
+    c = Conn(e.sock)
+    try:
+        r = c.request("GET", "/")
+        check(r.status == 200, "the API stopped answering %s: %r" % (what, r))
+    finally:
+        c.close()
+
+
+# ---- tests ------------------------------------------------------------------------------
+
+
+def test_instance_info(tmp):
+    e = Ember(tmp, ["--id", "vm-7"])
+    try:
+        r = e.req("GET", "/")
+        expect(r, 200, "GET /")
+        info = r.json()
+        check(info["id"] == "vm-7" and info["state"] == "Not started", "GET /: %r" % info)
+        check("vmm_version" in info and "app_name" in info, "GET /: %r" % info)
+        check(r.headers.get("content-type") == "application/json", "content type %r" % r.headers)
+        expect(e.req("GET", "/version"), 200, "GET /version")
+        check("firecracker_version" in e.req("GET", "/version").json(), "version body")
+    finally:
+        e.kill()
+
+
+def test_machine_config(tmp):
+    e = Ember(tmp)
+    try:
+        mc = e.req("GET", "/machine-config").json()
+        check(mc["vcpu_count"] == 1 and mc["mem_size_mib"] == 128 and mc["smt"] is False, "defaults %r" % mc)
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 256}), 204, "PUT")
+        mc = e.req("GET", "/machine-config").json()
+        check(mc["vcpu_count"] == 2 and mc["mem_size_mib"] == 256, "after PUT %r" % mc)
+        expect(e.req("PATCH", "/machine-config", {"mem_size_mib": 64}), 204, "PATCH")
+        mc = e.req("GET", "/machine-config").json()
+        check(mc["vcpu_count"] == 2 and mc["mem_size_mib"] == 64, "after PATCH %r" % mc)
+        for tmpl in ("None", "host", "baseline"):
+            expect(e.req("PATCH", "/machine-config", {"cpu_template": tmpl}), 204, "template " + tmpl)
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128, "smt": False,
+                                                 "track_dirty_pages": False, "huge_pages": "None"}),
+               204, "PUT with every default")
+        bad = [
+            ({"vcpu_count": 0, "mem_size_mib": 128}, "vcpu_count"),
+            ({"vcpu_count": 33, "mem_size_mib": 128}, "vcpu_count"),
+            ({"vcpu_count": 1.5, "mem_size_mib": 128}, "vcpu_count"),
+            ({"vcpu_count": "2", "mem_size_mib": 128}, "vcpu_count"),
+            ({"vcpu_count": 1, "mem_size_mib": 0}, "mem_size_mib"),
+            ({"vcpu_count": 1, "mem_size_mib": 1 << 40}, "mem_size_mib"),
+            ({"vcpu_count": 1}, "mem_size_mib"),
+            ({"mem_size_mib": 128}, "vcpu_count"),
+            ({"vcpu_count": 1, "mem_size_mib": 128, "smt": True}, "smt"),
+            ({"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": True}, "not supported yet"),
+            ({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}, "hugetlbfs"),
+            ({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "1G"}, "huge_pages"),
+            ({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"}, "unknown"),
+            ({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "C3"}, "unknown"),
+            ({"vcpu_count": 1, "mem_size_mib": 128, "frobnicate": 1}, "unknown field"),
+        ]
+        for body, msg in bad:
+            expect(e.req("PUT", "/machine-config", body), 400, "PUT %r" % body, msg)
+        mc = e.req("GET", "/machine-config").json()
+        check(mc["vcpu_count"] == 1 and mc["mem_size_mib"] == 128, "a rejected PUT changed %r" % mc)
+        expect(e.req("PUT", "/machine-config", raw_body=b"[1,2]"), 400, "array body")
+        serving(e)
+    finally:
+        e.kill()
+
+
+def test_boot_source(tmp):
+    e = Ember(tmp)
+    try:
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": HELLO, "boot_args": "console=ttyS0"}),
+               204, "valid")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": HELLO, "initrd_path": HELLO}), 204,
+               "with initrd")
+        expect(e.req("PUT", "/boot-source", {"boot_args": "x"}), 400, "no kernel", "kernel_image_path")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": "/nonexistent/k"}), 400, "missing file",
+               "/nonexistent/k")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": 5}), 400, "number", "string")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": HELLO, "x": 1}), 400, "unknown field",
+               "unknown field")
+        cfg = e.req("GET", "/vm/config").json()
+        check(cfg["boot-source"]["kernel_image_path"] == HELLO, "vm/config %r" % cfg)
+        check(cfg["boot-source"].get("initrd_path") == HELLO, "vm/config initrd %r" % cfg)
+    finally:
+        e.kill()
+
+
+def make_image(tmp, name, size):
+    path = os.path.join(tmp, name)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_drives(tmp):
+    e = Ember(tmp)
+    root = make_image(tmp, "root.img", 1 << 20)
+    data = make_image(tmp, "data.img", 2 << 20)
+    try:
+        rl = {"bandwidth": {"size": 1048576, "one_time_burst": 4096, "refill_time": 100},
+              "ops": {"size": 100, "refill_time": 1000}}
+        expect(e.req("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": root,
+                                                "is_root_device": True, "is_read_only": False,
+                                                "partuuid": "0eaa91a0-01"}), 204, "root drive")
+        expect(e.req("PUT", "/drives/data", {"drive_id": "data", "path_on_host": data, "is_root_device": False,
+                                              "is_read_only": True, "cache_type": "Writeback",
+                                              "io_engine": "Async", "rate_limiter": rl}), 204, "data drive")
+        expect(e.req("PUT", "/drives/data", {"drive_id": "data", "path_on_host": data, "is_root_device": False,
+                                              "is_read_only": True, "cache_type": "Writeback",
+                                              "io_engine": "Async", "rate_limiter": rl}), 204, "same again")
+        drives = e.req("GET", "/vm/config").json()["drives"]
+        check(len(drives) == 2, "two drives %r" % drives)
+        d = [x for x in drives if x["drive_id"] == "data"][0]
+        check(d["cache_type"] == "Writeback" and d["io_engine"] == "Async" and d["is_read_only"], "%r" % d)
+        check(d["rate_limiter"]["bandwidth"]["size"] == 1048576, "rate limiter %r" % d)
+        r = [x for x in drives if x["drive_id"] == "rootfs"][0]
+        check(r["cache_type"] == "Unsafe" and r["io_engine"] == "Sync" and r["partuuid"] == "0eaa91a0-01",
+              "defaults %r" % r)
+        bad = [
+            ("/drives/other", {"drive_id": "x", "path_on_host": data, "is_root_device": False}, "differs"),
+            ("/drives/second", {"drive_id": "second", "path_on_host": data, "is_root_device": True},
+             "root device"),
+            ("/drives/x", {"drive_id": "x", "is_root_device": False}, "path_on_host"),
+            ("/drives/x", {"drive_id": "x", "path_on_host": data}, "is_root_device"),
+            ("/drives/x", {"drive_id": "x", "path_on_host": "/nonexistent", "is_root_device": False},
+             "/nonexistent"),
+            ("/drives/x", {"drive_id": "x", "path_on_host": data, "is_root_device": False,
+                           "cache_type": "None"}, "cache_type"),
+            ("/drives/x", {"drive_id": "x", "path_on_host": data, "is_root_device": False,
+                           "io_engine": "Turbo"}, "io_engine"),
+            ("/drives/x", {"drive_id": "x", "path_on_host": data, "is_root_device": False,
+                           "rate_limiter": {"bandwidth": {"size": 1}}}, "refill_time"),
+            ("/drives/x", {"drive_id": "x", "path_on_host": data, "is_root_device": False,
+                           "rate_limiter": {"bandwidth": {"size": -1, "refill_time": 1}}}, "size"),
+            ("/drives/x", {"drive_id": "x", "path_on_host": data, "is_root_device": False,
+                           "socket": "/tmp/vhost"}, "not supported"),
+            ("/drives/b%20d", {"drive_id": "b%20d", "path_on_host": data, "is_root_device": False}, "id"),
+        ]
+        for path, body, msg in bad:
+            expect(e.req("PUT", path, body), 400, "PUT %s %r" % (path, body), msg)
+        expect(e.req("PATCH", "/drives/data", {"drive_id": "data", "path_on_host": root}), 400,
+               "PATCH before start", "InstanceStart")
+        expect(e.req("PUT", "/drives/", {"drive_id": "", "path_on_host": data, "is_root_device": False}),
+               400, "empty id in the path", "invalid request")
+        serving(e)
+    finally:
+        e.kill()
+
+
+def test_network_interfaces(tmp):
+    e = Ember(tmp)
+    try:
+        tap = "embertap%d" % (os.getpid() % 10000)
+        expect(e.req("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": tap,
+                                                          "guest_mac": "06:00:AC:10:00:02"}), 204, "valid")
+        bad = [
+            ("/network-interfaces/eth1", {"iface_id": "eth1", "host_dev_name": tap}, "already used"),
+            ("/network-interfaces/eth1", {"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "zz"},
+             "guest_mac"),
+            ("/network-interfaces/eth1", {"iface_id": "eth2", "host_dev_name": "tap1"}, "differs"),
+            ("/network-interfaces/eth1", {"iface_id": "eth1"}, "host_dev_name"),
+        ]
+        for path, body, msg in bad:
+            expect(e.req("PUT", path, body), 400, "PUT %r" % body, msg)
+        nets = e.req("GET", "/vm/config").json()["network-interfaces"]
+        check(len(nets) == 1 and nets[0]["host_dev_name"] == tap, "%r" % nets)
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": HELLO}), 204, "boot source")
+        # The interface becomes a virtio-net device on that tap (created as root).
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        status = e.wait(30)
+        check(status == 0 and "ok 1 - hello" in e.stdout(),
+              "the guest ran with a network interface: %r %s" % (status, e.stderr()))
+    finally:
+        e.kill()
+
+
+def test_logger_metrics(tmp):
+    e = Ember(tmp)
+    log = os.path.join(tmp, "ember.log")
+    metrics = os.path.join(tmp, "metrics.json")
+    try:
+        expect(e.req("PUT", "/logger", {"log_path": log, "level": "Loud"}), 400, "bad level", "level")
+        expect(e.req("PUT", "/logger", {"log_path": log, "level": "Debug", "show_level": True,
+                                         "show_log_origin": True}), 204, "logger")
+        e.req("GET", "/machine-config")
+        with open(log) as f:
+            text = f.read()
+        check("DEBUG" in text and "api.c:" in text, "log lines with level and origin: %r" % text[-400:])
+        expect(e.req("PUT", "/logger", {"level": "Off"}), 204, "logger off")
+        expect(e.req("PUT", "/metrics", {}), 400, "no path", "metrics_path")
+        expect(e.req("PUT", "/metrics", {"metrics_path": metrics}), 204, "metrics")
+        expect(e.req("PUT", "/metrics", {"metrics_path": metrics}), 400, "twice", "already")
+        e.req("GET", "/nonexistent")
+        expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "flush")
+        with open(metrics) as f:
+            lines = [json.loads(x) for x in f.read().splitlines()]
+        check(len(lines) == 1, "one metrics line: %r" % lines)
+        api = lines[0]["api_server"]
+        check(api.get("PUT /metrics", {}).get("204") == 1 and api.get("PUT /metrics", {}).get("400") == 2,
+              "requests by route and status: %r" % api)
+        check(api.get("other", {}).get("400") == 1, "unknown paths counted as other: %r" % api)
+        check("utc_timestamp_ms" in lines[0], "timestamp")
+        expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "flush again")
+        with open(metrics) as f:
+            second = json.loads(f.read().splitlines()[1])
+        check(second["api_server"].get("PUT /metrics", {}).get("204") == 0,
+              "counters are changes since the last flush: %r" % second)
+    finally:
+        e.kill()
+
+
+def test_metrics_fifo_and_signals(tmp):
+    fifo = os.path.join(tmp, "metrics.fifo")
+    os.mkfifo(fifo)
+    e = Ember(tmp)
+    try:
+        expect(e.req("PUT", "/metrics", {"metrics_path": fifo}), 400, "FIFO without a reader", "no reader")
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            expect(e.req("PUT", "/metrics", {"metrics_path": fifo}), 204, "FIFO with a reader")
+            expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "flush to the FIFO")
+            line = os.read(reader, 65536).decode()
+            check(line.endswith("\n") and "api_server" in json.loads(line), "FIFO line %r" % line)
+        finally:
+            os.close(reader)
+        # SIGTERM before the machine starts: exit status 128 + 15, socket removed.
+        e.proc.terminate()
+        check(e.wait(10) == 128 + 15, "status after SIGTERM")
+        check(not os.path.exists(e.sock), "socket removed after SIGTERM")
+    finally:
+        e.kill()
+    # SIGTERM while a machine runs: it is stopped, same status.
+    e = Ember(tmp, name="running")
+    try:
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "start")
+        check(e.wait_output("waiting for Ctrl+Alt+Del"), "guest up")
+        e.proc.terminate()
+        check(e.wait(10) == 128 + 15, "status after SIGTERM of a running machine")
+    finally:
+        e.kill()
+
+
+def test_entropy_vsock(tmp):
+    e = Ember(tmp)
+    try:
+        expect(e.req("PUT", "/entropy", {}), 204, "entropy")
+        expect(e.req("PUT", "/entropy", {"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}),
+               204, "entropy with limiter")
+        check(e.req("GET", "/vm/config").json()["entropy"]["rate_limiter"]["bandwidth"]["size"] == 1000,
+              "stored")
+        expect(e.req("PUT", "/entropy", {"rate": 5}), 400, "unknown field", "unknown field")
+        expect(e.req("PUT", "/vsock", {"guest_cid": 3, "uds_path": "/tmp/v.sock"}), 400, "vsock",
+               "not supported yet")
+        expect(e.req("PUT", "/vsock", {"guest_cid": 1, "uds_path": "/tmp/v.sock"}), 400, "vsock cid",
+               "guest_cid")
+    finally:
+        e.kill()
+
+
+UNSUPPORTED = [
+    ("GET", "/mmds", None), ("PUT", "/mmds", {"a": 1}), ("PATCH", "/mmds", {"a": 1}),
+    ("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}),
+    ("GET", "/balloon", None), ("PUT", "/balloon", {"amount_mib": 1, "deflate_on_oom": True}),
+    ("PATCH", "/balloon", {"amount_mib": 1}), ("GET", "/balloon/statistics", None),
+    ("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 1}),
+    ("PATCH", "/balloon/hinting/start", {}), ("GET", "/balloon/hinting/status", None),
+    ("PATCH", "/balloon/hinting/stop", {}),
+    ("PUT", "/snapshot/create", {"mem_file_path": "m", "snapshot_path": "s"}),
+    ("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m"}),
+    ("PUT", "/cpu-config", {"cpuid_modifiers": []}),
+    ("GET", "/hotplug/memory", None), ("PUT", "/hotplug/memory", {"total_size_mib": 128}),
+    ("PATCH", "/hotplug/memory", {"requested_size_mib": 128}),
+    ("PUT", "/pmem/p0", {"id": "p0", "path_on_host": "/x"}), ("PATCH", "/pmem/p0", {"id": "p0"}),
+    ("PUT", "/serial", {"serial_out_path": "/tmp/x"}),
+]
+
+
+def test_unsupported_and_unknown_routes(tmp):
+    e = Ember(tmp)
+    try:
+        for method, path, body in UNSUPPORTED:
+            expect(e.req(method, path, body), 400, "%s %s" % (method, path), "does not support")
+        for method, path in [("GET", "/nope"), ("DELETE", "/"), ("POST", "/actions"), ("GET", "/actions"),
+                             ("PUT", "/"), ("GET", "/boot-source"), ("PUT", "/machine-config/x"),
+                             ("GET", "/drives/a/b"), ("DELETE", "/mmds")]:
+            expect(e.req(method, path, {"x": 1} if method != "GET" else None), 400,
+                   "%s %s" % (method, path), "invalid request method and/or path")
+        expect(e.req("PUT", "/machine-config", raw_body=b""), 400, "empty body", "empty")
+        expect(e.req("PUT", "/machine-config", raw_body=b"{\"vcpu_count\": "), 400, "bad JSON", "JSON")
+        expect(e.req("PUT", "/actions", {"action_type": "Explode"}), 400, "unknown action", "action_type")
+        expect(e.req("PATCH", "/vm", {"state": "Paused"}), 400, "pause before start", "InstanceStart")
+        expect(e.req("PATCH", "/vm", {"state": "Sleeping"}), 400, "unknown state", "state")
+        expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 400, "Ctrl+Alt+Del before start",
+               "InstanceStart")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 400, "start without a kernel",
+               "boot")
+        serving(e)
+    finally:
+        e.kill()
+
+
+def test_lifecycle(tmp):
+    root = make_image(tmp, "root.img", 1 << 20)
+    bigger = make_image(tmp, "bigger.img", 4 << 20)
+    metrics = os.path.join(tmp, "m.json")
+    e = Ember(tmp)
+    try:
+        expect(e.req("PUT", "/metrics", {"metrics_path": metrics}), 204, "metrics")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 64}), 204, "machine")
+        expect(e.req("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": root,
+                                                "is_root_device": True, "is_read_only": False}), 204, "drive")
+        expect(e.req("PUT", "/entropy", {}), 204, "entropy")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        check(e.req("GET", "/").json()["state"] == "Running", "state Running")
+        check(e.wait_output("tick 1"), "the guest runs: %r" % e.stdout())
+        after_start = [
+            ("PUT", "/boot-source", {"kernel_image_path": HELLO}),
+            ("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 64}),
+            ("PATCH", "/machine-config", {"vcpu_count": 2}),
+            ("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": root, "is_root_device": True}),
+            ("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"}),
+            ("PUT", "/logger", {"level": "Debug"}),
+            ("PUT", "/metrics", {"metrics_path": metrics}),
+            ("PUT", "/entropy", {}),
+            ("PUT", "/vsock", {"guest_cid": 3, "uds_path": "/tmp/v"}),
+            ("PUT", "/actions", {"action_type": "InstanceStart"}),
+        ]
+        for method, path, body in after_start:
+            expect(e.req(method, path, body), 400, "%s %s after start" % (method, path), "before the machine starts")
+        check(e.req("GET", "/machine-config").json()["mem_size_mib"] == 64, "machine-config after start")
+        expect(e.req("PATCH", "/vm", {"state": "Paused"}), 204, "pause")
+        check(e.req("GET", "/").json()["state"] == "Paused", "state Paused")
+        time.sleep(0.3)
+        before = e.stdout().count("tick")
+        time.sleep(2.5)
+        check(e.stdout().count("tick") == before, "the guest ran while paused")
+        expect(e.req("PATCH", "/vm", {"state": "Paused"}), 204, "pause twice")
+        expect(e.req("PATCH", "/vm", {"state": "Resumed"}), 204, "resume")
+        check(e.req("GET", "/").json()["state"] == "Running", "state Running again")
+        check(e.wait_output("tick %d" % (before + 1), timeout=10), "the guest runs after resume")
+        expect(e.req("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": bigger}), 204,
+               "PATCH path_on_host")
+        check(e.req("GET", "/vm/config").json()["drives"][0]["path_on_host"] == bigger, "new path shown")
+        expect(e.req("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": "/nonexistent"}), 400,
+               "PATCH to a missing file", "/nonexistent")
+        expect(e.req("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": {
+            "bandwidth": {"size": 1000, "refill_time": 10}}}), 204, "PATCH rate_limiter")
+        expect(e.req("PATCH", "/drives/nosuch", {"drive_id": "nosuch", "path_on_host": bigger}), 400,
+               "PATCH unknown drive", "nosuch")
+        expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "flush")
+        with open(metrics) as f:
+            line = json.loads(f.read().splitlines()[-1])
+        check(line["vcpu"]["exits"] > 0 and "block" in line and "uart" in line and "entropy" in line,
+              "machine metrics %r" % line)
+        check(line["uart"]["tx_bytes"] > 0, "serial bytes counted %r" % line["uart"])
+        expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
+        status = e.wait(20)
+        check(status == 0, "exit status after Ctrl+Alt+Del: %d\n%s" % (status, e.stderr()))
+        check("received Ctrl+Alt+Del" in e.stdout(), "the guest saw the keys: %r" % e.stdout()[-300:])
+        check(not os.path.exists(e.sock), "socket removed at exit")
+        with open(metrics) as f:
+            check(len(f.read().splitlines()) == 2, "metrics flushed at exit")
+    finally:
+        e.kill()
+
+
+def test_concurrent_clients(tmp):
+    e = Ember(tmp)
+    errors = []
+
+    def client(n):
+        try:
+            c = Conn(e.sock)
+            for i in range(40):
+                if i % 4 == 3:
+                    r = c.request("PATCH", "/machine-config", {"vcpu_count": 1 + (n + i) % 4})
+                    if r.status != 204:
+                        errors.append(r)
+                else:
+                    r = c.request("GET", "/" if i % 2 else "/machine-config")
+                    if r.status != 200 or not r.json():
+                        errors.append(r)
+            c.close()
+        except Exception as ex:  # noqa: BLE001 - every failure is reported
+            errors.append(repr(ex))
+
+    try:
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+        start = time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        check(not errors, "%d errors, first: %r" % (len(errors), errors[:1]))
+        if VERBOSE:
+            print("# 32 clients x 40 requests in %.2f s" % (time.time() - start))
+        serving(e)
+    finally:
+        e.kill()
+
+
+def test_http_robustness(tmp):
+    e = Ember(tmp)
+    try:
+        def bad(raw, status, what):
+            c = Conn(e.sock)
+            c.send_raw(raw)
+            r = c.read_response()
+            expect(r, status, what)
+            check(c.closed_by_peer(), "%s: connection left open" % what)
+            c.close()
+            serving(e, "after " + what)
+
+        bad(b"garbage\r\n\r\n", 400, "garbage request line")
+        bad(b"GET / HTTP/2.0\r\n\r\n", 400, "HTTP/2.0")
+        bad(b"GET noslash HTTP/1.1\r\n\r\n", 400, "target without /")
+        bad(b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n", 400, "header without a colon")
+        bad(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, "space in a header name")
+        bad(b"PUT /vm HTTP/1.1\r\nContent-Length: 12x\r\n\r\n", 400, "bad Content-Length")
+        bad(b"PUT /vm HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, "two lengths")
+        bad(b"PUT /vm HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 501, "chunked")
+        bad(b"PUT /vm HTTP/1.1\r\nContent-Length: 51201\r\n\r\n", 400, "body over the limit")
+        bad(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 400, "long request line")
+        bad(b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"p" * 1500 + b"\r\n" * 1 +
+            b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(10)) + b"\r\n", 400, "huge headers")
+        bad(b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(100)) + b"\r\n", 400,
+            "too many headers")
+        bad(b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n", 400, "control character in a value")
+        bad(b"\x00\xff\xfe\r\n\r\n", 400, "binary junk")
+
+        # A body at the limit is read whole (and judged as JSON).
+        c = Conn(e.sock)
+        head = b'{"vcpu_count": 1, "mem_size_mib": 128'
+        body = head + b" " * (51200 - len(head) - 1) + b"}"
+        check(len(body) == 51200, "test body size")
+        r = c.request("PUT", "/machine-config", raw_body=body)
+        expect(r, 204, "a body of exactly 51200 bytes")
+        c.close()
+
+        # Pipelined: ten requests in one write, ten answers in order.
+        c = Conn(e.sock)
+        reqs = b""
+        for i in range(10):
+            reqs += encode_request("PATCH", "/machine-config", {"vcpu_count": i + 1})
+            reqs += encode_request("GET", "/machine-config", None)
+        c.send_raw(reqs)
+        for i in range(10):
+            expect(c.read_response(), 204, "pipelined PATCH %d" % i)
+            r = c.read_response()
+            check(r.status == 200 and r.json()["vcpu_count"] == i + 1, "pipelined GET %d in order: %r" % (i, r))
+        c.close()
+
+        # Byte by byte, within the deadline: a request split over many reads.
+        c = Conn(e.sock)
+        for b in encode_request("PATCH", "/machine-config", {"vcpu_count": 3}):
+            c.send_raw(bytes([b]))
+            time.sleep(0.001)
+        expect(c.read_response(), 204, "request sent byte by byte")
+        c.close()
+
+        # Expect: 100-continue, as curl sends for larger bodies.
+        c = Conn(e.sock)
+        raw = json.dumps({"vcpu_count": 2, "mem_size_mib": 128}).encode()
+        c.send_raw(b"PUT /machine-config HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(raw))
+        expect(c.read_response(), 100, "100 Continue")
+        c.send_raw(raw)
+        expect(c.read_response(), 204, "body after 100 Continue")
+        c.close()
+
+        # Connection: close and HTTP/1.0 end the connection after the answer.
+        for req in (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n"):
+            c = Conn(e.sock)
+            c.send_raw(req)
+            expect(c.read_response(), 200, req.decode().split("\r\n")[0])
+            check(c.closed_by_peer(), "closed after Connection: close / HTTP/1.0")
+            c.close()
+
+        # A client that dribbles and stops is dropped; others are served meanwhile.
+        slow = Conn(e.sock)
+        slow.send_raw(b"PUT /machine-config HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"vcpu")
+        idle = Conn(e.sock)  # connected, sends nothing: allowed to stay
+        t0 = time.time()
+        while time.time() - t0 < 1.5:
+            serving(e, "while a slow client holds a connection")
+            time.sleep(0.2)
+        dropped = slow.closed_by_peer(wait=REQUEST_TIMEOUT_S + 3)
+        check(dropped, "a slow client was not dropped")
+        check(time.time() - t0 >= REQUEST_TIMEOUT_S - 1, "the slow client was dropped too early")
+        r = idle.request("GET", "/")
+        expect(r, 200, "an idle keep-alive connection still works")
+        idle.close()
+
+        # A peer that goes away mid-request, and one that half-closes after sending.
+        c = Conn(e.sock)
+        c.send_raw(b"PUT /machine-config HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")
+        c.close()
+        c = Conn(e.sock)
+        c.send_raw(encode_request("GET", "/", None))
+        c.sock.shutdown(socket.SHUT_WR)
+        expect(c.read_response(), 200, "answer after the client half-closed")
+        c.close()
+
+        # Many connections at once, held open.
+        conns = [Conn(e.sock) for _ in range(100)]
+        for c in conns[::10]:
+            expect(c.request("GET", "/"), 200, "one of 100 open connections")
+        for c in conns:
+            c.close()
+        serving(e, "at the end")
+        check(e.alive(), "ember died")
+    finally:
+        e.kill()
+
+
+def test_max_payload_flag(tmp):
+    e = Ember(tmp, ["--http-api-max-payload-size", "100"])
+    try:
+        c = Conn(e.sock)
+        r = c.request("PUT", "/boot-source", {"kernel_image_path": "/" + "k" * 150})
+        expect(r, 400, "body over a 100-byte limit", "larger than the limit")
+        c.close()
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128}), 204, "small body")
+    finally:
+        e.kill()
+
+
+def test_getting_started_with_curl(tmp):
+    if not shutil.which("curl"):
+        raise Skip("curl is not installed")
+    rootfs = make_image(tmp, "rootfs.ext4", 8 << 20)
+    logfile = os.path.join(tmp, "firecracker.log")
+    open(logfile, "w").close()
+    e = Ember(tmp)
+    sock = e.sock
+    try:
+        # The sequence of Firecracker's getting-started guide, word for word but for the paths.
+        steps = [
+            ["curl", "-X", "PUT", "--unix-socket", sock, "--data",
+             json.dumps({"log_path": logfile, "level": "Debug", "show_level": True, "show_log_origin": True}),
+             "http://localhost/logger"],
+            ["curl", "-X", "PUT", "--unix-socket", sock, "--data",
+             json.dumps({"kernel_image_path": HELLO, "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}),
+             "http://localhost/boot-source"],
+            ["curl", "-X", "PUT", "--unix-socket", sock, "--data",
+             json.dumps({"drive_id": "rootfs", "path_on_host": rootfs, "is_root_device": True,
+                         "is_read_only": False}),
+             "http://localhost/drives/rootfs"],
+            ["curl", "-X", "PUT", "--unix-socket", sock, "--data",
+             json.dumps({"vcpu_count": 2, "mem_size_mib": 256}), "http://localhost/machine-config"],
+            ["curl", "-X", "PUT", "--unix-socket", sock, "--data", '{"action_type": "InstanceStart"}',
+             "http://localhost/actions"],
+        ]
+        for cmd in steps:
+            out = subprocess.run(cmd + ["-s", "-w", "%{http_code}"], capture_output=True, text=True, timeout=20)
+            check(out.stdout.endswith("204"), "%s -> %r %r" % (cmd[-1], out.stdout, out.stderr))
+        status = e.wait(30)
+        check(status == 0, "the guest ends the machine: status %d\n%s" % (status, e.stderr()))
+        check("ok 1 - hello" in e.stdout(), "guest output %r" % e.stdout())
+        with open(logfile) as f:
+            check("machine started" in f.read(), "the log file has the start")
+    finally:
+        e.kill()
+
+
+def write_config(tmp, doc, name="vm.json"):
+    path = os.path.join(tmp, name)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return path
+
+
+def test_config_file(tmp):
+    rootfs = make_image(tmp, "rootfs.ext4", 1 << 20)
+    metrics = os.path.join(tmp, "cfg-metrics.json")
+    doc = {
+        "boot-source": {"kernel_image_path": HELLO, "boot_args": "console=ttyS0 reboot=k panic=1"},
+        "drives": [{"drive_id": "rootfs", "path_on_host": rootfs, "is_root_device": True,
+                    "is_read_only": False}],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        "metrics": {"metrics_path": metrics},
+        "entropy": {},
+    }
+    cfg = write_config(tmp, doc)
+    # With the API: boots at once, the socket serves meanwhile.
+    e = Ember(tmp, ["--config-file", cfg], name="with-api")
+    status = e.wait(30)
+    check(status == 0 and "ok 1 - hello" in e.stdout(), "--config-file boot: %d %s" % (status, e.stderr()))
+    check(os.path.exists(metrics) and os.path.getsize(metrics) > 0, "metrics from the config file")
+    # Without it.
+    e = Ember(tmp, ["--no-api", "--config-file", cfg], api=False, name="no-api")
+    status = e.wait(30)
+    check(status == 0 and "ok 1 - hello" in e.stdout(), "--no-api boot: %d %s" % (status, e.stderr()))
+    # Invalid documents: the same validation as the API, exit status 2.
+    bad_docs = [
+        ({"drives": []}, "boot-source"),
+        (dict(doc, **{"machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}), "vcpu_count"),
+        (dict(doc, **{"balloon": {"amount_mib": 1, "deflate_on_oom": False}}), "not supported"),
+        (dict(doc, **{"vsock": {"guest_cid": 3, "uds_path": "/tmp/v"}}), "not supported"),
+        (dict(doc, **{"network-interfaces": [{"iface_id": "eth0", "host_dev_name": "x" * 20}]}),
+         "host_dev_name"),
+        (dict(doc, frobnicate=1), "unknown field"),
+    ]
+    for i, (bad, msg) in enumerate(bad_docs):
+        path = write_config(tmp, bad, "bad%d.json" % i)
+        e = Ember(tmp, ["--no-api", "--config-file", path], api=False, name="bad%d" % i)
+        status = e.wait(20)
+        check(status == 2 and msg in e.stderr(), "bad config %d: status %d, %r" % (i, status, e.stderr()))
+    path = os.path.join(tmp, "notjson.json")
+    with open(path, "w") as f:
+        f.write("{boot-source")
+    e = Ember(tmp, ["--no-api", "--config-file", path], api=False, name="notjson")
+    check(e.wait(20) == 2 and "JSON" in e.stderr(), "invalid JSON: %r" % e.stderr())
+
+
+def test_flags(tmp):
+    for args, msg in [(["--no-api"], "--config-file"), (["--id", "bad id!"], "--id"),
+                      (["--level", "loud"], "log level"), (["--seccomp-filter", "f"], "not supported"),
+                      (["--http-api-max-payload-size", "x"], "payload")]:
+        out = subprocess.run([EMBER] + args, capture_output=True, text=True, timeout=10)
+        check(out.returncode == 2 and msg in out.stderr, "%r: %d %r" % (args, out.returncode, out.stderr))
+    out = subprocess.run([EMBER, "--help"], capture_output=True, text=True, timeout=10)
+    for flag in ("--api-sock", "--config-file", "--no-api", "--id", "--level", "--log-path",
+                 "--metrics-path", "--http-api-max-payload-size"):
+        check(flag in out.stdout, "--help lacks " + flag)
+    # Jailer-style flags are accepted.
+    e = Ember(tmp, ["--id", "jailed-1", "--start-time-us", "123", "--start-time-cpu-us", "4",
+                    "--no-seccomp"], name="jailer")
+    try:
+        check(e.req("GET", "/").json()["id"] == "jailed-1", "instance id")
+        # A second ember on a live socket refuses; a stale socket file is replaced.
+        out = subprocess.run([EMBER, "--api-sock", e.sock], capture_output=True, text=True, timeout=10)
+        check(out.returncode != 0 and "in use" in out.stderr, "second ember: %r" % out.stderr)
+    finally:
+        e.kill()
+    stale = os.path.join(tmp, "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(stale)
+    s.close()
+    e = Ember(tmp, [], name="stale")  # uses its own path; now one on the stale path
+    e.kill()
+    p = subprocess.Popen([EMBER, "--api-sock", stale], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 5
+        ok = False
+        while time.time() < deadline and not ok:
+            try:
+                c = Conn(stale, timeout=1)
+                ok = c.request("GET", "/").status == 200
+                c.close()
+            except OSError:
+                time.sleep(0.02)
+        check(ok, "ember did not replace a stale socket file")
+    finally:
+        p.kill()
+        p.wait()
+
+
+class Skip(Exception):
+    pass
+
+
+TESTS = [
+    test_instance_info, test_machine_config, test_boot_source, test_drives, test_network_interfaces,
+    test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
+    test_concurrent_clients, test_http_robustness, test_max_payload_flag, test_getting_started_with_curl,
+    test_config_file, test_flags,
+]
+
+
+def main():
+    global VERBOSE
+    args = sys.argv[1:]
+    if "-v" in args:
+        VERBOSE = True
+        args.remove("-v")
+    selected = [t for t in TESTS if not args or t.__name__ in args or t.__name__[5:] in args]
+    for path in (EMBER, HELLO, KEYBOARD):
+        if not os.path.exists(path):
+            print("api: missing %s (build with make all guests)" % path)
+            return 1
+    passed = failed = skipped = 0
+    for n, test in enumerate(selected, 1):
+        tmp = tempfile.mkdtemp(prefix="ember-api-")
+        start = time.time()
+        try:
+            test(tmp)
+            passed += 1
+            print("ok %d - %s (%.1f s)" % (n, test.__name__, time.time() - start))
+        except Skip as ex:
+            skipped += 1
+            print("ok %d - %s # SKIP %s" % (n, test.__name__, ex))
+        except Exception as ex:  # noqa: BLE001 - a test's failure of any kind is reported
+            failed += 1
+            print("not ok %d - %s: %s: %s" % (n, test.__name__, type(ex).__name__, ex))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        sys.stdout.flush()
+    print("api: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+/* libFuzzer target: the JSON configuration parser (the document of
+ * --config-file, and through it every API body parser), then the mapping
+ * onto the machine and the export back to JSON. */
+#include "api/config.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *text = malloc(size ? size : 1);
+    memcpy(text, data, size);
+    struct api_config c;
+    api_config_init(&c);
+    if (api_config_parse_document(&c, text, size) == 0) {
+        struct vm_config vm;
+        vm_config_defaults(&vm);
+        api_config_to_vm(&c, &vm);
+        cJSON *back = api_config_json(&c);
+        char *out = cJSON_PrintUnformatted(back);
+        cJSON_Delete(back);
+        free(out);
+    }
+    /* Each body parser on its own, as the API calls them. */
+    cJSON *j = cJSON_ParseWithLength(text, size);
+    if (j) {
+        struct api_drive_update u;
+        struct api_logger l;
+        enum api_action act;
+        bool paused;
+        char *path = NULL;
+        api_put_machine_config(&c, j, true);
+        api_put_drive(&c, NULL, j);
+        api_put_net(&c, NULL, j);
+        api_put_entropy(&c, j);
+        api_check_vsock(j);
+        api_parse_action(j, &act);
+        api_parse_vm_state(j, &paused);
+        if (api_parse_drive_update("d", j, &u) == 0)
+            free(u.path);
+        if (api_parse_logger(j, &l) == 0) {
+            free(l.log_path);
+            free(l.module);
+        }
+        if (api_parse_metrics(j, &path) == 0)
+            free(path);
+        cJSON_Delete(j);
+    }
+    api_config_free(&c);
+    free(text);
+    return 0;
+}

@@ -1,0 +1,456 @@
+/* The API's HTTP parser and its configuration and route validation,
+ * without a socket or a machine. */
+#include "api/api.h"
+#include "api/config.h"
+#include "api/http.h"
+#include "suites.h"
+#include "util/error.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct http_limits limits;
+
+static enum http_parse_result parse(const char *s, struct http_request *r)
+{
+    http_limits_default(&limits);
+    return http_parse_request(s, strlen(s), &limits, r);
+}
+
+/* ---- HTTP ----------------------------------------------------------------- */
+
+START_TEST(http_get_and_put)
+{
+    struct http_request r;
+    ck_assert_int_eq(parse("GET /machine-config?x=1 HTTP/1.1\r\nHost: l\r\n\r\n", &r),
+                     HTTP_COMPLETE);
+    ck_assert_int_eq(r.method, HTTP_GET);
+    ck_assert_str_eq(r.path, "/machine-config");
+    ck_assert(r.keep_alive);
+    ck_assert_uint_eq(r.body_len, 0);
+    const char *put = "PUT /actions HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}";
+    ck_assert_int_eq(parse(put, &r), HTTP_COMPLETE);
+    ck_assert_int_eq(r.method, HTTP_PUT);
+    ck_assert_uint_eq(r.body_len, 2);
+    ck_assert(!memcmp(r.body, "{}", 2));
+    ck_assert_uint_eq(r.consumed, strlen(put));
+    ck_assert_int_eq(parse("DELETE / HTTP/1.1\r\n\r\n", &r), HTTP_COMPLETE);
+    ck_assert_int_eq(r.method, HTTP_OTHER);
+    ck_assert_str_eq(r.method_name, "DELETE");
+    /* Bare LF line ends and blank lines before the request are tolerated. */
+    ck_assert_int_eq(parse("\r\n\nGET / HTTP/1.1\nA: b\n\n", &r), HTTP_COMPLETE);
+}
+END_TEST
+
+START_TEST(http_every_split_is_incomplete)
+{
+    const char *req =
+        "PATCH /vm HTTP/1.1\r\nContent-Length: 18\r\nX-A: b\r\n\r\n{\"state\":\"Paused\"}";
+    size_t len = strlen(req);
+    struct http_request r;
+    http_limits_default(&limits);
+    for (size_t i = 0; i < len; i++)
+        ck_assert_int_eq(http_parse_request(req, i, &limits, &r), HTTP_INCOMPLETE);
+    ck_assert_int_eq(http_parse_request(req, len, &limits, &r), HTTP_COMPLETE);
+    ck_assert_uint_eq(r.consumed, len);
+}
+END_TEST
+
+START_TEST(http_pipelined)
+{
+    const char *two =
+        "PUT /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n";
+    struct http_request r;
+    http_limits_default(&limits);
+    size_t len = strlen(two), off = 0;
+    ck_assert_int_eq(http_parse_request(two, len, &limits, &r), HTTP_COMPLETE);
+    ck_assert_str_eq(r.path, "/a");
+    off += r.consumed;
+    ck_assert_int_eq(http_parse_request(two + off, len - off, &limits, &r), HTTP_COMPLETE);
+    ck_assert_str_eq(r.path, "/b");
+    off += r.consumed;
+    ck_assert_int_eq(http_parse_request(two + off, len - off, &limits, &r), HTTP_INCOMPLETE);
+}
+END_TEST
+
+START_TEST(http_connection_semantics)
+{
+    struct http_request r;
+    ck_assert_int_eq(parse("GET / HTTP/1.0\r\n\r\n", &r), HTTP_COMPLETE);
+    ck_assert(!r.keep_alive);
+    ck_assert_int_eq(parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", &r), HTTP_COMPLETE);
+    ck_assert(r.keep_alive);
+    ck_assert_int_eq(parse("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n", &r), HTTP_COMPLETE);
+    ck_assert(!r.keep_alive);
+    ck_assert_int_eq(
+        parse("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", &r),
+        HTTP_INCOMPLETE);
+    ck_assert(r.head_complete && r.expect_continue);
+}
+END_TEST
+
+static void expect_error(const char *req, int status, const char *msg)
+{
+    struct http_request r;
+    ck_assert_int_eq(parse(req, &r), HTTP_ERROR);
+    ck_assert_int_eq(r.error_status, status);
+    ck_assert_msg(strstr(r.error_message, msg), "'%s' lacks '%s'", r.error_message, msg);
+    ck_assert(!r.keep_alive);
+}
+
+START_TEST(http_malformed)
+{
+    expect_error("garbage\r\n\r\n", 400, "request line");
+    expect_error("GET /\r\n\r\n", 400, "request line");
+    expect_error("GET / HTTP/1.1 extra\r\n\r\n", 400, "version");
+    expect_error("GET / HTTP/2.0\r\n\r\n", 400, "version");
+    expect_error("G(T / HTTP/1.1\r\n\r\n", 400, "method");
+    expect_error("GET x HTTP/1.1\r\n\r\n", 400, "'/'");
+    expect_error("GET /a\x01 HTTP/1.1\r\n\r\n", 400, "target");
+    expect_error("GET / HTTP/1.1\r\nNoColon\r\n\r\n", 400, "header line");
+    expect_error("GET / HTTP/1.1\r\n: empty name\r\n\r\n", 400, "header line");
+    expect_error("GET / HTTP/1.1\r\nA B: c\r\n\r\n", 400, "header name");
+    expect_error("GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", 400, "folded");
+    expect_error("GET / HTTP/1.1\r\nA: \x02\r\n\r\n", 400, "control");
+    expect_error("PUT / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "Content-Length");
+    expect_error("PUT / HTTP/1.1\r\nContent-Length:\r\n\r\n", 400, "Content-Length");
+    expect_error("PUT / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400,
+                 "Content-Length");
+    expect_error("PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400,
+                 "conflicting");
+    expect_error("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501, "Transfer-Encoding");
+    expect_error("PUT / HTTP/1.1\r\nExpect: magic\r\n\r\n", 417, "100-continue");
+}
+END_TEST
+
+START_TEST(http_limits_hold)
+{
+    struct http_request r;
+    http_limits_default(&limits);
+    /* Too large a body is refused from the head alone, before it arrives. */
+    const char *big = "PUT / HTTP/1.1\r\nContent-Length: 51201\r\n\r\n";
+    ck_assert_int_eq(http_parse_request(big, strlen(big), &limits, &r), HTTP_ERROR);
+    ck_assert_int_eq(r.error_status, 400);
+    const char *fits = "PUT / HTTP/1.1\r\nContent-Length: 51200\r\n\r\n";
+    ck_assert_int_eq(http_parse_request(fits, strlen(fits), &limits, &r), HTTP_INCOMPLETE);
+    limits.max_payload = 10;
+    const char *small = "PUT / HTTP/1.1\r\nContent-Length: 11\r\n\r\n";
+    ck_assert_int_eq(http_parse_request(small, strlen(small), &limits, &r), HTTP_ERROR);
+
+    /* A request line that never ends, headers that never end, too many. */
+    http_limits_default(&limits);
+    size_t n = limits.max_line + 10;
+    char *buf = malloc(limits.max_head * 2 + 256);
+    memset(buf, 'a', n);
+    memcpy(buf, "GET /", 5);
+    ck_assert_int_eq(http_parse_request(buf, n, &limits, &r), HTTP_ERROR);
+    int len = sprintf(buf, "GET / HTTP/1.1\r\n");
+    while ((size_t)len < limits.max_head + 100)
+        len += sprintf(buf + len, "X-Pad: %0200d\r\n", 0);
+    ck_assert_int_eq(http_parse_request(buf, (size_t)len, &limits, &r), HTTP_ERROR);
+    ck_assert_ptr_nonnull(strstr(r.error_message, "headers"));
+    len = sprintf(buf, "GET / HTTP/1.1\r\n");
+    for (unsigned i = 0; i <= limits.max_headers; i++)
+        len += sprintf(buf + len, "H%u: 1\r\n", i);
+    len += sprintf(buf + len, "\r\n");
+    ck_assert_int_eq(http_parse_request(buf, (size_t)len, &limits, &r), HTTP_ERROR);
+    ck_assert_ptr_nonnull(strstr(r.error_message, "headers"));
+    /* A path longer than the buffer for it. */
+    len = sprintf(buf, "GET /");
+    memset(buf + len, 'p', HTTP_MAX_PATH);
+    len += HTTP_MAX_PATH;
+    len += sprintf(buf + len, " HTTP/1.1\r\n\r\n");
+    ck_assert_int_eq(http_parse_request(buf, (size_t)len, &limits, &r), HTTP_ERROR);
+    free(buf);
+}
+END_TEST
+
+START_TEST(http_response_format)
+{
+    char *out;
+    size_t n = http_format_response(&out, 204, NULL, 0, true);
+    ck_assert_uint_gt(n, 0);
+    ck_assert(!strncmp(out, "HTTP/1.1 204 No Content\r\n", 25));
+    ck_assert(!memcmp(out + n - 4, "\r\n\r\n", 4));
+    free(out);
+    n = http_format_response(&out, 400, "{\"a\":1}", 7, false);
+    ck_assert_ptr_nonnull(memmem(out, n, "Content-Length: 7\r\n", 19));
+    ck_assert_ptr_nonnull(memmem(out, n, "Connection: close", 17));
+    ck_assert(!memcmp(out + n - 7, "{\"a\":1}", 7));
+    free(out);
+}
+END_TEST
+
+/* ---- configuration -------------------------------------------------------- */
+
+static char image[64];
+
+static void make_image(void)
+{
+    strcpy(image, "/tmp/ember-unit-XXXXXX");
+    int fd = mkstemp(image);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(ftruncate(fd, 1 << 20), 0);
+    close(fd);
+}
+
+static int put_json(int (*fn)(struct api_config *, const cJSON *), struct api_config *c,
+                    const char *text)
+{
+    cJSON *j = cJSON_Parse(text);
+    ck_assert_ptr_nonnull(j);
+    int r = fn(c, j);
+    cJSON_Delete(j);
+    return r;
+}
+
+static int put_machine(struct api_config *c, const char *text, bool partial)
+{
+    cJSON *j = cJSON_Parse(text);
+    ck_assert_ptr_nonnull(j);
+    int r = api_put_machine_config(c, j, partial);
+    cJSON_Delete(j);
+    return r;
+}
+
+static int put_drive(struct api_config *c, const char *id, const char *fmt)
+{
+    char text[1024];
+    snprintf(text, sizeof(text), fmt, image);
+    cJSON *j = cJSON_Parse(text);
+    ck_assert_ptr_nonnull(j);
+    int r = api_put_drive(c, id, j);
+    cJSON_Delete(j);
+    return r;
+}
+
+#define ck_error_has(s) ck_assert_msg(strstr(error_get(), s), "'%s' lacks '%s'", error_get(), s)
+
+START_TEST(machine_config_rules)
+{
+    struct api_config c;
+    api_config_init(&c);
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":4,\"mem_size_mib\":512}", false), 0);
+    ck_assert_uint_eq(c.machine.vcpu_count, 4);
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":2}", true), 0);
+    ck_assert_uint_eq(c.machine.mem_size_mib, 512);
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":2}", false), -1);
+    ck_error_has("mem_size_mib");
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":33,\"mem_size_mib\":128}", false), -1);
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":1,\"mem_size_mib\":128,\"smt\":true}", false),
+                     -1);
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":1,\"mem_size_mib\":128,\"smt\":1}", false),
+                     -1);
+    ck_error_has("true or false");
+    ck_assert_int_eq(
+        put_machine(&c, "{\"vcpu_count\":1,\"mem_size_mib\":128,\"huge_pages\":\"2M\"}", false),
+        -1);
+    ck_error_has("hugetlbfs");
+    ck_assert_int_eq(
+        put_machine(&c, "{\"vcpu_count\":1,\"mem_size_mib\":128,\"cpu_template\":\"T2S\"}", false),
+        -1);
+    ck_assert_int_eq(put_machine(&c, "{\"cpu_template\":\"baseline\"}", true), 0);
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":1,\"vcpu_count\":2}", true), -1);
+    ck_error_has("duplicate");
+    /* A rejected update changes nothing. */
+    ck_assert_uint_eq(c.machine.vcpu_count, 2);
+    ck_assert_str_eq(c.machine.cpu_template, "baseline");
+    api_config_free(&c);
+}
+END_TEST
+
+START_TEST(drives_map_onto_the_machine)
+{
+    make_image();
+    struct api_config c;
+    api_config_init(&c);
+    ck_assert_int_eq(
+        put_drive(&c, "rootfs",
+                  "{\"drive_id\":\"rootfs\",\"path_on_host\":\"%s\",\"is_root_device\":"
+                  "true,\"partuuid\":\"abcd-01\"}"),
+        0);
+    ck_assert_int_eq(
+        put_drive(&c, "data",
+                  "{\"drive_id\":\"data\",\"path_on_host\":\"%s\",\"is_root_device\":"
+                  "false,\"is_read_only\":true,\"cache_type\":\"Writeback\",\"io_engine\":"
+                  "\"Async\",\"rate_limiter\":{\"bandwidth\":{\"size\":1000,\"refill_time\":"
+                  "100,\"one_time_burst\":5},\"ops\":{\"size\":10,\"refill_time\":0}}}"),
+        0);
+    ck_assert_int_eq(
+        put_drive(&c, "x", "{\"drive_id\":\"x\",\"path_on_host\":\"%s\",\"is_root_device\":true}"),
+        -1);
+    ck_error_has("root device");
+    ck_assert_int_eq(
+        put_drive(&c, "y", "{\"drive_id\":\"z\",\"path_on_host\":\"%s\",\"is_root_device\":false}"),
+        -1);
+    ck_assert_int_eq(
+        put_drive(&c, NULL,
+                  "{\"drive_id\":\"a/b\",\"path_on_host\":\"%s\",\"is_root_device\":false}"),
+        -1);
+    ck_error_has("invalid id");
+    ck_assert_uint_eq(c.ndrives, 2);
+    ck_assert_int_eq(put_json(api_put_boot_source, &c, "{\"kernel_image_path\":\"/etc/hostname\"}"),
+                     0);
+
+    struct vm_config vm;
+    vm_config_defaults(&vm);
+    ck_assert_int_eq(api_config_to_vm(&c, &vm), 0);
+    ck_assert_uint_eq(vm.ndrives, 2);
+    ck_assert(vm.drives[0].is_root && vm.drives[0].unsafe && vm.drives[0].sync_io);
+    ck_assert_str_eq(vm.drives[0].partuuid, "abcd-01");
+    ck_assert(!vm.drives[1].is_root && !vm.drives[1].unsafe && !vm.drives[1].sync_io);
+    ck_assert(vm.drives[1].readonly);
+    ck_assert_uint_eq(vm.drives[1].rate_limit.bandwidth.size, 1000);
+    ck_assert_uint_eq(vm.drives[1].rate_limit.bandwidth.one_time_burst, 5);
+    ck_assert_uint_eq(vm.drives[1].rate_limit.bandwidth.refill_ms, 100);
+    ck_assert_uint_eq(vm.drives[1].rate_limit.ops.size, 0); /* never refills: no limit */
+    ck_assert_str_eq(vm.kernel_path, "/etc/hostname");
+
+    /* Entropy with a limiter; a network interface maps onto a tap. */
+    ck_assert_int_eq(
+        put_json(api_put_entropy, &c,
+                 "{\"rate_limiter\":{\"bandwidth\":{\"size\":64,\"refill_time\":10}}}"),
+        0);
+    ck_assert_int_eq(api_config_to_vm(&c, &vm), 0);
+    ck_assert(vm.rng);
+    ck_assert_uint_eq(vm.rng_limit.size, 64);
+    cJSON *net = cJSON_Parse("{\"iface_id\":\"eth0\",\"host_dev_name\":\"tap0\","
+                             "\"guest_mac\":\"02:00:00:00:00:2a\",\"mtu\":1400,"
+                             "\"tx_rate_limiter\":{\"ops\":{\"size\":100,\"refill_time\":1000}}}");
+    ck_assert_int_eq(api_put_net(&c, "eth0", net), 0);
+    cJSON_Delete(net);
+    ck_assert_int_eq(api_config_to_vm(&c, &vm), 0);
+    ck_assert_uint_eq(vm.nnets, 1);
+    ck_assert_str_eq(vm.nets[0].tap, "tap0");
+    ck_assert_str_eq(vm.nets[0].id, "eth0");
+    ck_assert(vm.nets[0].has_mac && vm.nets[0].mac[5] == 0x2a);
+    ck_assert_uint_eq(vm.nets[0].mtu, 1400);
+    ck_assert_uint_eq(vm.nets[0].tx_limit.ops.size, 100);
+    api_config_free(&c);
+    unlink(image);
+}
+END_TEST
+
+START_TEST(config_document)
+{
+    make_image();
+    char doc[2048];
+    snprintf(doc, sizeof(doc),
+             "{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\",\"boot_args\":\"a=b\"},"
+             "\"drives\":[{\"drive_id\":\"r\",\"path_on_host\":\"%s\",\"is_root_device\":true}],"
+             "\"machine-config\":{\"vcpu_count\":2,\"mem_size_mib\":64},"
+             "\"logger\":{\"level\":\"Trace\",\"show_level\":true},"
+             "\"metrics\":{\"metrics_path\":\"/tmp/m\"},\"entropy\":{}}",
+             image);
+    struct api_config c;
+    api_config_init(&c);
+    ck_assert_msg(api_config_parse_document(&c, doc, strlen(doc)) == 0, "%s", error_get());
+    ck_assert_str_eq(c.boot_args, "a=b");
+    ck_assert_uint_eq(c.machine.vcpu_count, 2);
+    ck_assert_uint_eq(c.ndrives, 1);
+    ck_assert(c.logger.set && c.logger.level == LOG_TRACE && c.logger.show_level);
+    ck_assert_str_eq(c.metrics_path, "/tmp/m");
+    ck_assert(c.entropy.set);
+    api_config_free(&c);
+
+    static const struct {
+        const char *doc, *error;
+    } bad[] = {
+        {"{", "not valid JSON"},
+        {"[]", "object"},
+        {"{}", "boot-source"},
+        {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"drives\":{}}", "array"},
+        {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"mmds-config\":{}}",
+         "not supported"},
+        {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"x\":1}", "unknown field"},
+        {"{\"boot-source\":{\"kernel_image_path\":\"/nonexistent\"}}", "/nonexistent"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        api_config_init(&c);
+        ck_assert_int_eq(api_config_parse_document(&c, bad[i].doc, strlen(bad[i].doc)), -1);
+        ck_error_has(bad[i].error);
+        api_config_free(&c);
+    }
+    unlink(image);
+}
+END_TEST
+
+/* ---- routes --------------------------------------------------------------- */
+
+static int dispatch(struct api *a, const char *method, const char *path, const char *body,
+                    char **out)
+{
+    free(*out);
+    *out = NULL;
+    return api_dispatch(a, method, path, body, body ? strlen(body) : 0, out);
+}
+
+START_TEST(routes_before_start)
+{
+    static struct vm vm;
+    struct api a;
+    api_init(&a, NULL, &vm, "unit", false);
+    char *out = NULL;
+    ck_assert_int_eq(dispatch(&a, "GET", "/", NULL, &out), 200);
+    ck_assert_ptr_nonnull(strstr(out, "\"Not started\""));
+    ck_assert_ptr_nonnull(strstr(out, "\"unit\""));
+    ck_assert_int_eq(dispatch(&a, "GET", "/machine-config", NULL, &out), 200);
+    ck_assert_int_eq(dispatch(&a, "PATCH", "/machine-config", "{\"vcpu_count\":3}", &out), 204);
+    ck_assert_ptr_null(out);
+    ck_assert_int_eq(dispatch(&a, "PUT", "/machine-config", "", &out), 400);
+    ck_assert_ptr_nonnull(strstr(out, "fault_message"));
+    ck_assert_int_eq(dispatch(&a, "PUT", "/machine-config", "{", &out), 400);
+    ck_assert_int_eq(dispatch(&a, "GET", "/nope", NULL, &out), 400);
+    ck_assert_ptr_nonnull(strstr(out, "invalid request method and/or path"));
+    ck_assert_int_eq(dispatch(&a, "POST", "/", "{}", &out), 400);
+    ck_assert_int_eq(dispatch(&a, "PUT", "/snapshot/load", "{}", &out), 400);
+    ck_assert_ptr_nonnull(strstr(out, "does not support"));
+    ck_assert_int_eq(dispatch(&a, "PATCH", "/vm", "{\"state\":\"Paused\"}", &out), 400);
+    ck_assert_ptr_nonnull(strstr(out, "InstanceStart"));
+    ck_assert_int_eq(dispatch(&a, "PATCH", "/drives/x", "{\"drive_id\":\"x\"}", &out), 400);
+    ck_assert_int_eq(dispatch(&a, "PUT", "/actions", "{\"action_type\":\"SendCtrlAltDel\"}", &out),
+                     400);
+    ck_assert_int_eq(dispatch(&a, "PUT", "/actions", "{\"action_type\":\"FlushMetrics\"}", &out),
+                     204);
+    ck_assert_int_eq(dispatch(&a, "PUT", "/actions", "{\"action_type\":\"InstanceStart\"}", &out),
+                     400);
+    ck_assert_ptr_nonnull(strstr(out, "boot source"));
+    ck_assert_int_eq(dispatch(&a, "PUT", "/vsock", "{\"guest_cid\":3,\"uds_path\":\"/v\"}", &out),
+                     400);
+    ck_assert_ptr_nonnull(strstr(out, "not supported yet"));
+    ck_assert_int_eq(dispatch(&a, "GET", "/vm/config", NULL, &out), 200);
+    ck_assert_ptr_nonnull(strstr(out, "\"vcpu_count\":3"));
+    /* Requests are counted by route and status; ids and unknown paths fold. */
+    cJSON *m = api_metrics_snapshot(&a.metrics, NULL);
+    cJSON *api = cJSON_GetObjectItem(m, "api_server");
+    ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(api, "GET /"), "200")->valueint, 1);
+    ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(api, "other"), "400")->valueint, 2);
+    ck_assert_ptr_nonnull(cJSON_GetObjectItem(api, "PATCH /drives/{drive_id}"));
+    cJSON_Delete(m);
+    free(out);
+    api_finish(&a, 0);
+}
+END_TEST
+
+Suite *api_suite(void)
+{
+    Suite *s = suite_create("api");
+    TCase *t = tcase_create("http");
+    tcase_add_test(t, http_get_and_put);
+    tcase_add_test(t, http_every_split_is_incomplete);
+    tcase_add_test(t, http_pipelined);
+    tcase_add_test(t, http_connection_semantics);
+    tcase_add_test(t, http_malformed);
+    tcase_add_test(t, http_limits_hold);
+    tcase_add_test(t, http_response_format);
+    suite_add_tcase(s, t);
+    t = tcase_create("config");
+    tcase_add_test(t, machine_config_rules);
+    tcase_add_test(t, drives_map_onto_the_machine);
+    tcase_add_test(t, config_document);
+    tcase_add_test(t, routes_before_start);
+    suite_add_tcase(s, t);
+    return s;
+}
