@@ -95,6 +95,7 @@ api-test: all guests
 # The whole suite; CI runs exactly this.
 test:
 	@scripts/install-deps.sh test
+	$(MAKE) format-check
 	$(MAKE) all unit-test guest-test console-test api-test linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
@@ -138,11 +139,13 @@ fuzz: fuzz-build guests
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
 
+FORMAT_FILES = $(SRCS) $(UNIT_SRCS) $(shell find src tests guest bench -name '*.h' -o -name '*.c' | sort -u)
+
 format:
-	clang-format -i $(SRCS) $(UNIT_SRCS) $(shell find src tests guest -name '*.h')
+	clang-format -i $(FORMAT_FILES)
 
 format-check:
-	clang-format --dry-run --Werror $(SRCS) $(UNIT_SRCS) $(shell find src tests guest -name '*.h')
+	clang-format --dry-run --Werror $(FORMAT_FILES)
 
 clean:
 	rm -rf build
