@@ -338,6 +338,15 @@ int cli_parse_net(const char *spec, struct net_config *n)
             n->has_mac = true;
         } else if (!strcmp(key, "hostfwd")) {
             n->forwards = val;
+        } else if (!strcmp(key, "vhost")) {
+            if (!strcmp(val, "auto"))
+                n->vhost = 0;
+            else if (!strcmp(val, "off"))
+                n->vhost = 1;
+            else if (!strcmp(val, "on"))
+                n->vhost = 2;
+            else
+                return error_set("--net vhost=%s: use auto, on or off", val);
         } else if (!strcmp(key, "rx-bw") || !strcmp(key, "tx-bw") || !strcmp(key, "rx-pps") ||
                    !strcmp(key, "tx-pps")) {
             uint64_t rate;
@@ -348,7 +357,7 @@ int cli_parse_net(const char *spec, struct net_config *n)
             *tb = (struct token_bucket_config){.size = rate, .refill_ms = 1000};
         } else {
             return error_set("--net: unknown key '%s' (tap, user, mac, hostfwd, rx-bw, tx-bw, "
-                             "rx-pps, tx-pps)",
+                             "rx-pps, tx-pps, vhost)",
                              key);
         }
     }

@@ -127,6 +127,8 @@ static void on_kick(void *opaque, uint32_t events)
 
 int virtio_dev_watch_kicks(struct virtio_dev *d)
 {
+    if (d->kicks_external)
+        return 0;
     for (unsigned i = 0; i < d->nqueues; i++) {
         struct virtio_queue *q = &d->queues[i];
         if (!q->enabled || q->kick_handler)

@@ -100,6 +100,7 @@ struct virtio_dev {
     pthread_mutex_t lock;
     struct iothread io;
     bool active;
+    bool kicks_external; /* a kernel data path (vhost) takes the kicks */
     bool needs_reset_logged;
     /* Counters for metrics. */
     uint64_t interrupts, kicks;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -407,9 +408,60 @@ static bool features_ok(struct virtio_dev *d, uint64_t f)
     return true;
 }
 
+/* vhost used buffers on queue q: interrupt the guest through the transport,
+ * which knows how (MSI-X vector, INTx, mmio interrupt status). The kernel
+ * already applied the driver's notification suppression. */
+static void on_vhost_call(void *opaque, uint32_t events)
+{
+    struct vhost_call *c = opaque;
+    (void)events;
+    uint64_t v;
+    ssize_t ignored = read(c->fd, &v, sizeof(v));
+    (void)ignored;
+    struct virtio_dev *d = &c->net->dev;
+    if (d->active) {
+        d->interrupts++;
+        d->transport->notify_queue(d, c->queue);
+    }
+}
+
+static int start_vhost(struct virtio_net *n)
+{
+    struct virtio_dev *d = &n->dev;
+    struct vhost_ring rings[2];
+    for (unsigned i = 0; i < 2; i++) {
+        struct virtq *q = &d->queues[i].vq;
+        rings[i] = (struct vhost_ring){.size = q->size,
+                                       .desc = q->desc,
+                                       .avail = q->avail,
+                                       .used = q->used,
+                                       .kick_fd = d->queues[i].kick_fd,
+                                       .call_fd = n->calls[i].fd};
+    }
+    if (vhost_net_start(&n->vhost, d->mem, d->driver_features, rings, 2, n->be.rx_fd) < 0)
+        return -1;
+    n->vhost_running = true;
+    return 0;
+}
+
 static int activate(struct virtio_dev *d)
 {
     struct virtio_net *n = d->opaque;
+    if (n->use_vhost) {
+        for (unsigned i = 0; i < 2; i++) {
+            n->calls[i].handler =
+                event_loop_add(&d->io.loop, n->calls[i].fd, EPOLLIN, on_vhost_call, &n->calls[i]);
+            if (!n->calls[i].handler)
+                return -1;
+        }
+        if (start_vhost(n) == 0)
+            return 0;
+        log_warn("%s: vhost-net failed (%s); serving the queues in user space", d->name,
+                 error_get());
+        d->kicks_external = false;
+        if (virtio_dev_watch_kicks(d) < 0)
+            return -1;
+    }
     n->tx_held = false;
     n->rx_pending = 0;
     n->rx_handler = event_loop_add(&d->io.loop, n->be.rx_fd, EPOLLIN, on_rx, n);
@@ -427,6 +479,16 @@ static int activate(struct virtio_dev *d)
 static void quiesce(struct virtio_dev *d)
 {
     struct virtio_net *n = d->opaque;
+    if (n->vhost_running)
+        vhost_net_stop(&n->vhost);
+    n->vhost_running = false;
+    for (unsigned i = 0; i < 2; i++) {
+        if (n->calls[i].handler)
+            event_loop_del(&d->io.loop, n->calls[i].handler);
+        n->calls[i].handler = NULL;
+    }
+    /* A vhost failure fell back to user space: try the kernel again next time. */
+    d->kicks_external = n->use_vhost;
     struct event_handler **hs[] = {&n->rx_handler, &n->tx_handler, &n->timer_handler};
     for (unsigned i = 0; i < 3; i++) {
         if (*hs[i])
@@ -462,6 +524,9 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
 {
     memset(n, 0, sizeof(*n));
     n->timer_fd = -1;
+    n->vhost.fd = -1;
+    for (unsigned i = 0; i < 2; i++)
+        n->calls[i] = (struct vhost_call){.net = n, .queue = i, .fd = -1};
     n->be.rx_fd = n->be.tx_fd = -1;
     n->opts = *opts;
     const struct rate_limit_config *rx = &opts->rx_limit, *tx = &opts->tx_limit;
@@ -478,6 +543,27 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
     n->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
     if (n->timer_fd < 0)
         return error_errno("%s: timerfd", name);
+    bool limits =
+        !token_bucket_unlimited(&n->rx_bytes_tb) || !token_bucket_unlimited(&n->rx_ops_tb) ||
+        !token_bucket_unlimited(&n->tx_bytes_tb) || !token_bucket_unlimited(&n->tx_ops_tb);
+    if (!opts->user && opts->vhost != VHOST_OFF) {
+        if (limits && opts->vhost == VHOST_AUTO) {
+            log_info("%s: rate limits are enforced in user space: not using vhost-net", name);
+        } else if (vhost_net_open(&n->vhost) == 0) {
+            n->use_vhost = true;
+            for (unsigned i = 0; i < 2; i++) {
+                n->calls[i].fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                if (n->calls[i].fd < 0)
+                    return error_errno("%s: eventfd", name);
+            }
+            log_info("%s: vhost-net: frames move in the kernel", name);
+        } else if (opts->vhost == VHOST_ON) {
+            return error_prefix("%s: vhost=on", name);
+        } else {
+            log_info("%s: vhost-net unavailable (%s); ember moves the frames in user space", name,
+                     error_get());
+        }
+    }
     n->rx_buf = malloc(VIRTIO_NET_MAX_FRAME + sizeof(struct net_hdr));
     if (!n->rx_buf)
         return error_set("out of memory");
@@ -514,8 +600,11 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
                     (1ULL << VIRTIO_NET_F_GUEST_ECN) | (1ULL << VIRTIO_NET_F_GUEST_UFO) |
                     (1ULL << VIRTIO_NET_F_HOST_TSO4) | (1ULL << VIRTIO_NET_F_HOST_TSO6) |
                     (1ULL << VIRTIO_NET_F_HOST_ECN) | (1ULL << VIRTIO_NET_F_HOST_UFO);
-    return virtio_dev_init(&n->dev, name, VIRTIO_ID_NET, features, 2, NET_QUEUE_SIZE,
-                           sizeof(n->config), &net_ops, n, mem);
+    if (virtio_dev_init(&n->dev, name, VIRTIO_ID_NET, features, 2, NET_QUEUE_SIZE,
+                        sizeof(n->config), &net_ops, n, mem) < 0)
+        return -1;
+    n->dev.kicks_external = n->use_vhost;
+    return 0;
 }
 
 void virtio_net_destroy(struct virtio_net *n)
@@ -526,6 +615,13 @@ void virtio_net_destroy(struct virtio_net *n)
     if (n->timer_fd >= 0)
         close(n->timer_fd);
     n->timer_fd = -1;
+    if (n->use_vhost)
+        vhost_net_close(&n->vhost);
+    for (unsigned i = 0; i < 2; i++) {
+        if (n->calls[i].fd >= 0)
+            close(n->calls[i].fd);
+        n->calls[i].fd = -1;
+    }
     for (unsigned i = 0; i < sizeof(n->rx_chains) / sizeof(n->rx_chains[0]); i++)
         virtq_chain_free(&n->rx_chains[i]);
     virtq_chain_free(&n->tx_chain);

@@ -6,12 +6,15 @@
 #define EMBER_VIRTIO_NET_H
 
 #include "backends/net.h"
+#include "backends/vhost_net.h"
 #include "util/ratelimit.h"
 #include "virtio/device.h"
 
 #define VIRTIO_NET_HDR_LEN   12
 #define VIRTIO_NET_MAX_FRAME 65550 /* a 64 KiB GSO frame and its Ethernet header */
 #define NET_MAX_FORWARDS     8
+
+enum vhost_mode { VHOST_AUTO, VHOST_OFF, VHOST_ON };
 
 struct net_options {
     const char *tap; /* tap interface name, or NULL */
@@ -20,9 +23,12 @@ struct net_options {
     unsigned nforwards;
     uint8_t mac[6];
     bool has_mac;
-    unsigned mtu; /* 0: not announced (VIRTIO_NET_F_MTU off) */
+    unsigned mtu;          /* 0: not announced (VIRTIO_NET_F_MTU off) */
+    enum vhost_mode vhost; /* tap only: the kernel's data path */
     struct rate_limit_config rx_limit, tx_limit;
 };
+
+struct virtio_net;
 
 struct virtio_net {
     struct virtio_dev dev;
@@ -37,6 +43,15 @@ struct virtio_net {
     bool rx_watching;  /* rx fd in the loop */
     struct event_handler *rx_handler, *tx_handler, *timer_handler;
     int timer_fd;
+    struct vhost_net vhost;
+    bool use_vhost; /* /dev/vhost-net opened */
+    bool vhost_running;
+    struct vhost_call {
+        struct virtio_net *net;
+        unsigned queue;
+        int fd; /* vhost signals it; ember raises the interrupt */
+        struct event_handler *handler;
+    } calls[2];
     struct token_bucket rx_bytes_tb, rx_ops_tb, tx_bytes_tb, tx_ops_tb;
     /* Counters (iothread). */
     uint64_t rx_frames, rx_bytes, rx_dropped, tx_frames, tx_bytes, tx_dropped, tx_pushback;

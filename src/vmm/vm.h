@@ -55,6 +55,7 @@ struct net_config {
     uint8_t mac[6];
     bool has_mac;
     unsigned mtu; /* 0: not announced */
+    int vhost;    /* enum vhost_mode: auto (0), off, on */
     struct rate_limit_config rx_limit, tx_limit;
 };
 

@@ -1,0 +1,111 @@
+#include "backends/vhost_net.h"
+
+#include "util/error.h"
+#include "util/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/vhost.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+int vhost_net_open(struct vhost_net *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->fd = open("/dev/vhost-net", O_RDWR | O_CLOEXEC);
+    if (v->fd < 0)
+        return error_errno("/dev/vhost-net");
+    if (ioctl(v->fd, VHOST_SET_OWNER, NULL) < 0 ||
+        ioctl(v->fd, VHOST_GET_FEATURES, &v->features) < 0) {
+        error_errno("vhost-net setup");
+        vhost_net_close(v);
+        return -1;
+    }
+    return 0;
+}
+
+void vhost_net_close(struct vhost_net *v)
+{
+    if (v->running)
+        vhost_net_stop(v);
+    if (v->fd >= 0)
+        close(v->fd);
+    v->fd = -1;
+}
+
+static int set_mem_table(struct vhost_net *v, const struct guest_memory *mem)
+{
+    struct vhost_memory *table =
+        calloc(1, sizeof(*table) + mem->nregions * sizeof(table->regions[0]));
+    if (!table)
+        return error_set("out of memory");
+    table->nregions = mem->nregions;
+    for (unsigned i = 0; i < mem->nregions; i++) {
+        table->regions[i] = (struct vhost_memory_region){
+            .guest_phys_addr = mem->regions[i].gpa,
+            .memory_size = mem->regions[i].size,
+            .userspace_addr = (uintptr_t)mem->regions[i].hva,
+        };
+    }
+    int r = ioctl(v->fd, VHOST_SET_MEM_TABLE, table);
+    free(table);
+    return r < 0 ? error_errno("VHOST_SET_MEM_TABLE") : 0;
+}
+
+int vhost_net_start(struct vhost_net *v, const struct guest_memory *mem, uint64_t features,
+                    const struct vhost_ring *rings, unsigned nrings, int tap_fd)
+{
+    /* The kernel acknowledges only what it implements. */
+    uint64_t acked = features & v->features;
+    if (ioctl(v->fd, VHOST_SET_FEATURES, &acked) < 0)
+        return error_errno("VHOST_SET_FEATURES");
+    if (set_mem_table(v, mem) < 0)
+        return -1;
+    for (unsigned i = 0; i < nrings; i++) {
+        const struct vhost_ring *r = &rings[i];
+        struct vhost_vring_state num = {.index = i, .num = r->size};
+        struct vhost_vring_state base = {.index = i, .num = 0};
+        struct vhost_vring_addr addr = {
+            .index = i,
+            .desc_user_addr = (uintptr_t)r->desc,
+            .avail_user_addr = (uintptr_t)r->avail,
+            .used_user_addr = (uintptr_t)r->used,
+        };
+        struct vhost_vring_file kick = {.index = i, .fd = r->kick_fd};
+        struct vhost_vring_file call = {.index = i, .fd = r->call_fd};
+        if (ioctl(v->fd, VHOST_SET_VRING_NUM, &num) < 0 ||
+            ioctl(v->fd, VHOST_SET_VRING_BASE, &base) < 0 ||
+            ioctl(v->fd, VHOST_SET_VRING_ADDR, &addr) < 0 ||
+            ioctl(v->fd, VHOST_SET_VRING_KICK, &kick) < 0 ||
+            ioctl(v->fd, VHOST_SET_VRING_CALL, &call) < 0)
+            return error_errno("vhost-net ring %u setup", i);
+    }
+    for (unsigned i = 0; i < nrings; i++) {
+        struct vhost_vring_file backend = {.index = i, .fd = tap_fd};
+        if (ioctl(v->fd, VHOST_NET_SET_BACKEND, &backend) < 0) {
+            error_errno("VHOST_NET_SET_BACKEND");
+            v->nrings = i;
+            v->running = true;
+            vhost_net_stop(v);
+            return -1;
+        }
+    }
+    v->nrings = nrings;
+    v->running = true;
+    return 0;
+}
+
+void vhost_net_stop(struct vhost_net *v)
+{
+    for (unsigned i = 0; i < v->nrings; i++) {
+        struct vhost_vring_file backend = {.index = i, .fd = -1};
+        if (ioctl(v->fd, VHOST_NET_SET_BACKEND, &backend) < 0)
+            log_warn("vhost-net: detaching ring %u: %s", i, strerror(errno));
+        struct vhost_vring_state base = {.index = i};
+        ioctl(v->fd, VHOST_GET_VRING_BASE, &base);
+    }
+    v->running = false;
+    v->nrings = 0;
+}
