@@ -294,9 +294,8 @@ static int patch_drive(struct api *a, const char *id, const cJSON *body, char **
         d->rate_limit = u.rate_limit;
         d->has_rate_limiter = true;
         a->vm->cfg.drives[index].rate_limit = u.rate_limit;
-        log_info("drive '%s': new rate limiter stored; the running device keeps its current "
-                 "limits until limits can change at run time",
-                 id);
+        virtio_blk_change_limits(b, &u.rate_limit);
+        log_info("drive '%s': new rate limits in force", id);
     }
 done:
     free(u.path);

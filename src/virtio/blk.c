@@ -678,3 +678,28 @@ int virtio_blk_change_backing(struct virtio_blk *b, const char *path)
         return error_set("%s", cb.error);
     return 0;
 }
+
+struct change_limits {
+    struct virtio_blk *blk;
+    const struct rate_limit_config *rl;
+};
+
+static void change_limits_on_io(void *arg)
+{
+    struct change_limits *c = arg;
+    struct virtio_blk *b = c->blk;
+    const struct rate_limit_config *rl = c->rl;
+    b->opts.rate_limit = *rl;
+    token_bucket_init_fc(&b->bytes_bucket, rl->bandwidth.size, rl->bandwidth.one_time_burst,
+                         rl->bandwidth.refill_ms);
+    token_bucket_init_fc(&b->ops_bucket, rl->ops.size, rl->ops.one_time_burst, rl->ops.refill_ms);
+    /* A request held back by the old limits is looked at again. */
+    if (b->dev.active && b->throttle_fd >= 0)
+        arm_throttle(b, 0);
+}
+
+void virtio_blk_change_limits(struct virtio_blk *b, const struct rate_limit_config *rl)
+{
+    struct change_limits c = {.blk = b, .rl = rl};
+    iothread_call(&b->dev.io, change_limits_on_io, &c);
+}

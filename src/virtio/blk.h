@@ -56,4 +56,7 @@ void virtio_blk_destroy(struct virtio_blk *b);
  * configuration interrupt. The device keeps the path pointer. */
 int virtio_blk_change_backing(struct virtio_blk *b, const char *path);
 
+/* New rate limits for a running device (from any thread). */
+void virtio_blk_change_limits(struct virtio_blk *b, const struct rate_limit_config *rl);
+
 #endif

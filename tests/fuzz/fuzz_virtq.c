@@ -46,7 +46,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     n = size < MEM_SIZE - SCRATCH ? size : MEM_SIZE - SCRATCH;
     memcpy(ram + SCRATCH, data, n);
 
-    struct virtq_config cfg = {.size = qsize, .desc_gpa = DESC, .avail_gpa = AVAIL, .used_gpa = USED};
+    struct virtq_config cfg = {
+        .size = qsize, .desc_gpa = DESC, .avail_gpa = AVAIL, .used_gpa = USED};
     struct virtq q;
     if (virtq_init(&q, &mem, &cfg, event_idx, indirect) < 0)
         return 0;

@@ -321,6 +321,14 @@ START_TEST(ops_limit_paces_requests)
     double took = now_s() - start;
     ck_assert_msg(took >= 0.18, "15 requests took %.3f s", took);
     ck_assert_uint_ge(blk.throttle_events, 1);
+    /* Lifted at run time (the API's PATCH /drives): no more pacing. */
+    struct rate_limit_config none = {0};
+    virtio_blk_change_limits(&blk, &none);
+    start = now_s();
+    for (int i = 0; i < 15; i++)
+        ck_assert_int_eq(request(0, (uint64_t)i, 512, true, NULL), 0);
+    took = now_s() - start;
+    ck_assert_msg(took < 0.15, "15 unlimited requests took %.3f s", took);
 }
 END_TEST
 
