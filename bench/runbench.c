@@ -1,7 +1,7 @@
 /* Runs commands side by side, interleaved, and reports wall time from
  * process start to exit and peak resident memory (ru_maxrss) for each.
  *
- *   runbench [--runs N] [--warmup N] NAME -- CMD ARGS... ';' NAME -- CMD ... ';'
+ *   runbench [--runs N] [--warmup N] [--gap-ms N] NAME -- CMD ARGS... ';' NAME -- ...
  *
  * The first command is the reference for the printed ratios. A run that
  * exits with a status other than its expected one (--expect NAME=STATUS,
@@ -102,7 +102,7 @@ static int run_once(struct cmd *c, int slot)
 
 int main(int argc, char **argv)
 {
-    int runs = 10, warmup = 1;
+    int runs = 10, warmup = 1, gap_ms = 0;
     struct cmd cmds[MAX_CMDS];
     int ncmds = 0;
     int i = 1;
@@ -113,6 +113,8 @@ int main(int argc, char **argv)
             runs = atoi(argv[++i]);
         else if (strcmp(argv[i], "--warmup") == 0 && i + 1 < argc)
             warmup = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--gap-ms") == 0 && i + 1 < argc)
+            gap_ms = atoi(argv[++i]);
         else if (strcmp(argv[i], "--expect") == 0 && i + 1 < argc && nexpects < MAX_CMDS)
             expects[nexpects++] = argv[++i];
         else {
@@ -154,10 +156,16 @@ int main(int argc, char **argv)
             if (run_once(&cmds[c], -1) < 0)
                 return 1;
     /* Interleaved, so that drift in machine load hits every command alike. */
-    for (int r = 0; r < runs; r++)
-        for (int c = 0; c < ncmds; c++)
+    for (int r = 0; r < runs; r++) {
+        for (int c = 0; c < ncmds; c++) {
+            /* A pause lets work a command leaves behind (a VM the kernel is
+             * still destroying) finish before the next one is timed. */
+            if (gap_ms)
+                usleep((useconds_t)gap_ms * 1000);
             if (run_once(&cmds[c], r) < 0)
                 return 1;
+        }
+    }
     printf("%-12s %10s %10s %10s %10s %12s %10s %10s\n", "command", "wall ms", "min", "max",
            "cpu ms", "peak RSS KiB", "wall x", "RSS x");
     double ref_wall = median_d(cmds[0].wall_ms, runs);
@@ -171,8 +179,7 @@ int main(int argc, char **argv)
         }
         long rss = median_l(cmds[c].rss_kib, runs);
         printf("%-12s %10.1f %10.1f %10.1f %10.1f %12ld %10.2f %10.2f\n", cmds[c].name, w, mn, mx,
-               median_d(cmds[c].cpu_ms, runs), rss, w / ref_wall,
-               (double)rss / (double)ref_rss);
+               median_d(cmds[c].cpu_ms, runs), rss, w / ref_wall, (double)rss / (double)ref_rss);
     }
     printf("(medians of %d interleaved runs; x = relative to %s)\n", runs, cmds[0].name);
     return 0;

@@ -176,6 +176,7 @@ enum opt_id {
     OPT_RNG_RATE,
     OPT_BLK_SYNC,
     OPT_NET,
+    OPT_SYNC_TEARDOWN,
     OPT_HELP,
 };
 
@@ -199,6 +200,7 @@ static const struct {
     {"rng-rate", OPT_RNG_RATE, true},
     {"blk-sync", OPT_BLK_SYNC, false},
     {"net", OPT_NET, true},
+    {"sync-teardown", OPT_SYNC_TEARDOWN, false},
     {"help", OPT_HELP, false},
 };
 
@@ -445,6 +447,9 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
     case OPT_BLK_SYNC:
         vm->blk_sync = true;
         return 0;
+    case OPT_SYNC_TEARDOWN:
+        cli->sync_teardown = true;
+        return 0;
     case OPT_NET:
         if (vm->nnets == VM_MAX_NETS)
             return error_set("at most %d --net options", VM_MAX_NETS);
@@ -509,6 +514,7 @@ enum top_flag {
     TOP_METRICS_PATH,
     TOP_MAX_PAYLOAD,
     TOP_ENABLE_PCI,
+    TOP_SYNC_TEARDOWN,
     TOP_IGNORED_NUMBER,
     TOP_IGNORED_FLAG,
     TOP_UNSUPPORTED,
@@ -531,6 +537,7 @@ static const struct {
     {"metrics-path", TOP_METRICS_PATH, true},
     {"http-api-max-payload-size", TOP_MAX_PAYLOAD, true},
     {"enable-pci", TOP_ENABLE_PCI, false},
+    {"sync-teardown", TOP_SYNC_TEARDOWN, false},
     /* The jailer passes these; ember has nothing to do with them yet. */
     {"start-time-us", TOP_IGNORED_NUMBER, true},
     {"start-time-cpu-us", TOP_IGNORED_NUMBER, true},
@@ -606,6 +613,9 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
         return 0;
     case TOP_ENABLE_PCI:
         a->enable_pci = true;
+        return 0;
+    case TOP_SYNC_TEARDOWN:
+        cli->sync_teardown = true;
         return 0;
     case TOP_IGNORED_NUMBER:
         for (const char *p = value; *p; p++) {

@@ -33,6 +33,7 @@ struct cli {
     struct vm_config vm;
     enum log_level log_level;
     struct cli_api api;
+    bool sync_teardown; /* wait for the kernel to destroy the VM before exiting */
 };
 
 /* Parses argv into *out. On error, returns -1 with error_get() set. */

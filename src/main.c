@@ -4,6 +4,7 @@
 #include "util/error.h"
 #include "util/eventloop.h"
 #include "util/log.h"
+#include "util/teardown.h"
 #include "vmm/exit_status.h"
 #include "vmm/vm.h"
 
@@ -195,12 +196,23 @@ int main(int argc, char **argv)
         return EXIT_OK;
     }
     log_set_level(cli.log_level);
+    /* Before any thread exists: the helper shares ember's memory and files. */
+    if (!cli.sync_teardown && async_teardown_start() < 0)
+        log_warn("%s; the machine will be destroyed before ember exits", error_get());
     static struct process proc;
     if (process_init(&proc) < 0) {
         fprintf(stderr, "ember: %s\n", error_get());
         return EXIT_HOST_ERROR;
     }
-    if (cli.action == CLI_API)
-        return run_api(&proc, &cli);
-    return run_vm(&proc, &cli.vm);
+    int status = cli.action == CLI_API ? run_api(&proc, &cli) : run_vm(&proc, &cli.vm);
+    if (async_teardown_active()) {
+        /* The helper shares this file table: release the standard streams
+         * now, so that whoever reads ember's output sees its end at exit. */
+        fflush(stdout);
+        fflush(stderr);
+        close(STDIN_FILENO);
+        close(STDOUT_FILENO);
+        close(STDERR_FILENO);
+    }
+    return status;
 }

@@ -2,6 +2,7 @@
 
 #include "util/error.h"
 #include "util/log.h"
+#include "util/teardown.h"
 
 #include <errno.h>
 #include <linux/kvm.h>
@@ -121,7 +122,10 @@ void virtio_mmio_destroy(struct virtio_mmio *m)
     if (m->irq_fd >= 0) {
         struct kvm_irqfd irqfd = {
             .fd = (uint32_t)m->irq_fd, .gsi = m->gsi, .flags = KVM_IRQFD_FLAG_DEASSIGN};
-        ioctl(m->vm_fd, KVM_IRQFD, &irqfd);
+        /* Closing the eventfd detaches it too, without waiting: enough
+         * when the VM is about to go anyway. */
+        if (!async_teardown_active())
+            ioctl(m->vm_fd, KVM_IRQFD, &irqfd);
         close(m->irq_fd);
     }
     m->irq_fd = -1;

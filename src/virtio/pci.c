@@ -2,6 +2,7 @@
 
 #include "util/error.h"
 #include "util/log.h"
+#include "util/teardown.h"
 
 #include <errno.h>
 #include <linux/kvm.h>
@@ -598,7 +599,8 @@ void virtio_pci_destroy(struct virtio_pci *p)
         struct kvm_irqfd irqfd = {.fd = (uint32_t)p->vector_fd[v],
                                   .gsi = (uint32_t)p->vector_gsi[v],
                                   .flags = KVM_IRQFD_FLAG_DEASSIGN};
-        ioctl(p->vm_fd, KVM_IRQFD, &irqfd);
+        if (!async_teardown_active())
+            ioctl(p->vm_fd, KVM_IRQFD, &irqfd);
         close(p->vector_fd[v]);
         p->vector_fd[v] = -1;
     }

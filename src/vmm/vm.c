@@ -4,6 +4,7 @@
 #include "arch/x86/mptable.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/teardown.h"
 #include "virtio/console.h"
 #include "vmm/devices.h"
 #include "vmm/exit_status.h"
@@ -404,10 +405,16 @@ void vm_vcpu_park(struct vm *vm)
 
 void vm_destroy(struct vm *vm)
 {
+    /* Devices first: disk images, taps and sockets are released now, so a
+     * next machine can take them at once. */
     vm_destroy_virtio_devices(vm);
+    /* With the teardown helper, the VM itself (vCPUs, guest memory, the VM
+     * and KVM fds) is left to it: the kernel destroys it when the helper
+     * exits, after ember's exit has been reported. */
+    bool leave_to_helper = async_teardown_active();
     if (vm->vcpus) {
         for (unsigned i = 0; i < vm->ncpus; i++) {
-            if (vm->vcpus[i].fd >= 0)
+            if (vm->vcpus[i].fd >= 0 && !leave_to_helper)
                 vcpu_destroy(&vm->vcpus[i]);
         }
         free(vm->vcpus);
@@ -415,13 +422,15 @@ void vm_destroy(struct vm *vm)
     }
     if (vm->irqchip.routes)
         irqchip_destroy(&vm->irqchip);
-    guest_memory_free(&vm->mem);
+    if (!leave_to_helper)
+        guest_memory_free(&vm->mem);
     free(vm->supported_cpuid);
     vm->supported_cpuid = NULL;
-    if (vm->vm_fd >= 0)
+    if (vm->vm_fd >= 0 && !leave_to_helper)
         close(vm->vm_fd);
     vm->vm_fd = -1;
-    kvm_close(&vm->kvm);
+    if (!leave_to_helper)
+        kvm_close(&vm->kvm);
     bus_destroy(&vm->pio);
     bus_destroy(&vm->mmio);
 }
