@@ -48,13 +48,15 @@ static void serve(struct virtio_rng *r)
             continue;
         }
         uint64_t want = r->chain.in_len;
-        uint64_t allowed = token_bucket_take(&r->bucket, want);
-        if (allowed == 0) {
-            /* Out of tokens: keep this request and come back when some
-             * have accrued. */
-            arm_timer(r, token_bucket_wait_ns(&r->bucket, 1));
+        /* Short of tokens: keep this request and come back when it can
+         * be filled (up to a burst), not a byte per wakeup. Asking before
+         * taking means a wait of 0 is never mistaken for a timer. */
+        uint64_t wait_ns = token_bucket_wait_ns(&r->bucket, want);
+        if (wait_ns) {
+            arm_timer(r, wait_ns);
             break;
         }
+        uint64_t allowed = token_bucket_take(&r->bucket, want);
         uint64_t written = 0;
         for (unsigned i = 0; i < r->chain.nin && written < allowed; i++) {
             struct virtq_buf *b = &r->chain.bufs[r->chain.nout + i];
