@@ -164,7 +164,9 @@ struct platform {
     uint8_t ioapic_id;
     bool has_ioapic;
     struct isa_irq_route isa_irq[16];
-    bool isa_irq_listed[16]; /* the table said where this ISA IRQ goes */
+    bool isa_irq_listed[16];           /* the table said where this ISA IRQ goes */
+    struct isa_irq_route pci_inta[32]; /* INTA# of PCI bus 0 slot n (MP table only) */
+    bool pci_inta_listed[32];
     bool mp_found, acpi_found;
     uint64_t mp_addr, rsdp_addr;
 };

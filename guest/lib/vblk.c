@@ -39,6 +39,7 @@ int vblk_sync(struct virtq *q, uint32_t type, uint64_t sector, void *data, uint3
               uint32_t seg)
 {
     static struct vblk_req req;
+    req.seg_flags = 0;
     if (vblk_submit(q, &req, type, sector, data, len, seg) < 0)
         return -1;
     virtq_kick(q);

@@ -51,7 +51,8 @@ struct vblk_req {
 /*
  * Queues one request: data of len bytes at `data` (device-written for IN and GET_ID), split
  * into buffers of at most `seg` bytes (0: one buffer). Discard and write-zeroes take their
- * range from sector and len. Returns the head or -1 when the queue is full.
+ * range from sector and len, and their flags from r->seg_flags as the caller left them.
+ * Returns the head or -1 when the queue is full.
  */
 int vblk_submit(struct virtq *q, struct vblk_req *r, uint32_t type, uint64_t sector, void *data,
                 uint32_t len, uint32_t seg);

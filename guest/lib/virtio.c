@@ -59,10 +59,11 @@ unsigned virtio_device_count;
 #define PCI_QUEUE_DEVICE          0x30
 
 /* Capability types (4.1.4). */
-#define PCI_CAP_COMMON 1
-#define PCI_CAP_NOTIFY 2
-#define PCI_CAP_ISR    3
-#define PCI_CAP_DEVICE 4
+#define PCI_CAP_COMMON  1
+#define PCI_CAP_NOTIFY  2
+#define PCI_CAP_ISR     3
+#define PCI_CAP_DEVICE  4
+#define PCI_CAP_PCI_CFG 5
 
 /* ---- PCI configuration space (type 1 access, bus 0) ---------------------------------------- */
 
@@ -72,6 +73,7 @@ unsigned virtio_device_count;
 #define PCI_STATUS         0x06
 #define PCI_BAR0           0x10
 #define PCI_SUBSYSTEM_ID   0x2e
+#define PCI_INTERRUPT_LINE 0x3c
 #define PCI_CAP_PTR        0x34
 #define PCI_CMD_MEMORY     0x0002
 #define PCI_CMD_MASTER     0x0004
@@ -311,6 +313,8 @@ static void add_pci(uint8_t slot, uint16_t device)
             uint8_t cfg_type = pci_read8(slot, ptr + 3), bar = pci_read8(slot, ptr + 4);
             uint32_t offset = pci_read32(slot, ptr + 8), length = pci_read32(slot, ptr + 12);
             /* The first capability of each type that we can use wins (4.1.4.1). */
+            if (cfg_type == PCI_CAP_PCI_CFG && !d->cfg_cap)
+                d->cfg_cap = ptr;
             if (cfg_type >= 1 && cfg_type <= 4 && bar < 6 && !*found[cfg_type]) {
                 if (!bar_known[bar]) {
                     bar_addr[bar] = pci_bar(slot, bar, &bar_size[bar]);
@@ -318,24 +322,31 @@ static void add_pci(uint8_t slot, uint16_t device)
                 }
                 if (bar_addr[bar] && (uint64_t)offset + length <= bar_size[bar]) {
                     *found[cfg_type] = bar_addr[bar] + offset;
+                    d->struct_bar[cfg_type] = bar;
                     if (cfg_type == PCI_CAP_NOTIFY)
                         d->notify_mult = pci_read32(slot, ptr + 16);
                 }
             }
         } else if (id == PCI_CAP_ID_MSIX) {
             uint16_t control = pci_read16(slot, ptr + 2);
-            uint32_t table = pci_read32(slot, ptr + 4);
-            unsigned bar = table & 7;
-            if (!bar_known[bar]) {
-                bar_addr[bar] = pci_bar(slot, bar, &bar_size[bar]);
-                bar_known[bar] = true;
+            uint32_t table = pci_read32(slot, ptr + 4), pba = pci_read32(slot, ptr + 8);
+            for (unsigned i = 0; i < 2; i++) {
+                unsigned bar = (i ? pba : table) & 7;
+                if (!bar_known[bar]) {
+                    bar_addr[bar] = pci_bar(slot, bar, &bar_size[bar]);
+                    bar_known[bar] = true;
+                }
+                d->msix_bar[i] = (uint8_t)bar;
             }
             d->msix_cap = ptr;
             d->msix_entries = (uint16_t)((control & 0x7ff) + 1);
-            d->msix_table = bar_addr[bar] ? bar_addr[bar] + (table & ~7u) : 0;
+            uint64_t tbar = bar_addr[table & 7], pbar = bar_addr[pba & 7];
+            d->msix_table = tbar ? tbar + (table & ~7u) : 0;
+            d->msix_pba = pbar ? pbar + (pba & ~7u) : 0;
         }
         ptr = next;
     }
+    memcpy(d->bar_addr, bar_addr, sizeof(bar_addr));
     pci_write16(slot, PCI_COMMAND, pci_read16(slot, PCI_COMMAND) | PCI_CMD_MEMORY | PCI_CMD_MASTER);
     diag("virtio: %s (1af4:%04x): %s (type %u), common 0x%lx, notify 0x%lx x%u, %u MSI-X "
          "vectors",
@@ -646,6 +657,125 @@ bool virtio_begin(struct virtio_device *d, uint64_t wanted, bool interrupts)
 void virtio_driver_ok(struct virtio_device *d)
 {
     virtio_set_status(d, virtio_get_status(d) | VIRTIO_STATUS_DRIVER_OK);
+}
+
+/* ---- virtio-pci specifics ------------------------------------------------------------------ */
+
+bool virtio_pci_move_bar(struct virtio_device *d, unsigned bar, uint64_t addr)
+{
+    if (d->transport != VIRTIO_PCI || bar >= 6 || !d->bar_addr[bar] || addr >= 4 * GIB)
+        return false;
+    uint32_t reg = PCI_BAR0 + 4 * bar;
+    uint16_t command = pci_read16(d->slot, PCI_COMMAND);
+    pci_write16(d->slot, PCI_COMMAND, command & ~PCI_CMD_MEMORY);
+    uint32_t lo = pci_read32(d->slot, reg);
+    pci_write32(d->slot, reg, (uint32_t)addr | (lo & 0xf));
+    if ((lo & 6) == 4)
+        pci_write32(d->slot, reg + 4, 0);
+    pci_write16(d->slot, PCI_COMMAND, command);
+    uint64_t old = d->bar_addr[bar];
+    uint64_t placed = pci_read32(d->slot, reg) & ~0xfull;
+    if (placed != addr) {
+        diag("virtio: %s BAR %u reads 0x%lx after moving it to 0x%lx", d->name, bar, placed, addr);
+        return false;
+    }
+    d->bar_addr[bar] = addr;
+    uint64_t *structs[5] = {NULL, &d->common, &d->notify_base, &d->isr, &d->device_cfg};
+    for (unsigned t = 1; t < 5; t++) {
+        if (*structs[t] && d->struct_bar[t] == bar)
+            *structs[t] = *structs[t] - old + addr;
+    }
+    if (d->msix_table && d->msix_bar[0] == bar)
+        d->msix_table = d->msix_table - old + addr;
+    if (d->msix_pba && d->msix_bar[1] == bar)
+        d->msix_pba = d->msix_pba - old + addr;
+    for (unsigned q = 0; q < VIRTIO_MAX_QUEUES; q++) {
+        struct virtq *vq = &d->queues[q];
+        if (vq->size && d->struct_bar[PCI_CAP_NOTIFY] == bar)
+            vq->notify_addr = vq->notify_addr - old + addr;
+    }
+    return true;
+}
+
+uint32_t virtio_pci_cfg_window_read(struct virtio_device *d, unsigned bar, uint32_t offset,
+                                    unsigned len)
+{
+    if (!d->cfg_cap)
+        return 0xffffffffu;
+    /* struct virtio_pci_cfg_cap: cap.bar at +4, cap.offset at +8, cap.length at +12, the data
+     * at +16. */
+    pci_select(d->slot, d->cfg_cap + 4u);
+    outb((uint16_t)(PCI_DATA_PORT + ((d->cfg_cap + 4u) & 3)), (uint8_t)bar);
+    pci_write32(d->slot, d->cfg_cap + 8u, offset);
+    pci_write32(d->slot, d->cfg_cap + 12u, len);
+    uint32_t v = pci_read32(d->slot, d->cfg_cap + 16u);
+    return len == 4 ? v : v & ((1u << (8 * len)) - 1);
+}
+
+void virtio_msix_mask(struct virtio_device *d, unsigned entry, bool masked)
+{
+    mmio_write32(d->msix_table + 16 * entry + 12, masked ? 1 : 0);
+}
+
+bool virtio_msix_pending(struct virtio_device *d, unsigned entry)
+{
+    return (mmio_read32(d->msix_pba + 4 * (entry / 32)) >> (entry % 32)) & 1;
+}
+
+void virtio_msix_function_mask(struct virtio_device *d, bool masked)
+{
+    uint16_t control = pci_read16(d->slot, d->msix_cap + 2u);
+    control = masked ? control | MSIX_FUNCTION_MASK : control & ~MSIX_FUNCTION_MASK;
+    pci_write16(d->slot, d->msix_cap + 2u, control);
+}
+
+static struct virtio_device *intx_device;
+
+static void intx_interrupt(struct interrupt_frame *frame)
+{
+    (void)frame;
+    struct virtio_device *d = intx_device;
+    /* Reading the ISR acknowledges it and lowers the line. */
+    uint8_t isr = d ? mmio_read8(d->isr) : 0;
+    if (d && isr) {
+        d->intx_irqs++;
+        d->last_isr = isr;
+        if (isr & 1) {
+            for (unsigned q = 0; q < VIRTIO_MAX_QUEUES; q++)
+                d->queues[q].irq_count++;
+        }
+        if (isr & 2)
+            d->config_irqs++;
+    }
+    lapic_eoi();
+}
+
+uint8_t virtio_pci_interrupt_line(struct virtio_device *d)
+{
+    return pci_read8(d->slot, PCI_INTERRUPT_LINE);
+}
+
+bool virtio_pci_use_intx(struct virtio_device *d, bool intx, unsigned pin)
+{
+    if (d->transport != VIRTIO_PCI || !d->msix_cap)
+        return false;
+    uint16_t control = pci_read16(d->slot, d->msix_cap + 2u);
+    if (!intx) {
+        ioapic_mask(pin);
+        pci_write16(d->slot, d->msix_cap + 2u, control | MSIX_ENABLE);
+        intx_device = NULL;
+        return true;
+    }
+    if (pin >= ioapic_pin_count())
+        return false;
+    lapic_enable();
+    intx_device = d;
+    interrupt_set_handler(VIRTIO_VECTOR_INTX, intx_interrupt);
+    pci_write16(d->slot, d->msix_cap + 2u, control & ~MSIX_ENABLE);
+    uint16_t command = pci_read16(d->slot, PCI_COMMAND);
+    pci_write16(d->slot, PCI_COMMAND, command & ~0x400); /* INTx enabled */
+    ioapic_route(pin, VIRTIO_VECTOR_INTX, lapic_id(), true, true);
+    return true;
 }
 
 /* ---- queue setup --------------------------------------------------------------------------- */

@@ -68,6 +68,7 @@ struct virtq_used {
 #define VIRTIO_MAX_QUEUES   4
 #define VIRTIO_NO_VECTOR    0xffff
 #define VIRTIO_VECTOR_FIRST 0x50 /* IDT vectors: 8 per device, config/line first */
+#define VIRTIO_VECTOR_INTX  0x4f /* virtio-pci INTx, one device at a time */
 
 enum virtio_transport { VIRTIO_MMIO, VIRTIO_PCI };
 
@@ -120,9 +121,14 @@ struct virtio_device {
     uint16_t pci_device_id;
     uint64_t common, isr, device_cfg, notify_base;
     uint32_t notify_mult;
-    uint64_t msix_table;
+    uint64_t msix_table, msix_pba;
     uint16_t msix_entries;
     uint8_t msix_cap;
+    uint8_t cfg_cap;       /* VIRTIO_PCI_CAP_PCI_CFG, 0 if none */
+    uint8_t struct_bar[5]; /* BAR of each structure type (1 common ... 4 device) */
+    uint8_t msix_bar[2];   /* BARs of the MSI-X table and PBA */
+    uint64_t bar_addr[6];  /* as placed */
+    volatile uint64_t intx_irqs;
     /* negotiated state */
     uint64_t device_features, features;
     bool irq_ready; /* IOAPIC route or MSI-X vectors in place */
@@ -171,6 +177,22 @@ uint8_t virtio_config_read8(struct virtio_device *d, uint32_t offset);
 uint16_t virtio_config_read16(struct virtio_device *d, uint32_t offset);
 uint32_t virtio_config_read32(struct virtio_device *d, uint32_t offset);
 uint64_t virtio_config_read64(struct virtio_device *d, uint32_t offset);
+
+/* ---- virtio-pci specifics (CPL0) ----------------------------------------------------------- */
+
+/* Moves a BAR (decode off, new address, decode on); every structure in it follows. */
+bool virtio_pci_move_bar(struct virtio_device *d, unsigned bar, uint64_t addr);
+/* A BAR read through the VIRTIO_PCI_CAP_PCI_CFG window in configuration space. */
+uint32_t virtio_pci_cfg_window_read(struct virtio_device *d, unsigned bar, uint32_t offset,
+                                    unsigned len);
+/* MSI-X: (un)masks table entry i; whether its PBA bit is set; the function mask. */
+void virtio_msix_mask(struct virtio_device *d, unsigned entry, bool masked);
+bool virtio_msix_pending(struct virtio_device *d, unsigned entry);
+void virtio_msix_function_mask(struct virtio_device *d, bool masked);
+/* Turns MSI-X off and takes INTx on IOAPIC pin `pin` (level, active low): queue interrupts
+ * count in each queue's irq_count and d->intx_irqs; or turns MSI-X back on. */
+bool virtio_pci_use_intx(struct virtio_device *d, bool intx, unsigned pin);
+uint8_t virtio_pci_interrupt_line(struct virtio_device *d);
 
 /* ---- queues (CPL0 or CPL3) ----------------------------------------------------------------- */
 
