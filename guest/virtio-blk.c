@@ -323,6 +323,32 @@ static enum test_result beyond_capacity(void)
                : TEST_FAIL;
 }
 
+static enum test_result odd_requests(void)
+{
+    if (!capacity)
+        return skip("capacity unknown");
+    struct virtq *q = &disk->queues[0];
+    int unknown = vblk_sync(q, 0x99, 0, readback, SECTOR_SIZE, 0);
+    int partial = vblk_sync(q, VIRTIO_BLK_T_IN, 0, readback, 100, 0);
+    /* Discard takes no flags: UNMAP is write-zeroes' only. */
+    static struct vblk_req req;
+    req = (struct vblk_req){.type = VIRTIO_BLK_T_DISCARD,
+                            .seg_sector = DISCARD_SECTOR,
+                            .seg_sectors = 8,
+                            .seg_flags = VIRTIO_BLK_WRITE_ZEROES_UNMAP,
+                            .status = 0xff};
+    struct vbuf b[3] = {{(uint64_t)&req, 16, false},
+                        {(uint64_t)&req.seg_sector, 16, false},
+                        {(uint64_t)&req.status, 1, true}};
+    int64_t len = virtq_transfer(q, b, 3, WAIT_US);
+    diag("status: unknown type %d, 100-byte read %d, discard with the unmap flag %d (len %ld)",
+         unknown, partial, req.status, len);
+    return unknown == VIRTIO_BLK_S_UNSUPP && partial == VIRTIO_BLK_S_IOERR &&
+                   req.status == VIRTIO_BLK_S_UNSUPP
+               ? TEST_PASS
+               : TEST_FAIL;
+}
+
 static enum test_result write_zeroes(void)
 {
     if (!pattern_written)
@@ -332,15 +358,23 @@ static enum test_result write_zeroes(void)
     struct virtq *q = &disk->queues[0];
     diag("max_write_zeroes_sectors %u",
          virtio_config_read32(disk, VIRTIO_BLK_CFG_MAX_WRITE_ZEROES));
-    int status = vblk_sync(q, VIRTIO_BLK_T_WRITE_ZEROES, ZERO_SECTOR, NULL, RANGE_BYTES, 0);
+    /* The first half plainly, the second half with UNMAP (the device may deallocate it). */
+    int status = vblk_sync(q, VIRTIO_BLK_T_WRITE_ZEROES, ZERO_SECTOR, NULL, RANGE_BYTES / 2, 0);
+    static struct vblk_req req;
+    req.seg_flags = VIRTIO_BLK_WRITE_ZEROES_UNMAP;
+    vblk_submit(q, &req, VIRTIO_BLK_T_WRITE_ZEROES, ZERO_SECTOR + RANGE_BYTES / 2 / SECTOR_SIZE,
+                NULL, RANGE_BYTES / 2, 0);
+    virtq_kick(q);
+    bool unmap_done = virtq_wait(q, WAIT_US) && virtq_get(q, NULL) == &req;
+    int unmap_status = unmap_done ? req.status : -1;
     uint8_t *got = readback + ZERO_SECTOR * SECTOR_SIZE;
     uint8_t *want = expected + ZERO_SECTOR * SECTOR_SIZE;
     struct range_args r = {.a = want, .len = RANGE_BYTES};
     run_user(user_zero, (uint64_t)&r);
     int read = vblk_sync(q, VIRTIO_BLK_T_IN, ZERO_SECTOR, got, RANGE_BYTES, SEG);
-    diag("write-zeroes status %d, read status %d", status, read);
-    return status == VIRTIO_BLK_S_OK && read == VIRTIO_BLK_S_OK &&
-                   same(got, want, RANGE_BYTES, "zeroed range")
+    diag("write-zeroes status %d, with UNMAP %d, read status %d", status, unmap_status, read);
+    return status == VIRTIO_BLK_S_OK && unmap_status == VIRTIO_BLK_S_OK &&
+                   read == VIRTIO_BLK_S_OK && same(got, want, RANGE_BYTES, "zeroed range")
                ? TEST_PASS
                : TEST_FAIL;
 }
@@ -404,6 +438,175 @@ static enum test_result multiqueue(void)
              disk->queues[q].irq_count - irqs_before[q]);
     }
     return ok && same(readback, expected, 8 * CHUNK, "multiqueue reads") ? TEST_PASS : TEST_FAIL;
+}
+
+/* Unusual but legal layouts: a header split in two, data and status in one buffer, a write of
+ * one sector at an odd sector. */
+static enum test_result layouts(void)
+{
+    if (!pattern_written)
+        return skip("pattern not written");
+    if (!bring_up(disk, WANTED_ALL, true, true, 1))
+        return TEST_FAIL;
+    struct virtq *q = &disk->queues[0];
+    static struct vblk_req req;
+    uint64_t sector = MATRIX_SECTOR + 1024 + 1; /* odd */
+    uint8_t *src = expected + sector * SECTOR_SIZE;
+    /* Write: 8 + 8 bytes of header, data, status. */
+    req = (struct vblk_req){.type = VIRTIO_BLK_T_OUT, .sector = sector, .status = 0xff};
+    struct vbuf w[4] = {{(uint64_t)&req, 8, false},
+                        {(uint64_t)&req + 8, 8, false},
+                        {(uint64_t)src, SECTOR_SIZE, false},
+                        {(uint64_t)&req.status, 1, true}};
+    int64_t wlen = virtq_transfer(q, w, 4, WAIT_US);
+    uint8_t wstatus = req.status;
+    /* Read: header, then one buffer for data and status together. */
+    static uint8_t in[SECTOR_SIZE + 1];
+    memset(in, 0xee, sizeof(in));
+    req = (struct vblk_req){.type = VIRTIO_BLK_T_IN, .sector = sector};
+    struct vbuf r[2] = {{(uint64_t)&req, 16, false}, {(uint64_t)in, sizeof(in), true}};
+    int64_t rlen = virtq_transfer(q, r, 2, WAIT_US);
+    diag("write: used length %ld, status %u; read: used length %ld, status %u", wlen, wstatus, rlen,
+         in[SECTOR_SIZE]);
+    return wstatus == VIRTIO_BLK_S_OK && in[SECTOR_SIZE] == VIRTIO_BLK_S_OK &&
+                   rlen == SECTOR_SIZE + 1 && same(in, src, SECTOR_SIZE, "odd sector")
+               ? TEST_PASS
+               : TEST_FAIL;
+}
+
+/* One read on queue 0 (4 KiB at sector 0), completion found by polling. */
+static bool poll_one_read(struct virtq *q)
+{
+    static struct vblk_req req;
+    if (vblk_submit(q, &req, VIRTIO_BLK_T_IN, 0, readback, 4096, 0) < 0)
+        return false;
+    virtq_kick(q);
+    uint64_t start = time_us();
+    while (!virtq_has_used(q)) {
+        if (time_us() - start > WAIT_US)
+            return false;
+        cpu_relax();
+    }
+    return virtq_get(q, NULL) == &req && req.status == VIRTIO_BLK_S_OK;
+}
+
+static enum test_result msix_masking(void)
+{
+    if (!pattern_written)
+        return skip("pattern not written");
+    if (disk->transport != VIRTIO_PCI)
+        return skip("MSI-X is virtio-pci's");
+    if (!bring_up(disk, WANTED_ALL, true, true, 1))
+        return TEST_FAIL;
+    struct virtq *q = &disk->queues[0];
+    bool ok = true;
+    for (int function = 0; function < 2; function++) {
+        virtio_irq_window(20000);
+        uint64_t before = q->irq_count;
+        if (function)
+            virtio_msix_function_mask(disk, true);
+        else
+            virtio_msix_mask(disk, q->vector, true);
+        bool done = poll_one_read(q);
+        virtio_irq_window(20000);
+        bool quiet = q->irq_count == before;
+        bool pending = virtio_msix_pending(disk, q->vector);
+        if (function)
+            virtio_msix_function_mask(disk, false);
+        else
+            virtio_msix_mask(disk, q->vector, false);
+        bool delivered = virtq_wait_irq(q, before, WAIT_US);
+        bool cleared = !virtio_msix_pending(disk, q->vector);
+        diag("%s mask: request %s, %s while masked, PBA bit %s; on unmask the interrupt %s, PBA "
+             "bit %s",
+             function ? "function" : "vector", done ? "done" : "lost",
+             quiet ? "no interrupt" : "an interrupt", pending ? "set" : "clear",
+             delivered ? "arrived" : "did not arrive", cleared ? "cleared" : "still set");
+        ok = ok && done && quiet && pending && delivered && cleared;
+    }
+    return ok ? TEST_PASS : TEST_FAIL;
+}
+
+static enum test_result cfg_window(void)
+{
+    if (!pattern_written)
+        return skip("pattern not written");
+    if (disk->transport != VIRTIO_PCI)
+        return skip("the configuration window is virtio-pci's");
+    if (!disk->cfg_cap)
+        return TEST_FAIL;
+    unsigned bar = disk->struct_bar[1];
+    uint32_t base = (uint32_t)(disk->common - disk->bar_addr[bar]);
+    uint32_t status = virtio_pci_cfg_window_read(disk, bar, base + 0x14, 1);
+    uint32_t queues = virtio_pci_cfg_window_read(disk, bar, base + 0x12, 2);
+    uint32_t features = virtio_pci_cfg_window_read(disk, bar, base + 0x04, 4);
+    uint8_t direct_status = virtio_get_status(disk);
+    uint16_t direct_queues = *(volatile uint16_t *)(disk->common + 0x12);
+    diag("through the window: status 0x%x, num_queues %u, features 0x%x; in the BAR: status "
+         "0x%x, num_queues %u",
+         status, queues, features, direct_status, direct_queues);
+    return status == direct_status && queues == direct_queues && features ? TEST_PASS : TEST_FAIL;
+}
+
+static enum test_result move_bar(void)
+{
+    if (!pattern_written)
+        return skip("pattern not written");
+    if (disk->transport != VIRTIO_PCI)
+        return skip("BARs are virtio-pci's");
+    unsigned bar = disk->struct_bar[2]; /* the one with the notify structure */
+    uint64_t old = disk->bar_addr[bar];
+    uint64_t to = 0xc8000000ull + ((uint64_t)disk->index << 20);
+    if (!bring_up(disk, WANTED_ALL, true, true, 1) || !virtio_pci_move_bar(disk, bar, to))
+        return TEST_FAIL;
+    /* Requests kick through the moved notify address. */
+    struct virtq *q = &disk->queues[0];
+    bool ok = stream(q, VIRTIO_BLK_T_IN, 0, readback, 16 * CHUNK, CHUNK, SEG, 4) &&
+              same(readback, expected, 16 * CHUNK, "reads after the move");
+    diag("BAR %u moved from 0x%lx to 0x%lx: %lu kicks", bar, old, to, q->kicks);
+    /* A fresh set-up at the new place, then back. */
+    ok = ok && bring_up(disk, WANTED_ALL, true, true, 1) &&
+         vblk_sync(q, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0) == VIRTIO_BLK_S_OK;
+    ok = virtio_pci_move_bar(disk, bar, old) && ok;
+    return ok ? TEST_PASS : TEST_FAIL;
+}
+
+static enum test_result intx(void)
+{
+    if (!pattern_written)
+        return skip("pattern not written");
+    if (disk->transport != VIRTIO_PCI)
+        return skip("INTx is virtio-pci's");
+    platform_discover();
+    unsigned pin = virtio_pci_interrupt_line(disk);
+    bool listed = platform.pci_inta_listed[disk->slot];
+    if (listed)
+        pin = platform.pci_inta[disk->slot].gsi;
+    /* Without a table entry (QEMU's qboot writes none), listen on all the PCI pins 16-23: the
+     * interrupt line register names the 8259 input, not an IOAPIC pin. */
+    unsigned first = listed ? pin : 16, last = listed ? pin : 23;
+    diag("INTA# of slot %u: IOAPIC pin %u-%u (%s; interrupt line %u)", disk->slot, first, last,
+         listed ? "MP table" : "no MP table entry", virtio_pci_interrupt_line(disk));
+    virtio_irq_window(20000); /* MSI-X interrupts of earlier tests land first */
+    disk->intx_irqs = 0;
+    if (!virtio_begin(disk, WANTED_ALL, false))
+        return TEST_FAIL;
+    for (pin = first; pin <= last; pin++) {
+        if (!virtio_pci_use_intx(disk, true, pin))
+            return TEST_FAIL;
+    }
+    if (!virtio_queue_setup(disk, 0, 0, true))
+        return TEST_FAIL;
+    virtio_driver_ok(disk);
+    struct virtq *q = &disk->queues[0];
+    bool ok = stream(q, VIRTIO_BLK_T_IN, 0, readback, 8 * CHUNK, CHUNK, SEG, 4);
+    for (uint64_t start = time_us(); !disk->intx_irqs && time_us() - start < WAIT_US;)
+        virtio_irq_window(1000);
+    diag("%lu INTx interrupts, ISR 0x%x at the last", disk->intx_irqs, disk->last_isr);
+    virtio_reset(disk);
+    for (pin = first; pin <= last; pin++)
+        virtio_pci_use_intx(disk, false, pin);
+    return ok && disk->intx_irqs ? TEST_PASS : TEST_FAIL;
 }
 
 /* Writes and reads a scratch range with one feature set and mode. */
@@ -537,9 +740,15 @@ static const struct guest_test tests[] = {
     {"pattern reads back intact", read_pattern},
     {"flush completes", flush},
     {"requests beyond the capacity fail with IOERR", beyond_capacity},
+    {"unknown type UNSUPP, partial sector IOERR, discard flags UNSUPP", odd_requests},
     {"write-zeroes: the range reads back as zeroes", write_zeroes},
     {"discard completes", discard},
     {"multiqueue: requests complete on both queues, each with its interrupt", multiqueue},
+    {"split header, data and status in one buffer, an odd sector", layouts},
+    {"MSI-X: masked interrupts wait in the PBA, arrive on unmask", msix_masking},
+    {"common configuration readable through the PCI configuration window", cfg_window},
+    {"BAR moved by the driver: registers and notifications follow", move_bar},
+    {"INTx when MSI-X is off", intx},
     {"indirect + event idx, interrupts", matrix_on_on_irq},
     {"indirect + event idx, polling (interrupts suppressed)", matrix_on_on_poll},
     {"indirect only, interrupts", matrix_on_off_irq},

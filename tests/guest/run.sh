@@ -421,7 +421,7 @@ case_bad_insn() {
 . "$ROOT/tests/guest/virtio.sh"
 
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
-    virtio-rng)
+    virtio-rng virtio-hostile)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -464,6 +464,7 @@ for c in "${cases[@]}"; do
     virtio-blk) case_virtio_blk ;;
     virtio-console) case_virtio_console ;;
     virtio-rng) case_virtio_rng ;;
+    virtio-hostile) case_virtio_hostile ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1
