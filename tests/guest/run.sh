@@ -421,7 +421,7 @@ case_bad_insn() {
 . "$ROOT/tests/guest/virtio.sh"
 
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
-    virtio-rng virtio-hostile)
+    virtio-rng virtio-hostile blk-perf)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -465,6 +465,7 @@ for c in "${cases[@]}"; do
     virtio-console) case_virtio_console ;;
     virtio-rng) case_virtio_rng ;;
     virtio-hostile) case_virtio_hostile ;;
+    blk-perf) case_blk_perf ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1

@@ -271,3 +271,23 @@ case_virtio_hostile() {
     head -c $((1024 * 1024)) /dev/urandom >"$VT_DIR/hostile.img"
     virtio_runs virtio-hostile hostile_run
 }
+
+# ---- blk-perf (a smoke run of bench/blk.sh's guest) ----------------------------------------
+
+perf_run() {
+    local vmm=$1 t=$2 disk=$VT_DIR/perf.img cmdline="console=ttyS0 perf_ms=50 perf_settle_ms=0"
+    [ -s "$disk" ] || truncate -s 32M "$disk"
+    if [ "$vmm" = qemu ]; then
+        run_vqemu blk-perf "$t" "" "$cmdline" \
+            -drive "file=$disk,if=none,id=d0,format=raw,cache=writeback,aio=io_uring" \
+            -device "$(qemu_dev "$t" blk),drive=d0"
+    else
+        run_vember blk-perf "$t" "" "$cmdline" --drive "path=$disk"
+    fi
+    expect_pass "$vmm: blk-perf ($t): every workload runs (50 ms each)"
+}
+
+case_blk_perf() {
+    virtio_tmp
+    virtio_runs blk-perf perf_run
+}
