@@ -654,6 +654,19 @@ bool virtio_begin(struct virtio_device *d, uint64_t wanted, bool interrupts)
     return true;
 }
 
+bool virtio_try_features(struct virtio_device *d, uint64_t features)
+{
+    if (!virtio_reset(d))
+        return false;
+    virtio_set_status(d, VIRTIO_STATUS_ACKNOWLEDGE);
+    virtio_set_status(d, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
+    d->device_features = device_features(d);
+    driver_features(d, features);
+    virtio_set_status(d,
+                      VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK);
+    return virtio_get_status(d) & VIRTIO_STATUS_FEATURES_OK;
+}
+
 void virtio_driver_ok(struct virtio_device *d)
 {
     virtio_set_status(d, virtio_get_status(d) | VIRTIO_STATUS_DRIVER_OK);

@@ -159,6 +159,9 @@ bool virtio_reset(struct virtio_device *d);
  * too (config interrupts count in d->config_irqs). Returns false, with a diagnostic, on failure.
  */
 bool virtio_begin(struct virtio_device *d, uint64_t wanted, bool interrupts);
+/* Reset, ACKNOWLEDGE, DRIVER, then exactly `features` (whatever the device offered) and
+ * FEATURES_OK: whether the device kept FEATURES_OK. For testing refusals. */
+bool virtio_try_features(struct virtio_device *d, uint64_t features);
 /* Sets up queue q with `size` entries (0: the device's maximum, at most VIRTQ_MAX_SIZE), in
  * memory the library owns; interrupts for it only if asked. */
 bool virtio_queue_setup(struct virtio_device *d, unsigned q, uint16_t size, bool interrupts);
