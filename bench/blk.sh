@@ -32,6 +32,7 @@ QBOOT=${QBOOT:-/usr/share/qemu/qboot.rom}
 IMAGE=${IMAGE:-/dev/shm/ember-blk-bench.img}
 GUEST=$ROOT/build/guest/blk-perf.elf
 RUN_MS=2000
+SETTLE_MS=500 # quiet time around each workload: the counters are read in its middle
 RUNS=1
 OUT_DIR=$ROOT/build/bench-blk
 COUNTERS=(exits mmio_exits io_exits irq_exits halt_exits irq_injections)
@@ -76,7 +77,7 @@ QEMU_BASE=(-nodefaults -no-user-config -display none -enable-kvm -cpu host,-arch
 QEMU_DRIVE=(-drive "file=$IMAGE,if=none,id=d0,format=raw,cache=writeback,aio=io_uring")
 
 start_vmm() { # start_vmm VMM OUT -> VMM_PID
-    local cmdline="console=ttyS0 perf_ms=$RUN_MS"
+    local cmdline="console=ttyS0 perf_ms=$RUN_MS perf_settle_ms=$SETTLE_MS"
     if [ "$have_counters" = 1 ]; then export LD_PRELOAD=$PRELOAD; fi
     case $1 in
     ember-pci | ember-mmio)
@@ -105,9 +106,9 @@ start_vmm() { # start_vmm VMM OUT -> VMM_PID
     unset LD_PRELOAD
 }
 
-read_counters() { # read_counters PID -> "exits mmio_exits ..." (one number each)
+read_counters() { # read_counters PID -> "exits mmio_exits ..." (one number each), or nothing
     local c stats values=()
-    stats=$("$KVMSTAT" "$1" 2>/dev/null || true)
+    stats=$("$KVMSTAT" "$1" 2>/dev/null) || return 0
     for c in "${COUNTERS[@]}"; do
         values+=("$(echo "$stats" | awk -v c="$c" '$1 == c {print $2}' | grep . || echo 0)")
     done
@@ -156,11 +157,16 @@ run_vmm() {
         local raw deltas="" b a i
         raw=$(grep "^$name " "$res.raw" 2>/dev/null | tail -n1 || true)
         if [ -n "$raw" ] && [ "$have_counters" = 1 ]; then
-            read -ra b <<<"$(echo "$raw" | sed -E 's/^[^ ]+ (.*) \|.*/\1/')"
+            read -ra b <<<"$(echo "$raw" | sed -E 's/^[^ |]+ ?(.*)\|.*/\1/')"
             read -ra a <<<"$(echo "$raw" | sed -E 's/.*\| ?//')"
-            for i in "${!COUNTERS[@]}"; do
-                deltas="$deltas $((${a[$i]:-0} - ${b[$i]:-0}))"
-            done
+            # A snapshot that missed its quiet period (the VMM already gone) counts for nothing.
+            if [ ${#b[@]} = ${#COUNTERS[@]} ] && [ ${#a[@]} = ${#COUNTERS[@]} ]; then
+                for i in "${!COUNTERS[@]}"; do
+                    deltas="$deltas $((a[i] - b[i]))"
+                done
+            else
+                echo "# $vmm: $name: counters not read in time" >&2
+            fi
         fi
         echo "$name $ios $iops $mbps$deltas" >>"$res"
     done < <(tr -d '\r' <"$out" | sed -nE \
@@ -226,6 +232,10 @@ if [ "$have_counters" = 1 ]; then
             [ -n "$line" ] || continue
             read -ra f <<<"$line"
             printf '  %-20s %-11s' "$w" "$vmm"
+            if [ ${#f[@]} -lt $((4 + ${#COUNTERS[@]})) ]; then
+                echo " n/a"
+                continue
+            fi
             for i in "${!COUNTERS[@]}"; do
                 printf ' %s=%s' "${COUNTERS[$i]}" \
                     "$(awk "BEGIN {printf \"%.3f\", ${f[$((4 + i))]:-0} / ${f[1]}}")"
