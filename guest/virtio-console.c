@@ -1,7 +1,8 @@
 /*
  * virtio-console (port 0 only, no MULTIPORT): the guest writes a greeting, waits for one line
  * of host input on the receive queue, and echoes it back as "virtio-console echo: LINE". The
- * harness pipes console_input= into the VMM's console and looks for both lines on its output.
+ * harness pipes console_input= into the VMM's console and looks for both lines on its output;
+ * then console_bulk_len= more bytes, which must arrive with the cksum console_bulk_cksum=.
  */
 #include "guest.h"
 #include "io.h"
@@ -10,7 +11,7 @@
 #define RECEIVEQ      0
 #define TRANSMITQ     1
 #define RX_BUFFERS    8
-#define RX_BUF_SIZE   64
+#define RX_BUF_SIZE   512
 #define WAIT_US       5000000
 #define INPUT_WAIT_US 10000000
 #define MAX_LINE      256
@@ -70,45 +71,80 @@ static enum test_result greet(void)
     return transmit(GREETING "\n", sizeof(GREETING)) ? TEST_PASS : TEST_FAIL;
 }
 
+/* Host input as a stream: the receive buffer being read, given back when used up. */
+static uint8_t *rx_cur;
+static uint32_t rx_len, rx_off;
+
+static int rx_byte(uint64_t deadline)
+{
+    struct virtq *rx = &console->queues[RECEIVEQ];
+    while (rx_off >= rx_len) {
+        if (rx_cur) {
+            struct vbuf b = {(uint64_t)rx_cur, RX_BUF_SIZE, true};
+            virtq_add(rx, &b, 1, rx_cur);
+            virtq_kick(rx);
+            rx_cur = NULL;
+        }
+        uint64_t now = time_us();
+        if (now >= deadline || (!virtq_has_used(rx) && !virtq_wait(rx, deadline - now)))
+            return -1;
+        rx_cur = virtq_get(rx, &rx_len);
+        rx_off = 0;
+        if (rx_len > RX_BUF_SIZE) {
+            diag("the device says it wrote %u bytes into a %u-byte buffer", rx_len, RX_BUF_SIZE);
+            rx_len = RX_BUF_SIZE;
+        }
+    }
+    return rx_cur[rx_off++];
+}
+
 static enum test_result receive_line(void)
 {
     if (!up)
         return skip("console not up");
-    struct virtq *rx = &console->queues[RECEIVEQ];
     uint64_t start = time_us();
-    while (time_us() - start < INPUT_WAIT_US) {
-        if (!virtq_has_used(rx) && !virtq_wait(rx, INPUT_WAIT_US))
-            break;
-        uint8_t *data;
-        uint32_t len;
-        while ((data = virtq_get(rx, &len))) {
-            bool newline = false;
-            for (uint32_t i = 0; i < len && i < RX_BUF_SIZE; i++) {
-                if (data[i] == '\n' || data[i] == '\r')
-                    newline = true;
-                else if (!newline && line_len < MAX_LINE)
-                    line[line_len++] = (char)data[i];
-            }
-            /* Give the buffer back for more input. */
-            struct vbuf b = {(uint64_t)data, RX_BUF_SIZE, true};
-            virtq_add(rx, &b, 1, data);
-            virtq_kick(rx);
-            if (newline) {
-                line[line_len] = '\0';
-                char want[MAX_LINE + 1];
-                if (!cmdline_get("console_input", want, sizeof(want))) {
-                    diag("got \"%s\"; no console_input= to compare with", line);
-                    return TEST_FAIL;
-                }
-                diag("got \"%s\" after %lu ms", line, (time_us() - start) / 1000);
-                return strlen(want) == line_len && !strncmp(want, line, line_len) ? TEST_PASS
-                                                                                  : TEST_FAIL;
-            }
-        }
+    int c;
+    while ((c = rx_byte(start + INPUT_WAIT_US)) >= 0 && c != '\n') {
+        if (line_len < MAX_LINE)
+            line[line_len++] = (char)c;
     }
     line[line_len] = '\0';
-    diag("no complete line within %u ms (got \"%s\")", INPUT_WAIT_US / 1000, line);
-    return TEST_FAIL;
+    if (c < 0) {
+        diag("no complete line within %u ms (got \"%s\")", INPUT_WAIT_US / 1000, line);
+        return TEST_FAIL;
+    }
+    char want[MAX_LINE + 1];
+    if (!cmdline_get("console_input", want, sizeof(want))) {
+        diag("got \"%s\"; no console_input= to compare with", line);
+        return TEST_FAIL;
+    }
+    diag("got \"%s\" after %lu ms", line, (time_us() - start) / 1000);
+    return strlen(want) == line_len && !strncmp(want, line, line_len) ? TEST_PASS : TEST_FAIL;
+}
+
+/* console_bulk_len= bytes after the line, with the cksum(1) CRC console_bulk_cksum=: more than
+ * the receive buffers and the VMM's input buffer hold at once. */
+static enum test_result receive_bulk(void)
+{
+    if (!up)
+        return skip("console not up");
+    uint64_t len, want;
+    if (!cmdline_get_u64("console_bulk_len", &len) || !cmdline_get_u64("console_bulk_cksum", &want))
+        return skip("no console_bulk_len= and console_bulk_cksum= on the command line");
+    uint64_t start = time_us(), got = 0;
+    uint32_t crc = 0;
+    while (got < len) {
+        int c = rx_byte(start + INPUT_WAIT_US);
+        if (c < 0)
+            break;
+        uint8_t byte = (uint8_t)c;
+        crc = cksum_update(crc, &byte, 1);
+        got++;
+    }
+    uint32_t sum = cksum_final(crc, got);
+    diag("%lu of %lu bytes in %lu ms, cksum %u, expected %lu", got, len, (time_us() - start) / 1000,
+         sum, want);
+    return got == len && sum == want ? TEST_PASS : TEST_FAIL;
 }
 
 static enum test_result echo(void)
@@ -121,9 +157,12 @@ static enum test_result echo(void)
 }
 
 static const struct guest_test tests[] = {
-    {"virtio-console found", find_console}, {"features negotiated, queues up", bring_up},
-    {"output reaches the host", greet},     {"a line of host input arrives", receive_line},
+    {"virtio-console found", find_console},
+    {"features negotiated, queues up", bring_up},
+    {"output reaches the host", greet},
+    {"a line of host input arrives", receive_line},
     {"the line is echoed back", echo},
+    {"bulk input arrives complete and in order", receive_bulk},
 };
 
 void guest_main(void)

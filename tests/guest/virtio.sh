@@ -160,9 +160,14 @@ case_virtio_blk() {
 CONSOLE_INPUT="ember console line: 12 spaces  and = signs"
 
 console_run() {
-    local vmm=$1 t=$2 input=$VT_DIR/console-input
-    printf '%s\n' "$CONSOLE_INPUT" >"$input"
+    local vmm=$1 t=$2 input=$VT_DIR/console-input bulk=$VT_DIR/console-bulk
+    # A line, then 20 KiB of text: more than the guest's buffers and ember's 4 KiB input
+    # buffer hold, so input has to wait for the guest.
+    [ -s "$bulk" ] || head -c 15360 /dev/urandom | base64 -w 76 >"$bulk"
+    { printf '%s\n' "$CONSOLE_INPUT"; cat "$bulk"; } >"$input"
     local cmdline="console=ttyS0 console_input=\"$CONSOLE_INPUT\""
+    cmdline="$cmdline console_bulk_len=$(stat -c %s "$bulk")"
+    cmdline="$cmdline console_bulk_cksum=$(cksum <"$bulk" | cut -d' ' -f1)"
     if [ "$vmm" = qemu ]; then
         # Serial to a file, the console port on stdio. (A mux chardev sharing stdio between
         # them lost input here: it passed the port "ember cons" and then only the newline.)
