@@ -108,8 +108,10 @@ static int activate(struct virtio_dev *d)
     r->timer_handler = event_loop_add(&d->io.loop, r->timer_fd, EPOLLIN, on_timer, r);
     if (!r->timer_handler)
         return -1;
-    /* Buffers may be waiting from before DRIVER_OK. */
-    serve(r);
+    /* Buffers may be waiting from before DRIVER_OK; a queue the driver
+     * left disabled has no rings to look at. */
+    if (d->queues[0].enabled)
+        serve(r);
     return 0;
 }
 
