@@ -571,42 +571,89 @@ static enum test_result move_bar(void)
     return ok ? TEST_PASS : TEST_FAIL;
 }
 
+/* The IOAPIC pins INTA# of the disk may reach: the MP table's, or without a table entry (QEMU's
+ * qboot writes none) all the PCI pins 16-23; the interrupt line register names an 8259 input. */
+static void intx_pins(unsigned *first, unsigned *last)
+{
+    platform_discover();
+    bool listed = platform.pci_inta_listed[disk->slot];
+    *first = listed ? platform.pci_inta[disk->slot].gsi : 16;
+    *last = listed ? *first : 23;
+    diag("INTA# of slot %u: IOAPIC pin %u-%u (%s; interrupt line %u)", disk->slot, *first, *last,
+         listed ? "MP table" : "no MP table entry", virtio_pci_interrupt_line(disk));
+}
+
+/* The disk in INTx mode, queue 0 up; false if that cannot be done. */
+static bool intx_up(unsigned first, unsigned last)
+{
+    virtio_irq_window(20000); /* MSI-X interrupts of earlier tests land first */
+    disk->intx_irqs = 0;
+    if (!virtio_begin(disk, WANTED_ALL, false))
+        return false;
+    for (unsigned pin = first; pin <= last; pin++) {
+        if (!virtio_pci_use_intx(disk, true, pin))
+            return false;
+    }
+    if (!virtio_queue_setup(disk, 0, 0, true))
+        return false;
+    virtio_driver_ok(disk);
+    return true;
+}
+
+static void intx_down(unsigned first, unsigned last)
+{
+    virtio_reset(disk);
+    for (unsigned pin = first; pin <= last; pin++)
+        virtio_pci_use_intx(disk, false, pin);
+}
+
 static enum test_result intx(void)
 {
     if (!pattern_written)
         return skip("pattern not written");
     if (disk->transport != VIRTIO_PCI)
         return skip("INTx is virtio-pci's");
-    platform_discover();
-    unsigned pin = virtio_pci_interrupt_line(disk);
-    bool listed = platform.pci_inta_listed[disk->slot];
-    if (listed)
-        pin = platform.pci_inta[disk->slot].gsi;
-    /* Without a table entry (QEMU's qboot writes none), listen on all the PCI pins 16-23: the
-     * interrupt line register names the 8259 input, not an IOAPIC pin. */
-    unsigned first = listed ? pin : 16, last = listed ? pin : 23;
-    diag("INTA# of slot %u: IOAPIC pin %u-%u (%s; interrupt line %u)", disk->slot, first, last,
-         listed ? "MP table" : "no MP table entry", virtio_pci_interrupt_line(disk));
-    virtio_irq_window(20000); /* MSI-X interrupts of earlier tests land first */
-    disk->intx_irqs = 0;
-    if (!virtio_begin(disk, WANTED_ALL, false))
+    unsigned first, last;
+    intx_pins(&first, &last);
+    if (!intx_up(first, last))
         return TEST_FAIL;
-    for (pin = first; pin <= last; pin++) {
-        if (!virtio_pci_use_intx(disk, true, pin))
-            return TEST_FAIL;
-    }
-    if (!virtio_queue_setup(disk, 0, 0, true))
-        return TEST_FAIL;
-    virtio_driver_ok(disk);
     struct virtq *q = &disk->queues[0];
     bool ok = stream(q, VIRTIO_BLK_T_IN, 0, readback, 8 * CHUNK, CHUNK, SEG, 4);
     for (uint64_t start = time_us(); !disk->intx_irqs && time_us() - start < WAIT_US;)
         virtio_irq_window(1000);
     diag("%lu INTx interrupts, ISR 0x%x at the last", disk->intx_irqs, disk->last_isr);
-    virtio_reset(disk);
-    for (pin = first; pin <= last; pin++)
-        virtio_pci_use_intx(disk, false, pin);
+    intx_down(first, last);
     return ok && disk->intx_irqs ? TEST_PASS : TEST_FAIL;
+}
+
+/* PCI: setting Interrupt Disable deasserts an asserted INTx#; clearing it asserts it again
+ * while the device still has an interrupt pending (its ISR is not read meanwhile). */
+static enum test_result intx_disable(void)
+{
+    if (!pattern_written)
+        return skip("pattern not written");
+    if (disk->transport != VIRTIO_PCI)
+        return skip("INTx is virtio-pci's");
+    unsigned first, last;
+    intx_pins(&first, &last);
+    if (!intx_up(first, last))
+        return TEST_FAIL;
+    for (unsigned pin = first; pin <= last; pin++)
+        ioapic_mask(pin);
+    bool done = poll_one_read(&disk->queues[0]); /* the device raises INTx, nobody listens */
+    virtio_pci_intx_disable(disk, true);
+    for (unsigned pin = first; pin <= last; pin++)
+        ioapic_route(pin, VIRTIO_VECTOR_INTX, lapic_id(), true, true);
+    virtio_irq_window(20000);
+    uint64_t while_disabled = disk->intx_irqs;
+    virtio_pci_intx_disable(disk, false);
+    for (uint64_t start = time_us(); !disk->intx_irqs && time_us() - start < WAIT_US;)
+        virtio_irq_window(1000);
+    diag("request %s; %lu interrupts with Interrupt Disable set, %lu after clearing it",
+         done ? "done" : "lost", while_disabled, disk->intx_irqs - while_disabled);
+    bool ok = done && while_disabled == 0 && disk->intx_irqs > 0;
+    intx_down(first, last);
+    return ok ? TEST_PASS : TEST_FAIL;
 }
 
 /* Writes and reads a scratch range with one feature set and mode. */
@@ -749,6 +796,7 @@ static const struct guest_test tests[] = {
     {"common configuration readable through the PCI configuration window", cfg_window},
     {"BAR moved by the driver: registers and notifications follow", move_bar},
     {"INTx when MSI-X is off", intx},
+    {"INTx: Interrupt Disable deasserts the line, clearing it asserts it again", intx_disable},
     {"indirect + event idx, interrupts", matrix_on_on_irq},
     {"indirect + event idx, polling (interrupts suppressed)", matrix_on_on_poll},
     {"indirect only, interrupts", matrix_on_off_irq},

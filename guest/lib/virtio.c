@@ -67,22 +67,23 @@ unsigned virtio_device_count;
 
 /* ---- PCI configuration space (type 1 access, bus 0) ---------------------------------------- */
 
-#define PCI_ADDRESS_PORT   0xcf8
-#define PCI_DATA_PORT      0xcfc
-#define PCI_COMMAND        0x04
-#define PCI_STATUS         0x06
-#define PCI_BAR0           0x10
-#define PCI_SUBSYSTEM_ID   0x2e
-#define PCI_INTERRUPT_LINE 0x3c
-#define PCI_CAP_PTR        0x34
-#define PCI_CMD_MEMORY     0x0002
-#define PCI_CMD_MASTER     0x0004
-#define PCI_STATUS_CAPS    0x0010
-#define PCI_CAP_ID_VENDOR  0x09
-#define PCI_CAP_ID_MSIX    0x11
-#define MSIX_ENABLE        0x8000
-#define MSIX_FUNCTION_MASK 0x4000
-#define PCI_VENDOR_VIRTIO  0x1af4
+#define PCI_ADDRESS_PORT     0xcf8
+#define PCI_DATA_PORT        0xcfc
+#define PCI_COMMAND          0x04
+#define PCI_STATUS           0x06
+#define PCI_BAR0             0x10
+#define PCI_SUBSYSTEM_ID     0x2e
+#define PCI_INTERRUPT_LINE   0x3c
+#define PCI_CAP_PTR          0x34
+#define PCI_CMD_MEMORY       0x0002
+#define PCI_CMD_MASTER       0x0004
+#define PCI_CMD_INTX_DISABLE 0x0400
+#define PCI_STATUS_CAPS      0x0010
+#define PCI_CAP_ID_VENDOR    0x09
+#define PCI_CAP_ID_MSIX      0x11
+#define MSIX_ENABLE          0x8000
+#define MSIX_FUNCTION_MASK   0x4000
+#define PCI_VENDOR_VIRTIO    0x1af4
 /* Where BARs that read 0 (or lie above 4 GiB, beyond our page tables) get placed. */
 #define PCI_ASSIGN_START 0xc0000000ull
 #define PCI_ASSIGN_END   0xd0000000ull
@@ -768,6 +769,13 @@ uint8_t virtio_pci_interrupt_line(struct virtio_device *d)
     return pci_read8(d->slot, PCI_INTERRUPT_LINE);
 }
 
+void virtio_pci_intx_disable(struct virtio_device *d, bool disable)
+{
+    uint16_t command = pci_read16(d->slot, PCI_COMMAND);
+    command = disable ? command | PCI_CMD_INTX_DISABLE : command & ~PCI_CMD_INTX_DISABLE;
+    pci_write16(d->slot, PCI_COMMAND, command);
+}
+
 bool virtio_pci_use_intx(struct virtio_device *d, bool intx, unsigned pin)
 {
     if (d->transport != VIRTIO_PCI || !d->msix_cap)
@@ -786,7 +794,7 @@ bool virtio_pci_use_intx(struct virtio_device *d, bool intx, unsigned pin)
     interrupt_set_handler(VIRTIO_VECTOR_INTX, intx_interrupt);
     pci_write16(d->slot, d->msix_cap + 2u, control & ~MSIX_ENABLE);
     uint16_t command = pci_read16(d->slot, PCI_COMMAND);
-    pci_write16(d->slot, PCI_COMMAND, command & ~0x400); /* INTx enabled */
+    pci_write16(d->slot, PCI_COMMAND, command & ~PCI_CMD_INTX_DISABLE);
     ioapic_route(pin, VIRTIO_VECTOR_INTX, lapic_id(), true, true);
     return true;
 }

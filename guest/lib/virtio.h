@@ -196,6 +196,8 @@ void virtio_msix_function_mask(struct virtio_device *d, bool masked);
  * count in each queue's irq_count and d->intx_irqs; or turns MSI-X back on. */
 bool virtio_pci_use_intx(struct virtio_device *d, bool intx, unsigned pin);
 uint8_t virtio_pci_interrupt_line(struct virtio_device *d);
+/* The Interrupt Disable bit of the PCI command register. */
+void virtio_pci_intx_disable(struct virtio_device *d, bool disable);
 
 /* ---- queues (CPL0 or CPL3) ----------------------------------------------------------------- */
 
