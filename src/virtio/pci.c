@@ -474,6 +474,15 @@ static void config_written(struct pci_function *f, uint32_t offset, uint32_t len
         bool pending = !msix_enabled(p) && __atomic_load_n(&p->isr, __ATOMIC_SEQ_CST);
         set_intx(p, pending && !(cmd & PCI_COMMAND_INTX_DISABLE));
         pthread_mutex_unlock(&p->msix_lock);
+        /* Without Bus Master Enable a function must not touch memory:
+         * stop the device (as a driver turning it off expects). */
+        bool master = cmd & PCI_COMMAND_MASTER;
+        if (p->bus_master && !master) {
+            pthread_mutex_lock(&p->dev->lock);
+            virtio_dev_stop(p->dev);
+            pthread_mutex_unlock(&p->dev->lock);
+        }
+        p->bus_master = master;
     }
     if (offset < (uint32_t)p->msix_cap + 4 && offset + len > (uint32_t)p->msix_cap + 2) {
         pthread_mutex_lock(&p->msix_lock);
