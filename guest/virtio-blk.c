@@ -656,6 +656,36 @@ static enum test_result intx_disable(void)
     return ok ? TEST_PASS : TEST_FAIL;
 }
 
+/* A PCI function must not master the bus while Bus Master Enable is clear: a request queued
+ * then must leave memory alone (no data, no status, no used entry). Afterwards the device is
+ * set up again (QEMU takes DRIVER_OK away meanwhile). */
+static enum test_result bus_master_off(void)
+{
+    if (!pattern_written)
+        return skip("pattern not written");
+    if (disk->transport != VIRTIO_PCI)
+        return skip("bus mastering is PCI's");
+    if (!bring_up(disk, WANTED_ALL, true, false, 1))
+        return TEST_FAIL;
+    struct virtq *q = &disk->queues[0];
+    static struct vblk_req req;
+    memset(readback, 0xaa, 4096);
+    virtio_pci_bus_master(disk, false);
+    vblk_submit(q, &req, VIRTIO_BLK_T_IN, 0, readback, 4096, 0);
+    virtq_notify(q);
+    udelay(100000);
+    bool untouched =
+        readback[0] == 0xaa && readback[4095] == 0xaa && req.status == 0xff && !virtq_has_used(q);
+    diag("with bus mastering off: data %s, status 0x%02x, used index %u; device status 0x%02x",
+         readback[0] == 0xaa ? "untouched" : "written", req.status, q->used->idx,
+         virtio_get_status(disk));
+    virtio_pci_bus_master(disk, true);
+    bool works = bring_up(disk, WANTED_ALL, true, true, 1) &&
+                 vblk_sync(q, VIRTIO_BLK_T_IN, 0, readback, 4096, 0) == VIRTIO_BLK_S_OK &&
+                 same(readback, expected, 4096, "read after bus mastering is back");
+    return untouched && works ? TEST_PASS : TEST_FAIL;
+}
+
 /* Writes and reads a scratch range with one feature set and mode. */
 static enum test_result matrix(bool indirect, bool event_idx, bool interrupts)
 {
@@ -797,6 +827,7 @@ static const struct guest_test tests[] = {
     {"BAR moved by the driver: registers and notifications follow", move_bar},
     {"INTx when MSI-X is off", intx},
     {"INTx: Interrupt Disable deasserts the line, clearing it asserts it again", intx_disable},
+    {"bus mastering off: a queued request leaves memory alone", bus_master_off},
     {"indirect + event idx, interrupts", matrix_on_on_irq},
     {"indirect + event idx, polling (interrupts suppressed)", matrix_on_on_poll},
     {"indirect only, interrupts", matrix_on_off_irq},

@@ -776,6 +776,13 @@ void virtio_pci_intx_disable(struct virtio_device *d, bool disable)
     pci_write16(d->slot, PCI_COMMAND, command);
 }
 
+void virtio_pci_bus_master(struct virtio_device *d, bool enable)
+{
+    uint16_t command = pci_read16(d->slot, PCI_COMMAND);
+    command = enable ? command | PCI_CMD_MASTER : command & ~PCI_CMD_MASTER;
+    pci_write16(d->slot, PCI_COMMAND, command);
+}
+
 bool virtio_pci_use_intx(struct virtio_device *d, bool intx, unsigned pin)
 {
     if (d->transport != VIRTIO_PCI || !d->msix_cap)

@@ -196,8 +196,9 @@ void virtio_msix_function_mask(struct virtio_device *d, bool masked);
  * count in each queue's irq_count and d->intx_irqs; or turns MSI-X back on. */
 bool virtio_pci_use_intx(struct virtio_device *d, bool intx, unsigned pin);
 uint8_t virtio_pci_interrupt_line(struct virtio_device *d);
-/* The Interrupt Disable bit of the PCI command register. */
+/* The Interrupt Disable and Bus Master Enable bits of the PCI command register. */
 void virtio_pci_intx_disable(struct virtio_device *d, bool disable);
+void virtio_pci_bus_master(struct virtio_device *d, bool enable);
 
 /* ---- queues (CPL0 or CPL3) ----------------------------------------------------------------- */
 
