@@ -6,7 +6,7 @@
 #
 # Usage: bench/blk.sh [-t MS] [-r RUNS] [-o OUT_DIR] [VMM...]
 #   -t MS    time per workload (default 2000)
-#   -r RUNS  runs per VMM; the table shows the best run of each workload (default 1)
+#   -r RUNS  runs per VMM, interleaved; the table shows each workload's best (default 1)
 #   VMM      ember-pci ember-mmio qemu-pci qemu-mmio (default: all four)
 # Environment: EMBER (default build/ember), QEMU (qemu-system-x86_64), QBOOT
 #   (/usr/share/qemu/qboot.rom), IMAGE (/dev/shm/ember-blk-bench.img).
@@ -55,6 +55,7 @@ VMMS=("$@")
 make -s -C "$ROOT" all >/dev/null
 make -s -C "$ROOT/guest" O="$ROOT/build/guest" >/dev/null
 mkdir -p "$OUT_DIR"
+rm -f "$OUT_DIR"/*.results "$OUT_DIR"/*.raw "$OUT_DIR"/*.out "$OUT_DIR"/*.err
 
 # The image: allocated up front, so that no run pays for tmpfs page allocation.
 if [ ! -f "$IMAGE" ] || [ "$(stat -c %s "$IMAGE")" != $((256 << 20)) ]; then
@@ -120,6 +121,7 @@ read_counters() { # read_counters PID -> "exits mmio_exits ..." (one number each
 run_vmm() {
     local vmm=$1 out=$OUT_DIR/$1.$2.out res=$OUT_DIR/$1.$2.results
     : >"$res"
+    : >"$out"
     start_vmm "$vmm" "$out"
     local pid=$VMM_PID seen=0 deadline=$((SECONDS + 60 + 8 * RUN_MS / 1000))
     declare -A before
@@ -177,8 +179,9 @@ run_vmm() {
     fi
 }
 
-for vmm in "${VMMS[@]}"; do
-    for run in $(seq 1 "$RUNS"); do
+# Runs interleaved, so that a change in the host's load hits every VMM alike.
+for run in $(seq 1 "$RUNS"); do
+    for vmm in "${VMMS[@]}"; do
         echo "# running $vmm ($run/$RUNS)" >&2
         run_vmm "$vmm" "$run"
     done
@@ -191,24 +194,25 @@ best() { # best VMM WORKLOAD -> the result line with the highest IOPS over the r
 }
 
 WORKLOADS=(randread-4k-qd1 randread-4k-qd32 seqread-128k-qd16 seqwrite-128k-qd16)
-printf '\n%-20s' "workload"
-for vmm in "${VMMS[@]}"; do printf '%30s' "$vmm IOPS / MB/s / exits/req"; done
+printf '\n%-19s' ""
+for vmm in "${VMMS[@]}"; do printf ' | %-27s' "$vmm"; done
+printf '\n%-19s' "workload"
+for vmm in "${VMMS[@]}"; do printf ' | %8s %8s %9s' IOPS MB/s exits/req; done
 echo
 for w in "${WORKLOADS[@]}"; do
-    printf '%-20s' "$w"
+    printf '%-19s' "$w"
     for vmm in "${VMMS[@]}"; do
         line=$(best "$vmm" "$w")
         if [ -z "$line" ]; then
-            printf '%30s' "-"
+            printf ' | %8s %8s %9s' - - -
             continue
         fi
         read -r _ ios iops mbps exits _ <<<"$line"
-        per=$([ -n "${exits:-}" ] && awk "BEGIN {printf \"%.2f\", $exits / $ios}" || echo "n/a")
-        printf '%30s' "$iops / $mbps / $per"
+        per=$([ -n "${exits:-}" ] && awk "BEGIN {printf \"%.3f\", $exits / $ios}" || echo "n/a")
+        printf ' | %8s %8s %9s' "$iops" "$mbps" "$per"
     done
     echo
 done
-
 echo
 echo "ember / QEMU IOPS:"
 for w in "${WORKLOADS[@]}"; do
