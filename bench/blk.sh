@@ -32,7 +32,7 @@ QBOOT=${QBOOT:-/usr/share/qemu/qboot.rom}
 IMAGE=${IMAGE:-/dev/shm/ember-blk-bench.img}
 GUEST=$ROOT/build/guest/blk-perf.elf
 RUN_MS=2000
-SETTLE_MS=500 # quiet time around each workload: the counters are read in its middle
+SETTLE_MS=800 # quiet time around each workload: the counters are read in its middle
 RUNS=1
 OUT_DIR=$ROOT/build/bench-blk
 COUNTERS=(exits mmio_exits io_exits irq_exits halt_exits irq_injections)
@@ -107,6 +107,8 @@ start_vmm() { # start_vmm VMM OUT -> VMM_PID
     unset LD_PRELOAD
 }
 
+ms_to_s() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
+
 read_counters() { # read_counters PID -> "exits mmio_exits ..." (one number each), or nothing
     local c stats values=()
     stats=$("$KVMSTAT" "$1" 2>/dev/null) || return 0
@@ -131,26 +133,27 @@ run_vmm() {
             kill "$pid"
             break
         fi
-        local lines
-        lines=$(tr -d '\r' <"$out" | grep '^blk-perf: begin ' || true)
-        local count
+        # Only whole lines: the serial port ends them with "\r\n", the file may end mid-line.
+        local lines count
+        lines=$(grep -a $'^blk-perf: begin [^ ]* settle_ms=[0-9]* run_ms=[0-9]*\r$' "$out" |
+            tr -d '\r' || true)
         count=$(printf '%s' "$lines" | grep -c . || true)
         if [ "$count" -gt "$seen" ]; then
             seen=$count
             local line name settle run
             line=$(printf '%s\n' "$lines" | tail -n1)
-            name=$(echo "$line" | awk '{print $3}')
-            settle=$(echo "$line" | sed -E 's/.*settle_ms=([0-9]+).*/\1/')
-            run=$(echo "$line" | sed -E 's/.*run_ms=([0-9]+).*/\1/')
+            read -r _ _ name settle run <<<"$line"
+            settle=${settle#settle_ms=}
+            run=${run#run_ms=}
             # Halfway into the quiet time before the run, and halfway into the one after.
-            sleep "$(awk "BEGIN {print $settle / 2000}")"
+            sleep "$(ms_to_s $((settle / 2)))"
             before[$name]=$([ "$have_counters" = 1 ] && read_counters "$pid" || echo "")
-            sleep "$(awk "BEGIN {print ($settle + $run) / 1000}")"
+            sleep "$(ms_to_s $((settle + run)))"
             local after
             after=$([ "$have_counters" = 1 ] && read_counters "$pid" || echo "")
             echo "$name ${before[$name]:-} | $after" >>"$res.raw"
         fi
-        sleep 0.05
+        sleep 0.02
     done
     wait "$pid" || true
     # Join the guest's results with the counter deltas.
