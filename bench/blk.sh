@@ -57,9 +57,11 @@ make -s -C "$ROOT/guest" O="$ROOT/build/guest" >/dev/null
 mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR"/*.results "$OUT_DIR"/*.raw "$OUT_DIR"/*.out "$OUT_DIR"/*.err
 
-# The image: allocated up front, so that no run pays for tmpfs page allocation.
+# The image: allocated up front, so that no run pays for tmpfs page allocation. One that this
+# script made goes away at the end (256 MiB of RAM), unless KEEP_IMAGE=1.
 if [ ! -f "$IMAGE" ] || [ "$(stat -c %s "$IMAGE")" != $((256 << 20)) ]; then
     dd if=/dev/zero of="$IMAGE" bs=1M count=256 status=none
+    [ "${KEEP_IMAGE:-0}" = 1 ] || trap 'rm -f "$IMAGE"' EXIT
 fi
 
 KVMSTAT=$ROOT/build/kvmstat
