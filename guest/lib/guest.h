@@ -164,7 +164,9 @@ struct platform {
     uint8_t ioapic_id;
     bool has_ioapic;
     struct isa_irq_route isa_irq[16];
-    bool isa_irq_listed[16]; /* the table said where this ISA IRQ goes */
+    bool isa_irq_listed[16];           /* the table said where this ISA IRQ goes */
+    struct isa_irq_route pci_inta[32]; /* INTA# of PCI bus 0 slot n (MP table only) */
+    bool pci_inta_listed[32];
     bool mp_found, acpi_found;
     uint64_t mp_addr, rsdp_addr;
 };
@@ -193,8 +195,16 @@ uint64_t rtc_to_epoch(const struct rtc_time *time);
 void user_mode_init(void);
 uint64_t run_user(uint64_t (*fn)(uint64_t), uint64_t arg);
 
+/* alloc.c: RAM after the image, never freed; physical address == pointer */
+void *phys_alloc(size_t size, size_t align);
+void *phys_alloc_zeroed(size_t size, size_t align);
+uint64_t phys_free_bytes(void);
+
 /* hash.c: the checksums the harness puts on the command line */
 uint32_t fnv1a32(const void *data, size_t len);
 uint32_t word_hash32(const void *data, size_t len);
+/* POSIX cksum: crc = cksum_update(0, ...) over all the data, then cksum_final(crc, length). */
+uint32_t cksum_update(uint32_t crc, const void *data, size_t len);
+uint32_t cksum_final(uint32_t crc, uint64_t total_len);
 
 #endif

@@ -32,3 +32,40 @@ uint32_t word_hash32(const void *data, size_t len)
     }
     return hash;
 }
+
+/*
+ * The CRC of POSIX cksum(1): polynomial 0x04c11db7, most significant bit first, over the data
+ * and then the length (least significant byte first, as few bytes as it needs), inverted. The
+ * harness checks disk images with the cksum tool. Table-driven: meant for CPL3, where code
+ * runs natively.
+ */
+static uint32_t cksum_table[256];
+
+static void cksum_table_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i << 24;
+        for (int bit = 0; bit < 8; bit++)
+            c = (c & 0x80000000u) ? (c << 1) ^ 0x04c11db7u : c << 1;
+        cksum_table[i] = c;
+    }
+}
+
+uint32_t cksum_update(uint32_t crc, const void *data, size_t len)
+{
+    if (!cksum_table[1])
+        cksum_table_init();
+    const uint8_t *p = data;
+    for (size_t i = 0; i < len; i++)
+        crc = (crc << 8) ^ cksum_table[(crc >> 24) ^ p[i]];
+    return crc;
+}
+
+uint32_t cksum_final(uint32_t crc, uint64_t total_len)
+{
+    for (; total_len; total_len >>= 8) {
+        uint8_t byte = (uint8_t)total_len;
+        crc = cksum_update(crc, &byte, 1);
+    }
+    return ~crc;
+}

@@ -16,14 +16,71 @@ static inline uint8_t inb(uint16_t port)
     return value;
 }
 
+static inline void outw(uint16_t port, uint16_t value)
+{
+    __asm__ volatile("outw %0, %1" : : "a"(value), "Nd"(port));
+}
+
+static inline uint16_t inw(uint16_t port)
+{
+    uint16_t value;
+    __asm__ volatile("inw %1, %0" : "=a"(value) : "Nd"(port));
+    return value;
+}
+
+static inline void outl(uint16_t port, uint32_t value)
+{
+    __asm__ volatile("outl %0, %1" : : "a"(value), "Nd"(port));
+}
+
+static inline uint32_t inl(uint16_t port)
+{
+    uint32_t value;
+    __asm__ volatile("inl %1, %0" : "=a"(value) : "Nd"(port));
+    return value;
+}
+
+/* Device registers: one access of exactly this width, never merged or split. */
+static inline uint8_t mmio_read8(uint64_t addr)
+{
+    return *(volatile uint8_t *)addr;
+}
+
+static inline uint16_t mmio_read16(uint64_t addr)
+{
+    return *(volatile uint16_t *)addr;
+}
+
 static inline uint32_t mmio_read32(uint64_t addr)
 {
     return *(volatile uint32_t *)addr;
 }
 
+static inline void mmio_write8(uint64_t addr, uint8_t value)
+{
+    *(volatile uint8_t *)addr = value;
+}
+
+static inline void mmio_write16(uint64_t addr, uint16_t value)
+{
+    *(volatile uint16_t *)addr = value;
+}
+
 static inline void mmio_write32(uint64_t addr, uint32_t value)
 {
     *(volatile uint32_t *)addr = value;
+}
+
+/* Orders earlier stores before later loads (the one reordering x86 does). */
+static inline void mb(void)
+{
+    __asm__ volatile("mfence" ::: "memory");
+}
+
+/* Compiler barrier: x86 keeps store-store and load-load order by itself. */
+static inline void barrier(void)
+{
+    __asm__ volatile("" ::: "memory");
 }
 
 /* Reads the BIOS data area and other low addresses that compilers take for null pointers. */

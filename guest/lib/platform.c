@@ -144,6 +144,17 @@ static void set_isa_route(unsigned irq, uint32_t gsi, uint16_t flags)
     platform.isa_irq_listed[irq] = true;
 }
 
+/* A PCI interrupt source: "conforms to the bus" means active low, level. */
+static void set_pci_inta(unsigned slot, uint32_t gsi, uint16_t flags)
+{
+    platform.pci_inta[slot & 31] = (struct isa_irq_route){
+        .gsi = gsi,
+        .active_low = (flags & INTI_POLARITY_MASK) != 1,
+        .level = (flags & INTI_TRIGGER_MASK) != 4,
+    };
+    platform.pci_inta_listed[slot & 31] = true;
+}
+
 static bool parse_mp_table(uint64_t fp_addr)
 {
     const struct mp_floating_pointer *fp = (const void *)fp_addr;
@@ -158,7 +169,7 @@ static bool parse_mp_table(uint64_t fp_addr)
         diag("MP configuration table at 0x%x: bad signature, length or checksum", fp->config_table);
         return false;
     }
-    int isa_bus = -1;
+    int isa_bus = -1, pci_bus = -1;
     const uint8_t *entry = (const uint8_t *)(table + 1);
     const uint8_t *end = (const uint8_t *)table + table->length;
     /* Walk by length, as Linux does: some firmware (QEMU's qboot) leaves entry_count 0. */
@@ -177,6 +188,8 @@ static bool parse_mp_table(uint64_t fp_addr)
         case MP_BUS:
             if (!memcmp(entry + 2, "ISA", 3))
                 isa_bus = entry[1];
+            else if (!memcmp(entry + 2, "PCI", 3) && pci_bus < 0)
+                pci_bus = entry[1]; /* the first PCI bus entry: bus 0 */
             break;
         case MP_IOAPIC:
             if ((entry[3] & MP_IOAPIC_ENABLED) && !platform.has_ioapic) {
@@ -188,6 +201,8 @@ static bool parse_mp_table(uint64_t fp_addr)
         case MP_IO_INTERRUPT:
             if (entry[1] == MP_INT_TYPE_INT && entry[4] == isa_bus)
                 set_isa_route(entry[5], entry[7], *(const uint16_t *)(entry + 2));
+            else if (entry[1] == MP_INT_TYPE_INT && entry[4] == pci_bus && (entry[5] & 3) == 0)
+                set_pci_inta(entry[5] >> 2, entry[7], *(const uint16_t *)(entry + 2));
             break;
         case MP_LOCAL_INTERRUPT:
             break;

@@ -114,7 +114,9 @@ static void on_input(void *opaque, uint32_t events)
     uint64_t v;
     ssize_t ignored = read(c->input_fd, &v, sizeof(v));
     (void)ignored;
-    if (c->dev.active)
+    /* A receive queue the driver left disabled has no rings: input
+     * waits in the buffer until a reset brings one. */
+    if (c->dev.active && c->dev.queues[RECEIVEQ].enabled)
         deliver_input(c);
 }
 

@@ -251,6 +251,14 @@ void virtio_dev_set_status(struct virtio_dev *d, uint8_t status)
     d->status = status;
 }
 
+void virtio_dev_stop(struct virtio_dev *d)
+{
+    if (!(d->status & VIRTIO_STATUS_DRIVER_OK))
+        return;
+    iothread_call(&d->io, quiesce_on_io, d);
+    __atomic_and_fetch(&d->status, (uint8_t)~VIRTIO_STATUS_DRIVER_OK, __ATOMIC_SEQ_CST);
+}
+
 /* ---- interrupts and failure ----------------------------------------- */
 
 void virtio_dev_signal_used(struct virtio_dev *d, unsigned q)

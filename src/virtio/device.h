@@ -123,6 +123,10 @@ void virtio_dev_config_access(struct virtio_dev *d, uint32_t offset, void *data,
                               bool is_write);
 /* A notify register write that did not go through an ioeventfd. */
 void virtio_dev_kick(struct virtio_dev *d, unsigned q);
+/* Stops a live device without a reset (PCI bus mastering turned off):
+ * in-flight requests finish, nothing new is taken, DRIVER_OK is cleared
+ * so that the driver sets the device up again. */
+void virtio_dev_stop(struct virtio_dev *d);
 
 /* ---- for device models (iothread) ---------------------------------- */
 

@@ -466,6 +466,25 @@ static void cfg_window(struct virtio_pci *p, bool is_write)
 static void config_written(struct pci_function *f, uint32_t offset, uint32_t len)
 {
     struct virtio_pci *p = f->opaque;
+    if (offset < PCI_COMMAND + 2 && offset + len > PCI_COMMAND) {
+        /* Interrupt Disable deasserts INTx; clearing it asserts again
+         * what is still pending (PCI 3.0, 6.2.2). */
+        uint16_t cmd;
+        memcpy(&cmd, p->fn.config + PCI_COMMAND, 2);
+        pthread_mutex_lock(&p->msix_lock);
+        bool pending = !msix_enabled(p) && __atomic_load_n(&p->isr, __ATOMIC_SEQ_CST);
+        set_intx(p, pending && !(cmd & PCI_COMMAND_INTX_DISABLE));
+        pthread_mutex_unlock(&p->msix_lock);
+        /* Without Bus Master Enable a function must not touch memory:
+         * stop the device (as a driver turning it off expects). */
+        bool master = cmd & PCI_COMMAND_MASTER;
+        if (p->bus_master && !master) {
+            pthread_mutex_lock(&p->dev->lock);
+            virtio_dev_stop(p->dev);
+            pthread_mutex_unlock(&p->dev->lock);
+        }
+        p->bus_master = master;
+    }
     if (offset < (uint32_t)p->msix_cap + 4 && offset + len > (uint32_t)p->msix_cap + 2) {
         pthread_mutex_lock(&p->msix_lock);
         if (msix_enabled(p))

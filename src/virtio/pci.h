@@ -32,6 +32,7 @@ struct virtio_pci {
     uint16_t config_vector;
     uint8_t isr; /* atomic */
     bool intx_asserted;
+    bool bus_master;       /* Bus Master Enable as last written */
     int msix_cap, cfg_cap; /* capability offsets */
     uint64_t notify_addr;  /* where ioeventfds are registered (0: none) */
     bool ioeventfd_any_len;

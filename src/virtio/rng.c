@@ -48,13 +48,15 @@ static void serve(struct virtio_rng *r)
             continue;
         }
         uint64_t want = r->chain.in_len;
-        uint64_t allowed = token_bucket_take(&r->bucket, want);
-        if (allowed == 0) {
-            /* Out of tokens: keep this request and come back when some
-             * have accrued. */
-            arm_timer(r, token_bucket_wait_ns(&r->bucket, 1));
+        /* Short of tokens: keep this request and come back when it can
+         * be filled (up to a burst), not a byte per wakeup. Asking before
+         * taking means a wait of 0 is never mistaken for a timer. */
+        uint64_t wait_ns = token_bucket_wait_ns(&r->bucket, want);
+        if (wait_ns) {
+            arm_timer(r, wait_ns);
             break;
         }
+        uint64_t allowed = token_bucket_take(&r->bucket, want);
         uint64_t written = 0;
         for (unsigned i = 0; i < r->chain.nin && written < allowed; i++) {
             struct virtq_buf *b = &r->chain.bufs[r->chain.nout + i];
@@ -106,8 +108,10 @@ static int activate(struct virtio_dev *d)
     r->timer_handler = event_loop_add(&d->io.loop, r->timer_fd, EPOLLIN, on_timer, r);
     if (!r->timer_handler)
         return -1;
-    /* Buffers may be waiting from before DRIVER_OK. */
-    serve(r);
+    /* Buffers may be waiting from before DRIVER_OK; a queue the driver
+     * left disabled has no rings to look at. */
+    if (d->queues[0].enabled)
+        serve(r);
     return 0;
 }
 

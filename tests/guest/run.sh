@@ -2,6 +2,7 @@
 # Runs the test guests (guest/) under QEMU -M microvm, the reference, and under ember, and
 # checks for each: the exit status each VMM should give, every TAP line "ok", the same TAP
 # lines from both VMMs, and for the guests that crash on purpose the report the VMM must give.
+# The virtio guests run on both transports (tests/guest/virtio.sh says how).
 #
 # Usage: tests/guest/run.sh [-v] [CASE...]     (CASE: a name from the list printed with -l)
 #   -v  print every guest's output, not only that of failed checks
@@ -416,7 +417,11 @@ case_bad_insn() {
     done
 }
 
-ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn)
+# shellcheck source=tests/guest/virtio.sh
+. "$ROOT/tests/guest/virtio.sh"
+
+ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
+    virtio-rng virtio-hostile blk-perf)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -456,6 +461,11 @@ for c in "${cases[@]}"; do
     bootcheck-highmem) case_bootcheck_highmem ;;
     triple-fault) case_triple_fault ;;
     bad-insn) case_bad_insn ;;
+    virtio-blk) case_virtio_blk ;;
+    virtio-console) case_virtio_console ;;
+    virtio-rng) case_virtio_rng ;;
+    virtio-hostile) case_virtio_hostile ;;
+    blk-perf) case_blk_perf ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1
