@@ -85,7 +85,7 @@ start_vmm() { # start_vmm VMM OUT -> VMM_PID
     case $1 in
     ember-pci | ember-mmio)
         "$EMBER" run --kernel "$GUEST" --debug-exit --transport "${1#ember-}" \
-            --drive "path=$IMAGE,cache=writeback" --cmdline "$cmdline" </dev/null >"$2" 2>"$2.err" &
+            --drive "path=$IMAGE,cache=writeback${EMBER_DRIVE_OPTS:-}" --cmdline "$cmdline" </dev/null >"$2" 2>"$2.err" &
         ;;
     qemu-pci)
         local bios=()

@@ -78,6 +78,9 @@ int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, boo
         int r = io_uring_queue_init(entries, &b->ring, 0);
         if (r == 0) {
             b->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+            /* Every completion signals the eventfd (even those done inline
+             * at submission: the others may come from task work in this
+             * thread, which only the eventfd would reveal). */
             if (b->event_fd >= 0 && io_uring_register_eventfd(&b->ring, b->event_fd) == 0) {
                 b->uring_ok = true;
                 b->ring_entries = entries;
@@ -342,11 +345,6 @@ unsigned blk_backend_reap(struct blk_backend *b, void (*done)(void *opaque, stru
     }
     if (!b->uring_ok)
         return n;
-    if (b->event_fd >= 0) {
-        uint64_t v;
-        ssize_t ignored = read(b->event_fd, &v, sizeof(v));
-        (void)ignored;
-    }
     struct io_uring_cqe *cqe;
     bool resubmitted = false;
     while (io_uring_peek_cqe(&b->ring, &cqe) == 0) {

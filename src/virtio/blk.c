@@ -478,7 +478,7 @@ static int activate(struct virtio_dev *d)
         b->queues[i].held = false;
     if (b->backend.event_fd >= 0) {
         b->completion_handler =
-            event_loop_add(&d->io.loop, b->backend.event_fd, EPOLLIN, on_completion, b);
+            event_loop_add(&d->io.loop, b->backend.event_fd, EPOLLIN | EPOLLET, on_completion, b);
         if (!b->completion_handler)
             return -1;
     }
