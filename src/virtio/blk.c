@@ -83,7 +83,10 @@ static void build_config(struct virtio_blk *b)
     memset(c, 0, sizeof(b->config));
     memcpy(c + 0, &b->capacity, 8);
     put32(c + 12, BLK_QUEUE_SIZE - 2); /* seg_max: room for header and status */
-    put32(c + 20, SECTOR);             /* blk_size */
+    /* blk_size: with O_DIRECT, the storage's own block (4 KiB disks refuse
+     * 512-byte writes); the protocol still counts 512-byte sectors. */
+    uint32_t block = b->backend.align > SECTOR ? b->backend.align : SECTOR;
+    put32(c + 20, block);
     uint16_t nq = (uint16_t)b->opts.queues;
     memcpy(c + 34, &nq, 2);
     put32(c + 36, 0x3fffff); /* max_discard_sectors (2 GiB - 512) */

@@ -202,6 +202,17 @@ static void reset_state(struct virtio_dev *d)
     }
 }
 
+/* Stores a status written by the driver, keeping NEEDS_RESET if the
+ * iothread set it meanwhile (it does so without the device lock). */
+static void store_status(struct virtio_dev *d, uint8_t status)
+{
+    uint8_t cur = __atomic_load_n(&d->status, __ATOMIC_SEQ_CST);
+    while (!__atomic_compare_exchange_n(&d->status, &cur,
+                                        (uint8_t)(status | (cur & VIRTIO_STATUS_NEEDS_RESET)),
+                                        false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        ;
+}
+
 void virtio_dev_set_status(struct virtio_dev *d, uint8_t status)
 {
     if (status == 0) {
@@ -233,21 +244,21 @@ void virtio_dev_set_status(struct virtio_dev *d, uint8_t status)
             log_warn("%s: DRIVER_OK without FEATURES_OK; ignoring", d->name);
             status &= (uint8_t)~VIRTIO_STATUS_DRIVER_OK;
         } else {
-            d->status = status;
+            store_status(d, status);
             struct activate_call c = {.d = d};
             iothread_call(&d->io, activate_on_io, &c);
             if (c.result < 0) {
                 log_warn("%s: %s; device needs a reset", d->name, c.why);
-                d->status |= VIRTIO_STATUS_NEEDS_RESET;
+                __atomic_or_fetch(&d->status, VIRTIO_STATUS_NEEDS_RESET, __ATOMIC_SEQ_CST);
                 d->needs_reset_logged = true;
-                d->config_generation++;
+                __atomic_add_fetch(&d->config_generation, 1, __ATOMIC_SEQ_CST);
                 if (d->transport && d->transport->notify_config)
                     d->transport->notify_config(d);
             }
             return;
         }
     }
-    d->status = status;
+    store_status(d, status);
 }
 
 void virtio_dev_stop(struct virtio_dev *d)

@@ -30,6 +30,7 @@ static bool sync_backend;
 static struct rate_limit_config test_limit;
 static bool test_unsafe;
 static unsigned test_poll_us;
+static bool test_direct;
 
 static void fake_notify_queue(struct virtio_dev *d, unsigned q)
 {
@@ -77,6 +78,7 @@ static void setup_opts(bool readonly)
                             .id = "serial-42",
                             .readonly = readonly,
                             .unsafe = test_unsafe,
+                            .direct = test_direct,
                             .queues = 1,
                             .poll_us = test_poll_us,
                             .sync_io = sync_backend,
@@ -383,6 +385,28 @@ static void setup_polling(void)
     test_poll_us = 0;
 }
 
+START_TEST(direct_io_announces_the_storage_block)
+{
+    uint32_t blk_size;
+    virtio_dev_config_access(&blk.dev, 20, &blk_size, 4, false);
+    ck_assert_uint_ge(blk_size, 512);
+    ck_assert_uint_eq(blk_size, blk.backend.align);
+    /* Whole blocks at block offsets go straight through O_DIRECT. */
+    ck_assert_int_eq(request(0, blk_size / 512, blk_size, true, NULL), 0);
+    uint8_t expect[4096];
+    file_read(blk_size, expect, blk_size > sizeof(expect) ? sizeof(expect) : blk_size);
+    ck_assert_mem_eq(fake_ptr(&f, BUF, 16), expect, 16);
+}
+END_TEST
+
+static void setup_direct(void)
+{
+    sync_backend = false;
+    test_direct = true;
+    setup();
+    test_direct = false;
+}
+
 static void setup_unsafe(void)
 {
     sync_backend = false;
@@ -435,6 +459,10 @@ Suite *virtio_blk_suite(void)
     tcase_add_test(polling, polling_serves_without_kicks);
     tcase_add_test(polling, read_write_flush);
     suite_add_tcase(s, polling);
+    TCase *direct = tcase_create("cache=none");
+    tcase_add_checked_fixture(direct, setup_direct, teardown);
+    tcase_add_test(direct, direct_io_announces_the_storage_block);
+    suite_add_tcase(s, direct);
     TCase *unsafe = tcase_create("unsafe");
     tcase_add_checked_fixture(unsafe, setup_unsafe, teardown);
     tcase_add_test(unsafe, unsafe_cache_offers_no_flush);
