@@ -15,5 +15,6 @@ Suite *legacy_suite(void);
 Suite *virtq_suite(void);
 Suite *virtio_blk_suite(void);
 Suite *ratelimit_suite(void);
+Suite *virtio_vsock_suite(void);
 
 #endif
