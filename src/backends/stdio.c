@@ -82,7 +82,9 @@ static void on_input(void *opaque, uint32_t events)
 {
     struct stdio_console *c = opaque;
     (void)events;
-    for (;;) {
+    /* One read per wake-up: stdin is not ours to make non-blocking, so a
+     * second read could block the main loop (and with it ember's exit). */
+    for (bool have_read = false;; have_read = true) {
         if (c->pending_off < c->pending_len) {
             size_t n = c->sink.deliver(c->sink.opaque, c->pending + c->pending_off,
                                        c->pending_len - c->pending_off);
@@ -99,11 +101,11 @@ static void on_input(void *opaque, uint32_t events)
                 arm(c, true);
             }
         }
-        if (c->eof)
+        if (c->eof || have_read)
             return;
         ssize_t n = read(c->watch_fd, c->pending, sizeof(c->pending));
         if (n < 0 && errno == EINTR)
-            continue;
+            return; /* epoll calls again */
         if (n < 0 && errno == EAGAIN)
             return;
         if (n <= 0) {
