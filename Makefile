@@ -22,7 +22,7 @@ CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
 .PHONY: all demo test unit-test guest-test test-sanitize fuzz fuzz-build \
-        bench bench-startup \
+        bench bench-startup bench-linux-boot test-linux \
         clang guests format format-check clean bench
 
 all: $(BUILD)/ember
@@ -54,6 +54,15 @@ bench: bench-startup
 
 bench-startup:
 	bench/startup.sh
+
+bench-linux-boot:
+	bench/linux-boot.sh
+
+# A real Linux guest under ember (virtio-mmio and virtio-pci) and, as the
+# reference, under QEMU: every device checked from inside the guest and from
+# the host. Root (network namespace, tap); the kernel build is cached.
+test-linux: all
+	tests/linux/run.sh --vmm both
 
 guests:
 	$(MAKE) -C guest O=$(abspath $(BUILD))/guest CC=$(CC)
