@@ -504,7 +504,6 @@ static void process_rx(struct virtio_vsock *v)
                 virtq_enable_kicks(q, false);
                 continue;
             }
-            v->rx_starved = true;
             break;
         }
         struct virtq_chain *ch = &v->rx_chain;
@@ -903,7 +902,6 @@ static void queue_notify(struct virtio_dev *d, unsigned q)
         process_tx(v);
     } else if (q == RXQ) {
         virtq_enable_kicks(&d->queues[RXQ].vq, false);
-        v->rx_starved = false;
         process_rx(v);
     }
     /* The event queue's buffers stay with us: ember sends no events (a
@@ -915,7 +913,6 @@ static void queue_notify(struct virtio_dev *d, unsigned q)
 static int activate(struct virtio_dev *d)
 {
     struct virtio_vsock *v = d->opaque;
-    v->rx_starved = false;
     v->listen_handler = event_loop_add(&d->io.loop, v->listen_fd, EPOLLIN, on_accept, v);
     v->timer_handler = event_loop_add(&d->io.loop, v->timer_fd, EPOLLIN, on_timer, v);
     if (!v->listen_handler || !v->timer_handler)

@@ -80,7 +80,6 @@ struct virtio_vsock {
     struct event_handler *timer_handler;
     bool timer_armed;
     struct virtq_chain rx_chain, tx_chain;
-    bool rx_starved; /* no receive buffers: wait for the guest's kick */
     /* Connections: every one in a list, the addressed ones in a hash. */
     struct vsock_conn *conns;
     struct vsock_conn *hash[64];

@@ -567,14 +567,17 @@ START_TEST(hostile_packets)
     expect(VSOCK_OP_RST, 5100, 1, NULL);
     tx_raw(&h, 20, NULL, 0, false); /* a short header */
     expect_nothing(50);
+    static uint8_t big[VSOCK_MAX_PKT + 1];
+    h = hdr(VSOCK_OP_RW, 1, 5100, VSOCK_MAX_PKT + 1); /* oversized */
+    tx(h, big);
+    expect(VSOCK_OP_RST, 5100, 1, NULL);
     ck_assert_uint_eq(vs.unknown_conn_packets, 1);
-    ck_assert_uint_eq(vs.bad_packets, 8);
+    ck_assert_uint_eq(vs.bad_packets, 9);
 
     /* Credit violation: the host program does not read and the guest
      * ignores ember's window. */
     int lfd = port_listener(5100);
     int fd = open_guest_conn(lfd, 1u << 20);
-    static uint8_t big[VSOCK_MAX_PKT];
     bool reset = false;
     for (int i = 0; i < 16 && !reset; i++) {
         tx(hdr(VSOCK_OP_RW, 1234, 5100, VSOCK_MAX_PKT), big);
