@@ -443,7 +443,9 @@ def ember_host_workaround(a):
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     names = []
-    timer = threading.Timer(20, probe.kill)
+    # The warning comes within milliseconds (vCPUs are made before the guest
+    # runs); where it never comes, a few seconds is proof enough.
+    timer = threading.Timer(5, probe.kill)
     timer.start()
     try:
         for line in probe.stderr:
