@@ -460,18 +460,23 @@ def ember_host_workaround(a):
         probe.wait()
     params = []
     clear = []
+    other = []
     for name in names:
         p = EMBER_LEAK_PARAMS.get(name)
         if p and p.startswith("clearcpuid="):
             clear.append(p.split("=", 1)[1])
         elif p and p not in params:
             params.append(p)
+        elif not p:
+            other.append(name)
     if clear:
         params.append("clearcpuid=" + ",".join(clear))
     if names:
         log(f"ember: this host's KVM kept {' '.join(names)} visible despite --cpu-template "
             f"baseline (it passes the real CPUID through); host workaround, adding "
-            f"'{' '.join(params)}' to the guest's command line")
+            f"'{' '.join(params)}' to the guest's command line"
+            + (f" ({', '.join(other)}: nothing needed, the AVX family goes with XSAVE and "
+               f"the kernel does not depend on the rest)" if other else ""))
     else:
         log("ember: --cpu-template baseline hid everything; no CPUID workaround needed")
     return " ".join(params)
