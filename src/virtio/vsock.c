@@ -986,6 +986,15 @@ int virtio_vsock_init(struct virtio_vsock *v, uint64_t guest_cid, const char *ud
 void virtio_vsock_destroy(struct virtio_vsock *v)
 {
     virtio_dev_destroy(&v->dev);
+    if (v->tx_packets || v->rx_packets || v->bad_packets)
+        log_info("vsock: %llu connections (%llu refused); guest sent %llu packets, %llu bytes, "
+                 "received %llu packets, %llu bytes; refused packets %llu, credit violations %llu, "
+                 "packets for unknown connections %llu, RSTs dropped %llu",
+                 (unsigned long long)v->conns_opened, (unsigned long long)v->conns_refused,
+                 (unsigned long long)v->tx_packets, (unsigned long long)v->tx_bytes,
+                 (unsigned long long)v->rx_packets, (unsigned long long)v->rx_bytes,
+                 (unsigned long long)v->bad_packets, (unsigned long long)v->credit_violations,
+                 (unsigned long long)v->unknown_conn_packets, (unsigned long long)v->rsts_dropped);
     if (v->listen_fd >= 0) {
         close(v->listen_fd);
         unlink(v->uds_path);
