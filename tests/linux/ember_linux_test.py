@@ -486,7 +486,8 @@ def vmm_ember(a, st, cmdline):
     """ember: every device of the checks, on the chosen transport; hvc0 is
     ember's stdin/stdout (serial output still shown there)."""
     extra = ember_host_workaround(a)
-    cmd = [a.ember, "run", "--kernel", a.kernel, "--initrd", a.initrd,
+    # info: ember's closing vsock counters are checked (see run_vm).
+    cmd = [a.ember, "run", "--log-level", "info", "--kernel", a.kernel, "--initrd", a.initrd,
            "--memory", str(a.mem), "--cpus", str(a.cpus), "--cpu-template", "baseline",
            "--transport", a.transport, "--cmdline", f"{cmdline} {extra}".strip()]
     if "blk" in st.checks:
@@ -525,7 +526,9 @@ def main():
                    help="tap: tap0 in a new network namespace (root); user: the VMM's slirp")
     p.add_argument("--blk-kib", type=int, default=64)
     p.add_argument("--net-kib", type=int, default=64)
-    p.add_argument("--vsock-bytes", type=int, default=65536)
+    p.add_argument("--vsock-bytes", type=int, default=300000,
+                   help="bytes each way per vsock stream (default: more than the 256 KiB "
+                   "windows of both sides, so that credit updates must flow)")
     p.add_argument("--vsock-conns", type=int, default=3, help="vsock connections each way")
     p.add_argument("--ember", default=None, help="ember binary (default build/ember)")
     p.add_argument("--timeout", type=int, default=240, help="seconds for the whole VM run")
@@ -596,6 +599,7 @@ def run_vm(a, st, res, work):
         hvc_thread = threading.Thread(target=st.drive_console, daemon=True)
         hvc_thread.start()
     tap_re = re.compile(r"^(not )?ok (\d+) - (.*)$")
+    vsock_counters = None
     for raw in vm.stdout:
         line = raw.decode(errors="replace").rstrip("\r\n")
         t = time.time() - t0
@@ -615,6 +619,11 @@ def run_vm(a, st, res, work):
             plan = int(line[3:])
         elif line.startswith("# ") and not line.startswith("# console: shell"):
             print(f"# {t:6.1f}s guest {line}", flush=True)
+        m = re.search(r"vsock: .*refused packets (\d+), credit violations (\d+), "
+                      r"packets for unknown connections (\d+), RSTs dropped (\d+)", line)
+        if m:
+            vsock_counters = [int(x) for x in m.groups()]
+            print(f"# {t:6.1f}s ember: {line[line.index('vsock: '):]}", flush=True)
         if re.search(r"Kernel panic|KVM internal error|emulation failure", line):
             print(f"# {t:6.1f}s serial: {line}", flush=True)
     rc = vm.wait()
@@ -653,6 +662,12 @@ def run_vm(a, st, res, work):
         ok = v.get("guest->host") and v.get("host->guest")
         res.add(bool(ok), f"{pre} vsock: {a.vsock_conns} streams each way matched "
                 f"({a.vsock_bytes} bytes each)", v.get("error", repr(v)))
+        if a.vmm == "ember":
+            res.add(vsock_counters == [0, 0, 0, 0],
+                    f"{pre} ember's vsock refused no packet of the guest's and dropped no RST",
+                    "no counters from ember" if vsock_counters is None else
+                    "refused %d, credit violations %d, unknown connections %d, RSTs dropped %d"
+                    % tuple(vsock_counters))
     if "done" in marks and rc == 0 and not killed:
         res.add(True, f"{pre} reboot -f ended the VMM with status 0 "
                 f"({total - marks['done']:.2f} s after the last check)")
