@@ -9,6 +9,7 @@
 #include "virtq_fake.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -36,6 +37,9 @@ static struct drv_queue dq[3];
 static struct virtio_vsock vs;
 static char dir[64], path[96];
 static unsigned tx_next;
+static bool hold_rx; /* the driver keeps used receive buffers */
+static uint16_t held[NRX];
+static unsigned nheld;
 static int config_irqs;
 
 static void fake_notify_queue(struct virtio_dev *d, unsigned q)
@@ -93,6 +97,8 @@ static void setup(void)
     vs.dev.transport = &fake_transport;
     config_irqs = 0;
     tx_next = 0;
+    hold_rx = false;
+    nheld = 0;
     struct virtio_dev *d = &vs.dev;
     pthread_mutex_lock(&d->lock);
     virtio_dev_set_status(d, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
@@ -189,8 +195,12 @@ static bool rx(struct vsock_hdr *h, void *data, uint32_t *len, int ms)
                 memcpy(data, buf + VSOCK_HDR_LEN, h->len);
             if (len)
                 *len = h->len;
-            post_rx((uint16_t)e.id);
-            virtio_dev_kick(&vs.dev, 0);
+            if (hold_rx) {
+                held[nheld++] = (uint16_t)e.id;
+            } else {
+                post_rx((uint16_t)e.id);
+                virtio_dev_kick(&vs.dev, 0);
+            }
             return true;
         }
         if (i < ms * 4)
@@ -594,6 +604,60 @@ START_TEST(hostile_packets)
 }
 END_TEST
 
+/* With no receive buffers ember stops reading the host socket (the host
+ * program blocks); the guest's new buffers and kick resume the stream with
+ * nothing lost. */
+START_TEST(no_rx_buffers_pushes_back)
+{
+    int lfd = port_listener(5100);
+    int fd = open_guest_conn(lfd, 1u << 20);
+    ck_assert_int_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    enum { TOTAL = 640 << 10 };
+    static uint8_t data[TOTAL], got[TOTAL];
+    for (unsigned i = 0; i < TOTAL; i++)
+        data[i] = pattern(i, 0x33);
+    size_t written = 0, recvd = 0;
+    hold_rx = true;
+    for (int round = 0; round < 200; round++) {
+        ssize_t w = write(fd, data + written, TOTAL - written);
+        if (w > 0)
+            written += (size_t)w;
+        struct vsock_hdr h;
+        uint32_t len;
+        bool any = false;
+        while (rx(&h, got + recvd, &len, 10)) {
+            ck_assert_uint_eq(h.op, VSOCK_OP_RW);
+            recvd += len;
+            any = true;
+        }
+        if (!any && nheld == NRX)
+            break; /* every buffer used: ember must be waiting */
+    }
+    ck_assert_uint_eq(nheld, NRX);
+    ck_assert_uint_le(recvd, NRX * 4096);
+    ck_assert_uint_gt(written, recvd); /* the rest waits in the host socket */
+    ck_assert(write(fd, data + written, TOTAL - written) < 0 && errno == EAGAIN);
+    hold_rx = false;
+    for (unsigned i = 0; i < nheld; i++)
+        post_rx(held[i]);
+    nheld = 0;
+    virtio_dev_kick(&vs.dev, 0);
+    for (int round = 0; round < 4000 && recvd < TOTAL; round++) {
+        ssize_t w = written < TOTAL ? write(fd, data + written, TOTAL - written) : 0;
+        if (w > 0)
+            written += (size_t)w;
+        struct vsock_hdr h;
+        uint32_t len;
+        while (rx(&h, got + recvd, &len, 1))
+            recvd += len; /* within the guest's 1 MiB window: no update needed */
+    }
+    ck_assert_uint_eq(recvd, TOTAL);
+    ck_assert_mem_eq(got, data, TOTAL);
+    close(fd);
+    close(lfd);
+}
+END_TEST
+
 START_TEST(header_checks)
 {
     const char *why;
@@ -663,6 +727,7 @@ Suite *virtio_vsock_suite(void)
     tcase_add_test(tc, host_connect_refused_or_bad);
     tcase_add_test(tc, credit_towards_guest);
     tcase_add_test(tc, streams_both_ways);
+    tcase_add_test(tc, no_rx_buffers_pushes_back);
     tcase_add_test(tc, hostile_packets);
     tcase_add_test(tc, reset_closes_connections);
     suite_add_tcase(s, tc);
