@@ -69,14 +69,28 @@ static struct virtq_used *used(unsigned q)
     return (struct virtq_used *)(ram + desc_of(q) + 0x2000);
 }
 
+static char dir[] = "/tmp/ember-fuzz-vsock-XXXXXX";
+
+/* The sockets and their directory go when the fuzzer exits. */
+static void cleanup(void)
+{
+    char p[160];
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof(p), "%s_%d", path, i + 1);
+        unlink(p);
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
 static void init_once(void)
 {
     ram = calloc(1, MEM_SIZE);
     guest_memory_layout(&mem, ram, MEM_SIZE, LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END);
     log_open("/dev/null");
-    char dir[] = "/tmp/ember-fuzz-vsock-XXXXXX";
     if (!mkdtemp(dir))
         abort();
+    atexit(cleanup);
     snprintf(path, sizeof(path), "%s/v.sock", dir);
     if (virtio_vsock_init(&vs, GUEST_CID, path, &mem) < 0)
         abort();
