@@ -310,6 +310,32 @@ START_TEST(guest_connects_to_host)
 }
 END_TEST
 
+/* The host program writes and closes at once: its bytes still reach the
+ * guest, then a SHUTDOWN, then an RST when the guest sends more. */
+START_TEST(host_hangs_up)
+{
+    int lfd = port_listener(5100);
+    int fd = open_guest_conn(lfd, 1u << 20);
+    ck_assert_int_eq(write(fd, "bye", 3), 3);
+    close(fd);
+    struct vsock_hdr h;
+    char buf[16];
+    uint32_t len;
+    ck_assert(rx(&h, buf, &len, 2000));
+    ck_assert_uint_eq(h.op, VSOCK_OP_RW);
+    ck_assert_uint_eq(len, 3);
+    ck_assert_mem_eq(buf, "bye", 3);
+    expect(VSOCK_OP_SHUTDOWN, 5100, 1234, &h);
+    /* RCV too when ember saw the hang-up before the end of the stream. */
+    ck_assert_uint_eq(h.flags & VSOCK_SHUTDOWN_SEND, VSOCK_SHUTDOWN_SEND);
+    /* Data the host can no longer take ends the connection. */
+    tx(hdr(VSOCK_OP_RW, 1234, 5100, 2), "hi");
+    expect(VSOCK_OP_RST, 5100, 1234, NULL);
+    ck_assert_uint_eq(vs.nconns, 0);
+    close(lfd);
+}
+END_TEST
+
 START_TEST(guest_connect_refused)
 {
     tx(hdr(VSOCK_OP_REQUEST, 1234, 5999, 0), NULL);
@@ -722,6 +748,7 @@ Suite *virtio_vsock_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, header_checks);
     tcase_add_test(tc, guest_connects_to_host);
+    tcase_add_test(tc, host_hangs_up);
     tcase_add_test(tc, guest_connect_refused);
     tcase_add_test(tc, host_connects_to_guest);
     tcase_add_test(tc, host_connect_refused_or_bad);
