@@ -23,8 +23,8 @@ UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-.PHONY: all demo test unit-test guest-test console-test api-test linux-smoke-test test-sanitize \
-        fuzz fuzz-build bench bench-startup bench-api \
+.PHONY: all demo test unit-test guest-test console-test api-test linux-smoke-test test-linux \
+        test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-linux-boot \
         clang guests format format-check clean bench
 
 all: $(BUILD)/ember
@@ -63,6 +63,15 @@ bench-api:
 
 bench-startup:
 	bench/startup.sh
+
+bench-linux-boot:
+	bench/linux-boot.sh
+
+# A real Linux guest under ember (virtio-mmio and virtio-pci) and, as the
+# reference, under QEMU: every device checked from inside the guest and from
+# the host. Root (network namespace, tap); the kernel build is cached.
+test-linux: all
+	tests/linux/run.sh --vmm both
 
 guests:
 	$(MAKE) -C guest O=$(abspath $(BUILD))/guest CC=$(CC)

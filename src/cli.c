@@ -87,6 +87,10 @@ void cli_usage(FILE *f)
         "                        and any of mac=XX:XX:XX:XX:XX:XX, hostfwd=tcp:HOST:GUEST\n"
         "                        (user only, several joined with +), rx-bw=BYTES, tx-bw=BYTES,\n"
         "                        rx-pps=N, tx-pps=N (per-second limits)\n"
+        "  --vsock SPEC          a virtio-vsock device; SPEC is cid=N,uds=PATH: the guest's\n"
+        "                        CID (3 or more) and a unix socket; guest connections to\n"
+        "                        host port P reach PATH_P, host programs connect to PATH\n"
+        "                        and send \"CONNECT P\\n\" (ember answers \"OK <port>\\n\")\n"
         "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
         "\n"
         "The guest's first serial port (COM1, ttyS0) is ember's standard input and output.\n"
@@ -177,6 +181,7 @@ enum opt_id {
     OPT_BLK_SYNC,
     OPT_NET,
     OPT_SYNC_TEARDOWN,
+    OPT_VSOCK,
     OPT_HELP,
 };
 
@@ -201,6 +206,7 @@ static const struct {
     {"blk-sync", OPT_BLK_SYNC, false},
     {"net", OPT_NET, true},
     {"sync-teardown", OPT_SYNC_TEARDOWN, false},
+    {"vsock", OPT_VSOCK, true},
     {"help", OPT_HELP, false},
 };
 
@@ -370,6 +376,54 @@ int cli_parse_net(const char *spec, struct net_config *n)
     return 0;
 }
 
+/* --vsock cid=N,uds=PATH[,id=NAME]. The strings kept are the caller's to
+ * free (or to keep for the process's life). */
+int cli_parse_vsock(const char *spec, struct vsock_config *v)
+{
+    memset(v, 0, sizeof(*v));
+    char *copy = strdup(spec);
+    if (!copy)
+        return error_set("out of memory");
+    int r = 0;
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item && r == 0;
+         item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            r = error_set("--vsock %s: '%s' is not key=value", spec, item);
+            break;
+        }
+        *eq = '\0';
+        const char *key = item, *val = eq + 1;
+        unsigned cid;
+        if (!strcmp(key, "cid") || !strcmp(key, "guest_cid")) {
+            if (cli_parse_uint(val, 0xfffffffeu, &cid) < 0 || cid < 3)
+                r = error_set("--vsock cid=%s: use 3 to 4294967294 (0-2 are reserved)", val);
+            else
+                v->guest_cid = cid;
+        } else if (!strcmp(key, "uds") || !strcmp(key, "uds_path")) {
+            free((char *)v->uds_path);
+            if (!(v->uds_path = strdup(val)))
+                r = error_set("out of memory");
+        } else if (!strcmp(key, "id")) {
+            free((char *)v->id);
+            if (!(v->id = strdup(val)))
+                r = error_set("out of memory");
+        } else {
+            r = error_set("--vsock: unknown key '%s' (cid, uds, id)", key);
+        }
+    }
+    free(copy);
+    if (r == 0 && (!v->guest_cid || !v->uds_path || !*v->uds_path))
+        r = error_set("--vsock %s: needs cid=N and uds=PATH", spec);
+    if (r < 0) {
+        free((char *)v->uds_path);
+        free((char *)v->id);
+        memset(v, 0, sizeof(*v));
+    }
+    return r;
+}
+
 static int apply_option(struct cli *cli, enum opt_id id, const char *name, const char *value)
 {
     struct vm_config *vm = &cli->vm;
@@ -457,6 +511,10 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
             return -1;
         vm->nnets++;
         return 0;
+    case OPT_VSOCK:
+        if (vm->vsock.guest_cid)
+            return error_set("only one --vsock device");
+        return cli_parse_vsock(value, &vm->vsock);
     case OPT_HELP:
         cli->action = CLI_HELP;
         return 0;

@@ -46,5 +46,6 @@ int cli_parse_uint(const char *s, unsigned max, unsigned *out);
 const char *cli_version(void);
 int cli_parse_drive(const char *spec, struct drive_config *d);
 int cli_parse_net(const char *spec, struct net_config *n);
+int cli_parse_vsock(const char *spec, struct vsock_config *v);
 
 #endif

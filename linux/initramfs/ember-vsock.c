@@ -1,12 +1,13 @@
 /*
  * ember-vsock: the vsock check of ember's test initramfs.
  *
- *   ember-vsock [-C cid] [-c port] [-l port] [-n bytes] [-t seconds]
+ *   ember-vsock [-C cid] [-c port] [-l port] [-k conns] [-n bytes] [-t seconds]
  *
  *   -c port   connect to cid:port (cid 2, the host, unless -C), send the
  *             data, read the answer
- *   -l port   listen on port, accept one connection from the host, read
- *             its data, send the answer
+ *   -l port   listen on port, accept connections from the host, read
+ *             their data, send the answers
+ *   -k conns  connections each way, open at the same time (default 1, max 16)
  *   -n bytes  bytes sent each way (default 65536)
  *   -t secs   give up after this many seconds in all (default 30)
  *
@@ -171,43 +172,54 @@ static int report(const char *what, long r, unsigned long n, unsigned long bad)
     return 0;
 }
 
-static int do_connect(unsigned int cid, unsigned int port, unsigned long n)
+#define MAX_CONNS 16
+
+static int do_connect(unsigned int cid, unsigned int port, unsigned long n, unsigned long k)
 {
     struct sockaddr_vm sa;
-    long fd = -1, r;
+    long fds[MAX_CONNS], r;
 
     memset(&sa, 0, sizeof(sa));
     sa.svm_family = AF_VSOCK_;
     sa.svm_cid = cid;
     sa.svm_port = port;
-    /* The host may not listen yet: retry until the alarm ends us. */
-    for (;;) {
-        fd = sys3(__NR_socket, AF_VSOCK_, SOCK_STREAM_, 0);
-        if (fd < 0)
-            return report("socket(AF_VSOCK)", fd, n, 0);
-        r = sys3(__NR_connect, fd, &sa, sizeof(sa));
-        if (r == 0)
-            break;
-        sys3(__NR_close, fd, 0, 0);
-        struct {
-            long s, ns;
-        } ts = {0, 200000000};
-        sys3(__NR_nanosleep, &ts, 0, 0);
+    /* All k connections open at once, so the streams run side by side. */
+    for (unsigned long i = 0; i < k; i++) {
+        /* The host may not listen yet: retry until the alarm ends us. */
+        for (;;) {
+            fds[i] = sys3(__NR_socket, AF_VSOCK_, SOCK_STREAM_, 0);
+            if (fds[i] < 0)
+                return report("socket(AF_VSOCK)", fds[i], n, 0);
+            r = sys3(__NR_connect, fds[i], &sa, sizeof(sa));
+            if (r == 0)
+                break;
+            sys3(__NR_close, fds[i], 0, 0);
+            struct {
+                long s, ns;
+            } ts = {0, 200000000};
+            sys3(__NR_nanosleep, &ts, 0, 0);
+        }
     }
-    r = send_all((int)fd, n, 0);
-    if (r < 0)
-        return report("connect: send", r, n, 0);
-    sys3(__NR_shutdown, fd, SHUT_WR_, 0);
-    unsigned long bad;
-    r = recv_all((int)fd, n, 0xff, &bad);
-    sys3(__NR_close, fd, 0, 0);
-    return report("connect: answer", r, n, bad);
+    for (unsigned long i = 0; i < k; i++) {
+        r = send_all((int)fds[i], n, 0);
+        if (r < 0)
+            return report("connect: send", r, n, 0);
+        sys3(__NR_shutdown, fds[i], SHUT_WR_, 0);
+    }
+    for (unsigned long i = 0; i < k; i++) {
+        unsigned long bad;
+        r = recv_all((int)fds[i], n, 0xff, &bad);
+        sys3(__NR_close, fds[i], 0, 0);
+        if (report("connect: answer", r, n, bad))
+            return 1;
+    }
+    return 0;
 }
 
-static int do_listen(unsigned int port, unsigned long n)
+static int do_listen(unsigned int port, unsigned long n, unsigned long k)
 {
     struct sockaddr_vm sa;
-    long fd, c, r;
+    long fd, c[MAX_CONNS], r;
     unsigned long bad;
 
     memset(&sa, 0, sizeof(sa));
@@ -220,22 +232,29 @@ static int do_listen(unsigned int port, unsigned long n)
     r = sys3(__NR_bind, fd, &sa, sizeof(sa));
     if (r < 0)
         return report("bind", r, n, 0);
-    r = sys3(__NR_listen, fd, 1, 0);
+    r = sys3(__NR_listen, fd, (long)k, 0);
     if (r < 0)
         return report("listen", r, n, 0);
     put("# vsock: listening on port ");
     putnum(port);
     flush();
-    c = sys3(__NR_accept, fd, 0, 0);
-    if (c < 0)
-        return report("accept", c, n, 0);
-    r = recv_all((int)c, n, 0, &bad);
-    if (report("listen: data from the host", r, n, bad))
-        return 1;
-    r = send_all((int)c, n, 0xff);
-    sys3(__NR_close, c, 0, 0);
+    /* Take all k first: the host opens them together. */
+    for (unsigned long i = 0; i < k; i++) {
+        c[i] = sys3(__NR_accept, fd, 0, 0);
+        if (c[i] < 0)
+            return report("accept", c[i], n, 0);
+    }
+    for (unsigned long i = 0; i < k; i++) {
+        r = recv_all((int)c[i], n, 0, &bad);
+        if (report("listen: data from the host", r, n, bad))
+            return 1;
+        r = send_all((int)c[i], n, 0xff);
+        sys3(__NR_close, c[i], 0, 0);
+        if (report("listen: send", r < 0 ? r : (long)n, n, 0))
+            return 1;
+    }
     sys3(__NR_close, fd, 0, 0);
-    return report("listen: send", r < 0 ? r : (long)n, n, 0);
+    return 0;
 }
 
 static int parse(const char *s, unsigned long *v)
@@ -253,14 +272,14 @@ static int parse(const char *s, unsigned long *v)
 
 static int usage(void)
 {
-    put("usage: ember-vsock [-C cid] [-c port] [-l port] [-n bytes] [-t seconds]");
+    put("usage: ember-vsock [-C cid] [-c port] [-l port] [-k conns] [-n bytes] [-t seconds]");
     flush();
     return 2;
 }
 
 static int run(int argc, char **argv)
 {
-    unsigned long cid = 2, cport = 0, lport = 0, n = 65536, secs = 30;
+    unsigned long cid = 2, cport = 0, lport = 0, n = 65536, secs = 30, k = 1;
     int have_c = 0, have_l = 0;
 
     for (int i = 1; i < argc; i++) {
@@ -286,19 +305,22 @@ static int run(int argc, char **argv)
         case 't':
             dst = &secs;
             break;
+        case 'k':
+            dst = &k;
+            break;
         default:
             return usage();
         }
         if (parse(argv[++i], dst))
             return usage();
     }
-    if (!have_c && !have_l)
+    if ((!have_c && !have_l) || k < 1 || k > MAX_CONNS)
         return usage();
 
     sys3(__NR_alarm, secs, 0, 0);
-    if (have_c && do_connect((unsigned int)cid, (unsigned int)cport, n))
+    if (have_c && do_connect((unsigned int)cid, (unsigned int)cport, n, k))
         return 1;
-    if (have_l && do_listen((unsigned int)lport, n))
+    if (have_l && do_listen((unsigned int)lport, n, k))
         return 1;
     if (have_c) {
         put("guest->host port ");
@@ -310,8 +332,10 @@ static int run(int argc, char **argv)
         putnum(lport);
     }
     put(": ");
+    putnum(k);
+    put(k == 1 ? " connection, " : " connections, ");
     putnum(n);
-    put(" bytes each way matched");
+    put(" bytes each way on each matched");
     flush();
     return 0;
 }

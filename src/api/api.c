@@ -473,8 +473,7 @@ static int route(struct route_ctx *r)
             return invalid_route(r);
         if (api_instance_started(a))
             return not_after_start(out);
-        api_check_vsock(r->body);
-        return fault_from_error(out);
+        return api_put_vsock(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
     }
     for (size_t i = 0; i < sizeof(unsupported_routes) / sizeof(unsupported_routes[0]); i++) {
         const char *rp = unsupported_routes[i].path;

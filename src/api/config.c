@@ -218,6 +218,8 @@ void api_config_free(struct api_config *c)
     free(c->logger.log_path);
     free(c->logger.module);
     free(c->metrics_path);
+    free(c->vsock.uds_path);
+    free(c->vsock.vsock_id);
     api_config_init(c);
 }
 
@@ -558,7 +560,7 @@ int api_put_entropy(struct api_config *c, const cJSON *body)
     return 0;
 }
 
-int api_check_vsock(const cJSON *body)
+int api_put_vsock(struct api_config *c, const cJSON *body)
 {
     static const char *const fields[] = {"guest_cid", "uds_path", "vsock_id", NULL};
     const char *what = "vsock", *uds, *id;
@@ -570,7 +572,19 @@ int api_check_vsock(const cJSON *body)
         return -1;
     if (cid < 3)
         return error_set("%s: `guest_cid` must be at least 3", what);
-    return error_set("vsock devices are not supported yet");
+    if (!*uds || strlen(uds) >= 100)
+        return error_set("%s: `uds_path` must be a unix socket path of 1 to 99 bytes", what);
+    char *uds_copy = strdup(uds), *id_copy = dup_str(id);
+    if (!uds_copy || (id && !id_copy)) {
+        free(uds_copy);
+        free(id_copy);
+        return error_set("out of memory");
+    }
+    free(c->vsock.uds_path);
+    free(c->vsock.vsock_id);
+    c->vsock = (struct api_vsock){
+        .set = true, .guest_cid = cid, .uds_path = uds_copy, .vsock_id = id_copy};
+    return 0;
 }
 
 int api_parse_action(const cJSON *body, enum api_action *out)
@@ -678,7 +692,7 @@ int api_config_parse_document(struct api_config *c, const char *text, size_t len
     }
     if ((v = field(doc, "entropy")) && api_put_entropy(c, v) < 0)
         goto out;
-    if ((v = field(doc, "vsock")) && api_check_vsock(v) < 0)
+    if ((v = field(doc, "vsock")) && api_put_vsock(c, v) < 0)
         goto out;
     if (unsupported_section(doc, "balloon", "the balloon device") < 0 ||
         unsupported_section(doc, "mmds-config", "MMDS") < 0 ||
@@ -709,6 +723,10 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
     if (strcmp(c->machine.cpu_template, "None") != 0 &&
         cpu_template_parse(c->machine.cpu_template, &vm->cpu_template) < 0)
         return -1;
+    if (c->vsock.set)
+        vm->vsock = (struct vsock_config){.id = c->vsock.vsock_id,
+                                          .guest_cid = c->vsock.guest_cid,
+                                          .uds_path = c->vsock.uds_path};
     vm->nnets = c->nnets;
     for (unsigned i = 0; i < c->nnets; i++) {
         const struct api_net *n = &c->nets[i];
@@ -843,7 +861,15 @@ cJSON *api_config_json(const struct api_config *c)
     } else {
         cJSON_AddNullToObject(o, "entropy");
     }
-    cJSON_AddNullToObject(o, "vsock");
+    if (c->vsock.set) {
+        cJSON *vs = cJSON_AddObjectToObject(o, "vsock");
+        cJSON_AddNumberToObject(vs, "guest_cid", (double)c->vsock.guest_cid);
+        cJSON_AddStringToObject(vs, "uds_path", c->vsock.uds_path);
+        if (c->vsock.vsock_id)
+            cJSON_AddStringToObject(vs, "vsock_id", c->vsock.vsock_id);
+    } else {
+        cJSON_AddNullToObject(o, "vsock");
+    }
     cJSON_AddNullToObject(o, "balloon");
     cJSON_AddNullToObject(o, "mmds-config");
     return o;

@@ -61,6 +61,12 @@ struct api_entropy {
     struct rate_limit_config rate_limit;
 };
 
+struct api_vsock {
+    bool set;
+    uint64_t guest_cid;
+    char *uds_path, *vsock_id;
+};
+
 /* Everything configured so far. Strings are owned (malloc'd). */
 struct api_config {
     bool has_boot_source;
@@ -73,6 +79,7 @@ struct api_config {
     struct api_logger logger;
     char *metrics_path;
     struct api_entropy entropy;
+    struct api_vsock vsock;
 };
 
 /* A PATCH /drives/{id} after start: what changes. */
@@ -98,8 +105,7 @@ int api_put_net(struct api_config *c, const char *path_id, const cJSON *body);
 int api_parse_logger(const cJSON *body, struct api_logger *out);
 int api_parse_metrics(const cJSON *body, char **path);
 int api_put_entropy(struct api_config *c, const cJSON *body);
-/* vsock is validated, then refused: ember has no vsock device yet. */
-int api_check_vsock(const cJSON *body);
+int api_put_vsock(struct api_config *c, const cJSON *body);
 int api_parse_action(const cJSON *body, enum api_action *out);
 int api_parse_vm_state(const cJSON *body, bool *paused);
 /* Whether id is a valid resource id (drive, interface, instance). */

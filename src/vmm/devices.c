@@ -7,6 +7,7 @@
 #include "virtio/console.h"
 #include "virtio/net.h"
 #include "virtio/rng.h"
+#include "virtio/vsock.h"
 #include "vmm/vm.h"
 
 #include <stdio.h>
@@ -91,6 +92,12 @@ static void destroy_rng(void *model)
 static void destroy_console(void *model)
 {
     virtio_console_destroy(model);
+    free(model);
+}
+
+static void destroy_vsock(void *model)
+{
+    virtio_vsock_destroy(model);
     free(model);
 }
 
@@ -219,6 +226,20 @@ int vm_create_virtio_devices(struct vm *vm)
         if (virtio_rng_init(r, &vm->mem, rate, burst) < 0 ||
             attach(vm, &r->dev, r, destroy_rng) < 0)
             return -1;
+    }
+    if (cfg->vsock.guest_cid) {
+        struct virtio_vsock *vs = calloc(1, sizeof(*vs));
+        if (!vs)
+            return error_set("out of memory");
+        if (virtio_vsock_init(vs, cfg->vsock.guest_cid, cfg->vsock.uds_path, &vm->mem) < 0) {
+            virtio_vsock_destroy(vs);
+            free(vs);
+            return -1;
+        }
+        if (attach(vm, &vs->dev, vs, destroy_vsock) < 0)
+            return -1;
+        log_info("vsock: guest CID %llu, host socket %s", (unsigned long long)cfg->vsock.guest_cid,
+                 cfg->vsock.uds_path);
     }
     for (unsigned i = 0; i < cfg->ndrives; i++) {
         const struct drive_config *dc = &cfg->drives[i];

@@ -59,6 +59,13 @@ struct net_config {
     struct rate_limit_config rx_limit, tx_limit;
 };
 
+/* Firecracker's vsock: guest CID and the host's unix socket. */
+struct vsock_config {
+    const char *id;       /* the API's vsock_id */
+    uint64_t guest_cid;   /* 0: no vsock device */
+    const char *uds_path; /* PATH: host connections; PATH_<port>: guest connections */
+};
+
 struct vm_config {
     const char *kernel_path;
     const char *initrd_path;
@@ -78,6 +85,7 @@ struct vm_config {
     bool blk_sync;                        /* synchronous block I/O instead of io_uring */
     unsigned nnets;
     struct net_config nets[VM_MAX_NETS];
+    struct vsock_config vsock;
 };
 
 void vm_config_defaults(struct vm_config *cfg);

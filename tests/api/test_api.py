@@ -459,8 +459,11 @@ def test_entropy_vsock(tmp):
         check(e.req("GET", "/vm/config").json()["entropy"]["rate_limiter"]["bandwidth"]["size"] == 1000,
               "stored")
         expect(e.req("PUT", "/entropy", {"rate": 5}), 400, "unknown field", "unknown field")
-        expect(e.req("PUT", "/vsock", {"guest_cid": 3, "uds_path": "/tmp/v.sock"}), 400, "vsock",
-               "not supported yet")
+        vsock_path = os.path.join(tmp, "v.sock")
+        expect(e.req("PUT", "/vsock", {"guest_cid": 3, "uds_path": vsock_path, "vsock_id": "vs0"}),
+               204, "vsock")
+        vs = e.req("GET", "/vm/config").json()["vsock"]
+        check(vs == {"guest_cid": 3, "uds_path": vsock_path, "vsock_id": "vs0"}, "vsock stored: %r" % vs)
         expect(e.req("PUT", "/vsock", {"guest_cid": 1, "uds_path": "/tmp/v.sock"}), 400, "vsock cid",
                "guest_cid")
     finally:
@@ -806,7 +809,7 @@ def test_config_file(tmp):
         ({"drives": []}, "boot-source"),
         (dict(doc, **{"machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}), "vcpu_count"),
         (dict(doc, **{"balloon": {"amount_mib": 1, "deflate_on_oom": False}}), "not supported"),
-        (dict(doc, **{"vsock": {"guest_cid": 3, "uds_path": "/tmp/v"}}), "not supported"),
+        (dict(doc, **{"vsock": {"guest_cid": 2, "uds_path": "/tmp/v"}}), "guest_cid"),
         (dict(doc, **{"network-interfaces": [{"iface_id": "eth0", "host_dev_name": "x" * 20}]}),
          "host_dev_name"),
         (dict(doc, frobnicate=1), "unknown field"),

@@ -17,5 +17,6 @@ Suite *virtio_blk_suite(void);
 Suite *ratelimit_suite(void);
 Suite *api_suite(void);
 Suite *keyboard_suite(void);
+Suite *virtio_vsock_suite(void);
 
 #endif
