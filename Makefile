@@ -109,6 +109,7 @@ test:
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+	$(MAKE) test-linux
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build, running the unit and
 # guest tests.
