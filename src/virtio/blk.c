@@ -57,6 +57,7 @@ struct blk_request {
     uint8_t *status;
     uint32_t written;
     struct blk_request *next_free;
+    struct blk_request *merged; /* requests whose data rides on this one's I/O */
     struct iovec iov[BLK_QUEUE_SIZE];
 };
 
@@ -66,8 +67,12 @@ struct blk_queue {
     struct virtq_chain chain;
     struct blk_request *reqs;
     struct blk_request *free_list;
-    bool completed; /* used entries pushed since the last signal */
-    bool held;      /* chain popped but waiting for rate-limit tokens */
+    bool completed;                            /* used entries pushed since the last signal */
+    bool held;                                 /* chain popped but waiting for rate-limit tokens */
+    unsigned inflight;                         /* requests taken and not yet returned */
+    struct blk_request *batch[BLK_QUEUE_SIZE]; /* reads and writes not yet submitted */
+    unsigned nbatch;
+    bool kicks_forced; /* the timer fired: ask for kicks even while busy */
 };
 
 /* ---- configuration space ------------------------------------------- */
@@ -126,6 +131,7 @@ static void finish_request(struct blk_request *r, uint8_t status)
             b->errors++;
     }
     *r->status = status;
+    q->inflight--;
     /* A device that was reset while this was in flight no longer owns
      * the ring: the result is dropped, as the driver expects after reset. */
     if (b->dev.active && !b->dev.queues[q->index].vq.broken) {
@@ -141,6 +147,21 @@ static void io_done(void *opaque, struct blk_io *io)
     (void)opaque;
     struct blk_request *r = (struct blk_request *)io;
     struct virtio_blk *b = r->queue->blk;
+    /* Requests merged into this I/O share its outcome. */
+    for (struct blk_request *m = r->merged, *next; m; m = next) {
+        next = m->merged;
+        m->merged = NULL;
+        if (io->result < 0) {
+            finish_request(m, VIRTIO_BLK_S_IOERR);
+        } else {
+            if (io->op == BLK_READ)
+                b->reads++;
+            else
+                b->writes++;
+            finish_request(m, VIRTIO_BLK_S_OK);
+        }
+    }
+    r->merged = NULL;
     if (io->result < 0) {
         log_once(b->io_error_logged, LOG_WARN, "%s: host I/O error: %s (reported to the guest)",
                  b->dev.name, strerror(-io->result));
@@ -190,6 +211,52 @@ static int chain_iov(const struct virtq_chain *c, bool writable, uint64_t skip, 
 }
 
 /* Starts one request. Returns false on a guest error that needs a reset. */
+#define MERGE_MAX_BYTES (1u << 20)
+
+/* Submits the batched reads and writes, merging requests that continue
+ * each other on disk into one I/O (sequential streams then cost one system
+ * call and one completion per merge instead of per request). */
+static void submit_batch(struct blk_queue *q)
+{
+    struct virtio_blk *b = q->blk;
+    unsigned n = q->nbatch;
+    q->nbatch = 0;
+    struct blk_request **v = q->batch;
+    /* By operation, then offset: insertion sort, as batches are small and
+     * usually in order already. */
+    for (unsigned i = 1; i < n; i++) {
+        struct blk_request *x = v[i];
+        unsigned j = i;
+        while (j > 0 && (v[j - 1]->io.op > x->io.op ||
+                         (v[j - 1]->io.op == x->io.op && v[j - 1]->io.offset > x->io.offset))) {
+            v[j] = v[j - 1];
+            j--;
+        }
+        v[j] = x;
+    }
+    for (unsigned i = 0; i < n;) {
+        struct blk_request *head = v[i];
+        struct blk_request **tail = &head->merged;
+        unsigned j = i + 1;
+        while (j < n) {
+            struct blk_request *next = v[j];
+            struct blk_io *hio = &head->io, *nio = &next->io;
+            if (nio->op != hio->op || nio->offset != hio->offset + hio->len ||
+                hio->iovcnt + nio->iovcnt > BLK_QUEUE_SIZE || hio->len + nio->len > MERGE_MAX_BYTES)
+                break;
+            memcpy(&head->iov[hio->iovcnt], nio->iov, (size_t)nio->iovcnt * sizeof(struct iovec));
+            hio->iovcnt += nio->iovcnt;
+            hio->len += nio->len;
+            *tail = next;
+            tail = &next->merged;
+            b->merges++;
+            j++;
+        }
+        blk_backend_submit(&b->backend, &head->io);
+        i = j;
+    }
+}
+
 static bool start_request(struct blk_queue *q, struct blk_request *r, const char **why)
 {
     struct virtio_blk *b = q->blk;
@@ -233,10 +300,15 @@ static bool start_request(struct blk_queue *q, struct blk_request *r, const char
         io->iovcnt = chain_iov(c, is_read, is_read ? 0 : sizeof(h), len, r->iov);
         if (is_read)
             r->written += (uint32_t)len;
-        blk_backend_submit(&b->backend, io);
+        /* Held back until the batch is complete, to be merged with its
+         * neighbours on disk. */
+        r->merged = NULL;
+        q->batch[q->nbatch++] = r;
         return true;
     }
     case VIRTIO_BLK_T_FLUSH:
+        /* What the driver sent before the flush goes out before it. */
+        submit_batch(q);
         if (b->opts.unsafe) {
             /* Not offered; a driver that sends it anyway gets nothing synced. */
             finish_request(r, VIRTIO_BLK_S_OK);
@@ -261,6 +333,7 @@ static bool start_request(struct blk_queue *q, struct blk_request *r, const char
     }
     case VIRTIO_BLK_T_DISCARD:
     case VIRTIO_BLK_T_WRITE_ZEROES: {
+        submit_batch(q);
         bool zero = h.type == VIRTIO_BLK_T_WRITE_ZEROES;
         struct blk_segment seg;
         if (data_out != sizeof(seg)) {
@@ -340,6 +413,17 @@ static void reap(struct virtio_blk *b)
     blk_backend_reap(&b->backend, io_done, b);
 }
 
+#define KICK_TIMER_NS 1000000 /* longest a request may wait for a completion to be seen */
+
+static void arm_kick_timer(struct virtio_blk *b)
+{
+    if (b->kick_timer_armed || b->kick_timer_fd < 0)
+        return;
+    struct itimerspec its = {.it_value = {.tv_nsec = KICK_TIMER_NS}};
+    timerfd_settime(b->kick_timer_fd, 0, &its, NULL);
+    b->kick_timer_armed = true;
+}
+
 static void process_queue(struct virtio_blk *b, unsigned index)
 {
     struct blk_queue *q = &b->queues[index];
@@ -350,6 +434,7 @@ static void process_queue(struct virtio_blk *b, unsigned index)
             if (!q->held) {
                 int got = virtq_pop(vq, &q->chain);
                 if (got < 0) {
+                    submit_batch(q);
                     blk_backend_kick(&b->backend);
                     virtio_dev_fail(&b->dev, vq->error);
                     return;
@@ -360,16 +445,20 @@ static void process_queue(struct virtio_blk *b, unsigned index)
             if (!rate_allow(b, &q->chain)) {
                 /* Keep the chain; the throttle timer brings us back. */
                 q->held = true;
+                submit_batch(q);
                 blk_backend_kick(&b->backend);
                 return;
             }
             q->held = false;
             struct blk_request *r = q->free_list;
             q->free_list = r->next_free;
+            q->inflight++;
             const char *why = NULL;
             if (!start_request(q, r, &why)) {
                 r->next_free = q->free_list;
                 q->free_list = r;
+                q->inflight--;
+                submit_batch(q);
                 blk_backend_kick(&b->backend);
                 virtio_dev_fail(&b->dev, why);
                 return;
@@ -379,11 +468,35 @@ static void process_queue(struct virtio_blk *b, unsigned index)
             break; /* every slot busy: completions bring us back */
         if (b->polling)
             break; /* no kicks while the iothread polls the ring */
+        /* While requests are in flight, their completions bring us back to
+         * look at the ring: the guest need not kick (each kick is an exit).
+         * A timer bounds what a slow request could add to a new one's wait. */
+        if (q->inflight && !q->kicks_forced) {
+            arm_kick_timer(b);
+            break;
+        }
         if (!virtq_enable_kicks(vq, true))
             break;
         virtq_enable_kicks(vq, false);
     }
+    submit_batch(q);
     blk_backend_kick(&b->backend);
+}
+
+/* Serves every queue until nothing completes any more: completions free
+ * slots, may end a queue's last request (then it asks for kicks), and
+ * synchronous backends complete while submitting. */
+static void serve(struct virtio_blk *b)
+{
+    for (int round = 0; round < 64 && b->dev.active; round++) {
+        for (unsigned i = 0; i < b->opts.queues && b->dev.active; i++) {
+            if (b->dev.queues[i].enabled)
+                process_queue(b, i);
+        }
+        if (blk_backend_reap(&b->backend, io_done, b) == 0)
+            break;
+    }
+    signal_queues(b);
 }
 
 /* Polling: after work, the iothread keeps looking at the rings and the
@@ -396,16 +509,11 @@ static int poll_idle(void *opaque)
         return -1;
     b->poll_rounds++;
     bool work = blk_backend_reap(&b->backend, io_done, b) > 0;
-    for (unsigned i = 0; i < b->opts.queues; i++) {
-        if (b->dev.queues[i].enabled && virtq_has_avail(&b->dev.queues[i].vq)) {
-            process_queue(b, i);
-            work = true;
-        }
-    }
+    for (unsigned i = 0; i < b->opts.queues; i++)
+        work = work || (b->dev.queues[i].enabled && virtq_has_avail(&b->dev.queues[i].vq));
     if (work) {
         b->poll_hits++;
-        reap(b);
-        signal_queues(b);
+        serve(b);
         b->last_work_ns = monotonic_ns();
         return 0;
     }
@@ -436,24 +544,38 @@ static void start_polling(struct virtio_blk *b)
 static void queue_notify(struct virtio_dev *d, unsigned index)
 {
     struct virtio_blk *b = d->opaque;
+    (void)index;
     start_polling(b);
-    process_queue(b, index);
-    reap(b);
-    signal_queues(b);
+    serve(b);
 }
 
 static void on_completion(void *opaque, uint32_t events)
 {
     struct virtio_blk *b = opaque;
     (void)events;
-    reap(b);
-    /* Freed slots may let a full queue go on. */
-    for (unsigned i = 0; i < b->opts.queues && b->dev.active; i++) {
-        if (b->dev.queues[i].enabled && virtq_has_avail(&b->dev.queues[i].vq))
-            process_queue(b, i);
-    }
-    reap(b);
-    signal_queues(b);
+    if (b->dev.active)
+        serve(b);
+    else
+        reap(b);
+}
+
+/* Requests have been in flight for a while without completing: ask for
+ * kicks again so that new requests are not held up behind them. */
+static void on_kick_timer(void *opaque, uint32_t events)
+{
+    struct virtio_blk *b = opaque;
+    (void)events;
+    uint64_t v;
+    ssize_t ignored = read(b->kick_timer_fd, &v, sizeof(v));
+    (void)ignored;
+    b->kick_timer_armed = false;
+    if (!b->dev.active)
+        return;
+    for (unsigned i = 0; i < b->opts.queues; i++)
+        b->queues[i].kicks_forced = true;
+    serve(b);
+    for (unsigned i = 0; i < b->opts.queues; i++)
+        b->queues[i].kicks_forced = false;
 }
 
 static void on_throttle(void *opaque, uint32_t events)
@@ -463,20 +585,19 @@ static void on_throttle(void *opaque, uint32_t events)
     uint64_t v;
     ssize_t ignored = read(b->throttle_fd, &v, sizeof(v));
     (void)ignored;
-    for (unsigned i = 0; i < b->opts.queues && b->dev.active; i++) {
-        if (b->dev.queues[i].enabled)
-            process_queue(b, i);
-    }
-    reap(b);
-    signal_queues(b);
+    if (b->dev.active)
+        serve(b);
 }
 
 static int activate(struct virtio_dev *d)
 {
     struct virtio_blk *b = d->opaque;
     b->throttle_handler = event_loop_add(&d->io.loop, b->throttle_fd, EPOLLIN, on_throttle, b);
-    if (!b->throttle_handler)
+    b->kick_timer_handler =
+        event_loop_add(&d->io.loop, b->kick_timer_fd, EPOLLIN, on_kick_timer, b);
+    if (!b->throttle_handler || !b->kick_timer_handler)
         return -1;
+    b->kick_timer_armed = false;
     for (unsigned i = 0; i < b->opts.queues; i++)
         b->queues[i].held = false;
     if (b->backend.event_fd >= 0) {
@@ -490,12 +611,7 @@ static int activate(struct virtio_dev *d)
         d->io.idle = poll_idle;
         d->io.idle_opaque = b;
     }
-    for (unsigned i = 0; i < b->opts.queues; i++) {
-        if (d->queues[i].enabled)
-            process_queue(b, i);
-    }
-    reap(b);
-    signal_queues(b);
+    serve(b);
     return 0;
 }
 
@@ -514,6 +630,12 @@ static void quiesce(struct virtio_dev *d)
     if (b->throttle_handler)
         event_loop_del(&d->io.loop, b->throttle_handler);
     b->throttle_handler = NULL;
+    if (b->kick_timer_handler)
+        event_loop_del(&d->io.loop, b->kick_timer_handler);
+    b->kick_timer_handler = NULL;
+    struct itimerspec off = {0};
+    timerfd_settime(b->kick_timer_fd, 0, &off, NULL);
+    b->kick_timer_armed = false;
     /* A chain held back by the rate limiter belongs to the driver again. */
     for (unsigned i = 0; i < b->opts.queues; i++)
         b->queues[i].held = false;
@@ -539,13 +661,15 @@ int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_opt
 {
     memset(b, 0, sizeof(*b));
     b->throttle_fd = -1;
+    b->kick_timer_fd = -1;
     b->opts = *opts;
     const struct rate_limit_config *rl = &opts->rate_limit;
     token_bucket_init_fc(&b->bytes_bucket, rl->bandwidth.size, rl->bandwidth.one_time_burst,
                          rl->bandwidth.refill_ms);
     token_bucket_init_fc(&b->ops_bucket, rl->ops.size, rl->ops.one_time_burst, rl->ops.refill_ms);
     b->throttle_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-    if (b->throttle_fd < 0)
+    b->kick_timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (b->throttle_fd < 0 || b->kick_timer_fd < 0)
         return error_errno("%s: timerfd", name);
     if (b->opts.queues == 0)
         b->opts.queues = 1;
@@ -606,6 +730,9 @@ void virtio_blk_destroy(struct virtio_blk *b)
     if (b->throttle_fd >= 0)
         close(b->throttle_fd);
     b->throttle_fd = -1;
+    if (b->kick_timer_fd >= 0)
+        close(b->kick_timer_fd);
+    b->kick_timer_fd = -1;
 }
 
 /* ---- changing the backing image at run time -------------------------- */

@@ -37,14 +37,17 @@ struct virtio_blk {
     int throttle_fd; /* timerfd: tokens will be there */
     struct event_handler *throttle_handler;
     bool throttled;
-    bool polling; /* kicks off, the iothread watches the rings */
+    bool polling;      /* kicks off, the iothread watches the rings */
+    int kick_timer_fd; /* timerfd: kicks back on if completions are slow */
+    struct event_handler *kick_timer_handler;
+    bool kick_timer_armed;
     uint64_t last_work_ns;
     struct blk_queue *queues;
     uint8_t config[60];
     bool io_error_logged;
     /* Counters (iothread). */
     uint64_t reads, writes, read_bytes, write_bytes, flushes, discards, errors, unsupported;
-    uint64_t throttle_events, poll_hits, poll_rounds;
+    uint64_t throttle_events, poll_hits, poll_rounds, merges;
 };
 
 int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_options *opts,

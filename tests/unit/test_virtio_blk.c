@@ -415,8 +415,50 @@ static void setup_unsafe(void)
     test_unsafe = false;
 }
 
+/* Publishes a read of len bytes at sector into buf as descriptors d, d+1,
+ * d+2 (header at hdr, status at status). */
+static void queue_read(uint16_t d, uint64_t hdr, uint64_t sector, uint64_t buf, uint32_t len,
+                       uint64_t status)
+{
+    uint32_t h[4] = {0, 0, (uint32_t)sector, (uint32_t)(sector >> 32)};
+    memcpy(fake_ptr(&f, hdr, 16), h, 16);
+    *fake_ptr(&f, status, 1) = 0xee;
+    fake_set_desc(&f, d, hdr, 16, VIRTQ_DESC_F_NEXT, (uint16_t)(d + 1));
+    fake_set_desc(&f, (uint16_t)(d + 1), buf, len, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE,
+                  (uint16_t)(d + 2));
+    fake_set_desc(&f, (uint16_t)(d + 2), status, 1, VIRTQ_DESC_F_WRITE, 0);
+    fake_publish(&f, d);
+}
+
+START_TEST(adjacent_requests_are_merged)
+{
+    /* Three reads published together, two of them continuing each other on
+     * disk (given in reverse order) and one elsewhere. */
+    uint16_t before = fake_used(&f)->idx;
+    queue_read(0, HDR, 8, BUF + 0x2000, 4096, STATUS);
+    queue_read(3, HDR + 0x20, 0, BUF, 4096, STATUS + 1);
+    queue_read(6, HDR + 0x40, 100, BUF + 0x4000, 512, STATUS + 2);
+    virtio_dev_kick(&blk.dev, 0);
+    for (int i = 0; i < 4000 && (uint16_t)(fake_used(&f)->idx - before) < 3; i++)
+        usleep(500);
+    ck_assert_uint_eq((uint16_t)(fake_used(&f)->idx - before), 3);
+    for (int i = 0; i < 3; i++)
+        ck_assert_uint_eq(*fake_ptr(&f, STATUS + (uint64_t)i, 1), 0);
+    uint8_t expect[8192];
+    file_read(0, expect, sizeof(expect));
+    ck_assert_mem_eq(fake_ptr(&f, BUF, 4096), expect, 4096);
+    ck_assert_mem_eq(fake_ptr(&f, BUF + 0x2000, 4096), expect + 4096, 4096);
+    file_read(100 * 512, expect, 512);
+    ck_assert_mem_eq(fake_ptr(&f, BUF + 0x4000, 512), expect, 512);
+    ck_assert_uint_eq(blk.merges, 1);
+    ck_assert_uint_eq(blk.reads, 3);
+    ck_assert_uint_eq(blk.read_bytes, 8192 + 512);
+}
+END_TEST
+
 static void add_common(TCase *t)
 {
+    tcase_add_test(t, adjacent_requests_are_merged);
     tcase_add_test(t, read_write_flush);
     tcase_add_test(t, get_id_and_errors);
     tcase_add_test(t, discard_and_write_zeroes);
