@@ -610,6 +610,14 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
 void virtio_net_destroy(struct virtio_net *n)
 {
     virtio_dev_destroy(&n->dev);
+    /* The iothread is gone: the counters hold still. Drops are the test of a hostile guest. */
+    if (n->rx_frames || n->tx_frames || n->rx_dropped || n->tx_dropped)
+        log_info("%s: received %llu frames, %llu bytes, %llu dropped; sent %llu frames, %llu "
+                 "bytes, %llu dropped; %llu waits for room on the host side",
+                 n->dev.name, (unsigned long long)n->rx_frames, (unsigned long long)n->rx_bytes,
+                 (unsigned long long)n->rx_dropped, (unsigned long long)n->tx_frames,
+                 (unsigned long long)n->tx_bytes, (unsigned long long)n->tx_dropped,
+                 (unsigned long long)n->tx_pushback);
     if (n->be.ops && n->be.ops->close)
         n->be.ops->close(&n->be);
     if (n->timer_fd >= 0)
