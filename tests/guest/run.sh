@@ -35,6 +35,16 @@ CRASH_WAIT=10 # seconds to wait for QEMU to print a KVM internal error
 QEMU_BASE=(-nodefaults -no-user-config -display none -serial stdio -enable-kvm
     -cpu host,-arch-capabilities -device isa-debug-exit,iobase=0xf4,iosize=4)
 
+# Clean-ups (temporary files, network namespaces) run when the script ends, however it ends.
+EXIT_ACTIONS=()
+at_exit() { EXIT_ACTIONS+=("$1"); }
+run_exit_actions() {
+    local a
+    for a in ${EXIT_ACTIONS[@]+"${EXIT_ACTIONS[@]}"}; do eval "$a"; done
+}
+trap run_exit_actions EXIT
+trap 'exit 130' INT TERM
+
 test_count=0
 passed=0
 failed=0
@@ -419,9 +429,11 @@ case_bad_insn() {
 
 # shellcheck source=tests/guest/virtio.sh
 . "$ROOT/tests/guest/virtio.sh"
+# shellcheck source=tests/guest/net.sh
+. "$ROOT/tests/guest/net.sh"
 
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
-    virtio-rng virtio-hostile blk-perf)
+    virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -466,6 +478,10 @@ for c in "${cases[@]}"; do
     virtio-rng) case_virtio_rng ;;
     virtio-hostile) case_virtio_hostile ;;
     blk-perf) case_blk_perf ;;
+    virtio-net) case_virtio_net ;;
+    virtio-net-hostile) case_virtio_net_hostile ;;
+    net-rate) case_net_rate ;;
+    net-vhost) case_net_vhost ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1

@@ -13,11 +13,12 @@
 VIRTIO_TRANSPORTS=(mmio pci)
 QBOOT=${QBOOT:-/usr/share/qemu/qboot.rom}
 VT_DIR=""
+VMM_PREFIX=() # a command the VMMs run under (net.sh: ip netns exec NS)
 
 virtio_tmp() {
     if [ -z "$VT_DIR" ]; then
         VT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ember-virtio.XXXXXX")
-        trap 'rm -rf "$VT_DIR"' EXIT
+        at_exit 'rm -rf "$VT_DIR"'
     fi
 }
 
@@ -69,7 +70,7 @@ run_vqemu() {
     mapfile -t machine < <(qemu_machine "$transport")
     local serial=(-serial stdio)
     case " $* " in *" -serial "*) serial=() ;; esac
-    timeout "$RUN_TIMEOUT" "$QEMU" "${machine[@]}" -nodefaults -no-user-config -display none \
+    ${VMM_PREFIX[@]+"${VMM_PREFIX[@]}"} timeout "$RUN_TIMEOUT" "$QEMU" "${machine[@]}" -nodefaults -no-user-config -display none \
         -enable-kvm -cpu host,-arch-capabilities -device isa-debug-exit,iobase=0xf4,iosize=4 \
         -m 128 "${serial[@]}" "$@" -kernel "$GUEST_DIR/$name.elf" -append "$cmdline" \
         < <(run_input "$input") >"$RUN_OUT" 2>"$RUN_ERR"
@@ -82,7 +83,8 @@ run_vember() {
     shift 4
     RUN_OUT=$OUT_DIR/$name.ember-$transport.out
     RUN_ERR=$OUT_DIR/$name.ember-$transport.err
-    timeout "$RUN_TIMEOUT" "$EMBER" run --kernel "$GUEST_DIR/$name.elf" --debug-exit \
+    ${VMM_PREFIX[@]+"${VMM_PREFIX[@]}"} timeout "$RUN_TIMEOUT" "$EMBER" run \
+        --kernel "$GUEST_DIR/$name.elf" --debug-exit \
         --transport "$transport" --cmdline "$cmdline" "$@" \
         < <(run_input "$input") >"$RUN_OUT" 2>"$RUN_ERR"
     RUN_STATUS=$?
