@@ -43,6 +43,12 @@ SLIRP_HOST_IP = "10.0.2.2"
 SLIRP_GUEST_IP = "10.0.2.15"
 HTTP_PORT = 18080
 HTTP_PORT_USER = 18081  # net2: user-mode networking, server on the loopback
+# net2 reaches that server by name: the guest asks slirp's DNS (10.0.2.3), which forwards to
+# the nameserver in the VMM's /etc/resolv.conf. The VMM runs in a mount namespace of its own
+# where that file says 127.0.0.1, and there dns_responder.py answers for this name with the
+# address slirp maps to the host's loopback (127.0.0.1 would be the guest's own).
+NET2_NAME = "ember-host.test"
+SLIRP_DNS_IP = "10.0.2.3"
 VSOCK_GUEST_CID = 3
 VSOCK_HOST_PORT = 5100  # the guest connects here
 VSOCK_GUEST_PORT = 5200  # the host connects here
@@ -112,6 +118,8 @@ class Setup:
         self.tag = f"{os.getpid()}"
         self.netns = None
         self.httpds = []
+        self.resolv = None  # the resolv.conf the VMM sees (net2 by name)
+        self.dns_log = None
         self.vsock_uds = None
         self.vsock_listener = None
         self.vsock_result = {}
@@ -183,9 +191,54 @@ class Setup:
                                      "net2_host": SLIRP_HOST_IP,
                                      "net2_port": str(HTTP_PORT_USER),
                                      "net2_file": "ember-net.bin", "net2_sha256": sha})
-        self.httpds = [subprocess.Popen(prefix + [busybox, "httpd", "-f", "-p", addr, "-h", www],
+                self.make_dns(prefix)
+        self.httpds += [subprocess.Popen(prefix + [busybox, "httpd", "-f", "-p", addr, "-h", www],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                        for addr in servers]
+
+    def make_dns(self, prefix):
+        """A nameserver for NET2_NAME on the namespace's loopback, and the resolv.conf that
+        points the VMM's slirp at it."""
+        if not prefix:
+            return  # no namespace: port 53 of the host's own loopback is not ours to take
+        if not os.path.exists("/etc/resolv.conf"):
+            log("net2: no /etc/resolv.conf to bind over; the guest reaches the host by address")
+            return
+        self.resolv = os.path.join(self.work, "resolv.conf")
+        with open(self.resolv, "w") as f:
+            f.write("nameserver 127.0.0.1\n")
+        self.dns_log = os.path.join(self.work, "dns.log")
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(self.dns_log, "w") as log_file:
+            self.httpds.append(subprocess.Popen(
+                prefix + [sys.executable, os.path.join(here, "dns_responder.py"),
+                          "--listen", "127.0.0.1", "--port", "53", "--name", NET2_NAME,
+                          "--address", SLIRP_HOST_IP], stdout=log_file, stderr=log_file))
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            with open(self.dns_log) as f:
+                if "dns: ready" in f.read():
+                    break
+            time.sleep(0.05)
+        self.cmdline.update({"net2_name": NET2_NAME, "net2_dns": SLIRP_DNS_IP})
+
+    def dns_answers(self):
+        """The A queries for NET2_NAME the nameserver answered."""
+        if not self.dns_log:
+            return 0
+        with open(self.dns_log) as f:
+            return sum(1 for line in f
+                       if line.startswith(f"dns: {NET2_NAME} 1 -> {SLIRP_HOST_IP}"))
+
+    def wrap(self, cmd):
+        """The VMM's command: in its own mount namespace with our resolv.conf (net2 by name),
+        in the network namespace."""
+        if self.resolv:
+            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                   'mount --bind "$0" /etc/resolv.conf && exec "$@"', self.resolv] + cmd
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns] + cmd
+        return cmd
 
     # --- vsock -------------------------------------------------------------
     def make_vsock(self):
@@ -428,9 +481,7 @@ def vmm_qemu(a, st, cmdline):
     if "vsock" in st.checks and "vsock" not in st.skips:
         cmd += ["-device", f"vhost-vsock-{'device' if a.transport == 'mmio' else 'pci'},"
                 f"guest-cid={VSOCK_GUEST_CID}"]
-    if st.netns:
-        cmd = ["ip", "netns", "exec", st.netns] + cmd
-    return cmd
+    return st.wrap(cmd)
 
 
 def ember_host_workaround(a):
@@ -504,9 +555,7 @@ def vmm_ember(a, st, cmdline):
         cmd += ["--net", "user"]
     if "vsock" in st.checks and "vsock" not in st.skips:
         cmd += ["--vsock", f"cid={VSOCK_GUEST_CID},uds={st.vsock_uds}"]
-    if st.netns:
-        cmd = ["ip", "netns", "exec", st.netns] + cmd
-    return cmd
+    return st.wrap(cmd)
 
 
 # --- the run -----------------------------------------------------------------
@@ -650,6 +699,11 @@ def run_vm(a, st, res, work):
     pre = f"{a.vmm}/{a.transport}: host"
     if "blk" in guest_checks:
         check_blk_image(st, res, pre, a)
+    if "net2" in guest_checks and st.dns_log:
+        n = st.dns_answers()
+        res.add(n > 0, f"{pre} its nameserver answered the guest's A queries for {NET2_NAME} "
+                f"({n}), which slirp forwarded from {SLIRP_DNS_IP}",
+                "no query arrived: see dns.log in the work directory")
     if "console" in guest_checks:
         h = st.hvc_result
         if h.get("reply"):
