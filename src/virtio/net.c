@@ -162,7 +162,7 @@ static void process_tx(struct virtio_net *n)
 {
     struct virtio_dev *d = &n->dev;
     struct virtq *q = &d->queues[TXQ].vq;
-    struct iovec iov[NET_QUEUE_SIZE];
+    struct iovec iov[NET_QUEUE_SIZE + 1]; /* the checked header, then the frame */
     bool pushed = false;
     virtq_enable_kicks(q, false);
     for (unsigned done = 0;; done++) {
@@ -203,7 +203,12 @@ static void process_tx(struct virtio_net *n)
             n->tx_held = true;
             break;
         }
-        int cnt = tx_iov(c, n->be.vnet_hdr ? 0 : sizeof(h), iov);
+        /* A tap takes the header ember checked, not the guest's copy, which another vCPU
+         * could have changed since. */
+        int cnt = 0;
+        if (n->be.vnet_hdr)
+            iov[cnt++] = (struct iovec){.iov_base = &h, .iov_len = sizeof(h)};
+        cnt += tx_iov(c, sizeof(h), iov + cnt);
         ssize_t r = n->be.ops->send(&n->be, iov, cnt);
         if (r == -EAGAIN) {
             /* The host side is full: keep the frame, wait for room. */
