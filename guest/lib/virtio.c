@@ -1045,8 +1045,11 @@ void *virtq_get(struct virtq *q, uint32_t *len)
     q->free_head = (uint16_t)e.id;
     q->num_free = (uint16_t)(q->num_free + q->chain_len[e.id]);
     q->last_used++;
-    if (q->event_idx)
-        WRITE_ONCE(*used_event(q), q->interrupts ? q->last_used : (uint16_t)(q->last_used - 1));
+    /* Suppressed, used_event stays where virtq_suppress_interrupts put it: moved along behind
+     * last_used it would land among the entries a device is publishing while the driver
+     * keeps up, and the device would interrupt for it. */
+    if (q->event_idx && q->interrupts)
+        WRITE_ONCE(*used_event(q), q->last_used);
     if (len)
         *len = e.len;
     return token;

@@ -215,7 +215,8 @@ bool virtq_has_used(const struct virtq *q);
 /* Asks for (or suppresses) used-buffer interrupts; after enabling, true when entries arrived
  * meanwhile. */
 bool virtq_enable_interrupts(struct virtq *q, bool enable);
-/* Polling mode: keeps used_event behind last_used so that the device never interrupts. */
+/* Polling mode: used_event (or NO_INTERRUPT) set once just behind last_used, where a device
+ * reaches it again only after 65536 entries. */
 void virtq_suppress_interrupts(struct virtq *q);
 /* Waits until a used entry is there; with interrupts, also for an interrupt newer than the
  * last wait. False on timeout. CPL0 only with interrupts (it enables them while waiting). */
