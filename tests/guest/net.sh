@@ -14,6 +14,7 @@
 #                       them on the tap
 #   net-vhost           vhost=on fails clearly without /dev/vhost-net, vhost=auto falls back
 #                       and says so (with /dev/vhost-net: the guest passes over vhost-net)
+#   net-perf            bench/net.sh's guest, its transmit workloads for 50 ms each
 
 NET_NS=""
 NET_TAP=tap0
@@ -281,4 +282,23 @@ case_net_vhost() {
         report fail "ember: net-vhost: vhost=auto logs the fallback" "no such line in the log"
         show_log "$RUN_ERR"
     fi
+}
+
+# ---- net-perf (a smoke run of bench/net.sh's guest: the transmit workloads) ----------------
+
+net_perf_run() {
+    local vmm=$1 t=$2
+    local cmdline="console=ttyS0 perf_ms=50 perf_settle_ms=0 perf_only=tx-64,tx-1500"
+    cmdline="$cmdline net_host_mac=$NET_HOST_MAC"
+    if [ "$vmm" = qemu ]; then
+        run_net_qemu net-perf "$t" "$cmdline"
+    else
+        run_net_ember net-perf "$t" "$cmdline" ""
+    fi
+    expect_pass "$vmm: net-perf ($t): the transmit workloads run (50 ms each)"
+}
+
+case_net_perf() {
+    net_prepare "net-perf" || return 0
+    net_runs net-perf net_perf_run
 }

@@ -433,7 +433,8 @@ case_bad_insn() {
 . "$ROOT/tests/guest/net.sh"
 
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
-    virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost)
+    virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost
+    net-perf)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -482,6 +483,7 @@ for c in "${cases[@]}"; do
     virtio-net-hostile) case_virtio_net_hostile ;;
     net-rate) case_net_rate ;;
     net-vhost) case_net_vhost ;;
+    net-perf) case_net_perf ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1
