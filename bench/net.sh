@@ -184,7 +184,7 @@ io_ticks() { # io_ticks PID
 # "exits mmio_exits ... tap_rx tap_tx tap_tx_dropped io_ticks": KVM's counters (if readable),
 # the tap's statistics and the VMM's CPU time outside the vCPU, one number each.
 read_counters() { # read_counters PID
-    local c stats values=() s
+    local c stats values=()
     if [ "$have_counters" = 1 ] && stats=$("$KVMSTAT" "$1" 2>/dev/null); then
         for c in "${COUNTERS[@]}"; do
             values+=("$(echo "$stats" | awk -v c="$c" '$1 == c {print $2}' | grep . || echo 0)")

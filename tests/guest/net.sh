@@ -84,8 +84,8 @@ net_setup() {
     ip netns exec "$NET_NS" python3 "$ROOT/tests/guest/net_peer.py" --ip "$NET_HOST_IP" \
         --port "$NET_PORT" --csum-port $((NET_PORT + 1)) --ifname "$NET_TAP" \
         >"$OUT_DIR/net-peer.log" 2>&1 &
-    local i
-    for i in $(seq 1 100); do
+    local _
+    for _ in $(seq 1 100); do
         grep -q '^net_peer: ready' "$OUT_DIR/net-peer.log" && break
         sleep 0.05
     done
