@@ -40,6 +40,8 @@ static void tap_close(struct net_backend *be)
 {
     if (be->rx_fd >= 0)
         close(be->rx_fd);
+    if (be->tx_fd >= 0)
+        close(be->tx_fd);
     be->rx_fd = be->tx_fd = -1;
 }
 
@@ -82,11 +84,21 @@ int net_tap_open(struct net_backend *be, const char *ifname)
     }
     /* No offloads until the guest says which frames it can take. */
     ioctl(fd, TUNSETOFFLOAD, 0UL);
+    /* Transmit waits for room (EPOLLOUT) in the same event loop that watches the tap for
+     * frames (EPOLLIN); epoll takes one registration per descriptor, so it gets its own. */
+    int tx_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (tx_fd < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return error_errno("tap '%s': dup", ifname);
+    }
     be->ops = &tap_ops;
     be->kind = "tap";
     be->vnet_hdr = true;
     be->offloads = true;
-    be->rx_fd = be->tx_fd = fd;
+    be->rx_fd = fd;
+    be->tx_fd = tx_fd;
     be->tx_wait_events = EPOLLOUT;
     return 0;
 }
