@@ -86,7 +86,10 @@ void cli_usage(FILE *f)
         "                                           loopback), DNS 10.0.2.3, DHCP\n"
         "                        and any of mac=XX:XX:XX:XX:XX:XX, hostfwd=tcp:HOST:GUEST\n"
         "                        (user only, several joined with +), rx-bw=BYTES, tx-bw=BYTES,\n"
-        "                        rx-pps=N, tx-pps=N (per-second limits)\n"
+        "                        rx-pps=N, tx-pps=N (per-second limits); tap only:\n"
+        "                        vhost=auto|on|off (the kernel's vhost-net data path; auto\n"
+        "                        uses it when /dev/vhost-net opens), sndbuf=BYTES (frames on\n"
+        "                        their way through the host, beyond which the guest waits)\n"
         "  --vsock SPEC          a virtio-vsock device; SPEC is cid=N,uds=PATH: the guest's\n"
         "                        CID (3 or more) and a unix socket; guest connections to\n"
         "                        host port P reach PATH_P, host programs connect to PATH\n"
@@ -346,6 +349,9 @@ int cli_parse_net(const char *spec, struct net_config *n)
             n->has_mac = true;
         } else if (!strcmp(key, "hostfwd")) {
             n->forwards = val;
+        } else if (!strcmp(key, "sndbuf")) {
+            if (cli_parse_size(val, 0, &n->sndbuf) < 0)
+                return error_prefix("--net sndbuf");
         } else if (!strcmp(key, "vhost")) {
             if (!strcmp(val, "auto"))
                 n->vhost = 0;
@@ -365,7 +371,7 @@ int cli_parse_net(const char *spec, struct net_config *n)
             *tb = (struct token_bucket_config){.size = rate, .refill_ms = 1000};
         } else {
             return error_set("--net: unknown key '%s' (tap, user, mac, hostfwd, rx-bw, tx-bw, "
-                             "rx-pps, tx-pps, vhost)",
+                             "rx-pps, tx-pps, vhost, sndbuf)",
                              key);
         }
     }
@@ -373,6 +379,8 @@ int cli_parse_net(const char *spec, struct net_config *n)
         return error_set("--net %s: give either tap=NAME or user", spec);
     if (n->forwards && !n->user)
         return error_set("--net hostfwd= works with user networking only");
+    if (n->sndbuf && !n->tap)
+        return error_set("--net sndbuf= works with a tap only");
     return 0;
 }
 

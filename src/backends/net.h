@@ -32,8 +32,10 @@ struct net_backend {
     void *priv;
 };
 
-/* A tap device (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), created or attached. */
-int net_tap_open(struct net_backend *be, const char *ifname);
+/* A tap device (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), created or attached. With sndbuf, the
+ * bytes of frames written and not yet gone from the host are limited to it (TUNSETSNDBUF):
+ * a slow path on the host then pushes back on the guest instead of queueing. */
+int net_tap_open(struct net_backend *be, const char *ifname, uint64_t sndbuf);
 
 struct slirp_forward {
     bool udp;

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
 #include <sys/epoll.h>
@@ -52,7 +53,7 @@ static const struct net_backend_ops tap_ops = {
     .close = tap_close,
 };
 
-int net_tap_open(struct net_backend *be, const char *ifname)
+int net_tap_open(struct net_backend *be, const char *ifname, uint64_t sndbuf)
 {
     memset(be, 0, sizeof(*be));
     be->rx_fd = be->tx_fd = -1;
@@ -81,6 +82,15 @@ int net_tap_open(struct net_backend *be, const char *ifname)
     if (ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0) {
         close(fd);
         return error_errno("tap '%s': TUNSETVNETHDRSZ", ifname);
+    }
+    if (sndbuf) {
+        int bytes = sndbuf > INT_MAX ? INT_MAX : (int)sndbuf;
+        if (ioctl(fd, TUNSETSNDBUF, &bytes) < 0) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return error_errno("tap '%s': TUNSETSNDBUF %d", ifname, bytes);
+        }
     }
     /* No offloads until the guest says which frames it can take. */
     ioctl(fd, TUNSETOFFLOAD, 0UL);

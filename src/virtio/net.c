@@ -542,7 +542,7 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
                          tx->bandwidth.refill_ms);
     token_bucket_init_fc(&n->tx_ops_tb, tx->ops.size, tx->ops.one_time_burst, tx->ops.refill_ms);
     int r = opts->user ? net_user_open(&n->be, opts->forwards, opts->nforwards)
-                       : net_tap_open(&n->be, opts->tap);
+                       : net_tap_open(&n->be, opts->tap, opts->sndbuf);
     if (r < 0)
         return -1;
     n->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);

@@ -25,6 +25,7 @@ struct net_options {
     bool has_mac;
     unsigned mtu;          /* 0: not announced (VIRTIO_NET_F_MTU off) */
     enum vhost_mode vhost; /* tap only: the kernel's data path */
+    uint64_t sndbuf;       /* tap only: its send buffer (0: unlimited) */
     struct rate_limit_config rx_limit, tx_limit;
 };
 

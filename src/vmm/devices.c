@@ -190,6 +190,7 @@ int vm_create_virtio_devices(struct vm *vm)
                                 .has_mac = nc->has_mac,
                                 .mtu = nc->mtu,
                                 .vhost = (enum vhost_mode)nc->vhost,
+                                .sndbuf = nc->sndbuf,
                                 .rx_limit = nc->rx_limit,
                                 .tx_limit = nc->tx_limit};
         memcpy(o.mac, nc->mac, 6);

@@ -54,8 +54,9 @@ struct net_config {
     const char *forwards; /* user: "tcp:HOSTPORT:GUESTPORT" items, '+'-separated */
     uint8_t mac[6];
     bool has_mac;
-    unsigned mtu; /* 0: not announced */
-    int vhost;    /* enum vhost_mode: auto (0), off, on */
+    unsigned mtu;    /* 0: not announced */
+    int vhost;       /* enum vhost_mode: auto (0), off, on */
+    uint64_t sndbuf; /* tap: the socket's send buffer in bytes; 0: the kernel's (unlimited) */
     struct rate_limit_config rx_limit, tx_limit;
 };
 

@@ -100,6 +100,33 @@ START_TEST(size_parsing)
 }
 END_TEST
 
+START_TEST(net_specs)
+{
+    struct net_config n;
+    ck_assert_msg(
+        cli_parse_net("tap=tap0,mac=52:54:00:12:34:56,vhost=off,sndbuf=64K,tx-pps=2000", &n) == 0,
+        "%s", error_get());
+    ck_assert_str_eq(n.tap, "tap0");
+    ck_assert(n.has_mac && n.mac[0] == 0x52 && n.mac[5] == 0x56);
+    ck_assert_int_eq(n.vhost, 1);
+    ck_assert_uint_eq(n.sndbuf, 65536);
+    ck_assert_uint_eq(n.tx_limit.ops.size, 2000);
+    ck_assert_uint_eq(n.tx_limit.ops.refill_ms, 1000);
+    ck_assert_int_eq(cli_parse_net("tap=t,vhost=on", &n), 0);
+    ck_assert_int_eq(n.vhost, 2);
+    ck_assert_int_eq(cli_parse_net("user,hostfwd=tcp:8080:80", &n), 0);
+    ck_assert(n.user && !n.tap && !n.sndbuf);
+    ck_assert_str_eq(n.forwards, "tcp:8080:80");
+    expect_error(cli_parse_net("user,sndbuf=1M", &n), "with a tap only");
+    expect_error(cli_parse_net("tap=t,sndbuf=lots", &n), "not a size");
+    expect_error(cli_parse_net("tap=t,vhost=maybe", &n), "auto, on or off");
+    expect_error(cli_parse_net("tap=t,hostfwd=tcp:1:2", &n), "user networking only");
+    expect_error(cli_parse_net("tap=t,mac=01:00:00:00:00:01", &n), "multicast");
+    expect_error(cli_parse_net("mac=52:54:00:12:34:56", &n), "either tap=NAME or user");
+    expect_error(cli_parse_net("tap=t,speed=10G", &n), "unknown key 'speed'");
+}
+END_TEST
+
 Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -108,6 +135,7 @@ Suite *cli_suite(void)
     tcase_add_test(t, defaults);
     tcase_add_test(t, bad_input_gets_one_clear_error);
     tcase_add_test(t, size_parsing);
+    tcase_add_test(t, net_specs);
     suite_add_tcase(s, t);
     return s;
 }
