@@ -105,7 +105,7 @@ trap 'exit 130' INT TERM
 ip netns add "$NS"
 ip -n "$NS" link set lo up
 ip -n "$NS" tuntap add dev "$TAP" mode tap
-ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 ip -n "$NS" link set "$TAP" up
 HOST_MAC=$(ip -n "$NS" -o link show "$TAP" | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
 

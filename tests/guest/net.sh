@@ -15,6 +15,8 @@
 #   net-vhost           vhost=on fails clearly without /dev/vhost-net, vhost=auto falls back
 #                       and says so (with /dev/vhost-net: the guest passes over vhost-net)
 #   net-perf            bench/net.sh's guest, its transmit workloads for 50 ms each
+#   net-backpressure    a tap behind a 20 Mbit/s link with a 64 KiB send buffer (sndbuf=): the
+#                       guest's frames wait for room and all arrive
 
 NET_NS=""
 NET_TAP=tap0
@@ -77,8 +79,10 @@ net_setup() {
             return 1
         fi
     done
-    # No IPv6 chatter (router solicitations, DAD) among the guests' frames.
-    ip netns exec "$NET_NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 2>/dev/null
+    # No IPv6 chatter (router solicitations, DAD) and no IGMP reports (a bridge sent one as a
+    # port came up) among the frames the cases count.
+    ip netns exec "$NET_NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 \
+        net.ipv6.conf.default.disable_ipv6=1 net.ipv4.igmp_link_local_mcast_reports=0 2>/dev/null
     NET_HOST_MAC=$(ip -n "$NET_NS" -o link show "$NET_TAP" |
         sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
     ip netns exec "$NET_NS" python3 "$ROOT/tests/guest/net_peer.py" --ip "$NET_HOST_IP" \
@@ -301,4 +305,98 @@ net_perf_run() {
 case_net_perf() {
     net_prepare "net-perf" || return 0
     net_runs net-perf net_perf_run
+}
+
+# ---- net-backpressure ----------------------------------------------------------------------
+
+# A second tap, bridged to a veth pair whose far end is behind a 20 Mbit/s token bucket (tbf):
+# the guest sends faster than that, the tap's send buffer (sndbuf=) fills, and the VMM must
+# hold the guest's frames back, not drop them: every frame reaches the far end.
+NET_BP_TAP=tap1
+NET_BP_SNDBUF=65536
+
+net_bp_setup() {
+    [ -z "${NET_BP_READY:-}" ] || return 0
+    local c
+    for c in "tuntap add dev $NET_BP_TAP mode tap" "link add br1 type bridge" \
+        "link add veth0 type veth peer name veth1" "link set $NET_BP_TAP master br1" \
+        "link set veth0 master br1"; do
+        # shellcheck disable=SC2086 # c holds plain words
+        ip -n "$NET_NS" $c 2>"$OUT_DIR/net-setup.err" || {
+            NET_SETUP_ERROR="ip $c: $(cat "$OUT_DIR/net-setup.err")"
+            return 1
+        }
+    done
+    if ! ip netns exec "$NET_NS" tc qdisc add dev veth0 root tbf rate 20mbit burst 10kb \
+        latency 400ms 2>"$OUT_DIR/net-setup.err"; then
+        NET_SETUP_ERROR="tc qdisc add ... tbf: $(cat "$OUT_DIR/net-setup.err")"
+        return 1
+    fi
+    for c in $NET_BP_TAP br1 veth0 veth1; do
+        ip -n "$NET_NS" link set "$c" up
+    done
+    NET_BP_READY=1
+}
+
+veth1_rx_packets() {
+    ip netns exec "$NET_NS" cat /sys/class/net/veth1/statistics/rx_packets
+}
+
+net_bp_run() {
+    local vmm=$1 t=$2 before after sent
+    local cmdline="console=ttyS0 perf_ms=500 perf_settle_ms=0 perf_only=tx-1500"
+    cmdline="$cmdline net_host_mac=02:00:00:00:00:99" # nobody's: the bridge floods it
+    before=$(veth1_rx_packets)
+    if [ "$vmm" = qemu ]; then
+        run_vqemu net-perf "$t" "" "$cmdline" -netdev \
+            "tap,id=n0,ifname=$NET_BP_TAP,script=no,downscript=no,vhost=off,sndbuf=$NET_BP_SNDBUF" \
+            -device "$(qemu_dev "$t" net),netdev=n0,mac=$NET_MAC"
+    else
+        run_vember net-perf "$t" "" "$cmdline" --log-level info \
+            --net "tap=$NET_BP_TAP,mac=$NET_MAC,sndbuf=$NET_BP_SNDBUF"
+    fi
+    after=$(veth1_rx_packets)
+    expect_pass "$vmm: net-backpressure ($t): the guest's frames all sent"
+    sent=$(tr -d '\r' <"$RUN_OUT" | sed -n 's/^net-perf: result tx-1500 frames=\([0-9]*\).*/\1/p')
+    if [ -n "$sent" ] && [ $((after - before)) = "$sent" ]; then
+        report pass "$vmm: net-backpressure ($t): all $sent frames crossed the 20 Mbit/s link"
+    else
+        report fail "$vmm: net-backpressure ($t): lossless" \
+            "the guest sent ${sent:-?} frames, $((after - before)) crossed the link"
+    fi
+    [ "$vmm" = ember ] || return 0
+    local waits
+    waits=$(sed -n 's/.*net0: received .*; \([0-9]*\) waits for room on the host side.*/\1/p' \
+        "$RUN_ERR" | tail -n1)
+    if [ "${waits:-0}" -gt 0 ] && grep -q 'bytes, 0 dropped; [0-9]* waits' "$RUN_ERR"; then
+        report pass "ember: net-backpressure ($t): the tap was full $waits times, nothing dropped"
+    else
+        report fail "ember: net-backpressure ($t): waits for room" "${waits:-no} waits logged"
+        show_log "$RUN_ERR"
+    fi
+}
+
+case_net_backpressure() {
+    net_prepare "net-backpressure" || return 0
+    if ! command -v tc >/dev/null 2>&1; then
+        report skip "net-backpressure" "tc(8) not found (iproute2)"
+        return 0
+    fi
+    if ! net_bp_setup; then
+        report skip "net-backpressure" "$NET_SETUP_ERROR"
+        return 0
+    fi
+    local t
+    for t in "${VIRTIO_TRANSPORTS[@]}"; do
+        if [ "$have_qemu" = 1 ]; then
+            net_bp_run qemu "$t"
+        else
+            report skip "qemu: net-backpressure ($t)" "$qemu_missing"
+        fi
+        if [ "$have_ember" = 1 ]; then
+            net_bp_run ember "$t"
+        else
+            report skip "ember: net-backpressure ($t)" "$(ember_skip_reason)"
+        fi
+    done
 }

@@ -434,7 +434,7 @@ case_bad_insn() {
 
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
     virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost
-    net-perf)
+    net-perf net-backpressure)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -484,6 +484,7 @@ for c in "${cases[@]}"; do
     net-rate) case_net_rate ;;
     net-vhost) case_net_vhost ;;
     net-perf) case_net_perf ;;
+    net-backpressure) case_net_backpressure ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1
