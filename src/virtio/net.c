@@ -17,6 +17,7 @@
 #define RXQ            0
 #define TXQ            1
 #define BATCH          64 /* frames per round before interrupting the guest */
+#define BUDGET         256 /* frames one way before the other way (and timers) get a turn */
 
 /* Feature bits (5.1.3). */
 #define VIRTIO_NET_F_CSUM       0
@@ -166,6 +167,12 @@ static void process_tx(struct virtio_net *n)
     bool pushed = false;
     virtq_enable_kicks(q, false);
     for (unsigned done = 0;; done++) {
+        if (done == BUDGET && !n->tx_held) {
+            /* A guest that keeps the queue full would otherwise keep this thread here, and
+             * frames from the host would wait: come back after the loop's other events. */
+            virtio_dev_kick(d, TXQ);
+            break;
+        }
         if (!n->tx_held) {
             int got = virtq_pop(q, &n->tx_chain);
             if (got < 0) {
@@ -308,6 +315,9 @@ static void process_rx(struct virtio_net *n)
     bool pushed = false;
     unsigned round = 0;
     for (;;) {
+        /* The tap stays readable: the loop brings us back after the transmit side's turn. */
+        if (round == BUDGET && !n->rx_pending)
+            break;
         if (!n->rx_pending) {
             size_t skip = n->be.vnet_hdr ? 0 : sizeof(struct net_hdr);
             struct iovec iov = {.iov_base = n->rx_buf + skip,
