@@ -22,7 +22,10 @@
 #                   time, no qdisc) injects frames for the guest's MAC as fast as the kernel
 #                   takes them, from the guest's "begin" line to the end of the workload; the
 #                   guest counts what it received in its timed window; the tap's tx_dropped
-#                   counts what the VMM did not read in time.
+#                   counts what the VMM did not read in time;
+#   bidi-64         both at once: the guest keeps transmitting as in tx-64 while netgen injects
+#                   as in rx-64; the guest counts both ways. Shows that neither direction starves
+#                   the other.
 # Exits: as bench/blk.sh, KVM's binary statistics (kvmstat-preload.so in the VMM, read with
 # bench/kvmstat) in the quiet periods the guest leaves around each workload, divided by the
 # frames the guest counted. Host CPU per packet: the CPU time of the VMM's threads other than
@@ -53,7 +56,7 @@ OUT_DIR=$ROOT/build/bench-net
 COUNTERS=(exits mmio_exits io_exits irq_exits halt_exits irq_injections)
 GUEST_MAC=52:54:00:00:00:42
 TAP=tap0
-WORKLOADS=(tx-64 tx-1500 rx-64 rx-1500)
+WORKLOADS=(tx-64 tx-1500 rx-64 rx-1500 bidi-64)
 
 while getopts "t:r:o:h" opt; do
     case $opt in
@@ -248,7 +251,7 @@ run_vmm() {
             read -r _ _ name settle run <<<"$line"
             settle=${settle#settle_ms=}
             run=${run#run_ms=}
-            case $name in rx-*) start_gen "${name#rx-}" "$OUT_DIR/$vmm.$2.$name.gen" ;; esac
+            case $name in rx-* | bidi-*) start_gen "${name#*-}" "$OUT_DIR/$vmm.$2.$name.gen" ;; esac
             # Halfway into the quiet time before the run and into the one after, counted from
             # when the line was seen (the snapshots take time of their own).
             sleep_until $((begin + settle / 2))
@@ -265,8 +268,8 @@ run_vmm() {
     done
     wait "$pid" || true
     stop_gen
-    local name frames pps kicks other
-    while read -r name frames pps kicks other; do
+    local name frames pps kicks other rx
+    while read -r name frames pps kicks other rx; do
         local raw deltas="" b a i gen
         raw=$(grep "^$name " "$res.raw" 2>/dev/null | tail -n1 || true)
         read -ra b <<<"$(echo "$raw" | cut -d'|' -f1 | cut -d' ' -f2-)"
@@ -283,9 +286,9 @@ run_vmm() {
         else
             echo "# $vmm: $name: counters not read in time" >&2
         fi
-        echo "$name $frames $pps $kicks $other |$deltas | ${gen:--}" >>"$res"
+        echo "$name $frames $pps $kicks $other |$deltas | ${gen:--} ${rx:--}" >>"$res"
     done < <(tr -d '\r' <"$out" | sed -nE \
-        's/^net-perf: result ([^ ]+) frames=([0-9]+) .*pps=([0-9]+) .*kicks=([0-9]+) other=([0-9]+).*/\1 \2 \3 \4 \5/p')
+        's/^net-perf: result ([^ ]+) frames=([0-9]+) .* pps=([0-9]+) .*kicks=([0-9]+) other=([0-9]+)( rx_frames=([0-9]+))?.*/\1 \2 \3 \4 \5 \7/p')
     rm -f "$res.raw"
     if ! tr -d '\r' <"$out" | grep -q '^ok 1 '; then
         echo "# $vmm run $2: the guest did not finish cleanly; see $out" >&2
@@ -306,9 +309,10 @@ best() { # best VMM WORKLOAD -> the result line with the highest pps over the ru
 }
 
 # Field positions in a result line: name frames pps kicks other | exits... tap_rx tap_tx
-# tap_tx_dropped io_ticks | gen
+# tap_tx_dropped io_ticks | gen rx_frames
 NC=${#COUNTERS[@]}
 TAP_RX=$((6 + NC)) TAP_TX=$((7 + NC)) TAP_DROP=$((8 + NC)) IO_TICKS=$((9 + NC)) GEN=$((11 + NC))
+RX_FRAMES=$((12 + NC))
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 field() { # field LINE INDEX (0-based over the whitespace-split words)
     local f
@@ -362,6 +366,11 @@ for w in "${WORKLOADS[@]}"; do
             printf '  %-8s %-11s offered %s (netgen: %s pps taken), the VMM read %s, the tap dropped %s; the guest counted %s (+%s of another size)\n' \
                 "$w" "$vmm" "$((tx + drop))" "$(field "$line" $GEN)" "$tx" "$drop" \
                 "$(field "$line" 1)" "$(field "$line" 4)"
+            ;;
+        bidi-*)
+            printf '  %-8s %-11s guest sent %s (the tap received %s) and received %s of the %s netgen offered\n' \
+                "$w" "$vmm" "$(field "$line" 1)" "$(field "$line" $TAP_RX)" \
+                "$(field "$line" $RX_FRAMES)" "$(($(field "$line" $TAP_TX) + $(field "$line" $TAP_DROP)))"
             ;;
         esac
     done

@@ -29,15 +29,13 @@ static uint64_t settle_ms = 300;
 
 struct workload {
     const char *name;
-    bool tx;
+    bool tx, rx;
     uint32_t size;
 };
 
 static const struct workload workloads[] = {
-    {"tx-64", true, 64},
-    {"tx-1500", true, 1500},
-    {"rx-64", false, 64},
-    {"rx-1500", false, 1500},
+    {"tx-64", true, false, 64},     {"tx-1500", true, false, 1500}, {"rx-64", false, true, 64},
+    {"rx-1500", false, true, 1500}, {"bidi-64", true, true, 64},
 };
 
 /* Everything the CPL3 loop touches. */
@@ -47,6 +45,7 @@ struct run {
     uint8_t *frame;
     uint64_t settle_cycles, run_cycles;
     uint64_t frames, other, cycles, kicks;
+    uint64_t rx_frames; /* bidi: received while sending */
 };
 
 static struct run run;
@@ -59,7 +58,20 @@ static void spin(uint64_t cycles)
         cpu_relax();
 }
 
-/* Keeps the transmit queue full until the time is up, then waits for the last frames. */
+/* Takes whatever was received, hands the buffers back. */
+static void take_received(struct run *r, uint64_t *count)
+{
+    int32_t len;
+    while ((len = vnet_recv(r->n, NULL, 0, NULL)) != -1) {
+        if (len >= 0 && (uint32_t)len == r->w->size)
+            (*count)++;
+        else
+            r->other++;
+    }
+}
+
+/* Keeps the transmit queue full until the time is up, then waits for the last frames; bidi
+ * also takes what arrives meanwhile. */
 static void transmit(struct run *r)
 {
     struct vnet *n = r->n;
@@ -70,6 +82,8 @@ static void transmit(struct run *r)
             ;
         virtq_kick(n->txq);
         vnet_tx_reclaim(n);
+        if (r->w->rx)
+            take_received(r, &r->rx_frames);
         now = rdtsc();
     }
     while (n->txq->num_free != n->txq->size)
@@ -117,7 +131,7 @@ static bool run_workload(const struct workload *w, uint64_t run_ms)
     run.w = w;
     run.settle_cycles = settle_ms * ms_cycles;
     run.run_cycles = run_ms * ms_cycles;
-    run.frames = run.other = run.cycles = run.kicks = 0;
+    run.frames = run.other = run.cycles = run.kicks = run.rx_frames = 0;
     printf("net-perf: begin %s settle_ms=%lu run_ms=%lu\n", w->name, settle_ms, run_ms);
     run_user(user_run, (uint64_t)&run);
     uint64_t us = run.cycles * 1000000 / tsc_hz;
@@ -125,9 +139,12 @@ static bool run_workload(const struct workload *w, uint64_t run_ms)
     uint64_t pps = us ? run.frames * 1000000 / us : 0;
     uint64_t centi_mbps = us ? bytes * 8 * 100 / us : 0; /* bits/us = Mbit/s */
     printf("net-perf: result %s frames=%lu bytes=%lu us=%lu pps=%lu mbps=%lu.%02lu kicks=%lu "
-           "other=%lu\n",
+           "other=%lu",
            w->name, run.frames, bytes, us, pps, centi_mbps / 100, centi_mbps % 100, run.kicks,
            run.other);
+    if (w->tx && w->rx)
+        printf(" rx_frames=%lu rx_pps=%lu", run.rx_frames, us ? run.rx_frames * 1000000 / us : 0);
+    printf("\n");
     return run.frames > 0;
 }
 

@@ -16,7 +16,7 @@
 #define NET_QUEUE_SIZE 256
 #define RXQ            0
 #define TXQ            1
-#define BATCH          64 /* frames per round before interrupting the guest */
+#define BATCH          64  /* frames per round before interrupting the guest */
 #define BUDGET         256 /* frames one way before the other way (and timers) get a turn */
 
 /* Feature bits (5.1.3). */
