@@ -53,7 +53,7 @@ struct blk_segment {
 struct blk_request {
     struct blk_io io;
     struct blk_queue *queue;
-    uint16_t head;
+    uint32_t head;
     uint8_t *status;
     uint32_t written;
     struct blk_request *next_free;

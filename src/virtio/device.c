@@ -17,9 +17,10 @@ int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id, 
     memset(d, 0, sizeof(*d));
     snprintf(d->name, sizeof(d->name), "%s", name);
     d->device_id = device_id;
-    /* Modern devices only; indirect descriptors and event index always. */
+    /* Modern devices only; indirect descriptors, event index and packed
+     * rings always offered. */
     d->host_features = features | (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_F_INDIRECT_DESC) |
-                       (1ULL << VIRTIO_F_EVENT_IDX);
+                       (1ULL << VIRTIO_F_EVENT_IDX) | (1ULL << VIRTIO_F_RING_PACKED);
     d->nqueues = nqueues;
     d->queue_max_size = queue_max_size;
     d->config_size = config_size;
@@ -172,7 +173,9 @@ static void activate_on_io(void *arg)
             c->result = -1;
             return;
         }
-        if (virtq_init(&q->vq, d->mem, &q->cfg, event_idx, indirect) < 0) {
+        struct virtq_config cfg = q->cfg;
+        cfg.packed = virtio_dev_has_feature(d, VIRTIO_F_RING_PACKED);
+        if (virtq_init(&q->vq, d->mem, &cfg, event_idx, indirect) < 0) {
             snprintf(c->why, sizeof(c->why), "queue %u: %s", i, error_get());
             c->result = -1;
             return;

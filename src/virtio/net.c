@@ -619,6 +619,9 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
                         sizeof(n->config), &net_ops, n, mem) < 0)
         return -1;
     n->dev.kicks_external = n->use_vhost;
+    /* The kernel's vhost-net walks split rings only. */
+    if (n->use_vhost)
+        n->dev.host_features &= ~(1ULL << VIRTIO_F_RING_PACKED);
     return 0;
 }
 

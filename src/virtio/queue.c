@@ -27,6 +27,32 @@ static int violation(struct virtq *q, const char *fmt, ...)
     return -1;
 }
 
+static int init_packed(struct virtq *q, const struct virtq_config *cfg)
+{
+    uint32_t n = cfg->size;
+    /* Any size up to 32768 (2.8.10.1); the areas are 4-byte structures. */
+    if (n == 0 || n > VIRTQ_MAX_SIZE)
+        return error_set("queue size %u is not between 1 and %u", n, VIRTQ_MAX_SIZE);
+    if (cfg->desc_gpa % 16 || cfg->avail_gpa % 4 || cfg->used_gpa % 4)
+        return error_set("packed ring misaligned (desc 0x%llx, driver 0x%llx, device 0x%llx)",
+                         (unsigned long long)cfg->desc_gpa, (unsigned long long)cfg->avail_gpa,
+                         (unsigned long long)cfg->used_gpa);
+    q->pdesc = gpa_to_hva(q->mem, cfg->desc_gpa, 16ULL * n);
+    q->driver_event = gpa_to_hva(q->mem, cfg->avail_gpa, 4);
+    q->device_event = gpa_to_hva(q->mem, cfg->used_gpa, 4);
+    if (!q->pdesc || !q->driver_event || !q->device_event)
+        return error_set("packed ring outside guest RAM (desc 0x%llx, driver 0x%llx, device "
+                         "0x%llx, size %u)",
+                         (unsigned long long)cfg->desc_gpa, (unsigned long long)cfg->avail_gpa,
+                         (unsigned long long)cfg->used_gpa, n);
+    q->packed = true;
+    q->size = (uint16_t)n;
+    /* Both wrap counters start at 1 (2.8.1). */
+    q->avail_wrap = q->used_wrap = true;
+    q->signalled_wrap = true;
+    return 0;
+}
+
 int virtq_init(struct virtq *q, const struct guest_memory *mem, const struct virtq_config *cfg,
                bool event_idx, bool indirect)
 {
@@ -34,6 +60,8 @@ int virtq_init(struct virtq *q, const struct guest_memory *mem, const struct vir
     q->mem = mem;
     q->event_idx = event_idx;
     q->indirect = indirect;
+    if (cfg->packed)
+        return init_packed(q, cfg);
     uint32_t n = cfg->size;
     if (n == 0 || n > VIRTQ_MAX_SIZE || (n & (n - 1)))
         return error_set("queue size %u is not a power of two up to %u", n, VIRTQ_MAX_SIZE);
@@ -79,9 +107,21 @@ static uint16_t avail_idx(struct virtq *q)
     return __atomic_load_n(&q->avail->idx, __ATOMIC_ACQUIRE);
 }
 
+static bool packed_is_avail(struct virtq *q, uint16_t pos, bool wrap)
+{
+    /* Acquire: the descriptor's other fields are read after its flags. */
+    uint16_t flags = __atomic_load_n(&q->pdesc[pos].flags, __ATOMIC_ACQUIRE);
+    bool avail = flags & VIRTQ_PACKED_F_AVAIL, used = flags & VIRTQ_PACKED_F_USED;
+    return avail == wrap && used != wrap;
+}
+
 bool virtq_has_avail(struct virtq *q)
 {
-    return !q->broken && avail_idx(q) != q->last_avail;
+    if (q->broken)
+        return false;
+    if (q->packed)
+        return packed_is_avail(q, q->next_avail, q->avail_wrap);
+    return avail_idx(q) != q->last_avail;
 }
 
 /* Adds one descriptor's buffer to the chain after checking it. */
@@ -144,10 +184,85 @@ static int walk_indirect(struct virtq *q, struct virtq_chain *c, const struct vi
     }
 }
 
+/* A packed indirect table: entries in order, each a packed descriptor of
+ * which only the WRITE flag counts (2.8.19). */
+static int packed_walk_indirect(struct virtq *q, struct virtq_chain *c,
+                                const struct virtq_packed_desc *d, unsigned *count)
+{
+    if (!q->indirect)
+        return violation(q, "indirect descriptor without VIRTIO_F_INDIRECT_DESC");
+    if (d->len == 0 || d->len % 16)
+        return violation(q, "indirect table length %u is not a multiple of 16", d->len);
+    uint32_t n = d->len / 16;
+    if (n > q->size)
+        return violation(q, "indirect table of %u entries exceeds the queue size", n);
+    const struct virtq_packed_desc *table = gpa_to_hva(q->mem, d->addr, d->len);
+    if (!table)
+        return violation(q, "indirect table 0x%llx+%u is not guest RAM",
+                         (unsigned long long)d->addr, d->len);
+    for (uint32_t i = 0; i < n; i++) {
+        struct virtq_packed_desc e;
+        memcpy(&e, &table[i], sizeof(e));
+        if (e.flags & VIRTQ_DESC_F_INDIRECT)
+            return violation(q, "indirect descriptor inside an indirect table");
+        struct virtq_desc s = {.addr = e.addr, .len = e.len, .flags = e.flags & VIRTQ_DESC_F_WRITE};
+        if (add_buf(q, c, &s, count) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int packed_pop(struct virtq *q, struct virtq_chain *c)
+{
+    if (!packed_is_avail(q, q->next_avail, q->avail_wrap))
+        return 0;
+    c->nout = c->nin = 0;
+    c->out_len = c->in_len = 0;
+    unsigned count = 0, slots = 0;
+    uint16_t pos = q->next_avail;
+    bool wrap = q->avail_wrap;
+    uint16_t id;
+    for (;;) {
+        struct virtq_packed_desc d;
+        memcpy(&d, &q->pdesc[pos], sizeof(d));
+        if (slots > 0 && ((bool)(d.flags & VIRTQ_PACKED_F_AVAIL) != wrap ||
+                          (bool)(d.flags & VIRTQ_PACKED_F_USED) == wrap))
+            return violation(q, "chain continues into a descriptor that is not available");
+        if (++slots > q->size)
+            return violation(q, "descriptor chain longer than the queue");
+        id = d.id;
+        if (d.flags & VIRTQ_DESC_F_INDIRECT) {
+            if (d.flags & VIRTQ_DESC_F_NEXT)
+                return violation(q, "indirect descriptor with NEXT set");
+            if (packed_walk_indirect(q, c, &d, &count) < 0)
+                return -1;
+        } else {
+            struct virtq_desc s = {
+                .addr = d.addr, .len = d.len, .flags = d.flags & VIRTQ_DESC_F_WRITE};
+            if (add_buf(q, c, &s, &count) < 0)
+                return -1;
+        }
+        if (++pos == q->size) {
+            pos = 0;
+            wrap = !wrap;
+        }
+        if (!(d.flags & VIRTQ_DESC_F_NEXT) || (d.flags & VIRTQ_DESC_F_INDIRECT))
+            break;
+    }
+    q->next_avail = pos;
+    q->avail_wrap = wrap;
+    /* The buffer id is in the chain's last descriptor (2.8.6). */
+    c->head = (uint32_t)id | (uint32_t)slots << 16;
+    q->popped[q->npopped++ % 64] = (uint16_t)slots;
+    return 1;
+}
+
 int virtq_pop(struct virtq *q, struct virtq_chain *c)
 {
     if (q->broken)
         return -1;
+    if (q->packed)
+        return packed_pop(q, c);
     uint16_t avail = avail_idx(q);
     if (avail == q->last_avail)
         return 0;
@@ -185,11 +300,48 @@ int virtq_pop(struct virtq *q, struct virtq_chain *c)
 
 void virtq_unpop(struct virtq *q, uint16_t n)
 {
-    q->last_avail = (uint16_t)(q->last_avail - n);
+    if (!q->packed) {
+        q->last_avail = (uint16_t)(q->last_avail - n);
+        return;
+    }
+    for (; n && q->npopped; n--) {
+        uint16_t slots = q->popped[--q->npopped % 64];
+        if (q->next_avail >= slots) {
+            q->next_avail = (uint16_t)(q->next_avail - slots);
+        } else {
+            q->next_avail = (uint16_t)(q->next_avail + q->size - slots);
+            q->avail_wrap = !q->avail_wrap;
+        }
+    }
 }
 
-void virtq_push(struct virtq *q, uint16_t head, uint32_t written)
+static void packed_push(struct virtq *q, uint32_t token, uint32_t written)
 {
+    uint16_t id = (uint16_t)token, slots = (uint16_t)(token >> 16);
+    struct virtq_packed_desc *d = &q->pdesc[q->next_used];
+    WRITE_ONCE(d->id, id);
+    WRITE_ONCE(d->len, written);
+    uint16_t flags = q->used_wrap ? (VIRTQ_PACKED_F_AVAIL | VIRTQ_PACKED_F_USED) : 0;
+    if (written)
+        flags |= VIRTQ_DESC_F_WRITE;
+    /* Release: id and len before the flags that hand the entry back. */
+    __atomic_store_n(&d->flags, flags, __ATOMIC_RELEASE);
+    /* The used entry stands for the whole chain: skip its other slots. */
+    uint32_t next = (uint32_t)q->next_used + (slots ? slots : 1);
+    if (next >= q->size) {
+        next -= q->size;
+        q->used_wrap = !q->used_wrap;
+    }
+    q->next_used = (uint16_t)next;
+    q->used_idx++; /* used entries written, for notification decisions */
+}
+
+void virtq_push(struct virtq *q, uint32_t head, uint32_t written)
+{
+    if (q->packed) {
+        packed_push(q, head, written);
+        return;
+    }
     struct virtq_used_elem *e = &q->used->ring[q->used_idx % q->size];
     WRITE_ONCE(e->id, head);
     WRITE_ONCE(e->len, written);
@@ -208,8 +360,42 @@ static uint16_t *avail_event(struct virtq *q)
     return (uint16_t *)&q->used->ring[q->size];
 }
 
+/* Whether the driver's event position (off_wrap) lies in the used slots
+ * written since the last notification: from (old, old_wrap) to the
+ * current position. Positions are made comparable by unrolling wraps. */
+static bool packed_need_event(struct virtq *q, uint16_t off_wrap, uint16_t old, bool old_wrap)
+{
+    uint32_t size = q->size;
+    uint32_t event = off_wrap & 0x7fff;
+    bool event_wrap = off_wrap >> 15;
+    /* Linear positions: a wrap counter flip means one lap. */
+    uint32_t now = q->next_used + (q->used_wrap == old_wrap ? 0 : size);
+    uint32_t from = old;
+    uint32_t ev = event + (event_wrap == old_wrap ? 0 : size);
+    return ev >= from && ev < now;
+}
+
+static bool packed_should_notify(struct virtq *q)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint16_t old = q->signalled;
+    bool old_wrap = q->signalled_wrap, valid = q->signalled_valid;
+    q->signalled = q->next_used;
+    q->signalled_wrap = q->used_wrap;
+    q->signalled_valid = true;
+    struct virtq_packed_event e;
+    memcpy(&e, q->driver_event, sizeof(e));
+    if (e.flags == VIRTQ_EVENT_DISABLE)
+        return false;
+    if (e.flags != VIRTQ_EVENT_DESC || !q->event_idx || !valid)
+        return true;
+    return packed_need_event(q, e.off_wrap, old, old_wrap);
+}
+
 bool virtq_should_notify(struct virtq *q)
 {
+    if (q->packed)
+        return packed_should_notify(q);
     /* Order our used->idx store before reading the driver's suppression. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     uint16_t old = q->signalled, now = q->used_idx;
@@ -227,7 +413,17 @@ bool virtq_should_notify(struct virtq *q)
 
 bool virtq_enable_kicks(struct virtq *q, bool enable)
 {
-    if (q->event_idx) {
+    if (q->packed) {
+        struct virtq_packed_event e = {.flags = VIRTQ_EVENT_DISABLE};
+        if (enable && q->event_idx)
+            e = (struct virtq_packed_event){
+                .off_wrap = (uint16_t)(q->next_avail | (q->avail_wrap ? 0x8000 : 0)),
+                .flags = VIRTQ_EVENT_DESC};
+        else if (enable)
+            e.flags = VIRTQ_EVENT_ENABLE;
+        WRITE_ONCE(q->device_event->off_wrap, e.off_wrap);
+        WRITE_ONCE(q->device_event->flags, e.flags);
+    } else if (q->event_idx) {
         /* Ask to be kicked once the driver passes last_avail. */
         if (enable)
             WRITE_ONCE(*avail_event(q), q->last_avail);

@@ -46,10 +46,34 @@ struct virtq_used {
     struct virtq_used_elem ring[]; /* then avail_event */
 };
 
-/* What the driver programmed (through a transport) for one queue. */
+/* Packed rings (2.8): one descriptor ring used both ways, and two event
+ * suppression areas in place of the avail and used rings. */
+#define VIRTQ_PACKED_F_AVAIL (1u << 7)
+#define VIRTQ_PACKED_F_USED  (1u << 15)
+
+struct virtq_packed_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t id;
+    uint16_t flags;
+};
+
+#define VIRTQ_EVENT_ENABLE  0
+#define VIRTQ_EVENT_DISABLE 1
+#define VIRTQ_EVENT_DESC    2
+
+struct virtq_packed_event {
+    uint16_t off_wrap; /* descriptor index, wrap counter in bit 15 */
+    uint16_t flags;
+};
+
+/* What the driver programmed (through a transport) for one queue. For a
+ * packed ring, avail_gpa is the driver event area and used_gpa the device
+ * event area. */
 struct virtq_config {
     uint16_t size;
     uint64_t desc_gpa, avail_gpa, used_gpa;
+    bool packed; /* VIRTIO_F_RING_PACKED negotiated */
 };
 
 struct virtq {
@@ -65,6 +89,15 @@ struct virtq {
     uint16_t used_idx;   /* shadow of used->idx */
     uint16_t signalled;  /* used_idx when we last interrupted */
     bool signalled_valid;
+    /* Packed rings: positions and wrap counters on each side. */
+    bool packed;
+    struct virtq_packed_desc *pdesc;
+    struct virtq_packed_event *driver_event, *device_event;
+    uint16_t next_avail, next_used;
+    bool avail_wrap, used_wrap;
+    bool signalled_wrap;
+    uint16_t popped[64]; /* ring slots of the last chains popped, for unpop */
+    unsigned npopped;
     char error[160]; /* first violation, for the log */
 };
 
@@ -77,7 +110,9 @@ struct virtq_buf {
 /* A descriptor chain popped from the avail ring. Readable buffers come
  * first (out[]), then writable ones (in[]), as the spec requires. */
 struct virtq_chain {
-    uint16_t head;
+    /* What virtq_push needs to return it: the head descriptor (split), or
+     * the buffer id and the ring slots it took (packed). Opaque. */
+    uint32_t head;
     unsigned nout, nin;
     uint64_t out_len, in_len;
     unsigned capacity;      /* of bufs[] */
@@ -94,10 +129,10 @@ void virtq_chain_free(struct virtq_chain *c);
 /* Takes the next available chain: 1 taken, 0 none pending, -1 violation
  * (q->error says which; the queue is then broken). */
 int virtq_pop(struct virtq *q, struct virtq_chain *chain);
-/* Gives the last n popped chains back, to be popped again later. */
+/* Gives the last n popped chains back (at most 64), to be popped again. */
 void virtq_unpop(struct virtq *q, uint16_t n);
 /* Returns a chain's head with the number of bytes written into it. */
-void virtq_push(struct virtq *q, uint16_t head, uint32_t written);
+void virtq_push(struct virtq *q, uint32_t head, uint32_t written);
 /* Whether the driver wants an interrupt for what was pushed since the last
  * time this returned true (EVENT_IDX or NO_INTERRUPT). */
 bool virtq_should_notify(struct virtq *q);

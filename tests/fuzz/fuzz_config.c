@@ -36,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         api_put_drive(&c, NULL, j);
         api_put_net(&c, NULL, j);
         api_put_entropy(&c, j);
-        api_check_vsock(j);
+        api_put_vsock(&c, j);
         api_parse_action(j, &act);
         api_parse_vm_state(j, &paused);
         if (api_parse_drive_update("d", j, &u) == 0)

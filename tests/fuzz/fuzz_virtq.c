@@ -1,6 +1,6 @@
 /* libFuzzer target: the descriptor walker against arbitrary ring contents.
  * Guest memory is a malloc'd buffer so that AddressSanitizer sees any
- * access outside it. Input: queue size and flags, then the bytes of the
+ * access outside it. Split and packed rings. Input: queue size and flags, then the bytes of the
  * descriptor table, avail ring and memory holding indirect tables. */
 #include "arch/x86/layout.h"
 #include "virtio/queue.h"
@@ -30,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     guest_memory_layout(&mem, ram, MEM_SIZE, LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END);
 
     uint16_t qsize = (uint16_t)(1u << (data[0] % 9)); /* 1..256 */
-    bool event_idx = data[1] & 1, indirect = data[1] & 2;
+    bool event_idx = data[1] & 1, indirect = data[1] & 2, packed = data[1] & 4;
     uint16_t last_avail = (uint16_t)(data[2] | data[3] << 8);
     data += 4;
     size -= 4;
@@ -52,6 +52,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (virtq_init(&q, &mem, &cfg, event_idx, indirect) < 0)
         return 0;
     q.last_avail = last_avail;
+    if (packed) {
+        q.next_avail = (uint16_t)(last_avail % qsize);
+        q.avail_wrap = last_avail & 0x8000;
+    }
     struct virtq_chain chain;
     if (virtq_chain_alloc(&chain, qsize) < 0)
         return 0;

@@ -109,7 +109,9 @@ static void start_device(void)
     pthread_mutex_lock(&d->lock);
     virtio_dev_set_status(d, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
     virtio_dev_set_driver_features(d, 0, virtio_dev_host_features(d, 0));
-    virtio_dev_set_driver_features(d, 1, virtio_dev_host_features(d, 1));
+    /* A split-ring driver: everything offered but packed rings. */
+    virtio_dev_set_driver_features(
+        d, 1, virtio_dev_host_features(d, 1) & ~(1u << (VIRTIO_F_RING_PACKED - 32)));
     virtio_dev_set_status(d, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
                                  VIRTIO_STATUS_FEATURES_OK);
     for (unsigned q = 0; q < 3; q++) {

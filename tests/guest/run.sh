@@ -258,6 +258,15 @@ expect_crash_ember() {
     fi
 }
 
+# X.elf, or X.bzImage for the guests also built as a bzImage (X-bz).
+guest_image() {
+    if [ -e "$GUEST_DIR/$1.bzImage" ]; then
+        echo "$GUEST_DIR/$1.bzImage"
+    else
+        echo "$GUEST_DIR/$1.elf"
+    fi
+}
+
 ember_skip_reason() {
     echo "ember not built ($EMBER missing)"
 }
@@ -279,9 +288,9 @@ case_hello() {
         report skip "qemu: hello" "$qemu_missing"
     fi
     local elf
-    for elf in hello hello-linux64; do
+    for elf in hello hello-linux64 hello-bz; do
         if [ "$have_ember" = 1 ]; then
-            run_ember "$elf" "$GUEST_DIR/$elf.elf" ""
+            run_ember "$elf" "$(guest_image "$elf")" ""
             check_hello "ember: $elf: greets and powers off (status 0)" "$expected"
             same_tap "ember: $elf: same TAP lines as QEMU" "$qemu_ref"
         else
@@ -345,13 +354,13 @@ bootcheck_case() {
         report skip "qemu: $name" "$qemu_missing"
     fi
     local elf
-    for elf in bootcheck bootcheck-linux64; do
+    for elf in bootcheck bootcheck-linux64 bootcheck-bz; do
         if [ "$have_ember" = 1 ]; then
             # The epoch moves on between runs: refresh it and the checksum.
             payload="$(odd_cmdline_payload) expect_mem_mib=$mem expect_cpus=$cpus"
             payload="$payload expect_epoch=$(date +%s)${initrd_args:+ $initrd_args}"
             cmdline="$payload cmdline_sum=$(fnv1a32 "$payload")"
-            run_ember "$name-$elf" "$GUEST_DIR/$elf.elf" \
+            run_ember "$name-$elf" "$(guest_image "$elf")" \
                 "--debug-exit --memory $mem --cpus $cpus${initrd:+ --initrd $initrd}" "$cmdline"
             expect_pass "ember: $name ($elf): all checks pass"
             same_tap "ember: $name ($elf): same TAP lines as QEMU" "$qemu_ref"

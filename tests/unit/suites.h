@@ -13,6 +13,7 @@ Suite *mptable_suite(void);
 Suite *serial_suite(void);
 Suite *legacy_suite(void);
 Suite *virtq_suite(void);
+Suite *virtq_packed_suite(void);
 Suite *virtio_blk_suite(void);
 Suite *ratelimit_suite(void);
 Suite *api_suite(void);
