@@ -11,11 +11,21 @@
 
 struct net_backend;
 
+struct net_frame {
+    const struct iovec *iov;
+    int cnt;
+};
+
 struct net_backend_ops {
     /* One frame into iov; returns its length, -EAGAIN when none waits. */
     ssize_t (*recv)(struct net_backend *be, const struct iovec *iov, int n);
     /* One frame from iov; -EAGAIN when the host side is full. */
     ssize_t (*send)(struct net_backend *be, const struct iovec *iov, int n);
+    /* Optional: n frames in one go, each as send would, in order; res[i] is frame i's
+     * result. Frames after one refused with -EAGAIN may have gone: a backend offers this
+     * only where the host side cannot be full. */
+    void (*send_batch)(struct net_backend *be, const struct net_frame *f, unsigned n,
+                       ssize_t *res);
     /* Tells the host which offloaded frames the guest accepts (TUN_F_*). */
     int (*set_offloads)(struct net_backend *be, unsigned tun_flags);
     void (*close)(struct net_backend *be);

@@ -1,11 +1,13 @@
 #include "backends/net.h"
 
 #include "util/error.h"
+#include "util/log.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/if_tun.h>
+#include <liburing.h>
 #include <net/if.h>
 #include <sys/epoll.h>
 #include <stdlib.h>
@@ -14,6 +16,14 @@
 #include <unistd.h>
 
 #define VNET_HDR_LEN 12 /* struct virtio_net_hdr_v1, with num_buffers */
+#define RING_ENTRIES 32
+
+/* A write costs a system call per frame, and the call's own work is much of a small frame's
+ * cost: an io_uring takes a batch of writes in one. */
+struct tap_ring {
+    struct io_uring ring;
+    bool broken; /* a submission failed: writev from then on */
+};
 
 static ssize_t tap_recv(struct net_backend *be, const struct iovec *iov, int n)
 {
@@ -25,6 +35,55 @@ static ssize_t tap_send(struct net_backend *be, const struct iovec *iov, int n)
 {
     ssize_t r = writev(be->tx_fd, iov, n);
     return r < 0 ? -errno : r;
+}
+
+static void tap_send_batch(struct net_backend *be, const struct net_frame *f, unsigned n,
+                           ssize_t *res)
+{
+    struct tap_ring *t = be->priv;
+    unsigned i = 0;
+    while (i < n && !t->broken) {
+        unsigned k = 0;
+        for (; i + k < n; k++) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&t->ring);
+            if (!sqe)
+                break;
+            /* Registered file 0 is tx_fd; O_NONBLOCK makes a full tap -EAGAIN, not a wait. */
+            io_uring_prep_writev(sqe, 0, f[i + k].iov, (unsigned)f[i + k].cnt, 0);
+            sqe->flags |= IOSQE_FIXED_FILE;
+            io_uring_sqe_set_data64(sqe, i + k);
+        }
+        int submitted = io_uring_submit_and_wait(&t->ring, k);
+        if (submitted < 0 || (unsigned)submitted < k) {
+            /* Entries left in the ring would go out with a later submission, after the
+             * frames written meanwhile: never use the ring again. */
+            log_warn("tap: io_uring submission failed (%s); writing frames one by one",
+                     strerror(submitted < 0 ? -submitted : EIO));
+            t->broken = true;
+        }
+        for (unsigned got = 0; submitted > 0 && got < (unsigned)submitted;) {
+            struct io_uring_cqe *cqe;
+            int r = io_uring_wait_cqe(&t->ring, &cqe);
+            if (r == -EINTR)
+                continue;
+            if (r < 0) {
+                /* Completions cannot be reaped: nothing more is known of these frames. */
+                log_error("tap: io_uring completions lost (%s)", strerror(-r));
+                for (unsigned j = i; j < i + (unsigned)submitted; j++)
+                    res[j] = -EIO;
+                t->broken = true;
+                break;
+            }
+            uint64_t at = io_uring_cqe_get_data64(cqe);
+            if (at < n)
+                res[at] = cqe->res;
+            io_uring_cqe_seen(&t->ring, cqe);
+            got++;
+        }
+        i += submitted > 0 ? (unsigned)submitted : 0;
+    }
+    for (; i < n; i++)
+        res[i] = tap_send(be, f[i].iov, f[i].cnt);
 }
 
 static int tap_set_offloads(struct net_backend *be, unsigned flags)
@@ -44,6 +103,12 @@ static void tap_close(struct net_backend *be)
     if (be->tx_fd >= 0)
         close(be->tx_fd);
     be->rx_fd = be->tx_fd = -1;
+    struct tap_ring *t = be->priv;
+    if (t) {
+        io_uring_queue_exit(&t->ring);
+        free(t);
+    }
+    be->priv = NULL;
 }
 
 static const struct net_backend_ops tap_ops = {
@@ -52,6 +117,38 @@ static const struct net_backend_ops tap_ops = {
     .set_offloads = tap_set_offloads,
     .close = tap_close,
 };
+
+static const struct net_backend_ops tap_batch_ops = {
+    .recv = tap_recv,
+    .send = tap_send,
+    .send_batch = tap_send_batch,
+    .set_offloads = tap_set_offloads,
+    .close = tap_close,
+};
+
+/* A ring for batched writes, only while the tap's send buffer is unbounded: a bounded one
+ * refuses frames when full, and a refused frame must not be overtaken by the frames after
+ * it, which a batch would already have written. */
+static void tap_open_ring(struct net_backend *be, const char *ifname)
+{
+    struct tap_ring *t = calloc(1, sizeof(*t));
+    if (!t)
+        return;
+    int r = io_uring_queue_init(RING_ENTRIES, &t->ring, 0);
+    if (r == 0) {
+        r = io_uring_register_files(&t->ring, &be->tx_fd, 1);
+        if (r < 0)
+            io_uring_queue_exit(&t->ring);
+    }
+    if (r < 0) {
+        log_info("tap %s: no io_uring (%s); frames are written one by one", ifname,
+                 strerror(-r));
+        free(t);
+        return;
+    }
+    be->priv = t;
+    be->ops = &tap_batch_ops;
+}
 
 int net_tap_open(struct net_backend *be, const char *ifname, uint64_t sndbuf)
 {
@@ -110,5 +207,7 @@ int net_tap_open(struct net_backend *be, const char *ifname, uint64_t sndbuf)
     be->rx_fd = fd;
     be->tx_fd = tx_fd;
     be->tx_wait_events = EPOLLOUT;
+    if (!sndbuf)
+        tap_open_ring(be, ifname);
     return 0;
 }

@@ -159,35 +159,21 @@ static void on_tx_room(void *opaque, uint32_t events)
         process_tx(n);
 }
 
-static void process_tx(struct virtio_net *n)
+/* Pops and checks frames until NET_TX_BATCH are held; malformed ones go back at once. False
+ * when the queue broke. */
+static bool fill_tx(struct virtio_net *n, bool *pushed)
 {
     struct virtio_dev *d = &n->dev;
     struct virtq *q = &d->queues[TXQ].vq;
-    struct iovec iov[NET_QUEUE_SIZE + 1]; /* the checked header, then the frame */
-    bool pushed = false;
-    virtq_enable_kicks(q, false);
-    for (unsigned done = 0;; done++) {
-        if (done == BUDGET && !n->tx_held) {
-            /* A guest that keeps the queue full would otherwise keep this thread here, and
-             * frames from the host would wait: come back after the loop's other events. */
-            virtio_dev_kick(d, TXQ);
+    while (n->tx_held < NET_TX_BATCH) {
+        struct virtq_chain *c = &n->tx_chains[n->tx_held];
+        int got = virtq_pop(q, c);
+        if (got < 0) {
+            virtio_dev_fail(d, q->error);
+            return false;
+        }
+        if (got == 0)
             break;
-        }
-        if (!n->tx_held) {
-            int got = virtq_pop(q, &n->tx_chain);
-            if (got < 0) {
-                virtio_dev_fail(d, q->error);
-                return;
-            }
-            if (got == 0) {
-                if (virtq_enable_kicks(q, true)) {
-                    virtq_enable_kicks(q, false);
-                    continue;
-                }
-                break;
-            }
-        }
-        struct virtq_chain *c = &n->tx_chain;
         struct net_hdr h;
         const char *bad = NULL;
         if (c->nin)
@@ -201,42 +187,135 @@ static void process_tx(struct virtio_net *n)
         if (bad) {
             count_drop(n, &n->tx_dropped, bad);
             virtq_push(q, c->head, 0);
-            n->tx_held = false;
-            pushed = true;
+            *pushed = true;
             continue;
         }
-        uint64_t frame = c->out_len - sizeof(h);
-        if (!tokens(n, &n->tx_bytes_tb, &n->tx_ops_tb, frame)) {
-            n->tx_held = true;
+        if (!tokens(n, &n->tx_bytes_tb, &n->tx_ops_tb, c->out_len - sizeof(h))) {
+            /* Taken again when the timer says the bucket has refilled. */
+            virtq_unpop(q, 1);
+            n->tx_throttled = true;
             break;
         }
         /* A tap takes the header ember checked, not the guest's copy, which another vCPU
          * could have changed since. */
+        memcpy(n->tx_hdrs[n->tx_held], &h, sizeof(h));
+        n->tx_held++;
+    }
+    return true;
+}
+
+static void swap_held(struct virtio_net *n, unsigned a, unsigned b)
+{
+    if (a == b)
+        return;
+    struct virtq_chain c = n->tx_chains[a];
+    n->tx_chains[a] = n->tx_chains[b];
+    n->tx_chains[b] = c;
+    uint8_t h[VIRTIO_NET_HDR_LEN];
+    memcpy(h, n->tx_hdrs[a], sizeof(h));
+    memcpy(n->tx_hdrs[a], n->tx_hdrs[b], sizeof(h));
+    memcpy(n->tx_hdrs[b], h, sizeof(h));
+}
+
+/* Hands the held frames to the backend (a batch where it takes one) and returns to the
+ * guest those it took or refused for good; frames it had no room for stay held, in order,
+ * and the host's room is waited for. Returns how many went back to the guest. */
+static unsigned send_held(struct virtio_net *n)
+{
+    struct virtio_dev *d = &n->dev;
+    struct virtq *q = &d->queues[TXQ].vq;
+    struct iovec iov[2 * (NET_QUEUE_SIZE + 1)]; /* room for the longest chain, and more */
+    struct net_frame frames[NET_TX_BATCH];
+    ssize_t res[NET_TX_BATCH];
+    unsigned k = 0, used = 0;
+    for (; k < n->tx_held; k++) {
+        const struct virtq_chain *c = &n->tx_chains[k];
+        if (used + c->nout + 1 > sizeof(iov) / sizeof(iov[0]))
+            break; /* the rest go next round */
         int cnt = 0;
         if (n->be.vnet_hdr)
-            iov[cnt++] = (struct iovec){.iov_base = &h, .iov_len = sizeof(h)};
-        cnt += tx_iov(c, sizeof(h), iov + cnt);
-        ssize_t r = n->be.ops->send(&n->be, iov, cnt);
-        if (r == -EAGAIN) {
-            /* The host side is full: keep the frame, wait for room. */
-            n->tx_held = true;
-            n->tx_pushback++;
-            if (!n->tx_handler)
-                n->tx_handler =
-                    event_loop_add(&d->io.loop, n->be.tx_fd, n->be.tx_wait_events, on_tx_room, n);
-            break;
+            iov[used + cnt++] = (struct iovec){.iov_base = n->tx_hdrs[k],
+                                               .iov_len = VIRTIO_NET_HDR_LEN};
+        cnt += tx_iov(c, VIRTIO_NET_HDR_LEN, iov + used + cnt);
+        frames[k] = (struct net_frame){.iov = iov + used, .cnt = cnt};
+        used += (unsigned)cnt;
+    }
+    if (k > 1 && n->be.ops->send_batch) {
+        n->be.ops->send_batch(&n->be, frames, k, res);
+    } else {
+        for (unsigned i = 0; i < k; i++) {
+            res[i] = n->be.ops->send(&n->be, frames[i].iov, frames[i].cnt);
+            if (res[i] == -EAGAIN) {
+                for (unsigned j = i + 1; j < k; j++)
+                    res[j] = -EAGAIN; /* not tried: they must not overtake it */
+                break;
+            }
         }
-        n->tx_held = false;
-        if (r < 0) {
-            count_drop(n, &n->tx_dropped, strerror((int)-r));
+    }
+    unsigned kept = 0, returned = 0;
+    for (unsigned i = 0; i < k; i++) {
+        if (res[i] == -EAGAIN) {
+            swap_held(n, i, kept++);
+            continue;
+        }
+        if (res[i] < 0) {
+            count_drop(n, &n->tx_dropped, strerror((int)-res[i]));
         } else {
             n->tx_frames++;
-            n->tx_bytes += frame;
+            n->tx_bytes += n->tx_chains[i].out_len - VIRTIO_NET_HDR_LEN;
         }
-        virtq_push(q, c->head, 0);
-        pushed = true;
-        if (done % BATCH == BATCH - 1)
+        virtq_push(q, n->tx_chains[i].head, 0);
+        returned++;
+    }
+    bool full = kept > 0;
+    for (unsigned i = k; i < n->tx_held; i++)
+        swap_held(n, i, kept++);
+    n->tx_held = kept;
+    if (full) {
+        /* The host side is full: wait for room. */
+        n->tx_pushback++;
+        if (!n->tx_handler)
+            n->tx_handler =
+                event_loop_add(&d->io.loop, n->be.tx_fd, n->be.tx_wait_events, on_tx_room, n);
+    }
+    return returned;
+}
+
+static void process_tx(struct virtio_net *n)
+{
+    struct virtio_dev *d = &n->dev;
+    struct virtq *q = &d->queues[TXQ].vq;
+    if (n->tx_handler)
+        return; /* waiting for room; on_tx_room comes back */
+    bool pushed = false;
+    n->tx_throttled = false;
+    virtq_enable_kicks(q, false);
+    for (unsigned done = 0;;) {
+        if (!fill_tx(n, &pushed))
+            return;
+        if (n->tx_held == 0) {
+            if (n->tx_throttled)
+                break; /* the timer comes back, kicks stay off meanwhile */
+            if (virtq_enable_kicks(q, true)) {
+                virtq_enable_kicks(q, false);
+                continue;
+            }
+            break;
+        }
+        unsigned returned = send_held(n);
+        if (returned) {
             virtio_dev_signal_used(d, TXQ);
+            pushed = false;
+        }
+        if (n->tx_handler || n->tx_throttled)
+            break;
+        done += returned;
+        if (done >= BUDGET) {
+            /* A guest that keeps the queue full would otherwise keep this thread here, and
+             * frames from the host would wait: come back after the loop's other events. */
+            virtio_dev_kick(d, TXQ);
+            break;
+        }
     }
     if (pushed)
         virtio_dev_signal_used(d, TXQ);
@@ -477,7 +556,8 @@ static int activate(struct virtio_dev *d)
         if (virtio_dev_watch_kicks(d) < 0)
             return -1;
     }
-    n->tx_held = false;
+    n->tx_held = 0;
+    n->tx_throttled = false;
     n->rx_pending = 0;
     n->rx_handler = event_loop_add(&d->io.loop, n->be.rx_fd, EPOLLIN, on_rx, n);
     n->timer_handler = event_loop_add(&d->io.loop, n->timer_fd, EPOLLIN, on_timer, n);
@@ -517,7 +597,8 @@ static void quiesce(struct virtio_dev *d)
     /* A frame read from the host but not delivered is lost with the
      * reset, as on a real NIC. */
     n->rx_pending = 0;
-    n->tx_held = false;
+    n->tx_held = 0;
+    n->tx_throttled = false;
 }
 
 static void read_config(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len)
@@ -586,8 +667,10 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
         if (virtq_chain_alloc(&n->rx_chains[i], NET_QUEUE_SIZE) < 0)
             return -1;
     }
-    if (virtq_chain_alloc(&n->tx_chain, NET_QUEUE_SIZE) < 0)
-        return -1;
+    for (unsigned i = 0; i < NET_TX_BATCH; i++) {
+        if (virtq_chain_alloc(&n->tx_chains[i], NET_QUEUE_SIZE) < 0)
+            return -1;
+    }
 
     uint8_t mac[6];
     if (opts->has_mac) {
@@ -650,7 +733,8 @@ void virtio_net_destroy(struct virtio_net *n)
     }
     for (unsigned i = 0; i < sizeof(n->rx_chains) / sizeof(n->rx_chains[0]); i++)
         virtq_chain_free(&n->rx_chains[i]);
-    virtq_chain_free(&n->tx_chain);
+    for (unsigned i = 0; i < NET_TX_BATCH; i++)
+        virtq_chain_free(&n->tx_chains[i]);
     free(n->rx_buf);
     n->rx_buf = NULL;
 }

@@ -13,6 +13,7 @@
 #define VIRTIO_NET_HDR_LEN   12
 #define VIRTIO_NET_MAX_FRAME 65550 /* a 64 KiB GSO frame and its Ethernet header */
 #define NET_MAX_FORWARDS     8
+#define NET_TX_BATCH         32 /* transmit frames handed to the backend at once */
 
 enum vhost_mode { VHOST_AUTO, VHOST_OFF, VHOST_ON };
 
@@ -37,8 +38,12 @@ struct virtio_net {
     struct net_backend be;
     uint8_t config[12];
     struct virtq_chain rx_chains[64]; /* chains one merged frame may need */
-    struct virtq_chain tx_chain;
-    bool tx_held;      /* tx_chain popped, waiting for room or tokens */
+    /* Transmit frames popped and checked but not yet taken by the host, oldest first, each
+     * with the header ember checked (the one the host gets). */
+    struct virtq_chain tx_chains[NET_TX_BATCH];
+    uint8_t tx_hdrs[NET_TX_BATCH][VIRTIO_NET_HDR_LEN];
+    unsigned tx_held;
+    bool tx_throttled; /* the rate limiter's timer will call again */
     uint8_t *rx_buf;   /* one frame from the host, with its header */
     size_t rx_pending; /* bytes in rx_buf not yet given to the guest */
     bool rx_watching;  /* rx fd in the loop */
