@@ -4,6 +4,7 @@
 #include "util/error.h"
 #include "util/log.h"
 #include "virtio/blk.h"
+#include "virtio/net.h"
 #include "vmm/devices.h"
 #include "vmm/exit_status.h"
 
@@ -302,6 +303,54 @@ done:
     return status;
 }
 
+static struct virtio_net *find_net(struct vm *vm, const char *id)
+{
+    /* The devices were made in the configuration's order. */
+    unsigned index = 0;
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        if (vm->virtio[i]->dev->device_id != VIRTIO_ID_NET)
+            continue;
+        if (index < vm->cfg.nnets && vm->cfg.nets[index].id && !strcmp(vm->cfg.nets[index].id, id))
+            return vm->virtio[i]->model;
+        index++;
+    }
+    return NULL;
+}
+
+static int patch_net(struct api *a, const char *id, const cJSON *body, char **out)
+{
+    struct api_net_update u;
+    if (api_parse_net_update(id, body, &u) < 0)
+        return fault_from_error(out);
+    if (!api_instance_started(a))
+        return not_before_start(out);
+    struct api_net *cfg = NULL;
+    unsigned index = 0;
+    for (unsigned i = 0; i < a->cfg.nnets; i++) {
+        if (!strcmp(a->cfg.nets[i].id, id)) {
+            cfg = &a->cfg.nets[i];
+            index = i;
+        }
+    }
+    struct virtio_net *n = cfg ? find_net(a->vm, id) : NULL;
+    if (!n) {
+        error_set("no network interface '%s'", id);
+        return fault_from_error(out);
+    }
+    if (virtio_net_change_limits(n, u.has_rx ? &u.rx : NULL, u.has_tx ? &u.tx : NULL) < 0)
+        return fault_from_error(out);
+    if (u.has_rx) {
+        cfg->rx = a->vm->cfg.nets[index].rx_limit = u.rx;
+        cfg->has_rx = true;
+    }
+    if (u.has_tx) {
+        cfg->tx = a->vm->cfg.nets[index].tx_limit = u.tx;
+        cfg->has_tx = true;
+    }
+    log_info("network interface '%s': new rate limits in force", id);
+    return 204;
+}
+
 /* Routes Firecracker has that ember does not implement yet. */
 static const struct {
     const char *path;
@@ -407,11 +456,8 @@ static int route(struct route_ctx *r)
         return api_put_drive(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
     }
     if ((id = path_param(p, "/network-interfaces/"))) {
-        if (patch) {
-            if (!api_instance_started(a))
-                return not_before_start(out);
-            return fault(out, "no such network interface (ember has no network devices yet)");
-        }
+        if (patch)
+            return patch_net(a, id, r->body, out);
         if (!put)
             return invalid_route(r);
         if (api_instance_started(a))

@@ -435,6 +435,25 @@ int api_parse_drive_update(const char *path_id, const cJSON *body, struct api_dr
     return 0;
 }
 
+int api_parse_net_update(const char *path_id, const cJSON *body, struct api_net_update *u)
+{
+    static const char *const fields[] = {"iface_id", "rx_rate_limiter", "tx_rate_limiter", NULL};
+    const char *what = "network interface update", *id;
+    memset(u, 0, sizeof(*u));
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "iface_id", true, &id) < 0 ||
+        check_path_id(what, path_id, id, "iface_id") < 0)
+        return -1;
+    const cJSON *rx = field(body, "rx_rate_limiter"), *tx = field(body, "tx_rate_limiter");
+    if (rx && parse_rate_limiter(rx, "rx_rate_limiter", &u->rx) < 0)
+        return -1;
+    if (tx && parse_rate_limiter(tx, "tx_rate_limiter", &u->tx) < 0)
+        return -1;
+    u->has_rx = rx != NULL;
+    u->has_tx = tx != NULL;
+    return 0;
+}
+
 static bool mac_valid(const char *s)
 {
     if (strlen(s) != 17)

@@ -89,6 +89,12 @@ struct api_drive_update {
     struct rate_limit_config rate_limit;
 };
 
+/* PATCH /network-interfaces/{id}: new rate limits for a running interface. */
+struct api_net_update {
+    bool has_rx, has_tx;
+    struct rate_limit_config rx, tx;
+};
+
 enum api_action { API_ACTION_INSTANCE_START, API_ACTION_CTRL_ALT_DEL, API_ACTION_FLUSH_METRICS };
 
 void api_config_init(struct api_config *c);
@@ -102,6 +108,7 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
 int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body);
 int api_parse_drive_update(const char *path_id, const cJSON *body, struct api_drive_update *u);
 int api_put_net(struct api_config *c, const char *path_id, const cJSON *body);
+int api_parse_net_update(const char *path_id, const cJSON *body, struct api_net_update *u);
 int api_parse_logger(const cJSON *body, struct api_logger *out);
 int api_parse_metrics(const cJSON *body, char **path);
 int api_put_entropy(struct api_config *c, const cJSON *body);

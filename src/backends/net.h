@@ -24,8 +24,7 @@ struct net_backend_ops {
     /* Optional: n frames in one go, each as send would, in order; res[i] is frame i's
      * result. Frames after one refused with -EAGAIN may have gone: a backend offers this
      * only where the host side cannot be full. */
-    void (*send_batch)(struct net_backend *be, const struct net_frame *f, unsigned n,
-                       ssize_t *res);
+    void (*send_batch)(struct net_backend *be, const struct net_frame *f, unsigned n, ssize_t *res);
     /* Tells the host which offloaded frames the guest accepts (TUN_F_*). */
     int (*set_offloads)(struct net_backend *be, unsigned tun_flags);
     void (*close)(struct net_backend *be);

@@ -141,8 +141,7 @@ static void tap_open_ring(struct net_backend *be, const char *ifname)
             io_uring_queue_exit(&t->ring);
     }
     if (r < 0) {
-        log_info("tap %s: no io_uring (%s); frames are written one by one", ifname,
-                 strerror(-r));
+        log_info("tap %s: no io_uring (%s); frames are written one by one", ifname, strerror(-r));
         free(t);
         return;
     }

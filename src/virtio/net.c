@@ -234,8 +234,8 @@ static unsigned send_held(struct virtio_net *n)
             break; /* the rest go next round */
         int cnt = 0;
         if (n->be.vnet_hdr)
-            iov[used + cnt++] = (struct iovec){.iov_base = n->tx_hdrs[k],
-                                               .iov_len = VIRTIO_NET_HDR_LEN};
+            iov[used + cnt++] =
+                (struct iovec){.iov_base = n->tx_hdrs[k], .iov_len = VIRTIO_NET_HDR_LEN};
         cnt += tx_iov(c, VIRTIO_NET_HDR_LEN, iov + used + cnt);
         frames[k] = (struct net_frame){.iov = iov + used, .cnt = cnt};
         used += (unsigned)cnt;
@@ -615,6 +615,57 @@ static const struct virtio_dev_ops net_ops = {
     .features_ok = features_ok,
 };
 
+static void set_limits(struct virtio_net *n, const struct rate_limit_config *rx,
+                       const struct rate_limit_config *tx)
+{
+    if (rx) {
+        n->opts.rx_limit = *rx;
+        token_bucket_init_fc(&n->rx_bytes_tb, rx->bandwidth.size, rx->bandwidth.one_time_burst,
+                             rx->bandwidth.refill_ms);
+        token_bucket_init_fc(&n->rx_ops_tb, rx->ops.size, rx->ops.one_time_burst,
+                             rx->ops.refill_ms);
+    }
+    if (tx) {
+        n->opts.tx_limit = *tx;
+        token_bucket_init_fc(&n->tx_bytes_tb, tx->bandwidth.size, tx->bandwidth.one_time_burst,
+                             tx->bandwidth.refill_ms);
+        token_bucket_init_fc(&n->tx_ops_tb, tx->ops.size, tx->ops.one_time_burst,
+                             tx->ops.refill_ms);
+    }
+}
+
+struct limits_change {
+    struct virtio_net *net;
+    const struct rate_limit_config *rx, *tx;
+    bool refused;
+};
+
+static void change_limits_on_io(void *arg)
+{
+    struct limits_change *c = arg;
+    struct virtio_net *n = c->net;
+    if (n->use_vhost) {
+        c->refused = true;
+        return;
+    }
+    set_limits(n, c->rx, c->tx);
+    /* Frames held back by the old limits are looked at again. */
+    if (n->dev.active)
+        arm_timer(n, 0);
+}
+
+int virtio_net_change_limits(struct virtio_net *n, const struct rate_limit_config *rx,
+                             const struct rate_limit_config *tx)
+{
+    struct limits_change c = {.net = n, .rx = rx, .tx = tx};
+    iothread_call(&n->dev.io, change_limits_on_io, &c);
+    if (c.refused)
+        return error_set("%s: the kernel's vhost-net moves its frames, and it has no rate "
+                         "limits (start it with vhost=off)",
+                         n->dev.name);
+    return 0;
+}
+
 int virtio_net_init(struct virtio_net *n, const char *name, const struct net_options *opts,
                     const struct guest_memory *mem)
 {
@@ -625,13 +676,7 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
         n->calls[i] = (struct vhost_call){.net = n, .queue = i, .fd = -1};
     n->be.rx_fd = n->be.tx_fd = -1;
     n->opts = *opts;
-    const struct rate_limit_config *rx = &opts->rx_limit, *tx = &opts->tx_limit;
-    token_bucket_init_fc(&n->rx_bytes_tb, rx->bandwidth.size, rx->bandwidth.one_time_burst,
-                         rx->bandwidth.refill_ms);
-    token_bucket_init_fc(&n->rx_ops_tb, rx->ops.size, rx->ops.one_time_burst, rx->ops.refill_ms);
-    token_bucket_init_fc(&n->tx_bytes_tb, tx->bandwidth.size, tx->bandwidth.one_time_burst,
-                         tx->bandwidth.refill_ms);
-    token_bucket_init_fc(&n->tx_ops_tb, tx->ops.size, tx->ops.one_time_burst, tx->ops.refill_ms);
+    set_limits(n, &opts->rx_limit, &opts->tx_limit);
     int r = opts->user ? net_user_open(&n->be, opts->forwards, opts->nforwards)
                        : net_tap_open(&n->be, opts->tap, opts->sndbuf);
     if (r < 0)

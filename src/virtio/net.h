@@ -67,5 +67,8 @@ struct virtio_net {
 int virtio_net_init(struct virtio_net *n, const char *name, const struct net_options *opts,
                     const struct guest_memory *mem);
 void virtio_net_destroy(struct virtio_net *n);
+/* New rate limits for a running device (NULL: that direction unchanged); from any thread. */
+int virtio_net_change_limits(struct virtio_net *n, const struct rate_limit_config *rx,
+                             const struct rate_limit_config *tx);
 
 #endif

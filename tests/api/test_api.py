@@ -373,12 +373,35 @@ def test_network_interfaces(tmp):
             expect(e.req("PUT", path, body), 400, "PUT %r" % body, msg)
         nets = e.req("GET", "/vm/config").json()["network-interfaces"]
         check(len(nets) == 1 and nets[0]["host_dev_name"] == tap, "%r" % nets)
-        expect(e.req("PUT", "/boot-source", {"kernel_image_path": HELLO}), 204, "boot source")
+        limiter = {"bandwidth": {"size": 125000, "refill_time": 100}, "ops": {"size": 1000, "refill_time": 1000}}
+        log = os.path.join(tmp, "ember.log")
+        expect(e.req("PUT", "/logger", {"log_path": log, "level": "Info"}), 204, "logger")
+        expect(e.req("PATCH", "/network-interfaces/eth0", {"iface_id": "eth0", "tx_rate_limiter": limiter}),
+               400, "PATCH before start", "InstanceStart")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
         # The interface becomes a virtio-net device on that tap (created as root).
         expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
-        status = e.wait(30)
-        check(status == 0 and "ok 1 - hello" in e.stdout(),
-              "the guest ran with a network interface: %r %s" % (status, e.stderr()))
+        check(e.wait_output("tick 1"), "the guest runs: %r %s" % (e.stdout(), e.stderr()))
+        expect(e.req("PATCH", "/network-interfaces/eth0", {"iface_id": "eth0", "tx_rate_limiter": limiter,
+                                                            "rx_rate_limiter": limiter}), 204, "PATCH limits")
+        net = e.req("GET", "/vm/config").json()["network-interfaces"][0]
+        check(net.get("tx_rate_limiter", {}).get("bandwidth", {}).get("size") == 125000 and
+              net.get("rx_rate_limiter", {}).get("ops", {}).get("size") == 1000, "new limits shown: %r" % net)
+        bad_patches = [
+            ("/network-interfaces/eth9", {"iface_id": "eth9", "tx_rate_limiter": limiter}, "eth9"),
+            ("/network-interfaces/eth0", {"iface_id": "eth1"}, "differs"),
+            ("/network-interfaces/eth0", {"iface_id": "eth0", "guest_mac": "06:00:AC:10:00:03"}, "guest_mac"),
+            ("/network-interfaces/eth0", {"iface_id": "eth0", "tx_rate_limiter": {"bandwidth": {"size": 1}}},
+             "refill_time"),
+        ]
+        for path, body, msg in bad_patches:
+            expect(e.req("PATCH", path, body), 400, "PATCH %r" % body, msg)
+        with open(log) as f:
+            text = f.read()
+        check("network interface 'eth0': new rate limits in force" in text, "logged: %s" % text[-600:])
+        expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
+        status = e.wait(20)
+        check(status == 0, "the guest ran with a network interface: %r %s" % (status, e.stderr()))
     finally:
         e.kill()
 

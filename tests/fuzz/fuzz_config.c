@@ -28,6 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cJSON *j = cJSON_ParseWithLength(text, size);
     if (j) {
         struct api_drive_update u;
+        struct api_net_update nu;
         struct api_logger l;
         enum api_action act;
         bool paused;
@@ -41,6 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         api_parse_vm_state(j, &paused);
         if (api_parse_drive_update("d", j, &u) == 0)
             free(u.path);
+        api_parse_net_update("eth0", j, &nu);
         if (api_parse_logger(j, &l) == 0) {
             free(l.log_path);
             free(l.module);
