@@ -305,14 +305,12 @@ done:
 
 static struct virtio_net *find_net(struct vm *vm, const char *id)
 {
-    /* The devices were made in the configuration's order. */
-    unsigned index = 0;
     for (unsigned i = 0; i < vm->nvirtio; i++) {
         if (vm->virtio[i]->dev->device_id != VIRTIO_ID_NET)
             continue;
-        if (index < vm->cfg.nnets && vm->cfg.nets[index].id && !strcmp(vm->cfg.nets[index].id, id))
-            return vm->virtio[i]->model;
-        index++;
+        struct virtio_net *n = vm->virtio[i]->model;
+        if (n->opts.id && !strcmp(n->opts.id, id))
+            return n;
     }
     return NULL;
 }

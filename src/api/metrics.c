@@ -3,7 +3,9 @@
 #include "util/error.h"
 #include "virtio/blk.h"
 #include "virtio/console.h"
+#include "virtio/net.h"
 #include "virtio/rng.h"
+#include "virtio/vsock.h"
 #include "vmm/devices.h"
 #include "vmm/vcpu.h"
 #include "vmm/vm.h"
@@ -103,28 +105,83 @@ static void add_vcpus(cJSON *root, struct vm *vm)
     cJSON_AddNumberToObject(all, "exit_other", (double)(exits - io - mmio - intr));
 }
 
+struct metric_field {
+    const char *key;
+    const uint64_t *v;
+};
+
+/* A device's counters under name, and added into total when there is one. */
+static void add_fields(cJSON *root, cJSON *total, const char *name, const struct metric_field *f,
+                       size_t n)
+{
+    cJSON *o = cJSON_AddObjectToObject(root, name);
+    for (size_t i = 0; i < n; i++) {
+        double v = counter(f[i].v);
+        cJSON_AddNumberToObject(o, f[i].key, v);
+        if (!total)
+            continue;
+        cJSON *t = cJSON_GetObjectItemCaseSensitive(total, f[i].key);
+        if (t)
+            cJSON_SetNumberValue(t, t->valuedouble + v);
+        else
+            cJSON_AddNumberToObject(total, f[i].key, v);
+    }
+}
+
+#define ADD_FIELDS(root, total, name, f)                                                           \
+    add_fields(root, total, name, f, sizeof(f) / sizeof((f)[0]))
+
 static void add_blk(cJSON *root, cJSON *total, struct virtio_blk *b)
 {
     char name[64];
     snprintf(name, sizeof(name), "block_%s", b->opts.id ? b->opts.id : b->dev.name);
-    cJSON *o = cJSON_AddObjectToObject(root, name);
-    const struct {
-        const char *key;
-        const uint64_t *v;
-    } fields[] = {{"read_count", &b->reads},          {"write_count", &b->writes},
-                  {"read_bytes", &b->read_bytes},     {"write_bytes", &b->write_bytes},
-                  {"flush_count", &b->flushes},       {"discard_count", &b->discards},
-                  {"io_errors", &b->errors},          {"unsupported", &b->unsupported},
-                  {"interrupts", &b->dev.interrupts}, {"queue_kicks", &b->dev.kicks}};
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        double v = counter(fields[i].v);
-        cJSON_AddNumberToObject(o, fields[i].key, v);
-        cJSON *t = cJSON_GetObjectItemCaseSensitive(total, fields[i].key);
+    const struct metric_field f[] = {
+        {"read_count", &b->reads},          {"write_count", &b->writes},
+        {"read_bytes", &b->read_bytes},     {"write_bytes", &b->write_bytes},
+        {"flush_count", &b->flushes},       {"discard_count", &b->discards},
+        {"io_errors", &b->errors},          {"unsupported", &b->unsupported},
+        {"interrupts", &b->dev.interrupts}, {"queue_kicks", &b->dev.kicks}};
+    ADD_FIELDS(root, total, name, f);
+}
+
+static void add_net(cJSON *root, cJSON *total, struct virtio_net *n)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "net_%s", n->opts.id ? n->opts.id : n->dev.name);
+    /* rx: towards the guest; dropped: a frame larger than the guest's buffers, or one the
+     * host could not give; tx dropped: malformed frames from the guest. */
+    const struct metric_field f[] = {
+        {"rx_packets_count", &n->rx_frames},    {"rx_bytes_count", &n->rx_bytes},
+        {"rx_dropped_count", &n->rx_dropped},   {"tx_packets_count", &n->tx_frames},
+        {"tx_bytes_count", &n->tx_bytes},       {"tx_dropped_count", &n->tx_dropped},
+        {"tx_waits_for_room", &n->tx_pushback}, {"interrupts", &n->dev.interrupts},
+        {"queue_kicks", &n->dev.kicks}};
+    ADD_FIELDS(root, total, name, f);
+    /* Frames the guest had no buffers for wait in the tap, and the kernel drops them there. */
+    uint64_t host_drops;
+    if (n->opts.tap && net_tap_host_drops(n->opts.tap, &host_drops) == 0) {
+        cJSON_AddNumberToObject(cJSON_GetObjectItemCaseSensitive(root, name),
+                                "rx_tap_dropped_count", (double)host_drops);
+        cJSON *t = cJSON_GetObjectItemCaseSensitive(total, "rx_tap_dropped_count");
         if (t)
-            cJSON_SetNumberValue(t, t->valuedouble + v);
+            cJSON_SetNumberValue(t, t->valuedouble + (double)host_drops);
         else
-            cJSON_AddNumberToObject(total, fields[i].key, v);
+            cJSON_AddNumberToObject(total, "rx_tap_dropped_count", (double)host_drops);
     }
+}
+
+static void add_vsock(cJSON *root, struct virtio_vsock *v)
+{
+    const struct metric_field f[] = {{"rx_packets_count", &v->rx_packets},
+                                     {"rx_bytes_count", &v->rx_bytes},
+                                     {"tx_packets_count", &v->tx_packets},
+                                     {"tx_bytes_count", &v->tx_bytes},
+                                     {"conns_opened", &v->conns_opened},
+                                     {"conns_refused", &v->conns_refused},
+                                     {"rsts_sent", &v->rsts_sent},
+                                     {"bad_packets", &v->bad_packets},
+                                     {"credit_violations", &v->credit_violations}};
+    ADD_FIELDS(root, NULL, "vsock", f);
 }
 
 cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
@@ -145,13 +202,18 @@ cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
     cJSON *uart = cJSON_AddObjectToObject(root, "uart");
     cJSON_AddNumberToObject(uart, "tx_bytes", counter(&vm->com1.tx_bytes));
     cJSON_AddNumberToObject(uart, "rx_bytes", counter(&vm->com1.rx_bytes));
-    cJSON *blk_total = cJSON_CreateObject();
-    bool any_blk = false;
+    cJSON *blk_total = cJSON_CreateObject(), *net_total = cJSON_CreateObject();
+    bool any_blk = false, any_net = false;
     for (unsigned i = 0; i < vm->nvirtio; i++) {
         struct virtio_dev *d = vm->virtio[i]->dev;
         if (d->device_id == VIRTIO_ID_BLOCK) {
             add_blk(root, blk_total, vm->virtio[i]->model);
             any_blk = true;
+        } else if (d->device_id == VIRTIO_ID_NET) {
+            add_net(root, net_total, vm->virtio[i]->model);
+            any_net = true;
+        } else if (d->device_id == VIRTIO_ID_VSOCK) {
+            add_vsock(root, vm->virtio[i]->model);
         } else if (d->device_id == VIRTIO_ID_RNG) {
             struct virtio_rng *r = vm->virtio[i]->model;
             cJSON *o = cJSON_AddObjectToObject(root, "entropy");
@@ -168,6 +230,10 @@ cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
         cJSON_AddItemToObject(root, "block", blk_total);
     else
         cJSON_Delete(blk_total);
+    if (any_net)
+        cJSON_AddItemToObject(root, "net", net_total);
+    else
+        cJSON_Delete(net_total);
     return root;
 }
 

@@ -46,6 +46,10 @@ struct net_backend {
  * a slow path on the host then pushes back on the guest instead of queueing. */
 int net_tap_open(struct net_backend *be, const char *ifname, uint64_t sndbuf);
 
+/* Frames the kernel dropped on their way to the tap's reader (the guest), because the
+ * reader did not keep up: the tap's tx_dropped in sysfs. -1 when it cannot be read. */
+int net_tap_host_drops(const char *ifname, uint64_t *drops);
+
 struct slirp_forward {
     bool udp;
     uint32_t host_addr; /* network order; 0 = any */

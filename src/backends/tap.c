@@ -10,6 +10,7 @@
 #include <liburing.h>
 #include <net/if.h>
 #include <sys/epoll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -147,6 +148,22 @@ static void tap_open_ring(struct net_backend *be, const char *ifname)
     }
     be->priv = t;
     be->ops = &tap_batch_ops;
+}
+
+int net_tap_host_drops(const char *ifname, uint64_t *drops)
+{
+    char path[96];
+    snprintf(path, sizeof(path), "/sys/class/net/%s/statistics/tx_dropped", ifname);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -1;
+    unsigned long long v;
+    int ok = fscanf(f, "%llu", &v) == 1;
+    fclose(f);
+    if (!ok)
+        return -1;
+    *drops = v;
+    return 0;
 }
 
 int net_tap_open(struct net_backend *be, const char *ifname, uint64_t sndbuf)

@@ -18,6 +18,7 @@
 enum vhost_mode { VHOST_AUTO, VHOST_OFF, VHOST_ON };
 
 struct net_options {
+    const char *id;  /* the API's iface_id, or NULL */
     const char *tap; /* tap interface name, or NULL */
     bool user;       /* user-mode networking instead */
     struct slirp_forward forwards[NET_MAX_FORWARDS];

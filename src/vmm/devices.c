@@ -185,7 +185,8 @@ int vm_create_virtio_devices(struct vm *vm)
         struct virtio_net *net = calloc(1, sizeof(*net));
         if (!net)
             return error_set("out of memory");
-        struct net_options o = {.tap = nc->tap,
+        struct net_options o = {.id = nc->id,
+                                .tap = nc->tap,
                                 .user = nc->user,
                                 .has_mac = nc->has_mac,
                                 .mtu = nc->mtu,

@@ -376,6 +376,8 @@ def test_network_interfaces(tmp):
         limiter = {"bandwidth": {"size": 125000, "refill_time": 100}, "ops": {"size": 1000, "refill_time": 1000}}
         log = os.path.join(tmp, "ember.log")
         expect(e.req("PUT", "/logger", {"log_path": log, "level": "Info"}), 204, "logger")
+        metrics = os.path.join(tmp, "metrics.json")
+        expect(e.req("PUT", "/metrics", {"metrics_path": metrics}), 204, "metrics")
         expect(e.req("PATCH", "/network-interfaces/eth0", {"iface_id": "eth0", "tx_rate_limiter": limiter}),
                400, "PATCH before start", "InstanceStart")
         expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
@@ -399,6 +401,13 @@ def test_network_interfaces(tmp):
         with open(log) as f:
             text = f.read()
         check("network interface 'eth0': new rate limits in force" in text, "logged: %s" % text[-600:])
+        expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "flush")
+        with open(metrics) as f:
+            line = json.loads(f.read().splitlines()[-1])
+        fields = ("rx_packets_count", "rx_bytes_count", "rx_dropped_count", "rx_tap_dropped_count",
+                  "tx_packets_count", "tx_bytes_count", "tx_dropped_count", "tx_waits_for_room")
+        check(all(isinstance(line.get(k, {}).get(f), (int, float)) for k in ("net_eth0", "net") for f in fields),
+              "network metrics per interface and in total: %r" % {k: line.get(k) for k in ("net_eth0", "net")})
         expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
         status = e.wait(20)
         check(status == 0, "the guest ran with a network interface: %r %s" % (status, e.stderr()))
