@@ -148,21 +148,12 @@ static bool run_workload(const struct workload *w, uint64_t run_ms)
     return run.frames > 0;
 }
 
-/* Whether perf_only= (empty: everything) names this workload. */
-static bool selected(const char *only, const char *name)
+/* Whether perf_only= names this workload; without perf_only=, every one runs. */
+static bool selected(const char *name)
 {
-    if (!only[0])
-        return true;
-    size_t want = strlen(name);
-    for (const char *p = only; *p;) {
-        const char *end = p;
-        while (*end && *end != ',')
-            end++;
-        if ((size_t)(end - p) == want && !strncmp(p, name, want))
-            return true;
-        p = *end ? end + 1 : end;
-    }
-    return false;
+    char only[64];
+    return !cmdline_get("perf_only", only, sizeof(only)) || !only[0] ||
+           cmdline_list_has("perf_only", name);
 }
 
 void guest_main(void)
@@ -194,8 +185,6 @@ void guest_main(void)
     uint64_t run_ms = 2000;
     cmdline_get_u64("perf_ms", &run_ms);
     cmdline_get_u64("perf_settle_ms", &settle_ms);
-    char only[64] = "";
-    cmdline_get("perf_only", only, sizeof(only));
     char mac[18];
     format_mac(mac, net.mac);
     printf("net-perf: device %s transport=%s mac=%s features=0x%lx queue_size=%u tsc_khz=%lu\n",
@@ -203,7 +192,7 @@ void guest_main(void)
            tsc_hz / 1000);
     bool ok = true;
     for (size_t i = 0; i < ARRAY_SIZE(workloads); i++) {
-        if (selected(only, workloads[i].name))
+        if (selected(workloads[i].name))
             ok = run_workload(&workloads[i], run_ms) && ok;
     }
     virtio_reset(d);

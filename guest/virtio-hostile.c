@@ -266,22 +266,9 @@ static void launch(struct target *t, enum attack a)
     }
 }
 
-/* Whether hostile_skip= (comma-separated words) holds `word`. */
 static bool in_skip_list(const char *word)
 {
-    char list[512];
-    if (!cmdline_get("hostile_skip", list, sizeof(list)))
-        return false;
-    size_t want = strlen(word);
-    for (const char *p = list; *p;) {
-        const char *end = p;
-        while (*end && *end != ',')
-            end++;
-        if ((size_t)(end - p) == want && !strncmp(p, word, want))
-            return true;
-        p = *end ? end + 1 : end;
-    }
-    return false;
+    return cmdline_list_has("hostile_skip", word);
 }
 
 /* hostile_skip= names ATTACK (on every device) or DEVICE:ATTACK. */

@@ -62,19 +62,7 @@ static void read_parameters(void)
 
 static bool skipped(enum attack a)
 {
-    char list[256];
-    if (!cmdline_get("net_skip", list, sizeof(list)))
-        return false;
-    size_t want = strlen(attacks[a].name);
-    for (const char *p = list; *p;) {
-        const char *end = p;
-        while (*end && *end != ',')
-            end++;
-        if ((size_t)(end - p) == want && !strncmp(p, attacks[a].name, want))
-            return true;
-        p = *end ? end + 1 : end;
-    }
-    return false;
+    return cmdline_list_has("net_skip", attacks[a].name);
 }
 
 static size_t udp_frame(uint8_t *f, uint16_t from, bool partial)

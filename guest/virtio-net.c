@@ -396,22 +396,9 @@ static enum test_result echo_unmerged(void)
     return echo_all_sizes() ? TEST_PASS : TEST_FAIL;
 }
 
-/* Whether net_skip= (comma-separated) names `word`. */
 static bool skipped(const char *word)
 {
-    char list[256];
-    if (!cmdline_get("net_skip", list, sizeof(list)))
-        return false;
-    size_t want = strlen(word);
-    for (const char *p = list; *p;) {
-        const char *end = p;
-        while (*end && *end != ',')
-            end++;
-        if ((size_t)(end - p) == want && !strncmp(p, word, want))
-            return true;
-        p = *end ? end + 1 : end;
-    }
-    return false;
+    return cmdline_list_has("net_skip", word);
 }
 
 /* 5.1.6.4.1: without VIRTIO_NET_F_MRG_RXBUF the device MUST set num_buffers to 1. */

@@ -68,3 +68,20 @@ bool cmdline_get_u64(const char *key, uint64_t *value)
     char text[32];
     return cmdline_get(key, text, sizeof(text)) && parse_u64(text, value);
 }
+
+bool cmdline_list_has(const char *key, const char *word)
+{
+    char list[512];
+    if (!cmdline_get(key, list, sizeof(list)))
+        return false;
+    size_t want = strlen(word);
+    for (const char *p = list; *p;) {
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        if ((size_t)(end - p) == want && !strncmp(p, word, want))
+            return true;
+        p = *end ? end + 1 : end;
+    }
+    return false;
+}

@@ -66,6 +66,8 @@ void boot_info_parse(int protocol, uint64_t info_addr);
 bool cmdline_get(const char *key, char *value, size_t size);
 bool cmdline_get_u64(const char *key, uint64_t *value);
 bool parse_u64(const char *s, uint64_t *value); /* decimal or 0x hex, whole string */
+/* Whether the comma-separated words of key= hold word (no key=: false). */
+bool cmdline_list_has(const char *key, const char *word);
 
 /* tap.c: a guest is a list of tests run in order; the result decides the debug-exit value */
 enum test_result { TEST_FAIL, TEST_PASS, TEST_SKIP };
