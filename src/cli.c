@@ -84,7 +84,8 @@ void cli_usage(FILE *f)
         "                          user             user-mode networking (libslirp): guest\n"
         "                                           10.0.2.15, host 10.0.2.2 (the host's\n"
         "                                           loopback), DNS 10.0.2.3, DHCP\n"
-        "                        and any of mac=XX:XX:XX:XX:XX:XX, hostfwd=tcp:HOST:GUEST\n"
+        "                        and any of mac=XX:XX:XX:XX:XX:XX, queues=1 (one queue pair;\n"
+        "                        no multiqueue yet), hostfwd=tcp:HOST:GUEST\n"
         "                        (user only, several joined with +), rx-bw=BYTES, tx-bw=BYTES,\n"
         "                        rx-pps=N, tx-pps=N (per-second limits); tap only:\n"
         "                        vhost=auto|on|off (the kernel's vhost-net data path; auto\n"
@@ -349,6 +350,14 @@ int cli_parse_net(const char *spec, struct net_config *n)
             n->has_mac = true;
         } else if (!strcmp(key, "hostfwd")) {
             n->forwards = val;
+        } else if (!strcmp(key, "queues")) {
+            unsigned queues;
+            if (cli_parse_uint(val, 64, &queues) < 0 || queues == 0)
+                return error_set("--net queues=%s: a number of queue pairs, 1 or more", val);
+            if (queues > 1)
+                return error_set("--net queues=%u: ember's virtio-net has one queue pair "
+                                 "(no multiqueue yet)",
+                                 queues);
         } else if (!strcmp(key, "sndbuf")) {
             if (cli_parse_size(val, 0, &n->sndbuf) < 0)
                 return error_prefix("--net sndbuf");
@@ -370,8 +379,8 @@ int cli_parse_net(const char *spec, struct net_config *n)
             struct token_bucket_config *tb = strstr(key, "bw") ? &rl->bandwidth : &rl->ops;
             *tb = (struct token_bucket_config){.size = rate, .refill_ms = 1000};
         } else {
-            return error_set("--net: unknown key '%s' (tap, user, mac, hostfwd, rx-bw, tx-bw, "
-                             "rx-pps, tx-pps, vhost, sndbuf)",
+            return error_set("--net: unknown key '%s' (tap, user, mac, queues, hostfwd, rx-bw, "
+                             "tx-bw, rx-pps, tx-pps, vhost, sndbuf)",
                              key);
         }
     }

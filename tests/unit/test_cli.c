@@ -124,6 +124,9 @@ START_TEST(net_specs)
     expect_error(cli_parse_net("tap=t,mac=01:00:00:00:00:01", &n), "multicast");
     expect_error(cli_parse_net("mac=52:54:00:12:34:56", &n), "either tap=NAME or user");
     expect_error(cli_parse_net("tap=t,speed=10G", &n), "unknown key 'speed'");
+    ck_assert_int_eq(cli_parse_net("tap=t,queues=1", &n), 0);
+    expect_error(cli_parse_net("tap=t,queues=0", &n), "1 or more");
+    expect_error(cli_parse_net("tap=t,queues=4", &n), "one queue pair");
 }
 END_TEST
 
