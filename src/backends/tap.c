@@ -49,9 +49,10 @@ static void tap_send_batch(struct net_backend *be, const struct net_frame *f, un
             struct io_uring_sqe *sqe = io_uring_get_sqe(&t->ring);
             if (!sqe)
                 break;
-            /* Registered file 0 is tx_fd; O_NONBLOCK makes a full tap -EAGAIN, not a wait. */
-            io_uring_prep_writev(sqe, 0, f[i + k].iov, (unsigned)f[i + k].cnt, 0);
-            sqe->flags |= IOSQE_FIXED_FILE;
+            /* O_NONBLOCK makes a full tap -EAGAIN, not a wait. Not a registered file: the
+             * kernel releases those when it tears the ring down, after ember has gone, and
+             * the tap would stay busy for a while for the next process to attach it. */
+            io_uring_prep_writev(sqe, be->tx_fd, f[i + k].iov, (unsigned)f[i + k].cnt, 0);
             io_uring_sqe_set_data64(sqe, i + k);
         }
         int submitted = io_uring_submit_and_wait(&t->ring, k);
@@ -136,11 +137,6 @@ static void tap_open_ring(struct net_backend *be, const char *ifname)
     if (!t)
         return;
     int r = io_uring_queue_init(RING_ENTRIES, &t->ring, 0);
-    if (r == 0) {
-        r = io_uring_register_files(&t->ring, &be->tx_fd, 1);
-        if (r < 0)
-            io_uring_queue_exit(&t->ring);
-    }
     if (r < 0) {
         log_info("tap %s: no io_uring (%s); frames are written one by one", ifname, strerror(-r));
         free(t);
