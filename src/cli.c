@@ -322,12 +322,8 @@ static int parse_mac(const char *s, uint8_t mac[6])
 
 /* --net tap=NAME[,mac=MAC] | --net user[,hostfwd=tcp:H:G+...][,mac=MAC],
  * plus rx-bw, tx-bw, rx-pps, tx-pps limits. */
-int cli_parse_net(const char *spec, struct net_config *n)
+static int parse_net_items(char *copy, const char *spec, struct net_config *n)
 {
-    memset(n, 0, sizeof(*n));
-    char *copy = strdup(spec);
-    if (!copy)
-        return error_set("out of memory");
     char *save = NULL;
     for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(item, '=');
@@ -391,6 +387,42 @@ int cli_parse_net(const char *spec, struct net_config *n)
     if (n->sndbuf && !n->tap)
         return error_set("--net sndbuf= works with a tap only");
     return 0;
+}
+
+int cli_parse_net(const char *spec, struct net_config *n)
+{
+    memset(n, 0, sizeof(*n));
+    char *copy = strdup(spec);
+    if (!copy)
+        return error_set("out of memory");
+    int r = parse_net_items(copy, spec, n);
+    if (r == 0) {
+        /* The strings the configuration keeps get their own copies. */
+        char *tap = n->tap ? strdup(n->tap) : NULL, *id = n->id ? strdup(n->id) : NULL,
+             *forwards = n->forwards ? strdup(n->forwards) : NULL;
+        if ((n->tap && !tap) || (n->id && !id) || (n->forwards && !forwards)) {
+            free(tap);
+            free(id);
+            free(forwards);
+            r = error_set("out of memory");
+        } else {
+            n->tap = tap;
+            n->id = id;
+            n->forwards = forwards;
+        }
+    }
+    free(copy);
+    if (r < 0)
+        memset(n, 0, sizeof(*n));
+    return r;
+}
+
+void cli_free_net(struct net_config *n)
+{
+    free((char *)n->tap);
+    free((char *)n->id);
+    free((char *)n->forwards);
+    n->tap = n->id = n->forwards = NULL;
 }
 
 /* --vsock cid=N,uds=PATH[,id=NAME]. The strings kept are the caller's to

@@ -45,7 +45,9 @@ int cli_parse_size(const char *s, unsigned unit_shift, uint64_t *out);
 int cli_parse_uint(const char *s, unsigned max, unsigned *out);
 const char *cli_version(void);
 int cli_parse_drive(const char *spec, struct drive_config *d);
+/* The strings it keeps (tap, id, forwards) are the caller's: cli_free_net. */
 int cli_parse_net(const char *spec, struct net_config *n);
+void cli_free_net(struct net_config *n);
 int cli_parse_vsock(const char *spec, struct vsock_config *v);
 
 #endif

@@ -112,11 +112,14 @@ START_TEST(net_specs)
     ck_assert_uint_eq(n.sndbuf, 65536);
     ck_assert_uint_eq(n.tx_limit.ops.size, 2000);
     ck_assert_uint_eq(n.tx_limit.ops.refill_ms, 1000);
+    cli_free_net(&n);
     ck_assert_int_eq(cli_parse_net("tap=t,vhost=on", &n), 0);
     ck_assert_int_eq(n.vhost, 2);
+    cli_free_net(&n);
     ck_assert_int_eq(cli_parse_net("user,hostfwd=tcp:8080:80", &n), 0);
     ck_assert(n.user && !n.tap && !n.sndbuf);
     ck_assert_str_eq(n.forwards, "tcp:8080:80");
+    cli_free_net(&n);
     expect_error(cli_parse_net("user,sndbuf=1M", &n), "with a tap only");
     expect_error(cli_parse_net("tap=t,sndbuf=lots", &n), "not a size");
     expect_error(cli_parse_net("tap=t,vhost=maybe", &n), "auto, on or off");
@@ -125,6 +128,7 @@ START_TEST(net_specs)
     expect_error(cli_parse_net("mac=52:54:00:12:34:56", &n), "either tap=NAME or user");
     expect_error(cli_parse_net("tap=t,speed=10G", &n), "unknown key 'speed'");
     ck_assert_int_eq(cli_parse_net("tap=t,queues=1", &n), 0);
+    cli_free_net(&n);
     expect_error(cli_parse_net("tap=t,queues=0", &n), "1 or more");
     expect_error(cli_parse_net("tap=t,queues=4", &n), "one queue pair");
 }
