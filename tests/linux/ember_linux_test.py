@@ -43,6 +43,8 @@ SLIRP_HOST_IP = "10.0.2.2"
 SLIRP_GUEST_IP = "10.0.2.15"
 HTTP_PORT = 18080
 HTTP_PORT_USER = 18081  # net2: user-mode networking, server on the loopback
+FWD_HOST_PORT = 18082  # net2: the VMM forwards the host's port to the guest's
+FWD_GUEST_PORT = 8080
 # net2 reaches that server by name: the guest asks slirp's DNS (10.0.2.3), which forwards to
 # the nameserver in the VMM's /etc/resolv.conf. The VMM runs in a mount namespace of its own
 # where that file says 127.0.0.1, and there dns_responder.py answers for this name with the
@@ -124,6 +126,7 @@ class Setup:
         self.vsock_listener = None
         self.vsock_result = {}
         self.hvc_result = {}
+        self.fwd_result = {}
         self.cmdline = {}
         self.skips = {}  # check -> reason
 
@@ -190,11 +193,49 @@ class Setup:
                 self.cmdline.update({"net2_ip": f"{SLIRP_GUEST_IP}/24",
                                      "net2_host": SLIRP_HOST_IP,
                                      "net2_port": str(HTTP_PORT_USER),
-                                     "net2_file": "ember-net.bin", "net2_sha256": sha})
+                                     "net2_file": "ember-net.bin", "net2_sha256": sha,
+                                     "net2_serve": str(FWD_GUEST_PORT),
+                                     "net2_serve_token": f"fwd-guest-{self.tag}",
+                                     "net2_host_token": f"fwd-host-{self.tag}"})
                 self.make_dns(prefix)
         self.httpds += [subprocess.Popen(prefix + [busybox, "httpd", "-f", "-p", addr, "-h", www],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                        for addr in servers]
+
+    def connect_forward(self):
+        """net2: once the guest listens, connect to the port the VMM forwards (from the VMM's
+        network namespace), send the host's token, read the guest's."""
+        script = (
+            "import socket, sys, time\n"
+            "port, token = int(sys.argv[1]), sys.argv[2].encode() + b'\\n'\n"
+            "deadline = time.time() + 60\n"
+            "while True:\n"
+            "    data = b''\n"
+            "    try:\n"
+            "        with socket.create_connection(('127.0.0.1', port), timeout=30) as s:\n"
+            "            s.sendall(token)\n"
+            "            s.shutdown(socket.SHUT_WR)\n"
+            "            while True:\n"
+            "                d = s.recv(4096)\n"
+            "                if not d:\n"
+            "                    break\n"
+            "                data += d\n"
+            "    except OSError as e:\n"
+            "        print('error:', e, file=sys.stderr)\n"
+            "    if data or time.time() > deadline:\n"
+            "        break\n"
+            "    time.sleep(0.3)  # the guest's nc is not listening yet: the forward closed\n"
+            "sys.stdout.write(data.decode(errors='replace'))\n")
+        cmd = [sys.executable, "-c", script, str(FWD_HOST_PORT), f"fwd-host-{self.tag}"]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns] + cmd
+        try:
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               timeout=90)
+            self.fwd_result["got"] = p.stdout.strip()
+            self.fwd_result["error"] = p.stderr.strip()[-300:]
+        except subprocess.TimeoutExpired:
+            self.fwd_result["error"] = "no answer in 90 s"
 
     def make_dns(self, prefix):
         """A nameserver for NET2_NAME on the namespace's loopback, and the resolv.conf that
@@ -477,7 +518,8 @@ def vmm_qemu(a, st, cmdline):
             cmd += ["-netdev", "user,id=n0"]
         cmd += ["-device", f"{dev('net')},netdev=n0"]
     if "net2" in st.checks and "net2" not in st.skips:
-        cmd += ["-netdev", "user,id=n1", "-device", f"{dev('net')},netdev=n1"]
+        cmd += ["-netdev", f"user,id=n1,hostfwd=tcp::{FWD_HOST_PORT}-:{FWD_GUEST_PORT}",
+                "-device", f"{dev('net')},netdev=n1"]
     if "vsock" in st.checks and "vsock" not in st.skips:
         cmd += ["-device", f"vhost-vsock-{'device' if a.transport == 'mmio' else 'pci'},"
                 f"guest-cid={VSOCK_GUEST_CID}"]
@@ -552,7 +594,7 @@ def vmm_ember(a, st, cmdline):
     if "net" in st.checks:
         cmd += ["--net", "tap=tap0" if a.net == "tap" else "user"]
     if "net2" in st.checks and "net2" not in st.skips:
-        cmd += ["--net", "user"]
+        cmd += ["--net", f"user,hostfwd=tcp:{FWD_HOST_PORT}:{FWD_GUEST_PORT}"]
     if "vsock" in st.checks and "vsock" not in st.skips:
         cmd += ["--vsock", f"cid={VSOCK_GUEST_CID},uds={st.vsock_uds}"]
     return st.wrap(cmd)
@@ -647,6 +689,7 @@ def run_vm(a, st, res, work):
     if "console" in guest_checks and not hvc_stdin:
         hvc_thread = threading.Thread(target=st.drive_console, daemon=True)
         hvc_thread.start()
+    fwd_thread = None
     tap_re = re.compile(r"^(not )?ok (\d+) - (.*)$")
     vsock_counters = None
     for raw in vm.stdout:
@@ -656,6 +699,9 @@ def run_vm(a, st, res, work):
         serial_log.flush()
         if hvc_stdin:
             st.console_line(line, vm.stdin)
+        if fwd_thread is None and "ember-init: net2 listening on port" in line:
+            fwd_thread = threading.Thread(target=st.connect_forward, daemon=True)
+            fwd_thread.start()
         for key, pat in (("banner", "Linux version"), ("init", "Run /init as init process"),
                          ("start", "ember-init: start"), ("done", "ember-init: done")):
             if key not in marks and pat in line:
@@ -683,6 +729,8 @@ def run_vm(a, st, res, work):
     serial_log.close()
     if hvc_thread:
         hvc_thread.join(5)
+    if fwd_thread:
+        fwd_thread.join(5)
 
     # Guest checks, in the order they ran.
     for i, c in enumerate(guest_checks, 1):
@@ -704,6 +752,13 @@ def run_vm(a, st, res, work):
         res.add(n > 0, f"{pre} its nameserver answered the guest's A queries for {NET2_NAME} "
                 f"({n}), which slirp forwarded from {SLIRP_DNS_IP}",
                 "no query arrived: see dns.log in the work directory")
+    if "net2" in guest_checks and "net2_serve" in st.cmdline:
+        f = st.fwd_result
+        want = st.cmdline["net2_serve_token"]
+        res.add(f.get("got") == want,
+                f"{pre} connected to the VMM's forwarded port {FWD_HOST_PORT} and read the "
+                f"guest's token from port {FWD_GUEST_PORT}",
+                f"read {f.get('got')!r}, expected {want!r} {f.get('error', '')}")
     if "console" in guest_checks:
         h = st.hvc_result
         if h.get("reply"):
