@@ -1,5 +1,6 @@
 #include "cli.h"
 
+#include "backends/block.h"
 #include "util/error.h"
 
 #include <ctype.h>
@@ -60,7 +61,9 @@ void cli_usage(FILE *f)
         "                          readonly=on      writes fail, VIRTIO_BLK_F_RO offered\n"
         "                          cache=MODE       writeback (default), none (O_DIRECT),\n"
         "                                           unsafe (flushes not offered)\n"
-        "                          io=uring|sync    io_uring (default) or synchronous I/O\n"
+        "                          io=auto|uring|sync  io_uring, or synchronous I/O; auto\n"
+        "                                           (default): synchronous for a file in\n"
+        "                                           memory that io_uring cannot read inline\n"
         "                          queues=N         1-16 request queues (default 1)\n"
         "                          root=on          first disk (vda) and root=/dev/vda on\n"
         "                                           the command line; partuuid=ID uses\n"
@@ -274,11 +277,13 @@ int cli_parse_drive(const char *spec, struct drive_config *d)
                 return error_set("--drive cache=%s: use none, writeback or unsafe", val);
         } else if (!strcmp(key, "io")) {
             if (!strcmp(val, "sync"))
-                d->sync_io = true;
+                d->engine = BLK_ENGINE_SYNC;
             else if (!strcmp(val, "uring") || !strcmp(val, "async"))
-                d->sync_io = false;
+                d->engine = BLK_ENGINE_URING;
+            else if (!strcmp(val, "auto"))
+                d->engine = BLK_ENGINE_AUTO;
             else
-                return error_set("--drive io=%s: use uring or sync", val);
+                return error_set("--drive io=%s: use auto, uring or sync", val);
         } else if (!strcmp(key, "root")) {
             if (!is_on(val, &d->is_root))
                 return error_set("--drive root=%s: use on or off", val);

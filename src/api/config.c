@@ -1,6 +1,7 @@
 #include "api/config.h"
 
 #include "arch/x86/cpuid.h"
+#include "backends/block.h"
 #include "util/error.h"
 
 #include <ctype.h>
@@ -772,7 +773,7 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
             .id = d->id,
             .readonly = d->readonly,
             .unsafe = d->cache_unsafe,
-            .sync_io = d->io_sync,
+            .engine = d->io_sync ? BLK_ENGINE_SYNC : BLK_ENGINE_URING,
             .is_root = d->is_root,
             .partuuid = d->partuuid,
             .queues = 1,

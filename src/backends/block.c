@@ -13,7 +13,9 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #define BLK_DEFAULT_ALIGN 512
@@ -36,8 +38,26 @@ static unsigned dio_alignment(int fd, const struct stat *st)
     return 4096; /* safe for every file system */
 }
 
+/* Whether the file lives in memory and cannot be read with RWF_NOWAIT, so that io_uring
+ * would punt every read to a worker thread (tmpfs on the kernels of 2025). */
+static bool in_memory_without_nowait(int fd, unsigned align)
+{
+    struct statfs sfs;
+    if (fstatfs(fd, &sfs) < 0 ||
+        (sfs.f_type != TMPFS_MAGIC && sfs.f_type != RAMFS_MAGIC && sfs.f_type != HUGETLBFS_MAGIC))
+        return false;
+    size_t size = align > 4096 ? align : 4096;
+    void *buf = NULL;
+    if (posix_memalign(&buf, size, size) != 0)
+        return false;
+    struct iovec iov = {.iov_base = buf, .iov_len = size};
+    bool refused = preadv2(fd, &iov, 1, 0, RWF_NOWAIT) < 0 && errno == EOPNOTSUPP;
+    free(buf);
+    return refused;
+}
+
 int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, bool direct,
-                     bool use_uring, unsigned queue_depth)
+                     enum blk_engine engine, unsigned queue_depth)
 {
     memset(b, 0, sizeof(*b));
     b->fd = -1;
@@ -71,7 +91,15 @@ int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, boo
         return error_set("drive '%s' is in use by another process (%s)", path,
                          errno == EWOULDBLOCK ? "locked" : strerror(errno));
     b->align = direct ? dio_alignment(b->fd, &st) : 1;
-    if (use_uring) {
+    if (engine == BLK_ENGINE_AUTO && S_ISREG(st.st_mode) &&
+        in_memory_without_nowait(b->fd, b->align)) {
+        log_info("drive '%s': in memory, without non-blocking reads: synchronous I/O on the I/O "
+                 "thread, which io_uring would hand to a kernel worker per request (io=uring "
+                 "overrides)",
+                 path);
+        engine = BLK_ENGINE_SYNC;
+    }
+    if (engine != BLK_ENGINE_SYNC) {
         unsigned entries = 1;
         while (entries < queue_depth && entries < 4096)
             entries <<= 1;

@@ -1,6 +1,7 @@
 /* Raw disk images on the host: asynchronous reads, writes, flushes,
  * discards and zeroing through io_uring, or the same done synchronously
- * when io_uring is unavailable (old kernel, seccomp, --blk-sync). */
+ * when io_uring is unavailable (old kernel, seccomp), asked for (--blk-sync, io=sync) or
+ * faster (a file in memory whose reads io_uring cannot complete inline). */
 #ifndef EMBER_BACKENDS_BLOCK_H
 #define EMBER_BACKENDS_BLOCK_H
 
@@ -37,9 +38,19 @@ struct blk_backend {
     unsigned inflight;
 };
 
-/* Opens path (O_DIRECT when direct). use_uring tries io_uring first. */
+enum blk_engine {
+    /* io_uring, except for a file in memory (tmpfs) that cannot be read without blocking
+     * (no RWF_NOWAIT): io_uring would hand each of its requests to a kernel worker thread,
+     * where a read on the I/O thread is a copy from memory. */
+    BLK_ENGINE_AUTO,
+    BLK_ENGINE_URING,
+    BLK_ENGINE_SYNC,
+};
+
+/* Opens path (O_DIRECT when direct), with the engine asked for; io_uring falls back to
+ * synchronous I/O where it is unavailable. */
 int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, bool direct,
-                     bool use_uring, unsigned queue_depth);
+                     enum blk_engine engine, unsigned queue_depth);
 void blk_backend_close(struct blk_backend *b);
 /* Queues an operation. Completion is reported by blk_backend_reap. */
 void blk_backend_submit(struct blk_backend *b, struct blk_io *io);

@@ -675,7 +675,7 @@ int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_opt
         b->opts.queues = 1;
     if (b->opts.queues > VIRTIO_BLK_MAX_QUEUES)
         return error_set("drive %s: at most %d queues", name, VIRTIO_BLK_MAX_QUEUES);
-    if (blk_backend_open(&b->backend, opts->path, opts->readonly, opts->direct, !opts->sync_io,
+    if (blk_backend_open(&b->backend, opts->path, opts->readonly, opts->direct, opts->engine,
                          b->opts.queues * BLK_QUEUE_SIZE) < 0)
         return -1;
     if (b->backend.size % SECTOR)
@@ -763,7 +763,7 @@ static void change_backing_on_io(void *arg)
         blk_backend_close(&b->backend);
     }
     /* Otherwise open first: on failure the device goes on with the old image. */
-    if (blk_backend_open(&fresh, cb->path, b->opts.readonly, b->opts.direct, !b->opts.sync_io,
+    if (blk_backend_open(&fresh, cb->path, b->opts.readonly, b->opts.direct, b->opts.engine,
                          b->opts.queues * BLK_QUEUE_SIZE) < 0) {
         snprintf(cb->error, sizeof(cb->error), "%s", error_get());
         blk_backend_close(&fresh);

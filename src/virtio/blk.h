@@ -18,8 +18,8 @@ struct blk_options {
     bool direct; /* cache=none: O_DIRECT, host page cache bypassed */
     bool unsafe; /* flushes not offered: the host cache may lose data */
     unsigned queues;
-    bool sync_io;     /* force the synchronous backend */
-    unsigned poll_us; /* after work, poll the rings this long before sleeping */
+    enum blk_engine engine; /* default: io_uring unless synchronous I/O is faster */
+    unsigned poll_us;       /* after work, poll the rings this long before sleeping */
     struct rate_limit_config rate_limit;
 };
 

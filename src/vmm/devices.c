@@ -166,7 +166,8 @@ int vm_create_virtio_devices(struct vm *vm)
                                 .unsafe = dc->unsafe,
                                 .queues = dc->queues,
                                 .poll_us = dc->poll_us,
-                                .sync_io = cfg->blk_sync || dc->sync_io,
+                                .engine =
+                                    cfg->blk_sync ? BLK_ENGINE_SYNC : (enum blk_engine)dc->engine,
                                 .rate_limit = dc->rate_limit};
         if (virtio_blk_init(b, name, &o, &vm->mem) < 0) {
             virtio_blk_destroy(b);

@@ -37,7 +37,7 @@ struct drive_config {
     bool readonly;
     bool direct;  /* cache=none: O_DIRECT */
     bool unsafe;  /* flushes ignored, not offered (Firecracker's "Unsafe") */
-    bool sync_io; /* synchronous I/O for this drive */
+    int engine;   /* enum blk_engine: auto (0), io_uring, synchronous */
     bool is_root; /* becomes /dev/vda and root= on the command line */
     const char *partuuid;
     unsigned queues;

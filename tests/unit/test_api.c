@@ -3,6 +3,7 @@
 #include "api/api.h"
 #include "api/config.h"
 #include "api/http.h"
+#include "backends/block.h"
 #include "suites.h"
 #include "util/error.h"
 
@@ -298,9 +299,11 @@ START_TEST(drives_map_onto_the_machine)
     vm_config_defaults(&vm);
     ck_assert_int_eq(api_config_to_vm(&c, &vm), 0);
     ck_assert_uint_eq(vm.ndrives, 2);
-    ck_assert(vm.drives[0].is_root && vm.drives[0].unsafe && vm.drives[0].sync_io);
+    ck_assert(vm.drives[0].is_root && vm.drives[0].unsafe &&
+              vm.drives[0].engine == BLK_ENGINE_SYNC);
     ck_assert_str_eq(vm.drives[0].partuuid, "abcd-01");
-    ck_assert(!vm.drives[1].is_root && !vm.drives[1].unsafe && !vm.drives[1].sync_io);
+    ck_assert(!vm.drives[1].is_root && !vm.drives[1].unsafe &&
+              vm.drives[1].engine == BLK_ENGINE_URING);
     ck_assert(vm.drives[1].readonly);
     ck_assert_uint_eq(vm.drives[1].rate_limit.bandwidth.size, 1000);
     ck_assert_uint_eq(vm.drives[1].rate_limit.bandwidth.one_time_burst, 5);

@@ -5,7 +5,10 @@
 #include "virtio/blk.h"
 #include "virtq_fake.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
+#include <sys/uio.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -83,7 +86,7 @@ static void setup_opts(bool readonly)
                             .direct = test_direct,
                             .queues = 1,
                             .poll_us = test_poll_us,
-                            .sync_io = sync_backend,
+                            .engine = sync_backend ? BLK_ENGINE_SYNC : BLK_ENGINE_URING,
                             .rate_limit = test_limit};
     ck_assert_msg(virtio_blk_init(&blk, "blk0", &o, &f.mem) == 0, "%s", error_get());
     blk.dev.transport = &fake_transport;
@@ -458,6 +461,64 @@ START_TEST(adjacent_requests_are_merged)
 }
 END_TEST
 
+/* A file made in dir for the engine tests, or NULL when dir is not there. */
+static char *engine_file(const char *dir)
+{
+    static char made[96];
+    snprintf(made, sizeof(made), "%s/ember-engine-XXXXXX", dir);
+    int fd = mkstemp(made);
+    if (fd < 0)
+        return NULL;
+    ck_assert_int_eq(ftruncate(fd, 1 << 16), 0);
+    close(fd);
+    return made;
+}
+
+static bool nowait_refused(const char *file)
+{
+    int fd = open(file, O_RDONLY);
+    ck_assert_int_ge(fd, 0);
+    char buf[512];
+    struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf)};
+    bool refused = preadv2(fd, &iov, 1, 0, RWF_NOWAIT) < 0 && errno == EOPNOTSUPP;
+    close(fd);
+    return refused;
+}
+
+START_TEST(auto_engine_chooses_by_the_file)
+{
+    struct blk_backend b;
+    /* tmpfs: synchronous exactly when the kernel cannot read it without blocking. */
+    char *shm = engine_file("/dev/shm");
+    if (shm) {
+        const char *want = nowait_refused(shm) ? "synchronous" : "io_uring";
+        ck_assert_int_eq(blk_backend_open(&b, shm, false, false, BLK_ENGINE_AUTO, 8), 0);
+        ck_assert_str_eq(blk_backend_kind(&b), want);
+        blk_backend_close(&b);
+        /* Asked for by name, io_uring stays. */
+        ck_assert_int_eq(blk_backend_open(&b, shm, false, false, BLK_ENGINE_URING, 8), 0);
+        ck_assert_str_eq(blk_backend_kind(&b), "io_uring");
+        blk_backend_close(&b);
+        unlink(shm);
+    } else {
+        fprintf(stderr, "# auto engine on tmpfs: skipped, no /dev/shm\n");
+    }
+    /* A file system that reads cached data without blocking keeps io_uring, and io=sync
+     * is honoured. */
+    char *disk = engine_file("/var/tmp");
+    ck_assert_ptr_nonnull(disk);
+    if (!nowait_refused(disk)) {
+        ck_assert_int_eq(blk_backend_open(&b, disk, false, false, BLK_ENGINE_AUTO, 8), 0);
+        ck_assert_str_eq(blk_backend_kind(&b), "io_uring");
+        blk_backend_close(&b);
+    }
+    ck_assert_int_eq(blk_backend_open(&b, disk, false, false, BLK_ENGINE_SYNC, 8), 0);
+    ck_assert_str_eq(blk_backend_kind(&b), "synchronous");
+    blk_backend_close(&b);
+    unlink(disk);
+}
+END_TEST
+
 static void add_common(TCase *t)
 {
     tcase_add_test(t, adjacent_requests_are_merged);
@@ -511,6 +572,9 @@ Suite *virtio_blk_suite(void)
     tcase_add_checked_fixture(unsafe, setup_unsafe, teardown);
     tcase_add_test(unsafe, unsafe_cache_offers_no_flush);
     suite_add_tcase(s, unsafe);
+    TCase *engine = tcase_create("engine");
+    tcase_add_test(engine, auto_engine_chooses_by_the_file);
+    suite_add_tcase(s, engine);
     TCase *ro = tcase_create("readonly");
     tcase_add_checked_fixture(ro, setup_ro, teardown);
     tcase_add_test(ro, readonly_drive_refuses_writes);
