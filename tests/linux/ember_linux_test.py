@@ -650,9 +650,12 @@ def main():
         ok = run_vm(a, st, res, work)
     finally:
         st.cleanup()
-        if not a.work:
-            shutil.rmtree(work, ignore_errors=True)
     ok = res.print() and ok
+    if not a.work:
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"work dir kept for a look (serial.log, images): {work}")
     sys.exit(0 if ok else 1)
 
 
@@ -764,8 +767,13 @@ def run_vm(a, st, res, work):
         if h.get("reply"):
             res.add(True, f"{pre} read the hvc0 shell's answer ({h['time']:.2f} s after ready)")
         else:
-            res.add(False, f"{pre} hvc0 answer",
-                    h.get("error") or f"no 'ember-hvc-reply 42' in {h.get('raw', '')!r}")
+            why = h.get("error")
+            if not why and "ready" not in h:
+                why = "the guest's ember-hvc-ready never reached the host"
+            elif not why:
+                why = (f"command sent {h['ready'] - t0:.1f} s after the VMM started, "
+                       f"no 'ember-hvc-reply 42' in {h.get('raw', '')!r}")
+            res.add(False, f"{pre} hvc0 answer", why)
     if "vsock" in guest_checks:
         v = st.vsock_result
         ok = v.get("guest->host") and v.get("host->guest")
