@@ -75,18 +75,11 @@ static void transmit(struct virtio_console *c)
     bool pushed = false;
     virtq_enable_kicks(q, false);
     for (;;) {
-        int got = virtq_pop(q, &c->chain);
-        if (got < 0) {
-            virtio_dev_fail(d, q->error);
+        int got = virtio_dev_pop(d, TRANSMITQ, &c->chain);
+        if (got < 0)
             return;
-        }
-        if (got == 0) {
-            if (virtq_enable_kicks(q, true)) {
-                virtq_enable_kicks(q, false);
-                continue;
-            }
+        if (got == 0)
             break;
-        }
         for (unsigned i = 0; i < c->chain.nout; i++) {
             c->output(c->opaque, c->chain.bufs[i].hva, c->chain.bufs[i].len);
             c->tx_bytes += c->chain.bufs[i].len;

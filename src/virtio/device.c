@@ -282,6 +282,23 @@ void virtio_dev_signal_used(struct virtio_dev *d, unsigned q)
     d->transport->notify_queue(d, q);
 }
 
+int virtio_dev_pop(struct virtio_dev *d, unsigned q, struct virtq_chain *chain)
+{
+    struct virtq *vq = &d->queues[q].vq;
+    for (;;) {
+        int got = virtq_pop(vq, chain);
+        if (got < 0) {
+            virtio_dev_fail(d, vq->error);
+            return -1;
+        }
+        if (got > 0)
+            return 1;
+        if (!virtq_enable_kicks(vq, true))
+            return 0;
+        virtq_enable_kicks(vq, false);
+    }
+}
+
 void virtio_dev_fail(struct virtio_dev *d, const char *why)
 {
     /* Runs on the iothread, which owns the queues: stop serving now. */

@@ -135,6 +135,11 @@ void virtio_dev_signal_used(struct virtio_dev *d, unsigned q);
 /* A guest error: log once, set DEVICE_NEEDS_RESET, stop serving, raise a
  * configuration interrupt. Other devices are unaffected. */
 void virtio_dev_fail(struct virtio_dev *d, const char *why);
+/* The next chain of queue q, for a device that serves a queue until it is empty: 1 with a
+ * chain; 0 when empty, the driver's kicks then enabled (and the ring looked at once more, so
+ * that a chain added meanwhile does not wait for a kick that will not come); -1 when the
+ * queue broke, the device then failed. Iothread only. */
+int virtio_dev_pop(struct virtio_dev *d, unsigned q, struct virtq_chain *chain);
 bool virtio_dev_has_feature(const struct virtio_dev *d, unsigned bit);
 /* Starts watching kick eventfds on the iothread (called by activate). */
 int virtio_dev_watch_kicks(struct virtio_dev *d);

@@ -26,18 +26,11 @@ static void serve(struct virtio_rng *r)
     bool pushed = false;
     for (;;) {
         if (!r->chain_pending) {
-            int got = virtq_pop(q, &r->chain);
-            if (got < 0) {
-                virtio_dev_fail(d, q->error);
+            int got = virtio_dev_pop(d, 0, &r->chain);
+            if (got < 0)
                 return;
-            }
-            if (got == 0) {
-                if (virtq_enable_kicks(q, true)) {
-                    virtq_enable_kicks(q, false);
-                    continue;
-                }
+            if (got == 0)
                 break;
-            }
             r->chain_pending = true;
         }
         if (r->chain.in_len == 0) {

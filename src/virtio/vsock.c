@@ -492,20 +492,11 @@ static void process_rx(struct virtio_vsock *v)
     bool pushed = false;
     unsigned round = 0;
     while (d->active && (v->ctrl_len || v->pend_head)) {
-        int got = virtq_pop(q, &v->rx_chain);
-        if (got < 0) {
-            virtio_dev_fail(d, q->error);
+        int got = virtio_dev_pop(d, RXQ, &v->rx_chain);
+        if (got < 0)
             return;
-        }
-        if (got == 0) {
-            /* No buffers: host sockets wait (unread) until the guest's
-             * kick on the receive queue. */
-            if (virtq_enable_kicks(q, true)) {
-                virtq_enable_kicks(q, false);
-                continue;
-            }
-            break;
-        }
+        if (got == 0)
+            break; /* no buffers: host sockets wait (unread) until the guest's kick */
         struct virtq_chain *ch = &v->rx_chain;
         if (ch->nout || ch->in_len <= VSOCK_HDR_LEN) {
             virtq_unpop(q, 1);
@@ -871,18 +862,11 @@ static void process_tx(struct virtio_vsock *v)
     unsigned round = 0;
     virtq_enable_kicks(q, false);
     while (d->active) {
-        int got = virtq_pop(q, &v->tx_chain);
-        if (got < 0) {
-            virtio_dev_fail(d, q->error);
+        int got = virtio_dev_pop(d, TXQ, &v->tx_chain);
+        if (got < 0)
             return;
-        }
-        if (got == 0) {
-            if (virtq_enable_kicks(q, true)) {
-                virtq_enable_kicks(q, false);
-                continue;
-            }
+        if (got == 0)
             break;
-        }
         /* Never held back: ember buffers within the credit it gave. */
         handle_packet(v, &v->tx_chain);
         virtq_push(q, v->tx_chain.head, 0);
