@@ -1097,12 +1097,13 @@ bool virtq_wait(struct virtq *q, uint64_t timeout_us)
     return ok;
 }
 
-bool virtq_wait_irq(struct virtq *q, uint64_t since, uint64_t timeout_us)
+/* Waits, interrupts enabled, until an interrupt handler moves *count away from since. */
+static bool wait_count_change(const volatile uint64_t *count, uint64_t since, uint64_t timeout_us)
 {
     uint64_t start = time_us();
     bool ok = true;
     irq_enable();
-    while (READ_ONCE(q->irq_count) == since) {
+    while (READ_ONCE(*count) == since) {
         if (time_us() - start > timeout_us) {
             ok = false;
             break;
@@ -1111,6 +1112,11 @@ bool virtq_wait_irq(struct virtq *q, uint64_t since, uint64_t timeout_us)
     }
     irq_disable();
     return ok;
+}
+
+bool virtq_wait_irq(struct virtq *q, uint64_t since, uint64_t timeout_us)
+{
+    return wait_count_change(&q->irq_count, since, timeout_us);
 }
 
 void virtio_irq_window(uint64_t us)
@@ -1124,18 +1130,7 @@ void virtio_irq_window(uint64_t us)
 
 bool virtio_wait_config_irq(struct virtio_device *d, uint64_t seen, uint64_t timeout_us)
 {
-    uint64_t start = time_us();
-    bool ok = true;
-    irq_enable();
-    while (READ_ONCE(d->config_irqs) == seen) {
-        if (time_us() - start > timeout_us) {
-            ok = false;
-            break;
-        }
-        cpu_relax();
-    }
-    irq_disable();
-    return ok;
+    return wait_count_change(&d->config_irqs, seen, timeout_us);
 }
 
 int64_t virtq_transfer(struct virtq *q, const struct vbuf *bufs, unsigned count,
