@@ -80,6 +80,11 @@ enum test_result skip(const char *reason); /* reason: a string that outlives the
 _Noreturn void tap_run(const struct guest_test *tests, size_t count);
 _Noreturn void bail_out(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* idle.c: halt for ms milliseconds, woken by a LAPIC timer only (CPL0); tap_run does so before
+ * it exits when the command line has idle_ms=N */
+void guest_idle(uint64_t ms);
+void guest_idle_if_asked(void);
+
 /* Provided by each guest. */
 void guest_main(void);
 

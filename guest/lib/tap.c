@@ -48,5 +48,6 @@ _Noreturn void tap_run(const struct guest_test *tests, size_t count)
             printf("%sok %zu - %s\n", result == TEST_PASS ? "" : "not ", i + 1, tests[i].name);
         all_passed &= result != TEST_FAIL;
     }
+    guest_idle_if_asked();
     debug_exit(all_passed ? 0 : 1);
 }
