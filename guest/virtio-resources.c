@@ -1,0 +1,708 @@
+/*
+ * Host memory a guest can make a VMM spend: one workload per run (res_part=), each shaped to
+ * make a careless device allocate in proportion to what the guest asks, not to what it owns.
+ * The harness measures the VMM's peak RSS around the run; the guest checks that every request
+ * ends (completes, or fails with an error status), and that the device works after a reset.
+ *
+ *   res_part=blk      reads of res_read_mib= MiB (default 1024) each, made of 32 descriptors
+ *                     that all point at one 32 MiB buffer placed 8 bytes past a 4 KiB boundary
+ *                     (a cache=none disk must bounce them), res_requests= of them at once
+ *                     (default 2). A request that completes must have left the end of the read
+ *                     range in the buffer (blk_tail_cksum=, the cksum of its last 64 KiB);
+ *                     after a reset the first 64 KiB read back as blk_head_cksum= says.
+ *   res_part=net      frames of 1514 bytes, then of 65550 (the largest a device takes without
+ *                     segmentation), res_net_ms= each (default 1000), the transmit queue kept
+ *                     full, to net_host_mac= (nobody: the bridge floods them to a slow link).
+ *   res_part=vsock    vsock_conns= connections (default 300) to the host's port vsock_port=,
+ *                     whose program accepts and never reads; data on every connection as far
+ *                     as the credit goes, then a packet beyond the credit on a few of them,
+ *                     which must be reset (RST).
+ *   res_part=console  res_console_mib= MiB (default 8) through the console's transmit queue in
+ *                     64 KiB buffers of 64-byte lines "console flood NNNNNNNN ...", while the
+ *                     host reads the VMM's output slowly.
+ */
+#include "guest.h"
+#include "inet.h"
+#include "io.h"
+#include "vblk.h"
+#include "vnet.h"
+
+#define WAIT_US       5000000
+#define MIB_BYTES     (1024 * 1024)
+#define BLK_SEGMENTS  32
+#define BLK_BUF_BYTES (32 * MIB_BYTES)
+#define BLK_MISALIGN  8 /* bytes past a 4 KiB boundary: neither sector- nor page-aligned */
+#define CHECK_BYTES   65536
+#define MAX_REQUESTS  4
+
+static char part[16];
+
+/* cksum(1) of a buffer, at CPL3 where it runs at native speed (CPL0 code is emulated here). */
+static const uint8_t *cksum_data;
+static uint64_t cksum_user(uint64_t len)
+{
+    return cksum_final(cksum_update(0, cksum_data, len), len);
+}
+
+static uint32_t cksum_of(const void *data, uint64_t len)
+{
+    cksum_data = data;
+    return (uint32_t)run_user(cksum_user, len);
+}
+
+/* ---- virtio-blk ------------------------------------------------------------------------------ */
+
+static struct virtio_device *blk;
+static uint8_t *blk_buf; /* BLK_BUF_BYTES, misaligned */
+
+static bool blk_up(void)
+{
+    return virtio_begin(blk, 0, false) && virtio_queue_setup(blk, 0, 0, false) &&
+           (virtio_driver_ok(blk), !(virtio_get_status(blk) & VIRTIO_STATUS_NEEDS_RESET));
+}
+
+static enum test_result blk_find(void)
+{
+    blk = virtio_find(VIRTIO_ID_BLOCK, 0);
+    if (!blk)
+        return TEST_FAIL;
+    uint8_t *base = phys_alloc(BLK_BUF_BYTES + 4096, 4096);
+    blk_buf = base + BLK_MISALIGN;
+    if (!blk_up())
+        return TEST_FAIL;
+    diag("capacity %lu sectors; seg_max %u, size_max %u (offered: seg_max %s, size_max %s)",
+         virtio_config_read64(blk, VIRTIO_BLK_CFG_CAPACITY),
+         virtio_config_read32(blk, VIRTIO_BLK_CFG_SEG_MAX), virtio_config_read32(blk, 8),
+         (blk->device_features & VIRTIO_BIT(VIRTIO_BLK_F_SEG_MAX)) ? "yes" : "no",
+         (blk->device_features & VIRTIO_BIT(1)) ? "yes" : "no");
+    return TEST_PASS;
+}
+
+static enum test_result blk_big_reads(void)
+{
+    if (!blk)
+        return skip("no disk");
+    uint64_t read_mib = 1024, nreq = 2, tail_sum = 0, capacity;
+    cmdline_get_u64("res_read_mib", &read_mib);
+    cmdline_get_u64("res_requests", &nreq);
+    bool have_tail = cmdline_get_u64("blk_tail_cksum", &tail_sum);
+    if (nreq < 1 || nreq > MAX_REQUESTS || read_mib < BLK_SEGMENTS || read_mib % BLK_SEGMENTS ||
+        read_mib > 4095)
+        bail_out("res_requests= must be 1-%d, res_read_mib= a multiple of %d below 4 GiB",
+                 MAX_REQUESTS, BLK_SEGMENTS);
+    capacity = virtio_config_read64(blk, VIRTIO_BLK_CFG_CAPACITY);
+    if (capacity * SECTOR_SIZE < read_mib * MIB_BYTES) {
+        diag("the disk holds %lu sectors, fewer than one read", capacity);
+        return TEST_FAIL;
+    }
+    uint32_t seg_bytes = (uint32_t)(read_mib * MIB_BYTES / BLK_SEGMENTS);
+    if (seg_bytes > BLK_BUF_BYTES)
+        seg_bytes = BLK_BUF_BYTES;
+    static struct vblk_req reqs[MAX_REQUESTS];
+    struct virtq *q = &blk->queues[0];
+    struct vbuf bufs[BLK_SEGMENTS + 2];
+    for (unsigned r = 0; r < nreq; r++) {
+        reqs[r] = (struct vblk_req){.type = VIRTIO_BLK_T_IN, .sector = 0, .status = 0xff};
+        bufs[0] = (struct vbuf){(uint64_t)&reqs[r], 16, false};
+        for (unsigned s = 0; s < BLK_SEGMENTS; s++)
+            bufs[1 + s] = (struct vbuf){(uint64_t)blk_buf, seg_bytes, true};
+        bufs[BLK_SEGMENTS + 1] = (struct vbuf){(uint64_t)&reqs[r].status, 1, true};
+        if (virtq_add(q, bufs, BLK_SEGMENTS + 2, &reqs[r]) < 0) {
+            diag("no room in the queue for request %u", r);
+            return TEST_FAIL;
+        }
+    }
+    diag("%lu reads of %lu MiB at once: %d buffers of %u bytes at 0x%lx each", nreq, read_mib,
+         BLK_SEGMENTS, seg_bytes, (uint64_t)blk_buf);
+    uint64_t start = time_us();
+    virtq_notify(q);
+    unsigned done = 0, ok = 0, ioerr = 0;
+    while (done < nreq && time_us() - start < 60 * (uint64_t)WAIT_US) {
+        uint32_t len;
+        struct vblk_req *r = virtq_get(q, &len);
+        if (!r) {
+            if (virtio_get_status(blk) & VIRTIO_STATUS_NEEDS_RESET)
+                break;
+            udelay(1000);
+            continue;
+        }
+        uint8_t status = READ_ONCE(r->status);
+        diag("request %ld: status %u, %u bytes written, after %lu ms", r - reqs, status, len,
+             (time_us() - start) / 1000);
+        done++;
+        ok += status == VIRTIO_BLK_S_OK;
+        ioerr += status == VIRTIO_BLK_S_IOERR;
+    }
+    uint8_t status = virtio_get_status(blk);
+    diag("%u of %lu completed (%u OK, %u IOERR) in %lu ms; device status 0x%02x", done, nreq, ok,
+         ioerr, (time_us() - start) / 1000, status);
+    bool tail_ok = true;
+    if (ok && have_tail) {
+        /* The last buffer of the chain holds the end of the read range. */
+        uint32_t sum = cksum_of(blk_buf + seg_bytes - CHECK_BYTES, CHECK_BYTES);
+        tail_ok = sum == tail_sum;
+        diag("the buffer's last 64 KiB: cksum %u (the image's: %lu)", sum, tail_sum);
+    }
+    return done == nreq && ok + ioerr == nreq && tail_ok ? TEST_PASS : TEST_FAIL;
+}
+
+static enum test_result blk_after_reset(void)
+{
+    if (!blk)
+        return skip("no disk");
+    uint64_t head_sum;
+    if (!cmdline_get_u64("blk_head_cksum", &head_sum))
+        return skip("no blk_head_cksum= on the command line");
+    if (!virtio_reset(blk) || !blk_up())
+        return TEST_FAIL;
+    uint8_t *buf = phys_alloc(CHECK_BYTES, 4096);
+    int status = vblk_sync(&blk->queues[0], VIRTIO_BLK_T_IN, 0, buf, CHECK_BYTES, 0);
+    uint32_t sum = status == VIRTIO_BLK_S_OK ? cksum_of(buf, CHECK_BYTES) : 0;
+    diag("read of the first 64 KiB: status %d, cksum %u (expected %lu)", status, sum, head_sum);
+    virtio_reset(blk);
+    return status == VIRTIO_BLK_S_OK && sum == head_sum ? TEST_PASS : TEST_FAIL;
+}
+
+/* ---- virtio-net ------------------------------------------------------------------------------ */
+
+#define NET_BIG_FRAME 65550
+#define NET_ETHERTYPE 0x88b5 /* local experimental */
+
+static struct vnet net;
+static struct virtio_device *netdev;
+static uint8_t host_mac[6];
+
+static bool net_up(void)
+{
+    struct vnet_options o = {.features = 0};
+    return vnet_open(&net, netdev, &o);
+}
+
+static enum test_result net_find(void)
+{
+    char text[32];
+    if (!cmdline_get("net_host_mac", text, sizeof(text)) || !parse_mac(text, host_mac))
+        bail_out("no valid net_host_mac= on the command line");
+    netdev = virtio_find(VIRTIO_ID_NET, 0);
+    return netdev && net_up() ? TEST_PASS : TEST_FAIL;
+}
+
+/* Keeps the transmit queue full of frames of frame_len bytes for ms milliseconds (all chains
+ * point at one header and one frame), then waits for the device to use every one. */
+static enum test_result net_flood(uint32_t frame_len, uint64_t ms)
+{
+    if (!netdev)
+        return skip("no network device");
+    static uint8_t header[VNET_HDR_LEN];
+    static uint8_t *frame;
+    static char token;
+    if (!frame) {
+        frame = phys_alloc(NET_BIG_FRAME, 4096);
+        memcpy(frame, host_mac, 6);
+        memcpy(frame + 6, net.mac, 6);
+        frame[12] = NET_ETHERTYPE >> 8;
+        frame[13] = NET_ETHERTYPE & 0xff;
+    }
+    struct virtq *q = net.txq;
+    struct vbuf bufs[2] = {{(uint64_t)header, VNET_HDR_LEN, false},
+                           {(uint64_t)frame, frame_len, false}};
+    uint64_t sent = 0, used = 0, start = time_us(), last_progress = start;
+    bool stuck = false;
+    while (time_us() - start < ms * 1000) {
+        while (virtq_get(q, NULL)) {
+            used++;
+            last_progress = time_us();
+        }
+        bool added = false;
+        while (virtq_add(q, bufs, 2, &token) >= 0) {
+            sent++;
+            added = true;
+        }
+        if (added)
+            virtq_kick(q);
+        if (time_us() - last_progress > WAIT_US) {
+            stuck = true;
+            break;
+        }
+        udelay(200);
+    }
+    uint64_t drain_start = time_us();
+    while (used < sent && time_us() - drain_start < 2 * (uint64_t)WAIT_US) {
+        if (virtq_get(q, NULL))
+            used++;
+        else
+            udelay(500);
+    }
+    diag("%lu frames of %u bytes queued in %lu ms, %lu came back used%s", sent, frame_len, ms, used,
+         stuck ? " (the queue stood still for 5 s)" : "");
+    return !stuck && used == sent && sent > 0 ? TEST_PASS : TEST_FAIL;
+}
+
+static enum test_result net_flood_mtu(void)
+{
+    uint64_t ms = 1000;
+    cmdline_get_u64("res_net_ms", &ms);
+    return net_flood(1514, ms);
+}
+
+static enum test_result net_flood_big(void)
+{
+    uint64_t ms = 1000;
+    cmdline_get_u64("res_net_ms", &ms);
+    return net_flood(NET_BIG_FRAME, ms);
+}
+
+static enum test_result net_after_reset(void)
+{
+    if (!netdev)
+        return skip("no network device");
+    if (!virtio_reset(netdev) || !net_up())
+        return TEST_FAIL;
+    static uint8_t frame[64];
+    memcpy(frame, host_mac, 6);
+    memcpy(frame + 6, net.mac, 6);
+    frame[12] = NET_ETHERTYPE >> 8;
+    frame[13] = NET_ETHERTYPE & 0xff;
+    bool ok = vnet_send(&net, NULL, frame, sizeof(frame)) >= 0 && vnet_tx_drain(&net, WAIT_US);
+    virtio_reset(netdev);
+    return ok ? TEST_PASS : TEST_FAIL;
+}
+
+/* ---- virtio-vsock ---------------------------------------------------------------------------- */
+
+#define VIRTIO_ID_VSOCK 19
+#define VSOCK_RXQ       0
+#define VSOCK_TXQ       1
+#define VSOCK_EVQ       2
+#define VSOCK_HOST_CID  2
+#define VSOCK_STREAM    1
+#define OP_REQUEST      1
+#define OP_RESPONSE     2
+#define OP_RST          3
+#define OP_RW           5
+#define OP_CREDIT_UPD   6
+#define OP_CREDIT_REQ   7
+#define MAX_CONNS       512
+#define RX_BUFS         128
+#define RX_BUF_BYTES    256
+#define TX_SLOTS        256
+#define PAYLOAD_MAX     65536
+#define GUEST_PORT_BASE 20000
+#define GUEST_BUF_ALLOC 65536
+
+struct vsock_hdr {
+    uint64_t src_cid, dst_cid;
+    uint32_t src_port, dst_port, len;
+    uint16_t type, op;
+    uint32_t flags, buf_alloc, fwd_cnt;
+} __attribute__((packed));
+
+enum conn_state { C_NONE, C_REQUESTED, C_OPEN, C_REFUSED, C_RESET };
+
+struct conn {
+    enum conn_state state;
+    uint32_t peer_buf_alloc, peer_fwd_cnt, tx_cnt;
+};
+
+static struct virtio_device *vsock;
+static uint64_t guest_cid;
+static uint32_t host_port = 5000;
+static struct conn *conns;
+static unsigned nconns = 300;
+static uint8_t *vs_rx, *vs_payload;
+static struct vsock_hdr *tx_slots[TX_SLOTS];
+static unsigned tx_free;
+static uint64_t rsts_seen, credit_updates;
+
+static void vsock_post_rx(void *buf)
+{
+    struct vbuf b = {(uint64_t)buf, RX_BUF_BYTES, true};
+    virtq_add(&vsock->queues[VSOCK_RXQ], &b, 1, buf);
+}
+
+static bool vsock_up(void)
+{
+    if (!virtio_begin(vsock, 0, false))
+        return false;
+    for (unsigned q = 0; q < 3; q++) {
+        if (!virtio_queue_setup(vsock, q, q == VSOCK_TXQ ? 0 : RX_BUFS, false))
+            return false;
+    }
+    for (unsigned i = 0; i < RX_BUFS; i++)
+        vsock_post_rx(vs_rx + i * RX_BUF_BYTES);
+    /* The event queue gets buffers too, as a driver must give them (5.10.6.1). */
+    static uint8_t events[4][8];
+    for (unsigned i = 0; i < 4; i++) {
+        struct vbuf b = {(uint64_t)events[i], sizeof(events[i]), true};
+        virtq_add(&vsock->queues[VSOCK_EVQ], &b, 1, events[i]);
+    }
+    virtio_driver_ok(vsock);
+    virtq_notify(&vsock->queues[VSOCK_RXQ]);
+    virtq_notify(&vsock->queues[VSOCK_EVQ]);
+    guest_cid = virtio_config_read64(vsock, 0);
+    tx_free = 0;
+    for (unsigned i = 0; i < TX_SLOTS; i++)
+        tx_slots[tx_free++] = (struct vsock_hdr *)(vs_rx + RX_BUFS * RX_BUF_BYTES + i * 64);
+    return !(virtio_get_status(vsock) & VIRTIO_STATUS_NEEDS_RESET);
+}
+
+static void vsock_reclaim_tx(void)
+{
+    struct vsock_hdr *h;
+    while ((h = virtq_get(&vsock->queues[VSOCK_TXQ], NULL)))
+        tx_slots[tx_free++] = h;
+}
+
+/* Sends one packet on connection i (len bytes of payload for OP_RW); false when the transmit
+ * queue has no room even after taking back what the device used. */
+static bool vsock_send(unsigned i, uint16_t op, uint32_t len)
+{
+    vsock_reclaim_tx();
+    if (!tx_free)
+        return false;
+    struct vsock_hdr *h = tx_slots[--tx_free];
+    *h = (struct vsock_hdr){.src_cid = guest_cid,
+                            .dst_cid = VSOCK_HOST_CID,
+                            .src_port = GUEST_PORT_BASE + i,
+                            .dst_port = host_port,
+                            .len = len,
+                            .type = VSOCK_STREAM,
+                            .op = op,
+                            .buf_alloc = GUEST_BUF_ALLOC};
+    struct vbuf b[2] = {{(uint64_t)h, sizeof(*h), false}, {(uint64_t)vs_payload, len, false}};
+    if (virtq_add(&vsock->queues[VSOCK_TXQ], b, len ? 2 : 1, h) < 0) {
+        tx_slots[tx_free++] = h;
+        return false;
+    }
+    virtq_kick(&vsock->queues[VSOCK_TXQ]);
+    return true;
+}
+
+/* Takes what the device sent: answers to requests, credit updates, resets. Returns how many
+ * packets came. */
+static unsigned vsock_poll_rx(void)
+{
+    struct virtq *q = &vsock->queues[VSOCK_RXQ];
+    unsigned n = 0;
+    uint8_t *buf;
+    uint32_t len;
+    while ((buf = virtq_get(q, &len))) {
+        n++;
+        struct vsock_hdr h;
+        memcpy(&h, buf, sizeof(h));
+        unsigned i = h.dst_port - GUEST_PORT_BASE;
+        if (len >= sizeof(h) && h.src_port == host_port && i < nconns) {
+            struct conn *c = &conns[i];
+            switch (h.op) {
+            case OP_RESPONSE:
+                if (c->state == C_REQUESTED)
+                    c->state = C_OPEN;
+                break;
+            case OP_RST:
+                c->state = c->state == C_REQUESTED ? C_REFUSED : C_RESET;
+                rsts_seen++;
+                break;
+            case OP_CREDIT_UPD:
+                credit_updates++;
+                break;
+            default:
+                break;
+            }
+            c->peer_buf_alloc = h.buf_alloc;
+            c->peer_fwd_cnt = h.fwd_cnt;
+        }
+        vsock_post_rx(buf);
+    }
+    if (n)
+        virtq_kick(q);
+    return n;
+}
+
+static uint32_t credit(const struct conn *c)
+{
+    uint32_t in_flight = c->tx_cnt - c->peer_fwd_cnt;
+    return in_flight >= c->peer_buf_alloc ? 0 : c->peer_buf_alloc - in_flight;
+}
+
+static unsigned count_state(enum conn_state s)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < nconns; i++)
+        n += conns[i].state == s;
+    return n;
+}
+
+static enum test_result vsock_find(void)
+{
+    uint64_t v;
+    if (cmdline_get_u64("vsock_port", &v))
+        host_port = (uint32_t)v;
+    if (cmdline_get_u64("vsock_conns", &v) && v >= 1 && v <= MAX_CONNS)
+        nconns = (unsigned)v;
+    vsock = virtio_find(VIRTIO_ID_VSOCK, 0);
+    if (!vsock)
+        return TEST_FAIL;
+    conns = phys_alloc_zeroed(MAX_CONNS * sizeof(*conns), 64);
+    vs_rx = phys_alloc(RX_BUFS * RX_BUF_BYTES + TX_SLOTS * 64, 4096);
+    vs_payload = phys_alloc(PAYLOAD_MAX, 4096);
+    if (!vsock_up())
+        return TEST_FAIL;
+    diag("guest CID %lu", guest_cid);
+    return TEST_PASS;
+}
+
+/* Connects nconns times to the host's port, whose program accepts and never reads. */
+static enum test_result vsock_connect_many(void)
+{
+    if (!vsock)
+        return skip("no vsock device");
+    uint64_t start = time_us();
+    for (unsigned i = 0; i < nconns; i++) {
+        conns[i] = (struct conn){.state = C_REQUESTED};
+        while (!vsock_send(i, OP_REQUEST, 0)) {
+            vsock_poll_rx();
+            if (time_us() - start > 4 * (uint64_t)WAIT_US)
+                return TEST_FAIL;
+        }
+        vsock_poll_rx();
+    }
+    while (count_state(C_REQUESTED) && time_us() - start < 2 * (uint64_t)WAIT_US) {
+        if (!vsock_poll_rx())
+            udelay(1000);
+    }
+    unsigned open = count_state(C_OPEN), refused = count_state(C_REFUSED);
+    diag("%u connections asked for: %u open, %u refused, %u unanswered, in %lu ms", nconns, open,
+         refused, count_state(C_REQUESTED), (time_us() - start) / 1000);
+    return open > 0 && open + refused == nconns ? TEST_PASS : TEST_FAIL;
+}
+
+/* Sends on every open connection as far as its credit goes, until nothing moves for 300 ms:
+ * what the host program does not read waits in the VMM, within the credit it gave. */
+static enum test_result vsock_fill(void)
+{
+    if (!vsock)
+        return skip("no vsock device");
+    uint64_t start = time_us(), idle_since = start, bytes = 0, packets = 0;
+    while (time_us() - idle_since < 300000 && time_us() - start < 6 * (uint64_t)WAIT_US) {
+        bool moved = vsock_poll_rx() > 0;
+        for (unsigned i = 0; i < nconns; i++) {
+            struct conn *c = &conns[i];
+            uint32_t len = c->state == C_OPEN ? credit(c) : 0;
+            if (len > PAYLOAD_MAX)
+                len = PAYLOAD_MAX;
+            if (!len || !vsock_send(i, OP_RW, len))
+                continue;
+            c->tx_cnt += len;
+            bytes += len;
+            packets++;
+            moved = true;
+        }
+        if (moved)
+            idle_since = time_us();
+        else
+            udelay(1000);
+    }
+    unsigned open = count_state(C_OPEN);
+    diag("%lu bytes in %lu packets on %u connections in %lu ms; %lu credit updates, %u "
+         "connections reset on the way",
+         bytes, packets, open, (time_us() - start) / 1000, credit_updates, count_state(C_RESET));
+    return bytes > 0 && open > 0 ? TEST_PASS : TEST_FAIL;
+}
+
+/* A packet beyond the credit on up to four connections: each must be reset. The credit is
+ * asked for first (CREDIT_REQUEST), so that the packet goes past what the device has really
+ * room for, not past an older, smaller figure. */
+static enum test_result vsock_beyond_credit(void)
+{
+    if (!vsock)
+        return skip("no vsock device");
+    unsigned targets[4], n = 0;
+    for (unsigned i = 0; i < nconns && n < 4; i++) {
+        if (conns[i].state == C_OPEN)
+            targets[n++] = i;
+    }
+    if (!n) {
+        diag("no open connection");
+        return TEST_FAIL;
+    }
+    uint64_t updates = credit_updates;
+    for (unsigned k = 0; k < n; k++) {
+        if (!vsock_send(targets[k], OP_CREDIT_REQ, 0))
+            return TEST_FAIL;
+    }
+    for (uint64_t start = time_us(); credit_updates - updates < n && time_us() - start < WAIT_US;)
+        if (!vsock_poll_rx())
+            udelay(1000);
+    unsigned over = 0;
+    for (unsigned k = 0; k < n; k++) {
+        struct conn *c = &conns[targets[k]];
+        uint32_t len = credit(c) + 4096;
+        if (c->state != C_OPEN || len > PAYLOAD_MAX)
+            continue;
+        if (!vsock_send(targets[k], OP_RW, len))
+            return TEST_FAIL;
+        c->tx_cnt += len;
+        over++;
+    }
+    unsigned reset = 0;
+    for (uint64_t start = time_us(); time_us() - start < WAIT_US && reset < n;) {
+        vsock_poll_rx();
+        reset = 0;
+        for (unsigned k = 0; k < n; k++)
+            reset += conns[targets[k]].state == C_RESET;
+        if (reset < n)
+            udelay(1000);
+    }
+    diag("%u connections sent 4 KiB past the credit the device last gave, %u reset", over, reset);
+    return over == n && reset == n ? TEST_PASS : TEST_FAIL;
+}
+
+static enum test_result vsock_after_reset(void)
+{
+    if (!vsock)
+        return skip("no vsock device");
+    if (!virtio_reset(vsock) || !vsock_up())
+        return TEST_FAIL;
+    unsigned saved = nconns;
+    nconns = 1;
+    conns[0] = (struct conn){.state = C_REQUESTED};
+    bool sent = vsock_send(0, OP_REQUEST, 0);
+    for (uint64_t start = time_us();
+         sent && conns[0].state == C_REQUESTED && time_us() - start < WAIT_US;)
+        if (!vsock_poll_rx())
+            udelay(1000);
+    bool ok = conns[0].state == C_OPEN;
+    diag("a new connection after the reset: %s", ok ? "open" : "not open");
+    nconns = saved;
+    virtio_reset(vsock);
+    return ok ? TEST_PASS : TEST_FAIL;
+}
+
+/* ---- virtio-console -------------------------------------------------------------------------- */
+
+#define CONSOLE_RXQ   0
+#define CONSOLE_TXQ   1
+#define CONSOLE_CHUNK 65536
+#define CONSOLE_LINE  64
+
+static struct virtio_device *console;
+static uint8_t *console_chunk;
+
+static bool console_up(void)
+{
+    return virtio_begin(console, 0, false) && virtio_queue_setup(console, CONSOLE_RXQ, 0, false) &&
+           virtio_queue_setup(console, CONSOLE_TXQ, 0, false) &&
+           (virtio_driver_ok(console), !(virtio_get_status(console) & VIRTIO_STATUS_NEEDS_RESET));
+}
+
+static enum test_result console_find(void)
+{
+    console = virtio_find(VIRTIO_ID_CONSOLE, 0);
+    if (!console)
+        return TEST_FAIL;
+    console_chunk = phys_alloc(CONSOLE_CHUNK, 4096);
+    /* 1024 lines of 64 bytes: "console flood NNNNNNNN " and letters up to the newline. */
+    for (unsigned l = 0; l < CONSOLE_CHUNK / CONSOLE_LINE; l++) {
+        char *p = (char *)console_chunk + l * CONSOLE_LINE;
+        snprintf(p, CONSOLE_LINE, "console flood %08u ", l);
+        for (unsigned i = 23; i < CONSOLE_LINE - 1; i++)
+            p[i] = (char)('a' + i % 26);
+        p[CONSOLE_LINE - 1] = '\n';
+    }
+    return console_up() ? TEST_PASS : TEST_FAIL;
+}
+
+static enum test_result console_flood(void)
+{
+    if (!console)
+        return skip("no console");
+    uint64_t mib = 8;
+    cmdline_get_u64("res_console_mib", &mib);
+    uint64_t chunks = mib * MIB_BYTES / CONSOLE_CHUNK, sent = 0, used = 0;
+    struct virtq *q = &console->queues[CONSOLE_TXQ];
+    struct vbuf b = {(uint64_t)console_chunk, CONSOLE_CHUNK, false};
+    static char token;
+    uint64_t start = time_us(), last_progress = start;
+    while (used < chunks && time_us() - last_progress < 6 * (uint64_t)WAIT_US) {
+        if (virtq_get(q, NULL)) {
+            used++;
+            last_progress = time_us();
+            continue;
+        }
+        bool added = false;
+        while (sent < chunks && virtq_add(q, &b, 1, &token) >= 0) {
+            sent++;
+            added = true;
+        }
+        if (added)
+            virtq_kick(q);
+        else
+            udelay(500);
+    }
+    diag("%lu KiB in %lu buffers sent, %lu used, in %lu ms", sent * (CONSOLE_CHUNK / 1024), sent,
+         used, (time_us() - start) / 1000);
+    return used == chunks ? TEST_PASS : TEST_FAIL;
+}
+
+static enum test_result console_after_reset(void)
+{
+    if (!console)
+        return skip("no console");
+    if (!virtio_reset(console) || !console_up())
+        return TEST_FAIL;
+    static const char line[] = "virtio-resources: the console works after the flood\n";
+    static char buf[sizeof(line)];
+    memcpy(buf, line, sizeof(line) - 1);
+    struct vbuf b = {(uint64_t)buf, sizeof(line) - 1, false};
+    bool ok = virtq_transfer(&console->queues[CONSOLE_TXQ], &b, 1, WAIT_US) >= 0;
+    virtio_reset(console);
+    return ok ? TEST_PASS : TEST_FAIL;
+}
+
+/* ---- the parts ------------------------------------------------------------------------------- */
+
+static const struct guest_test blk_tests[] = {
+    {"blk: disk found and up", blk_find},
+    {"blk: large misaligned reads into one buffer, several at once: each completes or fails",
+     blk_big_reads},
+    {"blk: after a reset the disk reads back intact", blk_after_reset},
+};
+
+static const struct guest_test net_tests[] = {
+    {"net: device found and up", net_find},
+    {"net: the transmit queue kept full of 1514-byte frames: every one used", net_flood_mtu},
+    {"net: the transmit queue kept full of 65550-byte frames: every one used", net_flood_big},
+    {"net: after a reset a frame goes out", net_after_reset},
+};
+
+static const struct guest_test vsock_tests[] = {
+    {"vsock: device found and up", vsock_find},
+    {"vsock: many connections to a host program that never reads: each answered",
+     vsock_connect_many},
+    {"vsock: data on every connection as far as the credit goes", vsock_fill},
+    {"vsock: data beyond the credit resets the connection", vsock_beyond_credit},
+    {"vsock: after a reset a new connection opens", vsock_after_reset},
+};
+
+static const struct guest_test console_tests[] = {
+    {"console: device found and up", console_find},
+    {"console: a flood of output while the host reads slowly: every buffer used", console_flood},
+    {"console: after a reset a line goes out", console_after_reset},
+};
+
+void guest_main(void)
+{
+    tsc_calibrate();
+    user_mode_init();
+    if (!cmdline_get("res_part", part, sizeof(part)))
+        bail_out("no res_part= (blk, net, vsock or console) on the command line");
+    if (!strncmp(part, "blk", sizeof(part)))
+        tap_run(blk_tests, ARRAY_SIZE(blk_tests));
+    if (!strncmp(part, "net", sizeof(part)))
+        tap_run(net_tests, ARRAY_SIZE(net_tests));
+    if (!strncmp(part, "vsock", sizeof(part)))
+        tap_run(vsock_tests, ARRAY_SIZE(vsock_tests));
+    if (!strncmp(part, "console", sizeof(part)))
+        tap_run(console_tests, ARRAY_SIZE(console_tests));
+    bail_out("res_part=%s: not blk, net, vsock or console", part);
+}

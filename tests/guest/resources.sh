@@ -1,0 +1,349 @@
+# The resource cases of tests/guest/run.sh (sourced by it after virtio.sh and net.sh; uses their
+# helpers): what a hostile guest can make the VMM spend, measured from the host.
+#
+#   rss-blk      the virtio-resources guest's large misaligned reads from a cache=none disk
+#                (O_DIRECT, so ember must bounce them): 2 x 1 GiB, made of 32 descriptors on
+#                one 32 MiB buffer, into a 256 MiB guest
+#   rss-net      its transmit queue kept full of 1514- and 65550-byte frames on a tap with a
+#                64 KiB send buffer behind a 20 Mbit/s link (net.sh's net-backpressure set-up)
+#   rss-vsock    300 connections to a host program that accepts and never reads, data on each
+#                as far as the credit goes, then beyond it (ember only: QEMU needs vhost-vsock)
+#   rss-console  8 MiB through virtio-console while the VMM's standard output is not read for
+#                RES_CONSOLE_STALL seconds
+#
+# In each, the guest checks that every request ends and that the device works after a reset;
+# tests/guest/proc_watch.py samples the VMM every 100 ms: its peak RSS (VmHWM) must not exceed
+# the guest RAM it touched (the RSS of that mapping) by more than RES_RSS_EXCESS_MIB. QEMU runs
+# the same guest as the reference for its TAP lines; its peak RSS is printed, not judged.
+
+RES_RSS_EXCESS_MIB=${RES_RSS_EXCESS_MIB:-64}
+# What ember's virtio-vsock may hold by design on top of that: 256 connections, each with a
+# 256 KiB buffer of what the guest sent and the host program has not read (rss-vsock only).
+RES_RSS_VSOCK_BUFFERS_MIB=${RES_RSS_VSOCK_BUFFERS_MIB:-64}
+RES_MEM_MIB=256
+RES_TIMEOUT=60
+RES_CONSOLE_STALL=2
+RES_VSOCK_PORT=5000
+RES_IDLE_MS=300 # the guest halts this long before it exits: the last samples see it quiet
+RES_DIR=""
+
+res_tmp() {
+    if [ -z "$RES_DIR" ]; then
+        # Short: vsock socket paths must fit a sockaddr_un.
+        RES_DIR=$(mktemp -d /tmp/ember-res.XXXXXX)
+        at_exit 'rm -rf "$RES_DIR"'
+    fi
+}
+
+# A directory on a filesystem that takes O_DIRECT (not tmpfs), or nothing.
+res_direct_dir() {
+    local d
+    for d in ${RES_DIRECT_DIR:-} "$OUT_DIR" /var/tmp /tmp; do
+        [ -d "$d" ] && [ -w "$d" ] || continue
+        if dd if=/dev/zero of="$d/.odirect-probe" bs=4096 count=1 oflag=direct status=none \
+            2>/dev/null; then
+            rm -f "$d/.odirect-probe"
+            echo "$d"
+            return 0
+        fi
+        rm -f "$d/.odirect-probe"
+    done
+    return 1
+}
+
+# res_start VMM NAME TRANSPORT CMDLINE ARGS...: starts the VMM in the background (standard
+# output to RES_STDOUT, default RUN_OUT) with guest RAM RES_MEM_MIB, and proc_watch.py on it.
+# Sets RUN_OUT, RUN_ERR, RES_PID; res_wait finishes the run.
+res_start() {
+    local vmm=$1 name=$2 t=$3 cmdline=$4
+    shift 4
+    RUN_OUT=$OUT_DIR/$name.$vmm-$t.out
+    RUN_ERR=$OUT_DIR/$name.$vmm-$t.err
+    RES_WATCH=$OUT_DIR/$name.$vmm-$t.watch
+    local stdout=${RES_STDOUT:-$RUN_OUT}
+    : >"$RUN_OUT"
+    if [ "$vmm" = qemu ]; then
+        local machine=()
+        mapfile -t machine < <(qemu_machine "$t")
+        local serial=(-serial stdio)
+        case " $* " in *" -serial "*) serial=() ;; esac
+        ${VMM_PREFIX[@]+"${VMM_PREFIX[@]}"} "$QEMU" "${machine[@]}" -nodefaults -no-user-config \
+            -display none -enable-kvm -cpu host,-arch-capabilities \
+            -device isa-debug-exit,iobase=0xf4,iosize=4 -m "$RES_MEM_MIB" "${serial[@]}" "$@" \
+            -kernel "$GUEST_DIR/$name.elf" -append "$cmdline" </dev/null >"$stdout" 2>"$RUN_ERR" &
+    else
+        ${VMM_PREFIX[@]+"${VMM_PREFIX[@]}"} "$EMBER" run --kernel "$GUEST_DIR/$name.elf" \
+            --debug-exit --memory "$RES_MEM_MIB" --transport "$t" --cmdline "$cmdline" "$@" \
+            </dev/null >"$stdout" 2>"$RUN_ERR" &
+    fi
+    RES_PID=$!
+    python3 "$ROOT/tests/guest/proc_watch.py" --pid "$RES_PID" --ram-mib "$RES_MEM_MIB" \
+        --serial "$RUN_OUT" --timeout "$RES_TIMEOUT" >"$RES_WATCH" 2>&1 &
+    RES_WATCH_PID=$!
+}
+
+# Waits for the VMM (the watcher ends it after RES_TIMEOUT) and the watcher: RUN_STATUS, and
+# RES_PEAK_KB, RES_GUEST_KB, RES_EXCESS_KB from the watcher's report.
+res_wait() {
+    wait "$RES_PID"
+    RUN_STATUS=$?
+    wait "$RES_WATCH_PID"
+    RES_PEAK_KB=$(awk '$1 == "peak_kb" {print $2}' "$RES_WATCH")
+    RES_GUEST_KB=$(awk '$1 == "guest_ram_kb" {print $2}' "$RES_WATCH")
+    RES_EXCESS_KB=$(awk '$1 == "excess_kb" {print $2}' "$RES_WATCH")
+}
+
+mib() { awk -v k="${1:-0}" 'BEGIN {printf "%.1f", k / 1024}'; }
+
+# res_check_rss DESC [EXTRA_MIB]: ember's peak RSS beyond the guest RAM it touched is within
+# the bound (plus EXTRA_MIB).
+res_check_rss() {
+    local desc=$1 bound=$((RES_RSS_EXCESS_MIB + ${2:-0})) figures
+    figures="peak $(mib "$RES_PEAK_KB") MiB, guest RAM touched $(mib "$RES_GUEST_KB") MiB,"
+    figures="$figures the rest $(mib "$RES_EXCESS_KB") MiB"
+    if [ -z "$RES_PEAK_KB" ] || [ "${RES_PEAK_KB:-0}" = 0 ]; then
+        report fail "$desc" "no RSS sample (the VMM went before the first one?)"
+        show_log "$RES_WATCH"
+    elif [ "$RES_EXCESS_KB" -le $((bound * 1024)) ]; then
+        report pass "$desc: at most guest RAM + $bound MiB ($figures)"
+    else
+        report fail "$desc: at most guest RAM + $bound MiB" "$figures"
+    fi
+}
+
+res_note_rss() { # a QEMU run's figures, for comparison
+    echo "#   $1: peak RSS $(mib "$RES_PEAK_KB") MiB (guest RAM touched $(mib "$RES_GUEST_KB") MiB)"
+}
+
+# res_runs NAME FN: FN VMM TRANSPORT for QEMU (the reference) then ember on each transport; FN
+# starts the run (res_start), and res_after checks the rest.
+res_runs() {
+    local name=$1 fn=$2 t ref
+    for t in "${VIRTIO_TRANSPORTS[@]}"; do
+        ref=""
+        if [ "$have_qemu" = 1 ]; then
+            "$fn" qemu "$t"
+            ref=$RUN_OUT
+        else
+            report skip "qemu: $name ($t)" "$qemu_missing"
+        fi
+        if [ "$have_ember" = 1 ]; then
+            "$fn" ember "$t"
+            same_tap "ember: $name ($t): same TAP lines as QEMU" "$ref"
+        else
+            report skip "ember: $name ($t)" "$(ember_skip_reason)"
+        fi
+    done
+}
+
+# ---- rss-blk -------------------------------------------------------------------------------
+
+RES_BLK_IMAGE=""
+RES_BLK_MIB=1024 # per request
+
+# The image: 1 GiB + 1 MiB, sparse but for 64 KiB of random bytes at the start and 64 KiB at
+# the end of the first GiB; unchanged means those two, the size and the allocated blocks.
+res_blk_image() {
+    [ -z "$RES_BLK_IMAGE" ] || return 0
+    local dir
+    dir=$(res_direct_dir) || return 1
+    RES_BLK_IMAGE=$(mktemp "$dir/ember-rss-blk.XXXXXX")
+    at_exit 'rm -f "$RES_BLK_IMAGE"'
+    truncate -s $(((RES_BLK_MIB + 1) << 20)) "$RES_BLK_IMAGE"
+    head -c 65536 /dev/urandom | dd of="$RES_BLK_IMAGE" conv=notrunc status=none
+    head -c 65536 /dev/urandom |
+        dd of="$RES_BLK_IMAGE" bs=65536 seek=$((RES_BLK_MIB * 16 - 1)) conv=notrunc status=none
+}
+
+res_blk_fingerprint() {
+    echo "$(head -c 65536 "$RES_BLK_IMAGE" | cksum | cut -d' ' -f1)" \
+        "$(dd if="$RES_BLK_IMAGE" bs=65536 skip=$((RES_BLK_MIB * 16 - 1)) count=1 status=none |
+            cksum | cut -d' ' -f1)" "$(stat -c '%s %b' "$RES_BLK_IMAGE")"
+}
+
+rss_blk_run() {
+    local vmm=$1 t=$2 before head tail
+    before=$(res_blk_fingerprint)
+    read -r head tail _ <<<"$before"
+    local cmdline="console=ttyS0 res_part=blk res_read_mib=$RES_BLK_MIB res_requests=2"
+    cmdline="$cmdline blk_head_cksum=$head blk_tail_cksum=$tail idle_ms=$RES_IDLE_MS"
+    if [ "$vmm" = qemu ]; then
+        res_start qemu virtio-resources "$t" "$cmdline" \
+            -drive "file=$RES_BLK_IMAGE,if=none,id=d0,format=raw,cache=none,aio=io_uring" \
+            -device "$(qemu_dev "$t" blk),drive=d0"
+    else
+        res_start ember virtio-resources "$t" "$cmdline" --drive "path=$RES_BLK_IMAGE,cache=none"
+    fi
+    res_wait
+    expect_pass "$vmm: rss-blk ($t): every large read ends, the disk works after a reset"
+    if [ "$(res_blk_fingerprint)" = "$before" ]; then
+        report pass "$vmm: rss-blk ($t): the image is unchanged by the reads"
+    else
+        report fail "$vmm: rss-blk ($t): the image is unchanged by the reads" \
+            "was $before, now $(res_blk_fingerprint)"
+    fi
+    if [ "$vmm" = ember ]; then
+        res_check_rss "ember: rss-blk ($t): peak RSS"
+    else
+        res_note_rss "qemu: rss-blk ($t)"
+    fi
+}
+
+case_rss_blk() {
+    if ! res_blk_image; then
+        report skip "rss-blk" "no writable directory here takes O_DIRECT (tmpfs does not)"
+        return 0
+    fi
+    echo "# rss-blk: image $RES_BLK_IMAGE ($(stat -f -c %T "$RES_BLK_IMAGE"))"
+    res_runs rss-blk rss_blk_run
+}
+
+# ---- rss-net -------------------------------------------------------------------------------
+
+rss_net_run() {
+    local vmm=$1 t=$2
+    # nobody's MAC: the bridge floods the frames to the slow link
+    local cmdline="console=ttyS0 res_part=net net_host_mac=02:00:00:00:00:99 res_net_ms=1000"
+    cmdline="$cmdline idle_ms=$RES_IDLE_MS"
+    if [ "$vmm" = qemu ]; then
+        res_start qemu virtio-resources "$t" "$cmdline" -netdev \
+            "tap,id=n0,ifname=$NET_BP_TAP,script=no,downscript=no,vhost=off,sndbuf=$NET_BP_SNDBUF" \
+            -device "$(qemu_dev "$t" net),netdev=n0,mac=$NET_MAC"
+    else
+        res_start ember virtio-resources "$t" "$cmdline" \
+            --net "tap=$NET_BP_TAP,mac=$NET_MAC,sndbuf=$NET_BP_SNDBUF"
+    fi
+    res_wait
+    expect_pass "$vmm: rss-net ($t): every frame of a full transmit queue comes back used"
+    if [ "$vmm" = ember ]; then
+        res_check_rss "ember: rss-net ($t): peak RSS"
+    else
+        res_note_rss "qemu: rss-net ($t)"
+    fi
+}
+
+case_rss_net() {
+    net_prepare "rss-net" || return 0
+    if ! command -v tc >/dev/null 2>&1; then
+        report skip "rss-net" "tc(8) not found (iproute2)"
+        return 0
+    fi
+    if ! net_bp_setup; then
+        report skip "rss-net" "$NET_SETUP_ERROR"
+        return 0
+    fi
+    res_runs rss-net rss_net_run
+}
+
+# ---- rss-vsock -----------------------------------------------------------------------------
+
+# A host program on PATH_PORT that accepts every connection and never reads from it.
+res_vsock_listener() { # res_vsock_listener SOCKET_PATH READY_FILE
+    exec python3 - "$1" "$2" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+s.listen(1024)
+open(sys.argv[2], "w").write("ready\n")
+held = []
+while True:
+    c, _ = s.accept()
+    held.append(c)
+EOF
+}
+
+rss_vsock_run() {
+    local t=$1 uds=$RES_DIR/vsock.sock
+    rm -f "$uds" "${uds}_$RES_VSOCK_PORT" "$RES_DIR/listener.ready"
+    res_vsock_listener "${uds}_$RES_VSOCK_PORT" "$RES_DIR/listener.ready" &
+    local listener=$! _
+    for _ in $(seq 1 100); do
+        [ -s "$RES_DIR/listener.ready" ] && break
+        sleep 0.02
+    done
+    local cmdline="console=ttyS0 res_part=vsock vsock_port=$RES_VSOCK_PORT vsock_conns=300"
+    res_start ember virtio-resources "$t" "$cmdline idle_ms=$RES_IDLE_MS" \
+        --vsock "cid=3,uds=$uds" --log-level info
+    res_wait
+    kill "$listener" 2>/dev/null
+    wait "$listener" 2>/dev/null
+    expect_pass "ember: rss-vsock ($t): connections answered, credit kept, a reset works"
+    res_check_rss "ember: rss-vsock ($t): peak RSS" "$RES_RSS_VSOCK_BUFFERS_MIB"
+}
+
+case_rss_vsock() {
+    if [ "$have_qemu" = 1 ]; then
+        if [ -c /dev/vhost-vsock ]; then
+            report skip "qemu: rss-vsock" "the QEMU half is not written (vhost-vsock's host side)"
+        else
+            report skip "qemu: rss-vsock" "QEMU's virtio-vsock needs /dev/vhost-vsock"
+        fi
+    fi
+    if [ "$have_ember" != 1 ]; then
+        report skip "ember: rss-vsock" "$(ember_skip_reason)"
+        return 0
+    fi
+    res_tmp
+    local t
+    for t in "${VIRTIO_TRANSPORTS[@]}"; do
+        rss_vsock_run "$t"
+    done
+}
+
+# ---- rss-console ---------------------------------------------------------------------------
+
+RES_CONSOLE_MIB=8
+
+rss_console_run() {
+    local vmm=$1 t=$2 fifo=$RES_DIR/console.fifo
+    local cmdline="console=ttyS0 res_part=console res_console_mib=$RES_CONSOLE_MIB"
+    cmdline="$cmdline idle_ms=$RES_IDLE_MS"
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    local out=$OUT_DIR/virtio-resources.$vmm-$t.out
+    # The reader opens the pipe at once but reads nothing for RES_CONSOLE_STALL seconds.
+    (
+        exec 3<"$fifo"
+        sleep "$RES_CONSOLE_STALL"
+        cat <&3 >"$out.console"
+    ) &
+    local reader=$!
+    if [ "$vmm" = qemu ]; then
+        local serial=$out.serial
+        RES_STDOUT=$fifo res_start qemu virtio-resources "$t" "$cmdline" \
+            -serial "file:$serial" -chardev stdio,id=con0,signal=off \
+            -device "$(qemu_dev "$t" serial)" -device virtconsole,chardev=con0
+        # The watcher looks for the idle lines in the serial output.
+    else
+        RES_STDOUT=$fifo res_start ember virtio-resources "$t" "$cmdline" --console virtio
+    fi
+    res_wait
+    wait "$reader"
+    if [ "$vmm" = qemu ]; then
+        cat "$out.serial" "$out.console" >"$RUN_OUT"
+    else
+        cp "$out.console" "$RUN_OUT"
+    fi
+    expect_pass "$vmm: rss-console ($t): the flood goes out while stdout stalls, a reset works"
+    local lines want=$((RES_CONSOLE_MIB * 1024 * 1024 / 64))
+    lines=$(grep -c '^console flood [0-9]* [a-z]*$' "$out.console")
+    if [ "$vmm" = qemu ]; then
+        # QEMU's virtconsole drops what its stdio chardev does not take at once.
+        echo "#   qemu: rss-console ($t): $lines of $want lines reached stdout"
+    elif [ "$lines" = "$want" ]; then
+        report pass "$vmm: rss-console ($t): all $want lines reached stdout"
+    else
+        report fail "$vmm: rss-console ($t): all $want lines reached stdout" "$lines did"
+    fi
+    if [ "$vmm" = ember ]; then
+        res_check_rss "ember: rss-console ($t): peak RSS"
+    else
+        res_note_rss "qemu: rss-console ($t)"
+    fi
+}
+
+case_rss_console() {
+    res_tmp
+    res_runs rss-console rss_console_run
+}
+
