@@ -10,6 +10,11 @@
 #                as far as the credit goes, then beyond it (ember only: QEMU needs vhost-vsock)
 #   rss-console  8 MiB through virtio-console while the VMM's standard output is not read for
 #                RES_CONSOLE_STALL seconds
+#   log-flood    the virtio-log-flood guest: 50,000 status writes that take bits away and 50,000
+#                notifications of a queue that does not exist on each of virtio-blk and -rng,
+#                1,000 malformed requests and 1,000 refused negotiations on each; ember's log
+#                must hold at most RES_LOG_LINES_PER_KIND lines per device and kind, and its
+#                metrics must count the lines it left out (logger.missed_log_count)
 #
 # In each, the guest checks that every request ends and that the device works after a reset;
 # tests/guest/proc_watch.py samples the VMM every 100 ms: its peak RSS (VmHWM) must not exceed
@@ -20,6 +25,7 @@ RES_RSS_EXCESS_MIB=${RES_RSS_EXCESS_MIB:-64}
 # What ember's virtio-vsock may hold by design on top of that: 256 connections, each with a
 # 256 KiB buffer of what the guest sent and the host program has not read (rss-vsock only).
 RES_RSS_VSOCK_BUFFERS_MIB=${RES_RSS_VSOCK_BUFFERS_MIB:-64}
+RES_LOG_LINES_PER_KIND=${RES_LOG_LINES_PER_KIND:-3}
 RES_MEM_MIB=256
 RES_TIMEOUT=60
 RES_CONSOLE_STALL=2
@@ -345,5 +351,126 @@ rss_console_run() {
 case_rss_console() {
     res_tmp
     res_runs rss-console rss_console_run
+}
+
+# ---- log-flood -----------------------------------------------------------------------------
+
+# QEMU resets a device in ~8 ms here: smaller floods there, where only the guest's
+# verdicts count.
+RES_FLOOD_QEMU="flood_status=5000 flood_notify=5000 flood_bad=100"
+
+# Whether a TAP run is over: its plan and as many results, or a bail-out.
+tap_complete() {
+    local plan n
+    plan=$(tr -d '\r' <"$1" | grep -E '^1\.\.[0-9]+$' | head -n1)
+    tr -d '\r' <"$1" | grep -q '^Bail out!' && return 0
+    [ -n "$plan" ] || return 1
+    n=$(tr -d '\r' <"$1" | grep -cE '^(not )?ok [0-9]+')
+    [ "$n" = "${plan#1..}" ]
+}
+
+# ember in configuration-file mode, the one that writes metrics; it has no debug-exit port,
+# so the run ends with SIGTERM once the guest has reported every test.
+log_flood_ember() {
+    local t=$1 cfg=$RES_DIR/log-flood-$t.json
+    RUN_OUT=$OUT_DIR/virtio-log-flood.ember-$t.out
+    RUN_ERR=$OUT_DIR/virtio-log-flood.ember-$t.err
+    RES_METRICS=$OUT_DIR/virtio-log-flood.ember-$t.metrics
+    rm -f "$RES_METRICS"
+    printf '%s\n' \
+        "{\"boot-source\": {\"kernel_image_path\": \"$GUEST_DIR/virtio-log-flood.elf\"," \
+        "                 \"boot_args\": \"console=ttyS0\"}," \
+        " \"drives\": [{\"drive_id\": \"disk\", \"path_on_host\": \"$RES_DIR/log-flood.img\"," \
+        "             \"is_root_device\": false, \"is_read_only\": false}]," \
+        " \"machine-config\": {\"vcpu_count\": 1, \"mem_size_mib\": 128}," \
+        " \"entropy\": {}}" >"$cfg"
+    local pci=()
+    [ "$t" = pci ] && pci=(--enable-pci)
+    "$EMBER" --config-file "$cfg" --no-api --metrics-path "$RES_METRICS" "${pci[@]}" \
+        </dev/null >"$RUN_OUT" 2>"$RUN_ERR" &
+    local pid=$! waited=0
+    while kill -0 "$pid" 2>/dev/null && ! tap_complete "$RUN_OUT" &&
+        [ $waited -lt $((RES_TIMEOUT * 10)) ]; do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid"
+    RUN_STATUS=$?
+}
+
+# Sum of a metric over every line of a metrics file (each line holds changes), or nothing
+# when no line has it.
+metric_sum() { # metric_sum FILE SECTION KEY
+    python3 -c '
+import json, sys
+total, seen = 0, False
+for line in open(sys.argv[1]):
+    try:
+        v = json.loads(line).get(sys.argv[2], {}).get(sys.argv[3])
+    except ValueError:
+        continue
+    if isinstance(v, int):
+        total, seen = total + v, True
+print(total if seen else "")' "$@" 2>/dev/null
+}
+
+log_flood_run() {
+    local vmm=$1 t=$2
+    if [ "$vmm" = qemu ]; then
+        run_vqemu virtio-log-flood "$t" "" "console=ttyS0 $RES_FLOOD_QEMU" \
+            -drive "file=$RES_DIR/log-flood.img,if=none,id=d0,format=raw" \
+            -device "$(qemu_dev "$t" blk),drive=d0" \
+            -object rng-random,id=rng0,filename=/dev/urandom -device "$(qemu_dev "$t" rng),rng=rng0"
+        expect_pass "qemu: log-flood ($t): every device survives the floods"
+        return 0
+    fi
+    log_flood_ember "$t"
+    local why desc="ember: log-flood ($t): every device survives the floods"
+    if ! why=$(check_tap_all_ok "$RUN_OUT"); then
+        report fail "$desc" "$why (status $RUN_STATUS)"
+        show_log "$RUN_OUT"
+        sed -n '1,20p' "$RUN_ERR" | sed 's/^/#   /'
+    else
+        report pass "$desc (ended by SIGTERM after the last test: no debug-exit port here)"
+    fi
+    # The guest's timings, the log's size.
+    local lines bytes
+    lines=$(grep -c . "$RUN_ERR")
+    bytes=$(stat -c %s "$RUN_ERR")
+    tr -d '\r' <"$RUN_OUT" | sed -n 's/^# log-flood: /#   /p'
+    echo "#   ember's log: $lines lines, $bytes bytes"
+    # At most RES_LOG_LINES_PER_KIND lines per device and kind (four kinds on each).
+    local dev n max=$((4 * RES_LOG_LINES_PER_KIND)) bad=""
+    for dev in blk0 rng; do
+        n=$(grep -cE "(ERROR|WARN|INFO): $dev: " "$RUN_ERR")
+        echo "#   $dev: $n lines"
+        [ "$n" -le "$max" ] || bad="$bad $dev: $n lines;"
+    done
+    if [ -z "$bad" ] && [ "$lines" -le $((2 * max + 4)) ]; then
+        report pass "ember: log-flood ($t): at most $RES_LOG_LINES_PER_KIND log lines per device and kind ($lines lines, $bytes bytes)"
+    else
+        report fail "ember: log-flood ($t): at most $RES_LOG_LINES_PER_KIND log lines per device and kind" \
+            "${bad:-} $lines lines, $bytes bytes in all"
+        cut -d' ' -f3- "$RUN_ERR" | sed -E 's/0x[0-9a-f]+|[0-9]+/N/g' | sort | uniq -c |
+            sort -rn | head -n 10 | sed 's/^/#   /'
+    fi
+    local missed
+    missed=$(metric_sum "$RES_METRICS" logger missed_log_count)
+    if [ -z "$missed" ]; then
+        report fail "ember: log-flood ($t): metrics count the lines left out" \
+            "no logger.missed_log_count in $(grep -c . "$RES_METRICS" 2>/dev/null || echo 0) metrics lines"
+    elif [ "$missed" -gt 0 ]; then
+        report pass "ember: log-flood ($t): metrics count the lines left out (logger.missed_log_count $missed)"
+    else
+        report fail "ember: log-flood ($t): metrics count the lines left out" \
+            "logger.missed_log_count is $missed"
+    fi
+}
+
+case_log_flood() {
+    res_tmp
+    [ -s "$RES_DIR/log-flood.img" ] || head -c 65536 /dev/urandom >"$RES_DIR/log-flood.img"
+    res_runs log-flood log_flood_run
 }
 

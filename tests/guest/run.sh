@@ -445,7 +445,8 @@ case_bad_insn() {
 
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
     virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost
-    net-perf net-backpressure rss-blk rss-net rss-vsock rss-console)
+    net-perf net-backpressure rss-blk rss-net rss-vsock rss-console
+    log-flood)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -500,6 +501,7 @@ for c in "${cases[@]}"; do
     rss-net) case_rss_net ;;
     rss-vsock) case_rss_vsock ;;
     rss-console) case_rss_console ;;
+    log-flood) case_log_flood ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1
