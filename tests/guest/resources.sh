@@ -15,6 +15,9 @@
 #                1,000 malformed requests and 1,000 refused negotiations on each; ember's log
 #                must hold at most RES_LOG_LINES_PER_KIND lines per device and kind, and its
 #                metrics must count the lines it left out (logger.missed_log_count)
+#   intx-shared  the virtio-intx-shared guest with nine virtio-pci disks, more than the eight
+#                INTx lines: two functions on one line, one deasserts, the other's interrupt
+#                must still come
 #
 # In each, the guest checks that every request ends and that the device works after a reset;
 # tests/guest/proc_watch.py samples the VMM every 100 ms: its peak RSS (VmHWM) must not exceed
@@ -472,5 +475,38 @@ case_log_flood() {
     res_tmp
     [ -s "$RES_DIR/log-flood.img" ] || head -c 65536 /dev/urandom >"$RES_DIR/log-flood.img"
     res_runs log-flood log_flood_run
+}
+
+# ---- intx-shared ---------------------------------------------------------------------------
+
+# Nine disks, more functions than INTx lines, under both VMMs. ember gives slot s the line
+# GSI 16 + s % 8 (slots 1 and 9 share GSI 17); QEMU's q35 routes INTA# of slot s through the
+# ICH9's PIRQ registers (four of its lines serve all nine slots here). The guest finds each
+# function's IOAPIC pin itself, raising its interrupt alone.
+RES_INTX_DISKS=9
+
+intx_run() {
+    local vmm=$1 t=$2 i args=()
+    for i in $(seq 1 "$RES_INTX_DISKS"); do
+        [ -s "$RES_DIR/intx-$i.img" ] || head -c 4096 /dev/zero >"$RES_DIR/intx-$i.img"
+        if [ "$vmm" = qemu ]; then
+            args+=(-drive "file=$RES_DIR/intx-$i.img,if=none,id=d$i,format=raw"
+                -device "$(qemu_dev "$t" blk),drive=d$i")
+        else
+            args+=(--drive "path=$RES_DIR/intx-$i.img")
+        fi
+    done
+    if [ "$vmm" = qemu ]; then
+        run_vqemu virtio-intx-shared "$t" "" "console=ttyS0" "${args[@]}"
+    else
+        run_vember virtio-intx-shared "$t" "" "console=ttyS0" "${args[@]}"
+    fi
+    expect_pass "$vmm: intx-shared ($t): a shared INTx line stays up while a function on it is pending"
+}
+
+case_intx_shared() {
+    res_tmp
+    local VIRTIO_TRANSPORTS=(pci) # INTx is virtio-pci's
+    res_runs intx-shared intx_run
 }
 

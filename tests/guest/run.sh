@@ -446,7 +446,7 @@ case_bad_insn() {
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
     virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost
     net-perf net-backpressure rss-blk rss-net rss-vsock rss-console
-    log-flood)
+    log-flood intx-shared)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -502,6 +502,7 @@ for c in "${cases[@]}"; do
     rss-vsock) case_rss_vsock ;;
     rss-console) case_rss_console ;;
     log-flood) case_log_flood ;;
+    intx-shared) case_intx_shared ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1
