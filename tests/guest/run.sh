@@ -446,7 +446,7 @@ case_bad_insn() {
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
     virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost
     net-perf net-backpressure rss-blk rss-net rss-vsock rss-console
-    log-flood intx-shared)
+    log-flood intx-shared bounds)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -503,6 +503,7 @@ for c in "${cases[@]}"; do
     rss-console) case_rss_console ;;
     log-flood) case_log_flood ;;
     intx-shared) case_intx_shared ;;
+    bounds) case_bounds ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1
