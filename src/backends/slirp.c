@@ -69,6 +69,7 @@ struct user_net {
     struct pollfd pollfds[MAX_POLLFDS];
     int npollfds;
     uint64_t rx_dropped;
+    struct log_limit log_guest, log_timers; /* what the guest's traffic can cause */
 };
 
 static void wake(int fd)
@@ -125,8 +126,8 @@ static ssize_t cb_send_packet(const void *buf, size_t len, void *opaque)
 
 static void cb_guest_error(const char *msg, void *opaque)
 {
-    (void)opaque;
-    log_warn("user networking: guest error: %s", msg);
+    struct user_net *u = opaque;
+    log_limited(&u->log_guest, LOG_WARN, "user networking: guest error: %s", msg);
 }
 
 static int64_t cb_clock_ns(void *opaque)
@@ -144,7 +145,7 @@ static void *cb_timer_new_opaque(SlirpTimerId id, void *cb_opaque, void *opaque)
             return &u->timers[i];
         }
     }
-    log_error("user networking: out of timers");
+    log_limited(&u->log_timers, LOG_ERROR, "user networking: out of timers");
     return NULL;
 }
 
