@@ -22,18 +22,20 @@
 #include <unistd.h>
 
 #define QUEUE_FRAMES 512
+#define QUEUE_BYTES  (2u << 20) /* frames waiting in one direction: what the guest can pin */
 #define MAX_FRAME    65536
 #define MAX_POLLFDS  1024
 #define MAX_TIMERS   16
 
 struct frame {
-    uint16_t len;
+    uint32_t len;
     uint8_t *data;
 };
 
 struct frame_queue {
     struct frame frames[QUEUE_FRAMES];
     unsigned head, count;
+    size_t bytes;
 };
 
 struct slirp_timer {
@@ -88,14 +90,15 @@ static void drain(int fd)
 
 static bool queue_push(struct frame_queue *q, const void *data, size_t len)
 {
-    if (q->count == QUEUE_FRAMES)
+    if (q->count == QUEUE_FRAMES || len > MAX_FRAME || q->bytes + len > QUEUE_BYTES)
         return false;
     uint8_t *copy = malloc(len ? len : 1);
     if (!copy)
         return false;
     memcpy(copy, data, len);
-    q->frames[(q->head + q->count) % QUEUE_FRAMES] = (struct frame){(uint16_t)len, copy};
+    q->frames[(q->head + q->count) % QUEUE_FRAMES] = (struct frame){(uint32_t)len, copy};
     q->count++;
+    q->bytes += len;
     return true;
 }
 
@@ -106,6 +109,7 @@ static bool queue_pop(struct frame_queue *q, struct frame *out)
     *out = q->frames[q->head];
     q->head = (q->head + 1) % QUEUE_FRAMES;
     q->count--;
+    q->bytes -= out->len;
     return true;
 }
 
