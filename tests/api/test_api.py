@@ -23,6 +23,7 @@ HELLO = os.path.join(GUEST_DIR, "hello.elf")
 KEYBOARD = os.path.join(GUEST_DIR, "keyboard.elf")
 VERBOSE = False
 REQUEST_TIMEOUT_S = 5  # the server's deadline for one request
+MAX_CONNECTIONS = 32  # the connections the server keeps open
 # How long a test waits for something that must happen. Waits end as soon as their condition
 # holds, so a generous bound costs nothing on a fast machine and keeps a slow or loaded one green.
 PATIENCE_S = 60
@@ -758,14 +759,246 @@ def test_http_robustness(tmp):
         expect(c.read_response(), 200, "answer after the client half-closed")
         c.close()
 
-        # Many connections at once, held open.
-        conns = [Conn(e.sock) for _ in range(100)]
-        for c in conns[::10]:
-            expect(c.request("GET", "/"), 200, "one of 100 open connections")
+        # As many connections as the server keeps, held open, each served.
+        conns = [Conn(e.sock) for _ in range(MAX_CONNECTIONS)]
+        for c in conns:
+            expect(c.request("GET", "/"), 200, "one of %d open connections" % MAX_CONNECTIONS)
         for c in conns:
             c.close()
         serving(e, "at the end")
         check(e.alive(), "ember died")
+    finally:
+        e.kill()
+
+
+def flush_metrics(sock, path):
+    """FlushMetrics on a connection of its own; the api_server group of the line written."""
+    c = Conn(sock)
+    try:
+        expect(c.request("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "FlushMetrics")
+    finally:
+        c.close()
+    with open(path) as f:
+        return json.loads(f.read().splitlines()[-1])["api_server"]
+
+
+def test_idle_timeout(tmp):
+    metrics = os.path.join(tmp, "metrics.json")
+    idle_s, request_s = 1.0, 2.0
+    e = Ember(tmp, ["--http-api-idle-timeout-ms", "%d" % (idle_s * 1000),
+                    "--http-api-request-timeout-ms", "%d" % (request_s * 1000), "--metrics-path", metrics])
+    try:
+        # The idle clock starts after the answer, which is after t0: the close cannot come
+        # sooner than idle_s after t0.
+        t0 = time.monotonic()
+        idle = Conn(e.sock)
+        expect(idle.request("GET", "/"), 200, "a request before idling")
+        # A request in progress is not idle: this one is cut off by the request timeout, with
+        # a 408, not closed silently by the idle timeout that falls due before it.
+        busy = Conn(e.sock)
+        busy.send_raw(b"PUT /machine-config HTTP/1.1\r\nContent-Length: 40\r\n\r\n{")
+        check(idle.closed_by_peer(), "an idle connection stayed open for %d s" % PATIENCE_S)
+        elapsed = time.monotonic() - t0
+        check(elapsed >= idle_s, "an idle connection was closed after %.2f s, before its time" % elapsed)
+        expect(busy.read_response(), 408, "a partial request outlives the idle timeout")
+        check(busy.closed_by_peer(), "closed after the 408")
+        check(time.monotonic() - t0 >= request_s, "the 408 came before the request timeout")
+        for c in (idle, busy):
+            c.close()
+        api = flush_metrics(e.sock, metrics)
+        check(api.get("connections_idle_timeout_count") == 1 and
+              api.get("connections_request_timeout_count") == 1,
+              "idle and request timeouts counted: %r" % api)
+        serving(e, "after the timeouts")
+    finally:
+        e.kill()
+
+
+def test_connection_bound(tmp):
+    metrics = os.path.join(tmp, "metrics.json")
+    # Requests in progress must outlast the test, however slow the machine.
+    e = Ember(tmp, ["--http-api-request-timeout-ms", "%d" % (PATIENCE_S * 1000), "--metrics-path", metrics,
+                    "--level", "Info"])
+    conns = []
+    try:
+        # Every connection answered once (so the server has taken each), then given a request in
+        # progress: none is idle, so the server has nothing to make room with.
+        for i in range(MAX_CONNECTIONS):
+            c = Conn(e.sock)
+            conns.append(c)
+            expect(c.request("GET", "/"), 200, "connection %d" % i)
+        for c in conns:
+            c.send_raw(b"GET /machine-config HTTP/1.1\r\n")
+        # The next client gets Firecracker's answer to a full server: 503, Connection: close,
+        # a JSON body with an "error", and the connection closed.
+        extra = Conn(e.sock)
+        r = extra.read_response()
+        expect(r, 503, "a client beyond %d connections" % MAX_CONNECTIONS)
+        check(r.headers.get("connection") == "close", "503 with Connection: close: %r" % r.headers)
+        check(r.headers.get("content-type") == "application/json" and r.json().get("error"),
+              "503 body: %r" % r.body)
+        check(extra.closed_by_peer(), "the refused connection was left open")
+        extra.close()
+        # One finishes its request and is idle: a newcomer is let in in its place.
+        conns[5].send_raw(b"\r\n")
+        expect(conns[5].read_response(), 200, "the request completed")
+        newcomer = Conn(e.sock)
+        expect(newcomer.request("GET", "/"), 200, "a newcomer admitted by closing an idle connection")
+        check(conns[5].closed_by_peer(), "the idle connection was not the one closed")
+        for c in conns[:3]:
+            c.send_raw(b"\r\n")
+            expect(c.read_response(), 200, "the other requests in progress were kept")
+        for c in conns + [newcomer]:
+            c.close()
+        conns = []
+        api = flush_metrics(e.sock, metrics)
+        check(api.get("connections_refused_count") == 1 and api.get("connections_evicted_count") == 1,
+              "refusals and evictions counted: %r" % api)
+        # Admitted: the start-up probe, the MAX_CONNECTIONS, the newcomer and the metrics' own.
+        check(api.get("connections_accepted_count") == MAX_CONNECTIONS + 3,
+              "admitted connections counted: %r" % api)
+        err = e.stderr()
+        check(err.count("refused a client") == 1 and err.count("to admit a new client") == 1,
+              "one log line per kind: %r" % err[-800:])
+    finally:
+        for c in conns:
+            c.close()
+        e.kill()
+
+
+def test_idle_holder_does_not_lock_out(tmp):
+    metrics = os.path.join(tmp, "metrics.json")
+    e = Ember(tmp, ["--metrics-path", metrics])
+    conns = []
+    try:
+        # A client holds every connection the server keeps, idle: each newcomer (kept open, so
+        # that the server stays full) is let in in place of the connection idle longest.
+        for i in range(MAX_CONNECTIONS):
+            c = Conn(e.sock)
+            conns.append(c)
+            expect(c.request("GET", "/"), 200, "idle holder %d" % i)
+        newcomers = []
+        for i in range(3):
+            c = Conn(e.sock)
+            newcomers.append(c)
+            expect(c.request("GET", "/"), 200, "newcomer %d while idle connections fill the server" % i)
+            check(conns[i].closed_by_peer(), "the connection idle longest was not the one closed (%d)" % i)
+        conns += newcomers
+        expect(conns[3].request("GET", "/"), 200, "the holder's other connections are kept")
+        for c in conns:
+            c.close()
+        conns = []
+        api = flush_metrics(e.sock, metrics)
+        check(api.get("connections_evicted_count") == 3 and api.get("connections_refused_count") == 0,
+              "evictions counted: %r" % api)
+    finally:
+        for c in conns:
+            c.close()
+        e.kill()
+
+
+def test_pipelined_burst_does_not_starve(tmp):
+    # Long deadlines: the burst's client reads its answers only after the other client is done.
+    e = Ember(tmp, ["--http-api-request-timeout-ms", "%d" % (PATIENCE_S * 1000)])
+    burst_n = 20000
+    one = b"GET / HTTP/1.1\r\n\r\n"
+    greedy = Conn(e.sock)
+    sender = threading.Thread(target=lambda: greedy.send_raw(one * burst_n))
+    try:
+        sender.start()
+        # The server answers the burst a few requests at a time and stops reading it while its
+        # answers go unread; the other client is served meanwhile, whatever the machine's speed.
+        other = Conn(e.sock)
+        for i in range(20):
+            expect(other.request("GET", "/machine-config"), 200, "a request while a burst waits (%d)" % i)
+        other.close()
+        for i in range(burst_n):
+            r = greedy.read_response()
+            check(r.status == 200, "burst answer %d: %r" % (i, r))
+        sender.join(PATIENCE_S)
+        check(not sender.is_alive(), "the burst was not read whole")
+    finally:
+        greedy.close()
+        e.kill()
+
+
+def test_flood_does_not_starve(tmp):
+    # Long deadlines: a thread reads the flood's answers, however slowly a loaded machine runs it.
+    e = Ember(tmp, ["--http-api-request-timeout-ms", "%d" % (PATIENCE_S * 1000)])
+    stop = threading.Event()
+    counts = {"sent": 0, "answered": 0, "bad": 0, "errors": []}
+    flooder = Conn(e.sock)
+
+    def flood():
+        # Pipelines without pause until told to stop; the last request closes the connection.
+        try:
+            while not stop.is_set():
+                flooder.send_raw(b"GET / HTTP/1.1\r\n\r\n" * 64)
+                counts["sent"] += 64
+            flooder.send_raw(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            counts["sent"] += 1
+        except Exception as ex:  # noqa: BLE001 - reported by the test
+            counts["errors"].append(repr(ex))
+
+    def drain():
+        try:
+            while True:
+                r = flooder.read_response()
+                counts["answered"] += 1
+                counts["bad"] += r.status != 200
+        except EOFError:
+            pass
+        except Exception as ex:  # noqa: BLE001 - reported by the test
+            counts["errors"].append(repr(ex))
+
+    threads = [threading.Thread(target=flood), threading.Thread(target=drain)]
+    try:
+        for t in threads:
+            t.start()
+        other = Conn(e.sock)
+        for i in range(40):
+            expect(other.request("GET", "/machine-config"), 200, "a request during a flood (%d)" % i)
+        other.close()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(PATIENCE_S)
+        flooder.close()
+        e.kill()
+    if VERBOSE:
+        print("# flood: %d requests answered while the other client made 40" % counts["answered"])
+    check(not any(t.is_alive() for t in threads), "the flood did not end")
+    check(not counts["errors"] and counts["answered"] == counts["sent"] and counts["bad"] == 0,
+          "the flood's answers: %r" % counts)
+
+
+def test_dribbler_does_not_starve(tmp):
+    request_s = 2.0
+    e = Ember(tmp, ["--http-api-request-timeout-ms", "%d" % (request_s * 1000)])
+    try:
+        # One byte every 2 ms or more: the request, 4 KB, cannot be whole before its deadline,
+        # and the bytes that keep coming do not extend it.
+        t0 = time.monotonic()
+        dribbler = Conn(e.sock)
+        other = Conn(e.sock)
+        body = b"PUT /machine-config HTTP/1.1\r\nContent-Length: 4000\r\n\r\n" + b" " * 4000
+        served = 0
+        for i, b in enumerate(body):
+            try:
+                dribbler.send_raw(bytes([b]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if i % 8 == 0 and served < 40:
+                expect(other.request("GET", "/"), 200, "a request beside a dribbler (%d)" % served)
+                served += 1
+            time.sleep(0.002)
+        check(served == 40, "%d requests served beside the dribbler" % served)
+        expect(dribbler.read_response(), 408, "the dribbler cut off at its deadline")
+        check(time.monotonic() - t0 >= request_s, "the dribbler was cut off before its deadline")
+        check(dribbler.closed_by_peer(), "the dribbler's connection left open")
+        serving(e, "after the dribbler")
+        dribbler.close()
+        other.close()
     finally:
         e.kill()
 
@@ -896,12 +1129,15 @@ def test_config_file(tmp):
 def test_flags(tmp):
     for args, msg in [(["--no-api"], "--config-file"), (["--id", "bad id!"], "--id"),
                       (["--level", "loud"], "log level"), (["--seccomp-filter", "f"], "not supported"),
-                      (["--http-api-max-payload-size", "x"], "payload")]:
+                      (["--http-api-max-payload-size", "x"], "payload"),
+                      (["--http-api-request-timeout-ms", "0"], "milliseconds"),
+                      (["--http-api-idle-timeout-ms", "86400001"], "milliseconds")]:
         out = subprocess.run([EMBER] + args, capture_output=True, text=True, timeout=PATIENCE_S)
         check(out.returncode == 2 and msg in out.stderr, "%r: %d %r" % (args, out.returncode, out.stderr))
     out = subprocess.run([EMBER, "--help"], capture_output=True, text=True, timeout=PATIENCE_S)
     for flag in ("--api-sock", "--config-file", "--no-api", "--id", "--level", "--log-path",
-                 "--metrics-path", "--http-api-max-payload-size"):
+                 "--metrics-path", "--http-api-max-payload-size", "--http-api-request-timeout-ms",
+                 "--http-api-idle-timeout-ms"):
         check(flag in out.stdout, "--help lacks " + flag)
     # Jailer-style flags are accepted.
     e = Ember(tmp, ["--id", "jailed-1", "--start-time-us", "123", "--start-time-cpu-us", "4",
@@ -944,7 +1180,10 @@ class Skip(Exception):
 TESTS = [
     test_instance_info, test_machine_config, test_boot_source, test_drives, test_network_interfaces,
     test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
-    test_concurrent_clients, test_http_robustness, test_max_payload_flag, test_getting_started_with_curl,
+    test_concurrent_clients, test_http_robustness, test_idle_timeout, test_connection_bound,
+    test_idle_holder_does_not_lock_out,
+    test_pipelined_burst_does_not_starve, test_flood_does_not_starve,
+    test_dribbler_does_not_starve, test_max_payload_flag, test_getting_started_with_curl,
     test_config_file, test_flags,
 ]
 
