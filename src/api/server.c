@@ -20,8 +20,10 @@
 /* Stop reading from a client that does not read its answers. */
 #define OUTPUT_HIGH_WATER (64u << 10)
 #define READ_CHUNK        16384
-/* Requests answered for one connection before the loop serves the others. */
+/* Requests answered for one connection, and connections taken from the
+ * backlog, before the loop serves the others. */
 #define REQUESTS_PER_TURN 16
+#define ACCEPTS_PER_TURN  32
 
 static const char *const event_metric[API_SERVER_NEVENTS] = {
     [API_SERVER_ACCEPTED] = "connections_accepted_count",
@@ -412,7 +414,8 @@ static void on_accept(void *opaque, uint32_t events)
     struct api_server *s = opaque;
     (void)events;
     uint64_t round_start = monotonic_ns();
-    for (;;) {
+    /* Level-triggered: what is left in the backlog comes back next round. */
+    for (int turn = 0; turn < ACCEPTS_PER_TURN; turn++) {
         int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
