@@ -45,6 +45,11 @@ bool api_metrics_enabled(const struct api_metrics *m)
     return m->fd >= 0;
 }
 
+void api_metrics_watch_server(struct api_metrics *m, const struct api_server_stats *stats)
+{
+    m->server = stats;
+}
+
 void api_metrics_count_request(struct api_metrics *m, const char *route, int status)
 {
     for (unsigned i = 0; i < m->nroutes; i++) {
@@ -196,6 +201,9 @@ cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
         snprintf(status, sizeof(status), "%d", m->routes[i].status);
         cJSON_AddNumberToObject(r, status, (double)m->routes[i].count);
     }
+    for (int e = 0; m->server && e < API_SERVER_NEVENTS; e++)
+        cJSON_AddNumberToObject(api, api_server_event_metric((enum api_server_event)e),
+                                (double)m->server->events[e]);
     if (!vm || !vm->started)
         return root;
     add_vcpus(root, vm);
