@@ -1,6 +1,7 @@
 #include "api/metrics.h"
 
 #include "util/error.h"
+#include "util/log.h"
 #include "virtio/blk.h"
 #include "virtio/console.h"
 #include "virtio/net.h"
@@ -204,6 +205,12 @@ cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
     for (int e = 0; m->server && e < API_SERVER_NEVENTS; e++)
         cJSON_AddNumberToObject(api, api_server_event_metric((enum api_server_event)e),
                                 (double)m->server->events[e]);
+    /* Firecracker's names: lines the rate limits held back, lines the log could not take,
+     * metrics lines lost. */
+    cJSON *logger = cJSON_AddObjectToObject(root, "logger");
+    cJSON_AddNumberToObject(logger, "missed_log_count", (double)log_missed_count());
+    cJSON_AddNumberToObject(logger, "log_fails", (double)log_fail_count());
+    cJSON_AddNumberToObject(logger, "metrics_fails", (double)m->lines_lost);
     if (!vm || !vm->started)
         return root;
     add_vcpus(root, vm);

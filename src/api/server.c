@@ -24,6 +24,7 @@
  * backlog, before the loop serves the others. */
 #define REQUESTS_PER_TURN 16
 #define ACCEPTS_PER_TURN  32
+#define ACCEPT_PAUSE_MS   100 /* after accept() ran out of descriptors or memory */
 
 static const char *const event_metric[API_SERVER_NEVENTS] = {
     [API_SERVER_ACCEPTED] = "connections_accepted_count",
@@ -40,16 +41,12 @@ const char *api_server_event_metric(enum api_server_event e)
     return (unsigned)e < API_SERVER_NEVENTS ? event_metric[e] : "unknown";
 }
 
-/* Counts an event and logs the first of its kind; the metrics count the rest. */
+/* Counts an event and logs it with a rate limit per kind; the metrics count them all. */
 #define NOTE(s, ev, level, fmt, ...)                                                               \
     do {                                                                                           \
         (s)->stats.events[ev]++;                                                                   \
-        if (!(s)->logged[ev]) {                                                                    \
-            (s)->logged[ev] = true;                                                                \
-            log_msg_at(level, __FILE__, __LINE__,                                                  \
-                       "API: " fmt " (only the first is logged; metrics: api_server.%s)",          \
-                       __VA_ARGS__, event_metric[ev]);                                             \
-        }                                                                                          \
+        log_limited_at(&(s)->log_limits[ev], level, __FILE__, __LINE__,                            \
+                       "API: " fmt " (metrics: api_server.%s)", __VA_ARGS__, event_metric[ev]);    \
     } while (0)
 
 struct api_conn {
@@ -260,6 +257,8 @@ static void arm_timer(struct api_server *s)
 {
     uint64_t next = 0;
     uint64_t idle_ns = ms_to_ns(s->opts.idle_timeout_ms);
+    if (s->accept_resume_ns)
+        next = s->accept_resume_ns;
     for (const struct api_conn *c = s->conns; c; c = c->next) {
         uint64_t d[3] = {c->request_deadline_ns, c->write_deadline_ns,
                          idle_ns && c->idle_since_ns ? c->idle_since_ns + idle_ns : 0};
@@ -335,6 +334,10 @@ static void on_timer(void *opaque, uint32_t events)
     (void)ignored;
     s->timer_deadline_ns = 0; /* a one-shot timer, spent */
     uint64_t now = monotonic_ns();
+    if (s->accept_resume_ns && now >= s->accept_resume_ns) {
+        s->accept_resume_ns = 0;
+        event_loop_mod(s->loop, s->listen_handler, EPOLLIN);
+    }
     uint64_t idle_ns = ms_to_ns(s->opts.idle_timeout_ms);
     struct api_conn *next;
     for (struct api_conn *c = s->conns; c; c = next) {
@@ -418,8 +421,15 @@ static void on_accept(void *opaque, uint32_t events)
     for (int turn = 0; turn < ACCEPTS_PER_TURN; turn++) {
         int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                log_warn("API: accept: %s", strerror(errno));
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED) {
+                /* Out of descriptors or memory: the connection stays in the backlog and the
+                 * level-triggered socket would call us again at once. Pause for a while. */
+                log_limited(&s->log_accept, LOG_WARN, "API: accept: %s; pausing for %u ms",
+                            strerror(errno), ACCEPT_PAUSE_MS);
+                s->accept_resume_ns = monotonic_ns() + ms_to_ns(ACCEPT_PAUSE_MS);
+                event_loop_mod(s->loop, s->listen_handler, 0);
+            }
             break;
         }
         if (s->nconns >= s->opts.max_connections && !evict_idle(s, round_start)) {

@@ -16,6 +16,7 @@
 
 #include "api/http.h"
 #include "util/eventloop.h"
+#include "util/log.h"
 
 #include <stdint.h>
 
@@ -33,7 +34,7 @@ struct api_server_options {
 };
 
 /* What happened to connections, counted for the metrics. The ones that end or refuse a
- * connection are also logged, the first of each kind only: clients must not flood the log. */
+ * connection are also logged, with a rate limit per kind: clients must not flood the log. */
 enum api_server_event {
     API_SERVER_ACCEPTED,
     API_SERVER_REFUSED,         /* full, every connection with a request in progress: 503 */
@@ -73,8 +74,9 @@ struct api_server {
     int timer_fd; /* one-shot, at the earliest deadline of any connection */
     struct event_handler *timer_handler;
     uint64_t timer_deadline_ns; /* 0: disarmed */
+    uint64_t accept_resume_ns;  /* accepting paused (out of descriptors) until then; 0: not */
     struct api_server_stats stats;
-    bool logged[API_SERVER_NEVENTS];
+    struct log_limit log_limits[API_SERVER_NEVENTS], log_accept;
 };
 
 void api_server_options_default(struct api_server_options *o);

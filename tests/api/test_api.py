@@ -450,9 +450,24 @@ def test_logger_metrics(tmp):
               "requests by route and status: %r" % api)
         check(api.get("other", {}).get("400") == 1, "unknown paths counted as other: %r" % api)
         check("utc_timestamp_ms" in lines[0], "timestamp")
+        check(all(isinstance(lines[0].get("logger", {}).get(k), (int, float))
+                  for k in ("missed_log_count", "log_fails", "metrics_fails")), "logger group %r" % lines[0])
+        # Malformed requests are logged with a rate limit: of five in a row one line is written,
+        # and the metrics count the four held back.
+        for _ in range(5):
+            c = Conn(e.sock)
+            c.send_raw(b"BOGUS\r\n\r\n")
+            check(c.closed_by_peer(), "a malformed request closes its connection")
+            c.close()
+        expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "flush after malformed")
+        with open(metrics) as f:
+            after = json.loads(f.read().splitlines()[1])
+        check(after["api_server"].get("requests_malformed_count") == 5 and
+              after["logger"]["missed_log_count"] >= 4,
+              "malformed requests counted, their log lines held back counted: %r" % after)
         expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "flush again")
         with open(metrics) as f:
-            second = json.loads(f.read().splitlines()[1])
+            second = json.loads(f.read().splitlines()[2])
         check(second["api_server"].get("PUT /metrics", {}).get("204") == 0,
               "counters are changes since the last flush: %r" % second)
     finally:
