@@ -83,6 +83,7 @@ if [ -e "$ROOT/tests/guest/lifecycle.sh" ]; then
     . "$ROOT/tests/guest/lifecycle.sh"
 fi
 
+RES_CONSOLE_STALL=2 # the guest tests stall for less
 TMP=$(mktemp -d /tmp/ember-hostile.XXXXXX)
 at_exit 'rm -rf "$TMP"'
 NET_OK=0

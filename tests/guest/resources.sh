@@ -2,14 +2,16 @@
 # helpers): what a hostile guest can make the VMM spend, measured from the host.
 #
 #   rss-blk      the virtio-resources guest's large misaligned reads from a cache=none disk
-#                (O_DIRECT, so ember must bounce them): 2 x 1 GiB, made of 32 descriptors on
-#                one 32 MiB buffer, into a 256 MiB guest
+#                (O_DIRECT, so ember must bounce them) into a 256 MiB guest, all buffers on
+#                one: 2 at once of up to 512 MiB, as many buffers of as many bytes as the
+#                disk allows; then 2 at once of 32 buffers of 32 MiB, past size_max if the
+#                disk has one
 #   rss-net      its transmit queue kept full of 1514- and 65550-byte frames on a tap with a
 #                64 KiB send buffer behind a 20 Mbit/s link (net.sh's net-backpressure set-up)
 #   rss-vsock    300 connections to a host program that accepts and never reads, data on each
 #                as far as the credit goes, then beyond it (ember only: QEMU needs vhost-vsock)
 #   rss-console  8 MiB through virtio-console while the VMM's standard output is not read for
-#                RES_CONSOLE_STALL seconds
+#                RES_CONSOLE_STALL seconds (1)
 #   log-flood    the virtio-log-flood guest: 50,000 status writes that take bits away and 50,000
 #                notifications of a queue that does not exist on each of virtio-blk and -rng,
 #                1,000 malformed requests and 1,000 refused negotiations on each; ember's log
@@ -33,7 +35,7 @@ RES_RSS_VSOCK_BUFFERS_MIB=${RES_RSS_VSOCK_BUFFERS_MIB:-64}
 RES_LOG_LINES_PER_KIND=${RES_LOG_LINES_PER_KIND:-3}
 RES_MEM_MIB=256
 RES_TIMEOUT=60
-RES_CONSOLE_STALL=2
+RES_CONSOLE_STALL=1
 RES_VSOCK_PORT=5000
 RES_IDLE_MS=300 # the guest halts this long before it exits: the last samples see it quiet
 RES_DIR=""
@@ -158,34 +160,53 @@ res_runs() {
 # ---- rss-blk -------------------------------------------------------------------------------
 
 RES_BLK_IMAGE=""
-RES_BLK_MIB=1024 # per request
+RES_BLK_MIB=1024 # the image's size, less 1 MiB: the largest read
+RES_BLK_WITHIN_MIB=512
 
-# The image: 1 GiB + 1 MiB, sparse but for 64 KiB of random bytes at the start and 64 KiB at
-# the end of the first GiB; unchanged means those two, the size and the allocated blocks.
+# The image: 1 GiB + 1 MiB, sparse but for the first and the last sector of every MiB, whose
+# first 8 bytes hold the sector's number (little-endian); unchanged means those stamps, the
+# size and the allocated blocks.
 res_blk_image() {
     [ -z "$RES_BLK_IMAGE" ] || return 0
     local dir
     dir=$(res_direct_dir) || return 1
     RES_BLK_IMAGE=$(mktemp "$dir/ember-rss-blk.XXXXXX")
     at_exit 'rm -f "$RES_BLK_IMAGE"'
-    truncate -s $(((RES_BLK_MIB + 1) << 20)) "$RES_BLK_IMAGE"
-    head -c 65536 /dev/urandom | dd of="$RES_BLK_IMAGE" conv=notrunc status=none
-    head -c 65536 /dev/urandom |
-        dd of="$RES_BLK_IMAGE" bs=65536 seek=$((RES_BLK_MIB * 16 - 1)) conv=notrunc status=none
+    python3 -c '
+import os, struct, sys
+mib = int(sys.argv[2])
+with open(sys.argv[1], "r+b") as f:
+    f.truncate((mib + 1) << 20)
+    for m in range(mib + 1):
+        for sector in (m * 2048, m * 2048 + 2047):
+            f.seek(sector * 512)
+            f.write(struct.pack("<Q", sector))
+    os.fsync(f.fileno())' "$RES_BLK_IMAGE" "$RES_BLK_MIB"
 }
 
 res_blk_fingerprint() {
-    echo "$(head -c 65536 "$RES_BLK_IMAGE" | cksum | cut -d' ' -f1)" \
-        "$(dd if="$RES_BLK_IMAGE" bs=65536 skip=$((RES_BLK_MIB * 16 - 1)) count=1 status=none |
-            cksum | cut -d' ' -f1)" "$(stat -c '%s %b' "$RES_BLK_IMAGE")"
+    python3 -c '
+import hashlib, sys
+h = hashlib.sha1()
+with open(sys.argv[1], "rb") as f:
+    m = 0
+    while True:
+        f.seek(m << 20)
+        first = f.read(512)
+        if not first:
+            break
+        f.seek((m << 20) + 2047 * 512)
+        h.update(first + f.read(512))
+        m += 1
+print(h.hexdigest())' "$RES_BLK_IMAGE"
+    stat -c '%s %b' "$RES_BLK_IMAGE"
 }
 
 rss_blk_run() {
-    local vmm=$1 t=$2 before head tail
+    local vmm=$1 t=$2 before
     before=$(res_blk_fingerprint)
-    read -r head tail _ <<<"$before"
-    local cmdline="console=ttyS0 res_part=blk res_read_mib=$RES_BLK_MIB res_requests=2"
-    cmdline="$cmdline blk_head_cksum=$head blk_tail_cksum=$tail idle_ms=$RES_IDLE_MS"
+    local cmdline="console=ttyS0 res_part=blk res_read_mib=$RES_BLK_WITHIN_MIB res_requests=2"
+    cmdline="$cmdline idle_ms=$RES_IDLE_MS"
     if [ "$vmm" = qemu ]; then
         res_start qemu virtio-resources "$t" "$cmdline" \
             -drive "file=$RES_BLK_IMAGE,if=none,id=d0,format=raw,cache=none,aio=io_uring" \
@@ -222,7 +243,7 @@ case_rss_blk() {
 rss_net_run() {
     local vmm=$1 t=$2
     # nobody's MAC: the bridge floods the frames to the slow link
-    local cmdline="console=ttyS0 res_part=net net_host_mac=02:00:00:00:00:99 res_net_ms=1000"
+    local cmdline="console=ttyS0 res_part=net net_host_mac=02:00:00:00:00:99 res_net_ms=500"
     cmdline="$cmdline idle_ms=$RES_IDLE_MS"
     if [ "$vmm" = qemu ]; then
         res_start qemu virtio-resources "$t" "$cmdline" -netdev \
