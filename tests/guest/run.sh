@@ -440,10 +440,12 @@ case_bad_insn() {
 . "$ROOT/tests/guest/virtio.sh"
 # shellcheck source=tests/guest/net.sh
 . "$ROOT/tests/guest/net.sh"
+# shellcheck source=tests/guest/lifecycle.sh
+. "$ROOT/tests/guest/lifecycle.sh"
 
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
     virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost
-    net-perf net-backpressure)
+    net-perf net-backpressure virtio-lifecycle)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -494,6 +496,7 @@ for c in "${cases[@]}"; do
     net-vhost) case_net_vhost ;;
     net-perf) case_net_perf ;;
     net-backpressure) case_net_backpressure ;;
+    virtio-lifecycle) case_virtio_lifecycle ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1
