@@ -62,7 +62,7 @@ void vsock_attach(struct vsock *v, struct virtio_device *d)
 bool vsock_open(struct vsock *v, struct virtio_device *d)
 {
     uint64_t f = VIRTIO_BIT(VIRTIO_F_EVENT_IDX) | VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC);
-    if (!virtio_begin(d, f, false))
+    if (!virtio_begin(d, f, true))
         return false;
     for (unsigned q = 0; q < 3; q++) {
         if (!virtio_queue_setup(d, q, 0, false))

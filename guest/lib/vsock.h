@@ -86,7 +86,8 @@ struct vsock {
 };
 
 /* Resets the device, negotiates VERSION_1 (and EVENT_IDX, INDIRECT_DESC if offered), sets up
- * all three queues, goes live and posts every buffer. False, with a diagnostic, on failure. */
+ * all three queues, goes live and posts every buffer. The queues are polled; configuration
+ * interrupts count in d->config_irqs. False, with a diagnostic, on failure. */
 bool vsock_open(struct vsock *v, struct virtio_device *d);
 /* For a device the caller has set up itself (virtio_begin, some queues, DRIVER_OK): forgets
  * every connection, posts receive and event buffers on the queues that are set up, and sends
