@@ -22,7 +22,8 @@
  *                   set-ups in a row work;
  *   bus-master      (virtio-pci) bus mastering turned off while live: NEEDS_RESET, nothing
  *                   served, then a reset recovers;
- *   cycles          20 rounds of set-up, use and reset.
+ *   cycles          20 rounds of set-up, use and reset (the status reads 0 right after the
+ *                   write of 0).
  *
  * After every case the device must work again after a reset and a clean set-up, and every
  * other device must still work as it was (no reset). Requests that must not be served write
@@ -1065,7 +1066,16 @@ static bool cycles(struct target *t)
             diag("%s: cycle %u of %u failed", t->name, i + 1, CYCLES);
             return false;
         }
-        if (i + 1 < CYCLES && !virtio_reset(t->d))
+        if (i + 1 == CYCLES)
+            break;
+        /* The reset is over when the write of 0 is (requests in flight finished first). */
+        virtio_set_status(t->d, 0);
+        uint8_t status = virtio_get_status(t->d);
+        if (status != 0) {
+            diag("%s: status 0x%02x read right after the write of 0", t->name, status);
+            return false;
+        }
+        if (!virtio_reset(t->d))
             return false;
     }
     return true;
