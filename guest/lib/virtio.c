@@ -136,6 +136,8 @@ static const char *type_name(uint32_t id)
         return "rng";
     case 1:
         return "net";
+    case 19:
+        return "vsock";
     default:
         return "other";
     }
@@ -348,6 +350,7 @@ static void add_pci(uint8_t slot, uint16_t device)
         ptr = next;
     }
     memcpy(d->bar_addr, bar_addr, sizeof(bar_addr));
+    memcpy(d->bar_size, bar_size, sizeof(bar_size));
     pci_write16(slot, PCI_COMMAND, pci_read16(slot, PCI_COMMAND) | PCI_CMD_MEMORY | PCI_CMD_MASTER);
     diag("virtio: %s (1af4:%04x): %s (type %u), common 0x%lx, notify 0x%lx x%u, %u MSI-X "
          "vectors",
@@ -830,10 +833,10 @@ uint16_t virtio_queue_max(struct virtio_device *d, unsigned q)
     return mmio_read16(d->common + PCI_QUEUE_SIZE);
 }
 
-bool virtio_queue_setup_raw(struct virtio_device *d, unsigned q, uint16_t size, uint64_t desc,
-                            uint64_t avail, uint64_t used)
+/* Size, ring addresses and (virtio-pci) MSI-X vector of queue q, which must not be enabled. */
+static bool queue_program(struct virtio_device *d, unsigned q, uint16_t size, uint64_t desc,
+                          uint64_t avail, uint64_t used, uint16_t vector)
 {
-    struct virtq *vq = &d->queues[q];
     if (d->transport == VIRTIO_MMIO) {
         mmio_set(d, MMIO_QUEUE_SEL, q);
         if (mmio_reg(d, MMIO_QUEUE_READY)) {
@@ -847,10 +850,6 @@ bool virtio_queue_setup_raw(struct virtio_device *d, unsigned q, uint16_t size, 
         mmio_set(d, MMIO_QUEUE_DRIVER_HIGH, (uint32_t)(avail >> 32));
         mmio_set(d, MMIO_QUEUE_DEVICE_LOW, (uint32_t)used);
         mmio_set(d, MMIO_QUEUE_DEVICE_HIGH, (uint32_t)(used >> 32));
-        mmio_set(d, MMIO_QUEUE_READY, 1);
-        vq->notify_addr = d->mmio_base + MMIO_QUEUE_NOTIFY;
-        vq->notify_value = q;
-        vq->notify_width = 4;
         return true;
     }
     uint64_t c = d->common;
@@ -860,9 +859,9 @@ bool virtio_queue_setup_raw(struct virtio_device *d, unsigned q, uint16_t size, 
         return false;
     }
     mmio_write16(c + PCI_QUEUE_SIZE, size);
-    mmio_write16(c + PCI_QUEUE_MSIX_VECTOR, vq->vector);
-    if (mmio_read16(c + PCI_QUEUE_MSIX_VECTOR) != vq->vector) {
-        diag("virtio: %s refused MSI-X vector %u for queue %u", d->name, vq->vector, q);
+    mmio_write16(c + PCI_QUEUE_MSIX_VECTOR, vector);
+    if (mmio_read16(c + PCI_QUEUE_MSIX_VECTOR) != vector) {
+        diag("virtio: %s refused MSI-X vector %u for queue %u", d->name, vector, q);
         return false;
     }
     mmio_write32(c + PCI_QUEUE_DESC, (uint32_t)desc);
@@ -871,12 +870,109 @@ bool virtio_queue_setup_raw(struct virtio_device *d, unsigned q, uint16_t size, 
     mmio_write32(c + PCI_QUEUE_DRIVER + 4, (uint32_t)(avail >> 32));
     mmio_write32(c + PCI_QUEUE_DEVICE, (uint32_t)used);
     mmio_write32(c + PCI_QUEUE_DEVICE + 4, (uint32_t)(used >> 32));
+    return true;
+}
+
+bool virtio_queue_setup_raw(struct virtio_device *d, unsigned q, uint16_t size, uint64_t desc,
+                            uint64_t avail, uint64_t used)
+{
+    struct virtq *vq = &d->queues[q];
+    if (!queue_program(d, q, size, desc, avail, used, vq->vector))
+        return false;
+    if (d->transport == VIRTIO_MMIO) {
+        mmio_set(d, MMIO_QUEUE_READY, 1);
+        vq->notify_addr = d->mmio_base + MMIO_QUEUE_NOTIFY;
+        vq->notify_value = q;
+        vq->notify_width = 4;
+        return true;
+    }
+    uint64_t c = d->common;
     uint16_t notify_off = mmio_read16(c + PCI_QUEUE_NOTIFY_OFF);
     mmio_write16(c + PCI_QUEUE_ENABLE, 1);
     vq->notify_addr = d->notify_base + (uint64_t)notify_off * d->notify_mult;
     vq->notify_value = q;
     vq->notify_width = 2;
     return true;
+}
+
+bool virtio_queue_program(struct virtio_device *d, unsigned q, uint16_t size, uint64_t desc,
+                          uint64_t avail, uint64_t used, uint16_t vector)
+{
+    return queue_program(d, q, size, desc, avail, used, vector);
+}
+
+bool virtio_notify_index(struct virtio_device *d, unsigned q)
+{
+    if (d->transport == VIRTIO_MMIO) {
+        mmio_set(d, MMIO_QUEUE_NOTIFY, q);
+        return true;
+    }
+    uint64_t offset = (uint64_t)q; /* a queue the device lacks: where its notify_off would be */
+    if (q < mmio_read16(d->common + PCI_NUM_QUEUES)) {
+        mmio_write16(d->common + PCI_QUEUE_SELECT, (uint16_t)q);
+        offset = mmio_read16(d->common + PCI_QUEUE_NOTIFY_OFF);
+    }
+    uint64_t addr = d->notify_base + offset * d->notify_mult;
+    unsigned bar = d->struct_bar[PCI_CAP_NOTIFY];
+    if (addr + 2 > d->bar_addr[bar] + d->bar_size[bar])
+        return false;
+    mmio_write16(addr, (uint16_t)q);
+    return true;
+}
+
+void virtio_queue_read_regs(struct virtio_device *d, unsigned q, struct virtio_queue_regs *r)
+{
+    *r = (struct virtio_queue_regs){.vector = VIRTIO_NO_VECTOR};
+    if (d->transport == VIRTIO_MMIO) {
+        mmio_set(d, MMIO_QUEUE_SEL, q);
+        r->enable = (uint16_t)mmio_reg(d, MMIO_QUEUE_READY);
+        return;
+    }
+    uint64_t c = d->common;
+    mmio_write16(c + PCI_QUEUE_SELECT, (uint16_t)q);
+    r->size = mmio_read16(c + PCI_QUEUE_SIZE);
+    r->enable = mmio_read16(c + PCI_QUEUE_ENABLE);
+    r->vector = mmio_read16(c + PCI_QUEUE_MSIX_VECTOR);
+    r->desc = mmio_read32(c + PCI_QUEUE_DESC) | (uint64_t)mmio_read32(c + PCI_QUEUE_DESC + 4) << 32;
+    r->driver = mmio_read32(c + PCI_QUEUE_DRIVER) | (uint64_t)mmio_read32(c + PCI_QUEUE_DRIVER + 4)
+                                                        << 32;
+    r->device = mmio_read32(c + PCI_QUEUE_DEVICE) | (uint64_t)mmio_read32(c + PCI_QUEUE_DEVICE + 4)
+                                                        << 32;
+}
+
+void virtio_queue_write_regs(struct virtio_device *d, unsigned q, const struct virtio_queue_regs *r)
+{
+    if (d->transport == VIRTIO_MMIO) {
+        mmio_set(d, MMIO_QUEUE_SEL, q);
+        mmio_set(d, MMIO_QUEUE_NUM, r->size);
+        mmio_set(d, MMIO_QUEUE_DESC_LOW, (uint32_t)r->desc);
+        mmio_set(d, MMIO_QUEUE_DESC_HIGH, (uint32_t)(r->desc >> 32));
+        mmio_set(d, MMIO_QUEUE_DRIVER_LOW, (uint32_t)r->driver);
+        mmio_set(d, MMIO_QUEUE_DRIVER_HIGH, (uint32_t)(r->driver >> 32));
+        mmio_set(d, MMIO_QUEUE_DEVICE_LOW, (uint32_t)r->device);
+        mmio_set(d, MMIO_QUEUE_DEVICE_HIGH, (uint32_t)(r->device >> 32));
+        mmio_set(d, MMIO_QUEUE_READY, r->enable);
+        return;
+    }
+    uint64_t c = d->common;
+    mmio_write16(c + PCI_QUEUE_SELECT, (uint16_t)q);
+    mmio_write16(c + PCI_QUEUE_SIZE, r->size);
+    mmio_write32(c + PCI_QUEUE_DESC, (uint32_t)r->desc);
+    mmio_write32(c + PCI_QUEUE_DESC + 4, (uint32_t)(r->desc >> 32));
+    mmio_write32(c + PCI_QUEUE_DRIVER, (uint32_t)r->driver);
+    mmio_write32(c + PCI_QUEUE_DRIVER + 4, (uint32_t)(r->driver >> 32));
+    mmio_write32(c + PCI_QUEUE_DEVICE, (uint32_t)r->device);
+    mmio_write32(c + PCI_QUEUE_DEVICE + 4, (uint32_t)(r->device >> 32));
+    mmio_write16(c + PCI_QUEUE_ENABLE, r->enable);
+}
+
+uint16_t virtio_queue_set_vector(struct virtio_device *d, unsigned q, uint16_t vector)
+{
+    if (d->transport != VIRTIO_PCI)
+        return VIRTIO_NO_VECTOR;
+    mmio_write16(d->common + PCI_QUEUE_SELECT, (uint16_t)q);
+    mmio_write16(d->common + PCI_QUEUE_MSIX_VECTOR, vector);
+    return mmio_read16(d->common + PCI_QUEUE_MSIX_VECTOR);
 }
 
 bool virtio_queue_setup(struct virtio_device *d, unsigned q, uint16_t size, bool interrupts)

@@ -138,6 +138,7 @@ struct virtio_device {
     volatile uint64_t line_irqs;   /* virtio-mmio: interrupts on the line */
     volatile uint32_t last_isr;
     struct virtq queues[VIRTIO_MAX_QUEUES];
+    uint64_t bar_size[6]; /* virtio-pci: as sized at discovery */
 };
 
 extern struct virtio_device virtio_devices[VIRTIO_MAX_DEVICES];
@@ -168,6 +169,29 @@ bool virtio_queue_setup(struct virtio_device *d, unsigned q, uint16_t size, bool
 /* Programs queue q with arbitrary ring addresses and size (for misbehaving on purpose). */
 bool virtio_queue_setup_raw(struct virtio_device *d, unsigned q, uint16_t size, uint64_t desc,
                             uint64_t avail, uint64_t used);
+/* Programs queue q's size, ring addresses and (virtio-pci) MSI-X vector without enabling it:
+ * a queue the device must leave alone. d->queues[q] is not touched. */
+bool virtio_queue_program(struct virtio_device *d, unsigned q, uint16_t size, uint64_t desc,
+                          uint64_t avail, uint64_t used, uint16_t vector);
+/* Notifies queue index q whether or not it is set up, or exists: virtio-mmio writes q to
+ * QueueNotify; virtio-pci writes q where the queue's notification goes (for an index beyond
+ * num_queues, where notify_off = q would put it). False when that is outside the BAR. */
+bool virtio_notify_index(struct virtio_device *d, unsigned q);
+
+/* Queue registers as the driver reads them back. virtio-mmio has only QueueReady to read
+ * (enable); its other queue registers are write-only, so the rest stays 0 there. */
+struct virtio_queue_regs {
+    uint16_t size, enable, vector;
+    uint64_t desc, driver, device;
+};
+void virtio_queue_read_regs(struct virtio_device *d, unsigned q, struct virtio_queue_regs *r);
+/* Writes size, the three addresses and enable of queue q as given (enable 0 included, which
+ * a driver must not write), whatever state the device is in; not the vector. */
+void virtio_queue_write_regs(struct virtio_device *d, unsigned q,
+                             const struct virtio_queue_regs *r);
+/* virtio-pci: writes queue q's MSI-X vector and returns what reads back. */
+uint16_t virtio_queue_set_vector(struct virtio_device *d, unsigned q, uint16_t vector);
+
 /* Maximum size the device allows for queue q (0: no such queue). */
 uint16_t virtio_queue_max(struct virtio_device *d, unsigned q);
 void virtio_driver_ok(struct virtio_device *d);

@@ -457,12 +457,14 @@ case_bad_insn() {
 . "$ROOT/tests/guest/virtio.sh"
 # shellcheck source=tests/guest/net.sh
 . "$ROOT/tests/guest/net.sh"
+# shellcheck source=tests/guest/lifecycle.sh
+. "$ROOT/tests/guest/lifecycle.sh"
 # shellcheck source=tests/guest/resources.sh
 . "$ROOT/tests/guest/resources.sh"
 
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
     virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost
-    net-perf net-backpressure rss-blk rss-net rss-vsock rss-console
+    net-perf net-backpressure virtio-lifecycle rss-blk rss-net rss-vsock rss-console
     log-flood intx-shared bounds)
 
 # ---- main ----------------------------------------------------------------------------------
@@ -514,6 +516,7 @@ for c in "${cases[@]}"; do
     net-vhost) case_net_vhost ;;
     net-perf) case_net_perf ;;
     net-backpressure) case_net_backpressure ;;
+    virtio-lifecycle) case_virtio_lifecycle ;;
     rss-blk) case_rss_blk ;;
     rss-net) case_rss_net ;;
     rss-vsock) case_rss_vsock ;;
