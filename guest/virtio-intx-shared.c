@@ -5,9 +5,11 @@
  * function's IOAPIC pin by raising its interrupt alone, picks two functions A and B on one
  * pin, lets both raise an interrupt while the pin is masked, then makes A deassert in one of
  * four ways: its ISR read (acknowledged), a device reset, Interrupt Disable, MSI-X turned on.
- * Unmasked, the pin must still deliver B's interrupt (the handler acknowledges every function
- * on the pin, as a driver sharing a line does). Afterwards the line must be quiet, and both
- * disks must work with interrupts.
+ * Unmasked, the pin must still deliver B's interrupt (B's handler acknowledges it; A's driver,
+ * which turned its interrupt off, does not answer). Afterwards the line must be quiet (A's
+ * interrupt, if it kept one pending behind Interrupt Disable, comes when that is cleared), and
+ * both disks must work with interrupts. An interrupt counts for a disk only when the handler
+ * found its ISR set.
  *
  * Needs virtio-pci disks, at least two of them on one pin (the harness gives nine).
  */

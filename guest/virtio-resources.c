@@ -4,28 +4,30 @@
  * The harness measures the VMM's peak RSS around the run; the guest checks that every request
  * ends (completes, or fails with an error status), and that the device works after a reset.
  *
- *   res_part=blk      reads from sector 0 whose buffers all point at one buffer placed 8 bytes
- *                     past a 4 KiB boundary (a cache=none disk must bounce them): res_requests=
- *                     (default 2) at once of as many buffers of as many bytes as the disk
- *                     allows (seg_max, size_max; buffers of 32 MiB when it says nothing), at
- *                     most res_read_mib= MiB (default 512), which must complete; then as many
- *                     of 32 buffers of 32 MiB (1 GiB), past size_max if the disk has one,
- *                     which may fail with IOERR. The harness stamps the first and last sector of
- * every MiB with its number: a completed read must leave the right ones in the buffer, and after a
- * reset the first MiB must read back stamped. res_part=net      frames of 1514 bytes, then of 65550
- * (the largest a device takes without segmentation), res_net_ms= each (default 1000), the transmit
- * queue kept full, to net_host_mac= (nobody: the bridge floods them to a slow link). res_part=vsock
- * vsock_conns= connections (default 300) to the host's port vsock_port=, whose program accepts and
- * never reads; data on every connection as far as the credit goes, then a packet beyond the credit
- * on a few of them, which must be reset (RST). res_part=console  res_console_mib= MiB (default 8)
- * through the console's transmit queue in 64 KiB buffers of 64-byte lines "console flood NNNNNNNN
- * ...", while the host reads the VMM's output slowly.
+ * res_part=blk: reads from sector 0 whose buffers all point at one buffer 8 bytes past a 4 KiB
+ *   boundary (a cache=none disk must bounce them): res_requests= (default 2) at once of as
+ *   many buffers of as many bytes as the disk allows (seg_max, size_max; 32 MiB each when it
+ *   offers no size_max), at most res_read_mib= MiB (default 512), which must complete; then as
+ *   many of 32 buffers of 32 MiB (1 GiB), past size_max if the disk has one, which may fail
+ *   with IOERR. The harness stamps the first and last sector of every MiB with its number: a
+ *   completed read must leave the right stamps in the buffer, and after a reset the first MiB
+ *   must read back stamped.
+ * res_part=net: frames of 1514 bytes, then of 65550 (the largest a device takes without
+ *   segmentation), res_net_ms= each (default 1000), the transmit queue kept full, to
+ *   net_host_mac= (nobody: the bridge floods them to a slow link).
+ * res_part=vsock: vsock_conns= connections (default 300) to the host's port vsock_port=, whose
+ *   program accepts and never reads; data on every connection as far as the credit goes, then
+ *   a packet beyond the credit on a few of them, which must be reset (RST).
+ * res_part=console: res_console_mib= MiB (default 8) through the console's transmit queue in
+ *   64 KiB buffers of 64-byte lines "console flood NNNNNNNN ...", while the host reads the
+ *   VMM's output slowly.
  */
 #include "guest.h"
 #include "inet.h"
 #include "io.h"
 #include "vblk.h"
 #include "vnet.h"
+#include "vsock.h"
 
 #define WAIT_US       5000000
 #define MIB_BYTES     (1024 * 1024)
@@ -321,18 +323,14 @@ static enum test_result net_after_reset(void)
 
 /* ---- virtio-vsock ---------------------------------------------------------------------------- */
 
-#define VIRTIO_ID_VSOCK 19
-#define VSOCK_RXQ       0
-#define VSOCK_TXQ       1
-#define VSOCK_EVQ       2
-#define VSOCK_HOST_CID  2
-#define VSOCK_STREAM    1
-#define OP_REQUEST      1
-#define OP_RESPONSE     2
-#define OP_RST          3
-#define OP_RW           5
-#define OP_CREDIT_UPD   6
-#define OP_CREDIT_REQ   7
+/* The library's driver (lib/vsock.h) keeps a handful of small connections: this part drives
+ * the queues itself, with its packet format and constants. */
+#define OP_REQUEST      VSOCK_OP_REQUEST
+#define OP_RESPONSE     VSOCK_OP_RESPONSE
+#define OP_RST          VSOCK_OP_RST
+#define OP_RW           VSOCK_OP_RW
+#define OP_CREDIT_UPD   VSOCK_OP_CREDIT_UPDATE
+#define OP_CREDIT_REQ   VSOCK_OP_CREDIT_REQUEST
 #define MAX_CONNS       512
 #define RX_BUFS         128
 #define RX_BUF_BYTES    256
@@ -341,13 +339,6 @@ static enum test_result net_after_reset(void)
 #define GUEST_PORT_BASE 20000
 #define GUEST_BUF_ALLOC 65536
 
-struct vsock_hdr {
-    uint64_t src_cid, dst_cid;
-    uint32_t src_port, dst_port, len;
-    uint16_t type, op;
-    uint32_t flags, buf_alloc, fwd_cnt;
-} __attribute__((packed));
-
 enum conn_state { C_NONE, C_REQUESTED, C_OPEN, C_REFUSED, C_RESET };
 
 struct conn {
@@ -355,7 +346,7 @@ struct conn {
     uint32_t peer_buf_alloc, peer_fwd_cnt, tx_cnt;
 };
 
-static struct virtio_device *vsock;
+static struct virtio_device *vsdev;
 static uint64_t guest_cid;
 static uint32_t host_port = 5000;
 static struct conn *conns;
@@ -365,50 +356,50 @@ static struct vsock_hdr *tx_slots[TX_SLOTS];
 static unsigned tx_free;
 static uint64_t rsts_seen, credit_updates;
 
-static void vsock_post_rx(void *buf)
+static void vs_post_rx(void *buf)
 {
     struct vbuf b = {(uint64_t)buf, RX_BUF_BYTES, true};
-    virtq_add(&vsock->queues[VSOCK_RXQ], &b, 1, buf);
+    virtq_add(&vsdev->queues[VSOCK_RXQ], &b, 1, buf);
 }
 
-static bool vsock_up(void)
+static bool vs_up(void)
 {
-    if (!virtio_begin(vsock, 0, false))
+    if (!virtio_begin(vsdev, 0, false))
         return false;
     for (unsigned q = 0; q < 3; q++) {
-        if (!virtio_queue_setup(vsock, q, q == VSOCK_TXQ ? 0 : RX_BUFS, false))
+        if (!virtio_queue_setup(vsdev, q, q == VSOCK_TXQ ? 0 : RX_BUFS, false))
             return false;
     }
     for (unsigned i = 0; i < RX_BUFS; i++)
-        vsock_post_rx(vs_rx + i * RX_BUF_BYTES);
+        vs_post_rx(vs_rx + i * RX_BUF_BYTES);
     /* The event queue gets buffers too, as a driver must give them (5.10.6.1). */
     static uint8_t events[4][8];
     for (unsigned i = 0; i < 4; i++) {
         struct vbuf b = {(uint64_t)events[i], sizeof(events[i]), true};
-        virtq_add(&vsock->queues[VSOCK_EVQ], &b, 1, events[i]);
+        virtq_add(&vsdev->queues[VSOCK_EVQ], &b, 1, events[i]);
     }
-    virtio_driver_ok(vsock);
-    virtq_notify(&vsock->queues[VSOCK_RXQ]);
-    virtq_notify(&vsock->queues[VSOCK_EVQ]);
-    guest_cid = virtio_config_read64(vsock, 0);
+    virtio_driver_ok(vsdev);
+    virtq_notify(&vsdev->queues[VSOCK_RXQ]);
+    virtq_notify(&vsdev->queues[VSOCK_EVQ]);
+    guest_cid = virtio_config_read64(vsdev, 0);
     tx_free = 0;
     for (unsigned i = 0; i < TX_SLOTS; i++)
         tx_slots[tx_free++] = (struct vsock_hdr *)(vs_rx + RX_BUFS * RX_BUF_BYTES + i * 64);
-    return !(virtio_get_status(vsock) & VIRTIO_STATUS_NEEDS_RESET);
+    return !(virtio_get_status(vsdev) & VIRTIO_STATUS_NEEDS_RESET);
 }
 
-static void vsock_reclaim_tx(void)
+static void vs_reclaim_tx(void)
 {
     struct vsock_hdr *h;
-    while ((h = virtq_get(&vsock->queues[VSOCK_TXQ], NULL)))
+    while ((h = virtq_get(&vsdev->queues[VSOCK_TXQ], NULL)))
         tx_slots[tx_free++] = h;
 }
 
 /* Sends one packet on connection i (len bytes of payload for OP_RW); false when the transmit
  * queue has no room even after taking back what the device used. */
-static bool vsock_send(unsigned i, uint16_t op, uint32_t len)
+static bool vs_send(unsigned i, uint16_t op, uint32_t len)
 {
-    vsock_reclaim_tx();
+    vs_reclaim_tx();
     if (!tx_free)
         return false;
     struct vsock_hdr *h = tx_slots[--tx_free];
@@ -417,23 +408,23 @@ static bool vsock_send(unsigned i, uint16_t op, uint32_t len)
                             .src_port = GUEST_PORT_BASE + i,
                             .dst_port = host_port,
                             .len = len,
-                            .type = VSOCK_STREAM,
+                            .type = VSOCK_TYPE_STREAM,
                             .op = op,
                             .buf_alloc = GUEST_BUF_ALLOC};
     struct vbuf b[2] = {{(uint64_t)h, sizeof(*h), false}, {(uint64_t)vs_payload, len, false}};
-    if (virtq_add(&vsock->queues[VSOCK_TXQ], b, len ? 2 : 1, h) < 0) {
+    if (virtq_add(&vsdev->queues[VSOCK_TXQ], b, len ? 2 : 1, h) < 0) {
         tx_slots[tx_free++] = h;
         return false;
     }
-    virtq_kick(&vsock->queues[VSOCK_TXQ]);
+    virtq_kick(&vsdev->queues[VSOCK_TXQ]);
     return true;
 }
 
 /* Takes what the device sent: answers to requests, credit updates, resets. Returns how many
  * packets came. */
-static unsigned vsock_poll_rx(void)
+static unsigned vs_poll_rx(void)
 {
-    struct virtq *q = &vsock->queues[VSOCK_RXQ];
+    struct virtq *q = &vsdev->queues[VSOCK_RXQ];
     unsigned n = 0;
     uint8_t *buf;
     uint32_t len;
@@ -462,7 +453,7 @@ static unsigned vsock_poll_rx(void)
             c->peer_buf_alloc = h.buf_alloc;
             c->peer_fwd_cnt = h.fwd_cnt;
         }
-        vsock_post_rx(buf);
+        vs_post_rx(buf);
     }
     if (n)
         virtq_kick(q);
@@ -483,42 +474,42 @@ static unsigned count_state(enum conn_state s)
     return n;
 }
 
-static enum test_result vsock_find(void)
+static enum test_result vs_find(void)
 {
     uint64_t v;
     if (cmdline_get_u64("vsock_port", &v))
         host_port = (uint32_t)v;
     if (cmdline_get_u64("vsock_conns", &v) && v >= 1 && v <= MAX_CONNS)
         nconns = (unsigned)v;
-    vsock = virtio_find(VIRTIO_ID_VSOCK, 0);
-    if (!vsock)
+    vsdev = virtio_find(VIRTIO_ID_VSOCK, 0);
+    if (!vsdev)
         return TEST_FAIL;
     conns = phys_alloc_zeroed(MAX_CONNS * sizeof(*conns), 64);
     vs_rx = phys_alloc(RX_BUFS * RX_BUF_BYTES + TX_SLOTS * 64, 4096);
     vs_payload = phys_alloc(PAYLOAD_MAX, 4096);
-    if (!vsock_up())
+    if (!vs_up())
         return TEST_FAIL;
     diag("guest CID %lu", guest_cid);
     return TEST_PASS;
 }
 
 /* Connects nconns times to the host's port, whose program accepts and never reads. */
-static enum test_result vsock_connect_many(void)
+static enum test_result vs_connect_many(void)
 {
-    if (!vsock)
+    if (!vsdev)
         return skip("no vsock device");
     uint64_t start = time_us();
     for (unsigned i = 0; i < nconns; i++) {
         conns[i] = (struct conn){.state = C_REQUESTED};
-        while (!vsock_send(i, OP_REQUEST, 0)) {
-            vsock_poll_rx();
+        while (!vs_send(i, OP_REQUEST, 0)) {
+            vs_poll_rx();
             if (time_us() - start > 4 * (uint64_t)WAIT_US)
                 return TEST_FAIL;
         }
-        vsock_poll_rx();
+        vs_poll_rx();
     }
     while (count_state(C_REQUESTED) && time_us() - start < 2 * (uint64_t)WAIT_US) {
-        if (!vsock_poll_rx())
+        if (!vs_poll_rx())
             udelay(1000);
     }
     unsigned open = count_state(C_OPEN), refused = count_state(C_REFUSED);
@@ -529,19 +520,19 @@ static enum test_result vsock_connect_many(void)
 
 /* Sends on every open connection as far as its credit goes, until nothing moves for 300 ms:
  * what the host program does not read waits in the VMM, within the credit it gave. */
-static enum test_result vsock_fill(void)
+static enum test_result vs_fill(void)
 {
-    if (!vsock)
+    if (!vsdev)
         return skip("no vsock device");
     uint64_t start = time_us(), idle_since = start, bytes = 0, packets = 0;
     while (time_us() - idle_since < 300000 && time_us() - start < 6 * (uint64_t)WAIT_US) {
-        bool moved = vsock_poll_rx() > 0;
+        bool moved = vs_poll_rx() > 0;
         for (unsigned i = 0; i < nconns; i++) {
             struct conn *c = &conns[i];
             uint32_t len = c->state == C_OPEN ? credit(c) : 0;
             if (len > PAYLOAD_MAX)
                 len = PAYLOAD_MAX;
-            if (!len || !vsock_send(i, OP_RW, len))
+            if (!len || !vs_send(i, OP_RW, len))
                 continue;
             c->tx_cnt += len;
             bytes += len;
@@ -563,9 +554,9 @@ static enum test_result vsock_fill(void)
 /* A packet beyond the credit on up to four connections: each must be reset. The credit is
  * asked for first (CREDIT_REQUEST), so that the packet goes past what the device has really
  * room for, not past an older, smaller figure. */
-static enum test_result vsock_beyond_credit(void)
+static enum test_result vs_beyond_credit(void)
 {
-    if (!vsock)
+    if (!vsdev)
         return skip("no vsock device");
     unsigned targets[4], n = 0;
     for (unsigned i = 0; i < nconns && n < 4; i++) {
@@ -578,11 +569,11 @@ static enum test_result vsock_beyond_credit(void)
     }
     uint64_t updates = credit_updates;
     for (unsigned k = 0; k < n; k++) {
-        if (!vsock_send(targets[k], OP_CREDIT_REQ, 0))
+        if (!vs_send(targets[k], OP_CREDIT_REQ, 0))
             return TEST_FAIL;
     }
     for (uint64_t start = time_us(); credit_updates - updates < n && time_us() - start < WAIT_US;)
-        if (!vsock_poll_rx())
+        if (!vs_poll_rx())
             udelay(1000);
     unsigned over = 0;
     for (unsigned k = 0; k < n; k++) {
@@ -590,14 +581,14 @@ static enum test_result vsock_beyond_credit(void)
         uint32_t len = credit(c) + 4096;
         if (c->state != C_OPEN || len > PAYLOAD_MAX)
             continue;
-        if (!vsock_send(targets[k], OP_RW, len))
+        if (!vs_send(targets[k], OP_RW, len))
             return TEST_FAIL;
         c->tx_cnt += len;
         over++;
     }
     unsigned reset = 0;
     for (uint64_t start = time_us(); time_us() - start < WAIT_US && reset < n;) {
-        vsock_poll_rx();
+        vs_poll_rx();
         reset = 0;
         for (unsigned k = 0; k < n; k++)
             reset += conns[targets[k]].state == C_RESET;
@@ -608,24 +599,24 @@ static enum test_result vsock_beyond_credit(void)
     return over == n && reset == n ? TEST_PASS : TEST_FAIL;
 }
 
-static enum test_result vsock_after_reset(void)
+static enum test_result vs_after_reset(void)
 {
-    if (!vsock)
+    if (!vsdev)
         return skip("no vsock device");
-    if (!virtio_reset(vsock) || !vsock_up())
+    if (!virtio_reset(vsdev) || !vs_up())
         return TEST_FAIL;
     unsigned saved = nconns;
     nconns = 1;
     conns[0] = (struct conn){.state = C_REQUESTED};
-    bool sent = vsock_send(0, OP_REQUEST, 0);
+    bool sent = vs_send(0, OP_REQUEST, 0);
     for (uint64_t start = time_us();
          sent && conns[0].state == C_REQUESTED && time_us() - start < WAIT_US;)
-        if (!vsock_poll_rx())
+        if (!vs_poll_rx())
             udelay(1000);
     bool ok = conns[0].state == C_OPEN;
     diag("a new connection after the reset: %s", ok ? "open" : "not open");
     nconns = saved;
-    virtio_reset(vsock);
+    virtio_reset(vsdev);
     return ok ? TEST_PASS : TEST_FAIL;
 }
 
@@ -729,12 +720,11 @@ static const struct guest_test net_tests[] = {
 };
 
 static const struct guest_test vsock_tests[] = {
-    {"vsock: device found and up", vsock_find},
-    {"vsock: many connections to a host program that never reads: each answered",
-     vsock_connect_many},
-    {"vsock: data on every connection as far as the credit goes", vsock_fill},
-    {"vsock: data beyond the credit resets the connection", vsock_beyond_credit},
-    {"vsock: after a reset a new connection opens", vsock_after_reset},
+    {"vsock: device found and up", vs_find},
+    {"vsock: many connections to a host program that never reads: each answered", vs_connect_many},
+    {"vsock: data on every connection as far as the credit goes", vs_fill},
+    {"vsock: data beyond the credit resets the connection", vs_beyond_credit},
+    {"vsock: after a reset a new connection opens", vs_after_reset},
 };
 
 static const struct guest_test console_tests[] = {
