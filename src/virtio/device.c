@@ -301,6 +301,8 @@ void virtio_dev_set_status(struct virtio_dev *d, uint8_t status)
         reset_state(d);
         return;
     }
+    /* DEVICE_NEEDS_RESET is the device's to set (2.1): a driver's write cannot. */
+    status &= (uint8_t)~VIRTIO_STATUS_NEEDS_RESET;
     uint8_t old = __atomic_load_n(&d->status, __ATOMIC_SEQ_CST);
     if (old & VIRTIO_STATUS_NEEDS_RESET) {
         log_limited(&d->log_status, LOG_WARN,

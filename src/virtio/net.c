@@ -425,12 +425,11 @@ static void process_rx(struct virtio_net *n)
             break;
         }
         if (!deliver(n)) {
-            /* No buffers: stop reading the host until the guest adds some
-             * (its kick on the receive queue), which pushes back on it. */
-            if (virtq_enable_kicks(q, true)) {
-                virtq_enable_kicks(q, false);
+            /* Not enough buffers: stop reading the host until the guest adds more (its kick
+             * on the receive queue), which pushes back on it. The ring may still hold the
+             * buffers just given back, too few for this frame: only new ones count. */
+            if (virtq_enable_kicks_for_more(q))
                 continue;
-            }
             watch_rx(n, false);
             break;
         }

@@ -455,6 +455,39 @@ bool virtq_enable_kicks(struct virtq *q, bool enable)
     return virtq_has_avail(q);
 }
 
+bool virtq_enable_kicks_for_more(struct virtq *q)
+{
+    if (!virtq_is_set_up(q) || q->broken)
+        return false;
+    if (!q->packed) {
+        uint16_t seen = avail_idx(q);
+        if (q->event_idx)
+            WRITE_ONCE(*avail_event(q), seen);
+        else
+            WRITE_ONCE(q->used->flags,
+                       (uint16_t)(READ_ONCE(q->used->flags) & ~VIRTQ_USED_F_NO_NOTIFY));
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        return avail_idx(q) != seen;
+    }
+    /* The first slot the driver has not made available yet: a kick when it does. */
+    uint16_t pos = q->next_avail;
+    bool wrap = q->avail_wrap;
+    for (unsigned i = 0; i < q->size && packed_is_avail(q, pos, wrap); i++) {
+        if (++pos == q->size) {
+            pos = 0;
+            wrap = !wrap;
+        }
+    }
+    struct virtq_packed_event e = {.flags = VIRTQ_EVENT_ENABLE};
+    if (q->event_idx)
+        e = (struct virtq_packed_event){.off_wrap = (uint16_t)(pos | (wrap ? 0x8000 : 0)),
+                                        .flags = VIRTQ_EVENT_DESC};
+    WRITE_ONCE(q->device_event->off_wrap, e.off_wrap);
+    WRITE_ONCE(q->device_event->flags, e.flags);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return packed_is_avail(q, pos, wrap);
+}
+
 size_t virtq_chain_read(const struct virtq_chain *c, uint64_t offset, void *dst, size_t len)
 {
     size_t done = 0;

@@ -143,6 +143,9 @@ bool virtq_should_notify(struct virtq *q);
 /* Asks the driver not to kick (false) or to kick (true) for new buffers.
  * After enabling, returns true when buffers arrived meanwhile (re-check). */
 bool virtq_enable_kicks(struct virtq *q, bool enable);
+/* Asks the driver to kick when it adds buffers beyond those in the ring now (for a device that
+ * looked at them and found them too few), and returns true when some were added meanwhile. */
+bool virtq_enable_kicks_for_more(struct virtq *q);
 bool virtq_has_avail(struct virtq *q);
 
 /* Copies helpers over a chain's readable/writable buffers. */
