@@ -157,18 +157,12 @@ workload() {
     [ "$WITH_QEMU" = 1 ] && vmms+=(qemu)
     case $w in
     rss-blk)
-        local dir img head tail
-        if ! dir=$(res_direct_dir); then
+        if ! res_blk_image; then
             WHY="no directory here takes O_DIRECT"
             return 1
         fi
-        img=$(mktemp "$dir/ember-hostile-blk.XXXXXX")
-        at_exit "rm -f '$img'"
-        truncate -s $(((RES_BLK_MIB + 1) << 20)) "$img"
-        head=$(head -c 65536 "$img" | cksum | cut -d' ' -f1)
-        tail=$head # a sparse image: zeros at both ends
-        local c="console=ttyS0 res_part=blk res_read_mib=$RES_BLK_MIB res_requests=2"
-        c="$c blk_head_cksum=$head blk_tail_cksum=$tail $IDLE"
+        local img=$RES_BLK_IMAGE
+        local c="console=ttyS0 res_part=blk res_read_mib=$RES_BLK_WITHIN_MIB res_requests=2 $IDLE"
         for vmm in "${vmms[@]}"; do
             if [ "$vmm" = qemu ]; then
                 run qemu virtio-resources "$RES_MEM_MIB" "" "$OUT_DIR/$w.qemu.out" "$c" \
@@ -179,7 +173,6 @@ workload() {
                     --drive "path=$img,cache=none"
             fi
         done
-        rm -f "$img"
         ;;
     rss-net)
         if [ "$NET_OK" != 1 ]; then
