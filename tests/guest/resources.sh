@@ -473,6 +473,10 @@ log_flood_run() {
     lines=$(grep -c . "$RUN_ERR")
     bytes=$(stat -c %s "$RUN_ERR")
     tr -d '\r' <"$RUN_OUT" | sed -n 's/^# log-flood: /#   /p'
+    tr -d '\r' <"$RUN_OUT" | awk '
+        / status writes taking bits away in / {sw += $4; sms += $(NF - 4)}
+        / notifications of a queue that does not exist in / {nw += $4; nms += $(NF - 1)}
+        END {printf "#   in all: %d status writes in %d ms, %d notifications in %d ms\n", sw, sms, nw, nms}'
     echo "#   ember's log: $lines lines, $bytes bytes"
     # At most RES_LOG_LINES_PER_KIND lines per device and kind (four kinds on each).
     local dev n max=$((4 * RES_LOG_LINES_PER_KIND)) bad=""
