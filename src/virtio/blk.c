@@ -610,6 +610,7 @@ static void on_completion(void *opaque, uint32_t events)
 {
     struct virtio_blk *b = opaque;
     (void)events;
+    b->completion_wakeups++;
     if (b->dev.active)
         serve(b);
     else
@@ -840,8 +841,8 @@ static void change_backing_on_io(void *arg)
     }
     b->backend = fresh;
     if (b->dev.active && b->backend.event_fd >= 0) {
-        b->completion_handler =
-            event_loop_add(&b->dev.io.loop, b->backend.event_fd, EPOLLIN, on_completion, b);
+        b->completion_handler = event_loop_add(&b->dev.io.loop, b->backend.event_fd,
+                                               EPOLLIN | EPOLLET, on_completion, b);
         if (!b->completion_handler) {
             snprintf(cb->error, sizeof(cb->error), "%s", error_get());
             virtio_dev_fail(&b->dev, "cannot watch the new image's completions");

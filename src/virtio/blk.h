@@ -57,6 +57,7 @@ struct virtio_blk {
     /* Counters (iothread). */
     uint64_t reads, writes, read_bytes, write_bytes, flushes, discards, errors, unsupported;
     uint64_t throttle_events, poll_hits, poll_rounds, merges;
+    uint64_t completion_wakeups; /* the backend's eventfd fired (edge-triggered: once per batch) */
     uint64_t refused[BLK_REFUSALS]; /* also counted in errors */
 };
 
