@@ -16,6 +16,16 @@
 #define BLK_QUEUE_SIZE 256
 #define SECTOR         512ULL
 
+/* What a drive takes on for its guest, at most:
+ * - requests: BLK_QUEUE_SIZE (256) slots per queue, 16 queues at most; a slot holds a request
+ *   taken from the ring until it is answered (with its iovecs: about 1 MiB per queue, allocated
+ *   when the device is made);
+ * - one read or write: BLK_SEG_MAX segments of BLK_SIZE_MAX bytes, BLK_REQUEST_MAX_BYTES in all
+ *   (below), done in place in guest memory;
+ * - one merged I/O: MERGE_MAX_BYTES, and BLK_QUEUE_SIZE iovecs;
+ * - bounce memory (cache=none, buffers O_DIRECT cannot take): the backend's pool,
+ *   BLK_BOUNCE_CHUNKS x BLK_BOUNCE_CHUNK (2 MiB), whatever the requests (backends/block.h). */
+
 /* What one read or write may carry, offered to the driver (SEG_MAX, SIZE_MAX) and enforced:
  * at most BLK_SEG_MAX data segments (pieces of descriptors' buffers holding data), each at
  * most BLK_SIZE_MAX bytes, so at most BLK_REQUEST_MAX_BYTES in all; a request beyond them gets
@@ -31,6 +41,9 @@ _Static_assert(BLK_REQUEST_MAX_BYTES < UINT32_MAX, "a request's length must fit 
 
 /* Discard and write-zeroes: one range per request, of at most 2 GiB - 512. */
 #define BLK_MAX_DISCARD_SECTORS 0x3fffffu
+
+/* Reads or writes that continue each other on disk are merged into one I/O of at most this. */
+#define MERGE_MAX_BYTES (1u << 20)
 
 /* Feature bits (5.2.3). */
 #define VIRTIO_BLK_F_SIZE_MAX     1
@@ -250,9 +263,6 @@ static int chain_iov(const struct virtq_chain *c, bool writable, uint64_t skip, 
     return cnt;
 }
 
-/* Starts one request. Returns false on a guest error that needs a reset. */
-#define MERGE_MAX_BYTES (1u << 20)
-
 /* Submits the batched reads and writes, merging requests that continue
  * each other on disk into one I/O (sequential streams then cost one system
  * call and one completion per merge instead of per request). */
@@ -297,6 +307,7 @@ static void submit_batch(struct blk_queue *q)
     }
 }
 
+/* Starts one request. Returns false on a guest error that needs a reset. */
 static bool start_request(struct blk_queue *q, struct blk_request *r, const char **why)
 {
     struct virtio_blk *b = q->blk;
