@@ -180,11 +180,6 @@ int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, boo
 
 void blk_backend_close(struct blk_backend *b)
 {
-    if (b->bounce) {
-        free(b->bounce->mem);
-        free(b->bounce);
-        b->bounce = NULL;
-    }
     if (b->uring_ok)
         io_uring_queue_exit(&b->ring);
     b->uring_ok = false;
@@ -193,6 +188,12 @@ void blk_backend_close(struct blk_backend *b)
     if (b->fd >= 0)
         close(b->fd);
     b->fd = b->event_fd = -1;
+    /* After the ring: the kernel no longer writes into it. */
+    if (b->bounce) {
+        free(b->bounce->mem);
+        free(b->bounce);
+        b->bounce = NULL;
+    }
 }
 
 const char *blk_backend_kind(const struct blk_backend *b)
