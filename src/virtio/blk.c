@@ -194,8 +194,8 @@ static void io_done(void *opaque, struct blk_io *io)
     }
     r->merged = NULL;
     if (io->result < 0) {
-        log_once(b->io_error_logged, LOG_WARN, "%s: host I/O error: %s (reported to the guest)",
-                 b->dev.name, strerror(-io->result));
+        log_limited(&b->log_io_error, LOG_WARN, "%s: host I/O error: %s (reported to the guest)",
+                    b->dev.name, strerror(-io->result));
         finish_request(r, VIRTIO_BLK_S_IOERR);
         return;
     }
@@ -218,7 +218,8 @@ static bool in_range(const struct virtio_blk *b, uint64_t sector, uint64_t secto
     return sector <= b->capacity && sectors <= b->capacity - sector;
 }
 
-/* A read or write beyond the limits offered to the driver: IOERR, logged once per kind. */
+/* A read or write beyond the limits offered to the driver: IOERR, logged with a rate limit
+ * per kind. */
 static void refuse(struct blk_request *r, enum blk_refusal why, uint64_t value)
 {
     static const char *const what[BLK_REFUSALS] = {
@@ -233,10 +234,8 @@ static void refuse(struct blk_request *r, enum blk_refusal why, uint64_t value)
     };
     struct virtio_blk *b = r->queue->blk;
     b->refused[why]++;
-    log_once(b->refusal_logged[why], LOG_WARN,
-             "%s: %llu %s, more than the %llu offered: IOERR (further ones are counted in "
-             "io_errors, not logged)",
-             b->dev.name, (unsigned long long)value, what[why], (unsigned long long)limit[why]);
+    log_limited(&b->log_refusal[why], LOG_WARN, "%s: %llu %s, more than the %llu offered: IOERR",
+                b->dev.name, (unsigned long long)value, what[why], (unsigned long long)limit[why]);
     finish_request(r, VIRTIO_BLK_S_IOERR);
 }
 
@@ -803,6 +802,10 @@ void virtio_blk_destroy(struct virtio_blk *b)
     if (b->kick_timer_fd >= 0)
         close(b->kick_timer_fd);
     b->kick_timer_fd = -1;
+    char what[64];
+    snprintf(what, sizeof(what), "%s: requests beyond the limits", b->dev.name);
+    for (unsigned i = 0; i < BLK_REFUSALS; i++)
+        log_limit_flush(&b->log_refusal[i], LOG_WARN, what);
 }
 
 /* ---- changing the backing image at run time -------------------------- */

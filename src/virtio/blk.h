@@ -52,8 +52,7 @@ struct virtio_blk {
     uint64_t last_work_ns;
     struct blk_queue *queues;
     uint8_t config[60];
-    bool io_error_logged;
-    bool refusal_logged[BLK_REFUSALS];
+    struct log_limit log_io_error, log_refusal[BLK_REFUSALS];
     /* Counters (iothread). */
     uint64_t reads, writes, read_bytes, write_bytes, flushes, discards, errors, unsupported;
     uint64_t throttle_events, poll_hits, poll_rounds, merges;
