@@ -4,17 +4,23 @@
 # virtio-pci, microvm for virtio-mmio), on one 256 MiB raw image in tmpfs, and KVM's exit
 # counters per request.
 #
-# Usage: bench/blk.sh [-t MS] [-r RUNS] [-o OUT_DIR] [VMM...]
+# Usage: bench/blk.sh [-t MS] [-r RUNS] [-o OUT_DIR] [-c writeback|none] [-m BYTES] [VMM...]
 #   -t MS    time per workload (default 2000)
 #   -r RUNS  runs per VMM, interleaved; the table shows each workload's best (default 1)
+#   -c none  both VMMs open the image with O_DIRECT (cache=none), so the figures include the
+#            host's disk; the image then lives in build/ (tmpfs refuses O_DIRECT)
+#   -m BYTES the guest's buffers start BYTES (1-4095) past a page boundary: with -c none, below
+#            the storage's alignment, each VMM copies every request through bounce buffers
 #   VMM      ember-pci ember-mmio qemu-pci qemu-mmio (default: all four)
 # Environment: EMBER (default build/ember), QEMU (qemu-system-x86_64), QBOOT
-#   (/usr/share/qemu/qboot.rom), IMAGE (/dev/shm/ember-blk-bench.img).
+#   (/usr/share/qemu/qboot.rom), IMAGE (/dev/shm/ember-blk-bench.img, or
+#   build/ember-blk-bench.img with -c none).
 #
-# Both VMMs use the host page cache and io_uring: ember --drive (cache=writeback, its io_uring
-# backend on its per-device I/O thread); QEMU -drive cache=writeback,aio=io_uring in its main
-# loop (with -object iothread it measured slower here, 2 host CPUs). QEMU's virtio-pci runs on
-# q35, whose firmware is qboot (SeaBIOS takes ~4 s to reach the guest, all of it emulated).
+# Both VMMs use io_uring and, by default, the host page cache: ember --drive (cache=writeback,
+# its io_uring backend on its per-device I/O thread); QEMU -drive cache=writeback,aio=io_uring
+# in its main loop (with -object iothread it measured slower here, 2 host CPUs). QEMU's
+# virtio-pci runs on q35, whose firmware is qboot (SeaBIOS takes ~4 s to reach the guest, all of
+# it emulated).
 #
 # Exits: KVM's counters for the VM (exits, mmio_exits, io_exits, ... summed over the vCPUs)
 # are read in the quiet periods the guest leaves before and after each workload (it spins at
@@ -29,7 +35,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 EMBER=${EMBER:-$ROOT/build/ember}
 QEMU=${QEMU:-qemu-system-x86_64}
 QBOOT=${QBOOT:-/usr/share/qemu/qboot.rom}
-IMAGE=${IMAGE:-/dev/shm/ember-blk-bench.img}
+CACHE=writeback
+MISALIGN=0
 GUEST=$ROOT/build/guest/blk-perf.elf
 RUN_MS=2000
 SETTLE_MS=800 # quiet time around each workload: the counters are read in its middle
@@ -37,11 +44,13 @@ RUNS=1
 OUT_DIR=$ROOT/build/bench-blk
 COUNTERS=(exits mmio_exits io_exits irq_exits halt_exits irq_injections)
 
-while getopts "t:r:o:h" opt; do
+while getopts "t:r:o:c:m:h" opt; do
     case $opt in
     t) RUN_MS=$OPTARG ;;
     r) RUNS=$OPTARG ;;
     o) OUT_DIR=$OPTARG ;;
+    c) CACHE=$OPTARG ;;
+    m) MISALIGN=$OPTARG ;;
     *)
         sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
         exit 2
@@ -49,6 +58,14 @@ while getopts "t:r:o:h" opt; do
     esac
 done
 shift $((OPTIND - 1))
+case $CACHE in
+writeback) IMAGE=${IMAGE:-/dev/shm/ember-blk-bench.img} ;;
+none) IMAGE=${IMAGE:-$ROOT/build/ember-blk-bench.img} ;;
+*)
+    echo "-c: writeback or none, not '$CACHE'" >&2
+    exit 2
+    ;;
+esac
 VMMS=("$@")
 [ ${#VMMS[@]} -gt 0 ] || VMMS=(ember-pci ember-mmio qemu-pci qemu-mmio)
 
@@ -77,15 +94,15 @@ fi
 
 QEMU_BASE=(-nodefaults -no-user-config -display none -enable-kvm -cpu host,-arch-capabilities
     -device isa-debug-exit,iobase=0xf4,iosize=4 -m 128 -serial stdio)
-QEMU_DRIVE=(-drive "file=$IMAGE,if=none,id=d0,format=raw,cache=writeback,aio=io_uring")
+QEMU_DRIVE=(-drive "file=$IMAGE,if=none,id=d0,format=raw,cache=$CACHE,aio=io_uring")
 
 start_vmm() { # start_vmm VMM OUT -> VMM_PID
-    local cmdline="console=ttyS0 perf_ms=$RUN_MS perf_settle_ms=$SETTLE_MS"
+    local cmdline="console=ttyS0 perf_ms=$RUN_MS perf_settle_ms=$SETTLE_MS perf_misalign=$MISALIGN"
     if [ "$have_counters" = 1 ]; then export LD_PRELOAD=$PRELOAD; fi
     case $1 in
     ember-pci | ember-mmio)
         "$EMBER" run --kernel "$GUEST" --debug-exit --transport "${1#ember-}" \
-            --drive "path=$IMAGE,cache=writeback${EMBER_DRIVE_OPTS:-}" --cmdline "$cmdline" </dev/null >"$2" 2>"$2.err" &
+            --drive "path=$IMAGE,cache=$CACHE${EMBER_DRIVE_OPTS:-}" --cmdline "$cmdline" </dev/null >"$2" 2>"$2.err" &
         ;;
     qemu-pci)
         local bios=()
@@ -199,6 +216,7 @@ best() { # best VMM WORKLOAD -> the result line with the highest IOPS over the r
 }
 
 WORKLOADS=(randread-4k-qd1 randread-4k-qd32 seqread-128k-qd16 seqwrite-128k-qd16)
+printf '\ncache=%s, guest buffers %s bytes past a page boundary, image %s\n' "$CACHE" "$MISALIGN" "$IMAGE"
 printf '\n%-19s' ""
 for vmm in "${VMMS[@]}"; do printf ' | %-27s' "$vmm"; done
 printf '\n%-19s' "workload"

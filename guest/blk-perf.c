@@ -11,7 +11,8 @@
  * then spins S ms at CPL3, runs R ms, spins S ms more (quiet periods in which bench/blk.sh
  * reads KVM's exit counters; perf_settle_ms=, default 300), and prints
  *   blk-perf: result NAME ios=N bytes=B us=T iops=I mbps=M.MM errors=E kicks=K
- * perf_only=NAME runs one workload.
+ * perf_only=NAME runs one workload; perf_misalign=BYTES (below 4096) shifts every data buffer
+ * off its page by that much, so that a VMM with O_DIRECT storage has to copy (bounce) them.
  */
 #include "guest.h"
 #include "io.h"
@@ -151,16 +152,20 @@ void guest_main(void)
         bail_out("cannot set up %s", disk->name);
     virtio_driver_ok(disk);
     capacity = virtio_config_read64(disk, VIRTIO_BLK_CFG_CAPACITY);
-    run.buffers = phys_alloc((size_t)MAX_DEPTH * 128 * 1024, 4096);
+    uint64_t misalign = 0;
+    cmdline_get_u64("perf_misalign", &misalign);
+    if (misalign >= 4096)
+        bail_out("perf_misalign=%lu: below 4096, please", misalign);
+    run.buffers = (uint8_t *)phys_alloc((size_t)MAX_DEPTH * 128 * 1024 + 4096, 4096) + misalign;
     uint64_t run_ms = 2000;
     cmdline_get_u64("perf_ms", &run_ms);
     cmdline_get_u64("perf_settle_ms", &settle_ms);
     char only[32] = "";
     cmdline_get("perf_only", only, sizeof(only));
     printf("blk-perf: device %s transport=%s features=0x%lx queue_size=%u capacity_mib=%lu "
-           "tsc_khz=%lu\n",
+           "tsc_khz=%lu misalign=%lu\n",
            disk->name, disk->transport == VIRTIO_PCI ? "pci" : "mmio", disk->features,
-           disk->queues[0].size, capacity * SECTOR_SIZE / MIB, tsc_hz / 1000);
+           disk->queues[0].size, capacity * SECTOR_SIZE / MIB, tsc_hz / 1000, misalign);
     if (capacity * SECTOR_SIZE < 16 * MIB)
         bail_out("the disk is too small (%lu sectors)", capacity);
     bool ok = true;

@@ -19,6 +19,29 @@
 #include <unistd.h>
 
 #define BLK_DEFAULT_ALIGN 512
+/* The largest O_DIRECT alignment taken: a bounce chunk is at least this big. */
+#define BLK_MAX_ALIGN (1u << 20)
+
+/* One chunk of the bounce pool and, while it is in use, the piece of a request it carries. */
+struct bounce_chunk {
+    uint8_t *buf;
+    struct blk_io *io;
+    uint64_t pos;       /* where the piece starts in the request */
+    uint32_t len, done; /* bytes of the piece, and of it transferred so far */
+    struct bounce_chunk *next_free;
+};
+
+struct blk_bounce_pool {
+    uint8_t *mem;
+    size_t mem_size;
+    uint32_t chunk_size;
+    struct bounce_chunk chunks[BLK_BOUNCE_CHUNKS];
+    struct bounce_chunk *free;
+    struct blk_io *waiting, *waiting_last; /* requests in line for a chunk, oldest first */
+};
+
+/* io_uring user data: a request, or (low bit set) a bounce chunk. */
+#define PIECE_TAG 1u
 
 static unsigned dio_alignment(int fd, const struct stat *st)
 {
@@ -56,6 +79,34 @@ static bool in_memory_without_nowait(int fd, unsigned align)
     return refused;
 }
 
+/* The bounce pool of an O_DIRECT backend: its memory is taken once, here (the pages become
+ * resident when first used), and never grows. */
+static int bounce_pool_init(struct blk_backend *b, const char *path)
+{
+    if (b->align > BLK_MAX_ALIGN)
+        return error_set("drive '%s': O_DIRECT alignment of %u bytes is larger than %u", path,
+                         b->align, BLK_MAX_ALIGN);
+    struct blk_bounce_pool *p = calloc(1, sizeof(*p));
+    if (!p)
+        return error_set("out of memory");
+    b->bounce = p;
+    /* Chunks are whole blocks, so that every piece after the first starts aligned. */
+    p->chunk_size = (BLK_BOUNCE_CHUNK + b->align - 1) / b->align * b->align;
+    p->mem_size = (size_t)p->chunk_size * BLK_BOUNCE_CHUNKS;
+    void *mem = NULL;
+    if (posix_memalign(&mem, b->align > 4096 ? b->align : 4096, p->mem_size) != 0)
+        return error_set("drive '%s': no memory for %zu bytes of bounce buffers", path,
+                         p->mem_size);
+    p->mem = mem;
+    for (unsigned i = BLK_BOUNCE_CHUNKS; i-- > 0;) {
+        p->chunks[i].buf = p->mem + (size_t)i * p->chunk_size;
+        p->chunks[i].next_free = p->free;
+        p->free = &p->chunks[i];
+    }
+    b->bounce_bytes = p->mem_size;
+    return 0;
+}
+
 int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, bool direct,
                      enum blk_engine engine, unsigned queue_depth)
 {
@@ -64,7 +115,6 @@ int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, boo
     b->event_fd = -1;
     b->readonly = readonly;
     b->direct = direct;
-    b->completed_tail = &b->completed;
     int flags = (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | (direct ? O_DIRECT : 0);
     b->fd = open(path, flags);
     if (b->fd < 0) {
@@ -91,6 +141,8 @@ int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, boo
         return error_set("drive '%s' is in use by another process (%s)", path,
                          errno == EWOULDBLOCK ? "locked" : strerror(errno));
     b->align = direct ? dio_alignment(b->fd, &st) : 1;
+    if (b->align > 1 && bounce_pool_init(b, path) < 0)
+        return -1;
     if (engine == BLK_ENGINE_AUTO && S_ISREG(st.st_mode) &&
         in_memory_without_nowait(b->fd, b->align)) {
         log_info("drive '%s': in memory, without non-blocking reads: synchronous I/O on the I/O "
@@ -136,6 +188,12 @@ void blk_backend_close(struct blk_backend *b)
     if (b->fd >= 0)
         close(b->fd);
     b->fd = b->event_fd = -1;
+    /* After the ring: the kernel no longer writes into it. */
+    if (b->bounce) {
+        free(b->bounce->mem);
+        free(b->bounce);
+        b->bounce = NULL;
+    }
 }
 
 const char *blk_backend_kind(const struct blk_backend *b)
@@ -158,23 +216,24 @@ static bool needs_bounce(const struct blk_backend *b, const struct blk_io *io)
     return false;
 }
 
-static void copy_from_iov(void *dst, const struct iovec *iov, int n, uint64_t len)
+/* Copies len bytes between buf and the request's buffers, from byte pos of the request. */
+static void copy_iov(const struct blk_io *io, uint64_t pos, uint8_t *buf, uint64_t len, bool to_iov)
 {
-    uint64_t done = 0;
-    for (int i = 0; i < n && done < len; i++) {
-        size_t c = iov[i].iov_len < len - done ? iov[i].iov_len : (size_t)(len - done);
-        memcpy((uint8_t *)dst + done, iov[i].iov_base, c);
-        done += c;
-    }
-}
-
-static void copy_to_iov(const struct iovec *iov, int n, const void *src, uint64_t len)
-{
-    uint64_t done = 0;
-    for (int i = 0; i < n && done < len; i++) {
-        size_t c = iov[i].iov_len < len - done ? iov[i].iov_len : (size_t)(len - done);
-        memcpy(iov[i].iov_base, (const uint8_t *)src + done, c);
-        done += c;
+    for (int i = 0; i < io->iovcnt && len; i++) {
+        uint64_t seg = io->iov[i].iov_len;
+        if (pos >= seg) {
+            pos -= seg;
+            continue;
+        }
+        uint64_t n = seg - pos < len ? seg - pos : len;
+        uint8_t *at = (uint8_t *)io->iov[i].iov_base + pos;
+        if (to_iov)
+            memcpy(at, buf, (size_t)n);
+        else
+            memcpy(buf, at, (size_t)n);
+        buf += n;
+        len -= n;
+        pos = 0;
     }
 }
 
@@ -220,6 +279,18 @@ static int fallocate_mode(enum blk_op op)
     }
 }
 
+/* A finished request, for blk_backend_reap to report. */
+static void complete(struct blk_backend *b, struct blk_io *io, int result)
+{
+    io->result = result;
+    io->next = NULL;
+    if (b->completed_last)
+        b->completed_last->next = io;
+    else
+        b->completed = io;
+    b->completed_last = io;
+}
+
 /* ---- synchronous path --------------------------------------------------- */
 
 static int do_sync(struct blk_backend *b, struct blk_io *io)
@@ -228,17 +299,10 @@ static int do_sync(struct blk_backend *b, struct blk_io *io)
     case BLK_READ:
     case BLK_WRITE:
         while (io->done_bytes < io->len) {
-            ssize_t n;
             off_t off = (off_t)(io->offset + io->done_bytes);
-            if (io->bounce) {
-                uint8_t *p = (uint8_t *)io->bounce + io->done_bytes;
-                size_t left = (size_t)(io->len - io->done_bytes);
-                n = io->op == BLK_READ ? pread(b->fd, p, left, off) : pwrite(b->fd, p, left, off);
-            } else {
-                int cnt = io->iovcnt > IOV_MAX ? IOV_MAX : io->iovcnt;
-                n = io->op == BLK_READ ? preadv(b->fd, io->iov, cnt, off)
-                                       : pwritev(b->fd, io->iov, cnt, off);
-            }
+            int cnt = io->iovcnt > IOV_MAX ? IOV_MAX : io->iovcnt;
+            ssize_t n = io->op == BLK_READ ? preadv(b->fd, io->iov, cnt, off)
+                                           : pwritev(b->fd, io->iov, cnt, off);
             if (n < 0 && errno == EINTR)
                 continue;
             if (n < 0)
@@ -246,8 +310,7 @@ static int do_sync(struct blk_backend *b, struct blk_io *io)
             if (n == 0)
                 return -EIO; /* the image shrank under us */
             io->done_bytes += (uint64_t)n;
-            if (!io->bounce)
-                iov_advance(io, (uint64_t)n);
+            iov_advance(io, (uint64_t)n);
         }
         return 0;
     case BLK_FLUSH:
@@ -264,44 +327,36 @@ static int do_sync(struct blk_backend *b, struct blk_io *io)
     return -EINVAL;
 }
 
-static void complete_sync(struct blk_backend *b, struct blk_io *io, int result)
-{
-    io->result = result;
-    io->next = NULL;
-    *b->completed_tail = io;
-    b->completed_tail = &io->next;
-}
-
 /* ---- io_uring path ---------------------------------------------------- */
 
-static bool prep_uring(struct blk_backend *b, struct blk_io *io)
+static struct io_uring_sqe *get_sqe(struct blk_backend *b)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&b->ring);
     if (!sqe) {
         blk_backend_kick(b);
         sqe = io_uring_get_sqe(&b->ring);
-        if (!sqe)
-            return false;
     }
+    if (sqe)
+        b->pending_sqes++;
+    return sqe;
+}
+
+static bool prep_uring(struct blk_backend *b, struct blk_io *io)
+{
+    struct io_uring_sqe *sqe = get_sqe(b);
+    if (!sqe)
+        return false;
     off_t off = (off_t)(io->offset + io->done_bytes);
     switch (io->op) {
     case BLK_READ:
-    case BLK_WRITE:
-        if (io->bounce) {
-            uint8_t *p = (uint8_t *)io->bounce + io->done_bytes;
-            unsigned left = (unsigned)(io->len - io->done_bytes);
-            if (io->op == BLK_READ)
-                io_uring_prep_read(sqe, b->fd, p, left, (uint64_t)off);
-            else
-                io_uring_prep_write(sqe, b->fd, p, left, (uint64_t)off);
-        } else {
-            unsigned cnt = (unsigned)(io->iovcnt > IOV_MAX ? IOV_MAX : io->iovcnt);
-            if (io->op == BLK_READ)
-                io_uring_prep_readv(sqe, b->fd, io->iov, cnt, (uint64_t)off);
-            else
-                io_uring_prep_writev(sqe, b->fd, io->iov, cnt, (uint64_t)off);
-        }
+    case BLK_WRITE: {
+        unsigned cnt = (unsigned)(io->iovcnt > IOV_MAX ? IOV_MAX : io->iovcnt);
+        if (io->op == BLK_READ)
+            io_uring_prep_readv(sqe, b->fd, io->iov, cnt, (uint64_t)off);
+        else
+            io_uring_prep_writev(sqe, b->fd, io->iov, cnt, (uint64_t)off);
         break;
+    }
     case BLK_FLUSH:
         io_uring_prep_fsync(sqe, b->fd, IORING_FSYNC_DATASYNC);
         break;
@@ -313,28 +368,174 @@ static bool prep_uring(struct blk_backend *b, struct blk_io *io)
         break;
     }
     io_uring_sqe_set_data(sqe, io);
-    b->pending_sqes++;
     return true;
 }
+
+/* ---- bounce path ------------------------------------------------------ */
+
+static void bounce_enqueue(struct blk_bounce_pool *p, struct blk_io *io)
+{
+    io->bounce_queued = true;
+    io->next = NULL;
+    if (p->waiting_last)
+        p->waiting_last->next = io;
+    else
+        p->waiting = io;
+    p->waiting_last = io;
+}
+
+static struct blk_io *bounce_dequeue(struct blk_bounce_pool *p)
+{
+    struct blk_io *io = p->waiting;
+    p->waiting = io->next;
+    if (!p->waiting)
+        p->waiting_last = NULL;
+    io->next = NULL;
+    io->bounce_queued = false;
+    return io;
+}
+
+static int piece_sync(struct blk_backend *b, struct bounce_chunk *c)
+{
+    const struct blk_io *io = c->io;
+    while (c->done < c->len) {
+        uint8_t *at = c->buf + c->done;
+        size_t left = c->len - c->done;
+        off_t off = (off_t)(io->offset + c->pos + c->done);
+        ssize_t n = io->op == BLK_READ ? pread(b->fd, at, left, off) : pwrite(b->fd, at, left, off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return -EIO; /* the image shrank under us */
+        c->done += (uint32_t)n;
+    }
+    return 0;
+}
+
+static bool prep_piece(struct blk_backend *b, struct bounce_chunk *c)
+{
+    struct io_uring_sqe *sqe = get_sqe(b);
+    if (!sqe)
+        return false;
+    const struct blk_io *io = c->io;
+    uint64_t off = io->offset + c->pos + c->done;
+    if (io->op == BLK_READ)
+        io_uring_prep_read(sqe, b->fd, c->buf + c->done, c->len - c->done, off);
+    else
+        io_uring_prep_write(sqe, b->fd, c->buf + c->done, c->len - c->done, off);
+    io_uring_sqe_set_data(sqe, (void *)((uintptr_t)c | PIECE_TAG));
+    return true;
+}
+
+/* A piece is over: its data goes to the guest (reads), its chunk back to the pool, and the
+ * request completes once it has no piece in flight and none to start (or failed). */
+static void piece_done(struct blk_backend *b, struct bounce_chunk *c, int result)
+{
+    struct blk_bounce_pool *p = b->bounce;
+    struct blk_io *io = c->io;
+    if (result == 0) {
+        if (io->op == BLK_READ)
+            copy_iov(io, c->pos, c->buf, c->len, true);
+        io->done_bytes += c->len;
+    } else if (io->result == 0) {
+        io->result = result;
+    }
+    c->io = NULL;
+    c->next_free = p->free;
+    p->free = c;
+    b->bounce_in_use -= p->chunk_size;
+    io->bounce_pieces--;
+    if (!io->bounce_pieces && !io->bounce_queued)
+        complete(b, io, io->result);
+}
+
+/* Gives free chunks to the requests in line, oldest first; a request that needs more goes
+ * to the back of the line, so that a long one cannot keep the others waiting. */
+static void bounce_pump(struct blk_backend *b)
+{
+    struct blk_bounce_pool *p = b->bounce;
+    while (p->waiting) {
+        if (p->waiting->result < 0) {
+            /* Failed while in line: no more pieces for it. */
+            struct blk_io *io = bounce_dequeue(p);
+            if (!io->bounce_pieces)
+                complete(b, io, io->result);
+            continue;
+        }
+        if (!p->free)
+            return;
+        struct blk_io *io = bounce_dequeue(p);
+        struct bounce_chunk *c = p->free;
+        p->free = c->next_free;
+        b->bounce_in_use += p->chunk_size;
+        if (b->bounce_in_use > b->bounce_peak)
+            b->bounce_peak = b->bounce_in_use;
+        uint64_t left = io->len - io->bounce_next;
+        c->io = io;
+        c->pos = io->bounce_next;
+        c->len = left < p->chunk_size ? (uint32_t)left : p->chunk_size;
+        c->done = 0;
+        io->bounce_next += c->len;
+        io->bounce_pieces++;
+        if (io->bounce_next < io->len)
+            bounce_enqueue(p, io);
+        if (io->op == BLK_WRITE)
+            copy_iov(io, c->pos, c->buf, c->len, false);
+        if (!b->uring_ok || !prep_piece(b, c))
+            piece_done(b, c, piece_sync(b, c));
+    }
+}
+
+static void bounce_start(struct blk_backend *b, struct blk_io *io)
+{
+    io->bounce_next = 0;
+    io->bounce_pieces = 0;
+    b->bounced_ios++;
+    if (!b->bounce->free)
+        b->bounce_waits++;
+    bounce_enqueue(b->bounce, io);
+    bounce_pump(b);
+}
+
+/* A piece's completion from io_uring: the rest of a short transfer goes on. */
+static void piece_completed(struct blk_backend *b, struct bounce_chunk *c, int res)
+{
+    if (res < 0) {
+        piece_done(b, c, res);
+        return;
+    }
+    if (res == 0) {
+        piece_done(b, c, -EIO); /* the image shrank under us */
+        return;
+    }
+    c->done += (uint32_t)res;
+    if (c->done < c->len) {
+        if (prep_piece(b, c))
+            return;
+        piece_done(b, c, piece_sync(b, c));
+        return;
+    }
+    piece_done(b, c, 0);
+}
+
+/* ---- submission and completion ------------------------------------------ */
 
 void blk_backend_submit(struct blk_backend *b, struct blk_io *io)
 {
     io->result = 0;
     io->done_bytes = 0;
-    io->bounce = NULL;
+    io->bounce_queued = false;
+    io->next = NULL;
     b->inflight++;
-    if ((io->op == BLK_READ || io->op == BLK_WRITE) && needs_bounce(b, io)) {
-        io->bounce = aligned_alloc(b->align, (io->len + b->align - 1) / b->align * b->align);
-        if (!io->bounce) {
-            complete_sync(b, io, -ENOMEM);
-            return;
-        }
-        if (io->op == BLK_WRITE)
-            copy_from_iov(io->bounce, io->iov, io->iovcnt, io->len);
+    if ((io->op == BLK_READ || io->op == BLK_WRITE) && io->len && needs_bounce(b, io)) {
+        bounce_start(b, io);
+        return;
     }
     if (b->uring_ok && prep_uring(b, io))
         return;
-    complete_sync(b, io, do_sync(b, io));
+    complete(b, io, do_sync(b, io));
 }
 
 void blk_backend_kick(struct blk_backend *b)
@@ -346,72 +547,65 @@ void blk_backend_kick(struct blk_backend *b)
     }
 }
 
-static void finish(struct blk_backend *b, struct blk_io *io,
-                   void (*done)(void *opaque, struct blk_io *io), void *opaque)
+/* A request's completion from io_uring: a short transfer goes on from where it stopped. */
+static void io_completed(struct blk_backend *b, struct blk_io *io, int res)
 {
-    if (io->bounce) {
-        if (io->op == BLK_READ && io->result == 0)
-            copy_to_iov(io->iov, io->iovcnt, io->bounce, io->len);
-        free(io->bounce);
-        io->bounce = NULL;
+    if ((io->op == BLK_READ || io->op == BLK_WRITE) && res >= 0) {
+        if (res == 0) {
+            complete(b, io, -EIO); /* the image shrank under us */
+            return;
+        }
+        io->done_bytes += (uint64_t)res;
+        iov_advance(io, (uint64_t)res);
+        if (io->done_bytes < io->len) {
+            if (prep_uring(b, io))
+                return;
+            complete(b, io, do_sync(b, io));
+            return;
+        }
+        complete(b, io, 0);
+        return;
     }
-    b->inflight--;
-    done(opaque, io);
+    if (res == -EOPNOTSUPP || res == -EINVAL) {
+        /* Zeroing the file system cannot do: write zeros instead; a discard is only a hint. */
+        if (io->op == BLK_ZERO || io->op == BLK_ZERO_UNMAP)
+            res = zero_by_writing(b, io->offset, io->len);
+        else if (io->op == BLK_DISCARD)
+            res = 0;
+    }
+    complete(b, io, res < 0 ? res : 0);
 }
 
 unsigned blk_backend_reap(struct blk_backend *b, void (*done)(void *opaque, struct blk_io *io),
                           void *opaque)
 {
+    if (b->uring_ok) {
+        struct io_uring_cqe *cqe;
+        while (io_uring_peek_cqe(&b->ring, &cqe) == 0) {
+            void *data = io_uring_cqe_get_data(cqe);
+            int res = cqe->res;
+            io_uring_cqe_seen(&b->ring, cqe);
+            if ((uintptr_t)data & PIECE_TAG)
+                piece_completed(b, (struct bounce_chunk *)((uintptr_t)data & ~(uintptr_t)PIECE_TAG),
+                                res);
+            else
+                io_completed(b, data, res);
+        }
+    }
+    /* Chunks freed above go to the requests in line. */
+    if (b->bounce)
+        bounce_pump(b);
     unsigned n = 0;
     while (b->completed) {
         struct blk_io *io = b->completed;
         b->completed = io->next;
         if (!b->completed)
-            b->completed_tail = &b->completed;
-        finish(b, io, done, opaque);
+            b->completed_last = NULL;
+        b->inflight--;
+        done(opaque, io);
         n++;
     }
-    if (!b->uring_ok)
-        return n;
-    struct io_uring_cqe *cqe;
-    bool resubmitted = false;
-    while (io_uring_peek_cqe(&b->ring, &cqe) == 0) {
-        struct blk_io *io = io_uring_cqe_get_data(cqe);
-        int res = cqe->res;
-        io_uring_cqe_seen(&b->ring, cqe);
-        if ((io->op == BLK_READ || io->op == BLK_WRITE) && res >= 0) {
-            if (res == 0) {
-                io->result = -EIO; /* the image shrank under us */
-            } else {
-                io->done_bytes += (uint64_t)res;
-                if (!io->bounce)
-                    iov_advance(io, (uint64_t)res);
-                if (io->done_bytes < io->len) {
-                    /* Short transfer: go on from where it stopped. */
-                    if (!prep_uring(b, io))
-                        io->result = do_sync(b, io);
-                    else {
-                        resubmitted = true;
-                        continue;
-                    }
-                }
-            }
-        } else if (res < 0) {
-            if (res == -EOPNOTSUPP || res == -EINVAL) {
-                /* Zeroing the file system cannot do: write zeros instead;
-                 * a discard is only a hint. */
-                if (io->op == BLK_ZERO || io->op == BLK_ZERO_UNMAP)
-                    res = zero_by_writing(b, io->offset, io->len);
-                else if (io->op == BLK_DISCARD)
-                    res = 0;
-            }
-            io->result = res;
-        }
-        finish(b, io, done, opaque);
-        n++;
-    }
-    if (resubmitted)
-        blk_backend_kick(b);
+    blk_backend_kick(b);
     return n;
 }
 

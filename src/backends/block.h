@@ -13,6 +13,16 @@
 
 enum blk_op { BLK_READ, BLK_WRITE, BLK_FLUSH, BLK_DISCARD, BLK_ZERO, BLK_ZERO_UNMAP };
 
+/* O_DIRECT (cache=none) needs buffers, offsets and lengths aligned to the storage's block. A
+ * read or write whose guest buffers are not goes through the backend's bounce pool: a fixed
+ * set of BLK_BOUNCE_CHUNKS chunks of BLK_BOUNCE_CHUNK bytes (of the alignment, when that is
+ * larger), allocated when the drive is opened. Such a request is done piece by piece, one
+ * chunk per piece; while every chunk is busy, requests that need one wait in line (their
+ * number is bounded by the caller's request slots) and go on as pieces complete. The host
+ * memory a request can cost is thus fixed, whatever its length. */
+#define BLK_BOUNCE_CHUNK  (64u << 10)
+#define BLK_BOUNCE_CHUNKS 32u
+
 struct blk_io {
     enum blk_op op;
     uint64_t offset, len; /* bytes; len is the sum of iov for reads/writes */
@@ -20,10 +30,16 @@ struct blk_io {
     int iovcnt;
     int result; /* 0 or -errno, when done */
     uint64_t done_bytes;
-    void *bounce;        /* aligned copy for O_DIRECT, when needed */
-    struct blk_io *next; /* completion list (sync backend) */
+    /* The backend's own, for the bounce path. */
+    bool bounce_queued;     /* waiting in line for a chunk */
+    unsigned bounce_pieces; /* chunks in flight for it */
+    uint64_t bounce_next;   /* first byte not yet given to a chunk */
+    struct blk_io *next;    /* completion list, or the line for a chunk */
 };
 
+struct blk_bounce_pool;
+
+/* Holds no pointer into itself: an idle backend may be copied to another place. */
 struct blk_backend {
     int fd;
     bool direct, readonly;
@@ -32,10 +48,14 @@ struct blk_backend {
     bool uring_ok;
     struct io_uring ring;
     unsigned ring_entries;
-    unsigned pending_sqes;                      /* queued, not yet submitted */
-    int event_fd;                               /* signalled on completions (io_uring) */
-    struct blk_io *completed, **completed_tail; /* sync backend */
+    unsigned pending_sqes;                     /* queued, not yet submitted */
+    int event_fd;                              /* signalled on completions (io_uring) */
+    struct blk_io *completed, *completed_last; /* finished, not yet reaped */
     unsigned inflight;
+    struct blk_bounce_pool *bounce; /* cache=none only */
+    /* Counters (the I/O thread's): the pool's size, the bytes of it held by pieces in flight
+     * now and at most so far, requests that went through it and those that found it busy. */
+    uint64_t bounce_bytes, bounce_in_use, bounce_peak, bounced_ios, bounce_waits;
 };
 
 enum blk_engine {

@@ -52,14 +52,6 @@ void log_limited_at(struct log_limit *limit, enum log_level level, const char *f
  * device's life, so that no count is lost). */
 void log_limit_flush(struct log_limit *limit, enum log_level level, const char *what);
 
-/* Logs only the first time a given flag is seen clear, then sets it: for
- * host conditions worth one line, not one per occurrence. */
-#define log_once(flag, level, ...)                                                                 \
-    do {                                                                                           \
-        if (!__atomic_exchange_n(&(flag), true, __ATOMIC_RELAXED))                                 \
-            log_msg_at(level, __FILE__, __LINE__, __VA_ARGS__);                                    \
-    } while (0)
-
 /* Lines suppressed by every rate limit so far, and lines that could not be
  * written (a full FIFO): Firecracker's logger.missed_log_count and
  * logger.log_fails. */

@@ -16,7 +16,37 @@
 #define BLK_QUEUE_SIZE 256
 #define SECTOR         512ULL
 
+/* What a drive takes on for its guest, at most:
+ * - requests: BLK_QUEUE_SIZE (256) slots per queue, 16 queues at most; a slot holds a request
+ *   taken from the ring until it is answered (with its iovecs: about 1 MiB per queue, allocated
+ *   when the device is made);
+ * - one read or write: BLK_SEG_MAX segments of BLK_SIZE_MAX bytes, BLK_REQUEST_MAX_BYTES in all
+ *   (below), done in place in guest memory;
+ * - one merged I/O: MERGE_MAX_BYTES, and BLK_QUEUE_SIZE iovecs;
+ * - bounce memory (cache=none, buffers O_DIRECT cannot take): the backend's pool,
+ *   BLK_BOUNCE_CHUNKS x BLK_BOUNCE_CHUNK (2 MiB), whatever the requests (backends/block.h). */
+
+/* What one read or write may carry, offered to the driver (SEG_MAX, SIZE_MAX) and enforced:
+ * at most BLK_SEG_MAX data segments (pieces of descriptors' buffers holding data), each at
+ * most BLK_SIZE_MAX bytes, so at most BLK_REQUEST_MAX_BYTES in all; a request beyond them gets
+ * VIRTIO_BLK_S_IOERR. Linux 6.1 takes seg_max as its max_segments (a chain is then header,
+ * segments and status: the queue size) and size_max as its max_segment_size; its requests are
+ * at most 1280 KiB (max_sectors_kb), so 4 MiB segments split none of them, and every request
+ * Linux builds stays within both limits. */
+#define BLK_SEG_MAX           (BLK_QUEUE_SIZE - 2)
+#define BLK_SIZE_MAX          (4u << 20)
+#define BLK_REQUEST_MAX_BYTES ((uint64_t)BLK_SEG_MAX * BLK_SIZE_MAX) /* 1016 MiB */
+/* The used ring reports data and status byte in 32 bits. */
+_Static_assert(BLK_REQUEST_MAX_BYTES < UINT32_MAX, "a request's length must fit a used element");
+
+/* Discard and write-zeroes: one range per request, of at most 2 GiB - 512. */
+#define BLK_MAX_DISCARD_SECTORS 0x3fffffu
+
+/* Reads or writes that continue each other on disk are merged into one I/O of at most this. */
+#define MERGE_MAX_BYTES (1u << 20)
+
 /* Feature bits (5.2.3). */
+#define VIRTIO_BLK_F_SIZE_MAX     1
 #define VIRTIO_BLK_F_SEG_MAX      2
 #define VIRTIO_BLK_F_RO           5
 #define VIRTIO_BLK_F_BLK_SIZE     6
@@ -87,19 +117,20 @@ static void build_config(struct virtio_blk *b)
     uint8_t *c = b->config;
     memset(c, 0, sizeof(b->config));
     memcpy(c + 0, &b->capacity, 8);
-    put32(c + 12, BLK_QUEUE_SIZE - 2); /* seg_max: room for header and status */
+    put32(c + 8, BLK_SIZE_MAX);
+    put32(c + 12, BLK_SEG_MAX);
     /* blk_size: with O_DIRECT, the storage's own block (4 KiB disks refuse
      * 512-byte writes); the protocol still counts 512-byte sectors. */
     uint32_t block = b->backend.align > SECTOR ? b->backend.align : SECTOR;
     put32(c + 20, block);
     uint16_t nq = (uint16_t)b->opts.queues;
     memcpy(c + 34, &nq, 2);
-    put32(c + 36, 0x3fffff); /* max_discard_sectors (2 GiB - 512) */
-    put32(c + 40, 1);        /* max_discard_seg */
-    put32(c + 44, 1);        /* discard_sector_alignment */
-    put32(c + 48, 0x3fffff); /* max_write_zeroes_sectors */
-    put32(c + 52, 1);        /* max_write_zeroes_seg */
-    c[56] = 1;               /* write_zeroes_may_unmap */
+    put32(c + 36, BLK_MAX_DISCARD_SECTORS);
+    put32(c + 40, 1); /* max_discard_seg */
+    put32(c + 44, 1); /* discard_sector_alignment */
+    put32(c + 48, BLK_MAX_DISCARD_SECTORS);
+    put32(c + 52, 1); /* max_write_zeroes_seg */
+    c[56] = 1;        /* write_zeroes_may_unmap */
 }
 
 static void read_config(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len)
@@ -163,8 +194,8 @@ static void io_done(void *opaque, struct blk_io *io)
     }
     r->merged = NULL;
     if (io->result < 0) {
-        log_once(b->io_error_logged, LOG_WARN, "%s: host I/O error: %s (reported to the guest)",
-                 b->dev.name, strerror(-io->result));
+        log_limited(&b->log_io_error, LOG_WARN, "%s: host I/O error: %s (reported to the guest)",
+                    b->dev.name, strerror(-io->result));
         finish_request(r, VIRTIO_BLK_S_IOERR);
         return;
     }
@@ -185,6 +216,27 @@ static void io_done(void *opaque, struct blk_io *io)
 static bool in_range(const struct virtio_blk *b, uint64_t sector, uint64_t sectors)
 {
     return sector <= b->capacity && sectors <= b->capacity - sector;
+}
+
+/* A read or write beyond the limits offered to the driver: IOERR, logged with a rate limit
+ * per kind. */
+static void refuse(struct blk_request *r, enum blk_refusal why, uint64_t value)
+{
+    static const char *const what[BLK_REFUSALS] = {
+        [BLK_REFUSE_TOO_LONG] = "bytes of data in a request",
+        [BLK_REFUSE_SEGMENTS] = "data segments in a request",
+        [BLK_REFUSE_SEGMENT_SIZE] = "bytes in a data segment",
+    };
+    static const uint64_t limit[BLK_REFUSALS] = {
+        [BLK_REFUSE_TOO_LONG] = BLK_REQUEST_MAX_BYTES,
+        [BLK_REFUSE_SEGMENTS] = BLK_SEG_MAX,
+        [BLK_REFUSE_SEGMENT_SIZE] = BLK_SIZE_MAX,
+    };
+    struct virtio_blk *b = r->queue->blk;
+    b->refused[why]++;
+    log_limited(&b->log_refusal[why], LOG_WARN, "%s: %llu %s, more than the %llu offered: IOERR",
+                b->dev.name, (unsigned long long)value, what[why], (unsigned long long)limit[why]);
+    finish_request(r, VIRTIO_BLK_S_IOERR);
 }
 
 /* Builds iovecs over the chain's buffers from byte `skip` for `len` bytes,
@@ -209,9 +261,6 @@ static int chain_iov(const struct virtq_chain *c, bool writable, uint64_t skip, 
     }
     return cnt;
 }
-
-/* Starts one request. Returns false on a guest error that needs a reset. */
-#define MERGE_MAX_BYTES (1u << 20)
 
 /* Submits the batched reads and writes, merging requests that continue
  * each other on disk into one I/O (sequential streams then cost one system
@@ -257,6 +306,7 @@ static void submit_batch(struct blk_queue *q)
     }
 }
 
+/* Starts one request. Returns false on a guest error that needs a reset. */
 static bool start_request(struct blk_queue *q, struct blk_request *r, const char **why)
 {
     struct virtio_blk *b = q->blk;
@@ -285,6 +335,10 @@ static bool start_request(struct blk_queue *q, struct blk_request *r, const char
     case VIRTIO_BLK_T_OUT: {
         bool is_read = h.type == VIRTIO_BLK_T_IN;
         uint64_t len = is_read ? data_in : data_out;
+        if (len > BLK_REQUEST_MAX_BYTES) {
+            refuse(r, BLK_REFUSE_TOO_LONG, len);
+            return true;
+        }
         if (len % SECTOR || !in_range(b, h.sector, len / SECTOR) ||
             (!is_read && b->opts.readonly)) {
             finish_request(r, VIRTIO_BLK_S_IOERR);
@@ -294,12 +348,25 @@ static bool start_request(struct blk_queue *q, struct blk_request *r, const char
             finish_request(r, VIRTIO_BLK_S_OK);
             return true;
         }
+        /* A chain holds at most BLK_QUEUE_SIZE buffers, so r->iov has room for them all. */
+        int nseg = chain_iov(c, is_read, is_read ? 0 : sizeof(h), len, r->iov);
+        if (nseg > BLK_SEG_MAX) {
+            refuse(r, BLK_REFUSE_SEGMENTS, (uint64_t)nseg);
+            return true;
+        }
+        for (int i = 0; i < nseg; i++) {
+            if (r->iov[i].iov_len > BLK_SIZE_MAX) {
+                refuse(r, BLK_REFUSE_SEGMENT_SIZE, r->iov[i].iov_len);
+                return true;
+            }
+        }
         io->op = is_read ? BLK_READ : BLK_WRITE;
-        io->offset = h.sector * SECTOR;
+        io->offset = h.sector * SECTOR; /* no overflow: sector <= capacity */
         io->len = len;
-        io->iovcnt = chain_iov(c, is_read, is_read ? 0 : sizeof(h), len, r->iov);
+        io->iovcnt = nseg;
+        /* The data and the status byte: below 2^32 (BLK_REQUEST_MAX_BYTES). */
         if (is_read)
-            r->written += (uint32_t)len;
+            r->written = 1 + (uint32_t)len;
         /* Held back until the batch is complete, to be merged with its
          * neighbours on disk. */
         r->merged = NULL;
@@ -327,7 +394,7 @@ static bool start_request(struct blk_queue *q, struct blk_request *r, const char
             memcpy(iov[i].iov_base, b->serial + done, iov[i].iov_len);
             done += iov[i].iov_len;
         }
-        r->written += (uint32_t)n;
+        r->written = 1 + (uint32_t)n; /* n <= 20 */
         finish_request(r, VIRTIO_BLK_S_OK);
         return true;
     }
@@ -348,7 +415,7 @@ static bool start_request(struct blk_queue *q, struct blk_request *r, const char
             return true;
         }
         if (b->opts.readonly || !in_range(b, seg.sector, seg.num_sectors) ||
-            seg.num_sectors > 0x3fffff) {
+            seg.num_sectors > BLK_MAX_DISCARD_SECTORS) {
             finish_request(r, VIRTIO_BLK_S_IOERR);
             return true;
         }
@@ -553,6 +620,7 @@ static void on_completion(void *opaque, uint32_t events)
 {
     struct virtio_blk *b = opaque;
     (void)events;
+    b->completion_wakeups++;
     if (b->dev.active)
         serve(b);
     else
@@ -705,8 +773,9 @@ int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_opt
             q->free_list = &q->reqs[k];
         }
     }
-    uint64_t features = (1ULL << VIRTIO_BLK_F_SEG_MAX) | (1ULL << VIRTIO_BLK_F_BLK_SIZE) |
-                        (1ULL << VIRTIO_BLK_F_DISCARD) | (1ULL << VIRTIO_BLK_F_WRITE_ZEROES);
+    uint64_t features = (1ULL << VIRTIO_BLK_F_SIZE_MAX) | (1ULL << VIRTIO_BLK_F_SEG_MAX) |
+                        (1ULL << VIRTIO_BLK_F_BLK_SIZE) | (1ULL << VIRTIO_BLK_F_DISCARD) |
+                        (1ULL << VIRTIO_BLK_F_WRITE_ZEROES);
     if (!opts->unsafe)
         features |= 1ULL << VIRTIO_BLK_F_FLUSH;
     if (opts->readonly)
@@ -733,6 +802,10 @@ void virtio_blk_destroy(struct virtio_blk *b)
     if (b->kick_timer_fd >= 0)
         close(b->kick_timer_fd);
     b->kick_timer_fd = -1;
+    char what[64];
+    snprintf(what, sizeof(what), "%s: requests beyond the limits", b->dev.name);
+    for (unsigned i = 0; i < BLK_REFUSALS; i++)
+        log_limit_flush(&b->log_refusal[i], LOG_WARN, what);
 }
 
 /* ---- changing the backing image at run time -------------------------- */
@@ -782,8 +855,8 @@ static void change_backing_on_io(void *arg)
     }
     b->backend = fresh;
     if (b->dev.active && b->backend.event_fd >= 0) {
-        b->completion_handler =
-            event_loop_add(&b->dev.io.loop, b->backend.event_fd, EPOLLIN, on_completion, b);
+        b->completion_handler = event_loop_add(&b->dev.io.loop, b->backend.event_fd,
+                                               EPOLLIN | EPOLLET, on_completion, b);
         if (!b->completion_handler) {
             snprintf(cb->error, sizeof(cb->error), "%s", error_get());
             virtio_dev_fail(&b->dev, "cannot watch the new image's completions");

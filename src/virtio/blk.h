@@ -26,6 +26,14 @@ struct blk_options {
 struct blk_request;
 struct blk_queue;
 
+/* Reads and writes refused for going beyond what the device offers (see blk.c). */
+enum blk_refusal {
+    BLK_REFUSE_TOO_LONG,     /* more data than seg_max x size_max */
+    BLK_REFUSE_SEGMENTS,     /* more data segments than seg_max */
+    BLK_REFUSE_SEGMENT_SIZE, /* a segment longer than size_max */
+    BLK_REFUSALS
+};
+
 struct virtio_blk {
     struct virtio_dev dev;
     struct blk_options opts;
@@ -44,10 +52,12 @@ struct virtio_blk {
     uint64_t last_work_ns;
     struct blk_queue *queues;
     uint8_t config[60];
-    bool io_error_logged;
+    struct log_limit log_io_error, log_refusal[BLK_REFUSALS];
     /* Counters (iothread). */
     uint64_t reads, writes, read_bytes, write_bytes, flushes, discards, errors, unsupported;
     uint64_t throttle_events, poll_hits, poll_rounds, merges;
+    uint64_t completion_wakeups; /* the backend's eventfd fired (edge-triggered: once per batch) */
+    uint64_t refused[BLK_REFUSALS]; /* also counted in errors */
 };
 
 int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_options *opts,
