@@ -1,5 +1,6 @@
 #include "cli.h"
 
+#include "api/server.h"
 #include "backends/block.h"
 #include "util/error.h"
 
@@ -40,6 +41,10 @@ void cli_usage(FILE *f)
         "  --module NAME         accepted for compatibility; ember does not filter by module\n"
         "  --metrics-path PATH   write metrics (JSON lines) to a file or named pipe\n"
         "  --http-api-max-payload-size BYTES   largest request body (default 51200)\n"
+        "  --http-api-request-timeout-ms MS    a request must arrive whole, and a client\n"
+        "                        read its answers, within MS (default 5000)\n"
+        "  --http-api-idle-timeout-ms MS       close a connection with no request in\n"
+        "                        progress after MS (default 120000; 0: only to make room)\n"
         "  --enable-pci          virtio devices on PCI (default: virtio-mmio, announced on\n"
         "                        the kernel command line, as Firecracker does)\n"
         "  --start-time-us, --start-time-cpu-us, --parent-cpu-time-us N, --no-seccomp,\n"
@@ -625,6 +630,8 @@ enum top_flag {
     TOP_MODULE,
     TOP_METRICS_PATH,
     TOP_MAX_PAYLOAD,
+    TOP_REQUEST_TIMEOUT,
+    TOP_IDLE_TIMEOUT,
     TOP_ENABLE_PCI,
     TOP_SYNC_TEARDOWN,
     TOP_IGNORED_NUMBER,
@@ -648,6 +655,8 @@ static const struct {
     {"module", TOP_MODULE, true},
     {"metrics-path", TOP_METRICS_PATH, true},
     {"http-api-max-payload-size", TOP_MAX_PAYLOAD, true},
+    {"http-api-request-timeout-ms", TOP_REQUEST_TIMEOUT, true},
+    {"http-api-idle-timeout-ms", TOP_IDLE_TIMEOUT, true},
     {"enable-pci", TOP_ENABLE_PCI, false},
     {"sync-teardown", TOP_SYNC_TEARDOWN, false},
     /* The jailer passes these; ember has nothing to do with them yet. */
@@ -722,6 +731,18 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
         if (n == 0 || n > (64u << 20))
             return error_set("--http-api-max-payload-size %s: use 1 byte to 64 MiB", value);
         a->max_payload = n;
+        return 0;
+    case TOP_REQUEST_TIMEOUT:
+        if (cli_parse_uint(value, API_SERVER_MAX_TIMEOUT_MS, &a->request_timeout_ms) < 0 ||
+            a->request_timeout_ms == 0)
+            return error_set("--%s %s: use 1 to %u milliseconds", name, value,
+                             API_SERVER_MAX_TIMEOUT_MS);
+        return 0;
+    case TOP_IDLE_TIMEOUT:
+        if (cli_parse_uint(value, API_SERVER_MAX_TIMEOUT_MS, &a->idle_timeout_ms) < 0)
+            return error_set("--%s %s: use 0 to %u milliseconds", name, value,
+                             API_SERVER_MAX_TIMEOUT_MS);
+        a->idle_timeout_given = true;
         return 0;
     case TOP_ENABLE_PCI:
         a->enable_pci = true;

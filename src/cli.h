@@ -25,6 +25,9 @@ struct cli_api {
     const char *module;
     const char *metrics_path;
     uint64_t max_payload;
+    unsigned request_timeout_ms; /* 0: the server's default */
+    bool idle_timeout_given;
+    unsigned idle_timeout_ms; /* 0 (given): idle connections are not timed out */
     bool enable_pci;
 };
 

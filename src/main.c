@@ -143,12 +143,19 @@ static int run_api(struct process *p, const struct cli *cli)
         http_limits_default(&limits);
         if (o->max_payload)
             limits.max_payload = o->max_payload;
-        if (api_server_start(&server, &p->loop, o->socket_path, &limits, api_handle_request, &api) <
-            0) {
+        struct api_server_options opts;
+        api_server_options_default(&opts);
+        if (o->request_timeout_ms)
+            opts.request_timeout_ms = o->request_timeout_ms;
+        if (o->idle_timeout_given)
+            opts.idle_timeout_ms = o->idle_timeout_ms;
+        if (api_server_start(&server, &p->loop, o->socket_path, &limits, &opts, api_handle_request,
+                             &api) < 0) {
             fprintf(stderr, "ember: %s\n", error_get());
             api_finish(&api, 0);
             return EXIT_HOST_ERROR;
         }
+        api_metrics_watch_server(&api.metrics, &server.stats);
         log_info("API listening on %s", o->socket_path);
     }
     if (o->config_file) {

@@ -229,11 +229,12 @@ enum http_parse_result http_parse_request(const char *buf, size_t len,
         r->keep_alive = true;
     r->head_complete = true;
     r->content_length = length;
+    r->needed = (size_t)(p - buf) + length; /* no overflow: length <= max_payload */
     if ((size_t)(end - p) < length)
         return HTTP_INCOMPLETE;
     r->body = length ? p : NULL;
     r->body_len = length;
-    r->consumed = (size_t)(p - buf) + length;
+    r->consumed = r->needed;
     return HTTP_COMPLETE;
 }
 

@@ -42,6 +42,9 @@ struct http_request {
     const char *body; /* points into the caller's buffer */
     size_t body_len;
     size_t consumed; /* bytes of the buffer this request occupies */
+    /* Once the head is in (complete or not): the bytes the whole request occupies, so that a
+     * caller holding fewer need not parse again until more have come. */
+    size_t needed;
     int error_status;
     char error_message[160];
 };

@@ -1,6 +1,7 @@
 #include "api/metrics.h"
 
 #include "util/error.h"
+#include "util/log.h"
 #include "virtio/blk.h"
 #include "virtio/console.h"
 #include "virtio/net.h"
@@ -43,6 +44,11 @@ int api_metrics_open(struct api_metrics *m, const char *path)
 bool api_metrics_enabled(const struct api_metrics *m)
 {
     return m->fd >= 0;
+}
+
+void api_metrics_watch_server(struct api_metrics *m, const struct api_server_stats *stats)
+{
+    m->server = stats;
 }
 
 void api_metrics_count_request(struct api_metrics *m, const char *route, int status)
@@ -196,6 +202,15 @@ cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
         snprintf(status, sizeof(status), "%d", m->routes[i].status);
         cJSON_AddNumberToObject(r, status, (double)m->routes[i].count);
     }
+    for (int e = 0; m->server && e < API_SERVER_NEVENTS; e++)
+        cJSON_AddNumberToObject(api, api_server_event_metric((enum api_server_event)e),
+                                (double)m->server->events[e]);
+    /* Firecracker's names: lines the rate limits held back, lines the log could not take,
+     * metrics lines lost. */
+    cJSON *logger = cJSON_AddObjectToObject(root, "logger");
+    cJSON_AddNumberToObject(logger, "missed_log_count", (double)log_missed_count());
+    cJSON_AddNumberToObject(logger, "log_fails", (double)log_fail_count());
+    cJSON_AddNumberToObject(logger, "metrics_fails", (double)m->lines_lost);
     if (!vm || !vm->started)
         return root;
     add_vcpus(root, vm);

@@ -1,10 +1,13 @@
 /* Metrics as JSON lines, one object per flush, written to a file or FIFO:
- * the API's requests by route and status, and the machine's counters
+ * the API's requests by route and status and its server's connections
+ * (accepted, refused, evicted, timed out), and the machine's counters
  * (vCPU exits by reason, block, serial, entropy and console devices).
  * Counters are reported as the change since the previous flush, as
  * Firecracker reports them. */
 #ifndef EMBER_API_METRICS_H
 #define EMBER_API_METRICS_H
+
+#include "api/server.h"
 
 #include <cjson/cJSON.h>
 #include <stdbool.h>
@@ -24,12 +27,15 @@ struct api_metrics {
     struct api_route_count *routes;
     unsigned nroutes, routes_cap;
     uint64_t lines_written, lines_lost;
+    const struct api_server_stats *server; /* NULL: no API socket */
 };
 
 void api_metrics_init(struct api_metrics *m);
 /* Opens path for appending (a FIFO needs a reader already). */
 int api_metrics_open(struct api_metrics *m, const char *path);
 bool api_metrics_enabled(const struct api_metrics *m);
+/* Reports the server's counters in the api_server group from now on. */
+void api_metrics_watch_server(struct api_metrics *m, const struct api_server_stats *stats);
 void api_metrics_count_request(struct api_metrics *m, const char *route, int status);
 /* Writes one line; vm may be NULL (not started). A no-op when not open. */
 int api_metrics_flush(struct api_metrics *m, struct vm *vm);

@@ -22,18 +22,20 @@
 #include <unistd.h>
 
 #define QUEUE_FRAMES 512
+#define QUEUE_BYTES  (2u << 20) /* frames waiting in one direction: what the guest can pin */
 #define MAX_FRAME    65536
 #define MAX_POLLFDS  1024
 #define MAX_TIMERS   16
 
 struct frame {
-    uint16_t len;
+    uint32_t len;
     uint8_t *data;
 };
 
 struct frame_queue {
     struct frame frames[QUEUE_FRAMES];
     unsigned head, count;
+    size_t bytes;
 };
 
 struct slirp_timer {
@@ -69,6 +71,7 @@ struct user_net {
     struct pollfd pollfds[MAX_POLLFDS];
     int npollfds;
     uint64_t rx_dropped;
+    struct log_limit log_guest, log_timers; /* what the guest's traffic can cause */
 };
 
 static void wake(int fd)
@@ -87,14 +90,15 @@ static void drain(int fd)
 
 static bool queue_push(struct frame_queue *q, const void *data, size_t len)
 {
-    if (q->count == QUEUE_FRAMES)
+    if (q->count == QUEUE_FRAMES || len > MAX_FRAME || q->bytes + len > QUEUE_BYTES)
         return false;
     uint8_t *copy = malloc(len ? len : 1);
     if (!copy)
         return false;
     memcpy(copy, data, len);
-    q->frames[(q->head + q->count) % QUEUE_FRAMES] = (struct frame){(uint16_t)len, copy};
+    q->frames[(q->head + q->count) % QUEUE_FRAMES] = (struct frame){(uint32_t)len, copy};
     q->count++;
+    q->bytes += len;
     return true;
 }
 
@@ -105,6 +109,7 @@ static bool queue_pop(struct frame_queue *q, struct frame *out)
     *out = q->frames[q->head];
     q->head = (q->head + 1) % QUEUE_FRAMES;
     q->count--;
+    q->bytes -= out->len;
     return true;
 }
 
@@ -125,8 +130,8 @@ static ssize_t cb_send_packet(const void *buf, size_t len, void *opaque)
 
 static void cb_guest_error(const char *msg, void *opaque)
 {
-    (void)opaque;
-    log_warn("user networking: guest error: %s", msg);
+    struct user_net *u = opaque;
+    log_limited(&u->log_guest, LOG_WARN, "user networking: guest error: %s", msg);
 }
 
 static int64_t cb_clock_ns(void *opaque)
@@ -144,7 +149,7 @@ static void *cb_timer_new_opaque(SlirpTimerId id, void *cb_opaque, void *opaque)
             return &u->timers[i];
         }
     }
-    log_error("user networking: out of timers");
+    log_limited(&u->log_timers, LOG_ERROR, "user networking: out of timers");
     return NULL;
 }
 

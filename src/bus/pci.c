@@ -121,8 +121,8 @@ static void update_mappings(struct pci_function *f)
         }
         if (want && !b->mapped) {
             if (bus_register(mmio, b->addr, b->size, b->fn, b->opaque, f->name) < 0) {
-                log_warn("%s: BAR %u at 0x%llx not mapped: %s", f->name, i,
-                         (unsigned long long)b->addr, error_get());
+                log_limited(&f->bus->log_bar, LOG_WARN, "%s: BAR %u at 0x%llx not mapped: %s",
+                            f->name, i, (unsigned long long)b->addr, error_get());
                 continue;
             }
             b->mapped = true;
@@ -164,9 +164,17 @@ static void write_bar(struct pci_function *f, unsigned i, bool high, uint32_t va
     store_bar(f, i);
 }
 
+/* Whether [offset, offset + len) is a 1-, 2- or 4-byte access inside configuration space. */
+static bool config_access_ok(uint32_t offset, uint32_t len)
+{
+    return (len == 1 || len == 2 || len == 4) && (uint64_t)offset + len <= PCI_CONFIG_SIZE;
+}
+
 uint32_t pci_config_read(struct pci_bus *pb, unsigned slot, uint32_t offset, uint32_t len)
 {
-    if (slot >= PCI_SLOTS || !pb->slots[slot] || offset + len > PCI_CONFIG_SIZE)
+    if (!config_access_ok(offset, len))
+        return 0xffffffffu;
+    if (slot >= PCI_SLOTS || !pb->slots[slot])
         return 0xffffffffu >> (32 - 8 * len);
     struct pci_function *f = pb->slots[slot];
     if (f->ops && f->ops->config_reading)
@@ -179,7 +187,7 @@ uint32_t pci_config_read(struct pci_bus *pb, unsigned slot, uint32_t offset, uin
 void pci_config_write(struct pci_bus *pb, unsigned slot, uint32_t offset, uint32_t len,
                       uint32_t value)
 {
-    if (slot >= PCI_SLOTS || !pb->slots[slot] || offset + len > PCI_CONFIG_SIZE)
+    if (slot >= PCI_SLOTS || !pb->slots[slot] || !config_access_ok(offset, len))
         return;
     struct pci_function *f = pb->slots[slot];
     unsigned bar;
@@ -196,7 +204,7 @@ void pci_config_write(struct pci_bus *pb, unsigned slot, uint32_t offset, uint32
         uint8_t m = f->wmask[offset + i], b = (uint8_t)(value >> (8 * i));
         f->config[offset + i] = (uint8_t)((f->config[offset + i] & ~m) | (b & m));
     }
-    if (offset < PCI_COMMAND + 2 && offset + len > PCI_COMMAND &&
+    if (offset < PCI_COMMAND + 2 && (uint64_t)offset + len > PCI_COMMAND &&
         (get16(f->config + PCI_COMMAND) ^ old_command) & PCI_COMMAND_MEMORY)
         update_mappings(f);
     if (f->ops && f->ops->config_written)

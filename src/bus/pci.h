@@ -6,6 +6,7 @@
 #define EMBER_BUS_PCI_H
 
 #include "bus/bus.h"
+#include "util/log.h"
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -84,6 +85,7 @@ struct pci_bus {
     struct pci_function host_bridge;
     struct bus *mmio;
     uint64_t mmio_next, mmio_end; /* where ember places BARs */
+    struct log_limit log_bar;     /* BARs the guest placed where they cannot go */
 };
 
 int pci_bus_init(struct pci_bus *pb, struct bus *pio, struct bus *mmio, uint64_t window_start,

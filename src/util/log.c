@@ -15,6 +15,7 @@ static enum log_level current_level = LOG_WARN;
 static int log_fd = STDERR_FILENO;
 static bool show_level = true, show_origin;
 static char instance[80];
+static uint64_t log_missed, log_fails;
 
 void log_set_level(enum log_level level)
 {
@@ -107,8 +108,8 @@ static void log_vmsg(enum log_level level, const char *file, int line_no, const 
         len = sizeof(line) - 2;
     line[len++] = '\n';
     /* One write per line keeps lines from different threads whole. */
-    ssize_t ignored = write(log_fd, line, len);
-    (void)ignored;
+    if (write(log_fd, line, len) != (ssize_t)len)
+        __atomic_add_fetch(&log_fails, 1, __ATOMIC_RELAXED);
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)
@@ -125,4 +126,55 @@ void log_msg_at(enum log_level level, const char *file, int line, const char *fm
     va_start(ap, fmt);
     log_vmsg(level, file, line, fmt, ap);
     va_end(ap);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+void log_limited_at(struct log_limit *limit, enum log_level level, const char *file, int line,
+                    const char *fmt, ...)
+{
+    __atomic_add_fetch(&limit->total, 1, __ATOMIC_RELAXED);
+    uint64_t now = now_ns();
+    uint64_t next = __atomic_load_n(&limit->next_ns, __ATOMIC_RELAXED);
+    /* One thread wins the slot; the others count themselves suppressed. */
+    if (now < next || !__atomic_compare_exchange_n(&limit->next_ns, &next,
+                                                   now + LOG_LIMIT_INTERVAL_MS * 1000000ULL, false,
+                                                   __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+        __atomic_add_fetch(&limit->suppressed, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&log_missed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    uint64_t missed = __atomic_exchange_n(&limit->suppressed, 0, __ATOMIC_RELAXED);
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (missed)
+        log_msg_at(level, file, line, "%s (%llu more like this not logged)", msg,
+                   (unsigned long long)missed);
+    else
+        log_msg_at(level, file, line, "%s", msg);
+}
+
+void log_limit_flush(struct log_limit *limit, enum log_level level, const char *what)
+{
+    uint64_t missed = __atomic_exchange_n(&limit->suppressed, 0, __ATOMIC_RELAXED);
+    if (missed)
+        log_msg(level, "%s: %llu more like this not logged", what, (unsigned long long)missed);
+}
+
+uint64_t log_missed_count(void)
+{
+    return __atomic_load_n(&log_missed, __ATOMIC_RELAXED);
+}
+
+uint64_t log_fail_count(void)
+{
+    return __atomic_load_n(&log_fails, __ATOMIC_RELAXED);
 }

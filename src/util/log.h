@@ -5,6 +5,7 @@
 #define EMBER_UTIL_LOG_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 /* LOG_OFF silences everything; TRACE is the most verbose. */
 enum log_level { LOG_OFF = -1, LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG, LOG_TRACE };
@@ -32,12 +33,37 @@ void log_msg_at(enum log_level level, const char *file, int line, const char *fm
 #define log_debug(...) log_msg_at(LOG_DEBUG, __FILE__, __LINE__, __VA_ARGS__)
 #define log_trace(...) log_msg_at(LOG_TRACE, __FILE__, __LINE__, __VA_ARGS__)
 
+/* A rate limit for one kind of line that a guest (or any other untrusted
+ * peer) can cause: the first line is written, then at most one per
+ * LOG_LIMIT_INTERVAL_MS, each carrying the number of lines suppressed since
+ * the last one. Zero-initialised is ready; safe from any thread. */
+#define LOG_LIMIT_INTERVAL_MS 5000
+
+struct log_limit {
+    uint64_t next_ns;    /* monotonic time before which lines are suppressed */
+    uint64_t suppressed; /* since the last line written */
+    uint64_t total;      /* lines asked for, written or not */
+};
+
+void log_limited_at(struct log_limit *limit, enum log_level level, const char *file, int line,
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+#define log_limited(limit, level, ...) log_limited_at(limit, level, __FILE__, __LINE__, __VA_ARGS__)
+/* Writes one line for what `limit` suppressed since its last line, if anything (at the end of a
+ * device's life, so that no count is lost). */
+void log_limit_flush(struct log_limit *limit, enum log_level level, const char *what);
+
 /* Logs only the first time a given flag is seen clear, then sets it: for
- * guest-triggerable conditions that must not flood the log. */
+ * host conditions worth one line, not one per occurrence. */
 #define log_once(flag, level, ...)                                                                 \
     do {                                                                                           \
         if (!__atomic_exchange_n(&(flag), true, __ATOMIC_RELAXED))                                 \
             log_msg_at(level, __FILE__, __LINE__, __VA_ARGS__);                                    \
     } while (0)
+
+/* Lines suppressed by every rate limit so far, and lines that could not be
+ * written (a full FIFO): Firecracker's logger.missed_log_count and
+ * logger.log_fails. */
+uint64_t log_missed_count(void);
+uint64_t log_fail_count(void);
 
 #endif

@@ -48,6 +48,13 @@ int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id, 
     return 0;
 }
 
+/* Forgets the rings of every queue: an absent queue reads as empty. */
+static void wipe_rings(struct virtio_dev *d)
+{
+    for (unsigned i = 0; i < d->nqueues; i++)
+        memset(&d->queues[i].vq, 0, sizeof(d->queues[i].vq));
+}
+
 static void quiesce_on_io(void *arg)
 {
     struct virtio_dev *d = arg;
@@ -59,6 +66,7 @@ static void quiesce_on_io(void *arg)
     if (d->active && d->ops->quiesce)
         d->ops->quiesce(d);
     d->active = false;
+    wipe_rings(d);
 }
 
 void virtio_dev_destroy(struct virtio_dev *d)
@@ -74,11 +82,24 @@ void virtio_dev_destroy(struct virtio_dev *d)
     free(d->queues);
     d->queues = NULL;
     pthread_mutex_destroy(&d->lock);
+    /* What the rate limits held back is counted, not lost. */
+    char what[64];
+    snprintf(what, sizeof(what), "%s: guest errors", d->name);
+    log_limit_flush(&d->log_guest_error, LOG_WARN, what);
+    snprintf(what, sizeof(what), "%s: status and feature errors", d->name);
+    log_limit_flush(&d->log_status, LOG_WARN, what);
+    snprintf(what, sizeof(what), "%s: ignored queue register writes", d->name);
+    log_limit_flush(&d->log_register, LOG_WARN, what);
 }
 
 bool virtio_dev_has_feature(const struct virtio_dev *d, unsigned bit)
 {
     return (d->driver_features >> bit) & 1;
+}
+
+bool virtio_dev_queue_live(const struct virtio_dev *d, unsigned q)
+{
+    return d->active && q < d->nqueues && virtq_is_set_up(&d->queues[q].vq);
 }
 
 uint32_t virtio_dev_host_features(const struct virtio_dev *d, uint32_t sel)
@@ -95,22 +116,66 @@ void virtio_dev_set_driver_features(struct virtio_dev *d, uint32_t sel, uint32_t
     d->driver_features = (d->driver_features & ~mask) | ((uint64_t)value << (32 * sel));
 }
 
-void virtio_dev_config_access(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len,
+void virtio_dev_config_access(struct virtio_dev *d, uint64_t offset, void *data, uint32_t len,
                               bool is_write)
 {
-    if (offset > d->config_size || len > d->config_size - offset) {
+    if (offset > d->config_size || (uint64_t)len > d->config_size - offset) {
         if (!is_write)
             memset(data, 0, len);
         return;
     }
     if (is_write) {
         if (d->ops->write_config)
-            d->ops->write_config(d, offset, data, len);
+            d->ops->write_config(d, (uint32_t)offset, data, len);
     } else if (d->ops->read_config) {
-        d->ops->read_config(d, offset, data, len);
+        d->ops->read_config(d, (uint32_t)offset, data, len);
     } else {
         memset(data, 0, len);
     }
+}
+
+static const char *const queue_reg_names[] = {
+    [VIRTIO_QUEUE_SIZE] = "size",          [VIRTIO_QUEUE_DESC] = "descriptor area",
+    [VIRTIO_QUEUE_DRIVER] = "driver area", [VIRTIO_QUEUE_DEVICE] = "device area",
+    [VIRTIO_QUEUE_ENABLE] = "enable",
+};
+
+bool virtio_dev_write_queue(struct virtio_dev *d, unsigned index, enum virtio_queue_reg reg,
+                            uint64_t value, uint64_t mask)
+{
+    if (index >= d->nqueues)
+        return false;
+    struct virtio_queue *q = &d->queues[index];
+    uint8_t status = __atomic_load_n(&d->status, __ATOMIC_SEQ_CST);
+    /* The iothread serves the rings as they were at DRIVER_OK; changing them
+     * under it, or after an error, would hand it rings nobody checked. */
+    const char *why = (status & VIRTIO_STATUS_NEEDS_RESET)         ? "the device needs a reset"
+                      : (status & VIRTIO_STATUS_DRIVER_OK)         ? "the device is live"
+                      : (q->enabled && reg != VIRTIO_QUEUE_ENABLE) ? "the queue is enabled"
+                                                                   : NULL;
+    if (why) {
+        log_limited(&d->log_register, LOG_WARN, "%s: queue %u %s written while %s; ignored",
+                    d->name, index, queue_reg_names[reg], why);
+        return false;
+    }
+    switch (reg) {
+    case VIRTIO_QUEUE_SIZE:
+        q->cfg.size = (uint16_t)((q->cfg.size & ~mask) | (value & mask));
+        break;
+    case VIRTIO_QUEUE_DESC:
+        q->cfg.desc_gpa = (q->cfg.desc_gpa & ~mask) | (value & mask);
+        break;
+    case VIRTIO_QUEUE_DRIVER:
+        q->cfg.avail_gpa = (q->cfg.avail_gpa & ~mask) | (value & mask);
+        break;
+    case VIRTIO_QUEUE_DEVICE:
+        q->cfg.used_gpa = (q->cfg.used_gpa & ~mask) | (value & mask);
+        break;
+    case VIRTIO_QUEUE_ENABLE:
+        q->enabled = value & mask & 1;
+        break;
+    }
+    return true;
 }
 
 static void on_kick(void *opaque, uint32_t events)
@@ -121,7 +186,7 @@ static void on_kick(void *opaque, uint32_t events)
     /* Edge-triggered: every signal of the eventfd wakes us, so its counter
      * need not be read back (a system call saved per kick). */
     d->kicks++;
-    if (d->active && !q->vq.broken && d->ops->queue_notify)
+    if (virtio_dev_queue_live(d, q->index) && !q->vq.broken && d->ops->queue_notify)
         d->ops->queue_notify(d, q->index);
 }
 
@@ -161,8 +226,15 @@ static void activate_on_io(void *arg)
 {
     struct activate_call *c = arg;
     struct virtio_dev *d = c->d;
+    c->result = -1;
+    if (d->active) {
+        /* The life cycle allows one activation per reset; never serve twice. */
+        snprintf(c->why, sizeof(c->why), "activated twice without a reset");
+        return;
+    }
     bool event_idx = virtio_dev_has_feature(d, VIRTIO_F_EVENT_IDX);
     bool indirect = virtio_dev_has_feature(d, VIRTIO_F_INDIRECT_DESC);
+    wipe_rings(d);
     for (unsigned i = 0; i < d->nqueues; i++) {
         struct virtio_queue *q = &d->queues[i];
         if (!q->enabled)
@@ -170,22 +242,22 @@ static void activate_on_io(void *arg)
         if (q->cfg.size > d->queue_max_size) {
             snprintf(c->why, sizeof(c->why), "queue %u size %u exceeds the maximum %u", i,
                      q->cfg.size, d->queue_max_size);
-            c->result = -1;
+            wipe_rings(d);
             return;
         }
         struct virtq_config cfg = q->cfg;
         cfg.packed = virtio_dev_has_feature(d, VIRTIO_F_RING_PACKED);
         if (virtq_init(&q->vq, d->mem, &cfg, event_idx, indirect) < 0) {
             snprintf(c->why, sizeof(c->why), "queue %u: %s", i, error_get());
-            c->result = -1;
+            wipe_rings(d);
             return;
         }
     }
     d->active = true;
     if (virtio_dev_watch_kicks(d) < 0 || (d->ops->activate && d->ops->activate(d) < 0)) {
         snprintf(c->why, sizeof(c->why), "activation failed: %s", error_get());
+        /* Nothing stays registered: the driver's reset starts from scratch. */
         quiesce_on_io(d);
-        c->result = -1;
         return;
     }
     c->result = 0;
@@ -193,9 +265,8 @@ static void activate_on_io(void *arg)
 
 static void reset_state(struct virtio_dev *d)
 {
-    d->status = 0;
+    __atomic_store_n(&d->status, 0, __ATOMIC_SEQ_CST);
     d->driver_features = 0;
-    d->needs_reset_logged = false;
     for (unsigned i = 0; i < d->nqueues; i++) {
         struct virtio_queue *q = &d->queues[i];
         q->enabled = false;
@@ -205,15 +276,21 @@ static void reset_state(struct virtio_dev *d)
     }
 }
 
-/* Stores a status written by the driver, keeping NEEDS_RESET if the
- * iothread set it meanwhile (it does so without the device lock). */
-static void store_status(struct virtio_dev *d, uint8_t status)
+/* Sets DEVICE_NEEDS_RESET and tells the driver: the only way on is a reset.
+ * From any thread: not under d->lock on the iothread's side. */
+static void mark_needs_reset(struct virtio_dev *d, bool interrupt)
 {
-    uint8_t cur = __atomic_load_n(&d->status, __ATOMIC_SEQ_CST);
-    while (!__atomic_compare_exchange_n(&d->status, &cur,
-                                        (uint8_t)(status | (cur & VIRTIO_STATUS_NEEDS_RESET)),
-                                        false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-        ;
+    __atomic_or_fetch(&d->status, VIRTIO_STATUS_NEEDS_RESET, __ATOMIC_SEQ_CST);
+    if (!interrupt)
+        return;
+    __atomic_add_fetch(&d->config_generation, 1, __ATOMIC_SEQ_CST);
+    if (d->transport && d->transport->notify_config)
+        d->transport->notify_config(d);
+}
+
+static bool needs_reset(const struct virtio_dev *d)
+{
+    return __atomic_load_n(&d->status, __ATOMIC_SEQ_CST) & VIRTIO_STATUS_NEEDS_RESET;
 }
 
 void virtio_dev_set_status(struct virtio_dev *d, uint8_t status)
@@ -224,59 +301,74 @@ void virtio_dev_set_status(struct virtio_dev *d, uint8_t status)
         reset_state(d);
         return;
     }
-    uint8_t old = d->status;
-    /* Bits are only ever added (3.1.1); clearing one needs a reset. */
-    if ((old & ~status) & ~VIRTIO_STATUS_NEEDS_RESET) {
-        log_warn("%s: driver cleared status bits (0x%02x -> 0x%02x) without a reset", d->name, old,
-                 status);
+    uint8_t old = __atomic_load_n(&d->status, __ATOMIC_SEQ_CST);
+    if (old & VIRTIO_STATUS_NEEDS_RESET) {
+        log_limited(&d->log_status, LOG_WARN,
+                    "%s: status 0x%02x written while the device needs a reset; ignored", d->name,
+                    status);
+        return;
     }
-    status |= old & VIRTIO_STATUS_NEEDS_RESET;
+    /* Bits are only ever added (3.1.1): clearing one without a reset is a
+     * driver error, and the device stops rather than guess what it meant. */
+    uint8_t cleared = (uint8_t)(old & ~status);
+    if (cleared) {
+        log_limited(&d->log_status, LOG_WARN,
+                    "%s: driver cleared status bits (0x%02x -> 0x%02x) without a reset; device "
+                    "stopped until the driver resets it",
+                    d->name, old, status);
+        iothread_call(&d->io, quiesce_on_io, d);
+        mark_needs_reset(d, true);
+        return;
+    }
     if ((status & VIRTIO_STATUS_FEATURES_OK) && !(old & VIRTIO_STATUS_FEATURES_OK)) {
         uint64_t f = d->driver_features;
         bool ok = (f & ~d->host_features) == 0 && (f & (1ULL << VIRTIO_F_VERSION_1)) &&
                   (!d->ops->features_ok || d->ops->features_ok(d, f));
         if (!ok) {
-            log_warn("%s: refusing driver features 0x%llx (offered 0x%llx; VERSION_1 required)",
-                     d->name, (unsigned long long)f, (unsigned long long)d->host_features);
+            log_limited(&d->log_status, LOG_WARN,
+                        "%s: refusing driver features 0x%llx (offered 0x%llx; VERSION_1 "
+                        "required)",
+                        d->name, (unsigned long long)f, (unsigned long long)d->host_features);
             /* Leave FEATURES_OK clear: the driver reads it back and gives up. */
             status &= (uint8_t)~VIRTIO_STATUS_FEATURES_OK;
         }
     }
     if ((status & VIRTIO_STATUS_DRIVER_OK) && !(old & VIRTIO_STATUS_DRIVER_OK)) {
         if (!(status & VIRTIO_STATUS_FEATURES_OK)) {
-            log_warn("%s: DRIVER_OK without FEATURES_OK; ignoring", d->name);
+            log_limited(&d->log_status, LOG_WARN, "%s: DRIVER_OK without FEATURES_OK; ignored",
+                        d->name);
             status &= (uint8_t)~VIRTIO_STATUS_DRIVER_OK;
         } else {
-            store_status(d, status);
+            /* Queue registers are read-only from here on (see virtio_dev_write_queue). */
+            __atomic_store_n(&d->status, status, __ATOMIC_SEQ_CST);
             struct activate_call c = {.d = d};
             iothread_call(&d->io, activate_on_io, &c);
             if (c.result < 0) {
-                log_warn("%s: %s; device needs a reset", d->name, c.why);
-                __atomic_or_fetch(&d->status, VIRTIO_STATUS_NEEDS_RESET, __ATOMIC_SEQ_CST);
-                d->needs_reset_logged = true;
-                __atomic_add_fetch(&d->config_generation, 1, __ATOMIC_SEQ_CST);
-                if (d->transport && d->transport->notify_config)
-                    d->transport->notify_config(d);
+                log_limited(&d->log_guest_error, LOG_WARN, "%s: %s; device needs a reset", d->name,
+                            c.why);
+                mark_needs_reset(d, true);
             }
             return;
         }
     }
-    store_status(d, status);
+    __atomic_store_n(&d->status, status, __ATOMIC_SEQ_CST);
 }
 
 void virtio_dev_stop(struct virtio_dev *d)
 {
-    if (!(d->status & VIRTIO_STATUS_DRIVER_OK))
+    uint8_t status = __atomic_load_n(&d->status, __ATOMIC_SEQ_CST);
+    if (!(status & VIRTIO_STATUS_DRIVER_OK) || (status & VIRTIO_STATUS_NEEDS_RESET))
         return;
     iothread_call(&d->io, quiesce_on_io, d);
-    __atomic_and_fetch(&d->status, (uint8_t)~VIRTIO_STATUS_DRIVER_OK, __ATOMIC_SEQ_CST);
+    /* No interrupt: without bus mastering the function may not send one. */
+    mark_needs_reset(d, false);
 }
 
 /* ---- interrupts and failure ----------------------------------------- */
 
 void virtio_dev_signal_used(struct virtio_dev *d, unsigned q)
 {
-    if (!virtq_should_notify(&d->queues[q].vq))
+    if (!virtio_dev_queue_live(d, q) || !virtq_should_notify(&d->queues[q].vq))
         return;
     d->interrupts++;
     d->transport->notify_queue(d, q);
@@ -284,6 +376,8 @@ void virtio_dev_signal_used(struct virtio_dev *d, unsigned q)
 
 int virtio_dev_pop(struct virtio_dev *d, unsigned q, struct virtq_chain *chain)
 {
+    if (!virtio_dev_queue_live(d, q))
+        return 0; /* an absent queue has nothing to give */
     struct virtq *vq = &d->queues[q].vq;
     for (;;) {
         int got = virtq_pop(vq, chain);
@@ -301,22 +395,15 @@ int virtio_dev_pop(struct virtio_dev *d, unsigned q, struct virtq_chain *chain)
 
 void virtio_dev_fail(struct virtio_dev *d, const char *why)
 {
-    /* Runs on the iothread, which owns the queues: stop serving now. */
-    if (!d->needs_reset_logged) {
-        d->needs_reset_logged = true;
-        log_error("%s: guest error: %s; device stopped until the driver resets it", d->name, why);
-    }
-    for (unsigned i = 0; i < d->nqueues; i++) {
-        if (d->queues[i].kick_handler)
-            event_loop_del(&d->io.loop, d->queues[i].kick_handler);
-        d->queues[i].kick_handler = NULL;
-    }
-    if (d->active && d->ops->quiesce)
-        d->ops->quiesce(d);
-    d->active = false;
+    /* Runs on the iothread, which owns the queues. One line per episode,
+     * and episodes themselves rate limited: a driver that breaks the rules,
+     * resets and breaks them again must not flood the log. `why` may point
+     * into a queue that the quiesce below wipes: logged first. */
+    if (!needs_reset(d))
+        log_limited(&d->log_guest_error, LOG_ERROR,
+                    "%s: guest error: %s; device stopped until the driver resets it", d->name, why);
+    quiesce_on_io(d);
     /* Not under d->lock: a vCPU holding it may be waiting for this thread. */
-    __atomic_or_fetch(&d->status, VIRTIO_STATUS_NEEDS_RESET, __ATOMIC_SEQ_CST);
-    __atomic_add_fetch(&d->config_generation, 1, __ATOMIC_SEQ_CST);
-    if (d->transport && d->transport->notify_config)
-        d->transport->notify_config(d);
+    if (!needs_reset(d))
+        mark_needs_reset(d, true);
 }

@@ -2,6 +2,15 @@
  * negotiation, the status state machine, queues and their kick eventfds,
  * interrupts, reset, and the DEVICE_NEEDS_RESET path for guest errors.
  *
+ * The life cycle, one rule for every device and both transports (virtio
+ * 1.2, 2.1 and 3.1): status bits are only ever added; the only way back is
+ * a reset (status 0). A write that would clear a bit, a ring the device
+ * cannot serve or a request that breaks the rules stops the device and sets
+ * DEVICE_NEEDS_RESET, after which nothing but a reset is accepted. Queue
+ * registers are read-only while the device is live or needs a reset, a
+ * queue's layout while that queue is enabled. A queue the driver did not
+ * enable is absent: nothing is taken from it, written to it or signalled.
+ *
  * Threads: transports run on vCPU threads and take dev->lock; the device's
  * I/O work runs on its iothread. Activation and reset are handed to the
  * iothread with iothread_call(), so queue state has one owner. The iothread
@@ -11,6 +20,7 @@
 #define EMBER_VIRTIO_DEVICE_H
 
 #include "util/iothread.h"
+#include "util/log.h"
 #include "virtio/queue.h"
 #include "vmm/memory.h"
 
@@ -99,9 +109,11 @@ struct virtio_dev {
     void *opaque; /* the device model */
     pthread_mutex_t lock;
     struct iothread io;
-    bool active;
+    bool active;         /* [io] queues are being served */
     bool kicks_external; /* a kernel data path (vhost) takes the kicks */
-    bool needs_reset_logged;
+    /* What the driver gets wrong, logged with a rate limit per kind: broken
+     * rings and requests, status and feature misuse, ignored register writes. */
+    struct log_limit log_guest_error, log_status, log_register;
     /* Counters for metrics. */
     uint64_t interrupts, kicks;
 };
@@ -119,13 +131,30 @@ void virtio_dev_set_status(struct virtio_dev *d, uint8_t status);
 /* The device's 32 feature bits from word sel (0 or 1; others read 0). */
 uint32_t virtio_dev_host_features(const struct virtio_dev *d, uint32_t sel);
 void virtio_dev_set_driver_features(struct virtio_dev *d, uint32_t sel, uint32_t value);
-void virtio_dev_config_access(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len,
+/* Device configuration space: an access outside it reads zeros and writes
+ * nothing (offset and len are the guest's, checked here in 64 bits). */
+void virtio_dev_config_access(struct virtio_dev *d, uint64_t offset, void *data, uint32_t len,
                               bool is_write);
+
+/* The queue registers a driver programs, whatever the transport calls them. */
+enum virtio_queue_reg {
+    VIRTIO_QUEUE_SIZE,
+    VIRTIO_QUEUE_DESC,   /* descriptor area */
+    VIRTIO_QUEUE_DRIVER, /* driver area (avail ring) */
+    VIRTIO_QUEUE_DEVICE, /* device area (used ring) */
+    VIRTIO_QUEUE_ENABLE,
+};
+/* Writes the bits `mask` of queue q's register from `value`, if the life
+ * cycle allows it now (see above); an ignored write is logged with a rate
+ * limit. Returns whether it was taken. */
+bool virtio_dev_write_queue(struct virtio_dev *d, unsigned q, enum virtio_queue_reg reg,
+                            uint64_t value, uint64_t mask);
 /* A notify register write that did not go through an ioeventfd. */
 void virtio_dev_kick(struct virtio_dev *d, unsigned q);
 /* Stops a live device without a reset (PCI bus mastering turned off):
- * in-flight requests finish, nothing new is taken, DRIVER_OK is cleared
- * so that the driver sets the device up again. */
+ * in-flight requests finish, nothing new is taken, and DEVICE_NEEDS_RESET
+ * is set: the driver resets the device to use it again. Not logged: a
+ * driver may do this. */
 void virtio_dev_stop(struct virtio_dev *d);
 
 /* ---- for device models (iothread) ---------------------------------- */
@@ -141,6 +170,9 @@ void virtio_dev_fail(struct virtio_dev *d, const char *why);
  * queue broke, the device then failed. Iothread only. */
 int virtio_dev_pop(struct virtio_dev *d, unsigned q, struct virtq_chain *chain);
 bool virtio_dev_has_feature(const struct virtio_dev *d, unsigned bit);
+/* Whether queue q is being served: the device is active and the driver
+ * enabled q before DRIVER_OK. Anything else is an absent queue. Iothread. */
+bool virtio_dev_queue_live(const struct virtio_dev *d, unsigned q);
 /* Starts watching kick eventfds on the iothread (called by activate). */
 int virtio_dev_watch_kicks(struct virtio_dev *d);
 

@@ -175,18 +175,16 @@ static uint32_t read_reg(struct virtio_mmio *m, uint32_t reg)
     }
 }
 
-static void set_half(uint64_t *v, bool high, uint32_t value)
+/* A 64-bit queue address programmed as two 32-bit halves. */
+static void write_half(struct virtio_mmio *m, enum virtio_queue_reg reg, bool high, uint32_t v)
 {
-    *v = high ? (*v & 0xffffffffULL) | ((uint64_t)value << 32) : (*v & ~0xffffffffULL) | value;
+    uint64_t shift = high ? 32 : 0;
+    virtio_dev_write_queue(m->dev, m->queue_sel, reg, (uint64_t)v << shift, 0xffffffffULL << shift);
 }
 
 static void write_reg(struct virtio_mmio *m, uint32_t reg, uint32_t v)
 {
     struct virtio_dev *d = m->dev;
-    struct virtio_queue *q = selected(m);
-    /* Queue layout may change only while the queue is off and the device
-     * not yet live (4.2.3.2). */
-    bool queue_writable = q && !q->enabled && !(d->status & VIRTIO_STATUS_DRIVER_OK);
     switch (reg) {
     case REG_DEVICE_FEATURES_SEL:
         m->device_features_sel = v;
@@ -201,12 +199,11 @@ static void write_reg(struct virtio_mmio *m, uint32_t reg, uint32_t v)
         m->queue_sel = v;
         break;
     case REG_QUEUE_NUM:
-        if (queue_writable)
-            q->cfg.size = (uint16_t)(v > 0xffff ? 0 : v); /* checked at activation */
+        /* A size that does not fit 16 bits fails the check at activation. */
+        virtio_dev_write_queue(d, m->queue_sel, VIRTIO_QUEUE_SIZE, v > 0xffff ? 0 : v, 0xffff);
         break;
     case REG_QUEUE_READY:
-        if (q && !(d->status & VIRTIO_STATUS_DRIVER_OK))
-            q->enabled = v & 1;
+        virtio_dev_write_queue(d, m->queue_sel, VIRTIO_QUEUE_ENABLE, v & 1, 1);
         break;
     case REG_QUEUE_NOTIFY:
         virtio_dev_kick(d, v & 0xffff);
@@ -221,18 +218,15 @@ static void write_reg(struct virtio_mmio *m, uint32_t reg, uint32_t v)
         break;
     case REG_QUEUE_DESC_LOW:
     case REG_QUEUE_DESC_HIGH:
-        if (queue_writable)
-            set_half(&q->cfg.desc_gpa, reg == REG_QUEUE_DESC_HIGH, v);
+        write_half(m, VIRTIO_QUEUE_DESC, reg == REG_QUEUE_DESC_HIGH, v);
         break;
     case REG_QUEUE_DRIVER_LOW:
     case REG_QUEUE_DRIVER_HIGH:
-        if (queue_writable)
-            set_half(&q->cfg.avail_gpa, reg == REG_QUEUE_DRIVER_HIGH, v);
+        write_half(m, VIRTIO_QUEUE_DRIVER, reg == REG_QUEUE_DRIVER_HIGH, v);
         break;
     case REG_QUEUE_DEVICE_LOW:
     case REG_QUEUE_DEVICE_HIGH:
-        if (queue_writable)
-            set_half(&q->cfg.used_gpa, reg == REG_QUEUE_DEVICE_HIGH, v);
+        write_half(m, VIRTIO_QUEUE_DEVICE, reg == REG_QUEUE_DEVICE_HIGH, v);
         break;
     default:
         break; /* read-only or reserved: ignored */
@@ -245,7 +239,7 @@ void virtio_mmio_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, 
     struct virtio_dev *d = m->dev;
     pthread_mutex_lock(&d->lock);
     if (offset >= REG_CONFIG) {
-        virtio_dev_config_access(d, (uint32_t)(offset - REG_CONFIG), data, len, is_write);
+        virtio_dev_config_access(d, offset - REG_CONFIG, data, len, is_write);
     } else if (len != 4 || offset % 4) {
         /* Registers are 32-bit only (4.2.2.2). */
         if (!is_write)

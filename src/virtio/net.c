@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <linux/if_tun.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -64,10 +65,7 @@ static bool has(const struct virtio_net *n, unsigned bit)
 static void count_drop(struct virtio_net *n, uint64_t *counter, const char *why)
 {
     (*counter)++;
-    log_once(n->drop_logged, LOG_WARN,
-             "%s: dropping a frame: %s (further drops are counted "
-             "only)",
-             n->dev.name, why);
+    log_limited(&n->log_drop, LOG_WARN, "%s: dropping a frame: %s", n->dev.name, why);
 }
 
 static void arm_timer(struct virtio_net *n, uint64_t ns)
@@ -285,8 +283,8 @@ static void process_tx(struct virtio_net *n)
 {
     struct virtio_dev *d = &n->dev;
     struct virtq *q = &d->queues[TXQ].vq;
-    if (n->tx_handler)
-        return; /* waiting for room; on_tx_room comes back */
+    if (n->tx_handler || !virtio_dev_queue_live(d, TXQ))
+        return; /* waiting for room (on_tx_room comes back), or no transmit queue */
     bool pushed = false;
     n->tx_throttled = false;
     virtq_enable_kicks(q, false);
@@ -391,6 +389,12 @@ static void process_rx(struct virtio_net *n)
 {
     struct virtio_dev *d = &n->dev;
     struct virtq *q = &d->queues[RXQ].vq;
+    if (!virtio_dev_queue_live(d, RXQ)) {
+        /* No receive queue: frames stay with the host, which drops (and
+         * counts) what does not fit; the tap is not watched meanwhile. */
+        watch_rx(n, false);
+        return;
+    }
     bool pushed = false;
     unsigned round = 0;
     for (;;) {
@@ -457,7 +461,8 @@ static void on_timer(void *opaque, uint32_t events)
     (void)ignored;
     if (!n->dev.active)
         return;
-    watch_rx(n, true);
+    if (virtio_dev_queue_live(&n->dev, RXQ))
+        watch_rx(n, true);
     process_rx(n);
     process_tx(n);
 }
@@ -496,7 +501,7 @@ static bool features_ok(struct virtio_dev *d, uint64_t f)
             tun |= TUN_F_UFO;
     }
     if (n->be.ops->set_offloads(&n->be, tun) < 0) {
-        log_warn("%s: %s", d->name, error_get());
+        log_limited(&n->log_host, LOG_WARN, "%s: %s", d->name, error_get());
         return false;
     }
     return true;
@@ -525,6 +530,8 @@ static int start_vhost(struct virtio_net *n)
     struct vhost_ring rings[2];
     for (unsigned i = 0; i < 2; i++) {
         struct virtq *q = &d->queues[i].vq;
+        if (!virtio_dev_queue_live(d, i))
+            return error_set("queue %u is not enabled, and vhost-net needs both", i);
         rings[i] = (struct vhost_ring){.size = q->size,
                                        .desc = q->desc,
                                        .avail = q->avail,
@@ -550,8 +557,9 @@ static int activate(struct virtio_dev *d)
         }
         if (start_vhost(n) == 0)
             return 0;
-        log_warn("%s: vhost-net failed (%s); serving the queues in user space", d->name,
-                 error_get());
+        log_limited(&n->log_host, LOG_WARN,
+                    "%s: vhost-net failed (%s); serving the queues in user space", d->name,
+                    error_get());
         d->kicks_external = false;
         if (virtio_dev_watch_kicks(d) < 0)
             return -1;
@@ -564,10 +572,8 @@ static int activate(struct virtio_dev *d)
     if (!n->rx_handler || !n->timer_handler)
         return -1;
     n->rx_watching = true;
-    if (d->queues[TXQ].enabled)
-        process_tx(n);
-    if (d->queues[RXQ].enabled)
-        process_rx(n);
+    process_tx(n);
+    process_rx(n);
     return 0;
 }
 
@@ -786,4 +792,7 @@ void virtio_net_destroy(struct virtio_net *n)
         virtq_chain_free(&n->tx_chains[i]);
     free(n->rx_buf);
     n->rx_buf = NULL;
+    char what[64];
+    snprintf(what, sizeof(what), "%s: dropped frames", n->dev.name);
+    log_limit_flush(&n->log_drop, LOG_WARN, what);
 }

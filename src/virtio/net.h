@@ -64,7 +64,7 @@ struct virtio_net {
     struct token_bucket rx_bytes_tb, rx_ops_tb, tx_bytes_tb, tx_ops_tb;
     /* Counters (iothread). */
     uint64_t rx_frames, rx_bytes, rx_dropped, tx_frames, tx_bytes, tx_dropped, tx_pushback;
-    bool drop_logged;
+    struct log_limit log_drop, log_host; /* malformed or refused frames; host-side trouble */
 };
 
 int virtio_net_init(struct virtio_net *n, const char *name, const struct net_options *opts,

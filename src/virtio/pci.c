@@ -73,7 +73,7 @@ static void set_intx(struct virtio_pci *p, bool level)
     status = level ? (status | PCI_STATUS_INTERRUPT) : (status & ~PCI_STATUS_INTERRUPT);
     memcpy(p->fn.config + PCI_STATUS, &status, 2);
     if (p->irqchip)
-        irqchip_set_line(p->irqchip, p->fn.intx_gsi, level);
+        irqchip_set_shared_line(p->irqchip, p->fn.intx_gsi, p->fn.slot, level);
 }
 
 /* Under msix_lock. */
@@ -150,7 +150,8 @@ static void msix_table_io(struct virtio_pci *p, uint64_t off, uint8_t *data, uin
                           bool is_write)
 {
     /* Entries are accessed as aligned dwords (or qwords). */
-    if ((len != 4 && len != 8) || off % len || off + len > p->nvectors * 16ULL) {
+    if ((len != 4 && len != 8) || off % len || off >= p->nvectors * 16ULL ||
+        len > p->nvectors * 16ULL - off) {
         if (!is_write)
             memset(data, 0xff, len);
         return;
@@ -242,7 +243,6 @@ static void common_write(struct virtio_pci *p, uint32_t off, uint32_t len, uint6
 {
     struct virtio_dev *d = p->dev;
     struct virtio_queue *q = selected_queue(p);
-    bool queue_writable = q && !q->enabled && !(d->status & VIRTIO_STATUS_DRIVER_OK);
     switch (off) {
     case CC_DEVICE_FEATURE_SELECT:
         p->device_features_sel = (uint32_t)v;
@@ -270,8 +270,7 @@ static void common_write(struct virtio_pci *p, uint32_t off, uint32_t len, uint6
         p->queue_sel = (uint16_t)v;
         break;
     case CC_QUEUE_SIZE:
-        if (queue_writable)
-            q->cfg.size = (uint16_t)v;
+        virtio_dev_write_queue(d, p->queue_sel, VIRTIO_QUEUE_SIZE, v, 0xffff);
         break;
     case CC_QUEUE_MSIX_VECTOR:
         if (q)
@@ -279,8 +278,8 @@ static void common_write(struct virtio_pci *p, uint32_t off, uint32_t len, uint6
         break;
     case CC_QUEUE_ENABLE:
         /* Only 1 may be written; disabling takes a reset (4.1.4.3.2). */
-        if (q && v == 1 && !(d->status & VIRTIO_STATUS_DRIVER_OK))
-            q->enabled = true;
+        if (v == 1)
+            virtio_dev_write_queue(d, p->queue_sel, VIRTIO_QUEUE_ENABLE, 1, 1);
         break;
     case CC_QUEUE_DESC:
     case CC_QUEUE_DESC + 4:
@@ -288,18 +287,13 @@ static void common_write(struct virtio_pci *p, uint32_t off, uint32_t len, uint6
     case CC_QUEUE_DRIVER + 4:
     case CC_QUEUE_DEVICE:
     case CC_QUEUE_DEVICE + 4: {
-        if (!queue_writable)
-            break;
         uint32_t base = off & ~7u;
-        uint64_t *field = base == CC_QUEUE_DESC     ? &q->cfg.desc_gpa
-                          : base == CC_QUEUE_DRIVER ? &q->cfg.avail_gpa
-                                                    : &q->cfg.used_gpa;
-        if (len == 8)
-            *field = v;
-        else if (off & 4)
-            *field = (*field & 0xffffffffULL) | (v << 32);
-        else
-            *field = (*field & ~0xffffffffULL) | (uint32_t)v;
+        enum virtio_queue_reg reg = base == CC_QUEUE_DESC     ? VIRTIO_QUEUE_DESC
+                                    : base == CC_QUEUE_DRIVER ? VIRTIO_QUEUE_DRIVER
+                                                              : VIRTIO_QUEUE_DEVICE;
+        unsigned shift = len == 8 ? 0 : (off & 4) * 8;
+        uint64_t mask = len == 8 ? ~0ULL : 0xffffffffULL << shift;
+        virtio_dev_write_queue(d, p->queue_sel, reg, v << shift, mask);
         break;
     }
     default:
@@ -386,8 +380,7 @@ void virtio_pci_bar_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t le
     }
     pthread_mutex_lock(&d->lock);
     if (offset >= VIRTIO_PCI_DEVICE_OFF) {
-        virtio_dev_config_access(d, (uint32_t)(offset - VIRTIO_PCI_DEVICE_OFF), data, len,
-                                 is_write);
+        virtio_dev_config_access(d, offset - VIRTIO_PCI_DEVICE_OFF, data, len, is_write);
     } else if (offset >= VIRTIO_PCI_ISR_OFF) {
         if (!is_write) {
             memset(data, 0, len);
@@ -457,16 +450,23 @@ static void cfg_window(struct virtio_pci *p, bool is_write)
     uint32_t offset, length;
     memcpy(&offset, cap + 8, 4);
     memcpy(&length, cap + 12, 4);
+    /* In 64 bits: offset is the driver's, and offset + length may wrap 32. */
     if (bar != 0 || (length != 1 && length != 2 && length != 4) || offset % length ||
-        offset + length > VIRTIO_PCI_BAR_SIZE)
+        (uint64_t)offset + length > VIRTIO_PCI_BAR_SIZE)
         return;
     virtio_pci_bar_io(p, offset, cap + 16, length, is_write);
+}
+
+/* Whether the access [offset, offset + len) touches [start, end), in 64 bits. */
+static bool touches(uint32_t offset, uint32_t len, uint32_t start, uint32_t end)
+{
+    return offset < end && (uint64_t)offset + len > start;
 }
 
 static void config_written(struct pci_function *f, uint32_t offset, uint32_t len)
 {
     struct virtio_pci *p = f->opaque;
-    if (offset < PCI_COMMAND + 2 && offset + len > PCI_COMMAND) {
+    if (touches(offset, len, PCI_COMMAND, PCI_COMMAND + 2)) {
         /* Interrupt Disable deasserts INTx; clearing it asserts again
          * what is still pending (PCI 3.0, 6.2.2). */
         uint16_t cmd;
@@ -485,21 +485,21 @@ static void config_written(struct pci_function *f, uint32_t offset, uint32_t len
         }
         p->bus_master = master;
     }
-    if (offset < (uint32_t)p->msix_cap + 4 && offset + len > (uint32_t)p->msix_cap + 2) {
+    if (touches(offset, len, (uint32_t)p->msix_cap + 2, (uint32_t)p->msix_cap + 4)) {
         pthread_mutex_lock(&p->msix_lock);
         if (msix_enabled(p))
             set_intx(p, false);
         deliver_pending(p);
         pthread_mutex_unlock(&p->msix_lock);
     }
-    if (offset < (uint32_t)p->cfg_cap + 20 && offset + len > (uint32_t)p->cfg_cap + 16)
+    if (touches(offset, len, (uint32_t)p->cfg_cap + 16, (uint32_t)p->cfg_cap + 20))
         cfg_window(p, true);
 }
 
 static void config_reading(struct pci_function *f, uint32_t offset, uint32_t len)
 {
     struct virtio_pci *p = f->opaque;
-    if (offset < (uint32_t)p->cfg_cap + 20 && offset + len > (uint32_t)p->cfg_cap + 16)
+    if (touches(offset, len, (uint32_t)p->cfg_cap + 16, (uint32_t)p->cfg_cap + 20))
         cfg_window(p, false);
 }
 

@@ -115,9 +115,14 @@ static bool packed_is_avail(struct virtq *q, uint16_t pos, bool wrap)
     return avail == wrap && used != wrap;
 }
 
+bool virtq_is_set_up(const struct virtq *q)
+{
+    return q->size != 0;
+}
+
 bool virtq_has_avail(struct virtq *q)
 {
-    if (q->broken)
+    if (q->broken || !virtq_is_set_up(q))
         return false;
     if (q->packed)
         return packed_is_avail(q, q->next_avail, q->avail_wrap);
@@ -261,6 +266,8 @@ int virtq_pop(struct virtq *q, struct virtq_chain *c)
 {
     if (q->broken)
         return -1;
+    if (!virtq_is_set_up(q))
+        return 0; /* absent: nothing to take */
     if (q->packed)
         return packed_pop(q, c);
     uint16_t avail = avail_idx(q);
@@ -300,6 +307,8 @@ int virtq_pop(struct virtq *q, struct virtq_chain *c)
 
 void virtq_unpop(struct virtq *q, uint16_t n)
 {
+    if (!virtq_is_set_up(q))
+        return;
     if (!q->packed) {
         q->last_avail = (uint16_t)(q->last_avail - n);
         return;
@@ -338,6 +347,8 @@ static void packed_push(struct virtq *q, uint32_t token, uint32_t written)
 
 void virtq_push(struct virtq *q, uint32_t head, uint32_t written)
 {
+    if (!virtq_is_set_up(q))
+        return;
     if (q->packed) {
         packed_push(q, head, written);
         return;
@@ -394,6 +405,8 @@ static bool packed_should_notify(struct virtq *q)
 
 bool virtq_should_notify(struct virtq *q)
 {
+    if (!virtq_is_set_up(q))
+        return false;
     if (q->packed)
         return packed_should_notify(q);
     /* Order our used->idx store before reading the driver's suppression. */
@@ -413,6 +426,8 @@ bool virtq_should_notify(struct virtq *q)
 
 bool virtq_enable_kicks(struct virtq *q, bool enable)
 {
+    if (!virtq_is_set_up(q))
+        return false;
     if (q->packed) {
         struct virtq_packed_event e = {.flags = VIRTQ_EVENT_DISABLE};
         if (enable && q->event_idx)

@@ -126,6 +126,10 @@ int virtq_init(struct virtq *q, const struct guest_memory *mem, const struct vir
 int virtq_chain_alloc(struct virtq_chain *c, unsigned capacity);
 void virtq_chain_free(struct virtq_chain *c);
 
+/* Whether virtq_init set the queue up. A queue that was not (zeroed: the
+ * driver did not enable it) is absent: it pops nothing, takes no pushes,
+ * never asks for an interrupt and has no kicks to enable. */
+bool virtq_is_set_up(const struct virtq *q);
 /* Takes the next available chain: 1 taken, 0 none pending, -1 violation
  * (q->error says which; the queue is then broken). */
 int virtq_pop(struct virtq *q, struct virtq_chain *chain);

@@ -10,6 +10,10 @@
 #include <unistd.h>
 
 #define RNG_QUEUE_SIZE 64
+/* Bytes given for one request at most: the device may fill less than the
+ * buffers offer (5.4.6), and a request of gigabytes (descriptors may repeat
+ * the same memory) must not keep this thread busy or overflow a used length. */
+#define RNG_MAX_REQUEST (64 * 1024)
 
 static void arm_timer(struct virtio_rng *r, uint64_t ns)
 {
@@ -40,7 +44,7 @@ static void serve(struct virtio_rng *r)
             pushed = true;
             continue;
         }
-        uint64_t want = r->chain.in_len;
+        uint64_t want = r->chain.in_len < RNG_MAX_REQUEST ? r->chain.in_len : RNG_MAX_REQUEST;
         /* Short of tokens: keep this request and come back when it can
          * be filled (up to a burst), not a byte per wakeup. Asking before
          * taking means a wait of 0 is never mistaken for a timer. */

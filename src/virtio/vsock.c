@@ -114,8 +114,7 @@ enum vsock_verdict vsock_check_packet(const struct vsock_hdr *h, uint64_t payloa
 static void count_bad(struct virtio_vsock *v, uint64_t *counter, const char *why)
 {
     (*counter)++;
-    log_once(v->bad_logged, LOG_WARN,
-             "%s: guest packet refused: %s (further ones are counted only)", v->dev.name, why);
+    log_limited(&v->log_bad, LOG_WARN, "%s: guest packet refused: %s", v->dev.name, why);
 }
 
 /* ---- connection table --------------------------------------------------- */
@@ -732,7 +731,8 @@ static void take_data(struct virtio_vsock *v, struct vsock_conn *c, const struct
     if (len && !c->buf) {
         c->buf = malloc(VSOCK_CONN_BUF);
         if (!c->buf) {
-            log_error("%s: out of memory for a connection buffer", v->dev.name);
+            log_limited(&v->log_host, LOG_ERROR, "%s: out of memory for a connection buffer",
+                        v->dev.name);
             conn_kill(v, c, true);
             return;
         }
@@ -970,6 +970,9 @@ int virtio_vsock_init(struct virtio_vsock *v, uint64_t guest_cid, const char *ud
 void virtio_vsock_destroy(struct virtio_vsock *v)
 {
     virtio_dev_destroy(&v->dev);
+    char what[64];
+    snprintf(what, sizeof(what), "%s: refused guest packets", v->dev.name);
+    log_limit_flush(&v->log_bad, LOG_WARN, what);
     if (v->tx_packets || v->rx_packets || v->bad_packets)
         log_info("vsock: %llu connections (%llu refused); guest sent %llu packets, %llu bytes, "
                  "received %llu packets, %llu bytes; refused packets %llu, credit violations %llu, "

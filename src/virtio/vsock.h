@@ -94,7 +94,7 @@ struct virtio_vsock {
     uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes;
     uint64_t conns_opened, conns_refused, rsts_sent, rsts_dropped;
     uint64_t bad_packets, credit_violations, unknown_conn_packets;
-    bool bad_logged;
+    struct log_limit log_bad, log_host; /* refused guest packets; host-side trouble */
 };
 
 /* guest_cid: 3..0xfffffffe; uds_path: the host's unix socket (created). */

@@ -15,6 +15,15 @@ static void check_request(const struct http_request *r, size_t len)
         abort();
     if (r->body_len && (!r->body || r->body_len != r->content_length))
         abort();
+    if (r->needed != r->consumed)
+        abort();
+}
+
+/* An incomplete request whose head is in says how many bytes it needs: more than it has. */
+static void check_incomplete(const struct http_request *r, size_t len)
+{
+    if (r->head_complete && r->needed <= len)
+        abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -43,8 +52,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             enum http_parse_result part = http_parse_request(buf + off, split - off, &lim, &r);
             if (part == HTTP_COMPLETE)
                 check_request(&r, split - off);
+            else if (part == HTTP_INCOMPLETE)
+                check_incomplete(&r, split - off);
         }
         enum http_parse_result res = http_parse_request(buf + off, size - off, &lim, &r);
+        if (res == HTTP_INCOMPLETE)
+            check_incomplete(&r, size - off);
         if (res != HTTP_COMPLETE)
             break;
         check_request(&r, size - off);

@@ -237,6 +237,23 @@ same_tap() {
 }
 
 # expect_crash DESC STDERR_REGEX: a VMM-reported crash, not a guest verdict nor a timeout.
+# logged_events DEVICE LOG: how many guest errors ember's log accounts for on DEVICE (blk0,
+# net0, rng, ...). Guest-triggered lines are rate limited: each line stands for itself plus the
+# "(N more like this not logged)" it carries, and at exit a line "DEVICE: WHAT: N more like this
+# not logged" gives what was suppressed since the last one.
+logged_events() {
+    awk -v dev="$1" '
+        index($0, ": " dev ": ") == 0 || $0 !~ /(ERROR|WARN): / { next }
+        match($0, /: [0-9]+ more like this not logged$/) {
+            n = substr($0, RSTART + 2); sub(/ .*/, "", n); total += n; next
+        }
+        match($0, /\([0-9]+ more like this not logged\)$/) {
+            n = substr($0, RSTART + 1); sub(/ .*/, "", n); total += n
+        }
+        { total += 1 }
+        END { print total + 0 }' "$2"
+}
+
 expect_crash_ember() {
     local desc=$1 pattern=$2 why
     case $RUN_STATUS in

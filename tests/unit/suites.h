@@ -19,5 +19,6 @@ Suite *ratelimit_suite(void);
 Suite *api_suite(void);
 Suite *keyboard_suite(void);
 Suite *virtio_vsock_suite(void);
+Suite *virtio_lifecycle_suite(void);
 
 #endif

@@ -3,13 +3,18 @@
 #include "api/api.h"
 #include "api/config.h"
 #include "api/http.h"
+#include "api/server.h"
 #include "backends/block.h"
 #include "suites.h"
 #include "util/error.h"
+#include "util/eventloop.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static struct http_limits limits;
@@ -181,6 +186,183 @@ START_TEST(http_response_format)
     ck_assert_ptr_nonnull(memmem(out, n, "Connection: close", 17));
     ck_assert(!memcmp(out + n - 7, "{\"a\":1}", 7));
     free(out);
+}
+END_TEST
+
+START_TEST(http_needed_once_the_head_is_in)
+{
+    const char *req = "PUT /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+    size_t len = strlen(req), head = len - 10;
+    struct http_request r;
+    http_limits_default(&limits);
+    ck_assert_int_eq(http_parse_request(req, head - 1, &limits, &r), HTTP_INCOMPLETE);
+    ck_assert(!r.head_complete);
+    for (size_t i = head; i < len; i++) {
+        ck_assert_int_eq(http_parse_request(req, i, &limits, &r), HTTP_INCOMPLETE);
+        ck_assert(r.head_complete);
+        ck_assert_uint_eq(r.needed, len);
+    }
+    ck_assert_int_eq(http_parse_request(req, len, &limits, &r), HTTP_COMPLETE);
+    ck_assert_uint_eq(r.needed, r.consumed);
+}
+END_TEST
+
+/* ---- the server, stepped one loop round at a time --------------------------- */
+
+struct server_fixture {
+    struct event_loop loop;
+    struct api_server server;
+    char path[64];
+};
+
+static void answer_ok(void *opaque, const struct http_request *req, int *status, char **body)
+{
+    (void)opaque;
+    (void)req;
+    *status = 200;
+    *body = strdup("{}");
+}
+
+static void server_up(struct server_fixture *f, unsigned max_connections)
+{
+    ck_assert_int_eq(event_loop_init(&f->loop), 0);
+    snprintf(f->path, sizeof(f->path), "/tmp/ember-unit-api-%d.sock", (int)getpid());
+    struct http_limits lim;
+    http_limits_default(&lim);
+    struct api_server_options opts;
+    api_server_options_default(&opts);
+    opts.max_connections = max_connections;
+    ck_assert_int_eq(api_server_start(&f->server, &f->loop, f->path, &lim, &opts, answer_ok, NULL),
+                     0);
+}
+
+static void server_down(struct server_fixture *f)
+{
+    api_server_stop(&f->server);
+    event_loop_destroy(&f->loop);
+}
+
+/* One round of the loop; it must have something to do (the bound only keeps a broken
+ * server from hanging the test). */
+static void round_of(struct server_fixture *f)
+{
+    ck_assert_int_gt(event_loop_run_once(&f->loop, 10000), 0);
+}
+
+static int client(struct server_fixture *f)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    strcpy(a.sun_path, f->path);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    return fd;
+}
+
+static void say(int fd, const char *text)
+{
+    ck_assert_int_eq(send(fd, text, strlen(text), MSG_NOSIGNAL), (ssize_t)strlen(text));
+}
+
+/* What the server has sent so far, without waiting; *eof when it has closed. */
+static size_t heard(int fd, char *buf, size_t cap, bool *eof)
+{
+    size_t n = 0;
+    *eof = false;
+    while (n < cap - 1) {
+        ssize_t r = recv(fd, buf + n, cap - 1 - n, MSG_DONTWAIT);
+        if (r > 0) {
+            n += (size_t)r;
+            continue;
+        }
+        *eof = r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+        break;
+    }
+    buf[n] = '\0';
+    return n;
+}
+
+static unsigned count_of(const char *hay, const char *needle)
+{
+    unsigned n = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+START_TEST(server_answers_a_burst_a_turn_at_a_time)
+{
+    static struct server_fixture f;
+    server_up(&f, 4);
+    int c = client(&f);
+    round_of(&f); /* accepted */
+    char burst[40 * 32] = "";
+    for (int i = 0; i < 40; i++)
+        strcat(burst, "GET / HTTP/1.1\r\n\r\n");
+    say(c, burst);
+    /* One turn answers 16 of the 40 pipelined requests; the rest wait for later turns,
+     * after whatever else the loop has to do. */
+    static char buf[65536];
+    bool eof;
+    round_of(&f);
+    heard(c, buf, sizeof(buf), &eof);
+    ck_assert_uint_eq(count_of(buf, "HTTP/1.1 200"), 16);
+    unsigned total = 16;
+    for (int turn = 0; turn < 10 && total < 40; turn++) {
+        round_of(&f);
+        heard(c, buf, sizeof(buf), &eof);
+        total += count_of(buf, "HTTP/1.1 200");
+    }
+    ck_assert_uint_eq(total, 40);
+    ck_assert(!eof);
+    close(c);
+    server_down(&f);
+}
+END_TEST
+
+START_TEST(server_full_makes_room_then_refuses)
+{
+    static struct server_fixture f;
+    static char buf[4096];
+    bool eof;
+    server_up(&f, 2);
+    int a = client(&f);
+    round_of(&f);
+    say(a, "GET / HTTP/1.1\r\n\r\n");
+    round_of(&f); /* answered: a is idle */
+    int b = client(&f);
+    round_of(&f);
+    say(b, "GET / HTTP/1.1\r\n"); /* a request in progress */
+    round_of(&f);
+    /* Full: the idle connection makes room for the newcomer. */
+    int c = client(&f);
+    round_of(&f);
+    heard(a, buf, sizeof(buf), &eof);
+    ck_assert(eof);
+    say(c, "GET / HTTP/1.1\r\n");
+    round_of(&f);
+    /* Full, every connection busy: the newcomer is told so and closed. */
+    int d = client(&f);
+    round_of(&f);
+    heard(d, buf, sizeof(buf), &eof);
+    ck_assert(!strncmp(buf, "HTTP/1.1 503 ", 13));
+    ck_assert_ptr_nonnull(strstr(buf, "Connection: close\r\n"));
+    ck_assert_ptr_nonnull(strstr(buf, "\r\n\r\n{\"error\":"));
+    ck_assert(eof);
+    /* The busy ones were kept. */
+    say(b, "\r\n");
+    round_of(&f);
+    heard(b, buf, sizeof(buf), &eof);
+    ck_assert(!strncmp(buf, "HTTP/1.1 200 ", 13));
+    const uint64_t *ev = f.server.stats.events;
+    ck_assert_uint_eq(ev[API_SERVER_ACCEPTED], 3);
+    ck_assert_uint_eq(ev[API_SERVER_EVICTED], 1);
+    ck_assert_uint_eq(ev[API_SERVER_REFUSED], 1);
+    close(a);
+    close(b);
+    close(c);
+    close(d);
+    server_down(&f);
 }
 END_TEST
 
@@ -450,6 +632,11 @@ Suite *api_suite(void)
     tcase_add_test(t, http_malformed);
     tcase_add_test(t, http_limits_hold);
     tcase_add_test(t, http_response_format);
+    tcase_add_test(t, http_needed_once_the_head_is_in);
+    suite_add_tcase(s, t);
+    t = tcase_create("server");
+    tcase_add_test(t, server_answers_a_burst_a_turn_at_a_time);
+    tcase_add_test(t, server_full_makes_room_then_refuses);
     suite_add_tcase(s, t);
     t = tcase_create("config");
     tcase_add_test(t, machine_config_rules);

@@ -94,6 +94,21 @@ int irqchip_set_line(struct irqchip *chip, unsigned gsi, int level)
     return 0;
 }
 
+int irqchip_set_shared_line(struct irqchip *chip, unsigned gsi, unsigned source, bool level)
+{
+    if (gsi >= IRQCHIP_IOAPIC_PINS || source >= 64)
+        return error_set("shared line %u, source %u: out of range", gsi, source);
+    pthread_mutex_lock(&chip->lock);
+    uint64_t before = chip->line_sources[gsi];
+    uint64_t after = level ? before | (1ULL << source) : before & ~(1ULL << source);
+    chip->line_sources[gsi] = after;
+    int r = 0;
+    if ((before != 0) != (after != 0))
+        r = irqchip_set_line(chip, gsi, after != 0);
+    pthread_mutex_unlock(&chip->lock);
+    return r;
+}
+
 int irqchip_add_msi_route(struct irqchip *chip, uint64_t addr, uint32_t data)
 {
     pthread_mutex_lock(&chip->lock);

@@ -5,6 +5,7 @@
 
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #define IRQCHIP_IOAPIC_PINS 24
@@ -17,6 +18,8 @@ struct irqchip {
     struct kvm_irq_routing *routes;
     unsigned capacity;
     unsigned next_msi_gsi;
+    /* Per IOAPIC pin, the sources holding a shared level-triggered line high. */
+    uint64_t line_sources[IRQCHIP_IOAPIC_PINS];
 };
 
 /* Creates the irqchip and PIT, sets KVM's private x86 pages, and installs
@@ -26,6 +29,11 @@ int irqchip_create(struct irqchip *chip, int vm_fd);
 void irqchip_destroy(struct irqchip *chip);
 /* Sets a line-based interrupt (GSI) high or low. */
 int irqchip_set_line(struct irqchip *chip, unsigned gsi, int level);
+/* For a level-triggered line that several devices share (PCI INTx): source
+ * (below 64, unique among the line's users) asserts or releases it, and the
+ * line stays high while any source holds it. KVM keeps one level per line
+ * for all of user space, so the sharing has to be resolved here. */
+int irqchip_set_shared_line(struct irqchip *chip, unsigned gsi, unsigned source, bool level);
 /* Allocates a GSI that delivers the given MSI; returns it or -1. */
 int irqchip_add_msi_route(struct irqchip *chip, uint64_t addr, uint32_t data);
 int irqchip_update_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data);
