@@ -20,8 +20,8 @@
  * Input: a 4-byte header, then operations until the input ends.
  *   header[0]  bits 0-2 device (blk, net, console, rng, vsock), bit 3 PCI (else MMIO),
  *              bit 4 one RAM region only (no RAM above 4 GiB)
- *   header[1..2] device options (little-endian, see make_device)
- *   header[3]  rate limits (index into the limits table; 0 none)
+ *   header[1..2] device options (little-endian, see make_blk, make_net, make_device)
+ *   header[3]  rate limits (see limit_from)
  *   operation: one byte (bits 0-6: opcode modulo OP_COUNT; bit 7: the event loop does not
  *              run after it) and its operands, see run_op.
  * tests/fuzz/make_seeds.py writes the seeds in this format. */
@@ -71,6 +71,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 #define SPIN_ROUNDS    4096 /* loop rounds with events, once no input arrives any more */
 #define SPIN_NS        (500 * 1000000ULL)
 #define MAX_HOST_FDS   8
+#define MAX_LOG_LINES  64 /* per input: every line a guest can cause is rate limited */
 
 #define MMIO_BASE        LAYOUT_VIRTIO_MMIO_BASE
 #define PCI_WINDOW_START 0xe0000000ULL
@@ -80,10 +81,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 enum kind { BLK, NET, CONSOLE, RNG, VSOCK, KIND_COUNT };
 
 /* TEMPORARY, while known bugs are fixed: patterns that reach them are avoided. */
-#define DODGE_PARTIAL_QUEUES 1 /* a device live with some queues not enabled */
-#define DODGE_STATUS_CLEAR   1 /* a non-zero status write that clears bits */
-#define DODGE_NET_MRG_RXBUF  1 /* virtio-net receive buffers smaller than a frame */
-#define DODGE_BLK_BACKING    1 /* virtio_blk_change_backing */
+#define DODGE_NET_MRG_RXBUF 1 /* virtio-net receive buffers smaller than a frame */
+#define DODGE_BLK_BACKING   1 /* virtio_blk_change_backing */
 
 /* Process-wide: made once. */
 static struct {
@@ -94,6 +93,8 @@ static struct {
     char vsock_path[128];
     int listeners[2]; /* PATH_1, PATH_2: host programs guest connections reach */
     char blk_path[2][128];
+    char log_path[128];
+    int log_fd; /* the log, read back to count lines */
 } g;
 
 /* One input's machine. */
@@ -117,7 +118,6 @@ static struct {
     int net_host_fd;
     int clients[MAX_HOST_FDS];  /* vsock: host programs connected to PATH */
     int accepted[MAX_HOST_FDS]; /* vsock: guest connections accepted on PATH_1/PATH_2 */
-    struct rate_limit_config limit;
     /* The driver's view of each queue. */
     struct {
         uint16_t next_desc;          /* split: next descriptor index */
@@ -127,6 +127,9 @@ static struct {
     uint64_t bump[2]; /* data allocation in each region */
     long wait_left_us;
     uint64_t console_bytes, console_space_calls;
+    /* The driver wrote DEVICE_NEEDS_RESET itself: the device may be serving with it set (a
+     * bit only the device should set; see check_state). Until the next reset. */
+    bool driver_wrote_needs_reset;
 } h;
 
 /* ---- input ------------------------------------------------------------------------------ */
@@ -263,28 +266,158 @@ static uint64_t bar0(void)
     return h.vpci.fn.bars[0].addr;
 }
 
-#ifdef DODGE_STATUS_CLEAR
-/* Keeps the bits the device holds in a non-zero status write at BAR/window offset off. */
-static void dodge_status_clear(uint64_t off, void *data, uint32_t len)
+/* ---- the life-cycle rule, checked around every register write ------------------------- */
+
+/* What a register write may change, and what the rule says about it. */
+struct state {
+    uint8_t status;
+    bool active;
+    uint32_t config_generation;
+    uint16_t command; /* PCI */
+    struct {
+        struct virtq_config cfg;
+        bool enabled;
+    } q[MAX_QUEUES];
+};
+
+static uint16_t pci_command(void);
+static int epoll_registrations(bool print);
+
+static void snapshot(struct state *s)
+{
+    struct virtio_dev *d = h.dev;
+    s->status = __atomic_load_n(&d->status, __ATOMIC_SEQ_CST);
+    s->active = d->active;
+    s->config_generation = __atomic_load_n(&d->config_generation, __ATOMIC_SEQ_CST);
+    s->command = h.pci ? pci_command() : 0;
+    for (unsigned q = 0; q < d->nqueues && q < MAX_QUEUES; q++) {
+        s->q[q].cfg = d->queues[q].cfg;
+        s->q[q].enabled = d->queues[q].enabled;
+    }
+}
+
+static bool same_queue(const struct state *a, const struct state *b, unsigned q)
+{
+    const struct virtq_config *x = &a->q[q].cfg, *y = &b->q[q].cfg;
+    return x->size == y->size && x->desc_gpa == y->desc_gpa && x->avail_gpa == y->avail_gpa &&
+           x->used_gpa == y->used_gpa;
+}
+
+/* Whatever happened (a register write, a round of the event loop), the state the device is
+ * in must be one the rule allows. */
+static void check_state(const char *after)
+{
+    struct virtio_dev *d = h.dev;
+    uint8_t st = __atomic_load_n(&d->status, __ATOMIC_SEQ_CST);
+    if ((st & VIRTIO_STATUS_DRIVER_OK) && !(st & VIRTIO_STATUS_FEATURES_OK))
+        die("%s: status 0x%02x (DRIVER_OK without FEATURES_OK) after %s", d->name, st, after);
+    if ((st & VIRTIO_STATUS_NEEDS_RESET) && d->active && !h.driver_wrote_needs_reset)
+        die("%s: still serving with DEVICE_NEEDS_RESET (status 0x%02x) after %s", d->name, st,
+            after);
+    if ((st & VIRTIO_STATUS_DRIVER_OK) && !(st & VIRTIO_STATUS_NEEDS_RESET) && !d->active)
+        die("%s: live (status 0x%02x) but not serving after %s", d->name, st, after);
+    if (!(st & VIRTIO_STATUS_DRIVER_OK) && d->active)
+        die("%s: serving without DRIVER_OK (status 0x%02x) after %s", d->name, st, after);
+    if ((st & VIRTIO_STATUS_FEATURES_OK) && ((d->driver_features & ~d->host_features) ||
+                                             !(d->driver_features >> VIRTIO_F_VERSION_1 & 1)))
+        die("%s: FEATURES_OK with features 0x%llx (offered 0x%llx) after %s", d->name,
+            (unsigned long long)d->driver_features, (unsigned long long)d->host_features, after);
+}
+
+/* A register write took the device from b to now. status_written: the value, when the write
+ * was one to the status register (-1 otherwise). */
+static void check_transition(const struct state *b, int status_written, const char *what)
+{
+    struct virtio_dev *d = h.dev;
+    struct state a;
+    snapshot(&a);
+    check_state(what);
+    if (a.status == 0 && (status_written == 0 || b->status != 0)) {
+        /* A reset, complete when the write returns: nothing the driver set is left. */
+        h.driver_wrote_needs_reset = false;
+        if (d->driver_features)
+            die("%s: driver features 0x%llx survive a reset", d->name,
+                (unsigned long long)d->driver_features);
+        for (unsigned q = 0; q < d->nqueues && q < MAX_QUEUES; q++) {
+            const struct virtq_config *c = &a.q[q].cfg;
+            if (a.q[q].enabled || c->size != d->queue_max_size || c->desc_gpa || c->avail_gpa ||
+                c->used_gpa)
+                die("%s: queue %u keeps its registers across a reset", d->name, q);
+        }
+        if (b->status != 0 && epoll_registrations(false) != 1 && epoll_registrations(true))
+            die("%s: descriptors still registered in the event loop after a reset", d->name);
+        return;
+    }
+    if (status_written == 0)
+        die("%s: status 0x%02x after a reset", d->name, a.status);
+    /* Bits are only ever added. */
+    if (b->status & ~a.status)
+        die("%s: status 0x%02x -> 0x%02x after %s: bits cleared without a reset", d->name,
+            b->status, a.status, what);
+    if (b->status & VIRTIO_STATUS_NEEDS_RESET) {
+        if (a.status != b->status)
+            die("%s: status 0x%02x -> 0x%02x after %s while the device needs a reset", d->name,
+                b->status, a.status, what);
+    } else if (status_written > 0 && ((uint8_t)b->status & ~(uint8_t)status_written)) {
+        /* A write that would clear bits: refused, the device stops, NEEDS_RESET and a
+         * configuration interrupt. */
+        if (a.status != (b->status | VIRTIO_STATUS_NEEDS_RESET))
+            die("%s: status 0x%02x, written 0x%02x: now 0x%02x, not 0x%02x", d->name, b->status,
+                status_written, a.status, b->status | VIRTIO_STATUS_NEEDS_RESET);
+        if (a.config_generation == b->config_generation)
+            die("%s: no configuration interrupt for NEEDS_RESET (status 0x%02x written over "
+                "0x%02x)",
+                d->name, status_written, b->status);
+    }
+    /* Queue registers are read-only while the device is live or needs a reset, a queue's
+     * layout while it is enabled (MSI-X vectors are not checked: they stay writable). */
+    bool frozen = b->status & (VIRTIO_STATUS_DRIVER_OK | VIRTIO_STATUS_NEEDS_RESET);
+    for (unsigned q = 0; q < d->nqueues && q < MAX_QUEUES; q++) {
+        if ((frozen || b->q[q].enabled) && !same_queue(b, &a, q))
+            die("%s: queue %u's layout changed after %s (status 0x%02x, %s)", d->name, q, what,
+                b->status, b->q[q].enabled ? "enabled" : "not enabled");
+        if (frozen && a.q[q].enabled != b->q[q].enabled)
+            die("%s: queue %u enable changed after %s (status 0x%02x)", d->name, q, what,
+                b->status);
+    }
+    /* PCI: Bus Master Enable cleared while live stops the device, without an interrupt. */
+    if (h.pci && (b->command & PCI_COMMAND_MASTER) && !(a.command & PCI_COMMAND_MASTER) &&
+        (b->status & VIRTIO_STATUS_DRIVER_OK) && !(b->status & VIRTIO_STATUS_NEEDS_RESET) &&
+        !(a.status & VIRTIO_STATUS_NEEDS_RESET))
+        die("%s: bus mastering off while live, yet no NEEDS_RESET (status 0x%02x)", d->name,
+            a.status);
+}
+
+/* The status value a write of len bytes at BAR/window offset off writes, or -1. */
+static int status_value(uint64_t off, const void *data, uint32_t len)
 {
     if (!(h.pci ? off == 0x14 && len == 1 : off == 0x70 && len == 4))
-        return;
+        return -1;
     uint8_t v;
     memcpy(&v, data, 1);
-    if (v)
-        v |= h.dev->status & (uint8_t)~VIRTIO_STATUS_NEEDS_RESET;
-    memcpy(data, &v, 1);
+    return v;
 }
-#endif
 
 /* A register of the device's window (virtio-mmio) or BAR 0 (virtio-pci). */
 static void reg_rw(uint64_t off, void *data, uint32_t len, bool is_write)
 {
-#ifdef DODGE_STATUS_CLEAR
-    if (is_write)
-        dodge_status_clear(off, data, len);
-#endif
-    mmio_rw((h.pci ? bar0() : MMIO_BASE) + off, data, len, is_write);
+    uint64_t addr = (h.pci ? bar0() : MMIO_BASE) + off;
+    if (!is_write) {
+        mmio_rw(addr, data, len, false);
+        return;
+    }
+    struct state before;
+    snapshot(&before);
+    /* Where the BAR is, the window is not: a miss is no status write. */
+    bool hits = h.pci ? (h.vpci.fn.bars[0].mapped && h.vpci.fn.bars[0].mapped_addr == bar0() &&
+                         off < VIRTIO_PCI_BAR_SIZE)
+                      : off < VIRTIO_MMIO_WINDOW;
+    int status = hits ? status_value(off, data, len) : -1;
+    if (status > 0 && (status & VIRTIO_STATUS_NEEDS_RESET) &&
+        !(before.status & VIRTIO_STATUS_NEEDS_RESET))
+        h.driver_wrote_needs_reset = true;
+    mmio_rw(addr, data, len, true);
+    check_transition(&before, status, "a register write");
 }
 
 static void reg_write(uint64_t off, uint32_t len, uint64_t v)
@@ -303,8 +436,20 @@ static uint64_t reg_read(uint64_t off, uint32_t len)
 static void cfg_rw(uint32_t address, uint32_t reg, uint32_t len, uint32_t *v, bool is_write)
 {
     uint32_t a = address | (reg & 0xfc);
+    struct state before;
+    if (is_write)
+        snapshot(&before);
     bus_dispatch(&h.pio, PCI_CONFIG_ADDRESS_PORT, (uint8_t *)&a, 4, true);
     bus_dispatch(&h.pio, PCI_CONFIG_DATA_PORT + (reg & 3), (uint8_t *)v, len, is_write);
+    if (is_write)
+        check_transition(&before, -1, "a PCI configuration write");
+}
+
+static uint16_t pci_command(void)
+{
+    uint16_t v;
+    memcpy(&v, h.vpci.fn.config + PCI_COMMAND, 2);
+    return v;
 }
 
 static uint32_t cfg_address(void)
@@ -611,6 +756,8 @@ static const struct token_bucket_config buckets[] = {
     {512, 0, 2}, {65536, 0, 10}, {1 << 20, 4096, 1}, {100, 1000, 1000},
 };
 
+/* Bits 0-2 the bandwidth bucket, 3-5 the operations bucket; bit 6 no bandwidth limit, bit 7
+ * no operations limit. */
 static struct rate_limit_config limit_from(uint8_t sel)
 {
     struct rate_limit_config rl = {.bandwidth = buckets[sel & 7], .ops = buckets[sel >> 3 & 7]};
@@ -678,7 +825,7 @@ static int make_net(uint16_t opt, uint8_t lim)
     return r;
 }
 
-static int make_device(uint8_t h0, uint16_t opt, uint8_t lim)
+static int make_device(uint16_t opt, uint8_t lim)
 {
     int r = -1;
     switch (h.kind) {
@@ -702,14 +849,14 @@ static int make_device(uint8_t h0, uint16_t opt, uint8_t lim)
     }
     case VSOCK:
     default: {
-        static const uint64_t cids[] = {3, 52, 0xfffffffe, 0x100000000ULL};
+        /* The last one is refused: the device is never made. */
+        static const uint64_t cids[] = {3, 3, 3, 52, 0xfffffffe, 3, 3, 0x100000000ULL};
         h.dev = &h.u.vsock.dev;
         h.dev_made = true;
-        r = virtio_vsock_init(&h.u.vsock, cids[opt & 3], g.vsock_path, &h.mem);
+        r = virtio_vsock_init(&h.u.vsock, cids[opt & 7], g.vsock_path, &h.mem);
         break;
     }
     }
-    (void)h0;
     if (r < 0)
         return -1;
     /* The harness is the I/O thread from here on: iothread_call() runs inline (the thread
@@ -1155,9 +1302,6 @@ static void op_init(void)
     uint8_t feat = u8();
     uint16_t qmask = u16();
     uint8_t size_sel = u8(), ring_sel = u8(), misc = u8();
-#ifdef DODGE_PARTIAL_QUEUES
-    qmask = 0xffff;
-#endif
     if (h.pci) {
         cfg_write(PCI_COMMAND, 2, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
         if (misc & 2) {
@@ -1554,10 +1698,8 @@ static void op_cfg_window(void)
     cfg_write(cap + 12, 4, len);
     if (sel & 0x20) {
         uint32_t v = u32();
-#ifdef DODGE_STATUS_CLEAR
-        if (bar == 0)
-            dodge_status_clear(off, &v, len);
-#endif
+        if (bar == 0 && off == 0x14 && len == 1 && (v & VIRTIO_STATUS_NEEDS_RESET))
+            h.driver_wrote_needs_reset = true; /* the status register, through the window */
         cfg_write(cap + 16, 1u << (sel >> 6 & 2), v);
     } else {
         cfg_read(cap + 16, 1u << (sel >> 6 & 2));
@@ -1784,6 +1926,23 @@ static void print_trace(void)
     }
 }
 
+/* Lines logged since the last call. */
+static unsigned log_lines(void)
+{
+    static char buf[65536];
+    unsigned n = 0;
+    for (ssize_t r; (r = read(g.log_fd, buf, sizeof(buf))) > 0;) {
+        for (ssize_t i = 0; i < r; i++)
+            n += buf[i] == '\n';
+    }
+    if (lseek(g.log_fd, 0, SEEK_CUR) > (1 << 20)) {
+        /* The log is appended to: start it again. */
+        if (ftruncate(g.log_fd, 0) < 0 || lseek(g.log_fd, 0, SEEK_SET) < 0)
+            die("%s: %s", g.log_path, strerror(errno));
+    }
+    return n;
+}
+
 static void begin(const uint8_t *data, size_t size)
 {
     memset(&h, 0, sizeof(h));
@@ -1825,6 +1984,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint64_t fds_before[16];
     open_fds(fds_before);
+    if (!trace)
+        log_lines();
     begin(data, size);
     uint8_t h0 = u8();
     uint16_t opt = u16();
@@ -1836,30 +1997,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         HIGH_GPA);
     if (h.mem.nregions == 2)
         h.mem.regions[1].hva = g.region[1]; /* its own mapping, guard pages around */
-    if (make_device(h0, opt, lim) < 0 || make_transport() < 0) {
+    if (make_device(opt, lim) < 0 || make_transport() < 0) {
         end();
         return 0;
     }
     for (unsigned n = 0; in_n && n < MAX_OPS; n++) {
-#ifdef DODGE_PARTIAL_QUEUES
-        if (!(h.dev->status & VIRTIO_STATUS_DRIVER_OK)) {
-            for (unsigned q = 0; q < h.dev->nqueues; q++)
-                h.dev->queues[q].enabled = true;
-        }
-#endif
         /* Bit 7: the I/O thread does not get to run before the next operation. */
         uint8_t op = u8();
         run_op((enum op)((op & 0x7f) % OP_COUNT));
         if (!(op & 0x80))
             run_until_idle();
+        check_state("an operation");
     }
     run_until_idle();
+    check_state("the last operation");
     if (trace)
         print_trace();
     check_reset();
     check_quiet_after_reset();
     end();
     check_fds(fds_before);
+    unsigned lines = trace ? 0 : log_lines();
+    if (lines > MAX_LOG_LINES)
+        die("%u log lines for one input: a line the guest can cause is not rate limited", lines);
     return 0;
 }
 
@@ -1874,6 +2034,7 @@ static void cleanup(void)
         unlink(g.blk_path[i]);
     }
     unlink(g.vsock_path);
+    unlink(g.log_path);
     rmdir(g.dir);
 }
 
@@ -1882,8 +2043,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     trace = getenv("FUZZ_DEVICES_TRACE") != NULL;
-    if (!trace)
-        log_open("/dev/null");
     /* [guard][low region][guard][high region][guard] */
     g.map_len = 3 * PAGE + 2 * REGION_SIZE;
     g.map = mmap(NULL, g.map_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -1897,6 +2056,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         die("mkdtemp: %s", strerror(errno));
     atexit(cleanup);
     snprintf(g.vsock_path, sizeof(g.vsock_path), "%s/v.sock", g.dir);
+    /* The log goes to a file read back after each input (stderr when tracing). */
+    snprintf(g.log_path, sizeof(g.log_path), "%s/log", g.dir);
+    if (!trace && log_open(g.log_path) < 0)
+        die("%s", g.log_path);
+    g.log_fd = open(g.log_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (g.log_fd < 0)
+        die("%s: %s", g.log_path, strerror(errno));
     for (unsigned i = 0; i < 2; i++) {
         char p[160];
         snprintf(p, sizeof(p), "%s_%u", g.vsock_path, i + 1);
