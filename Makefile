@@ -141,18 +141,11 @@ $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_SUPPORT_OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+# FUZZ_JOBS targets at a time (the test machines have 2 cores).
+FUZZ_JOBS ?= 2
+
 fuzz: fuzz-build guests
-	@for f in $(FUZZ_NAMES); do \
-	  mkdir -p $(FUZZ_BUILD)/corpus-$$f; \
-	  seeds=""; [ $$f = fuzz_boot ] && seeds=$(BUILD)/guest; \
-	  [ -d tests/fuzz/seeds/$$f ] && seeds=tests/fuzz/seeds/$$f; \
-	  dict=""; [ -f tests/fuzz/$$f.dict ] && dict=-dict=tests/fuzz/$$f.dict; \
-	  echo "fuzz: $$f for $(FUZZ_SECONDS) s"; \
-	  $(FUZZ_BUILD)/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	    -max_len=65536 $$dict $(FUZZ_BUILD)/corpus-$$f $$seeds 2>&1 | \
-	    grep -E "^(stat::number_of_executed_units|stat::new_units_added|==|SUMMARY)|ERROR|invariant" ; \
-	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
-	done
+	FUZZ_BOOT_SEEDS=$(BUILD)/guest tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_NAMES)
 
 FORMAT_FILES = $(SRCS) $(UNIT_SRCS) $(shell find src tests guest bench -name '*.h' -o -name '*.c' | sort -u)
 
