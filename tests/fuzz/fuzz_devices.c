@@ -80,10 +80,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 enum kind { BLK, NET, CONSOLE, RNG, VSOCK, KIND_COUNT };
 
-/* TEMPORARY, while known bugs are fixed: patterns that reach them are avoided. */
-#define DODGE_NET_MRG_RXBUF 1 /* virtio-net receive buffers smaller than a frame */
-#define DODGE_BLK_BACKING   1 /* virtio_blk_change_backing */
-
 /* Process-wide: made once. */
 static struct {
     uint8_t *map;
@@ -818,11 +814,7 @@ static int make_net(uint16_t opt, uint8_t lim)
     o.tx_limit = limit_from((uint8_t)(lim * 37 + (opt >> 8)));
     h.dev = &h.u.net.dev;
     h.dev_made = true;
-    int r = virtio_net_init(&h.u.net, "net0", &o, &h.mem);
-#ifdef DODGE_NET_MRG_RXBUF
-    h.u.net.dev.host_features &= ~(1ULL << 15);
-#endif
-    return r;
+    return virtio_net_init(&h.u.net, "net0", &o, &h.mem);
 }
 
 static int make_device(uint16_t opt, uint8_t lim)
@@ -1598,9 +1590,7 @@ static void op_host(void)
             const char *path = (which & 3) == 3 ? "/nonexistent/image" : g.blk_path[which & 1];
             if ((which & 4) && (which & 3) != 3)
                 truncate(path, (off_t)disk_sizes[which >> 3 & 7]);
-#ifndef DODGE_BLK_BACKING
             virtio_blk_change_backing(&h.u.blk, path);
-#endif
         } else {
             /* The image shrinks or grows under the device. */
             truncate(g.blk_path[0], (off_t)disk_sizes[u8() & 7]);
