@@ -41,6 +41,7 @@
 #include "virtio/vsock.h"
 
 #include <dirent.h>
+#include <sanitizer/common_interface_defs.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -172,6 +173,8 @@ static void take(uint8_t *buf, size_t len)
 
 static bool trace; /* FUZZ_DEVICES_TRACE set: what each input did, on stderr */
 
+static void cleanup(void);
+
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 static void die(const char *fmt, ...)
@@ -182,6 +185,7 @@ static void die(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
+    cleanup(); /* abort() skips atexit */
     abort();
 }
 
@@ -2015,8 +2019,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 /* ---- once per process ----------------------------------------------------------------------- */
 
+/* The temporary directory goes when the process ends, however it ends (short of a timeout). */
 static void cleanup(void)
 {
+    if (!g.dir[0])
+        return;
     for (unsigned i = 0; i < 2; i++) {
         char p[160];
         snprintf(p, sizeof(p), "%s_%u", g.vsock_path, i + 1);
@@ -2026,6 +2033,7 @@ static void cleanup(void)
     unlink(g.vsock_path);
     unlink(g.log_path);
     rmdir(g.dir);
+    g.dir[0] = '\0';
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -2045,6 +2053,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (!mkdtemp(g.dir))
         die("mkdtemp: %s", strerror(errno));
     atexit(cleanup);
+    __sanitizer_set_death_callback(cleanup);
     snprintf(g.vsock_path, sizeof(g.vsock_path), "%s/v.sock", g.dir);
     /* The log goes to a file read back after each input (stderr when tracing). */
     snprintf(g.log_path, sizeof(g.log_path), "%s/log", g.dir);
