@@ -122,32 +122,30 @@ test-sanitize:
 clang:
 	$(MAKE) BUILD=build/clang CC=clang all build/clang/unit-tests
 
-# libFuzzer targets (clang), each run for FUZZ_SECONDS with ASan and UBSan.
+# libFuzzer targets (clang), each run for FUZZ_SECONDS with ASan and UBSan (any undefined
+# behaviour ends the run). tests/fuzz/fuzz_NAME.c is a target; tests/fuzz/support/ holds what
+# targets share; tests/fuzz/NAME.dict, when there, is its dictionary.
 FUZZ_SECONDS ?= 60
 TEST_FUZZ_SECONDS ?= 30
-FUZZ_SRCS    := $(sort $(wildcard tests/fuzz/*.c))
+FUZZ_SRCS    := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_NAMES   := $(notdir $(FUZZ_SRCS:.c=))
 FUZZ_BUILD   := build/fuzz
-FUZZ_FLAGS   := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+FUZZ_SUPPORT_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(sort $(wildcard tests/fuzz/support/*.c)))
+FUZZ_FLAGS   := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined \
+                -fno-omit-frame-pointer
 
 fuzz-build:
 	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang EXTRA_CFLAGS="$(FUZZ_FLAGS)" $(addprefix $(FUZZ_BUILD)/,$(FUZZ_NAMES))
 
-$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(LIB_OBJS)
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_SUPPORT_OBJS) $(LIB_OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+# FUZZ_JOBS targets at a time (the test machines have 2 cores).
+FUZZ_JOBS ?= 2
+
 fuzz: fuzz-build guests
-	@for f in $(FUZZ_NAMES); do \
-	  mkdir -p $(FUZZ_BUILD)/corpus-$$f; \
-	  seeds=""; [ $$f = fuzz_boot ] && seeds=$(BUILD)/guest; \
-	  [ -d tests/fuzz/seeds/$$f ] && seeds=tests/fuzz/seeds/$$f; \
-	  echo "fuzz: $$f for $(FUZZ_SECONDS) s"; \
-	  $(FUZZ_BUILD)/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	    -max_len=65536 $(FUZZ_BUILD)/corpus-$$f $$seeds 2>&1 | \
-	    grep -E "^(stat::number_of_executed_units|stat::new_units_added|==|SUMMARY)|ERROR" ; \
-	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
-	done
+	FUZZ_BOOT_SEEDS=$(BUILD)/guest tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_NAMES)
 
 FORMAT_FILES = $(SRCS) $(UNIT_SRCS) $(shell find src tests guest bench -name '*.h' -o -name '*.c' | sort -u)
 
@@ -160,4 +158,4 @@ format-check:
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(UNIT_OBJS:.o=.d)
+-include $(OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)

@@ -682,7 +682,11 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
     n->be.rx_fd = n->be.tx_fd = -1;
     n->opts = *opts;
     set_limits(n, &opts->rx_limit, &opts->tx_limit);
-    int r = opts->user ? net_user_open(&n->be, opts->forwards, opts->nforwards)
+    int r = 0;
+    if (opts->backend)
+        n->be = *opts->backend;
+    else
+        r = opts->user ? net_user_open(&n->be, opts->forwards, opts->nforwards)
                        : net_tap_open(&n->be, opts->tap, opts->sndbuf);
     if (r < 0)
         return -1;

@@ -29,6 +29,8 @@ struct net_options {
     enum vhost_mode vhost; /* tap only: the kernel's data path */
     uint64_t sndbuf;       /* tap only: its send buffer (0: unlimited) */
     struct rate_limit_config rx_limit, tx_limit;
+    /* A backend already open (tests): the device takes it over instead of opening one. */
+    struct net_backend *backend;
 };
 
 struct virtio_net;
