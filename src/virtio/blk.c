@@ -569,6 +569,14 @@ static void serve(struct virtio_blk *b)
 /* Polling: after work, the iothread keeps looking at the rings and the
  * completion queue for poll_us before it enables kicks and sleeps. A busy
  * guest then submits without exits, and completions need no wake-up. */
+/* Whether queue i could take a request now: enabled, a free slot, nothing held back by the
+ * rate limiter. A queue that cannot is woken by a completion or the throttle timer, and
+ * polling it would spin until then. */
+static bool queue_can_take(const struct virtio_blk *b, unsigned i)
+{
+    return b->dev.queues[i].enabled && b->queues[i].free_list && !b->queues[i].held;
+}
+
 static int poll_idle(void *opaque)
 {
     struct virtio_blk *b = opaque;
@@ -577,7 +585,7 @@ static int poll_idle(void *opaque)
     b->poll_rounds++;
     bool work = blk_backend_reap(&b->backend, io_done, b) > 0;
     for (unsigned i = 0; i < b->opts.queues; i++)
-        work = work || (b->dev.queues[i].enabled && virtq_has_avail(&b->dev.queues[i].vq));
+        work = work || (queue_can_take(b, i) && virtq_has_avail(&b->dev.queues[i].vq));
     if (work) {
         b->poll_hits++;
         serve(b);
@@ -591,7 +599,7 @@ static int poll_idle(void *opaque)
     b->polling = false;
     for (unsigned i = 0; i < b->opts.queues; i++) {
         struct virtq *vq = &b->dev.queues[i].vq;
-        if (b->dev.queues[i].enabled && virtq_enable_kicks(vq, true)) {
+        if (queue_can_take(b, i) && virtq_enable_kicks(vq, true)) {
             b->polling = true;
             b->last_work_ns = monotonic_ns();
             return 0;
