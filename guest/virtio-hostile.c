@@ -279,18 +279,6 @@ static bool skipped_by_cmdline(const struct target *t, enum attack a)
     return in_skip_list(attacks[a].name) || in_skip_list(both);
 }
 
-static bool wait_needs_reset(struct virtio_device *d, uint8_t *status)
-{
-    uint64_t start = time_us();
-    do {
-        *status = virtio_get_status(d);
-        if (*status & VIRTIO_STATUS_NEEDS_RESET)
-            return true;
-        udelay(200);
-    } while (time_us() - start < status_timeout_us);
-    return false;
-}
-
 static enum test_result attack(unsigned ti, enum attack a)
 {
     struct target *t = &targets[ti];
@@ -312,7 +300,7 @@ static enum test_result attack(unsigned ti, enum attack a)
     diag("hostile: %s: %s", t->name, attacks[a].what);
     launch(t, a);
     uint8_t status;
-    bool needs_reset = wait_needs_reset(d, &status);
+    bool needs_reset = virtio_wait_needs_reset(d, status_timeout_us, &status);
     bool config_irq = virtio_wait_config_irq(d, config_irqs, WAIT_US);
     diag("status 0x%02x (NEEDS_RESET %s), configuration interrupt %s, config_generation %u -> "
          "%u",

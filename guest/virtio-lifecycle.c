@@ -324,18 +324,6 @@ static size_t udp_to_echo(uint8_t *f, const char *text)
     return frame_udp(f, &e, text, strlen(text), false);
 }
 
-/* Answers an ARP request for our address; true if the frame was one. */
-static bool answer_arp(const uint8_t *f, int32_t len)
-{
-    struct arp_view a;
-    if (len < 0 || !parse_arp(f, (size_t)len, &a) || a.op != ARP_REQUEST || a.tpa != guest_ip)
-        return false;
-    static uint8_t reply[ARP_FRAME_LEN];
-    size_t n = frame_arp(reply, ARP_REPLY, net.mac, guest_ip, a.sha, a.spa);
-    vnet_send(&net, NULL, reply, (uint32_t)n);
-    return true;
-}
-
 /* A datagram to the echo server and its echo back (stale echoes and beacons pass by). */
 static bool net_use(void)
 {
@@ -364,7 +352,7 @@ static bool net_use(void)
         if (parse_udp(rxframe, (size_t)len, &u) && !u.error && u.e.src_port == echo_port &&
             u.len == strlen(text) && !memcmp(u.payload, text, u.len))
             return true;
-        if (!answer_arp(rxframe, len))
+        if (!vnet_answer_arp(&net, guest_ip, rxframe, len))
             other++;
     }
     diag("net: no echo of \"%s\" (%u other frames)", text, other);
@@ -967,18 +955,6 @@ static bool unanswered(struct target *t)
     return true;
 }
 
-static bool wait_needs_reset(struct virtio_device *d, uint8_t *status)
-{
-    uint64_t start = time_us();
-    do {
-        *status = virtio_get_status(d);
-        if (*status & VIRTIO_STATUS_NEEDS_RESET)
-            return true;
-        udelay(200);
-    } while (time_us() - start < WAIT_US / 2);
-    return false;
-}
-
 static bool clear_bit(struct target *t, uint8_t bit)
 {
     struct virtio_device *d = t->d;
@@ -1028,7 +1004,7 @@ static bool half_way(struct target *t, bool rings_outside)
     uint64_t irqs = d->config_irqs;
     virtio_driver_ok(d);
     uint8_t status;
-    bool needs_reset = wait_needs_reset(d, &status);
+    bool needs_reset = virtio_wait_needs_reset(d, WAIT_US / 2, &status);
     bool irq = virtio_wait_config_irq(d, irqs, WAIT_US);
     virtio_set_status(d, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
                              VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
@@ -1049,7 +1025,7 @@ static bool bus_master_off(struct target *t)
         return false;
     virtio_pci_bus_master(d, false);
     uint8_t status;
-    bool needs_reset = wait_needs_reset(d, &status);
+    bool needs_reset = virtio_wait_needs_reset(d, WAIT_US / 2, &status);
     bool quiet = unanswered(t);
     virtio_pci_bus_master(d, true);
     bool still = virtio_get_status(d) & VIRTIO_STATUS_NEEDS_RESET;

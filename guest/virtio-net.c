@@ -78,18 +78,6 @@ static void read_parameters(void)
     cmdline_get_u64("net_burst", &burst);
 }
 
-/* Answers an ARP request for our address; true if the frame was one. */
-static bool answer_arp(const uint8_t *f, int32_t len)
-{
-    struct arp_view a;
-    if (len < 0 || !parse_arp(f, (size_t)len, &a) || a.op != ARP_REQUEST || a.tpa != guest_ip)
-        return false;
-    static uint8_t reply[ARP_FRAME_LEN];
-    size_t n = frame_arp(reply, ARP_REPLY, net.mac, guest_ip, a.sha, a.spa);
-    vnet_send(&net, NULL, reply, (uint32_t)n);
-    return true;
-}
-
 /* The next frame that `want` accepts, within REPLY_US; others are answered (ARP) or counted. */
 static int32_t receive_matching(bool (*want)(const uint8_t *f, int32_t len, void *ctx), void *ctx,
                                 struct virtio_net_hdr *hdr)
@@ -108,7 +96,7 @@ static int32_t receive_matching(bool (*want)(const uint8_t *f, int32_t len, void
         }
         if (want(rx, len, ctx))
             return len;
-        if (!answer_arp(rx, len))
+        if (!vnet_answer_arp(&net, guest_ip, rx, len))
             others++;
     }
     return -1;
@@ -368,7 +356,7 @@ static enum test_result echo_burst(void)
             } else {
                 bad++;
             }
-        } else if (!answer_arp(rx, len)) {
+        } else if (!vnet_answer_arp(&net, guest_ip, rx, len)) {
             others++;
         }
     }

@@ -1243,3 +1243,15 @@ int64_t virtq_transfer(struct virtq *q, const struct vbuf *bufs, unsigned count,
         return -1;
     return len;
 }
+
+bool virtio_wait_needs_reset(struct virtio_device *d, uint64_t timeout_us, uint8_t *status)
+{
+    uint64_t start = time_us();
+    do {
+        *status = virtio_get_status(d);
+        if (*status & VIRTIO_STATUS_NEEDS_RESET)
+            return true;
+        udelay(200);
+    } while (time_us() - start < timeout_us);
+    return false;
+}

@@ -149,6 +149,9 @@ unsigned virtio_discover(void);
 /* The nth device of a type, or NULL. */
 struct virtio_device *virtio_find(uint32_t device_id, unsigned nth);
 
+/* Waits up to timeout_us for the device to set DEVICE_NEEDS_RESET; *status is the last value
+ * read. */
+bool virtio_wait_needs_reset(struct virtio_device *d, uint64_t timeout_us, uint8_t *status);
 /* Status register and reset; a reset waits until the device reads back 0. */
 uint8_t virtio_get_status(struct virtio_device *d);
 void virtio_set_status(struct virtio_device *d, uint8_t status);

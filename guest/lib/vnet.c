@@ -1,6 +1,7 @@
 /* virtio-net driver core for the test guests (virtio 1.2, 5.1.6). */
 #include "vnet.h"
 
+#include "inet.h"
 #include "io.h"
 
 #define RX_MAX_BUF 4096 /* the largest receive buffer vnet_open accepts */
@@ -252,4 +253,15 @@ int32_t vnet_recv_wait(struct vnet *n, void *buf, uint32_t size, struct virtio_n
         else
             cpu_relax();
     }
+}
+
+bool vnet_answer_arp(struct vnet *n, uint32_t ip, const uint8_t *f, int32_t len)
+{
+    struct arp_view a;
+    if (len < 0 || !parse_arp(f, (size_t)len, &a) || a.op != ARP_REQUEST || a.tpa != ip)
+        return false;
+    static uint8_t reply[ARP_FRAME_LEN];
+    size_t size = frame_arp(reply, ARP_REPLY, n->mac, ip, a.sha, a.spa);
+    vnet_send(n, NULL, reply, (uint32_t)size);
+    return true;
 }

@@ -105,5 +105,8 @@ int32_t vnet_recv(struct vnet *n, void *buf, uint32_t size, struct virtio_net_hd
 /* vnet_recv, waiting up to timeout_us (with an interrupt when the queue asked for them). */
 int32_t vnet_recv_wait(struct vnet *n, void *buf, uint32_t size, struct virtio_net_hdr *hdr,
                        uint64_t timeout_us);
+/* If frame f (len bytes, as vnet_recv returned it) is an ARP request for ip, sends the reply
+ * from n's MAC address and returns true. */
+bool vnet_answer_arp(struct vnet *n, uint32_t ip, const uint8_t *f, int32_t len);
 
 #endif

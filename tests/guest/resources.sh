@@ -131,32 +131,6 @@ res_note_rss() { # a QEMU run's figures, for comparison
     echo "#   $1: peak RSS $(mib "$RES_PEAK_KB") MiB (guest RAM touched $(mib "$RES_GUEST_KB") MiB)"
 }
 
-# res_runs NAME FN: FN VMM TRANSPORT for QEMU (the reference) then ember on each transport; FN
-# starts the run (res_start), and res_after checks the rest.
-res_runs() {
-    local name=$1 fn=$2 t ref
-    for t in "${VIRTIO_TRANSPORTS[@]}"; do
-        ref=""
-        if [ "$have_qemu" = 1 ]; then
-            "$fn" qemu "$t"
-            ref=$RUN_OUT
-        else
-            report skip "qemu: $name ($t)" "$qemu_missing"
-        fi
-        if [ "$have_ember" = 1 ]; then
-            "$fn" ember "$t"
-            if [ -s "$ref" ]; then
-                # What QEMU skipped (bounds_skip=) compares as if it had passed there.
-                sed 's/ # SKIP in bounds_skip=.*//' "$ref" >"$ref.unskipped"
-                ref=$ref.unskipped
-            fi
-            same_tap "ember: $name ($t): same TAP lines as QEMU" "$ref"
-        else
-            report skip "ember: $name ($t)" "$(ember_skip_reason)"
-        fi
-    done
-}
-
 # ---- rss-blk -------------------------------------------------------------------------------
 
 RES_BLK_IMAGE=""
@@ -235,7 +209,7 @@ case_rss_blk() {
         return 0
     fi
     echo "# rss-blk: image $RES_BLK_IMAGE ($(stat -f -c %T "$RES_BLK_IMAGE"))"
-    res_runs rss-blk rss_blk_run
+    virtio_runs rss-blk rss_blk_run
 }
 
 # ---- rss-net -------------------------------------------------------------------------------
@@ -272,7 +246,7 @@ case_rss_net() {
         report skip "rss-net" "$NET_SETUP_ERROR"
         return 0
     fi
-    res_runs rss-net rss_net_run
+    virtio_runs rss-net rss_net_run
 }
 
 # ---- rss-vsock -----------------------------------------------------------------------------
@@ -384,7 +358,7 @@ rss_console_run() {
 
 case_rss_console() {
     res_tmp
-    res_runs rss-console rss_console_run
+    virtio_runs rss-console rss_console_run
 }
 
 # ---- log-flood -----------------------------------------------------------------------------
@@ -509,7 +483,7 @@ log_flood_run() {
 case_log_flood() {
     res_tmp
     [ -s "$RES_DIR/log-flood.img" ] || head -c 65536 /dev/urandom >"$RES_DIR/log-flood.img"
-    res_runs log-flood log_flood_run
+    virtio_runs log-flood log_flood_run
 }
 
 # ---- intx-shared ---------------------------------------------------------------------------
@@ -542,7 +516,7 @@ intx_run() {
 case_intx_shared() {
     res_tmp
     local VIRTIO_TRANSPORTS=(pci) # INTx is virtio-pci's
-    res_runs intx-shared intx_run
+    virtio_runs intx-shared intx_run
 }
 
 # ---- bounds --------------------------------------------------------------------------------
@@ -572,5 +546,5 @@ bounds_run() {
 
 case_bounds() {
     res_tmp
-    res_runs bounds bounds_run
+    virtio_runs bounds bounds_run bounds_skip
 }
