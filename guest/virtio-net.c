@@ -471,12 +471,17 @@ static enum test_result rate_limit(void)
     run_user(user_rate, (uint64_t)&r);
     uint64_t burst_us = r.burst_cycles * 1000000 / tsc_hz;
     uint64_t rest_us = r.rest_cycles * 1000000 / tsc_hz;
-    uint64_t pps = rest_us ? (r.frames - r.burst) * 1000000 / rest_us : 0;
+    uint64_t total_us = burst_us + rest_us;
+    uint64_t pps = total_us ? (r.frames - r.burst) * 1000000 / total_us : 0;
     printf("net-rate: frames=%lu burst_us=%lu rest_us=%lu pps=%lu\n", r.frames, burst_us, rest_us,
            pps);
-    /* The burst goes at the VMM's speed; the rest at the limit, within 20%. */
-    return burst_us < 500000 && pps * 10 >= tx_pps * 8 && pps * 10 <= tx_pps * 12 ? TEST_PASS
-                                                                                  : TEST_FAIL;
+    /* The bucket holds tx_pps frames at the start: the first tx_pps go at once, the others at
+     * the limit, so all of them take at least a second however fast or slow this machine, and
+     * measured from the start that bound cannot be blurred by this vCPU being descheduled
+     * (which delays when it sees a completion, never the device). A device far slower than
+     * its limit (three times) fails too. */
+    return burst_us < 500000 && pps * 100 <= tx_pps * 105 && pps * 3 >= tx_pps ? TEST_PASS
+                                                                               : TEST_FAIL;
 }
 
 static enum test_result rate_open(void)
@@ -495,7 +500,7 @@ static enum test_result rate_open(void)
 static const struct guest_test rate_tests[] = {
     {"virtio-net device found", find_device},
     {"device set up for polling", rate_open},
-    {"transmit rate: after the burst, frames go at the VMM's limit (within 20%)", rate_limit},
+    {"transmit rate: after the burst, frames go no faster than the VMM's limit", rate_limit},
     {"every transmit buffer used, device reset", quiet_reset},
 };
 
