@@ -2,6 +2,13 @@
 # `make test` runs every test. See README.md.
 
 CC      ?= cc
+# make SECCOMP_LEARN=1: a build whose seccomp filters log (in the kernel's
+# log) instead of stopping ember, to see what a new feature needs
+# (scripts/seccomp-learn.py); never shipped.
+ifdef SECCOMP_LEARN
+BUILD   ?= build/seccomp-learn
+EXTRA_CFLAGS += -DEMBER_SECCOMP_LEARN
+endif
 BUILD   ?= build
 VERSION := 0.1.0
 
@@ -10,11 +17,16 @@ CFLAGS_WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prot
 CFLAGS  ?= -O2 -g
 CJSON_CFLAGS := $(shell pkg-config --cflags libcjson 2>/dev/null)
 CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -MMD -MP \
-              -DEMBER_VERSION=\"$(VERSION)\" $(CJSON_CFLAGS) $(EXTRA_CFLAGS)
-LDLIBS  := -luring $(CJSON_LIBS) -lm -ldl -lpthread $(EXTRA_LDLIBS)
+SECCOMP_CFLAGS := $(shell pkg-config --cflags libseccomp 2>/dev/null)
+SECCOMP_LIBS   := $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp)
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -I$(BUILD)/gen -MMD -MP \
+              -DEMBER_VERSION=\"$(VERSION)\" $(CJSON_CFLAGS) $(SECCOMP_CFLAGS) $(EXTRA_CFLAGS)
+LDLIBS  := -luring $(CJSON_LIBS) $(SECCOMP_LIBS) -lm -ldl -lpthread $(EXTRA_LDLIBS)
 
-SRCS := $(shell find src -name '*.c' | sort)
+# src/sandbox/bpfgen.c is a build-time tool: it compiles ember's own seccomp
+# filters into $(BUILD)/gen/seccomp_bpf.h, which seccomp.c includes.
+BPFGEN_SRC := src/sandbox/bpfgen.c
+SRCS := $(filter-out $(BPFGEN_SRC),$(shell find src -name '*.c' | sort))
 OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)
 LIB_OBJS := $(filter-out $(BUILD)/obj/src/main.o,$(OBJS))
 
@@ -38,6 +50,18 @@ Q := $(if $(V),,@)
 $(BUILD)/ember: $(OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/bpfgen: $(BUILD)/obj/src/sandbox/bpfgen.o $(BUILD)/obj/src/sandbox/filters.o \
+                 $(BUILD)/obj/src/sandbox/rules.o $(BUILD)/obj/src/util/error.o
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/gen/seccomp_bpf.h: $(BUILD)/bpfgen
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  GEN     $@")
+	$(Q)$< > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/src/sandbox/seccomp.o: $(BUILD)/gen/seccomp_bpf.h
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -158,4 +182,4 @@ format-check:
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)
+-include $(OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(BUILD)/obj/$(BPFGEN_SRC:.c=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)
