@@ -2,6 +2,13 @@
 # `make test` runs every test. See README.md.
 
 CC      ?= cc
+# make SECCOMP_LEARN=1: a build whose seccomp filters log (in the kernel's
+# log) instead of stopping ember, to see what a new feature needs
+# (scripts/seccomp-learn.py); never shipped.
+ifdef SECCOMP_LEARN
+BUILD   ?= build/seccomp-learn
+EXTRA_CFLAGS += -DEMBER_SECCOMP_LEARN
+endif
 BUILD   ?= build
 VERSION := 0.1.0
 
@@ -10,11 +17,16 @@ CFLAGS_WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prot
 CFLAGS  ?= -O2 -g
 CJSON_CFLAGS := $(shell pkg-config --cflags libcjson 2>/dev/null)
 CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -MMD -MP \
-              -DEMBER_VERSION=\"$(VERSION)\" $(CJSON_CFLAGS) $(EXTRA_CFLAGS)
-LDLIBS  := -luring $(CJSON_LIBS) -lm -ldl -lpthread $(EXTRA_LDLIBS)
+SECCOMP_CFLAGS := $(shell pkg-config --cflags libseccomp 2>/dev/null)
+SECCOMP_LIBS   := $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp)
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -I$(BUILD)/gen -MMD -MP \
+              -DEMBER_VERSION=\"$(VERSION)\" $(CJSON_CFLAGS) $(SECCOMP_CFLAGS) $(EXTRA_CFLAGS)
+LDLIBS  := -luring $(CJSON_LIBS) $(SECCOMP_LIBS) -lm -ldl -lpthread $(EXTRA_LDLIBS)
 
-SRCS := $(shell find src -name '*.c' | sort)
+# src/sandbox/bpfgen.c is a build-time tool: it compiles ember's own seccomp
+# filters into $(BUILD)/gen/seccomp_bpf.h, which seccomp.c includes.
+BPFGEN_SRC := src/sandbox/bpfgen.c
+SRCS := $(filter-out $(BPFGEN_SRC),$(shell find src -name '*.c' | sort))
 OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)
 LIB_OBJS := $(filter-out $(BUILD)/obj/src/main.o,$(OBJS))
 
@@ -23,7 +35,8 @@ UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-.PHONY: all demo test unit-test guest-test console-test api-test linux-smoke-test test-linux \
+.PHONY: all demo test unit-test guest-test console-test api-test seccomp-test linux-smoke-test \
+        test-linux \
         test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-linux-boot \
         clang guests format format-check clean bench
 
@@ -38,6 +51,18 @@ Q := $(if $(V),,@)
 $(BUILD)/ember: $(OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/bpfgen: $(BUILD)/obj/src/sandbox/bpfgen.o $(BUILD)/obj/src/sandbox/filters.o \
+                 $(BUILD)/obj/src/sandbox/rules.o $(BUILD)/obj/src/util/error.o
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/gen/seccomp_bpf.h: $(BUILD)/bpfgen
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  GEN     $@")
+	$(Q)$< > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/src/sandbox/seccomp.o: $(BUILD)/gen/seccomp_bpf.h
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -101,11 +126,21 @@ linux-smoke-test: all
 api-test: all guests
 	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/api/test_api.py
 
+# The seccomp filters hold inside ember's real threads: a test-only preload
+# library makes each kind of thread attempt forbidden system calls.
+$(BUILD)/seccomp-trigger.so: tests/seccomp/trigger.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(CFLAGS_WARN) -O2 -g -shared -fPIC -o $@ $< -ldl -lpthread
+
+seccomp-test: all guests $(BUILD)/seccomp-trigger.so
+	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest TRIGGER=$(BUILD)/seccomp-trigger.so \
+	  tests/seccomp/run.sh
+
 # The whole suite; CI runs exactly this.
 test:
 	@scripts/install-deps.sh test
 	$(MAKE) format-check
-	$(MAKE) all unit-test guest-test console-test api-test linux-smoke-test
+	$(MAKE) all unit-test guest-test console-test api-test seccomp-test linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
@@ -158,4 +193,4 @@ format-check:
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)
+-include $(OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(BUILD)/obj/$(BPFGEN_SRC:.c=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)

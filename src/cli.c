@@ -47,7 +47,10 @@ void cli_usage(FILE *f)
         "                        progress after MS (default 120000; 0: only to make room)\n"
         "  --enable-pci          virtio devices on PCI (default: virtio-mmio, announced on\n"
         "                        the kernel command line, as Firecracker does)\n"
-        "  --start-time-us, --start-time-cpu-us, --parent-cpu-time-us N, --no-seccomp,\n"
+        "  --no-seccomp          no system call filters (see below)\n"
+        "  --seccomp-filter FILE system call filters from FILE, in Firecracker's\n"
+        "                        seccompiler JSON format, instead of ember's own\n"
+        "  --start-time-us, --start-time-cpu-us, --parent-cpu-time-us N,\n"
         "  --mmds-size-limit N   accepted, as the jailer passes them, and ignored\n"
         "\n"
         "Options of `ember run` (VALUE may also be given as --option=VALUE):\n"
@@ -104,13 +107,18 @@ void cli_usage(FILE *f)
         "                        host port P reach PATH_P, host programs connect to PATH\n"
         "                        and send \"CONNECT P\\n\" (ember answers \"OK <port>\\n\")\n"
         "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
+        "  --no-seccomp, --seccomp-filter FILE   as in the API mode\n"
+        "\n"
+        "Every thread runs under a seccomp filter of its kind unless --no-seccomp; a\n"
+        "system call outside it ends ember with status 148 and a line naming both.\n"
         "\n"
         "The guest's first serial port (COM1, ttyS0) is ember's standard input and output.\n"
         "On a terminal, Ctrl-A x quits, Ctrl-A h lists the other console keys.\n"
         "\n"
         "Exit status: 0 guest powered off or reset; 2 bad usage or input; 4 host failure;\n"
         "10 guest triple fault; 12 guest halted for good; 14 KVM internal error;\n"
-        "16 VM entry failure; 18 guest crash; 20 other unexpected exit; 128+N signal N;\n"
+        "16 VM entry failure; 18 guest crash; 20 other unexpected exit; 148 a forbidden\n"
+        "system call (seccomp); 128+N signal N;\n"
         "odd values come from the guest through --debug-exit.\n",
         VM_DEFAULT_CMDLINE, VM_DEFAULT_MEMORY_MIB, VM_DEFAULT_CPUS);
 }
@@ -193,6 +201,8 @@ enum opt_id {
     OPT_BLK_SYNC,
     OPT_NET,
     OPT_SYNC_TEARDOWN,
+    OPT_NO_SECCOMP,
+    OPT_SECCOMP_FILTER,
     OPT_VSOCK,
     OPT_HELP,
 };
@@ -218,6 +228,8 @@ static const struct {
     {"blk-sync", OPT_BLK_SYNC, false},
     {"net", OPT_NET, true},
     {"sync-teardown", OPT_SYNC_TEARDOWN, false},
+    {"no-seccomp", OPT_NO_SECCOMP, false},
+    {"seccomp-filter", OPT_SECCOMP_FILTER, true},
     {"vsock", OPT_VSOCK, true},
     {"help", OPT_HELP, false},
 };
@@ -563,6 +575,14 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
     case OPT_SYNC_TEARDOWN:
         cli->sync_teardown = true;
         return 0;
+    case OPT_NO_SECCOMP:
+        cli->no_seccomp = true;
+        return 0;
+    case OPT_SECCOMP_FILTER:
+        if (!*value)
+            return error_set("--seccomp-filter needs a file");
+        cli->seccomp_filter = value;
+        return 0;
     case OPT_NET:
         if (vm->nnets == VM_MAX_NETS)
             return error_set("at most %d --net options", VM_MAX_NETS);
@@ -634,6 +654,8 @@ enum top_flag {
     TOP_IDLE_TIMEOUT,
     TOP_ENABLE_PCI,
     TOP_SYNC_TEARDOWN,
+    TOP_NO_SECCOMP,
+    TOP_SECCOMP_FILTER,
     TOP_IGNORED_NUMBER,
     TOP_IGNORED_FLAG,
     TOP_UNSUPPORTED,
@@ -664,10 +686,10 @@ static const struct {
     {"start-time-cpu-us", TOP_IGNORED_NUMBER, true},
     {"parent-cpu-time-us", TOP_IGNORED_NUMBER, true},
     {"mmds-size-limit", TOP_IGNORED_NUMBER, true},
-    {"no-seccomp", TOP_IGNORED_FLAG, false},
-    /* Accepting these silently would pretend to a protection or a
-     * feature ember does not have. */
-    {"seccomp-filter", TOP_UNSUPPORTED, true},
+    {"no-seccomp", TOP_NO_SECCOMP, false},
+    {"seccomp-filter", TOP_SECCOMP_FILTER, true},
+    /* Accepting these silently would pretend to a feature ember does not
+     * have. */
     {"boot-timer", TOP_UNSUPPORTED, false},
     {"metadata", TOP_UNSUPPORTED, true},
     {"describe-snapshot", TOP_UNSUPPORTED, true},
@@ -749,6 +771,14 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
         return 0;
     case TOP_SYNC_TEARDOWN:
         cli->sync_teardown = true;
+        return 0;
+    case TOP_NO_SECCOMP:
+        cli->no_seccomp = true;
+        return 0;
+    case TOP_SECCOMP_FILTER:
+        if (!*value)
+            return error_set("--seccomp-filter needs a file");
+        cli->seccomp_filter = value;
         return 0;
     case TOP_IGNORED_NUMBER:
         for (const char *p = value; *p; p++) {

@@ -36,7 +36,9 @@ struct cli {
     struct vm_config vm;
     enum log_level log_level;
     struct cli_api api;
-    bool sync_teardown; /* wait for the kernel to destroy the VM before exiting */
+    bool sync_teardown;         /* wait for the kernel to destroy the VM before exiting */
+    bool no_seccomp;            /* --no-seccomp: no system call filters */
+    const char *seccomp_filter; /* --seccomp-filter: a policy file instead of ember's own */
 };
 
 /* Parses argv into *out. On error, returns -1 with error_get() set. */

@@ -1,6 +1,7 @@
 #include "api/api.h"
 #include "api/server.h"
 #include "cli.h"
+#include "sandbox/seccomp.h"
 #include "util/error.h"
 #include "util/eventloop.h"
 #include "util/log.h"
@@ -82,6 +83,7 @@ static int run_vm(struct process *p, const struct vm_config *cfg)
         vm_destroy(&vm);
         return EXIT_HOST_ERROR;
     }
+    seccomp_enter(SECCOMP_MAIN, "main");
     if (event_loop_run(&p->loop) < 0)
         fprintf(stderr, "ember: event loop: %s\n", error_get());
     int status = vm_finish(&vm);
@@ -132,6 +134,15 @@ static int run_api(struct process *p, const struct cli *cli)
     if (o->show_level || o->show_log_origin || o->log_path)
         log_set_format(o->show_level, o->show_log_origin);
     api_init(&api, &p->loop, &vm, o->id, o->enable_pci);
+    /* InstanceStart builds the machine there (api.h says why). */
+    static struct iothread builder;
+    if (seccomp_enabled()) {
+        if (iothread_start(&builder, "vmm-build", SECCOMP_NONE) < 0) {
+            fprintf(stderr, "ember: %s\n", error_get());
+            return EXIT_HOST_ERROR;
+        }
+        api.builder = &builder;
+    }
     if (o->metrics_path && api_apply_metrics(&api, o->metrics_path) < 0) {
         fprintf(stderr, "ember: %s\n", error_get());
         api_finish(&api, 0);
@@ -180,6 +191,10 @@ static int run_api(struct process *p, const struct cli *cli)
             return api_finish(&api, status);
         }
     }
+    /* Before the first client: the API may only shape the machine and start
+     * it (InstanceStart narrows this further, api_start_instance). */
+    if (!api_instance_started(&api))
+        seccomp_enter(SECCOMP_PREBOOT, "main");
     if (event_loop_run(&p->loop) < 0)
         fprintf(stderr, "ember: event loop: %s\n", error_get());
     if (!o->no_api)
@@ -203,6 +218,13 @@ int main(int argc, char **argv)
         return EXIT_OK;
     }
     log_set_level(cli.log_level);
+    /* Before any thread exists (each inherits the SIGSYS handler) and before
+     * the teardown helper (a copy of the handlers is taken at clone). */
+    bool usage;
+    if (seccomp_setup(!cli.no_seccomp, cli.seccomp_filter, &usage) < 0) {
+        fprintf(stderr, "ember: %s\n", error_get());
+        return usage ? EXIT_USAGE : EXIT_HOST_ERROR;
+    }
     /* Before any thread exists: the helper shares ember's memory and files. */
     if (!cli.sync_teardown && async_teardown_start() < 0)
         log_warn("%s; the machine will be destroyed before ember exits", error_get());

@@ -1,6 +1,7 @@
 #include "api/api.h"
 
 #include "devices/i8042.h"
+#include "sandbox/seccomp.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "virtio/blk.h"
@@ -126,6 +127,34 @@ int api_apply_metrics(struct api *a, const char *path)
     return 0;
 }
 
+struct build {
+    struct api *a;
+    int result, status;
+    char error[512];
+};
+
+static void build_machine(void *arg)
+{
+    struct build *b = arg;
+    struct api *a = b->a;
+    b->result = -1;
+    if (vm_create(a->vm, &a->vm_cfg, a->loop) < 0) {
+        snprintf(b->error, sizeof(b->error), "cannot create the machine: %s", error_get());
+        b->status = a->vm->create_status;
+        vm_destroy(a->vm);
+        return;
+    }
+    a->vm_created = true;
+    if (vm_start(a->vm, true) < 0) {
+        /* vm_start asked the machine to stop; the loop ends and
+         * api_finish reports it. */
+        snprintf(b->error, sizeof(b->error), "cannot start the machine: %s", error_get());
+        b->status = EXIT_HOST_ERROR;
+        return;
+    }
+    b->result = 0;
+}
+
 int api_start_instance(struct api *a, int *status)
 {
     *status = EXIT_USAGE;
@@ -137,20 +166,21 @@ int api_start_instance(struct api *a, int *status)
     a->vm_cfg.transport = a->enable_pci ? TRANSPORT_PCI : TRANSPORT_MMIO;
     if (api_config_to_vm(&a->cfg, &a->vm_cfg) < 0)
         return -1;
-    if (vm_create(a->vm, &a->vm_cfg, a->loop) < 0) {
-        char why[512];
-        snprintf(why, sizeof(why), "%s", error_get());
-        *status = a->vm->create_status;
-        vm_destroy(a->vm);
-        return error_set("cannot create the machine: %s", why);
+    struct build b = {.a = a};
+    if (a->builder)
+        iothread_call(a->builder, build_machine, &b);
+    else
+        build_machine(&b);
+    if (b.result < 0) {
+        *status = b.status;
+        return error_set("%s", b.error);
     }
-    a->vm_created = true;
-    if (vm_start(a->vm, true) < 0) {
-        /* vm_start asked the machine to stop; the loop ends and
-         * api_finish reports it. */
-        *status = EXIT_HOST_ERROR;
-        return error_prefix("cannot start the machine");
-    }
+    if (a->builder)
+        iothread_stop(a->builder);
+    a->builder = NULL;
+    /* Setup is over: from now on the main thread serves the API, the
+     * console and the metrics, with the narrower filter. */
+    seccomp_enter(SECCOMP_MAIN, "main");
     log_info("machine started: %u vCPU(s), %llu MiB, %u drive(s)", a->vm_cfg.ncpus,
              (unsigned long long)a->vm_cfg.memory_mib, a->vm_cfg.ndrives);
     return 0;
@@ -159,6 +189,9 @@ int api_start_instance(struct api *a, int *status)
 int api_finish(struct api *a, int no_vm_status)
 {
     int status = no_vm_status;
+    if (a->builder)
+        iothread_stop(a->builder);
+    a->builder = NULL;
     if (a->vm_created) {
         if (a->vm->started)
             status = vm_finish(a->vm);

@@ -10,6 +10,7 @@
 #include "api/http.h"
 #include "api/metrics.h"
 #include "util/eventloop.h"
+#include "util/iothread.h"
 #include "vmm/vm.h"
 
 #include <stdbool.h>
@@ -27,6 +28,11 @@ struct api {
     struct api_metrics metrics;
     int metrics_timer_fd;
     struct event_handler *metrics_timer;
+    /* Where InstanceStart builds the machine (NULL: on the caller): a
+     * thread that never serves a client, so that the filter of the main
+     * thread, which does, need not allow what building takes, and the
+     * threads it starts inherit no filter but their own. */
+    struct iothread *builder;
 };
 
 void api_init(struct api *a, struct event_loop *loop, struct vm *vm, const char *instance_id,

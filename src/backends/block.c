@@ -2,6 +2,7 @@
 
 #include "util/error.h"
 #include "util/log.h"
+#include "util/uring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -155,25 +156,26 @@ int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, boo
         unsigned entries = 1;
         while (entries < queue_depth && entries < 4096)
             entries <<= 1;
-        int r = io_uring_queue_init(entries, &b->ring, 0);
+        /* What the engine submits, and nothing else (util/uring.h). */
+        static const uint8_t ops[] = {IORING_OP_READV, IORING_OP_WRITEV, IORING_OP_READ,
+                                      IORING_OP_WRITE, IORING_OP_FSYNC,  IORING_OP_FALLOCATE};
+        /* Every completion signals the eventfd (even those done inline at
+         * submission: the others may come from task work in this thread,
+         * which only the eventfd would reveal). */
+        b->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        int r = b->event_fd < 0 ? -errno
+                                : uring_init_restricted(&b->ring, entries, ops,
+                                                        sizeof(ops) / sizeof(ops[0]), b->event_fd);
         if (r == 0) {
-            b->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-            /* Every completion signals the eventfd (even those done inline
-             * at submission: the others may come from task work in this
-             * thread, which only the eventfd would reveal). */
-            if (b->event_fd >= 0 && io_uring_register_eventfd(&b->ring, b->event_fd) == 0) {
-                b->uring_ok = true;
-                b->ring_entries = entries;
-            } else {
-                io_uring_queue_exit(&b->ring);
-                if (b->event_fd >= 0)
-                    close(b->event_fd);
-                b->event_fd = -1;
-            }
+            b->uring_ok = true;
+            b->ring_entries = entries;
+        } else if (b->event_fd >= 0) {
+            close(b->event_fd);
+            b->event_fd = -1;
         }
         if (!b->uring_ok)
             log_warn("drive '%s': io_uring unavailable (%s); using synchronous I/O", path,
-                     strerror(r < 0 ? -r : errno));
+                     strerror(-r));
     }
     return 0;
 }

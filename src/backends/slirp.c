@@ -5,6 +5,7 @@
  * through two bounded queues. */
 #include "backends/net.h"
 
+#include "sandbox/seccomp.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/ratelimit.h"
@@ -233,6 +234,8 @@ static const SlirpCb callbacks = {
 static void *slirp_main(void *arg)
 {
     struct user_net *u = arg;
+    /* Before the first frame from the guest or packet from the network. */
+    seccomp_enter(SECCOMP_SLIRP, "slirp");
     while (!__atomic_load_n(&u->stop, __ATOMIC_ACQUIRE)) {
         uint32_t timeout = UINT32_MAX;
         int64_t now = (int64_t)(monotonic_ns() / 1000000);

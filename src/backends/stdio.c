@@ -1,5 +1,6 @@
 #include "backends/stdio.h"
 
+#include "sandbox/seccomp.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/term.h"
@@ -146,6 +147,7 @@ static void *copier_main(void *arg)
 {
     int *fds = arg;
     int in = fds[0], out = fds[1];
+    seccomp_enter(SECCOMP_STDIN, "stdin");
     uint8_t buf[4096];
     for (;;) {
         ssize_t n = read(in, buf, sizeof(buf));
@@ -209,6 +211,7 @@ int stdio_console_start(struct stdio_console *c, struct event_loop *loop, int in
         close(p[1]);
         return error_set("cannot start the console input thread");
     }
+    pthread_setname_np(c->copier, "stdin");
     c->has_copier = true;
     c->watch_fd = p[0];
     c->handler = event_loop_add(loop, p[0], EPOLLIN, on_input, c);

@@ -2,6 +2,7 @@
 
 #include "util/error.h"
 #include "util/log.h"
+#include "util/uring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -136,7 +137,8 @@ static void tap_open_ring(struct net_backend *be, const char *ifname)
     struct tap_ring *t = calloc(1, sizeof(*t));
     if (!t)
         return;
-    int r = io_uring_queue_init(RING_ENTRIES, &t->ring, 0);
+    static const uint8_t ops[] = {IORING_OP_WRITEV};
+    int r = uring_init_restricted(&t->ring, RING_ENTRIES, ops, 1, -1);
     if (r < 0) {
         log_info("tap %s: no io_uring (%s); frames are written one by one", ifname, strerror(-r));
         free(t);

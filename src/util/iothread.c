@@ -1,5 +1,6 @@
 #include "util/iothread.h"
 
+#include "sandbox/seccomp.h"
 #include "util/error.h"
 
 #include <errno.h>
@@ -41,10 +42,15 @@ static void run_calls(void *opaque, uint32_t events)
 static void *iothread_main(void *arg)
 {
     struct iothread *t = arg;
-    /* Termination signals belong to the main thread. */
+    /* Termination signals belong to the main thread. A seccomp violation's
+     * SIGSYS must get through: blocked, the kernel would kill the process
+     * without the report. */
     sigset_t all;
     sigfillset(&all);
+    sigdelset(&all, SIGSYS);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
+    /* Before the first event: everything after may come from the guest. */
+    seccomp_enter((enum seccomp_kind)t->confinement, t->name);
     int timeout = -1;
     while (!__atomic_load_n(&t->loop.stop, __ATOMIC_ACQUIRE)) {
         if (event_loop_run_once(&t->loop, timeout) < 0) {
@@ -56,10 +62,11 @@ static void *iothread_main(void *arg)
     return NULL;
 }
 
-int iothread_start(struct iothread *t, const char *name)
+int iothread_start(struct iothread *t, const char *name, int confinement)
 {
     memset(t, 0, sizeof(*t));
     snprintf(t->name, sizeof(t->name), "%s", name);
+    t->confinement = confinement;
     if (event_loop_init(&t->loop) < 0)
         return -1;
     t->call_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

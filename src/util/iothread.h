@@ -14,6 +14,7 @@ struct iothread_call;
 
 struct iothread {
     char name[16];
+    int confinement; /* enum seccomp_kind: the filter the thread installs */
     struct event_loop loop;
     pthread_t thread;
     bool running;
@@ -27,7 +28,9 @@ struct iothread {
     void *idle_opaque;
 };
 
-int iothread_start(struct iothread *t, const char *name);
+/* confinement: the seccomp_kind whose filter the thread installs before its
+ * first event (SECCOMP_NONE: none). */
+int iothread_start(struct iothread *t, const char *name, int confinement);
 /* Runs fn(arg) on the thread and waits for it (from any other thread; from
  * the thread itself it just calls fn). */
 void iothread_call(struct iothread *t, void (*fn)(void *), void *arg);

@@ -80,6 +80,11 @@ void log_close(void)
     log_fd = STDERR_FILENO;
 }
 
+int log_get_fd(void)
+{
+    return log_fd;
+}
+
 static void log_vmsg(enum log_level level, const char *file, int line_no, const char *fmt,
                      va_list ap)
 {

@@ -23,6 +23,9 @@ void log_set_instance(const char *id);
 /* Sends log lines to path (appended; a FIFO works too, if it has a reader). */
 int log_open(const char *path);
 void log_close(void);
+/* Where lines go now (stderr or the log file), for writers that cannot
+ * take the usual path (a signal handler). */
+int log_get_fd(void);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_msg_at(enum log_level level, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -1,5 +1,6 @@
 #include "util/teardown.h"
 
+#include "sandbox/seccomp.h"
 #include "util/error.h"
 
 #include <sched.h>
@@ -20,9 +21,11 @@ static int helper_main(void *arg)
 {
     pid_t parent = (pid_t)(intptr_t)arg;
     syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    syscall(SYS_prctl, PR_SET_NAME, "ember-teardown", 0, 0, 0);
     /* Ember may have died before the line above took effect. */
     if (syscall(SYS_getppid) != parent)
         syscall(SYS_exit, 0);
+    seccomp_enter_teardown();
     for (;;)
         syscall(SYS_pause);
     return 0;
@@ -36,6 +39,7 @@ int async_teardown_start(void)
         return error_errno("teardown helper stack");
     /* No exit signal: nobody needs to reap it while ember lives, and init
      * reaps it afterwards. */
+    seccomp_note_teardown(stack, HELPER_STACK, getpid());
     pid_t pid = clone(helper_main, (char *)stack + HELPER_STACK, CLONE_VM | CLONE_FILES,
                       (void *)(intptr_t)getpid());
     if (pid < 0) {

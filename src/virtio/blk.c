@@ -818,50 +818,50 @@ void virtio_blk_destroy(struct virtio_blk *b)
 
 /* ---- changing the backing image at run time -------------------------- */
 
+/* The new image is opened, and the old one closed, by the caller (the API,
+ * on the main thread), not on the device's I/O thread: the thread that
+ * serves the guest opens and closes no files (its seccomp filter). The I/O
+ * thread only lets the old image's requests finish and swaps the backends. */
 struct change_backing {
     struct virtio_blk *blk;
     const char *path;
+    struct blk_backend *fresh; /* NULL: the image closed to be reopened could not be */
+    struct blk_backend old;    /* what the device let go of, for the caller to close */
     int result;
     char error[256];
 };
 
-static void change_backing_on_io(void *arg)
+/* Lets the requests in flight finish, then hands the current image over. */
+static void release_backend(struct virtio_blk *b, struct blk_backend *old)
+{
+    blk_backend_drain(&b->backend, io_done, b);
+    signal_queues(b);
+    if (b->completion_handler)
+        event_loop_del(&b->dev.io.loop, b->completion_handler);
+    b->completion_handler = NULL;
+    *old = b->backend;
+    b->backend.fd = b->backend.event_fd = -1;
+    b->backend.uring_ok = false;
+    b->backend.bounce = NULL;
+}
+
+static void release_backing_on_io(void *arg)
+{
+    struct change_backing *cb = arg;
+    release_backend(cb->blk, &cb->old);
+}
+
+static void install_backing_on_io(void *arg)
 {
     struct change_backing *cb = arg;
     struct virtio_blk *b = cb->blk;
-    struct blk_backend fresh;
-    struct stat now, old;
-    /* The same file again (grown or shrunk in place) cannot be opened
-     * beside the old descriptor, which holds its lock: close that first. */
-    bool same_file = stat(cb->path, &now) == 0 && fstat(b->backend.fd, &old) == 0 &&
-                     now.st_dev == old.st_dev && now.st_ino == old.st_ino;
-    if (same_file) {
-        blk_backend_drain(&b->backend, io_done, b);
-        signal_queues(b);
-        if (b->completion_handler)
-            event_loop_del(&b->dev.io.loop, b->completion_handler);
-        b->completion_handler = NULL;
-        blk_backend_close(&b->backend);
-    }
-    /* Otherwise open first: on failure the device goes on with the old image. */
-    if (blk_backend_open(&fresh, cb->path, b->opts.readonly, b->opts.direct, b->opts.engine,
-                         b->opts.queues * BLK_QUEUE_SIZE) < 0) {
-        snprintf(cb->error, sizeof(cb->error), "%s", error_get());
-        blk_backend_close(&fresh);
-        cb->result = -1;
-        if (same_file) /* nothing left to serve from */
-            virtio_dev_fail(&b->dev, "its image could not be reopened");
+    if (!cb->fresh) { /* nothing left to serve from */
+        virtio_dev_fail(&b->dev, "its image could not be reopened");
         return;
     }
-    if (!same_file) {
-        blk_backend_drain(&b->backend, io_done, b);
-        signal_queues(b);
-        if (b->completion_handler)
-            event_loop_del(&b->dev.io.loop, b->completion_handler);
-        b->completion_handler = NULL;
-        blk_backend_close(&b->backend);
-    }
-    b->backend = fresh;
+    if (b->backend.fd >= 0)
+        release_backend(b, &cb->old);
+    b->backend = *cb->fresh;
     if (b->dev.active && b->backend.event_fd >= 0) {
         b->completion_handler = event_loop_add(&b->dev.io.loop, b->backend.event_fd,
                                                EPOLLIN | EPOLLET, on_completion, b);
@@ -883,8 +883,33 @@ static void change_backing_on_io(void *arg)
 
 int virtio_blk_change_backing(struct virtio_blk *b, const char *path)
 {
-    struct change_backing cb = {.blk = b, .path = path};
-    iothread_call(&b->dev.io, change_backing_on_io, &cb);
+    /* The same file again (grown or shrunk in place) cannot be opened
+     * beside the old descriptor, which holds its lock: close that first.
+     * Only this function replaces b->backend, so its fd can be read here. */
+    struct stat now, old;
+    bool same_file = stat(path, &now) == 0 && fstat(b->backend.fd, &old) == 0 &&
+                     now.st_dev == old.st_dev && now.st_ino == old.st_ino;
+    struct blk_backend fresh;
+    struct change_backing cb = {.blk = b, .path = path, .fresh = &fresh};
+    cb.old.fd = cb.old.event_fd = -1;
+    if (same_file) {
+        iothread_call(&b->dev.io, release_backing_on_io, &cb);
+        blk_backend_close(&cb.old);
+    }
+    /* Otherwise open first: on failure the device goes on with the old image. */
+    if (blk_backend_open(&fresh, path, b->opts.readonly, b->opts.direct, b->opts.engine,
+                         b->opts.queues * BLK_QUEUE_SIZE) < 0) {
+        char why[256];
+        snprintf(why, sizeof(why), "%s", error_get());
+        blk_backend_close(&fresh);
+        if (same_file) {
+            cb.fresh = NULL;
+            iothread_call(&b->dev.io, install_backing_on_io, &cb);
+        }
+        return error_set("%s", why);
+    }
+    iothread_call(&b->dev.io, install_backing_on_io, &cb);
+    blk_backend_close(&cb.old);
     if (cb.result < 0)
         return error_set("%s", cb.error);
     return 0;

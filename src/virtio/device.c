@@ -1,5 +1,6 @@
 #include "virtio/device.h"
 
+#include "sandbox/seccomp.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -43,7 +44,7 @@ int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id, 
         if (d->queues[i].kick_fd < 0)
             return error_errno("%s: eventfd", name);
     }
-    if (iothread_start(&d->io, name) < 0)
+    if (iothread_start(&d->io, name, seccomp_kind_of_device(device_id)) < 0)
         return -1;
     return 0;
 }

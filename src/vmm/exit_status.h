@@ -13,6 +13,8 @@ enum ember_exit_status {
     EXIT_GUEST_FAIL_ENTRY = 16,     /* hardware refused to enter the guest */
     EXIT_GUEST_CRASH = 18,          /* guest reported a crash (SYSTEM_EVENT) */
     EXIT_GUEST_UNEXPECTED = 20,     /* any other exit reason */
+    EXIT_SECCOMP_VIOLATION = 148,   /* a thread made a system call its filter forbids
+                                       (Firecracker's value; ember never stops on SIGTSTP) */
     EXIT_SIGNAL_BASE = 128,         /* stopped by signal n: 128 + n */
 };
 

@@ -1,6 +1,7 @@
 #include "vmm/vcpu.h"
 
 #include "arch/x86/regs.h"
+#include "sandbox/seccomp.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "vmm/exit_status.h"
@@ -285,6 +286,10 @@ static void *vcpu_main(void *arg)
 {
     struct vcpu *vcpu = arg;
     struct vm *vm = vcpu->vm;
+    char name[16];
+    snprintf(name, sizeof(name), "vcpu%u", vcpu->id);
+    /* Before the first KVM_RUN: every exit after it is the guest's doing. */
+    seccomp_enter(SECCOMP_VCPU, name);
     sigset_t kick;
     sigemptyset(&kick);
     sigaddset(&kick, KICK_SIGNAL);

@@ -1146,7 +1146,8 @@ def test_config_file(tmp):
 
 def test_flags(tmp):
     for args, msg in [(["--no-api"], "--config-file"), (["--id", "bad id!"], "--id"),
-                      (["--level", "loud"], "log level"), (["--seccomp-filter", "f"], "not supported"),
+                      (["--level", "loud"], "log level"),
+                      (["--seccomp-filter", os.path.join(tmp, "missing.json")], "cannot open"),
                       (["--http-api-max-payload-size", "x"], "payload"),
                       (["--http-api-request-timeout-ms", "0"], "milliseconds"),
                       (["--http-api-idle-timeout-ms", "86400001"], "milliseconds")]:
@@ -1155,7 +1156,7 @@ def test_flags(tmp):
     out = subprocess.run([EMBER, "--help"], capture_output=True, text=True, timeout=PATIENCE_S)
     for flag in ("--api-sock", "--config-file", "--no-api", "--id", "--level", "--log-path",
                  "--metrics-path", "--http-api-max-payload-size", "--http-api-request-timeout-ms",
-                 "--http-api-idle-timeout-ms"):
+                 "--http-api-idle-timeout-ms", "--no-seccomp", "--seccomp-filter"):
         check(flag in out.stdout, "--help lacks " + flag)
     # Jailer-style flags are accepted.
     e = Ember(tmp, ["--id", "jailed-1", "--start-time-us", "123", "--start-time-cpu-us", "4",

@@ -20,5 +20,6 @@ Suite *api_suite(void);
 Suite *keyboard_suite(void);
 Suite *virtio_vsock_suite(void);
 Suite *virtio_lifecycle_suite(void);
+Suite *seccomp_suite(void);
 
 #endif
