@@ -14,8 +14,11 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -MMD -MP \
               -DEMBER_VERSION=\"$(VERSION)\" $(CJSON_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS  := -luring $(CJSON_LIBS) -lm -ldl -lpthread $(EXTRA_LDLIBS)
 
-SRCS := $(shell find src -name '*.c' | sort)
+SRCS := $(shell find src -name '*.c' -not -path 'src/jailer/*' | sort)
 OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)
+# ember-jailer: its own program, sharing only the error messages.
+JAILER_SRCS := $(sort $(wildcard src/jailer/*.c)) src/util/error.c
+JAILER_OBJS := $(JAILER_SRCS:%.c=$(BUILD)/obj/%.o)
 LIB_OBJS := $(filter-out $(BUILD)/obj/src/main.o,$(OBJS))
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
@@ -23,11 +26,11 @@ UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-.PHONY: all demo test unit-test guest-test console-test api-test linux-smoke-test test-linux \
+.PHONY: all demo test unit-test guest-test console-test api-test jailer-test linux-smoke-test test-linux \
         test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-linux-boot \
         clang guests format format-check clean bench
 
-all: $(BUILD)/ember
+all: $(BUILD)/ember $(BUILD)/ember-jailer
 
 SHELL := /bin/bash
 .SECONDARY:
@@ -38,6 +41,10 @@ Q := $(if $(V),,@)
 $(BUILD)/ember: $(OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/ember-jailer: $(JAILER_OBJS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -101,11 +108,17 @@ linux-smoke-test: all
 api-test: all guests
 	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/api/test_api.py
 
+# ember-jailer end to end: guests booted in jails, cgroup limits, namespaces, bad input.
+# Root (it mounts, makes device nodes, changes users).
+jailer-test: all guests
+	EMBER=$(abspath $(BUILD))/ember JAILER=$(abspath $(BUILD))/ember-jailer \
+	  GUEST_DIR=$(abspath $(BUILD))/guest tests/jailer/test_jailer.py
+
 # The whole suite; CI runs exactly this.
 test:
 	@scripts/install-deps.sh test
 	$(MAKE) format-check
-	$(MAKE) all unit-test guest-test console-test api-test linux-smoke-test
+	$(MAKE) all unit-test guest-test console-test api-test jailer-test linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
@@ -116,7 +129,7 @@ test:
 test-sanitize:
 	$(MAKE) BUILD=build/sanitize CC=clang \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-	  unit-test guest-test console-test api-test
+	  unit-test guest-test console-test api-test jailer-test
 
 # Warnings must be clean under clang too.
 clang:
@@ -158,4 +171,4 @@ format-check:
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)
+-include $(OBJS:.o=.d) $(JAILER_OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)
