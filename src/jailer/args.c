@@ -66,7 +66,7 @@ static bool parse_decimal(const char *s, uint64_t max, uint64_t *out)
         if (!isdigit((unsigned char)*p))
             return false;
         unsigned d = (unsigned)(*p - '0');
-        if (v > (max - d) / 10)
+        if (d > max || v > (max - d) / 10)
             return false;
         v = v * 10 + d;
     }

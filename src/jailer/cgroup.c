@@ -213,7 +213,7 @@ static int make_levels(const char *mount, const char *rel, const char *id)
             return jail_bad_input("cgroup path under %s is too long", mount);
         bool last = !e;
         if (mkdir(path, 0755) == 0) {
-            if (undo_push_cgroup_dir(parent, name) < 0) {
+            if (undo_push_dir(parent, name, last ? UNDO_CGROUP : UNDO_SHARED_CGROUP) < 0) {
                 rmdir(path);
                 return -1;
             }

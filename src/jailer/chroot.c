@@ -91,7 +91,7 @@ int chroot_copy_file(int src_fd, const char *src_name, const char *dst, mode_t m
 int chroot_create(const struct jail_args *a, const struct jail_paths *p, int exec_fd)
 {
     if (mkdir(p->exec_dir, 0755) == 0) {
-        if (undo_push_dir(p->base, a->exec_name, false) < 0) {
+        if (undo_push_dir(p->base, a->exec_name, UNDO_SHARED_DIR) < 0) {
             rmdir(p->exec_dir);
             return -1;
         }
@@ -106,7 +106,7 @@ int chroot_create(const struct jail_args *a, const struct jail_paths *p, int exe
                                   p->id_dir, a->id);
         return error_errno("cannot create %s", p->id_dir);
     }
-    if (undo_push_dir(p->exec_dir, a->id, true) < 0) {
+    if (undo_push_dir(p->exec_dir, a->id, UNDO_JAIL_TREE) < 0) {
         rmdir(p->id_dir);
         return -1;
     }

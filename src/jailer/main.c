@@ -11,6 +11,7 @@
 #include "util/error.h"
 
 #include <dirent.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -31,6 +32,12 @@
 
 #ifndef EMBER_VERSION
 #define EMBER_VERSION "0.1.0"
+#endif
+
+#if defined(__x86_64__)
+#define NATIVE_MACHINE EM_X86_64
+#elif defined(__aarch64__)
+#define NATIVE_MACHINE EM_AARCH64
 #endif
 
 struct jail {
@@ -112,6 +119,14 @@ static int open_exec_file(struct jail *j)
         return jail_bad_input("--exec-file %s: %s", a->exec_file, strerror(errno));
     if (opened.st_dev != st.st_dev || opened.st_ino != st.st_ino)
         return jail_bad_input("--exec-file %s changed while the jailer looked at it", a->exec_file);
+    /* The jail holds no interpreter for a script, and a program for another machine would
+     * fail only after the jailer gave up root (and with it the means to clean up). */
+    Elf64_Ehdr eh;
+    if (pread(j->exec_fd, &eh, sizeof(eh), 0) != (ssize_t)sizeof(eh) ||
+        memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0)
+        return jail_bad_input("--exec-file %s is not an ELF program", a->exec_file);
+    if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_machine != NATIVE_MACHINE)
+        return jail_bad_input("--exec-file %s is a program for another machine", a->exec_file);
     const char *slash = strrchr(a->exec_file, '/');
     a->exec_name = slash ? slash + 1 : a->exec_file;
     if (strlen(a->exec_name) > NAME_MAX - 8)

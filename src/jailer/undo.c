@@ -19,10 +19,11 @@
 #define CGROUP_BUSY_TRIES 200
 #define CGROUP_BUSY_WAIT  (10 * 1000 * 1000) /* ns */
 
-enum step_kind { STEP_DIR, STEP_TREE, STEP_CGROUP_DIR, STEP_WRITE };
+enum step_kind { STEP_DIR, STEP_WRITE };
 
 struct step {
     enum step_kind kind;
+    enum undo_dir dir;
     int fd; /* the parent directory (O_PATH), or the file to write */
     char name[NAME_MAX + 1];
     char text[64];
@@ -46,31 +47,23 @@ static struct step *push(enum step_kind kind, const char *path)
     return s;
 }
 
-static int push_dir(enum step_kind kind, const char *parent_path, const char *name)
+int undo_push_dir(const char *parent_path, const char *name, enum undo_dir kind)
 {
     char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/%s", parent_path, name);
-    struct step *s = push(kind, path);
+    if (path_format(path, sizeof(path), "%s/%s", parent_path, name) < 0)
+        return -1;
+    struct step *s = push(STEP_DIR, path);
     if (!s)
         return -1;
     if (strlen(name) >= sizeof(s->name))
         return error_set("'%s': name too long", name);
+    s->dir = kind;
     snprintf(s->name, sizeof(s->name), "%s", name);
     s->fd = open(parent_path, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (s->fd < 0)
         return error_errno("cannot open '%s'", parent_path);
     nsteps++;
     return 0;
-}
-
-int undo_push_dir(const char *parent_path, const char *name, bool tree)
-{
-    return push_dir(tree ? STEP_TREE : STEP_DIR, parent_path, name);
-}
-
-int undo_push_cgroup_dir(const char *parent_path, const char *name)
-{
-    return push_dir(STEP_CGROUP_DIR, parent_path, name);
 }
 
 int undo_push_write(const char *path, const char *text)
@@ -123,24 +116,36 @@ static int remove_tree(int parent_fd, const char *name, int depth)
     return unlinkat(parent_fd, name, AT_REMOVEDIR);
 }
 
+static int remove_cgroup(const struct step *s)
+{
+    for (int tries = 0;; tries++) {
+        if (unlinkat(s->fd, s->name, AT_REMOVEDIR) == 0 || errno == ENOENT)
+            return 0;
+        if (errno != EBUSY || tries == CGROUP_BUSY_TRIES)
+            return -1;
+        struct timespec wait = {0, CGROUP_BUSY_WAIT};
+        nanosleep(&wait, NULL);
+    }
+}
+
 static int undo_step(const struct step *s)
 {
-    switch (s->kind) {
-    case STEP_DIR:
-        return unlinkat(s->fd, s->name, AT_REMOVEDIR) == 0 || errno == ENOENT ? 0 : -1;
-    case STEP_TREE:
-        return remove_tree(s->fd, s->name, 0);
-    case STEP_CGROUP_DIR:
-        for (int tries = 0;; tries++) {
-            if (unlinkat(s->fd, s->name, AT_REMOVEDIR) == 0 || errno == ENOENT)
-                return 0;
-            if (errno != EBUSY || tries == CGROUP_BUSY_TRIES)
-                return -1;
-            struct timespec wait = {0, CGROUP_BUSY_WAIT};
-            nanosleep(&wait, NULL);
-        }
-    case STEP_WRITE:
+    if (s->kind == STEP_WRITE)
         return write_all(s->fd, s->text, strlen(s->text));
+    int r;
+    switch (s->dir) {
+    case UNDO_JAIL_TREE:
+        return remove_tree(s->fd, s->name, 0);
+    case UNDO_CGROUP:
+        return remove_cgroup(s);
+    case UNDO_SHARED_DIR:
+    case UNDO_SHARED_CGROUP:
+        r = unlinkat(s->fd, s->name, AT_REMOVEDIR);
+        /* In use by another jail, or holding what a line above said was left. */
+        if (r < 0 && (errno == ENOENT || errno == ENOTEMPTY || errno == EEXIST || errno == EBUSY ||
+                      errno == EACCES || errno == EPERM))
+            r = 0;
+        return r;
     }
     return -1;
 }
@@ -151,8 +156,8 @@ void undo_run(void)
         struct step *s = &steps[--nsteps];
         if (undo_step(s) < 0) {
             if (s->kind == STEP_WRITE)
-                fprintf(stderr, "ember-jailer: left behind: could not write '%s' to %s (%s)\n",
-                        s->text, s->path, strerror(errno));
+                fprintf(stderr, "ember-jailer: left behind: could not write '%.*s' to %s (%s)\n",
+                        (int)strcspn(s->text, "\n"), s->text, s->path, strerror(errno));
             else
                 fprintf(stderr, "ember-jailer: left behind: %s (%s); remove it\n", s->path,
                         strerror(errno));

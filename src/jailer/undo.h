@@ -7,12 +7,18 @@
 
 #include <stdbool.h>
 
-/* parent_path/name is a directory the jailer made: remove it (tree: with
- * everything in it). Fails only when the parent cannot be opened. */
-int undo_push_dir(const char *parent_path, const char *name, bool tree);
-/* A cgroup directory the jailer made: removed once the tasks have left it
- * (a forked child that failed may still be exiting). */
-int undo_push_cgroup_dir(const char *parent_path, const char *name);
+enum undo_dir {
+    UNDO_JAIL_TREE,  /* the jail's directory: removed with everything in it */
+    UNDO_CGROUP,     /* the jail's cgroup: removed once the tasks have left it (a
+                      * forked child that failed may still be exiting) */
+    UNDO_SHARED_DIR, /* a parent directory or cgroup the jailer made, which another jail
+                      * may be using by then: left quietly when it is not empty */
+    UNDO_SHARED_CGROUP,
+};
+
+/* parent_path/name is a directory the jailer made. Fails only when the parent
+ * cannot be opened. */
+int undo_push_dir(const char *parent_path, const char *name, enum undo_dir kind);
 /* Writes text to path when undoing (e.g. "0" to a cgroup.procs file to move
  * back, or "-hugetlb" to a cgroup.subtree_control). path is opened now. */
 int undo_push_write(const char *path, const char *text);
