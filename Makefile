@@ -28,7 +28,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
 .PHONY: all demo test unit-test guest-test console-test api-test jailer-test jailer-test-sanitize \
         linux-smoke-test test-linux \
-        test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-linux-boot \
+        test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer bench-linux-boot \
         clang guests format format-check clean bench
 
 all: $(BUILD)/ember $(BUILD)/ember-jailer
@@ -63,6 +63,13 @@ $(BUILD)/runbench: bench/runbench.c
 $(BUILD)/apibench: bench/apibench.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
+
+$(BUILD)/jailbench: bench/jailbench.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+
+bench-jailer:
+	bench/jailer.sh
 
 bench: bench-startup bench-api
 
