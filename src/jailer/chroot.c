@@ -40,7 +40,8 @@ int chroot_paths(const struct jail_args *a, struct jail_paths *p)
     /* Room for the longest path the jailer makes below the root. */
     if (strlen(p->base) + strlen(a->exec_name) + strlen(a->id) + 3 * NAME_MAX > PATH_MAX)
         return jail_bad_input("--chroot-base-dir %s: path too long", p->base);
-    if (path_format(p->exec_dir, sizeof(p->exec_dir), "%s/%s", p->base, a->exec_name) < 0 ||
+    const char *base = strcmp(p->base, "/") ? p->base : "";
+    if (path_format(p->exec_dir, sizeof(p->exec_dir), "%s/%s", base, a->exec_name) < 0 ||
         path_format(p->id_dir, sizeof(p->id_dir), "%s/%s", p->exec_dir, a->id) < 0 ||
         path_format(p->root, sizeof(p->root), "%s/root", p->id_dir) < 0)
         return -1;

@@ -69,8 +69,8 @@ static _Noreturn void fail(void)
         char msg[600];
         msg[0] = (char)jail_failure_status;
         snprintf(msg + 1, sizeof(msg) - 1, "%s", error_get());
-        if (write_all(jail.report_fd, msg, 1 + strlen(msg + 1)) < 0)
-            _exit(jail_failure_status);
+        /* Nothing more to do if the jailer is gone: nobody would read it. */
+        (void)write_all(jail.report_fd, msg, 1 + strlen(msg + 1));
         _exit(jail_failure_status);
     }
     fprintf(stderr, "ember-jailer: %s\n", error_get());
@@ -81,6 +81,12 @@ static _Noreturn void fail(void)
 /* Nothing the caller left open or set in the environment reaches the jail. */
 static int sanitize_process(void)
 {
+    /* A standard stream the caller closed would be the next file the jailer opens. */
+    for (int fd = 0; fd < 3; fd++) {
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF &&
+            open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
+            return error_errno("cannot open /dev/null for the closed descriptor %d", fd);
+    }
     if (syscall(SYS_close_range, 3u, ~0u, 0u) < 0) {
         if (errno != ENOSYS)
             return error_errno("close_range");
