@@ -181,6 +181,39 @@ class Test:
                 break
         return parent
 
+    def v2_parent(self):
+        """A parent group at the top of the v2 hierarchy (this process's own group holds
+        processes, so no controller could be enabled below it), removed after the test with
+        the controllers the jailer enabled at the top."""
+        mount = v2_mount()
+        parent = "ember-jailer-test-%d-v2" % PID
+        top = os.path.join(mount, "cgroup.subtree_control")
+        if parent not in [os.path.basename(d) for d in self.cgroup_dirs]:
+            before = set(read(top).split())
+            self.cgroup_dirs.append(os.path.join(mount, parent))
+
+            def restore():
+                for ctl in set(read(top).split()) - before:
+                    with open(top, "w") as f:
+                        f.write("-%s\n" % ctl)
+            self.undo.append(restore)
+        return parent
+
+    def hierarchy(self, controller, versions=(1, 2)):
+        """The first of versions whose hierarchy has controller, or Skip saying why none has."""
+        reasons = []
+        for v in versions:
+            if v == 1:
+                if v1_mount(controller):
+                    return Hierarchy(1, controller, v1_mount(controller), self.parent_cgroup(controller))
+                reasons.append("no cgroup v1 hierarchy has the %s controller" % controller)
+            else:
+                offered = v2_controllers()
+                if controller in offered:
+                    return Hierarchy(2, controller, v2_mount(), self.v2_parent())
+                reasons.append("the cgroup v2 hierarchy offers %s, not %s" % (offered or "nothing", controller))
+        raise Skip("; ".join(reasons))
+
     def cleanup(self):
         problems = []
         for j in self.jails:
@@ -203,6 +236,34 @@ class Test:
             except Exception as ex:  # noqa: BLE001 - report and go on cleaning
                 problems.append(str(ex))
         return problems
+
+
+class Hierarchy:
+    """Where the jail's group for one controller goes, and the jailer's flags for it."""
+
+    # The same limits under their names in each version.
+    NAMES = {1: {"memory": "memory.limit_in_bytes", "pids": "pids.max"},
+             2: {"memory": "memory.max", "pids": "pids.max"}}
+
+    def __init__(self, version, controller, mount, parent):
+        self.version, self.controller, self.mount, self.parent = version, controller, mount, parent
+
+    def setting(self, value):
+        return "%s=%s" % (self.NAMES[self.version][self.controller], value)
+
+    def args(self, *settings):
+        a = ["--cgroup-version", str(self.version), "--parent-cgroup", self.parent]
+        for x in settings:
+            a += ["--cgroup", x]
+        return a
+
+    def group(self, jid):
+        return os.path.join(self.mount, self.parent, jid)
+
+
+def v2_controllers():
+    mount = v2_mount()
+    return read(os.path.join(mount, "cgroup.controllers")).split() if mount else []
 
 
 class Jail:
@@ -362,9 +423,13 @@ def boot_keyboard(j, mem_mib=32, extra=()):
 def test_boot_unprivileged(t):
     """A guest boots in a jail as an unprivileged uid:gid, with the API socket, the kernel and
     a drive inside it; ember is in its own mount namespace and in the jail's cgroups."""
-    parent = t.parent_cgroup("cpuset")
+    try:
+        cpuset = t.hierarchy("cpuset", (1,))
+    except Skip as why:
+        cpuset = None
+        note("no cpuset group for this jail: %s" % why)
     j = Jail(t, ["--metrics-path", "/metrics.json"],
-             ["--cgroup", "cpuset.mems=0", "--cgroup", "cpuset.cpus=0", "--parent-cgroup", parent])
+             cpuset.args("cpuset.mems=0", "cpuset.cpus=0") if cpuset else [])
     pid = j.pid()
     check(pid == j.proc.pid, "without forks the pid file names the jailer's own process: %d vs %d" %
           (pid, j.proc.pid))
@@ -376,12 +441,13 @@ def test_boot_unprivileged(t):
           "ember is in a mount namespace of its own")
     nnp = [l for l in read("/proc/%d/status" % pid).splitlines() if l.startswith("NoNewPrivs:")]
     check(nnp and nnp[0].split()[1] == "1", "no new privileges: %r" % nnp)
-    cg = read("/proc/%d/cgroup" % pid)
-    check(":cpuset:/%s/%s\n" % (parent, j.id) in cg, "ember is in the jail's cpuset group: %s" % cg)
-    cs = os.path.join(v1_mount("cpuset"), parent, j.id)
-    check(read(os.path.join(cs, "cpuset.cpus")).strip() == "0" and
-          read(os.path.join(cs, "cpuset.mems")).strip() == "0", "cpuset values written")
-    t.cgroup_dirs.append(cs)
+    if cpuset:
+        cg = read("/proc/%d/cgroup" % pid)
+        check(":cpuset:/%s/%s\n" % (cpuset.parent, j.id) in cg, "ember is in the jail's cpuset group: %s" % cg)
+        cs = cpuset.group(j.id)
+        t.cgroup_dirs.append(cs)
+        check(read(os.path.join(cs, "cpuset.cpus")).strip() == "0" and
+              read(os.path.join(cs, "cpuset.mems")).strip() == "0", "cpuset values written")
     # What the jail holds: ember's copy, the loader and libraries, the nodes, all ember's.
     for dev, owner in (("dev/kvm", UID), ("dev/net/tun", UID), ("ember", UID), ("run", UID)):
         st = os.stat(os.path.join(j.root, dev))
@@ -428,61 +494,90 @@ def test_host_paths_unreachable(t):
     check(j.req("GET", "/").status == 200, "still serving")
 
 
+def each_hierarchy(t, controller, run):
+    """run(hierarchy) in each cgroup version that has controller; the others said skipped."""
+    ran = []
+    for version in (1, 2):
+        try:
+            h = t.hierarchy(controller, (version,))
+        except Skip as why:
+            note("SKIP cgroup v%d %s: %s" % (version, controller, why))
+            continue
+        run(h)
+        ran.append(version)
+    if not ran:
+        raise Skip("no hierarchy has the %s controller" % controller)
+
+
 def test_pids_max(t):
     """pids.max below what ember needs: its threads cannot start and it says so."""
-    parent = t.parent_cgroup("pids")
-    j = Jail(t, [], ["--cgroup", "pids.max=1", "--parent-cgroup", parent])
-    group = os.path.join(v1_mount("pids"), parent, j.id)
-    t.cgroup_dirs.append(group)
-    check(read(os.path.join(group, "pids.max")).strip() == "1", "pids.max written")
-    expect(j.put("/boot-source", {"kernel_image_path": j.link_in(KEYBOARD)}), 204, "boot-source")
-    r = j.put("/actions", {"action_type": "InstanceStart"})
-    expect(r, 400, "InstanceStart with pids.max=1", "cannot start")
-    check("Resource temporarily unavailable" in r.fault(), "the reason is given: %r" % r.fault())
-    note("pids.max=1: %s" % r.fault())
-    check("teardown helper" in j.stderr(), "the helper's failure is logged: %r" % j.stderr())
-    events = read(os.path.join(group, "pids.events"))
-    check(int(events.split()[1]) >= 1, "the pids controller counted the refusals: %r" % events)
-    check(j.req("GET", "/").status == 200, "ember still serves its API")
+    def run(h):
+        j = Jail(t, [], h.args(h.setting(1)))
+        group = h.group(j.id)
+        t.cgroup_dirs.append(group)
+        check(read(os.path.join(group, "pids.max")).strip() == "1", "pids.max written")
+        expect(j.put("/boot-source", {"kernel_image_path": j.link_in(KEYBOARD)}), 204, "boot-source")
+        r = j.put("/actions", {"action_type": "InstanceStart"})
+        expect(r, 400, "InstanceStart with pids.max=1", "cannot start")
+        check("Resource temporarily unavailable" in r.fault(), "the reason is given: %r" % r.fault())
+        note("cgroup v%d pids.max=1: %s" % (h.version, r.fault()))
+        check("teardown helper" in j.stderr(), "the helper's failure is logged: %r" % j.stderr())
+        events = read(os.path.join(group, "pids.events"))
+        check(int(events.split()[1]) >= 1, "the pids controller counted the refusals: %r" % events)
+        check(j.req("GET", "/").status == 200, "ember still serves its API")
+        j.kill()
+    each_hierarchy(t, "pids", run)
+
+
+def memory_stats(h, group):
+    """(times the limit was hit, OOM kills, peak usage or None) of a memory group."""
+    if h.version == 1:
+        oom = dict(l.split() for l in read(os.path.join(group, "memory.oom_control")).splitlines())
+        return (int(read(os.path.join(group, "memory.failcnt"))), int(oom.get("oom_kill", 0)),
+                int(read(os.path.join(group, "memory.max_usage_in_bytes"))))
+    events = dict(l.split() for l in read(os.path.join(group, "memory.events")).splitlines())
+    peak = os.path.join(group, "memory.peak")
+    return (int(events.get("max", 0)), int(events.get("oom_kill", 0)),
+            int(read(peak)) if os.path.exists(peak) else None)
 
 
 def test_memory_limit(t):
-    """memory.limit_in_bytes bites: a guest that touches more RAM than the limit allows is
-    ended by the kernel; one that stays below runs to its end."""
-    parent = t.parent_cgroup("memory")
+    """A memory limit bites: a guest that touches more RAM than the limit allows is ended by
+    the kernel; one that stays below runs to its end."""
     limit = 64 << 20
-    for touch_mib, should_fit in ((16, True), (None, False)):
-        j = Jail(t, [], ["--cgroup", "memory.limit_in_bytes=%d" % limit, "--parent-cgroup", parent])
-        group = os.path.join(v1_mount("memory"), parent, j.id)
-        t.cgroup_dirs.append(group)
-        check(int(read(os.path.join(group, "memory.limit_in_bytes"))) == limit, "limit written")
-        boot = {"kernel_image_path": j.link_in(MEMTOUCH)}
-        if touch_mib:
-            boot["boot_args"] = "console=ttyS0 touch_mib=%d" % touch_mib
-        expect(j.put("/boot-source", boot), 204, "boot-source")
-        expect(j.put("/machine-config", {"vcpu_count": 1, "mem_size_mib": 256}), 204, "256 MiB guest")
-        expect(j.put("/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
-        status = j.wait()
-        failcnt = int(read(os.path.join(group, "memory.failcnt")))
-        oom = dict(l.split() for l in read(os.path.join(group, "memory.oom_control")).splitlines())
-        peak = int(read(os.path.join(group, "memory.max_usage_in_bytes")))
-        check(peak <= limit, "usage stayed within the limit: %d" % peak)
-        if should_fit:
-            check(status == 0 and "ok 1 - touched 16 MiB" in j.stdout(),
-                  "a guest within the limit ends well: %d %r %r" % (status, j.stdout()[-200:], j.stderr()))
-            check(int(oom.get("oom_kill", 0)) == 0, "no OOM kill within the limit: %r" % oom)
-        else:
+
+    def run(h):
+        for touch_mib, should_fit in ((16, True), (None, False)):
+            j = Jail(t, [], h.args(h.setting(limit)))
+            group = h.group(j.id)
+            t.cgroup_dirs.append(group)
+            check(int(read(os.path.join(group, h.setting(0).split("=")[0]))) == limit, "limit written")
+            boot = {"kernel_image_path": j.link_in(MEMTOUCH)}
+            if touch_mib:
+                boot["boot_args"] = "console=ttyS0 touch_mib=%d" % touch_mib
+            expect(j.put("/boot-source", boot), 204, "boot-source")
+            expect(j.put("/machine-config", {"vcpu_count": 1, "mem_size_mib": 256}), 204, "256 MiB guest")
+            expect(j.put("/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+            status = j.wait()
+            hits, oom_kills, peak = memory_stats(h, group)
+            check(peak is None or peak <= limit, "usage stayed within the limit: %d" % (peak or 0))
+            if should_fit:
+                check(status == 0 and "ok 1 - touched 16 MiB" in j.stdout(),
+                      "a guest within the limit ends well: %d %r %r" % (status, j.stdout()[-200:], j.stderr()))
+                check(oom_kills == 0, "no OOM kill within the limit")
+                continue
             touched = [l for l in j.stdout().splitlines() if l.startswith("# touched")]
             check(status != 0 and "ok 1" not in j.stdout(),
                   "a 256 MiB guest touching all its RAM under a 64 MiB limit must not finish: %d" % status)
-            check(failcnt > 0, "the limit was hit: failcnt %d" % failcnt)
+            check(hits > 0, "the limit was hit")
+            what = "cgroup v%d %s=%d, a 256 MiB guest touching all its RAM" % (h.version, h.setting(0).split("=")[0], limit)
             if status == -signal.SIGKILL:
-                check(int(oom.get("oom_kill", 0)) >= 1, "an OOM kill was counted: %r" % oom)
-                note("256 MiB guest under a 64 MiB limit: the cgroup's OOM killer ended ember "
-                     "(SIGKILL) after %s" % (touched[-1][2:] if touched else "no progress line"))
+                check(oom_kills >= 1, "an OOM kill was counted")
+                note("%s: the cgroup's OOM killer ended ember (SIGKILL) after %s" %
+                     (what, touched[-1][2:] if touched else "no progress line"))
             else:
-                note("256 MiB guest under a 64 MiB limit: ember ended with status %d: %s" %
-                     (status, j.stderr().strip()[-300:]))
+                note("%s: ember ended with status %d: %s" % (what, status, j.stderr().strip()[-300:]))
+    each_hierarchy(t, "memory", run)
 
 
 def ip(*args, check_ok=True):
@@ -559,7 +654,11 @@ def test_bad_input(t):
     with open(foreign, "wb") as f:
         f.write(elf)
     os.chmod(foreign, 0o755)
-    pids_parent = t.parent_cgroup("pids")
+    try:
+        pids = t.hierarchy("pids")
+    except Skip as why:
+        pids = None
+        note("SKIP the cgroup file and value cases: %s" % why)
     jid = t.new_id()
     good = {"--id": jid, "--exec-file": EMBER, "--uid": str(UID), "--gid": str(GID),
             "--chroot-base-dir": BASE}
@@ -575,7 +674,6 @@ def test_bad_input(t):
                 a[k] = v
         return [x for kv in a.items() for x in kv] + extra
 
-    cg = ["--parent-cgroup", pids_parent]
     cases = [
         (args(exec_file=link), "is a symbolic link"),
         (args(exec_file=os.path.join(t.tmp, "missing")), "No such file"),
@@ -591,9 +689,6 @@ def test_bad_input(t):
         (args(id="bad_id"), "--id 'bad_id'"),
         (args(id="a" * 65), "1 to 64"),
         (args(chroot_base_dir=os.path.join(t.tmp, "nope")), "No such file"),
-        (args(extra=["--cgroup", "pids.bogus=1"] + cg), "unknown cgroup file"),
-        (args(extra=["--cgroup", "nosuch.max=1"] + cg), "no cgroup v1 hierarchy has the controller"),
-        (args(extra=["--cgroup", "pids.max=lots"] + cg), "refused by the kernel"),
         (args(extra=["--cgroup", "pids.max"]), "use FILE=VALUE"),
         (args(extra=["--cgroup", "../pids.max=1"]), "not a cgroup file name"),
         (args(extra=["--parent-cgroup", "../up"]), "--parent-cgroup '../up'"),
@@ -606,36 +701,39 @@ def test_bad_input(t):
         (args(extra=["--daemonize", "--daemonize"]), "given twice"),
         (args(extra=["stray"]), "unexpected argument 'stray'"),
     ]
+    if pids:
+        cases += [
+            (args(extra=pids.args("pids.bogus=1")), "unknown cgroup file"),
+            (args(extra=pids.args("nosuch.max=1")), "controller 'nosuch'"),
+            (args(extra=pids.args("pids.max=lots")), "refused by the kernel"),
+        ]
     jail_dir = os.path.join(BASE, "ember", jid)
     for argv, needle in cases:
         out = run_jailer(argv)
         one_clear_line(out, needle, " ".join(argv[-4:]))
         check(not os.path.exists(jail_dir), "%s: the jail directory was left: %s" % (needle, jail_dir))
-        check(not os.path.exists(os.path.join(v1_mount("pids"), pids_parent, jid)),
-              "%s: the cgroup was left" % needle)
+        check(not pids or not os.path.exists(pids.group(jid)), "%s: the cgroup was left" % needle)
     # Nothing of the pids parent either, where the jailer made it.
-    check(not os.path.exists(os.path.join(v1_mount("pids"), pids_parent)),
+    check(not pids or not os.path.exists(os.path.join(pids.mount, pids.parent)),
           "the parent cgroup the jailer made was removed")
 
 
 def test_failure_midway(t):
     """A step fails after the jail and its cgroup were made: the jailer removes both, from
     inside the jail and from a forked child's failure too; what it cannot remove it names."""
-    parent = t.parent_cgroup("pids")
-    pids_dir = v1_mount("pids")
+    pids = t.hierarchy("pids")
     # pids.max=1 lets the jailer in but no second process: the fork for --daemonize and the
     # one into a new PID namespace fail, after the pivot into the jail.
     for extra, needle in ((["--daemonize"], "cannot fork"),
                           (["--new-pid-ns"], "cannot start a process in a new PID namespace")):
         jid = t.new_id()
         out = run_jailer(["--id", jid, "--exec-file", EMBER, "--uid", str(UID), "--gid", str(GID),
-                          "--chroot-base-dir", BASE, "--cgroup", "pids.max=1", "--parent-cgroup",
-                          parent] + extra)
+                          "--chroot-base-dir", BASE] + pids.args("pids.max=1") + extra)
         lines = out.stderr.strip().splitlines()
         check(out.returncode == 4 and len(lines) == 1 and needle in lines[0] and
               "Resource temporarily unavailable" in lines[0], "%s: %d %r" % (extra, out.returncode, out.stderr))
         check(not os.path.exists(os.path.join(BASE, "ember", jid)), "%s: the jail was removed" % extra)
-        check(not os.path.exists(os.path.join(pids_dir, parent)), "%s: the cgroups were removed" % extra)
+        check(not os.path.exists(os.path.join(pids.mount, pids.parent)), "%s: the cgroups were removed" % extra)
     # no-file=3 leaves the jailer no descriptor for the pid file, nor for walking the jail to
     # remove it: it must say what it left.
     jid = t.new_id()
@@ -742,30 +840,23 @@ def test_cgroup_v2(t):
     size = "2MB" if "2048kB" in sizes else None
     if not size:
         raise Skip("no 2 MiB huge pages for hugetlb.2MB.max")
-    if "hugetlb" not in read(root_ctl).split():
-        # The jailer enables it for the jail; the test gives the host back as it found it.
-        def disable():
-            if "hugetlb" in read(root_ctl).split():
-                with open(root_ctl, "w") as f:
-                    f.write("-hugetlb\n")
-        t.undo.append(disable)
-    parent = "ember-jailer-test-%d" % PID
-    t.cgroup_dirs.append(os.path.join(mount, parent))
+    parent = t.v2_parent()  # the test hands back whatever the jailer enabled at the top
+    was_on = "hugetlb" in read(root_ctl).split()
+    # A failure after the jailer enabled the controller hands it back, groups removed.
+    jid = t.new_id()
+    out = run_jailer(["--id", jid, "--exec-file", EMBER, "--uid", str(UID), "--gid", str(GID),
+                      "--chroot-base-dir", BASE, "--cgroup-version", "2", "--cgroup", "hugetlb.bogus=1",
+                      "--parent-cgroup", parent])
+    one_clear_line(out, "unknown cgroup file", "v2 hugetlb.bogus")
+    check(not os.path.exists(os.path.join(mount, parent)), "the groups made were removed")
+    check(("hugetlb" in read(root_ctl).split()) == was_on, "the top's controllers are as they were")
     j = Jail(t, [], ["--cgroup-version", "2", "--cgroup", "hugetlb.%s.max=0" % size, "--parent-cgroup", parent])
     group = os.path.join(mount, parent, j.id)
     t.cgroup_dirs.append(group)
     check("0::/%s/%s\n" % (parent, j.id) in read("/proc/%d/cgroup" % j.pid()), "ember is in the v2 group")
     check(read(os.path.join(group, "hugetlb.%s.max" % size)).strip() == "0", "hugetlb limit written")
-    check("hugetlb" in read(os.path.join(mount, parent, "cgroup.subtree_control")).split(),
-          "hugetlb enabled for the jail's group")
-    j.kill()
-    # A failure after the jailer enabled a controller hands it back.
-    jid = t.new_id()
-    out = run_jailer(["--id", jid, "--exec-file", EMBER, "--uid", str(UID), "--gid", str(GID),
-                      "--chroot-base-dir", BASE, "--cgroup-version", "2", "--cgroup", "hugetlb.bogus=1",
-                      "--parent-cgroup", parent + "-2"])
-    one_clear_line(out, "unknown cgroup file", "v2 hugetlb.bogus")
-    check(not os.path.exists(os.path.join(mount, parent + "-2")), "the groups made were removed")
+    check("hugetlb" in read(os.path.join(mount, parent, "cgroup.subtree_control")).split() and
+          "hugetlb" in read(root_ctl).split(), "hugetlb enabled down to the jail's group")
 
 
 TESTS = [
