@@ -23,11 +23,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define UID_ARG        "60123"
-#define GID_ARG        "60124"
-#define MAX_PARALLEL   64
-#define READY_TIMEOUT  10000.0 /* ms */
-#define POLL_INTERVAL  20000   /* ns */
+#define UID_ARG       "60123"
+#define GID_ARG       "60124"
+#define MAX_PARALLEL  64
+#define READY_TIMEOUT 10000.0 /* ms */
+#define POLL_INTERVAL 20000   /* ns */
 
 struct instance {
     pid_t pid;
@@ -160,7 +160,8 @@ static void finish(struct instance *in)
 int main(int argc, char **argv)
 {
     if (argc < 6) {
-        fprintf(stderr, "usage: jailbench plain|jailer EMBER BASE RUNS N [JAILER [CGROUP_PARENT]]\n");
+        fprintf(stderr,
+                "usage: jailbench plain|jailer EMBER BASE RUNS N [JAILER [CGROUP_PARENT]]\n");
         return 2;
     }
     mode = argv[1];
@@ -206,7 +207,9 @@ int main(int argc, char **argv)
     }
     qsort(t, (size_t)runs, sizeof(double), cmp_double);
     printf("%-22s %3d at a time: median %7.2f ms  p90 %7.2f ms  max %7.2f ms  (%d runs)\n",
-           !strcmp(mode, "plain") ? "ember" : cgroup_parent ? "jailer + cgroups" : "jailer",
+           !strcmp(mode, "plain") ? "ember"
+           : cgroup_parent        ? "jailer + cgroups"
+                                  : "jailer",
            parallel, t[runs / 2], t[(int)(0.9 * (runs - 1) + 0.5)], t[runs - 1], runs);
     free(t);
     return 0;

@@ -104,7 +104,7 @@ int cgroup_plan(const struct jail_args *a, struct cgroup_plan *p)
     FILE *f = fopen("/proc/mounts", "re");
     if (!f)
         return error_errno("cannot read /proc/mounts");
-    struct {
+    static struct {
         char dir[PATH_MAX];
         char options[512];
     } v1[CGROUP_MAX_HIERARCHIES * 2];
