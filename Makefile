@@ -26,8 +26,11 @@ LDLIBS  := -luring $(CJSON_LIBS) $(SECCOMP_LIBS) -lm -ldl -lpthread $(EXTRA_LDLI
 # src/sandbox/bpfgen.c is a build-time tool: it compiles ember's own seccomp
 # filters into $(BUILD)/gen/seccomp_bpf.h, which seccomp.c includes.
 BPFGEN_SRC := src/sandbox/bpfgen.c
-SRCS := $(filter-out $(BPFGEN_SRC),$(shell find src -name '*.c' | sort))
+SRCS := $(filter-out $(BPFGEN_SRC),$(shell find src -name '*.c' -not -path 'src/jailer/*' | sort))
 OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)
+# ember-jailer: its own program, sharing only the error messages.
+JAILER_SRCS := $(sort $(wildcard src/jailer/*.c)) src/util/error.c
+JAILER_OBJS := $(JAILER_SRCS:%.c=$(BUILD)/obj/%.o)
 LIB_OBJS := $(filter-out $(BUILD)/obj/src/main.o,$(OBJS))
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
@@ -35,12 +38,12 @@ UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-.PHONY: all demo test unit-test guest-test console-test api-test seccomp-test linux-smoke-test \
-        test-linux \
-        test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-linux-boot \
+.PHONY: all demo test unit-test guest-test console-test api-test seccomp-test jailer-test \
+        jailer-test-sanitize linux-smoke-test test-linux \
+        test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer bench-linux-boot \
         clang guests format format-check clean bench
 
-all: $(BUILD)/ember
+all: $(BUILD)/ember $(BUILD)/ember-jailer
 
 SHELL := /bin/bash
 .SECONDARY:
@@ -64,6 +67,10 @@ $(BUILD)/gen/seccomp_bpf.h: $(BUILD)/bpfgen
 
 $(BUILD)/obj/src/sandbox/seccomp.o: $(BUILD)/gen/seccomp_bpf.h
 
+$(BUILD)/ember-jailer: $(JAILER_OBJS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS)
+
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
@@ -80,6 +87,13 @@ $(BUILD)/runbench: bench/runbench.c
 $(BUILD)/apibench: bench/apibench.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
+
+$(BUILD)/jailbench: bench/jailbench.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+
+bench-jailer:
+	bench/jailer.sh
 
 bench: bench-startup bench-api
 
@@ -136,11 +150,17 @@ seccomp-test: all guests $(BUILD)/seccomp-trigger.so
 	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest TRIGGER=$(BUILD)/seccomp-trigger.so \
 	  tests/seccomp/run.sh
 
+# ember-jailer end to end: guests booted in jails, cgroup limits, namespaces, bad input.
+# Root (it mounts, makes device nodes, changes users).
+jailer-test: all guests
+	EMBER=$(abspath $(BUILD))/ember JAILER=$(abspath $(BUILD))/ember-jailer \
+	  GUEST_DIR=$(abspath $(BUILD))/guest tests/jailer/test_jailer.py
+
 # The whole suite; CI runs exactly this.
 test:
 	@scripts/install-deps.sh test
 	$(MAKE) format-check
-	$(MAKE) all unit-test guest-test console-test api-test seccomp-test linux-smoke-test
+	$(MAKE) all unit-test guest-test console-test api-test seccomp-test jailer-test linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
@@ -148,10 +168,19 @@ test:
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build, running the unit and
 # guest tests.
+SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 test-sanitize:
-	$(MAKE) BUILD=build/sanitize CC=clang \
-	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	$(MAKE) BUILD=build/sanitize CC=clang EXTRA_CFLAGS="$(SANITIZE_FLAGS)" \
 	  unit-test guest-test console-test api-test
+	$(MAKE) jailer-test-sanitize
+
+# The jailer built with the sanitizers, jailing the plain ember: a jail has no /proc, which
+# LeakSanitizer needs at exit, so leak checks are off there (the jailer ends in exec or exit).
+jailer-test-sanitize: all guests
+	$(MAKE) BUILD=build/sanitize CC=clang EXTRA_CFLAGS="$(SANITIZE_FLAGS)" build/sanitize/ember-jailer
+	ASAN_OPTIONS=detect_leaks=0 EMBER=$(abspath $(BUILD))/ember \
+	  JAILER=$(abspath build/sanitize)/ember-jailer GUEST_DIR=$(abspath $(BUILD))/guest \
+	  tests/jailer/test_jailer.py
 
 # Warnings must be clean under clang too.
 clang:
@@ -193,4 +222,4 @@ format-check:
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(BUILD)/obj/$(BPFGEN_SRC:.c=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)
+-include $(OBJS:.o=.d) $(JAILER_OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(BUILD)/obj/$(BPFGEN_SRC:.c=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)

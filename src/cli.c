@@ -50,8 +50,10 @@ void cli_usage(FILE *f)
         "  --no-seccomp          no system call filters (see below)\n"
         "  --seccomp-filter FILE system call filters from FILE, in Firecracker's\n"
         "                        seccompiler JSON format, instead of ember's own\n"
-        "  --start-time-us, --start-time-cpu-us, --parent-cpu-time-us N,\n"
-        "  --mmds-size-limit N   accepted, as the jailer passes them, and ignored\n"
+        "  --start-time-us US, --start-time-cpu-us US, --parent-cpu-time-us US\n"
+        "                        when the jailer started (CLOCK_MONOTONIC), this process's\n"
+        "                        CPU time then and the jailer's: the metrics' start-up times\n"
+        "  --mmds-size-limit N   accepted and ignored\n"
         "\n"
         "Options of `ember run` (VALUE may also be given as --option=VALUE):\n"
         "  --kernel FILE         kernel to boot: bzImage, vmlinux ELF, or ELF with a PVH note\n"
@@ -656,6 +658,9 @@ enum top_flag {
     TOP_SYNC_TEARDOWN,
     TOP_NO_SECCOMP,
     TOP_SECCOMP_FILTER,
+    TOP_START_TIME_US,
+    TOP_START_TIME_CPU_US,
+    TOP_PARENT_CPU_TIME_US,
     TOP_IGNORED_NUMBER,
     TOP_IGNORED_FLAG,
     TOP_UNSUPPORTED,
@@ -681,10 +686,10 @@ static const struct {
     {"http-api-idle-timeout-ms", TOP_IDLE_TIMEOUT, true},
     {"enable-pci", TOP_ENABLE_PCI, false},
     {"sync-teardown", TOP_SYNC_TEARDOWN, false},
-    /* The jailer passes these; ember has nothing to do with them yet. */
-    {"start-time-us", TOP_IGNORED_NUMBER, true},
-    {"start-time-cpu-us", TOP_IGNORED_NUMBER, true},
-    {"parent-cpu-time-us", TOP_IGNORED_NUMBER, true},
+    /* The jailer passes these. */
+    {"start-time-us", TOP_START_TIME_US, true},
+    {"start-time-cpu-us", TOP_START_TIME_CPU_US, true},
+    {"parent-cpu-time-us", TOP_PARENT_CPU_TIME_US, true},
     {"mmds-size-limit", TOP_IGNORED_NUMBER, true},
     {"no-seccomp", TOP_NO_SECCOMP, false},
     {"seccomp-filter", TOP_SECCOMP_FILTER, true},
@@ -706,6 +711,22 @@ static bool instance_id_valid(const char *id)
             return false;
     }
     return true;
+}
+
+/* A count of microseconds: decimal digits, 64 bits. */
+static int parse_us(const char *name, const char *value, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (const char *p = value; *p; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (!isdigit((unsigned char)*p) || v > (UINT64_MAX - d) / 10)
+            return error_set("--%s %s: use a number of microseconds", name, value);
+        v = v * 10 + d;
+    }
+    if (!*value)
+        return error_set("--%s needs a number of microseconds", name);
+    *out = v;
+    return 0;
 }
 
 static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, const char *value)
@@ -780,6 +801,14 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
             return error_set("--seccomp-filter needs a file");
         cli->seccomp_filter = value;
         return 0;
+    case TOP_START_TIME_US:
+        a->start_time_given = true;
+        return parse_us(name, value, &a->start_time_us);
+    case TOP_START_TIME_CPU_US:
+        a->start_cpu_given = true;
+        return parse_us(name, value, &a->start_time_cpu_us);
+    case TOP_PARENT_CPU_TIME_US:
+        return parse_us(name, value, &a->parent_cpu_time_us);
     case TOP_IGNORED_NUMBER:
         for (const char *p = value; *p; p++) {
             if (!isdigit((unsigned char)*p))

@@ -29,6 +29,10 @@ struct cli_api {
     bool idle_timeout_given;
     unsigned idle_timeout_ms; /* 0 (given): idle connections are not timed out */
     bool enable_pci;
+    /* Firecracker's start-time flags, which the jailer passes: when the jailer started
+     * (CLOCK_MONOTONIC, us), this process's CPU time at exec and the jailer's CPU time. */
+    bool start_time_given, start_cpu_given;
+    uint64_t start_time_us, start_time_cpu_us, parent_cpu_time_us;
 };
 
 struct cli {

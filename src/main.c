@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The process: one event loop on the main thread, termination signals
@@ -116,6 +117,33 @@ static char *read_config_file(const char *path, size_t *len)
     return buf;
 }
 
+static uint64_t clock_us(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Firecracker's start-up figures, from the flags the jailer passes: the time from the
+ * jailer's start to the API listening, and the CPU time the jailer and ember spent on it. */
+static void report_startup(struct api_metrics *m, const struct cli_api *o)
+{
+    if (!o->start_time_given && !o->start_cpu_given)
+        return;
+    uint64_t wall = 0, cpu = 0;
+    if (o->start_time_given) {
+        uint64_t now = clock_us(CLOCK_MONOTONIC);
+        wall = now > o->start_time_us ? now - o->start_time_us : 0;
+    }
+    if (o->start_cpu_given) {
+        uint64_t now = clock_us(CLOCK_PROCESS_CPUTIME_ID);
+        cpu = (now > o->start_time_cpu_us ? now - o->start_time_cpu_us : 0) + o->parent_cpu_time_us;
+    }
+    api_metrics_set_startup(m, wall, cpu);
+    log_info("started in %llu us (%llu us of CPU)", (unsigned long long)wall,
+             (unsigned long long)cpu);
+}
+
 /* `ember --api-sock ...`: the API on the loop, the machine once
  * InstanceStart (or the configuration file) says so. */
 static int run_api(struct process *p, const struct cli *cli)
@@ -167,6 +195,7 @@ static int run_api(struct process *p, const struct cli *cli)
             return EXIT_HOST_ERROR;
         }
         api_metrics_watch_server(&api.metrics, &server.stats);
+        report_startup(&api.metrics, o);
         log_info("API listening on %s", o->socket_path);
     }
     if (o->config_file) {

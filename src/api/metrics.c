@@ -53,6 +53,26 @@ void api_metrics_watch_server(struct api_metrics *m, const struct api_server_sta
     m->server = stats;
 }
 
+void api_metrics_set_startup(struct api_metrics *m, uint64_t wall_us, uint64_t cpu_us)
+{
+    m->startup_time_us = wall_us;
+    m->startup_time_cpu_us = cpu_us;
+}
+
+/* The start-up gauges, as Firecracker names them. */
+static void add_startup(cJSON *api, const struct api_metrics *m)
+{
+    static const char *const names[] = {"process_startup_time_us", "process_startup_time_cpu_us"};
+    const uint64_t values[] = {m->startup_time_us, m->startup_time_cpu_us};
+    for (int i = 0; i < 2; i++) {
+        cJSON *o = cJSON_GetObjectItemCaseSensitive(api, names[i]);
+        if (o)
+            cJSON_SetNumberValue(o, (double)values[i]);
+        else
+            cJSON_AddNumberToObject(api, names[i], (double)values[i]);
+    }
+}
+
 void api_metrics_count_request(struct api_metrics *m, const char *route, int status)
 {
     for (unsigned i = 0; i < m->nroutes; i++) {
@@ -207,6 +227,7 @@ cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
     for (int e = 0; m->server && e < API_SERVER_NEVENTS; e++)
         cJSON_AddNumberToObject(api, api_server_event_metric((enum api_server_event)e),
                                 (double)m->server->events[e]);
+    add_startup(api, m);
     /* Firecracker's names: lines the rate limits held back, lines the log could not take,
      * metrics lines lost. */
     cJSON *logger = cJSON_AddObjectToObject(root, "logger");
@@ -281,6 +302,7 @@ int api_metrics_flush(struct api_metrics *m, struct vm *vm)
         return error_set("out of memory");
     }
     subtract(line, m->previous);
+    add_startup(cJSON_GetObjectItemCaseSensitive(line, "api_server"), m);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     cJSON_AddNumberToObject(line, "utc_timestamp_ms",

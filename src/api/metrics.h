@@ -28,6 +28,10 @@ struct api_metrics {
     unsigned nroutes, routes_cap;
     uint64_t lines_written, lines_lost;
     const struct api_server_stats *server; /* NULL: no API socket */
+    /* Firecracker's start-up gauges, reported as they are (not as changes): microseconds
+     * from the process's start (the jailer's, with its flags) to the API listening, wall
+     * and CPU; 0 when not measured. */
+    uint64_t startup_time_us, startup_time_cpu_us;
 };
 
 void api_metrics_init(struct api_metrics *m);
@@ -36,6 +40,7 @@ int api_metrics_open(struct api_metrics *m, const char *path);
 bool api_metrics_enabled(const struct api_metrics *m);
 /* Reports the server's counters in the api_server group from now on. */
 void api_metrics_watch_server(struct api_metrics *m, const struct api_server_stats *stats);
+void api_metrics_set_startup(struct api_metrics *m, uint64_t wall_us, uint64_t cpu_us);
 void api_metrics_count_request(struct api_metrics *m, const char *route, int status);
 /* Writes one line; vm may be NULL (not started). A no-op when not open. */
 int api_metrics_flush(struct api_metrics *m, struct vm *vm);

@@ -206,10 +206,12 @@ int stdio_console_start(struct stdio_console *c, struct event_loop *loop, int in
         return error_errno("pipe");
     copier_fds[0] = in_fd;
     copier_fds[1] = p[1];
-    if (pthread_create(&c->copier, NULL, copier_main, copier_fds) != 0) {
+    int r = pthread_create(&c->copier, NULL, copier_main, copier_fds);
+    if (r != 0) {
         close(p[0]);
         close(p[1]);
-        return error_set("cannot start the console input thread");
+        errno = r;
+        return error_errno("cannot start the console input thread");
     }
     pthread_setname_np(c->copier, "stdin");
     c->has_copier = true;

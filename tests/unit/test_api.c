@@ -621,6 +621,61 @@ START_TEST(routes_before_start)
 }
 END_TEST
 
+static cJSON *api_group(const char *line)
+{
+    cJSON *o = cJSON_Parse(line);
+    ck_assert_ptr_nonnull(o);
+    cJSON *api = cJSON_DetachItemFromObject(o, "api_server");
+    cJSON_Delete(o);
+    ck_assert_ptr_nonnull(api);
+    return api;
+}
+
+static double number(cJSON *o, const char *key)
+{
+    cJSON *n = cJSON_GetObjectItemCaseSensitive(o, key);
+    ck_assert_msg(cJSON_IsNumber(n), "no number %s", key);
+    return n->valuedouble;
+}
+
+/* Firecracker's start-up figures are gauges: every line has them as they are, while the
+ * counters beside them are changes since the line before. */
+START_TEST(metrics_startup_gauges)
+{
+    char path[] = "/tmp/ember-unit-metrics-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    struct api_metrics m;
+    api_metrics_init(&m);
+    ck_assert_int_eq(api_metrics_open(&m, path), 0);
+    api_metrics_set_startup(&m, 1234, 56);
+    api_metrics_count_request(&m, "GET /", 200);
+    ck_assert_int_eq(api_metrics_flush(&m, NULL), 0);
+    ck_assert_int_eq(api_metrics_flush(&m, NULL), 0);
+    api_metrics_close(&m);
+    char text[8192];
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    unlink(path);
+    text[n] = '\0';
+    char *second = strchr(text, '\n');
+    ck_assert_ptr_nonnull(second);
+    *second++ = '\0';
+    cJSON *a1 = api_group(text), *a2 = api_group(second);
+    ck_assert(number(a1, "process_startup_time_us") == 1234);
+    ck_assert(number(a1, "process_startup_time_cpu_us") == 56);
+    ck_assert(number(cJSON_GetObjectItemCaseSensitive(a1, "GET /"), "200") == 1);
+    ck_assert(number(a2, "process_startup_time_us") == 1234);
+    ck_assert(number(a2, "process_startup_time_cpu_us") == 56);
+    ck_assert(number(cJSON_GetObjectItemCaseSensitive(a2, "GET /"), "200") == 0);
+    cJSON_Delete(a1);
+    cJSON_Delete(a2);
+}
+END_TEST
+
 Suite *api_suite(void)
 {
     Suite *s = suite_create("api");
@@ -643,6 +698,7 @@ Suite *api_suite(void)
     tcase_add_test(t, drives_map_onto_the_machine);
     tcase_add_test(t, config_document);
     tcase_add_test(t, routes_before_start);
+    tcase_add_test(t, metrics_startup_gauges);
     suite_add_tcase(s, t);
     return s;
 }

@@ -134,6 +134,26 @@ START_TEST(net_specs)
 }
 END_TEST
 
+/* What the jailer passes ember, kept for the start-up metrics. */
+START_TEST(jailer_flags)
+{
+    struct cli c;
+    ck_assert_msg(PARSE(&c, "--id", "j-1", "--start-time-us", "123456789012",
+                        "--start-time-cpu-us=45", "--parent-cpu-time-us", "678") == 0,
+                  "%s", error_get());
+    ck_assert(c.api.start_time_given && c.api.start_cpu_given);
+    ck_assert_uint_eq(c.api.start_time_us, 123456789012ull);
+    ck_assert_uint_eq(c.api.start_time_cpu_us, 45);
+    ck_assert_uint_eq(c.api.parent_cpu_time_us, 678);
+    ck_assert_int_eq(PARSE(&c, "--id", "j-1"), 0);
+    ck_assert(!c.api.start_time_given && !c.api.start_cpu_given);
+    expect_error(PARSE(&c, "--start-time-us", "12a"), "microseconds");
+    expect_error(PARSE(&c, "--start-time-us", "-5"), "microseconds");
+    expect_error(PARSE(&c, "--start-time-cpu-us", "18446744073709551616"), "microseconds");
+    expect_error(PARSE(&c, "--parent-cpu-time-us="), "microseconds");
+}
+END_TEST
+
 Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -143,6 +163,7 @@ Suite *cli_suite(void)
     tcase_add_test(t, bad_input_gets_one_clear_error);
     tcase_add_test(t, size_parsing);
     tcase_add_test(t, net_specs);
+    tcase_add_test(t, jailer_flags);
     suite_add_tcase(s, t);
     return s;
 }
