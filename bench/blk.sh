@@ -11,7 +11,9 @@
 #            host's disk; the image then lives in build/ (tmpfs refuses O_DIRECT)
 #   -m BYTES the guest's buffers start BYTES (1-4095) past a page boundary: with -c none, below
 #            the storage's alignment, each VMM copies every request through bounce buffers
-#   VMM      ember-pci ember-mmio qemu-pci qemu-mmio (default: all four)
+#   VMM      ember-pci ember-mmio qemu-pci qemu-mmio (default: all four); ember-pci-noseccomp
+#            and ember-mmio-noseccomp run ember with --no-seccomp, qemu-pci-sandbox QEMU with
+#            -sandbox on (its own seccomp filter): the filters' cost (bench/seccomp.sh)
 # Environment: EMBER (default build/ember), QEMU (qemu-system-x86_64), QBOOT
 #   (/usr/share/qemu/qboot.rom), IMAGE (/dev/shm/ember-blk-bench.img, or
 #   build/ember-blk-bench.img with -c none).
@@ -100,14 +102,18 @@ start_vmm() { # start_vmm VMM OUT -> VMM_PID
     local cmdline="console=ttyS0 perf_ms=$RUN_MS perf_settle_ms=$SETTLE_MS perf_misalign=$MISALIGN"
     if [ "$have_counters" = 1 ]; then export LD_PRELOAD=$PRELOAD; fi
     case $1 in
-    ember-pci | ember-mmio)
-        "$EMBER" run --kernel "$GUEST" --debug-exit --transport "${1#ember-}" \
+    ember-pci | ember-mmio | ember-pci-noseccomp | ember-mmio-noseccomp)
+        local transport=${1#ember-} filters=()
+        transport=${transport%-noseccomp}
+        [[ $1 == *-noseccomp ]] && filters=(--no-seccomp)
+        "$EMBER" run --kernel "$GUEST" --debug-exit --transport "$transport" "${filters[@]}" \
             --drive "path=$IMAGE,cache=$CACHE${EMBER_DRIVE_OPTS:-}" --cmdline "$cmdline" </dev/null >"$2" 2>"$2.err" &
         ;;
-    qemu-pci)
-        local bios=()
+    qemu-pci | qemu-pci-sandbox)
+        local bios=() sandbox=()
         [ -r "$QBOOT" ] && bios=(-bios "$QBOOT")
-        "$QEMU" -M q35 "${bios[@]}" "${QEMU_BASE[@]}" "${QEMU_DRIVE[@]}" \
+        [ "$1" = qemu-pci-sandbox ] && sandbox=(-sandbox on)
+        "$QEMU" -M q35 "${bios[@]}" "${sandbox[@]}" "${QEMU_BASE[@]}" "${QEMU_DRIVE[@]}" \
             -device virtio-blk-pci,drive=d0,disable-legacy=on \
             -kernel "$GUEST" -append "$cmdline" </dev/null >"$2" 2>"$2.err" &
         ;;
