@@ -218,7 +218,7 @@ done
 # ---- the table ------------------------------------------------------------------------------
 
 best() { # best VMM WORKLOAD -> the result line with the highest IOPS over the runs
-    cat "$OUT_DIR/$1".*.results 2>/dev/null | awk -v w="$2" '$1 == w' | sort -k3,3n | tail -n1
+    cat "$OUT_DIR/$1".*.results 2>/dev/null | awk -v w="$2" '$1 == w' | sort -k3,3n | tail -n1 || true
 }
 
 WORKLOADS=(randread-4k-qd1 randread-4k-qd32 seqread-128k-qd16 seqwrite-128k-qd16)

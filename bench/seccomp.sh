@@ -35,7 +35,7 @@ bench/blk.sh -r "$BLK_RUNS" -o "$OUT/blk" ember-pci ember-pci-noseccomp qemu-pci
     tee "$OUT/blk.txt"
 
 iops() { # iops VMM WORKLOAD: the best run's IOPS
-    cat "$OUT/blk/$1".*.results 2>/dev/null | awk -v w="$2" '$1 == w {print $3}' | sort -n | tail -n1
+    cat "$OUT/blk/$1".*.results 2>/dev/null | awk -v w="$2" '$1 == w {print $3}' | sort -n | tail -n1 || true
 }
 echo
 awk '
