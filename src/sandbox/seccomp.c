@@ -186,6 +186,16 @@ static void report(const siginfo_t *si, const void *ucv, const char *kind, const
         write_all(log_fd, &l);
 }
 
+/* The raw system call, not _exit(): nothing of the C library's or a
+ * sanitizer's exit paths runs between the report and the end; a call they
+ * made outside the filter would raise a second SIGSYS, blocked here, and
+ * the kernel would kill ember with the signal instead of the status. */
+static _Noreturn void end_process(int status)
+{
+    syscall(SYS_exit_group, status);
+    __builtin_unreachable();
+}
+
 static void on_sigsys(int sig, siginfo_t *si, void *ucv)
 {
     (void)sig;
@@ -197,8 +207,8 @@ static void on_sigsys(int sig, siginfo_t *si, void *ucv)
          * violation, or someone else's SIGSYS, which ends ember as the
          * signal would. */
         if (!in_helper && __atomic_load_n(&state.helper_violation, __ATOMIC_ACQUIRE))
-            _exit(EXIT_SECCOMP_VIOLATION);
-        _exit(EXIT_SIGNAL_BASE + SIGSYS);
+            end_process(EXIT_SECCOMP_VIOLATION);
+        end_process(EXIT_SIGNAL_BASE + SIGSYS);
     }
     __atomic_add_fetch(&faults, 1, __ATOMIC_RELAXED);
     /* The helper shares the main thread's thread-local storage: it is
@@ -212,9 +222,8 @@ static void on_sigsys(int sig, siginfo_t *si, void *ucv)
          * ends the process with the same status. */
         __atomic_store_n(&state.helper_violation, 1, __ATOMIC_RELEASE);
         syscall(SYS_tgkill, state.ember_pid, state.ember_pid, SIGSYS);
-        syscall(SYS_exit_group, EXIT_SECCOMP_VIOLATION);
     }
-    _exit(EXIT_SECCOMP_VIOLATION);
+    end_process(EXIT_SECCOMP_VIOLATION);
 }
 
 /* ---- installing ---------------------------------------------------------- */
