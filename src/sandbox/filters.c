@@ -329,21 +329,8 @@ const struct sc_filter *sc_builtin_filter(enum seccomp_kind kind)
  * (open, getdents of /proc/self/task) and yields meanwhile. Seen with a
  * learning build of the sanitizers over the guest, console and API tests. */
 static const struct sc_rule sanitizer_rules[] = {
-    BASE,
-    MEMORY,
-    R(madvise),
-    R(sigaltstack),
-    R(clone),
-    R(ptrace),
-    R(wait4),
-    R(open),
-    R(getdents),
-    R(dup),
-    R(rt_sigaction),
-    R(sched_yield),
-    R(getppid),
-    R(gettid),
-    R(prctl),
+    BASE,        MEMORY, R(madvise),      R(sigaltstack), R(clone),   R(ptrace), R(wait4), R(open),
+    R(getdents), R(dup), R(rt_sigaction), R(sched_yield), R(getppid), R(gettid), R(prctl),
 };
 static const struct sc_filter sanitizer = FILTER(sanitizer_rules);
 #endif
