@@ -200,6 +200,15 @@ static int parse_rule(const cJSON *o, struct sc_rule *r, const char *where)
         snprintf(at, sizeof(at), "%s (%s), condition %d", where, name->valuestring, i + 1);
         if (parse_condition(c, &r->conds[i], at) < 0)
             return -1;
+        /* libseccomp compares an argument once per rule (seccompiler's
+         * "ge 3 and lt 1024" on one argument cannot be said in one rule). */
+        for (int j = 0; j < i; j++) {
+            if (r->conds[j].index == r->conds[i].index)
+                return error_set("%s: argument %u is compared already in this rule; ember "
+                                 "compiles policies with libseccomp, which takes one comparison "
+                                 "per argument and rule",
+                                 at, r->conds[i].index);
+        }
     }
     r->nconds = (uint8_t)n;
     return 0;
@@ -357,8 +366,20 @@ int sc_policy_compile(const char *text, size_t len, struct sock_fprog progs[SECC
         covered[k] = true;
     }
     policy_free(&p);
-    if (r < 0)
+    if (r < 0) {
+        /* Nothing half-compiled is left: no kind is covered. */
         sc_policy_free(progs, covered);
+        memset(covered, 0, SECCOMP_NKINDS * sizeof(bool));
+        /* The message quotes the file's names, in which cJSON lets control
+         * characters through: it stays one printable line. */
+        char line[512];
+        snprintf(line, sizeof(line), "%s", error_get());
+        for (char *c = line; *c; c++) {
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = '?';
+        }
+        error_set("%s", line);
+    }
     return r;
 }
 

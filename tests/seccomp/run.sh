@@ -193,7 +193,10 @@ policy trap allow '{"syscall": "no_such_call"}' >"$tmp/bad-syscall.json"
 policy refuse allow '' >"$tmp/bad-action.json"
 policy trap allow '{"syscall": "ioctl", "args": [{"index": 7, "type": "dword", "op": "eq", "val": 1}]}' \
     >"$tmp/bad-index.json"
-for bad in missing bad-binary.bpf bad-json.json bad-syscall.json bad-action.json bad-index.json; do
+policy trap allow '{"syscall": "close", "args": [{"index": 0, "type": "qword", "op": "ge", "val": 3}, {"index": 0, "type": "qword", "op": "lt", "val": 1024}]}' \
+    >"$tmp/bad-same-argument.json"
+for bad in missing bad-binary.bpf bad-json.json bad-syscall.json bad-action.json bad-index.json \
+    bad-same-argument.json; do
     out=$("$EMBER" run --seccomp-filter "$tmp/$bad" --kernel "$GUEST" 2>&1 </dev/null)
     status=$?
     lines=$(printf '%s\n' "$out" | wc -l)
