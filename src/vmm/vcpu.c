@@ -47,6 +47,16 @@ static void check_template(struct vcpu *vcpu, struct kvm_cpuid2 *buf, unsigned c
                  "(it passes the real CPUID through); a Linux guest here may need "
                  "clearcpuid=/noxsave on its command line",
                  cpu_template_name(vcpu->vm->cfg.cpu_template), names);
+    const struct cpu_modifiers *mods[2] = {cpu_template_modifiers(vcpu->vm->cfg.cpu_template),
+                                           vcpu->vm->cfg.custom_cpu};
+    for (int i = 0; i < 2; i++) {
+        char bits[1024];
+        if (mods[i] && cpu_modifiers_leaks(buf, mods[i], bits, sizeof(bits)) > 0)
+            log_warn("this host's KVM does not give the guest these CPUID bits as the %s CPU "
+                     "template sets them: %s (leaf.subleaf register bits; it passes the real "
+                     "CPUID through)",
+                     i == 0 ? cpu_template_name(vcpu->vm->cfg.cpu_template) : "custom", bits);
+    }
 }
 
 /* A template's MSR changes on top of what KVM gives the vCPU once its

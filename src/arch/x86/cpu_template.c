@@ -2,6 +2,7 @@
 
 #include "util/error.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define BIT(n) (1u << (n))
@@ -337,6 +338,50 @@ int cpu_modifiers_apply_cpuid(struct kvm_cpuid2 *c, const struct cpu_modifiers *
         *reg = (*reg & ~mod->mask) | (mod->value & mod->mask);
     }
     return 0;
+}
+
+int cpu_modifiers_leaks(struct kvm_cpuid2 *actual, const struct cpu_modifiers *m, char *buf,
+                        size_t len)
+{
+    static const char *const names[] = {"eax", "ebx", "ecx", "edx"};
+    size_t used = 0;
+    int count = 0;
+    buf[0] = '\0';
+    for (unsigned i = 0; m && i < m->ncpuid; i++) {
+        const struct cpuid_modifier *mod = &m->cpuid[i];
+        /* One item per register: later modifiers of the same one join it. */
+        bool seen = false;
+        for (unsigned k = 0; k < i && !seen; k++)
+            seen = m->cpuid[k].leaf == mod->leaf && m->cpuid[k].subleaf == mod->subleaf &&
+                   m->cpuid[k].reg == mod->reg;
+        if (seen)
+            continue;
+        struct kvm_cpuid_entry2 *e = NULL;
+        for (unsigned k = 0; k < actual->nent && !e; k++) {
+            if (actual->entries[k].function == mod->leaf &&
+                actual->entries[k].index == mod->subleaf)
+                e = &actual->entries[k];
+        }
+        if (!e)
+            continue;
+        uint32_t got = *register_of(e, mod->reg), want = got, decided = 0;
+        for (unsigned k = i; k < m->ncpuid; k++) {
+            const struct cpuid_modifier *o = &m->cpuid[k];
+            if (o->leaf == mod->leaf && o->subleaf == mod->subleaf && o->reg == mod->reg) {
+                want = (want & ~o->mask) | (o->value & o->mask);
+                decided |= o->mask;
+            }
+        }
+        uint32_t leaked = (got ^ want) & decided;
+        if (!leaked)
+            continue;
+        int n = snprintf(buf + used, len - used, "%s0x%x.%u %s 0x%x", count ? " " : "", mod->leaf,
+                         mod->subleaf, names[mod->reg], leaked);
+        if (n > 0 && (size_t)n < len - used)
+            used += (size_t)n;
+        count++;
+    }
+    return count;
 }
 
 int cpu_bitmap_parse(const char *s, unsigned bits, uint64_t *mask, uint64_t *value)

@@ -9,6 +9,7 @@
 
 #include <linux/kvm.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum cpuid_register { CPUID_EAX, CPUID_EBX, CPUID_ECX, CPUID_EDX };
@@ -57,6 +58,13 @@ int cpu_template_check_vendor(struct kvm_cpuid2 *supported, enum cpu_template t)
 /* Applies the CPUID changes; a leaf/subleaf KVM does not report is an
  * error, as is a leaf the template names twice with different flags. */
 int cpu_modifiers_apply_cpuid(struct kvm_cpuid2 *c, const struct cpu_modifiers *m);
+
+/* After KVM_SET_CPUID2, names the bits the template decides that the vCPU
+ * does not have as decided (read back with KVM_GET_CPUID2): some hosts pass
+ * parts of the real CPUID through. Writes "LEAF.SUBLEAF REG BITS" items,
+ * space-separated, e.g. "0x7.0 ebx 0x10000"; returns how many. */
+int cpu_modifiers_leaks(struct kvm_cpuid2 *actual, const struct cpu_modifiers *m, char *buf,
+                        size_t len);
 
 static inline uint64_t msr_modifier_apply(const struct msr_modifier *m, uint64_t v)
 {
