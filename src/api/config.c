@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- JSON helpers ----------------------------------------------------- */
@@ -687,18 +689,24 @@ static int put_cpu_config_section(struct api_config *c, const cJSON *v)
 {
     struct cpu_custom_template *t;
     if (cJSON_IsString(v)) {
-        FILE *f = fopen(v->valuestring, "re");
-        if (!f)
+        /* Non-blocking, so that a FIFO named here cannot stall the start. */
+        int fd = open(v->valuestring, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0)
             return error_errno("\"cpu-config\": cannot open '%s'", v->valuestring);
-        char *text = malloc(1 << 20);
-        size_t n = text ? fread(text, 1, (1 << 20) - 1, f) : 0;
-        bool whole = text && feof(f) && !ferror(f);
-        fclose(f);
-        if (!whole) {
+        struct stat st;
+        char *text = NULL;
+        ssize_t n = -1;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (1 << 20) &&
+            (text = malloc((size_t)st.st_size + 1)))
+            n = read(fd, text, (size_t)st.st_size + 1);
+        close(fd);
+        if (n < 0 || n > st.st_size) {
             free(text);
-            return error_set("\"cpu-config\": cannot read '%s' (at most 1 MiB)", v->valuestring);
+            return error_set("\"cpu-config\": cannot read '%s' (a regular file of less than 1 "
+                             "MiB)",
+                             v->valuestring);
         }
-        cJSON *doc = cJSON_ParseWithLength(text, n);
+        cJSON *doc = cJSON_ParseWithLength(text, (size_t)n);
         free(text);
         if (!doc)
             return error_set("\"cpu-config\": '%s' is not valid JSON", v->valuestring);
