@@ -145,15 +145,19 @@
 #define L88B_EFER_LMSLE_UNSUPPORTED BIT(20)
 
 #define IDX KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+#define DECIDE(leaf, sub, flags, reg, mask, value)                                                 \
+    {                                                                                              \
+        leaf, sub, flags, reg, mask, value                                                         \
+    }
 #define CLEAR(leaf, sub, flags, reg, bits)                                                         \
     {                                                                                              \
         leaf, sub, flags, reg, bits, 0                                                             \
     }
 
 static const struct cpuid_modifier c3_cpuid[] = {
-    {1, 0, 0, CPUID_EAX, VERSION_FIELDS, VERSION_E5_2680V2},
+    DECIDE(1, 0, 0, CPUID_EAX, VERSION_FIELDS, VERSION_E5_2680V2),
     CLEAR(1, 0, 0, CPUID_ECX, L1C_HOST_ONLY | L1C_FMA | L1C_MOVBE),
-    {1, 0, 0, CPUID_EDX, L1D_HIDDEN | L1D_MCE | L1D_MTRR, L1D_MCE | L1D_MTRR},
+    DECIDE(1, 0, 0, CPUID_EDX, L1D_HIDDEN | L1D_MCE | L1D_MTRR, L1D_MCE | L1D_MTRR),
     /* Ivy Bridge has neither BMI nor AVX2 nor INVPCID; its fast string
      * operations (ERMS) are left as the host has them. */
     CLEAR(7, 0, IDX, CPUID_EBX, L7B_HIDDEN_BOTH | L7B_BMI1 | L7B_AVX2 | L7B_BMI2 | L7B_INVPCID),
@@ -165,17 +169,14 @@ static const struct cpuid_modifier c3_cpuid[] = {
     CLEAR(0x80000001, 0, 0, CPUID_EDX, L81D_PAGE1GB),
 };
 
-/* T2 and its variants share the CPUID of a Haswell Xeon. */
+/* T2 and its variants share the CPUID of a Haswell Xeon, which has ERMS:
+ * the template says so whatever the host. */
 #define T2_COMMON_CPUID                                                                            \
-    {1, 0, 0, CPUID_EAX, VERSION_FIELDS, VERSION_E5_2666V3},                                       \
+    DECIDE(1, 0, 0, CPUID_EAX, VERSION_FIELDS, VERSION_E5_2666V3),                                 \
         CLEAR(1, 0, 0, CPUID_ECX, L1C_HOST_ONLY | L1C_SMX | L1C_EIST | L1C_DCA),                   \
-        {1,                                                                                        \
-         0,                                                                                        \
-         0,                                                                                        \
-         CPUID_EDX,                                                                                \
-         L1D_HIDDEN | L1D_IA64 | L1D_MCE | L1D_MTRR,                                               \
-         L1D_MCE | L1D_MTRR}, /* Haswell has ERMS: the template says so whatever the host. */      \
-        {7, 0, IDX, CPUID_EBX, L7B_HIDDEN_BOTH | L7B_PCOMMIT | L7B_ERMS, L7B_ERMS},                \
+        DECIDE(1, 0, 0, CPUID_EDX, L1D_HIDDEN | L1D_IA64 | L1D_MCE | L1D_MTRR,                     \
+               L1D_MCE | L1D_MTRR),                                                                \
+        DECIDE(7, 0, IDX, CPUID_EBX, L7B_HIDDEN_BOTH | L7B_PCOMMIT | L7B_ERMS, L7B_ERMS),          \
         CLEAR(7, 0, IDX, CPUID_ECX, L7C_T2_HIDDEN),                                                \
         CLEAR(7, 0, IDX, CPUID_EDX,                                                                \
               L7D_AVX512_4VNNIW | L7D_AVX512_4FMAPS | L7D_FSRM | L7D_AVX512_VP2INTERSECT),         \
@@ -188,8 +189,8 @@ static const struct cpuid_modifier t2_cpuid[] = {
     CLEAR(0x80000008, 0, 0, CPUID_EBX, L88B_WBNOINVD),
 };
 
-/* T2CL also hides what an AMD host would add in the extended leaf, so that
- * its guests can move between Cascade Lake and Ice Lake hosts. */
+/* T2CL (for Cascade Lake and Ice Lake hosts) also clears the extended-leaf
+ * bits that only AMD defines. */
 static const struct cpuid_modifier t2cl_cpuid[] = {
     T2_COMMON_CPUID,
     CLEAR(0x80000001, 0, 0, CPUID_ECX,
@@ -206,11 +207,11 @@ static const struct cpuid_modifier t2a_cpuid[] = {
           L81C_SVM | L81C_SSE4A | L81C_MISALIGNSSE | L81C_PREFETCHW | L81C_MONITORX),
     CLEAR(0x80000001, 0, 0, CPUID_EDX, L81D_MMXEXT | L81D_FFXSR | L81D_PAGE1GB),
     /* Speculation-control hints a guest may rely on, set whatever the host. */
-    {0x80000008, 0, 0, CPUID_EBX,
-     L88B_CLZERO | L88B_WBNOINVD | L88B_RSTR_FP_ERR_PTRS | L88B_IBRS_PREFERRED |
-         L88B_IBRS_SAME_MODE | L88B_EFER_LMSLE_UNSUPPORTED,
-     L88B_RSTR_FP_ERR_PTRS | L88B_IBRS_PREFERRED | L88B_IBRS_SAME_MODE |
-         L88B_EFER_LMSLE_UNSUPPORTED},
+    DECIDE(0x80000008, 0, 0, CPUID_EBX,
+           L88B_CLZERO | L88B_WBNOINVD | L88B_RSTR_FP_ERR_PTRS | L88B_IBRS_PREFERRED |
+               L88B_IBRS_SAME_MODE | L88B_EFER_LMSLE_UNSUPPORTED,
+           L88B_RSTR_FP_ERR_PTRS | L88B_IBRS_PREFERRED | L88B_IBRS_SAME_MODE |
+               L88B_EFER_LMSLE_UNSUPPORTED),
 };
 
 #define MSR_IA32_ARCH_CAPABILITIES 0x10a
