@@ -465,6 +465,18 @@ def test_custom_cpu_config_in_guest(tmp):
     # T2 no longer applies: the host's version fields (but the custom stepping) show.
     check(leaves[(1, 0)][0] & 0x0ffffff0 != 0x000306f0 or host_vendor() != "GenuineIntel",
           "T2's signature after the custom template replaced it")
+    # What only InstanceStart can find out: a capability KVM lacks, an MSR it does not know.
+    for body, msg in [({"kvm_capabilities": ["4000000"]}, "Missing KVM capabilities: 0x3d0900"),
+                      ({"msr_modifiers": [{"addr": "0x4b564dff", "bitmap": "0b1"}]},
+                       "MSR entry not supported by KVM: Register Address: 0x4b564dff")]:
+        e = Ember(tmp, name="custom-at-start")
+        try:
+            expect(e.req("PUT", "/boot-source", {"kernel_image_path": CPUID_GUEST}), 204, "boot source")
+            expect(e.req("PUT", "/cpu-config", body), 204, "PUT /cpu-config %r" % body)
+            expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 400, "start with %r" % body, msg)
+            serving(e)
+        finally:
+            e.kill()
     # A custom template cannot be set once the machine runs.
     e = Ember(tmp, name="custom-after-start")
     try:
