@@ -1,7 +1,6 @@
 #include "api/api.h"
 
 #include "api/cpu_config.h"
-
 #include "devices/i8042.h"
 #include "sandbox/seccomp.h"
 #include "util/error.h"
@@ -11,10 +10,10 @@
 #include "vmm/devices.h"
 #include "vmm/exit_status.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
