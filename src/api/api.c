@@ -1,5 +1,6 @@
 #include "api/api.h"
 
+#include "api/cpu_config.h"
 #include "devices/i8042.h"
 #include "sandbox/seccomp.h"
 #include "util/error.h"
@@ -9,6 +10,7 @@
 #include "vmm/devices.h"
 #include "vmm/exit_status.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -382,6 +384,54 @@ static int patch_net(struct api *a, const char *id, const cJSON *body, char **ou
     return 204;
 }
 
+struct leaf_check {
+    const struct cpu_custom_template *template;
+    const char *kvm_path;
+    int result;
+    char error[256];
+};
+
+/* Runs where opening /dev/kvm is allowed (the builder thread when the
+ * filters are on): a host without KVM leaves the check to InstanceStart. */
+static void check_leaves(void *arg)
+{
+    struct leaf_check *lc = arg;
+    lc->result = 0;
+    int fd = open(lc->kvm_path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    unsigned capacity;
+    struct kvm_cpuid2 *supported = cpuid_get_supported(fd, 0, &capacity);
+    close(fd);
+    if (supported && api_cpu_config_check_leaves(lc->template, supported) < 0) {
+        snprintf(lc->error, sizeof(lc->error), "%s", error_get());
+        lc->result = -1;
+    }
+    free(supported);
+}
+
+static int put_cpu_config(struct api *a, const cJSON *body, char **out)
+{
+    if (api_instance_started(a))
+        return not_after_start(out);
+    struct cpu_custom_template *t = api_parse_cpu_config(body);
+    if (!t)
+        return fault_from_error(out);
+    struct vm_config defaults;
+    vm_config_defaults(&defaults);
+    struct leaf_check lc = {.template = t, .kvm_path = defaults.kvm_path};
+    if (a->builder)
+        iothread_call(a->builder, check_leaves, &lc);
+    else
+        check_leaves(&lc);
+    if (lc.result < 0) {
+        free(t);
+        return fault(out, lc.error);
+    }
+    api_set_custom_cpu(&a->cfg, t);
+    return 204;
+}
+
 /* Routes Firecracker has that ember does not implement yet. */
 static const struct {
     const char *path;
@@ -397,7 +447,6 @@ static const struct {
     {"/balloon/hinting/stop", "PATCH", "the balloon device"},
     {"/snapshot/create", "PUT", "snapshots"},
     {"/snapshot/load", "PUT", "snapshots"},
-    {"/cpu-config", "PUT", "custom CPU configuration"},
     {"/hotplug/memory", "GET PUT PATCH", "memory hotplug"},
     {"/pmem/*", "PUT PATCH", "virtio-pmem devices"},
     {"/serial", "PUT", "serial output configuration"},
@@ -538,6 +587,11 @@ static int route(struct route_ctx *r)
         free(path);
         return rc < 0 ? fault_from_error(out) : 204;
     }
+    if (!strcmp(p, "/cpu-config")) {
+        if (!put)
+            return invalid_route(r);
+        return put_cpu_config(a, r->body, out);
+    }
     if (!strcmp(p, "/entropy")) {
         if (!put)
             return invalid_route(r);
@@ -573,7 +627,7 @@ static const char *route_template(const char *method, const char *path)
 {
     static const char *const fixed[] = {"/",        "/version", "/machine-config", "/boot-source",
                                         "/actions", "/vm",      "/vm/config",      "/logger",
-                                        "/metrics", "/entropy", "/vsock"};
+                                        "/metrics", "/entropy", "/vsock",          "/cpu-config"};
     if (strcmp(method, "GET") && strcmp(method, "PUT") && strcmp(method, "PATCH"))
         return "other"; /* any method name would otherwise make a new entry */
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {

@@ -1,15 +1,18 @@
 #include "api/config.h"
 
+#include "api/cpu_config.h"
 #include "arch/x86/cpuid.h"
 #include "backends/block.h"
 #include "util/error.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- JSON helpers ----------------------------------------------------- */
@@ -221,6 +224,7 @@ void api_config_free(struct api_config *c)
     free(c->metrics_path);
     free(c->vsock.uds_path);
     free(c->vsock.vsock_id);
+    free(c->custom_cpu);
     api_config_init(c);
 }
 
@@ -257,6 +261,23 @@ static uint64_t host_ram_mib(void)
     return ((uint64_t)pages * (uint64_t)page) >> 20;
 }
 
+/* A field that is present and not null counts as given. */
+static bool any_field_given(const cJSON *obj)
+{
+    for (const cJSON *f = obj->child; f; f = f->next) {
+        if (!cJSON_IsNull(f))
+            return true;
+    }
+    return false;
+}
+
+void api_set_custom_cpu(struct api_config *c, struct cpu_custom_template *t)
+{
+    free(c->custom_cpu);
+    c->custom_cpu = t;
+    strcpy(c->machine.cpu_template, "None");
+}
+
 int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial)
 {
     static const char *const fields[] = {"vcpu_count",        "mem_size_mib", "smt", "cpu_template",
@@ -264,11 +285,14 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
     const char *what = "machine-config";
     if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0)
         return -1;
-    /* PUT replaces: what it leaves out takes the default value. */
+    /* As in Firecracker: a PATCH must change something. */
+    if (partial && !any_field_given(body))
+        return error_set("Empty PATCH request.");
+    /* PUT replaces: what it leaves out takes the default value, except
+     * the CPU template, which stays as Firecracker keeps it. */
     struct api_machine m = c->machine;
     if (!partial) {
         m.smt = m.track_dirty_pages = false;
-        strcpy(m.cpu_template, "None");
         strcpy(m.huge_pages, "None");
     }
     uint64_t vcpus = m.vcpu_count, mem = m.mem_size_mib;
@@ -282,14 +306,15 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
         return -1;
     if (vcpus < 1)
         return error_set("%s: `vcpu_count` must be from 1 to %d", what, API_MAX_VCPUS);
+    if (m.smt && vcpus > 1 && vcpus % 2)
+        return error_set("%s: `vcpu_count` %llu with `smt`: The number of vCPUs must be greater "
+                         "than 0, less than %d and must be 1 or an even number if SMT is enabled.",
+                         what, (unsigned long long)vcpus, API_MAX_VCPUS);
     if (mem < VM_MIN_MEMORY_MIB)
         return error_set("%s: `mem_size_mib` must be at least %d", what, VM_MIN_MEMORY_MIB);
     if (mem > host_ram_mib())
         return error_set("%s: `mem_size_mib` %llu is more than this host's %llu MiB of RAM", what,
                          (unsigned long long)mem, (unsigned long long)host_ram_mib());
-    if (m.smt)
-        return error_set("%s: `smt` true is not supported: ember gives each vCPU its own core",
-                         what);
     if (m.track_dirty_pages)
         return error_set("%s: `track_dirty_pages` true is not supported yet (ember has no "
                          "snapshots yet)",
@@ -301,8 +326,8 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
         else if (strlen(tmpl) < sizeof(m.cpu_template) && cpu_template_parse(tmpl, &t) == 0)
             strcpy(m.cpu_template, tmpl);
         else
-            return error_set("%s: unknown `cpu_template` '%s' (ember knows None, host and "
-                             "baseline)",
+            return error_set("%s: unknown `cpu_template` '%.40s' (None, C3, T2, T2S, T2CL, T2A, "
+                             "or ember's host and baseline)",
                              what, tmpl);
     }
     if (huge) {
@@ -318,6 +343,11 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
     m.vcpu_count = (unsigned)vcpus;
     m.mem_size_mib = mem;
     c->machine = m;
+    /* A static template given (None included) replaces a custom one. */
+    if (tmpl) {
+        free(c->custom_cpu);
+        c->custom_cpu = NULL;
+    }
     return 0;
 }
 
@@ -653,6 +683,44 @@ static int unsupported_section(const cJSON *doc, const char *name, const char *w
     return 0;
 }
 
+/* The configuration file's "cpu-config": the template itself or the path
+ * of a file holding it. */
+static int put_cpu_config_section(struct api_config *c, const cJSON *v)
+{
+    struct cpu_custom_template *t;
+    if (cJSON_IsString(v)) {
+        /* Non-blocking, so that a FIFO named here cannot stall the start. */
+        int fd = open(v->valuestring, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0)
+            return error_errno("\"cpu-config\": cannot open '%s'", v->valuestring);
+        struct stat st;
+        char *text = NULL;
+        ssize_t n = -1;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (1 << 20) &&
+            (text = malloc((size_t)st.st_size + 1)))
+            n = read(fd, text, (size_t)st.st_size + 1);
+        close(fd);
+        if (n < 0 || n > st.st_size) {
+            free(text);
+            return error_set("\"cpu-config\": cannot read '%s' (a regular file of less than 1 "
+                             "MiB)",
+                             v->valuestring);
+        }
+        cJSON *doc = cJSON_ParseWithLength(text, (size_t)n);
+        free(text);
+        if (!doc)
+            return error_set("\"cpu-config\": '%s' is not valid JSON", v->valuestring);
+        t = api_parse_cpu_config(doc);
+        cJSON_Delete(doc);
+    } else {
+        t = api_parse_cpu_config(v);
+    }
+    if (!t)
+        return -1;
+    api_set_custom_cpu(c, t);
+    return 0;
+}
+
 int api_config_parse_document(struct api_config *c, const char *text, size_t len)
 {
     static const char *const sections[] = {
@@ -710,13 +778,15 @@ int api_config_parse_document(struct api_config *c, const char *text, size_t len
             goto out;
         replace_str(&c->metrics_path, path);
     }
+    /* After machine-config, as in Firecracker: a custom template wins. */
+    if ((v = field(doc, "cpu-config")) && put_cpu_config_section(c, v) < 0)
+        goto out;
     if ((v = field(doc, "entropy")) && api_put_entropy(c, v) < 0)
         goto out;
     if ((v = field(doc, "vsock")) && api_put_vsock(c, v) < 0)
         goto out;
     if (unsupported_section(doc, "balloon", "the balloon device") < 0 ||
         unsupported_section(doc, "mmds-config", "MMDS") < 0 ||
-        unsupported_section(doc, "cpu-config", "custom CPU configuration") < 0 ||
         unsupported_section(doc, "serial", "serial output configuration") < 0 ||
         unsupported_section(doc, "pmem", "virtio-pmem") < 0 ||
         unsupported_section(doc, "memory-hotplug", "memory hotplug") < 0)
@@ -743,6 +813,8 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
     if (strcmp(c->machine.cpu_template, "None") != 0 &&
         cpu_template_parse(c->machine.cpu_template, &vm->cpu_template) < 0)
         return -1;
+    vm->custom_cpu = c->custom_cpu ? &c->custom_cpu->mods : NULL;
+    vm->smt = c->machine.smt;
     if (c->vsock.set)
         vm->vsock = (struct vsock_config){.id = c->vsock.vsock_id,
                                           .guest_cid = c->vsock.guest_cid,
@@ -797,7 +869,9 @@ cJSON *api_machine_config_json(const struct api_config *c)
     cJSON_AddNumberToObject(o, "vcpu_count", c->machine.vcpu_count);
     cJSON_AddNumberToObject(o, "mem_size_mib", (double)c->machine.mem_size_mib);
     cJSON_AddBoolToObject(o, "smt", c->machine.smt);
-    cJSON_AddStringToObject(o, "cpu_template", c->machine.cpu_template);
+    /* Firecracker shows only a static template here. */
+    if (strcmp(c->machine.cpu_template, "None") != 0)
+        cJSON_AddStringToObject(o, "cpu_template", c->machine.cpu_template);
     cJSON_AddBoolToObject(o, "track_dirty_pages", c->machine.track_dirty_pages);
     cJSON_AddStringToObject(o, "huge_pages", c->machine.huge_pages);
     return o;

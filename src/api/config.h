@@ -6,6 +6,7 @@
 #ifndef EMBER_API_CONFIG_H
 #define EMBER_API_CONFIG_H
 
+#include "arch/x86/cpu_template.h"
 #include "util/log.h"
 #include "vmm/vm.h"
 
@@ -43,7 +44,7 @@ struct api_machine {
     uint64_t mem_size_mib;
     bool smt;
     bool track_dirty_pages;
-    char cpu_template[16]; /* as given: "None", "host" or "baseline" */
+    char cpu_template[16]; /* as given: "None", "host", "baseline", "C3", "T2", ... */
     char huge_pages[16];   /* "None" or "Transparent" */
 };
 
@@ -72,6 +73,8 @@ struct api_config {
     bool has_boot_source;
     char *kernel_path, *initrd_path, *boot_args;
     struct api_machine machine;
+    /* PUT /cpu-config; it and a static cpu_template replace each other. */
+    struct cpu_custom_template *custom_cpu;
     unsigned ndrives;
     struct api_drive drives[VM_MAX_DRIVES];
     unsigned nnets;
@@ -105,6 +108,8 @@ void api_config_free(struct api_config *c);
  * to the reason shown as the fault_message. */
 int api_put_boot_source(struct api_config *c, const cJSON *body);
 int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial);
+/* Takes t (a parsed custom template) in place of any CPU template. */
+void api_set_custom_cpu(struct api_config *c, struct cpu_custom_template *t);
 int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body);
 int api_parse_drive_update(const char *path_id, const cJSON *body, struct api_drive_update *u);
 int api_put_net(struct api_config *c, const char *path_id, const cJSON *body);

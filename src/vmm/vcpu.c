@@ -47,6 +47,41 @@ static void check_template(struct vcpu *vcpu, struct kvm_cpuid2 *buf, unsigned c
                  "(it passes the real CPUID through); a Linux guest here may need "
                  "clearcpuid=/noxsave on its command line",
                  cpu_template_name(vcpu->vm->cfg.cpu_template), names);
+    const struct cpu_modifiers *mods[2] = {cpu_template_modifiers(vcpu->vm->cfg.cpu_template),
+                                           vcpu->vm->cfg.custom_cpu};
+    for (int i = 0; i < 2; i++) {
+        char bits[1024];
+        if (mods[i] && cpu_modifiers_leaks(buf, mods[i], bits, sizeof(bits)) > 0)
+            log_warn("this host's KVM does not give the guest these CPUID bits as the %s CPU "
+                     "template sets them: %s (leaf.subleaf register bits; it passes the real "
+                     "CPUID through)",
+                     i == 0 ? cpu_template_name(vcpu->vm->cfg.cpu_template) : "custom", bits);
+    }
+}
+
+/* A template's MSR changes on top of what KVM gives the vCPU once its
+ * CPUID is set (KVM derives some MSRs, ARCH_CAPABILITIES among them, from
+ * it). */
+static int apply_msr_modifiers(struct vcpu *vcpu, const struct cpu_modifiers *m)
+{
+    for (unsigned i = 0; m && i < m->nmsr; i++) {
+        /* struct kvm_msrs ends in a flexible array: one entry after it. */
+        union {
+            struct kvm_msrs hdr;
+            uint8_t bytes[sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)];
+        } msrs = {.hdr.nmsrs = 1};
+        msrs.hdr.entries[0].index = m->msr[i].index;
+        if (ioctl(vcpu->fd, KVM_GET_MSRS, &msrs) != 1)
+            return error_set("Template changes an MSR entry not supported by KVM: Register "
+                             "Address: %#x",
+                             m->msr[i].index);
+        uint64_t want = msr_modifier_apply(&m->msr[i], msrs.hdr.entries[0].data);
+        msrs.hdr.entries[0].data = want;
+        if (ioctl(vcpu->fd, KVM_SET_MSRS, &msrs) != 1)
+            return error_set("KVM refused the template's value %#llx for MSR %#x",
+                             (unsigned long long)want, m->msr[i].index);
+    }
+    return 0;
 }
 
 int vcpu_create(struct vcpu *vcpu, struct vm *vm, unsigned id)
@@ -72,6 +107,7 @@ int vcpu_create(struct vcpu *vcpu, struct vm *vm, unsigned id)
     struct cpuid_params params = {
         .vcpu_id = id,
         .ncpus = vm->ncpus,
+        .threads_per_core = vm->cfg.smt ? 2 : 1,
         .template = vm->cfg.cpu_template,
         .tsc_deadline = vm->kvm.tsc_deadline,
     };
@@ -82,6 +118,9 @@ int vcpu_create(struct vcpu *vcpu, struct vm *vm, unsigned id)
         check_template(vcpu, cpuid, vm->cpuid_capacity);
     free(cpuid);
     if (r < 0)
+        return -1;
+    if (apply_msr_modifiers(vcpu, cpu_template_modifiers(vm->cfg.cpu_template)) < 0 ||
+        apply_msr_modifiers(vcpu, vm->cfg.custom_cpu) < 0)
         return -1;
     if (regs_setup_common(vcpu->fd) < 0)
         return -1;

@@ -249,6 +249,29 @@ static int write_mptable(struct vm *vm)
     return mptable_write(&vm->mem, LAYOUT_MPTABLE, &p) < 0 ? -1 : 0;
 }
 
+/* The templates change KVM's supported CPUID once, before each vCPU's
+ * copy gets its topology (cpuid_filter); the MSR changes follow per vCPU
+ * (vcpu_create). */
+static int apply_cpu_templates(struct vm *vm)
+{
+    const struct cpu_modifiers *mods[2] = {cpu_template_modifiers(vm->cfg.cpu_template),
+                                           vm->cfg.custom_cpu};
+    if (cpu_template_check_vendor(vm->supported_cpuid, vm->cfg.cpu_template) < 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        if (!mods[i])
+            continue;
+        for (unsigned k = 0; k < mods[i]->ncaps; k++) {
+            const struct kvm_cap_modifier *cap = &mods[i]->caps[k];
+            if (!cap->remove && kvm_check_cap(&vm->kvm, (int)cap->cap) <= 0)
+                return error_set("Missing KVM capabilities: %#x", cap->cap);
+        }
+        if (cpu_modifiers_apply_cpuid(vm->supported_cpuid, mods[i]) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loop)
 {
     memset(vm, 0, sizeof(*vm));
@@ -273,6 +296,10 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
     vm->supported_cpuid = cpuid_get_supported(vm->kvm.fd, 8, &vm->cpuid_capacity);
     if (!vm->supported_cpuid)
         return -1;
+    vm->create_status = EXIT_USAGE; /* a template this host cannot apply */
+    if (apply_cpu_templates(vm) < 0)
+        return -1;
+    vm->create_status = EXIT_HOST_ERROR;
     vm->vm_fd = kvm_create_vm(&vm->kvm);
     if (vm->vm_fd < 0)
         return -1;

@@ -4,6 +4,7 @@
 #define EMBER_VMM_VM_H
 
 #include "arch/x86/boot.h"
+#include "arch/x86/cpu_template.h"
 #include "arch/x86/cpuid.h"
 #include "arch/x86/irqchip.h"
 #include "backends/stdio.h"
@@ -75,7 +76,9 @@ struct vm_config {
     unsigned ncpus;
     bool debug_exit;
     enum cpu_template cpu_template;
-    const char *kvm_path; /* "/dev/kvm" unless testing */
+    const struct cpu_modifiers *custom_cpu; /* a custom template (PUT /cpu-config), or NULL */
+    bool smt;                               /* two threads per core in the CPUID topology */
+    const char *kvm_path;                   /* "/dev/kvm" unless testing */
     enum virtio_transport_kind transport;
     enum console_kind console;
     unsigned ndrives;

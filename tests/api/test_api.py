@@ -21,6 +21,7 @@ EMBER = os.environ.get("EMBER", os.path.join(ROOT, "build", "ember"))
 GUEST_DIR = os.environ.get("GUEST_DIR", os.path.join(ROOT, "build", "guest"))
 HELLO = os.path.join(GUEST_DIR, "hello.elf")
 KEYBOARD = os.path.join(GUEST_DIR, "keyboard.elf")
+CPUID_GUEST = os.path.join(GUEST_DIR, "cpuid.elf")
 VERBOSE = False
 REQUEST_TIMEOUT_S = 5  # the server's deadline for one request
 MAX_CONNECTIONS = 32  # the connections the server keeps open
@@ -265,12 +266,12 @@ def test_machine_config(tmp):
             ({"vcpu_count": 1, "mem_size_mib": 1 << 40}, "mem_size_mib"),
             ({"vcpu_count": 1}, "mem_size_mib"),
             ({"mem_size_mib": 128}, "vcpu_count"),
-            ({"vcpu_count": 1, "mem_size_mib": 128, "smt": True}, "smt"),
+            ({"vcpu_count": 3, "mem_size_mib": 128, "smt": True}, "1 or an even number if SMT is enabled"),
             ({"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": True}, "not supported yet"),
             ({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}, "hugetlbfs"),
             ({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "1G"}, "huge_pages"),
-            ({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"}, "unknown"),
-            ({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "C3"}, "unknown"),
+            ({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T3"}, "unknown"),
+            ({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "t2"}, "unknown"),
             ({"vcpu_count": 1, "mem_size_mib": 128, "frobnicate": 1}, "unknown field"),
         ]
         for body, msg in bad:
@@ -281,6 +282,249 @@ def test_machine_config(tmp):
         serving(e)
     finally:
         e.kill()
+
+
+# What each static template decides, as Firecracker defines it: (leaf, subleaf, register,
+# mask, value); the bits of mask are the template's, the rest the host's.
+T2_DECIDES = [
+    (0x1, 0, "eax", 0x0fff3fff, 0x000306f2), (0x1, 0, "ecx", 0x0004cdfc, 0),
+    (0x1, 0, "edx", 0xe8641080, 0x00001080), (0x7, 0, "ebx", 0xffefda14, 0x00000200),
+    (0x7, 0, "ecx", 0x40415f5e, 0), (0x7, 0, "edx", 0x0000011c, 0),
+    (0xd, 0, "eax", 0x000002f8, 0), (0xd, 1, "eax", 0x0000000e, 0),
+]
+TEMPLATE_DECIDES = {
+    "C3": [(0x1, 0, "eax", 0x0fff3fff, 0x000306e4), (0x1, 0, "ecx", 0x0040dd3c, 0),
+           (0x1, 0, "edx", 0xa8641080, 0x00001080), (0x7, 0, "ebx", 0xffafdd3c, 0),
+           (0x7, 0, "ecx", 0x4041481e, 0), (0x7, 0, "edx", 0x0000000c, 0),
+           (0xd, 0, "eax", 0x000002f8, 0), (0xd, 1, "eax", 0x0000000e, 0),
+           (0x80000001, 0, "ecx", 0x00000120, 0), (0x80000001, 0, "edx", 0x04000000, 0)],
+    "T2": T2_DECIDES + [(0x80000001, 0, "ecx", 0x20000100, 0), (0x80000001, 0, "edx", 0x04000000, 0),
+                        (0x80000008, 0, "ebx", 0x00000200, 0)],
+    "T2CL": T2_DECIDES + [(0x80000001, 0, "ecx", 0x200001c0, 0), (0x80000001, 0, "edx", 0x07c00000, 0),
+                          (0x80000008, 0, "ebx", 0x00000200, 0)],
+    "T2A": T2_DECIDES + [(0x80000001, 0, "ecx", 0x200001c4, 0), (0x80000001, 0, "edx", 0x06400000, 0),
+                         (0x80000008, 0, "ebx", 0x001c0205, 0x001c0004)],
+}
+TEMPLATE_DECIDES["T2S"] = TEMPLATE_DECIDES["T2"]
+# IA32_ARCH_CAPABILITIES (0x10a): mask, value
+TEMPLATE_MSR = {"T2S": (0xffffffffffffffff, 0x0c0a0c4c), "T2CL": (0xffffffffe2f51e00, 0)}
+REGS = ("eax", "ebx", "ecx", "edx")
+
+
+def host_vendor():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("vendor_id"):
+                return line.split(":")[1].strip()
+    return ""
+
+
+def boot_cpuid_guest(tmp, name, configure, boot_args=""):
+    """Boots the cpuid guest after configure(e) shaped the machine; returns what the guest
+    printed ({(leaf, subleaf): [eax, ebx, ecx, edx]}, {msr: value}, TAP lines) and the
+    bits ember said this host does not apply ({(leaf, subleaf, reg): bits})."""
+    e = Ember(tmp, name=name)
+    try:
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": CPUID_GUEST,
+                                              "boot_args": "console=ttyS0 idle_ms=300 " + boot_args}),
+               204, name + ": boot source")
+        configure(e)
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, name + ": InstanceStart")
+        status = e.wait()
+        out, err = e.stdout(), e.stderr()
+        check(status == 0, "%s: exit status %d\n%s" % (name, status, err))
+    finally:
+        e.kill()
+    leaves, msrs, tap = {}, {}, []
+    for line in out.splitlines():
+        words = line.split()
+        if line.startswith("# cpuid 0x") and "eax=" in line:
+            leaf, sub = words[2].rstrip(":").split(".")
+            leaves[(int(leaf, 16), int(sub))] = [int(w.split("=")[1], 16) for w in words[3:7]]
+        elif line.startswith("# msr 0x") and len(words) == 4:
+            msrs[int(words[2].rstrip(":"), 16)] = int(words[3], 16)
+        elif line.startswith("ok ") or line.startswith("not ok "):
+            tap.append(line)
+    leaked = {}
+    for line in err.splitlines():
+        if "does not give the guest these CPUID bits" in line:
+            items = line.split(": ", 2)[2].split(" (")[0].split()
+            for i in range(0, len(items) - 2, 3):
+                leaf, sub = items[i].split(".")
+                leaked[(int(leaf, 16), int(sub), items[i + 1])] = int(items[i + 2], 16)
+    check(tap and all(t.startswith("ok ") for t in tap), "%s: the guest's checks: %r" % (name, tap))
+    return leaves, msrs, leaked
+
+
+def check_decided(name, decides, leaves, leaked):
+    """Every bit the template decides is as it says in the guest, but for those ember named
+    as kept by this host (said, not failed: the host's doing, and ember reports it)."""
+    kept, verified = [], 0
+    for leaf, sub, reg, mask, value in decides:
+        regs = leaves.get((leaf, sub))
+        check(regs is not None, "%s: the guest printed no leaf %#x.%d" % (name, leaf, sub))
+        host_bits = leaked.get((leaf, sub, reg), 0)
+        check(host_bits & ~mask == 0, "%s: ember names bits the template leaves alone %#x" % (name, host_bits))
+        got = regs[REGS.index(reg)]
+        want_mask = mask & ~host_bits
+        check(got & want_mask == value & want_mask,
+              "%s: leaf %#x.%d %s = %#x: bits %#x should be %#x" % (name, leaf, sub, reg, got, want_mask,
+                                                                     value & want_mask))
+        # What ember read back from KVM is what the guest's CPUID instruction returns.
+        check((got ^ value) & host_bits == host_bits,
+              "%s: leaf %#x.%d %s = %#x: ember named %#x as kept by the host" % (name, leaf, sub, reg, got,
+                                                                                 host_bits))
+        verified += bin(want_mask).count("1")
+        if host_bits:
+            kept.append("%#x.%d %s %#x" % (leaf, sub, reg, host_bits))
+    check(verified > 0, "%s: this host applies none of the template's bits" % name)
+    if kept:
+        print("# %s: this host keeps its own value in %s (ember warned)" % (name, ", ".join(kept)))
+    return len(decides)
+
+
+def test_cpu_templates_in_guest(tmp):
+    if not os.path.exists(CPUID_GUEST):
+        raise Skip("no %s (make -C guest)" % CPUID_GUEST)
+    intel = host_vendor() == "GenuineIntel"
+    for tmpl in ("C3", "T2", "T2S", "T2CL", "T2A"):
+        own_vendor = (tmpl == "T2A") != intel
+        if not own_vendor:
+            e = Ember(tmp, name="wrong-" + tmpl)
+            try:
+                expect(e.req("PUT", "/boot-source", {"kernel_image_path": CPUID_GUEST}), 204, "boot source")
+                expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 64,
+                                                         "cpu_template": tmpl}), 204, tmpl + " accepted at PUT")
+                expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 400,
+                       tmpl + " on the other vendor", "CPU vendor mismatched between actual CPU and CPU template")
+                serving(e)
+            finally:
+                e.kill()
+            continue
+        leaves, msrs, leaked = boot_cpuid_guest(tmp, tmpl, lambda e, t=tmpl: expect(
+            e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": t}),
+            204, t + ": machine-config"))
+        check_decided(tmpl, TEMPLATE_DECIDES[tmpl], leaves, leaked)
+        if tmpl in TEMPLATE_MSR:
+            mask, value = TEMPLATE_MSR[tmpl]
+            check(0x10a in msrs, "%s: the guest read no IA32_ARCH_CAPABILITIES" % tmpl)
+            check(msrs[0x10a] & mask == value, "%s: IA32_ARCH_CAPABILITIES %#x" % (tmpl, msrs[0x10a]))
+    # Without a template the guest sees the host's version fields, not T2's.
+    leaves, _, _ = boot_cpuid_guest(tmp, "none", lambda e: None)
+    check(leaves[(1, 0)][0] & 0x0fff3fff != 0x000306f2 or host_vendor() != "GenuineIntel",
+          "no template, yet the T2 signature")
+
+
+def test_custom_cpu_config_in_guest(tmp):
+    if not os.path.exists(CPUID_GUEST):
+        raise Skip("no %s (make -C guest)" % CPUID_GUEST)
+    template = {
+        "kvm_capabilities": ["!1"],
+        "cpuid_modifiers": [
+            # stepping 0xa, whatever the host's
+            {"leaf": "0x1", "subleaf": "0x0", "flags": 0,
+             "modifiers": [{"register": "eax", "bitmap": "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxx1010"}]},
+            # the CLFLUSH line size field set to 16 (x 8 bytes), the brand index cleared
+            {"leaf": "0x1", "subleaf": "0x0", "flags": 0,
+             "modifiers": [{"register": "ebx", "bitmap": "0b0001_0000_0000_0000"}]},
+            {"leaf": "0x7", "subleaf": "0x0", "flags": 1,
+             "modifiers": [{"register": "ebx", "bitmap": "0b0xxxxxxxxxxxxxx0xxxxxxxxxxxxxxxx"}]},
+        ],
+        "msr_modifiers": [{"addr": "0x10a", "bitmap": "0b0"}],
+    }
+
+    def configure(e):
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "T2"}),
+               204, "a static template first")
+        bad = [
+            ({"vcpu_features": [{"index": 0, "bitmap": "0b1"}]}, "vcpu_features"),
+            ({"cpuid_modifiers": [{"leaf": "0x4fffffff", "subleaf": "0x0", "flags": 0, "modifiers": [
+                {"register": "eax", "bitmap": "0b1"}]}]}, "leaf 0x4fffffff"),
+            ({"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": [
+                {"register": "eax", "bitmap": "0b12"}]}]}, "bitmap"),
+            ({"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": [
+                {"register": "eax", "bitmap": "0b" + "1" * 33}]}]}, "more than 32 bits"),
+            ({"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": [
+                {"register": "r8", "bitmap": "0b1"}]}]}, "register"),
+            ({"cpuid_modifiers": [{"leaf": "1", "subleaf": "0x0", "flags": 0, "modifiers": []}]}, "prefix"),
+            ({"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b" + "1" * 65}]}, "more than 64 bits"),
+            ({"kvm_capabilities": ["one"]}, "kvm capability"),
+        ]
+        for body, msg in bad:
+            expect(e.req("PUT", "/cpu-config", body), 400, "PUT /cpu-config %r" % body, msg)
+        expect(e.req("GET", "/cpu-config"), 400, "GET /cpu-config", "invalid request method")
+        expect(e.req("PUT", "/cpu-config", template), 204, "PUT /cpu-config")
+        # The custom template took the static one's place; a PUT without cpu_template keeps it.
+        check("cpu_template" not in e.req("GET", "/machine-config").json(), "T2 still shown")
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 64}), 204, "PUT again")
+
+    leaves, msrs, leaked = boot_cpuid_guest(tmp, "custom", configure)
+    decides = [(0x1, 0, "eax", 0xf, 0xa), (0x1, 0, "ebx", 0xffff, 0x1000), (0x7, 0, "ebx", 0x80010000, 0)]
+    check_decided("custom", decides, leaves, leaked)
+    check(0x10a not in msrs or msrs[0x10a] & 1 == 0, "RDCL_NO left set: %r" % msrs)
+    # T2 no longer applies: the host's version fields (but the custom stepping) show.
+    check(leaves[(1, 0)][0] & 0x0ffffff0 != 0x000306f0 or host_vendor() != "GenuineIntel",
+          "T2's signature after the custom template replaced it")
+    # What only InstanceStart can find out: a capability KVM lacks, an MSR it does not know.
+    for body, msg in [({"kvm_capabilities": ["4000000"]}, "Missing KVM capabilities: 0x3d0900"),
+                      ({"msr_modifiers": [{"addr": "0x4b564dff", "bitmap": "0b1"}]},
+                       "MSR entry not supported by KVM: Register Address: 0x4b564dff")]:
+        e = Ember(tmp, name="custom-at-start")
+        try:
+            expect(e.req("PUT", "/boot-source", {"kernel_image_path": CPUID_GUEST}), 204, "boot source")
+            expect(e.req("PUT", "/cpu-config", body), 204, "PUT /cpu-config %r" % body)
+            expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 400, "start with %r" % body, msg)
+            serving(e)
+        finally:
+            e.kill()
+    # A custom template cannot be set once the machine runs.
+    e = Ember(tmp, name="custom-after-start")
+    try:
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        expect(e.req("PUT", "/cpu-config", template), 400, "PUT /cpu-config after start",
+               "before the machine starts")
+    finally:
+        e.kill()
+
+
+def test_smt_and_machine_config_rules(tmp):
+    if not os.path.exists(CPUID_GUEST):
+        raise Skip("no %s (make -C guest)" % CPUID_GUEST)
+    e = Ember(tmp, name="rules")
+    try:
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 64, "cpu_template": "T2"}),
+               204, "T2 (firecracker-containerd's default on Intel)")
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 4, "mem_size_mib": 64}), 204, "PUT without template")
+        check(e.req("GET", "/machine-config").json().get("cpu_template") == "T2", "template kept across PUT")
+        expect(e.req("PATCH", "/machine-config", {}), 400, "empty PATCH", "Empty PATCH request.")
+        expect(e.req("PATCH", "/machine-config", {"smt": True, "vcpu_count": 3}), 400, "smt with 3 vCPUs",
+               "1 or an even number if SMT is enabled")
+        expect(e.req("PATCH", "/machine-config", {"smt": True}), 204, "smt with 4 vCPUs")
+        expect(e.req("PATCH", "/machine-config", {"vcpu_count": 5}), 400, "5 vCPUs with smt", "SMT")
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 64, "smt": True}), 204,
+               "smt with one vCPU")
+        expect(e.req("PATCH", "/machine-config", {"cpu_template": "None"}), 204, "template None")
+        check("cpu_template" not in e.req("GET", "/machine-config").json(), "None shown as absent")
+        serving(e)
+    finally:
+        e.kill()
+    # Two vCPUs as the two threads of one core.
+    expect_topology = ",".join([
+        "0xb.0.b:0xffff:2", "0xb.0.a:0x1f:1", "0xb.0.c:0xff00:0x100",
+        "0xb.1.b:0xffff:2", "0xb.1.c:0xff00:0x200",
+        "1.0.b:0xff0000:0x20000", "1.0.d:0x10000000:0x10000000",
+        "4.0.a:0xfc000000:0", "4.0.a:0x3ffc000:0x4000",
+    ])
+    boot_cpuid_guest(tmp, "smt", lambda e: expect(
+        e.req("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 64, "smt": True}), 204, "smt"),
+        boot_args="cpuid_expect=" + expect_topology)
+    # Without smt: two cores of one thread each.
+    expect_topology = ",".join(["0xb.0.b:0xffff:1", "0xb.0.a:0x1f:0", "4.0.a:0xfc000000:0x4000000",
+                                "4.0.a:0x3ffc000:0"])
+    boot_cpuid_guest(tmp, "no-smt", lambda e: expect(
+        e.req("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 64}), 204, "no smt"),
+        boot_args="cpuid_expect=" + expect_topology)
 
 
 def test_boot_source(tmp):
@@ -536,7 +780,6 @@ UNSUPPORTED = [
     ("PATCH", "/balloon/hinting/stop", {}),
     ("PUT", "/snapshot/create", {"mem_file_path": "m", "snapshot_path": "s"}),
     ("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m"}),
-    ("PUT", "/cpu-config", {"cpuid_modifiers": []}),
     ("GET", "/hotplug/memory", None), ("PUT", "/hotplug/memory", {"total_size_mib": 128}),
     ("PATCH", "/hotplug/memory", {"requested_size_mib": 128}),
     ("PUT", "/pmem/p0", {"id": "p0", "path_on_host": "/x"}), ("PATCH", "/pmem/p0", {"id": "p0"}),
@@ -1218,7 +1461,8 @@ TESTS = [
     test_idle_holder_does_not_lock_out,
     test_pipelined_burst_does_not_starve, test_flood_does_not_starve,
     test_dribbler_does_not_starve, test_max_payload_flag, test_getting_started_with_curl,
-    test_config_file, test_flags,
+    test_config_file, test_flags, test_cpu_templates_in_guest, test_custom_cpu_config_in_guest,
+    test_smt_and_machine_config_rules,
 ]
 
 

@@ -8,6 +8,7 @@ Suite *boot_suite(void);
 Suite *bus_suite(void);
 Suite *cli_suite(void);
 Suite *cpuid_suite(void);
+Suite *cpu_template_suite(void);
 Suite *memory_suite(void);
 Suite *mptable_suite(void);
 Suite *serial_suite(void);

@@ -2,6 +2,7 @@
  * without a socket or a machine. */
 #include "api/api.h"
 #include "api/config.h"
+#include "api/cpu_config.h"
 #include "api/http.h"
 #include "api/server.h"
 #include "backends/block.h"
@@ -422,8 +423,19 @@ START_TEST(machine_config_rules)
     ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":2}", false), -1);
     ck_error_has("mem_size_mib");
     ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":33,\"mem_size_mib\":128}", false), -1);
-    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":1,\"mem_size_mib\":128,\"smt\":true}", false),
+    /* SMT: one vCPU or an even number of them. */
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":3,\"mem_size_mib\":128,\"smt\":true}", false),
                      -1);
+    ck_error_has("1 or an even number if SMT is enabled");
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":1,\"mem_size_mib\":128,\"smt\":true}", false),
+                     0);
+    ck_assert(c.machine.smt);
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":3}", true), -1);
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":4}", true), 0);
+    ck_assert(c.machine.smt);
+    /* PUT without smt turns it off again. */
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":3,\"mem_size_mib\":128}", false), 0);
+    ck_assert(!c.machine.smt);
     ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":1,\"mem_size_mib\":128,\"smt\":1}", false),
                      -1);
     ck_error_has("true or false");
@@ -432,8 +444,20 @@ START_TEST(machine_config_rules)
         -1);
     ck_error_has("hugetlbfs");
     ck_assert_int_eq(
-        put_machine(&c, "{\"vcpu_count\":1,\"mem_size_mib\":128,\"cpu_template\":\"T2S\"}", false),
+        put_machine(&c, "{\"vcpu_count\":1,\"mem_size_mib\":128,\"cpu_template\":\"T3\"}", false),
         -1);
+    ck_error_has("unknown `cpu_template`");
+    ck_assert_int_eq(
+        put_machine(&c, "{\"vcpu_count\":1,\"mem_size_mib\":128,\"cpu_template\":\"T2S\"}", false),
+        0);
+    ck_assert_str_eq(c.machine.cpu_template, "T2S");
+    /* A PUT that leaves the template out keeps it, as in Firecracker. */
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":2,\"mem_size_mib\":128}", false), 0);
+    ck_assert_str_eq(c.machine.cpu_template, "T2S");
+    /* An empty PATCH is refused with Firecracker's words; nulls count as absent. */
+    ck_assert_int_eq(put_machine(&c, "{}", true), -1);
+    ck_error_has("Empty PATCH request.");
+    ck_assert_int_eq(put_machine(&c, "{\"smt\":null}", true), -1);
     ck_assert_int_eq(put_machine(&c, "{\"cpu_template\":\"baseline\"}", true), 0);
     ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":1,\"vcpu_count\":2}", true), -1);
     ck_error_has("duplicate");
@@ -562,6 +586,220 @@ START_TEST(config_document)
 }
 END_TEST
 
+/* ---- custom CPU templates ---------------------------------------------------- */
+
+static struct cpu_custom_template *parse_cpu(const char *text)
+{
+    cJSON *j = cJSON_Parse(text);
+    ck_assert_msg(j != NULL, "bad JSON in test: %.200s", text);
+    struct cpu_custom_template *t = api_parse_cpu_config(j);
+    cJSON_Delete(j);
+    return t;
+}
+
+START_TEST(cpu_config_parsing)
+{
+    struct cpu_custom_template *t = parse_cpu(
+        "{\"kvm_capabilities\":[\"171\",\"!172\"],"
+        "\"cpuid_modifiers\":[{\"leaf\":\"0x7\",\"subleaf\":\"0b0\",\"flags\":1,\"modifiers\":["
+        "{\"register\":\"ebx\",\"bitmap\":\"0bxxxxxxxxxxxxxxx0xxxxxxxxxxxxxxxx\"},"
+        "{\"register\":\"edx\",\"bitmap\":\"0b1_x0\"}]},"
+        "{\"leaf\":\"0x80000001\",\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":[]}],"
+        "\"msr_modifiers\":[{\"addr\":\"0x10a\",\"bitmap\":\"0b"
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx01\"}]}");
+    ck_assert_msg(t != NULL, "%s", error_get());
+    ck_assert_uint_eq(t->mods.ncaps, 2);
+    ck_assert(t->caps[0].cap == 171 && !t->caps[0].remove);
+    ck_assert(t->caps[1].cap == 172 && t->caps[1].remove);
+    ck_assert_uint_eq(t->mods.ncpuid, 2);
+    ck_assert_ptr_eq(t->mods.cpuid, t->cpuid);
+    ck_assert(t->cpuid[0].leaf == 7 && t->cpuid[0].subleaf == 0 && t->cpuid[0].flags == 1);
+    ck_assert(t->cpuid[0].reg == CPUID_EBX && t->cpuid[0].mask == 1u << 16 && !t->cpuid[0].value);
+    ck_assert(t->cpuid[1].reg == CPUID_EDX && t->cpuid[1].mask == 5 && t->cpuid[1].value == 4);
+    ck_assert_uint_eq(t->mods.nmsr, 1);
+    ck_assert(t->msr[0].index == 0x10a && t->msr[0].mask == 3 && t->msr[0].value == 1);
+    free(t);
+    /* Everything is optional; an empty template changes nothing. */
+    t = parse_cpu("{}");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_uint_eq(t->mods.ncpuid + t->mods.nmsr + t->mods.ncaps, 0);
+    free(t);
+
+    static const struct {
+        const char *json, *error;
+    } bad[] = {
+        {"[]", "object"},
+        {"{\"vcpu_features\":[]}", "unknown field `vcpu_features`"},
+        {"{\"reg_modifiers\":[]}", "x86_64 template"},
+        {"{\"cpuid_modifiers\":[],\"cpuid_modifiers\":[]}", "duplicate"},
+        {"{\"kvm_capabilities\":[\"x1\"]}", "not a number"},
+        {"{\"kvm_capabilities\":[\"!\"]}", "not a number"},
+        {"{\"kvm_capabilities\":[\"99999999999\"]}", "not a number"},
+        {"{\"kvm_capabilities\":[5]}", "strings"},
+        {"{\"cpuid_modifiers\":{}}", "array"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":\"0x1\",\"flags\":0,\"modifiers\":[]}]}",
+         "missing field `subleaf`"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":1,\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":[]}]}",
+         "must be a string"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":\"1\",\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":[]}]"
+         "}",
+         "prefix"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":\"0x1g\",\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":[]"
+         "}]"
+         "}",
+         "32-bit"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":\"0x100000000\",\"subleaf\":\"0x0\",\"flags\":0,"
+         "\"modifiers\":[]}]}",
+         "32-bit"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":\"0x1\",\"subleaf\":\"0x0\",\"flags\":2,\"modifiers\":[]}"
+         "]}",
+         "`flags`"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":\"0x1\",\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":[],"
+         "\"x\":1}]}",
+         "unknown field `x`"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":\"0x1\",\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":[{"
+         "\"register\":\"rax\",\"bitmap\":\"0b1\"}]}]}",
+         "eax, ebx, ecx, edx"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":\"0x1\",\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":[{"
+         "\"register\":\"eax\",\"bitmap\":\"0b12\"}]}]}",
+         "cpuid_modifiers[0].modifiers[0]: bitmap"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":\"0x1\",\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":[{"
+         "\"register\":\"eax\",\"bitmap\":\"0b111111111111111111111111111111111\"}]}]}",
+         "more than 32 bits"},
+        {"{\"cpuid_modifiers\":[{\"leaf\":\"0x1\",\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":[{"
+         "\"register\":\"eax\"}]}]}",
+         "missing field `bitmap`"},
+        {"{\"msr_modifiers\":[{\"addr\":\"0x10a\",\"bitmap\":0}]}", "must be a string"},
+        {"{\"msr_modifiers\":[{\"addr\":\"0x10a\"}]}", "missing field `bitmap`"},
+        {"{\"msr_modifiers\":[{\"addr\":\"0x10a\",\"bitmap\":\"0b1\",\"value\":1}]}",
+         "unknown field `value`"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        t = parse_cpu(bad[i].json);
+        ck_assert_msg(t == NULL, "accepted %s", bad[i].json);
+        ck_error_has(bad[i].error);
+    }
+    /* Bounded: more register modifiers than ember keeps are refused. */
+    size_t cap = 64 + 128 * (CPU_MODS_MAX_CPUID + 1);
+    char *big = malloc(cap);
+    size_t n = (size_t)snprintf(big, cap, "{\"cpuid_modifiers\":[");
+    for (int i = 0; i <= CPU_MODS_MAX_CPUID; i++)
+        n += (size_t)snprintf(big + n, cap - n,
+                              "%s{\"leaf\":\"0x1\",\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":"
+                              "[{\"register\":\"eax\",\"bitmap\":\"0b1\"}]}",
+                              i ? "," : "");
+    snprintf(big + n, cap - n, "]}");
+    t = parse_cpu(big);
+    ck_assert_ptr_null(t);
+    ck_error_has("at most");
+    free(big);
+}
+END_TEST
+
+START_TEST(cpu_config_leaves_checked)
+{
+    struct cpu_custom_template *t = parse_cpu(
+        "{\"cpuid_modifiers\":[{\"leaf\":\"0x1\",\"subleaf\":\"0x0\",\"flags\":0,\"modifiers\":[{"
+        "\"register\":\"eax\",\"bitmap\":\"0b1\"}]},{\"leaf\":\"0x7\",\"subleaf\":\"0x3\","
+        "\"flags\":"
+        "1,\"modifiers\":[]}]}");
+    ck_assert_ptr_nonnull(t);
+    struct kvm_cpuid2 *supported =
+        calloc(1, sizeof(*supported) + 2 * sizeof(supported->entries[0]));
+    supported->nent = 2;
+    supported->entries[0] = (struct kvm_cpuid_entry2){.function = 1};
+    supported->entries[1] = (struct kvm_cpuid_entry2){.function = 7, .index = 0, .flags = 1};
+    /* Leaf 7 subleaf 3 without register modifiers changes nothing here. */
+    ck_assert_int_eq(api_cpu_config_check_leaves(t, supported), 0);
+    free(t);
+    t = parse_cpu(
+        "{\"cpuid_modifiers\":[{\"leaf\":\"0x7\",\"subleaf\":\"0x3\",\"flags\":1,\"modifiers\":[{"
+        "\"register\":\"eax\",\"bitmap\":\"0b1\"}]}]}");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(api_cpu_config_check_leaves(t, supported), -1);
+    ck_error_has("leaf 0x7 subleaf 0x3");
+    free(t);
+    free(supported);
+}
+END_TEST
+
+START_TEST(cpu_config_and_static_template_replace_each_other)
+{
+    struct api_config c;
+    api_config_init(&c);
+    ck_assert_int_eq(put_machine(&c, "{\"cpu_template\":\"T2\"}", true), 0);
+    api_set_custom_cpu(&c, parse_cpu("{\"kvm_capabilities\":[\"1\"]}"));
+    ck_assert_ptr_nonnull(c.custom_cpu);
+    ck_assert_str_eq(c.machine.cpu_template, "None");
+    /* Leaving the template out keeps the custom one; naming one drops it. */
+    ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":2,\"mem_size_mib\":128}", false), 0);
+    ck_assert_ptr_nonnull(c.custom_cpu);
+    cJSON *j = api_machine_config_json(&c);
+    ck_assert_ptr_null(cJSON_GetObjectItem(j, "cpu_template")); /* as Firecracker shows it */
+    cJSON_Delete(j);
+    struct vm_config vm;
+    vm_config_defaults(&vm);
+    c.has_boot_source = true;
+    c.kernel_path = strdup("/k");
+    ck_assert_int_eq(api_config_to_vm(&c, &vm), 0);
+    ck_assert_ptr_eq(vm.custom_cpu, &c.custom_cpu->mods);
+    ck_assert_int_eq(vm.cpu_template, CPU_TEMPLATE_HOST);
+    ck_assert_int_eq(put_machine(&c, "{\"cpu_template\":\"C3\",\"smt\":true}", true), 0);
+    ck_assert_ptr_null(c.custom_cpu);
+    j = api_machine_config_json(&c);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "cpu_template")->valuestring, "C3");
+    cJSON_Delete(j);
+    ck_assert_int_eq(api_config_to_vm(&c, &vm), 0);
+    ck_assert_ptr_null(vm.custom_cpu);
+    ck_assert_int_eq(vm.cpu_template, CPU_TEMPLATE_C3);
+    ck_assert(vm.smt);
+    api_set_custom_cpu(&c, parse_cpu("{}"));
+    ck_assert_int_eq(put_machine(&c, "{\"cpu_template\":\"None\"}", true), 0);
+    ck_assert_ptr_null(c.custom_cpu);
+    api_config_free(&c);
+
+    /* The configuration file: inline, or the path of a file; after
+     * machine-config, so the custom template wins. */
+    char path[] = "/tmp/ember-cpu-config-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    const char *tmpl = "{\"msr_modifiers\":[{\"addr\":\"0x10a\",\"bitmap\":\"0b0\"}]}";
+    ck_assert_int_eq(write(fd, tmpl, strlen(tmpl)), (ssize_t)strlen(tmpl));
+    close(fd);
+    char doc[512];
+    snprintf(doc, sizeof(doc),
+             "{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},"
+             "\"machine-config\":{\"vcpu_count\":1,\"mem_size_mib\":64,\"cpu_template\":\"T2\"},"
+             "\"cpu-config\":\"%s\"}",
+             path);
+    api_config_init(&c);
+    ck_assert_msg(api_config_parse_document(&c, doc, strlen(doc)) == 0, "%s", error_get());
+    ck_assert_ptr_nonnull(c.custom_cpu);
+    ck_assert_uint_eq(c.custom_cpu->mods.nmsr, 1);
+    ck_assert_str_eq(c.machine.cpu_template, "None");
+    api_config_free(&c);
+    unlink(path);
+    const char *inline_doc = "{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},"
+                             "\"cpu-config\":{\"kvm_capabilities\":[\"!1\"]}}";
+    api_config_init(&c);
+    ck_assert_int_eq(api_config_parse_document(&c, inline_doc, strlen(inline_doc)), 0);
+    ck_assert_uint_eq(c.custom_cpu->mods.ncaps, 1);
+    api_config_free(&c);
+    const char *missing = "{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},"
+                          "\"cpu-config\":\"/nonexistent/cpu.json\"}";
+    api_config_init(&c);
+    ck_assert_int_eq(api_config_parse_document(&c, missing, strlen(missing)), -1);
+    ck_error_has("/nonexistent/cpu.json");
+    api_config_free(&c);
+    const char *wrong = "{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},"
+                        "\"cpu-config\":{\"vcpu_features\":[]}}";
+    api_config_init(&c);
+    ck_assert_int_eq(api_config_parse_document(&c, wrong, strlen(wrong)), -1);
+    ck_error_has("vcpu_features");
+    api_config_free(&c);
+}
+END_TEST
+
 /* ---- routes --------------------------------------------------------------- */
 
 static int dispatch(struct api *a, const char *method, const char *path, const char *body,
@@ -609,6 +847,14 @@ START_TEST(routes_before_start)
     ck_assert_ptr_nonnull(strstr(out, "guest_cid"));
     ck_assert_int_eq(dispatch(&a, "GET", "/vm/config", NULL, &out), 200);
     ck_assert_ptr_nonnull(strstr(out, "\"vcpu_count\":3"));
+    ck_assert_int_eq(dispatch(&a, "PATCH", "/machine-config", "{}", &out), 400);
+    ck_assert_ptr_nonnull(strstr(out, "Empty PATCH request."));
+    ck_assert_int_eq(dispatch(&a, "PUT", "/cpu-config", "{\"cpuid_modifiers\":[]}", &out), 204);
+    ck_assert_ptr_nonnull(a.cfg.custom_cpu);
+    ck_assert_int_eq(dispatch(&a, "PUT", "/cpu-config", "{\"vcpu_features\":[]}", &out), 400);
+    ck_assert_ptr_nonnull(strstr(out, "vcpu_features"));
+    ck_assert_int_eq(dispatch(&a, "GET", "/cpu-config", NULL, &out), 400);
+    ck_assert_ptr_nonnull(strstr(out, "invalid request method and/or path"));
     /* Requests are counted by route and status; ids and unknown paths fold. */
     cJSON *m = api_metrics_snapshot(&a.metrics, NULL);
     cJSON *api = cJSON_GetObjectItem(m, "api_server");
@@ -697,6 +943,9 @@ Suite *api_suite(void)
     tcase_add_test(t, machine_config_rules);
     tcase_add_test(t, drives_map_onto_the_machine);
     tcase_add_test(t, config_document);
+    tcase_add_test(t, cpu_config_parsing);
+    tcase_add_test(t, cpu_config_leaves_checked);
+    tcase_add_test(t, cpu_config_and_static_template_replace_each_other);
     tcase_add_test(t, routes_before_start);
     tcase_add_test(t, metrics_startup_gauges);
     suite_add_tcase(s, t);

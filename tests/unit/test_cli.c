@@ -45,6 +45,8 @@ START_TEST(defaults)
     ck_assert_str_eq(c.vm.cmdline, "console=ttyS0 reboot=k panic=1");
     ck_assert(!c.vm.debug_exit);
     ck_assert_int_eq(c.vm.cpu_template, CPU_TEMPLATE_HOST);
+    ck_assert_int_eq(PARSE(&c, "run", "--kernel", "k", "--cpu-template", "T2S"), 0);
+    ck_assert_int_eq(c.vm.cpu_template, CPU_TEMPLATE_T2S);
     ck_assert_int_eq(PARSE(&c, "--help"), 0);
     ck_assert_int_eq(c.action, CLI_HELP);
     ck_assert_int_eq(PARSE(&c, "--version"), 0);

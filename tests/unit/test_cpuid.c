@@ -128,7 +128,7 @@ START_TEST(bad_params_and_templates)
     ck_assert_int_eq(cpu_template_parse("baseline", &t), 0);
     ck_assert_int_eq(t, CPU_TEMPLATE_BASELINE);
     ck_assert_int_eq(cpu_template_parse("host", &t), 0);
-    ck_assert_int_eq(cpu_template_parse("T2", &t), -1);
+    ck_assert_int_eq(cpu_template_parse("T3", &t), -1);
     free(c);
 }
 END_TEST

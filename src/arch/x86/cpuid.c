@@ -50,20 +50,28 @@
 #define KVM_FEAT_HC_MAP_GPA   BIT(16)
 #define KVM_FEAT_CLOCK_STABLE BIT(24)
 
+static const char *const template_names[] = {
+    [CPU_TEMPLATE_HOST] = "host", [CPU_TEMPLATE_BASELINE] = "baseline",
+    [CPU_TEMPLATE_C3] = "C3",     [CPU_TEMPLATE_T2] = "T2",
+    [CPU_TEMPLATE_T2S] = "T2S",   [CPU_TEMPLATE_T2CL] = "T2CL",
+    [CPU_TEMPLATE_T2A] = "T2A",
+};
+
 int cpu_template_parse(const char *name, enum cpu_template *out)
 {
-    if (strcmp(name, "host") == 0)
-        *out = CPU_TEMPLATE_HOST;
-    else if (strcmp(name, "baseline") == 0)
-        *out = CPU_TEMPLATE_BASELINE;
-    else
-        return error_set("unknown CPU template '%s' (use host or baseline)", name);
-    return 0;
+    for (size_t i = 0; i < sizeof(template_names) / sizeof(template_names[0]); i++) {
+        if (strcmp(name, template_names[i]) == 0) {
+            *out = (enum cpu_template)i;
+            return 0;
+        }
+    }
+    return error_set("unknown CPU template '%.40s' (host, baseline, C3, T2, T2S, T2CL, T2A)", name);
 }
 
 const char *cpu_template_name(enum cpu_template t)
 {
-    return t == CPU_TEMPLATE_BASELINE ? "baseline" : "host";
+    return (size_t)t < sizeof(template_names) / sizeof(template_names[0]) ? template_names[t]
+                                                                          : "host";
 }
 
 struct kvm_cpuid_entry2 *cpuid_find(struct kvm_cpuid2 *cpuid, unsigned function, unsigned index)
@@ -122,8 +130,15 @@ static void drop_leaf(struct kvm_cpuid2 *c, unsigned function)
     c->nent = out;
 }
 
+static unsigned threads_per_core(const struct cpuid_params *p)
+{
+    return p->threads_per_core > 1 && p->ncpus > 1 ? p->threads_per_core : 1;
+}
+
 /* Replaces every subleaf of an extended-topology leaf (0xb or 0x1f) with
- * two levels: one thread per core, ncpus cores per package. */
+ * two levels: threads per core (1, or 2 with SMT), then all ncpus in one
+ * package. The APIC id is the vCPU index, so with SMT vCPUs 2k and 2k+1
+ * are the threads of core k. */
 static int set_topology_leaf(struct kvm_cpuid2 *c, unsigned max, unsigned function,
                              const struct cpuid_params *p)
 {
@@ -132,13 +147,13 @@ static int set_topology_leaf(struct kvm_cpuid2 *c, unsigned max, unsigned functi
     drop_leaf(c, function);
     if (c->nent + 3 > max)
         return error_set("no room for CPUID topology leaves");
-    unsigned core_shift = bits_for(p->ncpus);
+    unsigned threads = threads_per_core(p);
     struct kvm_cpuid_entry2 smt = {
         .function = function,
         .index = 0,
         .flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
-        .eax = 0,
-        .ebx = 1,
+        .eax = bits_for(threads),
+        .ebx = threads,
         .ecx = 0 | (1u << 8), /* level 0, type SMT */
         .edx = p->vcpu_id,
     };
@@ -146,7 +161,7 @@ static int set_topology_leaf(struct kvm_cpuid2 *c, unsigned max, unsigned functi
         .function = function,
         .index = 1,
         .flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
-        .eax = core_shift,
+        .eax = bits_for(p->ncpus),
         .ebx = p->ncpus,
         .ecx = 1 | (2u << 8), /* level 1, type core */
         .edx = p->vcpu_id,
@@ -251,6 +266,9 @@ int cpuid_filter(struct kvm_cpuid2 *c, unsigned max, const struct cpuid_params *
 {
     if (p->ncpus == 0 || p->vcpu_id >= p->ncpus)
         return error_set("invalid vCPU %u of %u", p->vcpu_id, p->ncpus);
+    if (p->ncpus % threads_per_core(p) != 0)
+        return error_set("%u vCPUs do not make whole cores of %u threads", p->ncpus,
+                         threads_per_core(p));
     struct kvm_cpuid_entry2 *e;
     unsigned apic_id = p->vcpu_id;
 
@@ -269,15 +287,17 @@ int cpuid_filter(struct kvm_cpuid2 *c, unsigned max, const struct cpuid_params *
         else
             e->edx &= ~EDX_HTT;
     }
-    /* Intel deterministic cache parameters: cores per package [31:26],
-     * one thread per cache level below the package. */
+    /* Intel deterministic cache parameters: cores per package [31:26];
+     * the threads of a core share its L1 and L2, the package shares L3. */
+    unsigned threads = threads_per_core(p);
     for (unsigned i = 0; i < c->nent; i++) {
         e = &c->entries[i];
         if (e->function != 4 || (e->eax & 0x1f) == 0)
             continue;
-        unsigned cores = p->ncpus > 64 ? 64 : p->ncpus;
+        unsigned logical = p->ncpus > 64 ? 64 : p->ncpus;
+        unsigned cores = p->ncpus / threads > 64 ? 64 : p->ncpus / threads;
         unsigned level = (e->eax >> 5) & 0x7;
-        unsigned sharing = level >= 3 ? cores : 1;
+        unsigned sharing = level >= 3 ? logical : threads;
         e->eax = (e->eax & 0x3fff) | ((sharing - 1) << 14) | ((cores - 1) << 26);
     }
     if (set_topology_leaf(c, max, 0xb, p) < 0 || set_topology_leaf(c, max, 0x1f, p) < 0)
@@ -288,9 +308,10 @@ int cpuid_filter(struct kvm_cpuid2 *c, unsigned max, const struct cpuid_params *
         e->ecx = (e->ecx & ~0xf0ffu) | (nc - 1) | (bits_for(p->ncpus) << 12);
     }
     if ((e = cpuid_find(c, 0x8000001e, 0))) {
-        /* AMD extended APIC id; one thread per core, one node. */
+        /* AMD extended APIC id, core id and threads per core - 1; one
+         * node. */
         e->eax = apic_id;
-        e->ebx = apic_id & 0xff;
+        e->ebx = ((apic_id / threads) & 0xff) | ((threads - 1) << 8);
         e->ecx = 0;
         e->edx = 0;
     }

@@ -10,6 +10,12 @@
 enum cpu_template {
     CPU_TEMPLATE_HOST,     /* everything KVM offers */
     CPU_TEMPLATE_BASELINE, /* without what software and nested hosts cannot run */
+    /* Firecracker's static templates (cpu_template.h) */
+    CPU_TEMPLATE_C3,
+    CPU_TEMPLATE_T2,
+    CPU_TEMPLATE_T2S,
+    CPU_TEMPLATE_T2CL,
+    CPU_TEMPLATE_T2A,
 };
 
 int cpu_template_parse(const char *name, enum cpu_template *out);
@@ -18,6 +24,7 @@ const char *cpu_template_name(enum cpu_template t);
 struct cpuid_params {
     unsigned vcpu_id; /* also the APIC id */
     unsigned ncpus;
+    unsigned threads_per_core; /* 1, or 2 with SMT (ncpus even); 0 counts as 1 */
     enum cpu_template template;
     bool tsc_deadline; /* KVM emulates the LAPIC TSC-deadline timer */
 };
