@@ -475,19 +475,64 @@ def test_logger_metrics(tmp):
 
 
 def test_metrics_fifo_and_signals(tmp):
+    # FIFOs nobody reads yet, as firecracker-containerd names them: opened (read-write,
+    # non-blocking, as Firecracker does), never blocking ember; lines that do not fit are dropped
+    # whole and counted.
     fifo = os.path.join(tmp, "metrics.fifo")
+    log_fifo = os.path.join(tmp, "log.fifo")
     os.mkfifo(fifo)
+    os.mkfifo(log_fifo)
     e = Ember(tmp)
     try:
-        expect(e.req("PUT", "/metrics", {"metrics_path": fifo}), 400, "FIFO without a reader", "no reader")
+        expect(e.req("PUT", "/logger", {"log_path": log_fifo, "level": "Debug"}), 204,
+               "log FIFO without a reader")
+        expect(e.req("PUT", "/metrics", {"metrics_path": fifo}), 204, "metrics FIFO without a reader")
+        flushed = dropped = 0
+        while dropped == 0 and flushed < 5000:
+            r = e.req("PUT", "/actions", {"action_type": "FlushMetrics"})
+            if r.status == 204:
+                flushed += 1
+            else:
+                expect(r, 400, "flush to a full FIFO", "FIFO is full")
+                dropped += 1
+        check(flushed > 0 and dropped == 1, "lines written until the FIFO filled: %d, %d" % (flushed, dropped))
+        for _ in range(3):
+            expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 400, "still full", "FIFO is full")
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+
+        def drain():
+            data = b""
+            while True:
+                try:
+                    chunk = os.read(reader, 65536)
+                except BlockingIOError:
+                    return data
+                if not chunk:
+                    return data
+                data += chunk
+
         try:
-            expect(e.req("PUT", "/metrics", {"metrics_path": fifo}), 204, "FIFO with a reader")
-            expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "flush to the FIFO")
-            line = os.read(reader, 65536).decode()
-            check(line.endswith("\n") and "api_server" in json.loads(line), "FIFO line %r" % line)
+            # A line the full FIFO took in part is finished before the next one, so the reader
+            # gets whole lines only.
+            data = drain()
+            expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "flush once read")
+            lines = (data + drain()).decode().split("\n")
+            check(lines[-1] == "" and len(lines) - 1 == flushed + 1,
+                  "%d whole lines in the FIFO, %d flushed" % (len(lines) - 1, flushed + 1))
+            parsed = [json.loads(line) for line in lines[:-1]]
+            check(all("api_server" in p for p in parsed), "FIFO lines")
+            last = parsed[-1]
+            check(last["logger"]["metrics_fails"] == 4 and
+                  last["api_server"]["PUT /actions"]["400"] == 4,
+                  "dropped lines counted, their changes carried to the next line: %r" % last["logger"])
         finally:
             os.close(reader)
+        log_reader = os.open(log_fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            text = os.read(log_reader, 1 << 20).decode()
+            check("FlushMetrics" in text or "/actions" in text, "log lines in the FIFO: %r" % text[-300:])
+        finally:
+            os.close(log_reader)
         # SIGTERM before the machine starts: exit status 128 + 15, socket removed.
         e.proc.terminate()
         check(e.wait() == 128 + 15, "status after SIGTERM")

@@ -10,10 +10,12 @@
 #include "util/eventloop.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -676,6 +678,56 @@ START_TEST(metrics_startup_gauges)
 }
 END_TEST
 
+/* A FIFO nobody reads yet opens; a line longer than the FIFO has room for is
+ * finished before the next one is written, so the reader only ever gets
+ * whole lines; lines that find no room at all are dropped and counted. */
+START_TEST(metrics_fifo_lines_stay_whole)
+{
+    char dir[] = "/tmp/ember-unit-fifo-XXXXXX", path[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/metrics", dir);
+    ck_assert_int_eq(mkfifo(path, 0600), 0);
+    struct api_metrics m;
+    api_metrics_init(&m);
+    ck_assert_int_eq(api_metrics_open(&m, path), 0);
+    int reader = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    ck_assert_int_ge(reader, 0);
+    ck_assert_int_eq(fcntl(reader, F_SETPIPE_SZ, 4096), 4096);
+    /* Lines of several KiB: many routes. */
+    for (int i = 0; i < 150; i++) {
+        char route[48];
+        snprintf(route, sizeof(route), "GET /route-%d", i);
+        api_metrics_count_request(&m, route, 200);
+    }
+    ck_assert_int_eq(api_metrics_flush(&m, NULL), 0); /* taken in part */
+    ck_assert_ptr_nonnull(m.pending);
+    ck_assert_int_eq(api_metrics_flush(&m, NULL), -1); /* no room: dropped */
+    static char data[1 << 16];
+    size_t len = 0;
+    for (int round = 0; round < 64 && len < sizeof(data) / 2; round++) {
+        ssize_t n;
+        while ((n = read(reader, data + len, sizeof(data) - 1 - len)) > 0)
+            len += (size_t)n;
+        api_metrics_flush(&m, NULL);
+    }
+    data[len] = '\0';
+    unsigned lines = 0;
+    for (char *line = data, *nl; (nl = strchr(line, '\n')); line = nl + 1) {
+        *nl = '\0';
+        cJSON *o = cJSON_Parse(line);
+        ck_assert_msg(o != NULL, "line %u is not whole JSON", lines);
+        cJSON_Delete(o);
+        lines++;
+    }
+    ck_assert_uint_ge(lines, 2);
+    ck_assert_uint_ge(m.lines_lost, 1);
+    api_metrics_close(&m);
+    close(reader);
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
 Suite *api_suite(void)
 {
     Suite *s = suite_create("api");
@@ -699,6 +751,7 @@ Suite *api_suite(void)
     tcase_add_test(t, config_document);
     tcase_add_test(t, routes_before_start);
     tcase_add_test(t, metrics_startup_gauges);
+    tcase_add_test(t, metrics_fifo_lines_stay_whole);
     suite_add_tcase(s, t);
     return s;
 }
