@@ -3,16 +3,13 @@
 #include "api/server.h"
 #include "backends/block.h"
 #include "util/error.h"
+#include "util/version.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#ifndef EMBER_VERSION
-#define EMBER_VERSION "0.1.0"
-#endif
 
 void cli_usage(FILE *f)
 {
@@ -28,7 +25,8 @@ void cli_usage(FILE *f)
         "  ember --version                     print the version\n"
         "\n"
         "Flags of the API mode (Firecracker's; VALUE may also be given as --flag=VALUE):\n"
-        "  --api-sock PATH       the API's unix socket (default " CLI_DEFAULT_API_SOCK ")\n"
+        "  --api-sock PATH       the API's unix socket (default " CLI_DEFAULT_API_SOCK ";\n"
+        "                        " CLI_FIRECRACKER_API_SOCK " when run as firecracker)\n"
         "  --config-file FILE    configure from FILE (Firecracker's JSON document) and start\n"
         "                        the machine at once; the API keeps serving unless --no-api\n"
         "  --no-api              no API socket (needs --config-file)\n"
@@ -826,7 +824,6 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
 static int parse_top_level(int argc, char **argv, struct cli *cli)
 {
     cli->action = CLI_API;
-    cli->api.socket_path = CLI_DEFAULT_API_SOCK;
     for (int i = 0; i < argc; i++) {
         const char *arg = argv[i];
         if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
@@ -869,11 +866,25 @@ static int parse_top_level(int argc, char **argv, struct cli *cli)
     return 0;
 }
 
+bool cli_named_firecracker(const char *argv0)
+{
+    const char *slash = argv0 ? strrchr(argv0, '/') : NULL;
+    const char *name = slash ? slash + 1 : argv0;
+    return name && !strncmp(name, "firecracker", strlen("firecracker"));
+}
+
 int cli_parse(int argc, char **argv, struct cli *out)
 {
     memset(out, 0, sizeof(*out));
     vm_config_defaults(&out->vm);
     out->log_level = LOG_WARN;
+    /* Installed as firecracker, ember answers where Firecracker's clients
+     * look for it by name (Kata Containers: <jail>/run/firecracker.socket),
+     * and, as Firecracker, serves the API when given no flags at all. */
+    bool as_firecracker = argc > 0 && cli_named_firecracker(argv[0]);
+    out->api.socket_path = as_firecracker ? CLI_FIRECRACKER_API_SOCK : CLI_DEFAULT_API_SOCK;
+    if (argc < 2 && as_firecracker)
+        return parse_top_level(0, argv + argc, out);
     if (argc < 2)
         return error_set("no command given (try ember --help)");
     const char *cmd = argv[1];
@@ -899,4 +910,12 @@ int cli_parse(int argc, char **argv, struct cli *out)
 const char *cli_version(void)
 {
     return EMBER_VERSION;
+}
+
+void cli_print_version(FILE *f)
+{
+    /* The first line is what Firecracker's clients parse (util/version.h). */
+    fprintf(f, "ember v" EMBER_FIRECRACKER_VERSION "\n"
+               "ember " EMBER_VERSION ", answering Firecracker's API as of Firecracker "
+               "v" EMBER_FIRECRACKER_API "\n");
 }

@@ -12,6 +12,8 @@
 enum cli_action { CLI_RUN, CLI_HELP, CLI_VERSION, CLI_API };
 
 #define CLI_DEFAULT_API_SOCK "/run/ember.socket"
+/* The default when ember runs under the name firecracker (Firecracker's). */
+#define CLI_FIRECRACKER_API_SOCK "/run/firecracker.socket"
 
 /* Firecracker's process flags. */
 struct cli_api {
@@ -53,6 +55,12 @@ void cli_usage(FILE *f);
 int cli_parse_size(const char *s, unsigned unit_shift, uint64_t *out);
 int cli_parse_uint(const char *s, unsigned max, unsigned *out);
 const char *cli_version(void);
+/* `--version`: a first line as Firecracker's (its second word the version
+ * Firecracker's clients compare, util/version.h), then ember's own. */
+void cli_print_version(FILE *f);
+/* Whether argv0 names the program firecracker (a link or copy of ember
+ * installed under Firecracker's name). */
+bool cli_named_firecracker(const char *argv0);
 int cli_parse_drive(const char *spec, struct drive_config *d);
 /* The strings it keeps (tap, id, forwards) are the caller's: cli_free_net. */
 int cli_parse_net(const char *spec, struct net_config *n);

@@ -243,7 +243,7 @@ int main(int argc, char **argv)
         return EXIT_OK;
     }
     if (cli.action == CLI_VERSION) {
-        printf("ember %s\n", cli_version());
+        cli_print_version(stdout);
         return EXIT_OK;
     }
     log_set_level(cli.log_level);

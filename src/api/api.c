@@ -4,6 +4,7 @@
 #include "sandbox/seccomp.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/version.h"
 #include "virtio/blk.h"
 #include "virtio/net.h"
 #include "vmm/devices.h"
@@ -15,10 +16,6 @@
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
-
-#ifndef EMBER_VERSION
-#define EMBER_VERSION "0.1.0"
-#endif
 
 /* ---- responses --------------------------------------------------------- */
 
@@ -220,7 +217,7 @@ static int get_instance(struct api *a, char **out)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", a->instance_id);
     cJSON_AddStringToObject(o, "state", state_name(a));
-    cJSON_AddStringToObject(o, "vmm_version", EMBER_VERSION);
+    cJSON_AddStringToObject(o, "vmm_version", EMBER_FIRECRACKER_VERSION);
     cJSON_AddStringToObject(o, "app_name", "ember");
     *out = print_json(o);
     return 200;
@@ -229,7 +226,7 @@ static int get_instance(struct api *a, char **out)
 static int get_version(char **out)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "firecracker_version", EMBER_VERSION);
+    cJSON_AddStringToObject(o, "firecracker_version", EMBER_FIRECRACKER_VERSION);
     *out = print_json(o);
     return 200;
 }

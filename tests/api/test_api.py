@@ -7,6 +7,7 @@ Prints one line per check and ends with "api: N passed, N failed, N skipped".
 """
 
 import json
+import re
 import os
 import shutil
 import socket
@@ -236,6 +237,61 @@ def test_instance_info(tmp):
         check(r.headers.get("content-type") == "application/json", "content type %r" % r.headers)
         expect(e.req("GET", "/version"), 200, "GET /version")
         check("firecracker_version" in e.req("GET", "/version").json(), "version body")
+    finally:
+        e.kill()
+
+
+SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+                    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+                    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$")
+
+
+def kata_version(output):
+    """Kata Containers' fc.go: the second space-separated word of the first line, one leading
+    'v' trimmed, must be a semantic version (blang/semver) of at least 0.21.1."""
+    fields = output.split("\n")[0].split(" ")
+    check(len(fields) > 1, "--version's first line has no second word: %r" % output)
+    version = fields[1].strip()
+    version = version[1:] if version.startswith("v") else version
+    m = SEMVER.match(version)
+    check(m, "not a semantic version: %r" % version)
+    core = tuple(int(x) for x in m.group(1, 2, 3))
+    check(core >= (0, 21, 1) and not (core == (0, 21, 1) and m.group(4)),
+          "version %s is below Kata's minimum 0.21.1" % version)
+    return version
+
+
+def test_names_and_versions(tmp):
+    """make install puts ember and ember-jailer, and the names Firecracker's clients run them by,
+    under DESTDIR/PREFIX; every version ember gives passes Kata's check and names ember."""
+    build = os.path.relpath(os.path.dirname(os.path.abspath(EMBER)), ROOT)
+    dest = os.path.join(tmp, "dest")
+    out = subprocess.run(["make", "-s", "-C", ROOT, "install", "BUILD=" + build, "DESTDIR=" + dest,
+                          "PREFIX=/usr"], capture_output=True, text=True, timeout=600)
+    check(out.returncode == 0, "make install: %s" % out.stderr)
+    bindir = os.path.join(dest, "usr", "bin")
+    for name in ("ember", "ember-jailer"):
+        path = os.path.join(bindir, name)
+        check(os.path.isfile(path) and not os.path.islink(path) and os.access(path, os.X_OK),
+              "%s installed" % name)
+    check(os.readlink(os.path.join(bindir, "firecracker")) == "ember", "firecracker -> ember")
+    check(os.readlink(os.path.join(bindir, "jailer")) == "ember-jailer", "jailer -> ember-jailer")
+    versions = {}
+    for name in ("ember", "firecracker", "jailer", "ember-jailer"):
+        out = subprocess.run([os.path.join(bindir, name), "--version"], capture_output=True,
+                             text=True, timeout=PATIENCE_S)
+        check(out.returncode == 0, "%s --version: %d %r" % (name, out.returncode, out.stderr))
+        versions[name] = kata_version(out.stdout)
+        check(out.stdout.split("\n")[0].startswith("ember") and "+ember." in versions[name],
+              "%s --version names ember: %r" % (name, out.stdout))
+    check(len(set(versions.values())) == 1, "one version everywhere: %r" % versions)
+    e = Ember(tmp, ["--id", "vm-8"])
+    try:
+        check(e.req("GET", "/version").json() == {"firecracker_version": versions["ember"]},
+              "GET /version gives --version's: %r" % e.req("GET", "/version").body)
+        info = e.req("GET", "/").json()
+        check(info["vmm_version"] == versions["ember"] and info["app_name"] == "ember",
+              "GET / gives --version's: %r" % info)
     finally:
         e.kill()
 
@@ -1257,7 +1313,7 @@ class Skip(Exception):
 
 
 TESTS = [
-    test_instance_info, test_machine_config, test_boot_source, test_drives, test_network_interfaces,
+    test_instance_info, test_names_and_versions, test_machine_config, test_boot_source, test_drives, test_network_interfaces,
     test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
     test_concurrent_clients, test_http_robustness, test_idle_timeout, test_connection_bound,
     test_idle_holder_does_not_lock_out,

@@ -154,6 +154,31 @@ START_TEST(jailer_flags)
 }
 END_TEST
 
+/* Installed under Firecracker's name, ember listens where Firecracker's clients look. */
+START_TEST(named_firecracker)
+{
+    struct cli c;
+    char *fc[] = {"/usr/local/bin/firecracker", "--id", "vm-1"};
+    ck_assert_int_eq(cli_parse(3, fc, &c), 0);
+    ck_assert_int_eq(c.action, CLI_API);
+    ck_assert_str_eq(c.api.socket_path, "/run/firecracker.socket");
+    char *bare[] = {"firecracker"};
+    ck_assert_int_eq(cli_parse(1, bare, &c), 0);
+    ck_assert_int_eq(c.action, CLI_API);
+    ck_assert_str_eq(c.api.socket_path, "/run/firecracker.socket");
+    char *given[] = {"/firecracker", "--api-sock", "/tmp/a.sock"};
+    ck_assert_int_eq(cli_parse(3, given, &c), 0);
+    ck_assert_str_eq(c.api.socket_path, "/tmp/a.sock");
+    ck_assert_int_eq(PARSE(&c, "--id", "vm-1"), 0);
+    ck_assert_str_eq(c.api.socket_path, "/run/ember.socket");
+    char *ember_bare[] = {"/usr/bin/ember"};
+    ck_assert_int_eq(cli_parse(1, ember_bare, &c), -1);
+    ck_assert(cli_named_firecracker("firecracker-v1.14.0-x86_64"));
+    ck_assert(!cli_named_firecracker("/opt/firecracker/ember"));
+    ck_assert(!cli_named_firecracker(NULL));
+}
+END_TEST
+
 Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -164,6 +189,7 @@ Suite *cli_suite(void)
     tcase_add_test(t, size_parsing);
     tcase_add_test(t, net_specs);
     tcase_add_test(t, jailer_flags);
+    tcase_add_test(t, named_firecracker);
     suite_add_tcase(s, t);
     return s;
 }
