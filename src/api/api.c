@@ -422,6 +422,38 @@ static const char *path_param(const char *path, const char *prefix)
     return path + n;
 }
 
+/* A device the configuration does not have yet must find an interrupt line
+ * on virtio-mmio (vmm/devices.c), so that the request that asks for one too
+ * many is the one refused, not InstanceStart. */
+static int mmio_room_for_one_more(const struct api *a, const char *what)
+{
+    const struct api_config *c = &a->cfg;
+    unsigned devices = c->ndrives + c->nnets + c->vsock.set + c->entropy.set;
+    if (a->enable_pci || devices < VM_MAX_MMIO_DEVICES)
+        return 0;
+    return error_set("%s: the machine has %u virtio-mmio devices already, as many as have an "
+                     "interrupt line (as in Firecracker); start ember with --enable-pci for more",
+                     what, devices);
+}
+
+static bool has_drive(const struct api_config *c, const char *id)
+{
+    for (unsigned i = 0; i < c->ndrives; i++) {
+        if (!strcmp(c->drives[i].id, id))
+            return true;
+    }
+    return false;
+}
+
+static bool has_net(const struct api_config *c, const char *id)
+{
+    for (unsigned i = 0; i < c->nnets; i++) {
+        if (!strcmp(c->nets[i].id, id))
+            return true;
+    }
+    return false;
+}
+
 struct route_ctx {
     struct api *a;
     const char *method;
@@ -481,6 +513,8 @@ static int route(struct route_ctx *r)
             return invalid_route(r);
         if (api_instance_started(a))
             return not_after_start(out);
+        if (!has_drive(&a->cfg, id) && mmio_room_for_one_more(a, "drive") < 0)
+            return fault_from_error(out);
         return api_put_drive(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
     }
     if ((id = path_param(p, "/network-interfaces/"))) {
@@ -490,6 +524,8 @@ static int route(struct route_ctx *r)
             return invalid_route(r);
         if (api_instance_started(a))
             return not_after_start(out);
+        if (!has_net(&a->cfg, id) && mmio_room_for_one_more(a, "network interface") < 0)
+            return fault_from_error(out);
         return api_put_net(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
     }
     if (!strcmp(p, "/actions")) {
@@ -540,6 +576,8 @@ static int route(struct route_ctx *r)
             return invalid_route(r);
         if (api_instance_started(a))
             return not_after_start(out);
+        if (!a->cfg.entropy.set && mmio_room_for_one_more(a, "entropy") < 0)
+            return fault_from_error(out);
         return api_put_entropy(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
     }
     if (!strcmp(p, "/vsock")) {
@@ -547,6 +585,8 @@ static int route(struct route_ctx *r)
             return invalid_route(r);
         if (api_instance_started(a))
             return not_after_start(out);
+        if (!a->cfg.vsock.set && mmio_room_for_one_more(a, "vsock") < 0)
+            return fault_from_error(out);
         return api_put_vsock(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
     }
     for (size_t i = 0; i < sizeof(unsupported_routes) / sizeof(unsupported_routes[0]); i++) {

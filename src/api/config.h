@@ -13,7 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define API_MAX_NETS     8
+#define API_MAX_NETS     VM_MAX_NETS
 #define API_MAX_VCPUS    32
 #define API_MAX_ID_BYTES 64
 

@@ -14,10 +14,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ISA interrupt lines free for virtio-mmio devices (edge-triggered, as
- * the guest assumes for ISA lines): not the PIT (0), keyboard (1),
- * cascade (2), COM2/COM1 (3, 4), RTC (8) or the mouse/FPU lines. */
-static const unsigned mmio_irqs[] = {5, 6, 7, 9, 10, 11, 14, 15};
+/* Interrupt lines for virtio-mmio devices, edge-triggered ISA lines as the
+ * MP table lists them (pins 16-23 included: no PCI device takes them when
+ * devices are on virtio-mmio), 19 in all as Firecracker's GSI 5-23. Never
+ * the PIT (0), keyboard (1), cascade (2) or COM2/COM1 (3, 4). The lines a
+ * guest's own drivers may claim come last: the PS/2 mouse (12), the FPU
+ * error line (13) and the RTC alarm (8; ember's RTC raises none, Linux's
+ * rtc-cmos still asks for it). */
+static const unsigned mmio_irqs[] = {5,  6,  7,  9,  10, 11, 14, 15, 16, 17,
+                                     18, 19, 20, 21, 22, 23, 12, 13, 8};
+_Static_assert(sizeof(mmio_irqs) / sizeof(mmio_irqs[0]) == VM_MAX_MMIO_DEVICES,
+               "one interrupt line per virtio-mmio device");
 #define PCI_WINDOW_START 0xe0000000ULL
 #define PCI_WINDOW_END   0xfec00000ULL
 
@@ -35,9 +42,11 @@ static int attach(struct vm *vm, struct virtio_dev *dev, void *model, void (*des
         return virtio_pci_init(&v->pci, dev, &vm->pci, &vm->irqchip, vm->vm_fd);
     }
     unsigned index = vm->next_mmio_irq;
-    if (index >= sizeof(mmio_irqs) / sizeof(mmio_irqs[0]))
-        return error_set("too many virtio-mmio devices (at most %zu); use --transport pci",
-                         sizeof(mmio_irqs) / sizeof(mmio_irqs[0]));
+    if (index >= VM_MAX_MMIO_DEVICES)
+        return error_set("too many virtio-mmio devices: no interrupt line is left for %s (at "
+                         "most %d devices, as in Firecracker); use --transport pci (ember run) "
+                         "or --enable-pci (API) for more",
+                         dev->name, VM_MAX_MMIO_DEVICES);
     vm->next_mmio_irq++;
     uint64_t base = LAYOUT_VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_WINDOW;
     if (virtio_mmio_init(&v->mmio, dev, vm->vm_fd, base, mmio_irqs[index]) < 0)

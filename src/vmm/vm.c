@@ -240,6 +240,8 @@ static int write_mptable(struct vm *vm)
         .ioapic_addr = LAYOUT_IOAPIC,
         .lapic_addr = LAYOUT_LAPIC,
         .pci_slots = vm_pci_slots(vm),
+        /* Without PCI, pins 16-23 are ISA lines for virtio-mmio devices. */
+        .isa_irqs = vm->has_pci ? 16 : MPTABLE_MAX_ISA_IRQS,
     };
     struct kvm_cpuid_entry2 *leaf1 = cpuid_find(vm->supported_cpuid, 1, 0);
     if (leaf1) {

@@ -45,7 +45,9 @@ struct drive_config {
     struct rate_limit_config rate_limit;
 };
 
-#define VM_MAX_NETS 4
+#define VM_MAX_NETS 16
+/* virtio-mmio devices with an interrupt line each (vmm/devices.c). */
+#define VM_MAX_MMIO_DEVICES 19
 
 struct net_config {
     const char *id;       /* the API's iface_id */

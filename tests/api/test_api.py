@@ -480,6 +480,77 @@ def test_network_interfaces(tmp):
         e.kill()
 
 
+def test_nineteen_mmio_devices(tmp):
+    """As many virtio-mmio devices as Firecracker has interrupt lines for (GSI 5-23): Kata's
+    layout grown to the limit, a root drive and placeholder drives, a network interface,
+    entropy and vsock. The virtio-blk guest drives the root drive (read-only, the first line)
+    and the last drive (writable, on an IOAPIC pin above 15); the 20th device is refused at its
+    PUT with a clear error."""
+    guest = os.path.join(GUEST_DIR, "virtio-blk.elf")
+    rootfs = os.path.join(tmp, "rootfs.img")
+    with open(rootfs, "wb") as f:
+        f.write(os.urandom(1 << 20))
+    ro_sum = subprocess.run(["cksum"], stdin=open(rootfs, "rb"), capture_output=True,
+                            text=True).stdout.split()[0]
+    sectors = 16384  # 8 MiB, as the guest suite uses
+    data = make_image(tmp, "data.img", sectors * 512)
+    e = Ember(tmp)
+    try:
+        args = ("console=ttyS0 reboot=k panic=1 blk_id=data ro_id=rootfs blk_queues=1 "
+                "blk_sectors=%d ro_cksum=%s" % (sectors, ro_sum))
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": guest, "boot_args": args}), 204,
+               "boot source")
+        expect(e.req("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": rootfs,
+                                               "is_root_device": True, "is_read_only": True}), 204, "rootfs")
+        for i in range(14):
+            path = make_image(tmp, "drive_%d.img" % i, 4096)
+            expect(e.req("PUT", "/drives/drive_%d" % i,
+                         {"drive_id": "drive_%d" % i, "path_on_host": path, "is_root_device": False,
+                          "is_read_only": True}), 204, "placeholder drive %d" % i)
+        expect(e.req("PUT", "/drives/data", {"drive_id": "data", "path_on_host": data,
+                                             "is_root_device": False, "is_read_only": False,
+                                             "cache_type": "Writeback"}), 204, "data")
+        tap = "embermm%d" % (os.getpid() % 10000)
+        expect(e.req("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": tap}),
+               204, "eth0")
+        expect(e.req("PUT", "/entropy", {}), 204, "entropy")
+        expect(e.req("PUT", "/vsock", {"guest_cid": 3, "uds_path": os.path.join(tmp, "v.sock")}),
+               204, "vsock")
+        expect(e.req("PUT", "/network-interfaces/eth1", {"iface_id": "eth1", "host_dev_name": tap + "b"}),
+               400, "the 20th device", "interrupt line")
+        expect(e.req("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": rootfs,
+                                               "is_root_device": True, "is_read_only": True}), 204,
+               "replacing a drive adds no device")
+        cfg = e.req("GET", "/vm/config").json()
+        check(len(cfg["drives"]) == 16 and len(cfg["network-interfaces"]) == 1, "the configuration")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        deadline = time.monotonic() + 300
+        while "# blk-checksum" not in e.stdout() and e.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        out = e.stdout()
+        irqs = sorted(int(x) for x in re.findall(r"virtio: mmio@0x[0-9a-f]+ irq (\d+)", out))
+        check(irqs == list(range(5, 24)), "19 devices on lines 5-23: %r" % irqs)
+        check("not ok" not in out and "ok 1 - two virtio-blk drives found" in out and
+              "# blk-checksum" in out, "the guest's checks: %s" % out[-2000:])
+        with open(data, "rb") as f:
+            host = subprocess.run(["cksum"], stdin=f, capture_output=True, text=True).stdout.split()
+        line = re.findall(r"# blk-checksum: (\d+) (\d+)", out)
+        check(line and list(line[-1]) == host[:2], "the data drive on pin 23: guest %r, file %r" % (line, host))
+    finally:
+        e.kill()
+        if VERBOSE:
+            print(e.stdout()[:6000])
+    # ember run says the same for a 20th device on virtio-mmio.
+    cmd = [EMBER, "run", "--kernel", HELLO, "--transport", "mmio", "--rng", "--console", "virtio",
+           "--vsock", "cid=3,uds=" + os.path.join(tmp, "run-v.sock"),
+           "--net", "tap=embermr%d" % (os.getpid() % 10000)]
+    for i in range(16):
+        cmd += ["--drive", "path=%s,readonly=on" % make_image(tmp, "run_%d.img" % i, 4096)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=PATIENCE_S, stdin=subprocess.DEVNULL)
+    check(out.returncode != 0 and "too many virtio-mmio devices" in out.stderr and "at most 19" in out.stderr,
+          "a 20th virtio-mmio device: %d %r" % (out.returncode, out.stderr))
+
+
 def test_logger_metrics(tmp):
     e = Ember(tmp)
     log = os.path.join(tmp, "ember.log")
@@ -1314,7 +1385,7 @@ class Skip(Exception):
 
 TESTS = [
     test_instance_info, test_names_and_versions, test_machine_config, test_boot_source, test_drives, test_network_interfaces,
-    test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
+    test_nineteen_mmio_devices, test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
     test_concurrent_clients, test_http_robustness, test_idle_timeout, test_connection_bound,
     test_idle_holder_does_not_lock_out,
     test_pipelined_burst_does_not_starve, test_flood_does_not_starve,
