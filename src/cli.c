@@ -51,6 +51,12 @@ void cli_usage(FILE *f)
         "  --start-time-us US, --start-time-cpu-us US, --parent-cpu-time-us US\n"
         "                        when the jailer started (CLOCK_MONOTONIC), this process's\n"
         "                        CPU time then and the jailer's: the metrics' start-up times\n"
+        "  --boot-timer          Firecracker's boot timer: a guest write of 123 at\n"
+        "                        0xc0000000 logs the boot time (Info level)\n"
+        "  --metadata FILE       MMDS contents (JSON), read and checked at start\n"
+        "  --describe-snapshot FILE, --snapshot-version\n"
+        "                        Firecracker's snapshot queries: ember has no snapshots yet\n"
+        "                        and says so (status 2)\n"
         "  --mmds-size-limit N   accepted and ignored\n"
         "\n"
         "Options of `ember run` (VALUE may also be given as --option=VALUE):\n"
@@ -107,6 +113,7 @@ void cli_usage(FILE *f)
         "                        host port P reach PATH_P, host programs connect to PATH\n"
         "                        and send \"CONNECT P\\n\" (ember answers \"OK <port>\\n\")\n"
         "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
+        "  --boot-timer          as in the API mode\n"
         "  --no-seccomp, --seccomp-filter FILE   as in the API mode\n"
         "\n"
         "Every thread runs under a seccomp filter of its kind unless --no-seccomp; a\n"
@@ -204,6 +211,7 @@ enum opt_id {
     OPT_NO_SECCOMP,
     OPT_SECCOMP_FILTER,
     OPT_VSOCK,
+    OPT_BOOT_TIMER,
     OPT_HELP,
 };
 
@@ -231,6 +239,7 @@ static const struct {
     {"no-seccomp", OPT_NO_SECCOMP, false},
     {"seccomp-filter", OPT_SECCOMP_FILTER, true},
     {"vsock", OPT_VSOCK, true},
+    {"boot-timer", OPT_BOOT_TIMER, false},
     {"help", OPT_HELP, false},
 };
 
@@ -594,6 +603,9 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
         if (vm->vsock.guest_cid)
             return error_set("only one --vsock device");
         return cli_parse_vsock(value, &vm->vsock);
+    case OPT_BOOT_TIMER:
+        vm->boot_timer = true;
+        return 0;
     case OPT_HELP:
         cli->action = CLI_HELP;
         return 0;
@@ -653,6 +665,10 @@ enum top_flag {
     TOP_REQUEST_TIMEOUT,
     TOP_IDLE_TIMEOUT,
     TOP_ENABLE_PCI,
+    TOP_BOOT_TIMER,
+    TOP_METADATA,
+    TOP_DESCRIBE_SNAPSHOT,
+    TOP_SNAPSHOT_VERSION,
     TOP_SYNC_TEARDOWN,
     TOP_NO_SECCOMP,
     TOP_SECCOMP_FILTER,
@@ -661,7 +677,6 @@ enum top_flag {
     TOP_PARENT_CPU_TIME_US,
     TOP_IGNORED_NUMBER,
     TOP_IGNORED_FLAG,
-    TOP_UNSUPPORTED,
 };
 
 static const struct {
@@ -691,12 +706,12 @@ static const struct {
     {"mmds-size-limit", TOP_IGNORED_NUMBER, true},
     {"no-seccomp", TOP_NO_SECCOMP, false},
     {"seccomp-filter", TOP_SECCOMP_FILTER, true},
-    /* Accepting these silently would pretend to a feature ember does not
-     * have. */
-    {"boot-timer", TOP_UNSUPPORTED, false},
-    {"metadata", TOP_UNSUPPORTED, true},
-    {"describe-snapshot", TOP_UNSUPPORTED, true},
-    {"snapshot-version", TOP_UNSUPPORTED, false},
+    {"boot-timer", TOP_BOOT_TIMER, false},
+    {"metadata", TOP_METADATA, true},
+    /* What Firecracker prints and exits with; ember has no snapshots yet and
+     * says so (cli_describe_snapshot). */
+    {"describe-snapshot", TOP_DESCRIBE_SNAPSHOT, true},
+    {"snapshot-version", TOP_SNAPSHOT_VERSION, false},
 };
 
 static bool instance_id_valid(const char *id)
@@ -788,6 +803,23 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
     case TOP_ENABLE_PCI:
         a->enable_pci = true;
         return 0;
+    case TOP_BOOT_TIMER:
+        a->boot_timer = true;
+        return 0;
+    case TOP_METADATA:
+        if (!*value)
+            return error_set("--metadata needs a file");
+        a->metadata_path = value;
+        return 0;
+    case TOP_DESCRIBE_SNAPSHOT:
+        if (!*value)
+            return error_set("--describe-snapshot needs a snapshot state file");
+        cli->action = CLI_DESCRIBE_SNAPSHOT;
+        cli->snapshot_path = value;
+        return 0;
+    case TOP_SNAPSHOT_VERSION:
+        cli->action = CLI_SNAPSHOT_VERSION;
+        return 0;
     case TOP_SYNC_TEARDOWN:
         cli->sync_teardown = true;
         return 0;
@@ -815,8 +847,6 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
         return 0;
     case TOP_IGNORED_FLAG:
         return 0;
-    case TOP_UNSUPPORTED:
-        return error_set("--%s is not supported by ember yet", name);
     }
     return error_set("internal: unhandled flag --%s", name);
 }

@@ -90,6 +90,25 @@ static const char *state_name(struct api *a)
     return vm_is_paused(a->vm) ? "Paused" : "Running";
 }
 
+int api_set_metadata(struct api *a, const char *text, size_t len, size_t limit)
+{
+    if (len > limit)
+        return error_set("the metadata is %zu bytes, more than the MMDS data store's limit of %zu "
+                         "bytes",
+                         len, limit);
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    if (!doc)
+        return error_set("the metadata is not valid JSON (near byte %zu)",
+                         (size_t)(cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : 0));
+    if (!cJSON_IsObject(doc)) {
+        cJSON_Delete(doc);
+        return error_set("the metadata must be a JSON object");
+    }
+    cJSON_Delete(a->metadata);
+    a->metadata = doc;
+    return 0;
+}
+
 int api_apply_logger(struct api *a, const struct api_logger *l)
 {
     if (l->log_path && log_open(l->log_path) < 0)
@@ -161,6 +180,7 @@ int api_start_instance(struct api *a, int *status)
     /* Firecracker's guests find their devices on the kernel command line
      * (virtio-mmio) unless PCI was asked for. */
     a->vm_cfg.transport = a->enable_pci ? TRANSPORT_PCI : TRANSPORT_MMIO;
+    a->vm_cfg.boot_timer = a->boot_timer;
     if (api_config_to_vm(&a->cfg, &a->vm_cfg) < 0)
         return -1;
     struct build b = {.a = a};
@@ -207,6 +227,8 @@ int api_finish(struct api *a, int no_vm_status)
     a->metrics_timer_fd = -1;
     api_metrics_close(&a->metrics);
     api_config_free(&a->cfg);
+    cJSON_Delete(a->metadata);
+    a->metadata = NULL;
     return status;
 }
 

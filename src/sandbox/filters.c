@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define R(name)                                                                                    \
     {                                                                                              \
@@ -159,6 +160,8 @@ static const struct sc_rule vcpu_rules[] = {
     R(getpid),
     R(gettid),
     R1(tgkill, EQ(2, KICK_SIGNAL_NR)),
+    /* the boot timer's CPU time (--boot-timer): this clock has no vDSO path */
+    R1(clock_gettime, EQ(0, CLOCK_PROCESS_CPUTIME_ID)),
 };
 
 /* ---- virtio I/O threads ---------------------------------------------------- */

@@ -144,6 +144,9 @@ static int create_devices(struct vm *vm)
     if (vm->cfg.debug_exit && bus_register(&vm->pio, DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE,
                                            debug_exit_io, &vm->debug_exit, "debug-exit") < 0)
         return -1;
+    if (vm->cfg.boot_timer && bus_register(&vm->mmio, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE,
+                                           boot_timer_io, &vm->boot_timer, "boot timer") < 0)
+        return -1;
     return 0;
 }
 
@@ -259,6 +262,8 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
     vm->loop = loop;
     vm->cfg = *cfg;
     vm->ncpus = cfg->ncpus;
+    /* Firecracker's boot timer counts from the request to build the machine. */
+    boot_timer_init(&vm->boot_timer);
     pthread_mutex_init(&vm->stop_lock, NULL);
     pthread_cond_init(&vm->pause_cond, NULL);
     bus_init(&vm->pio, "pio");

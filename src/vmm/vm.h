@@ -9,6 +9,7 @@
 #include "backends/stdio.h"
 #include "bus/bus.h"
 #include "bus/pci.h"
+#include "devices/boot_timer.h"
 #include "devices/debug_exit.h"
 #include "devices/i8042.h"
 #include "devices/rtc.h"
@@ -76,6 +77,7 @@ struct vm_config {
     uint64_t memory_mib;
     unsigned ncpus;
     bool debug_exit;
+    bool boot_timer; /* Firecracker's boot timer device (devices/boot_timer.h) */
     enum cpu_template cpu_template;
     const char *kvm_path; /* "/dev/kvm" unless testing */
     enum virtio_transport_kind transport;
@@ -114,6 +116,7 @@ struct vm {
     struct i8042 i8042;
     struct rtc rtc;
     struct debug_exit debug_exit;
+    struct boot_timer boot_timer;
     struct stdio_console console;
 
     struct pci_bus pci;

@@ -179,6 +179,28 @@ START_TEST(named_firecracker)
 }
 END_TEST
 
+/* flintlock's launch line, and Firecracker's snapshot queries. */
+START_TEST(flintlock_flags)
+{
+    struct cli c;
+    ck_assert_msg(PARSE(&c, "--id", "01HQ4V9A3M6Q2W1E8R7T5Y0U9I", "--boot-timer", "--no-api",
+                        "--config-file", "/var/lib/flintlock/vm/firecracker.cfg", "--metadata",
+                        "/var/lib/flintlock/vm/metadata.json") == 0,
+                  "%s", error_get());
+    ck_assert_int_eq(c.action, CLI_API);
+    ck_assert(c.api.boot_timer && c.api.no_api);
+    ck_assert_str_eq(c.api.metadata_path, "/var/lib/flintlock/vm/metadata.json");
+    ck_assert_int_eq(PARSE(&c, "--describe-snapshot", "/tmp/state"), 0);
+    ck_assert_int_eq(c.action, CLI_DESCRIBE_SNAPSHOT);
+    ck_assert_str_eq(c.snapshot_path, "/tmp/state");
+    ck_assert_int_eq(PARSE(&c, "--snapshot-version"), 0);
+    ck_assert_int_eq(c.action, CLI_SNAPSHOT_VERSION);
+    ck_assert_int_eq(PARSE(&c, "--api-sock", "/tmp/a", "--metadata", ""), -1);
+    ck_assert_int_eq(PARSE(&c, "run", "--kernel", "k", "--boot-timer"), 0);
+    ck_assert(c.vm.boot_timer);
+}
+END_TEST
+
 Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -190,6 +212,7 @@ Suite *cli_suite(void)
     tcase_add_test(t, net_specs);
     tcase_add_test(t, jailer_flags);
     tcase_add_test(t, named_firecracker);
+    tcase_add_test(t, flintlock_flags);
     suite_add_tcase(s, t);
     return s;
 }
