@@ -264,6 +264,8 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
     const char *what = "machine-config";
     if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0)
         return -1;
+    if (partial && !body->child)
+        return error_set("%s: empty PATCH request: give at least one field", what);
     /* PUT replaces: what it leaves out takes the default value. */
     struct api_machine m = c->machine;
     if (!partial) {
@@ -284,16 +286,13 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
         return error_set("%s: `vcpu_count` must be from 1 to %d", what, API_MAX_VCPUS);
     if (mem < VM_MIN_MEMORY_MIB)
         return error_set("%s: `mem_size_mib` must be at least %d", what, VM_MIN_MEMORY_MIB);
-    if (mem > host_ram_mib())
-        return error_set("%s: `mem_size_mib` %llu is more than this host's %llu MiB of RAM", what,
-                         (unsigned long long)mem, (unsigned long long)host_ram_mib());
+    /* The host's RAM is not checked here: as in Firecracker, a size the host
+     * cannot back fails at InstanceStart (api_config_to_vm), not before. */
     if (m.smt)
         return error_set("%s: `smt` true is not supported: ember gives each vCPU its own core",
                          what);
-    if (m.track_dirty_pages)
-        return error_set("%s: `track_dirty_pages` true is not supported yet (ember has no "
-                         "snapshots yet)",
-                         what);
+    /* track_dirty_pages is kept and shown; it matters once there are
+     * snapshots. */
     if (tmpl) {
         enum cpu_template t;
         if (!strcmp(tmpl, "None"))
@@ -306,15 +305,17 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
                              what, tmpl);
     }
     if (huge) {
-        if (!strcmp(huge, "None") || !strcmp(huge, "Transparent"))
+        if (!strcmp(huge, "None") || !strcmp(huge, "Transparent") || !strcmp(huge, "2M"))
             strcpy(m.huge_pages, huge);
-        else if (!strcmp(huge, "2M"))
-            return error_set("%s: `huge_pages` 2M is not supported yet: ember backs guest RAM "
-                             "with anonymous memory and transparent huge pages, not hugetlbfs",
-                             what);
         else
-            return error_set("%s: unknown `huge_pages` '%s' (None, Transparent)", what, huge);
+            return error_set("%s: unknown `huge_pages` '%s' (None, Transparent, 2M)", what, huge);
     }
+    /* With huge pages, a whole number of them (Firecracker's rule, also for
+     * transparent ones). */
+    if (strcmp(m.huge_pages, "None") != 0 && mem % 2)
+        return error_set("%s: `mem_size_mib` %llu is not a multiple of the 2 MiB page size "
+                         "`huge_pages` %s uses",
+                         what, (unsigned long long)mem, m.huge_pages);
     m.vcpu_count = (unsigned)vcpus;
     m.mem_size_mib = mem;
     c->machine = m;
@@ -738,6 +739,11 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
     if (c->boot_args)
         vm->cmdline = c->boot_args;
     vm->memory_mib = c->machine.mem_size_mib;
+    if (vm->memory_mib > host_ram_mib())
+        return error_set("cannot start: `mem_size_mib` %llu is more than this host's %llu MiB of "
+                         "RAM",
+                         (unsigned long long)vm->memory_mib, (unsigned long long)host_ram_mib());
+    vm->hugetlb = !strcmp(c->machine.huge_pages, "2M");
     vm->ncpus = c->machine.vcpu_count;
     vm->cpu_template = CPU_TEMPLATE_HOST;
     if (strcmp(c->machine.cpu_template, "None") != 0 &&

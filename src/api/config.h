@@ -44,7 +44,7 @@ struct api_machine {
     bool smt;
     bool track_dirty_pages;
     char cpu_template[16]; /* as given: "None", "host" or "baseline" */
-    char huge_pages[16];   /* "None" or "Transparent" */
+    char huge_pages[16];   /* "None", "Transparent" or "2M" (hugetlbfs) */
 };
 
 struct api_logger {

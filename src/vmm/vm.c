@@ -285,9 +285,16 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
         return -1;
     /* Memory before the irqchip: on some hosts a memslot change costs a
      * grace period per in-kernel device already registered. */
-    if (guest_memory_map(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
-                         LAYOUT_MMIO_HOLE_END) < 0)
+    if (cfg->hugetlb) {
+        vm->create_status = EXIT_USAGE; /* the host's pool is the operator's to fill */
+        if (guest_memory_map_hugetlb(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
+                                     LAYOUT_MMIO_HOLE_END) < 0)
+            return -1;
+        vm->create_status = EXIT_HOST_ERROR;
+    } else if (guest_memory_map(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
+                                LAYOUT_MMIO_HOLE_END) < 0) {
         return -1;
+    }
     if (set_memory_regions(vm) < 0)
         return -1;
     if (irqchip_create(&vm->irqchip, vm->vm_fd) < 0)

@@ -78,6 +78,7 @@ struct vm_config {
     unsigned ncpus;
     bool debug_exit;
     bool boot_timer; /* Firecracker's boot timer device (devices/boot_timer.h) */
+    bool hugetlb;    /* guest RAM from the host's 2 MiB hugetlbfs pages */
     enum cpu_template cpu_template;
     const char *kvm_path; /* "/dev/kvm" unless testing */
     enum virtio_transport_kind transport;

@@ -318,12 +318,10 @@ def test_machine_config(tmp):
             ({"vcpu_count": 1.5, "mem_size_mib": 128}, "vcpu_count"),
             ({"vcpu_count": "2", "mem_size_mib": 128}, "vcpu_count"),
             ({"vcpu_count": 1, "mem_size_mib": 0}, "mem_size_mib"),
-            ({"vcpu_count": 1, "mem_size_mib": 1 << 40}, "mem_size_mib"),
             ({"vcpu_count": 1}, "mem_size_mib"),
             ({"mem_size_mib": 128}, "vcpu_count"),
             ({"vcpu_count": 1, "mem_size_mib": 128, "smt": True}, "smt"),
-            ({"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": True}, "not supported yet"),
-            ({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}, "hugetlbfs"),
+            ({"vcpu_count": 1, "mem_size_mib": 127, "huge_pages": "2M"}, "multiple of the 2 MiB"),
             ({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "1G"}, "huge_pages"),
             ({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"}, "unknown"),
             ({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "C3"}, "unknown"),
@@ -337,6 +335,83 @@ def test_machine_config(tmp):
         serving(e)
     finally:
         e.kill()
+
+
+def meminfo(field):
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def test_machine_config_as_firecracker(tmp):
+    """track_dirty_pages is kept; a size the host cannot back is accepted at PUT and refused at
+    InstanceStart (Firecracker's order); huge_pages 2M takes guest RAM from the host's hugetlbfs
+    pool, whose absence InstanceStart names. The test reserves the pool's pages itself and puts
+    the old count back."""
+    e = Ember(tmp)
+    try:
+        expect(e.req("PATCH", "/machine-config", {}), 400, "empty PATCH", "empty PATCH")
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 1 << 40,
+                                                 "track_dirty_pages": True}), 204, "1 TiB at PUT")
+        mc = e.req("GET", "/vm/config").json()["machine-config"]
+        check(mc["track_dirty_pages"] is True and mc["mem_size_mib"] == 1 << 40, "kept: %r" % mc)
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 400, "1 TiB at start",
+               "more than this host's")
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 32,
+                                                 "huge_pages": "2M"}), 204, "2M")
+        check(e.req("GET", "/machine-config").json()["huge_pages"] == "2M", "2M shown")
+        expect(e.req("PATCH", "/machine-config", {"mem_size_mib": 33}), 400, "33 MiB of 2 MiB pages",
+               "multiple of the 2 MiB")
+        free = meminfo("HugePages_Free")
+        if free is None:
+            raise Skip("this kernel has no hugetlbfs (no HugePages_Free in /proc/meminfo)")
+        if free - (meminfo("HugePages_Rsvd") or 0) < 16:
+            r = e.req("PUT", "/actions", {"action_type": "InstanceStart"})
+            expect(r, 400, "2M without reserved pages", "huge pages")
+            check("nr_hugepages" in r.fault(), "the error says where to reserve them: %r" % r.fault())
+            serving(e, "after a start that failed")
+    finally:
+        e.kill()
+    nr = "/proc/sys/vm/nr_hugepages"
+    with open(nr) as f:
+        old = int(f.read())
+    try:
+        try:
+            with open(nr, "w") as f:
+                f.write(str(old + 16))
+        except OSError as ex:
+            raise Skip("cannot reserve huge pages (%s)" % ex)
+        if meminfo("HugePages_Free") - (meminfo("HugePages_Rsvd") or 0) < 16:
+            raise Skip("the host gave only %d of 16 huge pages asked for" % meminfo("HugePages_Free"))
+        e = Ember(tmp, name="huge")
+        try:
+            expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
+            expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 32,
+                                                     "huge_pages": "2M"}), 204, "2M")
+            expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "start with 2M pages")
+            check(e.wait_output("tick 1"), "the guest runs on huge pages: %r" % e.stdout()[-300:])
+            with open("/proc/%d/smaps" % e.proc.pid) as f:
+                smaps = f.read()
+            mappings, cur = [], None
+            for line in smaps.splitlines():
+                if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                    cur = {}
+                    mappings.append(cur)
+                elif cur is not None and ":" in line:
+                    k, v = line.split(":", 1)
+                    cur[k] = v.strip()
+            check(any(m.get("Size") == "32768 kB" and m.get("KernelPageSize") == "2048 kB"
+                      for m in mappings), "a 32 MiB mapping of 2 MiB pages in ember")
+            expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
+            check(e.wait() == 0, "the guest ended: %s" % e.stderr())
+        finally:
+            e.kill()
+    finally:
+        with open(nr, "w") as f:
+            f.write(str(old))
 
 
 def test_boot_source(tmp):
@@ -1446,7 +1521,8 @@ class Skip(Exception):
 
 
 TESTS = [
-    test_instance_info, test_names_and_versions, test_machine_config, test_boot_source, test_drives, test_network_interfaces,
+    test_instance_info, test_names_and_versions, test_machine_config,
+    test_machine_config_as_firecracker, test_boot_source, test_drives, test_network_interfaces,
     test_nineteen_mmio_devices, test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
     test_concurrent_clients, test_http_robustness, test_idle_timeout, test_connection_bound,
     test_idle_holder_does_not_lock_out,
