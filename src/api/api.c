@@ -274,6 +274,11 @@ static int do_action(struct api *a, const cJSON *body, char **out)
         log_info("sent Ctrl+Alt+Del to the guest keyboard");
         return 204;
     case API_ACTION_FLUSH_METRICS:
+        /* As Firecracker: the periodic flush runs from the start, this one
+         * only once the machine does. */
+        if (!api_instance_started(a))
+            return fault(out, "the requested operation is not supported before starting the "
+                              "machine (FlushMetrics needs InstanceStart first)");
         if (api_metrics_flush(&a->metrics, a->vm_created ? a->vm : NULL) < 0)
             return fault_from_error(out);
         return 204;
@@ -519,6 +524,12 @@ static int route(struct route_ctx *r)
             return not_after_start(out);
         if (api_put_machine_config(&a->cfg, r->body, patch) < 0)
             return fault_from_error(out);
+        /* Firecracker deprecates the field (CPU templates go through
+         * /cpu-config): the answer says so, and so does the log. */
+        if (cJSON_GetObjectItemCaseSensitive(r->body, "cpu_template")) {
+            a->deprecated_request = true;
+            log_warn("%s /machine-config: cpu_template field is deprecated.", r->method);
+        }
         return 204;
     }
     if (!strcmp(p, "/boot-source")) {
@@ -652,15 +663,39 @@ static const char *route_template(const char *method, const char *path)
     return "other";
 }
 
-int api_dispatch(struct api *a, const char *method, const char *path, const char *body,
+/* The path as Firecracker reads it: leading and trailing slashes do not
+ * count ("//machine-config/" is "/machine-config"). */
+static void normalize_path(const char *path, char *out, size_t size)
+{
+    while (path[0] == '/' && path[1] == '/')
+        path++;
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    if (n >= size)
+        n = size - 1;
+    memcpy(out, path, n);
+    out[n] = '\0';
+    if (!out[0])
+        strcpy(out, "/");
+}
+
+int api_dispatch(struct api *a, const char *method, const char *raw_path, const char *body,
                  size_t body_len, char **out)
 {
     *out = NULL;
     error_clear();
+    a->deprecated_request = false;
+    char path[HTTP_MAX_PATH];
+    normalize_path(raw_path, path, sizeof(path));
     struct route_ctx r = {.a = a, .method = method, .path = path, .out = out};
     cJSON *json = NULL;
     int status;
     bool wants_body = !strcmp(method, "PUT") || !strcmp(method, "PATCH");
+    if (!strcmp(method, "GET") && body_len) {
+        status = fault(out, "GET request cannot have a body");
+        goto count;
+    }
     if (wants_body && body_len == 0) {
         char msg[64];
         snprintf(msg, sizeof(msg), "empty %s request: a JSON body is required", method);
@@ -698,5 +733,8 @@ count:;
 
 void api_handle_request(void *opaque, const struct http_request *req, int *status, char **body)
 {
-    *status = api_dispatch(opaque, req->method_name, req->path, req->body, req->body_len, body);
+    struct api *a = opaque;
+    *status = api_dispatch(a, req->method_name, req->path, req->body, req->body_len, body);
+    if (a->deprecated_request)
+        *status |= API_STATUS_DEPRECATED;
 }

@@ -24,7 +24,8 @@ struct api {
     struct event_loop *loop;
     bool vm_created;
     bool enable_pci;
-    bool boot_timer; /* --boot-timer */
+    bool boot_timer;         /* --boot-timer */
+    bool deprecated_request; /* the request being answered used a deprecated field */
     /* --metadata FILE: the MMDS data store's first contents, a JSON object
      * read and checked at start, so that a bad file stops ember before
      * anything runs, as in Firecracker; MMDS serves it once it exists

@@ -159,23 +159,29 @@ static int parse_rate_limiter(const cJSON *v, const char *what, struct rate_limi
     return 0;
 }
 
+/* Firecracker's shape: every field present, null where not set. */
 static cJSON *bucket_json(const struct token_bucket_config *tb)
 {
+    if (!tb->size)
+        return cJSON_CreateNull();
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "size", (double)tb->size);
     if (tb->one_time_burst)
         cJSON_AddNumberToObject(o, "one_time_burst", (double)tb->one_time_burst);
+    else
+        cJSON_AddNullToObject(o, "one_time_burst");
     cJSON_AddNumberToObject(o, "refill_time", (double)tb->refill_ms);
     return o;
 }
 
 cJSON *api_rate_limiter_json(const struct rate_limit_config *rl)
 {
+    /* A limiter without buckets limits nothing: Firecracker shows none. */
+    if (!rl->bandwidth.size && !rl->ops.size)
+        return cJSON_CreateNull();
     cJSON *o = cJSON_CreateObject();
-    if (rl->bandwidth.size)
-        cJSON_AddItemToObject(o, "bandwidth", bucket_json(&rl->bandwidth));
-    if (rl->ops.size)
-        cJSON_AddItemToObject(o, "ops", bucket_json(&rl->ops));
+    cJSON_AddItemToObject(o, "bandwidth", bucket_json(&rl->bandwidth));
+    cJSON_AddItemToObject(o, "ops", bucket_json(&rl->ops));
     return o;
 }
 
@@ -331,9 +337,30 @@ static struct api_drive *find_drive(struct api_config *c, const char *id)
     return NULL;
 }
 
+bool api_path_id_valid(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > API_MAX_ID_BYTES)
+        return false;
+    for (const char *p = id; *p; p++) {
+        if (!isalnum((unsigned char)*p) && *p != '_')
+            return false;
+    }
+    return true;
+}
+
 static int check_path_id(const char *what, const char *path_id, const char *body_id,
                          const char *field_name)
 {
+    /* Firecracker's rule for the ids of its API paths: letters, digits and
+     * '_' only (ember: ASCII ones, at most API_MAX_ID_BYTES). The configuration
+     * file's ids (no path) take api_id_valid's wider set. */
+    if (path_id && !*path_id)
+        return error_set("%s: the ID cannot be empty", what);
+    if (path_id && !api_path_id_valid(path_id))
+        return error_set("%s: invalid id '%s': API resource IDs can only contain alphanumeric "
+                         "characters and underscores (at most %d)",
+                         what, path_id, API_MAX_ID_BYTES);
     if (check_id(what, body_id) < 0)
         return -1;
     if (path_id && strcmp(path_id, body_id) != 0)
@@ -649,7 +676,8 @@ int api_parse_vm_state(const cJSON *body, bool *paused)
 static int unsupported_section(const cJSON *doc, const char *name, const char *what)
 {
     const cJSON *v = field(doc, name);
-    if (v)
+    /* An empty list asks for nothing (GET /vm/config shows "pmem": []). */
+    if (v && !(cJSON_IsArray(v) && !v->child))
         return error_set("%s is not supported yet (remove \"%s\")", what, name);
     return 0;
 }
@@ -736,8 +764,7 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
         return error_set("cannot start without a boot source (PUT /boot-source first)");
     vm->kernel_path = c->kernel_path;
     vm->initrd_path = c->initrd_path;
-    if (c->boot_args)
-        vm->cmdline = c->boot_args;
+    vm->cmdline = c->boot_args ? c->boot_args : API_DEFAULT_BOOT_ARGS;
     vm->memory_mib = c->machine.mem_size_mib;
     if (vm->memory_mib > host_ram_mib())
         return error_set("cannot start: `mem_size_mib` %llu is more than this host's %llu MiB of "
@@ -797,31 +824,44 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
 
 /* ---- back to JSON ------------------------------------------------------ */
 
+/* GET /machine-config, GET /vm/config: Firecracker's shape, field for field
+ * (cpu_template only when a static template is set, as Firecracker shows it;
+ * otherwise absent). */
 cJSON *api_machine_config_json(const struct api_config *c)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "vcpu_count", c->machine.vcpu_count);
     cJSON_AddNumberToObject(o, "mem_size_mib", (double)c->machine.mem_size_mib);
     cJSON_AddBoolToObject(o, "smt", c->machine.smt);
-    cJSON_AddStringToObject(o, "cpu_template", c->machine.cpu_template);
+    if (strcmp(c->machine.cpu_template, "None") != 0)
+        cJSON_AddStringToObject(o, "cpu_template", c->machine.cpu_template);
     cJSON_AddBoolToObject(o, "track_dirty_pages", c->machine.track_dirty_pages);
     cJSON_AddStringToObject(o, "huge_pages", c->machine.huge_pages);
     return o;
+}
+
+static void add_string_or_null(cJSON *o, const char *name, const char *value)
+{
+    if (value)
+        cJSON_AddStringToObject(o, name, value);
+    else
+        cJSON_AddNullToObject(o, name);
 }
 
 static cJSON *drive_json(const struct api_drive *d)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "drive_id", d->id);
-    cJSON_AddStringToObject(o, "path_on_host", d->path);
+    add_string_or_null(o, "partuuid", d->partuuid);
     cJSON_AddBoolToObject(o, "is_root_device", d->is_root);
-    if (d->partuuid)
-        cJSON_AddStringToObject(o, "partuuid", d->partuuid);
-    cJSON_AddBoolToObject(o, "is_read_only", d->readonly);
     cJSON_AddStringToObject(o, "cache_type", d->cache_unsafe ? "Unsafe" : "Writeback");
+    cJSON_AddBoolToObject(o, "is_read_only", d->readonly);
+    cJSON_AddStringToObject(o, "path_on_host", d->path);
+    cJSON_AddItemToObject(o, "rate_limiter",
+                          d->has_rate_limiter ? api_rate_limiter_json(&d->rate_limit)
+                                              : cJSON_CreateNull());
     cJSON_AddStringToObject(o, "io_engine", d->io_sync ? "Sync" : "Async");
-    if (d->has_rate_limiter)
-        cJSON_AddItemToObject(o, "rate_limiter", api_rate_limiter_json(&d->rate_limit));
+    cJSON_AddNullToObject(o, "socket");
     return o;
 }
 
@@ -830,73 +870,60 @@ static cJSON *net_json(const struct api_net *n)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "iface_id", n->id);
     cJSON_AddStringToObject(o, "host_dev_name", n->host_dev_name);
-    if (n->guest_mac)
-        cJSON_AddStringToObject(o, "guest_mac", n->guest_mac);
+    add_string_or_null(o, "guest_mac", n->guest_mac);
     if (n->mtu)
         cJSON_AddNumberToObject(o, "mtu", n->mtu);
-    if (n->has_rx)
-        cJSON_AddItemToObject(o, "rx_rate_limiter", api_rate_limiter_json(&n->rx));
-    if (n->has_tx)
-        cJSON_AddItemToObject(o, "tx_rate_limiter", api_rate_limiter_json(&n->tx));
+    else
+        cJSON_AddNullToObject(o, "mtu");
+    cJSON_AddItemToObject(o, "rx_rate_limiter",
+                          n->has_rx ? api_rate_limiter_json(&n->rx) : cJSON_CreateNull());
+    cJSON_AddItemToObject(o, "tx_rate_limiter",
+                          n->has_tx ? api_rate_limiter_json(&n->tx) : cJSON_CreateNull());
     return o;
 }
 
+/* GET /vm/config: Firecracker's whole-configuration document as Firecracker
+ * answers it: every section present, null or empty where nothing is set;
+ * logger and metrics always null (Firecracker keeps them out: they are the
+ * process's, not the machine's). */
 cJSON *api_config_json(const struct api_config *c)
 {
     cJSON *o = cJSON_CreateObject();
-    if (c->has_boot_source) {
-        cJSON *b = cJSON_AddObjectToObject(o, "boot-source");
-        cJSON_AddStringToObject(b, "kernel_image_path", c->kernel_path);
-        if (c->initrd_path)
-            cJSON_AddStringToObject(b, "initrd_path", c->initrd_path);
-        if (c->boot_args)
-            cJSON_AddStringToObject(b, "boot_args", c->boot_args);
-    } else {
-        cJSON_AddNullToObject(o, "boot-source");
-    }
+    cJSON_AddNullToObject(o, "balloon");
     cJSON *drives = cJSON_AddArrayToObject(o, "drives");
     for (unsigned i = 0; i < c->ndrives; i++)
         cJSON_AddItemToArray(drives, drive_json(&c->drives[i]));
+    cJSON *b = cJSON_AddObjectToObject(o, "boot-source");
+    cJSON_AddStringToObject(b, "kernel_image_path", c->has_boot_source ? c->kernel_path : "");
+    add_string_or_null(b, "initrd_path", c->initrd_path);
+    add_string_or_null(b, "boot_args", c->boot_args);
+    cJSON_AddNullToObject(o, "cpu-config");
+    cJSON_AddNullToObject(o, "logger");
     cJSON_AddItemToObject(o, "machine-config", api_machine_config_json(c));
+    cJSON_AddNullToObject(o, "metrics");
+    cJSON_AddNullToObject(o, "mmds-config");
     cJSON *nets = cJSON_AddArrayToObject(o, "network-interfaces");
     for (unsigned i = 0; i < c->nnets; i++)
         cJSON_AddItemToArray(nets, net_json(&c->nets[i]));
-    if (c->logger.set) {
-        cJSON *l = cJSON_AddObjectToObject(o, "logger");
-        if (c->logger.log_path)
-            cJSON_AddStringToObject(l, "log_path", c->logger.log_path);
-        const char *names[] = {"Error", "Warning", "Info", "Debug", "Trace"};
-        cJSON_AddStringToObject(l, "level",
-                                c->logger.level == LOG_OFF ? "Off" : names[c->logger.level]);
-        cJSON_AddBoolToObject(l, "show_level", c->logger.show_level);
-        cJSON_AddBoolToObject(l, "show_log_origin", c->logger.show_log_origin);
-        if (c->logger.module)
-            cJSON_AddStringToObject(l, "module", c->logger.module);
-    } else {
-        cJSON_AddNullToObject(o, "logger");
-    }
-    if (c->metrics_path)
-        cJSON_AddStringToObject(cJSON_AddObjectToObject(o, "metrics"), "metrics_path",
-                                c->metrics_path);
-    else
-        cJSON_AddNullToObject(o, "metrics");
-    if (c->entropy.set) {
-        cJSON *e = cJSON_AddObjectToObject(o, "entropy");
-        if (c->entropy.has_rate_limiter)
-            cJSON_AddItemToObject(e, "rate_limiter", api_rate_limiter_json(&c->entropy.rate_limit));
-    } else {
-        cJSON_AddNullToObject(o, "entropy");
-    }
     if (c->vsock.set) {
         cJSON *vs = cJSON_AddObjectToObject(o, "vsock");
-        cJSON_AddNumberToObject(vs, "guest_cid", (double)c->vsock.guest_cid);
-        cJSON_AddStringToObject(vs, "uds_path", c->vsock.uds_path);
         if (c->vsock.vsock_id)
             cJSON_AddStringToObject(vs, "vsock_id", c->vsock.vsock_id);
+        cJSON_AddNumberToObject(vs, "guest_cid", (double)c->vsock.guest_cid);
+        cJSON_AddStringToObject(vs, "uds_path", c->vsock.uds_path);
     } else {
         cJSON_AddNullToObject(o, "vsock");
     }
-    cJSON_AddNullToObject(o, "balloon");
-    cJSON_AddNullToObject(o, "mmds-config");
+    if (c->entropy.set) {
+        cJSON *e = cJSON_AddObjectToObject(o, "entropy");
+        cJSON_AddItemToObject(e, "rate_limiter",
+                              c->entropy.has_rate_limiter
+                                  ? api_rate_limiter_json(&c->entropy.rate_limit)
+                                  : cJSON_CreateNull());
+    } else {
+        cJSON_AddNullToObject(o, "entropy");
+    }
+    cJSON_AddArrayToObject(o, "pmem");
+    cJSON_AddNullToObject(o, "memory-hotplug");
     return o;
 }

@@ -16,6 +16,12 @@
 #define API_MAX_NETS     VM_MAX_NETS
 #define API_MAX_VCPUS    32
 #define API_MAX_ID_BYTES 64
+/* The kernel command line when boot-source gives no boot_args: Firecracker's
+ * (no console: 8250.nr_uarts=0; shutdown on reboot; the i8042 probed
+ * quickly). */
+#define API_DEFAULT_BOOT_ARGS                                                                      \
+    "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd "             \
+    "swiotlb=noforce"
 
 struct api_drive {
     char *id;
@@ -117,6 +123,9 @@ int api_parse_action(const cJSON *body, enum api_action *out);
 int api_parse_vm_state(const cJSON *body, bool *paused);
 /* Whether id is a valid resource id (drive, interface, instance). */
 bool api_id_valid(const char *id);
+/* Whether id may name a resource in an API path, by Firecracker's rule:
+ * letters, digits and '_', 1 to API_MAX_ID_BYTES of them. */
+bool api_path_id_valid(const char *id);
 
 /* A whole configuration document (--config-file); logger and metrics are
  * returned in c for the caller to apply. */

@@ -52,6 +52,24 @@ START_TEST(http_get_and_put)
 }
 END_TEST
 
+/* Firecracker's server takes absolute-form targets; the path is what counts. */
+START_TEST(http_absolute_form)
+{
+    struct http_request r;
+    ck_assert_int_eq(parse("PUT http://localhost/machine-config?x=1 HTTP/1.1\r\n"
+                           "Content-Length: 2\r\n\r\n{}",
+                           &r),
+                     HTTP_COMPLETE);
+    ck_assert_str_eq(r.path, "/machine-config");
+    ck_assert_int_eq(parse("GET HTTP://localhost HTTP/1.1\r\n\r\n", &r), HTTP_COMPLETE);
+    ck_assert_str_eq(r.path, "/");
+    ck_assert_int_eq(parse("GET https://h?q HTTP/1.1\r\n\r\n", &r), HTTP_COMPLETE);
+    ck_assert_str_eq(r.path, "/");
+    ck_assert_int_eq(parse("GET ftp://h/ HTTP/1.1\r\n\r\n", &r), HTTP_ERROR);
+    ck_assert_int_eq(parse("GET http://h\x01/ HTTP/1.1\r\n\r\n", &r), HTTP_ERROR);
+}
+END_TEST
+
 START_TEST(http_every_split_is_incomplete)
 {
     const char *req =
@@ -622,7 +640,25 @@ START_TEST(routes_before_start)
     ck_assert_int_eq(dispatch(&a, "PUT", "/actions", "{\"action_type\":\"SendCtrlAltDel\"}", &out),
                      400);
     ck_assert_int_eq(dispatch(&a, "PUT", "/actions", "{\"action_type\":\"FlushMetrics\"}", &out),
+                     400);
+    ck_assert_ptr_nonnull(strstr(out, "before starting"));
+    /* Firecracker's request rules: slashes around the path do not count, a GET has no body,
+     * ids in paths are letters, digits and '_'. */
+    ck_assert_int_eq(dispatch(&a, "GET", "//machine-config/", NULL, &out), 200);
+    ck_assert_int_eq(dispatch(&a, "GET", "/machine-config", "{}", &out), 400);
+    ck_assert_ptr_nonnull(strstr(out, "GET request cannot have a body"));
+    ck_assert_int_eq(
+        dispatch(&a, "PUT", "/drives/a-b", "{\"drive_id\":\"a-b\",\"is_root_device\":false}", &out),
+        400);
+    ck_assert_ptr_nonnull(strstr(out, "alphanumeric characters and underscores"));
+    ck_assert_int_eq(
+        dispatch(&a, "PATCH", "/network-interfaces/e%C3%A9", "{\"iface_id\":\"e%C3%A9\"}", &out),
+        400);
+    ck_assert_ptr_nonnull(strstr(out, "alphanumeric"));
+    ck_assert(!a.deprecated_request);
+    ck_assert_int_eq(dispatch(&a, "PATCH", "/machine-config", "{\"cpu_template\":\"None\"}", &out),
                      204);
+    ck_assert(a.deprecated_request);
     ck_assert_int_eq(dispatch(&a, "PUT", "/actions", "{\"action_type\":\"InstanceStart\"}", &out),
                      400);
     ck_assert_ptr_nonnull(strstr(out, "boot source"));
@@ -755,6 +791,7 @@ Suite *api_suite(void)
     Suite *s = suite_create("api");
     TCase *t = tcase_create("http");
     tcase_add_test(t, http_get_and_put);
+    tcase_add_test(t, http_absolute_form);
     tcase_add_test(t, http_every_split_is_incomplete);
     tcase_add_test(t, http_pipelined);
     tcase_add_test(t, http_connection_semantics);
