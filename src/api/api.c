@@ -424,7 +424,6 @@ static const struct {
     {"/cpu-config", "PUT", "custom CPU configuration"},
     {"/hotplug/memory", "GET PUT PATCH", "memory hotplug"},
     {"/pmem/*", "PUT PATCH", "virtio-pmem devices"},
-    {"/serial", "PUT", "serial output configuration"},
 };
 
 static bool method_in(const char *method, const char *list)
@@ -613,6 +612,13 @@ static int route(struct route_ctx *r)
             return fault_from_error(out);
         return api_put_entropy(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
     }
+    if (!strcmp(p, "/serial")) {
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        return api_put_serial(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
+    }
     if (!strcmp(p, "/vsock")) {
         if (!put)
             return invalid_route(r);
@@ -643,7 +649,7 @@ static const char *route_template(const char *method, const char *path)
 {
     static const char *const fixed[] = {"/",        "/version", "/machine-config", "/boot-source",
                                         "/actions", "/vm",      "/vm/config",      "/logger",
-                                        "/metrics", "/entropy", "/vsock"};
+                                        "/metrics", "/entropy", "/vsock",          "/serial"};
     if (strcmp(method, "GET") && strcmp(method, "PUT") && strcmp(method, "PATCH"))
         return "other"; /* any method name would otherwise make a new entry */
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {

@@ -5,6 +5,7 @@
 #include "util/error.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,6 +196,7 @@ void api_config_init(struct api_config *c)
     strcpy(c->machine.cpu_template, "None");
     strcpy(c->machine.huge_pages, "None");
     c->logger.level = LOG_INFO;
+    c->serial_out_fd = -1;
 }
 
 static void free_drive(struct api_drive *d)
@@ -227,6 +229,9 @@ void api_config_free(struct api_config *c)
     free(c->metrics_path);
     free(c->vsock.uds_path);
     free(c->vsock.vsock_id);
+    free(c->serial_out_path);
+    if (c->serial_out_fd >= 0)
+        close(c->serial_out_fd);
     api_config_init(c);
 }
 
@@ -635,6 +640,38 @@ int api_put_vsock(struct api_config *c, const cJSON *body)
     return 0;
 }
 
+int api_put_serial(struct api_config *c, const cJSON *body)
+{
+    static const char *const fields[] = {"serial_out_path", "rate_limiter", NULL};
+    const char *what = "serial", *path;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "serial_out_path", false, &path) < 0)
+        return -1;
+    if (field(body, "rate_limiter"))
+        return error_set("%s: `rate_limiter` is not supported yet", what);
+    if (path && !*path)
+        return error_set("%s: `serial_out_path` is empty", what);
+    int fd = -1;
+    char *copy = NULL;
+    if (path) {
+        /* As Firecracker opens it: created if missing, and a FIFO nobody
+         * reads yet opens too; the guest's output never waits for it. */
+        fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
+        if (fd < 0)
+            return error_errno("%s: cannot open '%s'", what, path);
+        if (!(copy = strdup(path))) {
+            close(fd);
+            return error_set("out of memory");
+        }
+    }
+    free(c->serial_out_path);
+    if (c->serial_out_fd >= 0)
+        close(c->serial_out_fd);
+    c->serial_out_path = copy;
+    c->serial_out_fd = fd;
+    return 0;
+}
+
 int api_parse_action(const cJSON *body, enum api_action *out)
 {
     static const char *const fields[] = {"action_type", NULL};
@@ -743,10 +780,11 @@ int api_config_parse_document(struct api_config *c, const char *text, size_t len
         goto out;
     if ((v = field(doc, "vsock")) && api_put_vsock(c, v) < 0)
         goto out;
+    if ((v = field(doc, "serial")) && api_put_serial(c, v) < 0)
+        goto out;
     if (unsupported_section(doc, "balloon", "the balloon device") < 0 ||
         unsupported_section(doc, "mmds-config", "MMDS") < 0 ||
         unsupported_section(doc, "cpu-config", "custom CPU configuration") < 0 ||
-        unsupported_section(doc, "serial", "serial output configuration") < 0 ||
         unsupported_section(doc, "pmem", "virtio-pmem") < 0 ||
         unsupported_section(doc, "memory-hotplug", "memory hotplug") < 0)
         goto out;
@@ -771,6 +809,8 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
                          "RAM",
                          (unsigned long long)vm->memory_mib, (unsigned long long)host_ram_mib());
     vm->hugetlb = !strcmp(c->machine.huge_pages, "2M");
+    vm->has_serial_out = c->serial_out_fd >= 0;
+    vm->serial_out_fd = c->serial_out_fd;
     vm->ncpus = c->machine.vcpu_count;
     vm->cpu_template = CPU_TEMPLATE_HOST;
     if (strcmp(c->machine.cpu_template, "None") != 0 &&

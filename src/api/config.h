@@ -86,6 +86,10 @@ struct api_config {
     char *metrics_path;
     struct api_entropy entropy;
     struct api_vsock vsock;
+    /* PUT /serial: where the serial port's output goes, opened when given
+     * (read-write, non-blocking, as the logger's), -1 when not */
+    char *serial_out_path;
+    int serial_out_fd;
 };
 
 /* A PATCH /drives/{id} after start: what changes. */
@@ -119,6 +123,8 @@ int api_parse_logger(const cJSON *body, struct api_logger *out);
 int api_parse_metrics(const cJSON *body, char **path);
 int api_put_entropy(struct api_config *c, const cJSON *body);
 int api_put_vsock(struct api_config *c, const cJSON *body);
+/* PUT /serial: {"serial_out_path": PATH}; the file is opened now. */
+int api_put_serial(struct api_config *c, const cJSON *body);
 int api_parse_action(const cJSON *body, enum api_action *out);
 int api_parse_vm_state(const cJSON *body, bool *paused);
 /* Whether id is a valid resource id (drive, interface, instance). */

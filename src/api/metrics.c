@@ -260,6 +260,8 @@ cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
     cJSON *uart = cJSON_AddObjectToObject(root, "uart");
     cJSON_AddNumberToObject(uart, "tx_bytes", counter(&vm->com1.tx_bytes));
     cJSON_AddNumberToObject(uart, "rx_bytes", counter(&vm->com1.rx_bytes));
+    /* Output a PUT /serial file or FIFO had no room for, dropped. */
+    cJSON_AddNumberToObject(uart, "tx_dropped_bytes", counter(&vm->console.out_dropped));
     cJSON *blk_total = cJSON_CreateObject(), *net_total = cJSON_CreateObject();
     bool any_blk = false, any_net = false;
     for (unsigned i = 0; i < vm->nvirtio; i++) {

@@ -330,9 +330,12 @@ int vm_start(struct vm *vm, bool attach_console)
         struct stdio_sink sink = {.deliver = com1_deliver, .opaque = &vm->com1};
         if (vm->vconsole)
             sink = (struct stdio_sink){.deliver = vconsole_deliver, .opaque = vm->vconsole};
-        if (stdio_console_start(&vm->console, vm->loop, STDIN_FILENO, STDOUT_FILENO, &sink,
-                                on_console_quit, vm) < 0)
+        int out = vm->cfg.has_serial_out ? vm->cfg.serial_out_fd : STDOUT_FILENO;
+        if (stdio_console_start(&vm->console, vm->loop, STDIN_FILENO, out, &sink, on_console_quit,
+                                vm) < 0)
             return error_prefix("console");
+        /* A file of the API's is never waited for (a FIFO nobody reads). */
+        stdio_console_set_lossy(&vm->console, vm->cfg.has_serial_out);
         vm->console_attached = true;
     }
     for (unsigned i = 0; i < vm->ncpus; i++) {

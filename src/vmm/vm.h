@@ -79,6 +79,10 @@ struct vm_config {
     bool debug_exit;
     bool boot_timer; /* Firecracker's boot timer device (devices/boot_timer.h) */
     bool hugetlb;    /* guest RAM from the host's 2 MiB hugetlbfs pages */
+    /* PUT /serial: the serial port's output to this descriptor (a file or
+     * FIFO, non-blocking, the caller's) instead of stdout; input stays stdin. */
+    bool has_serial_out;
+    int serial_out_fd;
     enum cpu_template cpu_template;
     const char *kvm_path; /* "/dev/kvm" unless testing */
     enum virtio_transport_kind transport;

@@ -697,6 +697,46 @@ def test_firecracker_request_rules(tmp):
     check(e.wait() == 0, "GET /vm/config's document boots: %s" % e.stderr())
 
 
+def test_serial_out(tmp):
+    """PUT /serial sends the serial port's output to a file (Firecracker's serial_out_path),
+    opened at the request, so a bad path is refused there; a FIFO nobody reads opens too."""
+    out = os.path.join(tmp, "serial.out")
+    e = Ember(tmp)
+    try:
+        expect(e.req("PUT", "/serial", {"serial_out_path": os.path.join(tmp, "no", "such")}), 400,
+               "a missing directory", "cannot open")
+        expect(e.req("PUT", "/serial", {"serial_out_path": out, "colour": 1}), 400, "unknown field",
+               "unknown field")
+        expect(e.req("PUT", "/serial", {"serial_out_path": out,
+                                        "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}),
+               400, "rate limiter", "not supported yet")
+        expect(e.req("GET", "/serial"), 400, "GET /serial", "invalid request method")
+        fifo = os.path.join(tmp, "serial.fifo")
+        os.mkfifo(fifo)
+        expect(e.req("PUT", "/serial", {"serial_out_path": fifo}), 204, "a FIFO without a reader")
+        expect(e.req("PUT", "/serial", {"serial_out_path": out}), 204, "a file (replaces the FIFO)")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": HELLO, "boot_args": "console=ttyS0"}),
+               204, "boot source")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        expect(e.req("PUT", "/serial", {"serial_out_path": out}), 400, "after start", "InstanceStart")
+        check(e.wait() == 0, "the guest ended: %s" % e.stderr())
+        with open(out) as f:
+            text = f.read()
+        check("Hello from the ember demo guest!" in text and "ok 1 - hello" in text,
+              "the guest's output in the file: %r" % text[-300:])
+        check("Hello from" not in e.stdout(), "nothing on stdout: %r" % e.stdout()[-300:])
+    finally:
+        e.kill()
+    # The configuration file takes the same section.
+    doc = {"boot-source": {"kernel_image_path": HELLO, "boot_args": "console=ttyS0"},
+           "serial": {"serial_out_path": os.path.join(tmp, "cfg-serial.out")}}
+    e = Ember(tmp, ["--no-api", "--config-file", write_config(tmp, doc, "serial.json")], api=False,
+              name="cfg-serial")
+    check(e.wait() == 0, "config file with serial: %s" % e.stderr())
+    with open(os.path.join(tmp, "cfg-serial.out")) as f:
+        check("ok 1 - hello" in f.read(), "serial section of a configuration file")
+
+
 def test_logger_metrics(tmp):
     e = Ember(tmp)
     log = os.path.join(tmp, "ember.log")
@@ -863,7 +903,6 @@ UNSUPPORTED = [
     ("GET", "/hotplug/memory", None), ("PUT", "/hotplug/memory", {"total_size_mib": 128}),
     ("PATCH", "/hotplug/memory", {"requested_size_mib": 128}),
     ("PUT", "/pmem/p0", {"id": "p0", "path_on_host": "/x"}), ("PATCH", "/pmem/p0", {"id": "p0"}),
-    ("PUT", "/serial", {"serial_out_path": "/tmp/x"}),
 ]
 
 
@@ -1620,7 +1659,7 @@ class Skip(Exception):
 TESTS = [
     test_instance_info, test_names_and_versions, test_machine_config,
     test_machine_config_as_firecracker, test_boot_source, test_drives, test_network_interfaces,
-    test_nineteen_mmio_devices, test_firecracker_request_rules, test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
+    test_nineteen_mmio_devices, test_firecracker_request_rules, test_serial_out, test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
     test_concurrent_clients, test_http_robustness, test_idle_timeout, test_connection_bound,
     test_idle_holder_does_not_lock_out,
     test_pipelined_burst_does_not_starve, test_flood_does_not_starve,
