@@ -1,5 +1,7 @@
 #include "api/api.h"
 
+#include "backends/net.h"
+#include "backends/uds.h"
 #include "devices/i8042.h"
 #include "sandbox/seccomp.h"
 #include "util/error.h"
@@ -480,6 +482,71 @@ static bool has_net(const struct api_config *c, const char *id)
     return false;
 }
 
+/* PUT /network-interfaces: the tap is attached now, as Firecracker does, so
+ * that a tap that is missing (and cannot be made) or busy fails this request,
+ * not InstanceStart. Replacing an interface on the same tap keeps it. */
+static int put_net(struct api *a, const char *id, const cJSON *body, char **out)
+{
+    if (api_check_net(&a->cfg, id, body) < 0)
+        return fault_from_error(out);
+    const char *dev = cJSON_GetObjectItemCaseSensitive(body, "host_dev_name")->valuestring;
+    struct api_net *old = NULL;
+    for (unsigned i = 0; i < a->cfg.nnets; i++) {
+        if (!strcmp(a->cfg.nets[i].id, id))
+            old = &a->cfg.nets[i];
+    }
+    int fd;
+    if (old && old->tap_fd >= 0 && !strcmp(old->host_dev_name, dev)) {
+        fd = old->tap_fd;
+        old->tap_fd = -1;
+    } else if ((fd = net_tap_attach(dev)) < 0) {
+        error_prefix("network interface '%s'", id);
+        return fault_from_error(out);
+    }
+    if (api_put_net(&a->cfg, id, body) < 0) {
+        close(fd);
+        return fault_from_error(out);
+    }
+    for (unsigned i = 0; i < a->cfg.nnets; i++) {
+        if (!strcmp(a->cfg.nets[i].id, id))
+            a->cfg.nets[i].tap_fd = fd;
+    }
+    return 204;
+}
+
+/* PUT /vsock: the host socket is bound now, as Firecracker does, so that a
+ * path that cannot be bound fails this request. The same path again keeps
+ * its socket. */
+static int put_vsock(struct api *a, const cJSON *body, char **out)
+{
+    struct api_config scratch;
+    api_config_init(&scratch);
+    int r = api_put_vsock(&scratch, body);
+    api_config_free(&scratch);
+    if (r < 0)
+        return fault_from_error(out);
+    const char *path = cJSON_GetObjectItemCaseSensitive(body, "uds_path")->valuestring;
+    struct api_vsock *v = &a->cfg.vsock;
+    int fd;
+    if (v->set && v->listen_fd >= 0 && !strcmp(v->uds_path, path)) {
+        fd = v->listen_fd;
+    } else if ((fd = uds_listen(path)) < 0) {
+        error_prefix("vsock");
+        return fault_from_error(out);
+    } else if (v->set && v->listen_fd >= 0) {
+        close(v->listen_fd);
+        unlink(v->uds_path);
+    }
+    v->listen_fd = -1;
+    if (api_put_vsock(&a->cfg, body) < 0) {
+        close(fd);
+        unlink(path);
+        return fault_from_error(out);
+    }
+    a->cfg.vsock.listen_fd = fd;
+    return 204;
+}
+
 struct route_ctx {
     struct api *a;
     const char *method;
@@ -558,7 +625,7 @@ static int route(struct route_ctx *r)
             return not_after_start(out);
         if (!has_net(&a->cfg, id) && mmio_room_for_one_more(a, "network interface") < 0)
             return fault_from_error(out);
-        return api_put_net(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
+        return put_net(a, id, r->body, out);
     }
     if (!strcmp(p, "/actions")) {
         if (!put)
@@ -626,7 +693,7 @@ static int route(struct route_ctx *r)
             return not_after_start(out);
         if (!a->cfg.vsock.set && mmio_room_for_one_more(a, "vsock") < 0)
             return fault_from_error(out);
-        return api_put_vsock(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
+        return put_vsock(a, r->body, out);
     }
     for (size_t i = 0; i < sizeof(unsupported_routes) / sizeof(unsupported_routes[0]); i++) {
         const char *rp = unsupported_routes[i].path;

@@ -197,6 +197,7 @@ void api_config_init(struct api_config *c)
     strcpy(c->machine.huge_pages, "None");
     c->logger.level = LOG_INFO;
     c->serial_out_fd = -1;
+    c->vsock.listen_fd = -1;
 }
 
 static void free_drive(struct api_drive *d)
@@ -209,6 +210,8 @@ static void free_drive(struct api_drive *d)
 
 static void free_net(struct api_net *n)
 {
+    if (n->tap_fd >= 0)
+        close(n->tap_fd);
     free(n->id);
     free(n->host_dev_name);
     free(n->guest_mac);
@@ -227,6 +230,10 @@ void api_config_free(struct api_config *c)
     free(c->logger.log_path);
     free(c->logger.module);
     free(c->metrics_path);
+    if (c->vsock.listen_fd >= 0) {
+        close(c->vsock.listen_fd);
+        unlink(c->vsock.uds_path);
+    }
     free(c->vsock.uds_path);
     free(c->vsock.vsock_id);
     free(c->serial_out_path);
@@ -499,7 +506,7 @@ static bool mac_valid(const char *s)
     return true;
 }
 
-int api_put_net(struct api_config *c, const char *path_id, const cJSON *body)
+static int put_net(struct api_config *c, const char *path_id, const cJSON *body, bool apply)
 {
     static const char *const fields[] = {
         "iface_id",        "host_dev_name",   "guest_mac",           "mtu",
@@ -544,6 +551,9 @@ int api_put_net(struct api_config *c, const char *path_id, const cJSON *body)
     }
     if (!old && c->nnets == API_MAX_NETS)
         return error_set("at most %d network interfaces", API_MAX_NETS);
+    if (!apply)
+        return 0;
+    n.tap_fd = -1;
     n.id = strdup(id);
     n.host_dev_name = strdup(dev);
     n.guest_mac = dup_str(mac);
@@ -558,6 +568,17 @@ int api_put_net(struct api_config *c, const char *path_id, const cJSON *body)
         c->nets[c->nnets++] = n;
     }
     return 0;
+}
+
+int api_put_net(struct api_config *c, const char *path_id, const cJSON *body)
+{
+    return put_net(c, path_id, body, true);
+}
+
+int api_check_net(const struct api_config *c, const char *path_id, const cJSON *body)
+{
+    /* put_net changes nothing when not applying. */
+    return put_net((struct api_config *)c, path_id, body, false);
 }
 
 int api_parse_logger(const cJSON *body, struct api_logger *out)
@@ -636,7 +657,7 @@ int api_put_vsock(struct api_config *c, const cJSON *body)
     free(c->vsock.uds_path);
     free(c->vsock.vsock_id);
     c->vsock = (struct api_vsock){
-        .set = true, .guest_cid = cid, .uds_path = uds_copy, .vsock_id = id_copy};
+        .set = true, .guest_cid = cid, .uds_path = uds_copy, .vsock_id = id_copy, .listen_fd = -1};
     return 0;
 }
 
@@ -819,12 +840,18 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
     if (c->vsock.set)
         vm->vsock = (struct vsock_config){.id = c->vsock.vsock_id,
                                           .guest_cid = c->vsock.guest_cid,
-                                          .uds_path = c->vsock.uds_path};
+                                          .uds_path = c->vsock.uds_path,
+                                          .has_listen_fd = c->vsock.listen_fd >= 0,
+                                          .listen_fd = c->vsock.listen_fd};
     vm->nnets = c->nnets;
     for (unsigned i = 0; i < c->nnets; i++) {
         const struct api_net *n = &c->nets[i];
         struct net_config *nc = &vm->nets[i];
-        *nc = (struct net_config){.id = n->id, .tap = n->host_dev_name, .mtu = n->mtu};
+        *nc = (struct net_config){.id = n->id,
+                                  .tap = n->host_dev_name,
+                                  .mtu = n->mtu,
+                                  .has_tap_fd = n->tap_fd >= 0,
+                                  .tap_fd = n->tap_fd};
         if (n->has_rx)
             nc->rx_limit = n->rx;
         if (n->has_tx)

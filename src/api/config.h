@@ -42,6 +42,9 @@ struct api_net {
     unsigned mtu; /* 0: not given */
     bool has_rx, has_tx;
     struct rate_limit_config rx, tx;
+    /* The tap, attached by the API's PUT (api.c), -1 until then (a
+     * configuration file's taps are attached at start); closed with it. */
+    int tap_fd;
 };
 
 struct api_machine {
@@ -71,6 +74,9 @@ struct api_vsock {
     bool set;
     uint64_t guest_cid;
     char *uds_path, *vsock_id;
+    /* uds_path bound and listening since the API's PUT (api.c), -1 until
+     * then; closed (and the socket file removed) with it. */
+    int listen_fd;
 };
 
 /* Everything configured so far. Strings are owned (malloc'd). */
@@ -118,6 +124,8 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
 int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body);
 int api_parse_drive_update(const char *path_id, const cJSON *body, struct api_drive_update *u);
 int api_put_net(struct api_config *c, const char *path_id, const cJSON *body);
+/* Every check of api_put_net, changing nothing. */
+int api_check_net(const struct api_config *c, const char *path_id, const cJSON *body);
 int api_parse_net_update(const char *path_id, const cJSON *body, struct api_net_update *u);
 int api_parse_logger(const cJSON *body, struct api_logger *out);
 int api_parse_metrics(const cJSON *body, char **path);

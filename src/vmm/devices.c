@@ -10,6 +10,7 @@
 #include "virtio/vsock.h"
 #include "vmm/vm.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,6 +206,16 @@ int vm_create_virtio_devices(struct vm *vm)
                                 .rx_limit = nc->rx_limit,
                                 .tx_limit = nc->tx_limit};
         memcpy(o.mac, nc->mac, 6);
+        /* The API attached the tap at its PUT and keeps its descriptor: the
+         * device takes a copy. */
+        if (nc->has_tap_fd) {
+            o.tap_fd = fcntl(nc->tap_fd, F_DUPFD_CLOEXEC, 0);
+            if (o.tap_fd < 0) {
+                free(net);
+                return error_errno("tap '%s'", nc->tap);
+            }
+            o.has_tap_fd = true;
+        }
         char name[16];
         snprintf(name, sizeof(name), "net%u", i);
         if ((nc->forwards && parse_forwards(nc->forwards, &o) < 0) ||
@@ -243,7 +254,15 @@ int vm_create_virtio_devices(struct vm *vm)
         struct virtio_vsock *vs = calloc(1, sizeof(*vs));
         if (!vs)
             return error_set("out of memory");
-        if (virtio_vsock_init(vs, cfg->vsock.guest_cid, cfg->vsock.uds_path, &vm->mem) < 0) {
+        /* The API bound the socket at its PUT and keeps it: the device takes a copy. */
+        int listen_fd = -1;
+        if (cfg->vsock.has_listen_fd &&
+            (listen_fd = fcntl(cfg->vsock.listen_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+            free(vs);
+            return error_errno("vsock: %s", cfg->vsock.uds_path);
+        }
+        if (virtio_vsock_init_listening(vs, cfg->vsock.guest_cid, cfg->vsock.uds_path, listen_fd,
+                                        &vm->mem) < 0) {
             virtio_vsock_destroy(vs);
             free(vs);
             return -1;

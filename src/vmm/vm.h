@@ -53,6 +53,8 @@ struct drive_config {
 struct net_config {
     const char *id;       /* the API's iface_id */
     const char *tap;      /* host tap name (Firecracker's host_dev_name) */
+    bool has_tap_fd;      /* tap attached already (the API's PUT): a descriptor of it, */
+    int tap_fd;           /* which the device takes over */
     bool user;            /* user-mode networking instead of a tap */
     const char *forwards; /* user: "tcp:HOSTPORT:GUESTPORT" items, '+'-separated */
     uint8_t mac[6];
@@ -68,6 +70,8 @@ struct vsock_config {
     const char *id;       /* the API's vsock_id */
     uint64_t guest_cid;   /* 0: no vsock device */
     const char *uds_path; /* PATH: host connections; PATH_<port>: guest connections */
+    bool has_listen_fd;   /* PATH bound and listening already (the API's PUT): a */
+    int listen_fd;        /* descriptor of it, which the device takes over */
 };
 
 struct vm_config {

@@ -11,6 +11,7 @@ import re
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -735,6 +736,68 @@ def test_serial_out(tmp):
     check(e.wait() == 0, "config file with serial: %s" % e.stderr())
     with open(os.path.join(tmp, "cfg-serial.out")) as f:
         check("ok 1 - hello" in f.read(), "serial section of a configuration file")
+
+
+def hold_tap(name):
+    """Attaches tap `name` (creating it, as root) and returns the descriptor holding it."""
+    import fcntl
+    import struct
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", name.encode(), 0x0002 | 0x1000))  # TUNSETIFF: TAP, NO_PI
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def test_taps_and_vsock_at_put(tmp):
+    """As Firecracker, PUT /network-interfaces attaches its tap and PUT /vsock binds its socket,
+    so that what cannot be done fails that request rather than InstanceStart."""
+    busy = "emberbusy%d" % (os.getpid() % 1000)
+    try:
+        held = hold_tap(busy)
+    except OSError as ex:
+        raise Skip("cannot make a tap here (%s)" % ex)
+    e = Ember(tmp)
+    try:
+        expect(e.req("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": busy}), 400,
+               "a tap another process holds", "in use")
+        free = "emberfree%d" % (os.getpid() % 1000)
+        expect(e.req("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": free}), 204,
+               "a tap ember may make")
+        check(os.path.exists("/sys/class/net/" + free), "the tap exists after its PUT")
+        expect(e.req("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": free,
+                                                          "guest_mac": "06:00:00:00:00:01"}), 204,
+               "the same interface again keeps its tap")
+        uds = os.path.join(tmp, "v.sock")
+        expect(e.req("PUT", "/vsock", {"guest_cid": 3, "uds_path": os.path.join(tmp, "no", "v.sock")}), 400,
+               "a socket in a missing directory", "bind")
+        plain = os.path.join(tmp, "plain")
+        open(plain, "w").close()
+        expect(e.req("PUT", "/vsock", {"guest_cid": 3, "uds_path": plain}), 400, "a file in the way",
+               "not a socket")
+        expect(e.req("PUT", "/vsock", {"guest_cid": 3, "uds_path": uds}), 204, "vsock")
+        check(stat.S_ISSOCK(os.stat(uds).st_mode), "the socket exists after its PUT")
+        expect(e.req("PUT", "/vsock", {"guest_cid": 4, "uds_path": uds}), 204, "the same path again")
+        uds2 = os.path.join(tmp, "v2.sock")
+        expect(e.req("PUT", "/vsock", {"guest_cid": 4, "uds_path": uds2}), 204, "another path")
+        check(stat.S_ISSOCK(os.stat(uds2).st_mode) and not os.path.exists(uds), "the old socket is gone")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        check(e.wait_output("tick 1"), "the guest runs: %r" % e.stdout()[-300:])
+        # The host side of vsock answers on the socket bound at the PUT.
+        c = socket.socket(socket.AF_UNIX)
+        c.settimeout(PATIENCE_S)
+        c.connect(uds2)
+        c.sendall(b"CONNECT 1234\n")
+        c.close()
+        expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
+        check(e.wait() == 0, "the guest ended: %s" % e.stderr())
+        check(not os.path.exists(uds2), "the socket is removed at the end")
+    finally:
+        e.kill()
+        os.close(held)
 
 
 def test_logger_metrics(tmp):
@@ -1659,7 +1722,8 @@ class Skip(Exception):
 TESTS = [
     test_instance_info, test_names_and_versions, test_machine_config,
     test_machine_config_as_firecracker, test_boot_source, test_drives, test_network_interfaces,
-    test_nineteen_mmio_devices, test_firecracker_request_rules, test_serial_out, test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
+    test_nineteen_mmio_devices, test_firecracker_request_rules, test_serial_out,
+    test_taps_and_vsock_at_put, test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
     test_concurrent_clients, test_http_robustness, test_idle_timeout, test_connection_bound,
     test_idle_holder_does_not_lock_out,
     test_pipelined_burst_does_not_starve, test_flood_does_not_starve,
