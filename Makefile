@@ -11,6 +11,9 @@ EXTRA_CFLAGS += -DEMBER_SECCOMP_LEARN
 endif
 BUILD   ?= build
 VERSION := 0.1.0
+# The Firecracker release whose API ember answers: what Firecracker's clients
+# see as the version (src/util/version.h explains the scheme).
+FIRECRACKER_API := 1.14.0
 
 CFLAGS_WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
                -Wformat=2 -Wno-format-nonliteral -Wvla
@@ -20,7 +23,8 @@ CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
 SECCOMP_CFLAGS := $(shell pkg-config --cflags libseccomp 2>/dev/null)
 SECCOMP_LIBS   := $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp)
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -I$(BUILD)/gen -MMD -MP \
-              -DEMBER_VERSION=\"$(VERSION)\" $(CJSON_CFLAGS) $(SECCOMP_CFLAGS) $(EXTRA_CFLAGS)
+              -DEMBER_VERSION=\"$(VERSION)\" \
+              -DEMBER_FIRECRACKER_API=\"$(FIRECRACKER_API)\" $(CJSON_CFLAGS) $(SECCOMP_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS  := -luring $(CJSON_LIBS) $(SECCOMP_LIBS) -lm -ldl -lpthread $(EXTRA_LDLIBS)
 
 # src/sandbox/bpfgen.c is a build-time tool: it compiles ember's own seccomp
@@ -41,7 +45,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 .PHONY: all demo test unit-test guest-test console-test api-test seccomp-test jailer-test \
         jailer-test-sanitize linux-smoke-test test-linux \
         test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer bench-linux-boot \
-        clang guests format format-check clean bench
+        clang guests format format-check clean bench install uninstall
 
 all: $(BUILD)/ember $(BUILD)/ember-jailer
 
@@ -218,6 +222,23 @@ format:
 
 format-check:
 	clang-format --dry-run --Werror $(FORMAT_FILES)
+
+# Installs ember and ember-jailer in $(DESTDIR)$(PREFIX)/bin, with the names
+# Firecracker's clients run them by: firecracker -> ember (its API socket is
+# then /run/firecracker.socket by default) and jailer -> ember-jailer. A jail
+# needs a regular file as --exec-file, not a link: README, "Installing".
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+INSTALL ?= install
+
+install: $(BUILD)/ember $(BUILD)/ember-jailer
+	$(INSTALL) -d $(DESTDIR)$(BINDIR)
+	$(INSTALL) -m 0755 $(BUILD)/ember $(BUILD)/ember-jailer $(DESTDIR)$(BINDIR)/
+	ln -sfn ember $(DESTDIR)$(BINDIR)/firecracker
+	ln -sfn ember-jailer $(DESTDIR)$(BINDIR)/jailer
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,ember ember-jailer firecracker jailer)
 
 clean:
 	rm -rf build

@@ -3,16 +3,13 @@
 #include "api/server.h"
 #include "backends/block.h"
 #include "util/error.h"
+#include "util/version.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#ifndef EMBER_VERSION
-#define EMBER_VERSION "0.1.0"
-#endif
 
 void cli_usage(FILE *f)
 {
@@ -28,7 +25,8 @@ void cli_usage(FILE *f)
         "  ember --version                     print the version\n"
         "\n"
         "Flags of the API mode (Firecracker's; VALUE may also be given as --flag=VALUE):\n"
-        "  --api-sock PATH       the API's unix socket (default " CLI_DEFAULT_API_SOCK ")\n"
+        "  --api-sock PATH       the API's unix socket (default " CLI_DEFAULT_API_SOCK ";\n"
+        "                        " CLI_FIRECRACKER_API_SOCK " when run as firecracker)\n"
         "  --config-file FILE    configure from FILE (Firecracker's JSON document) and start\n"
         "                        the machine at once; the API keeps serving unless --no-api\n"
         "  --no-api              no API socket (needs --config-file)\n"
@@ -53,6 +51,12 @@ void cli_usage(FILE *f)
         "  --start-time-us US, --start-time-cpu-us US, --parent-cpu-time-us US\n"
         "                        when the jailer started (CLOCK_MONOTONIC), this process's\n"
         "                        CPU time then and the jailer's: the metrics' start-up times\n"
+        "  --boot-timer          Firecracker's boot timer: a guest write of 123 at\n"
+        "                        0xc0000000 logs the boot time (Info level)\n"
+        "  --metadata FILE       MMDS contents (JSON), read and checked at start\n"
+        "  --describe-snapshot FILE, --snapshot-version\n"
+        "                        Firecracker's snapshot queries: ember has no snapshots yet\n"
+        "                        and says so (status 2)\n"
         "  --mmds-size-limit N   accepted and ignored\n"
         "\n"
         "Options of `ember run` (VALUE may also be given as --option=VALUE):\n"
@@ -110,6 +114,7 @@ void cli_usage(FILE *f)
         "                        host port P reach PATH_P, host programs connect to PATH\n"
         "                        and send \"CONNECT P\\n\" (ember answers \"OK <port>\\n\")\n"
         "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
+        "  --boot-timer          as in the API mode\n"
         "  --no-seccomp, --seccomp-filter FILE   as in the API mode\n"
         "\n"
         "Every thread runs under a seccomp filter of its kind unless --no-seccomp; a\n"
@@ -207,6 +212,7 @@ enum opt_id {
     OPT_NO_SECCOMP,
     OPT_SECCOMP_FILTER,
     OPT_VSOCK,
+    OPT_BOOT_TIMER,
     OPT_HELP,
 };
 
@@ -234,6 +240,7 @@ static const struct {
     {"no-seccomp", OPT_NO_SECCOMP, false},
     {"seccomp-filter", OPT_SECCOMP_FILTER, true},
     {"vsock", OPT_VSOCK, true},
+    {"boot-timer", OPT_BOOT_TIMER, false},
     {"help", OPT_HELP, false},
 };
 
@@ -597,6 +604,9 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
         if (vm->vsock.guest_cid)
             return error_set("only one --vsock device");
         return cli_parse_vsock(value, &vm->vsock);
+    case OPT_BOOT_TIMER:
+        vm->boot_timer = true;
+        return 0;
     case OPT_HELP:
         cli->action = CLI_HELP;
         return 0;
@@ -656,6 +666,10 @@ enum top_flag {
     TOP_REQUEST_TIMEOUT,
     TOP_IDLE_TIMEOUT,
     TOP_ENABLE_PCI,
+    TOP_BOOT_TIMER,
+    TOP_METADATA,
+    TOP_DESCRIBE_SNAPSHOT,
+    TOP_SNAPSHOT_VERSION,
     TOP_SYNC_TEARDOWN,
     TOP_NO_SECCOMP,
     TOP_SECCOMP_FILTER,
@@ -664,7 +678,6 @@ enum top_flag {
     TOP_PARENT_CPU_TIME_US,
     TOP_IGNORED_NUMBER,
     TOP_IGNORED_FLAG,
-    TOP_UNSUPPORTED,
 };
 
 static const struct {
@@ -694,12 +707,12 @@ static const struct {
     {"mmds-size-limit", TOP_IGNORED_NUMBER, true},
     {"no-seccomp", TOP_NO_SECCOMP, false},
     {"seccomp-filter", TOP_SECCOMP_FILTER, true},
-    /* Accepting these silently would pretend to a feature ember does not
-     * have. */
-    {"boot-timer", TOP_UNSUPPORTED, false},
-    {"metadata", TOP_UNSUPPORTED, true},
-    {"describe-snapshot", TOP_UNSUPPORTED, true},
-    {"snapshot-version", TOP_UNSUPPORTED, false},
+    {"boot-timer", TOP_BOOT_TIMER, false},
+    {"metadata", TOP_METADATA, true},
+    /* What Firecracker prints and exits with; ember has no snapshots yet and
+     * says so (cli_describe_snapshot). */
+    {"describe-snapshot", TOP_DESCRIBE_SNAPSHOT, true},
+    {"snapshot-version", TOP_SNAPSHOT_VERSION, false},
 };
 
 static bool instance_id_valid(const char *id)
@@ -791,6 +804,23 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
     case TOP_ENABLE_PCI:
         a->enable_pci = true;
         return 0;
+    case TOP_BOOT_TIMER:
+        a->boot_timer = true;
+        return 0;
+    case TOP_METADATA:
+        if (!*value)
+            return error_set("--metadata needs a file");
+        a->metadata_path = value;
+        return 0;
+    case TOP_DESCRIBE_SNAPSHOT:
+        if (!*value)
+            return error_set("--describe-snapshot needs a snapshot state file");
+        cli->action = CLI_DESCRIBE_SNAPSHOT;
+        cli->snapshot_path = value;
+        return 0;
+    case TOP_SNAPSHOT_VERSION:
+        cli->action = CLI_SNAPSHOT_VERSION;
+        return 0;
     case TOP_SYNC_TEARDOWN:
         cli->sync_teardown = true;
         return 0;
@@ -818,8 +848,6 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
         return 0;
     case TOP_IGNORED_FLAG:
         return 0;
-    case TOP_UNSUPPORTED:
-        return error_set("--%s is not supported by ember yet", name);
     }
     return error_set("internal: unhandled flag --%s", name);
 }
@@ -827,7 +855,6 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
 static int parse_top_level(int argc, char **argv, struct cli *cli)
 {
     cli->action = CLI_API;
-    cli->api.socket_path = CLI_DEFAULT_API_SOCK;
     for (int i = 0; i < argc; i++) {
         const char *arg = argv[i];
         if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
@@ -870,11 +897,25 @@ static int parse_top_level(int argc, char **argv, struct cli *cli)
     return 0;
 }
 
+bool cli_named_firecracker(const char *argv0)
+{
+    const char *slash = argv0 ? strrchr(argv0, '/') : NULL;
+    const char *name = slash ? slash + 1 : argv0;
+    return name && !strncmp(name, "firecracker", strlen("firecracker"));
+}
+
 int cli_parse(int argc, char **argv, struct cli *out)
 {
     memset(out, 0, sizeof(*out));
     vm_config_defaults(&out->vm);
     out->log_level = LOG_WARN;
+    /* Installed as firecracker, ember answers where Firecracker's clients
+     * look for it by name (Kata Containers: <jail>/run/firecracker.socket),
+     * and, as Firecracker, serves the API when given no flags at all. */
+    bool as_firecracker = argc > 0 && cli_named_firecracker(argv[0]);
+    out->api.socket_path = as_firecracker ? CLI_FIRECRACKER_API_SOCK : CLI_DEFAULT_API_SOCK;
+    if (argc < 2 && as_firecracker)
+        return parse_top_level(0, argv + argc, out);
     if (argc < 2)
         return error_set("no command given (try ember --help)");
     const char *cmd = argv[1];
@@ -900,4 +941,12 @@ int cli_parse(int argc, char **argv, struct cli *out)
 const char *cli_version(void)
 {
     return EMBER_VERSION;
+}
+
+void cli_print_version(FILE *f)
+{
+    /* The first line is what Firecracker's clients parse (util/version.h). */
+    fprintf(f, "ember v" EMBER_FIRECRACKER_VERSION "\n"
+               "ember " EMBER_VERSION ", answering Firecracker's API as of Firecracker "
+               "v" EMBER_FIRECRACKER_API "\n");
 }

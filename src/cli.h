@@ -9,9 +9,18 @@
 
 #include <stdio.h>
 
-enum cli_action { CLI_RUN, CLI_HELP, CLI_VERSION, CLI_API };
+enum cli_action {
+    CLI_RUN,
+    CLI_HELP,
+    CLI_VERSION,
+    CLI_API,
+    CLI_DESCRIBE_SNAPSHOT, /* --describe-snapshot FILE */
+    CLI_SNAPSHOT_VERSION,  /* --snapshot-version */
+};
 
 #define CLI_DEFAULT_API_SOCK "/run/ember.socket"
+/* The default when ember runs under the name firecracker (Firecracker's). */
+#define CLI_FIRECRACKER_API_SOCK "/run/firecracker.socket"
 
 /* Firecracker's process flags. */
 struct cli_api {
@@ -29,6 +38,10 @@ struct cli_api {
     bool idle_timeout_given;
     unsigned idle_timeout_ms; /* 0 (given): idle connections are not timed out */
     bool enable_pci;
+    bool boot_timer; /* --boot-timer: Firecracker's boot timer device */
+    /* --metadata FILE: MMDS's first contents, read and checked as JSON at
+     * start (api.h: metadata) */
+    const char *metadata_path;
     /* Firecracker's start-time flags, which the jailer passes: when the jailer started
      * (CLOCK_MONOTONIC, us), this process's CPU time at exec and the jailer's CPU time. */
     bool start_time_given, start_cpu_given;
@@ -43,6 +56,7 @@ struct cli {
     bool sync_teardown;         /* wait for the kernel to destroy the VM before exiting */
     bool no_seccomp;            /* --no-seccomp: no system call filters */
     const char *seccomp_filter; /* --seccomp-filter: a policy file instead of ember's own */
+    const char *snapshot_path;  /* --describe-snapshot FILE */
 };
 
 /* Parses argv into *out. On error, returns -1 with error_get() set. */
@@ -53,6 +67,12 @@ void cli_usage(FILE *f);
 int cli_parse_size(const char *s, unsigned unit_shift, uint64_t *out);
 int cli_parse_uint(const char *s, unsigned max, unsigned *out);
 const char *cli_version(void);
+/* `--version`: a first line as Firecracker's (its second word the version
+ * Firecracker's clients compare, util/version.h), then ember's own. */
+void cli_print_version(FILE *f);
+/* Whether argv0 names the program firecracker (a link or copy of ember
+ * installed under Firecracker's name). */
+bool cli_named_firecracker(const char *argv0);
 int cli_parse_drive(const char *spec, struct drive_config *d);
 /* The strings it keeps (tap, id, forwards) are the caller's: cli_free_net. */
 int cli_parse_net(const char *spec, struct net_config *n);

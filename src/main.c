@@ -93,11 +93,11 @@ static int run_vm(struct process *p, const struct vm_config *cfg)
 }
 
 /* The configuration file: read whole, bounded (it is a small document). */
-static char *read_config_file(const char *path, size_t *len)
+static char *read_config_file(const char *path, const char *what, size_t *len)
 {
     FILE *f = fopen(path, "re");
     if (!f) {
-        error_errno("cannot open configuration file '%s'", path);
+        error_errno("cannot open %s file '%s'", what, path);
         return NULL;
     }
     size_t cap = 1 << 20;
@@ -106,7 +106,7 @@ static char *read_config_file(const char *path, size_t *len)
     bool failed = ferror(f);
     fclose(f);
     if (!buf || failed || n > cap) {
-        error_set("configuration file '%s': %s", path,
+        error_set("%s file '%s': %s", what, path,
                   !buf     ? "out of memory"
                   : failed ? "read error"
                            : "larger than 1 MiB");
@@ -162,6 +162,19 @@ static int run_api(struct process *p, const struct cli *cli)
     if (o->show_level || o->show_log_origin || o->log_path)
         log_set_format(o->show_level, o->show_log_origin);
     api_init(&api, &p->loop, &vm, o->id, o->enable_pci);
+    api.boot_timer = o->boot_timer;
+    if (o->metadata_path) {
+        /* As Firecracker, the data store's limit is the API's largest body. */
+        size_t len, limit = o->max_payload ? o->max_payload : HTTP_DEFAULT_MAX_PAYLOAD;
+        char *text = read_config_file(o->metadata_path, "metadata", &len);
+        int r = text ? api_set_metadata(&api, text, len, limit) : -1;
+        free(text);
+        if (r < 0) {
+            fprintf(stderr, "ember: --metadata %s: %s\n", o->metadata_path, error_get());
+            api_finish(&api, 0);
+            return EXIT_USAGE;
+        }
+    }
     /* InstanceStart builds the machine there (api.h says why). */
     static struct iothread builder;
     if (seccomp_enabled()) {
@@ -200,7 +213,7 @@ static int run_api(struct process *p, const struct cli *cli)
     }
     if (o->config_file) {
         size_t len;
-        char *text = read_config_file(o->config_file, &len);
+        char *text = read_config_file(o->config_file, "configuration", &len);
         int r = text ? api_config_parse_document(&api.cfg, text, len) : -1;
         free(text);
         if (r == 0 && api.cfg.logger.set) {
@@ -242,8 +255,14 @@ int main(int argc, char **argv)
         cli_usage(stdout);
         return EXIT_OK;
     }
+    if (cli.action == CLI_DESCRIBE_SNAPSHOT || cli.action == CLI_SNAPSHOT_VERSION) {
+        fprintf(stderr, "ember: snapshots are not supported yet%s%s%s\n",
+                cli.snapshot_path ? " (cannot describe '" : "",
+                cli.snapshot_path ? cli.snapshot_path : "", cli.snapshot_path ? "')" : "");
+        return EXIT_USAGE;
+    }
     if (cli.action == CLI_VERSION) {
-        printf("ember %s\n", cli_version());
+        cli_print_version(stdout);
         return EXIT_OK;
     }
     log_set_level(cli.log_level);

@@ -64,7 +64,7 @@ struct virtq_used {
 
 #define VIRTQ_MAX_SIZE      256 /* the largest queue this driver sets up */
 #define VIRTQ_INDIRECT_MAX  32  /* entries of one indirect table */
-#define VIRTIO_MAX_DEVICES  12
+#define VIRTIO_MAX_DEVICES  24
 #define VIRTIO_MAX_QUEUES   4
 #define VIRTIO_NO_VECTOR    0xffff
 #define VIRTIO_VECTOR_FIRST 0x50 /* IDT vectors: 8 per device, config/line first */

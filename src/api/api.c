@@ -1,10 +1,13 @@
 #include "api/api.h"
 
 #include "api/cpu_config.h"
+#include "backends/net.h"
+#include "backends/uds.h"
 #include "devices/i8042.h"
 #include "sandbox/seccomp.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/version.h"
 #include "virtio/blk.h"
 #include "virtio/net.h"
 #include "vmm/devices.h"
@@ -17,10 +20,6 @@
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
-
-#ifndef EMBER_VERSION
-#define EMBER_VERSION "0.1.0"
-#endif
 
 /* ---- responses --------------------------------------------------------- */
 
@@ -95,6 +94,25 @@ static const char *state_name(struct api *a)
     return vm_is_paused(a->vm) ? "Paused" : "Running";
 }
 
+int api_set_metadata(struct api *a, const char *text, size_t len, size_t limit)
+{
+    if (len > limit)
+        return error_set("the metadata is %zu bytes, more than the MMDS data store's limit of %zu "
+                         "bytes",
+                         len, limit);
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    if (!doc)
+        return error_set("the metadata is not valid JSON (near byte %zu)",
+                         (size_t)(cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : 0));
+    if (!cJSON_IsObject(doc)) {
+        cJSON_Delete(doc);
+        return error_set("the metadata must be a JSON object");
+    }
+    cJSON_Delete(a->metadata);
+    a->metadata = doc;
+    return 0;
+}
+
 int api_apply_logger(struct api *a, const struct api_logger *l)
 {
     if (l->log_path && log_open(l->log_path) < 0)
@@ -166,6 +184,7 @@ int api_start_instance(struct api *a, int *status)
     /* Firecracker's guests find their devices on the kernel command line
      * (virtio-mmio) unless PCI was asked for. */
     a->vm_cfg.transport = a->enable_pci ? TRANSPORT_PCI : TRANSPORT_MMIO;
+    a->vm_cfg.boot_timer = a->boot_timer;
     if (api_config_to_vm(&a->cfg, &a->vm_cfg) < 0)
         return -1;
     struct build b = {.a = a};
@@ -212,6 +231,8 @@ int api_finish(struct api *a, int no_vm_status)
     a->metrics_timer_fd = -1;
     api_metrics_close(&a->metrics);
     api_config_free(&a->cfg);
+    cJSON_Delete(a->metadata);
+    a->metadata = NULL;
     return status;
 }
 
@@ -222,7 +243,7 @@ static int get_instance(struct api *a, char **out)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", a->instance_id);
     cJSON_AddStringToObject(o, "state", state_name(a));
-    cJSON_AddStringToObject(o, "vmm_version", EMBER_VERSION);
+    cJSON_AddStringToObject(o, "vmm_version", EMBER_FIRECRACKER_VERSION);
     cJSON_AddStringToObject(o, "app_name", "ember");
     *out = print_json(o);
     return 200;
@@ -231,7 +252,7 @@ static int get_instance(struct api *a, char **out)
 static int get_version(char **out)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "firecracker_version", EMBER_VERSION);
+    cJSON_AddStringToObject(o, "firecracker_version", EMBER_FIRECRACKER_VERSION);
     *out = print_json(o);
     return 200;
 }
@@ -257,6 +278,11 @@ static int do_action(struct api *a, const cJSON *body, char **out)
         log_info("sent Ctrl+Alt+Del to the guest keyboard");
         return 204;
     case API_ACTION_FLUSH_METRICS:
+        /* As Firecracker: the periodic flush runs from the start, this one
+         * only once the machine does. */
+        if (!api_instance_started(a))
+            return fault(out, "the requested operation is not supported before starting the "
+                              "machine (FlushMetrics needs InstanceStart first)");
         if (api_metrics_flush(&a->metrics, a->vm_created ? a->vm : NULL) < 0)
             return fault_from_error(out);
         return 204;
@@ -449,7 +475,6 @@ static const struct {
     {"/snapshot/load", "PUT", "snapshots"},
     {"/hotplug/memory", "GET PUT PATCH", "memory hotplug"},
     {"/pmem/*", "PUT PATCH", "virtio-pmem devices"},
-    {"/serial", "PUT", "serial output configuration"},
 };
 
 static bool method_in(const char *method, const char *list)
@@ -472,6 +497,103 @@ static const char *path_param(const char *path, const char *prefix)
     if (strncmp(path, prefix, n) != 0 || !path[n] || strchr(path + n, '/'))
         return NULL;
     return path + n;
+}
+
+/* A device the configuration does not have yet must find an interrupt line
+ * on virtio-mmio (vmm/devices.c), so that the request that asks for one too
+ * many is the one refused, not InstanceStart. */
+static int mmio_room_for_one_more(const struct api *a, const char *what)
+{
+    const struct api_config *c = &a->cfg;
+    unsigned devices = c->ndrives + c->nnets + c->vsock.set + c->entropy.set;
+    if (a->enable_pci || devices < VM_MAX_MMIO_DEVICES)
+        return 0;
+    return error_set("%s: the machine has %u virtio-mmio devices already, as many as have an "
+                     "interrupt line (as in Firecracker); start ember with --enable-pci for more",
+                     what, devices);
+}
+
+static bool has_drive(const struct api_config *c, const char *id)
+{
+    for (unsigned i = 0; i < c->ndrives; i++) {
+        if (!strcmp(c->drives[i].id, id))
+            return true;
+    }
+    return false;
+}
+
+static bool has_net(const struct api_config *c, const char *id)
+{
+    for (unsigned i = 0; i < c->nnets; i++) {
+        if (!strcmp(c->nets[i].id, id))
+            return true;
+    }
+    return false;
+}
+
+/* PUT /network-interfaces: the tap is attached now, as Firecracker does, so
+ * that a tap that is missing (and cannot be made) or busy fails this request,
+ * not InstanceStart. Replacing an interface on the same tap keeps it. */
+static int put_net(struct api *a, const char *id, const cJSON *body, char **out)
+{
+    if (api_check_net(&a->cfg, id, body) < 0)
+        return fault_from_error(out);
+    const char *dev = cJSON_GetObjectItemCaseSensitive(body, "host_dev_name")->valuestring;
+    struct api_net *old = NULL;
+    for (unsigned i = 0; i < a->cfg.nnets; i++) {
+        if (!strcmp(a->cfg.nets[i].id, id))
+            old = &a->cfg.nets[i];
+    }
+    int fd;
+    if (old && old->tap_fd >= 0 && !strcmp(old->host_dev_name, dev)) {
+        fd = old->tap_fd;
+        old->tap_fd = -1;
+    } else if ((fd = net_tap_attach(dev)) < 0) {
+        error_prefix("network interface '%s'", id);
+        return fault_from_error(out);
+    }
+    if (api_put_net(&a->cfg, id, body) < 0) {
+        close(fd);
+        return fault_from_error(out);
+    }
+    for (unsigned i = 0; i < a->cfg.nnets; i++) {
+        if (!strcmp(a->cfg.nets[i].id, id))
+            a->cfg.nets[i].tap_fd = fd;
+    }
+    return 204;
+}
+
+/* PUT /vsock: the host socket is bound now, as Firecracker does, so that a
+ * path that cannot be bound fails this request. The same path again keeps
+ * its socket. */
+static int put_vsock(struct api *a, const cJSON *body, char **out)
+{
+    struct api_config scratch;
+    api_config_init(&scratch);
+    int r = api_put_vsock(&scratch, body);
+    api_config_free(&scratch);
+    if (r < 0)
+        return fault_from_error(out);
+    const char *path = cJSON_GetObjectItemCaseSensitive(body, "uds_path")->valuestring;
+    struct api_vsock *v = &a->cfg.vsock;
+    int fd;
+    if (v->set && v->listen_fd >= 0 && !strcmp(v->uds_path, path)) {
+        fd = v->listen_fd;
+    } else if ((fd = uds_listen(path)) < 0) {
+        error_prefix("vsock");
+        return fault_from_error(out);
+    } else if (v->set && v->listen_fd >= 0) {
+        close(v->listen_fd);
+        unlink(v->uds_path);
+    }
+    v->listen_fd = -1;
+    if (api_put_vsock(&a->cfg, body) < 0) {
+        close(fd);
+        unlink(path);
+        return fault_from_error(out);
+    }
+    a->cfg.vsock.listen_fd = fd;
+    return 204;
 }
 
 struct route_ctx {
@@ -517,6 +639,12 @@ static int route(struct route_ctx *r)
             return not_after_start(out);
         if (api_put_machine_config(&a->cfg, r->body, patch) < 0)
             return fault_from_error(out);
+        /* Firecracker deprecates the field (CPU templates go through
+         * /cpu-config): the answer says so, and so does the log. */
+        if (cJSON_GetObjectItemCaseSensitive(r->body, "cpu_template")) {
+            a->deprecated_request = true;
+            log_warn("%s /machine-config: cpu_template field is deprecated.", r->method);
+        }
         return 204;
     }
     if (!strcmp(p, "/boot-source")) {
@@ -533,6 +661,8 @@ static int route(struct route_ctx *r)
             return invalid_route(r);
         if (api_instance_started(a))
             return not_after_start(out);
+        if (!has_drive(&a->cfg, id) && mmio_room_for_one_more(a, "drive") < 0)
+            return fault_from_error(out);
         return api_put_drive(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
     }
     if ((id = path_param(p, "/network-interfaces/"))) {
@@ -542,7 +672,9 @@ static int route(struct route_ctx *r)
             return invalid_route(r);
         if (api_instance_started(a))
             return not_after_start(out);
-        return api_put_net(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
+        if (!has_net(&a->cfg, id) && mmio_room_for_one_more(a, "network interface") < 0)
+            return fault_from_error(out);
+        return put_net(a, id, r->body, out);
     }
     if (!strcmp(p, "/actions")) {
         if (!put)
@@ -597,14 +729,25 @@ static int route(struct route_ctx *r)
             return invalid_route(r);
         if (api_instance_started(a))
             return not_after_start(out);
+        if (!a->cfg.entropy.set && mmio_room_for_one_more(a, "entropy") < 0)
+            return fault_from_error(out);
         return api_put_entropy(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
+    }
+    if (!strcmp(p, "/serial")) {
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        return api_put_serial(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
     }
     if (!strcmp(p, "/vsock")) {
         if (!put)
             return invalid_route(r);
         if (api_instance_started(a))
             return not_after_start(out);
-        return api_put_vsock(&a->cfg, r->body) < 0 ? fault_from_error(out) : 204;
+        if (!a->cfg.vsock.set && mmio_room_for_one_more(a, "vsock") < 0)
+            return fault_from_error(out);
+        return put_vsock(a, r->body, out);
     }
     for (size_t i = 0; i < sizeof(unsupported_routes) / sizeof(unsupported_routes[0]); i++) {
         const char *rp = unsupported_routes[i].path;
@@ -627,7 +770,8 @@ static const char *route_template(const char *method, const char *path)
 {
     static const char *const fixed[] = {"/",        "/version", "/machine-config", "/boot-source",
                                         "/actions", "/vm",      "/vm/config",      "/logger",
-                                        "/metrics", "/entropy", "/vsock",          "/cpu-config"};
+                                        "/metrics", "/entropy", "/vsock",          "/cpu-config",
+                                        "/serial"};
     if (strcmp(method, "GET") && strcmp(method, "PUT") && strcmp(method, "PATCH"))
         return "other"; /* any method name would otherwise make a new entry */
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
@@ -647,15 +791,39 @@ static const char *route_template(const char *method, const char *path)
     return "other";
 }
 
-int api_dispatch(struct api *a, const char *method, const char *path, const char *body,
+/* The path as Firecracker reads it: leading and trailing slashes do not
+ * count ("//machine-config/" is "/machine-config"). */
+static void normalize_path(const char *path, char *out, size_t size)
+{
+    while (path[0] == '/' && path[1] == '/')
+        path++;
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    if (n >= size)
+        n = size - 1;
+    memcpy(out, path, n);
+    out[n] = '\0';
+    if (!out[0])
+        strcpy(out, "/");
+}
+
+int api_dispatch(struct api *a, const char *method, const char *raw_path, const char *body,
                  size_t body_len, char **out)
 {
     *out = NULL;
     error_clear();
+    a->deprecated_request = false;
+    char path[HTTP_MAX_PATH];
+    normalize_path(raw_path, path, sizeof(path));
     struct route_ctx r = {.a = a, .method = method, .path = path, .out = out};
     cJSON *json = NULL;
     int status;
     bool wants_body = !strcmp(method, "PUT") || !strcmp(method, "PATCH");
+    if (!strcmp(method, "GET") && body_len) {
+        status = fault(out, "GET request cannot have a body");
+        goto count;
+    }
     if (wants_body && body_len == 0) {
         char msg[64];
         snprintf(msg, sizeof(msg), "empty %s request: a JSON body is required", method);
@@ -693,5 +861,8 @@ count:;
 
 void api_handle_request(void *opaque, const struct http_request *req, int *status, char **body)
 {
-    *status = api_dispatch(opaque, req->method_name, req->path, req->body, req->body_len, body);
+    struct api *a = opaque;
+    *status = api_dispatch(a, req->method_name, req->path, req->body, req->body_len, body);
+    if (a->deprecated_request)
+        *status |= API_STATUS_DEPRECATED;
 }

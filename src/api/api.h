@@ -24,6 +24,13 @@ struct api {
     struct event_loop *loop;
     bool vm_created;
     bool enable_pci;
+    bool boot_timer;         /* --boot-timer */
+    bool deprecated_request; /* the request being answered used a deprecated field */
+    /* --metadata FILE: the MMDS data store's first contents, a JSON object
+     * read and checked at start, so that a bad file stops ember before
+     * anything runs, as in Firecracker; MMDS serves it once it exists
+     * (owned; NULL without the flag). */
+    cJSON *metadata;
     char instance_id[API_MAX_ID_BYTES + 1];
     struct api_metrics metrics;
     int metrics_timer_fd;
@@ -43,6 +50,8 @@ void api_handle_request(void *opaque, const struct http_request *req, int *statu
  * NULL) come back. Also counts the request for metrics. */
 int api_dispatch(struct api *a, const char *method, const char *path, const char *body,
                  size_t body_len, char **out_body);
+/* Takes the --metadata file's text: a JSON object of at most limit bytes. */
+int api_set_metadata(struct api *a, const char *text, size_t len, size_t limit);
 /* Applies a logger / metrics configuration now. */
 int api_apply_logger(struct api *a, const struct api_logger *l);
 int api_apply_metrics(struct api *a, const char *path);

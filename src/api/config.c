@@ -162,23 +162,29 @@ static int parse_rate_limiter(const cJSON *v, const char *what, struct rate_limi
     return 0;
 }
 
+/* Firecracker's shape: every field present, null where not set. */
 static cJSON *bucket_json(const struct token_bucket_config *tb)
 {
+    if (!tb->size)
+        return cJSON_CreateNull();
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "size", (double)tb->size);
     if (tb->one_time_burst)
         cJSON_AddNumberToObject(o, "one_time_burst", (double)tb->one_time_burst);
+    else
+        cJSON_AddNullToObject(o, "one_time_burst");
     cJSON_AddNumberToObject(o, "refill_time", (double)tb->refill_ms);
     return o;
 }
 
 cJSON *api_rate_limiter_json(const struct rate_limit_config *rl)
 {
+    /* A limiter without buckets limits nothing: Firecracker shows none. */
+    if (!rl->bandwidth.size && !rl->ops.size)
+        return cJSON_CreateNull();
     cJSON *o = cJSON_CreateObject();
-    if (rl->bandwidth.size)
-        cJSON_AddItemToObject(o, "bandwidth", bucket_json(&rl->bandwidth));
-    if (rl->ops.size)
-        cJSON_AddItemToObject(o, "ops", bucket_json(&rl->ops));
+    cJSON_AddItemToObject(o, "bandwidth", bucket_json(&rl->bandwidth));
+    cJSON_AddItemToObject(o, "ops", bucket_json(&rl->ops));
     return o;
 }
 
@@ -192,6 +198,8 @@ void api_config_init(struct api_config *c)
     strcpy(c->machine.cpu_template, "None");
     strcpy(c->machine.huge_pages, "None");
     c->logger.level = LOG_INFO;
+    c->serial_out_fd = -1;
+    c->vsock.listen_fd = -1;
 }
 
 static void free_drive(struct api_drive *d)
@@ -204,6 +212,8 @@ static void free_drive(struct api_drive *d)
 
 static void free_net(struct api_net *n)
 {
+    if (n->tap_fd >= 0)
+        close(n->tap_fd);
     free(n->id);
     free(n->host_dev_name);
     free(n->guest_mac);
@@ -222,9 +232,16 @@ void api_config_free(struct api_config *c)
     free(c->logger.log_path);
     free(c->logger.module);
     free(c->metrics_path);
+    if (c->vsock.listen_fd >= 0) {
+        close(c->vsock.listen_fd);
+        unlink(c->vsock.uds_path);
+    }
     free(c->vsock.uds_path);
     free(c->vsock.vsock_id);
     free(c->custom_cpu);
+    free(c->serial_out_path);
+    if (c->serial_out_fd >= 0)
+        close(c->serial_out_fd);
     api_config_init(c);
 }
 
@@ -312,13 +329,10 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
                          what, (unsigned long long)vcpus, API_MAX_VCPUS);
     if (mem < VM_MIN_MEMORY_MIB)
         return error_set("%s: `mem_size_mib` must be at least %d", what, VM_MIN_MEMORY_MIB);
-    if (mem > host_ram_mib())
-        return error_set("%s: `mem_size_mib` %llu is more than this host's %llu MiB of RAM", what,
-                         (unsigned long long)mem, (unsigned long long)host_ram_mib());
-    if (m.track_dirty_pages)
-        return error_set("%s: `track_dirty_pages` true is not supported yet (ember has no "
-                         "snapshots yet)",
-                         what);
+    /* The host's RAM is not checked here: as in Firecracker, a size the host
+     * cannot back fails at InstanceStart (api_config_to_vm), not before. */
+    /* track_dirty_pages is kept and shown; it matters once there are
+     * snapshots. */
     if (tmpl) {
         enum cpu_template t;
         if (!strcmp(tmpl, "None"))
@@ -331,15 +345,17 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
                              what, tmpl);
     }
     if (huge) {
-        if (!strcmp(huge, "None") || !strcmp(huge, "Transparent"))
+        if (!strcmp(huge, "None") || !strcmp(huge, "Transparent") || !strcmp(huge, "2M"))
             strcpy(m.huge_pages, huge);
-        else if (!strcmp(huge, "2M"))
-            return error_set("%s: `huge_pages` 2M is not supported yet: ember backs guest RAM "
-                             "with anonymous memory and transparent huge pages, not hugetlbfs",
-                             what);
         else
-            return error_set("%s: unknown `huge_pages` '%s' (None, Transparent)", what, huge);
+            return error_set("%s: unknown `huge_pages` '%s' (None, Transparent, 2M)", what, huge);
     }
+    /* With huge pages, a whole number of them (Firecracker's rule, also for
+     * transparent ones). */
+    if (strcmp(m.huge_pages, "None") != 0 && mem % 2)
+        return error_set("%s: `mem_size_mib` %llu is not a multiple of the 2 MiB page size "
+                         "`huge_pages` %s uses",
+                         what, (unsigned long long)mem, m.huge_pages);
     m.vcpu_count = (unsigned)vcpus;
     m.mem_size_mib = mem;
     c->machine = m;
@@ -360,9 +376,30 @@ static struct api_drive *find_drive(struct api_config *c, const char *id)
     return NULL;
 }
 
+bool api_path_id_valid(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > API_MAX_ID_BYTES)
+        return false;
+    for (const char *p = id; *p; p++) {
+        if (!isalnum((unsigned char)*p) && *p != '_')
+            return false;
+    }
+    return true;
+}
+
 static int check_path_id(const char *what, const char *path_id, const char *body_id,
                          const char *field_name)
 {
+    /* Firecracker's rule for the ids of its API paths: letters, digits and
+     * '_' only (ember: ASCII ones, at most API_MAX_ID_BYTES). The configuration
+     * file's ids (no path) take api_id_valid's wider set. */
+    if (path_id && !*path_id)
+        return error_set("%s: the ID cannot be empty", what);
+    if (path_id && !api_path_id_valid(path_id))
+        return error_set("%s: invalid id '%s': API resource IDs can only contain alphanumeric "
+                         "characters and underscores (at most %d)",
+                         what, path_id, API_MAX_ID_BYTES);
     if (check_id(what, body_id) < 0)
         return -1;
     if (path_id && strcmp(path_id, body_id) != 0)
@@ -496,7 +533,7 @@ static bool mac_valid(const char *s)
     return true;
 }
 
-int api_put_net(struct api_config *c, const char *path_id, const cJSON *body)
+static int put_net(struct api_config *c, const char *path_id, const cJSON *body, bool apply)
 {
     static const char *const fields[] = {
         "iface_id",        "host_dev_name",   "guest_mac",           "mtu",
@@ -541,6 +578,9 @@ int api_put_net(struct api_config *c, const char *path_id, const cJSON *body)
     }
     if (!old && c->nnets == API_MAX_NETS)
         return error_set("at most %d network interfaces", API_MAX_NETS);
+    if (!apply)
+        return 0;
+    n.tap_fd = -1;
     n.id = strdup(id);
     n.host_dev_name = strdup(dev);
     n.guest_mac = dup_str(mac);
@@ -555,6 +595,17 @@ int api_put_net(struct api_config *c, const char *path_id, const cJSON *body)
         c->nets[c->nnets++] = n;
     }
     return 0;
+}
+
+int api_put_net(struct api_config *c, const char *path_id, const cJSON *body)
+{
+    return put_net(c, path_id, body, true);
+}
+
+int api_check_net(const struct api_config *c, const char *path_id, const cJSON *body)
+{
+    /* put_net changes nothing when not applying. */
+    return put_net((struct api_config *)c, path_id, body, false);
 }
 
 int api_parse_logger(const cJSON *body, struct api_logger *out)
@@ -633,7 +684,39 @@ int api_put_vsock(struct api_config *c, const cJSON *body)
     free(c->vsock.uds_path);
     free(c->vsock.vsock_id);
     c->vsock = (struct api_vsock){
-        .set = true, .guest_cid = cid, .uds_path = uds_copy, .vsock_id = id_copy};
+        .set = true, .guest_cid = cid, .uds_path = uds_copy, .vsock_id = id_copy, .listen_fd = -1};
+    return 0;
+}
+
+int api_put_serial(struct api_config *c, const cJSON *body)
+{
+    static const char *const fields[] = {"serial_out_path", "rate_limiter", NULL};
+    const char *what = "serial", *path;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "serial_out_path", false, &path) < 0)
+        return -1;
+    if (field(body, "rate_limiter"))
+        return error_set("%s: `rate_limiter` is not supported yet", what);
+    if (path && !*path)
+        return error_set("%s: `serial_out_path` is empty", what);
+    int fd = -1;
+    char *copy = NULL;
+    if (path) {
+        /* As Firecracker opens it: created if missing, and a FIFO nobody
+         * reads yet opens too; the guest's output never waits for it. */
+        fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
+        if (fd < 0)
+            return error_errno("%s: cannot open '%s'", what, path);
+        if (!(copy = strdup(path))) {
+            close(fd);
+            return error_set("out of memory");
+        }
+    }
+    free(c->serial_out_path);
+    if (c->serial_out_fd >= 0)
+        close(c->serial_out_fd);
+    c->serial_out_path = copy;
+    c->serial_out_fd = fd;
     return 0;
 }
 
@@ -678,7 +761,8 @@ int api_parse_vm_state(const cJSON *body, bool *paused)
 static int unsupported_section(const cJSON *doc, const char *name, const char *what)
 {
     const cJSON *v = field(doc, name);
-    if (v)
+    /* An empty list asks for nothing (GET /vm/config shows "pmem": []). */
+    if (v && !(cJSON_IsArray(v) && !v->child))
         return error_set("%s is not supported yet (remove \"%s\")", what, name);
     return 0;
 }
@@ -785,9 +869,10 @@ int api_config_parse_document(struct api_config *c, const char *text, size_t len
         goto out;
     if ((v = field(doc, "vsock")) && api_put_vsock(c, v) < 0)
         goto out;
+    if ((v = field(doc, "serial")) && api_put_serial(c, v) < 0)
+        goto out;
     if (unsupported_section(doc, "balloon", "the balloon device") < 0 ||
         unsupported_section(doc, "mmds-config", "MMDS") < 0 ||
-        unsupported_section(doc, "serial", "serial output configuration") < 0 ||
         unsupported_section(doc, "pmem", "virtio-pmem") < 0 ||
         unsupported_section(doc, "memory-hotplug", "memory hotplug") < 0)
         goto out;
@@ -805,9 +890,15 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
         return error_set("cannot start without a boot source (PUT /boot-source first)");
     vm->kernel_path = c->kernel_path;
     vm->initrd_path = c->initrd_path;
-    if (c->boot_args)
-        vm->cmdline = c->boot_args;
+    vm->cmdline = c->boot_args ? c->boot_args : API_DEFAULT_BOOT_ARGS;
     vm->memory_mib = c->machine.mem_size_mib;
+    if (vm->memory_mib > host_ram_mib())
+        return error_set("cannot start: `mem_size_mib` %llu is more than this host's %llu MiB of "
+                         "RAM",
+                         (unsigned long long)vm->memory_mib, (unsigned long long)host_ram_mib());
+    vm->hugetlb = !strcmp(c->machine.huge_pages, "2M");
+    vm->has_serial_out = c->serial_out_fd >= 0;
+    vm->serial_out_fd = c->serial_out_fd;
     vm->ncpus = c->machine.vcpu_count;
     vm->cpu_template = CPU_TEMPLATE_HOST;
     if (strcmp(c->machine.cpu_template, "None") != 0 &&
@@ -818,12 +909,18 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
     if (c->vsock.set)
         vm->vsock = (struct vsock_config){.id = c->vsock.vsock_id,
                                           .guest_cid = c->vsock.guest_cid,
-                                          .uds_path = c->vsock.uds_path};
+                                          .uds_path = c->vsock.uds_path,
+                                          .has_listen_fd = c->vsock.listen_fd >= 0,
+                                          .listen_fd = c->vsock.listen_fd};
     vm->nnets = c->nnets;
     for (unsigned i = 0; i < c->nnets; i++) {
         const struct api_net *n = &c->nets[i];
         struct net_config *nc = &vm->nets[i];
-        *nc = (struct net_config){.id = n->id, .tap = n->host_dev_name, .mtu = n->mtu};
+        *nc = (struct net_config){.id = n->id,
+                                  .tap = n->host_dev_name,
+                                  .mtu = n->mtu,
+                                  .has_tap_fd = n->tap_fd >= 0,
+                                  .tap_fd = n->tap_fd};
         if (n->has_rx)
             nc->rx_limit = n->rx;
         if (n->has_tx)
@@ -863,6 +960,9 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
 
 /* ---- back to JSON ------------------------------------------------------ */
 
+/* GET /machine-config, GET /vm/config: Firecracker's shape, field for field
+ * (cpu_template only when a static template is set, as Firecracker shows it;
+ * otherwise absent). */
 cJSON *api_machine_config_json(const struct api_config *c)
 {
     cJSON *o = cJSON_CreateObject();
@@ -877,19 +977,28 @@ cJSON *api_machine_config_json(const struct api_config *c)
     return o;
 }
 
+static void add_string_or_null(cJSON *o, const char *name, const char *value)
+{
+    if (value)
+        cJSON_AddStringToObject(o, name, value);
+    else
+        cJSON_AddNullToObject(o, name);
+}
+
 static cJSON *drive_json(const struct api_drive *d)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "drive_id", d->id);
-    cJSON_AddStringToObject(o, "path_on_host", d->path);
+    add_string_or_null(o, "partuuid", d->partuuid);
     cJSON_AddBoolToObject(o, "is_root_device", d->is_root);
-    if (d->partuuid)
-        cJSON_AddStringToObject(o, "partuuid", d->partuuid);
-    cJSON_AddBoolToObject(o, "is_read_only", d->readonly);
     cJSON_AddStringToObject(o, "cache_type", d->cache_unsafe ? "Unsafe" : "Writeback");
+    cJSON_AddBoolToObject(o, "is_read_only", d->readonly);
+    cJSON_AddStringToObject(o, "path_on_host", d->path);
+    cJSON_AddItemToObject(o, "rate_limiter",
+                          d->has_rate_limiter ? api_rate_limiter_json(&d->rate_limit)
+                                              : cJSON_CreateNull());
     cJSON_AddStringToObject(o, "io_engine", d->io_sync ? "Sync" : "Async");
-    if (d->has_rate_limiter)
-        cJSON_AddItemToObject(o, "rate_limiter", api_rate_limiter_json(&d->rate_limit));
+    cJSON_AddNullToObject(o, "socket");
     return o;
 }
 
@@ -898,73 +1007,60 @@ static cJSON *net_json(const struct api_net *n)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "iface_id", n->id);
     cJSON_AddStringToObject(o, "host_dev_name", n->host_dev_name);
-    if (n->guest_mac)
-        cJSON_AddStringToObject(o, "guest_mac", n->guest_mac);
+    add_string_or_null(o, "guest_mac", n->guest_mac);
     if (n->mtu)
         cJSON_AddNumberToObject(o, "mtu", n->mtu);
-    if (n->has_rx)
-        cJSON_AddItemToObject(o, "rx_rate_limiter", api_rate_limiter_json(&n->rx));
-    if (n->has_tx)
-        cJSON_AddItemToObject(o, "tx_rate_limiter", api_rate_limiter_json(&n->tx));
+    else
+        cJSON_AddNullToObject(o, "mtu");
+    cJSON_AddItemToObject(o, "rx_rate_limiter",
+                          n->has_rx ? api_rate_limiter_json(&n->rx) : cJSON_CreateNull());
+    cJSON_AddItemToObject(o, "tx_rate_limiter",
+                          n->has_tx ? api_rate_limiter_json(&n->tx) : cJSON_CreateNull());
     return o;
 }
 
+/* GET /vm/config: Firecracker's whole-configuration document as Firecracker
+ * answers it: every section present, null or empty where nothing is set;
+ * logger and metrics always null (Firecracker keeps them out: they are the
+ * process's, not the machine's). */
 cJSON *api_config_json(const struct api_config *c)
 {
     cJSON *o = cJSON_CreateObject();
-    if (c->has_boot_source) {
-        cJSON *b = cJSON_AddObjectToObject(o, "boot-source");
-        cJSON_AddStringToObject(b, "kernel_image_path", c->kernel_path);
-        if (c->initrd_path)
-            cJSON_AddStringToObject(b, "initrd_path", c->initrd_path);
-        if (c->boot_args)
-            cJSON_AddStringToObject(b, "boot_args", c->boot_args);
-    } else {
-        cJSON_AddNullToObject(o, "boot-source");
-    }
+    cJSON_AddNullToObject(o, "balloon");
     cJSON *drives = cJSON_AddArrayToObject(o, "drives");
     for (unsigned i = 0; i < c->ndrives; i++)
         cJSON_AddItemToArray(drives, drive_json(&c->drives[i]));
+    cJSON *b = cJSON_AddObjectToObject(o, "boot-source");
+    cJSON_AddStringToObject(b, "kernel_image_path", c->has_boot_source ? c->kernel_path : "");
+    add_string_or_null(b, "initrd_path", c->initrd_path);
+    add_string_or_null(b, "boot_args", c->boot_args);
+    cJSON_AddNullToObject(o, "cpu-config");
+    cJSON_AddNullToObject(o, "logger");
     cJSON_AddItemToObject(o, "machine-config", api_machine_config_json(c));
+    cJSON_AddNullToObject(o, "metrics");
+    cJSON_AddNullToObject(o, "mmds-config");
     cJSON *nets = cJSON_AddArrayToObject(o, "network-interfaces");
     for (unsigned i = 0; i < c->nnets; i++)
         cJSON_AddItemToArray(nets, net_json(&c->nets[i]));
-    if (c->logger.set) {
-        cJSON *l = cJSON_AddObjectToObject(o, "logger");
-        if (c->logger.log_path)
-            cJSON_AddStringToObject(l, "log_path", c->logger.log_path);
-        const char *names[] = {"Error", "Warning", "Info", "Debug", "Trace"};
-        cJSON_AddStringToObject(l, "level",
-                                c->logger.level == LOG_OFF ? "Off" : names[c->logger.level]);
-        cJSON_AddBoolToObject(l, "show_level", c->logger.show_level);
-        cJSON_AddBoolToObject(l, "show_log_origin", c->logger.show_log_origin);
-        if (c->logger.module)
-            cJSON_AddStringToObject(l, "module", c->logger.module);
-    } else {
-        cJSON_AddNullToObject(o, "logger");
-    }
-    if (c->metrics_path)
-        cJSON_AddStringToObject(cJSON_AddObjectToObject(o, "metrics"), "metrics_path",
-                                c->metrics_path);
-    else
-        cJSON_AddNullToObject(o, "metrics");
-    if (c->entropy.set) {
-        cJSON *e = cJSON_AddObjectToObject(o, "entropy");
-        if (c->entropy.has_rate_limiter)
-            cJSON_AddItemToObject(e, "rate_limiter", api_rate_limiter_json(&c->entropy.rate_limit));
-    } else {
-        cJSON_AddNullToObject(o, "entropy");
-    }
     if (c->vsock.set) {
         cJSON *vs = cJSON_AddObjectToObject(o, "vsock");
-        cJSON_AddNumberToObject(vs, "guest_cid", (double)c->vsock.guest_cid);
-        cJSON_AddStringToObject(vs, "uds_path", c->vsock.uds_path);
         if (c->vsock.vsock_id)
             cJSON_AddStringToObject(vs, "vsock_id", c->vsock.vsock_id);
+        cJSON_AddNumberToObject(vs, "guest_cid", (double)c->vsock.guest_cid);
+        cJSON_AddStringToObject(vs, "uds_path", c->vsock.uds_path);
     } else {
         cJSON_AddNullToObject(o, "vsock");
     }
-    cJSON_AddNullToObject(o, "balloon");
-    cJSON_AddNullToObject(o, "mmds-config");
+    if (c->entropy.set) {
+        cJSON *e = cJSON_AddObjectToObject(o, "entropy");
+        cJSON_AddItemToObject(e, "rate_limiter",
+                              c->entropy.has_rate_limiter
+                                  ? api_rate_limiter_json(&c->entropy.rate_limit)
+                                  : cJSON_CreateNull());
+    } else {
+        cJSON_AddNullToObject(o, "entropy");
+    }
+    cJSON_AddArrayToObject(o, "pmem");
+    cJSON_AddNullToObject(o, "memory-hotplug");
     return o;
 }

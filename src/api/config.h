@@ -14,9 +14,15 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define API_MAX_NETS     8
+#define API_MAX_NETS     VM_MAX_NETS
 #define API_MAX_VCPUS    32
 #define API_MAX_ID_BYTES 64
+/* The kernel command line when boot-source gives no boot_args: Firecracker's
+ * (no console: 8250.nr_uarts=0; shutdown on reboot; the i8042 probed
+ * quickly). */
+#define API_DEFAULT_BOOT_ARGS                                                                      \
+    "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd "             \
+    "swiotlb=noforce"
 
 struct api_drive {
     char *id;
@@ -37,6 +43,9 @@ struct api_net {
     unsigned mtu; /* 0: not given */
     bool has_rx, has_tx;
     struct rate_limit_config rx, tx;
+    /* The tap, attached by the API's PUT (api.c), -1 until then (a
+     * configuration file's taps are attached at start); closed with it. */
+    int tap_fd;
 };
 
 struct api_machine {
@@ -45,7 +54,7 @@ struct api_machine {
     bool smt;
     bool track_dirty_pages;
     char cpu_template[16]; /* as given: "None", "host", "baseline", "C3", "T2", ... */
-    char huge_pages[16];   /* "None" or "Transparent" */
+    char huge_pages[16];   /* "None", "Transparent" or "2M" (hugetlbfs) */
 };
 
 struct api_logger {
@@ -66,6 +75,9 @@ struct api_vsock {
     bool set;
     uint64_t guest_cid;
     char *uds_path, *vsock_id;
+    /* uds_path bound and listening since the API's PUT (api.c), -1 until
+     * then; closed (and the socket file removed) with it. */
+    int listen_fd;
 };
 
 /* Everything configured so far. Strings are owned (malloc'd). */
@@ -83,6 +95,10 @@ struct api_config {
     char *metrics_path;
     struct api_entropy entropy;
     struct api_vsock vsock;
+    /* PUT /serial: where the serial port's output goes, opened when given
+     * (read-write, non-blocking, as the logger's), -1 when not */
+    char *serial_out_path;
+    int serial_out_fd;
 };
 
 /* A PATCH /drives/{id} after start: what changes. */
@@ -113,15 +129,22 @@ void api_set_custom_cpu(struct api_config *c, struct cpu_custom_template *t);
 int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body);
 int api_parse_drive_update(const char *path_id, const cJSON *body, struct api_drive_update *u);
 int api_put_net(struct api_config *c, const char *path_id, const cJSON *body);
+/* Every check of api_put_net, changing nothing. */
+int api_check_net(const struct api_config *c, const char *path_id, const cJSON *body);
 int api_parse_net_update(const char *path_id, const cJSON *body, struct api_net_update *u);
 int api_parse_logger(const cJSON *body, struct api_logger *out);
 int api_parse_metrics(const cJSON *body, char **path);
 int api_put_entropy(struct api_config *c, const cJSON *body);
 int api_put_vsock(struct api_config *c, const cJSON *body);
+/* PUT /serial: {"serial_out_path": PATH}; the file is opened now. */
+int api_put_serial(struct api_config *c, const cJSON *body);
 int api_parse_action(const cJSON *body, enum api_action *out);
 int api_parse_vm_state(const cJSON *body, bool *paused);
 /* Whether id is a valid resource id (drive, interface, instance). */
 bool api_id_valid(const char *id);
+/* Whether id may name a resource in an API path, by Firecracker's rule:
+ * letters, digits and '_', 1 to API_MAX_ID_BYTES of them. */
+bool api_path_id_valid(const char *id);
 
 /* A whole configuration document (--config-file); logger and metrics are
  * returned in c for the caller to apply. */

@@ -100,9 +100,33 @@ static enum http_parse_result parse_request_line(const char *s, const char *e,
         return fail(r, 400, "unsupported HTTP version (HTTP/1.0 and HTTP/1.1 are)");
     r->minor_version = version[7] - '0';
     r->keep_alive = r->minor_version == 1;
-    /* origin-form only: the API has no proxies in front of it. */
+    /* origin-form, or absolute-form as Firecracker's server takes it
+     * ("PUT http://localhost/machine-config HTTP/1.1"): the scheme and the
+     * authority are skipped, the path is what counts. */
+    size_t tlen = (size_t)(sp2 - target);
+    size_t scheme = tlen >= 7 && !strncasecmp(target, "http://", 7)    ? 7
+                    : tlen >= 8 && !strncasecmp(target, "https://", 8) ? 8
+                                                                       : 0;
+    if (scheme) {
+        const char *slash = memchr(target + scheme, '/', tlen - scheme);
+        const char *query = memchr(target + scheme, '?', tlen - scheme);
+        if (query && (!slash || query < slash))
+            slash = NULL; /* "http://host?x": the path is "/" */
+        for (const char *p = target + scheme; p < (slash ? slash : sp2); p++) {
+            unsigned char c = (unsigned char)*p;
+            if (c <= ' ' || c >= 0x7f)
+                return fail(r, 400, "malformed request target");
+        }
+        if (!slash) {
+            strcpy(r->path, "/");
+            return HTTP_COMPLETE;
+        }
+        target = slash;
+    }
     if (*target != '/')
-        return fail(r, 400, "the request target must be a path starting with '/'");
+        return fail(r, 400,
+                    "the request target must be a path starting with '/' or an "
+                    "absolute URI");
     const char *query = memchr(target, '?', (size_t)(sp2 - target));
     const char *path_end = query ? query : sp2;
     size_t plen = (size_t)(path_end - target);
@@ -273,17 +297,26 @@ const char *http_status_text(int status)
 size_t http_format_response(char **out, int status, const char *body, size_t body_len,
                             bool keep_alive)
 {
-    char head[256];
+    return http_format_response_with(out, status, NULL, body, body_len, keep_alive);
+}
+
+size_t http_format_response_with(char **out, int status, const char *extra_headers,
+                                 const char *body, size_t body_len, bool keep_alive)
+{
+    char head[384];
     int n;
+    const char *extra = extra_headers ? extra_headers : "";
+    if (strlen(extra) > 128)
+        return 0;
     if (status == 204 || status == 100)
         n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 %d %s\r\nServer: ember API\r\nConnection: %s\r\n\r\n", status,
-                     http_status_text(status), keep_alive ? "keep-alive" : "close");
+                     "HTTP/1.1 %d %s\r\nServer: ember API\r\nConnection: %s\r\n%s\r\n", status,
+                     http_status_text(status), keep_alive ? "keep-alive" : "close", extra);
     else
         n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 %d %s\r\nServer: ember API\r\nConnection: %s\r\n"
+                     "HTTP/1.1 %d %s\r\nServer: ember API\r\nConnection: %s\r\n%s"
                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
-                     status, http_status_text(status), keep_alive ? "keep-alive" : "close",
+                     status, http_status_text(status), keep_alive ? "keep-alive" : "close", extra,
                      body_len);
     if (status == 204 || status == 100)
         body_len = 0;

@@ -59,5 +59,8 @@ const char *http_status_text(int status);
  * returns its length or 0 on allocation failure. */
 size_t http_format_response(char **out, int status, const char *body, size_t body_len,
                             bool keep_alive);
+/* The same with extra header lines (each ending in "\r\n"; NULL: none). */
+size_t http_format_response_with(char **out, int status, const char *extra_headers,
+                                 const char *body, size_t body_len, bool keep_alive);
 
 #endif

@@ -28,19 +28,36 @@ void api_metrics_init(struct api_metrics *m)
 
 int api_metrics_open(struct api_metrics *m, const char *path)
 {
-    /* Non-blocking: a FIFO nobody drains costs metrics lines, never the
-     * main loop. Opening a FIFO this way fails (ENXIO) without a reader. */
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
-    if (fd < 0) {
-        if (errno == ENXIO)
-            return error_set("metrics FIFO '%s' has no reader", path);
+    /* Read-write and non-blocking, as Firecracker opens it: a FIFO nobody
+     * reads yet opens at once (write-only would fail with ENXIO; ember
+     * holding a read end also means no EPIPE), and a reader that does not
+     * keep up costs metrics lines, counted, never the main loop. */
+    int fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
+    if (fd < 0)
         return error_errno("cannot open metrics file '%s'", path);
-    }
     if (m->fd >= 0)
         close(m->fd);
     m->fd = fd;
     seccomp_set_metrics_fd(fd);
     return 0;
+}
+
+/* Writes what is left of a line a full FIFO took only in part; true once
+ * nothing is left. A line longer than PIPE_BUF can be cut short, and the
+ * reader must never get half a line followed by the next one. */
+static bool finish_pending(struct api_metrics *m)
+{
+    while (m->pending_len) {
+        ssize_t w = write(m->fd, m->pending + m->pending_off, m->pending_len);
+        if (w <= 0)
+            return false;
+        m->pending_off += (size_t)w;
+        m->pending_len -= (size_t)w;
+    }
+    free(m->pending);
+    m->pending = NULL;
+    m->pending_off = 0;
+    return true;
 }
 
 bool api_metrics_enabled(const struct api_metrics *m)
@@ -243,6 +260,8 @@ cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
     cJSON *uart = cJSON_AddObjectToObject(root, "uart");
     cJSON_AddNumberToObject(uart, "tx_bytes", counter(&vm->com1.tx_bytes));
     cJSON_AddNumberToObject(uart, "rx_bytes", counter(&vm->com1.rx_bytes));
+    /* Output a PUT /serial file or FIFO had no room for, dropped. */
+    cJSON_AddNumberToObject(uart, "tx_dropped_bytes", counter(&vm->console.out_dropped));
     cJSON *blk_total = cJSON_CreateObject(), *net_total = cJSON_CreateObject();
     bool any_blk = false, any_net = false;
     for (unsigned i = 0; i < vm->nvirtio; i++) {
@@ -309,27 +328,50 @@ int api_metrics_flush(struct api_metrics *m, struct vm *vm)
                             (double)ts.tv_sec * 1000 + (double)(ts.tv_nsec / 1000000));
     char *text = cJSON_PrintUnformatted(line);
     cJSON_Delete(line);
-    cJSON_Delete(m->previous);
-    m->previous = now;
-    if (!text)
+    if (!text) {
+        cJSON_Delete(now);
         return error_set("out of memory");
+    }
     size_t len = strlen(text);
     text[len] = '\n'; /* replaces the terminator: one write per line */
-    ssize_t w = write(m->fd, text, len + 1);
-    free(text);
-    if (w != (ssize_t)(len + 1)) {
+    ssize_t w = finish_pending(m) ? write(m->fd, text, len + 1) : -1;
+    int err = w < 0 && !m->pending ? errno : EAGAIN;
+    if (w <= 0) {
+        /* Dropped whole. The changes it held stay for the next line: the
+         * previous snapshot is kept. */
+        free(text);
+        cJSON_Delete(now);
         m->lines_lost++;
-        return error_set("metrics line not written (%s)", w < 0 ? strerror(errno) : "short");
+        if (err == EAGAIN || err == EWOULDBLOCK)
+            return error_set("metrics line not written: the metrics FIFO is full (its reader is "
+                             "not keeping up); the line is dropped and counted");
+        return error_set("metrics line not written (%s)",
+                         w < 0 ? strerror(err) : "nothing written");
     }
+    cJSON_Delete(m->previous);
+    m->previous = now;
     m->lines_written++;
+    if ((size_t)w < len + 1) {
+        /* Cut short by a full FIFO: the rest goes first next time. */
+        m->pending = text;
+        m->pending_off = (size_t)w;
+        m->pending_len = len + 1 - (size_t)w;
+        return 0;
+    }
+    free(text);
     return 0;
 }
 
 void api_metrics_close(struct api_metrics *m)
 {
     seccomp_set_metrics_fd(-1);
-    if (m->fd >= 0)
+    if (m->fd >= 0) {
+        finish_pending(m);
         close(m->fd);
+    }
+    free(m->pending);
+    m->pending = NULL;
+    m->pending_len = m->pending_off = 0;
     m->fd = -1;
     cJSON_Delete(m->previous);
     m->previous = NULL;

@@ -22,7 +22,11 @@ struct api_route_count {
 };
 
 struct api_metrics {
-    int fd;          /* -1 until configured */
+    int fd; /* -1 until configured */
+    /* The rest of a line a full FIFO took only in part, written before any
+     * new line (which is dropped while it cannot be). */
+    char *pending;
+    size_t pending_off, pending_len;
     cJSON *previous; /* cumulative values at the last flush */
     struct api_route_count *routes;
     unsigned nroutes, routes_cap;
@@ -35,7 +39,8 @@ struct api_metrics {
 };
 
 void api_metrics_init(struct api_metrics *m);
-/* Opens path for appending (a FIFO needs a reader already). */
+/* Opens path for appending: a file (created if missing) or a FIFO, which
+ * needs no reader yet. */
 int api_metrics_open(struct api_metrics *m, const char *path);
 bool api_metrics_enabled(const struct api_metrics *m);
 /* Reports the server's counters in the api_server group from now on. */

@@ -112,7 +112,10 @@ static bool out_append(struct api_conn *c, const char *data, size_t len)
 static void respond(struct api_conn *c, int status, const char *body, bool keep_alive)
 {
     char *msg;
-    size_t n = http_format_response(&msg, status, body, body ? strlen(body) : 0, keep_alive);
+    const char *extra = status & API_STATUS_DEPRECATED ? "Deprecation: true\r\n" : NULL;
+    status &= ~API_STATUS_DEPRECATED;
+    size_t n =
+        http_format_response_with(&msg, status, extra, body, body ? strlen(body) : 0, keep_alive);
     if (!n || !out_append(c, msg, n))
         c->closing = true;
     if (n)

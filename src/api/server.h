@@ -55,6 +55,10 @@ const char *api_server_event_metric(enum api_server_event e);
 
 /* Answers one request: sets *status and, for a body, *body (malloc'd JSON,
  * freed by the server). */
+/* A handler ORs this into *status when the request used something Firecracker
+ * deprecates: the answer carries Firecracker's "Deprecation: true" header. */
+#define API_STATUS_DEPRECATED (1 << 16)
+
 typedef void (*api_request_fn)(void *opaque, const struct http_request *req, int *status,
                                char **body);
 

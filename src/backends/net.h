@@ -45,6 +45,12 @@ struct net_backend {
  * bytes of frames written and not yet gone from the host are limited to it (TUNSETSNDBUF):
  * a slow path on the host then pushes back on the guest instead of queueing. */
 int net_tap_open(struct net_backend *be, const char *ifname, uint64_t sndbuf);
+/* Its first step alone: the descriptor of tap ifname (created if missing and allowed),
+ * or -1 saying why, so that the API's PUT /network-interfaces fails where it should. */
+int net_tap_attach(const char *ifname);
+/* The rest, on fd from net_tap_attach, which the backend owns from here (closed on
+ * failure too). */
+int net_tap_open_fd(struct net_backend *be, const char *ifname, int fd, uint64_t sndbuf);
 
 /* Frames the kernel dropped on their way to the tap's reader (the guest), because the
  * reader did not keep up: the tap's tx_dropped in sysfs. -1 when it cannot be read. */

@@ -20,6 +20,11 @@ static const char help_text[] = "\r\nember console escapes:\r\n"
                                 "  Ctrl-A Ctrl-A  send Ctrl-A to the guest\r\n"
                                 "  Ctrl-A h       this help\r\n";
 
+void stdio_console_set_lossy(struct stdio_console *c, bool lossy)
+{
+    c->out_lossy = lossy;
+}
+
 void stdio_console_output(void *opaque, const uint8_t *buf, size_t len)
 {
     struct stdio_console *c = opaque;
@@ -32,6 +37,9 @@ void stdio_console_output(void *opaque, const uint8_t *buf, size_t len)
             len -= (size_t)n;
         } else if (n < 0 && errno == EINTR) {
             continue;
+        } else if (n < 0 && errno == EAGAIN && c->out_lossy) {
+            __atomic_add_fetch(&c->out_dropped, len, __ATOMIC_RELAXED);
+            return;
         } else if (n < 0 && errno == EAGAIN) {
             struct pollfd p = {.fd = c->out_fd, .events = POLLOUT};
             poll(&p, 1, -1);

@@ -24,6 +24,10 @@ struct stdio_console {
     int in_fd, out_fd;
     int watch_fd; /* in_fd, or a pipe fed by a copier thread */
     bool is_tty, escape, eof, out_broken, armed;
+    /* Output to a file or FIFO of the API's (PUT /serial): never waited
+     * for; what does not fit now is dropped and counted. */
+    bool out_lossy;
+    uint64_t out_dropped;
     struct event_loop *loop;
     struct event_handler *handler;
     int resume_fd; /* eventfd: the device has room again */
@@ -41,6 +45,9 @@ struct stdio_console {
 int stdio_console_start(struct stdio_console *c, struct event_loop *loop, int in_fd, int out_fd,
                         const struct stdio_sink *sink, void (*on_quit)(void *), void *opaque);
 void stdio_console_stop(struct stdio_console *c);
+/* Output goes to out_fd without waiting when it is full (after
+ * stdio_console_start, before the guest runs). */
+void stdio_console_set_lossy(struct stdio_console *c, bool lossy);
 /* Writes guest output (any thread). */
 void stdio_console_output(void *opaque, const uint8_t *buf, size_t len);
 /* The sink has room again (any thread). */

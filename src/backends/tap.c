@@ -164,10 +164,8 @@ int net_tap_host_drops(const char *ifname, uint64_t *drops)
     return 0;
 }
 
-int net_tap_open(struct net_backend *be, const char *ifname, uint64_t sndbuf)
+int net_tap_attach(const char *ifname)
 {
-    memset(be, 0, sizeof(*be));
-    be->rx_fd = be->tx_fd = -1;
     if (strlen(ifname) >= IFNAMSIZ)
         return error_set("tap name '%s' is longer than %d characters", ifname, IFNAMSIZ - 1);
     int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
@@ -189,6 +187,19 @@ int net_tap_open(struct net_backend *be, const char *ifname, uint64_t sndbuf)
             return error_set("tap '%s' is in use by another process", ifname);
         return error_errno("cannot attach tap '%s'", ifname);
     }
+    return fd;
+}
+
+int net_tap_open(struct net_backend *be, const char *ifname, uint64_t sndbuf)
+{
+    int fd = net_tap_attach(ifname);
+    return fd < 0 ? -1 : net_tap_open_fd(be, ifname, fd, sndbuf);
+}
+
+int net_tap_open_fd(struct net_backend *be, const char *ifname, int fd, uint64_t sndbuf)
+{
+    memset(be, 0, sizeof(*be));
+    be->rx_fd = be->tx_fd = -1;
     int hdr = VNET_HDR_LEN;
     if (ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0) {
         close(fd);

@@ -9,6 +9,7 @@
 #include "jailer/jailer.h"
 #include "jailer/undo.h"
 #include "util/error.h"
+#include "util/version.h"
 
 #include <dirent.h>
 #include <elf.h>
@@ -29,10 +30,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#ifndef EMBER_VERSION
-#define EMBER_VERSION "0.1.0"
-#endif
 
 #if defined(__x86_64__)
 #define NATIVE_MACHINE EM_X86_64
@@ -400,7 +397,8 @@ int main(int argc, char **argv)
         return JAIL_EXIT_OK;
     }
     if (a->version) {
-        printf("ember-jailer %s\n", EMBER_VERSION);
+        printf("ember-jailer v%s\nember-jailer %s, Firecracker's jailer as of Firecracker v%s\n",
+               EMBER_FIRECRACKER_VERSION, EMBER_VERSION, EMBER_FIRECRACKER_API);
         return JAIL_EXIT_OK;
     }
     /* A write past --resource-limit fsize is an error the jailer reports, not a signal

@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define R(name)                                                                                    \
     {                                                                                              \
@@ -125,6 +126,12 @@ static const struct sc_rule preboot_rules[] = {
     /* PUT /logger, /metrics: files created if missing (MAIN_OPEN after start) */
     R(openat),
     R(timerfd_create),
+    /* PUT /network-interfaces attaches its tap, PUT /vsock binds its socket,
+     * so that their errors answer those requests (Firecracker's order) */
+    IOCTL(TUNSETIFF),
+    R3(socket, EQ(0, AF_UNIX), EQ(1, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), EQ(2, 0)),
+    R(bind),
+    R(listen),
     /* the configuration's checks: files readable, memory not beyond the host's */
     R(access),
     R(sysinfo),
@@ -159,6 +166,8 @@ static const struct sc_rule vcpu_rules[] = {
     R(getpid),
     R(gettid),
     R1(tgkill, EQ(2, KICK_SIGNAL_NR)),
+    /* the boot timer's CPU time (--boot-timer): this clock has no vDSO path */
+    R1(clock_gettime, EQ(0, CLOCK_PROCESS_CPUTIME_ID)),
 };
 
 /* ---- virtio I/O threads ---------------------------------------------------- */

@@ -3,6 +3,7 @@
 #include "util/error.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -63,9 +64,11 @@ void log_set_instance(const char *id)
 
 int log_open(const char *path)
 {
-    /* Non-blocking so that a stalled FIFO reader costs log lines, never a
-     * stuck vCPU. */
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
+    /* Read-write and non-blocking, as Firecracker opens it: a FIFO nobody
+     * reads yet opens at once (write-only would fail with ENXIO), and a
+     * stalled reader costs log lines (counted), never a stuck vCPU. A line
+     * is shorter than PIPE_BUF, so a FIFO takes it whole or not at all. */
+    int fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
     if (fd < 0)
         return error_errno("cannot open log file '%s'", path);
     log_close();
@@ -91,6 +94,7 @@ static void log_vmsg(enum log_level level, const char *file, int line_no, const 
     if (level > current_level || level < LOG_ERROR)
         return;
     char line[1024];
+    _Static_assert(sizeof(line) <= PIPE_BUF, "a log line must reach a FIFO whole or not at all");
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;

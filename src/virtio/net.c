@@ -686,8 +686,9 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
     if (opts->backend)
         n->be = *opts->backend;
     else
-        r = opts->user ? net_user_open(&n->be, opts->forwards, opts->nforwards)
-                       : net_tap_open(&n->be, opts->tap, opts->sndbuf);
+        r = opts->user         ? net_user_open(&n->be, opts->forwards, opts->nforwards)
+            : opts->has_tap_fd ? net_tap_open_fd(&n->be, opts->tap, opts->tap_fd, opts->sndbuf)
+                               : net_tap_open(&n->be, opts->tap, opts->sndbuf);
     if (r < 0)
         return -1;
     n->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);

@@ -31,6 +31,10 @@ struct net_options {
     struct rate_limit_config rx_limit, tx_limit;
     /* A backend already open (tests): the device takes it over instead of opening one. */
     struct net_backend *backend;
+    /* tap only: the tap's descriptor, attached already (net_tap_attach, the API's
+     * PUT), which the device takes over */
+    bool has_tap_fd;
+    int tap_fd;
 };
 
 struct virtio_net;

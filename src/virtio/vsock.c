@@ -941,8 +941,16 @@ static const struct virtio_dev_ops vsock_ops = {
 int virtio_vsock_init(struct virtio_vsock *v, uint64_t guest_cid, const char *uds_path,
                       const struct guest_memory *mem)
 {
+    return virtio_vsock_init_listening(v, guest_cid, uds_path, -1, mem);
+}
+
+int virtio_vsock_init_listening(struct virtio_vsock *v, uint64_t guest_cid, const char *uds_path,
+                                int listen_fd, const struct guest_memory *mem)
+{
     memset(v, 0, sizeof(*v));
-    v->listen_fd = v->timer_fd = -1;
+    /* Owned from here: the device's destroy closes it, whatever fails. */
+    v->listen_fd = listen_fd;
+    v->timer_fd = -1;
     v->next_host_port = 1u << 30;
     if (guest_cid < 3 || guest_cid > 0xfffffffeULL)
         return error_set("vsock: guest CID %llu is reserved (use 3 to 4294967294)",
@@ -954,7 +962,8 @@ int virtio_vsock_init(struct virtio_vsock *v, uint64_t guest_cid, const char *ud
     v->uds_path = strdup(uds_path);
     if (!v->uds_path)
         return error_set("out of memory");
-    v->listen_fd = uds_listen(uds_path);
+    if (v->listen_fd < 0)
+        v->listen_fd = uds_listen(uds_path);
     if (v->listen_fd < 0)
         return error_prefix("vsock");
     v->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
@@ -984,7 +993,8 @@ void virtio_vsock_destroy(struct virtio_vsock *v)
                  (unsigned long long)v->unknown_conn_packets, (unsigned long long)v->rsts_dropped);
     if (v->listen_fd >= 0) {
         close(v->listen_fd);
-        unlink(v->uds_path);
+        if (v->uds_path)
+            unlink(v->uds_path);
     }
     if (v->timer_fd >= 0)
         close(v->timer_fd);

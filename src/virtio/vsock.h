@@ -98,6 +98,10 @@ struct virtio_vsock {
 };
 
 /* guest_cid: 3..0xfffffffe; uds_path: the host's unix socket (created). */
+/* The same with uds_path bound and listening already on listen_fd (-1: bind it now), which
+ * the device owns from here (closed on failure too). */
+int virtio_vsock_init_listening(struct virtio_vsock *v, uint64_t guest_cid, const char *uds_path,
+                                int listen_fd, const struct guest_memory *mem);
 int virtio_vsock_init(struct virtio_vsock *v, uint64_t guest_cid, const char *uds_path,
                       const struct guest_memory *mem);
 void virtio_vsock_destroy(struct virtio_vsock *v);

@@ -10,14 +10,22 @@
 #include "virtio/vsock.h"
 #include "vmm/vm.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ISA interrupt lines free for virtio-mmio devices (edge-triggered, as
- * the guest assumes for ISA lines): not the PIT (0), keyboard (1),
- * cascade (2), COM2/COM1 (3, 4), RTC (8) or the mouse/FPU lines. */
-static const unsigned mmio_irqs[] = {5, 6, 7, 9, 10, 11, 14, 15};
+/* Interrupt lines for virtio-mmio devices, edge-triggered ISA lines as the
+ * MP table lists them (pins 16-23 included: no PCI device takes them when
+ * devices are on virtio-mmio), 19 in all as Firecracker's GSI 5-23. Never
+ * the PIT (0), keyboard (1), cascade (2) or COM2/COM1 (3, 4). The lines a
+ * guest's own drivers may claim come last: the PS/2 mouse (12), the FPU
+ * error line (13) and the RTC alarm (8; ember's RTC raises none, Linux's
+ * rtc-cmos still asks for it). */
+static const unsigned mmio_irqs[] = {5,  6,  7,  9,  10, 11, 14, 15, 16, 17,
+                                     18, 19, 20, 21, 22, 23, 12, 13, 8};
+_Static_assert(sizeof(mmio_irqs) / sizeof(mmio_irqs[0]) == VM_MAX_MMIO_DEVICES,
+               "one interrupt line per virtio-mmio device");
 #define PCI_WINDOW_START 0xe0000000ULL
 #define PCI_WINDOW_END   0xfec00000ULL
 
@@ -35,9 +43,11 @@ static int attach(struct vm *vm, struct virtio_dev *dev, void *model, void (*des
         return virtio_pci_init(&v->pci, dev, &vm->pci, &vm->irqchip, vm->vm_fd);
     }
     unsigned index = vm->next_mmio_irq;
-    if (index >= sizeof(mmio_irqs) / sizeof(mmio_irqs[0]))
-        return error_set("too many virtio-mmio devices (at most %zu); use --transport pci",
-                         sizeof(mmio_irqs) / sizeof(mmio_irqs[0]));
+    if (index >= VM_MAX_MMIO_DEVICES)
+        return error_set("too many virtio-mmio devices: no interrupt line is left for %s (at "
+                         "most %d devices, as in Firecracker); use --transport pci (ember run) "
+                         "or --enable-pci (API) for more",
+                         dev->name, VM_MAX_MMIO_DEVICES);
     vm->next_mmio_irq++;
     uint64_t base = LAYOUT_VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_WINDOW;
     if (virtio_mmio_init(&v->mmio, dev, vm->vm_fd, base, mmio_irqs[index]) < 0)
@@ -196,6 +206,16 @@ int vm_create_virtio_devices(struct vm *vm)
                                 .rx_limit = nc->rx_limit,
                                 .tx_limit = nc->tx_limit};
         memcpy(o.mac, nc->mac, 6);
+        /* The API attached the tap at its PUT and keeps its descriptor: the
+         * device takes a copy. */
+        if (nc->has_tap_fd) {
+            o.tap_fd = fcntl(nc->tap_fd, F_DUPFD_CLOEXEC, 0);
+            if (o.tap_fd < 0) {
+                free(net);
+                return error_errno("tap '%s'", nc->tap);
+            }
+            o.has_tap_fd = true;
+        }
         char name[16];
         snprintf(name, sizeof(name), "net%u", i);
         if ((nc->forwards && parse_forwards(nc->forwards, &o) < 0) ||
@@ -234,7 +254,15 @@ int vm_create_virtio_devices(struct vm *vm)
         struct virtio_vsock *vs = calloc(1, sizeof(*vs));
         if (!vs)
             return error_set("out of memory");
-        if (virtio_vsock_init(vs, cfg->vsock.guest_cid, cfg->vsock.uds_path, &vm->mem) < 0) {
+        /* The API bound the socket at its PUT and keeps it: the device takes a copy. */
+        int listen_fd = -1;
+        if (cfg->vsock.has_listen_fd &&
+            (listen_fd = fcntl(cfg->vsock.listen_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+            free(vs);
+            return error_errno("vsock: %s", cfg->vsock.uds_path);
+        }
+        if (virtio_vsock_init_listening(vs, cfg->vsock.guest_cid, cfg->vsock.uds_path, listen_fd,
+                                        &vm->mem) < 0) {
             virtio_vsock_destroy(vs);
             free(vs);
             return -1;

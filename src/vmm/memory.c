@@ -2,6 +2,10 @@
 
 #include "util/error.h"
 
+#include <errno.h>
+#include <linux/mman.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -38,6 +42,54 @@ int guest_memory_map(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_
      * would cost 2 MiB of host memory for a few KiB of data. */
     if (ram_size > SZ_2M)
         madvise((uint8_t *)p + SZ_2M, ram_size - SZ_2M, MADV_HUGEPAGE);
+    return 0;
+}
+
+/* A field of /proc/meminfo (a count of pages for the HugePages_ ones), or -1. */
+static long long meminfo_field(const char *name)
+{
+    FILE *f = fopen("/proc/meminfo", "re");
+    if (!f)
+        return -1;
+    char line[128];
+    long long v = -1;
+    size_t n = strlen(name);
+    while (fgets(line, sizeof(line), f)) {
+        if (!strncmp(line, name, n) && line[n] == ':') {
+            v = strtoll(line + n + 1, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return v;
+}
+
+int guest_memory_map_hugetlb(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
+                             uint64_t hole_end)
+{
+    if (ram_size % SZ_2M)
+        return error_set("guest memory of %llu MiB is not a whole number of 2 MiB huge pages",
+                         (unsigned long long)(ram_size >> 20));
+    /* No MAP_NORESERVE: the pages are reserved from the pool now. */
+    void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
+    if (p == MAP_FAILED) {
+        int err = errno;
+        long long free_pages = meminfo_field("HugePages_Free");
+        long long reserved = meminfo_field("HugePages_Rsvd");
+        if (err == ENOMEM && free_pages >= 0 && reserved >= 0)
+            return error_set("cannot back %llu MiB of guest memory with 2 MiB huge pages: it "
+                             "needs %llu, the host has %lld free and not promised elsewhere "
+                             "(reserve more in /proc/sys/vm/nr_hugepages)",
+                             (unsigned long long)(ram_size >> 20),
+                             (unsigned long long)(ram_size / SZ_2M),
+                             free_pages > reserved ? free_pages - reserved : 0);
+        errno = err;
+        return error_errno("cannot map %llu MiB of guest memory from 2 MiB huge pages",
+                           (unsigned long long)(ram_size >> 20));
+    }
+    guest_memory_layout(mem, p, ram_size, hole_start, hole_end);
+    mem->owns_mapping = true;
     return 0;
 }
 

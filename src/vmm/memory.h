@@ -30,6 +30,11 @@ void guest_memory_layout(struct guest_memory *mem, uint8_t *base, uint64_t ram_s
 /* Maps ram_size bytes (MAP_NORESERVE) and lays them out around the hole. */
 int guest_memory_map(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
                      uint64_t hole_end);
+/* The same from the host's hugetlbfs pool of 2 MiB pages (Firecracker's
+ * huge_pages "2M"): ram_size a multiple of 2 MiB, every page reserved now,
+ * so a pool too small fails here with the numbers, not at a guest fault. */
+int guest_memory_map_hugetlb(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
+                             uint64_t hole_end);
 void guest_memory_free(struct guest_memory *mem);
 
 /* Host pointer for [gpa, gpa+len) or NULL when any byte of it is not RAM

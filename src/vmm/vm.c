@@ -144,6 +144,9 @@ static int create_devices(struct vm *vm)
     if (vm->cfg.debug_exit && bus_register(&vm->pio, DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE,
                                            debug_exit_io, &vm->debug_exit, "debug-exit") < 0)
         return -1;
+    if (vm->cfg.boot_timer && bus_register(&vm->mmio, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE,
+                                           boot_timer_io, &vm->boot_timer, "boot timer") < 0)
+        return -1;
     return 0;
 }
 
@@ -240,6 +243,8 @@ static int write_mptable(struct vm *vm)
         .ioapic_addr = LAYOUT_IOAPIC,
         .lapic_addr = LAYOUT_LAPIC,
         .pci_slots = vm_pci_slots(vm),
+        /* Without PCI, pins 16-23 are ISA lines for virtio-mmio devices. */
+        .isa_irqs = vm->has_pci ? 16 : MPTABLE_MAX_ISA_IRQS,
     };
     struct kvm_cpuid_entry2 *leaf1 = cpuid_find(vm->supported_cpuid, 1, 0);
     if (leaf1) {
@@ -280,6 +285,8 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
     vm->loop = loop;
     vm->cfg = *cfg;
     vm->ncpus = cfg->ncpus;
+    /* Firecracker's boot timer counts from the request to build the machine. */
+    boot_timer_init(&vm->boot_timer);
     pthread_mutex_init(&vm->stop_lock, NULL);
     pthread_cond_init(&vm->pause_cond, NULL);
     bus_init(&vm->pio, "pio");
@@ -305,9 +312,16 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
         return -1;
     /* Memory before the irqchip: on some hosts a memslot change costs a
      * grace period per in-kernel device already registered. */
-    if (guest_memory_map(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
-                         LAYOUT_MMIO_HOLE_END) < 0)
+    if (cfg->hugetlb) {
+        vm->create_status = EXIT_USAGE; /* the host's pool is the operator's to fill */
+        if (guest_memory_map_hugetlb(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
+                                     LAYOUT_MMIO_HOLE_END) < 0)
+            return -1;
+        vm->create_status = EXIT_HOST_ERROR;
+    } else if (guest_memory_map(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
+                                LAYOUT_MMIO_HOLE_END) < 0) {
         return -1;
+    }
     if (set_memory_regions(vm) < 0)
         return -1;
     if (irqchip_create(&vm->irqchip, vm->vm_fd) < 0)
@@ -343,9 +357,12 @@ int vm_start(struct vm *vm, bool attach_console)
         struct stdio_sink sink = {.deliver = com1_deliver, .opaque = &vm->com1};
         if (vm->vconsole)
             sink = (struct stdio_sink){.deliver = vconsole_deliver, .opaque = vm->vconsole};
-        if (stdio_console_start(&vm->console, vm->loop, STDIN_FILENO, STDOUT_FILENO, &sink,
-                                on_console_quit, vm) < 0)
+        int out = vm->cfg.has_serial_out ? vm->cfg.serial_out_fd : STDOUT_FILENO;
+        if (stdio_console_start(&vm->console, vm->loop, STDIN_FILENO, out, &sink, on_console_quit,
+                                vm) < 0)
             return error_prefix("console");
+        /* A file of the API's is never waited for (a FIFO nobody reads). */
+        stdio_console_set_lossy(&vm->console, vm->cfg.has_serial_out);
         vm->console_attached = true;
     }
     for (unsigned i = 0; i < vm->ncpus; i++) {

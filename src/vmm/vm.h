@@ -10,6 +10,7 @@
 #include "backends/stdio.h"
 #include "bus/bus.h"
 #include "bus/pci.h"
+#include "devices/boot_timer.h"
 #include "devices/debug_exit.h"
 #include "devices/i8042.h"
 #include "devices/rtc.h"
@@ -46,11 +47,15 @@ struct drive_config {
     struct rate_limit_config rate_limit;
 };
 
-#define VM_MAX_NETS 4
+#define VM_MAX_NETS 16
+/* virtio-mmio devices with an interrupt line each (vmm/devices.c). */
+#define VM_MAX_MMIO_DEVICES 19
 
 struct net_config {
     const char *id;       /* the API's iface_id */
     const char *tap;      /* host tap name (Firecracker's host_dev_name) */
+    bool has_tap_fd;      /* tap attached already (the API's PUT): a descriptor of it, */
+    int tap_fd;           /* which the device takes over */
     bool user;            /* user-mode networking instead of a tap */
     const char *forwards; /* user: "tcp:HOSTPORT:GUESTPORT" items, '+'-separated */
     uint8_t mac[6];
@@ -66,6 +71,8 @@ struct vsock_config {
     const char *id;       /* the API's vsock_id */
     uint64_t guest_cid;   /* 0: no vsock device */
     const char *uds_path; /* PATH: host connections; PATH_<port>: guest connections */
+    bool has_listen_fd;   /* PATH bound and listening already (the API's PUT): a */
+    int listen_fd;        /* descriptor of it, which the device takes over */
 };
 
 struct vm_config {
@@ -75,6 +82,12 @@ struct vm_config {
     uint64_t memory_mib;
     unsigned ncpus;
     bool debug_exit;
+    bool boot_timer; /* Firecracker's boot timer device (devices/boot_timer.h) */
+    bool hugetlb;    /* guest RAM from the host's 2 MiB hugetlbfs pages */
+    /* PUT /serial: the serial port's output to this descriptor (a file or
+     * FIFO, non-blocking, the caller's) instead of stdout; input stays stdin. */
+    bool has_serial_out;
+    int serial_out_fd;
     enum cpu_template cpu_template;
     const struct cpu_modifiers *custom_cpu; /* a custom template (PUT /cpu-config), or NULL */
     bool smt;                               /* two threads per core in the CPUID topology */
@@ -115,6 +128,7 @@ struct vm {
     struct i8042 i8042;
     struct rtc rtc;
     struct debug_exit debug_exit;
+    struct boot_timer boot_timer;
     struct stdio_console console;
 
     struct pci_bus pci;

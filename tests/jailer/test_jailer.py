@@ -268,7 +268,7 @@ def v2_controllers():
 
 class Jail:
     def __init__(self, t, ember_args=(), jailer_args=(), jid=None, uid=UID, gid=GID,
-                 exec_file=EMBER, wait_socket=True, sock="/run/ember.socket"):
+                 exec_file=EMBER, wait_socket=True, sock="/run/ember.socket", pass_sock=True):
         self.t = t
         self.id = jid or t.new_id()
         self.dir = os.path.join(BASE, os.path.basename(exec_file), self.id)
@@ -276,9 +276,10 @@ class Jail:
         self.sock = os.path.join(self.root, sock.lstrip("/"))
         self.out_path = os.path.join(t.tmp, self.id + ".out")
         self.err_path = os.path.join(t.tmp, self.id + ".err")
+        self.exec_name = os.path.basename(exec_file)
         self.cmd = [JAILER, "--id", self.id, "--exec-file", exec_file, "--uid", str(uid),
                     "--gid", str(gid), "--chroot-base-dir", BASE] + list(jailer_args) + \
-                   ["--", "--api-sock", sock] + list(ember_args)
+                   ["--"] + (["--api-sock", sock] if pass_sock else []) + list(ember_args)
         if VERBOSE:
             note(" ".join(self.cmd))
         self.out = open(self.out_path, "wb")
@@ -312,7 +313,7 @@ class Jail:
 
     def pid(self):
         if self._pid is None:
-            self._pid = int(read(os.path.join(self.root, "ember.pid")))
+            self._pid = int(read(os.path.join(self.root, self.exec_name + ".pid")))
         return self._pid
 
     def req(self, method, route, body=None):
@@ -377,7 +378,7 @@ class Jail:
         try:
             pid = self.pid()
             # The process the jail's pid file names, while it is still the jail's ember.
-            if read("/proc/%d/cmdline" % pid).startswith("/ember\0--id\0%s\0" % self.id):
+            if read("/proc/%d/cmdline" % pid).startswith("/%s\0--id\0%s\0" % (self.exec_name, self.id)):
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass
@@ -474,6 +475,36 @@ def test_boot_unprivileged(t):
     status = j.wait()
     check(status == 0, "ember's exit status is the jailer's: %d: %s" % (status, j.stderr()))
     check("received Ctrl+Alt+Del" in j.stdout(), "the guest saw the keys: %r" % j.stdout()[-300:])
+
+
+def test_installed_as_firecracker(t):
+    """Kata Containers jails the file it was given as Firecracker under its own name and then
+    looks for <base>/firecracker/<id>/root/firecracker.pid and .../run/firecracker.socket,
+    passing no --api-sock. A copy (or hard link) of ember named firecracker gives both; a
+    symbolic link is refused as Firecracker's jailer refuses it."""
+    bindir = os.path.join(t.tmp, "bin")
+    os.makedirs(bindir)
+    fc = os.path.join(bindir, "firecracker")
+    try:
+        os.link(EMBER, fc)
+    except OSError:
+        shutil.copy2(EMBER, fc)
+    link = os.path.join(bindir, "firecracker-link")
+    os.symlink(EMBER, link)
+    out = run_jailer(["--id", t.new_id(), "--exec-file", link, "--uid", str(UID), "--gid",
+                      str(GID), "--chroot-base-dir", BASE])
+    one_clear_line(out, "symbolic link", "a symbolic link as --exec-file")
+    j = Jail(t, exec_file=fc, sock="/run/firecracker.socket", pass_sock=False)
+    check(j.dir == os.path.join(BASE, "firecracker", j.id), "the jail is under firecracker/: %s" % j.dir)
+    check(os.path.exists(os.path.join(j.root, "run", "firecracker.socket")),
+          "the API socket has Firecracker's default name")
+    check(j.pid() == j.proc.pid, "firecracker.pid names ember: %d vs %d" % (j.pid(), j.proc.pid))
+    check(read("/proc/%d/cmdline" % j.pid()).startswith("/firecracker\0"), "ember runs as /firecracker")
+    info = j.req("GET", "/").json()
+    check(info["id"] == j.id and "+ember." in info["vmm_version"], "GET /: %r" % info)
+    boot_keyboard(j)
+    expect(j.put("/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
+    check(j.wait() == 0, "ember ends with the guest: %s" % j.stderr())
 
 
 def test_host_paths_unreachable(t):
@@ -626,9 +657,8 @@ def test_netns_tap(t):
     check(ip("link", "show", tap, check_ok=False).returncode != 0, "still not in the host's namespace")
     # Without --netns the jail is in the host's namespace: no such tap, and ember may not make one.
     k = Jail(t)
-    expect(k.put("/boot-source", {"kernel_image_path": k.link_in(KEYBOARD)}), 204, "boot-source")
-    expect(k.put("/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": tap}), 204, "net")
-    r = k.put("/actions", {"action_type": "InstanceStart"})
+    # As Firecracker, the tap is attached at its PUT, which is the request refused.
+    r = k.put("/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": tap})
     expect(r, 400, "the tap from the host's namespace", tap)
     note("tap %s without --netns: %s" % (tap, r.fault()))
 
@@ -870,7 +900,7 @@ def test_cgroup_v2(t):
 
 
 TESTS = [
-    test_boot_unprivileged, test_host_paths_unreachable, test_pids_max, test_memory_limit,
+    test_boot_unprivileged, test_installed_as_firecracker, test_host_paths_unreachable, test_pids_max, test_memory_limit,
     test_netns_tap, test_same_id_refused, test_bad_input, test_failure_midway, test_daemonize,
     test_new_pid_ns, test_resource_limits, test_cgroup_v2,
 ]

@@ -156,6 +156,53 @@ START_TEST(jailer_flags)
 }
 END_TEST
 
+/* Installed under Firecracker's name, ember listens where Firecracker's clients look. */
+START_TEST(named_firecracker)
+{
+    struct cli c;
+    char *fc[] = {"/usr/local/bin/firecracker", "--id", "vm-1"};
+    ck_assert_int_eq(cli_parse(3, fc, &c), 0);
+    ck_assert_int_eq(c.action, CLI_API);
+    ck_assert_str_eq(c.api.socket_path, "/run/firecracker.socket");
+    char *bare[] = {"firecracker"};
+    ck_assert_int_eq(cli_parse(1, bare, &c), 0);
+    ck_assert_int_eq(c.action, CLI_API);
+    ck_assert_str_eq(c.api.socket_path, "/run/firecracker.socket");
+    char *given[] = {"/firecracker", "--api-sock", "/tmp/a.sock"};
+    ck_assert_int_eq(cli_parse(3, given, &c), 0);
+    ck_assert_str_eq(c.api.socket_path, "/tmp/a.sock");
+    ck_assert_int_eq(PARSE(&c, "--id", "vm-1"), 0);
+    ck_assert_str_eq(c.api.socket_path, "/run/ember.socket");
+    char *ember_bare[] = {"/usr/bin/ember"};
+    ck_assert_int_eq(cli_parse(1, ember_bare, &c), -1);
+    ck_assert(cli_named_firecracker("firecracker-v1.14.0-x86_64"));
+    ck_assert(!cli_named_firecracker("/opt/firecracker/ember"));
+    ck_assert(!cli_named_firecracker(NULL));
+}
+END_TEST
+
+/* flintlock's launch line, and Firecracker's snapshot queries. */
+START_TEST(flintlock_flags)
+{
+    struct cli c;
+    ck_assert_msg(PARSE(&c, "--id", "01HQ4V9A3M6Q2W1E8R7T5Y0U9I", "--boot-timer", "--no-api",
+                        "--config-file", "/var/lib/flintlock/vm/firecracker.cfg", "--metadata",
+                        "/var/lib/flintlock/vm/metadata.json") == 0,
+                  "%s", error_get());
+    ck_assert_int_eq(c.action, CLI_API);
+    ck_assert(c.api.boot_timer && c.api.no_api);
+    ck_assert_str_eq(c.api.metadata_path, "/var/lib/flintlock/vm/metadata.json");
+    ck_assert_int_eq(PARSE(&c, "--describe-snapshot", "/tmp/state"), 0);
+    ck_assert_int_eq(c.action, CLI_DESCRIBE_SNAPSHOT);
+    ck_assert_str_eq(c.snapshot_path, "/tmp/state");
+    ck_assert_int_eq(PARSE(&c, "--snapshot-version"), 0);
+    ck_assert_int_eq(c.action, CLI_SNAPSHOT_VERSION);
+    ck_assert_int_eq(PARSE(&c, "--api-sock", "/tmp/a", "--metadata", ""), -1);
+    ck_assert_int_eq(PARSE(&c, "run", "--kernel", "k", "--boot-timer"), 0);
+    ck_assert(c.vm.boot_timer);
+}
+END_TEST
+
 Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -166,6 +213,8 @@ Suite *cli_suite(void)
     tcase_add_test(t, size_parsing);
     tcase_add_test(t, net_specs);
     tcase_add_test(t, jailer_flags);
+    tcase_add_test(t, named_firecracker);
+    tcase_add_test(t, flintlock_flags);
     suite_add_tcase(s, t);
     return s;
 }

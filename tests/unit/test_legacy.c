@@ -1,9 +1,13 @@
+#include "devices/boot_timer.h"
 #include "devices/debug_exit.h"
 #include "devices/i8042.h"
 #include "devices/rtc.h"
 #include "suites.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* 2026-11-25 13:45:56 UTC, a Wednesday. */
 static time_t fixed_now(void)
@@ -138,6 +142,47 @@ START_TEST(debug_exit_statuses)
 }
 END_TEST
 
+/* Firecracker's boot timer: only the byte 123 at offset 0 logs, in the shape Firecracker's
+ * boot-time test reads. */
+START_TEST(boot_timer_logs_the_magic_byte_only)
+{
+    char line[128];
+    boot_timer_format(line, sizeof(line), 1234567, 8901);
+    ck_assert_str_eq(line, "Guest-boot-time = 1234567 us 1234 ms,   8901 CPU us 8 CPU ms");
+    char path[] = "/tmp/ember-unit-boot-timer-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_int_eq(log_open(path), 0);
+    enum log_level old = log_get_level();
+    log_set_level(LOG_INFO);
+    struct boot_timer t;
+    boot_timer_init(&t);
+    uint8_t b = BOOT_TIMER_MAGIC + 1;
+    boot_timer_io(&t, 0, &b, 1, true); /* another value */
+    b = BOOT_TIMER_MAGIC;
+    boot_timer_io(&t, 1, &b, 1, true); /* another offset */
+    uint8_t wide[4] = {BOOT_TIMER_MAGIC};
+    boot_timer_io(&t, 0, wide, 4, true); /* another width */
+    uint8_t r[4] = {1, 2, 3, 4};
+    boot_timer_io(&t, 0, r, 4, false);
+    ck_assert(r[0] == 0 && r[3] == 0); /* reads as zero */
+    boot_timer_io(&t, 0, &b, 1, true);
+    log_set_level(old);
+    log_close();
+    char text[1024] = {0};
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    unlink(path);
+    text[n] = '\0';
+    char *first = strstr(text, "Guest-boot-time = ");
+    ck_assert_ptr_nonnull(first);
+    ck_assert_ptr_null(strstr(first + 1, "Guest-boot-time"));
+}
+END_TEST
+
 Suite *legacy_suite(void)
 {
     Suite *s = suite_create("legacy");
@@ -146,6 +191,7 @@ Suite *legacy_suite(void)
     tcase_add_test(t, rtc_guest_sets_time_as_offset);
     tcase_add_test(t, i8042_reset_paths);
     tcase_add_test(t, debug_exit_statuses);
+    tcase_add_test(t, boot_timer_logs_the_magic_byte_only);
     suite_add_tcase(s, t);
     return s;
 }

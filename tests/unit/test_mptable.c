@@ -127,6 +127,44 @@ START_TEST(pci_slots_get_level_interrupts_on_bus_0)
 }
 END_TEST
 
+/* Without PCI, IOAPIC pins 16-23 are ISA lines too: Firecracker's virtio-mmio devices use
+ * GSI 5-23, edge-triggered, and guests find them through these entries. */
+START_TEST(isa_lines_up_to_23_without_pci)
+{
+    struct guest_memory m;
+    ck_assert_int_eq(guest_memory_map(&m, 16 << 20, LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END),
+                     0);
+    struct mptable_params p = {.ncpus = 1, .isa_irqs = MPTABLE_MAX_ISA_IRQS};
+    ck_assert_int_gt(mptable_write(&m, LAYOUT_MPTABLE, &p), 0);
+    const uint8_t *hdr = gpa_to_hva(&m, LAYOUT_MPTABLE + 16, 44);
+    uint16_t count;
+    memcpy(&count, hdr + 34, 2);
+    const uint8_t *e = hdr + 44;
+    int isa_bus = -1;
+    uint32_t lines = 0;
+    for (unsigned i = 0; i < count; i++) {
+        if (e[0] == 1 && memcmp(e + 2, "ISA", 3) == 0)
+            isa_bus = e[1];
+        if (e[0] == 3 && e[4] == isa_bus) {
+            uint16_t flags;
+            memcpy(&flags, e + 2, 2);
+            ck_assert_uint_eq(flags, 0); /* as the bus defines: edge, active high */
+            ck_assert_uint_eq(e[7], e[5] == 0 ? 2 : e[5]);
+            lines |= 1u << e[5];
+        }
+        e += e[0] == 0 ? 20 : 8;
+    }
+    ck_assert_uint_eq(lines, 0xfffffbu); /* 0-23 but the cascade (2) */
+    /* With PCI devices those pins are their INTx lines. */
+    p.pci_slots = 1u << 1;
+    ck_assert_int_eq(mptable_write(&m, LAYOUT_MPTABLE, &p), -1);
+    p.isa_irqs = 25;
+    p.pci_slots = 0;
+    ck_assert_int_eq(mptable_write(&m, LAYOUT_MPTABLE, &p), -1);
+    guest_memory_free(&m);
+}
+END_TEST
+
 START_TEST(cpu_count_limits)
 {
     struct guest_memory m;
@@ -149,6 +187,7 @@ Suite *mptable_suite(void)
     tcase_add_test(t, table_lists_cpus_ioapic_and_isa_irqs);
     tcase_add_test(t, cpu_count_limits);
     tcase_add_test(t, pci_slots_get_level_interrupts_on_bus_0);
+    tcase_add_test(t, isa_lines_up_to_23_without_pci);
     suite_add_tcase(s, t);
     return s;
 }

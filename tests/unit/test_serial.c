@@ -1,7 +1,10 @@
+#include "backends/stdio.h"
 #include "devices/serial.h"
 #include "suites.h"
 
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 struct harness {
     uint8_t out[256];
@@ -174,6 +177,33 @@ START_TEST(divisor_latch_and_scratch)
 }
 END_TEST
 
+/* PUT /serial's file or FIFO: guest output never waits for a reader; what does not fit is
+ * dropped and counted. */
+START_TEST(lossy_output_never_waits)
+{
+    int p[2];
+    ck_assert_int_eq(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+    ck_assert_int_eq(fcntl(p[1], F_SETPIPE_SZ, 4096), 4096);
+    struct stdio_console c;
+    memset(&c, 0, sizeof(c));
+    c.out_fd = p[1];
+    stdio_console_set_lossy(&c, true);
+    static uint8_t chunk[1000];
+    memset(chunk, 'x', sizeof(chunk));
+    for (int i = 0; i < 10; i++)
+        stdio_console_output(&c, chunk, sizeof(chunk)); /* returns: the pipe holds 4096 */
+    static uint8_t got[8192];
+    ssize_t n = read(p[0], got, sizeof(got));
+    ck_assert_int_gt(n, 0);
+    ck_assert_int_le(n, 4096);
+    ck_assert_uint_eq(c.out_dropped, 10 * sizeof(chunk) - (size_t)n);
+    stdio_console_output(&c, chunk, 10); /* room again */
+    ck_assert_int_eq(read(p[0], got, sizeof(got)), 10);
+    close(p[0]);
+    close(p[1]);
+}
+END_TEST
+
 Suite *serial_suite(void)
 {
     Suite *s = suite_create("serial");
@@ -186,6 +216,7 @@ Suite *serial_suite(void)
     tcase_add_test(t, without_fifo_one_byte_waits);
     tcase_add_test(t, loopback_mode);
     tcase_add_test(t, divisor_latch_and_scratch);
+    tcase_add_test(t, lossy_output_never_waits);
     suite_add_tcase(s, t);
     return s;
 }

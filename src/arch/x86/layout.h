@@ -8,7 +8,8 @@
  *   0x0009_fc00  EBDA (reserved)
  *   0x000f_0000  MP table (BIOS area, reserved)
  *   0x0010_0000  RAM for the kernel and everything else
- *   0xc000_0000  32-bit MMIO hole: devices, PCI, IOAPIC, LAPIC (no RAM)
+ *   0xc000_0000  32-bit MMIO hole: devices, PCI, IOAPIC, LAPIC (no RAM); the
+ *                boot timer at its start
  *   0x1_0000_0000 RAM above the hole, when the guest has more than 3 GiB
  */
 #ifndef EMBER_ARCH_X86_LAYOUT_H
@@ -33,7 +34,8 @@
 #define LAYOUT_MMIO_HOLE_START 0xc0000000ULL
 #define LAYOUT_MMIO_HOLE_END   0x100000000ULL
 
-/* Inside the hole. */
+/* Inside the hole. Its first page is the boot timer's when there is one
+ * (devices/boot_timer.h, at Firecracker's address). */
 #define LAYOUT_VIRTIO_MMIO_BASE 0xd0000000ULL /* one 4 KiB window per device */
 #define LAYOUT_IOAPIC           0xfec00000ULL
 #define LAYOUT_LAPIC            0xfee00000ULL

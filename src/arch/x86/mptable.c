@@ -89,10 +89,16 @@ int mptable_write(const struct guest_memory *mem, uint64_t gpa, const struct mpt
 {
     if (p->ncpus == 0 || p->ncpus > MPTABLE_MAX_CPUS)
         return error_set("MP table supports 1 to %d CPUs, not %u", MPTABLE_MAX_CPUS, p->ncpus);
+    unsigned isa_irqs = p->isa_irqs ? p->isa_irqs : 16;
+    if (isa_irqs < 16 || isa_irqs > MPTABLE_MAX_ISA_IRQS ||
+        (p->pci_slots && isa_irqs > MPTABLE_PCI_FIRST_PIN))
+        return error_set("MP table: %u ISA interrupt lines (16 to %d, 16 with PCI devices)",
+                         isa_irqs, MPTABLE_MAX_ISA_IRQS);
     size_t size = sizeof(struct mp_floating_pointer) + sizeof(struct mp_config_header) +
                   p->ncpus * sizeof(struct mp_processor) + sizeof(struct mp_bus) +
-                  sizeof(struct mp_bus) + sizeof(struct mp_ioapic) + 16 * sizeof(struct mp_irq) +
-                  32 * sizeof(struct mp_irq) + 2 * sizeof(struct mp_irq);
+                  sizeof(struct mp_bus) + sizeof(struct mp_ioapic) +
+                  MPTABLE_MAX_ISA_IRQS * sizeof(struct mp_irq) + 32 * sizeof(struct mp_irq) +
+                  2 * sizeof(struct mp_irq);
     uint8_t *base = gpa_to_hva(mem, gpa, size);
     if (!base)
         return error_set("no guest memory for the MP table at 0x%llx", (unsigned long long)gpa);
@@ -137,7 +143,7 @@ int mptable_write(const struct guest_memory *mem, uint64_t gpa, const struct mpt
     memcpy(cursor, &ioapic, sizeof(ioapic));
     cursor += sizeof(ioapic);
     entries++;
-    for (unsigned irq = 0; irq < 16; irq++) {
+    for (unsigned irq = 0; irq < isa_irqs; irq++) {
         if (irq == 2)
             continue; /* the PIC cascade: nothing to route */
         struct mp_irq e = {.type = MP_INTSRC,
