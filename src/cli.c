@@ -53,7 +53,9 @@ void cli_usage(FILE *f)
         "  --start-time-us US, --start-time-cpu-us US, --parent-cpu-time-us US\n"
         "                        when the jailer started (CLOCK_MONOTONIC), this process's\n"
         "                        CPU time then and the jailer's: the metrics' start-up times\n"
-        "  --mmds-size-limit N   accepted and ignored\n"
+        "  --metadata FILE       the MMDS data store's first contents (a JSON document)\n"
+        "  --mmds-size-limit BYTES  the MMDS data store's largest size (default: the\n"
+        "                        --http-api-max-payload-size value, 51200)\n"
         "\n"
         "Options of `ember run` (VALUE may also be given as --option=VALUE):\n"
         "  --kernel FILE         kernel to boot: bzImage, vmlinux ELF, or ELF with a PVH note\n"
@@ -661,7 +663,8 @@ enum top_flag {
     TOP_START_TIME_US,
     TOP_START_TIME_CPU_US,
     TOP_PARENT_CPU_TIME_US,
-    TOP_IGNORED_NUMBER,
+    TOP_METADATA,
+    TOP_MMDS_SIZE_LIMIT,
     TOP_IGNORED_FLAG,
     TOP_UNSUPPORTED,
 };
@@ -690,13 +693,13 @@ static const struct {
     {"start-time-us", TOP_START_TIME_US, true},
     {"start-time-cpu-us", TOP_START_TIME_CPU_US, true},
     {"parent-cpu-time-us", TOP_PARENT_CPU_TIME_US, true},
-    {"mmds-size-limit", TOP_IGNORED_NUMBER, true},
+    {"mmds-size-limit", TOP_MMDS_SIZE_LIMIT, true},
+    {"metadata", TOP_METADATA, true},
     {"no-seccomp", TOP_NO_SECCOMP, false},
     {"seccomp-filter", TOP_SECCOMP_FILTER, true},
     /* Accepting these silently would pretend to a feature ember does not
      * have. */
     {"boot-timer", TOP_UNSUPPORTED, false},
-    {"metadata", TOP_UNSUPPORTED, true},
     {"describe-snapshot", TOP_UNSUPPORTED, true},
     {"snapshot-version", TOP_UNSUPPORTED, false},
 };
@@ -809,11 +812,16 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
         return parse_us(name, value, &a->start_time_cpu_us);
     case TOP_PARENT_CPU_TIME_US:
         return parse_us(name, value, &a->parent_cpu_time_us);
-    case TOP_IGNORED_NUMBER:
-        for (const char *p = value; *p; p++) {
-            if (!isdigit((unsigned char)*p))
-                return error_set("--%s %s: not a number", name, value);
-        }
+    case TOP_METADATA:
+        if (!*value)
+            return error_set("--metadata needs a file");
+        a->metadata = value;
+        return 0;
+    case TOP_MMDS_SIZE_LIMIT:
+        if (parse_us(name, value, &n) < 0 || n > (64u << 20))
+            return error_set("--%s %s: use a number of bytes, at most 64 MiB", name, value);
+        a->mmds_size_limit = n;
+        a->mmds_size_limit_given = true;
         return 0;
     case TOP_IGNORED_FLAG:
         return 0;

@@ -29,6 +29,9 @@ struct cli_api {
     bool idle_timeout_given;
     unsigned idle_timeout_ms; /* 0 (given): idle connections are not timed out */
     bool enable_pci;
+    const char *metadata; /* --metadata: the MMDS store's first contents */
+    bool mmds_size_limit_given;
+    uint64_t mmds_size_limit;
     /* Firecracker's start-time flags, which the jailer passes: when the jailer started
      * (CLOCK_MONOTONIC, us), this process's CPU time at exec and the jailer's CPU time. */
     bool start_time_given, start_cpu_given;

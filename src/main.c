@@ -92,12 +92,12 @@ static int run_vm(struct process *p, const struct vm_config *cfg)
     return status;
 }
 
-/* The configuration file: read whole, bounded (it is a small document). */
-static char *read_config_file(const char *path, size_t *len)
+/* The configuration file or the metadata (`what`): read whole, bounded (a small document). */
+static char *read_config_file(const char *path, const char *what, size_t *len)
 {
     FILE *f = fopen(path, "re");
     if (!f) {
-        error_errno("cannot open configuration file '%s'", path);
+        error_errno("cannot open %s '%s'", what, path);
         return NULL;
     }
     size_t cap = 1 << 20;
@@ -106,7 +106,7 @@ static char *read_config_file(const char *path, size_t *len)
     bool failed = ferror(f);
     fclose(f);
     if (!buf || failed || n > cap) {
-        error_set("configuration file '%s': %s", path,
+        error_set("%s '%s': %s", what, path,
                   !buf     ? "out of memory"
                   : failed ? "read error"
                            : "larger than 1 MiB");
@@ -161,7 +161,25 @@ static int run_api(struct process *p, const struct cli *cli)
     }
     if (o->show_level || o->show_log_origin || o->log_path)
         log_set_format(o->show_level, o->show_log_origin);
-    api_init(&api, &p->loop, &vm, o->id, o->enable_pci);
+    /* The metadata's limit is the API's largest body unless given, as in Firecracker. */
+    size_t mmds_limit = o->mmds_size_limit_given ? (size_t)o->mmds_size_limit
+                        : o->max_payload         ? (size_t)o->max_payload
+                                                 : MMDS_DEFAULT_SIZE_LIMIT;
+    if (api_init(&api, &p->loop, &vm, o->id, o->enable_pci, mmds_limit) < 0) {
+        fprintf(stderr, "ember: %s\n", error_get());
+        return EXIT_HOST_ERROR;
+    }
+    if (o->metadata) {
+        size_t len;
+        char *text = read_config_file(o->metadata, "metadata file", &len);
+        int r = text ? api_load_metadata(&api, text, len) : -1;
+        free(text);
+        if (r < 0) {
+            fprintf(stderr, "ember: --metadata %s: %s\n", o->metadata, error_get());
+            api_finish(&api, 0);
+            return EXIT_USAGE;
+        }
+    }
     /* InstanceStart builds the machine there (api.h says why). */
     static struct iothread builder;
     if (seccomp_enabled()) {
@@ -200,7 +218,7 @@ static int run_api(struct process *p, const struct cli *cli)
     }
     if (o->config_file) {
         size_t len;
-        char *text = read_config_file(o->config_file, &len);
+        char *text = read_config_file(o->config_file, "configuration file", &len);
         int r = text ? api_config_parse_document(&api.cfg, text, len) : -1;
         free(text);
         if (r == 0 && api.cfg.logger.set) {

@@ -9,6 +9,7 @@
 #include "api/config.h"
 #include "api/http.h"
 #include "api/metrics.h"
+#include "mmds/store.h"
 #include "util/eventloop.h"
 #include "util/iothread.h"
 #include "vmm/vm.h"
@@ -33,10 +34,19 @@ struct api {
      * thread, which does, need not allow what building takes, and the
      * threads it starts inherit no filter but their own. */
     struct iothread *builder;
+    /* The metadata store, made at start (its token key needs getrandom, which the API's
+     * filter does not allow). `mmds_in_use` follows Firecracker: any MMDS request before
+     * InstanceStart (or --metadata) brings the service into being; after it, a machine
+     * started without one answers that the store is not initialized. */
+    struct mmds_store mmds;
+    bool mmds_in_use;
 };
 
-void api_init(struct api *a, struct event_loop *loop, struct vm *vm, const char *instance_id,
-              bool enable_pci);
+/* mmds_size_limit: the metadata's largest size in bytes (0: MMDS_DEFAULT_SIZE_LIMIT). */
+int api_init(struct api *a, struct event_loop *loop, struct vm *vm, const char *instance_id,
+             bool enable_pci, size_t mmds_size_limit);
+/* --metadata: the store's first contents, a JSON document of text_len bytes. */
+int api_load_metadata(struct api *a, const char *text, size_t text_len);
 /* Answers one HTTP request (the server's callback). */
 void api_handle_request(void *opaque, const struct http_request *req, int *status, char **body);
 /* Dispatches method + path + body; status and a malloc'd JSON body (or

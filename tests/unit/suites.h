@@ -21,5 +21,6 @@ Suite *keyboard_suite(void);
 Suite *virtio_vsock_suite(void);
 Suite *virtio_lifecycle_suite(void);
 Suite *seccomp_suite(void);
+Suite *mmds_suite(void);
 
 #endif

@@ -548,6 +548,8 @@ START_TEST(config_document)
         {"{}", "boot-source"},
         {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"drives\":{}}", "array"},
         {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"mmds-config\":{}}",
+         "network_interfaces"},
+        {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"balloon\":{}}",
          "not supported"},
         {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"x\":1}", "unknown field"},
         {"{\"boot-source\":{\"kernel_image_path\":\"/nonexistent\"}}", "/nonexistent"},
@@ -576,7 +578,7 @@ START_TEST(routes_before_start)
 {
     static struct vm vm;
     struct api a;
-    api_init(&a, NULL, &vm, "unit", false);
+    ck_assert_int_eq(api_init(&a, NULL, &vm, "unit", false, MMDS_DEFAULT_SIZE_LIMIT), 0);
     char *out = NULL;
     ck_assert_int_eq(dispatch(&a, "GET", "/", NULL, &out), 200);
     ck_assert_ptr_nonnull(strstr(out, "\"Not started\""));
