@@ -189,6 +189,12 @@ int api_start_instance(struct api *a, int *status)
     if (api_config_to_vm(&a->cfg, &a->vm_cfg) < 0)
         return -1;
     a->vm_cfg.mmds = &a->mmds;
+    if (a->cfg.mmds.set) {
+        /* The configuration file's mmds-config comes this way (PUT /mmds/config did it already). */
+        a->mmds_in_use = true;
+        mmds_store_configure(&a->mmds, a->cfg.mmds.v2 ? MMDS_V2 : MMDS_V1, a->cfg.mmds.imds_compat,
+                             a->instance_id);
+    }
     struct build b = {.a = a};
     if (a->builder)
         iothread_call(a->builder, build_machine, &b);

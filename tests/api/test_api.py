@@ -704,6 +704,48 @@ def test_mmds_flags_and_config_file(tmp):
 
 
 
+def test_mmds_guest(tmp):
+    """The guest side, from guest/mmds.c (raw frames, its own TCP): ARP, V1 and V2 answers,
+    out-of-order and duplicate segments, a zero window, RSTs, an oversized head, a flood. None
+    of its frames reaches the tap: all go to MMDS (ember's metrics)."""
+    if os.geteuid() != 0:
+        raise Skip("needs root (a tap)")
+    guest = os.path.join(GUEST_DIR, "mmds.elf")
+    meta = os.path.join(tmp, "meta.json")
+    with open(meta, "w") as f:
+        json.dump({"latest": {"meta-data": {"ami-id": "ami-12345678", "hostname": "mmds-guest"}}}, f)
+    for version in ("V1", "V2"):
+        metrics = os.path.join(tmp, "metrics-%s.json" % version)
+        tap = "embermg%d" % (os.getpid() % 10000)
+        doc = {"boot-source": {"kernel_image_path": guest,
+                               "boot_args": "console=ttyS0 mmds_version=%s" % version},
+               "network-interfaces": [{"iface_id": "eth0", "host_dev_name": tap,
+                                       "guest_mac": "52:54:00:12:34:56"}],
+               "mmds-config": {"version": version, "network_interfaces": ["eth0"]},
+               "metrics": {"metrics_path": metrics}}
+        e = Ember(tmp, ["--no-api", "--config-file", write_config(tmp, doc, "mmds-%s.json" % version),
+                        "--metadata", meta], api=False, name="mmds-" + version)
+        status = e.wait()
+        out = e.stdout()
+        lines = [l for l in out.splitlines() if l.startswith(("ok ", "not ok "))]
+        check(status == 0 and len(lines) == 11 and not any(l.startswith("not ok") for l in lines),
+              "mmds guest, %s: status %d\n%s\n%s" % (version, status, out, e.stderr()))
+        totals = {}
+        with open(metrics) as f:
+            for line in f:
+                for group in ("mmds", "net_eth0"):
+                    for k, v in json.loads(line).get(group, {}).items():
+                        totals[(group, k)] = totals.get((group, k), 0) + v
+        check(totals[("net_eth0", "tx_packets_count")] == 0 and totals[("net_eth0", "tx_dropped_count")] == 0,
+              "%s: no guest frame reached the tap: %r" % (version, totals))
+        check(totals[("mmds", "rx_accepted")] >= 300 and totals[("mmds", "connections_created")] >= 200 and
+              totals[("mmds", "rx_accepted_err")] >= 60 and
+              totals[("mmds", "tx_frames")] == totals[("net_eth0", "rx_packets_count")],
+              "%s: the mmds metrics count the guest's traffic: %r" % (version, totals))
+        if version == "V2":
+            check(totals[("mmds", "rx_no_token")] >= 1, "V2 counted the GET without a token")
+
+
 def test_lifecycle(tmp):
     root = make_image(tmp, "root.img", 1 << 20)
     bigger = make_image(tmp, "bigger.img", 4 << 20)
@@ -1355,6 +1397,7 @@ TESTS = [
     test_pipelined_burst_does_not_starve, test_flood_does_not_starve,
     test_dribbler_does_not_starve, test_max_payload_flag, test_getting_started_with_curl,
     test_config_file, test_flags, test_mmds_routes, test_mmds_flags_and_config_file,
+    test_mmds_guest,
 ]
 
 
