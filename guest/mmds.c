@@ -82,7 +82,8 @@ static size_t build_tcp(uint8_t *f, const struct conn *c, uint32_t seq, uint8_t 
     t[12] = 5 << 4;
     t[13] = flags;
     put16(t + 14, c->window);
-    memcpy(t + 20, data, len);
+    if (len)
+        memcpy(t + 20, data, len);
     uint32_t pseudo = (guest_ip >> 16) + (guest_ip & 0xffff) + (mmds_ip >> 16) +
                       (mmds_ip & 0xffff) + IPPROTO_TCP + (uint32_t)tcp_len;
     put16(t + 16, (uint16_t)~inet_fold(inet_sum(t, tcp_len, pseudo)));

@@ -111,7 +111,8 @@ static size_t build(uint8_t *f, uint16_t port, uint16_t dport, uint32_t seq, uin
     t[12] = 5 << 4;
     t[13] = flags;
     put16(t + 14, window);
-    memcpy(t + 20, data, len);
+    if (len)
+        memcpy(t + 20, data, len);
     uint32_t pseudo = (GUEST_IP >> 16) + (GUEST_IP & 0xffff) + (MMDS_IP >> 16) +
                       (MMDS_IP & 0xffff) + 6 + (uint32_t)tcp_len;
     put16(t + 16, csum(t, tcp_len, pseudo));
