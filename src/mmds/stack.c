@@ -2,6 +2,7 @@
 
 #include "mmds/http.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,6 +152,9 @@ void mmds_stack_destroy(struct mmds_stack *st)
     mmds_stack_reset(st);
     free(st->conns);
     st->conns = NULL;
+    char what[64];
+    snprintf(what, sizeof(what), "%s: MMDS: malformed frames", st->name ? st->name : "net");
+    log_limit_flush(&st->log_bad, LOG_WARN, what);
 }
 
 unsigned mmds_stack_connections(const struct mmds_stack *st)
