@@ -1,7 +1,9 @@
 /* virtio-net (virtio 1.2, 5.1) with one queue pair on a host backend: a
  * tap (virtio-net headers and offloads pass straight through) or user-mode
  * networking. Transmit never drops a valid frame: a full host side pushes
- * back on the guest. Malformed frames are dropped and counted. */
+ * back on the guest. Malformed frames are dropped and counted. With MMDS on the
+ * interface, frames for its address go to the MMDS stack (mmds/stack.h) instead of the
+ * backend, and its answers come before the backend's frames. */
 #ifndef EMBER_VIRTIO_NET_H
 #define EMBER_VIRTIO_NET_H
 
