@@ -706,29 +706,6 @@ sent:
     return len;
 }
 
-bool mmds_stack_has_frame(struct mmds_stack *st, uint64_t now_ms)
-{
-    if (st->arp_pending || st->nrsts)
-        return true;
-    for (unsigned i = 0; i < MMDS_MAX_CONNS; i++) {
-        struct mmds_conn *c = &st->conns[i];
-        if (c->state == CONN_FREE)
-            continue;
-        if (c->deadline && now_ms >= c->deadline)
-            return true;
-        if (c->ack_pending || (c->state == CONN_SYN_RCVD && c->snd_nxt == c->iss))
-            return true;
-        if (c->state != CONN_OPEN)
-            continue;
-        if (c->tx && seq_lt(c->snd_nxt, c->tx_seq + (uint32_t)c->tx_len) &&
-            (c->probe || seq_lt(c->snd_nxt, c->snd_una + c->peer_wnd)))
-            return true;
-        if (c->fin_queued && !c->tx && c->snd_nxt == c->send_end)
-            return true;
-    }
-    return false;
-}
-
 uint64_t mmds_stack_next_deadline(const struct mmds_stack *st)
 {
     uint64_t next = 0;
