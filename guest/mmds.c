@@ -160,8 +160,8 @@ static bool recv_seg(uint16_t port, struct seg *s, uint64_t timeout_us)
 
 static bool tcp_connect(struct conn *c)
 {
-    *c =
-        (struct conn){.port = next_port++, .seq = 0x1000000u * (next_port & 0xff), .window = 65535};
+    uint16_t port = next_port++;
+    *c = (struct conn){.port = port, .seq = 0x1000000u * (port & 0xff), .window = 65535};
     send_seg(c, TCP_SYN, NULL, 0);
     struct seg s;
     if (!recv_seg(c->port, &s, REPLY_US) || s.flags != (TCP_SYN | TCP_ACK) || s.ack != c->seq) {
