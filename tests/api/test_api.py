@@ -645,8 +645,9 @@ def test_mmds_routes(tmp):
         expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
         for method, body in (("GET", None), ("PUT", {"a": 1}), ("PATCH", {"a": 1})):
             expect(e.req(method, "/mmds", body), 400, "%s /mmds without MMDS" % method, MMDS_NOT_INIT)
+        check(e.wait_output("waiting for Ctrl+Alt+Del"), "the guest runs: %r %s" % (e.stdout(), e.stderr()))
         expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
-        e.wait()
+        check(e.wait() == 0, "exit: %s" % e.stderr())
     finally:
         e.kill()
 
