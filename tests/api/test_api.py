@@ -690,8 +690,9 @@ def test_mmds_flags_and_config_file(tmp):
         check(shown == {"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.169.254",
                         "imds_compat": False}, "mmds-config from the file: %r" % shown)
         check(e.req("GET", "/mmds").json() == {"latest": {"user-data": "hello"}}, "metadata with a config file")
+        check(e.wait_output("waiting for Ctrl+Alt+Del"), "the guest runs: %r %s" % (e.stdout(), e.stderr()))
         expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
-        e.wait()
+        check(e.wait() == 0, "exit: %s" % e.stderr())
     finally:
         e.kill()
     for i, (section, msg) in enumerate([({"network_interfaces": ["eth9"]}, "does not correspond"),
