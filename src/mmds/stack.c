@@ -659,6 +659,15 @@ static bool conn_output(struct mmds_conn *c, uint64_t now_ms, struct segment *s)
     return true;
 }
 
+void mmds_stack_run_timers(struct mmds_stack *st, uint64_t now_ms)
+{
+    for (unsigned i = 0; i < MMDS_MAX_CONNS; i++) {
+        struct mmds_conn *c = &st->conns[i];
+        if (c->state != CONN_FREE)
+            conn_timers(st, c, now_ms);
+    }
+}
+
 size_t mmds_stack_next_frame(struct mmds_stack *st, uint8_t *buf, size_t cap, uint64_t now_ms)
 {
     struct mmds_metrics *m = &st->store->metrics;
@@ -672,11 +681,7 @@ size_t mmds_stack_next_frame(struct mmds_stack *st, uint8_t *buf, size_t cap, ui
         len = write_arp_reply(st, buf);
         goto sent;
     }
-    for (unsigned i = 0; i < MMDS_MAX_CONNS; i++) {
-        struct mmds_conn *c = &st->conns[i];
-        if (c->state != CONN_FREE)
-            conn_timers(st, c, now_ms);
-    }
+    mmds_stack_run_timers(st, now_ms);
     if (st->nrsts) {
         const struct mmds_rst *r = &st->rsts[0];
         struct segment s = {.seq = r->seq,

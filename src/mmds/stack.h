@@ -75,6 +75,9 @@ void mmds_stack_receive(struct mmds_stack *st, const uint8_t *f, size_t len, boo
 /* The next frame MMDS sends, written to buf (at least MMDS_MAX_FRAME bytes): its length, or 0
  * when there is none now. */
 size_t mmds_stack_next_frame(struct mmds_stack *st, uint8_t *buf, size_t cap, uint64_t now_ms);
+/* Runs the timers that are due (a retransmission or a probe scheduled, a connection given up),
+ * each then due again later or not at all, whether or not the guest takes frames now. */
+void mmds_stack_run_timers(struct mmds_stack *st, uint64_t now_ms);
 /* The earliest time a timer (retransmission, window probe) needs the stack: 0 when none. */
 uint64_t mmds_stack_next_deadline(const struct mmds_stack *st);
 /* Connections open now. */

@@ -117,6 +117,9 @@ static void on_mmds_timer(void *opaque, uint32_t events)
     (void)ignored;
     if (!n->dev.active)
         return;
+    /* The timers run even when the guest takes no frames (no receive buffers): the next
+     * deadline is then later, never one already past, which would spin this thread. */
+    mmds_stack_run_timers(n->mmds, mmds_now_ms());
     process_rx(n);
     mmds_arm_timer(n);
 }
