@@ -208,7 +208,7 @@ static bool fill_tx(struct virtio_net *n, bool *pushed)
 {
     struct virtio_dev *d = &n->dev;
     struct virtq *q = &d->queues[TXQ].vq;
-    while (n->tx_held < NET_TX_BATCH) {
+    while (n->tx_held < NET_TX_BATCH && n->tx_consumed < BUDGET) {
         struct virtq_chain *c = &n->tx_chains[n->tx_held];
         int got = virtq_pop(q, c);
         if (got < 0) {
@@ -231,6 +231,7 @@ static bool fill_tx(struct virtio_net *n, bool *pushed)
             count_drop(n, &n->tx_dropped, bad);
             virtq_push(q, c->head, 0);
             *pushed = true;
+            n->tx_consumed++;
             continue;
         }
         if (!tokens(n, &n->tx_bytes_tb, &n->tx_ops_tb, c->out_len - sizeof(h))) {
@@ -243,6 +244,7 @@ static bool fill_tx(struct virtio_net *n, bool *pushed)
             virtq_push(q, c->head, 0);
             *pushed = true;
             n->mmds_detoured = true;
+            n->tx_consumed++;
             continue;
         }
         /* A tap takes the header ember checked, not the guest's copy, which another vCPU
@@ -351,10 +353,17 @@ static void process_tx_queue(struct virtio_net *n)
         return; /* waiting for room (on_tx_room comes back), or no transmit queue */
     bool pushed = false;
     n->tx_throttled = false;
+    n->tx_consumed = 0;
     virtq_enable_kicks(q, false);
     for (unsigned done = 0;;) {
         if (!fill_tx(n, &pushed))
             return;
+        if (n->tx_consumed >= BUDGET && !n->tx_held) {
+            /* Frames that went nowhere near the host (dropped, or MMDS's) count too: a guest
+             * that keeps sending them gets the same turn as one that keeps the tap busy. */
+            virtio_dev_kick(d, TXQ);
+            break;
+        }
         if (n->tx_held == 0) {
             if (n->tx_throttled)
                 break; /* the timer comes back, kicks stay off meanwhile */

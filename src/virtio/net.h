@@ -75,7 +75,8 @@ struct virtio_net {
     uint8_t *mmds_frame;
     int mmds_timer_fd;
     struct event_handler *mmds_timer_handler;
-    bool mmds_detoured; /* frames went to MMDS in this round of transmit */
+    bool mmds_detoured;   /* frames went to MMDS in this round of transmit */
+    unsigned tx_consumed; /* frames of this round given back without reaching the host */
     /* Counters (iothread). */
     uint64_t rx_frames, rx_bytes, rx_dropped, tx_frames, tx_bytes, tx_dropped, tx_pushback;
     struct log_limit log_drop, log_host; /* malformed or refused frames; host-side trouble */
