@@ -22,10 +22,11 @@ CJSON_CFLAGS := $(shell pkg-config --cflags libcjson 2>/dev/null)
 CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
 SECCOMP_CFLAGS := $(shell pkg-config --cflags libseccomp 2>/dev/null)
 SECCOMP_LIBS   := $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp)
+NETTLE_LIBS    := $(shell pkg-config --libs nettle 2>/dev/null || echo -lnettle)
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -I$(BUILD)/gen -MMD -MP \
               -DEMBER_VERSION=\"$(VERSION)\" \
               -DEMBER_FIRECRACKER_API=\"$(FIRECRACKER_API)\" $(CJSON_CFLAGS) $(SECCOMP_CFLAGS) $(EXTRA_CFLAGS)
-LDLIBS  := -luring $(CJSON_LIBS) $(SECCOMP_LIBS) -lm -ldl -lpthread $(EXTRA_LDLIBS)
+LDLIBS  := -luring $(CJSON_LIBS) $(SECCOMP_LIBS) $(NETTLE_LIBS) -lm -ldl -lpthread $(EXTRA_LDLIBS)
 
 # src/sandbox/bpfgen.c is a build-time tool: it compiles ember's own seccomp
 # filters into $(BUILD)/gen/seccomp_bpf.h, which seccomp.c includes.

@@ -4,7 +4,8 @@
 # make demo); `install-deps.sh test` adds what the test suite uses.
 set -euo pipefail
 
-build_pkgs=(gcc make pkg-config libc6-dev liburing-dev libcjson-dev libslirp-dev libseccomp-dev)
+build_pkgs=(gcc make pkg-config libc6-dev liburing-dev libcjson-dev libslirp-dev libseccomp-dev
+            nettle-dev)
 test_pkgs=(clang libclang-rt-14-dev check qemu-system-x86 clang-format
            busybox-static cpio e2fsprogs xz-utils zstd iproute2 socat python3 curl)
 

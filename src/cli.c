@@ -57,7 +57,8 @@ void cli_usage(FILE *f)
         "  --describe-snapshot FILE, --snapshot-version\n"
         "                        Firecracker's snapshot queries: ember has no snapshots yet\n"
         "                        and says so (status 2)\n"
-        "  --mmds-size-limit N   accepted and ignored\n"
+        "  --mmds-size-limit BYTES  the MMDS data store's largest size (default: the\n"
+        "                        --http-api-max-payload-size value, 51200)\n"
         "\n"
         "Options of `ember run` (VALUE may also be given as --option=VALUE):\n"
         "  --kernel FILE         kernel to boot: bzImage, vmlinux ELF, or ELF with a PVH note\n"
@@ -676,7 +677,7 @@ enum top_flag {
     TOP_START_TIME_US,
     TOP_START_TIME_CPU_US,
     TOP_PARENT_CPU_TIME_US,
-    TOP_IGNORED_NUMBER,
+    TOP_MMDS_SIZE_LIMIT,
     TOP_IGNORED_FLAG,
 };
 
@@ -704,7 +705,7 @@ static const struct {
     {"start-time-us", TOP_START_TIME_US, true},
     {"start-time-cpu-us", TOP_START_TIME_CPU_US, true},
     {"parent-cpu-time-us", TOP_PARENT_CPU_TIME_US, true},
-    {"mmds-size-limit", TOP_IGNORED_NUMBER, true},
+    {"mmds-size-limit", TOP_MMDS_SIZE_LIMIT, true},
     {"no-seccomp", TOP_NO_SECCOMP, false},
     {"seccomp-filter", TOP_SECCOMP_FILTER, true},
     {"boot-timer", TOP_BOOT_TIMER, false},
@@ -840,11 +841,11 @@ static int apply_top_flag(struct cli *cli, enum top_flag id, const char *name, c
         return parse_us(name, value, &a->start_time_cpu_us);
     case TOP_PARENT_CPU_TIME_US:
         return parse_us(name, value, &a->parent_cpu_time_us);
-    case TOP_IGNORED_NUMBER:
-        for (const char *p = value; *p; p++) {
-            if (!isdigit((unsigned char)*p))
-                return error_set("--%s %s: not a number", name, value);
-        }
+    case TOP_MMDS_SIZE_LIMIT:
+        if (parse_us(name, value, &n) < 0 || n > (64u << 20))
+            return error_set("--%s %s: use a number of bytes, at most 64 MiB", name, value);
+        a->mmds_size_limit = n;
+        a->mmds_size_limit_given = true;
         return 0;
     case TOP_IGNORED_FLAG:
         return 0;

@@ -39,9 +39,10 @@ struct cli_api {
     unsigned idle_timeout_ms; /* 0 (given): idle connections are not timed out */
     bool enable_pci;
     bool boot_timer; /* --boot-timer: Firecracker's boot timer device */
-    /* --metadata FILE: MMDS's first contents, read and checked as JSON at
-     * start (api.h: metadata) */
+    /* --metadata FILE: the MMDS store's first contents, loaded at start */
     const char *metadata_path;
+    bool mmds_size_limit_given; /* --mmds-size-limit: the MMDS store's largest size */
+    uint64_t mmds_size_limit;
     /* Firecracker's start-time flags, which the jailer passes: when the jailer started
      * (CLOCK_MONOTONIC, us), this process's CPU time at exec and the jailer's CPU time. */
     bool start_time_given, start_cpu_given;

@@ -161,13 +161,19 @@ static int run_api(struct process *p, const struct cli *cli)
     }
     if (o->show_level || o->show_log_origin || o->log_path)
         log_set_format(o->show_level, o->show_log_origin);
-    api_init(&api, &p->loop, &vm, o->id, o->enable_pci);
+    /* The metadata's limit is the API's largest body unless given, as in Firecracker. */
+    size_t mmds_limit = o->mmds_size_limit_given ? (size_t)o->mmds_size_limit
+                        : o->max_payload         ? (size_t)o->max_payload
+                                                 : MMDS_DEFAULT_SIZE_LIMIT;
+    if (api_init(&api, &p->loop, &vm, o->id, o->enable_pci, mmds_limit) < 0) {
+        fprintf(stderr, "ember: %s\n", error_get());
+        return EXIT_HOST_ERROR;
+    }
     api.boot_timer = o->boot_timer;
     if (o->metadata_path) {
-        /* As Firecracker, the data store's limit is the API's largest body. */
-        size_t len, limit = o->max_payload ? o->max_payload : HTTP_DEFAULT_MAX_PAYLOAD;
+        size_t len;
         char *text = read_config_file(o->metadata_path, "metadata", &len);
-        int r = text ? api_set_metadata(&api, text, len, limit) : -1;
+        int r = text ? api_load_metadata(&api, text, len) : -1;
         free(text);
         if (r < 0) {
             fprintf(stderr, "ember: --metadata %s: %s\n", o->metadata_path, error_get());

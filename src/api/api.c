@@ -68,8 +68,8 @@ static void on_metrics_timer(void *opaque, uint32_t events)
         log_warn("metrics: %s", error_get());
 }
 
-void api_init(struct api *a, struct event_loop *loop, struct vm *vm, const char *instance_id,
-              bool enable_pci)
+int api_init(struct api *a, struct event_loop *loop, struct vm *vm, const char *instance_id,
+             bool enable_pci, size_t mmds_size_limit)
 {
     memset(a, 0, sizeof(*a));
     api_config_init(&a->cfg);
@@ -80,6 +80,28 @@ void api_init(struct api *a, struct event_loop *loop, struct vm *vm, const char 
     snprintf(a->instance_id, sizeof(a->instance_id), "%s",
              instance_id ? instance_id : "anonymous-instance");
     api_metrics_init(&a->metrics);
+    if (mmds_store_init(&a->mmds, mmds_size_limit) < 0)
+        return -1;
+    mmds_store_configure(&a->mmds, MMDS_V1, false, a->instance_id);
+    api_metrics_watch_mmds(&a->metrics, &a->mmds.metrics);
+    return 0;
+}
+
+int api_load_metadata(struct api *a, const char *text, size_t text_len)
+{
+    cJSON *doc = cJSON_ParseWithLength(text, text_len);
+    if (!doc)
+        return error_set("the metadata is not valid JSON (near byte %zu)",
+                         (size_t)(cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : 0));
+    enum mmds_result r = mmds_store_put(&a->mmds, doc);
+    cJSON_Delete(doc);
+    if (r == MMDS_TOO_LARGE)
+        return error_set("the metadata is larger than the MMDS size limit (%zu bytes)",
+                         a->mmds.limit);
+    if (r != MMDS_OK)
+        return error_set("out of memory");
+    a->mmds_in_use = true;
+    return 0;
 }
 
 bool api_instance_started(const struct api *a)
@@ -92,25 +114,6 @@ static const char *state_name(struct api *a)
     if (!api_instance_started(a))
         return "Not started";
     return vm_is_paused(a->vm) ? "Paused" : "Running";
-}
-
-int api_set_metadata(struct api *a, const char *text, size_t len, size_t limit)
-{
-    if (len > limit)
-        return error_set("the metadata is %zu bytes, more than the MMDS data store's limit of %zu "
-                         "bytes",
-                         len, limit);
-    cJSON *doc = cJSON_ParseWithLength(text, len);
-    if (!doc)
-        return error_set("the metadata is not valid JSON (near byte %zu)",
-                         (size_t)(cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : 0));
-    if (!cJSON_IsObject(doc)) {
-        cJSON_Delete(doc);
-        return error_set("the metadata must be a JSON object");
-    }
-    cJSON_Delete(a->metadata);
-    a->metadata = doc;
-    return 0;
 }
 
 int api_apply_logger(struct api *a, const struct api_logger *l)
@@ -187,6 +190,13 @@ int api_start_instance(struct api *a, int *status)
     a->vm_cfg.boot_timer = a->boot_timer;
     if (api_config_to_vm(&a->cfg, &a->vm_cfg) < 0)
         return -1;
+    a->vm_cfg.mmds = &a->mmds;
+    if (a->cfg.mmds.set) {
+        /* The configuration file's mmds-config comes this way (PUT /mmds/config did it already). */
+        a->mmds_in_use = true;
+        mmds_store_configure(&a->mmds, a->cfg.mmds.v2 ? MMDS_V2 : MMDS_V1, a->cfg.mmds.imds_compat,
+                             a->instance_id);
+    }
     struct build b = {.a = a};
     if (a->builder)
         iothread_call(a->builder, build_machine, &b);
@@ -231,8 +241,7 @@ int api_finish(struct api *a, int no_vm_status)
     a->metrics_timer_fd = -1;
     api_metrics_close(&a->metrics);
     api_config_free(&a->cfg);
-    cJSON_Delete(a->metadata);
-    a->metadata = NULL;
+    mmds_store_destroy(&a->mmds);
     return status;
 }
 
@@ -458,14 +467,66 @@ static int put_cpu_config(struct api *a, const cJSON *body, char **out)
     return 204;
 }
 
+/* ---- MMDS ----------------------------------------------------------------- */
+
+static int fault_status(char **out, int status, const char *message)
+{
+    fault(out, message);
+    return status;
+}
+
+/* Firecracker's words for the store's states, kept as they are for clients that match them. */
+static int mmds_store_fault(char **out, enum mmds_result r)
+{
+    switch (r) {
+    case MMDS_TOO_LARGE:
+        return fault_status(out, 413,
+                            "MMDS limit exceeded error: The MMDS patch request doesn't fit.");
+    case MMDS_NOT_INITIALIZED:
+        return fault(out, "MMDS error: The MMDS data store is not initialized.");
+    default:
+        return fault(out, "MMDS error: out of memory");
+    }
+}
+
+static int route_mmds(struct api *a, bool get, bool put, bool patch, const cJSON *body, char **out)
+{
+    if (!get && !put && !patch)
+        return -1;
+    /* A machine started without MMDS has no store to read or write. */
+    if (api_instance_started(a) && !a->mmds_in_use)
+        return mmds_store_fault(out, MMDS_NOT_INITIALIZED);
+    a->mmds_in_use = true;
+    if (get) {
+        *out = mmds_store_json(&a->mmds);
+        return *out ? 200 : mmds_store_fault(out, MMDS_NO_MEMORY);
+    }
+    enum mmds_result r = put ? mmds_store_put(&a->mmds, body) : mmds_store_patch(&a->mmds, body);
+    return r == MMDS_OK ? 204 : mmds_store_fault(out, r);
+}
+
+static int put_mmds_config(struct api *a, const cJSON *body, char **out)
+{
+    if (api_instance_started(a))
+        return not_after_start(out);
+    bool semantic;
+    if (api_put_mmds_config(&a->cfg, body, &semantic) < 0) {
+        if (semantic) /* Firecracker's prefix, its spelling included */
+            error_prefix("MMMDS config error");
+        return fault_from_error(out);
+    }
+    a->mmds_in_use = true;
+    mmds_store_configure(&a->mmds, a->cfg.mmds.v2 ? MMDS_V2 : MMDS_V1, a->cfg.mmds.imds_compat,
+                         a->instance_id);
+    return 204;
+}
+
 /* Routes Firecracker has that ember does not implement yet. */
 static const struct {
     const char *path;
     const char *methods; /* space-separated */
     const char *feature;
 } unsupported_routes[] = {
-    {"/mmds", "GET PUT PATCH", "MMDS (the microVM metadata service)"},
-    {"/mmds/config", "PUT", "MMDS (the microVM metadata service)"},
     {"/balloon", "GET PUT PATCH", "the balloon device"},
     {"/balloon/statistics", "GET PATCH", "the balloon device"},
     {"/balloon/hinting/start", "PATCH", "the balloon device"},
@@ -749,6 +810,15 @@ static int route(struct route_ctx *r)
             return fault_from_error(out);
         return put_vsock(a, r->body, out);
     }
+    if (!strcmp(p, "/mmds")) {
+        int status = route_mmds(a, get, put, patch, r->body, out);
+        return status < 0 ? invalid_route(r) : status;
+    }
+    if (!strcmp(p, "/mmds/config")) {
+        if (!put)
+            return invalid_route(r);
+        return put_mmds_config(a, r->body, out);
+    }
     for (size_t i = 0; i < sizeof(unsupported_routes) / sizeof(unsupported_routes[0]); i++) {
         const char *rp = unsupported_routes[i].path;
         size_t n = strlen(rp);
@@ -768,10 +838,10 @@ static int route(struct route_ctx *r)
  * fold into one name each, so no client can grow the table. */
 static const char *route_template(const char *method, const char *path)
 {
-    static const char *const fixed[] = {"/",        "/version", "/machine-config", "/boot-source",
-                                        "/actions", "/vm",      "/vm/config",      "/logger",
-                                        "/metrics", "/entropy", "/vsock",          "/cpu-config",
-                                        "/serial"};
+    static const char *const fixed[] = {
+        "/",      "/version",   "/machine-config", "/boot-source", "/actions",
+        "/vm",    "/vm/config", "/logger",         "/metrics",     "/entropy",
+        "/vsock", "/mmds",      "/mmds/config",    "/cpu-config",  "/serial"};
     if (strcmp(method, "GET") && strcmp(method, "PUT") && strcmp(method, "PATCH"))
         return "other"; /* any method name would otherwise make a new entry */
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {

@@ -9,6 +9,7 @@
 #include "api/config.h"
 #include "api/http.h"
 #include "api/metrics.h"
+#include "mmds/store.h"
 #include "util/eventloop.h"
 #include "util/iothread.h"
 #include "vmm/vm.h"
@@ -26,11 +27,6 @@ struct api {
     bool enable_pci;
     bool boot_timer;         /* --boot-timer */
     bool deprecated_request; /* the request being answered used a deprecated field */
-    /* --metadata FILE: the MMDS data store's first contents, a JSON object
-     * read and checked at start, so that a bad file stops ember before
-     * anything runs, as in Firecracker; MMDS serves it once it exists
-     * (owned; NULL without the flag). */
-    cJSON *metadata;
     char instance_id[API_MAX_ID_BYTES + 1];
     struct api_metrics metrics;
     int metrics_timer_fd;
@@ -40,18 +36,25 @@ struct api {
      * thread, which does, need not allow what building takes, and the
      * threads it starts inherit no filter but their own. */
     struct iothread *builder;
+    /* The metadata store, made at start (its token key needs getrandom, which the API's
+     * filter does not allow). `mmds_in_use` follows Firecracker: any MMDS request before
+     * InstanceStart (or --metadata) brings the service into being; after it, a machine
+     * started without one answers that the store is not initialized. */
+    struct mmds_store mmds;
+    bool mmds_in_use;
 };
 
-void api_init(struct api *a, struct event_loop *loop, struct vm *vm, const char *instance_id,
-              bool enable_pci);
+/* mmds_size_limit: the metadata's largest size in bytes (0: MMDS_DEFAULT_SIZE_LIMIT). */
+int api_init(struct api *a, struct event_loop *loop, struct vm *vm, const char *instance_id,
+             bool enable_pci, size_t mmds_size_limit);
+/* --metadata: the store's first contents, a JSON document of text_len bytes. */
+int api_load_metadata(struct api *a, const char *text, size_t text_len);
 /* Answers one HTTP request (the server's callback). */
 void api_handle_request(void *opaque, const struct http_request *req, int *status, char **body);
 /* Dispatches method + path + body; status and a malloc'd JSON body (or
  * NULL) come back. Also counts the request for metrics. */
 int api_dispatch(struct api *a, const char *method, const char *path, const char *body,
                  size_t body_len, char **out_body);
-/* Takes the --metadata file's text: a JSON object of at most limit bytes. */
-int api_set_metadata(struct api *a, const char *text, size_t len, size_t limit);
 /* Applies a logger / metrics configuration now. */
 int api_apply_logger(struct api *a, const struct api_logger *l);
 int api_apply_metrics(struct api *a, const char *path);

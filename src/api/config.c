@@ -242,6 +242,8 @@ void api_config_free(struct api_config *c)
     free(c->serial_out_path);
     if (c->serial_out_fd >= 0)
         close(c->serial_out_fd);
+    for (unsigned i = 0; i < c->mmds.nifaces; i++)
+        free(c->mmds.ifaces[i]);
     api_config_init(c);
 }
 
@@ -740,6 +742,94 @@ int api_parse_action(const cJSON *body, enum api_action *out)
     return 0;
 }
 
+/* Dotted quad, four decimal octets without leading zeros (as Rust's Ipv4Addr reads them). */
+static bool parse_ipv4(const char *s, uint32_t *out)
+{
+    uint32_t ip = 0;
+    for (int part = 0; part < 4; part++) {
+        if (part && *s++ != '.')
+            return false;
+        if (*s < '0' || *s > '9' || (s[0] == '0' && s[1] >= '0' && s[1] <= '9'))
+            return false;
+        unsigned v = 0;
+        int digits = 0;
+        while (*s >= '0' && *s <= '9' && digits < 4) {
+            v = v * 10 + (unsigned)(*s++ - '0');
+            digits++;
+        }
+        if (v > 255)
+            return false;
+        ip = ip << 8 | v;
+    }
+    if (*s)
+        return false;
+    *out = ip;
+    return true;
+}
+
+int api_put_mmds_config(struct api_config *c, const cJSON *body, bool *semantic)
+{
+    static const char *const fields[] = {"version", "network_interfaces", "ipv4_address",
+                                         "imds_compat", NULL};
+    const char *what = "mmds config", *version, *addr;
+    struct api_mmds m = {.set = true, .ipv4 = API_MMDS_DEFAULT_IPV4};
+    *semantic = false;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "version", false, &version) < 0 ||
+        get_string(body, what, "ipv4_address", false, &addr) < 0 ||
+        get_bool(body, what, "imds_compat", false, &m.imds_compat, NULL) < 0)
+        return -1;
+    if (version && strcmp(version, "V1") && strcmp(version, "V2"))
+        return error_set("%s: unknown `version` '%s' (V1, V2)", what, version);
+    m.v2 = version && !strcmp(version, "V2");
+    const cJSON *list = field(body, "network_interfaces");
+    if (!list)
+        return error_set("%s: missing field `network_interfaces`", what);
+    if (!cJSON_IsArray(list))
+        return error_set("%s: `network_interfaces` must be an array of interface ids", what);
+    for (const cJSON *i = list->child; i; i = i->next) {
+        if (!cJSON_IsString(i))
+            return error_set("%s: `network_interfaces` must be an array of interface ids", what);
+    }
+    if (addr && !parse_ipv4(addr, &m.ipv4))
+        return error_set("%s: `ipv4_address` '%s' is not an IPv4 address", what, addr);
+    /* Firecracker's checks, in its order, with its words. Link-local is 169.254.0.0/16
+     * less its first and last /24, which RFC 3927 reserves. */
+    *semantic = true;
+    if ((m.ipv4 >> 16) != 0xa9fe || ((m.ipv4 >> 8) & 0xff) == 0 || ((m.ipv4 >> 8) & 0xff) == 255)
+        return error_set("The MMDS IPv4 address is not link local.");
+    if (!list->child)
+        return error_set(
+            "The list of network interface IDs that allow forwarding MMDS requests is empty.");
+    for (const cJSON *i = list->child; i; i = i->next) {
+        bool known = false;
+        for (unsigned k = 0; k < c->nnets && !known; k++)
+            known = !strcmp(c->nets[k].id, i->valuestring);
+        if (!known)
+            return error_set("The list of network interface IDs provided contains at least one "
+                             "ID that does not correspond to any existing network interface.");
+    }
+    *semantic = false;
+    for (const cJSON *i = list->child; i; i = i->next) {
+        bool dup = false;
+        for (unsigned k = 0; k < m.nifaces && !dup; k++)
+            dup = !strcmp(m.ifaces[k], i->valuestring);
+        if (dup)
+            continue;
+        /* At most API_MAX_NETS distinct ids: each names a configured interface. */
+        if (!(m.ifaces[m.nifaces] = strdup(i->valuestring))) {
+            for (unsigned k = 0; k < m.nifaces; k++)
+                free(m.ifaces[k]);
+            return error_set("out of memory");
+        }
+        m.nifaces++;
+    }
+    for (unsigned k = 0; k < c->mmds.nifaces; k++)
+        free(c->mmds.ifaces[k]);
+    c->mmds = m;
+    return 0;
+}
+
 int api_parse_vm_state(const cJSON *body, bool *paused)
 {
     static const char *const fields[] = {"state", NULL};
@@ -871,8 +961,13 @@ int api_config_parse_document(struct api_config *c, const char *text, size_t len
         goto out;
     if ((v = field(doc, "serial")) && api_put_serial(c, v) < 0)
         goto out;
+    bool semantic;
+    if ((v = field(doc, "mmds-config")) && api_put_mmds_config(c, v, &semantic) < 0) {
+        if (semantic)
+            error_prefix("MMDS config error");
+        goto out;
+    }
     if (unsupported_section(doc, "balloon", "the balloon device") < 0 ||
-        unsupported_section(doc, "mmds-config", "MMDS") < 0 ||
         unsupported_section(doc, "pmem", "virtio-pmem") < 0 ||
         unsupported_section(doc, "memory-hotplug", "memory hotplug") < 0)
         goto out;
@@ -925,6 +1020,10 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
             nc->rx_limit = n->rx;
         if (n->has_tx)
             nc->tx_limit = n->tx;
+        for (unsigned k = 0; k < c->mmds.nifaces; k++) {
+            if (!strcmp(c->mmds.ifaces[k], n->id))
+                nc->mmds_ipv4 = c->mmds.ipv4;
+        }
         if (n->guest_mac) {
             unsigned b[6];
             sscanf(n->guest_mac, "%2x:%2x:%2x:%2x:%2x:%2x", &b[0], &b[1], &b[2], &b[3], &b[4],
@@ -1038,7 +1137,6 @@ cJSON *api_config_json(const struct api_config *c)
     cJSON_AddNullToObject(o, "logger");
     cJSON_AddItemToObject(o, "machine-config", api_machine_config_json(c));
     cJSON_AddNullToObject(o, "metrics");
-    cJSON_AddNullToObject(o, "mmds-config");
     cJSON *nets = cJSON_AddArrayToObject(o, "network-interfaces");
     for (unsigned i = 0; i < c->nnets; i++)
         cJSON_AddItemToArray(nets, net_json(&c->nets[i]));
@@ -1059,6 +1157,20 @@ cJSON *api_config_json(const struct api_config *c)
                                   : cJSON_CreateNull());
     } else {
         cJSON_AddNullToObject(o, "entropy");
+    }
+    if (c->mmds.set) {
+        cJSON *m = cJSON_AddObjectToObject(o, "mmds-config");
+        cJSON_AddStringToObject(m, "version", c->mmds.v2 ? "V2" : "V1");
+        cJSON *ids = cJSON_AddArrayToObject(m, "network_interfaces");
+        for (unsigned i = 0; i < c->mmds.nifaces; i++)
+            cJSON_AddItemToArray(ids, cJSON_CreateString(c->mmds.ifaces[i]));
+        char ip[16];
+        snprintf(ip, sizeof(ip), "%u.%u.%u.%u", c->mmds.ipv4 >> 24, (c->mmds.ipv4 >> 16) & 0xff,
+                 (c->mmds.ipv4 >> 8) & 0xff, c->mmds.ipv4 & 0xff);
+        cJSON_AddStringToObject(m, "ipv4_address", ip);
+        cJSON_AddBoolToObject(m, "imds_compat", c->mmds.imds_compat);
+    } else {
+        cJSON_AddNullToObject(o, "mmds-config");
     }
     cJSON_AddArrayToObject(o, "pmem");
     cJSON_AddNullToObject(o, "memory-hotplug");

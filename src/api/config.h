@@ -71,6 +71,18 @@ struct api_entropy {
     struct rate_limit_config rate_limit;
 };
 
+/* PUT /mmds/config, the configuration file's "mmds-config". */
+struct api_mmds {
+    bool set;
+    bool v2;
+    char *ifaces[API_MAX_NETS];
+    unsigned nifaces;
+    uint32_t ipv4; /* host order; 169.254.169.254 unless given */
+    bool imds_compat;
+};
+
+#define API_MMDS_DEFAULT_IPV4 0xa9fea9feu /* 169.254.169.254 */
+
 struct api_vsock {
     bool set;
     uint64_t guest_cid;
@@ -99,6 +111,7 @@ struct api_config {
      * (read-write, non-blocking, as the logger's), -1 when not */
     char *serial_out_path;
     int serial_out_fd;
+    struct api_mmds mmds;
 };
 
 /* A PATCH /drives/{id} after start: what changes. */
@@ -138,6 +151,10 @@ int api_put_entropy(struct api_config *c, const cJSON *body);
 int api_put_vsock(struct api_config *c, const cJSON *body);
 /* PUT /serial: {"serial_out_path": PATH}; the file is opened now. */
 int api_put_serial(struct api_config *c, const cJSON *body);
+/* Validates an MMDS configuration against the interfaces configured so far and keeps it. The
+ * errors of the values (address, interface list) are Firecracker's messages, without its
+ * prefix; *semantic tells them from a body of the wrong shape. */
+int api_put_mmds_config(struct api_config *c, const cJSON *body, bool *semantic);
 int api_parse_action(const cJSON *body, enum api_action *out);
 int api_parse_vm_state(const cJSON *body, bool *paused);
 /* Whether id is a valid resource id (drive, interface, instance). */

@@ -1,5 +1,6 @@
 #include "api/metrics.h"
 
+#include "mmds/store.h"
 #include "sandbox/seccomp.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -229,6 +230,36 @@ static void add_vsock(cJSON *root, struct virtio_vsock *v)
     ADD_FIELDS(root, NULL, "vsock", f);
 }
 
+void api_metrics_watch_mmds(struct api_metrics *m, const struct mmds_metrics *mmds)
+{
+    m->mmds = mmds;
+}
+
+/* Firecracker's `mmds` group, under its names. */
+static void add_mmds(cJSON *root, const struct mmds_metrics *mm)
+{
+    const struct {
+        const char *key;
+        const _Atomic uint64_t *v;
+    } f[] = {{"rx_accepted", &mm->rx_accepted},
+             {"rx_accepted_err", &mm->rx_accepted_err},
+             {"rx_accepted_unusual", &mm->rx_accepted_unusual},
+             {"rx_bad_eth", &mm->rx_bad_eth},
+             {"rx_invalid_token", &mm->rx_invalid_token},
+             {"rx_no_token", &mm->rx_no_token},
+             {"rx_count", &mm->rx_count},
+             {"tx_bytes", &mm->tx_bytes},
+             {"tx_count", &mm->tx_count},
+             {"tx_errors", &mm->tx_errors},
+             {"tx_frames", &mm->tx_frames},
+             {"connections_created", &mm->connections_created},
+             {"connections_destroyed", &mm->connections_destroyed}};
+    cJSON *o = cJSON_AddObjectToObject(root, "mmds");
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
+        cJSON_AddNumberToObject(o, f[i].key,
+                                (double)atomic_load_explicit(f[i].v, memory_order_relaxed));
+}
+
 cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
 {
     cJSON *root = cJSON_CreateObject();
@@ -254,6 +285,8 @@ cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
     /* Always 0 here: a violation ends ember, its line written by the SIGSYS handler. */
     cJSON *seccomp = cJSON_AddObjectToObject(root, "seccomp");
     cJSON_AddNumberToObject(seccomp, "num_faults", (double)seccomp_fault_count());
+    if (m->mmds)
+        add_mmds(root, m->mmds);
     if (!vm || !vm->started)
         return root;
     add_vcpus(root, vm);

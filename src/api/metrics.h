@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 struct vm;
+struct mmds_metrics;
 
 struct api_route_count {
     char route[48];
@@ -36,6 +37,7 @@ struct api_metrics {
      * from the process's start (the jailer's, with its flags) to the API listening, wall
      * and CPU; 0 when not measured. */
     uint64_t startup_time_us, startup_time_cpu_us;
+    const struct mmds_metrics *mmds; /* NULL: no `mmds` group */
 };
 
 void api_metrics_init(struct api_metrics *m);
@@ -45,6 +47,8 @@ int api_metrics_open(struct api_metrics *m, const char *path);
 bool api_metrics_enabled(const struct api_metrics *m);
 /* Reports the server's counters in the api_server group from now on. */
 void api_metrics_watch_server(struct api_metrics *m, const struct api_server_stats *stats);
+/* Reports the metadata service's counters in the mmds group from now on. */
+void api_metrics_watch_mmds(struct api_metrics *m, const struct mmds_metrics *mmds);
 void api_metrics_set_startup(struct api_metrics *m, uint64_t wall_us, uint64_t cpu_us);
 void api_metrics_count_request(struct api_metrics *m, const char *route, int status);
 /* Writes one line; vm may be NULL (not started). A no-op when not open. */

@@ -105,12 +105,17 @@
         R(io_uring_setup), R(io_uring_register), R(io_uring_enter),                                \
         R2(mmap, NONE_OF(2, PROT_EXEC), BITS(3, MAP_SHARED | MAP_ANONYMOUS, MAP_SHARED))
 
+/* A request body or answer past malloc's mmap threshold (128 KiB and up, with a larger
+ * --http-api-max-payload-size or MMDS document) grows or shrinks by realloc, which moves such
+ * a block with mremap. */
+#define MAIN_REALLOC R1(mremap, EQ(3, MREMAP_MAYMOVE))
+
 /* Serving the API, the console's input, the metrics, and the end of the
  * machine (joining threads, closing devices, removing the API socket's
  * file). After InstanceStart. */
 #define MAIN_RULES                                                                                 \
     BASE, MEMORY, EVENT_LOOP, R(brk), R(close), R(unlink), MAIN_API, MAIN_CONSOLE, MAIN_KICK,      \
-        MAIN_DRIVE_SWAP
+        MAIN_DRIVE_SWAP, MAIN_REALLOC
 
 /* Existing files only, once the machine runs. */
 #define MAIN_OPEN R1(openat, NONE_OF(2, O_CREAT | O_TRUNC | __O_TMPFILE))

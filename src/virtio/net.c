@@ -95,6 +95,51 @@ static bool tokens(struct virtio_net *n, struct token_bucket *bytes, struct toke
     return true;
 }
 
+/* ---- MMDS ---------------------------------------------------------------- */
+
+static void process_rx(struct virtio_net *n);
+
+/* Arms the MMDS timer for the stack's next deadline (retransmission, window probe). */
+static void mmds_arm_timer(struct virtio_net *n)
+{
+    uint64_t ms = mmds_stack_next_deadline(n->mmds);
+    struct itimerspec its = {
+        .it_value = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000}};
+    timerfd_settime(n->mmds_timer_fd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
+static void on_mmds_timer(void *opaque, uint32_t events)
+{
+    struct virtio_net *n = opaque;
+    (void)events;
+    uint64_t v;
+    ssize_t ignored = read(n->mmds_timer_fd, &v, sizeof(v));
+    (void)ignored;
+    if (!n->dev.active)
+        return;
+    /* The timers run even when the guest takes no frames (no receive buffers): the next
+     * deadline is then later, never one already past, which would spin this thread. */
+    mmds_stack_run_timers(n->mmds, mmds_now_ms());
+    process_rx(n);
+    mmds_arm_timer(n);
+}
+
+/* A checked transmit frame for MMDS goes to its stack (a copy: the guest may change its
+ * buffers meanwhile) and not to the host. False when it is not for MMDS. */
+static bool mmds_detour(struct virtio_net *n, const struct virtq_chain *c, const struct net_hdr *h)
+{
+    uint8_t head[42]; /* enough to see an ARP target or an IPv4 destination */
+    uint64_t len = c->out_len - VIRTIO_NET_HDR_LEN;
+    size_t peek = len < sizeof(head) ? (size_t)len : sizeof(head);
+    virtq_chain_read(c, VIRTIO_NET_HDR_LEN, head, peek);
+    if (!mmds_stack_claims(n->mmds, head, peek))
+        return false;
+    virtq_chain_read(c, VIRTIO_NET_HDR_LEN, n->mmds_frame, (size_t)len);
+    mmds_stack_receive(n->mmds, n->mmds_frame, (size_t)len, (h->flags & HDR_F_NEEDS_CSUM) != 0,
+                       mmds_now_ms());
+    return true;
+}
+
 /* ---- transmit ---------------------------------------------------------- */
 
 /* Whether a guest's header asks only for what was negotiated and fits the
@@ -163,7 +208,7 @@ static bool fill_tx(struct virtio_net *n, bool *pushed)
 {
     struct virtio_dev *d = &n->dev;
     struct virtq *q = &d->queues[TXQ].vq;
-    while (n->tx_held < NET_TX_BATCH) {
+    while (n->tx_held < NET_TX_BATCH && n->tx_consumed < BUDGET) {
         struct virtq_chain *c = &n->tx_chains[n->tx_held];
         int got = virtq_pop(q, c);
         if (got < 0) {
@@ -186,6 +231,7 @@ static bool fill_tx(struct virtio_net *n, bool *pushed)
             count_drop(n, &n->tx_dropped, bad);
             virtq_push(q, c->head, 0);
             *pushed = true;
+            n->tx_consumed++;
             continue;
         }
         if (!tokens(n, &n->tx_bytes_tb, &n->tx_ops_tb, c->out_len - sizeof(h))) {
@@ -193,6 +239,13 @@ static bool fill_tx(struct virtio_net *n, bool *pushed)
             virtq_unpop(q, 1);
             n->tx_throttled = true;
             break;
+        }
+        if (n->mmds && mmds_detour(n, c, &h)) {
+            virtq_push(q, c->head, 0);
+            *pushed = true;
+            n->mmds_detoured = true;
+            n->tx_consumed++;
+            continue;
         }
         /* A tap takes the header ember checked, not the guest's copy, which another vCPU
          * could have changed since. */
@@ -279,7 +332,20 @@ static unsigned send_held(struct virtio_net *n)
     return returned;
 }
 
+static void process_tx_queue(struct virtio_net *n);
+
 static void process_tx(struct virtio_net *n)
+{
+    process_tx_queue(n);
+    if (n->mmds_detoured && n->dev.active) {
+        /* MMDS may have answers: they go to the receive queue now. */
+        n->mmds_detoured = false;
+        process_rx(n);
+        mmds_arm_timer(n);
+    }
+}
+
+static void process_tx_queue(struct virtio_net *n)
 {
     struct virtio_dev *d = &n->dev;
     struct virtq *q = &d->queues[TXQ].vq;
@@ -287,10 +353,17 @@ static void process_tx(struct virtio_net *n)
         return; /* waiting for room (on_tx_room comes back), or no transmit queue */
     bool pushed = false;
     n->tx_throttled = false;
+    n->tx_consumed = 0;
     virtq_enable_kicks(q, false);
     for (unsigned done = 0;;) {
         if (!fill_tx(n, &pushed))
             return;
+        if (n->tx_consumed >= BUDGET && !n->tx_held) {
+            /* Frames that went nowhere near the host (dropped, or MMDS's) count too: a guest
+             * that keeps sending them gets the same turn as one that keeps the tap busy. */
+            virtio_dev_kick(d, TXQ);
+            break;
+        }
         if (n->tx_held == 0) {
             if (n->tx_throttled)
                 break; /* the timer comes back, kicks stay off meanwhile */
@@ -401,6 +474,15 @@ static void process_rx(struct virtio_net *n)
         /* The tap stays readable: the loop brings us back after the transmit side's turn. */
         if (round == BUDGET && !n->rx_pending)
             break;
+        if (!n->rx_pending && n->mmds) {
+            /* MMDS's frames first: they are few, and the guest waits for them. */
+            size_t len = mmds_stack_next_frame(n->mmds, n->rx_buf + sizeof(struct net_hdr),
+                                               VIRTIO_NET_MAX_FRAME, mmds_now_ms());
+            if (len) {
+                memset(n->rx_buf, 0, sizeof(struct net_hdr));
+                n->rx_pending = len + sizeof(struct net_hdr);
+            }
+        }
         if (!n->rx_pending) {
             size_t skip = n->be.vnet_hdr ? 0 : sizeof(struct net_hdr);
             struct iovec iov = {.iov_base = n->rx_buf + skip,
@@ -571,6 +653,12 @@ static int activate(struct virtio_dev *d)
     if (!n->rx_handler || !n->timer_handler)
         return -1;
     n->rx_watching = true;
+    if (n->mmds) {
+        n->mmds_timer_handler =
+            event_loop_add(&d->io.loop, n->mmds_timer_fd, EPOLLIN, on_mmds_timer, n);
+        if (!n->mmds_timer_handler)
+            return -1;
+    }
     process_tx(n);
     process_rx(n);
     return 0;
@@ -589,8 +677,9 @@ static void quiesce(struct virtio_dev *d)
     }
     /* A vhost failure fell back to user space: try the kernel again next time. */
     d->kicks_external = n->use_vhost;
-    struct event_handler **hs[] = {&n->rx_handler, &n->tx_handler, &n->timer_handler};
-    for (unsigned i = 0; i < 3; i++) {
+    struct event_handler **hs[] = {&n->rx_handler, &n->tx_handler, &n->timer_handler,
+                                   &n->mmds_timer_handler};
+    for (unsigned i = 0; i < 4; i++) {
         if (*hs[i])
             event_loop_del(&d->io.loop, *hs[i]);
         *hs[i] = NULL;
@@ -599,6 +688,12 @@ static void quiesce(struct virtio_dev *d)
     struct itimerspec off = {0};
     timerfd_settime(n->timer_fd, 0, &off, NULL);
     n->rx_watching = false;
+    if (n->mmds) {
+        /* The guest's connections to MMDS end with the reset. */
+        mmds_stack_reset(n->mmds);
+        timerfd_settime(n->mmds_timer_fd, 0, &off, NULL);
+        n->mmds_detoured = false;
+    }
     /* A frame read from the host but not delivered is lost with the
      * reset, as on a real NIC. */
     n->rx_pending = 0;
@@ -676,6 +771,7 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
 {
     memset(n, 0, sizeof(*n));
     n->timer_fd = -1;
+    n->mmds_timer_fd = -1;
     n->vhost.fd = -1;
     for (unsigned i = 0; i < 2; i++)
         n->calls[i] = (struct vhost_call){.net = n, .queue = i, .fd = -1};
@@ -697,7 +793,25 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
     bool limits =
         !token_bucket_unlimited(&n->rx_bytes_tb) || !token_bucket_unlimited(&n->rx_ops_tb) ||
         !token_bucket_unlimited(&n->tx_bytes_tb) || !token_bucket_unlimited(&n->tx_ops_tb);
-    if (!opts->user && opts->vhost != VHOST_OFF) {
+    if (opts->mmds && opts->mmds_ipv4) {
+        /* MMDS answers from ember's own data path, which the kernel's vhost-net bypasses. */
+        if (opts->vhost == VHOST_ON)
+            return error_set("%s: vhost=on and MMDS exclude each other (MMDS frames are "
+                             "answered in user space)",
+                             name);
+        uint32_t seed;
+        if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+            return error_errno("getrandom");
+        n->mmds = calloc(1, sizeof(*n->mmds));
+        n->mmds_frame = malloc(VIRTIO_NET_MAX_FRAME);
+        if (!n->mmds || !n->mmds_frame ||
+            mmds_stack_init(n->mmds, opts->mmds, opts->mmds_ipv4, seed, n->dev.name) < 0)
+            return error_set("out of memory");
+        n->mmds_timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (n->mmds_timer_fd < 0)
+            return error_errno("%s: timerfd", name);
+    }
+    if (!opts->user && opts->vhost != VHOST_OFF && !n->mmds) {
         if (limits && opts->vhost == VHOST_AUTO) {
             log_info("%s: rate limits are enforced in user space: not using vhost-net", name);
         } else if (vhost_net_open(&n->vhost) == 0) {
@@ -779,6 +893,15 @@ void virtio_net_destroy(struct virtio_net *n)
     if (n->timer_fd >= 0)
         close(n->timer_fd);
     n->timer_fd = -1;
+    if (n->mmds_timer_fd >= 0)
+        close(n->mmds_timer_fd);
+    n->mmds_timer_fd = -1;
+    if (n->mmds)
+        mmds_stack_destroy(n->mmds);
+    free(n->mmds);
+    free(n->mmds_frame);
+    n->mmds = NULL;
+    n->mmds_frame = NULL;
     if (n->use_vhost)
         vhost_net_close(&n->vhost);
     for (unsigned i = 0; i < 2; i++) {

@@ -1,12 +1,15 @@
 /* virtio-net (virtio 1.2, 5.1) with one queue pair on a host backend: a
  * tap (virtio-net headers and offloads pass straight through) or user-mode
  * networking. Transmit never drops a valid frame: a full host side pushes
- * back on the guest. Malformed frames are dropped and counted. */
+ * back on the guest. Malformed frames are dropped and counted. With MMDS on the
+ * interface, frames for its address go to the MMDS stack (mmds/stack.h) instead of the
+ * backend, and its answers come before the backend's frames. */
 #ifndef EMBER_VIRTIO_NET_H
 #define EMBER_VIRTIO_NET_H
 
 #include "backends/net.h"
 #include "backends/vhost_net.h"
+#include "mmds/stack.h"
 #include "util/ratelimit.h"
 #include "virtio/device.h"
 
@@ -29,6 +32,10 @@ struct net_options {
     enum vhost_mode vhost; /* tap only: the kernel's data path */
     uint64_t sndbuf;       /* tap only: its send buffer (0: unlimited) */
     struct rate_limit_config rx_limit, tx_limit;
+    /* MMDS on this interface: frames to mmds_ipv4 (host order) are answered from this store
+     * and never reach the backend. NULL: none. */
+    struct mmds_store *mmds;
+    uint32_t mmds_ipv4;
     /* A backend already open (tests): the device takes it over instead of opening one. */
     struct net_backend *backend;
     /* tap only: the tap's descriptor, attached already (net_tap_attach, the API's
@@ -66,6 +73,14 @@ struct virtio_net {
         struct event_handler *handler;
     } calls[2];
     struct token_bucket rx_bytes_tb, rx_ops_tb, tx_bytes_tb, tx_ops_tb;
+    /* MMDS (opts.mmds): its network stack, a copy of the guest's frame it reads (guest memory
+     * may change under it), and its retransmission timer. */
+    struct mmds_stack *mmds;
+    uint8_t *mmds_frame;
+    int mmds_timer_fd;
+    struct event_handler *mmds_timer_handler;
+    bool mmds_detoured;   /* frames went to MMDS in this round of transmit */
+    unsigned tx_consumed; /* frames of this round given back without reaching the host */
     /* Counters (iothread). */
     uint64_t rx_frames, rx_bytes, rx_dropped, tx_frames, tx_bytes, tx_dropped, tx_pushback;
     struct log_limit log_drop, log_host; /* malformed or refused frames; host-side trouble */

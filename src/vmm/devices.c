@@ -204,7 +204,9 @@ int vm_create_virtio_devices(struct vm *vm)
                                 .vhost = (enum vhost_mode)nc->vhost,
                                 .sndbuf = nc->sndbuf,
                                 .rx_limit = nc->rx_limit,
-                                .tx_limit = nc->tx_limit};
+                                .tx_limit = nc->tx_limit,
+                                .mmds = nc->mmds_ipv4 ? cfg->mmds : NULL,
+                                .mmds_ipv4 = nc->mmds_ipv4};
         memcpy(o.mac, nc->mac, 6);
         /* The API attached the tap at its PUT and keeps its descriptor: the
          * device takes a copy. */
@@ -226,7 +228,8 @@ int vm_create_virtio_devices(struct vm *vm)
         }
         if (attach(vm, &net->dev, net, destroy_net) < 0)
             return -1;
-        log_info("%s: %s%s%s", name, net->be.kind, nc->tap ? " " : "", nc->tap ? nc->tap : "");
+        log_info("%s: %s%s%s%s", name, net->be.kind, nc->tap ? " " : "", nc->tap ? nc->tap : "",
+                 net->mmds ? ", MMDS" : "");
     }
     if (cfg->console == CONSOLE_VIRTIO) {
         struct virtio_console *c = calloc(1, sizeof(*c));

@@ -64,7 +64,10 @@ struct net_config {
     int vhost;       /* enum vhost_mode: auto (0), off, on */
     uint64_t sndbuf; /* tap: the socket's send buffer in bytes; 0: the kernel's (unlimited) */
     struct rate_limit_config rx_limit, tx_limit;
+    uint32_t mmds_ipv4; /* MMDS answers at this address (host order) on this interface; 0: no */
 };
+
+struct mmds_store;
 
 /* Firecracker's vsock: guest CID and the host's unix socket. */
 struct vsock_config {
@@ -103,6 +106,7 @@ struct vm_config {
     unsigned nnets;
     struct net_config nets[VM_MAX_NETS];
     struct vsock_config vsock;
+    struct mmds_store *mmds; /* the metadata the interfaces with mmds_ipv4 serve */
 };
 
 void vm_config_defaults(struct vm_config *cfg);

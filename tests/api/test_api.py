@@ -1195,8 +1195,6 @@ def test_entropy_vsock(tmp):
 
 
 UNSUPPORTED = [
-    ("GET", "/mmds", None), ("PUT", "/mmds", {"a": 1}), ("PATCH", "/mmds", {"a": 1}),
-    ("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}),
     ("GET", "/balloon", None), ("PUT", "/balloon", {"amount_mib": 1, "deflate_on_oom": True}),
     ("PATCH", "/balloon", {"amount_mib": 1}), ("GET", "/balloon/statistics", None),
     ("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 1}),
@@ -1232,6 +1230,188 @@ def test_unsupported_and_unknown_routes(tmp):
         serving(e)
     finally:
         e.kill()
+
+MMDS_NOT_INIT = "MMDS error: The MMDS data store is not initialized."
+MMDS_TOO_BIG = "MMDS limit exceeded error: The MMDS patch request doesn't fit."
+
+
+def test_mmds_routes(tmp):
+    """PUT/PATCH/GET /mmds and PUT /mmds/config with Firecracker's statuses and messages."""
+    e = Ember(tmp, ["--mmds-size-limit", "200"])
+    try:
+        r = e.req("GET", "/mmds")
+        check(r.status == 200 and r.json() == {}, "GET /mmds before any PUT: %r" % r)
+        expect(e.req("PATCH", "/mmds", {"a": 1}), 400, "PATCH before PUT", MMDS_NOT_INIT)
+        doc = {"latest": {"meta-data": {"ami-id": "ami-1", "reservation-id": "r-1"}}, "b": [1, 2]}
+        expect(e.req("PUT", "/mmds", doc), 204, "PUT /mmds")
+        r = e.req("GET", "/mmds")
+        check(r.status == 200 and r.json() == doc, "GET /mmds: %r" % r)
+        check(r.body.index('"b"') < r.body.index('"latest"'), "keys sorted: %r" % r.body)
+        # RFC 7396: null removes, objects merge, anything else replaces.
+        expect(e.req("PATCH", "/mmds", {"latest": {"meta-data": {"ami-id": None, "x": "y"}}, "b": "c"}),
+               204, "PATCH /mmds")
+        want = {"latest": {"meta-data": {"reservation-id": "r-1", "x": "y"}}, "b": "c"}
+        check(e.req("GET", "/mmds").json() == want, "merged: %r" % e.req("GET", "/mmds"))
+        # The size limit (--mmds-size-limit 200), checked on the result; nothing changes.
+        expect(e.req("PUT", "/mmds", {"k": "v" * 300}), 413, "PUT over the limit", MMDS_TOO_BIG)
+        expect(e.req("PATCH", "/mmds", {"k": "v" * 300}), 413, "PATCH over the limit", MMDS_TOO_BIG)
+        check(e.req("GET", "/mmds").json() == want, "unchanged after 413s")
+        expect(e.req("PUT", "/mmds", raw_body=b"{nope"), 400, "bad JSON", "JSON")
+        expect(e.req("DELETE", "/mmds", None), 400, "DELETE", "invalid request method and/or path")
+        expect(e.req("GET", "/mmds/config"), 400, "GET /mmds/config", "invalid request method and/or path")
+        # /mmds/config: Firecracker's checks in its order, with its words ("MMMDS" included).
+        prefix = "MMMDS config error: "
+        expect(e.req("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}), 400, "unknown interface",
+               prefix + "The list of network interface IDs provided contains at least one ID that does "
+               "not correspond to any existing network interface.")
+        tap = "embermm%d" % (os.getpid() % 10000)
+        expect(e.req("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": tap}), 204,
+               "interface")
+        expect(e.req("PUT", "/mmds/config", {"network_interfaces": []}), 400, "empty list",
+               prefix + "The list of network interface IDs that allow forwarding MMDS requests is empty.")
+        for addr in ("169.254.0.7", "169.254.255.1", "10.0.0.1", "1.1.1.1"):
+            expect(e.req("PUT", "/mmds/config", {"network_interfaces": ["eth0"], "ipv4_address": addr}), 400,
+                   "address %s" % addr, prefix + "The MMDS IPv4 address is not link local.")
+        for body, msg in [({"network_interfaces": ["eth0"], "ipv4_address": "169.254.1"}, "IPv4"),
+                          ({"network_interfaces": ["eth0"], "ipv4_address": "169.254.01.1"}, "IPv4"),
+                          ({"network_interfaces": ["eth0"], "version": "V3"}, "version"),
+                          ({"network_interfaces": "eth0"}, "network_interfaces"),
+                          ({"version": "V2"}, "network_interfaces"),
+                          ({"network_interfaces": ["eth0"], "imds_compat": "yes"}, "imds_compat"),
+                          ({"network_interfaces": ["eth0"], "frob": 1}, "unknown field")]:
+            expect(e.req("PUT", "/mmds/config", body), 400, "PUT /mmds/config %r" % body, msg)
+        check(e.req("GET", "/vm/config").json()["mmds-config"] is None, "no mmds-config yet")
+        expect(e.req("PUT", "/mmds/config", {"network_interfaces": ["eth0"], "version": "V2",
+                                             "ipv4_address": "169.254.170.2", "imds_compat": True}),
+               204, "valid config")
+        shown = e.req("GET", "/vm/config").json()["mmds-config"]
+        check(shown == {"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.170.2",
+                        "imds_compat": True}, "GET /vm/config shows it: %r" % shown)
+        expect(e.req("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}), 204, "again, defaults")
+        shown = e.req("GET", "/vm/config").json()["mmds-config"]
+        check(shown == {"version": "V1", "network_interfaces": ["eth0"], "ipv4_address": "169.254.169.254",
+                        "imds_compat": False}, "defaults: %r" % shown)
+        # After start: the store keeps working, the configuration is fixed.
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        check(e.wait_output("waiting for Ctrl+Alt+Del"), "the guest runs: %r %s" % (e.stdout(), e.stderr()))
+        expect(e.req("PATCH", "/mmds", {"b": None}), 204, "PATCH after start")
+        check(e.req("GET", "/mmds").json() == {"latest": {"meta-data": {"reservation-id": "r-1", "x": "y"}}},
+              "GET after start")
+        expect(e.req("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}), 400, "config after start",
+               "InstanceStart")
+        expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
+        check(e.wait() == 0, "exit: %s" % e.stderr())
+    finally:
+        e.kill()
+    # A machine started without any MMDS request has no store, as in Firecracker.
+    e = Ember(tmp, [], name="no-mmds")
+    try:
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        for method, body in (("GET", None), ("PUT", {"a": 1}), ("PATCH", {"a": 1})):
+            expect(e.req(method, "/mmds", body), 400, "%s /mmds without MMDS" % method, MMDS_NOT_INIT)
+        check(e.wait_output("waiting for Ctrl+Alt+Del"), "the guest runs: %r %s" % (e.stdout(), e.stderr()))
+        expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
+        check(e.wait() == 0, "exit: %s" % e.stderr())
+    finally:
+        e.kill()
+
+
+def test_mmds_flags_and_config_file(tmp):
+    """--metadata, --mmds-size-limit (its default follows --http-api-max-payload-size) and the
+    configuration file's mmds-config section."""
+    meta = os.path.join(tmp, "meta.json")
+    with open(meta, "w") as f:
+        json.dump({"latest": {"user-data": "hello"}}, f)
+    e = Ember(tmp, ["--metadata", meta], name="meta")
+    try:
+        check(e.req("GET", "/mmds").json() == {"latest": {"user-data": "hello"}}, "--metadata loaded")
+        expect(e.req("PATCH", "/mmds", {"latest": {"x": "1"}}), 204, "PATCH after --metadata")
+    finally:
+        e.kill()
+    e = Ember(tmp, ["--http-api-max-payload-size", "100000"], name="big")
+    try:
+        expect(e.req("PUT", "/mmds", {"k": "v" * 60000}), 204, "limit follows the payload size")
+        expect(e.req("PATCH", "/mmds", {"j": "v" * 40000}), 413, "but no further", MMDS_TOO_BIG)
+    finally:
+        e.kill()
+    bad_meta = os.path.join(tmp, "bad.json")
+    with open(bad_meta, "w") as f:
+        f.write("{not json")
+    for args, msg in [(["--metadata", bad_meta], "not valid JSON"),
+                      (["--metadata", os.path.join(tmp, "missing.json")], "cannot open"),
+                      (["--metadata", meta, "--mmds-size-limit", "10"], "size limit"),
+                      (["--mmds-size-limit", "lots"], "--mmds-size-limit")]:
+        out = subprocess.run([EMBER, "--api-sock", os.path.join(tmp, "x.sock")] + args, capture_output=True,
+                             text=True, timeout=PATIENCE_S)
+        check(out.returncode == 2 and msg in out.stderr, "%r: %d %r" % (args, out.returncode, out.stderr))
+    tap = "embermc%d" % (os.getpid() % 10000)
+    doc = {"boot-source": {"kernel_image_path": KEYBOARD},
+           "network-interfaces": [{"iface_id": "eth0", "host_dev_name": tap}],
+           "mmds-config": {"version": "V2", "network_interfaces": ["eth0"]}}
+    e = Ember(tmp, ["--config-file", write_config(tmp, doc), "--metadata", meta], name="cfg")
+    try:
+        shown = e.req("GET", "/vm/config").json()["mmds-config"]
+        check(shown == {"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.169.254",
+                        "imds_compat": False}, "mmds-config from the file: %r" % shown)
+        check(e.req("GET", "/mmds").json() == {"latest": {"user-data": "hello"}}, "metadata with a config file")
+        check(e.wait_output("waiting for Ctrl+Alt+Del"), "the guest runs: %r %s" % (e.stdout(), e.stderr()))
+        expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
+        check(e.wait() == 0, "exit: %s" % e.stderr())
+    finally:
+        e.kill()
+    for i, (section, msg) in enumerate([({"network_interfaces": ["eth9"]}, "does not correspond"),
+                                        ({"network_interfaces": ["eth0"], "ipv4_address": "8.8.8.8"},
+                                         "not link local")]):
+        bad = dict(doc, **{"mmds-config": section})
+        e = Ember(tmp, ["--no-api", "--config-file", write_config(tmp, bad, "bad%d.json" % i)], api=False,
+                  name="badcfg%d" % i)
+        status = e.wait()
+        check(status == 2 and msg in e.stderr(), "bad mmds-config %d: %d %r" % (i, status, e.stderr()))
+
+
+
+def test_mmds_guest(tmp):
+    """The guest side, from guest/mmds.c (raw frames, its own TCP): ARP, V1 and V2 answers,
+    out-of-order and duplicate segments, a zero window, RSTs, an oversized head, a flood. None
+    of its frames reaches the tap: all go to MMDS (ember's metrics)."""
+    if os.geteuid() != 0:
+        raise Skip("needs root (a tap)")
+    guest = os.path.join(GUEST_DIR, "mmds.elf")
+    meta = os.path.join(tmp, "meta.json")
+    with open(meta, "w") as f:
+        json.dump({"latest": {"meta-data": {"ami-id": "ami-12345678", "hostname": "mmds-guest"}}}, f)
+    for version in ("V1", "V2"):
+        metrics = os.path.join(tmp, "metrics-%s.json" % version)
+        tap = "embermg%d" % (os.getpid() % 10000)
+        doc = {"boot-source": {"kernel_image_path": guest,
+                               "boot_args": "console=ttyS0 mmds_version=%s" % version},
+               "network-interfaces": [{"iface_id": "eth0", "host_dev_name": tap,
+                                       "guest_mac": "52:54:00:12:34:56"}],
+               "mmds-config": {"version": version, "network_interfaces": ["eth0"]},
+               "metrics": {"metrics_path": metrics}}
+        e = Ember(tmp, ["--no-api", "--config-file", write_config(tmp, doc, "mmds-%s.json" % version),
+                        "--metadata", meta], api=False, name="mmds-" + version)
+        status = e.wait()
+        out = e.stdout()
+        lines = [l for l in out.splitlines() if l.startswith(("ok ", "not ok "))]
+        check(status == 0 and len(lines) == 11 and not any(l.startswith("not ok") for l in lines),
+              "mmds guest, %s: status %d\n%s\n%s" % (version, status, out, e.stderr()))
+        totals = {}
+        with open(metrics) as f:
+            for line in f:
+                for group in ("mmds", "net_eth0"):
+                    for k, v in json.loads(line).get(group, {}).items():
+                        totals[(group, k)] = totals.get((group, k), 0) + v
+        check(totals[("net_eth0", "tx_packets_count")] == 0 and totals[("net_eth0", "tx_dropped_count")] == 0,
+              "%s: no guest frame reached the tap: %r" % (version, totals))
+        check(totals[("mmds", "rx_accepted")] >= 300 and totals[("mmds", "connections_created")] >= 200 and
+              totals[("mmds", "rx_accepted_err")] >= 60 and
+              totals[("mmds", "tx_frames")] == totals[("net_eth0", "rx_packets_count")],
+              "%s: the mmds metrics count the guest's traffic: %r" % (version, totals))
+        if version == "V2":
+            check(totals[("mmds", "rx_no_token")] >= 1, "V2 counted the GET without a token")
 
 
 def test_lifecycle(tmp):
@@ -1970,7 +2150,8 @@ TESTS = [
     test_pipelined_burst_does_not_starve, test_flood_does_not_starve,
     test_dribbler_does_not_starve, test_max_payload_flag, test_getting_started_with_curl,
     test_config_file, test_flintlock_launch_line, test_flags, test_cpu_templates_in_guest,
-    test_custom_cpu_config_in_guest, test_smt_and_machine_config_rules,
+    test_custom_cpu_config_in_guest, test_smt_and_machine_config_rules, test_mmds_routes,
+    test_mmds_flags_and_config_file, test_mmds_guest,
 ]
 
 

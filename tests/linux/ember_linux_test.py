@@ -17,6 +17,7 @@ socket chardev and vsock needs vhost-vsock. Run as root (netns, tap).
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,11 @@ import tempfile
 import threading
 import time
 
-ALL_CHECKS = ["smp", "blk", "ro", "rng", "console", "net", "net2", "vsock"]
+ALL_CHECKS = ["smp", "blk", "ro", "rng", "console", "net", "net2", "vsock", "mmds"]
+# mmds needs its own run: ember serves it in its API mode (Firecracker's configuration file,
+# vmm_ember_config), which carries the net check's interface and nothing else here.
+DEFAULT_CHECKS = [c for c in ALL_CHECKS if c != "mmds"]
+MMDS_CHECKS = {"smp", "net", "mmds"}
 
 # Host-specific, see shared ENVIRONMENT.md: this host's KVM is nested and
 # emulates guest kernel code. QEMU's leaf-1 CPUID masks do not take effect
@@ -129,6 +134,7 @@ class Setup:
         self.fwd_result = {}
         self.cmdline = {}
         self.skips = {}  # check -> reason
+        self.metadata = None  # mmds: the --metadata file
 
     # --- disks -------------------------------------------------------------
     def make_disks(self):
@@ -201,6 +207,18 @@ class Setup:
         self.httpds += [subprocess.Popen(prefix + [busybox, "httpd", "-f", "-p", addr, "-h", www],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                        for addr in servers]
+
+    def make_mmds(self):
+        if "mmds" not in self.checks:
+            return
+        if self.args.vmm != "ember":
+            self.skips["mmds"] = "MMDS is Firecracker's metadata service, which QEMU does not have"
+            return
+        want = f"ami-{self.tag}"
+        self.metadata = os.path.join(self.work, "metadata.json")
+        with open(self.metadata, "w") as f:
+            json.dump({"latest": {"meta-data": {"ami-id": want, "hostname": "ember-guest"}}}, f)
+        self.cmdline.update({"mmds_version": self.args.mmds_version, "mmds_want": want})
 
     def connect_forward(self):
         """net2: once the guest listens, connect to the port the VMM forwards (from the VMM's
@@ -600,6 +618,27 @@ def vmm_ember(a, st, cmdline):
     return st.wrap(cmd)
 
 
+def vmm_ember_config(a, st, cmdline):
+    """ember in Firecracker's API mode, from a configuration file (as Firecracker's clients
+    start it): the net check's tap as eth0, with MMDS on it, and the metadata from
+    --metadata."""
+    extra = ember_host_workaround(a)
+    doc = {
+        "boot-source": {"kernel_image_path": a.kernel, "initrd_path": a.initrd,
+                        "boot_args": f"{cmdline} {extra}".strip()},
+        "machine-config": {"vcpu_count": a.cpus, "mem_size_mib": a.mem, "cpu_template": "baseline"},
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
+        "mmds-config": {"version": a.mmds_version, "network_interfaces": ["eth0"]},
+    }
+    path = os.path.join(st.work, "vm-config.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    cmd = [a.ember, "--no-api", "--config-file", path, "--metadata", st.metadata, "--level", "Info"]
+    if a.transport == "pci":
+        cmd.append("--enable-pci")
+    return st.wrap(cmd)
+
+
 # --- the run -----------------------------------------------------------------
 def main():
     p = argparse.ArgumentParser(description=__doc__,
@@ -608,8 +647,11 @@ def main():
     p.add_argument("--transport", choices=["mmio", "pci"], default="mmio")
     p.add_argument("--kernel", required=True)
     p.add_argument("--initrd", required=True)
-    p.add_argument("--checks", default=",".join(ALL_CHECKS),
-                   help="comma-separated, from: " + ",".join(ALL_CHECKS))
+    p.add_argument("--checks", default=",".join(DEFAULT_CHECKS),
+                   help="comma-separated, from: " + ",".join(ALL_CHECKS) +
+                   " (mmds runs only with smp and net: ember serves it in its API mode)")
+    p.add_argument("--mmds-version", choices=["V1", "V2"], default="V2",
+                   help="mmds: the version ember serves")
     p.add_argument("--cpus", type=int, default=None,
                    help="vCPUs (default 2; QEMU over pci 1: see vmm_qemu)")
     p.add_argument("--mem", type=int, default=128, help="guest RAM in MiB")
@@ -629,6 +671,9 @@ def main():
     for c in a.checks:
         if c not in ALL_CHECKS:
             p.error(f"unknown check {c}")
+    if "mmds" in a.checks and (not set(a.checks) <= MMDS_CHECKS or "net" not in a.checks or
+                               a.net != "tap"):
+        p.error("mmds goes with net on a tap (its interface), and smp at most")
     if a.cpus is None:
         a.cpus = 1 if a.vmm == "qemu" and a.transport == "pci" else 2
     if a.ember is None:
@@ -664,10 +709,16 @@ def run_vm(a, st, res, work):
     st.make_net()
     st.make_vsock()
     st.make_console()
+    st.make_mmds()
     guest_checks = [c for c in a.checks if c not in st.skips]
     st.cmdline.update({"checks": ",".join(guest_checks), "expect_cpus": str(a.cpus)})
     cmdline = BASE_CMDLINE + "".join(f" ember.{k}={v}" for k, v in st.cmdline.items())
-    cmd = (vmm_qemu if a.vmm == "qemu" else vmm_ember)(a, st, cmdline)
+    if a.vmm == "qemu":
+        cmd = vmm_qemu(a, st, cmdline)
+    elif "mmds" in guest_checks:
+        cmd = vmm_ember_config(a, st, cmdline)
+    else:
+        cmd = vmm_ember(a, st, cmdline)
     log(f"work dir: {work}")
     log("vmm: " + " ".join(cmd))
 

@@ -6,7 +6,10 @@
 #                           [--checks smp,blk,...] [--net tap|user]
 #                           [-- more options of ember_linux_test.py]
 # Default: QEMU, both transports, every check; --vmm both runs ember (the
-# build/ember binary) and then QEMU as the reference. Needs root (apt-get on
+# build/ember binary) and then QEMU as the reference. With ember and no
+# --checks, two more ember runs check MMDS from the guest (busybox wget and nc
+# to 169.254.169.254): V1 on the first transport, V2 on the last, with the net
+# check beside it, in ember's API mode (a Firecracker configuration file). Needs root (apt-get on
 # a fresh machine, a network namespace and a tap device for the net check).
 # Prints TAP per run and a total line; the exit status is 0 when every run
 # passed.
@@ -17,6 +20,7 @@ root=$(cd "$here/../.." && pwd)
 vmms=(qemu)
 transports=(mmio pci)
 extra=()
+checks_given=0
 while (($#)); do
     case $1 in
     --vmm)
@@ -27,7 +31,11 @@ while (($#)); do
         [[ $2 == both ]] && transports=(mmio pci) || transports=("$2")
         shift 2
         ;;
-    --checks | --net) extra+=("$1" "$2"); shift 2 ;;
+    --checks | --net)
+        [[ $1 == --checks ]] && checks_given=1
+        extra+=("$1" "$2")
+        shift 2
+        ;;
     --) shift; extra+=("$@"); break ;;
     -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
@@ -55,23 +63,36 @@ echo "# initramfs: $initrd"
 status=0
 passed=0 failed=0 skipped=0
 summary=()
+# run_one VMM TRANSPORT LABEL [ARGS...]: one boot, its counts added to the total.
+run_one() {
+    local vmm=$1 t=$2 label=$3
+    shift 3
+    echo "# --- $label"
+    start=$(date +%s)
+    out=$(mktemp)
+    python3 "$here/ember_linux_test.py" --vmm "$vmm" --transport "$t" \
+        --kernel "$kernel" --initrd "$initrd" "$@" | tee "$out" || status=1
+    # "N passed, N failed, N skipped" of this run, added to the total.
+    if read -r p f s < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped$/\1 \2 \3/p' "$out" | tail -1); then
+        passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+        summary+=("# $label: $p passed, $f failed, $s skipped in $(($(date +%s) - start)) s")
+    else
+        status=1
+        summary+=("# $label: no result")
+    fi
+    rm -f "$out"
+}
 for vmm in "${vmms[@]}"; do
     for t in "${transports[@]}"; do
-        echo "# --- $vmm, virtio-$t"
-        start=$(date +%s)
-        out=$(mktemp)
-        python3 "$here/ember_linux_test.py" --vmm "$vmm" --transport "$t" \
-            --kernel "$kernel" --initrd "$initrd" "${extra[@]}" | tee "$out" || status=1
-        # "N passed, N failed, N skipped" of this run, added to the total.
-        if read -r p f s < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped$/\1 \2 \3/p' "$out" | tail -1); then
-            passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
-            summary+=("# $vmm/$t: $p passed, $f failed, $s skipped in $(($(date +%s) - start)) s")
-        else
-            status=1
-            summary+=("# $vmm/$t: no result")
-        fi
-        rm -f "$out"
+        run_one "$vmm" "$t" "$vmm/$t" "${extra[@]}"
     done
+    # MMDS answers on a tap's interface (not with --net user).
+    if [[ $vmm == ember && $checks_given == 0 && " ${extra[*]} " != *" --net user "* ]]; then
+        run_one ember "${transports[0]}" "ember/${transports[0]}/mmds-V1" \
+            "${extra[@]}" --checks net,mmds --mmds-version V1
+        run_one ember "${transports[-1]}" "ember/${transports[-1]}/mmds-V2" \
+            "${extra[@]}" --checks net,mmds --mmds-version V2
+    fi
 done
 printf '%s\n' "${summary[@]}"
 echo "$passed passed, $failed failed, $skipped skipped"

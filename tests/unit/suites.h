@@ -22,5 +22,7 @@ Suite *keyboard_suite(void);
 Suite *virtio_vsock_suite(void);
 Suite *virtio_lifecycle_suite(void);
 Suite *seccomp_suite(void);
+Suite *mmds_suite(void);
+Suite *mmds_stack_suite(void);
 
 #endif

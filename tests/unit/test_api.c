@@ -614,6 +614,8 @@ START_TEST(config_document)
         {"{}", "boot-source"},
         {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"drives\":{}}", "array"},
         {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"mmds-config\":{}}",
+         "network_interfaces"},
+        {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"balloon\":{}}",
          "not supported"},
         {"{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"x\":1}", "unknown field"},
         {"{\"boot-source\":{\"kernel_image_path\":\"/nonexistent\"}}", "/nonexistent"},
@@ -856,7 +858,7 @@ START_TEST(routes_before_start)
 {
     static struct vm vm;
     struct api a;
-    api_init(&a, NULL, &vm, "unit", false);
+    ck_assert_int_eq(api_init(&a, NULL, &vm, "unit", false, MMDS_DEFAULT_SIZE_LIMIT), 0);
     char *out = NULL;
     ck_assert_int_eq(dispatch(&a, "GET", "/", NULL, &out), 200);
     ck_assert_ptr_nonnull(strstr(out, "\"Not started\""));
@@ -922,6 +924,65 @@ START_TEST(routes_before_start)
     ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(api, "other"), "400")->valueint, 2);
     ck_assert_ptr_nonnull(cJSON_GetObjectItem(api, "PATCH /drives/{drive_id}"));
     cJSON_Delete(m);
+    free(out);
+    api_finish(&a, 0);
+}
+END_TEST
+
+START_TEST(mmds_routes)
+{
+    static struct vm vm;
+    struct api a;
+    ck_assert_int_eq(api_init(&a, NULL, &vm, "unit", false, 64), 0);
+    char *out = NULL;
+    ck_assert_int_eq(dispatch(&a, "GET", "/mmds", NULL, &out), 200);
+    ck_assert_str_eq(out, "{}");
+    ck_assert_int_eq(dispatch(&a, "PATCH", "/mmds", "{\"a\":1}", &out), 400);
+    ck_assert_ptr_nonnull(strstr(out, "MMDS error: The MMDS data store is not initialized."));
+    ck_assert_int_eq(dispatch(&a, "PUT", "/mmds", "{\"b\":{\"y\":2,\"x\":1},\"a\":\"z\"}", &out),
+                     204);
+    ck_assert_int_eq(dispatch(&a, "PATCH", "/mmds", "{\"b\":{\"y\":null}}", &out), 204);
+    ck_assert_int_eq(dispatch(&a, "GET", "/mmds", NULL, &out), 200);
+    ck_assert_str_eq(out, "{\"a\":\"z\",\"b\":{\"x\":1}}");
+    /* 64 bytes at most, as --mmds-size-limit 64 would say. */
+    ck_assert_int_eq(dispatch(&a, "PATCH", "/mmds",
+                              "{\"c\":\"0123456789012345678901234567890123456789012345678901234\"}",
+                              &out),
+                     413);
+    ck_assert_ptr_nonnull(strstr(out, "MMDS limit exceeded error"));
+    ck_assert_int_eq(dispatch(&a, "DELETE", "/mmds", NULL, &out), 400);
+    ck_assert_int_eq(dispatch(&a, "PUT", "/mmds/config", "{\"network_interfaces\":[\"e\"]}", &out),
+                     400);
+    ck_assert_ptr_nonnull(strstr(out, "MMMDS config error: The list of network interface IDs "
+                                      "provided contains at least one ID"));
+    ck_assert_int_eq(dispatch(&a, "PUT", "/network-interfaces/e",
+                              "{\"iface_id\":\"e\",\"host_dev_name\":\"t0\"}", &out),
+                     204);
+    ck_assert_int_eq(dispatch(&a, "PUT", "/mmds/config",
+                              "{\"network_interfaces\":[\"e\"],\"ipv4_address\":\"169.254.0.9\"}",
+                              &out),
+                     400);
+    ck_assert_ptr_nonnull(strstr(out, "not link local"));
+    ck_assert_int_eq(dispatch(&a, "PUT", "/mmds/config",
+                              "{\"network_interfaces\":[\"e\",\"e\"],\"version\":\"V2\","
+                              "\"ipv4_address\":\"169.254.1.2\",\"imds_compat\":true}",
+                              &out),
+                     204);
+    ck_assert_int_eq(a.mmds.version, MMDS_V2);
+    ck_assert(a.mmds.imds_compat);
+    ck_assert_uint_eq(a.cfg.mmds.nifaces, 1);
+    ck_assert_uint_eq(a.cfg.mmds.ipv4, 0xa9fe0102u);
+    struct vm_config vc;
+    vm_config_defaults(&vc);
+    ck_assert_int_eq(
+        dispatch(&a, "PUT", "/boot-source", "{\"kernel_image_path\":\"/etc/hostname\"}", &out),
+        204);
+    ck_assert_int_eq(api_config_to_vm(&a.cfg, &vc), 0);
+    ck_assert_uint_eq(vc.nets[0].mmds_ipv4, 0xa9fe0102u);
+    ck_assert_int_eq(dispatch(&a, "GET", "/vm/config", NULL, &out), 200);
+    ck_assert_ptr_nonnull(strstr(out,
+                                 "\"mmds-config\":{\"version\":\"V2\",\"network_interfaces\":"
+                                 "[\"e\"],\"ipv4_address\":\"169.254.1.2\",\"imds_compat\":true}"));
     free(out);
     api_finish(&a, 0);
 }
@@ -1058,6 +1119,7 @@ Suite *api_suite(void)
     tcase_add_test(t, cpu_config_leaves_checked);
     tcase_add_test(t, cpu_config_and_static_template_replace_each_other);
     tcase_add_test(t, routes_before_start);
+    tcase_add_test(t, mmds_routes);
     tcase_add_test(t, metrics_startup_gauges);
     tcase_add_test(t, metrics_fifo_lines_stay_whole);
     suite_add_tcase(s, t);
