@@ -1137,6 +1137,20 @@ cJSON *api_config_json(const struct api_config *c)
     cJSON_AddNullToObject(o, "logger");
     cJSON_AddItemToObject(o, "machine-config", api_machine_config_json(c));
     cJSON_AddNullToObject(o, "metrics");
+    if (c->mmds.set) {
+        cJSON *m = cJSON_AddObjectToObject(o, "mmds-config");
+        cJSON_AddStringToObject(m, "version", c->mmds.v2 ? "V2" : "V1");
+        cJSON *ids = cJSON_AddArrayToObject(m, "network_interfaces");
+        for (unsigned i = 0; i < c->mmds.nifaces; i++)
+            cJSON_AddItemToArray(ids, cJSON_CreateString(c->mmds.ifaces[i]));
+        char ip[16];
+        snprintf(ip, sizeof(ip), "%u.%u.%u.%u", c->mmds.ipv4 >> 24, (c->mmds.ipv4 >> 16) & 0xff,
+                 (c->mmds.ipv4 >> 8) & 0xff, c->mmds.ipv4 & 0xff);
+        cJSON_AddStringToObject(m, "ipv4_address", ip);
+        cJSON_AddBoolToObject(m, "imds_compat", c->mmds.imds_compat);
+    } else {
+        cJSON_AddNullToObject(o, "mmds-config");
+    }
     cJSON *nets = cJSON_AddArrayToObject(o, "network-interfaces");
     for (unsigned i = 0; i < c->nnets; i++)
         cJSON_AddItemToArray(nets, net_json(&c->nets[i]));
@@ -1157,20 +1171,6 @@ cJSON *api_config_json(const struct api_config *c)
                                   : cJSON_CreateNull());
     } else {
         cJSON_AddNullToObject(o, "entropy");
-    }
-    if (c->mmds.set) {
-        cJSON *m = cJSON_AddObjectToObject(o, "mmds-config");
-        cJSON_AddStringToObject(m, "version", c->mmds.v2 ? "V2" : "V1");
-        cJSON *ids = cJSON_AddArrayToObject(m, "network_interfaces");
-        for (unsigned i = 0; i < c->mmds.nifaces; i++)
-            cJSON_AddItemToArray(ids, cJSON_CreateString(c->mmds.ifaces[i]));
-        char ip[16];
-        snprintf(ip, sizeof(ip), "%u.%u.%u.%u", c->mmds.ipv4 >> 24, (c->mmds.ipv4 >> 16) & 0xff,
-                 (c->mmds.ipv4 >> 8) & 0xff, c->mmds.ipv4 & 0xff);
-        cJSON_AddStringToObject(m, "ipv4_address", ip);
-        cJSON_AddBoolToObject(m, "imds_compat", c->mmds.imds_compat);
-    } else {
-        cJSON_AddNullToObject(o, "mmds-config");
     }
     cJSON_AddArrayToObject(o, "pmem");
     cJSON_AddNullToObject(o, "memory-hotplug");
