@@ -14,6 +14,7 @@
  * connections never pass their bound. ASan and UBSan catch the rest. */
 #include "mmds/http.h"
 #include "mmds/stack.h"
+#include "../support/tcp_frame.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -31,39 +32,6 @@ struct peer {
     uint32_t mmds_nxt; /* next expected from MMDS */
 };
 
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)get16(p) << 16 | get16(p + 2);
-}
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    put16(p, (uint16_t)(v >> 16));
-    put16(p + 2, (uint16_t)v);
-}
-
-static uint16_t csum(const uint8_t *p, size_t len, uint32_t sum)
-{
-    for (size_t i = 0; i + 1 < len; i += 2)
-        sum += get16(p + i);
-    if (len & 1)
-        sum += (uint32_t)p[len - 1] << 8;
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)~sum;
-}
-
 static uint32_t pseudo(uint32_t src, uint32_t dst, size_t len)
 {
     return (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff) + 6 + (uint32_t)len;
@@ -74,24 +42,24 @@ static void check_output(const uint8_t *f, size_t n, struct peer *peers)
 {
     if (n > MMDS_MAX_FRAME || n < 42)
         abort();
-    if (get16(f + 12) == 0x0806) {
-        if (n != 42 || get32(f + 14 + 14) != MMDS_IP)
+    if (tf_get16(f + 12) == 0x0806) {
+        if (n != 42 || tf_get32(f + 14 + 14) != MMDS_IP)
             abort();
         return;
     }
     const uint8_t *ip = f + 14, *t = ip + 20;
-    size_t total = get16(ip + 2);
-    if (get16(f + 12) != 0x0800 || total + 14 != n || csum(ip, 20, 0) != 0)
+    size_t total = tf_get16(ip + 2);
+    if (tf_get16(f + 12) != 0x0800 || total + 14 != n || tf_csum(ip, 20, 0) != 0)
         abort();
     size_t tcp_len = total - 20, doff = (size_t)(t[12] >> 4) * 4;
     if (doff < 20 || doff > tcp_len ||
-        csum(t, tcp_len, pseudo(get32(ip + 12), get32(ip + 16), tcp_len)))
+        tf_csum(t, tcp_len, pseudo(tf_get32(ip + 12), tf_get32(ip + 16), tcp_len)))
         abort();
-    uint16_t port = get16(t + 2);
+    uint16_t port = tf_get16(t + 2);
     if (port >= 40000 && port < 40004) {
         struct peer *p = &peers[port - 40000];
         uint32_t end =
-            get32(t + 4) + (uint32_t)(tcp_len - doff) + !!(t[13] & 0x02) + !!(t[13] & 0x01);
+            tf_get32(t + 4) + (uint32_t)(tcp_len - doff) + !!(t[13] & 0x02) + !!(t[13] & 0x01);
         if ((int32_t)(end - p->mmds_nxt) > 0 || (t[13] & 0x02))
             p->mmds_nxt = end;
     }
@@ -108,34 +76,23 @@ static void drain(struct mmds_stack *st, unsigned max, uint64_t now, struct peer
     }
 }
 
+/* A well-formed segment from the guest's port to MMDS's port 80. */
 static size_t build(uint8_t *f, uint16_t port, uint32_t seq, uint32_t ack, uint8_t flags,
                     uint16_t window, const uint8_t *payload, size_t len)
 {
-    memset(f, 0xee, 6);
+    static const uint8_t dst[6] = {0xee, 0xee, 0xee, 0xee, 0xee, 0xee};
     static const uint8_t mac[6] = {0x52, 0x54, 0, 0x12, 0x34, 0x56};
-    memcpy(f + 6, mac, 6);
-    put16(f + 12, 0x0800);
-    uint8_t *ip = f + 14, *t = ip + 20;
-    size_t tcp_len = 20 + len;
-    memset(ip, 0, 20);
-    ip[0] = 0x45;
-    put16(ip + 2, (uint16_t)(20 + tcp_len));
-    ip[8] = 64;
-    ip[9] = 6;
-    put32(ip + 12, GUEST_IP);
-    put32(ip + 16, MMDS_IP);
-    put16(ip + 10, csum(ip, 20, 0));
-    memset(t, 0, 20);
-    put16(t, port);
-    put16(t + 2, 80);
-    put32(t + 4, seq);
-    put32(t + 8, ack);
-    t[12] = 5 << 4;
-    t[13] = flags;
-    put16(t + 14, window);
-    memcpy(t + 20, payload, len);
-    put16(t + 16, csum(t, tcp_len, pseudo(GUEST_IP, MMDS_IP, tcp_len)));
-    return 14 + 20 + tcp_len;
+    struct tf_segment s = {.dst_mac = dst,
+                           .src_mac = mac,
+                           .src_ip = GUEST_IP,
+                           .dst_ip = MMDS_IP,
+                           .sport = port,
+                           .dport = 80,
+                           .window = window,
+                           .seq = seq,
+                           .ack = ack,
+                           .flags = flags};
+    return tf_build(f, &s, payload, len);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -180,7 +137,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
             unsigned pi = data[i] % 4;
             uint8_t flags = data[i + 1];
-            uint16_t window = get16(data + i + 2);
+            uint16_t window = tf_get16(data + i + 2);
             uint8_t seq_mode = data[i + 4] % 3, ack_mode = data[i + 5] % 3;
             size_t len = data[i + 6];
             i += 7;
@@ -191,11 +148,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (ack_mode == 1)
                 ack -= (uint32_t)(window & 7);
             if (seq_mode == 2 && size - i >= 4) {
-                seq = get32(data + i);
+                seq = tf_get32(data + i);
                 i += 4;
             }
             if (ack_mode == 2 && size - i >= 4) {
-                ack = get32(data + i);
+                ack = tf_get32(data + i);
                 i += 4;
             }
             if (len > size - i)
@@ -210,7 +167,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else if (type == 2) {
             if (size - i < 2)
                 break;
-            now += get16(data + i);
+            now += tf_get16(data + i);
             i += 2;
         } else if (type == 3) {
             if (i >= size)
@@ -219,7 +176,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else {
             if (size - i < 2)
                 break;
-            size_t len = get16(data + i) % 8192;
+            size_t len = tf_get16(data + i) % 8192;
             i += 2;
             if (len > size - i)
                 len = size - i;

@@ -5,6 +5,7 @@
 #include "mmds/http.h"
 #include "mmds/stack.h"
 #include "suites.h"
+#include "../support/tcp_frame.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,39 +41,6 @@ static uint64_t metric(_Atomic uint64_t *m)
     return atomic_load(m);
 }
 
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    put16(p, (uint16_t)(v >> 16));
-    put16(p + 2, (uint16_t)v);
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)get16(p) << 16 | get16(p + 2);
-}
-
-static uint16_t csum(const uint8_t *p, size_t len, uint32_t sum)
-{
-    for (size_t i = 0; i + 1 < len; i += 2)
-        sum += get16(p + i);
-    if (len & 1)
-        sum += (uint32_t)p[len - 1] << 8;
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)~sum;
-}
-
 #define SYN 0x02
 #define FIN 0x01
 #define RST 0x04
@@ -90,33 +58,18 @@ struct peer {
 static size_t build(uint8_t *f, uint16_t port, uint16_t dport, uint32_t seq, uint32_t ack,
                     uint8_t flags, uint16_t window, const void *data, size_t len)
 {
-    memset(f, 0xff, 6);
-    memcpy(f + 6, guest_mac, 6);
-    put16(f + 12, 0x0800);
-    uint8_t *ip = f + 14, *t = ip + 20;
-    size_t tcp_len = 20 + len;
-    memset(ip, 0, 20);
-    ip[0] = 0x45;
-    put16(ip + 2, (uint16_t)(20 + tcp_len));
-    ip[8] = 64;
-    ip[9] = 6;
-    put32(ip + 12, GUEST_IP);
-    put32(ip + 16, MMDS_IP);
-    put16(ip + 10, csum(ip, 20, 0));
-    memset(t, 0, 20);
-    put16(t, port);
-    put16(t + 2, dport);
-    put32(t + 4, seq);
-    put32(t + 8, ack);
-    t[12] = 5 << 4;
-    t[13] = flags;
-    put16(t + 14, window);
-    if (len)
-        memcpy(t + 20, data, len);
-    uint32_t pseudo = (GUEST_IP >> 16) + (GUEST_IP & 0xffff) + (MMDS_IP >> 16) +
-                      (MMDS_IP & 0xffff) + 6 + (uint32_t)tcp_len;
-    put16(t + 16, csum(t, tcp_len, pseudo));
-    return 14 + 20 + tcp_len;
+    static const uint8_t broadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    struct tf_segment s = {.dst_mac = broadcast,
+                           .src_mac = guest_mac,
+                           .src_ip = GUEST_IP,
+                           .dst_ip = MMDS_IP,
+                           .sport = port,
+                           .dport = dport,
+                           .window = window,
+                           .seq = seq,
+                           .ack = ack,
+                           .flags = flags};
+    return tf_build(f, &s, data, len);
 }
 
 static void send_seg(struct peer *p, uint8_t flags, const char *data, size_t len)
@@ -146,26 +99,26 @@ static bool next_seg(struct seg *s)
         return false;
     ck_assert_uint_ge(n, 54);
     ck_assert_mem_eq(f, guest_mac, 6);
-    ck_assert_uint_eq(get16(f + 12), 0x0800);
+    ck_assert_uint_eq(tf_get16(f + 12), 0x0800);
     const uint8_t *ip = f + 14, *t = ip + 20;
-    ck_assert_uint_eq(csum(ip, 20, 0), 0);
-    ck_assert_uint_eq(get32(ip + 12), MMDS_IP);
-    ck_assert_uint_eq(get32(ip + 16), GUEST_IP);
-    size_t tcp_len = get16(ip + 2) - 20u;
+    ck_assert_uint_eq(tf_csum(ip, 20, 0), 0);
+    ck_assert_uint_eq(tf_get32(ip + 12), MMDS_IP);
+    ck_assert_uint_eq(tf_get32(ip + 16), GUEST_IP);
+    size_t tcp_len = tf_get16(ip + 2) - 20u;
     ck_assert_uint_eq(14 + 20 + tcp_len, n);
     uint32_t pseudo = (GUEST_IP >> 16) + (GUEST_IP & 0xffff) + (MMDS_IP >> 16) +
                       (MMDS_IP & 0xffff) + 6 + (uint32_t)tcp_len;
-    ck_assert_uint_eq(csum(t, tcp_len, pseudo), 0);
-    ck_assert_uint_eq(get16(t), 80);
+    ck_assert_uint_eq(tf_csum(t, tcp_len, pseudo), 0);
+    ck_assert_uint_eq(tf_get16(t), 80);
     memset(s, 0, sizeof(*s));
-    s->dport = get16(t + 2);
-    s->seq = get32(t + 4);
-    s->ack = get32(t + 8);
+    s->dport = tf_get16(t + 2);
+    s->seq = tf_get32(t + 4);
+    s->ack = tf_get32(t + 8);
     s->flags = t[13];
-    s->window = get16(t + 14);
+    s->window = tf_get16(t + 14);
     size_t doff = (size_t)(t[12] >> 4) * 4;
     if (doff == 24 && t[20] == 2)
-        s->mss = get16(t + 22);
+        s->mss = tf_get16(t + 22);
     s->len = tcp_len - doff;
     ck_assert_uint_le(s->len, sizeof(s->data));
     memcpy(s->data, t + doff, s->len);
@@ -231,18 +184,18 @@ START_TEST(arp)
     uint8_t f[60] = {0};
     memset(f, 0xff, 6);
     memcpy(f + 6, guest_mac, 6);
-    put16(f + 12, 0x0806);
+    tf_put16(f + 12, 0x0806);
     uint8_t *a = f + 14;
-    put16(a, 1);
-    put16(a + 2, 0x0800);
+    tf_put16(a, 1);
+    tf_put16(a + 2, 0x0800);
     a[4] = 6;
     a[5] = 4;
-    put16(a + 6, 1);
+    tf_put16(a + 6, 1);
     memcpy(a + 8, guest_mac, 6);
-    put32(a + 14, GUEST_IP);
-    put32(a + 24, 0x0a000001); /* someone else */
+    tf_put32(a + 14, GUEST_IP);
+    tf_put32(a + 24, 0x0a000001); /* someone else */
     ck_assert(!mmds_stack_claims(&st, f, sizeof(f)));
-    put32(a + 24, MMDS_IP);
+    tf_put32(a + 24, MMDS_IP);
     ck_assert(mmds_stack_claims(&st, f, sizeof(f)));
     mmds_stack_receive(&st, f, sizeof(f), false, now);
     uint8_t r[MMDS_MAX_FRAME];
@@ -251,10 +204,10 @@ START_TEST(arp)
     ck_assert_mem_eq(r, guest_mac, 6);
     static const uint8_t mmds_mac[6] = {0x06, 0x01, 0x23, 0x45, 0x67, 0x01};
     ck_assert_mem_eq(r + 6, mmds_mac, 6);
-    ck_assert_uint_eq(get16(r + 14 + 6), 2);
+    ck_assert_uint_eq(tf_get16(r + 14 + 6), 2);
     ck_assert_mem_eq(r + 14 + 8, mmds_mac, 6);
-    ck_assert_uint_eq(get32(r + 14 + 14), MMDS_IP);
-    ck_assert_uint_eq(get32(r + 14 + 24), GUEST_IP);
+    ck_assert_uint_eq(tf_get32(r + 14 + 14), MMDS_IP);
+    ck_assert_uint_eq(tf_get32(r + 14 + 24), GUEST_IP);
     ck_assert_uint_eq(mmds_stack_next_frame(&st, r, sizeof(r), now), 0);
     /* A malformed ARP packet for the address is taken and dropped, counted. */
     a[4] = 7;
@@ -576,7 +529,7 @@ START_TEST(malformed_and_floods)
     uint64_t errs = metric(&store.metrics.rx_accepted_err);
     /* Bad TCP checksum; bad IP checksum; a TCP header length beyond the segment; an IPv4
      * total length beyond the frame; a fragment; SYN with RST. */
-    uint8_t g[256];
+    uint8_t g[256] = {0};
     memcpy(g, f, n);
     g[14 + 20 + 16] ^= 1;
     mmds_stack_receive(&st, g, n, false, now);
@@ -587,7 +540,7 @@ START_TEST(malformed_and_floods)
     g[14 + 20 + 12] = 15 << 4;
     mmds_stack_receive(&st, g, n, true, now);
     memcpy(g, f, n);
-    put16(g + 14 + 2, 200);
+    tf_put16(g + 14 + 2, 200);
     mmds_stack_receive(&st, g, n, true, now);
     size_t m = build(g, 40008, 80, 1, 0, SYN | RST, 1000, NULL, 0);
     mmds_stack_receive(&st, g, m, false, now);
@@ -596,7 +549,7 @@ START_TEST(malformed_and_floods)
     memcpy(g, f, n);
     g[14 + 9] = 17;
     g[14 + 10] = g[14 + 11] = 0;
-    put16(g + 14 + 10, csum(g + 14, 20, 0));
+    tf_put16(g + 14 + 10, tf_csum(g + 14, 20, 0));
     mmds_stack_receive(&st, g, n, false, now);
     ck_assert_uint_eq(metric(&store.metrics.rx_accepted_unusual), 1);
     ck_assert_uint_eq(mmds_stack_connections(&st), 0);
