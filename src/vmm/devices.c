@@ -136,6 +136,20 @@ static int append_cmdline(struct vm *vm, const char *extra)
     return 0;
 }
 
+/* True when `word` is one of the command line's space-separated words. */
+static bool cmdline_has_word(const char *cmdline, const char *word)
+{
+    size_t k = strlen(word);
+    for (const char *p = cmdline; *p;) {
+        p += strspn(p, " ");
+        size_t len = strcspn(p, " ");
+        if (len == k && !strncmp(p, word, k))
+            return true;
+        p += len;
+    }
+    return false;
+}
+
 int vm_create_virtio_devices(struct vm *vm)
 {
     const struct vm_config *cfg = &vm->cfg;
@@ -296,6 +310,12 @@ int vm_create_virtio_devices(struct vm *vm)
         if (append_cmdline(vm, arg) < 0)
             return -1;
     }
+    /* Without a PCI bus, Linux would still probe configuration space (every
+     * probe an exit); Firecracker adds pci=off in that case, and so does ember
+     * (once: not when the user's arguments say it already). */
+    if (!vm->has_pci && !cmdline_has_word(vm->full_cmdline, "pci=off") &&
+        append_cmdline(vm, "pci=off") < 0)
+        return -1;
     return 0;
 }
 

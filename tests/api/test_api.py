@@ -2011,6 +2011,29 @@ def test_config_file(tmp):
     check(e.wait() == 2 and "JSON" in e.stderr(), "invalid JSON: %r" % e.stderr())
 
 
+def test_pci_off_without_pci(tmp):
+    """Without a PCI bus the kernel is told `pci=off` (as Firecracker tells it), once, after the
+    user's arguments and the virtio-mmio devices; with --enable-pci it is not."""
+    def command_line(name, boot_args, flags=()):
+        doc = {"boot-source": {"kernel_image_path": HELLO, "boot_args": boot_args},
+               "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}, "entropy": {}}
+        e = Ember(tmp, ["--no-api", "--config-file", write_config(tmp, doc, name + ".json")] + list(flags),
+                  api=False, name=name)
+        status = e.wait()
+        line = [l for l in e.stdout().splitlines() if "command line: " in l]
+        check(status == 0 and len(line) == 1, "%s: status %d, %r %s" % (name, status, e.stdout(), e.stderr()))
+        return line[0].split("command line: ", 1)[1].split()
+
+    words = command_line("mmio", "console=ttyS0")
+    check(words.count("pci=off") == 1 and words.index("pci=off") > words.index("console=ttyS0") and
+          any(w.startswith("virtio_mmio.device=") for w in words), "virtio-mmio: %r" % words)
+    words = command_line("user-said", "console=ttyS0 pci=off")
+    check(words.count("pci=off") == 1, "pci=off given by the user is not repeated: %r" % words)
+    words = command_line("pci", "console=ttyS0", ["--enable-pci"])
+    check("pci=off" not in words and not any(w.startswith("virtio_mmio.device=") for w in words),
+          "with --enable-pci: %r" % words)
+
+
 BOOT_TIME_LINE = re.compile(r"Guest-boot-time =\s+(\d+) us\s+(\d+) ms,\s+(\d+) CPU us\s+(\d+) CPU ms")
 
 
@@ -2149,7 +2172,7 @@ TESTS = [
     test_idle_holder_does_not_lock_out,
     test_pipelined_burst_does_not_starve, test_flood_does_not_starve,
     test_dribbler_does_not_starve, test_max_payload_flag, test_getting_started_with_curl,
-    test_config_file, test_flintlock_launch_line, test_flags, test_cpu_templates_in_guest,
+    test_config_file, test_pci_off_without_pci, test_flintlock_launch_line, test_flags, test_cpu_templates_in_guest,
     test_custom_cpu_config_in_guest, test_smt_and_machine_config_rules, test_mmds_routes,
     test_mmds_flags_and_config_file, test_mmds_guest,
 ]
