@@ -274,10 +274,31 @@ static bool get_ami(struct conn *c, char *ans, size_t cap)
     return status_of(ans) == 200 && !strncmp(body_of(ans), "ami-12345678", 13);
 }
 
+/* The answers the checks read. */
+static char ans[4096];
+
+/* A fresh connection and, in req, the GET of the hostname with the token header. */
+static bool connect_for_hostname(struct conn *c, char *req, size_t size)
+{
+    if (!tcp_connect(c))
+        return false;
+    char tok[128];
+    token_header(tok, sizeof(tok));
+    snprintf(req, size, "GET /latest/meta-data/hostname HTTP/1.1\r\n%s\r\n", tok);
+    return true;
+}
+
+/* The hostname's answer, read whole, is 200 and the metadata's hostname. */
+static enum test_result expect_hostname(struct conn *c)
+{
+    if (read_answer(c, ans, sizeof(ans)) < 0)
+        return TEST_FAIL;
+    diag("%d %s", status_of(ans), body_of(ans));
+    return status_of(ans) == 200 && str_eq(body_of(ans), "mmds-guest") ? TEST_PASS : TEST_FAIL;
+}
+
 /* ---- the checks -------------------------------------------------------------------------------
  */
-
-static char ans[4096];
 
 static enum test_result find_device(void)
 {
@@ -368,11 +389,9 @@ static enum test_result out_of_order(void)
     if (!net.dev)
         return skip("no device");
     struct conn c;
-    if (!tcp_connect(&c))
+    char req[256];
+    if (!connect_for_hostname(&c, req, sizeof(req)))
         return TEST_FAIL;
-    char req[256], tok[128];
-    token_header(tok, sizeof(tok));
-    snprintf(req, sizeof(req), "GET /latest/meta-data/hostname HTTP/1.1\r\n%s\r\n", tok);
     size_t len = strlen(req), half = 16;
     send_at(&c, c.seq + (uint32_t)half, TCP_ACK, req + half, len - half);
     struct seg s;
@@ -389,10 +408,7 @@ static enum test_result out_of_order(void)
         return TEST_FAIL;
     /* The rest, now in order. */
     send_seg(&c, TCP_ACK | TCP_PSH, req + half, len - half);
-    if (read_answer(&c, ans, sizeof(ans)) < 0)
-        return TEST_FAIL;
-    diag("%d %s", status_of(ans), body_of(ans));
-    return status_of(ans) == 200 && str_eq(body_of(ans), "mmds-guest") ? TEST_PASS : TEST_FAIL;
+    return expect_hostname(&c);
 }
 
 static enum test_result duplicate(void)
@@ -400,11 +416,9 @@ static enum test_result duplicate(void)
     if (!net.dev)
         return skip("no device");
     struct conn c;
-    if (!tcp_connect(&c))
+    char req[256];
+    if (!connect_for_hostname(&c, req, sizeof(req)))
         return TEST_FAIL;
-    char req[256], tok[128];
-    token_header(tok, sizeof(tok));
-    snprintf(req, sizeof(req), "GET /latest/meta-data/hostname HTTP/1.1\r\n%s\r\n", tok);
     size_t len = strlen(req);
     uint32_t at = c.seq;
     send_seg(&c, TCP_ACK, req, 10); /* a partial request, then the same bytes again */
@@ -417,14 +431,14 @@ static enum test_result duplicate(void)
         return TEST_FAIL;
     }
     send_seg(&c, TCP_ACK | TCP_PSH, req + 10, len - 10);
-    if (read_answer(&c, ans, sizeof(ans)) < 0)
+    if (expect_hostname(&c) != TEST_PASS)
         return TEST_FAIL;
     /* One answer, and no second one for the repeated bytes. */
     if (recv_seg(c.port, &s, QUIET_US) && s.len) {
         diag("data after the answer");
         return TEST_FAIL;
     }
-    return status_of(ans) == 200 && str_eq(body_of(ans), "mmds-guest") ? TEST_PASS : TEST_FAIL;
+    return TEST_PASS;
 }
 
 static enum test_result zero_window(void)
@@ -432,11 +446,9 @@ static enum test_result zero_window(void)
     if (!net.dev)
         return skip("no device");
     struct conn c;
-    if (!tcp_connect(&c))
+    char req[256];
+    if (!connect_for_hostname(&c, req, sizeof(req)))
         return TEST_FAIL;
-    char req[256], tok[128];
-    token_header(tok, sizeof(tok));
-    snprintf(req, sizeof(req), "GET /latest/meta-data/hostname HTTP/1.1\r\n%s\r\n", tok);
     c.window = 0;
     send_seg(&c, TCP_ACK | TCP_PSH, req, strlen(req));
     /* Nothing past the shut window: an ACK, then at most one-byte probes. */
@@ -453,9 +465,7 @@ static enum test_result zero_window(void)
     diag("%u window probes", probes);
     c.window = 65535;
     send_seg(&c, TCP_ACK, NULL, 0); /* the window opens */
-    if (read_answer(&c, ans, sizeof(ans)) < 0)
-        return TEST_FAIL;
-    return status_of(ans) == 200 && str_eq(body_of(ans), "mmds-guest") ? TEST_PASS : TEST_FAIL;
+    return expect_hostname(&c);
 }
 
 static enum test_result reset(void)
