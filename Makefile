@@ -85,15 +85,15 @@ $(BUILD)/unit-tests: $(UNIT_OBJS) $(LIB_OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(CHECK_LIBS) $(LDLIBS)
 
-$(BUILD)/runbench: bench/runbench.c
+$(BUILD)/runbench: bench/runbench.c bench/timing.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
-$(BUILD)/apibench: bench/apibench.c
+$(BUILD)/apibench: bench/apibench.c bench/timing.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
-$(BUILD)/jailbench: bench/jailbench.c
+$(BUILD)/jailbench: bench/jailbench.c bench/timing.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 

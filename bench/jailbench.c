@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "timing.h"
+
 #define UID_ARG       "60123"
 #define GID_ARG       "60124"
 #define MAX_PARALLEL  64
@@ -38,19 +40,6 @@ struct instance {
 };
 
 static const char *mode, *ember, *base, *jailer, *cgroup_parent;
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static void start(struct instance *in, int n)
 {

@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "timing.h"
+
 #define MAX_CMDS 8
 #define MAX_RUNS 1000
 
@@ -27,12 +29,6 @@ struct cmd {
     double cpu_ms[MAX_RUNS];
     long rss_kib[MAX_RUNS];
 };
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static int cmp_long(const void *a, const void *b)
 {
@@ -54,13 +50,6 @@ static long median_l(const long *v, int n)
     memcpy(tmp, v, (size_t)n * sizeof(long));
     qsort(tmp, (size_t)n, sizeof(long), cmp_long);
     return tmp[n / 2];
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 static int run_once(struct cmd *c, int slot)
