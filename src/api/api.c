@@ -14,6 +14,7 @@
 #include "vmm/exit_status.h"
 
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -505,6 +506,19 @@ static int route_mmds(struct api *a, bool get, bool put, bool patch, const cJSON
     return r == MMDS_OK ? 204 : mmds_store_fault(out, r);
 }
 
+/* The request used something Firecracker deprecates: the answer carries the
+ * Deprecation header and the log says what, as Firecracker's do. */
+__attribute__((format(printf, 2, 3))) static void deprecated(struct api *a, const char *fmt, ...)
+{
+    char msg[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    a->deprecated_request = true;
+    log_limited(&a->log_deprecated, LOG_WARN, "%s", msg);
+}
+
 static int put_mmds_config(struct api *a, const cJSON *body, char **out)
 {
     if (api_instance_started(a))
@@ -515,6 +529,8 @@ static int put_mmds_config(struct api *a, const cJSON *body, char **out)
             error_prefix("MMMDS config error");
         return fault_from_error(out);
     }
+    if (!a->cfg.mmds.v2)
+        deprecated(a, "PUT /mmds/config: V1 is deprecated. Use V2 instead.");
     a->mmds_in_use = true;
     mmds_store_configure(&a->mmds, a->cfg.mmds.v2 ? MMDS_V2 : MMDS_V1, a->cfg.mmds.imds_compat,
                          a->instance_id);
@@ -635,6 +651,8 @@ static int put_vsock(struct api *a, const cJSON *body, char **out)
     api_config_free(&scratch);
     if (r < 0)
         return fault_from_error(out);
+    if (cJSON_GetObjectItemCaseSensitive(body, "vsock_id"))
+        deprecated(a, "PUT /vsock: vsock_id field is deprecated.");
     const char *path = cJSON_GetObjectItemCaseSensitive(body, "uds_path")->valuestring;
     struct api_vsock *v = &a->cfg.vsock;
     int fd;
@@ -700,12 +718,9 @@ static int route(struct route_ctx *r)
             return not_after_start(out);
         if (api_put_machine_config(&a->cfg, r->body, patch) < 0)
             return fault_from_error(out);
-        /* Firecracker deprecates the field (CPU templates go through
-         * /cpu-config): the answer says so, and so does the log. */
-        if (cJSON_GetObjectItemCaseSensitive(r->body, "cpu_template")) {
-            a->deprecated_request = true;
-            log_warn("%s /machine-config: cpu_template field is deprecated.", r->method);
-        }
+        /* Firecracker deprecates the field (CPU templates go through /cpu-config). */
+        if (cJSON_GetObjectItemCaseSensitive(r->body, "cpu_template"))
+            deprecated(a, "%s /machine-config: cpu_template field is deprecated.", r->method);
         return 204;
     }
     if (!strcmp(p, "/boot-source")) {

@@ -27,6 +27,7 @@ struct api {
     bool enable_pci;
     bool boot_timer;         /* --boot-timer */
     bool deprecated_request; /* the request being answered used a deprecated field */
+    struct log_limit log_deprecated; /* a client can repeat deprecated requests at will */
     char instance_id[API_MAX_ID_BYTES + 1];
     struct api_metrics metrics;
     int metrics_timer_fd;

@@ -1184,10 +1184,14 @@ def test_entropy_vsock(tmp):
               "stored")
         expect(e.req("PUT", "/entropy", {"rate": 5}), 400, "unknown field", "unknown field")
         vsock_path = os.path.join(tmp, "v.sock")
-        expect(e.req("PUT", "/vsock", {"guest_cid": 3, "uds_path": vsock_path, "vsock_id": "vs0"}),
-               204, "vsock")
+        r = e.req("PUT", "/vsock", {"guest_cid": 3, "uds_path": vsock_path, "vsock_id": "vs0"})
+        expect(r, 204, "vsock")
+        # vsock_id is deprecated in Firecracker: the answer says so.
+        check(r.headers.get("deprecation") == "true", "vsock_id: Deprecation header: %r" % r.headers)
         vs = e.req("GET", "/vm/config").json()["vsock"]
         check(vs == {"guest_cid": 3, "uds_path": vsock_path, "vsock_id": "vs0"}, "vsock stored: %r" % vs)
+        r = e.req("PUT", "/vsock", {"guest_cid": 3, "uds_path": vsock_path})
+        check(r.status == 204 and "deprecation" not in r.headers, "vsock without vsock_id: %r" % r)
         expect(e.req("PUT", "/vsock", {"guest_cid": 1, "uds_path": "/tmp/v.sock"}), 400, "vsock cid",
                "guest_cid")
     finally:
@@ -1281,13 +1285,17 @@ def test_mmds_routes(tmp):
                           ({"network_interfaces": ["eth0"], "frob": 1}, "unknown field")]:
             expect(e.req("PUT", "/mmds/config", body), 400, "PUT /mmds/config %r" % body, msg)
         check(e.req("GET", "/vm/config").json()["mmds-config"] is None, "no mmds-config yet")
-        expect(e.req("PUT", "/mmds/config", {"network_interfaces": ["eth0"], "version": "V2",
-                                             "ipv4_address": "169.254.170.2", "imds_compat": True}),
-               204, "valid config")
+        r = e.req("PUT", "/mmds/config", {"network_interfaces": ["eth0"], "version": "V2",
+                                          "ipv4_address": "169.254.170.2", "imds_compat": True})
+        expect(r, 204, "valid config")
+        check("deprecation" not in r.headers, "V2 is not deprecated: %r" % r.headers)
         shown = e.req("GET", "/vm/config").json()["mmds-config"]
         check(shown == {"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.170.2",
                         "imds_compat": True}, "GET /vm/config shows it: %r" % shown)
-        expect(e.req("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}), 204, "again, defaults")
+        r = e.req("PUT", "/mmds/config", {"network_interfaces": ["eth0"]})
+        expect(r, 204, "again, defaults")
+        # V1 (the default) is deprecated in Firecracker: the answer says so.
+        check(r.headers.get("deprecation") == "true", "V1: Deprecation header: %r" % r.headers)
         shown = e.req("GET", "/vm/config").json()["mmds-config"]
         check(shown == {"version": "V1", "network_interfaces": ["eth0"], "ipv4_address": "169.254.169.254",
                         "imds_compat": False}, "defaults: %r" % shown)
