@@ -22,7 +22,10 @@ CJSON_CFLAGS := $(shell pkg-config --cflags libcjson 2>/dev/null)
 CJSON_LIBS   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
 SECCOMP_CFLAGS := $(shell pkg-config --cflags libseccomp 2>/dev/null)
 SECCOMP_LIBS   := $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp)
-NETTLE_LIBS    := $(shell pkg-config --libs nettle 2>/dev/null || echo -lnettle)
+# Nettle is linked statically (Debian's nettle-dev ships libnettle.a): ember uses
+# only AES-GCM from it, and one shared library less to load and relocate is
+# ~0.06 ms less CPU before the API socket is ready (bench/api.sh).
+NETTLE_LIBS    := -Wl,-Bstatic -lnettle -Wl,-Bdynamic
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS_WARN) $(CFLAGS) -Isrc -I$(BUILD)/gen -MMD -MP \
               -DEMBER_VERSION=\"$(VERSION)\" \
               -DEMBER_FIRECRACKER_API=\"$(FIRECRACKER_API)\" $(CJSON_CFLAGS) $(SECCOMP_CFLAGS) $(EXTRA_CFLAGS)
