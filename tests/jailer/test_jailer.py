@@ -977,10 +977,13 @@ class KataSandbox:
         os.makedirs(os.path.join(self.root, "run"), 0o750)
 
     def jail_resource(self, src, dst):
-        """jail_resource / fcJailResource: src bind-mounted at root/dst (made first), slave;
-        ember is given /dst."""
+        """jail_resource / fcJailResource: src bind-mounted at root/dst (made first, a file or
+        a directory as src is), slave; ember is given /dst."""
         target = os.path.join(self.root, dst)
-        open(target, "a").close()
+        if os.path.isdir(src):
+            os.makedirs(target, exist_ok=True)
+        else:
+            open(target, "a").close()
         mount("--bind", src, target)
         mount("--make-slave", target)
         self.resources.append(dst)
@@ -1234,11 +1237,34 @@ def test_kata_symlink_refused(t):
     os.unlink(k.vm_path)
 
 
+def test_kata_mount_point_refused(t):
+    """A prepared jail whose run directory is a mount point (a host directory bind-mounted
+    there) is refused: the jailer would make it the jail user's, mode 0700. The mounted
+    directory keeps its owner and mode, the jail what it held."""
+    fc = firecracker_named(t)
+    outside = os.path.join(t.tmp, "host-run")
+    os.makedirs(outside, 0o755)
+    was = os.stat(outside)
+    k = KataSandbox(t)
+    k.prepare()
+    k.jail_resource(outside, "run")
+    caller = k.entries()
+    out = run_jailer(k.argv(fc, [])[1:])
+    one_clear_line(out, "%s/run is a mount point" % k.root, "a mount point at root/run")
+    now = os.stat(outside)
+    check((now.st_mode, now.st_uid, now.st_gid) == (was.st_mode, was.st_uid, was.st_gid),
+          "the mounted directory keeps its owner and mode")
+    check(k.entries() == caller, "the jail holds what it held: %r" % k.entries())
+    k.check_sources("a mount point at root/run")
+    k.clean_up()
+    check(os.path.isdir(outside), "Kata's clean-up leaves the mounted directory")
+
+
 TESTS = [
     test_boot_unprivileged, test_installed_as_firecracker, test_host_paths_unreachable, test_pids_max, test_memory_limit,
     test_netns_tap, test_same_id_refused, test_bad_input, test_failure_midway, test_daemonize,
     test_new_pid_ns, test_resource_limits, test_cgroup_v2, test_kata_runtime_rs, test_kata_go_runtime,
-    test_kata_symlink_refused,
+    test_kata_symlink_refused, test_kata_mount_point_refused,
 ]
 
 
