@@ -44,8 +44,9 @@ struct jail {
     struct jail_devices devices;
     struct jail_dirs dirs;
     int exec_fd, netns_fd, dev_null_fd;
-    int pid_fd;        /* <exec_name>.pid in the jail, made before any fork, written by who knows */
-    uint64_t start_us; /* CLOCK_MONOTONIC when the jailer started */
+    int pid_fd; /* <exec_name>.pid in the jail: made before any fork, written once ember's pid is
+                   known */
+    uint64_t start_us;         /* CLOCK_MONOTONIC when the jailer started */
     uint64_t ancestors_cpu_us; /* CPU time of the jailer's processes before this one */
     int report_fd;             /* in a forked child: how it tells the waiting jailer */
 };
