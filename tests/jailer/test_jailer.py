@@ -11,6 +11,7 @@ directory, cgroup and namespace a test makes, or has the jailer make, is removed
 a test fails if the jailer left anything it did not own up to.
 """
 
+import ctypes
 import hashlib
 import json
 import os
@@ -924,6 +925,17 @@ def mount(*args):
     check(out.returncode == 0, "mount %s: %s" % (" ".join(args), out.stderr.strip()))
 
 
+MS_NOSUID, MS_REMOUNT, MS_BIND, MS_RELATIME = 2, 32, 4096, 1 << 21
+
+
+def remount_bind(path, flags):
+    """mount(2) with MS_REMOUNT | MS_BIND and exactly flags, as Kata calls it (mount(8) would
+    keep the options the mount has)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(None, path.encode(), None, ctypes.c_ulong(MS_REMOUNT | MS_BIND | flags), None) != 0:
+        raise Failure("remount %s: %s" % (path, os.strerror(ctypes.get_errno())))
+
+
 def umount_lazy(path):
     """umount2(path, MNT_DETACH), Kata's umount_jail_resource: errors ignored, as Kata does."""
     return subprocess.run(["umount", "-l", path], capture_output=True).returncode == 0
@@ -952,10 +964,11 @@ class KataSandbox:
     kernel, the image) live outside the jail, in the test's directory, and are checked intact
     after every failure and after the clean-up."""
 
-    def __init__(self, t):
+    def __init__(self, t, base=BASE):
         self.t = t
         self.id = t.new_id()
-        self.vm_path = os.path.join(BASE, "firecracker", self.id)
+        self.base = base
+        self.vm_path = os.path.join(base, "firecracker", self.id)
         self.root = os.path.join(self.vm_path, "root")
         self.resources = []
         self.kernel_src = os.path.join(t.tmp, "vmlinux-" + self.id)
@@ -967,13 +980,14 @@ class KataSandbox:
         self.proc = None
         t.undo.append(self.teardown)
 
-    def prepare(self):
-        """remount_jailer_with_exec (runtime-rs) / fcRemountJailerRootWithExec (Go): the root
-        bind-mounted on itself, shared, remounted without noexec; then the run directory."""
+    def prepare(self, remount_flags=0):
+        """remount_jailer_with_exec (runtime-rs: no flags) / fcRemountJailerRootWithExec (Go:
+        nosuid,relatime): the root bind-mounted on itself, shared, remounted without noexec
+        (and nodev); then the run directory."""
         os.makedirs(self.root)
         mount("--bind", self.root, self.root)
         mount("--make-shared", self.root)
-        mount("-o", "remount,bind", self.root)
+        remount_bind(self.root, remount_flags)
         os.makedirs(os.path.join(self.root, "run"), 0o750)
 
     def jail_resource(self, src, dst):
@@ -998,7 +1012,7 @@ class KataSandbox:
         """runtime-rs's jailer command line (prepare_vmm); the Go runtime's differs in
         --daemonize and its arguments after --."""
         return [JAILER, "--id", self.id, "--gid", "0", "--uid", "0", "--exec-file", fc,
-                "--chroot-base-dir", BASE] + list(extra) + ["--"] + list(ember_args)
+                "--chroot-base-dir", self.base] + list(extra) + ["--"] + list(ember_args)
 
     def start(self, argv):
         self.out_path = os.path.join(self.t.tmp, self.id + ".out")
@@ -1260,11 +1274,38 @@ def test_kata_mount_point_refused(t):
     check(os.path.isdir(outside), "Kata's clean-up leaves the mounted directory")
 
 
+def test_kata_run_base(t):
+    """Kata's jails live under /run, a tmpfs mounted nosuid, nodev and noexec on most hosts (as
+    here): a jail the jailer would make there is refused, device nodes and ember being useless
+    on it, and nothing is left; the root Kata remounted without nodev and noexec (the Go
+    runtime's nosuid,relatime) is taken, and ember serves its API from it."""
+    run = os.path.join(t.tmp, "run")
+    os.makedirs(run)
+    mount("-t", "tmpfs", "-o", "nosuid,nodev,noexec,mode=755", "tmpfs", run)
+    t.undo.append(lambda: umount_lazy(run))
+    base = os.path.join(run, "kata")
+    os.makedirs(base)
+    fc = firecracker_named(t)
+    out = run_jailer(["--id", t.new_id(), "--exec-file", fc, "--uid", "0", "--gid", "0",
+                      "--chroot-base-dir", base])
+    one_clear_line(out, "is on a file system mounted nodev", "a jail on a nodev, noexec /run")
+    check(os.listdir(base) == [], "nothing left in the base: %r" % os.listdir(base))
+    k = KataSandbox(t, base)
+    k.prepare(MS_NOSUID | MS_RELATIME)
+    k.start(k.argv(fc, ["--api-sock", "/run/fc.sock"]))
+    info = k.wait_api(os.path.join(k.root, "run", "fc.sock"))
+    check(info["id"] == k.id and info["state"] == "Not started", "ember serves from the jail: %r" % info)
+    k.proc.kill()
+    k.proc.wait()
+    k.clean_up()
+    k.check_sources("after Kata's clean-up")
+
+
 TESTS = [
     test_boot_unprivileged, test_installed_as_firecracker, test_host_paths_unreachable, test_pids_max, test_memory_limit,
     test_netns_tap, test_same_id_refused, test_bad_input, test_failure_midway, test_daemonize,
     test_new_pid_ns, test_resource_limits, test_cgroup_v2, test_kata_runtime_rs, test_kata_go_runtime,
-    test_kata_symlink_refused, test_kata_mount_point_refused,
+    test_kata_symlink_refused, test_kata_mount_point_refused, test_kata_run_base,
 ]
 
 
