@@ -1343,7 +1343,10 @@ def main():
         if leftovers:
             problems.append("left in %s: %s" % (BASE, leftovers))
             for d in leftovers:
-                shutil.rmtree(d, ignore_errors=True)
+                if mounts_under(d):  # never remove through a mount
+                    problems.append("still mounted in %s: %s" % (d, mounts_under(d)))
+                else:
+                    shutil.rmtree(d, ignore_errors=True)
         if problems and (result is None or result[0] != "fail"):
             result = ("fail", "clean-up: %s" % "; ".join(problems))
         if result is None:
