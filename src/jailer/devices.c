@@ -1,8 +1,12 @@
 #include "jailer/devices.h"
 
 #include "jailer/jailer.h"
+#include "jailer/undo.h"
 #include "util/error.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -13,13 +17,15 @@
 
 static const struct {
     const char *path;
+    bool in_net; /* in /dev/net, else in /dev */
+    const char *name;
     const char *misc_name; /* its name in /proc/misc, for a host without the node */
     const char *what;      /* what its absence means for ember */
 } devices[JAIL_NDEVICES] = {
-    {"/dev/kvm", "kvm", "no machine can start"},
-    {"/dev/net/tun", "tun", "no tap network interfaces"},
-    {"/dev/urandom", NULL, "ember reads randomness with getrandom()"},
-    {"/dev/userfaultfd", "userfaultfd", "ember does not use it yet"},
+    {"/dev/kvm", false, "kvm", "kvm", "no machine can start"},
+    {"/dev/net/tun", true, "tun", "tun", "no tap network interfaces"},
+    {"/dev/urandom", false, "urandom", NULL, "ember reads randomness with getrandom()"},
+    {"/dev/userfaultfd", false, "userfaultfd", "userfaultfd", "ember does not use it yet"},
 };
 
 /* A misc device's minor number from /proc/misc ("minor name" lines). */
@@ -55,7 +61,8 @@ void devices_probe(struct jail_devices *d)
     }
 }
 
-int devices_create(const struct jail_devices *d, uid_t uid, gid_t gid)
+int devices_create(const struct jail_devices *d, const char *root, int dev_fd, int dev_net_fd,
+                   uid_t uid, gid_t gid)
 {
     for (int i = 0; i < JAIL_NDEVICES; i++) {
         const char *path = devices[i].path;
@@ -63,9 +70,24 @@ int devices_create(const struct jail_devices *d, uid_t uid, gid_t gid)
             jail_warn("the host has no %s: not created in the jail (%s)", path, devices[i].what);
             continue;
         }
-        if (mknod(path, S_IFCHR | S_IRUSR | S_IWUSR, d->rdev[i]) < 0)
+        char dir_path[PATH_MAX];
+        if (path_format(dir_path, sizeof(dir_path), "%s%s", root,
+                        devices[i].in_net ? "/dev/net" : "/dev") < 0)
+            return -1;
+        int dir_fd = devices[i].in_net ? dev_net_fd : dev_fd;
+        const char *name = devices[i].name;
+        if (mknodat(dir_fd, name, S_IFCHR | S_IRUSR | S_IWUSR, d->rdev[i]) < 0) {
+            if (errno == EEXIST)
+                return jail_bad_input("%s%s is already there: the jailer makes its own device "
+                                      "nodes",
+                                      root, path);
             return error_errno("cannot create %s in the jail", path);
-        if (chown(path, uid, gid) < 0)
+        }
+        if (undo_push_made(dir_fd, dir_path, name) < 0) {
+            unlinkat(dir_fd, name, 0);
+            return -1;
+        }
+        if (fchownat(dir_fd, name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
             return error_errno("cannot change the owner of %s in the jail", path);
     }
     return 0;

@@ -17,7 +17,10 @@ struct jail_devices {
 
 /* On the host, before entering the jail: which devices exist and their numbers. */
 void devices_probe(struct jail_devices *d);
-/* Inside the jail. */
-int devices_create(const struct jail_devices *d, uid_t uid, gid_t gid);
+/* Inside the jail, in its /dev and /dev/net (open; root names the jail in
+ * messages); each node made is recorded in the undo log. A node already there
+ * is refused. */
+int devices_create(const struct jail_devices *d, const char *root, int dev_fd, int dev_net_fd,
+                   uid_t uid, gid_t gid);
 
 #endif

@@ -171,36 +171,46 @@ static int find_library(const char *name, const char *runpath, uint16_t machine,
     return -1;
 }
 
-/* root/path's parent directories, root-owned, 0755. */
-static int make_parents(const char *root, const char *path)
+/* Copies fd to root/path (path absolute, without "." or ".." parts), making its parent
+ * directories where missing (root-owned, 0755); an existing one must be a real directory. */
+static int copy_into(int fd, const char *path, int root_fd, const char *root)
 {
-    char dir[PATH_MAX];
-    if ((size_t)snprintf(dir, sizeof(dir), "%s%s", root, path) >= sizeof(dir))
-        return error_set("path too long: %s%s", root, path);
-    for (char *p = dir + strlen(root) + 1; (p = strchr(p, '/')) != NULL; p++) {
-        *p = '\0';
-        if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-            return error_errno("cannot create %s", dir);
-        *p = '/';
-    }
-    return 0;
-}
-
-static int copy_into(int fd, const char *path, const char *root)
-{
-    char dst[PATH_MAX];
-    if (path[0] != '/' || strstr(path, "/../") ||
-        (size_t)snprintf(dst, sizeof(dst), "%s%s", root, path) >= sizeof(dst))
+    char rel[PATH_MAX], dir_path[PATH_MAX];
+    if (path[0] != '/' || strstr(path, "/../") || strstr(path, "/./") ||
+        (size_t)snprintf(rel, sizeof(rel), "%s", path + 1) >= sizeof(rel) ||
+        (size_t)snprintf(dir_path, sizeof(dir_path), "%s", root) >= sizeof(dir_path))
         return error_set("cannot place %s in the jail", path);
-    if (make_parents(root, path) < 0)
-        return -1;
+    int dir_fd = fcntl(root_fd, F_DUPFD_CLOEXEC, 0);
+    if (dir_fd < 0)
+        return error_errno("cannot place %s in the jail", path);
+    char *name = rel;
+    for (char *slash; (slash = strchr(name, '/')) != NULL; name = slash + 1) {
+        *slash = '\0';
+        if (!*name)
+            continue;
+        int next = chroot_open_dir(dir_fd, dir_path, name, 0755, NULL);
+        if (next < 0 || path_format(dir_path + strlen(dir_path),
+                                    sizeof(dir_path) - strlen(dir_path), "/%s", name) < 0) {
+            close(dir_fd);
+            if (next >= 0)
+                close(next);
+            return -1;
+        }
+        close(dir_fd);
+        dir_fd = next;
+    }
     struct stat st;
-    if (fstat(fd, &st) < 0)
-        return error_errno("cannot stat %s", path);
-    return chroot_copy_file(fd, path, dst, st.st_mode & 0755, (uid_t)-1, (gid_t)-1);
+    int r = fstat(fd, &st);
+    if (r < 0)
+        error_errno("cannot stat %s", path);
+    else
+        r = chroot_copy_file(fd, path, dir_fd, dir_path, name, st.st_mode & 0755, (uid_t)-1,
+                             (gid_t)-1);
+    close(dir_fd);
+    return r;
 }
 
-int libs_copy(int exec_fd, const char *exec_name, const char *root)
+int libs_copy(int exec_fd, const char *exec_name, int root_fd, const char *root)
 {
     static struct elf_info info;
     int r = elf_read(exec_fd, exec_name, &info);
@@ -214,7 +224,7 @@ int libs_copy(int exec_fd, const char *exec_name, const char *root)
         int fd = open(info.interp, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
             return error_errno("%s needs the loader %s", exec_name, info.interp);
-        int c = copy_into(fd, info.interp, root);
+        int c = copy_into(fd, info.interp, root_fd, root);
         close(fd);
         if (c < 0)
             return -1;
@@ -250,7 +260,7 @@ int libs_copy(int exec_fd, const char *exec_name, const char *root)
             return jail_bad_input("%s needs %s, found neither in its RUNPATH nor in /lib/" MULTIARCH
                                   ", /usr/lib/" MULTIARCH ", /lib64, /usr/lib64, /lib, /usr/lib",
                                   exec_name, names[next]);
-        r = copy_into(fd, path, root);
+        r = copy_into(fd, path, root_fd, root);
         if (r == 0)
             r = elf_read(fd, path, &info);
         close(fd);

@@ -7,7 +7,9 @@
 #ifndef EMBER_JAILER_LIBS_H
 #define EMBER_JAILER_LIBS_H
 
-/* Copies exec_fd's loader and libraries under root. */
-int libs_copy(int exec_fd, const char *exec_name, const char *root);
+/* Copies exec_fd's loader and libraries under root (root_fd open on it), each
+ * file and directory made recorded in the undo log; a file already there is
+ * refused. */
+int libs_copy(int exec_fd, const char *exec_name, int root_fd, const char *root);
 
 #endif

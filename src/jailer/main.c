@@ -42,13 +42,21 @@ struct jail {
     struct jail_paths paths;
     struct cgroup_plan cgroups;
     struct jail_devices devices;
+    struct jail_dirs dirs;
     int exec_fd, netns_fd, dev_null_fd;
+    int pid_fd; /* <exec_name>.pid in the jail: made before any fork, written once ember's pid is
+                   known */
     uint64_t start_us;         /* CLOCK_MONOTONIC when the jailer started */
     uint64_t ancestors_cpu_us; /* CPU time of the jailer's processes before this one */
     int report_fd;             /* in a forked child: how it tells the waiting jailer */
 };
 
-static struct jail jail = {.exec_fd = -1, .netns_fd = -1, .dev_null_fd = -1, .report_fd = -1};
+static struct jail jail = {.exec_fd = -1,
+                           .netns_fd = -1,
+                           .dev_null_fd = -1,
+                           .pid_fd = -1,
+                           .report_fd = -1,
+                           .dirs = {-1, -1, -1}};
 
 static uint64_t clock_us(clockid_t clock)
 {
@@ -196,19 +204,35 @@ static int set_limits(const struct jail_args *a)
     return set_limit(RLIMIT_NOFILE, "no-file", a->nofile);
 }
 
+/* The pid file is made (empty) by the jailer before it forks, so that a failure in a forked
+ * child leaves the undo log, kept by the jailer that waits, complete; the process that knows
+ * ember's pid writes it. */
+static int make_pid_file(void)
+{
+    char name[NAME_MAX + 1];
+    snprintf(name, sizeof(name), "%s.pid", jail.args.exec_name);
+    jail.pid_fd =
+        openat(jail.dirs.root, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (jail.pid_fd < 0) {
+        if (errno == EEXIST)
+            return jail_bad_input("%s/%s is already there: the jailer writes its own pid file",
+                                  jail.paths.root, name);
+        return error_errno("cannot create /%s in the jail", name);
+    }
+    if (undo_push_made(jail.dirs.root, jail.paths.root, name) < 0) {
+        unlinkat(jail.dirs.root, name, 0);
+        return -1;
+    }
+    return 0;
+}
+
 static int write_pid_file(pid_t pid)
 {
-    char path[NAME_MAX + 8], text[24];
-    snprintf(path, sizeof(path), "/%s.pid", jail.args.exec_name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return error_errno("cannot create %s in the jail", path);
+    char text[24];
     snprintf(text, sizeof(text), "%d", (int)pid);
-    int r = write_all(fd, text, strlen(text));
-    if (r < 0)
-        error_errno("cannot write %s in the jail", path);
-    close(fd);
-    return r;
+    if (write_all(jail.pid_fd, text, strlen(text)) < 0)
+        return error_errno("cannot write /%s.pid in the jail", jail.args.exec_name);
+    return 0;
 }
 
 static int drop_privileges(uid_t uid, gid_t gid)
@@ -422,8 +446,10 @@ int main(int argc, char **argv)
         fail();
     if (chroot_enter(&jail.paths) < 0)
         fail();
-    if (chroot_make_folders(a->uid, a->gid) < 0 ||
-        devices_create(&jail.devices, a->uid, a->gid) < 0)
+    if (chroot_make_folders(&jail.paths, a->uid, a->gid, &jail.dirs) < 0 ||
+        devices_create(&jail.devices, jail.paths.root, jail.dirs.dev, jail.dirs.dev_net, a->uid,
+                       a->gid) < 0 ||
+        make_pid_file() < 0)
         fail();
     if (a->daemonize || a->new_pid_ns)
         start_processes();
