@@ -100,7 +100,6 @@ int api_load_metadata(struct api *a, const char *text, size_t text_len)
                          a->mmds.limit);
     if (r != MMDS_OK)
         return error_set("out of memory");
-    a->mmds_in_use = true;
     return 0;
 }
 
@@ -193,7 +192,6 @@ int api_start_instance(struct api *a, int *status)
     a->vm_cfg.mmds = &a->mmds;
     if (a->cfg.mmds.set) {
         /* The configuration file's mmds-config comes this way (PUT /mmds/config did it already). */
-        a->mmds_in_use = true;
         mmds_store_configure(&a->mmds, a->cfg.mmds.v2 ? MMDS_V2 : MMDS_V1, a->cfg.mmds.imds_compat,
                              a->instance_id);
     }
@@ -493,10 +491,8 @@ static int route_mmds(struct api *a, bool get, bool put, bool patch, const cJSON
 {
     if (!get && !put && !patch)
         return -1;
-    /* A machine started without MMDS has no store to read or write. */
-    if (api_instance_started(a) && !a->mmds_in_use)
-        return mmds_store_fault(out, MMDS_NOT_INITIALIZED);
-    a->mmds_in_use = true;
+    /* As in Firecracker, the store answers whether or not the machine serves it to a guest
+     * (started without MMDS, a PUT still fills it). */
     if (get) {
         *out = mmds_store_json(&a->mmds);
         return *out ? 200 : mmds_store_fault(out, MMDS_NO_MEMORY);
@@ -515,7 +511,6 @@ static int put_mmds_config(struct api *a, const cJSON *body, char **out)
             error_prefix("MMMDS config error");
         return fault_from_error(out);
     }
-    a->mmds_in_use = true;
     mmds_store_configure(&a->mmds, a->cfg.mmds.v2 ? MMDS_V2 : MMDS_V1, a->cfg.mmds.imds_compat,
                          a->instance_id);
     return 204;
