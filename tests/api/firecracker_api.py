@@ -304,6 +304,8 @@ PRE += body_cases("pre", "PUT", "/entropy", {"rate_limiter": RATE_LIMITER}, 204,
 PRE.append(Case("pre", "PUT", "/entropy", "no field", {}, 204))
 PRE += body_cases("pre", "PUT", "/serial", SERIAL, 204, [
     ("unknown field", with_field(SERIAL, serial_in_path="x")),
+    # Firecracker's later releases add it; ember refuses it as v1.14 does (not done yet).
+    ("rate_limiter", with_field(SERIAL, rate_limiter=TOKEN_BUCKET)),
     ("wrong type", {"serial_out_path": 5}),
 ])
 PRE.append(Case("pre", "PUT", "/serial", "no field", {}, 204))
