@@ -96,7 +96,7 @@ RAW_MALFORMED = b'{"a": '
 
 class Case:
     def __init__(self, state, method, path, variant, body=None, firecracker=400, ember=None, why=None,
-                 needs=(), fresh=False, raw=None, request_rule=False):
+                 needs=(), fresh=False, raw=None, request_rule=False, deprecated=False):
         self.state, self.method, self.path, self.variant = state, method, path, variant
         self.body, self.raw = body, raw
         self.firecracker = firecracker
@@ -107,6 +107,8 @@ class Case:
         # A rule of requests in general (a method or path the API does not have, a GET with a
         # body), not an answer of the route: README's table does not list its status.
         self.request_rule = request_rule
+        # Firecracker answers with "Deprecation: true" (the body uses a deprecated field).
+        self.deprecated = deprecated
 
     @property
     def deliberate(self):
@@ -227,14 +229,16 @@ PRE += body_cases("pre", "PUT", "/machine-config", MACHINE, 204, [
 ])
 PRE.append(Case("pre", "PUT", "/machine-config", "huge_pages Transparent",
                 with_field(MACHINE, huge_pages="Transparent"), 400, ember=204, why=LATER_FIELD))
-PRE.append(Case("pre", "PUT", "/machine-config", "every field", with_field(
-    MACHINE, smt=False, track_dirty_pages=False, huge_pages="None", cpu_template="None"), 204))
+PRE.append(Case("pre", "PUT", "/machine-config", "every field (cpu_template is deprecated)", with_field(
+    MACHINE, smt=False, track_dirty_pages=False, huge_pages="None", cpu_template="None"), 204, deprecated=True))
 PRE += body_cases("pre", "PATCH", "/machine-config", {"mem_size_mib": 32}, 204, [
     ("unknown field", {"mem_size_mib": 32, "memory": 1}),
     ("nothing to change", {}),
     ("wrong type", {"vcpu_count": True}),
     ("vcpu_count 0", {"vcpu_count": 0}),
 ])
+PRE.append(Case("pre", "PATCH", "/machine-config", "cpu_template (deprecated)", {"cpu_template": "None"}, 204,
+                deprecated=True))
 PRE += body_cases("pre", "PUT", "/cpu-config", CPU_CONFIG, 204, [
     ("unknown field", with_field(CPU_CONFIG, vcpu_features=[])),
     ("wrong type", with_field(CPU_CONFIG, cpuid_modifiers=5)),
@@ -316,7 +320,8 @@ PRE += body_cases("pre", "PUT", "/vsock", VSOCK, 204, [
     ("wrong type", with_field(VSOCK, guest_cid="3")),
     ("guest_cid negative", with_field(VSOCK, guest_cid=-1)),
 ])
-PRE.append(Case("pre", "PUT", "/vsock", "deprecated vsock_id", with_field(VSOCK, vsock_id="vsock0"), 204))
+PRE.append(Case("pre", "PUT", "/vsock", "vsock_id (deprecated)", with_field(VSOCK, vsock_id="vsock0"), 204,
+                deprecated=True))
 PRE += [
     Case("pre", "GET", "/mmds", "before any PUT", firecracker=200),
     Case("pre", "PATCH", "/mmds", "before any PUT", {"a": 1}),
@@ -337,6 +342,10 @@ PRE += body_cases("pre", "PUT", "/mmds/config", MMDS_CONFIG, 204, [
     ("interface not configured", with_field(MMDS_CONFIG, network_interfaces=["eth9"])),
     ("no interface", with_field(MMDS_CONFIG, network_interfaces=[])),
 ], valid_extra={"needs": ("tap",)})
+PRE += [Case("pre", "PUT", "/mmds/config", "V1 (deprecated)", with_field(MMDS_CONFIG, version="V1"), 204,
+             needs=("tap",), deprecated=True),
+        Case("pre", "PUT", "/mmds/config", "no version: V1 (deprecated)", without(MMDS_CONFIG, "version"), 204,
+             needs=("tap",), deprecated=True)]
 PRE += body_cases("pre", "PUT", "/pmem/pmem0", PMEM, 204, [
     ("unknown field", with_field(PMEM, size_mib=2)),
     ("missing path_on_host", without(PMEM, "path_on_host")),

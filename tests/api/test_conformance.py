@@ -2,7 +2,8 @@
 """ember against Firecracker's API: every path and method of Firecracker's OpenAPI description,
 before and after InstanceStart, with valid and invalid bodies (tests/api/firecracker_api.py,
 which says what Firecracker answers and where ember differs on purpose). Each answer's status
-is checked, and so is its shape: an error is a JSON object with a non-empty fault_message.
+is checked, and so is its shape: an error is a JSON object with a non-empty fault_message, and
+the Deprecation header comes where Firecracker sends it.
 Then README's "Firecracker's API" table is checked against the statuses ember gave: every
 route of the description has its row, and a row lists exactly the statuses its route gave.
 
@@ -123,6 +124,11 @@ def run_case(run, ember, case, names):
         shape = shape_problem(resp)
         if shape:
             problems.append(shape)
+        marked = resp.headers.get("deprecation") == "true"
+        if case.deprecated and not marked:
+            problems.append("no Deprecation header (Firecracker sends one): %r" % resp.headers)
+        elif marked and not case.deprecated:
+            problems.append("a Deprecation header Firecracker does not send")
         if not target.alive():
             problems.append("ember ended (status %r): %s" % (target.proc.returncode, target.stderr()[-500:]))
     except (Failure, OSError, EOFError, ValueError) as ex:
