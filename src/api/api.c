@@ -354,6 +354,13 @@ static int patch_drive(struct api *a, const char *id, const cJSON *body, char **
         status = fault_from_error(out);
         goto done;
     }
+    if (!u.path && !u.has_rate_limiter) {
+        /* Firecracker takes a PATCH without either as a vhost-user drive's
+         * refresh, which a virtio-blk drive refuses. */
+        error_set("drive '%s': nothing to change (path_on_host or rate_limiter)", id);
+        status = fault_from_error(out);
+        goto done;
+    }
     if (u.path) {
         if (virtio_blk_change_backing(b, u.path) < 0) {
             error_prefix("drive '%s'", id);
