@@ -214,6 +214,8 @@ PRE += body_cases("pre", "PUT", "/boot-source", BOOT, 204, [
 ])
 PRE.append(Case("pre", "PUT", "/boot-source", "null optional fields",
                 with_field(BOOT, initrd_path=None, boot_args=None), 204))
+PRE.append(Case("pre", "PUT", "/boot-source", "initrd file missing",
+                with_field(BOOT, initrd_path="@TMP/no-such-initrd")))
 PRE += body_cases("pre", "PUT", "/machine-config", MACHINE, 204, [
     ("unknown field", with_field(MACHINE, cpu_count=1)),
     ("missing mem_size_mib", without(MACHINE, "mem_size_mib")),
@@ -227,6 +229,10 @@ PRE += body_cases("pre", "PUT", "/machine-config", MACHINE, 204, [
     ("unknown cpu_template", with_field(MACHINE, cpu_template="T9")),
     ("odd vcpu_count with smt", with_field(MACHINE, vcpu_count=3, smt=True)),
 ])
+# The host's memory is not checked before InstanceStart.
+PRE.append(Case("pre", "PUT", "/machine-config", "more memory than the host has",
+                with_field(MACHINE, mem_size_mib=1 << 24), 204))
+PRE.append(Case("pre", "PUT", "/machine-config", "vcpu_count 32 (the most)", with_field(MACHINE, vcpu_count=32), 204))
 PRE.append(Case("pre", "PUT", "/machine-config", "huge_pages Transparent",
                 with_field(MACHINE, huge_pages="Transparent"), 400, ember=204, why=LATER_FIELD))
 PRE.append(Case("pre", "PUT", "/machine-config", "every field (cpu_template is deprecated)", with_field(
@@ -267,6 +273,10 @@ PRE.append(Case("pre", "PUT", "/drives/rootfs", "unknown field in a token bucket
 PRE.append(Case("pre", "PUT", "/drives/rootfs", "every field", with_field(
     DRIVE, partuuid=None, cache_type="Writeback", io_engine="Sync", rate_limiter=RATE_LIMITER), 204))
 PRE.append(Case("pre", "PUT", "/drives/bad-id", "id with a dash", with_field(DRIVE, drive_id="bad-id")))
+PRE.append(Case("pre", "PUT", "/drives/data", "a second drive", with_field(
+    DRIVE, drive_id="data", path_on_host="@IMAGE2", is_root_device=False), 204))
+PRE.append(Case("pre", "PUT", "/drives/data", "a second root device", with_field(
+    DRIVE, drive_id="data", path_on_host="@IMAGE2")))
 PRE += body_cases("pre", "PATCH", "/drives/rootfs", DRIVE_PATCH, 400, [
     ("unknown field", with_field(DRIVE_PATCH, is_read_only=True)),
     ("missing drive_id", without(DRIVE_PATCH, "drive_id")),
@@ -294,6 +304,7 @@ PRE += body_cases("pre", "PUT", "/logger", LOGGER, 204, [
 ])
 PRE.append(Case("pre", "PUT", "/logger", "level in other case", {"level": "warning"}, 204))
 PRE.append(Case("pre", "PUT", "/logger", "no field", {}, 204))
+PRE.append(Case("pre", "PUT", "/logger", "module filter and level Trace", {"level": "Trace", "module": "api"}, 204))
 PRE += body_cases("pre", "PUT", "/metrics", METRICS, 204, [
     ("missing metrics_path", {}),
     ("wrong type", {"metrics_path": 5}),
@@ -306,6 +317,9 @@ PRE += body_cases("pre", "PUT", "/entropy", {"rate_limiter": RATE_LIMITER}, 204,
     ("wrong type", {"rate_limiter": 5}),
 ])
 PRE.append(Case("pre", "PUT", "/entropy", "no field", {}, 204))
+# A bucket of size 0 or refill time 0 limits nothing.
+PRE.append(Case("pre", "PUT", "/entropy", "empty token bucket", {"rate_limiter": {
+    "bandwidth": {"size": 0, "refill_time": 0}, "ops": {"size": 100, "refill_time": 0}}}, 204))
 PRE += body_cases("pre", "PUT", "/serial", SERIAL, 204, [
     ("unknown field", with_field(SERIAL, serial_in_path="x")),
     # Firecracker's later releases add it; ember refuses it as v1.14 does (not done yet).
@@ -449,6 +463,8 @@ POST.append(Case("post", "PATCH", "/drives/rootfs", "unknown field in a token bu
                  {"drive_id": "rootfs", "rate_limiter": {"ops": with_field(TOKEN_BUCKET, burst=1)}}, 204,
                  ember=400, why=UNKNOWN_DENIED))
 POST.append(Case("post", "PATCH", "/drives/nosuch", "no such drive", with_field(DRIVE_PATCH, drive_id="nosuch")))
+# Nothing to change is a vhost-user drive's refresh: a virtio-blk drive refuses it.
+POST.append(Case("post", "PATCH", "/drives/rootfs", "nothing to change", {"drive_id": "rootfs"}))
 POST += body_cases("post", "PATCH", "/network-interfaces/eth0", NET_PATCH, 204, [
     ("unknown field", with_field(NET_PATCH, host_dev_name="x")),
     ("missing iface_id", without(NET_PATCH, "iface_id")),
