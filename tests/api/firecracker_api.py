@@ -85,6 +85,9 @@ NOT_FC_SHAPE = ("Firecracker's HTTP layer answers a method it does not know with
 UNKNOWN_DENIED = ("Firecracker's parser denies unknown fields in every body but this one (the metrics "
                   "body, a rate limiter's token bucket), where it drops them; ember denies them "
                   "everywhere, so that a misspelt field (one_time_brust) is refused, not ignored")
+SERIAL_AT_PUT = ("Firecracker v1.14 keeps serial_out_path and opens it at InstanceStart (which then "
+                 "fails); ember opens it at the request, so that a bad path fails there, as a bad "
+                 "log_path or metrics_path does in both")
 STRICT_PATH = ("Firecracker routes by the first path segment and ignores the rest (GET "
                "/mmds/anything reads the store); ember refuses a path the API does not have")
 
@@ -216,6 +219,10 @@ PRE.append(Case("pre", "PUT", "/boot-source", "null optional fields",
                 with_field(BOOT, initrd_path=None, boot_args=None), 204))
 PRE.append(Case("pre", "PUT", "/boot-source", "initrd file missing",
                 with_field(BOOT, initrd_path="@TMP/no-such-initrd")))
+# The kernel is opened here, read at InstanceStart.
+PRE.append(Case("pre", "PUT", "/boot-source", "a file that is no kernel", with_field(BOOT, kernel_image_path="@IMAGE"),
+                204))
+PRE.append(Case("pre", "PUT", "/boot-source", "valid again", BOOT, 204))
 PRE += body_cases("pre", "PUT", "/machine-config", MACHINE, 204, [
     ("unknown field", with_field(MACHINE, cpu_count=1)),
     ("missing mem_size_mib", without(MACHINE, "mem_size_mib")),
@@ -273,6 +280,7 @@ PRE.append(Case("pre", "PUT", "/drives/rootfs", "unknown field in a token bucket
 PRE.append(Case("pre", "PUT", "/drives/rootfs", "every field", with_field(
     DRIVE, partuuid=None, cache_type="Writeback", io_engine="Sync", rate_limiter=RATE_LIMITER), 204))
 PRE.append(Case("pre", "PUT", "/drives/bad-id", "id with a dash", with_field(DRIVE, drive_id="bad-id")))
+PRE.append(Case("pre", "PUT", "/drives/rootfs", "image is a directory", with_field(DRIVE, path_on_host="@TMP")))
 PRE.append(Case("pre", "PUT", "/drives/data", "a second drive", with_field(
     DRIVE, drive_id="data", path_on_host="@IMAGE2", is_root_device=False), 204))
 PRE.append(Case("pre", "PUT", "/drives/data", "a second root device", with_field(
@@ -304,12 +312,15 @@ PRE += body_cases("pre", "PUT", "/logger", LOGGER, 204, [
 ])
 PRE.append(Case("pre", "PUT", "/logger", "level in other case", {"level": "warning"}, 204))
 PRE.append(Case("pre", "PUT", "/logger", "no field", {}, 204))
+PRE.append(Case("pre", "PUT", "/logger", "log_path in no directory", {"log_path": "@TMP/no/such/dir/log"}))
 PRE.append(Case("pre", "PUT", "/logger", "module filter and level Trace", {"level": "Trace", "module": "api"}, 204))
 PRE += body_cases("pre", "PUT", "/metrics", METRICS, 204, [
     ("missing metrics_path", {}),
     ("wrong type", {"metrics_path": 5}),
 ])
 PRE.append(Case("pre", "PUT", "/metrics", "a second time", METRICS))
+PRE.append(Case("pre", "PUT", "/metrics", "metrics_path in no directory", {"metrics_path": "@TMP/no/such/dir/m"},
+                fresh=True))
 PRE.append(Case("pre", "PUT", "/metrics", "unknown field", with_field(METRICS, every_s=5), 204, ember=400,
                 why=UNKNOWN_DENIED, fresh=True))
 PRE += body_cases("pre", "PUT", "/entropy", {"rate_limiter": RATE_LIMITER}, 204, [
@@ -327,6 +338,8 @@ PRE += body_cases("pre", "PUT", "/serial", SERIAL, 204, [
     ("wrong type", {"serial_out_path": 5}),
 ])
 PRE.append(Case("pre", "PUT", "/serial", "no field", {}, 204))
+PRE.append(Case("pre", "PUT", "/serial", "serial_out_path in no directory", {"serial_out_path": "@TMP/no/such/dir/s"},
+                204, ember=400, why=SERIAL_AT_PUT))
 PRE += body_cases("pre", "PUT", "/vsock", VSOCK, 204, [
     ("unknown field", with_field(VSOCK, port=5)),
     ("missing uds_path", without(VSOCK, "uds_path")),
@@ -334,6 +347,7 @@ PRE += body_cases("pre", "PUT", "/vsock", VSOCK, 204, [
     ("wrong type", with_field(VSOCK, guest_cid="3")),
     ("guest_cid negative", with_field(VSOCK, guest_cid=-1)),
 ])
+PRE.append(Case("pre", "PUT", "/vsock", "uds_path in no directory", with_field(VSOCK, uds_path="@TMP/no/such/dir/v")))
 PRE.append(Case("pre", "PUT", "/vsock", "vsock_id (deprecated)", with_field(VSOCK, vsock_id="vsock0"), 204,
                 deprecated=True))
 PRE += [
@@ -465,6 +479,8 @@ POST.append(Case("post", "PATCH", "/drives/rootfs", "unknown field in a token bu
 POST.append(Case("post", "PATCH", "/drives/nosuch", "no such drive", with_field(DRIVE_PATCH, drive_id="nosuch")))
 # Nothing to change is a vhost-user drive's refresh: a virtio-blk drive refuses it.
 POST.append(Case("post", "PATCH", "/drives/rootfs", "nothing to change", {"drive_id": "rootfs"}))
+POST.append(Case("post", "PATCH", "/drives/rootfs", "empty rate_limiter (changes nothing)",
+                 {"drive_id": "rootfs", "rate_limiter": {}}, 204))
 POST += body_cases("post", "PATCH", "/network-interfaces/eth0", NET_PATCH, 204, [
     ("unknown field", with_field(NET_PATCH, host_dev_name="x")),
     ("missing iface_id", without(NET_PATCH, "iface_id")),
@@ -473,6 +489,8 @@ POST += body_cases("post", "PATCH", "/network-interfaces/eth0", NET_PATCH, 204, 
 ], valid_extra={"needs": ("tap",)})
 POST.append(Case("post", "PATCH", "/network-interfaces/nosuch", "no such interface",
                  with_field(NET_PATCH, iface_id="nosuch")))
+POST.append(Case("post", "PATCH", "/network-interfaces/eth0", "nothing to change", {"iface_id": "eth0"}, 204,
+                 needs=("tap",)))
 POST += [
     # Started without MMDS: Firecracker makes the store at the first request all the same.
     Case("post", "GET", "/mmds", "started without MMDS", firecracker=200),
@@ -508,6 +526,7 @@ POST += [
     Case("post", "PUT", "/snapshot/create", "unknown field", with_field(SNAPSHOT_CREATE, compress=True)),
     Case("post", "PUT", "/snapshot/create", "missing mem_file_path", without(SNAPSHOT_CREATE, "mem_file_path")),
 ]
+POST.append(Case("post", "PATCH", "/vm", "Resumed while running", {"state": "Resumed"}, 204))
 POST += body_cases("post", "PATCH", "/vm", {"state": "Paused"}, 204, [
     ("unknown field", {"state": "Paused", "now": True}),
     ("unknown state", {"state": "Sleeping"}),
