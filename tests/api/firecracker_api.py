@@ -79,7 +79,8 @@ NO_SNAPSHOT = UNSUPPORTED["/snapshot/create"]
 NO_HOTPLUG = UNSUPPORTED["/hotplug/memory"]
 LATER_FIELD = ("a field Firecracker's later releases add (its OpenAPI description after v1.14); "
                "ember takes it already, Firecracker v1.14 denies it as unknown")
-NOT_FC_SHAPE = ("Firecracker's HTTP layer answers a method it does not know with 400 and "
+NOT_FC_SHAPE = ("Firecracker's HTTP layer answers what it refuses itself (a method it does not know, "
+                "a body past the payload limit) with 400 and "
                 "{ \"error\": ... } (not even JSON); ember answers with the fault_message shape "
                 "every other error has")
 UNKNOWN_DENIED = ("Firecracker's parser denies unknown fields in every body but this one (the metrics "
@@ -197,6 +198,8 @@ def wrong_method_cases(state):
         Case(state, "POST", "/actions", "method the HTTP layer does not know",
              {"action_type": "InstanceStart"}, why=NOT_FC_SHAPE),
         Case(state, "GET", "/", "GET with a body", raw=b'{"a": 1}'),
+        # Past the API's largest body (51200 bytes unless --http-api-max-payload-size).
+        Case(state, "PUT", "/mmds", "body past the payload limit", {"blob": "x" * 60000}, why=NOT_FC_SHAPE),
         Case(state, "GET", "/mmds/nonexistent", "extra path segment", firecracker=200, ember=400,
              why=STRICT_PATH),
     ]
@@ -240,6 +243,10 @@ PRE += body_cases("pre", "PUT", "/machine-config", MACHINE, 204, [
 PRE.append(Case("pre", "PUT", "/machine-config", "more memory than the host has",
                 with_field(MACHINE, mem_size_mib=1 << 24), 204))
 PRE.append(Case("pre", "PUT", "/machine-config", "vcpu_count 32 (the most)", with_field(MACHINE, vcpu_count=32), 204))
+PRE.append(Case("pre", "PUT", "/machine-config", "smt with 2 vCPUs", with_field(MACHINE, vcpu_count=2, smt=True), 204))
+# Any static template is taken at PUT; a host of the other vendor refuses it at InstanceStart.
+PRE += [Case("pre", "PUT", "/machine-config", "cpu_template %s (deprecated)" % t, with_field(MACHINE, cpu_template=t),
+             204, deprecated=True) for t in ("C3", "T2", "T2S", "T2CL", "T2A")]
 PRE.append(Case("pre", "PUT", "/machine-config", "huge_pages Transparent",
                 with_field(MACHINE, huge_pages="Transparent"), 400, ember=204, why=LATER_FIELD))
 PRE.append(Case("pre", "PUT", "/machine-config", "every field (cpu_template is deprecated)", with_field(
