@@ -132,7 +132,8 @@ def body_cases(state, method, path, valid, ok, bad, valid_extra=None, statuses=N
     cases += [Case(state, method, path, n, b, statuses.get(n, 400)) for n, b in bad]
     cases.append(Case(state, method, path, "empty body", raw=RAW_EMPTY))
     cases.append(Case(state, method, path, "malformed JSON", raw=RAW_MALFORMED))
-    # A JSON string (an array would do for some: serde fills a struct from one, in order).
+    # A JSON string, not an array: serde fills a struct from an array field by field, so
+    # Firecracker takes some arrays.
     cases.append(Case(state, method, path, "not an object", "text", statuses.get("not an object", 400)))
     return cases
 
