@@ -44,14 +44,6 @@ static int fault_from_error(char **out)
     return fault(out, error_get()[0] ? error_get() : "request failed");
 }
 
-/* The request used what Firecracker deprecates: its answer carries the
- * Deprecation header, and the log Firecracker's warning. */
-static void deprecated(struct api *a, const char *warning)
-{
-    a->deprecated_request = true;
-    log_warn("%s", warning);
-}
-
 static int not_after_start(char **out)
 {
     return fault(out, "this operation is only allowed before the machine starts "
@@ -528,9 +520,6 @@ static int put_mmds_config(struct api *a, const cJSON *body, char **out)
     }
     mmds_store_configure(&a->mmds, a->cfg.mmds.v2 ? MMDS_V2 : MMDS_V1, a->cfg.mmds.imds_compat,
                          a->instance_id);
-    /* Firecracker deprecates V1, the default too: the answer says so, and so does the log. */
-    if (!a->cfg.mmds.v2)
-        deprecated(a, "PUT /mmds/config: V1 is deprecated. Use V2 instead.");
     return 204;
 }
 
@@ -667,8 +656,6 @@ static int put_vsock(struct api *a, const cJSON *body, char **out)
         return fault_from_error(out);
     }
     a->cfg.vsock.listen_fd = fd;
-    if (cJSON_GetObjectItemCaseSensitive(body, "vsock_id"))
-        deprecated(a, "PUT /vsock: vsock_id field is deprecated.");
     return 204;
 }
 
