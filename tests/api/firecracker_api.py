@@ -61,6 +61,12 @@ ROUTES = {
     "/vsock": ("PUT",),
 }
 
+# Routes of Firecracker's later releases (after v1.14) that ember serves already: Firecracker
+# v1.14 answers them as a path and method it does not have (400).
+LATER_ROUTES = {
+    "/pmem/{id}": ("PATCH",),
+}
+
 # Routes ember deliberately does not serve (yet): it answers every request on them with 400
 # and "ember does not support ... yet". Where Firecracker would succeed, the case says so.
 UNSUPPORTED = {
@@ -89,6 +95,8 @@ UNKNOWN_DENIED = ("Firecracker's parser denies unknown fields in every body but 
 SERIAL_AT_PUT = ("Firecracker v1.14 keeps serial_out_path and opens it at InstanceStart (which then "
                  "fails); ember opens it at the request, so that a bad path fails there, as a bad "
                  "log_path or metrics_path does in both")
+LATER_ROUTE = ("a route Firecracker's later releases add (its OpenAPI description after v1.14); "
+               "ember serves it already, Firecracker v1.14 does not have it")
 STRICT_PATH = ("Firecracker routes by the first path segment and ignores the rest (GET "
                "/mmds/anything reads the store); ember refuses a path the API does not have")
 
@@ -106,7 +114,8 @@ class Case:
         self.firecracker = firecracker
         self.ember = firecracker if ember is None else ember
         self.why = why  # set only for a deliberate difference
-        self.needs = tuple(needs)  # "tap": a host tap ember may attach
+        # "tap": a host tap ember may attach; "pmem": ember took the valid PUT /pmem
+        self.needs = tuple(needs)
         self.fresh = fresh  # sent to an ember of its own (a request that can succeed only once)
         # A rule of requests in general (a method or path the API does not have, a GET with a
         # body), not an answer of the route: README's table does not list its status.
@@ -164,6 +173,7 @@ SERIAL = {"serial_out_path": "@TMP/serial.out"}
 MMDS_CONFIG = {"network_interfaces": ["eth0"], "version": "V2", "ipv4_address": "169.254.169.254"}
 BALLOON = {"amount_mib": 0, "deflate_on_oom": False, "stats_polling_interval_s": 0}
 PMEM = {"id": "pmem0", "path_on_host": "@PMEM", "root_device": False, "read_only": False}
+PMEM_PATCH = {"id": "pmem0", "rate_limiter": RATE_LIMITER}
 SNAPSHOT_CREATE = {"snapshot_type": "Full", "snapshot_path": "@TMP/vm.snap", "mem_file_path": "@TMP/vm.mem"}
 SNAPSHOT_LOAD = {"snapshot_path": "@TMP/missing.snap",
                  "mem_backend": {"backend_type": "File", "backend_path": "@TMP/missing.mem"}}
@@ -191,7 +201,6 @@ def wrong_method_cases(state):
         Case(state, "GET", "/vsock", "wrong method"),
         Case(state, "GET", "/vm", "wrong method"),
         Case(state, "PUT", "/vm/config", "wrong method", {"a": 1}),
-        Case(state, "PATCH", "/pmem/pmem0", "wrong method (PATCH comes after v1.14)", {"id": "pmem0"}),
         Case(state, "GET", "/snapshot/create", "wrong method"),
         Case(state, "PUT", "/nonexistent", "unknown path", {"a": 1}),
         Case(state, "GET", "/nonexistent", "unknown path"),
@@ -390,6 +399,11 @@ PRE += body_cases("pre", "PUT", "/pmem/pmem0", PMEM, 204, [
     ("id differs from the path", with_field(PMEM, id="pmem1")),
     ("backing file missing", with_field(PMEM, path_on_host="@TMP/no-such-file")),
 ])
+PRE.append(Case("pre", "PUT", "/pmem/pmem0", "rate_limiter", with_field(PMEM, rate_limiter=RATE_LIMITER), 400,
+                ember=204, why=LATER_FIELD))
+PRE += body_cases("pre", "PATCH", "/pmem/pmem0", PMEM_PATCH, 400, [
+    ("unknown field", with_field(PMEM_PATCH, path_on_host="x")),
+])
 PRE += body_cases("pre", "PUT", "/balloon", BALLOON, 204, [
     ("unknown field", with_field(BALLOON, size_mib=1)),
     ("missing deflate_on_oom", without(BALLOON, "deflate_on_oom")),
@@ -453,6 +467,7 @@ SETUP = [
     ("PUT", "/machine-config", MACHINE, ()),
     ("PUT", "/drives/rootfs", DRIVE, ()),
     ("PUT", "/network-interfaces/eth0", NET, ("tap",)),
+    ("PUT", "/pmem/pmem0", PMEM, ("pmem",)),
     ("PUT", "/metrics", METRICS, ()),
 ]
 START = Case("pre", "PUT", "/actions", "InstanceStart", {"action_type": "InstanceStart"}, 204)
@@ -495,6 +510,12 @@ POST += body_cases("post", "PATCH", "/network-interfaces/eth0", NET_PATCH, 204, 
     ("wrong type", with_field(NET_PATCH, tx_rate_limiter=5)),
     ("id differs from the path", with_field(NET_PATCH, iface_id="eth1")),
 ], valid_extra={"needs": ("tap",)})
+POST += [
+    Case("post", "PATCH", "/pmem/pmem0", "valid", PMEM_PATCH, 400, ember=204, why=LATER_ROUTE, needs=("pmem",)),
+    Case("post", "PATCH", "/pmem/pmem0", "unknown field", with_field(PMEM_PATCH, read_only=True)),
+    Case("post", "PATCH", "/pmem/nosuch", "no such device", with_field(PMEM_PATCH, id="nosuch")),
+    Case("post", "PATCH", "/pmem/pmem0", "empty body", raw=RAW_EMPTY),
+]
 POST.append(Case("post", "PATCH", "/network-interfaces/nosuch", "no such interface",
                  with_field(NET_PATCH, iface_id="nosuch")))
 POST.append(Case("post", "PATCH", "/network-interfaces/eth0", "nothing to change", {"iface_id": "eth0"}, 204,

@@ -19,24 +19,27 @@ import shutil
 import sys
 import tempfile
 
+sys.dont_write_bytecode = True  # no __pycache__ left in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import firecracker_api as fc  # noqa: E402
 import test_api  # noqa: E402
 from test_api import Conn, Ember, Failure  # noqa: E402
 
 README = os.path.join(test_api.ROOT, "README.md")
+NEEDS = {"tap": "a tap (root and /dev/net/tun)",
+         "pmem": "a pmem device (ember refused the valid PUT /pmem)"}
 HTTP_METHODS = ("GET", "PUT", "PATCH", "POST", "DELETE")
 
 
 class Run:
     def __init__(self, tmp, tap_ok):
         self.tmp = tmp
-        self.tap_ok = tap_ok
         self.n = 0
         self.passed = self.failed = self.skipped = 0
         self.deliberate = []
         self.observed = {}  # (method, route template) -> statuses ember gave
         self.skipped_statuses = {}  # (method, route template) -> statuses of cases not run
+        self.had = {"tap": tap_ok}  # what the cases' `needs` name, had here or not
 
     def line(self, ok, text, directive=""):
         self.n += 1
@@ -48,6 +51,11 @@ class Run:
             self.passed += 1
         else:
             self.failed += 1
+
+
+def route_methods(template):
+    """The methods of a path: the description's, and those of later releases ember serves."""
+    return fc.ROUTES.get(template, ()) + fc.LATER_ROUTES.get(template, ())
 
 
 def route_of(path):
@@ -105,10 +113,11 @@ def shape_problem(resp):
 
 def run_case(run, ember, case, names):
     key = (case.method, route_of(case.path))
-    if "tap" in case.needs and not run.tap_ok:
+    missing = [n for n in case.needs if not run.had.get(n)]
+    if missing:
         if not case.request_rule:
             run.skipped_statuses.setdefault(key, set()).add(case.ember)
-        run.line(True, case.name(), " # SKIP needs a tap (root and /dev/net/tun)")
+        run.line(True, case.name(), " # SKIP needs %s" % ", ".join(NEEDS[n] for n in missing))
         return
     fresh = None
     try:
@@ -139,6 +148,8 @@ def run_case(run, ember, case, names):
             fresh.kill()
     if resp is not None and key[1] is not None and not case.request_rule:
         run.observed.setdefault(key, set()).add(resp.status)
+    if resp is not None and (case.method, case.path, case.variant) == ("PUT", "/pmem/pmem0", "valid"):
+        run.had["pmem"] = resp.status == 204
     text = "%s: %s" % (case.name(), resp.status if resp else "no answer")
     if problems:
         run.line(False, text + ": " + "; ".join(problems))
@@ -182,7 +193,10 @@ def walk_post(run, names):
     e = Ember(run.tmp, ["--mmds-size-limit", str(fc.MMDS_SIZE_LIMIT)], name="post")
     try:
         for method, path, body, needs in fc.SETUP:
-            if "tap" in needs and not run.tap_ok:
+            missing = [n for n in needs if not run.had.get(n)]
+            if missing:
+                run.line(True, "setup for the post cases: %s %s" % (method, path),
+                         " # SKIP needs %s" % ", ".join(NEEDS[n] for n in missing))
                 continue
             resp = send(e, method, path, body, names=names)
             if resp.status != 204:
@@ -203,7 +217,8 @@ def walk_post(run, names):
 def check_coverage(run):
     """Every path and method of the description is walked in both states."""
     walked = {(c.state, c.method, route_of(c.path)) for c in fc.PRE + fc.POST + [fc.START]}
-    missing = ["%s %s %s" % (s, m, p) for p in fc.ROUTES for m in fc.ROUTES[p] for s in ("pre", "post")
+    templates = list(fc.ROUTES) + [p for p in fc.LATER_ROUTES if p not in fc.ROUTES]
+    missing = ["%s %s %s" % (s, m, p) for p in templates for m in route_methods(p) for s in ("pre", "post")
                if (s, m, p) not in walked]
     run.line(not missing, "every path and method of Firecracker %s's description walked in both states%s"
              % (fc.FIRECRACKER_RELEASE, ": missing " + ", ".join(missing) if missing else ""))
@@ -232,7 +247,7 @@ def readme_table():
             if template is None:
                 strays.append("%s (not a path of Firecracker's description)" % path)
                 continue
-            for method in methods or fc.ROUTES[template]:
+            for method in methods or route_methods(template):
                 if (method, template) in rows:
                     strays.append("%s %s (twice)" % (method, path))
                 rows[(method, template)] = statuses
@@ -242,8 +257,9 @@ def readme_table():
 def check_readme(run):
     rows, strays = readme_table()
     problems = list(strays)
-    for template, methods in fc.ROUTES.items():
-        for method in methods:
+    templates = list(fc.ROUTES) + [p for p in fc.LATER_ROUTES if p not in fc.ROUTES]
+    for template in templates:
+        for method in route_methods(template):
             key = (method, template)
             if key not in rows:
                 problems.append("%s %s has no row" % key)
@@ -256,7 +272,7 @@ def check_readme(run):
             if unlisted:
                 problems.append("%s %s answered %s, not listed" % (method, template, sorted(unlisted)))
     for key in rows:
-        if key[0] not in fc.ROUTES[key[1]]:
+        if key[0] not in route_methods(key[1]):
             problems.append("%s %s is not a route of Firecracker's description" % key)
     run.line(not problems, "README's \"Firecracker's API\" table has every route and the statuses ember "
              "gave%s" % (": " + "; ".join(problems) if problems else ""))
