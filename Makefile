@@ -144,9 +144,12 @@ console-test: all guests
 linux-smoke-test: all
 	EMBER=$(abspath $(BUILD))/ember tests/linux/debian-smoke.sh
 
-# End-to-end tests of the API over its unix socket (Python 3, standard library).
+# End-to-end tests of the API over its unix socket (Python 3, standard library), then
+# the conformance walk of Firecracker's API (and README's table against it); both run.
 api-test: all guests
-	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/api/test_api.py
+	export EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest; \
+	  tests/api/test_api.py; api=$$?; tests/api/test_conformance.py; conformance=$$?; \
+	  exit $$((api | conformance))
 
 # The seccomp filters hold inside ember's real threads: a test-only preload
 # library makes each kind of thread attempt forbidden system calls.

@@ -101,7 +101,6 @@ int api_load_metadata(struct api *a, const char *text, size_t text_len)
                          a->mmds.limit);
     if (r != MMDS_OK)
         return error_set("out of memory");
-    a->mmds_in_use = true;
     return 0;
 }
 
@@ -194,7 +193,6 @@ int api_start_instance(struct api *a, int *status)
     a->vm_cfg.mmds = &a->mmds;
     if (a->cfg.mmds.set) {
         /* The configuration file's mmds-config comes this way (PUT /mmds/config did it already). */
-        a->mmds_in_use = true;
         mmds_store_configure(&a->mmds, a->cfg.mmds.v2 ? MMDS_V2 : MMDS_V1, a->cfg.mmds.imds_compat,
                              a->instance_id);
     }
@@ -349,6 +347,13 @@ static int patch_drive(struct api *a, const char *id, const cJSON *body, char **
         status = fault_from_error(out);
         goto done;
     }
+    if (!u.path && !u.has_rate_limiter) {
+        /* Firecracker takes a PATCH without either as a vhost-user drive's
+         * refresh, which a virtio-blk drive refuses. */
+        error_set("drive '%s': nothing to change (path_on_host or rate_limiter)", id);
+        status = fault_from_error(out);
+        goto done;
+    }
     if (u.path) {
         if (virtio_blk_change_backing(b, u.path) < 0) {
             error_prefix("drive '%s'", id);
@@ -494,10 +499,8 @@ static int route_mmds(struct api *a, bool get, bool put, bool patch, const cJSON
 {
     if (!get && !put && !patch)
         return -1;
-    /* A machine started without MMDS has no store to read or write. */
-    if (api_instance_started(a) && !a->mmds_in_use)
-        return mmds_store_fault(out, MMDS_NOT_INITIALIZED);
-    a->mmds_in_use = true;
+    /* As in Firecracker, the store answers whether or not the machine serves it to a guest
+     * (started without MMDS, a PUT still fills it). */
     if (get) {
         *out = mmds_store_json(&a->mmds);
         return *out ? 200 : mmds_store_fault(out, MMDS_NO_MEMORY);
@@ -531,7 +534,6 @@ static int put_mmds_config(struct api *a, const cJSON *body, char **out)
     }
     if (!a->cfg.mmds.v2)
         deprecated(a, "PUT /mmds/config: V1 is deprecated. Use V2 instead.");
-    a->mmds_in_use = true;
     mmds_store_configure(&a->mmds, a->cfg.mmds.v2 ? MMDS_V2 : MMDS_V1, a->cfg.mmds.imds_compat,
                          a->instance_id);
     return 204;

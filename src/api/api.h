@@ -38,11 +38,9 @@ struct api {
      * threads it starts inherit no filter but their own. */
     struct iothread *builder;
     /* The metadata store, made at start (its token key needs getrandom, which the API's
-     * filter does not allow). `mmds_in_use` follows Firecracker: any MMDS request before
-     * InstanceStart (or --metadata) brings the service into being; after it, a machine
-     * started without one answers that the store is not initialized. */
+     * filter does not allow). As in Firecracker, it answers before and after InstanceStart,
+     * whether or not an interface serves it to the guest. */
     struct mmds_store mmds;
-    bool mmds_in_use;
 };
 
 /* mmds_size_limit: the metadata's largest size in bytes (0: MMDS_DEFAULT_SIZE_LIMIT). */

@@ -437,6 +437,9 @@ int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body)
     if (access(path, d.readonly ? R_OK : R_OK | W_OK) < 0)
         return error_errno("drive '%s': cannot open '%s'%s", id, path,
                            d.readonly ? "" : " for reading and writing");
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) /* Firecracker's open fails (EISDIR) */
+        return error_set("drive '%s': '%s' is a directory", id, path);
     d.cache_unsafe = true;
     if (cache && !strcmp(cache, "Writeback"))
         d.cache_unsafe = false;

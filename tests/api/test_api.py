@@ -1312,13 +1312,17 @@ def test_mmds_routes(tmp):
         check(e.wait() == 0, "exit: %s" % e.stderr())
     finally:
         e.kill()
-    # A machine started without any MMDS request has no store, as in Firecracker.
+    # A machine started without any MMDS request still has its store, as in Firecracker:
+    # empty, not initialized until a PUT.
     e = Ember(tmp, [], name="no-mmds")
     try:
         expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
         expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
-        for method, body in (("GET", None), ("PUT", {"a": 1}), ("PATCH", {"a": 1})):
-            expect(e.req(method, "/mmds", body), 400, "%s /mmds without MMDS" % method, MMDS_NOT_INIT)
+        check(e.req("GET", "/mmds").json() == {}, "GET /mmds without MMDS: empty")
+        expect(e.req("PATCH", "/mmds", {"a": 1}), 400, "PATCH /mmds before a PUT", MMDS_NOT_INIT)
+        expect(e.req("PUT", "/mmds", {"a": 1}), 204, "PUT /mmds after a start without MMDS")
+        expect(e.req("PATCH", "/mmds", {"b": 2}), 204, "PATCH /mmds after that PUT")
+        check(e.req("GET", "/mmds").json() == {"a": 1, "b": 2}, "GET /mmds after PUT and PATCH")
         check(e.wait_output("waiting for Ctrl+Alt+Del"), "the guest runs: %r %s" % (e.stdout(), e.stderr()))
         expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
         check(e.wait() == 0, "exit: %s" % e.stderr())
