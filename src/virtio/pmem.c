@@ -127,6 +127,7 @@ static void serve(struct virtio_pmem *p)
         }
         if (p->pending[n].ret == VIRTIO_PMEM_RESP_OK)
             flushes++;
+        p->requests++;
         n++;
     }
     if (flushes) {
@@ -332,6 +333,12 @@ void virtio_pmem_change_limits(struct virtio_pmem *p, const struct rate_limit_co
 void virtio_pmem_destroy(struct virtio_pmem *p)
 {
     virtio_dev_destroy(&p->dev);
+    if (p->map)
+        log_info("%s: %llu requests answered with %llu msyncs (%llu failed), %llu bad requests, "
+                 "%llu writes to read-only memory dropped",
+                 p->dev.name, (unsigned long long)p->requests, (unsigned long long)p->flushes,
+                 (unsigned long long)p->flush_fails, (unsigned long long)p->bad_requests,
+                 (unsigned long long)__atomic_load_n(&p->ro_writes, __ATOMIC_RELAXED));
     char what[64];
     snprintf(what, sizeof(what), "%s: flush failures", p->dev.name);
     log_limit_flush(&p->log_flush, LOG_ERROR, what);

@@ -61,7 +61,8 @@ struct virtio_pmem {
     struct log_limit log_ro_write; /* guest writes to a read-only mapping */
     /* Counters for metrics (iothread writes, others read; ro_writes and
      * config_writes are the vCPUs', atomically). */
-    uint64_t flushes, flush_fails, bad_requests, queue_events, throttled_events, limiter_events;
+    uint64_t requests, flushes, flush_fails, bad_requests, queue_events, throttled_events;
+    uint64_t limiter_events;
     uint64_t activate_fails, config_writes, ro_writes;
 };
 
