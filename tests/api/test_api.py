@@ -836,6 +836,8 @@ def test_nineteen_mmio_devices(tmp):
                204, "vsock")
         expect(e.req("PUT", "/network-interfaces/eth1", {"iface_id": "eth1", "host_dev_name": tap + "b"}),
                400, "the 20th device", "interrupt line")
+        expect(e.req("PUT", "/pmem/p20", {"id": "p20", "path_on_host": make_pmem_file(tmp, "p.img", 4096)}),
+               400, "a pmem device as the 20th", "interrupt line")
         expect(e.req("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": rootfs,
                                                "is_root_device": True, "is_read_only": True}), 204,
                "replacing a drive adds no device")
