@@ -114,6 +114,10 @@ void cli_usage(FILE *f)
         "                        CID (3 or more) and a unix socket; guest connections to\n"
         "                        host port P reach PATH_P, host programs connect to PATH\n"
         "                        and send \"CONNECT P\\n\" (ember answers \"OK <port>\\n\")\n"
+        "  --pmem SPEC           a virtio-pmem device (repeatable): path=FILE mapped into the\n"
+        "                        guest's physical memory (/dev/pmemN), and any of id=NAME,\n"
+        "                        readonly=on (a read-only mapping; guest writes dropped),\n"
+        "                        root=on (root=/dev/pmemN on the command line)\n"
         "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
         "  --boot-timer          as in the API mode\n"
         "  --no-seccomp, --seccomp-filter FILE   as in the API mode\n"
@@ -213,6 +217,7 @@ enum opt_id {
     OPT_NO_SECCOMP,
     OPT_SECCOMP_FILTER,
     OPT_VSOCK,
+    OPT_PMEM,
     OPT_BOOT_TIMER,
     OPT_HELP,
 };
@@ -241,6 +246,7 @@ static const struct {
     {"no-seccomp", OPT_NO_SECCOMP, false},
     {"seccomp-filter", OPT_SECCOMP_FILTER, true},
     {"vsock", OPT_VSOCK, true},
+    {"pmem", OPT_PMEM, true},
     {"boot-timer", OPT_BOOT_TIMER, false},
     {"help", OPT_HELP, false},
 };
@@ -336,6 +342,44 @@ int cli_parse_drive(const char *spec, struct drive_config *d)
     }
     if (!d->path || !*d->path)
         return error_set("--drive %s: needs path=FILE", spec);
+    return 0;
+}
+
+/* --pmem path=FILE[,id=NAME][,readonly=on][,root=on] (a bare FILE is path=FILE). */
+int cli_parse_pmem(const char *spec, struct pmem_config *p)
+{
+    memset(p, 0, sizeof(*p));
+    char *copy = strdup(spec);
+    if (!copy)
+        return error_set("out of memory");
+    /* The strings stay referenced by the config for the process's life. */
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            if (p->path)
+                return error_set("--pmem %s: '%s' is not key=value", spec, item);
+            p->path = item;
+            continue;
+        }
+        *eq = '\0';
+        const char *key = item, *val = eq + 1;
+        if (!strcmp(key, "path") || !strcmp(key, "file")) {
+            p->path = val;
+        } else if (!strcmp(key, "id")) {
+            p->id = val;
+        } else if (!strcmp(key, "readonly") || !strcmp(key, "ro")) {
+            if (!is_on(val, &p->readonly))
+                return error_set("--pmem readonly=%s: use on or off", val);
+        } else if (!strcmp(key, "root")) {
+            if (!is_on(val, &p->is_root))
+                return error_set("--pmem root=%s: use on or off", val);
+        } else {
+            return error_set("--pmem: unknown key '%s' (path, id, readonly, root)", key);
+        }
+    }
+    if (!p->path || !*p->path)
+        return error_set("--pmem %s: needs path=FILE", spec);
     return 0;
 }
 
@@ -605,6 +649,13 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
         if (vm->vsock.guest_cid)
             return error_set("only one --vsock device");
         return cli_parse_vsock(value, &vm->vsock);
+    case OPT_PMEM:
+        if (vm->npmem == VM_MAX_PMEM)
+            return error_set("at most %d --pmem options", VM_MAX_PMEM);
+        if (cli_parse_pmem(value, &vm->pmem[vm->npmem]) < 0)
+            return -1;
+        vm->npmem++;
+        return 0;
     case OPT_BOOT_TIMER:
         vm->boot_timer = true;
         return 0;

@@ -75,6 +75,7 @@ void cli_print_version(FILE *f);
  * installed under Firecracker's name). */
 bool cli_named_firecracker(const char *argv0);
 int cli_parse_drive(const char *spec, struct drive_config *d);
+int cli_parse_pmem(const char *spec, struct pmem_config *p);
 /* The strings it keeps (tap, id, forwards) are the caller's: cli_free_net. */
 int cli_parse_net(const char *spec, struct net_config *n);
 void cli_free_net(struct net_config *n);

@@ -10,6 +10,7 @@
 #include "util/version.h"
 #include "virtio/blk.h"
 #include "virtio/net.h"
+#include "virtio/pmem.h"
 #include "vmm/devices.h"
 #include "vmm/exit_status.h"
 
@@ -540,6 +541,47 @@ static int put_mmds_config(struct api *a, const cJSON *body, char **out)
 }
 
 /* Routes Firecracker has that ember does not implement yet. */
+static struct virtio_pmem *find_pmem(struct vm *vm, const char *id)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        if (vm->virtio[i]->dev->device_id != VIRTIO_ID_PMEM)
+            continue;
+        struct virtio_pmem *p = vm->virtio[i]->model;
+        if (p->opts.id && !strcmp(p->opts.id, id))
+            return p;
+    }
+    return NULL;
+}
+
+/* PATCH /pmem/{id}: after start, new rate limits for the device's flushes. */
+static int patch_pmem(struct api *a, const char *id, const cJSON *body, char **out)
+{
+    struct api_pmem_update u;
+    if (api_parse_pmem_update(id, body, &u) < 0)
+        return fault_from_error(out);
+    if (!api_instance_started(a))
+        return not_before_start(out);
+    struct api_pmem *cfg = NULL;
+    for (unsigned i = 0; i < a->cfg.npmem; i++) {
+        if (!strcmp(a->cfg.pmem[i].id, id))
+            cfg = &a->cfg.pmem[i];
+    }
+    struct virtio_pmem *p = cfg ? find_pmem(a->vm, id) : NULL;
+    if (!p) {
+        error_set("Pmem config error: Unable to patch the pmem device: no pmem device '%s'. "
+                  "Please verify the request arguments.",
+                  id);
+        return fault_from_error(out);
+    }
+    if (u.has_rate_limiter) {
+        cfg->rate_limit = u.rate_limit;
+        cfg->has_rate_limiter = true;
+        virtio_pmem_change_limits(p, &u.rate_limit);
+        log_info("pmem '%s': new rate limits in force", id);
+    }
+    return 204;
+}
+
 static const struct {
     const char *path;
     const char *methods; /* space-separated */
@@ -553,7 +595,6 @@ static const struct {
     {"/snapshot/create", "PUT", "snapshots"},
     {"/snapshot/load", "PUT", "snapshots"},
     {"/hotplug/memory", "GET PUT PATCH", "memory hotplug"},
-    {"/pmem/*", "PUT PATCH", "virtio-pmem devices"},
 };
 
 static bool method_in(const char *method, const char *list)
@@ -584,7 +625,7 @@ static const char *path_param(const char *path, const char *prefix)
 static int mmio_room_for_one_more(const struct api *a, const char *what)
 {
     const struct api_config *c = &a->cfg;
-    unsigned devices = c->ndrives + c->nnets + c->vsock.set + c->entropy.set;
+    unsigned devices = c->ndrives + c->nnets + c->npmem + c->vsock.set + c->entropy.set;
     if (a->enable_pci || devices < VM_MAX_MMIO_DEVICES)
         return 0;
     return error_set("%s: the machine has %u virtio-mmio devices already, as many as have an "
@@ -743,6 +784,20 @@ static int route(struct route_ctx *r)
             return fault_from_error(out);
         return api_put_drive(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
     }
+    if ((id = path_param(p, "/pmem/"))) {
+        if (patch)
+            return patch_pmem(a, id, r->body, out);
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        bool known = false;
+        for (unsigned i = 0; i < a->cfg.npmem; i++)
+            known = known || !strcmp(a->cfg.pmem[i].id, id);
+        if (!known && mmio_room_for_one_more(a, "pmem") < 0)
+            return fault_from_error(out);
+        return api_put_pmem(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
+    }
     if ((id = path_param(p, "/network-interfaces/"))) {
         if (patch)
             return patch_net(a, id, r->body, out);
@@ -837,10 +892,7 @@ static int route(struct route_ctx *r)
         return put_mmds_config(a, r->body, out);
     }
     for (size_t i = 0; i < sizeof(unsupported_routes) / sizeof(unsupported_routes[0]); i++) {
-        const char *rp = unsupported_routes[i].path;
-        size_t n = strlen(rp);
-        bool match = rp[n - 1] == '*' ? path_param(p, "/pmem/") != NULL : !strcmp(p, rp);
-        if (!match)
+        if (strcmp(p, unsupported_routes[i].path) != 0)
             continue;
         if (!method_in(m, unsupported_routes[i].methods))
             return invalid_route(r);

@@ -210,6 +210,13 @@ static void free_drive(struct api_drive *d)
     memset(d, 0, sizeof(*d));
 }
 
+static void free_pmem(struct api_pmem *p)
+{
+    free(p->id);
+    free(p->path);
+    memset(p, 0, sizeof(*p));
+}
+
 static void free_net(struct api_net *n)
 {
     if (n->tap_fd >= 0)
@@ -229,6 +236,8 @@ void api_config_free(struct api_config *c)
         free_drive(&c->drives[i]);
     for (unsigned i = 0; i < c->nnets; i++)
         free_net(&c->nets[i]);
+    for (unsigned i = 0; i < c->npmem; i++)
+        free_pmem(&c->pmem[i]);
     free(c->logger.log_path);
     free(c->logger.module);
     free(c->metrics_path);
@@ -457,6 +466,11 @@ int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body)
         d.has_rate_limiter = true;
     }
     struct api_drive *old = find_drive(c, id);
+    for (unsigned i = 0; d.is_root && i < c->npmem; i++) {
+        if (c->pmem[i].is_root)
+            return error_set("Drive config error: Attempt to add block as a root device while the "
+                             "root device defined as a pmem device");
+    }
     if (d.is_root) {
         for (unsigned i = 0; i < c->ndrives; i++) {
             if (c->drives[i].is_root && &c->drives[i] != old)
@@ -478,6 +492,94 @@ int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body)
         *old = d;
     } else {
         c->drives[c->ndrives++] = d;
+    }
+    return 0;
+}
+
+static struct api_pmem *find_pmem(struct api_config *c, const char *id)
+{
+    for (unsigned i = 0; i < c->npmem; i++) {
+        if (!strcmp(c->pmem[i].id, id))
+            return &c->pmem[i];
+    }
+    return NULL;
+}
+
+int api_put_pmem(struct api_config *c, const char *path_id, const cJSON *body)
+{
+    static const char *const fields[] = {"id",        "path_on_host", "root_device",
+                                         "read_only", "rate_limiter", NULL};
+    const char *what = "pmem", *id, *path;
+    struct api_pmem p = {0};
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "id", true, &id) < 0 || check_path_id(what, path_id, id, "id") < 0 ||
+        get_string(body, what, "path_on_host", true, &path) < 0 ||
+        get_bool(body, what, "root_device", false, &p.is_root, NULL) < 0 ||
+        get_bool(body, what, "read_only", false, &p.readonly, NULL) < 0)
+        return -1;
+    const cJSON *rl = field(body, "rate_limiter");
+    if (rl) {
+        if (parse_rate_limiter(rl, "pmem rate_limiter", &p.rate_limit) < 0)
+            return -1;
+        p.has_rate_limiter = true;
+    }
+    /* Firecracker's rules and words: one root device, a drive or a pmem. */
+    if (p.is_root) {
+        for (unsigned i = 0; i < c->ndrives; i++) {
+            if (c->drives[i].is_root)
+                return error_set("Pmem config error: Attempt to add pmem as a root device while "
+                                 "the root device defined as a block device");
+        }
+    }
+    struct api_pmem *old = find_pmem(c, id);
+    for (unsigned i = 0; p.is_root && i < c->npmem; i++) {
+        if (c->pmem[i].is_root && &c->pmem[i] != old)
+            return error_set("Pmem config error: A root pmem device already exist");
+    }
+    if (!old && c->npmem == VM_MAX_PMEM)
+        return error_set("pmem '%s': at most %d pmem devices", id, VM_MAX_PMEM);
+    /* ember looks at the file now, as at a drive's PUT (Firecracker: at
+     * InstanceStart); its size is checked when it is mapped. */
+    if (!*path)
+        return error_set("pmem '%s': `path_on_host` is empty", id);
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return error_errno("pmem '%s': cannot open '%s'", id, path);
+    if (!S_ISREG(st.st_mode))
+        return error_set("pmem '%s': '%s' is not a regular file", id, path);
+    if (st.st_size == 0)
+        return error_set("pmem '%s': '%s' is empty", id, path);
+    if (access(path, p.readonly ? R_OK : R_OK | W_OK) < 0)
+        return error_errno("pmem '%s': cannot open '%s'%s", id, path,
+                           p.readonly ? "" : " for reading and writing");
+    p.id = strdup(id);
+    p.path = strdup(path);
+    if (!p.id || !p.path) {
+        free_pmem(&p);
+        return error_set("out of memory");
+    }
+    if (old) {
+        free_pmem(old);
+        *old = p;
+    } else {
+        c->pmem[c->npmem++] = p;
+    }
+    return 0;
+}
+
+int api_parse_pmem_update(const char *path_id, const cJSON *body, struct api_pmem_update *u)
+{
+    static const char *const fields[] = {"id", "rate_limiter", NULL};
+    const char *what = "pmem", *id;
+    memset(u, 0, sizeof(*u));
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "id", true, &id) < 0 || check_path_id(what, path_id, id, "id") < 0)
+        return -1;
+    const cJSON *rl = field(body, "rate_limiter");
+    if (rl) {
+        if (parse_rate_limiter(rl, "pmem rate_limiter", &u->rate_limit) < 0)
+            return -1;
+        u->has_rate_limiter = true;
     }
     return 0;
 }
@@ -854,7 +956,7 @@ int api_parse_vm_state(const cJSON *body, bool *paused)
 static int unsupported_section(const cJSON *doc, const char *name, const char *what)
 {
     const cJSON *v = field(doc, name);
-    /* An empty list asks for nothing (GET /vm/config shows "pmem": []). */
+    /* An empty list asks for nothing. */
     if (v && !(cJSON_IsArray(v) && !v->child))
         return error_set("%s is not supported yet (remove \"%s\")", what, name);
     return 0;
@@ -970,8 +1072,17 @@ int api_config_parse_document(struct api_config *c, const char *text, size_t len
             error_prefix("MMDS config error");
         goto out;
     }
+    if ((v = field(doc, "pmem"))) {
+        if (!cJSON_IsArray(v)) {
+            error_set("\"pmem\" must be an array");
+            goto out;
+        }
+        for (const cJSON *d = v->child; d; d = d->next) {
+            if (api_put_pmem(c, NULL, d) < 0)
+                goto out;
+        }
+    }
     if (unsupported_section(doc, "balloon", "the balloon device") < 0 ||
-        unsupported_section(doc, "pmem", "virtio-pmem") < 0 ||
         unsupported_section(doc, "memory-hotplug", "memory hotplug") < 0)
         goto out;
     r = 0;
@@ -1051,6 +1162,15 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
             .rate_limit = d->rate_limit,
         };
     }
+    vm->npmem = c->npmem;
+    for (unsigned i = 0; i < c->npmem; i++) {
+        const struct api_pmem *p = &c->pmem[i];
+        vm->pmem[i] = (struct pmem_config){.id = p->id,
+                                           .path = p->path,
+                                           .readonly = p->readonly,
+                                           .is_root = p->is_root,
+                                           .rate_limit = p->rate_limit};
+    }
     vm->rng = c->entropy.set;
     if (c->entropy.set) {
         /* Firecracker's entropy device is unlimited unless given a limiter. */
@@ -1101,6 +1221,20 @@ static cJSON *drive_json(const struct api_drive *d)
                                               : cJSON_CreateNull());
     cJSON_AddStringToObject(o, "io_engine", d->io_sync ? "Sync" : "Async");
     cJSON_AddNullToObject(o, "socket");
+    return o;
+}
+
+/* Firecracker's PmemConfig, field for field. */
+static cJSON *pmem_json(const struct api_pmem *p)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", p->id);
+    cJSON_AddStringToObject(o, "path_on_host", p->path);
+    cJSON_AddBoolToObject(o, "root_device", p->is_root);
+    cJSON_AddBoolToObject(o, "read_only", p->readonly);
+    cJSON_AddItemToObject(o, "rate_limiter",
+                          p->has_rate_limiter ? api_rate_limiter_json(&p->rate_limit)
+                                              : cJSON_CreateNull());
     return o;
 }
 
@@ -1175,7 +1309,9 @@ cJSON *api_config_json(const struct api_config *c)
     } else {
         cJSON_AddNullToObject(o, "entropy");
     }
-    cJSON_AddArrayToObject(o, "pmem");
+    cJSON *pmem = cJSON_AddArrayToObject(o, "pmem");
+    for (unsigned i = 0; i < c->npmem; i++)
+        cJSON_AddItemToArray(pmem, pmem_json(&c->pmem[i]));
     cJSON_AddNullToObject(o, "memory-hotplug");
     return o;
 }

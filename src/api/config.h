@@ -36,6 +36,16 @@ struct api_drive {
     struct rate_limit_config rate_limit;
 };
 
+/* PUT /pmem/{id}, the configuration file's "pmem". */
+struct api_pmem {
+    char *id;
+    char *path;
+    bool is_root;  /* root_device: root=/dev/pmemN */
+    bool readonly; /* read_only: mapped read-only */
+    bool has_rate_limiter;
+    struct rate_limit_config rate_limit;
+};
+
 struct api_net {
     char *id;
     char *host_dev_name;
@@ -103,6 +113,8 @@ struct api_config {
     struct api_drive drives[VM_MAX_DRIVES];
     unsigned nnets;
     struct api_net nets[API_MAX_NETS];
+    unsigned npmem; /* in the order configured: the guest's pmem0, pmem1, ... */
+    struct api_pmem pmem[VM_MAX_PMEM];
     struct api_logger logger;
     char *metrics_path;
     struct api_entropy entropy;
@@ -127,6 +139,12 @@ struct api_net_update {
     struct rate_limit_config rx, tx;
 };
 
+/* PATCH /pmem/{id}: new rate limits for a running device. */
+struct api_pmem_update {
+    bool has_rate_limiter;
+    struct rate_limit_config rate_limit;
+};
+
 enum api_action { API_ACTION_INSTANCE_START, API_ACTION_CTRL_ALT_DEL, API_ACTION_FLUSH_METRICS };
 
 void api_config_init(struct api_config *c);
@@ -141,6 +159,11 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
 void api_set_custom_cpu(struct api_config *c, struct cpu_custom_template *t);
 int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body);
 int api_parse_drive_update(const char *path_id, const cJSON *body, struct api_drive_update *u);
+/* PUT /pmem/{id}: Firecracker's root device rules (one root, a drive or a
+ * pmem device); the file must be there and readable (and writable unless
+ * read_only). */
+int api_put_pmem(struct api_config *c, const char *path_id, const cJSON *body);
+int api_parse_pmem_update(const char *path_id, const cJSON *body, struct api_pmem_update *u);
 int api_put_net(struct api_config *c, const char *path_id, const cJSON *body);
 /* Every check of api_put_net, changing nothing. */
 int api_check_net(const struct api_config *c, const char *path_id, const cJSON *body);

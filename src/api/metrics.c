@@ -7,6 +7,7 @@
 #include "virtio/blk.h"
 #include "virtio/console.h"
 #include "virtio/net.h"
+#include "virtio/pmem.h"
 #include "virtio/rng.h"
 #include "virtio/vsock.h"
 #include "vmm/devices.h"
@@ -260,6 +261,36 @@ static void add_mmds(cJSON *root, const struct mmds_metrics *mm)
                                 (double)atomic_load_explicit(f[i].v, memory_order_relaxed));
 }
 
+/* Firecracker's pmem groups: `pmem_<id>` per device and `pmem` summing
+ * them, its field names first, then ember's own (flushes done, writes to a
+ * read-only device dropped). */
+static void add_pmem_groups(cJSON *root, struct vm *vm)
+{
+    cJSON *total = NULL;
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        if (vm->virtio[i]->dev->device_id != VIRTIO_ID_PMEM)
+            continue;
+        struct virtio_pmem *p = vm->virtio[i]->model;
+        uint64_t event_fails = __atomic_load_n(&p->bad_requests, __ATOMIC_RELAXED) +
+                               __atomic_load_n(&p->flush_fails, __ATOMIC_RELAXED);
+        const struct metric_field f[] = {{"activate_fails", &p->activate_fails},
+                                         {"cfg_fails", &p->config_writes},
+                                         {"event_fails", &event_fails},
+                                         {"queue_event_count", &p->queue_events},
+                                         {"rate_limiter_throttled_events", &p->throttled_events},
+                                         {"rate_limiter_event_count", &p->limiter_events},
+                                         {"flush_count", &p->flushes},
+                                         {"read_only_write_count", &p->ro_writes}};
+        char name[80];
+        snprintf(name, sizeof(name), "pmem_%s", p->opts.id ? p->opts.id : p->dev.name);
+        if (!total)
+            total = cJSON_CreateObject();
+        ADD_FIELDS(root, total, name, f);
+    }
+    if (total)
+        cJSON_AddItemToObject(root, "pmem", total);
+}
+
 cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
 {
     cJSON *root = cJSON_CreateObject();
@@ -319,6 +350,7 @@ cJSON *api_metrics_snapshot(const struct api_metrics *m, struct vm *vm)
             cJSON_AddNumberToObject(o, "rx_bytes", counter(&c->rx_bytes));
         }
     }
+    add_pmem_groups(root, vm);
     if (any_blk)
         cJSON_AddItemToObject(root, "block", blk_total);
     else

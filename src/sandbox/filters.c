@@ -252,6 +252,16 @@ static const struct sc_rule vsock_rules[] = {
     R(shutdown),
 };
 
+static const struct sc_rule pmem_rules[] = {
+    BASE,
+    MEMORY,
+    EVENT_LOOP,
+    INTX,
+    /* FLUSH: the file's mapping written back and synced (mapped, and the
+     * file opened, at configuration time) */
+    R1(msync, EQ(2, MS_SYNC)),
+};
+
 /* ---- the others ------------------------------------------------------------ */
 
 /* libslirp's poll loop and the host sockets it opens for the guest: its
@@ -300,19 +310,19 @@ static const struct sc_rule teardown_rules[] = {
 };
 
 static const struct sc_filter builtin[SECCOMP_NKINDS] = {
-    [SECCOMP_PREBOOT] = FILTER(preboot_rules),   [SECCOMP_MAIN] = FILTER(main_rules),
-    [SECCOMP_VCPU] = FILTER(vcpu_rules),         [SECCOMP_BLK] = FILTER(blk_rules),
-    [SECCOMP_NET] = FILTER(net_rules),           [SECCOMP_CONSOLE] = FILTER(console_rules),
-    [SECCOMP_RNG] = FILTER(rng_rules),           [SECCOMP_VSOCK] = FILTER(vsock_rules),
-    [SECCOMP_SLIRP] = FILTER(slirp_rules),       [SECCOMP_STDIN] = FILTER(stdin_rules),
-    [SECCOMP_TEARDOWN] = FILTER(teardown_rules),
+    [SECCOMP_PREBOOT] = FILTER(preboot_rules), [SECCOMP_MAIN] = FILTER(main_rules),
+    [SECCOMP_VCPU] = FILTER(vcpu_rules),       [SECCOMP_BLK] = FILTER(blk_rules),
+    [SECCOMP_NET] = FILTER(net_rules),         [SECCOMP_CONSOLE] = FILTER(console_rules),
+    [SECCOMP_RNG] = FILTER(rng_rules),         [SECCOMP_VSOCK] = FILTER(vsock_rules),
+    [SECCOMP_PMEM] = FILTER(pmem_rules),       [SECCOMP_SLIRP] = FILTER(slirp_rules),
+    [SECCOMP_STDIN] = FILTER(stdin_rules),     [SECCOMP_TEARDOWN] = FILTER(teardown_rules),
 };
 
 static const char *const kind_names[SECCOMP_NKINDS] = {
-    [SECCOMP_PREBOOT] = "preboot", [SECCOMP_MAIN] = "main",         [SECCOMP_VCPU] = "vcpu",
-    [SECCOMP_BLK] = "blk",         [SECCOMP_NET] = "net",           [SECCOMP_CONSOLE] = "console",
-    [SECCOMP_RNG] = "rng",         [SECCOMP_VSOCK] = "vsock",       [SECCOMP_SLIRP] = "slirp",
-    [SECCOMP_STDIN] = "stdin",     [SECCOMP_TEARDOWN] = "teardown",
+    [SECCOMP_PREBOOT] = "preboot", [SECCOMP_MAIN] = "main",   [SECCOMP_VCPU] = "vcpu",
+    [SECCOMP_BLK] = "blk",         [SECCOMP_NET] = "net",     [SECCOMP_CONSOLE] = "console",
+    [SECCOMP_RNG] = "rng",         [SECCOMP_VSOCK] = "vsock", [SECCOMP_PMEM] = "pmem",
+    [SECCOMP_SLIRP] = "slirp",     [SECCOMP_STDIN] = "stdin", [SECCOMP_TEARDOWN] = "teardown",
 };
 
 const char *seccomp_kind_name(enum seccomp_kind kind)

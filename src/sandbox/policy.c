@@ -270,10 +270,11 @@ static int parse_policy(const cJSON *root, struct policy *p)
                 slot = &p->kind[k];
         }
         if (!slot)
-            return error_set("unknown thread category \"%.64s\" (Firecracker's vmm, api, vcpu, or "
-                             "ember's preboot, main, vcpu, blk, net, console, rng, vsock, slirp, "
-                             "stdin, teardown)",
-                             c->string);
+            return error_set(
+                "unknown thread category \"%.64s\" (Firecracker's vmm, api, vcpu, or "
+                "ember's preboot, main, vcpu, blk, net, console, rng, vsock, pmem, slirp, "
+                "stdin, teardown)",
+                c->string);
         if (slot->present)
             return error_set("thread category \"%s\" given twice", c->string);
         if (parse_filter(c, slot, c->string) < 0)
@@ -308,6 +309,7 @@ static unsigned parts_for(const struct policy *p, enum seccomp_kind kind,
     case SECCOMP_CONSOLE:
     case SECCOMP_RNG:
     case SECCOMP_VSOCK:
+    case SECCOMP_PMEM:
         if (p->category[CAT_VMM].present)
             parts[n++] = &p->category[CAT_VMM].filter;
         break;

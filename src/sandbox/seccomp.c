@@ -58,6 +58,8 @@ enum seccomp_kind seccomp_kind_of_device(uint32_t virtio_device_id)
         return SECCOMP_RNG;
     case VIRTIO_ID_VSOCK:
         return SECCOMP_VSOCK;
+    case VIRTIO_ID_PMEM:
+        return SECCOMP_PMEM;
     default:
         return SECCOMP_NONE;
     }

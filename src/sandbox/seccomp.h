@@ -21,6 +21,7 @@ enum seccomp_kind {
     SECCOMP_CONSOLE,  /* virtio-console I/O thread */
     SECCOMP_RNG,      /* virtio-rng I/O thread */
     SECCOMP_VSOCK,    /* virtio-vsock I/O thread */
+    SECCOMP_PMEM,     /* virtio-pmem I/O thread */
     SECCOMP_SLIRP,    /* user networking (libslirp) */
     SECCOMP_STDIN,    /* copies a console input that epoll cannot watch */
     SECCOMP_TEARDOWN, /* the helper process that outlives ember's exit */

@@ -6,14 +6,17 @@
 #include "virtio/blk.h"
 #include "virtio/console.h"
 #include "virtio/net.h"
+#include "virtio/pmem.h"
 #include "virtio/rng.h"
 #include "virtio/vsock.h"
 #include "vmm/vm.h"
 
 #include <fcntl.h>
+#include <linux/kvm.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 /* Interrupt lines for virtio-mmio devices, edge-triggered ISA lines as the
  * MP table lists them (pins 16-23 included: no PCI device takes them when
@@ -111,6 +114,76 @@ static void destroy_vsock(void *model)
     free(model);
 }
 
+static void destroy_pmem(void *model)
+{
+    virtio_pmem_destroy(model);
+    free(model);
+}
+
+/* KVM memory slots: RAM takes the first ones (at most 2: below and above
+ * the hole), pmem devices the ones after. */
+#define PMEM_FIRST_SLOT 2
+
+int vm_create_pmem_regions(struct vm *vm)
+{
+    const struct vm_config *cfg = &vm->cfg;
+    if (!cfg->npmem)
+        return 0;
+    if (cfg->npmem > VM_MAX_PMEM)
+        return error_set("at most %d pmem devices", VM_MAX_PMEM);
+    /* Past the end of RAM and the 32-bit hole, whichever is higher. */
+    uint64_t ram_end = LAYOUT_MMIO_HOLE_END;
+    for (unsigned i = 0; i < vm->mem.nregions; i++) {
+        uint64_t end = vm->mem.regions[i].gpa + vm->mem.regions[i].size;
+        if (end > ram_end)
+            ram_end = end;
+    }
+    uint64_t area = (ram_end + LAYOUT_PMEM_AREA_ALIGN - 1) & ~(LAYOUT_PMEM_AREA_ALIGN - 1);
+    uint64_t next = area;
+    for (unsigned i = 0; i < cfg->npmem; i++) {
+        const struct pmem_config *pc = &cfg->pmem[i];
+        struct virtio_pmem *p = calloc(1, sizeof(*p));
+        if (!p)
+            return error_set("out of memory");
+        char name[16];
+        snprintf(name, sizeof(name), "pmem%u", i);
+        struct pmem_options o = {
+            .id = pc->id, .path = pc->path, .readonly = pc->readonly, .rate_limit = pc->rate_limit};
+        if (virtio_pmem_init(p, name, &o, &vm->mem) < 0) {
+            destroy_pmem(p);
+            return -1;
+        }
+        vm->pmem[i] = p;
+        if (p->map_len > LAYOUT_PMEM_AREA_MAX - (next - area))
+            return error_set("pmem '%s': '%s' does not fit: the pmem devices take at most %llu "
+                             "GiB of guest physical memory in all",
+                             pc->id ? pc->id : name, pc->path,
+                             (unsigned long long)(LAYOUT_PMEM_AREA_MAX >> 30));
+        virtio_pmem_set_region(p, next);
+        struct kvm_userspace_memory_region region = {
+            .slot = PMEM_FIRST_SLOT + i,
+            .flags = pc->readonly ? KVM_MEM_READONLY : 0,
+            .guest_phys_addr = next,
+            .memory_size = p->map_len,
+            .userspace_addr = (uintptr_t)p->map,
+        };
+        if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+            return error_errno("pmem '%s': KVM_SET_USER_MEMORY_REGION (slot %u, %llu MiB at "
+                               "0x%llx)",
+                               pc->id ? pc->id : name, region.slot,
+                               (unsigned long long)(p->map_len >> 20), (unsigned long long)next);
+        /* Writes to a read-only slot come back as MMIO exits. */
+        if (pc->readonly &&
+            bus_register(&vm->mmio, next, p->map_len, virtio_pmem_readonly_io, p, name) < 0)
+            return -1;
+        log_info("%s: %s, %llu bytes at 0x%llx (%llu MiB), %s", name, pc->path,
+                 (unsigned long long)p->file_len, (unsigned long long)next,
+                 (unsigned long long)(p->map_len >> 20), pc->readonly ? "read-only" : "read-write");
+        next += p->map_len;
+    }
+    return 0;
+}
+
 static void console_output(void *opaque, const uint8_t *buf, size_t len)
 {
     struct vm *vm = opaque;
@@ -169,8 +242,10 @@ int vm_create_virtio_devices(struct vm *vm)
             roots++;
         }
     }
+    for (unsigned i = 0; i < cfg->npmem; i++)
+        roots += cfg->pmem[i].is_root;
     if (roots > 1)
-        return error_set("only one drive can be the root device");
+        return error_set("only one drive or pmem device can be the root device");
     for (unsigned i = 0; i < cfg->ndrives; i++) {
         if (!cfg->drives[i].is_root)
             order[n++] = i;
@@ -267,6 +342,14 @@ int vm_create_virtio_devices(struct vm *vm)
             attach(vm, &r->dev, r, destroy_rng) < 0)
             return -1;
     }
+    for (unsigned i = 0; i < cfg->npmem; i++) {
+        struct virtio_pmem *p = vm->pmem[i];
+        if (!p)
+            return error_set("pmem%u was not mapped", i);
+        vm->pmem[i] = NULL; /* the attached device owns it now */
+        if (attach(vm, &p->dev, p, destroy_pmem) < 0)
+            return -1;
+    }
     if (cfg->vsock.guest_cid) {
         struct virtio_vsock *vs = calloc(1, sizeof(*vs));
         if (!vs)
@@ -302,6 +385,15 @@ int vm_create_virtio_devices(struct vm *vm)
         if (append_cmdline(vm, arg) < 0)
             return -1;
     }
+    for (unsigned i = 0; i < cfg->npmem; i++) {
+        if (!cfg->pmem[i].is_root)
+            continue;
+        /* Firecracker's words: the guest names them pmem0, pmem1, ... in order. */
+        char arg[64];
+        snprintf(arg, sizeof(arg), "root=/dev/pmem%u %s", i, cfg->pmem[i].readonly ? "ro" : "rw");
+        if (append_cmdline(vm, arg) < 0)
+            return -1;
+    }
     for (unsigned i = 0; i < vm->nvirtio; i++) {
         if (vm->virtio[i]->on_pci)
             continue;
@@ -333,6 +425,11 @@ void vm_destroy_virtio_devices(struct vm *vm)
         free(v);
     }
     vm->nvirtio = 0;
+    for (unsigned i = 0; i < VM_MAX_PMEM; i++) {
+        if (vm->pmem[i])
+            destroy_pmem(vm->pmem[i]);
+        vm->pmem[i] = NULL;
+    }
     free(vm->full_cmdline);
     vm->full_cmdline = NULL;
     if (vm->has_pci)

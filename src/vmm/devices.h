@@ -19,6 +19,10 @@ struct vm_virtio {
     struct virtio_pci pci;
 };
 
+/* Maps every pmem file and places it in guest physical memory above RAM
+ * (a KVM memory slot each, read-only ones read-only). Call after RAM's
+ * slots and before the irqchip. */
+int vm_create_pmem_regions(struct vm *vm);
 /* Creates every virtio device the configuration asks for and builds
  * vm->full_cmdline. Call after memory and the irqchip exist. */
 int vm_create_virtio_devices(struct vm *vm);

@@ -324,6 +324,10 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
     }
     if (set_memory_regions(vm) < 0)
         return -1;
+    vm->create_status = EXIT_USAGE; /* a pmem file that cannot be had */
+    if (vm_create_pmem_regions(vm) < 0)
+        return -1;
+    vm->create_status = EXIT_HOST_ERROR;
     if (irqchip_create(&vm->irqchip, vm->vm_fd) < 0)
         return -1;
     vm->create_status = EXIT_USAGE; /* bad drive files, bad images */

@@ -67,6 +67,16 @@ struct net_config {
     uint32_t mmds_ipv4; /* MMDS answers at this address (host order) on this interface; 0: no */
 };
 
+/* virtio-pmem: a host file as guest persistent memory (virtio/pmem.h). */
+#define VM_MAX_PMEM 16
+struct pmem_config {
+    const char *id; /* the API's id */
+    const char *path;
+    bool readonly;
+    bool is_root; /* root=/dev/pmemN on the command line */
+    struct rate_limit_config rate_limit;
+};
+
 struct mmds_store;
 
 /* Firecracker's vsock: guest CID and the host's unix socket. */
@@ -106,6 +116,8 @@ struct vm_config {
     unsigned nnets;
     struct net_config nets[VM_MAX_NETS];
     struct vsock_config vsock;
+    unsigned npmem;
+    struct pmem_config pmem[VM_MAX_PMEM];
     struct mmds_store *mmds; /* the metadata the interfaces with mmds_ipv4 serve */
 };
 
@@ -113,6 +125,7 @@ void vm_config_defaults(struct vm_config *cfg);
 
 struct vcpu;
 struct vm_virtio;
+struct virtio_pmem;
 
 struct vm {
     struct vm_config cfg;
@@ -138,7 +151,11 @@ struct vm {
     struct pci_bus pci;
     bool has_pci;
     unsigned nvirtio;
-    struct vm_virtio *virtio[VM_MAX_DRIVES + VM_MAX_NETS + 4];
+    struct vm_virtio *virtio[VM_MAX_DRIVES + VM_MAX_NETS + VM_MAX_PMEM + 4];
+    /* pmem devices, mapped and placed before the irqchip exists (a memory
+     * slot is cheaper then); attached with the other devices, which then
+     * own them (NULL here) */
+    struct virtio_pmem *pmem[VM_MAX_PMEM];
     unsigned next_mmio_irq;
     struct virtio_console *vconsole;
     char *full_cmdline; /* user command line plus device announcements */

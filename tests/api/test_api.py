@@ -836,6 +836,8 @@ def test_nineteen_mmio_devices(tmp):
                204, "vsock")
         expect(e.req("PUT", "/network-interfaces/eth1", {"iface_id": "eth1", "host_dev_name": tap + "b"}),
                400, "the 20th device", "interrupt line")
+        expect(e.req("PUT", "/pmem/p20", {"id": "p20", "path_on_host": make_pmem_file(tmp, "p.img", 4096)}),
+               400, "a pmem device as the 20th", "interrupt line")
         expect(e.req("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": rootfs,
                                                "is_root_device": True, "is_read_only": True}), 204,
                "replacing a drive adds no device")
@@ -1208,8 +1210,122 @@ UNSUPPORTED = [
     ("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m"}),
     ("GET", "/hotplug/memory", None), ("PUT", "/hotplug/memory", {"total_size_mib": 128}),
     ("PATCH", "/hotplug/memory", {"requested_size_mib": 128}),
-    ("PUT", "/pmem/p0", {"id": "p0", "path_on_host": "/x"}), ("PATCH", "/pmem/p0", {"id": "p0"}),
 ]
+
+
+def make_pmem_file(tmp, name, size, data=b""):
+    path = os.path.join(tmp, name)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.write(data)
+    return path
+
+
+def test_pmem(tmp):
+    """PUT /pmem/{id} with Firecracker's body and rules, the pmem section of GET /vm/config,
+    PATCH /pmem/{id} after start (rate limiter), the pmem metrics groups, and a guest started
+    with pmem devices mapped above its RAM."""
+    p0 = make_pmem_file(tmp, "p0.img", (3 << 20) + 5, b"ember pmem")
+    p1 = make_pmem_file(tmp, "p1.img", 2 << 20)
+    empty = make_pmem_file(tmp, "empty.img", 0)
+    metrics = os.path.join(tmp, "pmem-metrics.json")
+    rl = {"bandwidth": None, "ops": {"size": 10, "one_time_burst": None, "refill_time": 1000}}
+    e = Ember(tmp, ["--level", "Info"])
+    try:
+        expect(e.req("PUT", "/metrics", {"metrics_path": metrics}), 204, "metrics")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD,
+                                             "boot_args": "console=ttyS0 reboot=k panic=1"}), 204, "boot")
+        expect(e.req("PUT", "/pmem/p0", {"id": "p0", "path_on_host": p0, "root_device": True,
+                                         "read_only": False, "rate_limiter": rl}), 204, "root pmem")
+        expect(e.req("PUT", "/pmem/p1", {"id": "p1", "path_on_host": p1, "read_only": True}), 204,
+               "read-only pmem, defaults")
+        expect(e.req("PUT", "/pmem/p1", {"id": "p1", "path_on_host": p1, "read_only": True}), 204,
+               "the same again replaces it")
+        cfg = e.req("GET", "/vm/config").json()
+        check(cfg["pmem"] == [
+            {"id": "p0", "path_on_host": p0, "root_device": True, "read_only": False, "rate_limiter": rl},
+            {"id": "p1", "path_on_host": p1, "root_device": False, "read_only": True, "rate_limiter": None}],
+            "pmem in Firecracker's shape, in order: %r" % cfg["pmem"])
+        image = make_image(tmp, "d.img", 4096)
+        bad = [
+            ("/pmem/other", {"id": "x", "path_on_host": p1}, "differs"),
+            ("/pmem/x", {"id": "x"}, "missing field `path_on_host`"),
+            ("/pmem/x", {"path_on_host": p1}, "missing field `id`"),
+            ("/pmem/x", {"id": "x", "path_on_host": p1, "size": 1}, "unknown field `size`"),
+            ("/pmem/x", {"id": "x", "path_on_host": p1, "read_only": "yes"}, "read_only"),
+            ("/pmem/x", {"id": "x", "path_on_host": 7}, "path_on_host"),
+            ("/pmem/x", {"id": "x", "path_on_host": "/nonexistent/p"}, "/nonexistent/p"),
+            ("/pmem/x", {"id": "x", "path_on_host": tmp}, "not a regular file"),
+            ("/pmem/x", {"id": "x", "path_on_host": empty}, "empty"),
+            ("/pmem/x", {"id": "x", "path_on_host": p1, "rate_limiter": {"ops": {"size": 1}}},
+             "refill_time"),
+            ("/pmem/x", {"id": "x", "path_on_host": p1, "root_device": True},
+             "Pmem config error: A root pmem device already exist"),
+            ("/pmem/a-b", {"id": "a-b", "path_on_host": p1}, "alphanumeric"),
+            ("/drives/root", {"drive_id": "root", "path_on_host": image, "is_root_device": True},
+             "Drive config error: Attempt to add block as a root device while the root device defined "
+             "as a pmem device"),
+        ]
+        for path, body, msg in bad:
+            expect(e.req("PUT", path, body), 400, "PUT %s %r" % (path, body), msg)
+        expect(e.req("PUT", "/pmem/p0", {"id": "p0", "path_on_host": p0, "root_device": True}), 204,
+               "the root pmem replaced by itself")
+        # The other way round: a root drive first, then a root pmem.
+        expect(e.req("PUT", "/pmem/p0", {"id": "p0", "path_on_host": p0, "rate_limiter": rl}), 204,
+               "p0 no longer root")
+        expect(e.req("PUT", "/drives/root", {"drive_id": "root", "path_on_host": image,
+                                             "is_root_device": True}), 204, "root drive")
+        expect(e.req("PUT", "/pmem/p1", {"id": "p1", "path_on_host": p1, "root_device": True}), 400,
+               "a root pmem beside a root drive",
+               "Pmem config error: Attempt to add pmem as a root device while the root device defined "
+               "as a block device")
+        expect(e.req("PATCH", "/pmem/p0", {"id": "p0", "rate_limiter": rl}), 400, "PATCH before start",
+               "InstanceStart")
+        expect(e.req("PATCH", "/pmem/p0", {"id": "p0", "path_on_host": p1}), 400, "PATCH of the path",
+               "unknown field `path_on_host`")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        check(e.wait_output("waiting for Ctrl+Alt+Del"), "the guest runs: %r" % e.stdout())
+        log = e.stderr()
+        m = re.search(r"pmem0: \S+, (\d+) bytes at 0x([0-9a-f]+) \((\d+) MiB\), read-write", log)
+        check(m and int(m.group(1)) == (3 << 20) + 5 and int(m.group(3)) == 4
+              and int(m.group(2), 16) >= 1 << 32 and int(m.group(2), 16) % (2 << 20) == 0,
+              "pmem0 mapped whole, rounded up to 2 MiB, above RAM and the hole: %r" % log)
+        m1 = re.search(r"pmem1: \S+, \d+ bytes at 0x([0-9a-f]+) \(2 MiB\), read-only", log)
+        check(m and m1 and int(m1.group(1), 16) == int(m.group(2), 16) + (4 << 20),
+              "pmem1 right after pmem0: %r" % log)
+        expect(e.req("PUT", "/pmem/p2", {"id": "p2", "path_on_host": p1}), 400, "PUT after start",
+               "before the machine starts")
+        expect(e.req("PATCH", "/pmem/p0", {"id": "p0", "rate_limiter": {"ops": {"size": 5, "refill_time": 100}}}),
+               204, "PATCH the rate limiter")
+        check(e.req("GET", "/vm/config").json()["pmem"][0]["rate_limiter"]["ops"]["size"] == 5,
+              "the new limit shown")
+        expect(e.req("PATCH", "/pmem/nope", {"id": "nope"}), 400, "PATCH of an unknown device",
+               "Unable to patch the pmem device")
+        expect(e.req("PUT", "/actions", {"action_type": "FlushMetrics"}), 204, "FlushMetrics")
+        with open(metrics) as f:
+            line = json.loads(f.read().splitlines()[-1])
+        fields = {"activate_fails", "cfg_fails", "event_fails", "queue_event_count",
+                  "rate_limiter_throttled_events", "rate_limiter_event_count"}
+        check(all(fields <= set(line.get(k, {})) for k in ("pmem", "pmem_p0", "pmem_p1")),
+              "pmem metrics groups: %r" % {k: v for k, v in line.items() if k.startswith("pmem")})
+        expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
+        check(e.wait() == 0, "the guest ended: %s" % e.stderr())
+    finally:
+        e.kill()
+    # The configuration file's pmem section, and its root device rules.
+    doc = {"boot-source": {"kernel_image_path": HELLO, "boot_args": "console=ttyS0 reboot=k panic=1"},
+           "pmem": [{"id": "root", "path_on_host": p0, "root_device": True, "read_only": True}]}
+    e = Ember(tmp, ["--no-api", "--config-file", write_config(tmp, doc, "pmem.json")], api=False,
+              name="pmem-file")
+    status = e.wait()
+    check(status == 0 and re.search(r"command line: .*root=/dev/pmem0 ro", e.stdout()),
+          "a root pmem from the file: %d %r %s" % (status, e.stdout(), e.stderr()))
+    bad_doc = dict(doc, drives=[{"drive_id": "r", "path_on_host": image, "is_root_device": True}])
+    e = Ember(tmp, ["--no-api", "--config-file", write_config(tmp, bad_doc, "pmem-bad.json")], api=False,
+              name="pmem-bad")
+    status = e.wait()
+    check(status == 2 and "Attempt to add pmem as a root device" in e.stderr(),
+          "a root pmem and a root drive in one file: %d %r" % (status, e.stderr()))
 
 
 def test_unsupported_and_unknown_routes(tmp):
@@ -1430,7 +1546,7 @@ def test_lifecycle(tmp):
     root = make_image(tmp, "root.img", 1 << 20)
     bigger = make_image(tmp, "bigger.img", 4 << 20)
     metrics = os.path.join(tmp, "m.json")
-    e = Ember(tmp)
+    e = Ember(tmp, ["--level", "Info"])
     try:
         expect(e.req("PUT", "/metrics", {"metrics_path": metrics}), 204, "metrics")
         expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD}), 204, "boot source")
@@ -2179,7 +2295,7 @@ TESTS = [
     test_instance_info, test_names_and_versions, test_machine_config,
     test_machine_config_as_firecracker, test_boot_source, test_drives, test_network_interfaces,
     test_nineteen_mmio_devices, test_firecracker_request_rules, test_serial_out,
-    test_taps_and_vsock_at_put, test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_unsupported_and_unknown_routes, test_lifecycle,
+    test_taps_and_vsock_at_put, test_logger_metrics, test_metrics_fifo_and_signals, test_entropy_vsock, test_pmem, test_unsupported_and_unknown_routes, test_lifecycle,
     test_concurrent_clients, test_http_robustness, test_idle_timeout, test_connection_bound,
     test_idle_holder_does_not_lock_out,
     test_pipelined_burst_does_not_starve, test_flood_does_not_starve,

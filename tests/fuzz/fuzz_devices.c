@@ -1,4 +1,4 @@
-/* libFuzzer target: the virtio devices (blk, net, console, rng, vsock) on both transports
+/* libFuzzer target: the virtio devices (blk, net, console, rng, vsock, pmem) on both transports
  * (virtio-mmio; virtio-pci with its PCI configuration space, BAR moves, MSI-X table and PBA
  * and the PCI_CFG window), driven the way a guest driver and the host drive them: register
  * accesses of every width, ring contents (split and packed, indirect tables, well-formed
@@ -18,7 +18,7 @@
  * arrive), that no handler keeps firing without input, and that no file descriptor leaked.
  *
  * Input: a 4-byte header, then operations until the input ends.
- *   header[0]  bits 0-2 device (blk, net, console, rng, vsock), bit 3 PCI (else MMIO),
+ *   header[0]  bits 0-2 device (blk, net, console, rng, vsock, pmem), bit 3 PCI (else MMIO),
  *              bit 4 one RAM region only (no RAM above 4 GiB)
  *   header[1..2] device options (little-endian, see make_blk, make_net, make_device)
  *   header[3]  rate limits (see limit_from)
@@ -37,6 +37,7 @@
 #include "virtio/mmio.h"
 #include "virtio/net.h"
 #include "virtio/pci.h"
+#include "virtio/pmem.h"
 #include "virtio/rng.h"
 #include "virtio/vsock.h"
 
@@ -79,7 +80,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 #define PCI_WINDOW_END   0xfec00000ULL
 #define OTHER_DEVICE     0xe0100000ULL /* another device's range, for BARs moved onto it */
 
-enum kind { BLK, NET, CONSOLE, RNG, VSOCK, KIND_COUNT };
+enum kind { BLK, NET, CONSOLE, RNG, VSOCK, PMEM, KIND_COUNT };
 
 /* Process-wide: made once. */
 static struct {
@@ -90,6 +91,7 @@ static struct {
     char vsock_path[128];
     int listeners[2]; /* PATH_1, PATH_2: host programs guest connections reach */
     char blk_path[2][128];
+    char pmem_path[128];
     char log_path[128];
     int log_fd; /* the log, read back to count lines */
 } g;
@@ -105,6 +107,7 @@ static struct {
         struct virtio_console console;
         struct virtio_rng rng;
         struct virtio_vsock vsock;
+        struct virtio_pmem pmem;
     } u;
     struct virtio_dev *dev;
     bool dev_made, loop_made, transport_made;
@@ -843,6 +846,22 @@ static int make_device(uint16_t opt, uint8_t lim)
         r = virtio_rng_init(&h.u.rng, &h.mem, rates[opt & 3], (opt & 4) ? 512 : 0);
         break;
     }
+    case PMEM: {
+        /* Sizes around the 2 MiB the device rounds up to; 0: refused, never made. */
+        static const off_t sizes[] = {4096, 2 << 20, (2 << 20) + 1, 3 << 20, 5, 0, 4096, 8192};
+        if (truncate(g.pmem_path, sizes[opt >> 1 & 7]) < 0)
+            die("%s: %s", g.pmem_path, strerror(errno));
+        struct pmem_options o = {.id = "pmem_fuzz",
+                                 .path = g.pmem_path,
+                                 .readonly = opt & 1,
+                                 .rate_limit = limit_from(lim)};
+        h.dev = &h.u.pmem.dev;
+        h.dev_made = true;
+        r = virtio_pmem_init(&h.u.pmem, "pmem0", &o, &h.mem);
+        if (r == 0)
+            virtio_pmem_set_region(&h.u.pmem, 1ULL << 40);
+        break;
+    }
     case VSOCK:
     default: {
         /* The last one is refused: the device is never made. */
@@ -878,6 +897,9 @@ static void destroy_device(void)
         break;
     case RNG:
         virtio_rng_destroy(&h.u.rng);
+        break;
+    case PMEM:
+        virtio_pmem_destroy(&h.u.pmem);
         break;
     default:
         virtio_vsock_destroy(&h.u.vsock);
@@ -1233,6 +1255,19 @@ static void vsock_request(unsigned q, struct chain *c, uint8_t flags)
     }
 }
 
+/* A FLUSH (or, with the variant bit, another type), its 4-byte answer in one or more
+ * writable buffers; lengths other than 4 now and then. */
+static void pmem_request(struct chain *c, uint8_t flags)
+{
+    uint8_t psel = chain_place(flags), sel = u8();
+    uint32_t type = (flags & 0x80) ? u32() : VIRTIO_PMEM_REQ_TYPE_FLUSH;
+    uint32_t hlen = (sel & 1) ? pick_len(u8()) : 4, rlen = (sel & 2) ? pick_len(u8()) : 4;
+    uint8_t hdr[64] = {0};
+    memcpy(hdr, &type, sizeof(type));
+    add_buf(c, psel, hdr, hlen < sizeof(hdr) ? hlen : sizeof(hdr), (sel & 4) != 0);
+    add_writable(c, (uint8_t)(psel + 1), rlen, chain_pieces(flags));
+}
+
 static void console_request(unsigned q, struct chain *c, uint8_t flags)
 {
     uint8_t psel = chain_place(flags);
@@ -1279,6 +1314,9 @@ static void op_chain(void)
             break;
         case RNG:
             add_writable(&c, chain_place(flags), pick_len(u8()), chain_pieces(flags));
+            break;
+        case PMEM:
+            pmem_request(&c, flags);
             break;
         default:
             vsock_request(q, &c, flags);
@@ -1613,6 +1651,18 @@ static void op_host(void)
     }
     case RNG:
         break;
+    case PMEM:
+        /* The host's side: new limits (PATCH /pmem), or a vCPU's write to a read-only
+         * mapping coming back as an MMIO exit. */
+        if (sub & 1) {
+            struct rate_limit_config rl = limit_from(u8());
+            virtio_pmem_change_limits(&h.u.pmem, &rl);
+        } else {
+            uint8_t bytes[8] = {0};
+            virtio_pmem_readonly_io(&h.u.pmem, (uint64_t)u32() << 8, bytes, 1u << (u8() & 3),
+                                    (sub & 2) != 0);
+        }
+        break;
     default:
         op_host_vsock(sub);
         break;
@@ -1906,6 +1956,13 @@ static void print_trace(void)
         fprintf(stderr, "%llu requests, %llu bytes\n", (unsigned long long)h.u.rng.requests,
                 (unsigned long long)h.u.rng.bytes);
         break;
+    case PMEM: {
+        const struct virtio_pmem *p = &h.u.pmem;
+        fprintf(stderr, "%llu requests, %llu msyncs, %llu bad, %llu throttled\n",
+                (unsigned long long)p->requests, (unsigned long long)p->flushes,
+                (unsigned long long)p->bad_requests, (unsigned long long)p->throttled_events);
+        break;
+    }
     default: {
         const struct virtio_vsock *v = &h.u.vsock;
         fprintf(stderr,
@@ -2072,5 +2129,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
             die("%s: %s", g.blk_path[i], strerror(errno));
         close(fd);
     }
+    snprintf(g.pmem_path, sizeof(g.pmem_path), "%s/pmem.img", g.dir);
+    int fd = open(g.pmem_path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0)
+        die("%s: %s", g.pmem_path, strerror(errno));
+    close(fd);
     return 0;
 }

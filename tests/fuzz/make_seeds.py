@@ -6,7 +6,7 @@ import os
 import struct
 import sys
 
-BLK, NET, CONSOLE, RNG, VSOCK = range(5)
+BLK, NET, CONSOLE, RNG, VSOCK, PMEM = range(6)
 (INIT, STATUS, REG_WRITE, REG_READ, QUEUE_REG, FEATURES, CONFIG, CHAIN, KICK, RUN, WAIT,
  MEM, HOST, PCI_CONFIG, PCI_COMMAND, PCI_BAR, MSIX, CFG_WINDOW, RESET) = range(19)
 
@@ -134,6 +134,33 @@ def vsock(pci, packed=False):
     return s
 
 
+def pmem(pci, packed=False):
+    """A 3 MiB read-write file: FLUSHes (two in one batch), an unknown type and a writable
+    header (answered EIO), then an answer with no room (the device needs a reset)."""
+    s = header(PMEM, pci, opt=3 << 1)
+    s += init(pci, packed)
+    s += chain(0, KICK_AFTER, u8(0))
+    s += chain(0, 0, u8(0)) + chain(0, KICK_AFTER | THREE_BUFFERS, u8(0))
+    s += chain(0, KICK_AFTER | 0x80, u8(0), u32(7))
+    s += chain(0, KICK_AFTER, u8(4))
+    s += chain(0, KICK_AFTER, u8(2, 0))  # a 1-byte answer buffer
+    return s
+
+
+def pmem_read_only_limited(pci):
+    """A read-only file of 2 MiB + 1 under a flush rate limit: the timer runs, the limit is
+    replaced, a vCPU's write to the mapping is dropped."""
+    s = header(PMEM, pci, opt=1 | 2 << 1, limits=0x09)
+    s += init(pci)
+    for _ in range(3):
+        s += chain(0, KICK_AFTER, u8(0))
+    s += u8(WAIT, 19)
+    s += u8(HOST, 2) + u32(0x10) + u8(3)  # an 8-byte write at 0x1000
+    s += u8(HOST, 1, 0xc0)  # no limits any more
+    s += chain(0, KICK_AFTER, u8(0))
+    return s
+
+
 def blk_merged(pci):
     """Adjacent reads and writes queued before one kick: merged into larger I/Os."""
     s = header(BLK, pci)
@@ -190,13 +217,14 @@ def main():
     for pci in (False, True):
         t = "pci" if pci else "mmio"
         for name, fn in (("blk", blk), ("net", net), ("console", console), ("rng", rng),
-                         ("vsock", vsock)):
+                         ("vsock", vsock), ("pmem", pmem)):
             seeds[f"{name}-{t}"] = fn(pci)
             seeds[f"{name}-{t}-packed"] = fn(pci, packed=True)
         seeds[f"blk-{t}-limited"] = blk_limited(pci)
         seeds[f"net-{t}-limited"] = net_limited(pci)
         seeds[f"blk-{t}-merged"] = blk_merged(pci)
         seeds[f"vsock-{t}-buffered"] = vsock_buffered(pci)
+        seeds[f"pmem-{t}-read-only-limited"] = pmem_read_only_limited(pci)
     for dev, name in ((BLK, "blk"), (NET, "net"), (RNG, "rng")):
         seeds[f"{name}-pci-extras"] = pci_extras(dev)
     for name, blob in sorted(seeds.items()):

@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-ALL_CHECKS = ["smp", "blk", "ro", "rng", "console", "net", "net2", "vsock", "mmds"]
+ALL_CHECKS = ["smp", "blk", "ro", "rng", "console", "net", "net2", "vsock", "mmds", "pmem"]
 # mmds needs its own run: ember serves it in its API mode (Firecracker's configuration file,
 # vmm_ember_config), which carries the net check's interface and nothing else here.
 DEFAULT_CHECKS = [c for c in ALL_CHECKS if c != "mmds"]
@@ -135,6 +135,7 @@ class Setup:
         self.cmdline = {}
         self.skips = {}  # check -> reason
         self.metadata = None  # mmds: the --metadata file
+        self.pmem = {}  # pmem: files, tokens, the read-only file's sha256
 
     # --- disks -------------------------------------------------------------
     def make_disks(self):
@@ -157,6 +158,31 @@ class Setup:
                 f.truncate(8 << 20)
             run(["mkfs.ext4", "-q", "-F", "-L", "ember-ro", "-d", rodir, self.ro_img])
             self.cmdline.update({"ro": "ember-ro", "ro_token": self.ro_token})
+
+    # --- pmem --------------------------------------------------------------
+    def make_pmem(self):
+        """A read-write file of 4 MiB and a read-only one of 2 MiB + 100 bytes (not a whole
+        number of 2 MiB: the VMM rounds the device up), each starting with a token line."""
+        if "pmem" not in self.checks:
+            return
+        if self.args.vmm == "qemu" and self.args.transport == "mmio":
+            self.skips["pmem"] = "QEMU's virtio-pmem is a PCI device only (virtio-pmem-pci)"
+            return
+        pm = self.pmem
+        pm["token"] = f"ember-pmem-{self.tag}"
+        pm["write"] = f"ember-pmem-write-{self.tag}"
+        pm["ro_token"] = f"ember-pmem-ro-{self.tag}"
+        pm["rw"] = os.path.join(self.work, "pmem-rw.img")
+        pm["ro"] = os.path.join(self.work, "pmem-ro.img")
+        for path, size, token in ((pm["rw"], 4 << 20, pm["token"]),
+                                  (pm["ro"], (2 << 20) + 100, pm["ro_token"])):
+            with open(path, "wb") as f:
+                f.truncate(size)
+                f.write(token.encode() + b"\n")
+        with open(pm["ro"], "rb") as f:
+            pm["ro_sha"] = hashlib.sha256(f.read()).hexdigest()
+        self.cmdline.update({"pmem_token": pm["token"], "pmem_write": pm["write"],
+                             "pmem_ro_token": pm["ro_token"]})
 
     # --- network -----------------------------------------------------------
     def make_net(self):
@@ -541,6 +567,15 @@ def vmm_qemu(a, st, cmdline):
     if "vsock" in st.checks and "vsock" not in st.skips:
         cmd += ["-device", f"vhost-vsock-{'device' if a.transport == 'mmio' else 'pci'},"
                 f"guest-cid={VSOCK_GUEST_CID}"]
+    if "pmem" in st.checks and "pmem" not in st.skips:
+        # virtio-pmem is a memory device: RAM gets hotplug slots and room above it. QEMU
+        # takes a page-aligned size, so the read-only device is the file's first 2 MiB.
+        cmd[cmd.index("-m") + 1] += ",slots=2,maxmem=1G"
+        cmd += ["-object", f"memory-backend-file,id=pm0,share=on,mem-path={st.pmem['rw']},size=4M",
+                "-device", "virtio-pmem-pci,memdev=pm0,id=vpm0",
+                "-object", f"memory-backend-file,id=pm1,share=on,readonly=on,"
+                f"mem-path={st.pmem['ro']},size=2M",
+                "-device", "virtio-pmem-pci,memdev=pm1,id=vpm1"]
     return st.wrap(cmd)
 
 
@@ -615,6 +650,9 @@ def vmm_ember(a, st, cmdline):
         cmd += ["--net", f"user,hostfwd=tcp:{FWD_HOST_PORT}:{FWD_GUEST_PORT}"]
     if "vsock" in st.checks and "vsock" not in st.skips:
         cmd += ["--vsock", f"cid={VSOCK_GUEST_CID},uds={st.vsock_uds}"]
+    if "pmem" in st.checks:
+        cmd += ["--pmem", f"path={st.pmem['rw']},id=pmem_rw",
+                "--pmem", f"path={st.pmem['ro']},id=pmem_ro,readonly=on"]
     return st.wrap(cmd)
 
 
@@ -710,6 +748,7 @@ def run_vm(a, st, res, work):
     st.make_vsock()
     st.make_console()
     st.make_mmds()
+    st.make_pmem()
     guest_checks = [c for c in a.checks if c not in st.skips]
     st.cmdline.update({"checks": ",".join(guest_checks), "expect_cpus": str(a.cpus)})
     cmdline = BASE_CMDLINE + "".join(f" ember.{k}={v}" for k, v in st.cmdline.items())
@@ -746,6 +785,7 @@ def run_vm(a, st, res, work):
     fwd_thread = None
     tap_re = re.compile(r"^(not )?ok (\d+) - (.*)$")
     vsock_counters = None
+    pmem_counters = {}  # ember's closing line per device: requests, msyncs, ..., read-only drops
     for raw in vm.stdout:
         line = raw.decode(errors="replace").rstrip("\r\n")
         t = time.time() - t0
@@ -773,6 +813,11 @@ def run_vm(a, st, res, work):
         if m:
             vsock_counters = [int(x) for x in m.groups()]
             print(f"# {t:6.1f}s ember: {line[line.index('vsock: '):]}", flush=True)
+        m = re.search(r"(pmem\d+): (\d+) requests answered with (\d+) msyncs \((\d+) failed\), "
+                      r"(\d+) bad requests, (\d+) writes to read-only memory dropped", line)
+        if m:
+            pmem_counters[m.group(1)] = [int(x) for x in m.groups()[1:]]
+            print(f"# {t:6.1f}s ember: {line[line.index(m.group(1) + ': '):]}", flush=True)
         if re.search(r"Kernel panic|KVM internal error|emulation failure", line):
             print(f"# {t:6.1f}s serial: {line}", flush=True)
     rc = vm.wait()
@@ -836,6 +881,16 @@ def run_vm(a, st, res, work):
                     "no counters from ember" if vsock_counters is None else
                     "refused %d, credit violations %d, unknown connections %d, RSTs dropped %d"
                     % tuple(vsock_counters))
+    if "pmem" in guest_checks:
+        check_pmem_files(st, res, pre)
+        if a.vmm == "ember":
+            rw, ro = pmem_counters.get("pmem0"), pmem_counters.get("pmem1")
+            res.add(bool(rw and rw[0] >= 1 and rw[1] >= 1 and rw[2] == 0 and rw[3] == 0),
+                    f"{pre} ember answered the guest's FLUSH requests on the read-write pmem "
+                    f"with msync, none failed or bad", f"counters {pmem_counters!r}")
+            res.add(bool(ro and ro[4] >= 1 and ro[3] == 0),
+                    f"{pre} ember dropped the guest's writes to the read-only pmem",
+                    f"counters {pmem_counters!r}")
     if "done" in marks and rc == 0 and not killed:
         res.add(True, f"{pre} reboot -f ended the VMM with status 0 "
                 f"({total - marks['done']:.2f} s after the last check)")
@@ -849,6 +904,20 @@ def run_vm(a, st, res, work):
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in marks.items())
     log(f"timings from VMM start: {timings}, exit {total:.1f} s")
     return True
+
+
+def check_pmem_files(st, res, pre):
+    pm = st.pmem
+    with open(pm["rw"], "rb") as f:
+        head = f.read(4096 + 256)
+    want = pm["write"].encode() + b"\n"
+    res.add(head.startswith(pm["token"].encode() + b"\n") and head[4096:4096 + len(want)] == want,
+            f"{pre} the read-write pmem file holds the guest's write at offset 4096",
+            f"read {head[4096:4096 + len(want) + 8]!r}, expected {want!r}")
+    with open(pm["ro"], "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    res.add(sha == pm["ro_sha"], f"{pre} the read-only pmem file is unchanged",
+            f"sha256 {sha}, was {pm['ro_sha']}")
 
 
 def check_blk_image(st, res, pre, a):

@@ -584,6 +584,69 @@ START_TEST(drives_map_onto_the_machine)
 }
 END_TEST
 
+static int put_pmem(struct api_config *c, const char *id, const char *fmt)
+{
+    char text[1024];
+    snprintf(text, sizeof(text), fmt, image);
+    cJSON *j = cJSON_Parse(text);
+    ck_assert_ptr_nonnull(j);
+    int r = api_put_pmem(c, id, j);
+    cJSON_Delete(j);
+    return r;
+}
+
+START_TEST(pmem_maps_onto_the_machine)
+{
+    make_image();
+    struct api_config c;
+    api_config_init(&c);
+    ck_assert_int_eq(put_pmem(&c, "p0",
+                              "{\"id\":\"p0\",\"path_on_host\":\"%s\",\"root_device\":true,"
+                              "\"rate_limiter\":{\"ops\":{\"size\":2,\"refill_time\":1000}}}"),
+                     0);
+    ck_assert_int_eq(
+        put_pmem(&c, "p1", "{\"id\":\"p1\",\"path_on_host\":\"%s\",\"read_only\":true}"), 0);
+    /* A second root, a root drive beside a root pmem, an unknown field, a mismatched id. */
+    ck_assert_int_eq(
+        put_pmem(&c, "p2", "{\"id\":\"p2\",\"path_on_host\":\"%s\",\"root_device\":true}"), -1);
+    ck_error_has("A root pmem device already exist");
+    ck_assert_int_eq(
+        put_drive(&c, "r", "{\"drive_id\":\"r\",\"path_on_host\":\"%s\",\"is_root_device\":true}"),
+        -1);
+    ck_error_has("root device defined as a pmem device");
+    ck_assert_int_eq(put_pmem(&c, "p2", "{\"id\":\"p2\",\"path_on_host\":\"%s\",\"dax\":1}"), -1);
+    ck_error_has("unknown field `dax`");
+    ck_assert_int_eq(put_pmem(&c, "p3", "{\"id\":\"p2\",\"path_on_host\":\"%s\"}"), -1);
+    ck_assert_uint_eq(c.npmem, 2);
+    ck_assert_int_eq(put_json(api_put_boot_source, &c, "{\"kernel_image_path\":\"/etc/hostname\"}"),
+                     0);
+    struct vm_config vm;
+    vm_config_defaults(&vm);
+    ck_assert_int_eq(api_config_to_vm(&c, &vm), 0);
+    ck_assert_uint_eq(vm.npmem, 2);
+    ck_assert_str_eq(vm.pmem[0].id, "p0");
+    ck_assert(vm.pmem[0].is_root && !vm.pmem[0].readonly);
+    ck_assert_uint_eq(vm.pmem[0].rate_limit.ops.size, 2);
+    ck_assert(!vm.pmem[1].is_root && vm.pmem[1].readonly);
+    ck_assert_str_eq(vm.pmem[1].path, image);
+    /* Shown as Firecracker shows it. */
+    cJSON *shown = api_config_json(&c);
+    char *text = cJSON_PrintUnformatted(cJSON_GetObjectItem(shown, "pmem"));
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "[{\"id\":\"p0\",\"path_on_host\":\"%s\",\"root_device\":true,\"read_only\":false,"
+             "\"rate_limiter\":{\"bandwidth\":null,\"ops\":{\"size\":2,\"one_time_burst\":null,"
+             "\"refill_time\":1000}}},{\"id\":\"p1\",\"path_on_host\":\"%s\",\"root_device\":"
+             "false,\"read_only\":true,\"rate_limiter\":null}]",
+             image, image);
+    ck_assert_str_eq(text, want);
+    free(text);
+    cJSON_Delete(shown);
+    api_config_free(&c);
+    unlink(image);
+}
+END_TEST
+
 START_TEST(config_document)
 {
     make_image();
@@ -1114,6 +1177,7 @@ Suite *api_suite(void)
     t = tcase_create("config");
     tcase_add_test(t, machine_config_rules);
     tcase_add_test(t, drives_map_onto_the_machine);
+    tcase_add_test(t, pmem_maps_onto_the_machine);
     tcase_add_test(t, config_document);
     tcase_add_test(t, cpu_config_parsing);
     tcase_add_test(t, cpu_config_leaves_checked);

@@ -11,6 +11,10 @@
  *   0xc000_0000  32-bit MMIO hole: devices, PCI, IOAPIC, LAPIC (no RAM); the
  *                boot timer at its start
  *   0x1_0000_0000 RAM above the hole, when the guest has more than 3 GiB
+ *   then, from the first 1 GiB boundary past RAM and the hole: virtio-pmem
+ *                devices back to back, each 2 MiB aligned and a whole number of
+ *                2 MiB long, at most 512 GiB in all. Not RAM: the e820 map does
+ *                not list them; the guest learns of each from its device.
  */
 #ifndef EMBER_ARCH_X86_LAYOUT_H
 #define EMBER_ARCH_X86_LAYOUT_H
@@ -42,6 +46,9 @@
 /* KVM's private pages on Intel hosts (real-mode TSS, EPT identity map). */
 #define LAYOUT_KVM_IDENTITY_MAP 0xfeffc000ULL
 #define LAYOUT_KVM_TSS          0xfeffd000ULL
+
+#define LAYOUT_PMEM_AREA_ALIGN (1ULL << 30)
+#define LAYOUT_PMEM_AREA_MAX   (512ULL << 30)
 
 #define LAYOUT_GDT_CODE_SEL 0x10
 #define LAYOUT_GDT_DATA_SEL 0x18
