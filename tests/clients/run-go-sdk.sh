@@ -2,7 +2,8 @@
 # Runs the real firecracker-go-sdk against ember: tests/clients/go/fcsdk_start.go, built
 # with Debian's Go and golang-*-dev packages (GOPATH mode, nothing downloaded), configures
 # and drives a VM as firecracker-containerd does (see the program's header), with ember
-# started under the name `firecracker`.
+# started under the name `firecracker`; as root, tests/clients/go/fcsdk_jailer.go then starts
+# one through the SDK's jailer mode, with ember-jailer as `jailer`.
 #
 # The SDK's source is not packaged by Debian. Give it in FC_GO_SDK_SRC: a source tree, or
 # a git directory (bare or not) from which FC_GO_SDK_REV is taken (default: the commit
@@ -11,14 +12,18 @@
 # with the reason printed; it never passes without running.
 #
 # Usage: tests/clients/run-go-sdk.sh
-# Environment: EMBER (default build/ember), GUEST_DIR (default build/guest),
-#   FC_GO_SDK_SRC, FC_GO_SDK_REV, GOCACHE (Go's build cache; default Go's own).
-# Output: TAP. Root adds a tap in a network namespace (MMDS V2 through it, a static IP).
+# Environment: EMBER (default build/ember), JAILER (default ember-jailer beside it),
+#   GUEST_DIR (default build/guest), FC_GO_SDK_SRC, FC_GO_SDK_REV, JAIL_UID (default 40123),
+#   GOCACHE (Go's build cache; default Go's own).
+# Output: TAP. Root adds a tap in a network namespace (MMDS V2 through it, a static IP) and
+# the SDK's jailer mode (tests/clients/go/fcsdk_jailer.go) with ember-jailer as `jailer`.
 # Exit status: 0 when nothing failed (a skip included).
 set -u
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 EMBER=${EMBER:-$ROOT/build/ember}
+JAILER=${JAILER:-$(dirname "$EMBER")/ember-jailer}
+JAIL_UID=${JAIL_UID:-40123} # the user ember runs as in the jail (any unused one)
 GUEST_DIR=${GUEST_DIR:-$ROOT/build/guest}
 # firecracker-containerd's go.mod: github.com/firecracker-microvm/firecracker-go-sdk
 # v1.0.1-0.20250818195323-ed6ff32aa924.
@@ -41,8 +46,21 @@ command -v go >/dev/null || skip "no Go toolchain ($INSTALL_HINT)"
 
 TMP=$(mktemp -d /tmp/ember-fcsdk-XXXXXX)
 NETNS=
+CGROUP_PARENT=
 cleanup() {
     [ -n "$NETNS" ] && ip netns del "$NETNS" 2>/dev/null
+    # ember's cgroups outlive it, as Firecracker's do: the one who asked for them removes them.
+    if [ -n "$CGROUP_PARENT" ]; then
+        for dir in /sys/fs/cgroup/*/"$CGROUP_PARENT"; do
+            [ -d "$dir" ] || continue
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
+                rmdir "$dir"/*/ 2>/dev/null
+                rmdir "$dir" 2>/dev/null && break
+                sleep 0.2
+            done
+            [ -d "$dir" ] && echo "# left behind: $dir"
+        done
+    fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -77,16 +95,53 @@ done
 mkdir -p "$TMP/gopath/src/$(dirname "$SDK_IMPORT")"
 ln -s "$(cd "$sdk_tree" && pwd)" "$TMP/gopath/src/$SDK_IMPORT"
 export GO111MODULE=off GOFLAGS= GOPATH="$TMP/gopath:/usr/share/gocode" GOPROXY=off
-PROGRAM=$ROOT/tests/clients/go/fcsdk_start.go
-missing=$(cd "$TMP" && go list -e -deps -f '{{if .Error}}{{.ImportPath}}{{end}}' "$PROGRAM" 2>&1 | sort -u)
+GO_DIR=$ROOT/tests/clients/go
+missing=$(cd "$TMP" && go list -e -deps -f '{{if .Error}}{{.ImportPath}}{{end}}' \
+    "$GO_DIR/fcsdk_start.go" "$GO_DIR/common.go" 2>&1 | sort -u)
 [ -z "$missing" ] || skip "Go packages missing:" $missing "($INSTALL_HINT)"
-if ! build_log=$(cd "$TMP" && go build -o "$TMP/fcsdk_start" "$PROGRAM" 2>&1); then
-    echo "not ok 1 - firecracker-go-sdk builds against Debian's Go libraries"
-    sed 's/^/#   /' <<<"$build_log"
-    echo "1..1"
-    exit 1
-fi
+for prog in fcsdk_start fcsdk_jailer; do
+    if ! build_log=$(cd "$TMP" && go build -o "$TMP/$prog" "$GO_DIR/$prog.go" "$GO_DIR/common.go" 2>&1); then
+        echo "not ok 1 - firecracker-go-sdk and $prog build against Debian's Go libraries"
+        sed 's/^/#   /' <<<"$build_log"
+        echo "1..1"
+        exit 1
+    fi
+done
 
+# Each program numbers its own TAP lines: one stream, numbered through, one plan at the end.
+count=0
+failed=0
+tap_through() {
+    local line
+    while IFS= read -r line; do
+        case "$line" in
+        "ok "[0-9]* | "not ok "[0-9]*)
+            count=$((count + 1))
+            [[ $line == not* ]] && failed=$((failed + 1))
+            sed -E "s/^(not ok|ok) [0-9]+/\1 $count/" <<<"$line"
+            ;;
+        1..[0-9]*) ;;
+        "# exit status "*)
+            # A program that ended badly without a failed check (killed, bailed out) fails too.
+            if [ "${line#\# exit status }" != 0 ] && [ $failed -eq $before ]; then
+                count=$((count + 1))
+                failed=$((failed + 1))
+                echo "not ok $count - the program ended with status ${line#\# exit status }"
+            fi
+            ;;
+        "Bail out!"*) echo "# ${line#Bail out! } (the program stopped)" ;; # the next one still runs
+        *) echo "$line" ;;
+        esac
+    done
+}
+show_log() { # FILE: the SDK's log, after a failure
+    [ -f "$1" ] || return 0
+    echo "# the SDK's log (last 40 lines of $(basename "$1")):"
+    tail -n 40 "$1" | sed 's/^/#   /'
+}
+echo "# firecracker-go-sdk from $sdk_tree; $(go version)"
+
+# 1. As firecracker-containerd runs it: the VMM started by the SDK through WithProcessRunner.
 # The runtime starts the binary its configuration names; ember answers to `firecracker`.
 ln -s "$(cd "$(dirname "$EMBER")" && pwd)/$(basename "$EMBER")" "$TMP/firecracker"
 mkdir "$TMP/vm"
@@ -95,12 +150,31 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null && ip netns add "ember-fcsdk-$
     NETNS=ember-fcsdk-$$
     netns_args=(-netns "/var/run/netns/$NETNS")
 fi
-echo "# firecracker-go-sdk from $sdk_tree; $(go version)"
-timeout 300 "$TMP/fcsdk_start" -vmm "$TMP/firecracker" -kernel "$GUEST_DIR/keyboard.elf" \
-    -dir "$TMP/vm" "${netns_args[@]}"
-status=$?
-if [ $status -ne 0 ] && [ -f "$TMP/vm/sdk.log" ]; then
-    echo "# the SDK's log (last 40 lines):"
-    tail -n 40 "$TMP/vm/sdk.log" | sed 's/^/#   /'
+before=$failed
+tap_through < <(timeout 300 "$TMP/fcsdk_start" -vmm "$TMP/firecracker" \
+    -kernel "$GUEST_DIR/keyboard.elf" -dir "$TMP/vm" "${netns_args[@]}"; echo "# exit status $?")
+[ $failed -eq $before ] || show_log "$TMP/vm/sdk.log"
+
+# 2. The SDK's jailer mode, with ember-jailer as `jailer` (root: chroot, cgroups, users).
+if [ "$(id -u)" != 0 ]; then
+    count=$((count + 1))
+    echo "ok $count - the SDK's jailer mode # SKIP needs root"
+elif [ ! -x "$JAILER" ]; then
+    count=$((count + 1))
+    echo "ok $count - the SDK's jailer mode # SKIP no ember-jailer at $JAILER (make)"
+else
+    # The jail's files are hard links: the kernel, ember and the jails share one file system.
+    mkdir -p "$TMP/jail/bin"
+    cp "$EMBER" "$TMP/jail/bin/firecracker" # a regular file, as the jailer wants
+    ln -s "$(cd "$(dirname "$JAILER")" && pwd)/$(basename "$JAILER")" "$TMP/jail/bin/jailer"
+    cp "$GUEST_DIR/keyboard.elf" "$TMP/jail/keyboard.elf"
+    CGROUP_PARENT=ember-fcsdk-$$
+    before=$failed
+    tap_through < <(timeout 300 "$TMP/fcsdk_jailer" -jailer "$TMP/jail/bin/jailer" \
+        -exec-file "$TMP/jail/bin/firecracker" -kernel "$TMP/jail/keyboard.elf" -dir "$TMP/jail" \
+        -id fcsdk-jailed -uid "$JAIL_UID" -parent-cgroup "$CGROUP_PARENT"
+        echo "# exit status $?")
+    [ $failed -eq $before ] || show_log "$TMP/jail/sdk-jailer.log"
 fi
-exit $status
+echo "1..$count"
+[ $failed -eq 0 ]
