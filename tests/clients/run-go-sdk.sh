@@ -33,6 +33,8 @@ SDK_IMPORT=github.com/firecracker-microvm/firecracker-go-sdk
 # program import.
 INSTALL_HINT="scripts/install-deps.sh go-sdk installs them"
 
+indent() { sed 's/^/#   /'; } # text as TAP comments
+
 skip() {
     echo "1..0 # SKIP firecracker-go-sdk: $*"
     exit 0
@@ -42,7 +44,7 @@ command -v go >/dev/null || skip "no Go toolchain ($INSTALL_HINT)"
 [ -d /usr/share/gocode/src ] || skip "no Debian Go libraries in /usr/share/gocode ($INSTALL_HINT)"
 [ -x "$EMBER" ] || skip "no ember binary at $EMBER (make)"
 [ -f "$GUEST_DIR/keyboard.elf" ] || skip "no keyboard guest in $GUEST_DIR (make guests)"
-[ -r /dev/kvm ] && [ -w /dev/kvm ] || skip "/dev/kvm is not usable here"
+{ [ -r /dev/kvm ] && [ -w /dev/kvm ]; } || skip "/dev/kvm is not usable here"
 
 TMP=$(mktemp -d /tmp/ember-fcsdk-XXXXXX)
 NETNS=
@@ -71,7 +73,7 @@ candidates=("${FC_GO_SDK_SRC:-}")
 [ -n "${FC_GO_SDK_SRC:-}" ] ||
     candidates=("${GOPATH:-$HOME/go}/src/$SDK_IMPORT" "/usr/local/src/firecracker-go-sdk")
 for src in "${candidates[@]}"; do
-    [ -n "$src" ] && [ -e "$src" ] || continue
+    if [ -z "$src" ] || [ ! -e "$src" ]; then continue; fi
     if [ -f "$src/machine.go" ] && [ -d "$src/client/models" ]; then
         sdk_tree=$src
     elif git --git-dir="$src" rev-parse --verify -q "$FC_GO_SDK_REV^{commit}" >/dev/null 2>&1 ||
@@ -94,15 +96,15 @@ done
 # go.mod (Go 1.23, newer module versions) is not used; Debian's versions build it.
 mkdir -p "$TMP/gopath/src/$(dirname "$SDK_IMPORT")"
 ln -s "$(cd "$sdk_tree" && pwd)" "$TMP/gopath/src/$SDK_IMPORT"
-export GO111MODULE=off GOFLAGS= GOPATH="$TMP/gopath:/usr/share/gocode" GOPROXY=off
+export GO111MODULE=off GOFLAGS='' GOPATH="$TMP/gopath:/usr/share/gocode" GOPROXY=off
 GO_DIR=$ROOT/tests/clients/go
 missing=$(cd "$TMP" && go list -e -deps -f '{{if .Error}}{{.ImportPath}}{{end}}' \
     "$GO_DIR/fcsdk_start.go" "$GO_DIR/common.go" 2>&1 | sort -u)
-[ -z "$missing" ] || skip "Go packages missing:" $missing "($INSTALL_HINT)"
+[ -z "$missing" ] || skip "Go packages missing: ${missing//$'\n'/ } ($INSTALL_HINT)"
 for prog in fcsdk_start fcsdk_jailer; do
     if ! build_log=$(cd "$TMP" && go build -o "$TMP/$prog" "$GO_DIR/$prog.go" "$GO_DIR/common.go" 2>&1); then
         echo "not ok 1 - firecracker-go-sdk and $prog build against Debian's Go libraries"
-        sed 's/^/#   /' <<<"$build_log"
+        indent <<<"$build_log"
         echo "1..1"
         exit 1
     fi
@@ -137,7 +139,7 @@ tap_through() {
 show_log() { # FILE: the SDK's log, after a failure
     [ -f "$1" ] || return 0
     echo "# the SDK's log (last 40 lines of $(basename "$1")):"
-    tail -n 40 "$1" | sed 's/^/#   /'
+    tail -n 40 "$1" | indent
 }
 echo "# firecracker-go-sdk from $sdk_tree; $(go version)"
 
