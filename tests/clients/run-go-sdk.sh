@@ -43,7 +43,9 @@ skip() {
 command -v go >/dev/null || skip "no Go toolchain ($INSTALL_HINT)"
 [ -d /usr/share/gocode/src ] || skip "no Debian Go libraries in /usr/share/gocode ($INSTALL_HINT)"
 [ -x "$EMBER" ] || skip "no ember binary at $EMBER (make)"
-[ -f "$GUEST_DIR/keyboard.elf" ] || skip "no keyboard guest in $GUEST_DIR (make guests)"
+for guest in vsock-agent keyboard; do
+    [ -f "$GUEST_DIR/$guest.elf" ] || skip "no $guest guest in $GUEST_DIR (make guests)"
+done
 { [ -r /dev/kvm ] && [ -w /dev/kvm ]; } || skip "/dev/kvm is not usable here"
 
 TMP=$(mktemp -d /tmp/ember-fcsdk-XXXXXX)
@@ -154,7 +156,7 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null && ip netns add "ember-fcsdk-$
 fi
 before=$failed
 tap_through < <(timeout 300 "$TMP/fcsdk_start" -vmm "$TMP/firecracker" \
-    -kernel "$GUEST_DIR/keyboard.elf" -dir "$TMP/vm" "${netns_args[@]}"; echo "# exit status $?")
+    -kernel "$GUEST_DIR/vsock-agent.elf" -dir "$TMP/vm" "${netns_args[@]}"; echo "# exit status $?")
 [ $failed -eq $before ] || show_log "$TMP/vm/sdk.log"
 
 # 2. The SDK's jailer mode, with ember-jailer as `jailer` (root: chroot, cgroups, users).

@@ -6,8 +6,10 @@
 // tap allowed to reach MMDS V2 (when a network namespace is given), the VMM started through
 // VMCommandBuilder and WithProcessRunner with `--api-sock firecracker.sock --id ID`. It then
 // does what the runtime does over a VM's life: metadata, drive swaps, pause and resume, a
-// metrics flush, Shutdown (SendCtrlAltDel) and Wait. The guest is ember's `keyboard` test
-// guest, which idles until Ctrl+Alt+Del and then powers off.
+// metrics flush, Shutdown (SendCtrlAltDel) and Wait; and it dials the agent through the
+// SDK's vsock package (CONNECT 10789, OK) as the runtime does after Start. The guest is ember's
+// `vsock-agent` test guest: it answers "ping N" with "pong N" on vsock port 10789 and idles
+// until Ctrl+Alt+Del, then powers off.
 //
 // It prints TAP on stdout; the SDK's own log goes to sdk.log in the work directory.
 package main
@@ -105,6 +107,36 @@ func isIntel() bool {
 	return m != nil && string(m[1]) == "GenuineIntel"
 }
 
+// pingAgent dials the guest's agent as the runtime does (the SDK's vsock.DialContext over the
+// vsock's unix socket), sends "ping N" for each n and expects "pong N" back.
+func pingAgent(ctx context.Context, logger *logrus.Entry, ns ...int) error {
+	dialCtx, cancel := context.WithTimeout(ctx, 40*time.Second)
+	defer cancel()
+	conn, err := vsock.DialContext(dialCtx, vsockName, 10789, vsock.WithLogger(logger),
+		vsock.WithRetryTimeout(30*time.Second), vsock.WithRetryInterval(100*time.Millisecond))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		return err
+	}
+	r := bufio.NewReader(conn)
+	for _, n := range ns {
+		if _, err := fmt.Fprintf(conn, "ping %d\n", n); err != nil {
+			return err
+		}
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("after ping %d: %v (read %q)", n, err, line)
+		}
+		if want := fmt.Sprintf("pong %d\n", n); line != want {
+			return fmt.Errorf("after ping %d: %q, not %q", n, line, want)
+		}
+	}
+	return nil
+}
+
 func instanceState(ctx context.Context, m *firecracker.Machine) string {
 	info, err := m.DescribeInstanceInfo(ctx)
 	if err != nil || info.State == nil {
@@ -115,7 +147,7 @@ func instanceState(ctx context.Context, m *firecracker.Machine) string {
 
 func main() {
 	vmmBin := flag.String("vmm", "", "the VMM binary (ember, under the name firecracker)")
-	kernel := flag.String("kernel", "", "the keyboard test guest (build/guest/keyboard.elf)")
+	kernel := flag.String("kernel", "", "the vsock-agent test guest (build/guest/vsock-agent.elf)")
 	workDir := flag.String("dir", "", "an empty directory for the VM (the runtime's VM directory)")
 	netNS := flag.String("netns", "", "a network namespace path: adds a tap allowed to reach MMDS")
 	flag.Parse()
@@ -352,19 +384,11 @@ func main() {
 	t.check(err == nil && st.Mode()&os.ModeSocket != 0, "the vsock's unix socket listens in the VM's directory",
 		fmt.Sprint(err))
 
-	// The runtime dials its agent through the vsock socket (CONNECT 10789, then OK). This guest
-	// has no vsock driver, so the handshake must fail, and the VMM must go on serving.
-	dialCtx, dialCancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := vsock.DialContext(dialCtx, vsockName, 10789, vsock.WithLogger(entry),
-		vsock.WithRetryTimeout(2*time.Second), vsock.WithRetryInterval(200*time.Millisecond),
-		vsock.WithAckMsgTimeout(500*time.Millisecond))
-	dialCancel()
-	if conn != nil {
-		conn.Close()
-	}
-	t.check(err != nil && instanceState(ctx, m) == models.InstanceInfoStateRunning,
-		"the SDK's vsock dial to a guest without a listener is not acknowledged; the VMM serves on",
-		fmt.Sprintf("dial: %v; state %s", err, instanceState(ctx, m)))
+	// Right after Start the runtime dials its agent through the vsock socket (CONNECT 10789,
+	// then OK), retrying until the agent listens; the guest's CID (0 here) plays no part.
+	err = pingAgent(ctx, entry, 1, 2)
+	t.check(err == nil, "the SDK's vsock dial reaches the guest's agent on port 10789; two pings answered",
+		fmt.Sprintf("%v\n%s", err, vmmDetail()))
 
 	if withNet {
 		mmds := vmConfig.MmdsConfig
@@ -391,6 +415,9 @@ func main() {
 	err = m.ResumeVM(ctx)
 	t.check(err == nil && instanceState(ctx, m) == models.InstanceInfoStateRunning, "ResumeVM",
 		fmt.Sprintf("%v; state %s", err, instanceState(ctx, m)))
+	err = pingAgent(ctx, entry, 3)
+	t.check(err == nil, "after pause and resume the agent answers a new vsock connection",
+		fmt.Sprintf("%v\n%s", err, vmmDetail()))
 
 	flush := models.InstanceActionInfoActionTypeFlushMetrics
 	_, err = api.CreateSyncAction(ctx, &models.InstanceActionInfo{ActionType: &flush})
@@ -409,7 +436,7 @@ func main() {
 		"the log FIFO carries the VMM's log at the level asked", "no line arrived")
 
 	ready := waitFor(func() bool {
-		return strings.Contains(serial.String(), "# keyboard: waiting for Ctrl+Alt+Del")
+		return strings.Contains(serial.String(), "# vsock-agent: waiting for Ctrl+Alt+Del")
 	}, 30*time.Second)
 	t.check(ready, "the guest runs and waits for Ctrl+Alt+Del", vmmDetail())
 
@@ -422,7 +449,11 @@ func main() {
 		fmt.Sprintf("%v\n%s", err, vmmDetail())) {
 		m.StopVMM()
 	}
-	t.check(regexp.MustCompile(`(?m)^ok 1`).MatchString(serial.String()),
+	t.check(strings.Contains(serial.String(), "ok 1 - vsock device live, guest CID 0,"),
+		"the guest's vsock device gave it CID 0, as configured", vmmDetail())
+	t.check(regexp.MustCompile(`(?m)^ok 2 - answered 3 ping\(s\)`).MatchString(serial.String()),
+		"the guest answered the three pings", vmmDetail())
+	t.check(regexp.MustCompile(`(?m)^ok 3 - received Ctrl\+Alt\+Del`).MatchString(serial.String()),
 		"the guest saw Ctrl+Alt+Del", vmmDetail())
 	_, err = os.Stat(sockName)
 	t.check(os.IsNotExist(err), "the SDK's clean-up removed the API socket", fmt.Sprint(err))
