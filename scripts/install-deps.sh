@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, the Debian packages that ember needs and that are
 # missing. `install-deps.sh build` covers building and running ember (make,
-# make demo); `install-deps.sh test` adds what the test suite uses.
+# make demo); `install-deps.sh test` adds what the test suite uses; `install-deps.sh go-sdk`
+# what building firecracker-go-sdk takes (make go-sdk-test: Debian's Go and the libraries the
+# SDK imports; the SDK's own source is not in Debian).
 set -euo pipefail
 
 build_pkgs=(gcc make pkg-config libc6-dev liburing-dev libcjson-dev libslirp-dev libseccomp-dev
@@ -9,10 +11,19 @@ build_pkgs=(gcc make pkg-config libc6-dev liburing-dev libcjson-dev libslirp-dev
 test_pkgs=(clang libclang-rt-14-dev check qemu-system-x86 clang-format
            busybox-static cpio e2fsprogs xz-utils zstd iproute2 socat python3 curl)
 
+go_sdk_pkgs=(golang-go golang-github-go-openapi-errors-dev golang-github-go-openapi-runtime-dev
+             golang-github-go-openapi-strfmt-dev golang-github-go-openapi-swag-dev
+             golang-github-go-openapi-validate-dev golang-github-containerd-fifo-dev
+             golang-github-appc-cni-dev golang-github-containernetworking-plugins-dev
+             golang-github-vishvananda-netlink-dev golang-github-google-uuid-dev
+             golang-github-hashicorp-go-multierror-dev golang-github-sirupsen-logrus-dev
+             golang-github-mdlayher-vsock-dev golang-golang-x-sys-dev git)
+
 want=("${build_pkgs[@]}")
-if [ "${1:-build}" = test ]; then
-    want+=("${test_pkgs[@]}")
-fi
+case "${1:-build}" in
+test) want+=("${test_pkgs[@]}") ;;
+go-sdk) want=("${go_sdk_pkgs[@]}") ;;
+esac
 
 missing=()
 for p in "${want[@]}"; do

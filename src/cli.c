@@ -646,7 +646,7 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
         vm->nnets++;
         return 0;
     case OPT_VSOCK:
-        if (vm->vsock.guest_cid)
+        if (vm->vsock.uds_path)
             return error_set("only one --vsock device");
         return cli_parse_vsock(value, &vm->vsock);
     case OPT_PMEM:

@@ -778,8 +778,8 @@ int api_put_vsock(struct api_config *c, const cJSON *body)
         get_string(body, what, "uds_path", true, &uds) < 0 ||
         get_string(body, what, "vsock_id", false, &id) < 0)
         return -1;
-    if (cid < 3)
-        return error_set("%s: `guest_cid` must be at least 3", what);
+    /* Any 32-bit CID, as Firecracker: firecracker-containerd sends 0 (the Go SDK's
+     * VsockDevice without a CID) and reaches its agent through uds_path alone. */
     if (!*uds || strlen(uds) >= 100)
         return error_set("%s: `uds_path` must be a unix socket path of 1 to 99 bytes", what);
     char *uds_copy = strdup(uds), *id_copy = dup_str(id);

@@ -952,8 +952,10 @@ int virtio_vsock_init_listening(struct virtio_vsock *v, uint64_t guest_cid, cons
     v->listen_fd = listen_fd;
     v->timer_fd = -1;
     v->next_host_port = 1u << 30;
-    if (guest_cid < 3 || guest_cid > 0xfffffffeULL)
-        return error_set("vsock: guest CID %llu is reserved (use 3 to 4294967294)",
+    /* The host never addresses the guest by its CID (it connects through PATH), so any
+     * 32-bit CID works; the API takes 0-2 and 2^32-1 as Firecracker does (--vsock does not). */
+    if (guest_cid > 0xffffffffULL)
+        return error_set("vsock: guest CID %llu does not fit 32 bits",
                          (unsigned long long)guest_cid);
     v->guest_cid = guest_cid;
     /* PATH_<port> must fit a socket address too. */

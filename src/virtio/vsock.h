@@ -97,7 +97,8 @@ struct virtio_vsock {
     struct log_limit log_bad, log_host; /* refused guest packets; host-side trouble */
 };
 
-/* guest_cid: 3..0xfffffffe; uds_path: the host's unix socket (created). */
+/* guest_cid: any 32-bit value (--vsock asks for 3..0xfffffffe); uds_path: the host's unix
+ * socket (created). */
 /* The same with uds_path bound and listening already on listen_fd (-1: bind it now), which
  * the device owns from here (closed on failure too). */
 int virtio_vsock_init_listening(struct virtio_vsock *v, uint64_t guest_cid, const char *uds_path,

@@ -350,7 +350,7 @@ int vm_create_virtio_devices(struct vm *vm)
         if (attach(vm, &p->dev, p, destroy_pmem) < 0)
             return -1;
     }
-    if (cfg->vsock.guest_cid) {
+    if (cfg->vsock.uds_path) {
         struct virtio_vsock *vs = calloc(1, sizeof(*vs));
         if (!vs)
             return error_set("out of memory");

@@ -82,8 +82,9 @@ struct mmds_store;
 /* Firecracker's vsock: guest CID and the host's unix socket. */
 struct vsock_config {
     const char *id;       /* the API's vsock_id */
-    uint64_t guest_cid;   /* 0: no vsock device */
-    const char *uds_path; /* PATH: host connections; PATH_<port>: guest connections */
+    uint64_t guest_cid;   /* any 32-bit value, as Firecracker takes it */
+    const char *uds_path; /* NULL: no vsock device; PATH: host connections; PATH_<port>:
+                           * guest connections */
     bool has_listen_fd;   /* PATH bound and listening already (the API's PUT): a */
     int listen_fd;        /* descriptor of it, which the device takes over */
 };

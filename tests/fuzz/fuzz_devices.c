@@ -865,7 +865,7 @@ static int make_device(uint16_t opt, uint8_t lim)
     case VSOCK:
     default: {
         /* The last one is refused: the device is never made. */
-        static const uint64_t cids[] = {3, 3, 3, 52, 0xfffffffe, 3, 3, 0x100000000ULL};
+        static const uint64_t cids[] = {3, 0, 3, 52, 0xfffffffe, 0xffffffff, 3, 0x100000000ULL};
         h.dev = &h.u.vsock.dev;
         h.dev_made = true;
         r = virtio_vsock_init(&h.u.vsock, cids[opt & 7], g.vsock_path, &h.mem);

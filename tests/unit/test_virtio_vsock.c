@@ -742,6 +742,43 @@ START_TEST(cli_vsock)
 }
 END_TEST
 
+/* The API takes any 32-bit guest CID, as Firecracker does (firecracker-containerd sends 0):
+ * the guest reads it from the configuration space and its packets carry it. */
+START_TEST(any_32_bit_guest_cid)
+{
+    struct guest_memory m;
+    guest_memory_map(&m, FAKE_MEM, LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END);
+    char d[64], p[80];
+    snprintf(d, sizeof(d), "/tmp/ember-vsock-cid-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(d));
+    snprintf(p, sizeof(p), "%s/v.sock", d);
+    static const uint64_t cids[] = {0, 1, 2, 0xffffffffULL};
+    for (unsigned i = 0; i < sizeof(cids) / sizeof(cids[0]); i++) {
+        struct virtio_vsock v;
+        ck_assert_msg(virtio_vsock_init(&v, cids[i], p, &m) == 0, "%s", error_get());
+        uint64_t seen = 1234;
+        v.dev.ops->read_config(&v.dev, 0, &seen, sizeof(seen));
+        ck_assert_uint_eq(seen, cids[i]);
+        struct vsock_hdr h = {.src_cid = cids[i],
+                              .dst_cid = VSOCK_HOST_CID,
+                              .type = VSOCK_TYPE_STREAM,
+                              .op = VSOCK_OP_REQUEST};
+        const char *why;
+        ck_assert_int_eq(vsock_check_packet(&h, 0, cids[i], &why), VSOCK_ACCEPT);
+        h.src_cid = cids[i] ^ 1; /* still only the guest's own CID */
+        ck_assert_int_eq(vsock_check_packet(&h, 0, cids[i], &why), VSOCK_DROP);
+        virtio_vsock_destroy(&v);
+        unlink(p);
+    }
+    struct virtio_vsock v;
+    ck_assert_int_eq(virtio_vsock_init(&v, 1ULL << 32, p, &m), -1);
+    ck_assert_ptr_nonnull(strstr(error_get(), "32 bits"));
+    virtio_vsock_destroy(&v);
+    unlink(p);
+    rmdir(d);
+}
+END_TEST
+
 Suite *virtio_vsock_suite(void)
 {
     Suite *s = suite_create("virtio_vsock");
@@ -762,6 +799,7 @@ Suite *virtio_vsock_suite(void)
     suite_add_tcase(s, tc);
     TCase *cli = tcase_create("cli");
     tcase_add_test(cli, cli_vsock);
+    tcase_add_test(cli, any_32_bit_guest_cid);
     suite_add_tcase(s, cli);
     return s;
 }
