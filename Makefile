@@ -168,17 +168,20 @@ jailer-test: all guests
 	  GUEST_DIR=$(abspath $(BUILD))/guest tests/jailer/test_jailer.py
 
 # The real firecracker-go-sdk drives ember as firecracker-containerd does (tests/clients/).
-# Not part of `make test`: the SDK's source is not in Debian (FC_GO_SDK_SRC names a checkout);
-# without it, or without Go, the test skips and says what is missing.
+# The SDK's source is not in Debian: FC_GO_SDK_SRC names a checkout (or its git directory),
+# else /usr/local/src/firecracker-go-sdk is used if there; without one the test skips and says
+# so (part of `make test`; Go and the Debian libraries are installed only when a source is there).
 go-sdk-test: all guests
-	@if [ -n "$(FC_GO_SDK_SRC)" ]; then scripts/install-deps.sh go-sdk; fi
+	@if [ -n "$(FC_GO_SDK_SRC)" ] || [ -d /usr/local/src/firecracker-go-sdk ]; then \
+	  scripts/install-deps.sh go-sdk; fi
 	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/clients/run-go-sdk.sh
 
 # The whole suite; CI runs exactly this.
 test:
 	@scripts/install-deps.sh test
 	$(MAKE) format-check
-	$(MAKE) all unit-test guest-test console-test api-test seccomp-test jailer-test linux-smoke-test
+	$(MAKE) all unit-test guest-test console-test api-test seccomp-test jailer-test go-sdk-test \
+	  linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
