@@ -25,8 +25,9 @@ struct api {
     struct event_loop *loop;
     bool vm_created;
     bool enable_pci;
-    bool boot_timer;         /* --boot-timer */
-    bool deprecated_request; /* the request being answered used a deprecated field */
+    bool boot_timer;           /* --boot-timer */
+    bool deprecated_request;   /* the request being answered used a deprecated field */
+    uint64_t request_start_us; /* CLOCK_MONOTONIC: when the request being answered came */
     char instance_id[API_MAX_ID_BYTES + 1];
     struct api_metrics metrics;
     int metrics_timer_fd;

@@ -254,21 +254,23 @@ static bool handle_exit(struct vcpu *vcpu)
     char detail[256];
     switch (run->exit_reason) {
     case KVM_EXIT_IO:
-        vcpu->io_exits++;
+        (*(run->io.direction == KVM_EXIT_IO_OUT ? &vcpu->io_out_exits : &vcpu->io_in_exits))++;
         handle_io(vcpu);
         return true;
     case KVM_EXIT_MMIO:
-        vcpu->mmio_exits++;
+        (*(run->mmio.is_write ? &vcpu->mmio_write_exits : &vcpu->mmio_read_exits))++;
         handle_mmio(vcpu);
         return true;
     case KVM_EXIT_INTR:
         vcpu->intr_exits++;
         return true;
     case KVM_EXIT_HLT:
+        vcpu->failures++;
         report(vcpu, "HLT (KVM_EXIT_HLT): halted with nothing to wake it", NULL);
         vm_request_stop(vm, EXIT_GUEST_HLT);
         return false;
     case KVM_EXIT_SHUTDOWN:
+        vcpu->failures++;
         report(vcpu, "triple fault (KVM_EXIT_SHUTDOWN)",
                "an exception occurred while delivering a double fault; the machine would reset");
         vm_request_stop(vm, EXIT_GUEST_TRIPLE_FAULT);
@@ -284,11 +286,13 @@ static bool handle_exit(struct vcpu *vcpu)
             vm_request_stop(vm, EXIT_OK);
             return false;
         case KVM_SYSTEM_EVENT_CRASH:
+            vcpu->failures++;
             report(vcpu, "guest crash (KVM_EXIT_SYSTEM_EVENT, crash)", NULL);
             vm_request_stop(vm, EXIT_GUEST_CRASH);
             return false;
         default:
             snprintf(detail, sizeof(detail), "system event type %u", run->system_event.type);
+            vcpu->failures++;
             report(vcpu, "unexpected system event (KVM_EXIT_SYSTEM_EVENT)", detail);
             vm_request_stop(vm, EXIT_GUEST_UNEXPECTED);
             return false;
@@ -302,6 +306,7 @@ static bool handle_exit(struct vcpu *vcpu)
         for (uint32_t i = 0; i < ndata && n > 0 && (size_t)n < sizeof(detail); i++)
             n += snprintf(detail + n, sizeof(detail) - (size_t)n, "%s%llx", i ? " " : ", data ",
                           (unsigned long long)run->internal.data[i]);
+        vcpu->failures++;
         report(vcpu, "KVM internal error (KVM_EXIT_INTERNAL_ERROR)", detail);
         vm_request_stop(vm, EXIT_GUEST_INTERNAL_ERROR);
         return false;
@@ -310,11 +315,13 @@ static bool handle_exit(struct vcpu *vcpu)
         snprintf(detail, sizeof(detail), "hardware entry failure reason 0x%llx on cpu %u",
                  (unsigned long long)run->fail_entry.hardware_entry_failure_reason,
                  run->fail_entry.cpu);
+        vcpu->failures++;
         report(vcpu, "VM entry failed (KVM_EXIT_FAIL_ENTRY)", detail);
         vm_request_stop(vm, EXIT_GUEST_FAIL_ENTRY);
         return false;
     default:
         snprintf(detail, sizeof(detail), "exit reason %u", run->exit_reason);
+        vcpu->failures++;
         report(vcpu, "unexpected exit from KVM_RUN", detail);
         vm_request_stop(vm, EXIT_GUEST_UNEXPECTED);
         return false;
@@ -342,6 +349,7 @@ static void *vcpu_main(void *arg)
                 vm_vcpu_park(vm);
                 continue;
             }
+            vcpu->failures++;
             fprintf(stderr, "ember: KVM_RUN failed on vCPU %u: %s\n", vcpu->id, strerror(errno));
             vm_request_stop(vm, EXIT_HOST_ERROR);
             break;

@@ -16,7 +16,10 @@ struct vcpu {
     struct kvm_run *run;
     pthread_t thread;
     bool started;
-    uint64_t exits, io_exits, mmio_exits, intr_exits, unhandled_io;
+    /* Counters for the metrics (this vCPU's thread writes them). */
+    uint64_t exits, io_in_exits, io_out_exits, mmio_read_exits, mmio_write_exits, intr_exits;
+    uint64_t unhandled_io;
+    uint64_t failures; /* runs that ended in an error: KVM_RUN failed, or an exit ending the VM */
 };
 
 /* Creates vCPU id with its CPUID and, for vCPU 0, the boot registers. */

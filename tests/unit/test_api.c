@@ -1021,7 +1021,7 @@ START_TEST(metrics_startup_gauges)
     ck_assert_int_eq(api_metrics_flush(&m, NULL), 0);
     ck_assert_int_eq(api_metrics_flush(&m, NULL), 0);
     api_metrics_close(&m);
-    char text[8192];
+    static char text[1 << 17];
     FILE *f = fopen(path, "r");
     ck_assert_ptr_nonnull(f);
     size_t n = fread(text, 1, sizeof(text) - 1, f);
