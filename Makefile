@@ -144,6 +144,7 @@ linux-smoke-test: all
 # End-to-end tests of the API over its unix socket (Python 3, standard library).
 api-test: all guests
 	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/api/test_api.py
+	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/api/test_metrics.py
 
 # The seccomp filters hold inside ember's real threads: a test-only preload
 # library makes each kind of thread attempt forbidden system calls.
