@@ -641,11 +641,23 @@ static void add_vcpus(struct emitter *e, struct vm *vm)
     inc(e, "failures", total[FAIL]);
     /* ember never calls KVM_KVMCLOCK_CTRL (a snapshot's restore would). */
     inc(e, "kvmclock_ctrl_fails", 0);
-    /* The time each exit took to handle is not measured yet. */
-    latency(e, "exit_io_in_agg", &not_measured);
-    latency(e, "exit_io_out_agg", &not_measured);
-    latency(e, "exit_mmio_read_agg", &not_measured);
-    latency(e, "exit_mmio_write_agg", &not_measured);
+    /* The time handling each exit took: the least and the most of any vCPU, their sum. */
+    static const char *const agg_names[] = {"exit_io_in_agg", "exit_io_out_agg",
+                                            "exit_mmio_read_agg", "exit_mmio_write_agg"};
+    for (int kind = 0; kind < 4; kind++) {
+        uint64_t min_ns = 0, max_ns = 0, sum_ns = 0;
+        for (unsigned i = 0; i < n; i++) {
+            const struct vcpu_exit_time *t = &vm->vcpus[i].exit_times[kind];
+            uint64_t lo = load(&t->min_ns), hi = load(&t->max_ns);
+            if (lo && (!min_ns || lo < min_ns))
+                min_ns = lo;
+            if (hi > max_ns)
+                max_ns = hi;
+            sum_ns += load(&t->sum_ns);
+        }
+        struct latency l = {min_ns / 1000, max_ns / 1000, sum_ns / 1000};
+        latency(e, agg_names[kind], &l);
+    }
     inc(e, "filter_cpuid", 0); /* a name Firecracker dropped that Kata reads; never counted */
     /* ember's: every exit, exits for a signal (a kick: pause, stop), accesses no device took. */
     inc(e, "exits", total[ALL]);

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_api  # noqa: E402
 from test_api import GUEST_DIR, KEYBOARD, Ember, Skip, check, expect, make_image  # noqa: E402
@@ -328,6 +329,14 @@ def test_block_guest(tmp):
     check(t("vcpu", "exit_mmio_write") > 0 and t("vcpu", "exit_mmio_read") > 0,
           "virtio-mmio register exits counted: %r" % lines[-1]["vcpu"])
     check(t("block", "activate_fails") == 0 and t("vcpu", "failures") == 0, "no failure counted")
+    # The time the exits took (microseconds, rounded down): the least no more than the most,
+    # which the sum includes; the serial port's writes and the devices' activations take some.
+    for kind in ("exit_io_in", "exit_io_out", "exit_mmio_read", "exit_mmio_write"):
+        agg = lines[-1]["vcpu"][kind + "_agg"]
+        check(agg["min_us"] <= agg["max_us"] <= t("vcpu", kind + "_agg.sum_us"),
+              "vcpu.%s_agg %r for %d exits" % (kind, agg, t("vcpu", kind)))
+    check(t("vcpu", "exit_io_out_agg.sum_us") > 0 and t("vcpu", "exit_mmio_write_agg.sum_us") > 0,
+          "exits took no time: %r" % lines[-1]["vcpu"])
 
 
 def test_sighup_in_the_last_line(tmp):
