@@ -368,6 +368,9 @@ static void *vcpu_main(void *arg)
     sigset_t kick;
     sigemptyset(&kick);
     sigaddset(&kick, KICK_SIGNAL);
+    /* The serial port's output to a reader that went away raises SIGPIPE here: its handler
+     * counts it (the metrics' signals.sigpipe) and the write fails with EPIPE. */
+    sigaddset(&kick, SIGPIPE);
     pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
     while (!vm_is_stopping(vm)) {
         if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {

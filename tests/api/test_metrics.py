@@ -354,7 +354,36 @@ def test_sighup_in_the_last_line(tmp):
           "signals of the last line: %r" % (lines[-1]["signals"] if lines else None))
 
 
-TESTS = [test_schema_requests_and_deltas, test_block_guest, test_sighup_in_the_last_line]
+def test_sigpipe_counted(tmp):
+    """The guest's serial output to a pipe nobody reads any more: each write raises SIGPIPE,
+    counted (signals.sigpipe), and fails; the console gives up (uart.error_count 1), the guest
+    runs to its end."""
+    metrics = os.path.join(tmp, "metrics.json")
+    config = os.path.join(tmp, "vm.json")
+    with open(config, "w") as f:
+        json.dump({"boot-source": {"kernel_image_path": test_api.HELLO, "boot_args": "console=ttyS0"},
+                   "machine-config": {"vcpu_count": 1, "mem_size_mib": 32}}, f)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(os.path.join(tmp, "err"), "wb") as err:
+        p = subprocess.Popen([test_api.EMBER, "--no-api", "--config-file", config, "--metrics-path", metrics],
+                             stdin=subprocess.DEVNULL, stdout=write_end, stderr=err)
+        os.close(write_end)
+        try:
+            status = p.wait(test_api.PATIENCE_S)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    check(status == 0, "exit status %r" % status)
+    lines = read_lines(metrics)
+    check(total(lines, "signals", "sigpipe") >= 1 and total(lines, "uart", "error_count") == 1 and
+          total(lines, "uart", "write_count") > 0,
+          "SIGPIPE and the failed write counted: %r %r" % (lines[-1]["signals"], lines[-1]["uart"]))
+
+
+TESTS = [test_schema_requests_and_deltas, test_block_guest, test_sighup_in_the_last_line,
+         test_sigpipe_counted]
 
 
 def main():
