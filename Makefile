@@ -149,7 +149,7 @@ linux-smoke-test: all
 api-test: all guests
 	export EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest; \
 	  tests/api/test_api.py; api=$$?; tests/api/test_conformance.py; conformance=$$?; \
-	  exit $$((api | conformance))
+	  tests/api/test_metrics.py; metrics=$$?; exit $$((api | conformance | metrics))
 
 # The seccomp filters hold inside ember's real threads: a test-only preload
 # library makes each kind of thread attempt forbidden system calls.

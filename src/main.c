@@ -37,11 +37,17 @@ static void on_signal(void *opaque, uint32_t events)
     if (read(p->signal_fd, &si, sizeof(si)) != sizeof(si))
         return;
     fprintf(stderr, "ember: stopping on %s\n", strsignal((int)si.ssi_signo));
+    api_metrics_note_signal((int)si.ssi_signo); /* SIGHUP is in Firecracker's metrics */
     p->status = EXIT_SIGNAL_BASE + (int)si.ssi_signo;
     if (p->vm && p->vm->started)
         vm_request_stop(p->vm, p->status);
     else
         event_loop_stop(&p->loop);
+}
+
+static void on_sigpipe(int sig)
+{
+    api_metrics_note_signal(sig);
 }
 
 /* Termination signals arrive through the loop, on the main thread only:
@@ -50,7 +56,11 @@ static int process_init(struct process *p)
 {
     memset(p, 0, sizeof(*p));
     p->signal_fd = -1;
-    signal(SIGPIPE, SIG_IGN); /* a closed console must not kill the machine */
+    /* A closed console must not kill the machine: SIGPIPE is only counted (Firecracker's
+     * signals.sigpipe), the write that raised it fails with EPIPE. */
+    struct sigaction pipe_action = {.sa_handler = on_sigpipe, .sa_flags = SA_RESTART};
+    sigemptyset(&pipe_action.sa_mask);
+    sigaction(SIGPIPE, &pipe_action, NULL);
     if (event_loop_init(&p->loop) < 0)
         return -1;
     sigset_t stop;

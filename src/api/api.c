@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- responses --------------------------------------------------------- */
@@ -299,6 +300,13 @@ static int do_action(struct api *a, const cJSON *body, char **out)
     return fault(out, "unknown action");
 }
 
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
 static int patch_vm(struct api *a, const cJSON *body, char **out)
 {
     bool pause;
@@ -306,8 +314,15 @@ static int patch_vm(struct api *a, const cJSON *body, char **out)
         return fault_from_error(out);
     if (!api_instance_started(a))
         return not_before_start(out);
+    uint64_t start = now_us();
     if ((pause ? vm_pause(a->vm) : vm_resume(a->vm)) < 0)
         return fault_from_error(out);
+    /* Firecracker's latencies: the machine's part, and the request's (from its dispatch). */
+    uint64_t end = now_us();
+    api_metrics_set_latency(
+        &a->metrics, pause ? API_LATENCY_VMM_PAUSE_VM : API_LATENCY_VMM_RESUME_VM, end - start);
+    api_metrics_set_latency(&a->metrics, pause ? API_LATENCY_PAUSE_VM : API_LATENCY_RESUME_VM,
+                            end - a->request_start_us);
     log_info("machine %s", pause ? "paused" : "resumed");
     return 204;
 }
@@ -953,6 +968,7 @@ int api_dispatch(struct api *a, const char *method, const char *raw_path, const 
     *out = NULL;
     error_clear();
     a->deprecated_request = false;
+    a->request_start_us = now_us();
     char path[HTTP_MAX_PATH];
     normalize_path(raw_path, path, sizeof(path));
     struct route_ctx r = {.a = a, .method = method, .path = path, .out = out};
@@ -990,6 +1006,8 @@ count:;
     else
         snprintf(key, sizeof(key), "%s %s", method, tmpl);
     api_metrics_count_request(&a->metrics, key, status);
+    if (a->deprecated_request)
+        api_metrics_count_deprecated(&a->metrics);
     if (status >= 400)
         log_debug("API: %s %s -> %d %s", method, path, status, *out ? *out : "");
     else

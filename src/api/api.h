@@ -25,9 +25,10 @@ struct api {
     struct event_loop *loop;
     bool vm_created;
     bool enable_pci;
-    bool boot_timer;         /* --boot-timer */
-    bool deprecated_request; /* the request being answered used a deprecated field */
+    bool boot_timer;                 /* --boot-timer */
+    bool deprecated_request;         /* the request being answered used a deprecated field */
     struct log_limit log_deprecated; /* a client can repeat deprecated requests at will */
+    uint64_t request_start_us;       /* CLOCK_MONOTONIC: when the request being answered came */
     char instance_id[API_MAX_ID_BYTES + 1];
     struct api_metrics metrics;
     int metrics_timer_fd;

@@ -45,6 +45,7 @@ void stdio_console_output(void *opaque, const uint8_t *buf, size_t len)
             poll(&p, 1, -1);
         } else {
             /* Reader gone: the guest keeps running, its output goes nowhere. */
+            __atomic_add_fetch(&c->out_errors, 1, __ATOMIC_RELAXED);
             __atomic_store_n(&c->out_broken, true, __ATOMIC_RELAXED);
             log_warn("console output failed (%s); discarding further guest output",
                      n < 0 ? strerror(errno) : "closed");

@@ -28,6 +28,7 @@ struct stdio_console {
      * for; what does not fit now is dropped and counted. */
     bool out_lossy;
     uint64_t out_dropped;
+    uint64_t out_errors; /* writes that failed (the output is then given up) */
     struct event_loop *loop;
     struct event_handler *handler;
     int resume_fd; /* eventfd: the device has room again */

@@ -149,12 +149,14 @@ void i8042_command_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len
     struct i8042 *c = opaque;
     (void)offset;
     if (len != 1) {
+        __atomic_add_fetch(is_write ? &c->missed_writes : &c->missed_reads, 1, __ATOMIC_RELAXED);
         if (!is_write)
             memset(data, 0xff, len);
         return;
     }
     bool reset = false;
     pthread_mutex_lock(&c->lock);
+    (*(is_write ? &c->writes : &c->reads))++;
     if (!is_write) {
         /* The input buffer is never full: writers need not wait. */
         data[0] = STATUS_SYSTEM | STATUS_UNLOCKED | (c->fifo_count ? STATUS_OUTPUT_FULL : 0) |
@@ -190,6 +192,8 @@ void i8042_command_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len
         }
         update_irq(c);
     }
+    if (reset)
+        c->resets++;
     pthread_mutex_unlock(&c->lock);
     if (reset && c->on_reset)
         c->on_reset(c->opaque);
@@ -242,12 +246,14 @@ void i8042_data_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, b
     struct i8042 *c = opaque;
     (void)offset;
     if (len != 1) {
+        __atomic_add_fetch(is_write ? &c->missed_writes : &c->missed_reads, 1, __ATOMIC_RELAXED);
         if (!is_write)
             memset(data, 0xff, len);
         return;
     }
     bool reset = false;
     pthread_mutex_lock(&c->lock);
+    (*(is_write ? &c->writes : &c->reads))++;
     if (!is_write) {
         data[0] = pop(c);
         /* Drop the line; update_irq raises it again for the next byte. */
@@ -269,6 +275,8 @@ void i8042_data_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, b
         keyboard_write(c, data[0]);
     }
     update_irq(c);
+    if (reset)
+        c->resets++;
     pthread_mutex_unlock(&c->lock);
     if (reset && c->on_reset)
         c->on_reset(c->opaque);

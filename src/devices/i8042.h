@@ -30,6 +30,8 @@ struct i8042 {
     unsigned fifo_head, fifo_count;
     uint8_t scancode_set; /* what the keyboard says it sends (1-3); ember sends set 2 */
     uint64_t keys_sent, bytes_dropped;
+    /* The guest's port accesses: byte-wide ones served, wider ones ignored; resets it asked for. */
+    uint64_t reads, writes, missed_reads, missed_writes, resets;
 };
 
 void i8042_init(struct i8042 *c, void (*on_reset)(void *), void *opaque);

@@ -659,6 +659,7 @@ static void on_throttle(void *opaque, uint32_t events)
     struct virtio_blk *b = opaque;
     (void)events;
     uint64_t v;
+    b->throttle_wakeups++;
     ssize_t ignored = read(b->throttle_fd, &v, sizeof(v));
     (void)ignored;
     if (b->dev.active)
@@ -881,7 +882,16 @@ static void install_backing_on_io(void *arg)
     cb->result = 0;
 }
 
+static int change_backing(struct virtio_blk *b, const char *path);
+
 int virtio_blk_change_backing(struct virtio_blk *b, const char *path)
+{
+    int r = change_backing(b, path);
+    __atomic_add_fetch(r < 0 ? &b->update_fails : &b->updates, 1, __ATOMIC_RELAXED);
+    return r;
+}
+
+static int change_backing(struct virtio_blk *b, const char *path)
 {
     /* The same file again (grown or shrunk in place) cannot be opened
      * beside the old descriptor, which holds its lock: close that first.

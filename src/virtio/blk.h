@@ -58,6 +58,9 @@ struct virtio_blk {
     uint64_t throttle_events, poll_hits, poll_rounds, merges;
     uint64_t completion_wakeups; /* the backend's eventfd fired (edge-triggered: once per batch) */
     uint64_t refused[BLK_REFUSALS]; /* also counted in errors */
+    uint64_t throttle_wakeups;      /* the rate limiter's timer fired */
+    /* PATCH /drives (main thread): backing files changed, and changes refused. */
+    uint64_t updates, update_fails;
 };
 
 int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_options *opts,

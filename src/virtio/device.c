@@ -121,6 +121,7 @@ void virtio_dev_config_access(struct virtio_dev *d, uint64_t offset, void *data,
                               bool is_write)
 {
     if (offset > d->config_size || (uint64_t)len > d->config_size - offset) {
+        __atomic_add_fetch(&d->cfg_fails, 1, __ATOMIC_RELAXED);
         if (!is_write)
             memset(data, 0, len);
         return;
@@ -128,6 +129,8 @@ void virtio_dev_config_access(struct virtio_dev *d, uint64_t offset, void *data,
     if (is_write) {
         if (d->ops->write_config)
             d->ops->write_config(d, (uint32_t)offset, data, len);
+        else
+            __atomic_add_fetch(&d->cfg_fails, 1, __ATOMIC_RELAXED);
     } else if (d->ops->read_config) {
         d->ops->read_config(d, (uint32_t)offset, data, len);
     } else {
@@ -187,6 +190,7 @@ static void on_kick(void *opaque, uint32_t events)
     /* Edge-triggered: every signal of the eventfd wakes us, so its counter
      * need not be read back (a system call saved per kick). */
     d->kicks++;
+    q->kicks++;
     if (virtio_dev_queue_live(d, q->index) && !q->vq.broken && d->ops->queue_notify)
         d->ops->queue_notify(d, q->index);
 }
@@ -347,6 +351,7 @@ void virtio_dev_set_status(struct virtio_dev *d, uint8_t status)
             struct activate_call c = {.d = d};
             iothread_call(&d->io, activate_on_io, &c);
             if (c.result < 0) {
+                d->activate_fails++;
                 log_limited(&d->log_guest_error, LOG_WARN, "%s: %s; device needs a reset", d->name,
                             c.why);
                 mark_needs_reset(d, true);

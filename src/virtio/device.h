@@ -90,6 +90,7 @@ struct virtio_queue {
     int kick_fd; /* eventfd signalled by KVM (ioeventfd) or the transport */
     struct event_handler *kick_handler;
     struct virtq vq; /* valid while the device is active */
+    uint64_t kicks;  /* the driver's notifications of this queue (metrics) */
 };
 
 struct virtio_dev {
@@ -115,8 +116,10 @@ struct virtio_dev {
     /* What the driver gets wrong, logged with a rate limit per kind: broken
      * rings and requests, status and feature misuse, ignored register writes. */
     struct log_limit log_guest_error, log_status, log_register;
-    /* Counters for metrics. */
-    uint64_t interrupts, kicks;
+    /* Counters for metrics: interrupts sent, notifications taken (all queues), DRIVER_OKs
+     * that could not activate the device, configuration accesses outside its space or to
+     * a read-only one. */
+    uint64_t interrupts, kicks, activate_fails, cfg_fails;
 };
 
 int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id, uint64_t features,

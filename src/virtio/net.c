@@ -87,6 +87,7 @@ static bool tokens(struct virtio_net *n, struct token_bucket *bytes, struct toke
     if (wb > wait)
         wait = wb;
     if (wait) {
+        (*(bytes == &n->rx_bytes_tb ? &n->rx_limited : &n->tx_limited))++;
         arm_timer(n, wait);
         return false;
     }
@@ -215,8 +216,11 @@ static bool fill_tx(struct virtio_net *n, bool *pushed)
             virtio_dev_fail(d, q->error);
             return false;
         }
-        if (got == 0)
+        if (got == 0) {
+            if (n->tx_held == 0 && n->tx_consumed == 0)
+                n->no_tx_frames++;
             break;
+        }
         struct net_hdr h;
         const char *bad = NULL;
         if (c->nin)
@@ -228,6 +232,7 @@ static bool fill_tx(struct virtio_net *n, bool *pushed)
             bad = check_tx_header(n, &h, c->out_len - sizeof(h));
         }
         if (bad) {
+            n->tx_malformed++;
             count_drop(n, &n->tx_dropped, bad);
             virtq_push(q, c->head, 0);
             *pushed = true;
@@ -239,6 +244,12 @@ static bool fill_tx(struct virtio_net *n, bool *pushed)
             virtq_unpop(q, 1);
             n->tx_throttled = true;
             break;
+        }
+        if (n->opts.has_mac && c->out_len >= sizeof(h) + 12) {
+            uint8_t src[6];
+            virtq_chain_read(c, sizeof(h) + 6, src, sizeof(src));
+            if (memcmp(src, n->opts.mac, sizeof(src)))
+                n->tx_spoofed_mac++; /* counted, as Firecracker does, and sent */
         }
         if (n->mmds && mmds_detour(n, c, &h)) {
             virtq_push(q, c->head, 0);
@@ -310,6 +321,7 @@ static unsigned send_held(struct virtio_net *n)
             continue;
         }
         if (res[i] < 0) {
+            n->tap_write_fails++;
             count_drop(n, &n->tx_dropped, strerror((int)-res[i]));
         } else {
             n->tx_frames++;
@@ -491,6 +503,7 @@ static void process_rx(struct virtio_net *n)
             if (r == -EAGAIN)
                 break;
             if (r < 0) {
+                n->tap_read_fails++;
                 count_drop(n, &n->rx_dropped, strerror((int)-r));
                 break;
             }
@@ -507,6 +520,7 @@ static void process_rx(struct virtio_net *n)
             break;
         }
         if (!deliver(n)) {
+            n->no_rx_buffers++;
             /* Not enough buffers: stop reading the host until the guest adds more (its kick
              * on the receive queue), which pushes back on it. The ring may still hold the
              * buffers just given back, too few for this frame: only new ones count. */
@@ -529,6 +543,7 @@ static void on_rx(void *opaque, uint32_t events)
 {
     struct virtio_net *n = opaque;
     (void)events;
+    n->rx_host_events++;
     if (n->dev.active)
         process_rx(n);
 }
@@ -540,6 +555,8 @@ static void on_timer(void *opaque, uint32_t events)
     uint64_t v;
     ssize_t ignored = read(n->timer_fd, &v, sizeof(v));
     (void)ignored;
+    /* One timer serves both directions: the fire counts for the one that waited on it. */
+    (*(n->tx_throttled ? &n->tx_limiter_wakeups : &n->rx_limiter_wakeups))++;
     if (!n->dev.active)
         return;
     if (virtio_dev_queue_live(&n->dev, RXQ))

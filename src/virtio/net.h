@@ -83,6 +83,14 @@ struct virtio_net {
     unsigned tx_consumed; /* frames of this round given back without reaching the host */
     /* Counters (iothread). */
     uint64_t rx_frames, rx_bytes, rx_dropped, tx_frames, tx_bytes, tx_dropped, tx_pushback;
+    uint64_t tap_read_fails, tap_write_fails; /* the host refused a frame (also dropped) */
+    uint64_t tx_malformed;                    /* frames the guest got wrong (also dropped) */
+    uint64_t tx_spoofed_mac; /* frames whose source is not the configured guest_mac (sent) */
+    uint64_t no_rx_buffers;  /* a frame waited: the guest had no receive buffers for it */
+    uint64_t no_tx_frames;   /* a transmit round found no frame */
+    uint64_t rx_limited, tx_limited;                 /* the rate limiter held a direction back */
+    uint64_t rx_limiter_wakeups, tx_limiter_wakeups; /* its timer fired */
+    uint64_t rx_host_events;                         /* the host side became readable */
     struct log_limit log_drop, log_host; /* malformed or refused frames; host-side trouble */
 };
 

@@ -50,6 +50,7 @@ static void serve(struct virtio_rng *r)
          * taking means a wait of 0 is never mistaken for a timer. */
         uint64_t wait_ns = token_bucket_wait_ns(&r->bucket, want);
         if (wait_ns) {
+            r->limited++;
             arm_timer(r, wait_ns);
             break;
         }
@@ -61,8 +62,10 @@ static void serve(struct virtio_rng *r)
             uint64_t done = 0;
             while (done < n) {
                 ssize_t got = getrandom(b->hva + done, n - done, 0);
-                if (got <= 0)
+                if (got <= 0) {
+                    r->host_fails++;
                     break;
+                }
                 done += (uint64_t)got;
             }
             written += done;
@@ -92,6 +95,7 @@ static void on_timer(void *opaque, uint32_t events)
     struct virtio_rng *r = opaque;
     (void)events;
     uint64_t v;
+    r->wakeups++;
     ssize_t ignored = read(r->timer_fd, &v, sizeof(v));
     (void)ignored;
     if (r->dev.active)

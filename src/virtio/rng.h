@@ -17,6 +17,8 @@ struct virtio_rng {
     int timer_fd;
     struct event_handler *timer_handler;
     uint64_t bytes, requests;
+    uint64_t host_fails;       /* getrandom() gave less than asked: a request filled short */
+    uint64_t limited, wakeups; /* the rate limiter held a request back; its timer fired */
 };
 
 /* rate: bytes per second (0 = unlimited); burst: bucket size (0 = rate). */

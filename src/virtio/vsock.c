@@ -227,6 +227,7 @@ static void conn_free(struct virtio_vsock *v, struct vsock_conn *c)
     free(c->buf);
     free(c);
     v->nconns--;
+    v->conns_removed++;
 }
 
 static void queue_ctrl(struct virtio_vsock *v, const struct vsock_hdr *h)
@@ -354,6 +355,7 @@ static bool flush(struct virtio_vsock *v, struct vsock_conn *c)
         if (r < 0 && (errno == EAGAIN || errno == EINTR))
             break;
         if (r <= 0) {
+            v->flush_fails++;
             conn_kill(v, c, true);
             return false;
         }
@@ -458,6 +460,7 @@ static uint32_t serve_conn(struct virtio_vsock *v, struct vsock_conn *c, struct 
             } else if (errno == EAGAIN || errno == EINTR) {
                 c->pending &= ~P_RW;
             } else {
+                v->read_fails++;
                 conn_kill(v, c, true);
                 return 0;
             }
@@ -654,6 +657,7 @@ static void on_timer(void *opaque, uint32_t events)
         }
         /* A CONNECT line or a guest answer that never came, or a host
          * program that never took the guest's last bytes. */
+        v->conns_timed_out++;
         conn_kill(v, c, true);
     }
     if (!more) {
@@ -719,6 +723,7 @@ static void take_data(struct virtio_vsock *v, struct vsock_conn *c, const struct
         struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
         ssize_t r = n ? sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT) : 0;
         if (r < 0 && errno != EAGAIN && errno != EINTR) {
+            v->write_fails++;
             conn_kill(v, c, true);
             return;
         }

@@ -94,6 +94,9 @@ struct virtio_vsock {
     uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes;
     uint64_t conns_opened, conns_refused, rsts_sent, rsts_dropped;
     uint64_t bad_packets, credit_violations, unknown_conn_packets;
+    uint64_t conns_removed, conns_timed_out; /* closed for any reason; of those, by a deadline */
+    /* The host program's socket failed: buffered bytes, bytes written directly, a read. */
+    uint64_t flush_fails, write_fails, read_fails;
     struct log_limit log_bad, log_host; /* refused guest packets; host-side trouble */
 };
 

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #define KICK_SIGNAL (SIGRTMIN + 0)
@@ -246,6 +247,26 @@ static void handle_mmio(struct vcpu *vcpu)
     }
 }
 
+/* The monotonic clock through the vDSO: no system call, as on the device threads. */
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* Counts an exit of this kind and the time handling it took (from start). */
+static void exit_done(struct vcpu *vcpu, enum vcpu_exit_kind kind, uint64_t start)
+{
+    uint64_t took = now_ns() - start;
+    struct vcpu_exit_time *t = &vcpu->exit_times[kind];
+    __atomic_store_n(&t->sum_ns, t->sum_ns + took, __ATOMIC_RELAXED);
+    if (t->min_ns == 0 || took < t->min_ns)
+        __atomic_store_n(&t->min_ns, took ? took : 1, __ATOMIC_RELAXED);
+    if (took > t->max_ns)
+        __atomic_store_n(&t->max_ns, took, __ATOMIC_RELAXED);
+}
+
 /* Returns true while the vCPU should keep running. */
 static bool handle_exit(struct vcpu *vcpu)
 {
@@ -253,22 +274,32 @@ static bool handle_exit(struct vcpu *vcpu)
     struct vm *vm = vcpu->vm;
     char detail[256];
     switch (run->exit_reason) {
-    case KVM_EXIT_IO:
-        vcpu->io_exits++;
+    case KVM_EXIT_IO: {
+        uint64_t start = now_ns();
+        bool out = run->io.direction == KVM_EXIT_IO_OUT;
+        (*(out ? &vcpu->io_out_exits : &vcpu->io_in_exits))++;
         handle_io(vcpu);
+        exit_done(vcpu, out ? VCPU_EXIT_IO_OUT : VCPU_EXIT_IO_IN, start);
         return true;
-    case KVM_EXIT_MMIO:
-        vcpu->mmio_exits++;
+    }
+    case KVM_EXIT_MMIO: {
+        uint64_t start = now_ns();
+        bool write = run->mmio.is_write;
+        (*(write ? &vcpu->mmio_write_exits : &vcpu->mmio_read_exits))++;
         handle_mmio(vcpu);
+        exit_done(vcpu, write ? VCPU_EXIT_MMIO_WRITE : VCPU_EXIT_MMIO_READ, start);
         return true;
+    }
     case KVM_EXIT_INTR:
         vcpu->intr_exits++;
         return true;
     case KVM_EXIT_HLT:
+        vcpu->failures++;
         report(vcpu, "HLT (KVM_EXIT_HLT): halted with nothing to wake it", NULL);
         vm_request_stop(vm, EXIT_GUEST_HLT);
         return false;
     case KVM_EXIT_SHUTDOWN:
+        vcpu->failures++;
         report(vcpu, "triple fault (KVM_EXIT_SHUTDOWN)",
                "an exception occurred while delivering a double fault; the machine would reset");
         vm_request_stop(vm, EXIT_GUEST_TRIPLE_FAULT);
@@ -284,11 +315,13 @@ static bool handle_exit(struct vcpu *vcpu)
             vm_request_stop(vm, EXIT_OK);
             return false;
         case KVM_SYSTEM_EVENT_CRASH:
+            vcpu->failures++;
             report(vcpu, "guest crash (KVM_EXIT_SYSTEM_EVENT, crash)", NULL);
             vm_request_stop(vm, EXIT_GUEST_CRASH);
             return false;
         default:
             snprintf(detail, sizeof(detail), "system event type %u", run->system_event.type);
+            vcpu->failures++;
             report(vcpu, "unexpected system event (KVM_EXIT_SYSTEM_EVENT)", detail);
             vm_request_stop(vm, EXIT_GUEST_UNEXPECTED);
             return false;
@@ -302,6 +335,7 @@ static bool handle_exit(struct vcpu *vcpu)
         for (uint32_t i = 0; i < ndata && n > 0 && (size_t)n < sizeof(detail); i++)
             n += snprintf(detail + n, sizeof(detail) - (size_t)n, "%s%llx", i ? " " : ", data ",
                           (unsigned long long)run->internal.data[i]);
+        vcpu->failures++;
         report(vcpu, "KVM internal error (KVM_EXIT_INTERNAL_ERROR)", detail);
         vm_request_stop(vm, EXIT_GUEST_INTERNAL_ERROR);
         return false;
@@ -310,11 +344,13 @@ static bool handle_exit(struct vcpu *vcpu)
         snprintf(detail, sizeof(detail), "hardware entry failure reason 0x%llx on cpu %u",
                  (unsigned long long)run->fail_entry.hardware_entry_failure_reason,
                  run->fail_entry.cpu);
+        vcpu->failures++;
         report(vcpu, "VM entry failed (KVM_EXIT_FAIL_ENTRY)", detail);
         vm_request_stop(vm, EXIT_GUEST_FAIL_ENTRY);
         return false;
     default:
         snprintf(detail, sizeof(detail), "exit reason %u", run->exit_reason);
+        vcpu->failures++;
         report(vcpu, "unexpected exit from KVM_RUN", detail);
         vm_request_stop(vm, EXIT_GUEST_UNEXPECTED);
         return false;
@@ -332,6 +368,9 @@ static void *vcpu_main(void *arg)
     sigset_t kick;
     sigemptyset(&kick);
     sigaddset(&kick, KICK_SIGNAL);
+    /* The serial port's output to a reader that went away raises SIGPIPE here: its handler
+     * counts it (the metrics' signals.sigpipe) and the write fails with EPIPE. */
+    sigaddset(&kick, SIGPIPE);
     pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
     while (!vm_is_stopping(vm)) {
         if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {
@@ -342,6 +381,7 @@ static void *vcpu_main(void *arg)
                 vm_vcpu_park(vm);
                 continue;
             }
+            vcpu->failures++;
             fprintf(stderr, "ember: KVM_RUN failed on vCPU %u: %s\n", vcpu->id, strerror(errno));
             vm_request_stop(vm, EXIT_HOST_ERROR);
             break;

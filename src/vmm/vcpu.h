@@ -9,6 +9,19 @@
 
 struct vm;
 
+/* How long handling one kind of exit took, in nanoseconds: the least and the most (0: none
+ * yet) and the sum (Firecracker's exit latency aggregates). */
+struct vcpu_exit_time {
+    uint64_t min_ns, max_ns, sum_ns;
+};
+
+enum vcpu_exit_kind {
+    VCPU_EXIT_IO_IN,
+    VCPU_EXIT_IO_OUT,
+    VCPU_EXIT_MMIO_READ,
+    VCPU_EXIT_MMIO_WRITE
+};
+
 struct vcpu {
     struct vm *vm;
     unsigned id;
@@ -16,7 +29,11 @@ struct vcpu {
     struct kvm_run *run;
     pthread_t thread;
     bool started;
-    uint64_t exits, io_exits, mmio_exits, intr_exits, unhandled_io;
+    /* Counters for the metrics (this vCPU's thread writes them). */
+    uint64_t exits, io_in_exits, io_out_exits, mmio_read_exits, mmio_write_exits, intr_exits;
+    uint64_t unhandled_io;
+    uint64_t failures; /* runs that ended in an error: KVM_RUN failed, or an exit ending the VM */
+    struct vcpu_exit_time exit_times[4]; /* by enum vcpu_exit_kind */
 };
 
 /* Creates vCPU id with its CPUID and, for vCPU 0, the boot registers. */
