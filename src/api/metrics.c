@@ -349,22 +349,30 @@ static void inc(struct emitter *e, const char *name, uint64_t cumulative)
     put_u64(e, delta);
 }
 
-/* Firecracker's LatencyAggregateMetrics: the least and the most as they stand, their sum
- * as a counter. */
-struct latency {
-    uint64_t min_us, max_us, sum_us;
-};
-
-static void latency(struct emitter *e, const char *name, const struct latency *l)
+/* Firecracker's LatencyAggregateMetrics, in microseconds: the least and the most as they
+ * stand, their sum as a counter. */
+static void latency(struct emitter *e, const char *name, const struct latency_stats *l)
 {
     begin(e, name);
-    gauge(e, "min_us", l->min_us);
-    gauge(e, "max_us", l->max_us);
-    inc(e, "sum_us", l->sum_us);
+    gauge(e, "min_us", l->min_ns / 1000);
+    gauge(e, "max_us", l->max_ns / 1000);
+    inc(e, "sum_us", l->sum_ns / 1000);
     end(e);
 }
 
-static const struct latency not_measured;
+/* Adds what another thread (a vCPU, a device) recorded into a total. */
+static void latency_add(struct latency_stats *total, const struct latency_stats *s)
+{
+    uint64_t lo = __atomic_load_n(&s->min_ns, __ATOMIC_RELAXED);
+    uint64_t hi = __atomic_load_n(&s->max_ns, __ATOMIC_RELAXED);
+    if (lo && (!total->min_ns || lo < total->min_ns))
+        total->min_ns = lo;
+    if (hi > total->max_ns)
+        total->max_ns = hi;
+    total->sum_ns += __atomic_load_n(&s->sum_ns, __ATOMIC_RELAXED);
+}
+
+static const struct latency_stats not_measured;
 
 /* A group of counters all 0 here, each named. */
 static void zeros(struct emitter *e, const char *const *names, size_t n)
@@ -637,18 +645,10 @@ static void add_vcpus(struct emitter *e, struct vm *vm)
     static const char *const agg_names[] = {"exit_io_in_agg", "exit_io_out_agg",
                                             "exit_mmio_read_agg", "exit_mmio_write_agg"};
     for (int kind = 0; kind < 4; kind++) {
-        uint64_t min_ns = 0, max_ns = 0, sum_ns = 0;
-        for (unsigned i = 0; i < n; i++) {
-            const struct vcpu_exit_time *t = &vm->vcpus[i].exit_times[kind];
-            uint64_t lo = load(&t->min_ns), hi = load(&t->max_ns);
-            if (lo && (!min_ns || lo < min_ns))
-                min_ns = lo;
-            if (hi > max_ns)
-                max_ns = hi;
-            sum_ns += load(&t->sum_ns);
-        }
-        struct latency l = {min_ns / 1000, max_ns / 1000, sum_ns / 1000};
-        latency(e, agg_names[kind], &l);
+        struct latency_stats all = {0};
+        for (unsigned i = 0; i < n; i++)
+            latency_add(&all, &vm->vcpus[i].exit_times[kind]);
+        latency(e, agg_names[kind], &all);
     }
     inc(e, "filter_cpuid", 0); /* a name Firecracker dropped that Kata reads; never counted */
     /* ember's: every exit, exits for a signal (a kick: pause, stop), accesses no device took. */
@@ -794,14 +794,15 @@ static void blk_values(struct virtio_blk *b, uint64_t *v)
     v[BM_INTERRUPTS] = load(&b->dev.interrupts);
 }
 
-static void blk_group(struct emitter *e, const char *name, const uint64_t *v)
+/* time: reads' and writes', from the ring to their completion. */
+static void blk_group(struct emitter *e, const char *name, const uint64_t *v,
+                      const struct latency_stats time[2])
 {
     begin(e, name);
     for (int i = 0; i < BM_NFIELDS; i++)
         inc(e, blk_names[i], v[i]);
-    /* Each request's time is not measured yet. */
-    latency(e, "read_agg", &not_measured);
-    latency(e, "write_agg", &not_measured);
+    latency(e, "read_agg", &time[0]);
+    latency(e, "write_agg", &time[1]);
     end(e);
 }
 
@@ -1021,6 +1022,7 @@ static void add_entropy(struct emitter *e, struct virtio_rng *r)
 static void add_devices(struct emitter *e, struct vm *vm)
 {
     uint64_t blk_total[BM_NFIELDS] = {0}, net_total[NM_NFIELDS] = {0}, v[NM_NFIELDS];
+    struct latency_stats blk_time[2] = {{0}, {0}};
     uint64_t pmem_total[PM_NFIELDS] = {0};
     struct virtio_vsock *vsock = NULL;
     struct virtio_rng *rng = NULL;
@@ -1034,7 +1036,12 @@ static void add_devices(struct emitter *e, struct vm *vm)
             struct virtio_blk *b = vm->virtio[i]->model;
             snprintf(name, sizeof(name), "block_%.64s", b->opts.id ? b->opts.id : d->name);
             blk_values(b, v);
-            blk_group(e, name, v);
+            struct latency_stats time[2] = {{0}, {0}};
+            latency_add(&time[0], &b->read_time);
+            latency_add(&time[1], &b->write_time);
+            blk_group(e, name, v, time);
+            latency_add(&blk_time[0], &b->read_time);
+            latency_add(&blk_time[1], &b->write_time);
             for (int k = 0; k < BM_NFIELDS; k++)
                 blk_total[k] += v[k];
         } else if (d->device_id == VIRTIO_ID_NET) {
@@ -1064,7 +1071,7 @@ static void add_devices(struct emitter *e, struct vm *vm)
         }
     }
     /* The aggregates, there with no device too, as in Firecracker. */
-    blk_group(e, "block", blk_total);
+    blk_group(e, "block", blk_total, blk_time);
     net_group(e, "net", net_total);
     pmem_group(e, "pmem", pmem_total);
     add_vsock(e, vsock);

@@ -88,6 +88,7 @@ struct blk_request {
     uint32_t written;
     struct blk_request *next_free;
     struct blk_request *merged; /* requests whose data rides on this one's I/O */
+    uint64_t start_ns;          /* taken off the ring (reads and writes: the metrics) */
     struct iovec iov[BLK_QUEUE_SIZE];
 };
 
@@ -173,11 +174,19 @@ static void finish_request(struct blk_request *r, uint8_t status)
     q->free_list = r;
 }
 
+/* The time a read or write took, from the ring to its completion. */
+static void record_time(struct virtio_blk *b, const struct blk_request *r, enum blk_op op,
+                        uint64_t now)
+{
+    latency_record(op == BLK_READ ? &b->read_time : &b->write_time, now - r->start_ns);
+}
+
 static void io_done(void *opaque, struct blk_io *io)
 {
     (void)opaque;
     struct blk_request *r = (struct blk_request *)io;
     struct virtio_blk *b = r->queue->blk;
+    uint64_t now = io->op == BLK_READ || io->op == BLK_WRITE ? monotonic_ns() : 0;
     /* Requests merged into this I/O share its outcome. */
     for (struct blk_request *m = r->merged, *next; m; m = next) {
         next = m->merged;
@@ -189,6 +198,7 @@ static void io_done(void *opaque, struct blk_io *io)
                 b->reads++;
             else
                 b->writes++;
+            record_time(b, m, io->op, now);
             finish_request(m, VIRTIO_BLK_S_OK);
         }
     }
@@ -202,9 +212,11 @@ static void io_done(void *opaque, struct blk_io *io)
     if (io->op == BLK_READ) {
         b->reads++;
         b->read_bytes += io->len;
+        record_time(b, r, io->op, now);
     } else if (io->op == BLK_WRITE) {
         b->writes++;
         b->write_bytes += io->len;
+        record_time(b, r, io->op, now);
     } else if (io->op == BLK_FLUSH) {
         b->flushes++;
     } else {
@@ -370,6 +382,7 @@ static bool start_request(struct blk_queue *q, struct blk_request *r, const char
         /* Held back until the batch is complete, to be merged with its
          * neighbours on disk. */
         r->merged = NULL;
+        r->start_ns = monotonic_ns();
         q->batch[q->nbatch++] = r;
         return true;
     }

@@ -5,6 +5,7 @@
 #define EMBER_VIRTIO_BLK_H
 
 #include "backends/block.h"
+#include "util/latency.h"
 #include "util/ratelimit.h"
 #include "virtio/device.h"
 
@@ -61,6 +62,8 @@ struct virtio_blk {
     uint64_t throttle_wakeups;      /* the rate limiter's timer fired */
     /* PATCH /drives (main thread): backing files changed, and changes refused. */
     uint64_t updates, update_fails;
+    /* Reads and writes, from the ring to their completion (iothread). */
+    struct latency_stats read_time, write_time;
 };
 
 int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_options *opts,

@@ -255,16 +255,10 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/* Counts an exit of this kind and the time handling it took (from start). */
+/* Records the time handling an exit of this kind took (from start). */
 static void exit_done(struct vcpu *vcpu, enum vcpu_exit_kind kind, uint64_t start)
 {
-    uint64_t took = now_ns() - start;
-    struct vcpu_exit_time *t = &vcpu->exit_times[kind];
-    __atomic_store_n(&t->sum_ns, t->sum_ns + took, __ATOMIC_RELAXED);
-    if (t->min_ns == 0 || took < t->min_ns)
-        __atomic_store_n(&t->min_ns, took ? took : 1, __ATOMIC_RELAXED);
-    if (took > t->max_ns)
-        __atomic_store_n(&t->max_ns, took, __ATOMIC_RELAXED);
+    latency_record(&vcpu->exit_times[kind], now_ns() - start);
 }
 
 /* Returns true while the vCPU should keep running. */

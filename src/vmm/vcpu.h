@@ -2,18 +2,14 @@
 #ifndef EMBER_VMM_VCPU_H
 #define EMBER_VMM_VCPU_H
 
+#include "util/latency.h"
+
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 struct vm;
-
-/* How long handling one kind of exit took, in nanoseconds: the least and the most (0: none
- * yet) and the sum (Firecracker's exit latency aggregates). */
-struct vcpu_exit_time {
-    uint64_t min_ns, max_ns, sum_ns;
-};
 
 enum vcpu_exit_kind {
     VCPU_EXIT_IO_IN,
@@ -33,7 +29,7 @@ struct vcpu {
     uint64_t exits, io_in_exits, io_out_exits, mmio_read_exits, mmio_write_exits, intr_exits;
     uint64_t unhandled_io;
     uint64_t failures; /* runs that ended in an error: KVM_RUN failed, or an exit ending the VM */
-    struct vcpu_exit_time exit_times[4]; /* by enum vcpu_exit_kind */
+    struct latency_stats exit_times[4]; /* handling an exit, by enum vcpu_exit_kind */
 };
 
 /* Creates vCPU id with its CPUID and, for vCPU 0, the boot registers. */

@@ -328,6 +328,18 @@ def test_block_guest(tmp):
         check(t("block", field) == t("block_data", field) + t("block_rootfs", field),
               "block.%s is the drives' sum" % field)
     check(t("block", "queue_event_count") > 0, "queue notifications counted")
+    # Each read and write timed from the ring to its completion: the read-only drive has no
+    # write time; the data drive's reads and writes took some.
+    data_agg, ro_agg = lines[-1]["block_data"], lines[-1]["block_rootfs"]
+    check(t("block_data", "read_agg.sum_us") > 0 and t("block_data", "write_agg.sum_us") > 0 and
+          0 < data_agg["read_agg"]["max_us"] <= t("block_data", "read_agg.sum_us") and
+          data_agg["write_agg"]["min_us"] <= data_agg["write_agg"]["max_us"],
+          "block_data read/write times: %r %r" % (data_agg["read_agg"], data_agg["write_agg"]))
+    check(ro_agg["write_agg"] == {"min_us": 0, "max_us": 0, "sum_us": 0} and
+          t("block_rootfs", "read_agg.sum_us") > 0, "block_rootfs times: %r" % ro_agg)
+    check(lines[-1]["block"]["read_agg"]["max_us"] == max(data_agg["read_agg"]["max_us"],
+                                                          ro_agg["read_agg"]["max_us"]),
+          "the aggregate's longest read is the drives' longest")
     check(t("interrupts", "triggers") > 0, "interrupts counted")
     check(t("vcpu", "exit_mmio_write") > 0 and t("vcpu", "exit_mmio_read") > 0,
           "virtio-mmio register exits counted: %r" % lines[-1]["vcpu"])
