@@ -773,9 +773,10 @@ static void blk_values(struct virtio_blk *b, uint64_t *v)
     memset(v, 0, BM_NFIELDS * sizeof(*v));
     v[BM_ACTIVATE_FAILS] = load(&b->dev.activate_fails);
     v[BM_CFG_FAILS] = load(&b->dev.cfg_fails);
-    /* no_avail_buffer, event_fails: ember never reads a queue's eventfd (its kicks are edge
-     * triggered) and does not count kicks that found the ring empty. io_engine_throttled,
-     * remaining_reqs: a request the engine has no room for waits in the ring, uncounted. */
+    /* event_fails: ember never reads a queue's eventfd (its kicks are edge triggered). */
+    v[BM_NO_AVAIL_BUFFER] = load(&b->empty_kicks);
+    /* Requests left in the ring because every slot of the engine is in flight. */
+    v[BM_ENGINE_THROTTLED] = v[BM_REMAINING] = load(&b->slots_full);
     v[BM_EXECUTE_FAILS] = errors > refused ? errors - refused : 0; /* the host's I/O errors */
     v[BM_INVALID_REQS] = refused + load(&b->unsupported);
     v[BM_FLUSH] = load(&b->flushes);

@@ -544,8 +544,11 @@ static void process_queue(struct virtio_blk *b, unsigned index)
                 return;
             }
         }
-        if (!q->free_list)
+        if (!q->free_list) {
+            if (virtq_has_avail(vq))
+                b->slots_full++;
             break; /* every slot busy: completions bring us back */
+        }
         if (b->polling)
             break; /* no kicks while the iothread polls the ring */
         /* While requests are in flight, their completions bring us back to
@@ -632,7 +635,8 @@ static void start_polling(struct virtio_blk *b)
 static void queue_notify(struct virtio_dev *d, unsigned index)
 {
     struct virtio_blk *b = d->opaque;
-    (void)index;
+    if (!virtq_has_avail(&d->queues[index].vq))
+        b->empty_kicks++;
     start_polling(b);
     serve(b);
 }

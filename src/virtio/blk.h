@@ -60,6 +60,8 @@ struct virtio_blk {
     uint64_t completion_wakeups; /* the backend's eventfd fired (edge-triggered: once per batch) */
     uint64_t refused[BLK_REFUSALS]; /* also counted in errors */
     uint64_t throttle_wakeups;      /* the rate limiter's timer fired */
+    uint64_t empty_kicks;           /* a notification that found its queue empty */
+    uint64_t slots_full;            /* requests left in the ring: every slot in flight */
     /* PATCH /drives (main thread): backing files changed, and changes refused. */
     uint64_t updates, update_fails;
     /* Reads and writes, from the ring to their completion (iothread). */
