@@ -49,7 +49,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 .PHONY: all demo test unit-test guest-test console-test api-test seccomp-test jailer-test \
         jailer-test-sanitize linux-smoke-test test-linux \
         test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer bench-linux-boot \
-        clang guests format format-check clean bench install uninstall go-sdk-test
+        clang guests format format-check clean bench install uninstall go-sdk-test clients-test
 
 all: $(BUILD)/ember $(BUILD)/ember-jailer
 
@@ -167,6 +167,11 @@ jailer-test: all guests
 	EMBER=$(abspath $(BUILD))/ember JAILER=$(abspath $(BUILD))/ember-jailer \
 	  GUEST_DIR=$(abspath $(BUILD))/guest tests/jailer/test_jailer.py
 
+# Firecracker's clients (firecracker-containerd, Kata Containers, flintlock): their own request
+# sequences and launch lines, replayed byte for byte.
+clients-test: all guests
+	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/clients/test_clients.py
+
 # The real firecracker-go-sdk drives ember as firecracker-containerd does (tests/clients/).
 # The SDK's source is not in Debian: FC_GO_SDK_SRC names a checkout (or its git directory),
 # else /usr/local/src/firecracker-go-sdk is used if there; without one the test skips and says
@@ -180,8 +185,8 @@ go-sdk-test: all guests
 test:
 	@scripts/install-deps.sh test
 	$(MAKE) format-check
-	$(MAKE) all unit-test guest-test console-test api-test seccomp-test jailer-test go-sdk-test \
-	  linux-smoke-test
+	$(MAKE) all unit-test guest-test console-test api-test clients-test seccomp-test jailer-test \
+	  go-sdk-test linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
@@ -192,7 +197,7 @@ test:
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 test-sanitize:
 	$(MAKE) BUILD=build/sanitize CC=clang EXTRA_CFLAGS="$(SANITIZE_FLAGS)" \
-	  unit-test guest-test console-test api-test
+	  unit-test guest-test console-test api-test clients-test
 	$(MAKE) jailer-test-sanitize
 
 # The jailer built with the sanitizers, jailing the plain ember: a jail has no /proc, which

@@ -42,7 +42,7 @@ void cli_usage(FILE *f)
         "  --http-api-request-timeout-ms MS    a request must arrive whole, and a client\n"
         "                        read its answers, within MS (default 5000)\n"
         "  --http-api-idle-timeout-ms MS       close a connection with no request in\n"
-        "                        progress after MS (default 120000; 0: only to make room)\n"
+        "                        progress after MS (default 0: only to make room)\n"
         "  --enable-pci          virtio devices on PCI (default: virtio-mmio, announced on\n"
         "                        the kernel command line, as Firecracker does)\n"
         "  --no-seccomp          no system call filters (see below)\n"

@@ -2173,68 +2173,6 @@ def test_pci_off_without_pci(tmp):
           "with --enable-pci: %r" % words)
 
 
-BOOT_TIME_LINE = re.compile(r"Guest-boot-time =\s+(\d+) us\s+(\d+) ms,\s+(\d+) CPU us\s+(\d+) CPU ms")
-
-
-def test_flintlock_launch_line(tmp):
-    """flintlock starts Firecracker as `--id UID --boot-timer --no-api --config-file F
-    --metadata M` (infrastructure/microvm/firecracker/create.go) with a config file of its
-    shape; the guest's boot-time signal gives the line Firecracker's boot-time test reads."""
-    log = os.path.join(tmp, "firecracker.log")
-    metrics = os.path.join(tmp, "firecracker.metrics")
-    rootfs = make_image(tmp, "rootfs.img", 1 << 20)
-    doc = {
-        "drives": [{"drive_id": "root", "path_on_host": rootfs, "is_root_device": True,
-                    "is_read_only": False, "cache_type": "Unsafe"}],
-        "boot-source": {"kernel_image_path": HELLO,
-                        "boot_args": "console=ttyS0 reboot=k panic=1 boot_timer=0xc0000000"},
-        "logger": {"log_path": log, "level": "Info", "show_level": True, "show_log_origin": True},
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": False,
-                           "track_dirty_pages": False},
-        "metrics": {"metrics_path": metrics},
-        "network-interfaces": [],
-    }
-    cfg = write_config(tmp, doc, "flintlock.json")
-    meta = os.path.join(tmp, "metadata.json")
-    with open(meta, "w") as f:
-        json.dump({"latest": {"meta-data": "instance_id: ns/vm1\n", "user-data": "#cloud-config\n"}}, f)
-    uid = "01HQ4V9A3M6Q2W1E8R7T5Y0U9I"
-    e = Ember(tmp, ["--id", uid, "--boot-timer", "--no-api", "--config-file", cfg, "--metadata", meta],
-              api=False, name="flintlock")
-    status = e.wait()
-    check(status == 0 and "ok 1 - hello" in e.stdout(), "flintlock's launch line: %d %s" % (status, e.stderr()))
-    with open(log) as f:
-        text = f.read()
-    m = BOOT_TIME_LINE.search(text)
-    check(m and int(m.group(2)) == int(m.group(1)) // 1000 and int(m.group(4)) == int(m.group(3)) // 1000,
-          "the boot time line: %r" % text[-600:])
-    check(uid in text, "log lines name the instance: %r" % text[-300:])
-    # Without --boot-timer the guest's write goes nowhere and nothing is logged.
-    e = Ember(tmp, ["--id", uid, "--no-api", "--config-file", cfg], api=False, name="no-timer")
-    check(e.wait() == 0, "no boot timer: %s" % e.stderr())
-    with open(log) as f:
-        check(len(BOOT_TIME_LINE.findall(f.read())) == 1, "no second boot time line")
-    # The metadata is checked at start: not JSON, or beyond the data store's limit
-    # (the API's largest body, as in Firecracker) ends ember with one line, before anything runs.
-    for i, (content, msg) in enumerate([("{latest", "not valid JSON"),
-                                        (json.dumps({"k": "x" * 60000}), "limit"),
-                                        (None, "cannot open")]):
-        bad = os.path.join(tmp, "bad-meta-%d.json" % i)
-        if content is not None:
-            with open(bad, "w") as f:
-                f.write(content)
-        out = subprocess.run([EMBER, "--no-api", "--config-file", cfg, "--metadata", bad],
-                             capture_output=True, text=True, timeout=PATIENCE_S)
-        lines = out.stderr.strip().splitlines()
-        check(out.returncode == 2 and len(lines) == 1 and msg in lines[0] and "--metadata" in lines[0],
-              "bad metadata %d: %d %r" % (i, out.returncode, out.stderr))
-    # Firecracker's snapshot queries: ember says it has no snapshots, and only when asked.
-    for args in (["--describe-snapshot", os.path.join(tmp, "state")], ["--snapshot-version"]):
-        out = subprocess.run([EMBER] + args, capture_output=True, text=True, timeout=PATIENCE_S)
-        check(out.returncode == 2 and "snapshots are not supported yet" in out.stderr,
-              "%r: %d %r" % (args, out.returncode, out.stderr))
-
-
 def test_flags(tmp):
     for args, msg in [(["--no-api"], "--config-file"), (["--id", "bad id!"], "--id"),
                       (["--level", "loud"], "log level"),
@@ -2311,7 +2249,7 @@ TESTS = [
     test_idle_holder_does_not_lock_out,
     test_pipelined_burst_does_not_starve, test_flood_does_not_starve,
     test_dribbler_does_not_starve, test_max_payload_flag, test_getting_started_with_curl,
-    test_config_file, test_pci_off_without_pci, test_flintlock_launch_line, test_flags, test_cpu_templates_in_guest,
+    test_config_file, test_pci_off_without_pci, test_flags, test_cpu_templates_in_guest,
     test_custom_cpu_config_in_guest, test_smt_and_machine_config_rules, test_mmds_routes,
     test_mmds_flags_and_config_file, test_mmds_guest,
 ]
