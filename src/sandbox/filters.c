@@ -303,10 +303,16 @@ static const struct sc_rule slirp_rules[] = {
 static const struct sc_rule stdin_rules[] = {BASE, R(read), R(close), R(rt_sigprocmask),
                                              R1(madvise, EQ(2, MADV_DONTNEED))};
 
-/* Waits for ember to die. Its violation report hands the ending to the main
+/* Holds the VM's descriptor until ember dies. Its violation report hands the ending to the main
  * thread (seccomp.c). */
 static const struct sc_rule teardown_rules[] = {
-    R(pause), R(write), R(exit_group), R(exit), R1(tgkill, EQ(2, SIGSYS)),
+    R(write),
+    R(exit_group),
+    R(exit),
+    R1(tgkill, EQ(2, SIGSYS)),
+    /* standard error, closed once the filter is on; the VM's descriptor received and kept */
+    R(close),
+    R(recvmsg),
 };
 
 static const struct sc_filter builtin[SECCOMP_NKINDS] = {

@@ -1,9 +1,9 @@
 /* Asynchronous teardown: a helper process that shares ember's address
- * space and file table and only waits for ember to die. Whatever ember
- * leaves open (the KVM file descriptors, guest memory) is then released by
+ * space (not its files) and only waits for ember to die, holding the VM's
+ * descriptor ember hands it. Guest memory and the VM are then released by
  * the kernel when the helper exits, after ember's own exit has been
- * reported. Destroying a VM waits for several RCU grace periods, which on
- * some hosts makes it the longest part of a short-lived machine's life. */
+ * reported; ember's other files close with ember. Destroying a VM waits for several RCU grace
+ * periods, which on some hosts makes it the longest part of a short-lived machine's life. */
 #ifndef EMBER_UTIL_TEARDOWN_H
 #define EMBER_UTIL_TEARDOWN_H
 
@@ -11,6 +11,8 @@
 
 /* Starts the helper. Call before any other thread exists. */
 int async_teardown_start(void);
+/* Hands the helper a copy of `fd` (the VM's) to hold until ember is gone. */
+void async_teardown_keep(int fd);
 bool async_teardown_active(void);
 
 #endif

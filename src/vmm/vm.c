@@ -310,6 +310,8 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
     vm->vm_fd = kvm_create_vm(&vm->kvm);
     if (vm->vm_fd < 0)
         return -1;
+    /* Its destruction (RCU grace periods) happens in the teardown helper, after ember's exit. */
+    async_teardown_keep(vm->vm_fd);
     /* Memory before the irqchip: on some hosts a memslot change costs a
      * grace period per in-kernel device already registered. */
     if (cfg->hugetlb) {

@@ -6,6 +6,7 @@ Environment: EMBER (default build/ember), GUEST_DIR (default build/guest).
 Prints one line per check and ends with "api: N passed, N failed, N skipped".
 """
 
+import glob
 import json
 import re
 import os
@@ -2150,6 +2151,44 @@ def test_config_file(tmp):
     check(e.wait() == 2 and "JSON" in e.stderr(), "invalid JSON: %r" % e.stderr())
 
 
+def test_teardown_helper_holds_only_the_vm(tmp):
+    """The teardown helper (which destroys the VM after ember's exit) keeps only the VM's
+    descriptor and its socket to ember, none of ember's other files: once a client has waited
+    for ember, the API socket, taps, images and pipes are free, as with Firecracker."""
+    e = Ember(tmp, ["--config-file", keyboard_config(tmp)])
+    try:
+        check(e.wait_output("waiting for Ctrl+Alt+Del"), "the guest runs: %r" % e.stdout())
+        helpers = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                with open(stat) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(os.path.dirname(stat) + "/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            if int(fields[1]) == e.proc.pid and comm == "ember-teardown":
+                helpers.append(os.path.dirname(stat))
+        check(len(helpers) == 1, "one teardown helper: %r" % helpers)
+        targets = sorted(os.readlink(os.path.join(helpers[0], "fd", fd))
+                         for fd in os.listdir(os.path.join(helpers[0], "fd")))
+        check(len(targets) == 2 and targets[0] == "anon_inode:kvm-vm" and targets[1].startswith("socket:"),
+              "the helper holds %r" % targets)
+    finally:
+        e.kill()
+    # Waited for: nothing listens on the socket any more.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(e.sock)
+        raise Failure("the API socket of a dead ember still accepts connections")
+    except ConnectionRefusedError:
+        pass
+    except FileNotFoundError:
+        pass
+    finally:
+        s.close()
+
+
 def test_pci_off_without_pci(tmp):
     """Without a PCI bus the kernel is told `pci=off` (as Firecracker tells it), once, after the
     user's arguments and the virtio-mmio devices; with --enable-pci it is not."""
@@ -2249,7 +2288,7 @@ TESTS = [
     test_idle_holder_does_not_lock_out,
     test_pipelined_burst_does_not_starve, test_flood_does_not_starve,
     test_dribbler_does_not_starve, test_max_payload_flag, test_getting_started_with_curl,
-    test_config_file, test_pci_off_without_pci, test_flags, test_cpu_templates_in_guest,
+    test_config_file, test_teardown_helper_holds_only_the_vm, test_pci_off_without_pci, test_flags, test_cpu_templates_in_guest,
     test_custom_cpu_config_in_guest, test_smt_and_machine_config_rules, test_mmds_routes,
     test_mmds_flags_and_config_file, test_mmds_guest,
 ]

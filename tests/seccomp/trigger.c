@@ -14,7 +14,7 @@
  * The call is made at the first place the thread reaches once its filter
  * is installed: the first epoll_wait() of the main and I/O threads, the
  * first KVM_RUN of a vCPU, the first poll() of the slirp thread, the first
- * read() of the console copier, the first pause of the teardown helper.
+ * read() of the console copier, the teardown helper closing standard error.
  * Threads are told apart by the names ember gives them
  * (pthread_setname_np), recorded here as they are given. */
 #define _GNU_SOURCE
@@ -176,8 +176,9 @@ ssize_t read(int fd, void *buf, size_t len)
     return real_read(fd, buf, len);
 }
 
-/* The teardown helper calls syscall(SYS_pause) in its loop; it is not a
- * pthread, so it is recognised by the call alone. */
+/* The teardown helper is not a pthread, so it is recognised by its calls
+ * alone: its first under the filter closes standard error (the last moment
+ * this note can still be written), then it waits in syscall(SYS_recvmsg). */
 long syscall(long nr, ...)
 {
     va_list ap;
@@ -186,7 +187,7 @@ long syscall(long nr, ...)
     for (int i = 0; i < 6; i++)
         a[i] = va_arg(ap, long);
     va_end(ap);
-    if (nr == SYS_pause && !strcmp(want_thread, "teardown"))
+    if (((nr == SYS_close && a[0] == 2) || nr == SYS_recvmsg) && !strcmp(want_thread, "teardown"))
         attempt();
     return real_syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
