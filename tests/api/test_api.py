@@ -2294,20 +2294,22 @@ TESTS = [
 ]
 
 
-def main():
+def run_tests(tests, label, needed, args):
+    """Runs the tests named in args (all without names; -v for verbose), each in a fresh
+    temporary directory, and prints TAP and a total line; 1 if any failed."""
     global VERBOSE
-    args = sys.argv[1:]
+    args = list(args)
     if "-v" in args:
         VERBOSE = True
         args.remove("-v")
-    selected = [t for t in TESTS if not args or t.__name__ in args or t.__name__[5:] in args]
-    for path in (EMBER, HELLO, KEYBOARD):
+    selected = [t for t in tests if not args or t.__name__ in args or t.__name__[5:] in args]
+    for path in needed:
         if not os.path.exists(path):
-            print("api: missing %s (build with make all guests)" % path)
+            print("%s: missing %s (build with make all guests)" % (label, path))
             return 1
     passed = failed = skipped = 0
     for n, test in enumerate(selected, 1):
-        tmp = tempfile.mkdtemp(prefix="ember-api-")
+        tmp = tempfile.mkdtemp(prefix="ember-%s-" % label)
         start = time.monotonic()
         try:
             test(tmp)
@@ -2322,8 +2324,12 @@ def main():
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         sys.stdout.flush()
-    print("api: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
+    print("%s: %d passed, %d failed, %d skipped" % (label, passed, failed, skipped))
     return 1 if failed else 0
+
+
+def main():
+    return run_tests(TESTS, "api", (EMBER, HELLO, KEYBOARD), sys.argv[1:])
 
 
 if __name__ == "__main__":

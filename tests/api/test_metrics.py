@@ -9,11 +9,9 @@ Environment and helpers as tests/api/test_api.py (run by `make api-test`)."""
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
@@ -402,34 +400,7 @@ TESTS = [test_schema_requests_and_deltas, test_block_guest, test_sighup_in_the_l
 
 
 def main():
-    args = sys.argv[1:]
-    if "-v" in args:
-        test_api.VERBOSE = True
-        args.remove("-v")
-    selected = [t for t in TESTS if not args or t.__name__ in args or t.__name__[5:] in args]
-    for path in (test_api.EMBER, KEYBOARD):
-        if not os.path.exists(path):
-            print("metrics: missing %s (build with make all guests)" % path)
-            return 1
-    passed = failed = skipped = 0
-    for n, test in enumerate(selected, 1):
-        tmp = tempfile.mkdtemp(prefix="ember-metrics-")
-        start = time.monotonic()
-        try:
-            test(tmp)
-            passed += 1
-            print("ok %d - %s (%.1f s)" % (n, test.__name__, time.monotonic() - start))
-        except Skip as ex:
-            skipped += 1
-            print("ok %d - %s # SKIP %s" % (n, test.__name__, ex))
-        except Exception as ex:  # noqa: BLE001 - a test's failure of any kind is reported
-            failed += 1
-            print("not ok %d - %s: %s: %s" % (n, test.__name__, type(ex).__name__, ex))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        sys.stdout.flush()
-    print("metrics: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
-    return 1 if failed else 0
+    return test_api.run_tests(TESTS, "metrics", (test_api.EMBER, KEYBOARD), sys.argv[1:])
 
 
 if __name__ == "__main__":
