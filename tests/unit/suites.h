@@ -25,5 +25,6 @@ Suite *virtio_lifecycle_suite(void);
 Suite *seccomp_suite(void);
 Suite *mmds_suite(void);
 Suite *mmds_stack_suite(void);
+Suite *vcpu_state_suite(void);
 
 #endif
