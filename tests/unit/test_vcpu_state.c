@@ -375,6 +375,37 @@ START_TEST(vm_state_with_misplaced_chip_is_refused)
 }
 END_TEST
 
+START_TEST(snapshot_restored_into_a_new_vm_counts_on)
+{
+    struct test_vm old, fresh;
+    if (!test_vm_open(&old))
+        return;
+    run_counts(&old, 30);
+    struct vcpu_state_layout layout, fresh_layout;
+    struct vcpu_state state;
+    struct vm_state vm;
+    probe_and_save(&old, &layout, &state);
+    ck_assert_msg(vm_state_save(old.vm_fd, &vm) == 0, "%s", error_get());
+    test_vm_close(&old);
+
+    /* A new VM, as a restoring process builds it: memory slot, irqchip,
+     * PIT and vCPU first, then the VM's state, then the vCPU's. */
+    ck_assert(test_vm_open(&fresh));
+    ck_assert_msg(
+        vcpu_state_layout_probe(&fresh_layout, fresh.kvm_fd, fresh.vm_fd, fresh.vcpu_fd) == 0, "%s",
+        error_get());
+    ck_assert_uint_eq(fresh_layout.nmsrs, layout.nmsrs);
+    ck_assert_mem_eq(fresh_layout.msr_indices, layout.msr_indices,
+                     layout.nmsrs * sizeof(layout.msr_indices[0]));
+    ck_assert_msg(vm_state_restore(fresh.vm_fd, &vm, false) == 0, "%s", error_get());
+    ck_assert_msg(vcpu_state_restore(fresh.vcpu_fd, &fresh_layout, &state) == 0, "%s", error_get());
+    fresh.last_count = 30;
+    run_counts(&fresh, 30);
+    vcpu_state_free(&state);
+    test_vm_close(&fresh);
+}
+END_TEST
+
 Suite *vcpu_state_suite(void)
 {
     Suite *s = suite_create("vcpu_state");
@@ -388,6 +419,7 @@ Suite *vcpu_state_suite(void)
     tcase_add_test(t, vm_state_round_trips);
     tcase_add_test(t, vm_clock_realtime_advances_by_the_time_passed);
     tcase_add_test(t, vm_state_with_misplaced_chip_is_refused);
+    tcase_add_test(t, snapshot_restored_into_a_new_vm_counts_on);
     suite_add_tcase(s, t);
     return s;
 }
