@@ -13,10 +13,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define GUEST_MEM   0x10000
-#define GUEST_CODE  0x1000
-#define COUNT_PORT  0x10
-#define LAPIC_TMCCT 0x390 /* the timer's current count: it moves on its own */
+#define GUEST_MEM            0x10000
+#define GUEST_CODE           0x1000
+#define COUNT_PORT           0x10
+#define LAPIC_TMCCT          0x390 /* the timer's current count: it moves on its own */
+#define XSAVE_XMM0           160   /* XMM0's offset in the XSAVE area's legacy region */
+#define XSAVE_HEADER         512   /* XSTATE_BV, the first byte of the header */
+#define XFEATURE_SSE         0x2
+#define MSR_IA32_SYSENTER_CS 0x174
 
 /* inc eax; out 0x10, eax; jmp back: one port exit per count. */
 static const uint8_t counting_code[] = {0x66, 0x40, 0x66, 0xe7, COUNT_PORT, 0xeb, 0xf9};
@@ -117,8 +121,20 @@ static void probe_and_save(struct test_vm *t, struct vcpu_state_layout *layout,
     ck_assert_msg(vcpu_state_save(t->vcpu_fd, layout, state) == 0, "%s", error_get());
 }
 
+/* Fills XMM0 with one byte, to see the SSE state travel; XSTATE_BV's SSE
+ * bit says the registers hold more than their initial zeros. */
+static void set_xmm0(int vcpu_fd, uint8_t byte)
+{
+    struct kvm_xsave xsave;
+    ck_assert_int_eq(ioctl(vcpu_fd, KVM_GET_XSAVE, &xsave), 0);
+    uint8_t *area = (uint8_t *)xsave.region;
+    memset(area + XSAVE_XMM0, byte, 16);
+    area[XSAVE_HEADER] |= XFEATURE_SSE;
+    ck_assert_int_eq(ioctl(vcpu_fd, KVM_SET_XSAVE, &xsave), 0);
+}
+
 /* Overwrites what restore must bring back: registers, segments, a debug
- * register, the APIC's task priority. */
+ * register, the APIC's task priority, XMM0 and an MSR. */
 static void clobber_vcpu(int vcpu_fd)
 {
     struct kvm_regs regs = {.rip = 0, .rflags = 0x2, .rax = 0xdead};
@@ -136,6 +152,13 @@ static void clobber_vcpu(int vcpu_fd)
     ck_assert_int_eq(ioctl(vcpu_fd, KVM_GET_LAPIC, &lapic), 0);
     lapic.regs[0x80] = 0xf0; /* TPR */
     ck_assert_int_eq(ioctl(vcpu_fd, KVM_SET_LAPIC, &lapic), 0);
+    set_xmm0(vcpu_fd, 0x99);
+    struct kvm_msrs *msr = calloc(1, sizeof(*msr) + sizeof(msr->entries[0]));
+    ck_assert_ptr_nonnull(msr);
+    msr->nmsrs = 1;
+    msr->entries[0] = (struct kvm_msr_entry){.index = MSR_IA32_SYSENTER_CS, .data = 0x77};
+    ck_assert_int_eq(ioctl(vcpu_fd, KVM_SET_MSRS, msr), 1);
+    free(msr);
 }
 
 START_TEST(guest_counts_on_after_restore)
@@ -182,9 +205,13 @@ START_TEST(restore_then_save_gives_the_same_state)
     if (!test_vm_open(&t))
         return;
     run_counts(&t, 10);
+    set_xmm0(t.vcpu_fd, 0x3c);
     struct vcpu_state_layout layout;
     struct vcpu_state before, after;
     probe_and_save(&t, &layout, &before);
+    uint8_t xmm0[16];
+    memset(xmm0, 0x3c, sizeof(xmm0));
+    ck_assert_mem_eq((uint8_t *)before.xsave + XSAVE_XMM0, xmm0, sizeof(xmm0));
     clobber_vcpu(t.vcpu_fd);
     ck_assert_msg(vcpu_state_restore(t.vcpu_fd, &layout, &before) == 0, "%s", error_get());
     ck_assert_int_eq(vcpu_state_init(&after, &layout), 0);
