@@ -26,5 +26,6 @@ Suite *seccomp_suite(void);
 Suite *mmds_suite(void);
 Suite *mmds_stack_suite(void);
 Suite *snapshot_format_suite(void);
+Suite *vcpu_state_suite(void);
 
 #endif
