@@ -114,8 +114,9 @@ void api_metrics_count_deprecated(struct api_metrics *m)
 
 void api_metrics_set_latency(struct api_metrics *m, enum api_latency which, uint64_t us)
 {
+    /* Under a microsecond rounds up to 1: 0 keeps meaning "never measured". */
     if ((unsigned)which < API_LATENCIES)
-        m->latencies_us[which] = us;
+        m->latencies_us[which] = us ? us : 1;
 }
 
 /* ---- signals -------------------------------------------------------------- */
