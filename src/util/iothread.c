@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -111,6 +112,60 @@ void iothread_call(struct iothread *t, void (*fn)(void *), void *arg)
     while (!c.finished)
         pthread_cond_wait(&t->done, &t->lock);
     pthread_mutex_unlock(&t->lock);
+}
+
+static void hold_here(void *arg)
+{
+    struct iothread *t = arg;
+    pthread_mutex_lock(&t->lock);
+    t->held = true;
+    pthread_cond_broadcast(&t->done);
+    while (t->hold_wanted)
+        pthread_cond_wait(&t->done, &t->lock);
+    t->held = false;
+    pthread_cond_broadcast(&t->done);
+    pthread_mutex_unlock(&t->lock);
+}
+
+int iothread_hold(struct iothread *t)
+{
+    if (!t->running)
+        return 0;
+    if (iothread_is_current(t))
+        return error_set("%s: an I/O thread cannot hold itself", t->name);
+    struct iothread_call *c = calloc(1, sizeof(*c));
+    if (!c)
+        return error_set("out of memory");
+    c->fn = hold_here;
+    c->arg = t;
+    pthread_mutex_lock(&t->lock);
+    t->hold_wanted = true;
+    t->hold_call = c;
+    struct iothread_call **tail = &t->calls;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = c;
+    uint64_t one = 1;
+    ssize_t ignored = write(t->call_fd, &one, sizeof(one));
+    (void)ignored;
+    while (!t->held)
+        pthread_cond_wait(&t->done, &t->lock);
+    pthread_mutex_unlock(&t->lock);
+    return 0;
+}
+
+void iothread_release(struct iothread *t)
+{
+    if (!t->hold_call)
+        return;
+    pthread_mutex_lock(&t->lock);
+    t->hold_wanted = false;
+    pthread_cond_broadcast(&t->done);
+    while (!t->hold_call->finished)
+        pthread_cond_wait(&t->done, &t->lock);
+    pthread_mutex_unlock(&t->lock);
+    free(t->hold_call);
+    t->hold_call = NULL;
 }
 
 void iothread_stop(struct iothread *t)

@@ -1,6 +1,7 @@
 #include "virtio/device.h"
 
 #include "sandbox/seccomp.h"
+#include "snapshot/format.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -252,11 +253,13 @@ static void activate_on_io(void *arg)
         }
         struct virtq_config cfg = q->cfg;
         cfg.packed = virtio_dev_has_feature(d, VIRTIO_F_RING_PACKED);
-        if (virtq_init(&q->vq, d->mem, &cfg, event_idx, indirect) < 0) {
+        if (virtq_init(&q->vq, d->mem, &cfg, event_idx, indirect) < 0 ||
+            (q->has_restore_position && virtq_set_position(&q->vq, &q->restore_position) < 0)) {
             snprintf(c->why, sizeof(c->why), "queue %u: %s", i, error_get());
             wipe_rings(d);
             return;
         }
+        q->has_restore_position = false;
     }
     d->active = true;
     if (virtio_dev_watch_kicks(d) < 0 || (d->ops->activate && d->ops->activate(d) < 0)) {
@@ -414,4 +417,141 @@ void virtio_dev_fail(struct virtio_dev *d, const char *why)
     /* Not under d->lock: a vCPU holding it may be waiting for this thread. */
     if (!needs_reset(d))
         mark_needs_reset(d, true);
+}
+
+/* ---- snapshots -------------------------------------------------------- */
+
+static void freeze_on_io(void *arg)
+{
+    struct virtio_dev *d = arg;
+    if (d->active && d->ops->freeze)
+        d->ops->freeze(d);
+}
+
+static void thaw_on_io(void *arg)
+{
+    struct virtio_dev *d = arg;
+    if (d->active && d->ops->thaw)
+        d->ops->thaw(d);
+}
+
+static void restored_on_io(void *arg)
+{
+    struct virtio_dev *d = arg;
+    if (d->active && d->ops->restored)
+        d->ops->restored(d);
+}
+
+int virtio_dev_freeze(struct virtio_dev *d)
+{
+    iothread_call(&d->io, freeze_on_io, d);
+    return iothread_hold(&d->io);
+}
+
+void virtio_dev_thaw(struct virtio_dev *d)
+{
+    iothread_release(&d->io);
+    iothread_call(&d->io, thaw_on_io, d);
+}
+
+void virtio_dev_save(struct virtio_dev *d, struct snapshot_writer *w)
+{
+    snapshot_put_u32(w, d->device_id);
+    snapshot_put_u64(w, d->host_features);
+    snapshot_put_u64(w, d->driver_features);
+    snapshot_put_u8(w, __atomic_load_n(&d->status, __ATOMIC_SEQ_CST));
+    snapshot_put_u32(w, __atomic_load_n(&d->config_generation, __ATOMIC_SEQ_CST));
+    snapshot_put_u8(w, d->active);
+    snapshot_put_u32(w, d->nqueues);
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        const struct virtio_queue *q = &d->queues[i];
+        snapshot_put_u16(w, q->cfg.size);
+        snapshot_put_u64(w, q->cfg.desc_gpa);
+        snapshot_put_u64(w, q->cfg.avail_gpa);
+        snapshot_put_u64(w, q->cfg.used_gpa);
+        snapshot_put_u8(w, q->enabled);
+        snapshot_put_u16(w, q->msix_vector);
+        struct virtq_position pos = {0};
+        bool live = virtio_dev_queue_live(d, i);
+        if (live)
+            virtq_get_position(&q->vq, &pos);
+        snapshot_put_u8(w, live);
+        snapshot_put_u16(w, pos.next_avail);
+        snapshot_put_u16(w, pos.next_used);
+        snapshot_put_u8(w, pos.avail_wrap);
+        snapshot_put_u8(w, pos.used_wrap);
+    }
+    if (d->ops->save)
+        d->ops->save(d, w);
+}
+
+int virtio_dev_restore(struct virtio_dev *d, struct snapshot_cursor *c)
+{
+    uint32_t device_id, generation, nqueues;
+    uint64_t host_features, driver_features;
+    uint8_t status, active;
+    if (snapshot_get_u32(c, &device_id) < 0 || snapshot_get_u64(c, &host_features) < 0 ||
+        snapshot_get_u64(c, &driver_features) < 0 || snapshot_get_u8(c, &status) < 0 ||
+        snapshot_get_u32(c, &generation) < 0 || snapshot_get_u8(c, &active) < 0 ||
+        snapshot_get_u32(c, &nqueues) < 0)
+        return -1;
+    if (device_id != d->device_id)
+        return error_set("%s: the snapshot holds a device of type %u here, not %u", d->name,
+                         device_id, d->device_id);
+    if (host_features != d->host_features)
+        return error_set("%s: the snapshot's device offered features 0x%llx, this one 0x%llx",
+                         d->name, (unsigned long long)host_features,
+                         (unsigned long long)d->host_features);
+    if (driver_features & ~host_features)
+        return error_set("%s: driver features 0x%llx were never offered", d->name,
+                         (unsigned long long)driver_features);
+    if (nqueues != d->nqueues)
+        return error_set("%s: the snapshot's device has %u queues, this one %u", d->name, nqueues,
+                         d->nqueues);
+    bool live = (status & VIRTIO_STATUS_DRIVER_OK) && !(status & VIRTIO_STATUS_NEEDS_RESET);
+    if (active && (!live || !(status & VIRTIO_STATUS_FEATURES_OK)))
+        return error_set("%s: an active device with status 0x%02x", d->name, status);
+    d->driver_features = driver_features;
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        struct virtio_queue *q = &d->queues[i];
+        uint8_t enabled, has_pos, aw, uw;
+        struct virtq_position pos;
+        if (snapshot_get_u16(c, &q->cfg.size) < 0 || snapshot_get_u64(c, &q->cfg.desc_gpa) < 0 ||
+            snapshot_get_u64(c, &q->cfg.avail_gpa) < 0 ||
+            snapshot_get_u64(c, &q->cfg.used_gpa) < 0 || snapshot_get_u8(c, &enabled) < 0 ||
+            snapshot_get_u16(c, &q->msix_vector) < 0 || snapshot_get_u8(c, &has_pos) < 0 ||
+            snapshot_get_u16(c, &pos.next_avail) < 0 || snapshot_get_u16(c, &pos.next_used) < 0 ||
+            snapshot_get_u8(c, &aw) < 0 || snapshot_get_u8(c, &uw) < 0)
+            return -1;
+        if (q->cfg.size > d->queue_max_size)
+            return error_set("%s: queue %u of size %u (at most %u)", d->name, i, q->cfg.size,
+                             d->queue_max_size);
+        q->enabled = enabled != 0;
+        pos.avail_wrap = aw != 0;
+        pos.used_wrap = uw != 0;
+        q->restore_position = pos;
+        q->has_restore_position = active && has_pos;
+    }
+    if (d->ops->restore && d->ops->restore(d, c) < 0)
+        return error_prefix("%s", d->name);
+    /* Stored last: from here the transport shows the driver what it left. A device saved
+     * live is activated by virtio_dev_resume_restored; DRIVER_OK stays set meanwhile, so the
+     * queue registers are read-only already. */
+    __atomic_store_n(&d->config_generation, generation, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&d->status, status, __ATOMIC_SEQ_CST);
+    d->restore_active = active != 0;
+    return 0;
+}
+
+int virtio_dev_resume_restored(struct virtio_dev *d)
+{
+    if (!d->restore_active)
+        return 0;
+    d->restore_active = false;
+    struct activate_call c = {.d = d};
+    iothread_call(&d->io, activate_on_io, &c);
+    if (c.result < 0)
+        return error_set("%s: cannot serve the restored queues: %s", d->name, c.why);
+    iothread_call(&d->io, restored_on_io, d);
+    return 0;
 }

@@ -55,6 +55,8 @@
 #define VIRTIO_NO_VECTOR 0xffff
 
 struct virtio_dev;
+struct snapshot_writer;
+struct snapshot_cursor;
 
 /* Device-specific behaviour. Calls marked [io] run on the device's
  * iothread; the others on the thread that touched the register. */
@@ -73,6 +75,24 @@ struct virtio_dev_ops {
     /* Feature bits that only make sense together get checked here; return
      * false to refuse FEATURES_OK. */
     bool (*features_ok)(struct virtio_dev *d, uint64_t features);
+
+    /* Snapshots (vmm/snapshot.c), all optional. The vCPUs are paused first.
+     * [io] freeze: finish every request in flight (data in guest memory,
+     * chain in the used ring) and take back from any kernel data path
+     * (vhost) the rings it serves, so that the queue positions describe
+     * everything; afterwards the device's iothread is held (it runs nothing)
+     * until the snapshot is written.
+     * save / restore: the model's own state (rate limiter budgets, ...),
+     * after the common state in the device's section; restore runs on a new
+     * device before its activation and rejects values it cannot take.
+     * [io] thaw: the snapshot is written; serve again as before freeze.
+     * [io] restored: a restored device is active again (vsock sends its
+     * TRANSPORT_RESET event here). */
+    void (*freeze)(struct virtio_dev *d);
+    void (*save)(struct virtio_dev *d, struct snapshot_writer *w);
+    int (*restore)(struct virtio_dev *d, struct snapshot_cursor *c);
+    void (*thaw)(struct virtio_dev *d);
+    void (*restored)(struct virtio_dev *d);
 };
 
 /* How a transport delivers an interrupt. Called from the iothread. */
@@ -90,6 +110,9 @@ struct virtio_queue {
     int kick_fd; /* eventfd signalled by KVM (ioeventfd) or the transport */
     struct event_handler *kick_handler;
     struct virtq vq; /* valid while the device is active */
+    /* A restored queue's position, applied when it is set up again. */
+    struct virtq_position restore_position;
+    bool has_restore_position;
     uint64_t kicks;  /* the driver's notifications of this queue (metrics) */
 };
 
@@ -113,6 +136,7 @@ struct virtio_dev {
     struct iothread io;
     bool active;         /* [io] queues are being served */
     bool kicks_external; /* a kernel data path (vhost) takes the kicks */
+    bool restore_active; /* restored from a live device: to activate */
     /* What the driver gets wrong, logged with a rate limit per kind: broken
      * rings and requests, status and feature misuse, ignored register writes. */
     struct log_limit log_guest_error, log_status, log_register;
@@ -160,6 +184,24 @@ void virtio_dev_kick(struct virtio_dev *d, unsigned q);
  * is set: the driver resets the device to use it again. Not logged: a
  * driver may do this. */
 void virtio_dev_stop(struct virtio_dev *d);
+
+/* ---- snapshots (vmm/snapshot.c) -------------------------------------- */
+
+/* With the vCPUs paused: the model finishes what is in flight (ops->freeze),
+ * then the iothread is held. */
+int virtio_dev_freeze(struct virtio_dev *d);
+/* The iothread released, the model serves again (ops->thaw). */
+void virtio_dev_thaw(struct virtio_dev *d);
+/* The common state (features, status, each queue's registers and position),
+ * then the model's (ops->save). On a frozen device. */
+void virtio_dev_save(struct virtio_dev *d, struct snapshot_writer *w);
+/* Into a device just made from the same configuration, never activated:
+ * every value is checked against what this device offers. The transport's
+ * state follows, then virtio_dev_resume_restored. */
+int virtio_dev_restore(struct virtio_dev *d, struct snapshot_cursor *c);
+/* A device that was live when saved serves again from the saved positions
+ * (ops->activate, then ops->restored); others stay as restored. */
+int virtio_dev_resume_restored(struct virtio_dev *d);
 
 /* ---- for device models (iothread) ---------------------------------- */
 

@@ -85,6 +85,44 @@ int virtq_init(struct virtq *q, const struct guest_memory *mem, const struct vir
     return 0;
 }
 
+void virtq_get_position(const struct virtq *q, struct virtq_position *p)
+{
+    if (q->packed)
+        *p = (struct virtq_position){.next_avail = q->next_avail,
+                                     .next_used = q->next_used,
+                                     .avail_wrap = q->avail_wrap,
+                                     .used_wrap = q->used_wrap};
+    else
+        *p = (struct virtq_position){.next_avail = q->last_avail, .next_used = q->used_idx};
+}
+
+int virtq_set_position(struct virtq *q, const struct virtq_position *p)
+{
+    if (!virtq_is_set_up(q))
+        return error_set("the queue is not set up");
+    if (q->packed) {
+        if (p->next_avail >= q->size || p->next_used >= q->size)
+            return error_set("packed ring position %u/%u outside a ring of %u", p->next_avail,
+                             p->next_used, q->size);
+        q->next_avail = p->next_avail;
+        q->next_used = p->next_used;
+        q->avail_wrap = p->avail_wrap;
+        q->used_wrap = p->used_wrap;
+        q->signalled_wrap = p->used_wrap;
+    } else {
+        /* Everything taken was answered before the save (the devices drain), but a device
+         * may still hold a chain it has taken; never more than a ring's worth. */
+        if ((uint16_t)(p->next_avail - p->next_used) > q->size)
+            return error_set("split ring positions avail %u, used %u are more than a ring "
+                             "(%u) apart",
+                             p->next_avail, p->next_used, q->size);
+        q->last_avail = p->next_avail;
+        q->used_idx = p->next_used;
+    }
+    q->signalled_valid = false;
+    return 0;
+}
+
 int virtq_chain_alloc(struct virtq_chain *c, unsigned capacity)
 {
     memset(c, 0, sizeof(*c));

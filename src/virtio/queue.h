@@ -148,6 +148,19 @@ bool virtq_enable_kicks(struct virtq *q, bool enable);
 bool virtq_enable_kicks_for_more(struct virtq *q);
 bool virtq_has_avail(struct virtq *q);
 
+/* Where the device stands in a ring, for snapshots: the next avail entry it takes and the
+ * next used entry it writes (split: free-running 16-bit indices), or, for a packed ring, the
+ * two positions with their wrap counters. */
+struct virtq_position {
+    uint16_t next_avail, next_used;
+    bool avail_wrap, used_wrap;
+};
+void virtq_get_position(const struct virtq *q, struct virtq_position *p);
+/* Puts a ring that virtq_init just set up at p (checked: a packed position inside the ring;
+ * a split ring's used index at most a ring's length behind its avail index). The next
+ * interrupt decision is made as after a reset (no notification is assumed sent). */
+int virtq_set_position(struct virtq *q, const struct virtq_position *p);
+
 /* Copies helpers over a chain's readable/writable buffers. */
 size_t virtq_chain_read(const struct virtq_chain *c, uint64_t offset, void *dst, size_t len);
 size_t virtq_chain_write(const struct virtq_chain *c, uint64_t offset, const void *src, size_t len);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #define SZ_2M (2ULL << 20)
 
@@ -42,6 +43,27 @@ int guest_memory_map(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_
      * would cost 2 MiB of host memory for a few KiB of data. */
     if (ram_size > SZ_2M)
         madvise((uint8_t *)p + SZ_2M, ram_size - SZ_2M, MADV_HUGEPAGE);
+    return 0;
+}
+
+int guest_memory_map_file(struct guest_memory *mem, int fd, uint64_t ram_size, uint64_t hole_start,
+                          uint64_t hole_end)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return error_errno("cannot stat the memory file");
+    if (!S_ISREG(st.st_mode))
+        return error_set("the memory file is not a regular file");
+    if ((uint64_t)st.st_size < ram_size)
+        return error_set("the memory file holds %llu bytes, less than the %llu MiB of guest memory "
+                         "the snapshot describes",
+                         (unsigned long long)st.st_size, (unsigned long long)(ram_size >> 20));
+    void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+    if (p == MAP_FAILED)
+        return error_errno("cannot map the memory file (%llu MiB)",
+                           (unsigned long long)(ram_size >> 20));
+    guest_memory_layout(mem, p, ram_size, hole_start, hole_end);
+    mem->owns_mapping = true;
     return 0;
 }
 

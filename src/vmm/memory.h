@@ -35,6 +35,11 @@ int guest_memory_map(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_
  * so a pool too small fails here with the numbers, not at a guest fault. */
 int guest_memory_map_hugetlb(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
                              uint64_t hole_end);
+/* Guest RAM from a snapshot's memory file (fd, ram_size bytes or more):
+ * mapped MAP_PRIVATE, so pages are read as the guest first touches them and
+ * its writes never reach the file. */
+int guest_memory_map_file(struct guest_memory *mem, int fd, uint64_t ram_size, uint64_t hole_start,
+                          uint64_t hole_end);
 void guest_memory_free(struct guest_memory *mem);
 
 /* Host pointer for [gpa, gpa+len) or NULL when any byte of it is not RAM
