@@ -55,8 +55,8 @@ void cli_usage(FILE *f)
         "                        0xc0000000 logs the boot time (Info level)\n"
         "  --metadata FILE       MMDS contents (JSON), read and checked at start\n"
         "  --describe-snapshot FILE, --snapshot-version\n"
-        "                        Firecracker's snapshot queries: ember has no snapshots yet\n"
-        "                        and says so (status 2)\n"
+        "                        the snapshot file's format version and contents; the\n"
+        "                        format version this ember writes\n"
         "  --mmds-size-limit BYTES  the MMDS data store's largest size (default: the\n"
         "                        --http-api-max-payload-size value, 51200)\n"
         "\n"
@@ -761,8 +761,7 @@ static const struct {
     {"seccomp-filter", TOP_SECCOMP_FILTER, true},
     {"boot-timer", TOP_BOOT_TIMER, false},
     {"metadata", TOP_METADATA, true},
-    /* What Firecracker prints and exits with; ember has no snapshots yet and
-     * says so (cli_describe_snapshot). */
+    /* Firecracker's snapshot queries (vmm/snapshot.c answers them). */
     {"describe-snapshot", TOP_DESCRIBE_SNAPSHOT, true},
     {"snapshot-version", TOP_SNAPSHOT_VERSION, false},
 };

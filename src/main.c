@@ -8,6 +8,8 @@
 #include "util/teardown.h"
 #include "vmm/exit_status.h"
 #include "vmm/vm.h"
+#include "vmm/snapshot.h"
+#include "snapshot/format.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -271,11 +273,16 @@ int main(int argc, char **argv)
         cli_usage(stdout);
         return EXIT_OK;
     }
-    if (cli.action == CLI_DESCRIBE_SNAPSHOT || cli.action == CLI_SNAPSHOT_VERSION) {
-        fprintf(stderr, "ember: snapshots are not supported yet%s%s%s\n",
-                cli.snapshot_path ? " (cannot describe '" : "",
-                cli.snapshot_path ? cli.snapshot_path : "", cli.snapshot_path ? "')" : "");
-        return EXIT_USAGE;
+    if (cli.action == CLI_SNAPSHOT_VERSION) {
+        printf("v%u.0.0\n", SNAPSHOT_FORMAT_VERSION);
+        return EXIT_OK;
+    }
+    if (cli.action == CLI_DESCRIBE_SNAPSHOT) {
+        if (vm_snapshot_describe(cli.snapshot_path, stdout) < 0) {
+            fprintf(stderr, "ember: --describe-snapshot: %s\n", error_get());
+            return EXIT_USAGE;
+        }
+        return EXIT_OK;
     }
     if (cli.action == CLI_VERSION) {
         cli_print_version(stdout);
