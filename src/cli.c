@@ -120,6 +120,9 @@ void cli_usage(FILE *f)
         "                        root=on (root=/dev/pmemN on the command line)\n"
         "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
         "  --boot-timer          as in the API mode\n"
+        "  --api-sock PATH       also serve the API's runtime routes on PATH: pause and\n"
+        "                        resume (PATCH /vm), snapshots (PUT /snapshot/create),\n"
+        "                        metrics, drive and interface updates, actions\n"
         "  --no-seccomp, --seccomp-filter FILE   as in the API mode\n"
         "\n"
         "Every thread runs under a seccomp filter of its kind unless --no-seccomp; a\n"
@@ -219,6 +222,7 @@ enum opt_id {
     OPT_VSOCK,
     OPT_PMEM,
     OPT_BOOT_TIMER,
+    OPT_API_SOCK,
     OPT_HELP,
 };
 
@@ -248,6 +252,7 @@ static const struct {
     {"vsock", OPT_VSOCK, true},
     {"pmem", OPT_PMEM, true},
     {"boot-timer", OPT_BOOT_TIMER, false},
+    {"api-sock", OPT_API_SOCK, true},
     {"help", OPT_HELP, false},
 };
 
@@ -658,6 +663,11 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
         return 0;
     case OPT_BOOT_TIMER:
         vm->boot_timer = true;
+        return 0;
+    case OPT_API_SOCK:
+        if (!*value)
+            return error_set("--api-sock needs a path");
+        cli->run_api_sock = value;
         return 0;
     case OPT_HELP:
         cli->action = CLI_HELP;
