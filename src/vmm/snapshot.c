@@ -543,15 +543,14 @@ static int open_output(const char *what, const char *path)
     return fd;
 }
 
-static int write_snapshot(struct vm *vm, const struct vm_snapshot_create_params *p, int state_fd,
-                          int mem_fd, struct vm_snapshot_create_stats *stats)
+/* Every piece of state but guest memory into w (the machine paused, its devices frozen). */
+static int build_state(struct vm *vm, enum vm_snapshot_type type, struct snapshot_writer *w)
 {
     struct vcpu_state_layout *layout = calloc(1, sizeof(*layout));
     struct vcpu_state *states = calloc(vm->ncpus, sizeof(*states));
     struct kvm_cpuid2 **cpuid = calloc(vm->ncpus, sizeof(*cpuid));
-    struct snapshot_writer *w = snapshot_writer_new();
     int ret = -1;
-    if (!layout || !states || !cpuid || !w) {
+    if (!layout || !states || !cpuid) {
         error_set("out of memory");
         goto out;
     }
@@ -575,23 +574,12 @@ static int write_snapshot(struct vm *vm, const struct vm_snapshot_create_params 
     struct vm_state vm_state;
     if (vm_state_save(vm->vm_fd, &vm_state) < 0)
         goto out;
-
-    save_meta(w, vm, p->type);
+    save_meta(w, vm, type);
     save_config(w, &vm->cfg);
     save_vm_state(w, &vm_state);
     for (unsigned i = 0; i < vm->ncpus; i++)
         save_vcpu(w, i, layout, &states[i], cpuid[i]);
     save_devices(w, vm);
-
-    struct memfile_stats ms = {0};
-    if (memfile_write_full(&vm->mem, mem_fd, &ms) < 0)
-        goto out;
-    if (snapshot_writer_write_fd(w, state_fd) < 0)
-        goto out;
-    struct stat st;
-    stats->state_bytes = fstat(state_fd, &st) == 0 ? (uint64_t)st.st_size : 0;
-    stats->pages_written = ms.pages_written;
-    stats->pages_skipped = ms.pages_skipped;
     ret = 0;
 out:
     for (unsigned i = 0; states && i < vm->ncpus; i++)
@@ -601,8 +589,65 @@ out:
     free(cpuid);
     free(states);
     free(layout);
-    snapshot_writer_free(w);
     return ret;
+}
+
+int vm_snapshot_save_state(struct vm *vm, enum vm_snapshot_type type, uint8_t **out, size_t *len)
+{
+    struct snapshot_writer *w = snapshot_writer_new();
+    if (!w)
+        return error_set("out of memory");
+    int r = build_state(vm, type, w);
+    if (r == 0)
+        r = snapshot_writer_finish(w, out, len);
+    snapshot_writer_free(w);
+    return r;
+}
+
+int vm_snapshot_freeze_devices(struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        if (virtio_dev_freeze(vm->virtio[i]->dev) < 0) {
+            while (i > 0)
+                virtio_dev_thaw(vm->virtio[--i]->dev);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void vm_snapshot_thaw_devices(struct vm *vm)
+{
+    for (unsigned i = vm->nvirtio; i > 0; i--)
+        virtio_dev_thaw(vm->virtio[i - 1]->dev);
+}
+
+static int write_snapshot(struct vm *vm, const struct vm_snapshot_create_params *p, int state_fd,
+                          int mem_fd, struct vm_snapshot_create_stats *stats)
+{
+    uint8_t *state = NULL;
+    size_t len = 0;
+    if (vm_snapshot_save_state(vm, p->type, &state, &len) < 0)
+        return -1;
+    struct memfile_stats ms = {0};
+    int r = memfile_write_full(&vm->mem, mem_fd, &ms);
+    size_t done = 0;
+    while (r == 0 && done < len) {
+        ssize_t n = write(state_fd, state + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            r = error_errno("cannot write the snapshot file");
+        else
+            done += (size_t)n;
+    }
+    free(state);
+    if (r < 0)
+        return -1;
+    stats->state_bytes = len;
+    stats->pages_written = ms.pages_written;
+    stats->pages_skipped = ms.pages_skipped;
+    return 0;
 }
 
 int vm_snapshot_create(struct vm *vm, const struct vm_snapshot_create_params *p,
@@ -629,16 +674,17 @@ int vm_snapshot_create(struct vm *vm, const struct vm_snapshot_create_params *p,
         return -1;
     }
     uint64_t start = now_us();
-    unsigned frozen = 0;
-    int r = 0;
-    for (; frozen < vm->nvirtio && r == 0; frozen++)
-        r = virtio_dev_freeze(vm->virtio[frozen]->dev);
-    if (r == 0)
+    int r = vm_snapshot_freeze_devices(vm);
+    if (r == 0) {
         r = write_snapshot(vm, p, state_fd, mem_fd, stats);
+        char why[512];
+        snprintf(why, sizeof(why), "%s", r < 0 ? error_get() : "");
+        vm_snapshot_thaw_devices(vm);
+        if (r < 0)
+            error_set("%s", why);
+    }
     char why[512];
     snprintf(why, sizeof(why), "%s", r < 0 ? error_get() : "");
-    while (frozen > 0)
-        virtio_dev_thaw(vm->virtio[--frozen]->dev);
     stats->pause_us = now_us() - start;
     close(state_fd);
     close(mem_fd);
@@ -694,29 +740,14 @@ static int restore_machine(const struct snapshot_reader *r, struct vm *vm, bool 
     return restore_devices(r, vm);
 }
 
-int vm_snapshot_load(struct vm *vm, struct event_loop *loop,
-                     const struct vm_snapshot_load_params *p, struct vm_config *cfg_out,
-                     int *status)
+int vm_snapshot_restore_state(struct vm *vm, struct event_loop *loop, const uint8_t *data,
+                              size_t len, const struct vm_snapshot_load_params *p,
+                              struct vm_config *cfg_out, int *status)
 {
     *status = EXIT_USAGE;
-    int fd = open(p->snapshot_path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return error_errno("cannot open the snapshot file '%s'", p->snapshot_path);
-    uint8_t *data = NULL;
-    size_t len = 0;
-    struct stat st;
-    int r = fstat(fd, &st) < 0 ? error_errno("cannot stat '%s'", p->snapshot_path)
-            : !S_ISREG(st.st_mode)
-                ? error_set("the snapshot file '%s' is not a regular file", p->snapshot_path)
-                : snapshot_read_fd(fd, SNAPSHOT_FILE_MAX, &data, &len);
-    close(fd);
-    if (r < 0)
-        return -1;
     struct snapshot_reader *rd = snapshot_reader_open(data, len, SNAPSHOT_FILE_MAX);
-    if (!rd) {
-        free(data);
-        return error_prefix("snapshot file '%s'", p->snapshot_path);
-    }
+    if (!rd)
+        return -1;
     struct meta meta;
     struct vm_config cfg;
     bool has_mmds = false, imds_compat = false;
@@ -757,8 +788,10 @@ int vm_snapshot_load(struct vm *vm, struct event_loop *loop,
             goto out;
         }
         cfg.ram_fd = mem_fd;
-    } else {
+    } else if (p->ram_source == VM_RAM_UFFD) {
         cfg.ram_uffd_path = p->backend_path;
+    } else {
+        cfg.ram_given = p->ram_given;
     }
     if (has_mmds && p->mmds) {
         mmds_store_configure(p->mmds, (enum mmds_version)mmds_version, imds_compat, p->instance_id);
@@ -794,8 +827,30 @@ out:
     if (ret == 0)
         vm->cfg.restore_cpuid = NULL;
     snapshot_reader_free(rd);
-    free(data);
     return ret;
+}
+
+int vm_snapshot_load(struct vm *vm, struct event_loop *loop,
+                     const struct vm_snapshot_load_params *p, struct vm_config *cfg_out,
+                     int *status)
+{
+    *status = EXIT_USAGE;
+    int fd = open(p->snapshot_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return error_errno("cannot open the snapshot file '%s'", p->snapshot_path);
+    uint8_t *data = NULL;
+    size_t len = 0;
+    struct stat st;
+    int r = fstat(fd, &st) < 0 ? error_errno("cannot stat '%s'", p->snapshot_path)
+            : !S_ISREG(st.st_mode)
+                ? error_set("the snapshot file '%s' is not a regular file", p->snapshot_path)
+                : snapshot_read_fd(fd, SNAPSHOT_FILE_MAX, &data, &len);
+    close(fd);
+    if (r < 0)
+        return -1;
+    r = vm_snapshot_restore_state(vm, loop, data, len, p, cfg_out, status);
+    free(data);
+    return r < 0 ? error_prefix("snapshot '%s'", p->snapshot_path) : 0;
 }
 
 /* ---- describe ---------------------------------------------------------------------------- */

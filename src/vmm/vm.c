@@ -321,6 +321,13 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
                                   LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END) < 0)
             return -1;
         vm->create_status = EXIT_HOST_ERROR;
+    } else if (cfg->ram_source == VM_RAM_GIVEN) {
+        if (cfg->ram_given->ram_size != cfg->memory_mib << 20)
+            return error_set("the memory received holds %llu bytes, not %llu MiB",
+                             (unsigned long long)cfg->ram_given->ram_size,
+                             (unsigned long long)cfg->memory_mib);
+        vm->mem = *cfg->ram_given;
+        memset(cfg->ram_given, 0, sizeof(*cfg->ram_given));
     } else if (cfg->ram_source == VM_RAM_UFFD) {
         vm->create_status = EXIT_USAGE; /* the page-fault handler */
         return error_set("UFFD_PENDING %s", cfg->ram_uffd_path);

@@ -91,7 +91,7 @@ struct vsock_config {
 
 /* Where guest RAM comes from: fresh memory for a boot, or a snapshot's memory
  * (vmm/snapshot.c) through its file or a page-fault handler process. */
-enum vm_ram_source { VM_RAM_FRESH, VM_RAM_FILE, VM_RAM_UFFD };
+enum vm_ram_source { VM_RAM_FRESH, VM_RAM_FILE, VM_RAM_UFFD, VM_RAM_GIVEN };
 
 struct vm_config {
     const char *kernel_path;
@@ -130,6 +130,7 @@ struct vm_config {
     enum vm_ram_source ram_source;
     int ram_fd;
     const char *ram_uffd_path;
+    struct guest_memory *ram_given; /* VM_RAM_GIVEN (live migration): taken over */
     struct kvm_cpuid2 *const *restore_cpuid;
 };
 
