@@ -90,8 +90,7 @@ static int unix_addr(const struct migration_url *u, struct sockaddr_un *a)
     return 0;
 }
 
-static int connect_one(int domain, const struct sockaddr *addr, socklen_t len,
-                       uint64_t deadline_ms)
+static int connect_one(int domain, const struct sockaddr *addr, socklen_t len, uint64_t deadline_ms)
 {
     int fd = socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -156,8 +155,7 @@ int migration_listen(const struct migration_url *u)
         }
         return fd;
     }
-    struct addrinfo hints = {
-        .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res;
     int gai = getaddrinfo(u->host, u->port, &hints, &res);
     if (gai)

@@ -466,6 +466,16 @@ static void virtio_section_name(const struct vm_virtio *v, char *name, size_t le
 static void save_devices(struct snapshot_writer *w, struct vm *vm)
 {
     char name[SNAPSHOT_NAME_MAX + 1];
+    snapshot_begin_section(w, "device.com1");
+    serial_save(&vm->com1, w);
+    snapshot_begin_section(w, "device.i8042");
+    i8042_save(&vm->i8042, w);
+    snapshot_begin_section(w, "device.rtc");
+    rtc_save(&vm->rtc, w);
+    if (vm->cfg.boot_timer) {
+        snapshot_begin_section(w, "device.boot-timer");
+        boot_timer_save(&vm->boot_timer, w);
+    }
     for (unsigned i = 0; i < vm->nvirtio; i++) {
         struct vm_virtio *v = vm->virtio[i];
         virtio_section_name(v, name, sizeof(name));
@@ -481,10 +491,18 @@ static void save_devices(struct snapshot_writer *w, struct vm *vm)
 static int restore_devices(const struct snapshot_reader *r, struct vm *vm)
 {
     char name[SNAPSHOT_NAME_MAX + 1];
+    struct snapshot_cursor c;
+    /* Each legacy device checks its whole section itself before it changes. */
+    if (snapshot_section(r, "device.com1", &c) < 0 || serial_restore(&vm->com1, &c) < 0 ||
+        snapshot_section(r, "device.i8042", &c) < 0 || i8042_restore(&vm->i8042, &c) < 0 ||
+        snapshot_section(r, "device.rtc", &c) < 0 || rtc_restore(&vm->rtc, &c) < 0)
+        return -1;
+    if (vm->cfg.boot_timer && (snapshot_section(r, "device.boot-timer", &c) < 0 ||
+                               boot_timer_restore(&vm->boot_timer, &c) < 0))
+        return -1;
     for (unsigned i = 0; i < vm->nvirtio; i++) {
         struct vm_virtio *v = vm->virtio[i];
         virtio_section_name(v, name, sizeof(name));
-        struct snapshot_cursor c;
         if (snapshot_section(r, name, &c) < 0 || virtio_dev_restore(v->dev, &c) < 0 ||
             (v->on_pci ? virtio_pci_restore(&v->pci, &c) : virtio_mmio_restore(&v->mmio, &c)) < 0 ||
             snapshot_section_end(&c) < 0)
