@@ -96,8 +96,10 @@ static int connect_one(int domain, const struct sockaddr *addr, socklen_t len, u
     if (fd < 0)
         return error_errno("migration: socket");
     if (connect(fd, addr, len) < 0 && errno != EINPROGRESS) {
+        int e = errno;
         error_errno("migration: connect");
         close(fd);
+        errno = e;
         return -1;
     }
     if (wait_fd(fd, POLLOUT, deadline_ms, "connecting") < 0) {
@@ -107,9 +109,11 @@ static int connect_one(int domain, const struct sockaddr *addr, socklen_t len, u
     int err = 0;
     socklen_t elen = sizeof(err);
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0 || err) {
-        errno = err ? err : errno;
+        int e = err ? err : errno;
+        errno = e;
         error_errno("migration: connect");
         close(fd);
+        errno = e;
         return -1;
     }
     if (domain != AF_UNIX) {
@@ -119,7 +123,23 @@ static int connect_one(int domain, const struct sockaddr *addr, socklen_t len, u
     return fd;
 }
 
+static int connect_once(const struct migration_url *u, uint64_t deadline_ms);
+
 int migration_connect(const struct migration_url *u, uint64_t deadline_ms)
+{
+    /* The destination may not listen yet (both sides are started together): try again
+     * until the deadline while nobody is there. */
+    for (;;) {
+        int fd = connect_once(u, deadline_ms);
+        if (fd >= 0 || (errno != ECONNREFUSED && errno != ENOENT) ||
+            migration_now_ms() + 20 >= deadline_ms)
+            return fd;
+        struct timespec pause = {.tv_nsec = 20 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+}
+
+static int connect_once(const struct migration_url *u, uint64_t deadline_ms)
 {
     if (!u->tcp) {
         struct sockaddr_un a;

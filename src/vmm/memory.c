@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define SZ_2M (2ULL << 20)
 
@@ -44,6 +45,46 @@ int guest_memory_map(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_
     if (ram_size > SZ_2M)
         madvise((uint8_t *)p + SZ_2M, ram_size - SZ_2M, MADV_HUGEPAGE);
     return 0;
+}
+
+int guest_memory_map_given_memfd(struct guest_memory *mem, int fd, uint64_t ram_size,
+                                 uint64_t hole_start, uint64_t hole_end)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < ram_size) {
+        close(fd);
+        return error_set("the shared guest memory given is not a file of %llu MiB",
+                         (unsigned long long)(ram_size >> 20));
+    }
+    void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return error_errno("cannot map %llu MiB of shared guest memory",
+                           (unsigned long long)(ram_size >> 20));
+    }
+    guest_memory_layout(mem, p, ram_size, hole_start, hole_end);
+    mem->owns_mapping = true;
+    mem->has_memfd = true;
+    mem->memfd = fd;
+    return 0;
+}
+
+int guest_memory_map_memfd(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
+                           uint64_t hole_end)
+{
+    int fd = memfd_create("ember-guest-ram", MFD_CLOEXEC);
+    if (fd < 0)
+        return error_errno("memfd_create for guest memory");
+    if (ftruncate(fd, (off_t)ram_size) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return error_errno("cannot size shared guest memory to %llu MiB",
+                           (unsigned long long)(ram_size >> 20));
+    }
+    return guest_memory_map_given_memfd(mem, fd, ram_size, hole_start, hole_end);
 }
 
 int guest_memory_map_file(struct guest_memory *mem, int fd, uint64_t ram_size, uint64_t hole_start,
@@ -119,6 +160,8 @@ void guest_memory_free(struct guest_memory *mem)
 {
     if (mem->owns_mapping && mem->base)
         munmap(mem->base, mem->ram_size);
+    if (mem->has_memfd)
+        close(mem->memfd);
     memset(mem, 0, sizeof(*mem));
 }
 

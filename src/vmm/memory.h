@@ -20,6 +20,8 @@ struct guest_memory {
     uint8_t *base;     /* start of the host mapping */
     uint64_t ram_size; /* bytes of guest RAM */
     bool owns_mapping; /* created by guest_memory_map (munmap on free) */
+    bool has_memfd;    /* RAM is this memfd, mapped shared (another process may map it) */
+    int memfd;
     unsigned nregions;
     struct guest_region regions[GUEST_MEM_MAX_REGIONS];
 };
@@ -35,6 +37,15 @@ int guest_memory_map(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_
  * so a pool too small fails here with the numbers, not at a guest fault. */
 int guest_memory_map_hugetlb(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
                              uint64_t hole_end);
+/* Guest RAM in a memfd mapped MAP_SHARED, so that another process can map the same pages
+ * (live migration to a new ember on this host; vhost-user back-ends). Faults on shared
+ * memory cost more than on anonymous memory: only when asked for. */
+int guest_memory_map_memfd(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
+                           uint64_t hole_end);
+/* An existing memfd (of at least ram_size bytes) as guest RAM, shared; the descriptor is
+ * taken over. */
+int guest_memory_map_given_memfd(struct guest_memory *mem, int fd, uint64_t ram_size,
+                                 uint64_t hole_start, uint64_t hole_end);
 /* Guest RAM from a snapshot's memory file (fd, ram_size bytes or more):
  * mapped MAP_PRIVATE, so pages are read as the guest first touches them and
  * its writes never reach the file. */
