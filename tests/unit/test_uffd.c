@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/kvm.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <signal.h>
@@ -78,14 +79,20 @@ static bool uffd_usable(void)
  * page of data equals another (or zeros). */
 static uint8_t pattern(uint64_t off)
 {
-    uint64_t word = ((off / 8) | 1ULL << 40) * 0x9e3779b97f4a7c15ULL;
-    return (uint8_t)(word >> (8 * (off % 8)));
+    uint64_t z = off / 8 + 0x9e3779b97f4a7c15ULL; /* splitmix64 */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (uint8_t)(z >> (8 * (off % 8)));
 }
+
+/* Pages [punched_from, punched_to) of the file are a hole too (a test of huge pages). */
+static uint64_t punched_from, punched_to;
 
 /* Every seventh page is a hole (zeros), the rest the pattern. */
 static bool is_hole(uint64_t page)
 {
-    return page % 7 == 3;
+    return page % 7 == 3 || (page >= punched_from && page < punched_to);
 }
 
 static void fixture_init(struct fixture *f, uint64_t size)
@@ -97,6 +104,7 @@ static void fixture_init(struct fixture *f, uint64_t size)
     snprintf(f->memfile, sizeof(f->memfile), "%s/mem", f->dir);
     snprintf(f->log, sizeof(f->log), "%s/handler.log", f->dir);
     int fd = open(f->memfile, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    punched_from = punched_to = 0;
     ck_assert_int_ge(fd, 0);
     ck_assert_int_eq(ftruncate(fd, (off_t)size), 0);
     static uint8_t buf[PAGE];
@@ -230,6 +238,179 @@ START_TEST(on_demand_serves_each_page_once)
     ck_assert_uint_eq(count(log, "copied"), f.data_pages);
     ck_assert_uint_eq(count(log, "zeroed"), f.hole_pages);
     ck_assert_uint_eq(count(log, "present"), 0);
+    fixture_cleanup(&f);
+}
+END_TEST
+
+/* A removal (madvise(MADV_DONTNEED), what a balloon does) reaches the handler, which from then
+ * on serves those pages as zeros: the file no longer says what they hold. */
+START_TEST(removed_pages_read_as_zeros)
+{
+    if (!uffd_usable())
+        return;
+    struct fixture f;
+    fixture_init(&f, RAM);
+    handler_start(&f, "on-demand");
+    struct guest_memory m;
+    int sock = -1;
+    ck_assert_msg(guest_memory_map_uffd(&m, f.sock, RAM, HOLE_AT, HOLE_TO, false, 3000, &sock) == 0,
+                  "%s", error_get());
+    check_contents(&m);
+    uint8_t *gone = m.base + 64 * PAGE;
+    ck_assert_int_eq(madvise(gone, 16 * PAGE, MADV_DONTNEED), 0);
+    for (unsigned i = 0; i < 16 * PAGE; i++)
+        ck_assert_msg(gone[i] == 0, "byte %u of a removed range is 0x%x", i, gone[i]);
+    /* the rest is untouched */
+    ck_assert(!is_hole(81));
+    ck_assert_uint_eq(m.base[81 * PAGE + 9], pattern(81 * PAGE + 9));
+    guest_memory_free(&m);
+    close(sock);
+    char log[4096];
+    ck_assert_msg(handler_wait(&f, log, sizeof(log)) == 0, "%s", log);
+    ck_assert_uint_eq(count(log, "removes"), 1);
+    ck_assert_uint_eq(count(log, "removed_kib"), 64);
+    ck_assert_uint_eq(count(log, "faults"), NPAGES + 16);
+    ck_assert_uint_eq(count(log, "zeroed"), f.hole_pages + 16);
+    fixture_cleanup(&f);
+}
+END_TEST
+
+/* A field of /proc/meminfo, or -1. */
+static long long meminfo(const char *name)
+{
+    FILE *f = fopen("/proc/meminfo", "re");
+    char line[128];
+    long long v = -1;
+    size_t n = strlen(name);
+    while (f && fgets(line, sizeof(line), f)) {
+        if (!strncmp(line, name, n) && line[n] == ':')
+            v = strtoll(line + n + 1, NULL, 10);
+    }
+    if (f)
+        fclose(f);
+    return v;
+}
+
+static void write_nr_hugepages(long long n)
+{
+    FILE *f = fopen("/proc/sys/vm/nr_hugepages", "we");
+    if (f) {
+        fprintf(f, "%lld\n", n);
+        fclose(f);
+    }
+}
+
+/* Guest RAM of 2 MiB hugetlbfs pages (Firecracker's huge_pages "2M", which its snapshots
+ * restore only through Uffd): the handler fills whole huge pages, zeros by copy. */
+START_TEST(huge_pages)
+{
+    if (!uffd_usable())
+        return;
+    long long old = meminfo("HugePages_Total");
+    if (old < 0) {
+        fprintf(stderr, "# %s: skipped, no hugetlbfs in this kernel\n", tcase_name());
+        return;
+    }
+    write_nr_hugepages(old + 4);
+    if (meminfo("HugePages_Free") - meminfo("HugePages_Rsvd") < 4) {
+        write_nr_hugepages(old);
+        fprintf(stderr, "# %s: skipped, cannot reserve 4 huge pages (root needed)\n", tcase_name());
+        return;
+    }
+    struct fixture f;
+    fixture_init(&f, RAM);
+    /* the third huge page all hole: served as zeros */
+    int fd = open(f.memfile, O_RDWR | O_CLOEXEC);
+    ck_assert_int_eq(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(4 * MIB),
+                               (off_t)(2 * MIB)),
+                     0);
+    close(fd);
+    punched_from = 4 * MIB / PAGE;
+    punched_to = 6 * MIB / PAGE;
+    handler_start(&f, "on-demand");
+    struct guest_memory m;
+    int sock = -1;
+    int rc = guest_memory_map_uffd(&m, f.sock, RAM, HOLE_AT, HOLE_TO, true, 3000, &sock);
+    if (rc < 0)
+        write_nr_hugepages(old);
+    ck_assert_msg(rc == 0, "%s", error_get());
+    ck_assert_uint_eq(m.nregions, 2);
+    check_contents(&m);
+    guest_memory_free(&m);
+    write_nr_hugepages(old);
+    close(sock);
+    char log[4096];
+    ck_assert_msg(handler_wait(&f, log, sizeof(log)) == 0, "%s", log);
+    ck_assert_uint_eq(count(log, "faults"), 4);
+    ck_assert_uint_eq(count(log, "copied"), 3);
+    ck_assert_uint_eq(count(log, "zeroed"), 1);
+    fixture_cleanup(&f);
+}
+END_TEST
+
+/* A vCPU's own faults, taken inside KVM_RUN (instruction fetch and data read), served by the
+ * handler: real-mode code from the memory file reads a word of it and writes it to a port. */
+START_TEST(vcpu_faults_are_served)
+{
+    if (!uffd_usable())
+        return;
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0) {
+        fprintf(stderr, "# %s: skipped, cannot open /dev/kvm\n", tcase_name());
+        return;
+    }
+    struct fixture f;
+    fixture_init(&f, MIB);
+    /* mov eax, [0x2000]; out 0x10, eax; hlt */
+    static const uint8_t code[] = {0x66, 0xa1, 0x00, 0x20, 0x66, 0xe7, 0x10, 0xf4};
+    int fd = open(f.memfile, O_RDWR | O_CLOEXEC);
+    ck_assert_int_eq(pwrite(fd, code, sizeof(code), 0x1000), (ssize_t)sizeof(code));
+    close(fd);
+    ck_assert(!is_hole(0x2000 / PAGE));
+    uint32_t want = 0;
+    for (unsigned i = 0; i < 4; i++)
+        want |= (uint32_t)pattern(0x2000 + i) << (8 * i);
+    handler_start(&f, "on-demand");
+    struct guest_memory m;
+    int sock = -1;
+    ck_assert_msg(guest_memory_map_uffd(&m, f.sock, MIB, 4 * MIB, 8 * MIB, false, 3000, &sock) == 0,
+                  "%s", error_get());
+    int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+    ck_assert_int_ge(vm, 0);
+    ck_assert_int_eq(ioctl(vm, KVM_SET_TSS_ADDR, 0xfffbd000UL), 0);
+    struct kvm_userspace_memory_region slot = {
+        .slot = 0, .memory_size = MIB, .userspace_addr = (uintptr_t)m.base};
+    ck_assert_int_eq(ioctl(vm, KVM_SET_USER_MEMORY_REGION, &slot), 0);
+    int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+    ck_assert_int_ge(vcpu, 0);
+    int size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+    ck_assert_int_gt(size, 0);
+    struct kvm_run *run = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+    ck_assert_ptr_ne(run, MAP_FAILED);
+    struct kvm_sregs sregs;
+    ck_assert_int_eq(ioctl(vcpu, KVM_GET_SREGS, &sregs), 0);
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    sregs.ds.base = 0;
+    sregs.ds.selector = 0;
+    ck_assert_int_eq(ioctl(vcpu, KVM_SET_SREGS, &sregs), 0);
+    struct kvm_regs regs = {.rip = 0x1000, .rflags = 0x2};
+    ck_assert_int_eq(ioctl(vcpu, KVM_SET_REGS, &regs), 0);
+    ck_assert_int_eq(ioctl(vcpu, KVM_RUN, 0), 0);
+    ck_assert_uint_eq(run->exit_reason, KVM_EXIT_IO);
+    ck_assert_uint_eq(run->io.port, 0x10);
+    uint32_t got;
+    memcpy(&got, (uint8_t *)run + run->io.data_offset, 4);
+    ck_assert_uint_eq(got, want);
+    munmap(run, (size_t)size);
+    close(vcpu);
+    close(vm);
+    close(kvm);
+    guest_memory_free(&m);
+    close(sock);
+    char log[4096];
+    ck_assert_msg(handler_wait(&f, log, sizeof(log)) == 0, "%s", log);
+    ck_assert_uint_ge(count(log, "copied"), 2); /* the code's page and the data's */
     fixture_cleanup(&f);
 }
 END_TEST
@@ -616,6 +797,9 @@ Suite *uffd_suite(void)
     tcase_set_timeout(t, 60);
     tcase_add_test(t, on_demand_serves_each_page_once);
     tcase_add_test(t, concurrent_faults);
+    tcase_add_test(t, removed_pages_read_as_zeros);
+    tcase_add_test(t, huge_pages);
+    tcase_add_test(t, vcpu_faults_are_served);
     tcase_add_test(t, all_at_once_fills_before_any_fault);
     tcase_add_test(t, all_at_once_races_faults);
     tcase_add_test(t, no_handler);
