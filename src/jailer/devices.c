@@ -26,7 +26,7 @@ static const struct {
     {"/dev/net/tun", true, "tun", "tun", "no tap network interfaces"},
     {"/dev/urandom", false, "urandom", NULL, "ember reads randomness with getrandom()"},
     {"/dev/userfaultfd", false, "userfaultfd", "userfaultfd",
-     "a snapshot's Uffd memory backend needs root or vm.unprivileged_userfaultfd=1"},
+     "a snapshot's Uffd memory backend then needs vm.unprivileged_userfaultfd=1"},
 };
 
 /* A misc device's minor number from /proc/misc ("minor name" lines). */

@@ -237,13 +237,15 @@ static int uffd_connect(const char *path, int timeout_ms)
     int err = errno;
     close(sock);
     errno = err;
+    /* strerror's words, as Firecracker's message has them, then what they mean here */
     if (err == ENOENT)
-        return error_set("no page-fault handler at %s (no such file): start the handler first",
-                         path);
+        return error_errno("cannot connect to the page-fault handler at %s (start the handler "
+                           "first)",
+                           path);
     if (err == ECONNREFUSED)
-        return error_set("no page-fault handler listens at %s (connection refused): start the "
-                         "handler first",
-                         path);
+        return error_errno("cannot connect to the page-fault handler at %s (the socket file is "
+                           "there, no handler listens on it)",
+                           path);
     if (err == EAGAIN || err == EINPROGRESS)
         return error_set("the page-fault handler at %s did not accept the connection within %d ms",
                          path, timeout_ms);

@@ -579,10 +579,10 @@ START_TEST(no_handler)
         return;
     struct fixture f;
     fixture_init(&f, PAGE);
-    expect_failure(f.sock, 1000, "no such file");
+    expect_failure(f.sock, 1000, "No such file or directory");
     /* a socket file nobody listens on */
     close(listener(f.sock, 1));
-    expect_failure(f.sock, 1000, "connection refused");
+    expect_failure(f.sock, 1000, "Connection refused");
     unlink(f.sock);
     fixture_cleanup(&f);
 }

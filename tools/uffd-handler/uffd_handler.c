@@ -392,7 +392,7 @@ static enum fill fill(struct handler *h, uint64_t dst, uint64_t len, const void 
         *done = (uint64_t)result;
     if (err == EEXIST)
         return FILL_PRESENT; /* another fault for the page, already served */
-    if (err == EAGAIN)
+    if (err == EAGAIN || err == EINTR)
         return FILL_AGAIN; /* a removal waits to be read, or the VMM's mappings change */
     if (err == ENOENT || err == ESRCH)
         return FILL_GONE; /* the VMM unmapped it or exited */
