@@ -525,6 +525,86 @@ START_TEST(all_at_once_races_faults)
 }
 END_TEST
 
+/* What ember sends, read as Firecracker's example handlers read it (one recvmsg into 1 KiB):
+ * byte for byte what Firecracker sends for the same layout (serde's field order, no spaces),
+ * with one descriptor, a userfaultfd. */
+static int listener(const char *path, int backlog);
+
+struct capture {
+    int listener;
+    char msg[1024];
+    ssize_t len;
+    int fds;
+    char fd_kind[64];
+};
+
+static void *capture_message(void *arg)
+{
+    struct capture *c = arg;
+    int s = accept(c->listener, NULL, NULL);
+    if (s < 0)
+        return NULL;
+    union {
+        char b[CMSG_SPACE(4 * sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {.iov_base = c->msg, .iov_len = sizeof(c->msg) - 1};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof(ctl.b)};
+    c->len = recvmsg(s, &mh, MSG_CMSG_CLOEXEC);
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+            continue;
+        for (size_t i = 0; i < (h->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+            char link[64];
+            snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+            ssize_t n = readlink(link, c->fd_kind, sizeof(c->fd_kind) - 1);
+            c->fd_kind[n > 0 ? n : 0] = 0;
+            close(fd);
+            c->fds++;
+        }
+    }
+    close(s);
+    return NULL;
+}
+
+START_TEST(message_is_firecrackers)
+{
+    if (!uffd_usable())
+        return;
+    struct fixture f;
+    fixture_init(&f, PAGE);
+    struct capture c = {.listener = listener(f.sock, 1)};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, capture_message, &c), 0);
+    struct guest_memory m;
+    int sock = -1;
+    ck_assert_msg(guest_memory_map_uffd(&m, f.sock, RAM, HOLE_AT, HOLE_TO, false, 3000, &sock) == 0,
+                  "%s", error_get());
+    pthread_join(t, NULL);
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "[{\"base_host_virt_addr\":%llu,\"size\":%llu,\"offset\":0,\"page_size\":4096,"
+             "\"page_size_kib\":4096},"
+             "{\"base_host_virt_addr\":%llu,\"size\":%llu,\"offset\":%llu,\"page_size\":4096,"
+             "\"page_size_kib\":4096}]",
+             (unsigned long long)(uintptr_t)m.base, (unsigned long long)HOLE_AT,
+             (unsigned long long)(uintptr_t)(m.base + HOLE_AT), (unsigned long long)(RAM - HOLE_AT),
+             (unsigned long long)HOLE_AT);
+    ck_assert_int_eq(c.len, (ssize_t)strlen(want));
+    c.msg[c.len] = 0;
+    ck_assert_str_eq(c.msg, want);
+    ck_assert_int_eq(c.fds, 1);
+    ck_assert_str_eq(c.fd_kind, "anon_inode:[userfaultfd]");
+    guest_memory_free(&m);
+    close(sock);
+    close(c.listener);
+    fixture_cleanup(&f);
+}
+END_TEST
+
 /* ---- ember facing a missing or misbehaving handler ------------------------------------- */
 
 static void expect_failure(const char *path, int timeout_ms, const char *words)
@@ -563,11 +643,18 @@ static void *accept_and_close(void *arg)
     return NULL;
 }
 
+struct holder {
+    int listener;
+    int release[2]; /* a pipe: the holder lets go when it is written to */
+};
+
 static void *accept_and_hold(void *arg)
 {
-    int l = *(int *)arg;
-    int c = accept(l, NULL, NULL);
-    sleep(3); /* never reads */
+    struct holder *h = arg;
+    int c = accept(h->listener, NULL, NULL);
+    char b;
+    if (read(h->release[0], &b, 1) < 0) /* never reads the connection */
+        b = 0;
     if (c >= 0)
         close(c);
     return NULL;
@@ -609,15 +696,19 @@ START_TEST(handler_never_reads)
         return;
     struct fixture f;
     fixture_init(&f, PAGE);
-    int l = listener(f.sock, 1);
+    struct holder h = {.listener = listener(f.sock, 1)};
+    ck_assert_int_eq(pipe2(h.release, O_CLOEXEC), 0);
     pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, accept_and_hold, &l), 0);
+    ck_assert_int_eq(pthread_create(&t, NULL, accept_and_hold, &h), 0);
     expect_failure(f.sock, 300, "did not read the guest memory layout within 300 ms");
+    ck_assert_int_eq(write(h.release[1], "x", 1), 1);
     pthread_join(t, NULL);
-    close(l);
+    close(h.listener);
+    close(h.release[0]);
+    close(h.release[1]);
     /* Never accepting: the connection waits in the backlog, the message with it. */
     unlink(f.sock);
-    l = listener(f.sock, 1);
+    int l = listener(f.sock, 1);
     expect_failure(f.sock, 300, "did not read");
     close(l);
     /* A full backlog: connect itself waits, bounded by the same timeout. */
@@ -802,6 +893,7 @@ Suite *uffd_suite(void)
     tcase_add_test(t, vcpu_faults_are_served);
     tcase_add_test(t, all_at_once_fills_before_any_fault);
     tcase_add_test(t, all_at_once_races_faults);
+    tcase_add_test(t, message_is_firecrackers);
     tcase_add_test(t, no_handler);
     tcase_add_test(t, handler_closes_at_once);
     tcase_add_test(t, handler_never_reads);
