@@ -67,6 +67,7 @@ struct handler {
 };
 
 static volatile sig_atomic_t stop_signal;
+static const char *listening_path; /* removed if we end before a VMM connects */
 
 static void on_signal(int sig)
 {
@@ -98,6 +99,8 @@ static void fatal(const struct handler *h, const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
+    if (listening_path)
+        unlink(listening_path);
     if (h) {
         if (h->kill_peer && h->peer > 0) {
             fprintf(stderr, PROG ": killing the VMM (pid %d)\n", (int)h->peer);
@@ -627,17 +630,21 @@ int main(int argc, char **argv)
     h.kill_peer = kill_peer;
     map_file(&h, mem_path, all_at_once);
     int l = listen_on(socket_path);
+    listening_path = socket_path;
     fprintf(stderr, PROG ": listening on %s\n", socket_path);
     for (;;) {
         h.sock = accept4(l, NULL, NULL, SOCK_CLOEXEC);
         if (h.sock >= 0)
             break;
-        if (errno != EINTR || stop_signal)
+        if (stop_signal)
+            fatal(NULL, "stopped by signal %d before a VMM connected", (int)stop_signal);
+        if (errno != EINTR)
             fatal(NULL, "accept on %s: %s", socket_path, strerror(errno));
     }
     /* One VMM: a second one finds nothing rather than a backlog nobody serves. */
     close(l);
     unlink(socket_path);
+    listening_path = NULL;
     struct ucred cred;
     socklen_t cl = sizeof(cred);
     if (getsockopt(h.sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0)
