@@ -134,7 +134,7 @@ static void fixture_cleanup(struct fixture *f)
 }
 
 /* Runs the handler (its standard error into f->log) and waits for its socket. */
-static void handler_start(struct fixture *f, const char *mode)
+static void handler_start_with(struct fixture *f, const char *mode, const char *extra)
 {
     f->handler = fork();
     ck_assert_int_ge(f->handler, 0);
@@ -144,7 +144,8 @@ static void handler_start(struct fixture *f, const char *mode)
         if (log < 0 || dup2(log, 2) < 0)
             _exit(127);
         const char *h = getenv("EMBER_UFFD_HANDLER");
-        execl(h, h, "--socket", f->sock, "--mem-file", f->memfile, "--mode", mode, (char *)NULL);
+        execl(h, h, "--socket", f->sock, "--mem-file", f->memfile, "--mode", mode, extra,
+              (char *)NULL);
         _exit(127);
     }
     int64_t end = now_ms() + 5000;
@@ -154,6 +155,11 @@ static void handler_start(struct fixture *f, const char *mode)
         ck_assert_int_eq(waitpid(f->handler, NULL, WNOHANG), 0);
         usleep(2000);
     }
+}
+
+static void handler_start(struct fixture *f, const char *mode)
+{
+    handler_start_with(f, mode, NULL);
 }
 
 /* Waits (5 s at most) for the handler to end; its exit status, its log in log. */
@@ -856,6 +862,33 @@ START_TEST(handler_needs_the_descriptor)
 }
 END_TEST
 
+/* --kill-vmm-on-error: a handler that cannot go on ends its VMM (the socket's peer) rather
+ * than leave it frozen at its next fault. */
+START_TEST(handler_kills_the_vmm_on_error)
+{
+    if (!uffd_usable())
+        return;
+    struct fixture f;
+    fixture_init(&f, MIB);
+    handler_start_with(&f, "on-demand", "--kill-vmm-on-error");
+    pid_t vmm = fork();
+    ck_assert_int_ge(vmm, 0);
+    if (vmm == 0) {
+        int fd = new_uffd();
+        send_to_handler(f.sock, "[" REGION(1048576, 4096, 0, 3000) "]", fd);
+        pause();
+        _exit(0);
+    }
+    char log[4096];
+    ck_assert_int_eq(handler_wait(&f, log, sizeof(log)), 1);
+    ck_assert_ptr_nonnull(strstr(log, "power of two"));
+    int status;
+    ck_assert_int_eq(waitpid(vmm, &status, 0), vmm);
+    ck_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    fixture_cleanup(&f);
+}
+END_TEST
+
 /* What older VMMs send (page_size_kib alone, in bytes) is accepted; the handler then serves
  * until the VMM closes the connection. */
 START_TEST(handler_accepts_page_size_kib_alone)
@@ -903,6 +936,7 @@ Suite *uffd_suite(void)
     tcase_set_timeout(h, 60);
     tcase_add_test(h, handler_validates_the_layout);
     tcase_add_test(h, handler_needs_the_descriptor);
+    tcase_add_test(h, handler_kills_the_vmm_on_error);
     tcase_add_test(h, handler_accepts_page_size_kib_alone);
     suite_add_tcase(s, h);
     return s;
