@@ -51,7 +51,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
         test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer bench-linux-boot \
         clang guests format format-check clean bench install uninstall go-sdk-test clients-test
 
-all: $(BUILD)/ember $(BUILD)/ember-jailer
+all: $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-uffd-handler
 
 SHELL := /bin/bash
 .SECONDARY:
@@ -78,6 +78,13 @@ $(BUILD)/obj/src/sandbox/seccomp.o: $(BUILD)/gen/seccomp_bpf.h
 $(BUILD)/ember-jailer: $(JAILER_OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS)
+
+# An example page-fault handler for the Uffd snapshot memory backend: its own program.
+UFFD_HANDLER_OBJS := $(BUILD)/obj/tools/uffd-handler/uffd_handler.o
+
+$(BUILD)/ember-uffd-handler: $(UFFD_HANDLER_OBJS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(CJSON_LIBS) -lm
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -128,8 +135,9 @@ demo:
 	@$(MAKE) --no-print-directory all guests >/dev/null
 	$(BUILD)/ember run --kernel $(BUILD)/guest/hello.elf
 
-unit-test: $(BUILD)/unit-tests
-	$(BUILD)/unit-tests
+# The Uffd tests (tests/unit/test_uffd.c) run the example page-fault handler.
+unit-test: $(BUILD)/unit-tests $(BUILD)/ember-uffd-handler
+	EMBER_UFFD_HANDLER=$(abspath $(BUILD))/ember-uffd-handler $(BUILD)/unit-tests
 
 guest-test: all guests
 	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest OUT_DIR=$(abspath $(BUILD))/guest-tests NO_BUILD=1 \
@@ -237,7 +245,7 @@ FUZZ_JOBS ?= 2
 fuzz: fuzz-build guests
 	FUZZ_BOOT_SEEDS=$(BUILD)/guest tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_NAMES)
 
-FORMAT_FILES = $(SRCS) $(UNIT_SRCS) $(shell find src tests guest bench -name '*.h' -o -name '*.c' | sort -u)
+FORMAT_FILES = $(SRCS) $(UNIT_SRCS) $(shell find src tests guest bench tools -name '*.h' -o -name '*.c' | sort -u)
 
 format:
 	clang-format -i $(FORMAT_FILES)
@@ -265,4 +273,4 @@ uninstall:
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(JAILER_OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(BUILD)/obj/$(BPFGEN_SRC:.c=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)
+-include $(OBJS:.o=.d) $(JAILER_OBJS:.o=.d) $(UFFD_HANDLER_OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(BUILD)/obj/$(BPFGEN_SRC:.c=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)

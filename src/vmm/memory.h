@@ -22,6 +22,8 @@ struct guest_memory {
     bool owns_mapping; /* created by guest_memory_map (munmap on free) */
     bool has_memfd;    /* RAM is this memfd, mapped shared (another process may map it) */
     int memfd;
+    bool owns_uffd;    /* uffd below is open (guest_memory_map_uffd; closed on free) */
+    int uffd;
     unsigned nregions;
     struct guest_region regions[GUEST_MEM_MAX_REGIONS];
 };
@@ -51,6 +53,24 @@ int guest_memory_map_given_memfd(struct guest_memory *mem, int fd, uint64_t ram_
  * its writes never reach the file. */
 int guest_memory_map_file(struct guest_memory *mem, int fd, uint64_t ram_size, uint64_t hole_start,
                           uint64_t hole_end);
+/* Guest RAM served by an external page-fault handler, Firecracker's "Uffd" memory backend:
+ * ram_size bytes mapped anonymous private (from 2 MiB hugetlbfs pages with hugetlb), every
+ * region registered with a new userfaultfd for missing pages, then, over a connection to the
+ * unix stream socket socket_path, one message: the JSON array of the regions
+ * ({"base_host_virt_addr","size","offset","page_size","page_size_kib"}, offset = host address -
+ * mem->base, the memory file's layout) with the userfaultfd attached (SCM_RIGHTS).
+ * The call returns once the handler has read that message, or fails after timeout_ms (<= 0:
+ * GUEST_MEM_UFFD_TIMEOUT_MS) for a handler that does not accept or read it, and at once for a
+ * handler that closed the connection first. *sock_out is the connection, which the caller keeps
+ * open while the guest lives (a handler may take its closing as the VM's end) and closes after
+ * guest_memory_free. ember keeps its own copy of the userfaultfd in mem->uffd (closed by
+ * guest_memory_free): were the handler to die, a fault then waits forever instead of the page
+ * silently reading as zeros. Every thread touching guest RAM, ember's own included, waits on
+ * the handler for each page it touches first. */
+#define GUEST_MEM_UFFD_TIMEOUT_MS 5000
+int guest_memory_map_uffd(struct guest_memory *mem, const char *socket_path, uint64_t ram_size,
+                          uint64_t hole_start, uint64_t hole_end, bool hugetlb, int timeout_ms,
+                          int *sock_out);
 void guest_memory_free(struct guest_memory *mem);
 
 /* Host pointer for [gpa, gpa+len) or NULL when any byte of it is not RAM

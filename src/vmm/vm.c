@@ -348,7 +348,10 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
         memset(cfg->ram_given, 0, sizeof(*cfg->ram_given));
     } else if (cfg->ram_source == VM_RAM_UFFD) {
         vm->create_status = EXIT_USAGE; /* the page-fault handler */
-        return error_set("UFFD_PENDING %s", cfg->ram_uffd_path);
+        if (guest_memory_map_uffd(&vm->mem, cfg->ram_uffd_path, cfg->memory_mib << 20,
+                                  LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END, cfg->hugetlb, 0,
+                                  &vm->uffd_socket) < 0)
+            return -1;
         vm->create_status = EXIT_HOST_ERROR;
     } else if (cfg->ram_shared) {
         if (guest_memory_map_memfd(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,

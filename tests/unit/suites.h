@@ -28,5 +28,6 @@ Suite *mmds_stack_suite(void);
 Suite *snapshot_format_suite(void);
 Suite *vcpu_state_suite(void);
 Suite *devices_snapshot_suite(void);
+Suite *uffd_suite(void);
 
 #endif
