@@ -110,12 +110,16 @@
  * a block with mremap. */
 #define MAIN_REALLOC R1(mremap, EQ(3, MREMAP_MAYMOVE))
 
+/* A snapshot (made here) reads and clears KVM's log of the guest's writes to RAM: which
+ * pages a Diff snapshot holds, or none after a Full one (vmm/dirty.c). */
+#define MAIN_SNAPSHOT IOCTL(KVM_GET_DIRTY_LOG)
+
 /* Serving the API, the console's input, the metrics, and the end of the
  * machine (joining threads, closing devices, removing the API socket's
  * file). After InstanceStart. */
 #define MAIN_RULES                                                                                 \
     BASE, MEMORY, EVENT_LOOP, R(brk), R(close), R(unlink), MAIN_API, MAIN_CONSOLE, MAIN_KICK,      \
-        MAIN_DRIVE_SWAP, MAIN_REALLOC
+        MAIN_DRIVE_SWAP, MAIN_REALLOC, MAIN_SNAPSHOT
 
 /* Existing files only, once the machine runs. */
 #define MAIN_OPEN R1(openat, NONE_OF(2, O_CREAT | O_TRUNC | __O_TMPFILE))
