@@ -76,6 +76,17 @@ int dirty_collect(int vm_fd, struct guest_memory *mem, uint64_t *bitmap_out)
     return 0;
 }
 
+void dirty_requeue(struct guest_memory *mem, const uint64_t *bitmap)
+{
+    if (!mem->dirty)
+        return;
+    size_t words = guest_memory_bitmap_words(mem);
+    for (size_t w = 0; w < words; w++) {
+        if (bitmap[w])
+            __atomic_fetch_or(&mem->dirty[w], bitmap[w], __ATOMIC_RELAXED);
+    }
+}
+
 int dirty_reset(int vm_fd, struct guest_memory *mem)
 {
     uint64_t *bits = calloc(guest_memory_bitmap_words(mem) + 1, sizeof(uint64_t));

@@ -23,6 +23,9 @@
  * Fails when tracking is off (mem->dirty NULL). On failure the interval's pages are lost: the
  * caller's next snapshot must be a Full one. */
 int dirty_collect(int vm_fd, struct guest_memory *mem, uint64_t *bitmap_out);
+/* Gives collected pages back (ORed into ember's bitmap), so the next collection reports them
+ * again: for a Diff that could not be written. No-op when tracking is off. */
+void dirty_requeue(struct guest_memory *mem, const uint64_t *bitmap);
 /* Collects and discards: after a Full snapshot, the next Diff holds only what changes since. */
 int dirty_reset(int vm_fd, struct guest_memory *mem);
 /* Pages set in a bitmap of guest_memory_bitmap_words(mem) words. */

@@ -388,6 +388,18 @@ START_TEST(collect_reports_guest_and_ember_writes)
     const uint64_t second[] = {3, 5, 7, 8, hi + 2, hi + 63};
     assert_pages(bits, total, second, sizeof(second) / sizeof(second[0]));
 
+    /* A Diff that failed gives its pages back: the next collection has them again, with the
+     * guest's new round. */
+    guest_memory_mark_dirty(&m, m.base + 25 * PAGE, 1);
+    ck_assert_msg(dirty_collect(vm, &m, bits) == 0, "%s", error_get());
+    const uint64_t marked[] = {25};
+    assert_pages(bits, total, marked, 1);
+    dirty_requeue(&m, bits);
+    run_to_out(vcpu, run);
+    ck_assert_msg(dirty_collect(vm, &m, bits) == 0, "%s", error_get());
+    const uint64_t requeued[] = {3, 5, 7, 8, 25, hi + 2, hi + 63};
+    assert_pages(bits, total, requeued, sizeof(requeued) / sizeof(requeued[0]));
+
     /* A reset after a Full snapshot: collected and dropped. */
     run_to_out(vcpu, run);
     guest_memory_mark_dirty(&m, m.base + 30 * PAGE, 1);
