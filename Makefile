@@ -34,12 +34,16 @@ LDLIBS  := -luring $(CJSON_LIBS) $(SECCOMP_LIBS) $(NETTLE_LIBS) -lm -ldl -lpthre
 # src/sandbox/bpfgen.c is a build-time tool: it compiles ember's own seccomp
 # filters into $(BUILD)/gen/seccomp_bpf.h, which seccomp.c includes.
 BPFGEN_SRC := src/sandbox/bpfgen.c
-SRCS := $(filter-out $(BPFGEN_SRC),$(shell find src -name '*.c' -not -path 'src/jailer/*' | sort))
+SRCS := $(filter-out $(BPFGEN_SRC),$(shell find src -name '*.c' -not -path 'src/jailer/*' \
+          -not -path 'src/tools/*' | sort))
 OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)
 # ember-jailer: its own program, sharing only the error messages.
 JAILER_SRCS := $(sort $(wildcard src/jailer/*.c)) src/util/error.c
 JAILER_OBJS := $(JAILER_SRCS:%.c=$(BUILD)/obj/%.o)
 LIB_OBJS := $(filter-out $(BUILD)/obj/src/main.o,$(OBJS))
+# ember-snapshot-merge: Diff snapshots' memory files merged onto their base (src/tools/).
+MERGE_OBJS := $(BUILD)/obj/src/tools/snapshot_merge.o $(BUILD)/obj/src/snapshot/memfile.o \
+              $(BUILD)/obj/src/util/error.o
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
 UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -51,7 +55,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
         test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer bench-linux-boot \
         clang guests format format-check clean bench install uninstall go-sdk-test clients-test
 
-all: $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-uffd-handler
+all: $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-uffd-handler $(BUILD)/ember-snapshot-merge
 
 SHELL := /bin/bash
 .SECONDARY:
@@ -85,6 +89,10 @@ UFFD_HANDLER_OBJS := $(BUILD)/obj/tools/uffd-handler/uffd_handler.o
 $(BUILD)/ember-uffd-handler: $(UFFD_HANDLER_OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(CJSON_LIBS) -lm
+
+$(BUILD)/ember-snapshot-merge: $(MERGE_OBJS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -261,16 +269,18 @@ PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 INSTALL ?= install
 
-install: $(BUILD)/ember $(BUILD)/ember-jailer
+install: $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-snapshot-merge
 	$(INSTALL) -d $(DESTDIR)$(BINDIR)
-	$(INSTALL) -m 0755 $(BUILD)/ember $(BUILD)/ember-jailer $(DESTDIR)$(BINDIR)/
+	$(INSTALL) -m 0755 $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-snapshot-merge \
+	  $(DESTDIR)$(BINDIR)/
 	ln -sfn ember $(DESTDIR)$(BINDIR)/firecracker
 	ln -sfn ember-jailer $(DESTDIR)$(BINDIR)/jailer
 
 uninstall:
-	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,ember ember-jailer firecracker jailer)
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,ember ember-jailer ember-snapshot-merge firecracker \
+	  jailer)
 
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(JAILER_OBJS:.o=.d) $(UFFD_HANDLER_OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(BUILD)/obj/$(BPFGEN_SRC:.c=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)
+-include $(OBJS:.o=.d) $(JAILER_OBJS:.o=.d) $(UFFD_HANDLER_OBJS:.o=.d) $(BUILD)/obj/src/tools/snapshot_merge.d $(UNIT_OBJS:.o=.d) $(BUILD)/obj/$(BPFGEN_SRC:.c=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)

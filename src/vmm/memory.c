@@ -448,7 +448,44 @@ void guest_memory_free(struct guest_memory *mem)
         close(mem->memfd);
     if (mem->owns_uffd)
         close(mem->uffd);
+    free(mem->dirty);
     memset(mem, 0, sizeof(*mem));
+}
+
+size_t guest_memory_bitmap_words(const struct guest_memory *mem)
+{
+    uint64_t pages = (mem->ram_size + GUEST_PAGE_SIZE - 1) / GUEST_PAGE_SIZE;
+    return (size_t)((pages + 63) / 64);
+}
+
+int guest_memory_track_dirty(struct guest_memory *mem)
+{
+    if (mem->dirty)
+        return 0;
+    size_t words = guest_memory_bitmap_words(mem);
+    mem->dirty = calloc(words ? words : 1, sizeof(uint64_t));
+    if (!mem->dirty)
+        return error_set("out of memory for the dirty page bitmap");
+    return 0;
+}
+
+void guest_memory_mark_dirty_range(const struct guest_memory *mem, const void *hva, uint64_t len)
+{
+    uintptr_t start = (uintptr_t)hva, base = (uintptr_t)mem->base;
+    if (!len || start < base || start - base >= mem->ram_size)
+        return;
+    uint64_t off = start - base;
+    uint64_t end = len > mem->ram_size - off ? mem->ram_size : off + len;
+    uint64_t first = off / GUEST_PAGE_SIZE, last = (end - 1) / GUEST_PAGE_SIZE;
+    for (uint64_t w = first / 64; w <= last / 64; w++) {
+        uint64_t lo = w == first / 64 ? first % 64 : 0;
+        uint64_t hi = w == last / 64 ? last % 64 : 63;
+        uint64_t mask = (~0ULL >> (63 - hi)) & (~0ULL << lo);
+        /* A plain load first: pages written again and again (a used ring) stay set, and
+         * their cache line is not taken exclusive by every request. */
+        if ((__atomic_load_n(&mem->dirty[w], __ATOMIC_RELAXED) & mask) != mask)
+            __atomic_fetch_or(&mem->dirty[w], mask, __ATOMIC_RELAXED);
+    }
 }
 
 void *gpa_to_hva(const struct guest_memory *mem, uint64_t gpa, uint64_t len)
@@ -479,8 +516,10 @@ int guest_write(const struct guest_memory *mem, uint64_t gpa, const void *src, u
     if (!dst)
         return error_set("guest range 0x%llx+0x%llx is not RAM", (unsigned long long)gpa,
                          (unsigned long long)len);
-    if (len)
+    if (len) {
         memcpy(dst, src, len);
+        guest_memory_mark_dirty(mem, dst, len);
+    }
     return 0;
 }
 

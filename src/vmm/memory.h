@@ -9,6 +9,8 @@
 #include <stdint.h>
 
 #define GUEST_MEM_MAX_REGIONS 2
+/* The unit of dirty tracking: KVM's (x86 small pages) and the memory file's. */
+#define GUEST_PAGE_SIZE 4096u
 
 struct guest_region {
     uint64_t gpa;
@@ -26,6 +28,9 @@ struct guest_memory {
     int uffd;
     unsigned nregions;
     struct guest_region regions[GUEST_MEM_MAX_REGIONS];
+    /* Pages ember itself wrote (KVM logs only the guest's writes): bit i is the page at
+     * base + i * GUEST_PAGE_SIZE, set atomically from any thread. NULL: not tracked. */
+    uint64_t *dirty;
 };
 
 /* Splits ram_size bytes at base into regions below and above the hole. */
@@ -73,10 +78,25 @@ int guest_memory_map_uffd(struct guest_memory *mem, const char *socket_path, uin
                           int *sock_out);
 void guest_memory_free(struct guest_memory *mem);
 
+/* Starts ember's side of dirty tracking (after the mapping exists): allocates the bitmap. */
+int guest_memory_track_dirty(struct guest_memory *mem);
+/* Words of a bitmap with a bit per page of guest RAM (GUEST_PAGE_SIZE pages). */
+size_t guest_memory_bitmap_words(const struct guest_memory *mem);
+void guest_memory_mark_dirty_range(const struct guest_memory *mem, const void *hva, uint64_t len);
+/* Records that ember wrote [hva, hva+len) of guest RAM; bytes outside RAM are ignored. Free
+ * when tracking is off (one test, inlined), a few atomic ORs when on. Any thread. */
+static inline void guest_memory_mark_dirty(const struct guest_memory *mem, const void *hva,
+                                           uint64_t len)
+{
+    if (__builtin_expect(mem->dirty != NULL, 0))
+        guest_memory_mark_dirty_range(mem, hva, len);
+}
+
 /* Host pointer for [gpa, gpa+len) or NULL when any byte of it is not RAM
  * (or the range wraps). len 0 is treated as 1. */
 void *gpa_to_hva(const struct guest_memory *mem, uint64_t gpa, uint64_t len);
-/* Copies in/out of guest RAM; -1 (with an error) if the range is not RAM. */
+/* Copies in/out of guest RAM; -1 (with an error) if the range is not RAM. guest_write marks
+ * what it wrote dirty. */
 int guest_write(const struct guest_memory *mem, uint64_t gpa, const void *src, uint64_t len);
 int guest_read(const struct guest_memory *mem, uint64_t gpa, void *dst, uint64_t len);
 /* End of the RAM region that contains gpa (0 if none). */

@@ -154,10 +154,13 @@ static int create_devices(struct vm *vm)
 
 static int set_memory_regions(struct vm *vm)
 {
+    if (vm->cfg.track_dirty_pages && guest_memory_track_dirty(&vm->mem) < 0)
+        return -1;
     for (unsigned i = 0; i < vm->mem.nregions; i++) {
         const struct guest_region *r = &vm->mem.regions[i];
         struct kvm_userspace_memory_region region = {
             .slot = i,
+            .flags = vm->cfg.track_dirty_pages ? KVM_MEM_LOG_DIRTY_PAGES : 0,
             .guest_phys_addr = r->gpa,
             .memory_size = r->size,
             .userspace_addr = (uintptr_t)r->hva,

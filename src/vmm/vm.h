@@ -103,6 +103,8 @@ struct vm_config {
     bool boot_timer; /* Firecracker's boot timer device (devices/boot_timer.h) */
     bool hugetlb;    /* guest RAM from the host's 2 MiB hugetlbfs pages */
     bool ram_shared; /* guest RAM in a memfd, mapped shared (guest_memory_map_memfd) */
+    /* KVM logs the guest's writes to RAM and ember its own (vmm/dirty.h): Diff snapshots */
+    bool track_dirty_pages;
     /* PUT /serial: the serial port's output to this descriptor (a file or
      * FIFO, non-blocking, the caller's) instead of stdout; input stays stdin. */
     bool has_serial_out;

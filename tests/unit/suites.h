@@ -29,5 +29,6 @@ Suite *snapshot_format_suite(void);
 Suite *vcpu_state_suite(void);
 Suite *devices_snapshot_suite(void);
 Suite *uffd_suite(void);
+Suite *dirty_suite(void);
 
 #endif
