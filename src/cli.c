@@ -127,6 +127,7 @@ void cli_usage(FILE *f)
         "  --api-sock PATH       also serve the API's runtime routes on PATH: pause and\n"
         "                        resume (PATCH /vm), snapshots (PUT /snapshot/create),\n"
         "                        metrics, drive and interface updates, actions\n"
+        "  --track-dirty-pages   log the pages the guest and ember write, for Diff snapshots\n"
         "  --no-seccomp, --seccomp-filter FILE   as in the API mode\n"
         "\n"
         "Every thread runs under a seccomp filter of its kind unless --no-seccomp; a\n"
@@ -227,6 +228,7 @@ enum opt_id {
     OPT_PMEM,
     OPT_BOOT_TIMER,
     OPT_API_SOCK,
+    OPT_TRACK_DIRTY_PAGES,
     OPT_HELP,
 };
 
@@ -257,6 +259,7 @@ static const struct {
     {"pmem", OPT_PMEM, true},
     {"boot-timer", OPT_BOOT_TIMER, false},
     {"api-sock", OPT_API_SOCK, true},
+    {"track-dirty-pages", OPT_TRACK_DIRTY_PAGES, false},
     {"help", OPT_HELP, false},
 };
 
@@ -678,6 +681,9 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
         return 0;
     case OPT_BOOT_TIMER:
         vm->boot_timer = true;
+        return 0;
+    case OPT_TRACK_DIRTY_PAGES:
+        vm->track_dirty_pages = true;
         return 0;
     case OPT_API_SOCK:
         if (!*value)

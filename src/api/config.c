@@ -342,8 +342,6 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
         return error_set("%s: `mem_size_mib` must be at least %d", what, VM_MIN_MEMORY_MIB);
     /* The host's RAM is not checked here: as in Firecracker, a size the host
      * cannot back fails at InstanceStart (api_config_to_vm), not before. */
-    /* track_dirty_pages is kept and shown; it matters once there are
-     * snapshots. */
     if (tmpl) {
         enum cpu_template t;
         if (!strcmp(tmpl, "None"))
@@ -1080,7 +1078,7 @@ static int get_positive(const cJSON *obj, const char *what, const char *name, ui
 int api_parse_migration_send(const cJSON *body, struct api_migration_send *out)
 {
     static const char *const fields[] = {"destination_url", "downtime_ms", "timeout_s",
-                                         "max_rounds", "local", NULL};
+                                         "max_rounds",      "local",       NULL};
     const char *what = "migration/send";
     memset(out, 0, sizeof(*out));
     if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
@@ -1269,6 +1267,7 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
         return -1;
     vm->custom_cpu = c->custom_cpu ? &c->custom_cpu->mods : NULL;
     vm->smt = c->machine.smt;
+    vm->track_dirty_pages = c->machine.track_dirty_pages;
     if (c->vsock.set)
         vm->vsock = (struct vsock_config){.id = c->vsock.vsock_id,
                                           .guest_cid = c->vsock.guest_cid,

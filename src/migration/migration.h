@@ -43,7 +43,7 @@ int migration_send_vm(struct vm *vm, const struct migration_send_params *p,
 
 struct migration_receive_params {
     const char *url;
-    uint64_t timeout_ms; /* for the source to connect, and for each message after */
+    uint64_t timeout_ms;                 /* for the source to connect, and for each message after */
     struct vm_snapshot_load_params load; /* how the machine is built (ram_source is set here) */
 };
 

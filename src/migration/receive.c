@@ -56,8 +56,8 @@ static int recv_hello(struct receiver *r)
         return error_set("migration: the source announces %llu bytes of RAM and %u vCPUs",
                          (unsigned long long)hello.ram_size, hello.ncpus);
     r->local = hello.local;
-    if (!r->local && guest_memory_map(&r->mem, hello.ram_size, LAYOUT_MMIO_HOLE_START,
-                                      LAYOUT_MMIO_HOLE_END) < 0)
+    if (!r->local &&
+        guest_memory_map(&r->mem, hello.ram_size, LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END) < 0)
         return -1;
     r->mem.ram_size = hello.ram_size; /* local: checked against the memfd when it comes */
     return 0;
@@ -67,8 +67,7 @@ static int recv_memory(struct receiver *r, uint64_t length)
 {
     uint64_t offset;
     if (length < sizeof(offset) || length - sizeof(offset) > MIGRATION_CHUNK)
-        return error_set("migration: a memory message of %llu bytes",
-                         (unsigned long long)length);
+        return error_set("migration: a memory message of %llu bytes", (unsigned long long)length);
     if (migration_recv_exact(r->fd, &offset, sizeof(offset), deadline(r)) < 0)
         return -1;
     uint64_t len = length - sizeof(offset);
@@ -102,8 +101,7 @@ static void reply_error(struct receiver *r, const char *why)
 
 /* Receives until the state comes, then builds and runs the machine. */
 static int receive(struct receiver *r, struct vm *vm, struct event_loop *loop,
-                   const struct migration_receive_params *p, struct vm_config *cfg_out,
-                   int *status)
+                   const struct migration_receive_params *p, struct vm_config *cfg_out, int *status)
 {
     for (;;) {
         struct migration_header h;
@@ -189,7 +187,6 @@ int migration_receive_vm(struct vm *vm, struct event_loop *loop,
     close(r.fd);
     st->total_us = now_us() - start;
     st->completed = true;
-    log_info("migration received: %llu pages, machine running",
-             (unsigned long long)st->pages_sent);
+    log_info("migration received: %llu pages, machine running", (unsigned long long)st->pages_sent);
     return 0;
 }

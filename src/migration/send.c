@@ -195,13 +195,13 @@ int migration_send_vm(struct vm *vm, const struct migration_send_params *p,
                                     .ncpus = vm->ncpus,
                                     .ram_size = vm->mem.ram_size,
                                     .local = p->local};
-    if (migration_send(s.fd, MIGRATION_HELLO, &hello, sizeof(hello), NULL, 0, -1,
-                       s.deadline_ms) < 0 ||
+    if (migration_send(s.fd, MIGRATION_HELLO, &hello, sizeof(hello), NULL, 0, -1, s.deadline_ms) <
+            0 ||
         wait_reply(&s, MIGRATION_READY, "to get ready") < 0)
         goto fail;
     if (p->local) {
-        if (migration_send(s.fd, MIGRATION_MEMFD, NULL, 0, NULL, 0, vm->mem.memfd,
-                           s.deadline_ms) < 0)
+        if (migration_send(s.fd, MIGRATION_MEMFD, NULL, 0, NULL, 0, vm->mem.memfd, s.deadline_ms) <
+            0)
             goto fail;
     } else {
         /* Both logs on, then emptied: the first pass copies everything after this. */

@@ -116,7 +116,8 @@
  * a Diff snapshot holds, or none after a Full one (vmm/dirty.c). */
 #define MAIN_SNAPSHOT                                                                              \
     R1(openat, EQ(2, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC)), R(pwrite64), R(ftruncate),        \
-        IOCTL(KVM_GET_IRQCHIP), IOCTL(KVM_GET_PIT2), IOCTL(KVM_GET_CLOCK), IOCTL(KVM_GET_DIRTY_LOG)
+        IOCTL(KVM_GET_IRQCHIP), IOCTL(KVM_GET_PIT2), IOCTL(KVM_GET_CLOCK),                         \
+        IOCTL(KVM_GET_DIRTY_LOG)
 
 /* Serving the API, the console's input, the metrics, and the end of the
  * machine (joining threads, closing devices, removing the API socket's

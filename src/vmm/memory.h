@@ -24,7 +24,7 @@ struct guest_memory {
     bool owns_mapping; /* created by guest_memory_map (munmap on free) */
     bool has_memfd;    /* RAM is this memfd, mapped shared (another process may map it) */
     int memfd;
-    bool owns_uffd;    /* uffd below is open (guest_memory_map_uffd; closed on free) */
+    bool owns_uffd; /* uffd below is open (guest_memory_map_uffd; closed on free) */
     int uffd;
     unsigned nregions;
     struct guest_region regions[GUEST_MEM_MAX_REGIONS];

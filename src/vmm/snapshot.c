@@ -7,6 +7,7 @@
 #include "util/log.h"
 #include "util/version.h"
 #include "vmm/devices.h"
+#include "vmm/dirty.h"
 #include "vmm/exit_status.h"
 #include "vmm/vcpu.h"
 #include "vmm/vcpu_state.h"
@@ -648,7 +649,22 @@ static int write_snapshot(struct vm *vm, const struct vm_snapshot_create_params 
     if (vm_snapshot_save_state(vm, p->type, &state, &len) < 0)
         return -1;
     struct memfile_stats ms = {0};
-    int r = memfile_write_full(&vm->mem, mem_fd, &ms);
+    int r;
+    if (p->type == VM_SNAPSHOT_DIFF) {
+        uint64_t *bitmap = calloc(guest_memory_bitmap_words(&vm->mem), sizeof(*bitmap));
+        r = bitmap ? dirty_collect(vm->vm_fd, &vm->mem, bitmap) : error_set("out of memory");
+        if (r == 0 && memfile_write_diff(&vm->mem, mem_fd, bitmap, &ms) < 0) {
+            /* The pages go back into the log: the next Diff still holds them. */
+            dirty_requeue(&vm->mem, bitmap);
+            r = -1;
+        }
+        free(bitmap);
+    } else {
+        r = memfile_write_full(&vm->mem, mem_fd, &ms);
+        /* The next Diff holds what changes from this snapshot on. */
+        if (r == 0 && vm->mem.dirty)
+            r = dirty_reset(vm->vm_fd, &vm->mem);
+    }
     size_t done = 0;
     while (r == 0 && done < len) {
         ssize_t n = write(state_fd, state + done, len - done);
@@ -677,9 +693,9 @@ int vm_snapshot_create(struct vm *vm, const struct vm_snapshot_create_params *p,
     if (!vm_is_paused(vm))
         return error_set("the machine is not paused: pause it first (PATCH /vm "
                          "{\"state\": \"Paused\"})");
-    if (p->type == VM_SNAPSHOT_DIFF)
-        return error_set("Diff snapshots need track_dirty_pages, which this machine does not "
-                         "have");
+    if (p->type == VM_SNAPSHOT_DIFF && !vm->mem.dirty)
+        return error_set("Diff snapshots need dirty page tracking: set track_dirty_pages in "
+                         "machine-config (or at snapshot load)");
     if (vm->cfg.ram_source == VM_RAM_UFFD)
         return error_set("a machine whose memory a page-fault handler serves cannot be "
                          "snapshotted");
@@ -782,6 +798,7 @@ int vm_snapshot_restore_state(struct vm *vm, struct event_loop *loop, const uint
     }
     if (apply_overrides(&cfg, p) < 0)
         goto out;
+    cfg.track_dirty_pages = p->track_dirty_pages;
     cpuid = calloc(cfg.ncpus, sizeof(*cpuid));
     if (!cpuid) {
         error_set("out of memory");
