@@ -16,7 +16,7 @@ int main(void)
                                       seccomp_suite,      cpu_template_suite,
                                       mmds_suite,         mmds_stack_suite,
                                       virtio_pmem_suite,  snapshot_format_suite,
-                                      vcpu_state_suite};
+                                      vcpu_state_suite,   snapshot_devices_suite};
     /* Tests provoke guest errors on purpose; their log lines would only
      * clutter the report. EMBER_TEST_LOG=1 shows them. */
     if (!getenv("EMBER_TEST_LOG"))

@@ -27,5 +27,6 @@ Suite *mmds_suite(void);
 Suite *mmds_stack_suite(void);
 Suite *snapshot_format_suite(void);
 Suite *vcpu_state_suite(void);
+Suite *snapshot_devices_suite(void);
 
 #endif
