@@ -943,8 +943,10 @@ static bool send_transport_reset(struct virtio_vsock *v)
     virtq_chain_write(ch, 0, &event, sizeof(event));
     /* Linux takes an event whose used length is exactly its size. */
     virtq_push(q, ch->head, sizeof(event));
-    /* The driver's kick when it gives the buffer back is its acknowledgement. */
-    virtq_enable_kicks(q, true);
+    /* The driver's kick when it gives the buffer back is its acknowledgement: asked for
+     * beyond the buffers in the ring now (Linux keeps eight there, so a kick for the next
+     * one alone would never come). The vCPUs are paused: nothing is added meanwhile. */
+    (void)virtq_enable_kicks_for_more(q);
     v->reset_unacked = true;
     v->resets_sent++;
     virtio_dev_signal_used(d, EVQ);
@@ -983,6 +985,9 @@ static void restored(struct virtio_dev *d)
     if (v->reset_unacked && virtio_dev_queue_live(d, EVQ)) {
         d->interrupts++;
         d->transport->notify_queue(d, EVQ);
+        /* Asked for again (the restored guest memory holds the request already). */
+        if (virtq_enable_kicks_for_more(&d->queues[EVQ].vq))
+            v->reset_unacked = false;
         return;
     }
     send_transport_reset(v);
