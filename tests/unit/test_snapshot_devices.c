@@ -362,56 +362,56 @@ END_TEST
 START_TEST(blk_held_request_and_budget)
 {
     make_image();
-    /* 2 operations a second: a token every 500 ms, none to spare at first. */
-    struct rate_limit_config rl = {.ops = {.size = 2, .refill_ms = 1000}};
+    /* A bucket of 4 operations, refilled with one a second: the fifth request waits. */
+    struct rate_limit_config rl = {.ops = {.size = 4, .refill_ms = 4000}};
     struct virtio_blk a, b;
     blk_make(&a, &rl);
     driver_start(&a.dev, 1);
-    for (unsigned k = 0; k < 3; k++)
+    for (unsigned k = 0; k < 5; k++)
         blk_publish_read(k, k);
     virtio_dev_kick(&a.dev, 0);
-    ck_assert(wait_used(0, 2, 2000));
+    ck_assert(wait_used(0, 4, 2000));
     for (int i = 0; i < 2000 && !__atomic_load_n(&a.throttle_events, __ATOMIC_SEQ_CST); i++)
         usleep(1000);
     ck_assert_uint_ge(a.throttle_events, 1);
     take(&a.dev);
-    assert_settled(&a.dev, 0, 2); /* the held chain went back */
-    ck_assert_uint_eq(used_idx(0), 2);
+    assert_settled(&a.dev, 0, 4); /* the held chain went back */
+    ck_assert_uint_eq(used_idx(0), 4);
     virtio_dev_thaw(&a.dev);
     virtio_blk_destroy(&a);
 
     restore_memory();
     blk_make(&b, &rl);
     ck_assert_msg(restore_device(&b.dev) == 0, "%s", error_get());
-    usleep(100000);
-    ck_assert_uint_eq(used_idx(0), 2); /* a refilled bucket would have served it */
-    ck_assert(wait_used(0, 3, 2000));
-    blk_assert_read(2, 2);
+    usleep(200000);
+    ck_assert_uint_eq(used_idx(0), 4); /* a refilled bucket would have served it */
+    ck_assert(wait_used(0, 5, 3000));
+    blk_assert_read(4, 4);
     virtio_blk_destroy(&b);
 
     /* Other limits than saved are refused. */
     restore_memory();
     blk_make(&b, NULL);
     ck_assert_int_eq(restore_device(&b.dev), -1);
-    assert_refused("blk0: operations rate limiter: a limit of 2 per second with a bucket of 2, "
+    assert_refused("blk0: operations rate limiter: a limit of 1 per second with a bucket of 4, "
                    "not the 0 per second");
     virtio_blk_destroy(&b);
     restore_memory();
     struct rate_limit_config other = {.ops = {.size = 3, .refill_ms = 1000}};
     blk_make(&b, &other);
     ck_assert_int_eq(restore_device(&b.dev), -1);
-    assert_refused("operations rate limiter: a limit of 2 per second with a bucket of 2, not "
+    assert_refused("operations rate limiter: a limit of 1 per second with a bucket of 4, not "
                    "the 3 per second");
     virtio_blk_destroy(&b);
     /* More tokens than the bucket holds, more time than a token takes. */
     restore_memory();
-    patch_field(1, 3);
+    patch_field(1, 5);
     blk_make(&b, &rl);
     ck_assert_int_eq(restore_device(&b.dev), -1);
-    assert_refused("3 tokens in a bucket that holds at most 2");
+    assert_refused("5 tokens in a bucket that holds at most 4");
     virtio_blk_destroy(&b);
     patch_field(1, 0);
-    patch_field(0, 600000000);
+    patch_field(0, 2000000000);
     blk_make(&b, &rl);
     ck_assert_int_eq(restore_device(&b.dev), -1);
     assert_refused("towards the next token");
