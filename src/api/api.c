@@ -807,6 +807,11 @@ static int patch_pmem(struct api *a, const char *id, const cJSON *body, char **o
     if (u.has_rate_limiter) {
         cfg->rate_limit = u.rate_limit;
         cfg->has_rate_limiter = true;
+        /* The machine's configuration too: a snapshot carries the limits in force. */
+        for (unsigned i = 0; i < a->vm->cfg.npmem; i++) {
+            if (a->vm->cfg.pmem[i].id && !strcmp(a->vm->cfg.pmem[i].id, id))
+                a->vm->cfg.pmem[i].rate_limit = u.rate_limit;
+        }
         virtio_pmem_change_limits(p, &u.rate_limit);
         log_info("pmem '%s': new rate limits in force", id);
     }
