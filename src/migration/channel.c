@@ -82,6 +82,24 @@ static int wait_fd(int fd, short events, uint64_t deadline_ms, const char *what)
     }
 }
 
+/* Waits for a non-blocking connect to finish either way: SO_ERROR then says how (a refused
+ * TCP connection shows as POLLERR, and must reach the caller as ECONNREFUSED to be retried). */
+static int wait_connect(int fd, uint64_t deadline_ms)
+{
+    for (;;) {
+        uint64_t now = migration_now_ms();
+        if (now >= deadline_ms)
+            return error_set("migration: timed out connecting");
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        uint64_t left = deadline_ms - now;
+        int r = poll(&p, 1, left > 1000 ? 1000 : (int)left);
+        if (r < 0 && errno != EINTR)
+            return error_errno("migration: poll");
+        if (r > 0)
+            return 0;
+    }
+}
+
 static int unix_addr(const struct migration_url *u, struct sockaddr_un *a)
 {
     memset(a, 0, sizeof(*a));
@@ -102,7 +120,7 @@ static int connect_one(int domain, const struct sockaddr *addr, socklen_t len, u
         errno = e;
         return -1;
     }
-    if (wait_fd(fd, POLLOUT, deadline_ms, "connecting") < 0) {
+    if (wait_connect(fd, deadline_ms) < 0) {
         close(fd);
         return -1;
     }
