@@ -188,6 +188,8 @@ struct smp_result {
     uint64_t start_us[MAX_CPUS]; /* INIT to report */
 };
 bool smp_start_cpus(struct smp_result *result);
+/* Run by each AP after it reported (a weak default halts); a guest may define its own. */
+_Noreturn void smp_ap_work(void);
 
 /* rtc.c */
 struct rtc_time {

@@ -19,12 +19,18 @@ static volatile int ap_reported_id = -1;
 
 _Noreturn void ap_main(void);
 
+/* What an AP does once it has reported: halt, unless the guest defines its own. */
+__attribute__((weak)) _Noreturn void smp_ap_work(void)
+{
+    halt_forever();
+}
+
 _Noreturn void ap_main(void)
 {
     idt_load();
     lapic_enable();
     __atomic_store_n(&ap_reported_id, lapic_id(), __ATOMIC_RELEASE);
-    halt_forever();
+    smp_ap_work();
 }
 
 static bool trampoline_page_is_ram(void)
