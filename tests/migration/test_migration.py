@@ -9,6 +9,7 @@ Usage: tests/migration/test_migration.py [-v] [NAME...]
 Environment: EMBER (default build/ember), GUEST_DIR (default build/guest).
 """
 
+import fcntl
 import json
 import os
 import re
@@ -569,6 +570,36 @@ def test_source_failures(tmp):
         f = FakeDestination(os.path.join(tmp, "silent.sock"), silent)
         send("destination silent", {"destination_url": "unix:" + f.path, "timeout_s": 2}, 400, "timed out")
         f.join()
+
+        # A destination that takes everything, the state too, and hangs up instead of DONE:
+        # the source had released its drive's lock for the destination; it takes it back.
+        def no_done(f, conn):
+            f.read(conn, 40)
+            conn.sendall(header(READY, 0))
+            while True:
+                head = conn.recv(16, socket.MSG_WAITALL)
+                check(len(head) == 16, "the stream ended before the state")
+                magic, kind, length = struct.unpack("<IIQ", head)
+                left = length
+                while left:
+                    chunk = conn.recv(min(left, 1 << 20))
+                    check(chunk, "the stream ended inside a message")
+                    left -= len(chunk)
+                if kind == STATE:
+                    f.state_seen = True
+                    return
+
+        f = FakeDestination(os.path.join(tmp, "nodone.sock"), no_done)
+        send("destination hangs up after the state", {"destination_url": "unix:" + f.path, "timeout_s": 10},
+             400, "keeps running")
+        f.join()
+        check(getattr(f, "state_seen", False), "the fake destination never got the state")
+        with open(disk, "rb") as img:
+            try:
+                fcntl.flock(img, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                raise Failure("the source did not take its drive's lock back")
+            except BlockingIOError:
+                pass
 
         # Local mode over TCP.
         send("local over tcp", {"destination_url": "tcp:127.0.0.1:%d" % port, "local": True}, 400, "not TCP")
