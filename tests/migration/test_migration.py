@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "api"))
 import test_api as api  # noqa: E402
@@ -863,11 +864,26 @@ TESTS = [
 ]
 
 
+def traced(test):
+    """An unexpected exception names where it came from (run_tests prints only its text)."""
+    def run(tmp):
+        try:
+            test(tmp)
+        except (Failure, Skip):
+            raise
+        except Exception as ex:  # noqa: BLE001 - reported with its place
+            where = traceback.extract_tb(ex.__traceback__)[-3:]
+            raise Failure("%s: %s at %s" % (type(ex).__name__, ex, "; ".join(
+                "%s:%d %s" % (os.path.basename(f.filename), f.lineno, f.line) for f in where)))
+    run.__name__ = test.__name__
+    return run
+
+
 def main():
     if not os.path.exists("/dev/kvm"):
         print("migration: skipped, no /dev/kvm")
         return 0
-    return api.run_tests(TESTS, "migration", (api.EMBER, WRITER), sys.argv[1:])
+    return api.run_tests([traced(t) for t in TESTS], "migration", (api.EMBER, WRITER), sys.argv[1:])
 
 
 if __name__ == "__main__":
