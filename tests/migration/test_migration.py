@@ -268,6 +268,7 @@ def test_ping_pong(tmp):
     modes = ["local", "local", "unix", "unix", "tcp", "unix", "unix", "tcp", "unix", "unix"]
     src = run_writer(tmp, "vm0", disk)
     outputs = []
+    downtimes = []
     procs = [src]
     try:
         last = wait_progress(src, 2 * FLUSH_EVERY, "boot")
@@ -308,8 +309,15 @@ def test_ping_pong(tmp):
             else:
                 check(rounds >= 1 and pages > 0, "%s: %d rounds, %d pages" % (what, rounds, pages))
             outputs.append(src.stdout())
+            downtimes.append((mode, down_us, total_ms))
             src = dst
-        log("10 hops in %.2f s" % (time.monotonic() - total_start))
+        log("10 hops in %.2f s; guest stopped (ms): %s" % (time.monotonic() - total_start, ", ".join(
+            "%s %.1f" % (mode, us / 1000) for mode, us, _ in downtimes)))
+        for kind in ("local", "unix", "tcp"):
+            d = [us for mode, us, _ in downtimes if mode == kind]
+            t = [ms for mode, _, ms in downtimes if mode == kind]
+            log("%s: %d hops, guest stopped %.1f ms on average (at most %.1f), %.0f ms in all on average"
+                % (kind, len(d), sum(d) / len(d) / 1000, max(d) / 1000, sum(t) / len(t)))
         # Enough writes to wrap over the disk, then the last process ends (as a crash would).
         wait_progress(src, max(last, DISK_BLOCKS + FLUSH_EVERY), "before the image check", timeout=60)
         src.kill()
