@@ -432,6 +432,7 @@ static int put_snapshot_load(struct api *a, const cJSON *body, char **out)
     }
     a->vm_created = true;
     a->vm_cfg = l.cfg;
+    api_config_adopt_vm(&a->cfg, &a->vm_cfg, &a->mmds);
     builder_done(a);
     uint64_t end = now_us();
     api_metrics_set_latency(&a->metrics, API_LATENCY_VMM_LOAD_SNAPSHOT, end - start);
@@ -539,6 +540,7 @@ static int put_migration_receive(struct api *a, const cJSON *body, char **out)
     a->metrics.migration.completed++;
     a->vm_created = true;
     a->vm_cfg = j.cfg;
+    api_config_adopt_vm(&a->cfg, &a->vm_cfg, &a->mmds);
     builder_done(a);
     return 204;
 }

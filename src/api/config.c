@@ -3,6 +3,7 @@
 #include "api/cpu_config.h"
 #include "arch/x86/cpuid.h"
 #include "backends/block.h"
+#include "mmds/store.h"
 #include "util/error.h"
 
 #include <ctype.h>
@@ -1467,4 +1468,88 @@ cJSON *api_config_json(const struct api_config *c)
         cJSON_AddItemToArray(pmem, pmem_json(&c->pmem[i]));
     cJSON_AddNullToObject(o, "memory-hotplug");
     return o;
+}
+
+static bool limit_set(const struct rate_limit_config *l)
+{
+    return l->bandwidth.size || l->ops.size;
+}
+
+int api_config_adopt_vm(struct api_config *c, const struct vm_config *vm,
+                        const struct mmds_store *mmds)
+{
+    c->has_boot_source = true;
+    replace_str(&c->kernel_path, dup_str(vm->kernel_path));
+    replace_str(&c->initrd_path, dup_str(vm->initrd_path));
+    replace_str(&c->boot_args, dup_str(vm->cmdline));
+    c->machine.vcpu_count = vm->ncpus;
+    c->machine.mem_size_mib = vm->memory_mib;
+    c->machine.smt = vm->smt;
+    c->machine.track_dirty_pages = vm->track_dirty_pages;
+    snprintf(c->machine.cpu_template, sizeof(c->machine.cpu_template), "%s",
+             vm->cpu_template == CPU_TEMPLATE_HOST ? "None" : cpu_template_name(vm->cpu_template));
+    snprintf(c->machine.huge_pages, sizeof(c->machine.huge_pages), "%s",
+             vm->hugetlb ? "2M" : "None");
+    c->ndrives = vm->ndrives;
+    for (unsigned i = 0; i < vm->ndrives; i++) {
+        const struct drive_config *d = &vm->drives[i];
+        c->drives[i] = (struct api_drive){
+            .id = dup_str(d->id ? d->id : ""),
+            .path = dup_str(d->path),
+            .partuuid = dup_str(d->partuuid),
+            .is_root = d->is_root,
+            .readonly = d->readonly,
+            .cache_unsafe = d->unsafe,
+            .io_sync = d->engine == BLK_ENGINE_SYNC,
+            .has_rate_limiter = limit_set(&d->rate_limit),
+            .rate_limit = d->rate_limit,
+        };
+    }
+    c->nnets = vm->nnets;
+    c->mmds.nifaces = 0;
+    for (unsigned i = 0; i < vm->nnets; i++) {
+        const struct net_config *n = &vm->nets[i];
+        char mac[18];
+        snprintf(mac, sizeof(mac), "%02x:%02x:%02x:%02x:%02x:%02x", n->mac[0], n->mac[1], n->mac[2],
+                 n->mac[3], n->mac[4], n->mac[5]);
+        c->nets[i] = (struct api_net){
+            .id = dup_str(n->id ? n->id : ""),
+            .host_dev_name = dup_str(n->tap),
+            .guest_mac = n->has_mac ? dup_str(mac) : NULL,
+            .mtu = n->mtu,
+            .has_rx = limit_set(&n->rx_limit),
+            .has_tx = limit_set(&n->tx_limit),
+            .rx = n->rx_limit,
+            .tx = n->tx_limit,
+            .tap_fd = -1,
+        };
+        if (n->mmds_ipv4 && c->mmds.nifaces < API_MAX_NETS) {
+            c->mmds.ifaces[c->mmds.nifaces++] = dup_str(n->id ? n->id : "");
+            c->mmds.ipv4 = n->mmds_ipv4;
+        }
+    }
+    c->mmds.set = c->mmds.nifaces > 0;
+    c->mmds.v2 = mmds && mmds->version == MMDS_V2;
+    c->mmds.imds_compat = mmds && mmds->imds_compat;
+    c->npmem = vm->npmem;
+    for (unsigned i = 0; i < vm->npmem; i++) {
+        const struct pmem_config *p = &vm->pmem[i];
+        c->pmem[i] = (struct api_pmem){.id = dup_str(p->id ? p->id : ""),
+                                       .path = dup_str(p->path),
+                                       .is_root = p->is_root,
+                                       .readonly = p->readonly,
+                                       .has_rate_limiter = limit_set(&p->rate_limit),
+                                       .rate_limit = p->rate_limit};
+    }
+    c->entropy.set = vm->rng;
+    c->entropy.has_rate_limiter = vm->rng && vm->rng_limit.size;
+    c->entropy.rate_limit = (struct rate_limit_config){.bandwidth = vm->rng_limit};
+    if (vm->vsock.uds_path) {
+        c->vsock.set = true;
+        c->vsock.guest_cid = vm->vsock.guest_cid;
+        replace_str(&c->vsock.uds_path, dup_str(vm->vsock.uds_path));
+        replace_str(&c->vsock.vsock_id, dup_str(vm->vsock.id));
+        c->vsock.listen_fd = -1;
+    }
+    return 0;
 }

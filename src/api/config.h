@@ -229,6 +229,11 @@ int api_config_parse_document(struct api_config *c, const char *text, size_t len
 /* Maps c onto vm (which starts from vm_config_defaults); fails when
  * something needed is missing or not supported yet. Pointers in vm point
  * into c. */
+/* After a snapshot load or a migration received: what GET /machine-config, /vm/config and the
+ * others show becomes the machine that runs (as Firecracker fills its resources from the
+ * snapshot). The logger and metrics settings stay. */
+int api_config_adopt_vm(struct api_config *c, const struct vm_config *vm,
+                        const struct mmds_store *mmds);
 int api_config_to_vm(const struct api_config *c, struct vm_config *vm);
 
 cJSON *api_machine_config_json(const struct api_config *c);
