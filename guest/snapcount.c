@@ -228,17 +228,17 @@ static void start_timer(void)
 _Noreturn static void enter_user(void (*fn)(uint64_t), unsigned cpu)
 {
     uint64_t rsp = cpus[cpu].user_stack_top - 8; /* as after a call: rsp + 8 aligned to 16 */
-    __asm__ volatile("pushq %[ss]\n\t"
-                     "pushq %[rsp]\n\t"
-                     "pushq %[flags]\n\t"
-                     "pushq %[cs]\n\t"
-                     "pushq %[rip]\n\t"
-                     "iretq"
-                     :
-                     : [ss] "i"(SEL_USER_DATA), [rsp] "r"(rsp),
-                       [flags] "i"(RFLAGS_IF | RFLAGS_RESERVED), [cs] "i"(SEL_USER_CODE64),
-                       [rip] "r"(fn), "D"((uint64_t)cpu)
-                     : "memory");
+    __asm__ volatile(
+        "pushq %[ss]\n\t"
+        "pushq %[rsp]\n\t"
+        "pushq %[flags]\n\t"
+        "pushq %[cs]\n\t"
+        "pushq %[rip]\n\t"
+        "iretq"
+        :
+        : [ss] "i"(SEL_USER_DATA), [rsp] "r"(rsp), [flags] "i"(RFLAGS_IF | RFLAGS_RESERVED),
+          [cs] "i"(SEL_USER_CODE64), [rip] "r"(fn), "D"((uint64_t)cpu)
+        : "memory");
     __builtin_unreachable();
 }
 
@@ -271,7 +271,8 @@ static uint64_t usable_ram(uint64_t from, uint64_t index_offset, uint64_t *page_
         const struct memory_region *r = &boot_info.memory[i];
         if (r->type != MEMORY_RAM)
             continue;
-        uint64_t lo = ((r->base > from ? r->base : from) + PAGE_SIZE - 1) & ~(uint64_t)(PAGE_SIZE - 1);
+        uint64_t lo =
+            ((r->base > from ? r->base : from) + PAGE_SIZE - 1) & ~(uint64_t)(PAGE_SIZE - 1);
         uint64_t hi = (r->base + r->size < UNCACHED_START ? r->base + r->size : UNCACHED_START) &
                       ~(uint64_t)(PAGE_SIZE - 1);
         if (hi <= lo)
@@ -328,8 +329,7 @@ void guest_main(void)
     tick_initial_count = (uint32_t)((uint64_t)per_10ms * 100 / TICK_HZ);
 
     for (unsigned i = 0; i < cpu_count; i++) {
-        cpus[i].kernel_stack_top =
-            (uint64_t)phys_alloc(KERNEL_STACK_SIZE, 16) + KERNEL_STACK_SIZE;
+        cpus[i].kernel_stack_top = (uint64_t)phys_alloc(KERNEL_STACK_SIZE, 16) + KERNEL_STACK_SIZE;
         cpus[i].user_stack_top = (uint64_t)phys_alloc(USER_STACK_SIZE, 16) + USER_STACK_SIZE;
     }
     choose_pages();
