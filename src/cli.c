@@ -55,8 +55,8 @@ void cli_usage(FILE *f)
         "                        0xc0000000 logs the boot time (Info level)\n"
         "  --metadata FILE       MMDS contents (JSON), read and checked at start\n"
         "  --describe-snapshot FILE, --snapshot-version\n"
-        "                        Firecracker's snapshot queries: ember has no snapshots yet\n"
-        "                        and says so (status 2)\n"
+        "                        the snapshot file's format version and contents; the\n"
+        "                        format version this ember writes\n"
         "  --mmds-size-limit BYTES  the MMDS data store's largest size (default: the\n"
         "                        --http-api-max-payload-size value, 51200)\n"
         "\n"
@@ -120,6 +120,9 @@ void cli_usage(FILE *f)
         "                        root=on (root=/dev/pmemN on the command line)\n"
         "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
         "  --boot-timer          as in the API mode\n"
+        "  --api-sock PATH       also serve the API's runtime routes on PATH: pause and\n"
+        "                        resume (PATCH /vm), snapshots (PUT /snapshot/create),\n"
+        "                        metrics, drive and interface updates, actions\n"
         "  --no-seccomp, --seccomp-filter FILE   as in the API mode\n"
         "\n"
         "Every thread runs under a seccomp filter of its kind unless --no-seccomp; a\n"
@@ -219,6 +222,7 @@ enum opt_id {
     OPT_VSOCK,
     OPT_PMEM,
     OPT_BOOT_TIMER,
+    OPT_API_SOCK,
     OPT_HELP,
 };
 
@@ -248,6 +252,7 @@ static const struct {
     {"vsock", OPT_VSOCK, true},
     {"pmem", OPT_PMEM, true},
     {"boot-timer", OPT_BOOT_TIMER, false},
+    {"api-sock", OPT_API_SOCK, true},
     {"help", OPT_HELP, false},
 };
 
@@ -659,6 +664,11 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
     case OPT_BOOT_TIMER:
         vm->boot_timer = true;
         return 0;
+    case OPT_API_SOCK:
+        if (!*value)
+            return error_set("--api-sock needs a path");
+        cli->run_api_sock = value;
+        return 0;
     case OPT_HELP:
         cli->action = CLI_HELP;
         return 0;
@@ -761,8 +771,7 @@ static const struct {
     {"seccomp-filter", TOP_SECCOMP_FILTER, true},
     {"boot-timer", TOP_BOOT_TIMER, false},
     {"metadata", TOP_METADATA, true},
-    /* What Firecracker prints and exits with; ember has no snapshots yet and
-     * says so (cli_describe_snapshot). */
+    /* Firecracker's snapshot queries (vmm/snapshot.c answers them). */
     {"describe-snapshot", TOP_DESCRIBE_SNAPSHOT, true},
     {"snapshot-version", TOP_SNAPSHOT_VERSION, false},
 };

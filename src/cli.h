@@ -58,6 +58,7 @@ struct cli {
     bool no_seccomp;            /* --no-seccomp: no system call filters */
     const char *seccomp_filter; /* --seccomp-filter: a policy file instead of ember's own */
     const char *snapshot_path;  /* --describe-snapshot FILE */
+    const char *run_api_sock;   /* ember run --api-sock PATH: the API's runtime routes */
 };
 
 /* Parses argv into *out. On error, returns -1 with error_get() set. */

@@ -8,6 +8,8 @@
 #include "util/teardown.h"
 #include "vmm/exit_status.h"
 #include "vmm/vm.h"
+#include "vmm/snapshot.h"
+#include "snapshot/format.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -78,15 +80,43 @@ static int process_init(struct process *p)
     return 0;
 }
 
-static int run_vm(struct process *p, const struct vm_config *cfg)
+/* `ember run --api-sock PATH`: the API beside a machine the command line built, for what
+ * can be done to a running machine (pause, snapshots, metrics, updates). */
+static int start_run_api(struct process *p, struct vm *vm, const struct vm_config *cfg,
+                         const char *path, struct api *api, struct api_server *server)
+{
+    if (api_init(api, &p->loop, vm, NULL, cfg->transport == TRANSPORT_PCI, 0) < 0)
+        return -1;
+    api->vm_created = true;
+    api->configured = true;
+    api->vm_cfg = *cfg;
+    struct http_limits limits;
+    http_limits_default(&limits);
+    struct api_server_options opts;
+    api_server_options_default(&opts);
+    if (api_server_start(server, &p->loop, path, &limits, &opts, api_handle_request, api) < 0)
+        return -1;
+    api_metrics_watch_server(&api->metrics, &server->stats);
+    log_info("API listening on %s", path);
+    return 0;
+}
+
+static int run_vm(struct process *p, const struct vm_config *cfg, const char *api_sock)
 {
     static struct vm vm;
+    static struct api api;
+    static struct api_server server;
     p->vm = &vm;
     if (vm_create(&vm, cfg, &p->loop) < 0) {
         fprintf(stderr, "ember: %s\n", error_get());
         int status = vm.create_status;
         vm_destroy(&vm);
         return status;
+    }
+    if (api_sock && start_run_api(p, &vm, cfg, api_sock, &api, &server) < 0) {
+        fprintf(stderr, "ember: --api-sock %s: %s\n", api_sock, error_get());
+        vm_destroy(&vm);
+        return EXIT_HOST_ERROR;
     }
     if (vm_start(&vm, true) < 0) {
         fprintf(stderr, "ember: %s\n", error_get());
@@ -97,6 +127,11 @@ static int run_vm(struct process *p, const struct vm_config *cfg)
     seccomp_enter(SECCOMP_MAIN, "main");
     if (event_loop_run(&p->loop) < 0)
         fprintf(stderr, "ember: event loop: %s\n", error_get());
+    if (api_sock) {
+        api_server_stop(&server);
+        /* api_finish ends the machine as it does in API mode. */
+        return api_finish(&api, p->status);
+    }
     int status = vm_finish(&vm);
     vm_destroy(&vm);
     return status;
@@ -271,11 +306,16 @@ int main(int argc, char **argv)
         cli_usage(stdout);
         return EXIT_OK;
     }
-    if (cli.action == CLI_DESCRIBE_SNAPSHOT || cli.action == CLI_SNAPSHOT_VERSION) {
-        fprintf(stderr, "ember: snapshots are not supported yet%s%s%s\n",
-                cli.snapshot_path ? " (cannot describe '" : "",
-                cli.snapshot_path ? cli.snapshot_path : "", cli.snapshot_path ? "')" : "");
-        return EXIT_USAGE;
+    if (cli.action == CLI_SNAPSHOT_VERSION) {
+        printf("v%u.0.0\n", SNAPSHOT_FORMAT_VERSION);
+        return EXIT_OK;
+    }
+    if (cli.action == CLI_DESCRIBE_SNAPSHOT) {
+        if (vm_snapshot_describe(cli.snapshot_path, stdout) < 0) {
+            fprintf(stderr, "ember: --describe-snapshot: %s\n", error_get());
+            return EXIT_USAGE;
+        }
+        return EXIT_OK;
     }
     if (cli.action == CLI_VERSION) {
         cli_print_version(stdout);
@@ -297,7 +337,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "ember: %s\n", error_get());
         return EXIT_HOST_ERROR;
     }
-    int status = cli.action == CLI_API ? run_api(&proc, &cli) : run_vm(&proc, &cli.vm);
+    int status =
+        cli.action == CLI_API ? run_api(&proc, &cli) : run_vm(&proc, &cli.vm, cli.run_api_sock);
     if (async_teardown_active()) {
         /* The helper shares this file table: release the standard streams
          * now, so that whoever reads ember's output sees its end at exit. */

@@ -13,6 +13,7 @@
 #include "virtio/pmem.h"
 #include "vmm/devices.h"
 #include "vmm/exit_status.h"
+#include "vmm/snapshot.h"
 
 #include <fcntl.h>
 #include <stdarg.h>
@@ -180,6 +181,16 @@ static void build_machine(void *arg)
     b->result = 0;
 }
 
+/* Setup is over: from now on the main thread serves the API, the console
+ * and the metrics, with the narrower filter. */
+static void builder_done(struct api *a)
+{
+    if (a->builder)
+        iothread_stop(a->builder);
+    a->builder = NULL;
+    seccomp_enter(SECCOMP_MAIN, "main");
+}
+
 int api_start_instance(struct api *a, int *status)
 {
     *status = EXIT_USAGE;
@@ -207,12 +218,7 @@ int api_start_instance(struct api *a, int *status)
         *status = b.status;
         return error_set("%s", b.error);
     }
-    if (a->builder)
-        iothread_stop(a->builder);
-    a->builder = NULL;
-    /* Setup is over: from now on the main thread serves the API, the
-     * console and the metrics, with the narrower filter. */
-    seccomp_enter(SECCOMP_MAIN, "main");
+    builder_done(a);
     log_info("machine started: %u vCPU(s), %llu MiB, %u drive(s)", a->vm_cfg.ncpus,
              (unsigned long long)a->vm_cfg.memory_mib, a->vm_cfg.ndrives);
     return 0;
@@ -324,6 +330,114 @@ static int patch_vm(struct api *a, const cJSON *body, char **out)
     api_metrics_set_latency(&a->metrics, pause ? API_LATENCY_PAUSE_VM : API_LATENCY_RESUME_VM,
                             end - a->request_start_us);
     log_info("machine %s", pause ? "paused" : "resumed");
+    return 204;
+}
+
+__attribute__((format(printf, 2, 3))) static void deprecated(struct api *a, const char *fmt, ...);
+
+static int put_snapshot_create(struct api *a, const cJSON *body, char **out)
+{
+    struct api_snapshot_create req;
+    if (api_parse_snapshot_create(body, &req) < 0)
+        return fault_from_error(out);
+    if (!api_instance_started(a))
+        return not_before_start(out);
+    struct vm_snapshot_create_params p = {
+        .type = req.diff ? VM_SNAPSHOT_DIFF : VM_SNAPSHOT_FULL,
+        .snapshot_path = req.snapshot_path,
+        .mem_file_path = req.mem_file_path,
+    };
+    struct vm_snapshot_create_stats st;
+    uint64_t start = now_us();
+    if (vm_snapshot_create(a->vm, &p, &st) < 0)
+        return fault_from_error(out);
+    uint64_t end = now_us();
+    api_metrics_set_latency(&a->metrics,
+                            req.diff ? API_LATENCY_VMM_DIFF_CREATE_SNAPSHOT
+                                     : API_LATENCY_VMM_FULL_CREATE_SNAPSHOT,
+                            end - start);
+    api_metrics_set_latency(
+        &a->metrics, req.diff ? API_LATENCY_DIFF_CREATE_SNAPSHOT : API_LATENCY_FULL_CREATE_SNAPSHOT,
+        end - a->request_start_us);
+    log_info("%s snapshot written to %s (%llu bytes) and %s (%llu pages, %llu of zeros left "
+             "out) in %llu us",
+             req.diff ? "diff" : "full", req.snapshot_path, (unsigned long long)st.state_bytes,
+             req.mem_file_path, (unsigned long long)st.pages_written,
+             (unsigned long long)st.pages_skipped, (unsigned long long)(end - start));
+    return 204;
+}
+
+struct load {
+    struct api *a;
+    const struct vm_snapshot_load_params *p;
+    struct vm_config cfg;
+    int result, status;
+    char error[512];
+};
+
+static void load_machine(void *arg)
+{
+    struct load *l = arg;
+    l->result = vm_snapshot_load(l->a->vm, l->a->loop, l->p, &l->cfg, &l->status);
+    if (l->result < 0)
+        snprintf(l->error, sizeof(l->error), "%s", error_get());
+}
+
+static int put_snapshot_load(struct api *a, const cJSON *body, char **out)
+{
+    struct api_snapshot_load req;
+    if (api_parse_snapshot_load(body, &req) < 0)
+        return fault_from_error(out);
+    if (a->vm_created)
+        return fault(out, "the machine exists already: a snapshot loads only into a new ember "
+                          "process");
+    if (a->configured)
+        return fault(out, "Loading a microVM snapshot not allowed after configuring "
+                          "boot-specific resources.");
+    if (req.deprecated_mem_file_path)
+        deprecated(a, "PUT /snapshot/load: mem_file_path field is deprecated.");
+    if (req.deprecated_enable_diff)
+        deprecated(a, "PUT /snapshot/load: enable_diff_snapshots field is deprecated.");
+    struct vm_snapshot_load_params p = {
+        .snapshot_path = req.snapshot_path,
+        .ram_source = req.uffd ? VM_RAM_UFFD : VM_RAM_FILE,
+        .backend_path = req.backend_path,
+        .track_dirty_pages = req.track_dirty_pages,
+        .resume_vm = req.resume_vm,
+        .clock_realtime = req.clock_realtime,
+        .nnet_overrides = req.nnet_overrides,
+        .vsock_uds_path = req.vsock_uds_path,
+        .attach_console = true,
+        .mmds = &a->mmds,
+        .instance_id = a->instance_id,
+    };
+    for (unsigned i = 0; i < req.nnet_overrides; i++) {
+        p.net_overrides[i].iface_id = req.net_overrides[i].iface_id;
+        p.net_overrides[i].host_dev_name = req.net_overrides[i].host_dev_name;
+    }
+    struct load l = {.a = a, .p = &p};
+    uint64_t start = now_us();
+    if (a->builder)
+        iothread_call(a->builder, load_machine, &l);
+    else
+        load_machine(&l);
+    if (l.result < 0) {
+        if (a->vm->started) {
+            /* It was built and then could not start: the machine is stopping; ember ends
+             * as after a failed InstanceStart. */
+            a->vm_created = true;
+        }
+        return fault(out, l.error);
+    }
+    a->vm_created = true;
+    a->vm_cfg = l.cfg;
+    builder_done(a);
+    uint64_t end = now_us();
+    api_metrics_set_latency(&a->metrics, API_LATENCY_VMM_LOAD_SNAPSHOT, end - start);
+    api_metrics_set_latency(&a->metrics, API_LATENCY_LOAD_SNAPSHOT, end - a->request_start_us);
+    log_info("snapshot %s loaded in %llu us: %u vCPU(s), %llu MiB, %s", req.snapshot_path,
+             (unsigned long long)(end - start), l.cfg.ncpus, (unsigned long long)l.cfg.memory_mib,
+             req.resume_vm ? "running" : "paused");
     return 204;
 }
 
@@ -607,8 +721,6 @@ static const struct {
     {"/balloon/hinting/start", "PATCH", "the balloon device"},
     {"/balloon/hinting/status", "GET", "the balloon device"},
     {"/balloon/hinting/stop", "PATCH", "the balloon device"},
-    {"/snapshot/create", "PUT", "snapshots"},
-    {"/snapshot/load", "PUT", "snapshots"},
     {"/hotplug/memory", "GET PUT PATCH", "memory hotplug"},
 };
 
@@ -834,6 +946,16 @@ static int route(struct route_ctx *r)
             return invalid_route(r);
         return patch_vm(a, r->body, out);
     }
+    if (!strcmp(p, "/snapshot/create")) {
+        if (!put)
+            return invalid_route(r);
+        return put_snapshot_create(a, r->body, out);
+    }
+    if (!strcmp(p, "/snapshot/load")) {
+        if (!put)
+            return invalid_route(r);
+        return put_snapshot_load(a, r->body, out);
+    }
     if (!strcmp(p, "/vm/config")) {
         if (!get)
             return invalid_route(r);
@@ -922,10 +1044,23 @@ static int route(struct route_ctx *r)
  * fold into one name each, so no client can grow the table. */
 static const char *route_template(const char *method, const char *path)
 {
-    static const char *const fixed[] = {
-        "/",      "/version",   "/machine-config", "/boot-source", "/actions",
-        "/vm",    "/vm/config", "/logger",         "/metrics",     "/entropy",
-        "/vsock", "/mmds",      "/mmds/config",    "/cpu-config",  "/serial"};
+    static const char *const fixed[] = {"/",
+                                        "/version",
+                                        "/machine-config",
+                                        "/boot-source",
+                                        "/actions",
+                                        "/vm",
+                                        "/vm/config",
+                                        "/logger",
+                                        "/metrics",
+                                        "/entropy",
+                                        "/vsock",
+                                        "/mmds",
+                                        "/mmds/config",
+                                        "/cpu-config",
+                                        "/serial",
+                                        "/snapshot/create",
+                                        "/snapshot/load"};
     if (strcmp(method, "GET") && strcmp(method, "PUT") && strcmp(method, "PATCH"))
         return "other"; /* any method name would otherwise make a new entry */
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
@@ -998,6 +1133,11 @@ int api_dispatch(struct api *a, const char *method, const char *raw_path, const 
     }
     r.body = json;
     status = route(&r);
+    /* A snapshot loads only into a machine nothing was configured for (as in Firecracker):
+     * the log, the metrics and the metadata's contents do not count. */
+    if (status < 300 && wants_body && !a->vm_created && strcmp(path, "/logger") &&
+        strcmp(path, "/metrics") && strcmp(path, "/mmds") && strcmp(path, "/snapshot/load"))
+        a->configured = true;
 count:;
     char key[48];
     const char *tmpl = route_template(method, path);

@@ -24,6 +24,7 @@ struct api {
     struct vm *vm;           /* storage owned by the process */
     struct event_loop *loop;
     bool vm_created;
+    bool configured; /* a boot resource was set: a snapshot can no longer be loaded */
     bool enable_pci;
     bool boot_timer;                 /* --boot-timer */
     bool deprecated_request;         /* the request being answered used a deprecated field */

@@ -951,6 +951,120 @@ int api_parse_vm_state(const cJSON *body, bool *paused)
     return 0;
 }
 
+/* ---- snapshots -------------------------------------------------------------- */
+
+int api_parse_snapshot_create(const cJSON *body, struct api_snapshot_create *out)
+{
+    static const char *const fields[] = {"snapshot_type", "snapshot_path", "mem_file_path", NULL};
+    const char *what = "snapshot/create", *type = NULL;
+    memset(out, 0, sizeof(*out));
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "snapshot_type", false, &type) < 0 ||
+        get_string(body, what, "snapshot_path", true, &out->snapshot_path) < 0 ||
+        get_string(body, what, "mem_file_path", true, &out->mem_file_path) < 0)
+        return -1;
+    if (type && !strcmp(type, "Diff"))
+        out->diff = true;
+    else if (type && strcmp(type, "Full"))
+        return error_set("%s: unknown `snapshot_type` '%s' (Full, Diff)", what, type);
+    if (!out->snapshot_path[0] || !out->mem_file_path[0])
+        return error_set("%s: `snapshot_path` and `mem_file_path` must not be empty", what);
+    return 0;
+}
+
+static int parse_net_overrides(const cJSON *v, struct api_snapshot_load *out)
+{
+    static const char *const fields[] = {"iface_id", "host_dev_name", NULL};
+    const char *what = "network_overrides";
+    if (!cJSON_IsArray(v))
+        return error_set("%s: expected an array", what);
+    const cJSON *item;
+    cJSON_ArrayForEach(item, v)
+    {
+        if (out->nnet_overrides == API_MAX_NET_OVERRIDES)
+            return error_set("%s: more than %d entries", what, API_MAX_NET_OVERRIDES);
+        unsigned i = out->nnet_overrides;
+        if (expect_object(item, what) < 0 || only_fields(item, what, fields) < 0 ||
+            get_string(item, what, "iface_id", true, &out->net_overrides[i].iface_id) < 0 ||
+            get_string(item, what, "host_dev_name", true, &out->net_overrides[i].host_dev_name) < 0)
+            return -1;
+        if (!api_id_valid(out->net_overrides[i].iface_id))
+            return error_set("%s: invalid iface_id '%s'", what, out->net_overrides[i].iface_id);
+        size_t len = strlen(out->net_overrides[i].host_dev_name);
+        if (len == 0 || len >= 16)
+            return error_set("%s: host_dev_name '%s' is not a valid interface name", what,
+                             out->net_overrides[i].host_dev_name);
+        for (unsigned k = 0; k < i; k++) {
+            if (!strcmp(out->net_overrides[k].iface_id, out->net_overrides[i].iface_id))
+                return error_set("%s: iface_id '%s' given twice", what,
+                                 out->net_overrides[i].iface_id);
+        }
+        out->nnet_overrides++;
+    }
+    return 0;
+}
+
+int api_parse_snapshot_load(const cJSON *body, struct api_snapshot_load *out)
+{
+    static const char *const fields[] = {"snapshot_path",     "mem_backend",
+                                         "mem_file_path",     "enable_diff_snapshots",
+                                         "resume_vm",         "track_dirty_pages",
+                                         "network_overrides", "vsock_override",
+                                         "clock_realtime",    NULL};
+    static const char *const backend_fields[] = {"backend_type", "backend_path", NULL};
+    static const char *const vsock_fields[] = {"uds_path", NULL};
+    const char *what = "snapshot/load";
+    memset(out, 0, sizeof(*out));
+    bool diff = false, track = false;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "snapshot_path", true, &out->snapshot_path) < 0 ||
+        get_bool(body, what, "enable_diff_snapshots", false, &diff, NULL) < 0 ||
+        get_bool(body, what, "track_dirty_pages", false, &track, NULL) < 0 ||
+        get_bool(body, what, "resume_vm", false, &out->resume_vm, NULL) < 0 ||
+        get_bool(body, what, "clock_realtime", false, &out->clock_realtime, NULL) < 0)
+        return -1;
+    out->deprecated_enable_diff = field(body, "enable_diff_snapshots") != NULL;
+    out->track_dirty_pages = diff || track;
+    const cJSON *backend = field(body, "mem_backend");
+    const cJSON *mem_file = field(body, "mem_file_path");
+    if (backend && mem_file)
+        return error_set("too many fields: either `mem_backend` or `mem_file_path` exclusively "
+                         "is required.");
+    if (!backend && !mem_file)
+        return error_set("missing field: either `mem_backend` or `mem_file_path` is required");
+    if (mem_file) {
+        out->deprecated_mem_file_path = true;
+        if (get_string(body, what, "mem_file_path", true, &out->backend_path) < 0)
+            return -1;
+    } else {
+        const char *type;
+        if (expect_object(backend, "mem_backend") < 0 ||
+            only_fields(backend, "mem_backend", backend_fields) < 0 ||
+            get_string(backend, "mem_backend", "backend_type", true, &type) < 0 ||
+            get_string(backend, "mem_backend", "backend_path", true, &out->backend_path) < 0)
+            return -1;
+        if (!strcmp(type, "Uffd"))
+            out->uffd = true;
+        else if (strcmp(type, "File"))
+            return error_set("mem_backend: unknown `backend_type` '%s' (File, Uffd)", type);
+    }
+    if (!out->snapshot_path[0] || !out->backend_path[0])
+        return error_set("%s: the snapshot and memory paths must not be empty", what);
+    const cJSON *nets = field(body, "network_overrides");
+    if (nets && parse_net_overrides(nets, out) < 0)
+        return -1;
+    const cJSON *vsock = field(body, "vsock_override");
+    if (vsock) {
+        if (expect_object(vsock, "vsock_override") < 0 ||
+            only_fields(vsock, "vsock_override", vsock_fields) < 0 ||
+            get_string(vsock, "vsock_override", "uds_path", true, &out->vsock_uds_path) < 0)
+            return -1;
+        if (!out->vsock_uds_path[0])
+            return error_set("vsock_override: `uds_path` must not be empty");
+    }
+    return 0;
+}
+
 /* ---- the configuration file -------------------------------------------- */
 
 static int unsupported_section(const cJSON *doc, const char *name, const char *what)

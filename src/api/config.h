@@ -180,6 +180,29 @@ int api_put_serial(struct api_config *c, const cJSON *body);
 int api_put_mmds_config(struct api_config *c, const cJSON *body, bool *semantic);
 int api_parse_action(const cJSON *body, enum api_action *out);
 int api_parse_vm_state(const cJSON *body, bool *paused);
+
+/* PUT /snapshot/create and PUT /snapshot/load, field for field as Firecracker takes them
+ * (strings point into the body). */
+struct api_snapshot_create {
+    bool diff;
+    const char *snapshot_path, *mem_file_path;
+};
+int api_parse_snapshot_create(const cJSON *body, struct api_snapshot_create *out);
+
+#define API_MAX_NET_OVERRIDES 16
+struct api_snapshot_load {
+    const char *snapshot_path;
+    bool uffd;                /* mem_backend.backend_type Uffd (else File) */
+    const char *backend_path; /* mem_backend.backend_path, or the deprecated mem_file_path */
+    bool deprecated_mem_file_path, deprecated_enable_diff;
+    bool track_dirty_pages, resume_vm, clock_realtime;
+    unsigned nnet_overrides;
+    struct {
+        const char *iface_id, *host_dev_name;
+    } net_overrides[API_MAX_NET_OVERRIDES];
+    const char *vsock_uds_path; /* vsock_override.uds_path, or NULL */
+};
+int api_parse_snapshot_load(const cJSON *body, struct api_snapshot_load *out);
 /* Whether id is a valid resource id (drive, interface, instance). */
 bool api_id_valid(const char *id);
 /* Whether id may name a resource in an API path, by Firecracker's rule:

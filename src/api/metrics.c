@@ -557,15 +557,14 @@ static void add_process_groups(struct emitter *e)
 {
     const struct api_metrics *m = e->m;
     begin(e, "latencies_us");
-    /* Snapshots: ember has none yet (the routes answer 400). */
-    gauge(e, "full_create_snapshot", 0);
-    gauge(e, "diff_create_snapshot", 0);
-    gauge(e, "load_snapshot", 0);
+    gauge(e, "full_create_snapshot", m->latencies_us[API_LATENCY_FULL_CREATE_SNAPSHOT]);
+    gauge(e, "diff_create_snapshot", m->latencies_us[API_LATENCY_DIFF_CREATE_SNAPSHOT]);
+    gauge(e, "load_snapshot", m->latencies_us[API_LATENCY_LOAD_SNAPSHOT]);
     gauge(e, "pause_vm", m->latencies_us[API_LATENCY_PAUSE_VM]);
     gauge(e, "resume_vm", m->latencies_us[API_LATENCY_RESUME_VM]);
-    gauge(e, "vmm_full_create_snapshot", 0);
-    gauge(e, "vmm_diff_create_snapshot", 0);
-    gauge(e, "vmm_load_snapshot", 0);
+    gauge(e, "vmm_full_create_snapshot", m->latencies_us[API_LATENCY_VMM_FULL_CREATE_SNAPSHOT]);
+    gauge(e, "vmm_diff_create_snapshot", m->latencies_us[API_LATENCY_VMM_DIFF_CREATE_SNAPSHOT]);
+    gauge(e, "vmm_load_snapshot", m->latencies_us[API_LATENCY_VMM_LOAD_SNAPSHOT]);
     gauge(e, "vmm_pause_vm", m->latencies_us[API_LATENCY_VMM_PAUSE_VM]);
     gauge(e, "vmm_resume_vm", m->latencies_us[API_LATENCY_VMM_RESUME_VM]);
     end(e);

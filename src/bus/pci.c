@@ -1,5 +1,7 @@
 #include "bus/pci.h"
 
+#include "snapshot/format.h"
+
 #include "util/error.h"
 #include "util/log.h"
 
@@ -297,4 +299,50 @@ int pci_bus_add(struct pci_bus *pb, struct pci_function *f, unsigned intx_gsi)
     }
     pb->slots[slot] = f;
     return (int)slot;
+}
+
+void pci_function_save(const struct pci_function *f, struct snapshot_writer *w)
+{
+    snapshot_put_bytes(w, f->config, PCI_CONFIG_SIZE);
+    for (unsigned i = 0; i < PCI_NUM_BARS; i++)
+        snapshot_put_u64(w, f->bars[i].addr);
+}
+
+int pci_function_restore(struct pci_function *f, struct snapshot_cursor *c)
+{
+    uint8_t config[PCI_CONFIG_SIZE];
+    uint64_t bars[PCI_NUM_BARS];
+    if (snapshot_get_bytes(c, config, sizeof(config)) < 0)
+        return -1;
+    for (unsigned i = 0; i < PCI_NUM_BARS; i++) {
+        if (snapshot_get_u64(c, &bars[i]) < 0)
+            return -1;
+    }
+    for (unsigned off = 0; off < PCI_CONFIG_SIZE; off++) {
+        /* The BARs come below; the status register's interrupt bit is the device's. */
+        bool bar = off >= PCI_BAR0 && off < PCI_BAR0 + 4 * PCI_NUM_BARS;
+        uint8_t fixed = (uint8_t)~f->wmask[off];
+        if (off == PCI_STATUS)
+            fixed &= (uint8_t)~PCI_STATUS_INTERRUPT;
+        if (!bar && (config[off] ^ f->config[off]) & fixed)
+            return error_set("%s: configuration byte 0x%02x is 0x%02x in the snapshot, 0x%02x "
+                             "here (another device)",
+                             f->name, off, config[off], f->config[off]);
+    }
+    for (unsigned i = 0; i < PCI_NUM_BARS; i++) {
+        const struct pci_bar *b = &f->bars[i];
+        if (!b->size ? bars[i] != 0
+                     : (bars[i] & (b->size - 1)) != 0 || (!b->is64 && bars[i] > 0xffffffffULL))
+            return error_set("%s: BAR %u address 0x%llx does not fit the BAR", f->name, i,
+                             (unsigned long long)bars[i]);
+    }
+    memcpy(f->config, config, sizeof(config));
+    for (unsigned i = 0; i < PCI_NUM_BARS; i++) {
+        if (!f->bars[i].size)
+            continue;
+        f->bars[i].addr = bars[i];
+        store_bar(f, i);
+    }
+    update_mappings(f);
+    return 0;
 }

@@ -113,4 +113,12 @@ uint32_t pci_config_read(struct pci_bus *pb, unsigned slot, uint32_t offset, uin
 void pci_config_write(struct pci_bus *pb, unsigned slot, uint32_t offset, uint32_t len,
                       uint32_t value);
 
+struct snapshot_writer;
+struct snapshot_cursor;
+/* Snapshots: the configuration space as the guest left it and the BAR addresses. A restore
+ * goes into a function built the same way: bits the guest cannot write must match (else it is
+ * another function), the BARs are placed again (their hooks run: ioeventfds follow). */
+void pci_function_save(const struct pci_function *f, struct snapshot_writer *w);
+int pci_function_restore(struct pci_function *f, struct snapshot_cursor *c);
+
 #endif

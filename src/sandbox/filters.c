@@ -110,12 +110,19 @@
  * a block with mremap. */
 #define MAIN_REALLOC R1(mremap, EQ(3, MREMAP_MAYMOVE))
 
+/* PUT /snapshot/create: its two files created (exactly these flags), guest memory written
+ * into the memory file with holes for zero pages, and the VM-wide KVM state read (the vCPUs
+ * read their own). */
+#define MAIN_SNAPSHOT                                                                              \
+    R1(openat, EQ(2, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC)), R(pwrite64), R(ftruncate),        \
+        IOCTL(KVM_GET_IRQCHIP), IOCTL(KVM_GET_PIT2), IOCTL(KVM_GET_CLOCK)
+
 /* Serving the API, the console's input, the metrics, and the end of the
  * machine (joining threads, closing devices, removing the API socket's
  * file). After InstanceStart. */
 #define MAIN_RULES                                                                                 \
     BASE, MEMORY, EVENT_LOOP, R(brk), R(close), R(unlink), MAIN_API, MAIN_CONSOLE, MAIN_KICK,      \
-        MAIN_DRIVE_SWAP, MAIN_REALLOC
+        MAIN_DRIVE_SWAP, MAIN_REALLOC, MAIN_SNAPSHOT
 
 /* Existing files only, once the machine runs. */
 #define MAIN_OPEN R1(openat, NONE_OF(2, O_CREAT | O_TRUNC | __O_TMPFILE))
@@ -173,6 +180,21 @@ static const struct sc_rule vcpu_rules[] = {
     R1(tgkill, EQ(2, KICK_SIGNAL_NR)),
     /* the boot timer's CPU time (--boot-timer): this clock has no vDSO path */
     R1(clock_gettime, EQ(0, CLOCK_PROCESS_CPUTIME_ID)),
+    /* a snapshot: each vCPU reads its own state while the machine is paused (vmm/snapshot.c),
+     * after finding what this KVM can save (capabilities, the MSR list, MSRs tried one by one) */
+    IOCTL(KVM_CHECK_EXTENSION),
+    IOCTL(KVM_GET_MSR_INDEX_LIST),
+    IOCTL(KVM_GET_MP_STATE),
+    IOCTL(KVM_GET_SREGS2),
+    IOCTL(KVM_GET_XSAVE),
+    IOCTL(KVM_GET_XSAVE2),
+    IOCTL(KVM_GET_XCRS),
+    IOCTL(KVM_GET_LAPIC),
+    IOCTL(KVM_GET_DEBUGREGS),
+    IOCTL(KVM_GET_MSRS),
+    IOCTL(KVM_GET_VCPU_EVENTS),
+    IOCTL(KVM_GET_TSC_KHZ),
+    IOCTL(KVM_GET_CPUID2),
 };
 
 /* ---- virtio I/O threads ---------------------------------------------------- */

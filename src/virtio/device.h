@@ -113,7 +113,7 @@ struct virtio_queue {
     /* A restored queue's position, applied when it is set up again. */
     struct virtq_position restore_position;
     bool has_restore_position;
-    uint64_t kicks;  /* the driver's notifications of this queue (metrics) */
+    uint64_t kicks; /* the driver's notifications of this queue (metrics) */
 };
 
 struct virtio_dev {

@@ -1,5 +1,7 @@
 #include "virtio/mmio.h"
 
+#include "snapshot/format.h"
+
 #include "util/error.h"
 #include "util/log.h"
 #include "util/teardown.h"
@@ -253,4 +255,36 @@ void virtio_mmio_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, 
         memcpy(data, &v, 4);
     }
     pthread_mutex_unlock(&d->lock);
+}
+
+void virtio_mmio_save(struct virtio_mmio *m, struct snapshot_writer *w)
+{
+    snapshot_put_u64(w, m->base);
+    snapshot_put_u32(w, m->gsi);
+    snapshot_put_u32(w, m->device_features_sel);
+    snapshot_put_u32(w, m->driver_features_sel);
+    snapshot_put_u32(w, m->queue_sel);
+    snapshot_put_u32(w, __atomic_load_n(&m->interrupt_status, __ATOMIC_SEQ_CST));
+}
+
+int virtio_mmio_restore(struct virtio_mmio *m, struct snapshot_cursor *c)
+{
+    uint64_t base;
+    uint32_t gsi, dsel, drsel, qsel, isr;
+    if (snapshot_get_u64(c, &base) < 0 || snapshot_get_u32(c, &gsi) < 0 ||
+        snapshot_get_u32(c, &dsel) < 0 || snapshot_get_u32(c, &drsel) < 0 ||
+        snapshot_get_u32(c, &qsel) < 0 || snapshot_get_u32(c, &isr) < 0)
+        return -1;
+    if (base != m->base || gsi != m->gsi)
+        return error_set("%s: the snapshot's device is at 0x%llx, IRQ %u; this one at 0x%llx, "
+                         "IRQ %u",
+                         m->dev->name, (unsigned long long)base, gsi, (unsigned long long)m->base,
+                         m->gsi);
+    if (isr & ~3u)
+        return error_set("%s: interrupt status 0x%x", m->dev->name, isr);
+    m->device_features_sel = dsel;
+    m->driver_features_sel = drsel;
+    m->queue_sel = qsel;
+    __atomic_store_n(&m->interrupt_status, isr, __ATOMIC_SEQ_CST);
+    return 0;
 }

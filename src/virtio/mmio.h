@@ -33,4 +33,11 @@ void virtio_mmio_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, 
 /* "virtio_mmio.device=4K@0x...:N": what the guest kernel needs to find it. */
 int virtio_mmio_cmdline(const struct virtio_mmio *m, char *buf, size_t len);
 
+struct snapshot_writer;
+struct snapshot_cursor;
+/* Snapshots: the register selectors and the interrupt status (the window, line and
+ * ioeventfds come from the configuration). */
+void virtio_mmio_save(struct virtio_mmio *m, struct snapshot_writer *w);
+int virtio_mmio_restore(struct virtio_mmio *m, struct snapshot_cursor *c);
+
 #endif

@@ -1,5 +1,7 @@
 #include "virtio/pci.h"
 
+#include "snapshot/format.h"
+
 #include "util/error.h"
 #include "util/log.h"
 #include "util/teardown.h"
@@ -624,4 +626,93 @@ void virtio_pci_destroy(struct virtio_pci *p)
         p->vector_fd[v] = -1;
     }
     pthread_mutex_destroy(&p->msix_lock);
+}
+
+/* ---- snapshots ------------------------------------------------------ */
+
+void virtio_pci_save(struct virtio_pci *p, struct snapshot_writer *w)
+{
+    pthread_mutex_lock(&p->msix_lock);
+    pci_function_save(&p->fn, w);
+    snapshot_put_u32(w, p->nvectors);
+    for (unsigned v = 0; v < p->nvectors; v++) {
+        snapshot_put_u32(w, p->table[v].addr_lo);
+        snapshot_put_u32(w, p->table[v].addr_hi);
+        snapshot_put_u32(w, p->table[v].data);
+        snapshot_put_u32(w, p->table[v].ctrl);
+    }
+    snapshot_put_u64(w, p->pending);
+    snapshot_put_u16(w, p->config_vector);
+    snapshot_put_u8(w, __atomic_load_n(&p->isr, __ATOMIC_SEQ_CST));
+    snapshot_put_u8(w, p->intx_asserted);
+    snapshot_put_u32(w, p->device_features_sel);
+    snapshot_put_u32(w, p->driver_features_sel);
+    snapshot_put_u16(w, p->queue_sel);
+    pthread_mutex_unlock(&p->msix_lock);
+}
+
+int virtio_pci_restore(struct virtio_pci *p, struct snapshot_cursor *c)
+{
+    uint32_t nvectors;
+    struct msix_entry table[VIRTIO_PCI_MAX_VECTORS];
+    uint64_t pending;
+    uint16_t config_vector, queue_sel;
+    uint8_t isr, intx;
+    uint32_t dsel, drsel;
+    /* The configuration space first: it places the BAR, whose hook takes msix_lock. */
+    if (pci_function_restore(&p->fn, c) < 0 || snapshot_get_u32(c, &nvectors) < 0)
+        return -1;
+    if (nvectors != p->nvectors)
+        return error_set("%s: %u MSI-X vectors in the snapshot, %u here", p->dev->name, nvectors,
+                         p->nvectors);
+    for (unsigned v = 0; v < nvectors; v++) {
+        if (snapshot_get_u32(c, &table[v].addr_lo) < 0 ||
+            snapshot_get_u32(c, &table[v].addr_hi) < 0 || snapshot_get_u32(c, &table[v].data) < 0 ||
+            snapshot_get_u32(c, &table[v].ctrl) < 0)
+            return -1;
+        if (table[v].ctrl & ~(uint32_t)MSIX_ENTRY_MASKED)
+            return error_set("%s: MSI-X vector %u control 0x%x", p->dev->name, v, table[v].ctrl);
+    }
+    if (snapshot_get_u64(c, &pending) < 0 || snapshot_get_u16(c, &config_vector) < 0 ||
+        snapshot_get_u8(c, &isr) < 0 || snapshot_get_u8(c, &intx) < 0 ||
+        snapshot_get_u32(c, &dsel) < 0 || snapshot_get_u32(c, &drsel) < 0 ||
+        snapshot_get_u16(c, &queue_sel) < 0)
+        return -1;
+    if (nvectors < 64 && (pending >> nvectors))
+        return error_set("%s: MSI-X pending bits 0x%llx beyond %u vectors", p->dev->name,
+                         (unsigned long long)pending, nvectors);
+    if (config_vector != VIRTIO_NO_VECTOR && config_vector >= nvectors)
+        return error_set("%s: configuration vector %u of %u", p->dev->name, config_vector,
+                         nvectors);
+    if (isr & ~(ISR_QUEUE | ISR_CONFIG))
+        return error_set("%s: ISR 0x%x", p->dev->name, isr);
+    pthread_mutex_lock(&p->msix_lock);
+    memcpy(p->table, table, nvectors * sizeof(table[0]));
+    p->pending = pending;
+    p->config_vector = config_vector;
+    __atomic_store_n(&p->isr, isr, __ATOMIC_SEQ_CST);
+    p->device_features_sel = dsel;
+    p->driver_features_sel = drsel;
+    p->queue_sel = queue_sel;
+    uint16_t cmd;
+    memcpy(&cmd, p->fn.config + PCI_COMMAND, 2);
+    p->bus_master = cmd & PCI_COMMAND_MASTER;
+    int r = 0;
+    if (p->irqchip) {
+        for (unsigned v = 0; v < nvectors && r == 0; v++) {
+            if (p->vector_gsi[v] >= 0)
+                r = irqchip_stage_msi_route(p->irqchip, (unsigned)p->vector_gsi[v],
+                                            (uint64_t)table[v].addr_hi << 32 | table[v].addr_lo,
+                                            table[v].data);
+        }
+        if (r == 0)
+            r = irqchip_commit_routes(p->irqchip);
+    }
+    /* The line as it was: KVM's IOAPIC state comes back separately, but the sharing of the
+     * line among functions is ember's. */
+    p->intx_asserted = false;
+    if (r == 0 && intx)
+        set_intx(p, true);
+    pthread_mutex_unlock(&p->msix_lock);
+    return r;
 }

@@ -56,4 +56,12 @@ void virtio_pci_destroy(struct virtio_pci *p);
 #define VIRTIO_PCI_NOTIFY_MULT 4
 void virtio_pci_bar_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write);
 
+struct snapshot_writer;
+struct snapshot_cursor;
+/* Snapshots: the function's configuration space, the MSI-X table and pending bits, the
+ * interrupt state and the register selectors. The restore re-programs the vectors' routes
+ * and places the BAR (its ioeventfds) before the device itself is restored. */
+void virtio_pci_save(struct virtio_pci *p, struct snapshot_writer *w);
+int virtio_pci_restore(struct virtio_pci *p, struct snapshot_cursor *c);
+
 #endif

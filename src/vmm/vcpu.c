@@ -98,6 +98,13 @@ int vcpu_create(struct vcpu *vcpu, struct vm *vm, unsigned id)
         return error_errno("mmap of vCPU %u state", id);
     vcpu->run = run;
 
+    if (vm->cfg.restore_cpuid) {
+        /* Restoring: the CPUID the guest saw; the registers and MSRs follow from the
+         * snapshot (vmm/snapshot.c). */
+        if (ioctl(vcpu->fd, KVM_SET_CPUID2, vm->cfg.restore_cpuid[id]) < 0)
+            return error_errno("KVM_SET_CPUID2 on vCPU %u (from the snapshot)", id);
+        return 0;
+    }
     /* CPUID: KVM's supported set, filtered for this vCPU. */
     size_t bytes = sizeof(struct kvm_cpuid2) + vm->cpuid_capacity * sizeof(struct kvm_cpuid_entry2);
     struct kvm_cpuid2 *cpuid = malloc(bytes);
@@ -366,13 +373,15 @@ static void *vcpu_main(void *arg)
      * counts it (the metrics' signals.sigpipe) and the write fails with EPIPE. */
     sigaddset(&kick, SIGPIPE);
     pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
+    /* A machine restored without resuming starts paused. */
+    vm_vcpu_park(vm, vcpu);
     while (!vm_is_stopping(vm)) {
         if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 /* Kicked: to stop, or to park while the VM is paused. Clear
                  * the kick first: one that lands after this is kept. */
                 __atomic_store_n(&vcpu->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
-                vm_vcpu_park(vm);
+                vm_vcpu_park(vm, vcpu);
                 continue;
             }
             vcpu->failures++;

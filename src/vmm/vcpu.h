@@ -25,6 +25,7 @@ struct vcpu {
     struct kvm_run *run;
     pthread_t thread;
     bool started;
+    unsigned work_seen; /* the last vm_run_on_vcpus work this vCPU ran */
     /* Counters for the metrics (this vCPU's thread writes them). */
     uint64_t exits, io_in_exits, io_out_exits, mmio_read_exits, mmio_write_exits, intr_exits;
     uint64_t unhandled_io;

@@ -314,7 +314,18 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
     async_teardown_keep(vm->vm_fd);
     /* Memory before the irqchip: on some hosts a memslot change costs a
      * grace period per in-kernel device already registered. */
-    if (cfg->hugetlb) {
+    vm->uffd_socket = -1;
+    if (cfg->ram_source == VM_RAM_FILE) {
+        vm->create_status = EXIT_USAGE; /* the snapshot's memory file */
+        if (guest_memory_map_file(&vm->mem, cfg->ram_fd, cfg->memory_mib << 20,
+                                  LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END) < 0)
+            return -1;
+        vm->create_status = EXIT_HOST_ERROR;
+    } else if (cfg->ram_source == VM_RAM_UFFD) {
+        vm->create_status = EXIT_USAGE; /* the page-fault handler */
+        return error_set("UFFD_PENDING %s", cfg->ram_uffd_path);
+        vm->create_status = EXIT_HOST_ERROR;
+    } else if (cfg->hugetlb) {
         vm->create_status = EXIT_USAGE; /* the host's pool is the operator's to fill */
         if (guest_memory_map_hugetlb(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
                                      LAYOUT_MMIO_HOLE_END) < 0)
@@ -335,10 +346,11 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
     vm->create_status = EXIT_USAGE; /* bad drive files, bad images */
     if (create_devices(vm) < 0 || vm_create_virtio_devices(vm) < 0)
         return -1;
-    if (load_kernel(vm) < 0)
+    /* A restored machine's memory holds its kernel and tables already. */
+    if (cfg->ram_source == VM_RAM_FRESH && load_kernel(vm) < 0)
         return -1;
     vm->create_status = EXIT_HOST_ERROR;
-    if (write_mptable(vm) < 0)
+    if (cfg->ram_source == VM_RAM_FRESH && write_mptable(vm) < 0)
         return -1;
 
     vm->vcpus = calloc(vm->ncpus, sizeof(*vm->vcpus));
@@ -440,17 +452,58 @@ bool vm_is_paused(struct vm *vm)
     return p;
 }
 
-void vm_vcpu_park(struct vm *vm)
+void vm_vcpu_park(struct vm *vm, struct vcpu *vcpu)
 {
     pthread_mutex_lock(&vm->stop_lock);
     if (vm->paused && !vm->stopping) {
         vm->parked++;
         pthread_cond_broadcast(&vm->pause_cond);
-        while (vm->paused && !vm->stopping)
+        while (vm->paused && !vm->stopping) {
+            if (vcpu->work_seen != vm->vcpu_work_gen) {
+                vcpu->work_seen = vm->vcpu_work_gen;
+                int (*fn)(struct vcpu *, void *) = vm->vcpu_work;
+                void *arg = vm->vcpu_work_arg;
+                pthread_mutex_unlock(&vm->stop_lock);
+                int r = fn(vcpu, arg);
+                pthread_mutex_lock(&vm->stop_lock);
+                if (r < 0 && !vm->vcpu_work_failed) {
+                    vm->vcpu_work_failed = true;
+                    snprintf(vm->vcpu_work_error, sizeof(vm->vcpu_work_error), "vCPU %u: %s",
+                             vcpu->id, error_get());
+                }
+                vm->vcpu_work_done++;
+                pthread_cond_broadcast(&vm->pause_cond);
+                continue;
+            }
             pthread_cond_wait(&vm->pause_cond, &vm->stop_lock);
+        }
         vm->parked--;
     }
     pthread_mutex_unlock(&vm->stop_lock);
+}
+
+int vm_run_on_vcpus(struct vm *vm, int (*fn)(struct vcpu *vcpu, void *arg), void *arg)
+{
+    pthread_mutex_lock(&vm->stop_lock);
+    if (!vm->paused || vm->parked < vm->ncpus) {
+        pthread_mutex_unlock(&vm->stop_lock);
+        return error_set("the machine is not paused");
+    }
+    vm->vcpu_work = fn;
+    vm->vcpu_work_arg = arg;
+    vm->vcpu_work_done = 0;
+    vm->vcpu_work_failed = false;
+    vm->vcpu_work_gen++;
+    pthread_cond_broadcast(&vm->pause_cond);
+    while (vm->vcpu_work_done < vm->ncpus && !vm->stopping)
+        pthread_cond_wait(&vm->pause_cond, &vm->stop_lock);
+    bool done = vm->vcpu_work_done == vm->ncpus, failed = vm->vcpu_work_failed;
+    pthread_mutex_unlock(&vm->stop_lock);
+    if (!done)
+        return error_set("the machine stopped");
+    if (failed)
+        return error_set("%s", vm->vcpu_work_error);
+    return 0;
 }
 
 void vm_destroy(struct vm *vm)
@@ -474,6 +527,9 @@ void vm_destroy(struct vm *vm)
         irqchip_destroy(&vm->irqchip);
     if (!leave_to_helper)
         guest_memory_free(&vm->mem);
+    if (vm->uffd_socket >= 0)
+        close(vm->uffd_socket);
+    vm->uffd_socket = -1;
     free(vm->supported_cpuid);
     vm->supported_cpuid = NULL;
     if (vm->vm_fd >= 0 && !leave_to_helper)

@@ -89,6 +89,10 @@ struct vsock_config {
     int listen_fd;        /* descriptor of it, which the device takes over */
 };
 
+/* Where guest RAM comes from: fresh memory for a boot, or a snapshot's memory
+ * (vmm/snapshot.c) through its file or a page-fault handler process. */
+enum vm_ram_source { VM_RAM_FRESH, VM_RAM_FILE, VM_RAM_UFFD };
+
 struct vm_config {
     const char *kernel_path;
     const char *initrd_path;
@@ -120,6 +124,13 @@ struct vm_config {
     unsigned npmem;
     struct pmem_config pmem[VM_MAX_PMEM];
     struct mmds_store *mmds; /* the metadata the interfaces with mmds_ipv4 serve */
+    /* Restoring a snapshot: RAM from ram_fd (VM_RAM_FILE) or through the handler listening
+     * on ram_uffd_path (VM_RAM_UFFD); no kernel is loaded; each vCPU gets the CPUID it had
+     * (restore_cpuid[i]) instead of one made from the templates. */
+    enum vm_ram_source ram_source;
+    int ram_fd;
+    const char *ram_uffd_path;
+    struct kvm_cpuid2 *const *restore_cpuid;
 };
 
 void vm_config_defaults(struct vm_config *cfg);
@@ -167,6 +178,13 @@ struct vm {
     bool paused;
     unsigned parked; /* vCPUs waiting while paused */
     bool started, console_attached;
+    /* vm_run_on_vcpus: work each parked vCPU runs once on its own thread. */
+    int (*vcpu_work)(struct vcpu *vcpu, void *arg);
+    void *vcpu_work_arg;
+    unsigned vcpu_work_gen, vcpu_work_done;
+    bool vcpu_work_failed;
+    char vcpu_work_error[256];
+    int uffd_socket; /* VM_RAM_UFFD: the connection to the page-fault handler, kept open */
     int exit_status;
     int create_status; /* exit status when vm_create fails */
 };
@@ -186,8 +204,13 @@ int vm_finish(struct vm *vm);
 int vm_pause(struct vm *vm);
 int vm_resume(struct vm *vm);
 bool vm_is_paused(struct vm *vm);
-/* Called by a vCPU thread that was kicked: waits while the VM is paused. */
-void vm_vcpu_park(struct vm *vm);
+/* Called by a vCPU thread that was kicked: waits while the VM is paused,
+ * running the work vm_run_on_vcpus hands it. */
+void vm_vcpu_park(struct vm *vm, struct vcpu *vcpu);
+/* While paused: every vCPU runs fn once on its own thread (vCPU ioctls belong
+ * there, under its seccomp filter). Returns when all have, -1 with the first
+ * failure's error. */
+int vm_run_on_vcpus(struct vm *vm, int (*fn)(struct vcpu *vcpu, void *arg), void *arg);
 /* Ends the run with status (the first request wins). Any thread. */
 void vm_request_stop(struct vm *vm, int status);
 bool vm_is_stopping(const struct vm *vm);

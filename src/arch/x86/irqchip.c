@@ -125,7 +125,8 @@ int irqchip_add_msi_route(struct irqchip *chip, uint64_t addr, uint32_t data)
     return r < 0 ? -1 : (int)gsi;
 }
 
-int irqchip_update_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data)
+static int set_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data,
+                         bool commit)
 {
     pthread_mutex_lock(&chip->lock);
     int r = error_set("no MSI route for GSI %u", gsi);
@@ -135,10 +136,28 @@ int irqchip_update_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, 
             e->u.msi.address_lo = (uint32_t)addr;
             e->u.msi.address_hi = (uint32_t)(addr >> 32);
             e->u.msi.data = data;
-            r = commit_routes(chip);
+            r = commit ? commit_routes(chip) : 0;
             break;
         }
     }
+    pthread_mutex_unlock(&chip->lock);
+    return r;
+}
+
+int irqchip_update_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data)
+{
+    return set_msi_route(chip, gsi, addr, data, true);
+}
+
+int irqchip_stage_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data)
+{
+    return set_msi_route(chip, gsi, addr, data, false);
+}
+
+int irqchip_commit_routes(struct irqchip *chip)
+{
+    pthread_mutex_lock(&chip->lock);
+    int r = commit_routes(chip);
     pthread_mutex_unlock(&chip->lock);
     return r;
 }
