@@ -125,6 +125,9 @@ def crc64(data):
 # ---- machines ----------------------------------------------------------------------------
 
 
+SANITIZER_RE = re.compile(r"ERROR: (?:Address|Leak|Thread|Memory)Sanitizer|runtime error:")
+
+
 class Case:
     """One check's temporary directory and the processes it started (all ended after it)."""
 
@@ -150,12 +153,27 @@ class Case:
         return p
 
     def close(self):
+        """Ends every process; returns what a sanitizer reported in any ember's stderr."""
+        # SIGTERM first: ember stops cleanly, so that LeakSanitizer looks at a sanitizer build.
         for e in self.embers:
+            if e.alive():
+                e.proc.terminate()
+        deadline = time.monotonic() + 10
+        for e in self.embers:
+            try:
+                e.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
             e.kill()
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for e in self.embers:
+            m = SANITIZER_RE.search(e.stderr())
+            if m:
+                return "%s: %s" % (e.err_path, e.stderr()[m.start():m.start() + 600])
+        return None
 
 
 def boot(case, name, cpus, track_dirty=None, mem=MEM_MIB):
@@ -624,7 +642,9 @@ def good_snapshot(case):
             _good["error"] = ex
             raise
         finally:
-            c.close()
+            report = c.close()
+        if report:
+            raise Failure("a sanitizer reported: %s" % report)
     s = _good["saved"]
     state = case.path("good.state")
     shutil.copyfile(s.state, state)
@@ -834,7 +854,12 @@ def main():
             case = Case(tmp)
             start = time.monotonic()
             try:
-                test(case)
+                try:
+                    test(case)
+                finally:
+                    report = case.close()
+                if report:
+                    raise Failure("a sanitizer reported: %s" % report)
                 passed += 1
                 print("ok %d - %s (%.1f s)" % (n, test.__name__[5:], time.monotonic() - start))
             except Skip as ex:
@@ -844,7 +869,6 @@ def main():
                 failed += 1
                 print("not ok %d - %s: %s: %s" % (n, test.__name__[5:], type(ex).__name__, ex))
             finally:
-                case.close()
                 shutil.rmtree(tmp, ignore_errors=True)
             sys.stdout.flush()
     finally:
