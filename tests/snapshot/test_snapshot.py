@@ -9,8 +9,9 @@ that continue the saved ones (same round or later, counters and ticks larger, no
 every vCPU counting and ticking, and never print MISMATCH (a page lost or stale).
 
 Standard library only. Usage: tests/snapshot/test_snapshot.py [-v] [NAME...]
-Environment: EMBER (default build/ember), GUEST_DIR (default build/guest), SNAPSHOT_MERGE (default
-ember-snapshot-merge next to EMBER), UFFD_HANDLER (default ember-uffd-handler next to EMBER),
+Environment: EMBER (default build/ember), GUEST_DIR (default build/guest), EMBER_SNAPSHOT_MERGE
+(default ember-snapshot-merge next to EMBER), EMBER_UFFD_HANDLER (default ember-uffd-handler next
+to EMBER),
 SNAPSHOT_TMP (where snapshot files go; default /dev/shm if writable, else the temporary directory).
 Prints one line per check and ends with "snapshot: N passed, N failed, N skipped"; exits 1 if
 any check failed.
@@ -33,8 +34,8 @@ from test_api import EMBER, GUEST_DIR, PATIENCE_S, Ember, Failure, Skip, check, 
 
 SNAPCOUNT = os.path.join(GUEST_DIR, "snapcount.elf")
 TOOL_DIR = os.path.dirname(os.path.abspath(EMBER))
-SNAPSHOT_MERGE = os.environ.get("SNAPSHOT_MERGE", os.path.join(TOOL_DIR, "ember-snapshot-merge"))
-UFFD_HANDLER = os.environ.get("UFFD_HANDLER", os.path.join(TOOL_DIR, "ember-uffd-handler"))
+SNAPSHOT_MERGE = os.environ.get("EMBER_SNAPSHOT_MERGE", os.path.join(TOOL_DIR, "ember-snapshot-merge"))
+UFFD_HANDLER = os.environ.get("EMBER_UFFD_HANDLER", os.path.join(TOOL_DIR, "ember-uffd-handler"))
 MEM_MIB = 128  # the guest's pages reach above 64 MiB
 PAGES = 1024
 TICKS_PER_LINE = 10  # the guest prints at every 10th tick of its BSP
@@ -486,7 +487,7 @@ def test_memory_file_layout_and_corruption(case):
 
 def merge_tool():
     if not os.access(SNAPSHOT_MERGE, os.X_OK):
-        raise Skip("no diff-merge tool at %s (SNAPSHOT_MERGE=)" % SNAPSHOT_MERGE)
+        raise Skip("no diff-merge tool at %s (EMBER_SNAPSHOT_MERGE=)" % SNAPSHOT_MERGE)
     return SNAPSHOT_MERGE
 
 
@@ -543,7 +544,7 @@ def test_diff_alone_is_not_enough(case):
 
 def uffd(case, mode):
     if not os.access(UFFD_HANDLER, os.X_OK):
-        raise Skip("no userfaultfd handler at %s (UFFD_HANDLER=)" % UFFD_HANDLER)
+        raise Skip("no userfaultfd handler at %s (EMBER_UFFD_HANDLER=)" % UFFD_HANDLER)
     if not os.path.exists("/dev/userfaultfd") and os.geteuid() != 0:
         raise Skip("userfaultfd needs root or /dev/userfaultfd")
     saved = snapshot(case, 2)
@@ -557,6 +558,17 @@ def uffd(case, mode):
     e = restore(case, saved, "restored", backend="Uffd", backend_path=sock)
     verify_continues(e, saved, "restored through userfaultfd (%s)" % mode)
     check(handler.poll() is None, "the uffd handler still serves: %s" % open(handler.log_path).read()[-400:])
+    # Once ember is gone the handler ends and prints its counts: the pages came through it.
+    e.proc.terminate()
+    e.wait()
+    try:
+        handler.wait(PATIENCE_S)
+    except subprocess.TimeoutExpired:
+        raise Failure("the uffd handler did not end when ember did")
+    log = open(handler.log_path).read()
+    counts = dict((k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", log))
+    served = counts.get("copied", 0) if mode == "on-demand" else counts.get("bulk_copied", 0)
+    check(served > 0, "the handler (%s) filled pages from the memory file: %r" % (mode, log[-400:]))
 
 
 def test_uffd_on_demand(case):
