@@ -238,7 +238,8 @@ def take(case, e, cpus, kind="Full", prefix="snap"):
     if e.req("GET", "/").json().get("state") != "Paused":
         pause(e)
     out = e.stdout()  # the pause is answered once every vCPU has parked: nothing more comes
-    last = statuses(out)[-1]
+    lines = statuses(out)
+    last = lines[-1] if lines else None  # a machine loaded and not yet resumed printed nothing
     state, mem = case.path(prefix + ".state"), case.path(prefix + ".mem")
     expect(e.req("PUT", "/snapshot/create", {"snapshot_type": kind, "snapshot_path": state,
                                              "mem_file_path": mem}), 204, "%s snapshot" % kind)
@@ -374,11 +375,23 @@ def test_source_continues(case):
     since = len(e.stdout())
     resume(e)
     verify_continues(e, saved, "the source, resumed", since)
-    # A second snapshot of the same machine, later, restores too.
-    saved2 = take(case, e, 2, prefix="second")
+    # A second snapshot of the same machine, later, over the first one's files, restores too.
+    saved2 = take(case, e, 2)
     e.kill()
     check(saved2.status.round > saved.status.round, "second snapshot: %r after %r" % (saved2.status, saved.status))
     verify_continues(restore(case, saved2, "restored"), saved2, "restored from the second snapshot")
+
+
+def test_saved_again_before_resuming(case):
+    """A machine loaded paused and saved again at once gives a snapshot equal in effect: the
+    restored copy of the copy continues from the first save."""
+    saved = snapshot(case, 2)
+    e = restore(case, saved, "loaded", resume_vm=False)
+    again = take(case, e, 2, prefix="again")
+    e.kill()
+    check(again.status is None, "the loaded machine printed before it ran: %s" % tail(e.stdout()))
+    again.status = saved.status
+    verify_continues(restore(case, again, "restored"), again, "restored from the copy of the copy")
 
 
 def test_load_options(case):
@@ -834,7 +847,8 @@ def test_describe_bad_snapshot(case):
 TESTS = [
     test_full_1cpu, test_full_2cpus, test_full_4cpus, test_full_paused_then_resumed,
     test_restore_five_times, test_two_clones_in_parallel, test_source_continues, test_load_options,
-    test_snapshot_of_restored, test_devices_and_overrides, test_config_after_load,
+    test_snapshot_of_restored, test_saved_again_before_resuming,
+    test_devices_and_overrides, test_config_after_load,
     test_memory_file_layout_and_corruption, test_diff_merged, test_diff_alone_is_not_enough,
     test_uffd_on_demand, test_uffd_all_at_once,
     test_create_not_started, test_create_not_paused, test_create_bad_path, test_create_bad_requests,
