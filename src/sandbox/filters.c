@@ -111,11 +111,13 @@
 #define MAIN_REALLOC R1(mremap, EQ(3, MREMAP_MAYMOVE))
 
 /* PUT /snapshot/create: its two files created (exactly these flags), guest memory written
- * into the memory file with holes for zero pages, and the VM-wide KVM state read (the vCPUs
- * read their own). */
+ * into the memory file with holes for zero pages, the VM-wide KVM state read (the vCPUs
+ * read their own), and KVM's log of the guest's writes to RAM read and cleared: which pages
+ * a Diff snapshot holds, or none after a Full one (vmm/dirty.c). */
 #define MAIN_SNAPSHOT                                                                              \
     R1(openat, EQ(2, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC)), R(pwrite64), R(ftruncate),        \
-        IOCTL(KVM_GET_IRQCHIP), IOCTL(KVM_GET_PIT2), IOCTL(KVM_GET_CLOCK)
+        IOCTL(KVM_GET_IRQCHIP), IOCTL(KVM_GET_PIT2), IOCTL(KVM_GET_CLOCK),                         \
+        IOCTL(KVM_GET_DIRTY_LOG)
 
 /* Serving the API, the console's input, the metrics, and the end of the
  * machine (joining threads, closing devices, removing the API socket's
