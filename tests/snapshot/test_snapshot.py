@@ -546,12 +546,60 @@ def test_diff_merged(case):
           "the Diff memory file holds a page unchanged since the Full snapshot (the guest's code)")
     check(any(read_page(diff.mem, diff.first_page)),
           "the Diff memory file lacks page 0x%x, written in every round" % diff.first_page)
-    merged = case.path("merged.mem")
-    shutil.copyfile(base.mem, merged)
-    r = subprocess.run([tool, merged, diff.mem], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=PATIENCE_S)
-    check(r.returncode == 0, "%s %s %s: status %d: %s" % (tool, merged, diff.mem, r.returncode, r.stdout.decode(errors="replace")))
-    diff.mem = merged
+    diff.mem = merge(tool, case, base.mem, [diff])
     verify_continues(restore(case, diff, "restored"), diff, "restored from base + diff")
+
+
+def merge(tool, case, base_mem, diffs, name="merged.mem"):
+    """A copy of base_mem with the Diffs merged onto it, oldest first."""
+    merged = case.path(name)
+    shutil.copyfile(base_mem, merged)
+    cmd = [tool, merged] + [d.mem for d in diffs]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=PATIENCE_S)
+    check(r.returncode == 0, "%s: status %d: %s" % (" ".join(cmd), r.returncode, r.stdout.decode(errors="replace")))
+    return merged
+
+
+def test_diff_chain(case):
+    """Full, then two Diffs: both merged in order onto the Full one restore the last."""
+    tool = merge_tool()
+    e = running(case, "source", 2, track_dirty=True)
+    base = take(case, e, 2, "Full", "base")
+    diffs = []
+    for n in range(2):
+        since = len(e.stdout())
+        resume(e)
+        wait_status(e, lambda s: True, "the source runs on (%d)" % n, since)
+        diffs.append(take(case, e, 2, "Diff", "diff%d" % n))
+    e.kill()
+    last = diffs[-1]
+    last.mem = merge(tool, case, base.mem, diffs)
+    verify_continues(restore(case, last, "restored"), last, "restored from base + 2 diffs")
+
+
+def test_diff_of_restored(case):
+    """A machine restored with track_dirty_pages takes a Diff against the memory file it came
+    from; merged onto a copy of that file, it restores."""
+    tool = merge_tool()
+    saved = snapshot(case, 2)
+    e = restore(case, saved, "restored", track_dirty_pages=True)
+    verify_continues(e, saved, "restored with dirty tracking")
+    diff = take(case, e, 2, "Diff", "diff")
+    e.kill()
+    diff.mem = merge(tool, case, saved.mem, [diff])
+    verify_continues(restore(case, diff, "restored-again"), diff, "restored from its Diff")
+
+
+def test_diff_needs_tracking(case):
+    e = running(case, "source", 1)
+    pause(e)
+    r = e.req("PUT", "/snapshot/create", {"snapshot_type": "Diff", "snapshot_path": case.path("s"),
+                                          "mem_file_path": case.path("m")})
+    expect(r, 400, "a Diff snapshot without dirty page tracking", "track_dirty_pages")
+    still_there(e, "Paused", "after a refused Diff")
+    since = len(e.stdout())
+    resume(e)
+    wait_status(e, lambda s: True, "the guest runs after a refused Diff", since=since)
 
 
 def test_diff_alone_is_not_enough(case):
@@ -583,6 +631,14 @@ def uffd(case, mode):
     e = restore(case, saved, "restored", backend="Uffd", backend_path=sock)
     verify_continues(e, saved, "restored through userfaultfd (%s)" % mode)
     check(handler.poll() is None, "the uffd handler still serves: %s" % open(handler.log_path).read()[-400:])
+    pause(e)
+    r = e.req("PUT", "/snapshot/create", {"snapshot_type": "Full", "snapshot_path": case.path("s"),
+                                          "mem_file_path": case.path("m")})
+    expect(r, 400, "a snapshot of a machine whose memory the handler serves")
+    check(r.fault(), "the refusal says why: %r" % r)
+    since = len(e.stdout())
+    resume(e)
+    wait_status(e, lambda s: True, "the guest runs after the refused snapshot", since=since)
     # Once ember is gone the handler ends and prints its counts: the pages came through it.
     e.proc.terminate()
     e.wait()
@@ -862,7 +918,8 @@ TESTS = [
     test_restore_five_times, test_two_clones_in_parallel, test_source_continues, test_load_options,
     test_snapshot_of_restored, test_saved_again_before_resuming,
     test_devices_and_overrides, test_config_after_load,
-    test_memory_file_layout_and_corruption, test_diff_merged, test_diff_alone_is_not_enough,
+    test_memory_file_layout_and_corruption, test_diff_merged, test_diff_chain, test_diff_of_restored,
+    test_diff_needs_tracking, test_diff_alone_is_not_enough,
     test_uffd_on_demand, test_uffd_all_at_once,
     test_create_not_started, test_create_not_paused, test_create_bad_path, test_create_bad_requests,
     test_load_after_machine_config, test_load_truncated, test_load_flipped_byte, test_load_bad_magic,
