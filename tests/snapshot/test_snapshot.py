@@ -11,8 +11,8 @@ every vCPU counting and ticking, and never print MISMATCH (a page lost or stale)
 Standard library only. Usage: tests/snapshot/test_snapshot.py [-v] [NAME...]
 Environment: EMBER (default build/ember), GUEST_DIR (default build/guest), EMBER_SNAPSHOT_MERGE
 (default ember-snapshot-merge next to EMBER), EMBER_UFFD_HANDLER (default ember-uffd-handler next
-to EMBER),
-SNAPSHOT_TMP (where snapshot files go; default /dev/shm if writable, else the temporary directory).
+to EMBER), SNAPSHOT_TMP (where snapshot files go; default /dev/shm if writable, else the
+temporary directory).
 Prints one line per check and ends with "snapshot: N passed, N failed, N skipped"; exits 1 if
 any check failed.
 """
@@ -810,6 +810,9 @@ def test_load_other_version(case):
 
     def version(d):
         check(d[:8] == SNAP_MAGIC, "the state file starts with %r" % SNAP_MAGIC)
+        check(crc64(b"123456789") == 0x995dc9bbdf1939fa, "this test's CRC-64/XZ")
+        check(struct.unpack_from("<Q", d, len(d) - TRAILER)[0] == crc64(bytes(d[:-TRAILER])),
+              "the state file's trailer is the CRC-64 of the rest")
         mine = struct.unpack_from("<I", d, VERSION_OFFSET)[0]
         struct.pack_into("<I", d, VERSION_OFFSET, mine + 1)
         # A valid checksum: only the version is wrong.
