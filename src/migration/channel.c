@@ -147,7 +147,9 @@ static int connect_once(const struct migration_url *u, uint64_t deadline_ms)
         int fd = connect_one(AF_UNIX, (struct sockaddr *)&a, sizeof(a), deadline_ms);
         return fd < 0 ? error_prefix("unix:%s", u->path) : fd;
     }
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    /* Numeric addresses only: no name service inside the main thread's filter. */
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV | AI_NUMERICHOST};
     struct addrinfo *res;
     int gai = getaddrinfo(u->host, u->port, &hints, &res);
     if (gai)

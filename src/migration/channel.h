@@ -44,7 +44,7 @@ struct migration_url {
     char host[256], port[8];
 };
 
-/* "unix:PATH" or "tcp:HOST:PORT" (HOST may be [v6]). */
+/* "unix:PATH" or "tcp:ADDRESS:PORT" (a numeric address; IPv6 in brackets). */
 int migration_parse_url(const char *url, struct migration_url *u);
 
 /* Milliseconds on CLOCK_MONOTONIC, for deadlines. */

@@ -3,6 +3,7 @@
 
 #include "util/error.h"
 #include "util/log.h"
+#include "vmm/devices.h"
 #include "vmm/dirty.h"
 
 #include <stdlib.h>
@@ -148,12 +149,24 @@ static int stop_and_copy(struct sender *s, bool local)
     size_t len = 0;
     if (vm_snapshot_save_state(vm, VM_SNAPSHOT_FULL, &state, &len) < 0)
         return -1;
-    int r = migration_send(s->fd, MIGRATION_STATE, state, len, NULL, 0, -1, s->deadline_ms);
+    /* The destination opens the drives when it builds the machine: on this host it would
+     * find them locked. Taken back if the migration fails. */
+    int r = vm_set_drive_locks(vm, false);
+    if (r == 0)
+        r = migration_send(s->fd, MIGRATION_STATE, state, len, NULL, 0, -1, s->deadline_ms);
     free(state);
-    if (r < 0)
-        return -1;
-    s->st->bytes_sent += sizeof(struct migration_header) + len;
-    return wait_reply(s, MIGRATION_DONE, "to run the machine");
+    if (r == 0) {
+        s->st->bytes_sent += sizeof(struct migration_header) + len;
+        r = wait_reply(s, MIGRATION_DONE, "to run the machine");
+    }
+    if (r < 0) {
+        char why[512];
+        snprintf(why, sizeof(why), "%s", error_get());
+        if (vm_set_drive_locks(vm, true) < 0)
+            log_error("after a failed migration: %s", error_get());
+        return error_set("%s", why);
+    }
+    return 0;
 }
 
 int migration_send_vm(struct vm *vm, const struct migration_send_params *p,

@@ -446,3 +446,16 @@ uint32_t vm_pci_slots(const struct vm *vm)
     }
     return slots;
 }
+
+int vm_set_drive_locks(struct vm *vm, bool held)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        struct vm_virtio *v = vm->virtio[i];
+        if (v->dev->device_id != VIRTIO_ID_BLOCK)
+            continue;
+        struct virtio_blk *blk = v->model;
+        if (blk_backend_set_lock(&blk->backend, held) < 0)
+            return error_prefix("%s", v->dev->name);
+    }
+    return 0;
+}

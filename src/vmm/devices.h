@@ -27,6 +27,9 @@ int vm_create_pmem_regions(struct vm *vm);
  * vm->full_cmdline. Call after memory and the irqchip exist. */
 int vm_create_virtio_devices(struct vm *vm);
 void vm_destroy_virtio_devices(struct vm *vm);
+/* Every drive's image lock released (held false) or taken again: a live migration on one
+ * host hands the images over. Stops at the first failure. */
+int vm_set_drive_locks(struct vm *vm, bool held);
 /* PCI slots in use (bitmap), for the MP table's interrupt entries. */
 uint32_t vm_pci_slots(const struct vm *vm);
 
