@@ -396,12 +396,12 @@ static int restore_vcpu(const struct snapshot_reader *r, struct vcpu *vcpu,
     if (snapshot_get_bytes(&c, l.msr_indices, l.nmsrs * sizeof(l.msr_indices[0])) < 0)
         return -1;
     l.sregs2 = sregs2 != 0;
-    if (l.sregs2 != host->sregs2 || l.xsave_size != host->xsave_size || l.nmsrs != host->nmsrs ||
-        memcmp(l.msr_indices, host->msr_indices, l.nmsrs * sizeof(l.msr_indices[0])))
+    /* The MSRs go back as saved: KVM_SET_MSRS names the first one this KVM refuses. */
+    if (l.sregs2 != host->sregs2 || l.xsave_size != host->xsave_size)
         return error_set("%s: saved by a KVM with another vCPU state layout (SREGS2 %d, XSAVE %u "
-                         "bytes, %u MSRs; here %d, %u, %u)",
-                         name, l.sregs2, l.xsave_size, l.nmsrs, host->sregs2, host->xsave_size,
-                         host->nmsrs);
+                         "bytes; here %d, %u)",
+                         name, l.sregs2, l.xsave_size, host->sregs2, host->xsave_size);
+    l.kvmclock_ctrl = host->kvmclock_ctrl;
     struct vcpu_state s;
     if (vcpu_state_init(&s, &l) < 0)
         return -1;
@@ -765,7 +765,7 @@ static int restore_machine(const struct snapshot_reader *r, struct vm *vm, bool 
     struct vcpu_state_layout *host = calloc(1, sizeof(*host));
     if (!host)
         return error_set("out of memory");
-    int ret = vcpu_state_layout_probe(host, vm->kvm.fd, vm->vm_fd, vm->vcpus[0].fd);
+    int ret = vcpu_state_layout_caps(host, vm->kvm.fd, vm->vm_fd);
     for (unsigned i = 0; ret == 0 && i < vm->ncpus; i++)
         ret = restore_vcpu(r, &vm->vcpus[i], host);
     free(host);
