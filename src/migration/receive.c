@@ -5,11 +5,11 @@
 #include "snapshot/format.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/ratelimit.h"
 #include "vmm/exit_status.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_TIMEOUT_MS 120000
@@ -19,9 +19,7 @@
 
 static uint64_t now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
+    return monotonic_ns() / 1000;
 }
 
 struct receiver {

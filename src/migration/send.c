@@ -3,12 +3,12 @@
 
 #include "util/error.h"
 #include "util/log.h"
+#include "util/ratelimit.h"
 #include "vmm/devices.h"
 #include "vmm/dirty.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_DOWNTIME_MS 300
@@ -17,9 +17,7 @@
 
 static uint64_t now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
+    return monotonic_ns() / 1000;
 }
 
 struct sender {
@@ -30,15 +28,6 @@ struct sender {
     uint64_t *bitmap;
     size_t words;
 };
-
-static bool page_is_zero(const uint8_t *p)
-{
-    const uint64_t *w = (const uint64_t *)(const void *)p;
-    uint64_t acc = 0;
-    for (unsigned i = 0; i < GUEST_PAGE_SIZE / 8; i++)
-        acc |= w[i];
-    return acc == 0;
-}
 
 /* Sends pages [first, first + n) of RAM, in chunks. */
 static int send_run(struct sender *s, uint64_t first, uint64_t n)
@@ -64,7 +53,7 @@ static int send_pages(struct sender *s, bool all)
     uint64_t pages = s->vm->mem.ram_size / GUEST_PAGE_SIZE;
     uint64_t run_start = 0, run_len = 0;
     for (uint64_t i = 0; i < pages; i++) {
-        bool send = all ? !page_is_zero(s->vm->mem.base + i * GUEST_PAGE_SIZE)
+        bool send = all ? !guest_page_is_zero(s->vm->mem.base + i * GUEST_PAGE_SIZE)
                         : (s->bitmap[i / 64] >> (i % 64)) & 1;
         if (send) {
             if (!run_len)

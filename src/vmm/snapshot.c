@@ -5,6 +5,7 @@
 #include "snapshot/memfile.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/ratelimit.h"
 #include "util/version.h"
 #include "vmm/devices.h"
 #include "vmm/dirty.h"
@@ -26,9 +27,7 @@
 
 static uint64_t now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
+    return monotonic_ns() / 1000;
 }
 
 /* ---- the configuration ------------------------------------------------------------------- */
