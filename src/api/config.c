@@ -971,7 +971,7 @@ int api_parse_snapshot_create(const cJSON *body, struct api_snapshot_create *out
     return 0;
 }
 
-static int parse_net_overrides(const cJSON *v, struct api_snapshot_load *out)
+static int parse_net_overrides(const cJSON *v, struct api_overrides *out)
 {
     static const char *const fields[] = {"iface_id", "host_dev_name", NULL};
     const char *what = "network_overrides";
@@ -980,25 +980,42 @@ static int parse_net_overrides(const cJSON *v, struct api_snapshot_load *out)
     const cJSON *item;
     cJSON_ArrayForEach(item, v)
     {
-        if (out->nnet_overrides == API_MAX_NET_OVERRIDES)
+        if (out->nnet == API_MAX_NET_OVERRIDES)
             return error_set("%s: more than %d entries", what, API_MAX_NET_OVERRIDES);
-        unsigned i = out->nnet_overrides;
+        unsigned i = out->nnet;
         if (expect_object(item, what) < 0 || only_fields(item, what, fields) < 0 ||
-            get_string(item, what, "iface_id", true, &out->net_overrides[i].iface_id) < 0 ||
-            get_string(item, what, "host_dev_name", true, &out->net_overrides[i].host_dev_name) < 0)
+            get_string(item, what, "iface_id", true, &out->net[i].iface_id) < 0 ||
+            get_string(item, what, "host_dev_name", true, &out->net[i].host_dev_name) < 0)
             return -1;
-        if (!api_id_valid(out->net_overrides[i].iface_id))
-            return error_set("%s: invalid iface_id '%s'", what, out->net_overrides[i].iface_id);
-        size_t len = strlen(out->net_overrides[i].host_dev_name);
+        if (!api_id_valid(out->net[i].iface_id))
+            return error_set("%s: invalid iface_id '%s'", what, out->net[i].iface_id);
+        size_t len = strlen(out->net[i].host_dev_name);
         if (len == 0 || len >= 16)
             return error_set("%s: host_dev_name '%s' is not a valid interface name", what,
-                             out->net_overrides[i].host_dev_name);
+                             out->net[i].host_dev_name);
         for (unsigned k = 0; k < i; k++) {
-            if (!strcmp(out->net_overrides[k].iface_id, out->net_overrides[i].iface_id))
-                return error_set("%s: iface_id '%s' given twice", what,
-                                 out->net_overrides[i].iface_id);
+            if (!strcmp(out->net[k].iface_id, out->net[i].iface_id))
+                return error_set("%s: iface_id '%s' given twice", what, out->net[i].iface_id);
         }
-        out->nnet_overrides++;
+        out->nnet++;
+    }
+    return 0;
+}
+
+static int parse_overrides(const cJSON *body, struct api_overrides *out)
+{
+    static const char *const vsock_fields[] = {"uds_path", NULL};
+    const cJSON *nets = field(body, "network_overrides");
+    if (nets && parse_net_overrides(nets, out) < 0)
+        return -1;
+    const cJSON *vsock = field(body, "vsock_override");
+    if (vsock) {
+        if (expect_object(vsock, "vsock_override") < 0 ||
+            only_fields(vsock, "vsock_override", vsock_fields) < 0 ||
+            get_string(vsock, "vsock_override", "uds_path", true, &out->vsock_uds_path) < 0)
+            return -1;
+        if (!out->vsock_uds_path[0])
+            return error_set("vsock_override: `uds_path` must not be empty");
     }
     return 0;
 }
@@ -1011,7 +1028,6 @@ int api_parse_snapshot_load(const cJSON *body, struct api_snapshot_load *out)
                                          "network_overrides", "vsock_override",
                                          "clock_realtime",    NULL};
     static const char *const backend_fields[] = {"backend_type", "backend_path", NULL};
-    static const char *const vsock_fields[] = {"uds_path", NULL};
     const char *what = "snapshot/load";
     memset(out, 0, sizeof(*out));
     bool diff = false, track = false;
@@ -1049,19 +1065,7 @@ int api_parse_snapshot_load(const cJSON *body, struct api_snapshot_load *out)
     }
     if (!out->snapshot_path[0] || !out->backend_path[0])
         return error_set("%s: the snapshot and memory paths must not be empty", what);
-    const cJSON *nets = field(body, "network_overrides");
-    if (nets && parse_net_overrides(nets, out) < 0)
-        return -1;
-    const cJSON *vsock = field(body, "vsock_override");
-    if (vsock) {
-        if (expect_object(vsock, "vsock_override") < 0 ||
-            only_fields(vsock, "vsock_override", vsock_fields) < 0 ||
-            get_string(vsock, "vsock_override", "uds_path", true, &out->vsock_uds_path) < 0)
-            return -1;
-        if (!out->vsock_uds_path[0])
-            return error_set("vsock_override: `uds_path` must not be empty");
-    }
-    return 0;
+    return parse_overrides(body, &out->overrides);
 }
 
 /* An optional whole number from 1 to max; 0 when not given. */
@@ -1094,14 +1098,15 @@ int api_parse_migration_send(const cJSON *body, struct api_migration_send *out)
 
 int api_parse_migration_receive(const cJSON *body, struct api_migration_receive *out)
 {
-    static const char *const fields[] = {"receiver_url", "timeout_s", NULL};
+    static const char *const fields[] = {"receiver_url", "timeout_s", "network_overrides",
+                                         "vsock_override", NULL};
     const char *what = "migration/receive";
     memset(out, 0, sizeof(*out));
     if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
         get_string(body, what, "receiver_url", true, &out->receiver_url) < 0 ||
         get_positive(body, what, "timeout_s", 86400, &out->timeout_s) < 0)
         return -1;
-    return 0;
+    return parse_overrides(body, &out->overrides);
 }
 
 /* ---- the configuration file -------------------------------------------- */

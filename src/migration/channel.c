@@ -102,9 +102,19 @@ static int connect_one(int domain, const struct sockaddr *addr, socklen_t len, u
         errno = e;
         return -1;
     }
-    if (wait_fd(fd, POLLOUT, deadline_ms, "connecting") < 0) {
-        close(fd);
-        return -1;
+    /* Connected, or refused (SO_ERROR says which): a refusal is retried by the caller. */
+    for (;;) {
+        uint64_t now = migration_now_ms();
+        if (now >= deadline_ms) {
+            close(fd);
+            errno = ETIMEDOUT;
+            return error_set("migration: timed out connecting");
+        }
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        uint64_t left = deadline_ms - now;
+        int r = poll(&p, 1, left > 1000 ? 1000 : (int)left);
+        if (r > 0 || (r < 0 && errno != EINTR))
+            break;
     }
     int err = 0;
     socklen_t elen = sizeof(err);

@@ -118,8 +118,28 @@ static int precopy(struct sender *s, const struct migration_send_params *p)
     }
 }
 
+/* On one host (a unix socket): the taps and the vsock socket go along, so that the
+ * destination takes them over instead of finding them held here. */
+static int send_fds(struct sender *s)
+{
+    struct vm *vm = s->vm;
+    for (unsigned i = 0; i < vm->cfg.nnets; i++) {
+        int fd = vm_net_tap_fd(vm, i);
+        struct migration_fd_msg m = {.kind = MIGRATION_FD_TAP, .index = i};
+        if (fd >= 0 &&
+            migration_send(s->fd, MIGRATION_FD, &m, sizeof(m), NULL, 0, fd, s->deadline_ms) < 0)
+            return -1;
+    }
+    int fd = vm_vsock_listen_fd(vm);
+    struct migration_fd_msg m = {.kind = MIGRATION_FD_VSOCK};
+    if (fd >= 0 &&
+        migration_send(s->fd, MIGRATION_FD, &m, sizeof(m), NULL, 0, fd, s->deadline_ms) < 0)
+        return -1;
+    return 0;
+}
+
 /* With the guest paused and its devices frozen: the last pages and the state. */
-static int stop_and_copy(struct sender *s, bool local)
+static int stop_and_copy(struct sender *s, bool local, bool same_host)
 {
     struct vm *vm = s->vm;
     if (!local) {
@@ -140,7 +160,9 @@ static int stop_and_copy(struct sender *s, bool local)
         return -1;
     /* The destination opens the drives when it builds the machine: on this host it would
      * find them locked. Taken back if the migration fails. */
-    int r = vm_set_drive_locks(vm, false);
+    int r = same_host ? send_fds(s) : 0;
+    if (r == 0)
+        r = vm_set_drive_locks(vm, false);
     if (r == 0)
         r = migration_send(s->fd, MIGRATION_STATE, state, len, NULL, 0, -1, s->deadline_ms);
     free(state);
@@ -224,7 +246,7 @@ int migration_send_vm(struct vm *vm, const struct migration_send_params *p,
     if (vm_snapshot_freeze_devices(vm) < 0)
         goto fail;
     frozen = true;
-    if (stop_and_copy(&s, p->local) < 0)
+    if (stop_and_copy(&s, p->local, !url.tcp) < 0)
         goto fail;
     st->downtime_us = now_us() - paused_at;
     st->total_us = now_us() - start;

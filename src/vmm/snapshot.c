@@ -745,6 +745,19 @@ static int apply_overrides(struct vm_config *cfg, const struct vm_snapshot_load_
         if (!cfg->nets[k].tap)
             return error_set("out of memory");
     }
+    for (unsigned i = 0; i < cfg->nnets; i++) {
+        if (!p->has_tap_fd[i] || cfg->nets[i].user)
+            continue;
+        /* The device makes its own copy (vmm/devices.c). */
+        cfg->nets[i].tap_fd = p->tap_fd[i];
+        cfg->nets[i].has_tap_fd = true;
+    }
+    if (p->has_vsock_listen_fd && cfg->vsock.uds_path && !p->vsock_uds_path) {
+        cfg->vsock.listen_fd = p->vsock_listen_fd;
+        cfg->vsock.has_listen_fd = true;
+        /* Its path is the source's until the migration has succeeded. */
+        cfg->vsock.path_shared = true;
+    }
     if (p->vsock_uds_path) {
         if (!cfg->vsock.uds_path)
             return error_set("vsock_override: the snapshot has no vsock device");
