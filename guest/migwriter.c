@@ -92,7 +92,7 @@ static void verify_pattern(uint64_t next_m)
     }
 }
 
-_Noreturn void smp_ap_work(void)
+static void dirtier(void)
 {
     /* One dirtier; any other AP halts. */
     if (__atomic_exchange_n(&ap_claimed, 1, __ATOMIC_ACQ_REL))
@@ -101,14 +101,22 @@ _Noreturn void smp_ap_work(void)
         cpu_relax();
     uint64_t start = time_us(), done = 0;
     for (;;) {
-        uint64_t due = (time_us() - start) * dirty_rate / 1000000;
+        uint64_t now = time_us();
+        /* A clock that went back (it must not, across a migration) stalls the dirtier, which
+         * the tests see. */
+        uint64_t due = now > start ? (now - start) * dirty_rate / 1000000 : done;
+        /* A long stop (a loaded host, a migration's downtime) is made up for by one pass
+         * over the region at most. */
+        if (due > done + dirty_pages_total)
+            done = due - dirty_pages_total;
         if (done >= due) {
             cpu_relax();
             continue;
         }
-        for (; done < due; done++)
+        for (; done < due; done++) {
             dirty_region[done % dirty_pages_total * PAGE_WORDS] = done;
-        dirtied = done;
+            dirtied = done + 1;
+        }
     }
 }
 
@@ -123,6 +131,7 @@ static void start_dirtier(void)
     dirty_pages_total = mib * MIB / PAGE_SIZE;
     dirty_region = phys_alloc(mib * MIB, PAGE_SIZE);
     platform_discover();
+    smp_ap_continue = dirtier;
     struct smp_result smp;
     if (platform.cpu_count < 2)
         bail_out("dirty_rate= needs a second vCPU (the machine has %u)", platform.cpu_count);

@@ -14,23 +14,21 @@
 extern const char ap_trampoline_start[], ap_trampoline_end[];
 extern char ap_stacks[];
 extern uint64_t ap_stack_top;
+_Noreturn void ap_main(void);
 
 static volatile int ap_reported_id = -1;
 
-_Noreturn void ap_main(void);
-
-/* What an AP does once it has reported: halt, unless the guest defines its own. */
-__attribute__((weak)) _Noreturn void smp_ap_work(void)
-{
-    halt_forever();
-}
+void (*smp_ap_continue)(void);
 
 _Noreturn void ap_main(void)
 {
     idt_load();
     lapic_enable();
+    void (*next)(void) = __atomic_load_n(&smp_ap_continue, __ATOMIC_ACQUIRE);
     __atomic_store_n(&ap_reported_id, lapic_id(), __ATOMIC_RELEASE);
-    smp_ap_work();
+    if (next)
+        next();
+    halt_forever();
 }
 
 static bool trampoline_page_is_ram(void)

@@ -1132,7 +1132,7 @@ void virtio_vsock_destroy(struct virtio_vsock *v)
                  (unsigned long long)v->unknown_conn_packets, (unsigned long long)v->rsts_dropped);
     if (v->listen_fd >= 0) {
         close(v->listen_fd);
-        if (v->uds_path)
+        if (v->uds_path && !v->keep_path)
             unlink(v->uds_path);
     }
     if (v->timer_fd >= 0)

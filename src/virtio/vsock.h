@@ -79,6 +79,7 @@ struct virtio_vsock {
     uint64_t guest_cid;
     char *uds_path;
     int listen_fd;
+    bool keep_path; /* uds_path is another process's too: not removed at the end */
     struct event_handler *listen_handler;
     int timer_fd;
     struct event_handler *timer_handler;

@@ -385,9 +385,14 @@ def smp_migration(tmp, name, rate, **send):
         check(got["completed"] == 1 and got["failed"] == 0 and got["pages_sent"] == final["pages_sent"],
               "%s: the destination's migration group %r (source sent %d pages)" % (name, got, final["pages_sent"]))
         # The guest, both vCPUs, goes on: writes and dirtied pages both count up.
-        last = wait_progress(dst, (flushed(dst) or [0])[-1] + 2 * FLUSH_EVERY, name + ": after")
-        dirtied_after = int(FLUSHED.findall(dst.stdout())[-1][1])
-        check(dirtied_after > dirtied_before, "%s: the dirtier stopped (%d, then %d)" % (name, dirtied_before, dirtied_after))
+        deadline = time.monotonic() + 30
+        while True:
+            last = wait_progress(dst, (flushed(dst) or [0])[-1], name + ": after")
+            dirtied_after = int(FLUSHED.findall(dst.stdout())[-1][1])
+            if dirtied_after > dirtied_before:
+                break
+            check(time.monotonic() < deadline, "%s: the dirtier stopped (%d, then %d for 30 s)" %
+                  (name, dirtied_before, dirtied_after))
         continuous([src.stdout(), dst.stdout()], name)
         dst.kill()
         check_image(disk, last, 2 * FLUSH_EVERY + 1) if last >= DISK_BLOCKS else None
