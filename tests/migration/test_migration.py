@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 
+sys.dont_write_bytecode = True  # no __pycache__ left in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "api"))
 import test_api as api  # noqa: E402
 from test_api import Conn, Ember, Failure, Skip, check, expect  # noqa: E402
