@@ -108,9 +108,8 @@ static int get_limit(struct snapshot_cursor *c, struct rate_limit_config *l)
     return get_bucket(c, &l->bandwidth) < 0 || get_bucket(c, &l->ops) < 0 ? -1 : 0;
 }
 
-static void save_config(struct snapshot_writer *w, const struct vm_config *cfg)
+void vm_snapshot_put_config(struct snapshot_writer *w, const struct vm_config *cfg)
 {
-    snapshot_begin_section(w, "config");
     put_opt_string(w, cfg->kernel_path);
     put_opt_string(w, cfg->initrd_path);
     put_opt_string(w, cfg->cmdline);
@@ -181,12 +180,10 @@ static int check_enum(const char *what, uint32_t v, uint32_t count)
     return v < count ? 0 : error_set("the configuration's %s is %u (unknown)", what, v);
 }
 
-static int load_config(const struct snapshot_reader *r, struct vm_config *cfg, bool *has_mmds,
+static int load_config(struct snapshot_cursor *cur, struct vm_config *cfg, bool *has_mmds,
                        uint32_t *mmds_version, bool *imds_compat)
 {
-    struct snapshot_cursor c;
-    if (snapshot_section(r, "config", &c) < 0)
-        return -1;
+    struct snapshot_cursor c = *cur;
     vm_config_defaults(cfg);
     uint32_t tmpl, transport, console, n;
     if (get_opt_string(&c, &cfg->kernel_path) < 0 || get_opt_string(&c, &cfg->initrd_path) < 0 ||
@@ -273,7 +270,9 @@ static int load_config(const struct snapshot_reader *r, struct vm_config *cfg, b
         return -1;
     if (*has_mmds && *mmds_version != MMDS_V1 && *mmds_version != MMDS_V2)
         return error_set("the configuration's MMDS version %u is unknown", *mmds_version);
-    return snapshot_section_end(&c);
+    int ret = snapshot_section_end(&c);
+    *cur = c;
+    return ret;
 }
 
 /* ---- vCPUs ------------------------------------------------------------------------------- */
@@ -593,7 +592,8 @@ static int build_state(struct vm *vm, enum vm_snapshot_type type, struct snapsho
     if (vm_state_save(vm->vm_fd, &vm_state) < 0)
         goto out;
     save_meta(w, vm, type);
-    save_config(w, &vm->cfg);
+    snapshot_begin_section(w, "config");
+    vm_snapshot_put_config(w, &vm->cfg);
     save_vm_state(w, &vm_state);
     for (unsigned i = 0; i < vm->ncpus; i++)
         save_vcpu(w, i, layout, &states[i], cpuid[i]);
@@ -786,6 +786,46 @@ static int restore_machine(const struct snapshot_reader *r, struct vm *vm, bool 
     return restore_devices(r, vm);
 }
 
+int vm_snapshot_read_config(struct snapshot_cursor *c, struct vm_snapshot_machine *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->strings_mark = nloaded_strings;
+    return load_config(c, &m->cfg, &m->has_mmds, &m->mmds_version, &m->imds_compat);
+}
+
+int vm_snapshot_read_machine(const struct snapshot_reader *rd, struct vm_snapshot_machine *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->strings_mark = nloaded_strings;
+    struct meta meta;
+    struct snapshot_cursor c;
+    if (load_meta(rd, &meta) < 0 || snapshot_section(rd, "config", &c) < 0 ||
+        vm_snapshot_read_config(&c, m) < 0)
+        return -1;
+    if (meta.ram_size != m->cfg.memory_mib << 20 || meta.ncpus != m->cfg.ncpus)
+        return error_set("the snapshot's header and configuration disagree on the machine's size");
+    m->cpuid = calloc(m->cfg.ncpus, sizeof(*m->cpuid));
+    if (!m->cpuid)
+        return error_set("out of memory");
+    for (unsigned i = 0; i < m->cfg.ncpus; i++) {
+        m->cpuid[i] = load_cpuid(rd, i);
+        if (!m->cpuid[i])
+            return -1;
+    }
+    return 0;
+}
+
+void vm_snapshot_machine_free(struct vm_snapshot_machine *m, bool keep_strings)
+{
+    for (unsigned i = 0; m->cpuid && i < m->cfg.ncpus; i++)
+        free(m->cpuid[i]);
+    free(m->cpuid);
+    m->cpuid = NULL;
+    /* A configuration nobody keeps: its strings go (a refused load no longer leaks them). */
+    while (!keep_strings && nloaded_strings > m->strings_mark)
+        free(loaded_strings[--nloaded_strings]);
+}
+
 int vm_snapshot_restore_state(struct vm *vm, struct event_loop *loop, const uint8_t *data,
                               size_t len, const struct vm_snapshot_load_params *p,
                               struct vm_config *cfg_out, int *status)
@@ -794,42 +834,25 @@ int vm_snapshot_restore_state(struct vm *vm, struct event_loop *loop, const uint
     struct snapshot_reader *rd = snapshot_reader_open(data, len, SNAPSHOT_FILE_MAX);
     if (!rd)
         return -1;
-    struct meta meta;
-    struct vm_config cfg;
-    bool has_mmds = false, imds_compat = false;
-    uint32_t mmds_version = 0;
-    struct kvm_cpuid2 **cpuid = NULL;
+    struct vm_snapshot_machine m;
+    struct vm_config *cfg = &m.cfg;
     int mem_fd = -1;
     int ret = -1;
-    if (load_meta(rd, &meta) < 0 ||
-        load_config(rd, &cfg, &has_mmds, &mmds_version, &imds_compat) < 0)
+    bool built = false; /* vm holds the configuration's strings */
+    if (vm_snapshot_read_machine(rd, &m) < 0)
         goto out;
-    if (meta.ram_size != cfg.memory_mib << 20 || meta.ncpus != cfg.ncpus) {
-        error_set("the snapshot's header and configuration disagree on the machine's size");
-        goto out;
-    }
-    if (p->expect_ncpus && cfg.ncpus != p->expect_ncpus) {
-        error_set("the state is of a machine with %u vCPUs, %u were announced", cfg.ncpus,
+    if (p->expect_ncpus && cfg->ncpus != p->expect_ncpus) {
+        error_set("the state is of a machine with %u vCPUs, %u were announced", cfg->ncpus,
                   p->expect_ncpus);
         goto out;
     }
-    if (apply_overrides(&cfg, p) < 0)
+    if (apply_overrides(cfg, p) < 0)
         goto out;
-    cfg.track_dirty_pages = p->track_dirty_pages;
-    cpuid = calloc(cfg.ncpus, sizeof(*cpuid));
-    if (!cpuid) {
-        error_set("out of memory");
-        goto out;
-    }
-    for (unsigned i = 0; i < cfg.ncpus; i++) {
-        cpuid[i] = load_cpuid(rd, i);
-        if (!cpuid[i])
-            goto out;
-    }
-    cfg.restore_cpuid = cpuid;
-    cfg.ram_source = p->ram_source;
+    cfg->track_dirty_pages = p->track_dirty_pages;
+    cfg->restore_cpuid = m.cpuid;
+    cfg->ram_source = p->ram_source;
     if (p->ram_source == VM_RAM_FILE) {
-        if (cfg.hugetlb) {
+        if (cfg->hugetlb) {
             error_set("a machine with huge pages restores only through a page-fault handler "
                       "(backend_type Uffd)");
             goto out;
@@ -839,24 +862,27 @@ int vm_snapshot_restore_state(struct vm *vm, struct event_loop *loop, const uint
             error_errno("cannot open the memory file '%s'", p->backend_path);
             goto out;
         }
-        cfg.ram_fd = mem_fd;
+        cfg->ram_fd = mem_fd;
     } else if (p->ram_source == VM_RAM_UFFD) {
-        cfg.ram_uffd_path = p->backend_path;
+        cfg->ram_uffd_path = p->backend_path;
     } else {
-        cfg.ram_given = p->ram_given;
+        cfg->ram_given = p->ram_given;
     }
-    if (has_mmds && p->mmds) {
-        mmds_store_configure(p->mmds, (enum mmds_version)mmds_version, imds_compat, p->instance_id);
-        cfg.mmds = p->mmds;
+    if (m.has_mmds && p->mmds) {
+        mmds_store_configure(p->mmds, (enum mmds_version)m.mmds_version, m.imds_compat,
+                             p->instance_id);
+        cfg->mmds = p->mmds;
     }
-    if (vm_create(vm, &cfg, loop) < 0) {
+    if (vm_create(vm, cfg, loop) < 0) {
         *status = vm->create_status;
         error_prefix("cannot build the snapshot's machine");
         vm_destroy(vm);
         goto out;
     }
+    built = true;
     *status = EXIT_USAGE;
     if (restore_machine(rd, vm, p->clock_realtime) < 0) {
+        built = false;
         error_prefix("cannot restore the snapshot");
         vm_destroy(vm);
         goto out;
@@ -867,15 +893,13 @@ int vm_snapshot_restore_state(struct vm *vm, struct event_loop *loop, const uint
         *status = EXIT_HOST_ERROR;
         goto out;
     }
-    *cfg_out = cfg;
+    *cfg_out = *cfg;
     ret = 0;
 out:
     if (mem_fd >= 0)
         close(mem_fd);
     /* The vCPUs have their CPUID; the snapshot's bytes are no longer needed. */
-    for (unsigned i = 0; cpuid && i < cfg.ncpus; i++)
-        free(cpuid[i]);
-    free(cpuid);
+    vm_snapshot_machine_free(&m, built);
     if (ret == 0)
         vm->cfg.restore_cpuid = NULL;
     snapshot_reader_free(rd);

@@ -78,6 +78,27 @@ int vm_snapshot_restore_state(struct vm *vm, struct event_loop *loop, const uint
                               size_t len, const struct vm_snapshot_load_params *p,
                               struct vm_config *cfg_out, int *status);
 
+/* What a state file says before any of it reaches KVM: the header, the machine's
+ * configuration and each vCPU's CPUID, all checked. vm_snapshot_restore_state reads it first;
+ * exposed so that a fuzzer can reach these checks without KVM (tests/fuzz/). */
+struct snapshot_reader;
+struct vm_snapshot_machine {
+    struct vm_config cfg;
+    bool has_mmds, imds_compat;
+    uint32_t mmds_version;
+    struct kvm_cpuid2 **cpuid; /* cfg.ncpus of them */
+    size_t strings_mark;       /* the configuration's strings are those kept after this */
+};
+int vm_snapshot_read_machine(const struct snapshot_reader *r, struct vm_snapshot_machine *m);
+/* The configuration section alone (its fields as vm_snapshot_put_config writes them). */
+struct snapshot_cursor;
+int vm_snapshot_read_config(struct snapshot_cursor *c, struct vm_snapshot_machine *m);
+/* Writes cfg's fields into the section w has open (the fuzzers' seeds use it too). */
+struct snapshot_writer;
+void vm_snapshot_put_config(struct snapshot_writer *w, const struct vm_config *cfg);
+/* Frees the CPUID; the configuration's strings too unless a machine built from it keeps them. */
+void vm_snapshot_machine_free(struct vm_snapshot_machine *m, bool keep_strings);
+
 /* --describe-snapshot: the state file's format version and what it holds. */
 int vm_snapshot_describe(const char *path, FILE *out);
 
