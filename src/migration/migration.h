@@ -52,4 +52,26 @@ int migration_receive_vm(struct vm *vm, struct event_loop *loop,
                          const struct migration_receive_params *p, struct vm_config *cfg_out,
                          int *status, struct migration_stats *st);
 
+/* The destination's side of one connection, from HELLO to the state: HELLO (guest RAM of at
+ * most max_ram bytes), READY, then memory and descriptors until the state comes, which
+ * on_state gets with what was received (it takes the memory over when it returns 0, and
+ * keeps copies of the descriptors it wants: they are closed after it); then DONE. On any
+ * failure the source is told why (ERROR) and the memory is freed. Every message must come
+ * within timeout_ms. migration_receive_vm runs this on the connection it accepted, on_state
+ * building the machine; a fuzzer runs it over a socketpair without KVM (tests/fuzz/). */
+struct migration_received {
+    unsigned ncpus; /* as HELLO announced: the state must agree */
+    struct guest_memory mem;
+    int tap_fd[VM_MAX_NETS]; /* what came with MIGRATION_FD, -1 where nothing */
+    int vsock_fd;
+};
+struct migration_receive_stream_params {
+    uint64_t timeout_ms;
+    uint64_t max_ram;
+    int (*on_state)(void *opaque, struct migration_received *rx, const uint8_t *state, size_t len);
+    void *opaque;
+};
+int migration_receive_stream(int fd, const struct migration_receive_stream_params *p,
+                             struct migration_stats *st);
+
 #endif

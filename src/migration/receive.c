@@ -25,13 +25,11 @@ static uint64_t now_us(void)
 
 struct receiver {
     int fd;
-    int tap_fd[VM_MAX_NETS]; /* what came with MIGRATION_FD, -1 where nothing */
-    int vsock_fd;
+    struct migration_received rx; /* guest memory, descriptors handed over */
     uint64_t timeout_ms;
+    uint64_t max_ram;
     struct migration_stats *st;
-    struct guest_memory mem;
     bool local;
-    unsigned ncpus; /* as HELLO announced: the state must agree */
 };
 
 static uint64_t deadline(const struct receiver *r)
@@ -53,16 +51,16 @@ static int recv_hello(struct receiver *r)
     if (hello.version != MIGRATION_VERSION)
         return error_set("migration: the source speaks version %u of the protocol, this ember %u",
                          hello.version, MIGRATION_VERSION);
-    if (hello.ram_size == 0 || hello.ram_size % (1 << 20) || hello.ram_size > MAX_RAM_BYTES ||
+    if (hello.ram_size == 0 || hello.ram_size % (1 << 20) || hello.ram_size > r->max_ram ||
         hello.ncpus == 0 || hello.ncpus > MAX_VCPUS || hello.local > 1)
         return error_set("migration: the source announces %llu bytes of RAM and %u vCPUs",
                          (unsigned long long)hello.ram_size, hello.ncpus);
     r->local = hello.local;
-    r->ncpus = hello.ncpus;
-    if (!r->local &&
-        guest_memory_map(&r->mem, hello.ram_size, LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END) < 0)
+    r->rx.ncpus = hello.ncpus;
+    if (!r->local && guest_memory_map(&r->rx.mem, hello.ram_size, LAYOUT_MMIO_HOLE_START,
+                                      LAYOUT_MMIO_HOLE_END) < 0)
         return -1;
-    r->mem.ram_size = hello.ram_size; /* local: checked against the memfd when it comes */
+    r->rx.mem.ram_size = hello.ram_size; /* local: checked against the memfd when it comes */
     return 0;
 }
 
@@ -74,11 +72,11 @@ static int recv_memory(struct receiver *r, uint64_t length)
     if (migration_recv_exact(r->fd, &offset, sizeof(offset), deadline(r)) < 0)
         return -1;
     uint64_t len = length - sizeof(offset);
-    if (r->local || !r->mem.base || offset % GUEST_PAGE_SIZE || len % GUEST_PAGE_SIZE ||
-        offset > r->mem.ram_size || len > r->mem.ram_size - offset)
+    if (r->local || !r->rx.mem.base || offset % GUEST_PAGE_SIZE || len % GUEST_PAGE_SIZE ||
+        offset > r->rx.mem.ram_size || len > r->rx.mem.ram_size - offset)
         return error_set("migration: memory at offset 0x%llx, %llu bytes, outside guest RAM",
                          (unsigned long long)offset, (unsigned long long)len);
-    if (migration_recv_exact(r->fd, r->mem.base + offset, (size_t)len, deadline(r)) < 0)
+    if (migration_recv_exact(r->fd, r->rx.mem.base + offset, (size_t)len, deadline(r)) < 0)
         return -1;
     r->st->pages_sent += len / GUEST_PAGE_SIZE;
     return 0;
@@ -86,13 +84,13 @@ static int recv_memory(struct receiver *r, uint64_t length)
 
 static int recv_memfd(struct receiver *r, uint64_t length, int fd)
 {
-    if (fd < 0 || !r->local || r->mem.base || length != 0) {
+    if (fd < 0 || !r->local || r->rx.mem.base || length != 0) {
         if (fd >= 0)
             close(fd);
         return error_set("migration: an unexpected shared memory message");
     }
-    uint64_t size = r->mem.ram_size;
-    return guest_memory_map_given_memfd(&r->mem, fd, size, LAYOUT_MMIO_HOLE_START,
+    uint64_t size = r->rx.mem.ram_size;
+    return guest_memory_map_given_memfd(&r->rx.mem, fd, size, LAYOUT_MMIO_HOLE_START,
                                         LAYOUT_MMIO_HOLE_END);
 }
 
@@ -109,8 +107,8 @@ static int recv_fd_msg(struct receiver *r, uint64_t length, int fd)
         close(fd);
         return -1;
     }
-    int *slot = m.kind == MIGRATION_FD_TAP && m.index < VM_MAX_NETS ? &r->tap_fd[m.index]
-                : m.kind == MIGRATION_FD_VSOCK && m.index == 0      ? &r->vsock_fd
+    int *slot = m.kind == MIGRATION_FD_TAP && m.index < VM_MAX_NETS ? &r->rx.tap_fd[m.index]
+                : m.kind == MIGRATION_FD_VSOCK && m.index == 0      ? &r->rx.vsock_fd
                                                                     : NULL;
     if (!slot || *slot >= 0) {
         close(fd);
@@ -124,13 +122,13 @@ static int recv_fd_msg(struct receiver *r, uint64_t length, int fd)
 static void close_fds(struct receiver *r)
 {
     for (unsigned i = 0; i < VM_MAX_NETS; i++) {
-        if (r->tap_fd[i] >= 0)
-            close(r->tap_fd[i]);
-        r->tap_fd[i] = -1;
+        if (r->rx.tap_fd[i] >= 0)
+            close(r->rx.tap_fd[i]);
+        r->rx.tap_fd[i] = -1;
     }
-    if (r->vsock_fd >= 0)
-        close(r->vsock_fd);
-    r->vsock_fd = -1;
+    if (r->rx.vsock_fd >= 0)
+        close(r->rx.vsock_fd);
+    r->rx.vsock_fd = -1;
 }
 
 static void reply_error(struct receiver *r, const char *why)
@@ -139,9 +137,8 @@ static void reply_error(struct receiver *r, const char *why)
                    migration_now_ms() + 1000);
 }
 
-/* Receives until the state comes, then builds and runs the machine. */
-static int receive(struct receiver *r, struct vm *vm, struct event_loop *loop,
-                   const struct migration_receive_params *p, struct vm_config *cfg_out, int *status)
+/* Receives until the state comes, then hands it over. */
+static int receive(struct receiver *r, const struct migration_receive_stream_params *p)
 {
     for (;;) {
         struct migration_header h;
@@ -176,30 +173,74 @@ static int receive(struct receiver *r, struct vm *vm, struct event_loop *loop,
         if (h.length > SNAPSHOT_FILE_MAX)
             return error_set("migration: a state of %llu bytes (at most %u)",
                              (unsigned long long)h.length, SNAPSHOT_FILE_MAX);
-        if (!r->mem.base)
+        if (!r->rx.mem.base)
             return error_set("migration: the state came before guest memory");
         uint8_t *state = malloc(h.length ? (size_t)h.length : 1);
         if (!state)
             return error_set("out of memory");
         int rc = migration_recv_exact(r->fd, state, (size_t)h.length, deadline(r));
-        if (rc == 0) {
-            struct vm_snapshot_load_params load = p->load;
-            load.ram_source = VM_RAM_GIVEN;
-            load.ram_given = &r->mem;
-            load.resume_vm = true;
-            load.expect_ncpus = r->ncpus;
-            for (unsigned i = 0; i < VM_MAX_NETS; i++) {
-                load.has_tap_fd[i] = r->tap_fd[i] >= 0;
-                load.tap_fd[i] = r->tap_fd[i];
-            }
-            load.has_vsock_listen_fd = r->vsock_fd >= 0;
-            load.vsock_listen_fd = r->vsock_fd;
-            rc = vm_snapshot_restore_state(vm, loop, state, (size_t)h.length, &load, cfg_out,
-                                           status);
-        }
+        if (rc == 0)
+            rc = p->on_state(p->opaque, &r->rx, state, (size_t)h.length);
         free(state);
         return rc;
     }
+}
+
+int migration_receive_stream(int fd, const struct migration_receive_stream_params *p,
+                             struct migration_stats *st)
+{
+    struct receiver r = {.fd = fd, .timeout_ms = p->timeout_ms, .max_ram = p->max_ram, .st = st};
+    r.rx.vsock_fd = -1;
+    for (unsigned i = 0; i < VM_MAX_NETS; i++)
+        r.rx.tap_fd[i] = -1;
+    int rc = recv_hello(&r);
+    if (rc == 0)
+        rc = migration_send(r.fd, MIGRATION_READY, NULL, 0, NULL, 0, -1, deadline(&r));
+    if (rc == 0)
+        rc = receive(&r, p);
+    /* The machine holds its own copies of the descriptors handed over. */
+    close_fds(&r);
+    if (rc < 0) {
+        char why[512];
+        snprintf(why, sizeof(why), "%s", error_get());
+        reply_error(&r, why);
+        guest_memory_free(&r.rx.mem);
+        return error_set("%s", why);
+    }
+    /* The machine runs here: the source may end. */
+    migration_send(r.fd, MIGRATION_DONE, NULL, 0, NULL, 0, -1, deadline(&r));
+    return 0;
+}
+
+struct build_machine {
+    struct vm *vm;
+    struct event_loop *loop;
+    const struct migration_receive_params *p;
+    struct vm_config *cfg_out;
+    int *status;
+};
+
+/* The state received: the machine built on the memory and descriptors received, and run. */
+static int build_machine(void *opaque, struct migration_received *rx, const uint8_t *state,
+                         size_t len)
+{
+    struct build_machine *b = opaque;
+    struct vm_snapshot_load_params load = b->p->load;
+    load.ram_source = VM_RAM_GIVEN;
+    load.ram_given = &rx->mem;
+    load.resume_vm = true;
+    load.expect_ncpus = rx->ncpus;
+    for (unsigned i = 0; i < VM_MAX_NETS; i++) {
+        load.has_tap_fd[i] = rx->tap_fd[i] >= 0;
+        load.tap_fd[i] = rx->tap_fd[i];
+    }
+    load.has_vsock_listen_fd = rx->vsock_fd >= 0;
+    load.vsock_listen_fd = rx->vsock_fd;
+    if (vm_snapshot_restore_state(b->vm, b->loop, state, len, &load, b->cfg_out, b->status) < 0)
+        return -1;
+    /* What the source handed over is this ember's now (before DONE lets the source end). */
+    vm_vsock_own_path(b->vm);
+    return 0;
 }
 
 int migration_receive_vm(struct vm *vm, struct event_loop *loop,
@@ -212,38 +253,23 @@ int migration_receive_vm(struct vm *vm, struct event_loop *loop,
     struct migration_url url;
     if (migration_parse_url(p->url, &url) < 0)
         return -1;
-    struct receiver r = {.fd = -1,
-                         .vsock_fd = -1,
-                         .timeout_ms = p->timeout_ms ? p->timeout_ms : DEFAULT_TIMEOUT_MS,
-                         .st = st};
-    for (unsigned i = 0; i < VM_MAX_NETS; i++)
-        r.tap_fd[i] = -1;
+    uint64_t timeout_ms = p->timeout_ms ? p->timeout_ms : DEFAULT_TIMEOUT_MS;
     int lfd = migration_listen(&url);
     if (lfd < 0)
         return -1;
     log_info("waiting for a migration on %s", p->url);
-    r.fd = migration_accept(lfd, &url, deadline(&r));
-    if (r.fd < 0)
+    int fd = migration_accept(lfd, &url, migration_now_ms() + timeout_ms);
+    if (fd < 0)
         return -1;
-    int rc = recv_hello(&r);
-    if (rc == 0)
-        rc = migration_send(r.fd, MIGRATION_READY, NULL, 0, NULL, 0, -1, deadline(&r));
-    if (rc == 0)
-        rc = receive(&r, vm, loop, p, cfg_out, status);
-    /* The machine holds its own copies of the descriptors handed over. */
-    close_fds(&r);
-    if (rc < 0) {
-        char why[512];
-        snprintf(why, sizeof(why), "%s", error_get());
-        reply_error(&r, why);
-        close(r.fd);
-        guest_memory_free(&r.mem);
-        return error_set("%s", why);
-    }
-    /* The machine runs here: the source may end, and what it handed over is this ember's. */
-    vm_vsock_own_path(vm);
-    migration_send(r.fd, MIGRATION_DONE, NULL, 0, NULL, 0, -1, deadline(&r));
-    close(r.fd);
+    struct build_machine b = {vm, loop, p, cfg_out, status};
+    struct migration_receive_stream_params sp = {.timeout_ms = timeout_ms,
+                                                 .max_ram = MAX_RAM_BYTES,
+                                                 .on_state = build_machine,
+                                                 .opaque = &b};
+    int rc = migration_receive_stream(fd, &sp, st);
+    close(fd);
+    if (rc < 0)
+        return -1;
     st->total_us = now_us() - start;
     st->completed = true;
     log_info("migration received: %llu pages, machine running", (unsigned long long)st->pages_sent);
