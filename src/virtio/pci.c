@@ -686,6 +686,14 @@ int virtio_pci_restore(struct virtio_pci *p, struct snapshot_cursor *c)
                          nvectors);
     if (isr & ~(ISR_QUEUE | ISR_CONFIG))
         return error_set("%s: ISR 0x%x", p->dev->name, isr);
+    /* The queues' vectors came with the device's common state: held to what the guest's
+     * writes can leave there (checked_vector), as the configuration vector is. */
+    for (unsigned q = 0; q < p->dev->nqueues; q++) {
+        uint16_t vec = p->dev->queues[q].msix_vector;
+        if (vec != VIRTIO_NO_VECTOR && vec >= nvectors)
+            return error_set("%s: queue %u's MSI-X vector %u of %u", p->dev->name, q, vec,
+                             nvectors);
+    }
     pthread_mutex_lock(&p->msix_lock);
     memcpy(p->table, table, nvectors * sizeof(table[0]));
     p->pending = pending;
