@@ -64,8 +64,10 @@ void boot_timer_save(struct boot_timer *t, struct snapshot_writer *w)
 {
     uint64_t wall_us, cpu_us;
     elapsed(t, &wall_us, &cpu_us);
-    snapshot_put_u64(w, wall_us);
-    snapshot_put_u64(w, cpu_us);
+    /* Held to what a restore accepts: a machine restored with (almost) the most time carried
+     * and snapshotted again must load too. */
+    snapshot_put_u64(w, wall_us < CARRIED_MAX ? wall_us : CARRIED_MAX);
+    snapshot_put_u64(w, cpu_us < CARRIED_MAX ? cpu_us : CARRIED_MAX);
 }
 
 int boot_timer_restore(struct boot_timer *t, struct snapshot_cursor *c)
