@@ -1,7 +1,9 @@
 /* libFuzzer target: the JSON configuration parser (the document of
  * --config-file, and through it every API body parser), then the mapping
- * onto the machine and the export back to JSON. */
+ * onto the machine and the export back to JSON. The snapshot and migration
+ * bodies too, and the migration URL they carry, as the API parses them. */
 #include "api/config.h"
+#include "migration/channel.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -49,6 +51,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (api_parse_metrics(j, &path) == 0)
             free(path);
+        struct api_snapshot_create sc;
+        struct api_snapshot_load sl;
+        struct api_migration_send ms;
+        struct api_migration_receive mr;
+        if (api_parse_snapshot_create(j, &sc) == 0 &&
+            (!sc.snapshot_path[0] || !sc.mem_file_path[0]))
+            abort();
+        if (api_parse_snapshot_load(j, &sl) == 0 &&
+            (sl.overrides.nnet > API_MAX_NET_OVERRIDES || !sl.backend_path[0]))
+            abort();
+        const char *url = NULL;
+        if (api_parse_migration_send(j, &ms) == 0)
+            url = ms.destination_url;
+        if (api_parse_migration_receive(j, &mr) == 0) {
+            if (mr.overrides.nnet > API_MAX_NET_OVERRIDES)
+                abort();
+            url = mr.receiver_url;
+        }
+        struct migration_url mu;
+        if (url && migration_parse_url(url, &mu) == 0 &&
+            (strlen(mu.path) >= sizeof(mu.path) || strlen(mu.host) >= sizeof(mu.host) ||
+             strlen(mu.port) >= sizeof(mu.port) || (mu.tcp && (!mu.host[0] || !mu.port[0])) ||
+             (!mu.tcp && !mu.path[0])))
+            abort();
         cJSON_Delete(j);
     }
     api_config_free(&c);
