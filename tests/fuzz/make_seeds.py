@@ -1,10 +1,21 @@
 #!/usr/bin/env python3
 """Writes the seeds of fuzz_devices (tests/fuzz/seeds/fuzz_devices/): for every device on
 both transports, a driver that sets the device up and does real I/O, and the host's side of
-it. The byte format is described at the top of tests/fuzz/fuzz_devices.c."""
+it. The byte format is described at the top of tests/fuzz/fuzz_devices.c.
+
+    make_seeds.py [DIR]                  fuzz_devices' seeds (into DIR)
+    make_seeds.py --from-targets BUILD   the seeds ember's own code writes: snapshot sections
+                                         saved by the devices, a state file and migration
+                                         streams, each written by its target built in BUILD
+                                         (`make fuzz-build`: build/fuzz) when run with
+                                         EMBER_FUZZ_WRITE_SEEDS; regress-* seeds are kept."""
 import os
 import struct
+import subprocess
 import sys
+
+# Targets that write their own seeds (the formats are ember's snapshot writer's).
+SELF_SEEDING = ("fuzz_snapshot_restore", "fuzz_migration_receive")
 
 BLK, NET, CONSOLE, RNG, VSOCK, PMEM = range(6)
 (INIT, STATUS, REG_WRITE, REG_READ, QUEUE_REG, FEATURES, CONFIG, CHAIN, KICK, RUN, WAIT,
@@ -209,7 +220,21 @@ def pci_extras(dev):
     return s
 
 
+def from_targets(build):
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds")
+    for name in SELF_SEEDING:
+        out = os.path.join(root, name)
+        os.makedirs(out, exist_ok=True)
+        env = dict(os.environ, EMBER_FUZZ_WRITE_SEEDS=out)
+        subprocess.run([os.path.join(build, name), "-runs=0"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        print(f"{name}: {len(os.listdir(out))} seeds in {out}")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--from-targets":
+        from_targets(sys.argv[2])
+        return
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "seeds", "fuzz_devices")
     os.makedirs(out, exist_ok=True)
