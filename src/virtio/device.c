@@ -508,6 +508,17 @@ int virtio_dev_restore(struct virtio_dev *d, struct snapshot_cursor *c)
     if (nqueues != d->nqueues)
         return error_set("%s: the snapshot's device has %u queues, this one %u", d->name, nqueues,
                          d->nqueues);
+    /* A status the driver's writes can reach (virtio_dev_set_status): DRIVER_OK only after
+     * FEATURES_OK, granted only for features the device accepts, VERSION_1 among them. The
+     * model's check also applies them to the host, as at FEATURES_OK (virtio-net: the tap's
+     * offloads). */
+    if ((status & VIRTIO_STATUS_DRIVER_OK) && !(status & VIRTIO_STATUS_FEATURES_OK))
+        return error_set("%s: status 0x%02x: DRIVER_OK without FEATURES_OK", d->name, status);
+    if ((status & VIRTIO_STATUS_FEATURES_OK) &&
+        (!(driver_features & (1ULL << VIRTIO_F_VERSION_1)) ||
+         (d->ops->features_ok && !d->ops->features_ok(d, driver_features))))
+        return error_set("%s: driver features 0x%llx could not have been accepted", d->name,
+                         (unsigned long long)driver_features);
     bool live = (status & VIRTIO_STATUS_DRIVER_OK) && !(status & VIRTIO_STATUS_NEEDS_RESET);
     if (active && (!live || !(status & VIRTIO_STATUS_FEATURES_OK)))
         return error_set("%s: an active device with status 0x%02x", d->name, status);

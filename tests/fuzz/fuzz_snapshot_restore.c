@@ -588,11 +588,16 @@ static void virtio_reads(void)
         for (uint32_t reg = 0; reg < 256; reg += 4)
             cfg_rw(reg, 4, &v, false);
     }
-    uint32_t window = h.pci ? VIRTIO_PCI_BAR_SIZE : VIRTIO_MMIO_WINDOW;
-    for (uint32_t off = 0; off < window; off += 4) {
-        /* The PCI ISR register clears when read; the rest of its page holds nothing more. */
-        v = 0;
-        reg_rw(off, &v, 4, false);
+    /* The registers and the device configuration: the start of each region. */
+    static const uint32_t pci_regions[] = {VIRTIO_PCI_COMMON_OFF, VIRTIO_PCI_ISR_OFF,
+                                           VIRTIO_PCI_DEVICE_OFF, VIRTIO_PCI_MSIX_OFF,
+                                           VIRTIO_PCI_PBA_OFF};
+    for (unsigned r = 0; r < (h.pci ? 5 : 1); r++) {
+        uint32_t start = h.pci ? pci_regions[r] : 0, span = h.pci ? 0x100 : 0x200;
+        for (uint32_t off = start; off < start + span; off += 4) {
+            v = 0;
+            reg_rw(off, &v, 4, false);
+        }
     }
 }
 
@@ -641,6 +646,15 @@ static void fuzz_virtio(unsigned k, uint8_t opt, const uint8_t *data, size_t len
         end_device();
         return;
     }
+    /* A status the driver could have reached: DRIVER_OK only after FEATURES_OK, which the
+     * device grants only to modern drivers. */
+    uint8_t status = h.dev->status;
+    if ((status & VIRTIO_STATUS_DRIVER_OK) && !(status & VIRTIO_STATUS_FEATURES_OK))
+        die("%s: restored with DRIVER_OK but not FEATURES_OK (0x%x)", h.dev->name, status);
+    if ((status & VIRTIO_STATUS_FEATURES_OK) &&
+        !(h.dev->driver_features & (1ULL << VIRTIO_F_VERSION_1)))
+        die("%s: restored with FEATURES_OK for driver features 0x%llx (no VERSION_1)", h.dev->name,
+            (unsigned long long)h.dev->driver_features);
     if (h.pci) {
         /* Vectors as the guest's writes leave them: none, or one of the table's. */
         for (unsigned q = 0; q < h.dev->nqueues; q++) {
