@@ -788,6 +788,11 @@ static void write_seeds(void)
     for (unsigned t = T_SERIAL; t <= T_BOOT_TIMER; t++) {
         static union legacy d;
         legacy_new(t, &d);
+        if (t == T_BOOT_TIMER) { /* 5 s counted, the clocks not started: the same each time */
+            d.boot_timer.carried_us = 5000000;
+            d.boot_timer.carried_cpu_us = 1000000;
+            d.boot_timer.start_us = d.boot_timer.start_cpu_us = UINT64_MAX;
+        }
         if (t == T_SERIAL) { /* a guest's setup: FIFOs on, interrupts on, a divisor */
             uint8_t v[] = {0x80, 0x01, 0x00, 0x03, 0xc7, 0x0b, 0x0f};
             unsigned r[] = {3, 0, 1, 3, 2, 4, 1};
