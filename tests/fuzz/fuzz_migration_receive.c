@@ -72,6 +72,10 @@ static int on_state(void *opaque, struct migration_received *rx, const uint8_t *
     if (rd) {
         struct vm_snapshot_machine m;
         rc = vm_snapshot_read_machine(rd, &m);
+        /* As vm_snapshot_restore_state checks the vCPUs HELLO announced. */
+        if (rc == 0 && m.cfg.ncpus != rx->ncpus)
+            rc = error_set("the state is of a machine with %u vCPUs, %u were announced",
+                           m.cfg.ncpus, rx->ncpus);
         /* As vm_create checks the memory it is given. */
         if (rc == 0 && m.cfg.memory_mib << 20 != mem->ram_size)
             rc = error_set("the memory received holds %llu bytes, not %llu MiB",
