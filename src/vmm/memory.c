@@ -65,6 +65,13 @@ int guest_memory_map_given_memfd(struct guest_memory *mem, int fd, uint64_t ram_
         return error_set("the shared guest memory given is not a file of %llu MiB",
                          (unsigned long long)(ram_size >> 20));
     }
+    /* A file its other holder could still shrink would turn our accesses past its new end
+     * into SIGBUS: only a memfd sealed against shrinking is taken. */
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+        close(fd);
+        return error_set("the shared guest memory given is not sealed against shrinking");
+    }
     void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
     if (p == MAP_FAILED) {
         int e = errno;
@@ -83,10 +90,13 @@ int guest_memory_map_given_memfd(struct guest_memory *mem, int fd, uint64_t ram_
 int guest_memory_map_memfd(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
                            uint64_t hole_end)
 {
-    int fd = memfd_create("ember-guest-ram", MFD_CLOEXEC);
+    int fd = memfd_create("ember-guest-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return error_errno("memfd_create for guest memory");
-    if (ftruncate(fd, (off_t)ram_size) < 0) {
+    /* Its size is fixed for good: whoever maps it (the destination of a local migration)
+     * can trust it. */
+    if (ftruncate(fd, (off_t)ram_size) < 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
         int e = errno;
         close(fd);
         errno = e;

@@ -99,8 +99,11 @@ static int make_memfd(uint8_t sel)
                                   4096,    (1 << 20) + 4096, 8 << 20, -1};
     if (sizes[sel & 7] < 0)
         return open("/dev/null", O_RDWR | O_CLOEXEC); /* not a regular file */
-    int fd = memfd_create("fuzz-ram", MFD_CLOEXEC);
-    if (fd < 0 || ftruncate(fd, sizes[sel & 7]) < 0)
+    /* Sealed against shrinking as ember's own shared RAM is (the destination takes no
+     * other), except for one size choice, which the destination must refuse. */
+    int fd = memfd_create("fuzz-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || ftruncate(fd, sizes[sel & 7]) < 0 ||
+        ((sel & 8) == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0))
         die("memfd");
     return fd;
 }
