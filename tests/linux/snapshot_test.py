@@ -215,7 +215,12 @@ class Test:
             line = f"blk_seed={st.blk_seed} hvc_token={st.hvc_token}"
             vm.send(f"echo ember-hvc-reply $((6*7)) {st.hvc_token}; "
                     f"echo '{line}' >/tmp/hvc.fifo\n")
+        sent = time.time()
         first, guest, plan, marker, reply = self.collect(vm, label, timeout)
+        if request and first:
+            # For comparison with a restore's: the same request to a guest that was running.
+            self.log(f"{label}: the guest's first line {(first - sent) * 1000:.0f} ms after "
+                     "the request was sent")
         res = self.res
         for i, c in enumerate(CHECKS, 1):
             if i in guest:
@@ -239,6 +244,32 @@ class Test:
                 f"{label}: host vsock: {self.a.vsock_conns} streams each way matched "
                 f"({self.a.vsock_bytes} bytes each)", v.get("error", repr(v)))
         return first
+
+    def finish(self, vm, label):
+        """Ends the machine from inside: `reboot -f` through the hvc0 shell must end ember
+        with status 0, and ember's closing vsock counters show nothing refused."""
+        if vm.proc.poll() is not None:
+            return
+        try:
+            vm.send("reboot -f\n")
+            rc = vm.proc.wait(60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            rc = f"none ({e})"
+        self.res.add(rc == 0, f"{label}: reboot -f through the hvc0 shell ended ember with "
+                     "status 0", f"status {rc}; ember: {vm.stderr_tail()}")
+        vm.kill()
+        counters = None
+        with open(vm.errpath, errors="replace") as f:
+            for line in f:
+                m = re.search(r"vsock: .*refused packets (\d+), credit violations (\d+), "
+                              r"packets for unknown connections (\d+), RSTs dropped (\d+)", line)
+                if m:
+                    counters = [int(x) for x in m.groups()]
+        self.res.add(counters == [0, 0, 0, 0],
+                     f"{label}: ember's vsock refused no packet of the guest's and dropped no RST",
+                     "no counters from ember" if counters is None else
+                     "refused %d, credit violations %d, unknown connections %d, RSTs dropped %d"
+                     % tuple(counters))
 
     def check_image(self, label):
         elt.check_blk_image(self.st, self.res, f"{label}: host", self.a)
@@ -284,6 +315,7 @@ class Test:
                 self.timings.append((label, t_loaded - t, first - t))
                 self.log(f"{label}: load answered in {(t_loaded - t) * 1000:.0f} ms, the "
                          f"guest's first line {(first - t) * 1000:.0f} ms after the request")
+            self.finish(vm, label)
         vm.kill()
         if ok:
             self.check_image(label)
@@ -344,7 +376,7 @@ class Test:
             return
         self.round(src, "source boot", request=False, timeout=a.boot_timeout)
         if a.only_migration:
-            return self.migrate(src, sock)
+            return self.migrate(src, sock)  # (ends the source)
         full = (os.path.join(self.work, "full.state"), os.path.join(self.work, "full.mem"))
         if not self.api_ok(sock, "PATCH", "/vm", {"state": "Paused"}, "source: pause"):
             return
@@ -375,7 +407,7 @@ class Test:
                                "source: resume after the Diff snapshot"):
                 return
         if a.no_migration:
-            return
+            return self.finish(src, "source")
         self.migrate(src, sock)
 
     def allocated(self, path):
@@ -420,10 +452,12 @@ class Test:
             # The guest's vsock device now belongs to the destination, on the same socket.
             st.start_vsock(st.vsock_uds)
             self.round(dst, "migrated", request=True)
+            self.finish(dst, "migrated")
         else:
             # A failed migration leaves the machine running on the source as before.
             st.start_vsock(st.vsock_uds)
             self.round(src, "source after the failed migration", request=True)
+            self.finish(src, "source")
         dst.kill()
         self.check_image("migrated" if r.returncode == 0 else "source after the failed migration")
 
