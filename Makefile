@@ -52,7 +52,8 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
 .PHONY: all demo test unit-test guest-test console-test api-test snapshot-test seccomp-test jailer-test \
         jailer-test-sanitize linux-smoke-test test-linux \
-        test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer bench-linux-boot \
+        migration-test test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer \
+        bench-linux-boot \
         clang guests format format-check clean bench install uninstall go-sdk-test clients-test
 
 all: $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-uffd-handler $(BUILD)/ember-snapshot-merge
@@ -167,6 +168,12 @@ api-test: all guests
 	  tests/api/test_api.py; api=$$?; tests/api/test_conformance.py; conformance=$$?; \
 	  tests/api/test_metrics.py; metrics=$$?; exit $$((api | conformance | metrics))
 
+# Live migration end to end (Python 3, standard library): a guest writing its disk migrated
+# ten times between embers (unix, TCP, local mode) and its image checked, pre-copy rounds of an
+# SMP guest dirtying memory, the metrics' migration group, bad peers and requests refused.
+migration-test: all guests
+	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/migration/test_migration.py
+
 # Snapshots end to end (Python 3, standard library): guest/snapcount saved, killed and restored
 # (File and Uffd backends, Full and Diff), and the refusals of bad snapshots and requests.
 snapshot-test: all guests
@@ -206,8 +213,8 @@ go-sdk-test: all guests
 test:
 	@scripts/install-deps.sh test
 	$(MAKE) format-check
-	$(MAKE) all unit-test guest-test console-test api-test snapshot-test clients-test seccomp-test \
-	  jailer-test go-sdk-test linux-smoke-test
+	$(MAKE) all unit-test guest-test console-test api-test snapshot-test migration-test \
+	  clients-test seccomp-test jailer-test go-sdk-test linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
@@ -218,7 +225,7 @@ test:
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 test-sanitize:
 	$(MAKE) BUILD=build/sanitize CC=clang EXTRA_CFLAGS="$(SANITIZE_FLAGS)" \
-	  unit-test guest-test console-test api-test snapshot-test clients-test
+	  unit-test guest-test console-test api-test snapshot-test migration-test clients-test
 	$(MAKE) jailer-test-sanitize
 
 # The jailer built with the sanitizers, jailing the plain ember: a jail has no /proc, which

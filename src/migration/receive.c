@@ -31,6 +31,7 @@ struct receiver {
     struct migration_stats *st;
     struct guest_memory mem;
     bool local;
+    unsigned ncpus; /* as HELLO announced: the state must agree */
 };
 
 static uint64_t deadline(const struct receiver *r)
@@ -57,6 +58,7 @@ static int recv_hello(struct receiver *r)
         return error_set("migration: the source announces %llu bytes of RAM and %u vCPUs",
                          (unsigned long long)hello.ram_size, hello.ncpus);
     r->local = hello.local;
+    r->ncpus = hello.ncpus;
     if (!r->local &&
         guest_memory_map(&r->mem, hello.ram_size, LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END) < 0)
         return -1;
@@ -185,6 +187,7 @@ static int receive(struct receiver *r, struct vm *vm, struct event_loop *loop,
             load.ram_source = VM_RAM_GIVEN;
             load.ram_given = &r->mem;
             load.resume_vm = true;
+            load.expect_ncpus = r->ncpus;
             for (unsigned i = 0; i < VM_MAX_NETS; i++) {
                 load.has_tap_fd[i] = r->tap_fd[i] >= 0;
                 load.tap_fd[i] = r->tap_fd[i];

@@ -163,6 +163,15 @@ static void finish_request(struct blk_request *r, uint8_t status)
             b->errors++;
     }
     *r->status = status;
+    /* Logged again now that they are written: a migration pass may have collected and sent
+     * these pages between the request's taking (when they were first logged) and now. */
+    const struct guest_memory *mem = b->dev.queues[q->index].vq.mem;
+    guest_memory_mark_dirty(mem, r->status, 1);
+    if (r->io.op == BLK_READ && r->io.iov) {
+        int n = (int)(r->io.iov - r->iov) + r->io.iovcnt;
+        for (int i = 0; i < n && i < BLK_QUEUE_SIZE; i++)
+            guest_memory_mark_dirty(mem, r->iov[i].iov_base, r->iov[i].iov_len);
+    }
     q->inflight--;
     /* A device that was reset while this was in flight no longer owns
      * the ring: the result is dropped, as the driver expects after reset. */

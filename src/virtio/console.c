@@ -55,6 +55,7 @@ static void deliver_input(struct virtio_console *c)
             }
             written += off;
         }
+        virtq_chain_mark_written(&c->chain, written);
         virtq_push(q, c->chain.head, written);
         c->rx_bytes += written;
         pushed = true;

@@ -461,6 +461,7 @@ static bool deliver(struct virtio_net *n)
     for (unsigned i = 0; i < nchains; i++) {
         size_t take = n->rx_chains[i].in_len < len - off ? n->rx_chains[i].in_len : len - off;
         virtq_chain_write(&n->rx_chains[i], 0, n->rx_buf + off, take);
+        virtq_chain_mark_written(&n->rx_chains[i], take);
         virtq_push(q, n->rx_chains[i].head, (uint32_t)take);
         off += take;
     }

@@ -87,7 +87,7 @@ static bool take_request(struct virtio_pmem *p, const struct virtq_chain *c,
     return true;
 }
 
-static void answer(const struct pmem_pending *r)
+static void answer(const struct virtio_pmem *p, const struct pmem_pending *r)
 {
     uint8_t bytes[4];
     uint32_t v = r->ret; /* little-endian, as the host */
@@ -95,6 +95,8 @@ static void answer(const struct pmem_pending *r)
     unsigned done = 0;
     for (unsigned i = 0; i < r->nresp; i++) {
         memcpy(r->resp[i], bytes + done, r->resp_len[i]);
+        /* Logged again now it is written: see virtq_chain_mark_written. */
+        guest_memory_mark_dirty(p->dev.mem, r->resp[i], r->resp_len[i]);
         done += r->resp_len[i];
     }
 }
@@ -143,7 +145,7 @@ static void serve(struct virtio_pmem *p)
         }
     }
     for (unsigned i = 0; i < n; i++) {
-        answer(&p->pending[i]);
+        answer(p, &p->pending[i]);
         virtq_push(q, p->pending[i].head, 4);
     }
     if (n)

@@ -305,6 +305,7 @@ static int packed_pop(struct virtq *q, struct virtq_chain *c)
 
 int virtq_pop(struct virtq *q, struct virtq_chain *c)
 {
+    c->mem = q->mem;
     if (q->broken)
         return -1;
     if (!virtq_is_set_up(q))
@@ -557,6 +558,18 @@ size_t virtq_chain_read(const struct virtq_chain *c, uint64_t offset, void *dst,
         offset = 0;
     }
     return done;
+}
+
+void virtq_chain_mark_written(const struct virtq_chain *c, uint64_t written)
+{
+    if (!c->mem || !c->mem->dirty)
+        return;
+    for (unsigned i = 0; i < c->nin && written; i++) {
+        const struct virtq_buf *b = &c->bufs[c->nout + i];
+        uint64_t n = b->len < written ? b->len : written;
+        guest_memory_mark_dirty(c->mem, b->hva, n);
+        written -= n;
+    }
 }
 
 size_t virtq_chain_write(const struct virtq_chain *c, uint64_t offset, const void *src, size_t len)

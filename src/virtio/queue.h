@@ -115,8 +115,9 @@ struct virtq_chain {
     uint32_t head;
     unsigned nout, nin;
     uint64_t out_len, in_len;
-    unsigned capacity;      /* of bufs[] */
-    struct virtq_buf *bufs; /* out[0..nout) then in[0..nin) */
+    unsigned capacity;              /* of bufs[] */
+    struct virtq_buf *bufs;         /* out[0..nout) then in[0..nin) */
+    const struct guest_memory *mem; /* the queue's, for virtq_chain_mark_written */
 };
 
 /* Validates placement and alignment and maps the rings. */
@@ -160,6 +161,11 @@ void virtq_get_position(const struct virtq *q, struct virtq_position *p);
  * a split ring's used index at most a ring's length behind its avail index). The next
  * interrupt decision is made as after a reset (no notification is assumed sent). */
 int virtq_set_position(struct virtq *q, const struct virtq_position *p);
+
+/* Logs the first `written` bytes of the chain's writable buffers as written by the device
+ * again (vmm/dirty.h), right before its push: virtq_pop logged them when they were taken, but
+ * a live migration may have collected the log between the two, before the data landed. */
+void virtq_chain_mark_written(const struct virtq_chain *c, uint64_t written);
 
 /* Copies helpers over a chain's readable/writable buffers. */
 size_t virtq_chain_read(const struct virtq_chain *c, uint64_t offset, void *dst, size_t len);

@@ -75,6 +75,7 @@ static void serve(struct virtio_rng *r)
             if (done < n)
                 break;
         }
+        virtq_chain_mark_written(&r->chain, written);
         virtq_push(q, r->chain.head, (uint32_t)written);
         r->chain_pending = false;
         r->bytes += written;

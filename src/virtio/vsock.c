@@ -524,6 +524,7 @@ static void process_rx(struct virtio_vsock *v)
             virtq_unpop(q, 1);
             continue;
         }
+        virtq_chain_mark_written(ch, written);
         virtq_push(q, ch->head, written);
         v->rx_packets++;
         pushed = true;
@@ -942,6 +943,7 @@ static bool send_transport_reset(struct virtio_vsock *v)
     }
     virtq_chain_write(ch, 0, &event, sizeof(event));
     /* Linux takes an event whose used length is exactly its size. */
+    virtq_chain_mark_written(ch, sizeof(event));
     virtq_push(q, ch->head, sizeof(event));
     /* The driver's kick when it gives the buffer back is its acknowledgement: asked for
      * beyond the buffers in the ring now (Linux keeps eight there, so a kick for the next

@@ -7,7 +7,9 @@
  * writes them. A snapshot collects with the devices frozen and drained, so every write of a
  * request is logged before the collection. A caller that collects while requests are in flight
  * (a migration round) may see a page before a device's write lands in it: its final round
- * must then also count the pages of the requests that were in flight. */
+ * must then also count the pages of the requests that were in flight. virtio-blk, whose
+ * requests stay in flight for a whole I/O, logs its status byte and read data again when it
+ * completes them. */
 #ifndef EMBER_VMM_DIRTY_H
 #define EMBER_VMM_DIRTY_H
 

@@ -808,6 +808,11 @@ int vm_snapshot_restore_state(struct vm *vm, struct event_loop *loop, const uint
         error_set("the snapshot's header and configuration disagree on the machine's size");
         goto out;
     }
+    if (p->expect_ncpus && cfg.ncpus != p->expect_ncpus) {
+        error_set("the state is of a machine with %u vCPUs, %u were announced", cfg.ncpus,
+                  p->expect_ncpus);
+        goto out;
+    }
     if (apply_overrides(&cfg, p) < 0)
         goto out;
     cfg.track_dirty_pages = p->track_dirty_pages;

@@ -46,6 +46,7 @@ struct vm_snapshot_load_params {
     struct mmds_store *mmds;        /* the process's metadata store, configured as saved */
     const char *instance_id;        /* what its tokens are bound to */
     struct guest_memory *ram_given; /* VM_RAM_GIVEN: guest RAM received (taken over) */
+    unsigned expect_ncpus;          /* live migration: the vCPUs HELLO announced (0: any) */
     /* A live migration on one host: the source's tap of each interface and its vsock
      * listener, used (duplicated) instead of opening them again. */
     bool has_tap_fd[VM_MAX_NETS];

@@ -351,6 +351,49 @@ START_TEST(ops_limit_paces_requests)
 }
 END_TEST
 
+static bool page_dirty(uint64_t gpa)
+{
+    uint64_t page = gpa / 4096; /* guest RAM starts at 0 */
+    return (__atomic_load_n(&f.mem.dirty[page / 64], __ATOMIC_RELAXED) >> (page % 64)) & 1;
+}
+
+/* A migration pass may collect the dirty log between a request's taking (when its writable
+ * buffers are first logged) and its completion: the status byte and the data read are logged
+ * again when written, or the pass would have sent those pages before the device wrote them. */
+START_TEST(completion_logs_its_writes_again)
+{
+    ck_assert_int_eq(guest_memory_track_dirty(&f.mem), 0);
+    /* One request per 300 ms: the first passes, the next is held that long. */
+    struct rate_limit_config one = {.ops = {.size = 1, .refill_ms = 300}};
+    virtio_blk_change_limits(&blk, &one);
+    ck_assert_int_eq(request(0, 1, 512, true, NULL), 0);
+    uint32_t hdr[4] = {0 /* IN */, 0, 7, 0};
+    memcpy(fake_ptr(&f, HDR, 16), hdr, 16);
+    *fake_ptr(&f, STATUS, 1) = 0xee;
+    fake_set_desc(&f, 0, HDR, 16, VIRTQ_DESC_F_NEXT, 1);
+    fake_set_desc(&f, 1, BUF, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2);
+    fake_set_desc(&f, 2, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+    uint16_t before = __atomic_load_n(&fake_used(&f)->idx, __ATOMIC_ACQUIRE);
+    fake_publish(&f, 0);
+    virtio_dev_kick(&blk.dev, 0);
+    /* Taken, and held for a token. */
+    for (int i = 0; i < 2000 && !__atomic_load_n(&blk.throttled, __ATOMIC_ACQUIRE); i++)
+        usleep(100);
+    ck_assert(__atomic_load_n(&blk.throttled, __ATOMIC_ACQUIRE));
+    ck_assert(page_dirty(BUF) && page_dirty(STATUS));
+    /* The collection. */
+    for (size_t w = 0; w < guest_memory_bitmap_words(&f.mem); w++)
+        __atomic_store_n(&f.mem.dirty[w], 0, __ATOMIC_RELAXED);
+    for (int i = 0; i < 4000 && __atomic_load_n(&fake_used(&f)->idx, __ATOMIC_ACQUIRE) == before;
+         i++)
+        usleep(500);
+    ck_assert_uint_ne(__atomic_load_n(&fake_used(&f)->idx, __ATOMIC_ACQUIRE), before);
+    ck_assert_uint_eq(*fake_ptr(&f, STATUS, 1), 0);
+    ck_assert_msg(page_dirty(STATUS), "the status byte's page is not logged after completion");
+    ck_assert_msg(page_dirty(BUF), "the data's page is not logged after the read");
+}
+END_TEST
+
 START_TEST(unsafe_cache_offers_no_flush)
 {
     ck_assert_uint_eq(virtio_dev_host_features(&blk.dev, 0) & (1u << 9), 0);
@@ -1083,6 +1126,7 @@ Suite *virtio_blk_suite(void)
     TCase *limited = tcase_create("rate limit");
     tcase_add_checked_fixture(limited, setup_limited, teardown);
     tcase_add_test(limited, ops_limit_paces_requests);
+    tcase_add_test(limited, completion_logs_its_writes_again);
     suite_add_tcase(s, limited);
     TCase *polling = tcase_create("polling");
     tcase_add_checked_fixture(polling, setup_polling, teardown);
