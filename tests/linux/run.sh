@@ -9,7 +9,9 @@
 # build/ember binary) and then QEMU as the reference. With ember and no
 # --checks, two more ember runs check MMDS from the guest (busybox wget and nc
 # to 169.254.169.254): V1 on the first transport, V2 on the last, with the net
-# check beside it, in ember's API mode (a Firecracker configuration file). Needs root (apt-get on
+# check beside it, in ember's API mode (a Firecracker configuration file); and
+# then snapshot_test.py on the first transport (one boot, snapshots, restores and
+# a live migration, the checks rerun after each; --no-snapshot leaves it out). Needs root (apt-get on
 # a fresh machine, a network namespace and a tap device for the net check).
 # Prints TAP per run and a total line; the exit status is 0 when every run
 # passed.
@@ -21,6 +23,7 @@ vmms=(qemu)
 transports=(mmio pci)
 extra=()
 checks_given=0
+snapshot=1
 while (($#)); do
     case $1 in
     --vmm)
@@ -36,8 +39,9 @@ while (($#)); do
         extra+=("$1" "$2")
         shift 2
         ;;
+    --no-snapshot) snapshot=0; shift ;;
     --) shift; extra+=("$@"); break ;;
-    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -63,14 +67,15 @@ echo "# initramfs: $initrd"
 status=0
 passed=0 failed=0 skipped=0
 summary=()
-# run_one VMM TRANSPORT LABEL [ARGS...]: one boot, its counts added to the total.
+# run_one VMM TRANSPORT LABEL [ARGS...]: one run of $script (default
+# ember_linux_test.py), its counts added to the total.
 run_one() {
     local vmm=$1 t=$2 label=$3
     shift 3
     echo "# --- $label"
     start=$(date +%s)
     out=$(mktemp)
-    python3 "$here/ember_linux_test.py" --vmm "$vmm" --transport "$t" \
+    python3 "$here/${script:-ember_linux_test.py}" --vmm "$vmm" --transport "$t" \
         --kernel "$kernel" --initrd "$initrd" "$@" | tee "$out" || status=1
     # "N passed, N failed, N skipped" of this run, added to the total.
     if read -r p f s < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped$/\1 \2 \3/p' "$out" | tail -1); then
@@ -92,6 +97,11 @@ for vmm in "${vmms[@]}"; do
             "${extra[@]}" --checks net,mmds --mmds-version V1
         run_one ember "${transports[-1]}" "ember/${transports[-1]}/mmds-V2" \
             "${extra[@]}" --checks net,mmds --mmds-version V2
+    fi
+    # Snapshots, restores and migration: ember's own, on a tap (not with --net user or
+    # a chosen subset of checks, which it does not take).
+    if [[ $vmm == ember && $snapshot == 1 && $checks_given == 0 && " ${extra[*]} " != *" --net user "* ]]; then
+        script=snapshot_test.py run_one ember "${transports[0]}" "ember/${transports[0]}/snapshot"
     fi
 done
 printf '%s\n' "${summary[@]}"
