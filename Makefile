@@ -34,12 +34,16 @@ LDLIBS  := -luring $(CJSON_LIBS) $(SECCOMP_LIBS) $(NETTLE_LIBS) -lm -ldl -lpthre
 # src/sandbox/bpfgen.c is a build-time tool: it compiles ember's own seccomp
 # filters into $(BUILD)/gen/seccomp_bpf.h, which seccomp.c includes.
 BPFGEN_SRC := src/sandbox/bpfgen.c
-SRCS := $(filter-out $(BPFGEN_SRC),$(shell find src -name '*.c' -not -path 'src/jailer/*' | sort))
+SRCS := $(filter-out $(BPFGEN_SRC),$(shell find src -name '*.c' -not -path 'src/jailer/*' \
+          -not -path 'src/tools/*' | sort))
 OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)
 # ember-jailer: its own program, sharing only the error messages.
 JAILER_SRCS := $(sort $(wildcard src/jailer/*.c)) src/util/error.c
 JAILER_OBJS := $(JAILER_SRCS:%.c=$(BUILD)/obj/%.o)
 LIB_OBJS := $(filter-out $(BUILD)/obj/src/main.o,$(OBJS))
+# ember-snapshot-merge: Diff snapshots' memory files merged onto their base (src/tools/).
+MERGE_OBJS := $(BUILD)/obj/src/tools/snapshot_merge.o $(BUILD)/obj/src/snapshot/memfile.o \
+              $(BUILD)/obj/src/util/error.o
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
 UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -52,7 +56,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
         bench-snapshot \
         clang guests format format-check clean bench install uninstall go-sdk-test clients-test
 
-all: $(BUILD)/ember $(BUILD)/ember-jailer
+all: $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-uffd-handler $(BUILD)/ember-snapshot-merge
 
 SHELL := /bin/bash
 .SECONDARY:
@@ -77,6 +81,17 @@ $(BUILD)/gen/seccomp_bpf.h: $(BUILD)/bpfgen
 $(BUILD)/obj/src/sandbox/seccomp.o: $(BUILD)/gen/seccomp_bpf.h
 
 $(BUILD)/ember-jailer: $(JAILER_OBJS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS)
+
+# An example page-fault handler for the Uffd snapshot memory backend: its own program.
+UFFD_HANDLER_OBJS := $(BUILD)/obj/tools/uffd-handler/uffd_handler.o
+
+$(BUILD)/ember-uffd-handler: $(UFFD_HANDLER_OBJS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(CJSON_LIBS) -lm
+
+$(BUILD)/ember-snapshot-merge: $(MERGE_OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS)
 
@@ -136,8 +151,9 @@ demo:
 	@$(MAKE) --no-print-directory all guests >/dev/null
 	$(BUILD)/ember run --kernel $(BUILD)/guest/hello.elf
 
-unit-test: $(BUILD)/unit-tests
-	$(BUILD)/unit-tests
+# The Uffd tests (tests/unit/test_uffd.c) run the example page-fault handler.
+unit-test: $(BUILD)/unit-tests $(BUILD)/ember-uffd-handler
+	EMBER_UFFD_HANDLER=$(abspath $(BUILD))/ember-uffd-handler $(BUILD)/unit-tests
 
 guest-test: all guests
 	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest OUT_DIR=$(abspath $(BUILD))/guest-tests NO_BUILD=1 \
@@ -245,7 +261,7 @@ FUZZ_JOBS ?= 2
 fuzz: fuzz-build guests
 	FUZZ_BOOT_SEEDS=$(BUILD)/guest tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_NAMES)
 
-FORMAT_FILES = $(SRCS) $(UNIT_SRCS) $(shell find src tests guest bench -name '*.h' -o -name '*.c' | sort -u)
+FORMAT_FILES = $(SRCS) $(UNIT_SRCS) $(shell find src tests guest bench tools -name '*.h' -o -name '*.c' | sort -u)
 
 format:
 	clang-format -i $(FORMAT_FILES)
@@ -261,16 +277,18 @@ PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 INSTALL ?= install
 
-install: $(BUILD)/ember $(BUILD)/ember-jailer
+install: $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-snapshot-merge
 	$(INSTALL) -d $(DESTDIR)$(BINDIR)
-	$(INSTALL) -m 0755 $(BUILD)/ember $(BUILD)/ember-jailer $(DESTDIR)$(BINDIR)/
+	$(INSTALL) -m 0755 $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-snapshot-merge \
+	  $(DESTDIR)$(BINDIR)/
 	ln -sfn ember $(DESTDIR)$(BINDIR)/firecracker
 	ln -sfn ember-jailer $(DESTDIR)$(BINDIR)/jailer
 
 uninstall:
-	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,ember ember-jailer firecracker jailer)
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,ember ember-jailer ember-snapshot-merge firecracker \
+	  jailer)
 
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(JAILER_OBJS:.o=.d) $(UNIT_OBJS:.o=.d) $(BUILD)/obj/$(BPFGEN_SRC:.c=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)
+-include $(OBJS:.o=.d) $(JAILER_OBJS:.o=.d) $(UFFD_HANDLER_OBJS:.o=.d) $(BUILD)/obj/src/tools/snapshot_merge.d $(UNIT_OBJS:.o=.d) $(BUILD)/obj/$(BPFGEN_SRC:.c=.d) $(wildcard $(FUZZ_BUILD)/obj/tests/fuzz/*.d $(FUZZ_BUILD)/obj/tests/fuzz/support/*.d)

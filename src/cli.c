@@ -21,6 +21,8 @@ void cli_usage(FILE *f)
         "  ember run --kernel FILE [options]   boot a kernel in a new virtual machine\n"
         "  ember --api-sock PATH [flags]       serve Firecracker's API on a unix socket\n"
         "  ember --config-file FILE [flags]    boot from a Firecracker configuration file\n"
+        "  ember migrate --from SOCK --to SOCK --url URL   live-migrate a machine between\n"
+        "                                      two embers (ember migrate --help)\n"
         "  ember --help                        this text\n"
         "  ember --version                     print the version\n"
         "\n"
@@ -64,7 +66,9 @@ void cli_usage(FILE *f)
         "  --kernel FILE         kernel to boot: bzImage, vmlinux ELF, or ELF with a PVH note\n"
         "  --initrd FILE         initial ramdisk for the kernel\n"
         "  --cmdline STRING      kernel command line (default \"%s\")\n"
-        "  --memory MiB          guest RAM in MiB, or with a suffix: 512M, 2G (default %d)\n"
+        "  --memory MiB[,shared=on]  guest RAM in MiB, or with a suffix: 512M, 2G (default\n"
+        "                        %d); shared=on puts it in a memfd mapped shared (for a\n"
+        "                        local live migration, which hands it over without copying)\n"
         "  --cpus N              number of vCPUs (default %d)\n"
         "  --cpu-template NAME   CPUID the guest sees: host (all KVM offers, default),\n"
         "                        baseline (hides CX16, POPCNT, SMAP, ERMS, FSRM, the XSAVE\n"
@@ -123,6 +127,7 @@ void cli_usage(FILE *f)
         "  --api-sock PATH       also serve the API's runtime routes on PATH: pause and\n"
         "                        resume (PATCH /vm), snapshots (PUT /snapshot/create),\n"
         "                        metrics, drive and interface updates, actions\n"
+        "  --track-dirty-pages   log the pages the guest and ember write, for Diff snapshots\n"
         "  --no-seccomp, --seccomp-filter FILE   as in the API mode\n"
         "\n"
         "Every thread runs under a seccomp filter of its kind unless --no-seccomp; a\n"
@@ -223,6 +228,7 @@ enum opt_id {
     OPT_PMEM,
     OPT_BOOT_TIMER,
     OPT_API_SOCK,
+    OPT_TRACK_DIRTY_PAGES,
     OPT_HELP,
 };
 
@@ -253,6 +259,7 @@ static const struct {
     {"pmem", OPT_PMEM, true},
     {"boot-timer", OPT_BOOT_TIMER, false},
     {"api-sock", OPT_API_SOCK, true},
+    {"track-dirty-pages", OPT_TRACK_DIRTY_PAGES, false},
     {"help", OPT_HELP, false},
 };
 
@@ -570,7 +577,18 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
         return 0;
     case OPT_MEMORY: {
         uint64_t mib;
-        if (cli_parse_size(value, 20, &mib) < 0)
+        char size[64];
+        const char *opts = strchr(value, ',');
+        size_t len = opts ? (size_t)(opts - value) : strlen(value);
+        if (len >= sizeof(size))
+            return error_set("--memory %s: the size is too long", value);
+        memcpy(size, value, len);
+        size[len] = '\0';
+        if (opts && !strcmp(opts, ",shared=on"))
+            vm->ram_shared = true;
+        else if (opts && strcmp(opts, ",shared=off"))
+            return error_set("--memory %s: after the size only shared=on or shared=off", value);
+        if (cli_parse_size(size, 20, &mib) < 0)
             return error_prefix("--memory");
         if (mib < VM_MIN_MEMORY_MIB)
             return error_set("--memory %s: a guest needs at least %d MiB", value,
@@ -663,6 +681,9 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
         return 0;
     case OPT_BOOT_TIMER:
         vm->boot_timer = true;
+        return 0;
+    case OPT_TRACK_DIRTY_PAGES:
+        vm->track_dirty_pages = true;
         return 0;
     case OPT_API_SOCK:
         if (!*value)

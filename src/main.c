@@ -9,6 +9,7 @@
 #include "vmm/exit_status.h"
 #include "vmm/vm.h"
 #include "vmm/snapshot.h"
+#include "migration/command.h"
 #include "snapshot/format.h"
 
 #include <errno.h>
@@ -297,6 +298,8 @@ static int run_api(struct process *p, const struct cli *cli)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "migrate"))
+        return migration_command(argc - 2, argv + 2);
     struct cli cli;
     if (cli_parse(argc, argv, &cli) < 0) {
         fprintf(stderr, "ember: %s\n", error_get());

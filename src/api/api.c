@@ -13,6 +13,7 @@
 #include "virtio/pmem.h"
 #include "vmm/devices.h"
 #include "vmm/exit_status.h"
+#include "migration/migration.h"
 #include "vmm/snapshot.h"
 
 #include <fcntl.h>
@@ -438,6 +439,107 @@ static int put_snapshot_load(struct api *a, const cJSON *body, char **out)
     log_info("snapshot %s loaded in %llu us: %u vCPU(s), %llu MiB, %s", req.snapshot_path,
              (unsigned long long)(end - start), l.cfg.ncpus, (unsigned long long)l.cfg.memory_mib,
              req.resume_vm ? "running" : "paused");
+    return 204;
+}
+
+/* ---- live migration (ember's own routes) ------------------------------------------------ */
+
+static void migration_to_metrics(struct api *a, const struct migration_stats *st)
+{
+    a->metrics.migration.rounds = st->rounds;
+    a->metrics.migration.pages = st->pages_sent;
+    a->metrics.migration.bytes = st->bytes_sent;
+    a->metrics.migration.dirty_pages = st->last_dirty_pages;
+    a->metrics.migration.bandwidth_bps = st->bandwidth_bps;
+    a->metrics.migration.downtime_us = st->downtime_us;
+    a->metrics.migration.total_us = st->total_us;
+}
+
+/* Each pre-copy pass: the metrics file gets a line, so that progress can be followed. */
+static void migration_progress(void *opaque, const struct migration_stats *st)
+{
+    struct api *a = opaque;
+    migration_to_metrics(a, st);
+    if (api_metrics_enabled(&a->metrics) && api_metrics_flush(&a->metrics, a->vm) < 0)
+        log_warn("metrics: %s", error_get());
+}
+
+static int put_migration_send(struct api *a, const cJSON *body, char **out)
+{
+    struct api_migration_send req;
+    if (api_parse_migration_send(body, &req) < 0)
+        return fault_from_error(out);
+    if (!api_instance_started(a))
+        return not_before_start(out);
+    struct migration_send_params p = {
+        .url = req.destination_url,
+        .downtime_ms = req.downtime_ms,
+        .timeout_ms = req.timeout_s * 1000,
+        .max_rounds = (unsigned)req.max_rounds,
+        .local = req.local,
+        .progress = migration_progress,
+        .opaque = a,
+    };
+    struct migration_stats st;
+    int r = migration_send_vm(a->vm, &p, &st);
+    migration_to_metrics(a, &st);
+    if (r < 0) {
+        a->metrics.migration.failed++;
+        return fault_from_error(out);
+    }
+    a->metrics.migration.completed++;
+    return 204;
+}
+
+struct receive_job {
+    struct api *a;
+    const struct migration_receive_params *p;
+    struct vm_config cfg;
+    struct migration_stats st;
+    int result, status;
+    char error[512];
+};
+
+static void receive_machine(void *arg)
+{
+    struct receive_job *j = arg;
+    j->result = migration_receive_vm(j->a->vm, j->a->loop, j->p, &j->cfg, &j->status, &j->st);
+    if (j->result < 0)
+        snprintf(j->error, sizeof(j->error), "%s", error_get());
+}
+
+static int put_migration_receive(struct api *a, const cJSON *body, char **out)
+{
+    struct api_migration_receive req;
+    if (api_parse_migration_receive(body, &req) < 0)
+        return fault_from_error(out);
+    if (a->vm_created)
+        return fault(out, "the machine exists already: a migration is received only by a new "
+                          "ember process");
+    if (a->configured)
+        return fault(out, "a migration is received only by an ember process nothing was "
+                          "configured for");
+    struct migration_receive_params p = {
+        .url = req.receiver_url,
+        .timeout_ms = req.timeout_s * 1000,
+        .load = {.attach_console = true, .mmds = &a->mmds, .instance_id = a->instance_id},
+    };
+    struct receive_job j = {.a = a, .p = &p};
+    if (a->builder)
+        iothread_call(a->builder, receive_machine, &j);
+    else
+        receive_machine(&j);
+    migration_to_metrics(a, &j.st);
+    if (j.result < 0) {
+        a->metrics.migration.failed++;
+        if (a->vm->started)
+            a->vm_created = true;
+        return fault(out, j.error);
+    }
+    a->metrics.migration.completed++;
+    a->vm_created = true;
+    a->vm_cfg = j.cfg;
+    builder_done(a);
     return 204;
 }
 
@@ -956,6 +1058,16 @@ static int route(struct route_ctx *r)
             return invalid_route(r);
         return put_snapshot_load(a, r->body, out);
     }
+    if (!strcmp(p, "/migration/send")) {
+        if (!put)
+            return invalid_route(r);
+        return put_migration_send(a, r->body, out);
+    }
+    if (!strcmp(p, "/migration/receive")) {
+        if (!put)
+            return invalid_route(r);
+        return put_migration_receive(a, r->body, out);
+    }
     if (!strcmp(p, "/vm/config")) {
         if (!get)
             return invalid_route(r);
@@ -1136,7 +1248,8 @@ int api_dispatch(struct api *a, const char *method, const char *raw_path, const 
     /* A snapshot loads only into a machine nothing was configured for (as in Firecracker):
      * the log, the metrics and the metadata's contents do not count. */
     if (status < 300 && wants_body && !a->vm_created && strcmp(path, "/logger") &&
-        strcmp(path, "/metrics") && strcmp(path, "/mmds") && strcmp(path, "/snapshot/load"))
+        strcmp(path, "/metrics") && strcmp(path, "/mmds") && strcmp(path, "/snapshot/load") &&
+        strcmp(path, "/migration/receive"))
         a->configured = true;
 count:;
     char key[48];

@@ -342,8 +342,6 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
         return error_set("%s: `mem_size_mib` must be at least %d", what, VM_MIN_MEMORY_MIB);
     /* The host's RAM is not checked here: as in Firecracker, a size the host
      * cannot back fails at InstanceStart (api_config_to_vm), not before. */
-    /* track_dirty_pages is kept and shown; it matters once there are
-     * snapshots. */
     if (tmpl) {
         enum cpu_template t;
         if (!strcmp(tmpl, "None"))
@@ -1065,6 +1063,46 @@ int api_parse_snapshot_load(const cJSON *body, struct api_snapshot_load *out)
     return 0;
 }
 
+/* An optional whole number from 1 to max; 0 when not given. */
+static int get_positive(const cJSON *obj, const char *what, const char *name, uint64_t max,
+                        uint64_t *out)
+{
+    bool given;
+    if (get_u64(obj, what, name, false, max, out, &given) < 0)
+        return -1;
+    if (given && *out == 0)
+        return error_set("%s: `%s` must be from 1 to %llu", what, name, (unsigned long long)max);
+    return 0;
+}
+
+int api_parse_migration_send(const cJSON *body, struct api_migration_send *out)
+{
+    static const char *const fields[] = {"destination_url", "downtime_ms", "timeout_s",
+                                         "max_rounds",      "local",       NULL};
+    const char *what = "migration/send";
+    memset(out, 0, sizeof(*out));
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "destination_url", true, &out->destination_url) < 0 ||
+        get_positive(body, what, "downtime_ms", 3600000, &out->downtime_ms) < 0 ||
+        get_positive(body, what, "timeout_s", 86400, &out->timeout_s) < 0 ||
+        get_positive(body, what, "max_rounds", 1000, &out->max_rounds) < 0 ||
+        get_bool(body, what, "local", false, &out->local, NULL) < 0)
+        return -1;
+    return 0;
+}
+
+int api_parse_migration_receive(const cJSON *body, struct api_migration_receive *out)
+{
+    static const char *const fields[] = {"receiver_url", "timeout_s", NULL};
+    const char *what = "migration/receive";
+    memset(out, 0, sizeof(*out));
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "receiver_url", true, &out->receiver_url) < 0 ||
+        get_positive(body, what, "timeout_s", 86400, &out->timeout_s) < 0)
+        return -1;
+    return 0;
+}
+
 /* ---- the configuration file -------------------------------------------- */
 
 static int unsupported_section(const cJSON *doc, const char *name, const char *what)
@@ -1229,6 +1267,7 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
         return -1;
     vm->custom_cpu = c->custom_cpu ? &c->custom_cpu->mods : NULL;
     vm->smt = c->machine.smt;
+    vm->track_dirty_pages = c->machine.track_dirty_pages;
     if (c->vsock.set)
         vm->vsock = (struct vsock_config){.id = c->vsock.vsock_id,
                                           .guest_cid = c->vsock.guest_cid,

@@ -189,6 +189,19 @@ struct api_snapshot_create {
 };
 int api_parse_snapshot_create(const cJSON *body, struct api_snapshot_create *out);
 
+/* ember's own live migration routes (docs/migration.md). */
+struct api_migration_send {
+    const char *destination_url;
+    uint64_t downtime_ms, timeout_s, max_rounds; /* 0: ember's defaults */
+    bool local;
+};
+int api_parse_migration_send(const cJSON *body, struct api_migration_send *out);
+struct api_migration_receive {
+    const char *receiver_url;
+    uint64_t timeout_s;
+};
+int api_parse_migration_receive(const cJSON *body, struct api_migration_receive *out);
+
 #define API_MAX_NET_OVERRIDES 16
 struct api_snapshot_load {
     const char *snapshot_path;

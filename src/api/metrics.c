@@ -556,6 +556,19 @@ static void add_mmds(struct emitter *e)
 static void add_process_groups(struct emitter *e)
 {
     const struct api_metrics *m = e->m;
+    /* ember's own group: live migration, the last one's figures (gauges) and how many
+     * ended each way. */
+    begin(e, "migration");
+    gauge(e, "rounds", m->migration.rounds);
+    gauge(e, "pages_sent", m->migration.pages);
+    gauge(e, "bytes_sent", m->migration.bytes);
+    gauge(e, "dirty_pages", m->migration.dirty_pages);
+    gauge(e, "bandwidth_bytes_per_s", m->migration.bandwidth_bps);
+    gauge(e, "downtime_us", m->migration.downtime_us);
+    gauge(e, "total_us", m->migration.total_us);
+    gauge(e, "completed", m->migration.completed);
+    gauge(e, "failed", m->migration.failed);
+    end(e);
     begin(e, "latencies_us");
     gauge(e, "full_create_snapshot", m->latencies_us[API_LATENCY_FULL_CREATE_SNAPSHOT]);
     gauge(e, "diff_create_snapshot", m->latencies_us[API_LATENCY_DIFF_CREATE_SNAPSHOT]);

@@ -54,6 +54,11 @@ struct api_metrics {
     uint64_t lines_written, lines_lost;
     uint64_t deprecated_calls; /* requests answered with the Deprecation header */
     uint64_t latencies_us[API_LATENCIES];
+    /* ember's live migration (not in Firecracker's schema): the last one's progress. */
+    struct {
+        uint64_t rounds, pages, bytes, dirty_pages, bandwidth_bps, downtime_us, total_us;
+        uint64_t completed, failed;
+    } migration;
     const struct api_server_stats *server; /* NULL: no API socket */
     /* Firecracker's start-up gauges, reported as they are (not as changes): microseconds
      * from the process's start (the jailer's, with its flags) to the API listening, wall

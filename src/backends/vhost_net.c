@@ -57,6 +57,11 @@ static int set_mem_table(struct vhost_net *v, const struct guest_memory *mem)
 int vhost_net_start(struct vhost_net *v, const struct guest_memory *mem, uint64_t features,
                     const struct vhost_ring *rings, unsigned nrings, int tap_fd)
 {
+    /* Its writes to guest RAM would be missing from Diff snapshots: the caller then serves
+     * the queues in user space, where ember logs them (vhost's own dirty log is not used). */
+    if (mem->dirty)
+        return error_set("vhost-net does not log its writes to guest memory for dirty page "
+                         "tracking (track_dirty_pages)");
     /* The kernel acknowledges only what it implements. */
     uint64_t acked = features & v->features;
     if (ioctl(v->fd, VHOST_SET_FEATURES, &acked) < 0)

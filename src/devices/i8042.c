@@ -1,5 +1,8 @@
 #include "devices/i8042.h"
 
+#include "snapshot/format.h"
+#include "util/error.h"
+
 #include <string.h>
 
 #define STATUS_OUTPUT_FULL 0x01
@@ -280,4 +283,107 @@ void i8042_data_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, b
     pthread_mutex_unlock(&c->lock);
     if (reset && c->on_reset)
         c->on_reset(c->opaque);
+}
+
+/* Saved whole, not just the bytes queued: an empty output buffer reads back the byte
+ * before fifo_head, which the guest sees too. */
+struct i8042_state {
+    uint8_t command_byte, pending_command, pending_kbd_command, scancode_set;
+    uint8_t fifo_head, fifo_count;
+    uint8_t fifo[I8042_FIFO_SIZE];
+};
+
+void i8042_save(struct i8042 *c, struct snapshot_writer *w)
+{
+    struct i8042_state st;
+    pthread_mutex_lock(&c->lock);
+    st.command_byte = c->command_byte;
+    st.pending_command = c->pending_command;
+    st.pending_kbd_command = c->pending_kbd_command;
+    st.scancode_set = c->scancode_set;
+    st.fifo_head = (uint8_t)c->fifo_head;
+    st.fifo_count = (uint8_t)c->fifo_count;
+    memcpy(st.fifo, c->fifo, sizeof(st.fifo));
+    pthread_mutex_unlock(&c->lock);
+    snapshot_put_u8(w, st.command_byte);
+    snapshot_put_u8(w, st.pending_command);
+    snapshot_put_u8(w, st.pending_kbd_command);
+    snapshot_put_u8(w, st.scancode_set);
+    snapshot_put_u8(w, st.fifo_head);
+    snapshot_put_u8(w, st.fifo_count);
+    snapshot_put_bytes(w, st.fifo, sizeof(st.fifo));
+}
+
+/* Reads one field, naming it in the error. */
+static int get_u8(struct snapshot_cursor *c, uint8_t *v, const char *field)
+{
+    return snapshot_get_u8(c, v) < 0 ? error_prefix("i8042: %s", field) : 0;
+}
+
+static int check_state(const struct i8042_state *st)
+{
+    /* The command byte is the guest's to write whole; the rest only holds what the
+     * handlers above store. */
+    switch (st->pending_command) {
+    case 0:
+    case CMD_WRITE_COMMAND_BYTE:
+    case CMD_WRITE_OUTPUT_PORT:
+    case CMD_WRITE_KBD_OUTPUT:
+        break;
+    default:
+        return error_set("i8042: pending controller command 0x%02x takes no data byte",
+                         st->pending_command);
+    }
+    switch (st->pending_kbd_command) {
+    case 0:
+    case KBD_SET_LEDS:
+    case KBD_SCANCODE_SET:
+    case KBD_SET_TYPEMATIC:
+        break;
+    default:
+        return error_set("i8042: pending keyboard command 0x%02x takes no argument",
+                         st->pending_kbd_command);
+    }
+    if (st->scancode_set < 1 || st->scancode_set > 3)
+        return error_set("i8042: scancode set %u (1-3)", st->scancode_set);
+    if (st->fifo_head >= I8042_FIFO_SIZE)
+        return error_set("i8042: output FIFO head %u is outside the FIFO (%u bytes)", st->fifo_head,
+                         I8042_FIFO_SIZE);
+    if (st->fifo_count > I8042_FIFO_SIZE)
+        return error_set("i8042: output FIFO count %u is larger than the FIFO (%u bytes)",
+                         st->fifo_count, I8042_FIFO_SIZE);
+    return 0;
+}
+
+int i8042_restore(struct i8042 *c, struct snapshot_cursor *cur)
+{
+    struct i8042_state st;
+    if (get_u8(cur, &st.command_byte, "command byte") < 0 ||
+        get_u8(cur, &st.pending_command, "pending controller command") < 0 ||
+        get_u8(cur, &st.pending_kbd_command, "pending keyboard command") < 0 ||
+        get_u8(cur, &st.scancode_set, "scancode set") < 0 ||
+        get_u8(cur, &st.fifo_head, "output FIFO head") < 0 ||
+        get_u8(cur, &st.fifo_count, "output FIFO count") < 0)
+        return -1;
+    if (snapshot_get_bytes(cur, st.fifo, sizeof(st.fifo)) < 0)
+        return error_prefix("i8042: output FIFO");
+    if (snapshot_section_end(cur) < 0)
+        return error_prefix("i8042");
+    if (check_state(&st) < 0)
+        return -1;
+
+    pthread_mutex_lock(&c->lock);
+    c->command_byte = st.command_byte;
+    c->pending_command = st.pending_command;
+    c->pending_kbd_command = st.pending_kbd_command;
+    c->scancode_set = st.scancode_set;
+    c->fifo_head = st.fifo_head;
+    c->fifo_count = st.fifo_count;
+    memcpy(c->fifo, st.fifo, sizeof(c->fifo));
+    /* Told unconditionally, so the line agrees with the restored state whatever it was. */
+    c->irq_level = c->fifo_count && (c->command_byte & CB_KBD_INTERRUPT);
+    if (c->set_irq)
+        c->set_irq(c->irq_opaque, c->irq_level);
+    pthread_mutex_unlock(&c->lock);
+    return 0;
 }

@@ -16,6 +16,9 @@
 #define I8042_KBD_IRQ      1
 #define I8042_FIFO_SIZE    16
 
+struct snapshot_writer;
+struct snapshot_cursor;
+
 struct i8042 {
     pthread_mutex_t lock;
     void (*on_reset)(void *opaque);
@@ -43,5 +46,15 @@ void i8042_command_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len
 /* Presses and releases Ctrl, Alt and Delete, as a keyboard would (any
  * thread). Returns false if the FIFO had no room for the whole sequence. */
 bool i8042_send_ctrl_alt_del(struct i8042 *c);
+
+/* Snapshot of the controller and keyboard state the guest sees (command byte, pending
+ * commands, scancode set, the output FIFO as it lies in its ring), into the section the
+ * caller opened (docs/snapshot-format.md). The reset and IRQ callbacks and the counters
+ * belong to the device restored into (made by i8042_init and i8042_connect_irq). */
+void i8042_save(struct i8042 *c, struct snapshot_writer *w);
+/* Reads and checks the whole section (its end included) before changing anything: on
+ * failure the device is as it was and error_get() names the field. Then drives IRQ 1 to
+ * the restored level through set_irq. */
+int i8042_restore(struct i8042 *c, struct snapshot_cursor *cur);
 
 #endif

@@ -1,5 +1,9 @@
 #include "devices/rtc.h"
 
+#include "snapshot/format.h"
+#include "util/error.h"
+
+#include <inttypes.h>
 #include <string.h>
 
 enum {
@@ -217,4 +221,60 @@ void rtc_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_
             rtc->cmos[reg] = v;
     }
     pthread_mutex_unlock(&rtc->lock);
+}
+
+/* The guest can set years 1900-9999 (century 19-99): its offset from any host clock of
+ * this era stays within 10000 years, and so far from overflowing time_t arithmetic. */
+#define OFFSET_MAX ((int64_t)10000 * 366 * 86400)
+
+void rtc_save(struct rtc *rtc, struct snapshot_writer *w)
+{
+    uint8_t index, cmos[sizeof(rtc->cmos)];
+    int64_t offset;
+    pthread_mutex_lock(&rtc->lock);
+    index = rtc->index;
+    memcpy(cmos, rtc->cmos, sizeof(cmos));
+    offset = rtc->offset;
+    pthread_mutex_unlock(&rtc->lock);
+    snapshot_put_u8(w, index);
+    snapshot_put_bytes(w, cmos, sizeof(cmos));
+    snapshot_put_u64(w, (uint64_t)offset);
+}
+
+int rtc_restore(struct rtc *rtc, struct snapshot_cursor *c)
+{
+    uint8_t index, cmos[sizeof(rtc->cmos)];
+    uint64_t raw;
+    if (snapshot_get_u8(c, &index) < 0)
+        return error_prefix("rtc: index");
+    if (snapshot_get_bytes(c, cmos, sizeof(cmos)) < 0)
+        return error_prefix("rtc: CMOS registers");
+    if (snapshot_get_u64(c, &raw) < 0)
+        return error_prefix("rtc: offset");
+    if (snapshot_section_end(c) < 0)
+        return error_prefix("rtc");
+    /* Two's complement, as saved; converted without relying on implementation-defined
+     * narrowing. */
+    int64_t offset = raw > INT64_MAX ? -(int64_t)(~raw) - 1 : (int64_t)raw;
+    if (index >= sizeof(rtc->cmos))
+        return error_set("rtc: index 0x%02x is beyond the %zu CMOS registers", index,
+                         sizeof(rtc->cmos));
+    /* Register A's update-in-progress bit is never stored; C and D are read-only and
+     * this clock raises no interrupt, so they hold what rtc_init put there. */
+    if (cmos[REG_A] & 0x80)
+        return error_set("rtc: register A 0x%02x has update-in-progress set", cmos[REG_A]);
+    if (cmos[REG_C] != 0)
+        return error_set("rtc: register C 0x%02x flags interrupts this clock never raises",
+                         cmos[REG_C]);
+    if (cmos[REG_D] != D_VRT)
+        return error_set("rtc: register D 0x%02x is not 0x%02x (read-only)", cmos[REG_D], D_VRT);
+    if (offset > OFFSET_MAX || offset < -OFFSET_MAX)
+        return error_set("rtc: offset %" PRId64 " s from host time is beyond 10000 years", offset);
+
+    pthread_mutex_lock(&rtc->lock);
+    rtc->index = index;
+    memcpy(rtc->cmos, cmos, sizeof(rtc->cmos));
+    rtc->offset = offset;
+    pthread_mutex_unlock(&rtc->lock);
+    return 0;
 }

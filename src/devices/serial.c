@@ -1,5 +1,8 @@
 #include "devices/serial.h"
 
+#include "snapshot/format.h"
+#include "util/error.h"
+
 #include <string.h>
 
 /* Registers */
@@ -102,19 +105,29 @@ static bool rx_push(struct serial *s, uint8_t byte)
     return true;
 }
 
-/* In loopback mode the modem inputs mirror the modem outputs. */
+/* The modem inputs MSR shows for this MCR: in loopback mode they mirror the
+ * modem outputs, otherwise the host side is always there. */
+static uint8_t msr_inputs(uint8_t mcr)
+{
+    if (!(mcr & MCR_LOOP))
+        return MSR_DCD | MSR_DSR | MSR_CTS;
+    uint8_t msr = 0;
+    if (mcr & MCR_DTR)
+        msr |= MSR_DSR;
+    if (mcr & MCR_RTS)
+        msr |= MSR_CTS;
+    if (mcr & MCR_OUT1)
+        msr |= MSR_RI;
+    if (mcr & MCR_OUT2)
+        msr |= MSR_DCD;
+    return msr;
+}
+
+/* A loopback MCR write: the inputs follow the outputs, each change latched in a delta bit. */
 static void loopback_msr(struct serial *s)
 {
     uint8_t old = s->msr;
-    uint8_t msr = 0;
-    if (s->mcr & MCR_DTR)
-        msr |= MSR_DSR;
-    if (s->mcr & MCR_RTS)
-        msr |= MSR_CTS;
-    if (s->mcr & MCR_OUT1)
-        msr |= MSR_RI;
-    if (s->mcr & MCR_OUT2)
-        msr |= MSR_DCD;
+    uint8_t msr = msr_inputs(s->mcr);
     uint8_t deltas = old & MSR_DELTAS;
     if ((old ^ msr) & MSR_CTS)
         deltas |= MSR_DCTS;
@@ -279,4 +292,112 @@ size_t serial_rx_space(struct serial *s)
         s->rx_was_full = true;
     pthread_mutex_unlock(&s->lock);
     return space;
+}
+
+/* The guest-visible state, as it is saved: the FIFO oldest byte first. */
+struct serial_state {
+    uint8_t ier, lcr, mcr, lsr_errors, msr, scr, dll, dlm, fcr, thri, rx_count;
+    uint8_t rx[SERIAL_RX_FIFO];
+};
+
+void serial_save(struct serial *s, struct snapshot_writer *w)
+{
+    struct serial_state st;
+    pthread_mutex_lock(&s->lock);
+    st.ier = s->ier;
+    st.lcr = s->lcr;
+    st.mcr = s->mcr;
+    st.lsr_errors = s->lsr_errors;
+    st.msr = s->msr;
+    st.scr = s->scr;
+    st.dll = s->dll;
+    st.dlm = s->dlm;
+    st.fcr = s->fcr;
+    st.thri = s->thri;
+    st.rx_count = (uint8_t)s->rx_count;
+    for (unsigned i = 0; i < s->rx_count; i++)
+        st.rx[i] = s->rx[(s->rx_head + i) % SERIAL_RX_FIFO];
+    pthread_mutex_unlock(&s->lock);
+    snapshot_put_u8(w, st.ier);
+    snapshot_put_u8(w, st.lcr);
+    snapshot_put_u8(w, st.mcr);
+    snapshot_put_u8(w, st.lsr_errors);
+    snapshot_put_u8(w, st.msr);
+    snapshot_put_u8(w, st.scr);
+    snapshot_put_u8(w, st.dll);
+    snapshot_put_u8(w, st.dlm);
+    snapshot_put_u8(w, st.fcr);
+    snapshot_put_u8(w, st.thri);
+    snapshot_put_u8(w, st.rx_count);
+    snapshot_put_bytes(w, st.rx, st.rx_count);
+}
+
+/* Reads one field, naming it in the error. */
+static int get_u8(struct snapshot_cursor *c, uint8_t *v, const char *field)
+{
+    return snapshot_get_u8(c, v) < 0 ? error_prefix("serial: %s", field) : 0;
+}
+
+/* Every value a guest could have produced through the registers, and no other. */
+static int check_state(const struct serial_state *st)
+{
+    if (st->ier & ~(IER_RDI | IER_THRI | IER_RLSI | IER_MSI))
+        return error_set("serial: IER 0x%02x has reserved bits set", st->ier);
+    if (st->mcr & ~(MCR_DTR | MCR_RTS | MCR_OUT1 | MCR_OUT2 | MCR_LOOP))
+        return error_set("serial: MCR 0x%02x has reserved bits set", st->mcr);
+    if (st->lsr_errors & ~LSR_ERRORS)
+        return error_set("serial: LSR error bits 0x%02x are not error bits", st->lsr_errors);
+    if ((st->msr & ~MSR_DELTAS) != msr_inputs(st->mcr))
+        return error_set("serial: MSR 0x%02x does not follow MCR 0x%02x", st->msr, st->mcr);
+    if (st->fcr & ~(FCR_ENABLE | 0xc0))
+        return error_set("serial: FCR 0x%02x has bits that are not kept", st->fcr);
+    if (st->thri > 1)
+        return error_set("serial: THR-empty pending flag %u is not 0 or 1", st->thri);
+    return 0;
+}
+
+int serial_restore(struct serial *s, struct snapshot_cursor *c)
+{
+    struct serial_state st;
+    memset(&st, 0, sizeof(st));
+    if (get_u8(c, &st.ier, "IER") < 0 || get_u8(c, &st.lcr, "LCR") < 0 ||
+        get_u8(c, &st.mcr, "MCR") < 0 || get_u8(c, &st.lsr_errors, "LSR errors") < 0 ||
+        get_u8(c, &st.msr, "MSR") < 0 || get_u8(c, &st.scr, "SCR") < 0 ||
+        get_u8(c, &st.dll, "DLL") < 0 || get_u8(c, &st.dlm, "DLM") < 0 ||
+        get_u8(c, &st.fcr, "FCR") < 0 || get_u8(c, &st.thri, "THR-empty pending") < 0 ||
+        get_u8(c, &st.rx_count, "receive FIFO count") < 0)
+        return -1;
+    /* Loopback fills the FIFO past the one byte a FIFO-less UART takes, so only the
+     * array bounds the count. */
+    if (st.rx_count > SERIAL_RX_FIFO)
+        return error_set("serial: receive FIFO count %u is larger than the FIFO (%u)", st.rx_count,
+                         SERIAL_RX_FIFO);
+    if (snapshot_get_bytes(c, st.rx, st.rx_count) < 0)
+        return error_prefix("serial: receive FIFO data");
+    if (snapshot_section_end(c) < 0)
+        return error_prefix("serial");
+    if (check_state(&st) < 0)
+        return -1;
+
+    pthread_mutex_lock(&s->lock);
+    s->ier = st.ier;
+    s->lcr = st.lcr;
+    s->mcr = st.mcr;
+    s->lsr_errors = st.lsr_errors;
+    s->msr = st.msr;
+    s->scr = st.scr;
+    s->dll = st.dll;
+    s->dlm = st.dlm;
+    s->fcr = st.fcr;
+    s->thri = st.thri != 0;
+    memcpy(s->rx, st.rx, sizeof(s->rx));
+    s->rx_head = 0;
+    s->rx_count = st.rx_count;
+    /* Told unconditionally: whatever the line was before, it now says what the restored
+     * registers say. */
+    s->irq_level = (iir(s) & IIR_NONE) ? 0 : 1;
+    if (s->ops.set_irq)
+        s->ops.set_irq(s->ops.opaque, s->irq_level);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
 }

@@ -13,6 +13,9 @@
 #define SERIAL_COM1_IRQ  4
 #define SERIAL_RX_FIFO   64
 
+struct snapshot_writer;
+struct snapshot_cursor;
+
 struct serial_ops {
     void (*set_irq)(void *opaque, int level);
     void (*output)(void *opaque, const uint8_t *buf, size_t len);
@@ -41,5 +44,14 @@ void serial_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool 
 /* Queues up to len bytes of host input; returns how many were taken. */
 size_t serial_receive(struct serial *s, const uint8_t *buf, size_t len);
 size_t serial_rx_space(struct serial *s);
+
+/* Snapshot of the guest-visible registers and the receive FIFO, into the section the caller
+ * opened (docs/snapshot-format.md). The callbacks, the host's flow control and the counters
+ * belong to the device being restored into (one serial_init made), which keeps them. */
+void serial_save(struct serial *s, struct snapshot_writer *w);
+/* Reads and checks the whole section (its end included) before changing anything: on
+ * failure the device is as it was and error_get() names the field. Then drives the
+ * interrupt line to the restored level through set_irq. */
+int serial_restore(struct serial *s, struct snapshot_cursor *c);
 
 #endif

@@ -25,7 +25,8 @@ static const struct {
     {"/dev/kvm", false, "kvm", "kvm", "no machine can start"},
     {"/dev/net/tun", true, "tun", "tun", "no tap network interfaces"},
     {"/dev/urandom", false, "urandom", NULL, "ember reads randomness with getrandom()"},
-    {"/dev/userfaultfd", false, "userfaultfd", "userfaultfd", "ember does not use it yet"},
+    {"/dev/userfaultfd", false, "userfaultfd", "userfaultfd",
+     "a snapshot's Uffd memory backend then needs vm.unprivileged_userfaultfd=1"},
 };
 
 /* A misc device's minor number from /proc/misc ("minor name" lines). */

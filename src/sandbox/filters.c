@@ -111,18 +111,30 @@
 #define MAIN_REALLOC R1(mremap, EQ(3, MREMAP_MAYMOVE))
 
 /* PUT /snapshot/create: its two files created (exactly these flags), guest memory written
- * into the memory file with holes for zero pages, and the VM-wide KVM state read (the vCPUs
- * read their own). */
+ * into the memory file with holes for zero pages, the VM-wide KVM state read (the vCPUs
+ * read their own), and KVM's log of the guest's writes to RAM read and cleared: which pages
+ * a Diff snapshot holds, or none after a Full one (vmm/dirty.c). */
 #define MAIN_SNAPSHOT                                                                              \
     R1(openat, EQ(2, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC)), R(pwrite64), R(ftruncate),        \
-        IOCTL(KVM_GET_IRQCHIP), IOCTL(KVM_GET_PIT2), IOCTL(KVM_GET_CLOCK)
+        IOCTL(KVM_GET_IRQCHIP), IOCTL(KVM_GET_PIT2), IOCTL(KVM_GET_CLOCK),                         \
+        IOCTL(KVM_GET_DIRTY_LOG)
+
+/* PUT /migration/send: a stream to the destination (unix or TCP, numeric addresses: no name
+ * service), waits bounded by poll, a connection retried while nobody listens yet, guest RAM's
+ * memfd passed in local mode, and KVM's dirty log turned on for the memory slots. */
+#define MAIN_MIGRATION                                                                             \
+    R3(socket, EQ(0, AF_UNIX), EQ(1, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), EQ(2, 0)),       \
+        R3(socket, EQ(0, AF_INET), EQ(1, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), EQ(2, 0)),   \
+        R3(socket, EQ(0, AF_INET6), EQ(1, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), EQ(2, 0)),  \
+        R(connect), R(sendmsg), R(recvmsg), R(poll), R(getsockopt), R(setsockopt),                 \
+        R(clock_nanosleep), IOCTL(KVM_SET_USER_MEMORY_REGION)
 
 /* Serving the API, the console's input, the metrics, and the end of the
  * machine (joining threads, closing devices, removing the API socket's
  * file). After InstanceStart. */
 #define MAIN_RULES                                                                                 \
     BASE, MEMORY, EVENT_LOOP, R(brk), R(close), R(unlink), MAIN_API, MAIN_CONSOLE, MAIN_KICK,      \
-        MAIN_DRIVE_SWAP, MAIN_REALLOC, MAIN_SNAPSHOT
+        MAIN_DRIVE_SWAP, MAIN_REALLOC, MAIN_SNAPSHOT, MAIN_MIGRATION
 
 /* Existing files only, once the machine runs. */
 #define MAIN_OPEN R1(openat, NONE_OF(2, O_CREAT | O_TRUNC | __O_TMPFILE))

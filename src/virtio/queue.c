@@ -186,6 +186,9 @@ static int add_buf(struct virtq *q, struct virtq_chain *c, const struct virtq_de
         return violation(q, "descriptor chain has too many buffers");
     c->bufs[c->nout + c->nin] = (struct virtq_buf){.hva = hva, .len = d->len};
     if (writable) {
+        /* The device may write any of it, now or when the request completes: logged for
+         * dirty tracking as it is taken (vmm/dirty.h). */
+        guest_memory_mark_dirty(q->mem, hva, d->len);
         c->nin++;
         c->in_len += d->len;
     } else {
@@ -373,6 +376,7 @@ static void packed_push(struct virtq *q, uint32_t token, uint32_t written)
         flags |= VIRTQ_DESC_F_WRITE;
     /* Release: id and len before the flags that hand the entry back. */
     __atomic_store_n(&d->flags, flags, __ATOMIC_RELEASE);
+    guest_memory_mark_dirty(q->mem, d, sizeof(*d));
     /* The used entry stands for the whole chain: skip its other slots. */
     uint32_t next = (uint32_t)q->next_used + (slots ? slots : 1);
     if (next >= q->size) {
@@ -397,6 +401,8 @@ void virtq_push(struct virtq *q, uint32_t head, uint32_t written)
     q->used_idx++;
     /* Release: the element (and the data) before the index. */
     __atomic_store_n(&q->used->idx, q->used_idx, __ATOMIC_RELEASE);
+    guest_memory_mark_dirty(q->mem, e, sizeof(*e));
+    guest_memory_mark_dirty(q->mem, &q->used->idx, sizeof(q->used->idx));
 }
 
 static uint16_t *used_event(struct virtq *q)
@@ -476,15 +482,19 @@ bool virtq_enable_kicks(struct virtq *q, bool enable)
             e.flags = VIRTQ_EVENT_ENABLE;
         WRITE_ONCE(q->device_event->off_wrap, e.off_wrap);
         WRITE_ONCE(q->device_event->flags, e.flags);
+        guest_memory_mark_dirty(q->mem, q->device_event, sizeof(*q->device_event));
     } else if (q->event_idx) {
         /* Ask to be kicked once the driver passes last_avail. */
-        if (enable)
+        if (enable) {
             WRITE_ONCE(*avail_event(q), q->last_avail);
+            guest_memory_mark_dirty(q->mem, avail_event(q), sizeof(uint16_t));
+        }
     } else {
         uint16_t flags = READ_ONCE(q->used->flags);
         flags = enable ? (uint16_t)(flags & ~VIRTQ_USED_F_NO_NOTIFY)
                        : (uint16_t)(flags | VIRTQ_USED_F_NO_NOTIFY);
         WRITE_ONCE(q->used->flags, flags);
+        guest_memory_mark_dirty(q->mem, &q->used->flags, sizeof(q->used->flags));
     }
     if (!enable)
         return false;
@@ -499,11 +509,14 @@ bool virtq_enable_kicks_for_more(struct virtq *q)
         return false;
     if (!q->packed) {
         uint16_t seen = avail_idx(q);
-        if (q->event_idx)
+        if (q->event_idx) {
             WRITE_ONCE(*avail_event(q), seen);
-        else
+            guest_memory_mark_dirty(q->mem, avail_event(q), sizeof(uint16_t));
+        } else {
             WRITE_ONCE(q->used->flags,
                        (uint16_t)(READ_ONCE(q->used->flags) & ~VIRTQ_USED_F_NO_NOTIFY));
+            guest_memory_mark_dirty(q->mem, &q->used->flags, sizeof(q->used->flags));
+        }
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         return avail_idx(q) != seen;
     }
@@ -522,6 +535,7 @@ bool virtq_enable_kicks_for_more(struct virtq *q)
                                         .flags = VIRTQ_EVENT_DESC};
     WRITE_ONCE(q->device_event->off_wrap, e.off_wrap);
     WRITE_ONCE(q->device_event->flags, e.flags);
+    guest_memory_mark_dirty(q->mem, q->device_event, sizeof(*q->device_event));
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     return packed_is_avail(q, pos, wrap);
 }

@@ -7,6 +7,7 @@
 #include "util/log.h"
 #include "util/version.h"
 #include "vmm/devices.h"
+#include "vmm/dirty.h"
 #include "vmm/exit_status.h"
 #include "vmm/vcpu.h"
 #include "vmm/vcpu_state.h"
@@ -466,6 +467,16 @@ static void virtio_section_name(const struct vm_virtio *v, char *name, size_t le
 static void save_devices(struct snapshot_writer *w, struct vm *vm)
 {
     char name[SNAPSHOT_NAME_MAX + 1];
+    snapshot_begin_section(w, "device.com1");
+    serial_save(&vm->com1, w);
+    snapshot_begin_section(w, "device.i8042");
+    i8042_save(&vm->i8042, w);
+    snapshot_begin_section(w, "device.rtc");
+    rtc_save(&vm->rtc, w);
+    if (vm->cfg.boot_timer) {
+        snapshot_begin_section(w, "device.boot-timer");
+        boot_timer_save(&vm->boot_timer, w);
+    }
     for (unsigned i = 0; i < vm->nvirtio; i++) {
         struct vm_virtio *v = vm->virtio[i];
         virtio_section_name(v, name, sizeof(name));
@@ -481,10 +492,18 @@ static void save_devices(struct snapshot_writer *w, struct vm *vm)
 static int restore_devices(const struct snapshot_reader *r, struct vm *vm)
 {
     char name[SNAPSHOT_NAME_MAX + 1];
+    struct snapshot_cursor c;
+    /* Each legacy device checks its whole section itself before it changes. */
+    if (snapshot_section(r, "device.com1", &c) < 0 || serial_restore(&vm->com1, &c) < 0 ||
+        snapshot_section(r, "device.i8042", &c) < 0 || i8042_restore(&vm->i8042, &c) < 0 ||
+        snapshot_section(r, "device.rtc", &c) < 0 || rtc_restore(&vm->rtc, &c) < 0)
+        return -1;
+    if (vm->cfg.boot_timer && (snapshot_section(r, "device.boot-timer", &c) < 0 ||
+                               boot_timer_restore(&vm->boot_timer, &c) < 0))
+        return -1;
     for (unsigned i = 0; i < vm->nvirtio; i++) {
         struct vm_virtio *v = vm->virtio[i];
         virtio_section_name(v, name, sizeof(name));
-        struct snapshot_cursor c;
         if (snapshot_section(r, name, &c) < 0 || virtio_dev_restore(v->dev, &c) < 0 ||
             (v->on_pci ? virtio_pci_restore(&v->pci, &c) : virtio_mmio_restore(&v->mmio, &c)) < 0 ||
             snapshot_section_end(&c) < 0)
@@ -543,15 +562,14 @@ static int open_output(const char *what, const char *path)
     return fd;
 }
 
-static int write_snapshot(struct vm *vm, const struct vm_snapshot_create_params *p, int state_fd,
-                          int mem_fd, struct vm_snapshot_create_stats *stats)
+/* Every piece of state but guest memory into w (the machine paused, its devices frozen). */
+static int build_state(struct vm *vm, enum vm_snapshot_type type, struct snapshot_writer *w)
 {
     struct vcpu_state_layout *layout = calloc(1, sizeof(*layout));
     struct vcpu_state *states = calloc(vm->ncpus, sizeof(*states));
     struct kvm_cpuid2 **cpuid = calloc(vm->ncpus, sizeof(*cpuid));
-    struct snapshot_writer *w = snapshot_writer_new();
     int ret = -1;
-    if (!layout || !states || !cpuid || !w) {
+    if (!layout || !states || !cpuid) {
         error_set("out of memory");
         goto out;
     }
@@ -575,23 +593,12 @@ static int write_snapshot(struct vm *vm, const struct vm_snapshot_create_params 
     struct vm_state vm_state;
     if (vm_state_save(vm->vm_fd, &vm_state) < 0)
         goto out;
-
-    save_meta(w, vm, p->type);
+    save_meta(w, vm, type);
     save_config(w, &vm->cfg);
     save_vm_state(w, &vm_state);
     for (unsigned i = 0; i < vm->ncpus; i++)
         save_vcpu(w, i, layout, &states[i], cpuid[i]);
     save_devices(w, vm);
-
-    struct memfile_stats ms = {0};
-    if (memfile_write_full(&vm->mem, mem_fd, &ms) < 0)
-        goto out;
-    if (snapshot_writer_write_fd(w, state_fd) < 0)
-        goto out;
-    struct stat st;
-    stats->state_bytes = fstat(state_fd, &st) == 0 ? (uint64_t)st.st_size : 0;
-    stats->pages_written = ms.pages_written;
-    stats->pages_skipped = ms.pages_skipped;
     ret = 0;
 out:
     for (unsigned i = 0; states && i < vm->ncpus; i++)
@@ -601,8 +608,80 @@ out:
     free(cpuid);
     free(states);
     free(layout);
-    snapshot_writer_free(w);
     return ret;
+}
+
+int vm_snapshot_save_state(struct vm *vm, enum vm_snapshot_type type, uint8_t **out, size_t *len)
+{
+    struct snapshot_writer *w = snapshot_writer_new();
+    if (!w)
+        return error_set("out of memory");
+    int r = build_state(vm, type, w);
+    if (r == 0)
+        r = snapshot_writer_finish(w, out, len);
+    snapshot_writer_free(w);
+    return r;
+}
+
+int vm_snapshot_freeze_devices(struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        if (virtio_dev_freeze(vm->virtio[i]->dev) < 0) {
+            while (i > 0)
+                virtio_dev_thaw(vm->virtio[--i]->dev);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void vm_snapshot_thaw_devices(struct vm *vm)
+{
+    for (unsigned i = vm->nvirtio; i > 0; i--)
+        virtio_dev_thaw(vm->virtio[i - 1]->dev);
+}
+
+static int write_snapshot(struct vm *vm, const struct vm_snapshot_create_params *p, int state_fd,
+                          int mem_fd, struct vm_snapshot_create_stats *stats)
+{
+    uint8_t *state = NULL;
+    size_t len = 0;
+    if (vm_snapshot_save_state(vm, p->type, &state, &len) < 0)
+        return -1;
+    struct memfile_stats ms = {0};
+    int r;
+    if (p->type == VM_SNAPSHOT_DIFF) {
+        uint64_t *bitmap = calloc(guest_memory_bitmap_words(&vm->mem), sizeof(*bitmap));
+        r = bitmap ? dirty_collect(vm->vm_fd, &vm->mem, bitmap) : error_set("out of memory");
+        if (r == 0 && memfile_write_diff(&vm->mem, mem_fd, bitmap, &ms) < 0) {
+            /* The pages go back into the log: the next Diff still holds them. */
+            dirty_requeue(&vm->mem, bitmap);
+            r = -1;
+        }
+        free(bitmap);
+    } else {
+        r = memfile_write_full(&vm->mem, mem_fd, &ms);
+        /* The next Diff holds what changes from this snapshot on. */
+        if (r == 0 && vm->mem.dirty)
+            r = dirty_reset(vm->vm_fd, &vm->mem);
+    }
+    size_t done = 0;
+    while (r == 0 && done < len) {
+        ssize_t n = write(state_fd, state + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            r = error_errno("cannot write the snapshot file");
+        else
+            done += (size_t)n;
+    }
+    free(state);
+    if (r < 0)
+        return -1;
+    stats->state_bytes = len;
+    stats->pages_written = ms.pages_written;
+    stats->pages_skipped = ms.pages_skipped;
+    return 0;
 }
 
 int vm_snapshot_create(struct vm *vm, const struct vm_snapshot_create_params *p,
@@ -614,9 +693,9 @@ int vm_snapshot_create(struct vm *vm, const struct vm_snapshot_create_params *p,
     if (!vm_is_paused(vm))
         return error_set("the machine is not paused: pause it first (PATCH /vm "
                          "{\"state\": \"Paused\"})");
-    if (p->type == VM_SNAPSHOT_DIFF)
-        return error_set("Diff snapshots need track_dirty_pages, which this machine does not "
-                         "have");
+    if (p->type == VM_SNAPSHOT_DIFF && !vm->mem.dirty)
+        return error_set("Diff snapshots need dirty page tracking: set track_dirty_pages in "
+                         "machine-config (or at snapshot load)");
     if (vm->cfg.ram_source == VM_RAM_UFFD)
         return error_set("a machine whose memory a page-fault handler serves cannot be "
                          "snapshotted");
@@ -629,16 +708,17 @@ int vm_snapshot_create(struct vm *vm, const struct vm_snapshot_create_params *p,
         return -1;
     }
     uint64_t start = now_us();
-    unsigned frozen = 0;
-    int r = 0;
-    for (; frozen < vm->nvirtio && r == 0; frozen++)
-        r = virtio_dev_freeze(vm->virtio[frozen]->dev);
-    if (r == 0)
+    int r = vm_snapshot_freeze_devices(vm);
+    if (r == 0) {
         r = write_snapshot(vm, p, state_fd, mem_fd, stats);
+        char why[512];
+        snprintf(why, sizeof(why), "%s", r < 0 ? error_get() : "");
+        vm_snapshot_thaw_devices(vm);
+        if (r < 0)
+            error_set("%s", why);
+    }
     char why[512];
     snprintf(why, sizeof(why), "%s", r < 0 ? error_get() : "");
-    while (frozen > 0)
-        virtio_dev_thaw(vm->virtio[--frozen]->dev);
     stats->pause_us = now_us() - start;
     close(state_fd);
     close(mem_fd);
@@ -694,29 +774,14 @@ static int restore_machine(const struct snapshot_reader *r, struct vm *vm, bool 
     return restore_devices(r, vm);
 }
 
-int vm_snapshot_load(struct vm *vm, struct event_loop *loop,
-                     const struct vm_snapshot_load_params *p, struct vm_config *cfg_out,
-                     int *status)
+int vm_snapshot_restore_state(struct vm *vm, struct event_loop *loop, const uint8_t *data,
+                              size_t len, const struct vm_snapshot_load_params *p,
+                              struct vm_config *cfg_out, int *status)
 {
     *status = EXIT_USAGE;
-    int fd = open(p->snapshot_path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return error_errno("cannot open the snapshot file '%s'", p->snapshot_path);
-    uint8_t *data = NULL;
-    size_t len = 0;
-    struct stat st;
-    int r = fstat(fd, &st) < 0 ? error_errno("cannot stat '%s'", p->snapshot_path)
-            : !S_ISREG(st.st_mode)
-                ? error_set("the snapshot file '%s' is not a regular file", p->snapshot_path)
-                : snapshot_read_fd(fd, SNAPSHOT_FILE_MAX, &data, &len);
-    close(fd);
-    if (r < 0)
-        return -1;
     struct snapshot_reader *rd = snapshot_reader_open(data, len, SNAPSHOT_FILE_MAX);
-    if (!rd) {
-        free(data);
-        return error_prefix("snapshot file '%s'", p->snapshot_path);
-    }
+    if (!rd)
+        return -1;
     struct meta meta;
     struct vm_config cfg;
     bool has_mmds = false, imds_compat = false;
@@ -733,6 +798,7 @@ int vm_snapshot_load(struct vm *vm, struct event_loop *loop,
     }
     if (apply_overrides(&cfg, p) < 0)
         goto out;
+    cfg.track_dirty_pages = p->track_dirty_pages;
     cpuid = calloc(cfg.ncpus, sizeof(*cpuid));
     if (!cpuid) {
         error_set("out of memory");
@@ -757,8 +823,10 @@ int vm_snapshot_load(struct vm *vm, struct event_loop *loop,
             goto out;
         }
         cfg.ram_fd = mem_fd;
-    } else {
+    } else if (p->ram_source == VM_RAM_UFFD) {
         cfg.ram_uffd_path = p->backend_path;
+    } else {
+        cfg.ram_given = p->ram_given;
     }
     if (has_mmds && p->mmds) {
         mmds_store_configure(p->mmds, (enum mmds_version)mmds_version, imds_compat, p->instance_id);
@@ -794,8 +862,30 @@ out:
     if (ret == 0)
         vm->cfg.restore_cpuid = NULL;
     snapshot_reader_free(rd);
-    free(data);
     return ret;
+}
+
+int vm_snapshot_load(struct vm *vm, struct event_loop *loop,
+                     const struct vm_snapshot_load_params *p, struct vm_config *cfg_out,
+                     int *status)
+{
+    *status = EXIT_USAGE;
+    int fd = open(p->snapshot_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return error_errno("cannot open the snapshot file '%s'", p->snapshot_path);
+    uint8_t *data = NULL;
+    size_t len = 0;
+    struct stat st;
+    int r = fstat(fd, &st) < 0 ? error_errno("cannot stat '%s'", p->snapshot_path)
+            : !S_ISREG(st.st_mode)
+                ? error_set("the snapshot file '%s' is not a regular file", p->snapshot_path)
+                : snapshot_read_fd(fd, SNAPSHOT_FILE_MAX, &data, &len);
+    close(fd);
+    if (r < 0)
+        return -1;
+    r = vm_snapshot_restore_state(vm, loop, data, len, p, cfg_out, status);
+    free(data);
+    return r < 0 ? error_prefix("snapshot '%s'", p->snapshot_path) : 0;
 }
 
 /* ---- describe ---------------------------------------------------------------------------- */

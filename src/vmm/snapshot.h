@@ -41,10 +41,11 @@ struct vm_snapshot_load_params {
     bool clock_realtime;
     unsigned nnet_overrides;
     struct vm_snapshot_net_override net_overrides[VM_MAX_NETS];
-    const char *vsock_uds_path; /* NULL: as saved */
-    bool attach_console;        /* stdin/stdout become the guest's console */
-    struct mmds_store *mmds;    /* the process's metadata store, configured as saved */
-    const char *instance_id;    /* what its tokens are bound to */
+    const char *vsock_uds_path;     /* NULL: as saved */
+    bool attach_console;            /* stdin/stdout become the guest's console */
+    struct mmds_store *mmds;        /* the process's metadata store, configured as saved */
+    const char *instance_id;        /* what its tokens are bound to */
+    struct guest_memory *ram_given; /* VM_RAM_GIVEN: guest RAM received (taken over) */
 };
 
 /* Writes a snapshot of a started, paused machine (it stays paused). On
@@ -59,6 +60,16 @@ int vm_snapshot_create(struct vm *vm, const struct vm_snapshot_create_params *p,
 int vm_snapshot_load(struct vm *vm, struct event_loop *loop,
                      const struct vm_snapshot_load_params *p, struct vm_config *cfg_out,
                      int *status);
+
+/* For live migration (migration/): the state alone, and its devices frozen around it. */
+int vm_snapshot_freeze_devices(struct vm *vm);
+void vm_snapshot_thaw_devices(struct vm *vm);
+/* The state file's bytes (a new malloc'd buffer) of a paused machine whose devices are frozen. */
+int vm_snapshot_save_state(struct vm *vm, enum vm_snapshot_type type, uint8_t **out, size_t *len);
+/* vm_snapshot_load from state bytes already read. */
+int vm_snapshot_restore_state(struct vm *vm, struct event_loop *loop, const uint8_t *data,
+                              size_t len, const struct vm_snapshot_load_params *p,
+                              struct vm_config *cfg_out, int *status);
 
 /* --describe-snapshot: the state file's format version and what it holds. */
 int vm_snapshot_describe(const char *path, FILE *out);

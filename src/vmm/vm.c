@@ -154,10 +154,13 @@ static int create_devices(struct vm *vm)
 
 static int set_memory_regions(struct vm *vm)
 {
+    if (vm->cfg.track_dirty_pages && guest_memory_track_dirty(&vm->mem) < 0)
+        return -1;
     for (unsigned i = 0; i < vm->mem.nregions; i++) {
         const struct guest_region *r = &vm->mem.regions[i];
         struct kvm_userspace_memory_region region = {
             .slot = i,
+            .flags = vm->cfg.track_dirty_pages ? KVM_MEM_LOG_DIRTY_PAGES : 0,
             .guest_phys_addr = r->gpa,
             .memory_size = r->size,
             .userspace_addr = (uintptr_t)r->hva,
@@ -165,6 +168,24 @@ static int set_memory_regions(struct vm *vm)
         if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
             return error_errno("KVM_SET_USER_MEMORY_REGION (slot %u, %llu MiB)", i,
                                (unsigned long long)(r->size >> 20));
+    }
+    return 0;
+}
+
+int vm_set_dirty_logging(struct vm *vm, bool on)
+{
+    for (unsigned i = 0; i < vm->mem.nregions; i++) {
+        const struct guest_region *r = &vm->mem.regions[i];
+        struct kvm_userspace_memory_region region = {
+            .slot = i,
+            .flags = on ? KVM_MEM_LOG_DIRTY_PAGES : 0,
+            .guest_phys_addr = r->gpa,
+            .memory_size = r->size,
+            .userspace_addr = (uintptr_t)r->hva,
+        };
+        if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+            return error_errno("KVM_SET_USER_MEMORY_REGION (dirty logging %s, slot %u)",
+                               on ? "on" : "off", i);
     }
     return 0;
 }
@@ -321,10 +342,24 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
                                   LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END) < 0)
             return -1;
         vm->create_status = EXIT_HOST_ERROR;
+    } else if (cfg->ram_source == VM_RAM_GIVEN) {
+        if (cfg->ram_given->ram_size != cfg->memory_mib << 20)
+            return error_set("the memory received holds %llu bytes, not %llu MiB",
+                             (unsigned long long)cfg->ram_given->ram_size,
+                             (unsigned long long)cfg->memory_mib);
+        vm->mem = *cfg->ram_given;
+        memset(cfg->ram_given, 0, sizeof(*cfg->ram_given));
     } else if (cfg->ram_source == VM_RAM_UFFD) {
         vm->create_status = EXIT_USAGE; /* the page-fault handler */
-        return error_set("UFFD_PENDING %s", cfg->ram_uffd_path);
+        if (guest_memory_map_uffd(&vm->mem, cfg->ram_uffd_path, cfg->memory_mib << 20,
+                                  LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END, cfg->hugetlb, 0,
+                                  &vm->uffd_socket) < 0)
+            return -1;
         vm->create_status = EXIT_HOST_ERROR;
+    } else if (cfg->ram_shared) {
+        if (guest_memory_map_memfd(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
+                                   LAYOUT_MMIO_HOLE_END) < 0)
+            return -1;
     } else if (cfg->hugetlb) {
         vm->create_status = EXIT_USAGE; /* the host's pool is the operator's to fill */
         if (guest_memory_map_hugetlb(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
@@ -509,7 +544,11 @@ int vm_run_on_vcpus(struct vm *vm, int (*fn)(struct vcpu *vcpu, void *arg), void
 void vm_destroy(struct vm *vm)
 {
     /* Devices first: disk images, taps and sockets are released now, so a
-     * next machine can take them at once. */
+     * next machine can take them at once. A machine that migrated away is
+     * left as it is: its devices' threads stay held (another ember serves
+     * its guest now) until ember exits. */
+    if (vm->migrated)
+        return;
     vm_destroy_virtio_devices(vm);
     /* With the teardown helper, the VM itself (vCPUs, guest memory, the VM
      * and KVM fds) is left to it: the kernel destroys it when the helper

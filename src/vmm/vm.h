@@ -91,7 +91,7 @@ struct vsock_config {
 
 /* Where guest RAM comes from: fresh memory for a boot, or a snapshot's memory
  * (vmm/snapshot.c) through its file or a page-fault handler process. */
-enum vm_ram_source { VM_RAM_FRESH, VM_RAM_FILE, VM_RAM_UFFD };
+enum vm_ram_source { VM_RAM_FRESH, VM_RAM_FILE, VM_RAM_UFFD, VM_RAM_GIVEN };
 
 struct vm_config {
     const char *kernel_path;
@@ -102,6 +102,9 @@ struct vm_config {
     bool debug_exit;
     bool boot_timer; /* Firecracker's boot timer device (devices/boot_timer.h) */
     bool hugetlb;    /* guest RAM from the host's 2 MiB hugetlbfs pages */
+    bool ram_shared; /* guest RAM in a memfd, mapped shared (guest_memory_map_memfd) */
+    /* KVM logs the guest's writes to RAM and ember its own (vmm/dirty.h): Diff snapshots */
+    bool track_dirty_pages;
     /* PUT /serial: the serial port's output to this descriptor (a file or
      * FIFO, non-blocking, the caller's) instead of stdout; input stays stdin. */
     bool has_serial_out;
@@ -130,6 +133,7 @@ struct vm_config {
     enum vm_ram_source ram_source;
     int ram_fd;
     const char *ram_uffd_path;
+    struct guest_memory *ram_given; /* VM_RAM_GIVEN (live migration): taken over */
     struct kvm_cpuid2 *const *restore_cpuid;
 };
 
@@ -184,6 +188,7 @@ struct vm {
     unsigned vcpu_work_gen, vcpu_work_done;
     bool vcpu_work_failed;
     char vcpu_work_error[256];
+    bool migrated;   /* handed over to another ember: its devices are left as they are */
     int uffd_socket; /* VM_RAM_UFFD: the connection to the page-fault handler, kept open */
     int exit_status;
     int create_status; /* exit status when vm_create fails */
@@ -215,5 +220,8 @@ int vm_run_on_vcpus(struct vm *vm, int (*fn)(struct vcpu *vcpu, void *arg), void
 void vm_request_stop(struct vm *vm, int status);
 bool vm_is_stopping(const struct vm *vm);
 void vm_destroy(struct vm *vm);
+/* KVM's dirty page log on guest RAM's slots, on or off (live migration turns it on for its
+ * duration). */
+int vm_set_dirty_logging(struct vm *vm, bool on);
 
 #endif

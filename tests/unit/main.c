@@ -16,7 +16,8 @@ int main(void)
                                       seccomp_suite,      cpu_template_suite,
                                       mmds_suite,         mmds_stack_suite,
                                       virtio_pmem_suite,  snapshot_format_suite,
-                                      vcpu_state_suite};
+                                      vcpu_state_suite,   devices_snapshot_suite,
+                                      uffd_suite,         dirty_suite};
     /* Tests provoke guest errors on purpose; their log lines would only
      * clutter the report. EMBER_TEST_LOG=1 shows them. */
     if (!getenv("EMBER_TEST_LOG"))

@@ -27,5 +27,8 @@ Suite *mmds_suite(void);
 Suite *mmds_stack_suite(void);
 Suite *snapshot_format_suite(void);
 Suite *vcpu_state_suite(void);
+Suite *devices_snapshot_suite(void);
+Suite *uffd_suite(void);
+Suite *dirty_suite(void);
 
 #endif
