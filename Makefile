@@ -120,6 +120,10 @@ $(BUILD)/restorebench: bench/restorebench.c bench/timing.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
+$(BUILD)/migratebench: bench/migratebench.c bench/timing.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+
 bench-jailer:
 	bench/jailer.sh
 

@@ -7,20 +7,27 @@
 #     of it under ember; then the first touches of all guest memory after the restore (128 MiB),
 #     timed by the guest;
 #  2. snapshot create time, Full and Diff (after the guest dirtied DIRTY_MIB), and the files'
-#     apparent and allocated sizes, beside QEMU's migration to a file;
+#     apparent and allocated sizes, beside QEMU's migration to a file (stop, migrate
+#     "exec:cat > FILE", bandwidth unlimited);
 #  3. ember's RSS after a restore: VmRSS, RssAnon, RssFile, the guest RAM's share and the rest;
-#  4. live migration (when ember has it).
+#  4. live migration: total time and the guest's downtime (the source VMM's last byte to the
+#     destination's first), ember (copying guest RAM, and handing it over: --local) beside
+#     QEMU's live migration over a unix socket.
 # Parts whose pieces are missing (the Uffd handler, Diff snapshots, the merge tool, migration
 # routes) print "n/a (reason)". Medians of RUNS interleaved runs per point.
 #   bench/snapshot.sh [RUNS]      (default 9; ~1.5-3 minutes here)
 # Environment: QEMU (qemu-system-x86_64); SIZES ("128:1 1024:2 128:1:0": MiB:vCPUs[:FILL], FILL
 # the MiB the guest writes before it is saved, default all of its RAM); DIRTY_MIB (16);
 # DIR (the snapshot files; default build/bench-snapshot, removed at the end unless KEEP=1);
-# EMBER (build/ember), UFFD_HANDLER and SNAPSHOT_MERGE (default: next to EMBER).
+# EMBER (build/ember), UFFD_HANDLER and SNAPSHOT_MERGE (default: next to EMBER); MIG_RUNS (5):
+# runs of each live migration; CREATE_RUNS (5): snapshots taken of each kind, one after the
+# other, from one machine.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 RUNS=${1:-9}
+MIG_RUNS=${MIG_RUNS:-5}
+CREATE_RUNS=${CREATE_RUNS:-5}
 SIZES=${SIZES:-128:1 1024:2 128:1:0}
 DIRTY_MIB=${DIRTY_MIB:-16}
 QEMU=${QEMU:-qemu-system-x86_64}
@@ -28,7 +35,7 @@ DIR=${DIR:-build/bench-snapshot}
 KEEP=${KEEP:-0}
 TOUCH_MAX_MIB=128 # first touches only on guests this small: a fault costs 20-150 us here
 
-make --no-print-directory -s all guests build/restorebench >/dev/null
+make --no-print-directory -s all guests build/restorebench build/migratebench >/dev/null
 # The Uffd handler may be built by a target of its own.
 [ -x build/ember-uffd-handler ] || make --no-print-directory -s build/ember-uffd-handler >/dev/null 2>&1 || true
 EMBER=$(realpath "${EMBER:-build/ember}")
@@ -154,21 +161,36 @@ for size in $SIZES; do
     api_ok "$sock" PUT /actions '{"action_type": "InstanceStart"}' >/dev/null
     wait_for "$out" "snapbench: ready cpus=$cpus" 1 "$pid"
     sleep 0.2
+    # Full, CREATE_RUNS times (each file removed first: the host's page cache is then reused,
+    # as it is for QEMU's); the last one is restored below.
     CREATE[$tag,pause]=$(api_ok "$sock" PATCH /vm '{"state": "Paused"}')
-    CREATE[$tag,full]=$(api_ok "$sock" PUT /snapshot/create \
-        "{\"snapshot_type\": \"Full\", \"snapshot_path\": \"$DIR/$tag.state\", \"mem_file_path\": \"$DIR/$tag.mem\"}")
+    for ((k = 1; k <= CREATE_RUNS; k++)); do
+        rm -f "$DIR/$tag.state" "$DIR/$tag.mem"
+        t=$(api_ok "$sock" PUT /snapshot/create \
+            "{\"snapshot_type\": \"Full\", \"snapshot_path\": \"$DIR/$tag.state\", \"mem_file_path\": \"$DIR/$tag.mem\"}")
+        echo "$tag create-full $k ms=$t" >>"$RESULTS"
+    done
     CREATE[$tag,full_state]=$(sizes "$DIR/$tag.state")
     CREATE[$tag,full_mem]=$(sizes "$DIR/$tag.mem")
 
-    # Diff: the guest writes DIRTY_MIB, then a Diff snapshot holds what changed since the Full one.
-    api_ok "$sock" PATCH /vm '{"state": "Resumed"}' >/dev/null
-    echo -n d >&"$infd"
-    wait_for "$out" "snapbench: dirtied" 1 "$pid"
-    api_ok "$sock" PATCH /vm '{"state": "Paused"}' >/dev/null
-    read -r code secs < <(api "$sock" PUT /snapshot/create \
-        "{\"snapshot_type\": \"Diff\", \"snapshot_path\": \"$DIR/$tag-diff.state\", \"mem_file_path\": \"$DIR/$tag-diff.mem\"}")
-    if [ "$code" = 204 ]; then
-        CREATE[$tag,diff]=$(awk -v s="$secs" 'BEGIN { printf "%.1f", s * 1000 }')
+    # Diff: the guest writes DIRTY_MIB, then a Diff snapshot holds what changed since the last
+    # snapshot; CREATE_RUNS times.
+    for ((k = 1; k <= CREATE_RUNS; k++)); do
+        api_ok "$sock" PATCH /vm '{"state": "Resumed"}' >/dev/null
+        echo -n d >&"$infd"
+        wait_for "$out" "snapbench: dirtied" "$k" "$pid"
+        api_ok "$sock" PATCH /vm '{"state": "Paused"}' >/dev/null
+        rm -f "$DIR/$tag-diff.state" "$DIR/$tag-diff.mem"
+        read -r code secs < <(api "$sock" PUT /snapshot/create \
+            "{\"snapshot_type\": \"Diff\", \"snapshot_path\": \"$DIR/$tag-diff.state\", \"mem_file_path\": \"$DIR/$tag-diff.mem\"}")
+        if [ "$code" != 204 ]; then
+            CREATE[$tag,diff]="n/a ($(sed 's/.*"fault_message":"\([^"]*\)".*/\1/' "$DIR/api.body"))"
+            break
+        fi
+        echo "$tag create-diff $k ms=$(awk -v s="$secs" 'BEGIN { printf "%.1f", s * 1000 }')" >>"$RESULTS"
+    done
+    if [ -z "${CREATE[$tag,diff]:-}" ]; then
+        CREATE[$tag,diff]=ok
         CREATE[$tag,diff_state]=$(sizes "$DIR/$tag-diff.state")
         CREATE[$tag,diff_mem]=$(sizes "$DIR/$tag-diff.mem")
         if [ -x "$MERGE" ]; then
@@ -181,8 +203,6 @@ for size in $SIZES; do
         else
             CREATE[$tag,merge]="n/a (no $(basename "$MERGE"))"
         fi
-    else
-        CREATE[$tag,diff]="n/a ($(sed 's/.*"fault_message":"\([^"]*\)".*/\1/' "$DIR/api.body"))"
     fi
     stop "$pid"
     exec {infd}>&-
@@ -199,9 +219,14 @@ for size in $SIZES; do
     PIDS+=("$pid")
     wait_for "$out" "snapbench: ready cpus=$cpus" 1 "$pid"
     sleep 0.2
-    line=$(python3 bench/qmp-save.py "$qmp" "$DIR/$tag.qemu") || die "QEMU's migration to a file failed"
-    line=${line#*save_ms=}
-    CREATE[$tag,qemu]=${line%% *}
+    python3 bench/qmp-migrate.py save "$qmp" "$DIR/$tag.qemu" "$CREATE_RUNS" >"$DIR/qsave.txt" ||
+        die "QEMU's migration to a file failed"
+    k=0
+    while read -r line; do
+        k=$((k + 1))
+        line=${line#migrate_ms=}
+        echo "$tag create-qemu $k ms=${line%% *}" >>"$RESULTS"
+    done <"$DIR/qsave.txt"
     CREATE[$tag,qemu_file]=$(sizes "$DIR/$tag.qemu")
     wait "$pid" 2>/dev/null || true
     exec {infd}>&-
@@ -262,14 +287,47 @@ sock=$DIR/probe.sock
 pid=$!
 PIDS+=("$pid")
 wait_socket "$sock" "$pid"
-migration="n/a: live migration not yet in ember"
-for route in /migration/send /migration/receive; do
-    read -r code _ < <(api "$sock" PUT "$route" '{}')
-    if ! grep -q 'invalid request method and/or path' "$DIR/api.body"; then
-        migration="n/a: ember answers PUT $route ($code), but this benchmark does not drive it yet"
-    fi
-done
+read -r code _ < <(api "$sock" PUT /migration/receive '{}')
+migration=""
+if grep -q 'invalid request method and/or path' "$DIR/api.body"; then
+    migration="n/a: live migration not yet in ember (PUT /migration/receive: $code)"
+fi
 stop "$pid"
+
+# mig NAME TAG RUN migratebench-args...: one migration, its line added to the results
+mig() {
+    local name=$1 tag=$2 run=$3 line
+    shift 3
+    line=$("$ROOT/build/migratebench" --log "$LOG" "$@" 2>"$DIR/one.err") ||
+        die "live migration, $name, $tag, run $run: $(tail -1 "$DIR/one.err")"
+    echo "$tag $name $run ${line%% mig: *}" >>"$RESULTS"
+    sleep 0.1
+}
+
+if [ -z "$migration" ]; then
+    echo "# live migrations: $MIG_RUNS runs of each, interleaved" >&2
+    for ((run = 1; run <= MIG_RUNS; run++)); do
+        for size in $SIZES; do
+            parse_size "$size"
+            for how in copy local; do
+                shared="" local_arg=()
+                [ "$how" = local ] && shared=",shared=on" local_arg=(--local)
+                mig "mig-ember-$how" "$tag" "$run" --dst-ready "$DIR/mdst.sock" -- \
+                    "$EMBER" run --kernel "$GUEST" --memory "$mem$shared" --cpus "$cpus" \
+                    --cmdline "$(cmdline "$fill")" --api-sock "$DIR/msrc.sock" ';' \
+                    "$EMBER" --api-sock "$DIR/mdst.sock" ';' \
+                    "$EMBER" migrate --from "$DIR/msrc.sock" --to "$DIR/mdst.sock" \
+                    --url "unix:$DIR/mig.sock" ${local_arg[@]+"${local_arg[@]}"}
+            done
+            # shellcheck disable=SC2046 # qemu_args prints plain words
+            mig mig-qemu "$tag" "$run" --dst-ready "$DIR/mig.sock" -- \
+                "$QEMU" $(qemu_args "$mem" "$cpus") -append "$(cmdline "$fill")" \
+                -qmp "unix:$DIR/mqmp.sock,server=on,wait=off" ';' \
+                "$QEMU" $(qemu_args "$mem" "$cpus") -append "$(cmdline "$fill")" -incoming "unix:$DIR/mig.sock" ';' \
+                python3 "$ROOT/bench/qmp-migrate.py" live "$DIR/mqmp.sock" "unix:$DIR/mig.sock"
+        done
+    done
+fi
 
 # ---- the report -----------------------------------------------------------------------------
 
@@ -279,7 +337,7 @@ stop "$pid"
     echo "misc migration $migration"
 } >"$DIR/create.txt"
 
-awk -v sizes="$SIZES" -v dirty="$DIRTY_MIB" -v runs="$RUNS" '
+awk -v sizes="$SIZES" -v dirty="$DIRTY_MIB" -v runs="$RUNS" -v mruns="$MIG_RUNS" -v cruns="$CREATE_RUNS" '
 function median(key,    n, i, j, t, a) {
     n = cnt[key]
     if (!n) return -1
@@ -372,23 +430,23 @@ END {
     }
 
     print ""
-    print "2. Snapshot create (the client'"'"'s time of the request, ms; one each) and file sizes (KiB,"
-    print "   apparent / allocated)"
+    print "2. Snapshot create, on a paused machine (the client'"'"'s time of the request; median (minimum) of"
+    printf "   %d, one after the other, ms) and file sizes (KiB, apparent / allocated)\n", cruns
     for (s = 1; s <= ntags; s++) {
         t = tags[s]
         printf "   %s\n", label[s]
         split(cr[t SUBSEP "full_state"], fs, " "); split(cr[t SUBSEP "full_mem"], fm, " ")
-        printf "     %-40s %10s   state %s / %s, memory %s / %s\n", "ember Full", cr[t SUBSEP "full"], fs[1], fs[2], fm[1], fm[2]
+        printf "     %-40s%s   state %s / %s, memory %s / %s\n", "ember Full", w(mm(t, "create-full", "ms")), fs[1], fs[2], fm[1], fm[2]
         if (cr[t SUBSEP "diff"] ~ /^n\/a/)
             printf "     %-40s %s\n", "ember Diff", cr[t SUBSEP "diff"]
         else {
             split(cr[t SUBSEP "diff_state"], ds, " "); split(cr[t SUBSEP "diff_mem"], dm, " ")
-            printf "     %-40s %10s   state %s / %s, memory %s / %s\n", "ember Diff, " dirty " MiB written since the Full", cr[t SUBSEP "diff"], ds[1], ds[2], dm[1], dm[2]
-            printf "     %-40s %10s\n", "ember-snapshot-merge of it onto the Full", cr[t SUBSEP "merge"]
+            printf "     %-40s%s   state %s / %s, memory %s / %s\n", "ember Diff, " dirty " MiB written since", w(mm(t, "create-diff", "ms")), ds[1], ds[2], dm[1], dm[2]
+            printf "     %-40s%s\n", "ember-snapshot-merge of it onto the Full", w(cr[t SUBSEP "merge"])
         }
         split(cr[t SUBSEP "qemu_file"], qf, " ")
-        printf "     %-40s %10s   file %s / %s\n", "QEMU migrate \"exec:cat > FILE\"", cr[t SUBSEP "qemu"], qf[1], qf[2]
-        printf "     %-40s %10s\n", "(ember: the pause before the Full)", cr[t SUBSEP "pause"]
+        printf "     %-40s%s   file %s / %s\n", "QEMU migrate \"exec:cat > FILE\"", w(mm(t, "create-qemu", "ms")), qf[1], qf[2]
+        printf "     %-40s%s\n", "(ember: the pause before the Full)", w(cr[t SUBSEP "pause"])
     }
 
     print ""
@@ -419,6 +477,24 @@ END {
     print "   maps them; a File restore'"'"'s guest pages are RssFile until written, then RssAnon)"
 
     print ""
-    print "4. Live migration: " misc["migration"]
+    if (misc["migration"] != "") { print "4. Live migration: " misc["migration"]; exit }
+    printf "4. Live migration over a unix socket (median of %d runs, ms): from the migrating command'"'"'s start\n", mruns
+    print "   to its end, and the guest'"'"'s downtime (the source'"'"'s last byte to the destination'"'"'s first);"
+    print "   ember copies guest RAM (ember migrate), or hands its memfd over (--local, shared=on);"
+    print "   QEMU: migrate \"unix:PATH\" to a QEMU started with -incoming, bandwidth unlimited."
+    printf "   %-28s%s%s%s  %s\n", "guest (RAM written)", w("ember copy"), w("ember local"), w("QEMU"), "QEMU / ember copy"
+    for (s = 1; s <= ntags; s++) {
+        t = tags[s]
+        printf "   %-28s%s%s%s  %s\n", label[s] " total", w(ms(t, "mig-ember-copy", "total_ms")),
+            w(ms(t, "mig-ember-local", "total_ms")), w(ms(t, "mig-qemu", "total_ms")),
+            has(t, "mig-qemu", "total_ms") ? sprintf("%.1fx", med(t, "mig-qemu", "total_ms") / med(t, "mig-ember-copy", "total_ms")) : ""
+        printf "   %-28s%s%s%s  %s\n", "  downtime", w(ms(t, "mig-ember-copy", "downtime_ms")),
+            w(ms(t, "mig-ember-local", "downtime_ms")), w(ms(t, "mig-qemu", "downtime_ms")),
+            has(t, "mig-qemu", "downtime_ms") ? sprintf("%.1fx", med(t, "mig-qemu", "downtime_ms") / med(t, "mig-ember-copy", "downtime_ms")) : ""
+        printf "   %-28s%s%s%s\n", "  destination RSS, MiB", w(mib(t, "mig-ember-copy", "dst_vmrss_kib")),
+            w(mib(t, "mig-ember-local", "dst_vmrss_kib")), w(mib(t, "mig-qemu", "dst_vmrss_kib"))
+    }
+    print "   (a local migration'"'"'s destination has mapped only the guest pages touched since: the rest"
+    print "   stay in the memfd, resident but not yet in its page tables)"
 }' "$DIR/create.txt" "$RESULTS" | tee build/bench-snapshot.txt
 cp "$RESULTS" build/bench-snapshot-runs.txt
