@@ -93,6 +93,8 @@ static ssize_t drain(int fd, char *keep, size_t keep_size, size_t *kept)
     if (n < 0)
         return errno == EAGAIN || errno == EINTR ? -1 : 0;
     if (keep && n > 0) {
+        if ((size_t)n >= keep_size)
+            n = (ssize_t)keep_size - 1;
         if (*kept + (size_t)n >= keep_size)
             *kept = 0; /* only the last lines matter */
         memcpy(keep + *kept, buf, (size_t)n);

@@ -15,7 +15,7 @@
 #     QEMU's live migration over a unix socket.
 # Parts whose pieces are missing (the Uffd handler, Diff snapshots, the merge tool, migration
 # routes) print "n/a (reason)". Medians of RUNS interleaved runs per point.
-#   bench/snapshot.sh [RUNS]      (default 9; ~1.5-3 minutes here)
+#   bench/snapshot.sh [RUNS]      (default 7; ~4 minutes here)
 # Environment: QEMU (qemu-system-x86_64); SIZES ("128:1 1024:2 128:1:0": MiB:vCPUs[:FILL], FILL
 # the MiB the guest writes before it is saved, default all of its RAM); DIRTY_MIB (16);
 # DIR (the snapshot files; default build/bench-snapshot, removed at the end unless KEEP=1);
@@ -25,7 +25,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-RUNS=${1:-9}
+RUNS=${1:-7}
 MIG_RUNS=${MIG_RUNS:-5}
 CREATE_RUNS=${CREATE_RUNS:-5}
 SIZES=${SIZES:-128:1 1024:2 128:1:0}
@@ -248,7 +248,7 @@ one() {
     echo "$tag $name $run $line" >>"$RESULTS"
     sleep 0.1 # the kernel's teardown of the last VM, off the next run's clock
 }
-failed() { die "$1, $tag, run $run: $(tail -1 "$DIR/one.err")"; }
+failed() { die "$1, $tag, run $run: $(tr -d '\r' <"$DIR/one.err" | grep -v '^$' | tail -3)"; }
 
 echo "# restoring: $RUNS runs of each, interleaved" >&2
 for ((run = 1; run <= RUNS; run++)); do
@@ -298,8 +298,14 @@ stop "$pid"
 mig() {
     local name=$1 tag=$2 run=$3 line
     shift 3
-    line=$("$ROOT/build/migratebench" --log "$LOG" "$@" 2>"$DIR/one.err") ||
-        die "live migration, $name, $tag, run $run: $(tail -1 "$DIR/one.err")"
+    # A failed migration is counted and reported, and the rest goes on.
+    if ! line=$("$ROOT/build/migratebench" --log "$LOG" "$@" 2>"$DIR/one.err"); then
+        echo "$tag $name $run failed=1" >>"$RESULTS"
+        { echo "live migration $name, $tag, run $run failed:"; cat "$DIR/one.err"; } >>"$LOG"
+        echo "$name $tag run $run: $(tr -d '\r' <"$DIR/one.err" | grep -v '^$' | head -c 300 | tr '\n' ' ')" \
+            >>"$DIR/mig-failures.txt"
+        return 0
+    fi
     echo "$tag $name $run ${line%% mig: *}" >>"$RESULTS"
     sleep 0.1
 }
@@ -335,6 +341,7 @@ fi
     for k in "${!CREATE[@]}"; do echo "create ${k/,/ } ${CREATE[$k]}"; done
     echo "misc handler_why $handler_why"
     echo "misc migration $migration"
+    [ -f "$DIR/mig-failures.txt" ] && sed 's/^/misc migfail /' "$DIR/mig-failures.txt"
 } >"$DIR/create.txt"
 
 awk -v sizes="$SIZES" -v dirty="$DIRTY_MIB" -v runs="$RUNS" -v mruns="$MIG_RUNS" -v cruns="$CREATE_RUNS" '
@@ -361,7 +368,7 @@ function mib(t, name, f) { return has(t, name, f) ? sprintf("%.2f", med(t, name,
 function c(s) { return sprintf("%15s", s) }
 function w(s) { return sprintf("%17s", s) }
 FILENAME ~ /create.txt$/ {
-    if ($1 == "misc") { k = $2; $1 = ""; $2 = ""; sub(/^ +/, ""); misc[k] = $0; next }
+    if ($1 == "misc") { k = $2; $1 = ""; $2 = ""; sub(/^ +/, ""); misc[k] = misc[k] (k == "migfail" ? "\n     " : "") $0; next }
     k = $2 SUBSEP $3; $1 = ""; $2 = ""; $3 = ""; sub(/^ +/, ""); cr[k] = $0; next
 }
 {
@@ -496,5 +503,6 @@ END {
     }
     print "   (a local migration'"'"'s destination has mapped only the guest pages touched since: the rest"
     print "   stay in the memfd, resident but not yet in its page tables)"
+    if (misc["migfail"] != "") print "   FAILED runs (left out of the medians; the log has their output):" misc["migfail"]
 }' "$DIR/create.txt" "$RESULTS" | tee build/bench-snapshot.txt
 cp "$RESULTS" build/bench-snapshot-runs.txt
