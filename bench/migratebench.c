@@ -2,7 +2,8 @@
  * (guest/snapbench.c) prints a byte every 50 us, so the gap between the source VMM's last byte
  * and the destination VMM's first is the guest's downtime.
  *
- *   migratebench [--log FILE] [--timeout-ms N] --dst-ready PATH -- SRC... ';' DST... ';' MIG...
+ *   migratebench [--log FILE] [--timeout-ms N (150000)] --dst-ready PATH -- SRC... ';' DST... ';'
+ *                MIG...
  *
  * SRC (the source VMM, booting the guest) runs until the guest's ready line and 100 ms more;
  * DST (the destination VMM) is started and waited for until PATH exists (its API socket, or
@@ -133,7 +134,7 @@ static void rss(pid_t pid, long *vm, long *guest)
 int main(int argc, char **argv)
 {
     const char *log = "/dev/null", *ready_path = NULL;
-    int timeout_ms = 120000;
+    int timeout_ms = 150000; /* beyond ember migrate's own 120 s, so that its message is seen */
     int i = 1;
     for (; i < argc && strcmp(argv[i], "--"); i++) {
         if (!strcmp(argv[i], "--log") && i + 1 < argc)
@@ -162,7 +163,7 @@ int main(int argc, char **argv)
         die("pipe: %s", strerror(errno));
     src = spawn(src_cmd, -1, so[1], log);
     close(so[1]);
-    char out[1 << 14];
+    char out[1 << 14] = "";
     size_t kept = 0;
     double deadline = now_ms() + timeout_ms, ready_at = -1;
     while (ready_at < 0 || now_ms() < ready_at + 100) {
@@ -201,7 +202,7 @@ int main(int argc, char **argv)
     double t0 = now_ms(), last_src = t0, first_dst = -1, mig_end = -1;
     mig = spawn(mig_cmd, -1, mo[1], log);
     close(mo[1]);
-    char mig_out[4096];
+    char mig_out[4096] = "";
     size_t mig_kept = 0;
     bool src_open = true;
     int mig_status = 0;

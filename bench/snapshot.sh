@@ -320,8 +320,8 @@ if [ -z "$migration" ]; then
                 [ "$how" = local ] && shared=",shared=on" local_arg=(--local)
                 mig "mig-ember-$how" "$tag" "$run" --dst-ready "$DIR/mdst.sock" -- \
                     "$EMBER" run --kernel "$GUEST" --memory "$mem$shared" --cpus "$cpus" \
-                    --cmdline "$(cmdline "$fill")" --api-sock "$DIR/msrc.sock" ';' \
-                    "$EMBER" --api-sock "$DIR/mdst.sock" ';' \
+                    --cmdline "$(cmdline "$fill")" --api-sock "$DIR/msrc.sock" --log-level info ';' \
+                    "$EMBER" --api-sock "$DIR/mdst.sock" --level Info ';' \
                     "$EMBER" migrate --from "$DIR/msrc.sock" --to "$DIR/mdst.sock" \
                     --url "unix:$DIR/mig.sock" ${local_arg[@]+"${local_arg[@]}"}
             done
