@@ -50,7 +50,7 @@ UNIT_OBJS := $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-.PHONY: all demo test unit-test guest-test console-test api-test seccomp-test jailer-test \
+.PHONY: all demo test unit-test guest-test console-test api-test snapshot-test seccomp-test jailer-test \
         jailer-test-sanitize linux-smoke-test test-linux \
         test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer bench-linux-boot \
         bench-snapshot \
@@ -179,6 +179,11 @@ api-test: all guests
 	  tests/api/test_api.py; api=$$?; tests/api/test_conformance.py; conformance=$$?; \
 	  tests/api/test_metrics.py; metrics=$$?; exit $$((api | conformance | metrics))
 
+# Snapshots end to end (Python 3, standard library): guest/snapcount saved, killed and restored
+# (File and Uffd backends, Full and Diff), and the refusals of bad snapshots and requests.
+snapshot-test: all guests
+	EMBER=$(BUILD)/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/snapshot/test_snapshot.py
+
 # The seccomp filters hold inside ember's real threads: a test-only preload
 # library makes each kind of thread attempt forbidden system calls.
 $(BUILD)/seccomp-trigger.so: tests/seccomp/trigger.c
@@ -213,8 +218,8 @@ go-sdk-test: all guests
 test:
 	@scripts/install-deps.sh test
 	$(MAKE) format-check
-	$(MAKE) all unit-test guest-test console-test api-test clients-test seccomp-test jailer-test \
-	  go-sdk-test linux-smoke-test
+	$(MAKE) all unit-test guest-test console-test api-test snapshot-test clients-test seccomp-test \
+	  jailer-test go-sdk-test linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
@@ -225,7 +230,7 @@ test:
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 test-sanitize:
 	$(MAKE) BUILD=build/sanitize CC=clang EXTRA_CFLAGS="$(SANITIZE_FLAGS)" \
-	  unit-test guest-test console-test api-test clients-test
+	  unit-test guest-test console-test api-test snapshot-test clients-test
 	$(MAKE) jailer-test-sanitize
 
 # The jailer built with the sanitizers, jailing the plain ember: a jail has no /proc, which

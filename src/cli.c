@@ -666,6 +666,15 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
             return error_set("at most %d --net options", VM_MAX_NETS);
         if (cli_parse_net(value, &vm->nets[vm->nnets]) < 0)
             return -1;
+        if (!vm->nets[vm->nnets].id) {
+            /* A name for the API (PATCH /network-interfaces, a migration's
+             * network_overrides): netN, as the guest's device is named. */
+            char net_id[16];
+            snprintf(net_id, sizeof(net_id), "net%u", vm->nnets);
+            vm->nets[vm->nnets].id = strdup(net_id);
+            if (!vm->nets[vm->nnets].id)
+                return error_set("out of memory");
+        }
         vm->nnets++;
         return 0;
     case OPT_VSOCK:

@@ -188,6 +188,9 @@ struct smp_result {
     uint64_t start_us[MAX_CPUS]; /* INIT to report */
 };
 bool smp_start_cpus(struct smp_result *result);
+/* Set before smp_start_cpus() to keep the APs busy: each calls it after reporting (on its own
+ * AP_STACK_SIZE stack, interrupts off) instead of halting; halts if it returns. */
+extern void (*smp_ap_continue)(void);
 
 /* rtc.c */
 struct rtc_time {

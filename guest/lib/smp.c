@@ -14,16 +14,20 @@
 extern const char ap_trampoline_start[], ap_trampoline_end[];
 extern char ap_stacks[];
 extern uint64_t ap_stack_top;
+_Noreturn void ap_main(void);
 
 static volatile int ap_reported_id = -1;
 
-_Noreturn void ap_main(void);
+void (*smp_ap_continue)(void);
 
 _Noreturn void ap_main(void)
 {
     idt_load();
     lapic_enable();
+    void (*next)(void) = __atomic_load_n(&smp_ap_continue, __ATOMIC_ACQUIRE);
     __atomic_store_n(&ap_reported_id, lapic_id(), __ATOMIC_RELEASE);
+    if (next)
+        next();
     halt_forever();
 }
 

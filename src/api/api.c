@@ -368,6 +368,16 @@ static int put_snapshot_create(struct api *a, const cJSON *body, char **out)
     return 204;
 }
 
+static void overrides_to_load(const struct api_overrides *o, struct vm_snapshot_load_params *p)
+{
+    p->nnet_overrides = o->nnet;
+    for (unsigned i = 0; i < o->nnet; i++) {
+        p->net_overrides[i].iface_id = o->net[i].iface_id;
+        p->net_overrides[i].host_dev_name = o->net[i].host_dev_name;
+    }
+    p->vsock_uds_path = o->vsock_uds_path;
+}
+
 struct load {
     struct api *a;
     const struct vm_snapshot_load_params *p;
@@ -406,16 +416,12 @@ static int put_snapshot_load(struct api *a, const cJSON *body, char **out)
         .track_dirty_pages = req.track_dirty_pages,
         .resume_vm = req.resume_vm,
         .clock_realtime = req.clock_realtime,
-        .nnet_overrides = req.nnet_overrides,
-        .vsock_uds_path = req.vsock_uds_path,
+        .vsock_uds_path = req.overrides.vsock_uds_path,
         .attach_console = true,
         .mmds = &a->mmds,
         .instance_id = a->instance_id,
     };
-    for (unsigned i = 0; i < req.nnet_overrides; i++) {
-        p.net_overrides[i].iface_id = req.net_overrides[i].iface_id;
-        p.net_overrides[i].host_dev_name = req.net_overrides[i].host_dev_name;
-    }
+    overrides_to_load(&req.overrides, &p);
     struct load l = {.a = a, .p = &p};
     uint64_t start = now_us();
     if (a->builder)
@@ -432,6 +438,7 @@ static int put_snapshot_load(struct api *a, const cJSON *body, char **out)
     }
     a->vm_created = true;
     a->vm_cfg = l.cfg;
+    api_config_adopt_vm(&a->cfg, &a->vm_cfg, &a->mmds);
     builder_done(a);
     uint64_t end = now_us();
     api_metrics_set_latency(&a->metrics, API_LATENCY_VMM_LOAD_SNAPSHOT, end - start);
@@ -524,6 +531,7 @@ static int put_migration_receive(struct api *a, const cJSON *body, char **out)
         .timeout_ms = req.timeout_s * 1000,
         .load = {.attach_console = true, .mmds = &a->mmds, .instance_id = a->instance_id},
     };
+    overrides_to_load(&req.overrides, &p.load);
     struct receive_job j = {.a = a, .p = &p};
     if (a->builder)
         iothread_call(a->builder, receive_machine, &j);
@@ -539,6 +547,7 @@ static int put_migration_receive(struct api *a, const cJSON *body, char **out)
     a->metrics.migration.completed++;
     a->vm_created = true;
     a->vm_cfg = j.cfg;
+    api_config_adopt_vm(&a->cfg, &a->vm_cfg, &a->mmds);
     builder_done(a);
     return 204;
 }
@@ -807,6 +816,11 @@ static int patch_pmem(struct api *a, const char *id, const cJSON *body, char **o
     if (u.has_rate_limiter) {
         cfg->rate_limit = u.rate_limit;
         cfg->has_rate_limiter = true;
+        /* The machine's configuration too: a snapshot carries the limits in force. */
+        for (unsigned i = 0; i < a->vm->cfg.npmem; i++) {
+            if (a->vm->cfg.pmem[i].id && !strcmp(a->vm->cfg.pmem[i].id, id))
+                a->vm->cfg.pmem[i].rate_limit = u.rate_limit;
+        }
         virtio_pmem_change_limits(p, &u.rate_limit);
         log_info("pmem '%s': new rate limits in force", id);
     }

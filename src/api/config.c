@@ -3,6 +3,7 @@
 #include "api/cpu_config.h"
 #include "arch/x86/cpuid.h"
 #include "backends/block.h"
+#include "mmds/store.h"
 #include "util/error.h"
 
 #include <ctype.h>
@@ -970,7 +971,7 @@ int api_parse_snapshot_create(const cJSON *body, struct api_snapshot_create *out
     return 0;
 }
 
-static int parse_net_overrides(const cJSON *v, struct api_snapshot_load *out)
+static int parse_net_overrides(const cJSON *v, struct api_overrides *out)
 {
     static const char *const fields[] = {"iface_id", "host_dev_name", NULL};
     const char *what = "network_overrides";
@@ -979,25 +980,42 @@ static int parse_net_overrides(const cJSON *v, struct api_snapshot_load *out)
     const cJSON *item;
     cJSON_ArrayForEach(item, v)
     {
-        if (out->nnet_overrides == API_MAX_NET_OVERRIDES)
+        if (out->nnet == API_MAX_NET_OVERRIDES)
             return error_set("%s: more than %d entries", what, API_MAX_NET_OVERRIDES);
-        unsigned i = out->nnet_overrides;
+        unsigned i = out->nnet;
         if (expect_object(item, what) < 0 || only_fields(item, what, fields) < 0 ||
-            get_string(item, what, "iface_id", true, &out->net_overrides[i].iface_id) < 0 ||
-            get_string(item, what, "host_dev_name", true, &out->net_overrides[i].host_dev_name) < 0)
+            get_string(item, what, "iface_id", true, &out->net[i].iface_id) < 0 ||
+            get_string(item, what, "host_dev_name", true, &out->net[i].host_dev_name) < 0)
             return -1;
-        if (!api_id_valid(out->net_overrides[i].iface_id))
-            return error_set("%s: invalid iface_id '%s'", what, out->net_overrides[i].iface_id);
-        size_t len = strlen(out->net_overrides[i].host_dev_name);
+        if (!api_id_valid(out->net[i].iface_id))
+            return error_set("%s: invalid iface_id '%s'", what, out->net[i].iface_id);
+        size_t len = strlen(out->net[i].host_dev_name);
         if (len == 0 || len >= 16)
             return error_set("%s: host_dev_name '%s' is not a valid interface name", what,
-                             out->net_overrides[i].host_dev_name);
+                             out->net[i].host_dev_name);
         for (unsigned k = 0; k < i; k++) {
-            if (!strcmp(out->net_overrides[k].iface_id, out->net_overrides[i].iface_id))
-                return error_set("%s: iface_id '%s' given twice", what,
-                                 out->net_overrides[i].iface_id);
+            if (!strcmp(out->net[k].iface_id, out->net[i].iface_id))
+                return error_set("%s: iface_id '%s' given twice", what, out->net[i].iface_id);
         }
-        out->nnet_overrides++;
+        out->nnet++;
+    }
+    return 0;
+}
+
+static int parse_overrides(const cJSON *body, struct api_overrides *out)
+{
+    static const char *const vsock_fields[] = {"uds_path", NULL};
+    const cJSON *nets = field(body, "network_overrides");
+    if (nets && parse_net_overrides(nets, out) < 0)
+        return -1;
+    const cJSON *vsock = field(body, "vsock_override");
+    if (vsock) {
+        if (expect_object(vsock, "vsock_override") < 0 ||
+            only_fields(vsock, "vsock_override", vsock_fields) < 0 ||
+            get_string(vsock, "vsock_override", "uds_path", true, &out->vsock_uds_path) < 0)
+            return -1;
+        if (!out->vsock_uds_path[0])
+            return error_set("vsock_override: `uds_path` must not be empty");
     }
     return 0;
 }
@@ -1010,7 +1028,6 @@ int api_parse_snapshot_load(const cJSON *body, struct api_snapshot_load *out)
                                          "network_overrides", "vsock_override",
                                          "clock_realtime",    NULL};
     static const char *const backend_fields[] = {"backend_type", "backend_path", NULL};
-    static const char *const vsock_fields[] = {"uds_path", NULL};
     const char *what = "snapshot/load";
     memset(out, 0, sizeof(*out));
     bool diff = false, track = false;
@@ -1048,19 +1065,7 @@ int api_parse_snapshot_load(const cJSON *body, struct api_snapshot_load *out)
     }
     if (!out->snapshot_path[0] || !out->backend_path[0])
         return error_set("%s: the snapshot and memory paths must not be empty", what);
-    const cJSON *nets = field(body, "network_overrides");
-    if (nets && parse_net_overrides(nets, out) < 0)
-        return -1;
-    const cJSON *vsock = field(body, "vsock_override");
-    if (vsock) {
-        if (expect_object(vsock, "vsock_override") < 0 ||
-            only_fields(vsock, "vsock_override", vsock_fields) < 0 ||
-            get_string(vsock, "vsock_override", "uds_path", true, &out->vsock_uds_path) < 0)
-            return -1;
-        if (!out->vsock_uds_path[0])
-            return error_set("vsock_override: `uds_path` must not be empty");
-    }
-    return 0;
+    return parse_overrides(body, &out->overrides);
 }
 
 /* An optional whole number from 1 to max; 0 when not given. */
@@ -1093,14 +1098,15 @@ int api_parse_migration_send(const cJSON *body, struct api_migration_send *out)
 
 int api_parse_migration_receive(const cJSON *body, struct api_migration_receive *out)
 {
-    static const char *const fields[] = {"receiver_url", "timeout_s", NULL};
+    static const char *const fields[] = {"receiver_url", "timeout_s", "network_overrides",
+                                         "vsock_override", NULL};
     const char *what = "migration/receive";
     memset(out, 0, sizeof(*out));
     if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
         get_string(body, what, "receiver_url", true, &out->receiver_url) < 0 ||
         get_positive(body, what, "timeout_s", 86400, &out->timeout_s) < 0)
         return -1;
-    return 0;
+    return parse_overrides(body, &out->overrides);
 }
 
 /* ---- the configuration file -------------------------------------------- */
@@ -1467,4 +1473,88 @@ cJSON *api_config_json(const struct api_config *c)
         cJSON_AddItemToArray(pmem, pmem_json(&c->pmem[i]));
     cJSON_AddNullToObject(o, "memory-hotplug");
     return o;
+}
+
+static bool limit_set(const struct rate_limit_config *l)
+{
+    return l->bandwidth.size || l->ops.size;
+}
+
+int api_config_adopt_vm(struct api_config *c, const struct vm_config *vm,
+                        const struct mmds_store *mmds)
+{
+    c->has_boot_source = true;
+    replace_str(&c->kernel_path, dup_str(vm->kernel_path));
+    replace_str(&c->initrd_path, dup_str(vm->initrd_path));
+    replace_str(&c->boot_args, dup_str(vm->cmdline));
+    c->machine.vcpu_count = vm->ncpus;
+    c->machine.mem_size_mib = vm->memory_mib;
+    c->machine.smt = vm->smt;
+    c->machine.track_dirty_pages = vm->track_dirty_pages;
+    snprintf(c->machine.cpu_template, sizeof(c->machine.cpu_template), "%s",
+             vm->cpu_template == CPU_TEMPLATE_HOST ? "None" : cpu_template_name(vm->cpu_template));
+    snprintf(c->machine.huge_pages, sizeof(c->machine.huge_pages), "%s",
+             vm->hugetlb ? "2M" : "None");
+    c->ndrives = vm->ndrives;
+    for (unsigned i = 0; i < vm->ndrives; i++) {
+        const struct drive_config *d = &vm->drives[i];
+        c->drives[i] = (struct api_drive){
+            .id = dup_str(d->id ? d->id : ""),
+            .path = dup_str(d->path),
+            .partuuid = dup_str(d->partuuid),
+            .is_root = d->is_root,
+            .readonly = d->readonly,
+            .cache_unsafe = d->unsafe,
+            .io_sync = d->engine == BLK_ENGINE_SYNC,
+            .has_rate_limiter = limit_set(&d->rate_limit),
+            .rate_limit = d->rate_limit,
+        };
+    }
+    c->nnets = vm->nnets;
+    c->mmds.nifaces = 0;
+    for (unsigned i = 0; i < vm->nnets; i++) {
+        const struct net_config *n = &vm->nets[i];
+        char mac[18];
+        snprintf(mac, sizeof(mac), "%02x:%02x:%02x:%02x:%02x:%02x", n->mac[0], n->mac[1], n->mac[2],
+                 n->mac[3], n->mac[4], n->mac[5]);
+        c->nets[i] = (struct api_net){
+            .id = dup_str(n->id ? n->id : ""),
+            .host_dev_name = dup_str(n->tap),
+            .guest_mac = n->has_mac ? dup_str(mac) : NULL,
+            .mtu = n->mtu,
+            .has_rx = limit_set(&n->rx_limit),
+            .has_tx = limit_set(&n->tx_limit),
+            .rx = n->rx_limit,
+            .tx = n->tx_limit,
+            .tap_fd = -1,
+        };
+        if (n->mmds_ipv4 && c->mmds.nifaces < API_MAX_NETS) {
+            c->mmds.ifaces[c->mmds.nifaces++] = dup_str(n->id ? n->id : "");
+            c->mmds.ipv4 = n->mmds_ipv4;
+        }
+    }
+    c->mmds.set = c->mmds.nifaces > 0;
+    c->mmds.v2 = mmds && mmds->version == MMDS_V2;
+    c->mmds.imds_compat = mmds && mmds->imds_compat;
+    c->npmem = vm->npmem;
+    for (unsigned i = 0; i < vm->npmem; i++) {
+        const struct pmem_config *p = &vm->pmem[i];
+        c->pmem[i] = (struct api_pmem){.id = dup_str(p->id ? p->id : ""),
+                                       .path = dup_str(p->path),
+                                       .is_root = p->is_root,
+                                       .readonly = p->readonly,
+                                       .has_rate_limiter = limit_set(&p->rate_limit),
+                                       .rate_limit = p->rate_limit};
+    }
+    c->entropy.set = vm->rng;
+    c->entropy.has_rate_limiter = vm->rng && vm->rng_limit.size;
+    c->entropy.rate_limit = (struct rate_limit_config){.bandwidth = vm->rng_limit};
+    if (vm->vsock.uds_path) {
+        c->vsock.set = true;
+        c->vsock.guest_cid = vm->vsock.guest_cid;
+        replace_str(&c->vsock.uds_path, dup_str(vm->vsock.uds_path));
+        replace_str(&c->vsock.vsock_id, dup_str(vm->vsock.id));
+        c->vsock.listen_fd = -1;
+    }
+    return 0;
 }

@@ -189,6 +189,26 @@ struct api_snapshot_create {
 };
 int api_parse_snapshot_create(const cJSON *body, struct api_snapshot_create *out);
 
+#define API_MAX_NET_OVERRIDES 16
+/* network_overrides and vsock_override: where a restored machine finds its host devices. */
+struct api_overrides {
+    unsigned nnet;
+    struct {
+        const char *iface_id, *host_dev_name;
+    } net[API_MAX_NET_OVERRIDES];
+    const char *vsock_uds_path; /* vsock_override.uds_path, or NULL */
+};
+
+struct api_snapshot_load {
+    const char *snapshot_path;
+    bool uffd;                /* mem_backend.backend_type Uffd (else File) */
+    const char *backend_path; /* mem_backend.backend_path, or the deprecated mem_file_path */
+    bool deprecated_mem_file_path, deprecated_enable_diff;
+    bool track_dirty_pages, resume_vm, clock_realtime;
+    struct api_overrides overrides;
+};
+int api_parse_snapshot_load(const cJSON *body, struct api_snapshot_load *out);
+
 /* ember's own live migration routes (docs/migration.md). */
 struct api_migration_send {
     const char *destination_url;
@@ -199,23 +219,10 @@ int api_parse_migration_send(const cJSON *body, struct api_migration_send *out);
 struct api_migration_receive {
     const char *receiver_url;
     uint64_t timeout_s;
+    struct api_overrides overrides; /* as a snapshot load takes them */
 };
 int api_parse_migration_receive(const cJSON *body, struct api_migration_receive *out);
 
-#define API_MAX_NET_OVERRIDES 16
-struct api_snapshot_load {
-    const char *snapshot_path;
-    bool uffd;                /* mem_backend.backend_type Uffd (else File) */
-    const char *backend_path; /* mem_backend.backend_path, or the deprecated mem_file_path */
-    bool deprecated_mem_file_path, deprecated_enable_diff;
-    bool track_dirty_pages, resume_vm, clock_realtime;
-    unsigned nnet_overrides;
-    struct {
-        const char *iface_id, *host_dev_name;
-    } net_overrides[API_MAX_NET_OVERRIDES];
-    const char *vsock_uds_path; /* vsock_override.uds_path, or NULL */
-};
-int api_parse_snapshot_load(const cJSON *body, struct api_snapshot_load *out);
 /* Whether id is a valid resource id (drive, interface, instance). */
 bool api_id_valid(const char *id);
 /* Whether id may name a resource in an API path, by Firecracker's rule:
@@ -229,6 +236,11 @@ int api_config_parse_document(struct api_config *c, const char *text, size_t len
 /* Maps c onto vm (which starts from vm_config_defaults); fails when
  * something needed is missing or not supported yet. Pointers in vm point
  * into c. */
+/* After a snapshot load or a migration received: what GET /machine-config, /vm/config and the
+ * others show becomes the machine that runs (as Firecracker fills its resources from the
+ * snapshot). The logger and metrics settings stay. */
+int api_config_adopt_vm(struct api_config *c, const struct vm_config *vm,
+                        const struct mmds_store *mmds);
 int api_config_to_vm(const struct api_config *c, struct vm_config *vm);
 
 cJSON *api_machine_config_json(const struct api_config *c);

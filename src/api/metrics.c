@@ -990,10 +990,11 @@ static void add_vsock(struct emitter *e, struct virtio_vsock *v)
     inc(e, "activate_fails", d ? load(&d->activate_fails) : 0);
     inc(e, "cfg_fails", d ? load(&d->cfg_fails) : 0);
     /* No queue eventfd is ever read (kicks are edge triggered), and connections are events
-     * of the device's own loop, with no muxer between: these failures cannot happen. */
+     * of the device's own loop, with no muxer between: these failures cannot happen. The
+     * event queue's: a snapshot's TRANSPORT_RESET that found no buffer to go in. */
     inc(e, "rx_queue_event_fails", 0);
     inc(e, "tx_queue_event_fails", 0);
-    inc(e, "ev_queue_event_fails", 0);
+    inc(e, "ev_queue_event_fails", v ? load(&v->reset_fails) : 0);
     inc(e, "muxer_event_fails", 0);
     inc(e, "conn_event_fails", 0);
     inc(e, "rx_queue_event_count", d && d->nqueues > 0 ? load(&d->queues[0].kicks) : 0);

@@ -180,6 +180,15 @@ int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, boo
     return 0;
 }
 
+int blk_backend_set_lock(struct blk_backend *b, bool held)
+{
+    int op = held ? (b->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB : LOCK_UN;
+    if (flock(b->fd, op) < 0)
+        return error_set("cannot %s the drive's lock: %s", held ? "take back" : "release",
+                         errno == EWOULDBLOCK ? "another process holds it now" : strerror(errno));
+    return 0;
+}
+
 void blk_backend_close(struct blk_backend *b)
 {
     if (b->uring_ok)

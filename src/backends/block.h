@@ -72,6 +72,9 @@ enum blk_engine {
 int blk_backend_open(struct blk_backend *b, const char *path, bool readonly, bool direct,
                      enum blk_engine engine, unsigned queue_depth);
 void blk_backend_close(struct blk_backend *b);
+/* Lets go of the image's lock, or takes it again (live migration hands the image to the
+ * destination's ember, on this host, before that one opens it). */
+int blk_backend_set_lock(struct blk_backend *b, bool held);
 /* Queues an operation. Completion is reported by blk_backend_reap. */
 void blk_backend_submit(struct blk_backend *b, struct blk_io *io);
 /* Pushes queued operations to the kernel. */

@@ -29,7 +29,7 @@ int vhost_net_open(struct vhost_net *v)
 void vhost_net_close(struct vhost_net *v)
 {
     if (v->running)
-        vhost_net_stop(v);
+        vhost_net_stop(v, NULL);
     if (v->fd >= 0)
         close(v->fd);
     v->fd = -1;
@@ -71,7 +71,8 @@ int vhost_net_start(struct vhost_net *v, const struct guest_memory *mem, uint64_
     for (unsigned i = 0; i < nrings; i++) {
         const struct vhost_ring *r = &rings[i];
         struct vhost_vring_state num = {.index = i, .num = r->size};
-        struct vhost_vring_state base = {.index = i, .num = 0};
+        /* A restored or thawed ring goes on from where the device stood. */
+        struct vhost_vring_state base = {.index = i, .num = r->next_avail};
         struct vhost_vring_addr addr = {
             .index = i,
             .desc_user_addr = (uintptr_t)r->desc,
@@ -93,7 +94,7 @@ int vhost_net_start(struct vhost_net *v, const struct guest_memory *mem, uint64_
             error_errno("VHOST_NET_SET_BACKEND");
             v->nrings = i;
             v->running = true;
-            vhost_net_stop(v);
+            vhost_net_stop(v, NULL);
             return -1;
         }
     }
@@ -102,15 +103,24 @@ int vhost_net_start(struct vhost_net *v, const struct guest_memory *mem, uint64_
     return 0;
 }
 
-void vhost_net_stop(struct vhost_net *v)
+int vhost_net_stop(struct vhost_net *v, uint16_t *next_avail)
 {
+    int result = 0;
     for (unsigned i = 0; i < v->nrings; i++) {
         struct vhost_vring_file backend = {.index = i, .fd = -1};
         if (ioctl(v->fd, VHOST_NET_SET_BACKEND, &backend) < 0)
             log_warn("vhost-net: detaching ring %u: %s", i, strerror(errno));
+        /* Split rings: the kernel's next avail index, free-running 16 bits. */
         struct vhost_vring_state base = {.index = i};
-        ioctl(v->fd, VHOST_GET_VRING_BASE, &base);
+        if (ioctl(v->fd, VHOST_GET_VRING_BASE, &base) < 0) {
+            if (result == 0)
+                error_errno("VHOST_GET_VRING_BASE of ring %u", i);
+            result = -1;
+        } else if (next_avail) {
+            next_avail[i] = (uint16_t)base.num;
+        }
     }
     v->running = false;
     v->nrings = 0;
+    return result;
 }

@@ -13,6 +13,7 @@
 
 struct vhost_ring {
     uint16_t size;
+    uint16_t next_avail;       /* where the kernel starts taking buffers (0 after a reset) */
     void *desc, *avail, *used; /* host addresses of the rings */
     int kick_fd, call_fd;
 };
@@ -30,7 +31,9 @@ void vhost_net_close(struct vhost_net *v);
 /* Hands rings 0 (receive) and 1 (transmit) and the tap to the kernel. */
 int vhost_net_start(struct vhost_net *v, const struct guest_memory *mem, uint64_t features,
                     const struct vhost_ring *rings, unsigned nrings, int tap_fd);
-/* Takes them back; the kernel has finished with every buffer. */
-void vhost_net_stop(struct vhost_net *v);
+/* Takes them back; the kernel has finished with every buffer. With next_avail (one per
+ * ring), where the kernel stopped in each avail ring (VHOST_GET_VRING_BASE); -1 when it
+ * could not say (the rings are detached all the same). */
+int vhost_net_stop(struct vhost_net *v, uint16_t *next_avail);
 
 #endif

@@ -1,6 +1,8 @@
 #include "migration/channel.h"
 
 #include "util/error.h"
+#include "util/fdpass.h"
+#include "util/ratelimit.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -17,9 +19,7 @@
 
 uint64_t migration_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return monotonic_ns() / 1000000;
 }
 
 int migration_parse_url(const char *url, struct migration_url *u)
@@ -102,9 +102,19 @@ static int connect_one(int domain, const struct sockaddr *addr, socklen_t len, u
         errno = e;
         return -1;
     }
-    if (wait_fd(fd, POLLOUT, deadline_ms, "connecting") < 0) {
-        close(fd);
-        return -1;
+    /* Connected, or refused (SO_ERROR says which): a refusal is retried by the caller. */
+    for (;;) {
+        uint64_t now = migration_now_ms();
+        if (now >= deadline_ms) {
+            close(fd);
+            errno = ETIMEDOUT;
+            return error_set("migration: timed out connecting");
+        }
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        uint64_t left = deadline_ms - now;
+        int r = poll(&p, 1, left > 1000 ? 1000 : (int)left);
+        if (r > 0 || (r < 0 && errno != EINTR))
+            break;
     }
     int err = 0;
     socklen_t elen = sizeof(err);
@@ -230,21 +240,10 @@ int migration_send(int fd, uint32_t type, const void *a, size_t alen, const void
             niov--;
             continue;
         }
-        union {
-            struct cmsghdr hdr;
-            char buf[CMSG_SPACE(sizeof(int))];
-        } ctl;
+        union fdpass_control ctl;
         struct msghdr msg = {.msg_iov = cur, .msg_iovlen = (size_t)niov};
-        if (!fd_sent) {
-            memset(&ctl, 0, sizeof(ctl));
-            msg.msg_control = ctl.buf;
-            msg.msg_controllen = sizeof(ctl.buf);
-            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int));
-            memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-        }
+        if (!fd_sent)
+            fdpass_attach(&msg, &ctl, pass_fd);
         ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)
@@ -275,10 +274,7 @@ static int recv_some(int fd, void *buf, size_t len, int *received_fd, uint64_t d
 {
     size_t done = 0;
     while (done < len) {
-        union {
-            struct cmsghdr hdr;
-            char buf[CMSG_SPACE(sizeof(int))];
-        } ctl;
+        union fdpass_control ctl;
         struct iovec iov = {(char *)buf + done, len - done};
         struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
         msg.msg_control = ctl.buf;

@@ -19,6 +19,14 @@ enum migration_msg {
     MIGRATION_STATE = 5,  /* source: the machine's state (a snapshot state file) */
     MIGRATION_DONE = 6,   /* destination: the machine runs here now */
     MIGRATION_ERROR = 7,  /* either side: why it gives up (a string) */
+    MIGRATION_FD = 8,     /* source, unix socket: a tap or the vsock socket (SCM_RIGHTS) */
+};
+
+/* MIGRATION_FD's payload: what the descriptor is. */
+enum migration_fd_kind { MIGRATION_FD_TAP = 1, MIGRATION_FD_VSOCK = 2 };
+struct migration_fd_msg {
+    uint32_t kind;
+    uint32_t index; /* the tap's interface, in the configuration's order */
 };
 
 struct migration_header {

@@ -29,12 +29,15 @@ static void usage(FILE *f)
             "  --timeout-s N     give up after this long; the source keeps running (default 120)\n"
             "  --max-rounds N    stop the guest after this many memory passes (default 30)\n"
             "  --local           same host: hand guest memory over (the source needs\n"
-            "                    --memory SIZE,shared=on) instead of copying it\n");
+            "                    --memory SIZE,shared=on) instead of copying it\n"
+            "  --network-override ID=TAP   the destination attaches interface ID to this tap\n"
+            "                    (repeatable; over TCP, where nothing is handed over)\n"
+            "  --vsock-override PATH       the destination's vsock socket\n");
 }
 
 struct call {
     const char *sock, *path;
-    char body[1024];
+    char body[8192]; /* 16 overrides of 100-byte names fit */
     unsigned timeout_s;
     int status;
     char answer[ANSWER_MAX];
@@ -59,7 +62,7 @@ static int http_put(struct call *c)
         close(fd);
         return -1;
     }
-    char req[2048];
+    char req[8192 + 512];
     int n = snprintf(req, sizeof(req),
                      "PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
@@ -115,7 +118,9 @@ static int number(const char *opt, const char *v, unsigned max, unsigned *out)
 
 int migration_command(int argc, char **argv)
 {
-    const char *from = NULL, *to = NULL, *url = NULL;
+    const char *from = NULL, *to = NULL, *url = NULL, *vsock = NULL;
+    const char *nets[16];
+    unsigned nnets = 0;
     unsigned downtime = 0, timeout = 120, rounds = 0;
     bool local = false;
     for (int i = 0; i < argc; i++) {
@@ -134,7 +139,15 @@ int migration_command(int argc, char **argv)
             to = v;
         else if (!strcmp(o, "--url"))
             url = v;
-        else if (!strcmp(o, "--downtime-ms"))
+        else if (!strcmp(o, "--vsock-override"))
+            vsock = v;
+        else if (!strcmp(o, "--network-override")) {
+            if (nnets == 16 || (v && !strchr(v, '='))) {
+                fprintf(stderr, "ember migrate: --network-override ID=TAP, at most 16\n");
+                return 2;
+            }
+            nets[nnets++] = v;
+        } else if (!strcmp(o, "--downtime-ms"))
             r = number(o, v, 3600000, &downtime);
         else if (!strcmp(o, "--timeout-s"))
             r = number(o, v, 86400, &timeout);
@@ -157,14 +170,32 @@ int migration_command(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strchr(url, '"') || strchr(url, '\\') || strlen(url) > 512) {
-        fprintf(stderr, "ember migrate: --url '%s' is not a usable URL\n", url);
-        return 2;
+    /* What goes into the JSON bodies as it is: no quotes, no escapes, bounded. */
+    const char *texts[18] = {url, vsock};
+    for (unsigned i = 0; i < nnets; i++)
+        texts[2 + i] = nets[i];
+    for (unsigned i = 0; i < 2 + nnets; i++) {
+        if (texts[i] &&
+            (strchr(texts[i], '"') || strchr(texts[i], '\\') || strlen(texts[i]) > 100)) {
+            fprintf(stderr, "ember migrate: '%s' is not usable here\n", texts[i]);
+            return 2;
+        }
     }
     static struct call recv_call, send_call;
     recv_call = (struct call){.sock = to, .path = "/migration/receive", .timeout_s = timeout};
-    snprintf(recv_call.body, sizeof(recv_call.body),
-             "{\"receiver_url\": \"%s\", \"timeout_s\": %u}", url, timeout);
+    size_t rl = (size_t)snprintf(recv_call.body, sizeof(recv_call.body),
+                                 "{\"receiver_url\": \"%s\", \"timeout_s\": %u", url, timeout);
+    if (vsock)
+        rl += (size_t)snprintf(recv_call.body + rl, sizeof(recv_call.body) - rl,
+                               ", \"vsock_override\": {\"uds_path\": \"%s\"}", vsock);
+    for (unsigned i = 0; i < nnets; i++) {
+        const char *eq = strchr(nets[i], '=');
+        rl += (size_t)snprintf(recv_call.body + rl, sizeof(recv_call.body) - rl,
+                               "%s{\"iface_id\": \"%.*s\", \"host_dev_name\": \"%s\"}%s",
+                               i == 0 ? ", \"network_overrides\": [" : ", ", (int)(eq - nets[i]),
+                               nets[i], eq + 1, i + 1 == nnets ? "]" : "");
+    }
+    snprintf(recv_call.body + rl, sizeof(recv_call.body) - rl, "}");
     send_call = (struct call){.sock = from, .path = "/migration/send", .timeout_s = timeout};
     int len = snprintf(send_call.body, sizeof(send_call.body),
                        "{\"destination_url\": \"%s\", \"timeout_s\": %u, \"local\": %s", url,

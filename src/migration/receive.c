@@ -5,11 +5,12 @@
 #include "snapshot/format.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/ratelimit.h"
+#include "vmm/devices.h"
 #include "vmm/exit_status.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_TIMEOUT_MS 120000
@@ -19,13 +20,13 @@
 
 static uint64_t now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
+    return monotonic_ns() / 1000;
 }
 
 struct receiver {
     int fd;
+    int tap_fd[VM_MAX_NETS]; /* what came with MIGRATION_FD, -1 where nothing */
+    int vsock_fd;
     uint64_t timeout_ms;
     struct migration_stats *st;
     struct guest_memory mem;
@@ -93,6 +94,43 @@ static int recv_memfd(struct receiver *r, uint64_t length, int fd)
                                         LAYOUT_MMIO_HOLE_END);
 }
 
+static int recv_fd_msg(struct receiver *r, uint64_t length, int fd)
+{
+    struct migration_fd_msg m;
+    if (fd < 0 || length != sizeof(m)) {
+        if (fd >= 0)
+            close(fd);
+        return error_set("migration: a descriptor message of %llu bytes%s",
+                         (unsigned long long)length, fd < 0 ? " without its descriptor" : "");
+    }
+    if (migration_recv_exact(r->fd, &m, sizeof(m), deadline(r)) < 0) {
+        close(fd);
+        return -1;
+    }
+    int *slot = m.kind == MIGRATION_FD_TAP && m.index < VM_MAX_NETS ? &r->tap_fd[m.index]
+                : m.kind == MIGRATION_FD_VSOCK && m.index == 0      ? &r->vsock_fd
+                                                                    : NULL;
+    if (!slot || *slot >= 0) {
+        close(fd);
+        return error_set("migration: descriptor of kind %u, index %u %s", m.kind, m.index,
+                         slot ? "given twice" : "unknown");
+    }
+    *slot = fd;
+    return 0;
+}
+
+static void close_fds(struct receiver *r)
+{
+    for (unsigned i = 0; i < VM_MAX_NETS; i++) {
+        if (r->tap_fd[i] >= 0)
+            close(r->tap_fd[i]);
+        r->tap_fd[i] = -1;
+    }
+    if (r->vsock_fd >= 0)
+        close(r->vsock_fd);
+    r->vsock_fd = -1;
+}
+
 static void reply_error(struct receiver *r, const char *why)
 {
     migration_send(r->fd, MIGRATION_ERROR, why, strlen(why), NULL, 0, -1,
@@ -110,6 +148,11 @@ static int receive(struct receiver *r, struct vm *vm, struct event_loop *loop,
             return -1;
         if (h.type == MIGRATION_MEMFD) {
             if (recv_memfd(r, h.length, fd) < 0)
+                return -1;
+            continue;
+        }
+        if (h.type == MIGRATION_FD) {
+            if (recv_fd_msg(r, h.length, fd) < 0)
                 return -1;
             continue;
         }
@@ -142,6 +185,12 @@ static int receive(struct receiver *r, struct vm *vm, struct event_loop *loop,
             load.ram_source = VM_RAM_GIVEN;
             load.ram_given = &r->mem;
             load.resume_vm = true;
+            for (unsigned i = 0; i < VM_MAX_NETS; i++) {
+                load.has_tap_fd[i] = r->tap_fd[i] >= 0;
+                load.tap_fd[i] = r->tap_fd[i];
+            }
+            load.has_vsock_listen_fd = r->vsock_fd >= 0;
+            load.vsock_listen_fd = r->vsock_fd;
             rc = vm_snapshot_restore_state(vm, loop, state, (size_t)h.length, &load, cfg_out,
                                            status);
         }
@@ -160,8 +209,12 @@ int migration_receive_vm(struct vm *vm, struct event_loop *loop,
     struct migration_url url;
     if (migration_parse_url(p->url, &url) < 0)
         return -1;
-    struct receiver r = {
-        .fd = -1, .timeout_ms = p->timeout_ms ? p->timeout_ms : DEFAULT_TIMEOUT_MS, .st = st};
+    struct receiver r = {.fd = -1,
+                         .vsock_fd = -1,
+                         .timeout_ms = p->timeout_ms ? p->timeout_ms : DEFAULT_TIMEOUT_MS,
+                         .st = st};
+    for (unsigned i = 0; i < VM_MAX_NETS; i++)
+        r.tap_fd[i] = -1;
     int lfd = migration_listen(&url);
     if (lfd < 0)
         return -1;
@@ -174,6 +227,8 @@ int migration_receive_vm(struct vm *vm, struct event_loop *loop,
         rc = migration_send(r.fd, MIGRATION_READY, NULL, 0, NULL, 0, -1, deadline(&r));
     if (rc == 0)
         rc = receive(&r, vm, loop, p, cfg_out, status);
+    /* The machine holds its own copies of the descriptors handed over. */
+    close_fds(&r);
     if (rc < 0) {
         char why[512];
         snprintf(why, sizeof(why), "%s", error_get());
@@ -182,7 +237,8 @@ int migration_receive_vm(struct vm *vm, struct event_loop *loop,
         guest_memory_free(&r.mem);
         return error_set("%s", why);
     }
-    /* The machine runs here: the source may end. */
+    /* The machine runs here: the source may end, and what it handed over is this ember's. */
+    vm_vsock_own_path(vm);
     migration_send(r.fd, MIGRATION_DONE, NULL, 0, NULL, 0, -1, deadline(&r));
     close(r.fd);
     st->total_us = now_us() - start;

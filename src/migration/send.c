@@ -3,11 +3,12 @@
 
 #include "util/error.h"
 #include "util/log.h"
+#include "util/ratelimit.h"
+#include "vmm/devices.h"
 #include "vmm/dirty.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_DOWNTIME_MS 300
@@ -16,9 +17,7 @@
 
 static uint64_t now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
+    return monotonic_ns() / 1000;
 }
 
 struct sender {
@@ -29,15 +28,6 @@ struct sender {
     uint64_t *bitmap;
     size_t words;
 };
-
-static bool page_is_zero(const uint8_t *p)
-{
-    const uint64_t *w = (const uint64_t *)(const void *)p;
-    uint64_t acc = 0;
-    for (unsigned i = 0; i < GUEST_PAGE_SIZE / 8; i++)
-        acc |= w[i];
-    return acc == 0;
-}
 
 /* Sends pages [first, first + n) of RAM, in chunks. */
 static int send_run(struct sender *s, uint64_t first, uint64_t n)
@@ -63,7 +53,7 @@ static int send_pages(struct sender *s, bool all)
     uint64_t pages = s->vm->mem.ram_size / GUEST_PAGE_SIZE;
     uint64_t run_start = 0, run_len = 0;
     for (uint64_t i = 0; i < pages; i++) {
-        bool send = all ? !page_is_zero(s->vm->mem.base + i * GUEST_PAGE_SIZE)
+        bool send = all ? !guest_page_is_zero(s->vm->mem.base + i * GUEST_PAGE_SIZE)
                         : (s->bitmap[i / 64] >> (i % 64)) & 1;
         if (send) {
             if (!run_len)
@@ -128,8 +118,28 @@ static int precopy(struct sender *s, const struct migration_send_params *p)
     }
 }
 
+/* On one host (a unix socket): the taps and the vsock socket go along, so that the
+ * destination takes them over instead of finding them held here. */
+static int send_fds(struct sender *s)
+{
+    struct vm *vm = s->vm;
+    for (unsigned i = 0; i < vm->cfg.nnets; i++) {
+        int fd = vm_net_tap_fd(vm, i);
+        struct migration_fd_msg m = {.kind = MIGRATION_FD_TAP, .index = i};
+        if (fd >= 0 &&
+            migration_send(s->fd, MIGRATION_FD, &m, sizeof(m), NULL, 0, fd, s->deadline_ms) < 0)
+            return -1;
+    }
+    int fd = vm_vsock_listen_fd(vm);
+    struct migration_fd_msg m = {.kind = MIGRATION_FD_VSOCK};
+    if (fd >= 0 &&
+        migration_send(s->fd, MIGRATION_FD, &m, sizeof(m), NULL, 0, fd, s->deadline_ms) < 0)
+        return -1;
+    return 0;
+}
+
 /* With the guest paused and its devices frozen: the last pages and the state. */
-static int stop_and_copy(struct sender *s, bool local)
+static int stop_and_copy(struct sender *s, bool local, bool same_host)
 {
     struct vm *vm = s->vm;
     if (!local) {
@@ -148,12 +158,26 @@ static int stop_and_copy(struct sender *s, bool local)
     size_t len = 0;
     if (vm_snapshot_save_state(vm, VM_SNAPSHOT_FULL, &state, &len) < 0)
         return -1;
-    int r = migration_send(s->fd, MIGRATION_STATE, state, len, NULL, 0, -1, s->deadline_ms);
+    /* The destination opens the drives when it builds the machine: on this host it would
+     * find them locked. Taken back if the migration fails. */
+    int r = same_host ? send_fds(s) : 0;
+    if (r == 0)
+        r = vm_set_drive_locks(vm, false);
+    if (r == 0)
+        r = migration_send(s->fd, MIGRATION_STATE, state, len, NULL, 0, -1, s->deadline_ms);
     free(state);
-    if (r < 0)
-        return -1;
-    s->st->bytes_sent += sizeof(struct migration_header) + len;
-    return wait_reply(s, MIGRATION_DONE, "to run the machine");
+    if (r == 0) {
+        s->st->bytes_sent += sizeof(struct migration_header) + len;
+        r = wait_reply(s, MIGRATION_DONE, "to run the machine");
+    }
+    if (r < 0) {
+        char why[512];
+        snprintf(why, sizeof(why), "%s", error_get());
+        if (vm_set_drive_locks(vm, true) < 0)
+            log_error("after a failed migration: %s", error_get());
+        return error_set("%s", why);
+    }
+    return 0;
 }
 
 int migration_send_vm(struct vm *vm, const struct migration_send_params *p,
@@ -222,7 +246,7 @@ int migration_send_vm(struct vm *vm, const struct migration_send_params *p,
     if (vm_snapshot_freeze_devices(vm) < 0)
         goto fail;
     frozen = true;
-    if (stop_and_copy(&s, p->local) < 0)
+    if (stop_and_copy(&s, p->local, !url.tcp) < 0)
         goto fail;
     st->downtime_us = now_us() - paused_at;
     st->total_us = now_us() - start;

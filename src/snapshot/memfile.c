@@ -9,15 +9,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static bool page_is_zero(const uint8_t *p)
-{
-    const uint64_t *w = (const uint64_t *)(const void *)p;
-    uint64_t acc = 0;
-    for (unsigned i = 0; i < MEMFILE_PAGE / 8; i++)
-        acc |= w[i];
-    return acc == 0;
-}
-
 static int write_all_at(int fd, const uint8_t *data, uint64_t len, uint64_t offset)
 {
     while (len) {
@@ -45,7 +36,7 @@ int memfile_write_full(const struct guest_memory *mem, int fd, struct memfile_st
     uint64_t run_start = 0, run_len = 0;
     for (uint64_t i = 0; i < pages; i++) {
         const uint8_t *p = mem->base + i * MEMFILE_PAGE;
-        if (page_is_zero(p)) {
+        if (guest_page_is_zero(p)) {
             st.pages_skipped++;
             if (run_len && write_all_at(fd, mem->base + run_start * MEMFILE_PAGE,
                                         run_len * MEMFILE_PAGE, run_start * MEMFILE_PAGE) < 0)
@@ -122,7 +113,7 @@ int memfile_write_diff(const struct guest_memory *mem, int fd, const uint64_t *b
     uint64_t from = 0, start, end;
     while (next_run(bitmap, pages, &from, &start, &end)) {
         for (uint64_t i = start; i < end; i++)
-            st.zero_pages += page_is_zero(mem->base + i * MEMFILE_PAGE);
+            st.zero_pages += guest_page_is_zero(mem->base + i * MEMFILE_PAGE);
         st.pages_written += end - start;
         if (write_all_at(fd, mem->base + start * MEMFILE_PAGE, (end - start) * MEMFILE_PAGE,
                          start * MEMFILE_PAGE) < 0)

@@ -94,6 +94,18 @@ bool iothread_is_current(const struct iothread *t)
     return t->running && pthread_equal(pthread_self(), t->thread);
 }
 
+/* Queues c and wakes the thread (under t->lock). */
+static void enqueue(struct iothread *t, struct iothread_call *c)
+{
+    struct iothread_call **tail = &t->calls;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = c;
+    uint64_t one = 1;
+    ssize_t ignored = write(t->call_fd, &one, sizeof(one));
+    (void)ignored;
+}
+
 void iothread_call(struct iothread *t, void (*fn)(void *), void *arg)
 {
     if (!t->running || iothread_is_current(t)) {
@@ -102,13 +114,7 @@ void iothread_call(struct iothread *t, void (*fn)(void *), void *arg)
     }
     struct iothread_call c = {.fn = fn, .arg = arg};
     pthread_mutex_lock(&t->lock);
-    struct iothread_call **tail = &t->calls;
-    while (*tail)
-        tail = &(*tail)->next;
-    *tail = &c;
-    uint64_t one = 1;
-    ssize_t ignored = write(t->call_fd, &one, sizeof(one));
-    (void)ignored;
+    enqueue(t, &c);
     while (!c.finished)
         pthread_cond_wait(&t->done, &t->lock);
     pthread_mutex_unlock(&t->lock);
@@ -141,13 +147,7 @@ int iothread_hold(struct iothread *t)
     pthread_mutex_lock(&t->lock);
     t->hold_wanted = true;
     t->hold_call = c;
-    struct iothread_call **tail = &t->calls;
-    while (*tail)
-        tail = &(*tail)->next;
-    *tail = c;
-    uint64_t one = 1;
-    ssize_t ignored = write(t->call_fd, &one, sizeof(one));
-    (void)ignored;
+    enqueue(t, c);
     while (!t->held)
         pthread_cond_wait(&t->done, &t->lock);
     pthread_mutex_unlock(&t->lock);

@@ -39,4 +39,28 @@ uint64_t token_bucket_take(struct token_bucket *b, uint64_t want);
 uint64_t token_bucket_wait_ns(struct token_bucket *b, uint64_t want);
 uint64_t monotonic_ns(void);
 
+/* A bucket's budget, for snapshots: its limits (to check against the configuration of the
+ * bucket it is restored onto), the whole tokens it holds and the refill time it has earned
+ * towards the next token, as of one moment. Relative values only: another process's or
+ * host's monotonic clock has another origin. */
+struct token_bucket_state {
+    uint64_t rate, burst;
+    uint64_t tokens;
+    uint64_t credit_ns;
+};
+void token_bucket_save(const struct token_bucket *b, struct token_bucket_state *s);
+/* Onto a bucket made from the same limits: the bucket goes on from the saved budget (no
+ * refill for the time in between, no wait for time already earned). Refuses limits other
+ * than the bucket's, more tokens than the bucket could ever hold (its size, or what it
+ * started with when a one-time burst came on top) and more credit than one token takes. */
+int token_bucket_restore(struct token_bucket *b, const struct token_bucket_state *s);
+
+struct snapshot_writer;
+struct snapshot_cursor;
+/* The state above as four u64 fields of a snapshot section (docs/snapshot-format.md). */
+void token_bucket_snapshot_save(struct snapshot_writer *w, const struct token_bucket *b);
+/* Reads them back and restores b; `what` names the bucket in the error message. */
+int token_bucket_snapshot_restore(struct snapshot_cursor *c, struct token_bucket *b,
+                                  const char *what);
+
 #endif

@@ -2,6 +2,7 @@
 
 #include "sandbox/seccomp.h"
 #include "util/error.h"
+#include "util/fdpass.h"
 
 #include <fcntl.h>
 #include <sched.h>
@@ -118,21 +119,10 @@ void async_teardown_keep(int fd)
     if (handover < 0)
         return;
     char data = 0;
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int))];
-    } control;
-    memset(&control, 0, sizeof(control));
+    union fdpass_control control;
     struct iovec iov = {.iov_base = &data, .iov_len = 1};
-    struct msghdr msg = {.msg_iov = &iov,
-                         .msg_iovlen = 1,
-                         .msg_control = control.buf,
-                         .msg_controllen = sizeof(control.buf)};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    fdpass_attach(&msg, &control, fd);
     /* If it cannot be handed over, the VM is destroyed as ember exits: slower, not wrong. */
     if (sendmsg(handover, &msg, MSG_NOSIGNAL) < 0)
         active = false;

@@ -571,6 +571,8 @@ static void process_queue(struct virtio_blk *b, unsigned index)
  * synchronous backends complete while submitting. */
 static void serve(struct virtio_blk *b)
 {
+    if (b->frozen)
+        return; /* thaw serves what came meanwhile */
     for (int round = 0; round < 64 && b->dev.active; round++) {
         for (unsigned i = 0; i < b->opts.queues && b->dev.active; i++) {
             if (b->dev.queues[i].enabled)
@@ -596,7 +598,7 @@ static bool queue_can_take(const struct virtio_blk *b, unsigned i)
 static int poll_idle(void *opaque)
 {
     struct virtio_blk *b = opaque;
-    if (!b->dev.active || !b->polling)
+    if (!b->dev.active || !b->polling || b->frozen)
         return -1;
     b->poll_rounds++;
     bool work = blk_backend_reap(&b->backend, io_done, b) > 0;
@@ -635,6 +637,8 @@ static void start_polling(struct virtio_blk *b)
 static void queue_notify(struct virtio_dev *d, unsigned index)
 {
     struct virtio_blk *b = d->opaque;
+    if (b->frozen)
+        return; /* thaw looks at every queue */
     if (!virtq_has_avail(&d->queues[index].vq))
         b->empty_kicks++;
     start_polling(b);
@@ -646,7 +650,7 @@ static void on_completion(void *opaque, uint32_t events)
     struct virtio_blk *b = opaque;
     (void)events;
     b->completion_wakeups++;
-    if (b->dev.active)
+    if (b->dev.active && !b->frozen)
         serve(b);
     else
         reap(b);
@@ -692,6 +696,7 @@ static int activate(struct virtio_dev *d)
     if (!b->throttle_handler || !b->kick_timer_handler)
         return -1;
     b->kick_timer_armed = false;
+    b->frozen = false;
     for (unsigned i = 0; i < b->opts.queues; i++)
         b->queues[i].held = false;
     if (b->backend.event_fd >= 0) {
@@ -735,6 +740,60 @@ static void quiesce(struct virtio_dev *d)
         b->queues[i].held = false;
 }
 
+/* ---- snapshots ---------------------------------------------------------- */
+
+/* Everything taken from the rings is answered (data in guest memory or the image, used
+ * entries pushed, interrupts sent), and nothing more is taken until thaw. */
+static void freeze(struct virtio_dev *d)
+{
+    struct virtio_blk *b = d->opaque;
+    b->frozen = true;
+    d->io.idle = NULL;
+    b->polling = false;
+    blk_backend_drain(&b->backend, io_done, b);
+    for (unsigned i = 0; i < b->opts.queues; i++) {
+        /* A chain held back by the rate limiter is the last one taken from its ring: it
+         * goes back there, to be taken again after thaw or in the restored VM. */
+        if (b->queues[i].held && virtio_dev_queue_live(d, i))
+            virtq_unpop(&d->queues[i].vq, 1);
+        b->queues[i].held = false;
+    }
+    signal_queues(b);
+    struct itimerspec off = {0};
+    timerfd_settime(b->kick_timer_fd, 0, &off, NULL);
+    timerfd_settime(b->throttle_fd, 0, &off, NULL);
+    b->kick_timer_armed = false;
+}
+
+static void thaw(struct virtio_dev *d)
+{
+    struct virtio_blk *b = d->opaque;
+    b->frozen = false;
+    if (b->opts.poll_us) {
+        d->io.idle = poll_idle;
+        d->io.idle_opaque = b;
+    }
+    /* What the driver added meanwhile, and kicks asked for again where the ring is idle. */
+    serve(b);
+}
+
+/* The rate limiter's budgets; the rings' positions are the common state's. */
+static void save(struct virtio_dev *d, struct snapshot_writer *w)
+{
+    struct virtio_blk *b = d->opaque;
+    token_bucket_snapshot_save(w, &b->bytes_bucket);
+    token_bucket_snapshot_save(w, &b->ops_bucket);
+}
+
+static int restore(struct virtio_dev *d, struct snapshot_cursor *c)
+{
+    struct virtio_blk *b = d->opaque;
+    if (token_bucket_snapshot_restore(c, &b->bytes_bucket, "bandwidth") < 0 ||
+        token_bucket_snapshot_restore(c, &b->ops_bucket, "operations") < 0)
+        return -1;
+    return 0;
+}
+
 static bool features_ok(struct virtio_dev *d, uint64_t f)
 {
     (void)d;
@@ -748,6 +807,10 @@ static const struct virtio_dev_ops blk_ops = {
     .quiesce = quiesce,
     .queue_notify = queue_notify,
     .features_ok = features_ok,
+    .freeze = freeze,
+    .save = save,
+    .restore = restore,
+    .thaw = thaw,
 };
 
 int virtio_blk_init(struct virtio_blk *b, const char *name, const struct blk_options *opts,

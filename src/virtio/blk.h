@@ -50,6 +50,7 @@ struct virtio_blk {
     int kick_timer_fd; /* timerfd: kicks back on if completions are slow */
     struct event_handler *kick_timer_handler;
     bool kick_timer_armed;
+    bool frozen; /* a snapshot is being taken: nothing is taken from the rings */
     uint64_t last_work_ns;
     struct blk_queue *queues;
     uint8_t config[60];

@@ -1,6 +1,8 @@
 #include "virtio/console.h"
 
+#include "snapshot/format.h"
 #include "util/error.h"
+#include "util/log.h"
 
 #include <string.h>
 #include <sys/epoll.h>
@@ -144,11 +146,64 @@ static void read_config(struct virtio_dev *d, uint32_t offset, void *data, uint3
     memcpy(data, cfg + offset, len);
 }
 
+/* Snapshots: the host's input not yet delivered to the guest. Nothing else is the model's:
+ * every chain taken from a ring is answered before the handler returns, and the
+ * configuration (80x25, no emergency write) is fixed. */
+static void save(struct virtio_dev *d, struct snapshot_writer *w)
+{
+    struct virtio_console *c = d->opaque;
+    uint8_t buf[VIRTIO_CONSOLE_INPUT_BUF];
+    pthread_mutex_lock(&c->input_lock);
+    size_t len = c->input_len;
+    for (size_t i = 0; i < len; i++)
+        buf[i] = c->input[(c->input_head + i) % VIRTIO_CONSOLE_INPUT_BUF];
+    pthread_mutex_unlock(&c->input_lock);
+    snapshot_put_u32(w, (uint32_t)len);
+    snapshot_put_bytes(w, buf, len);
+}
+
+static int restore(struct virtio_dev *d, struct snapshot_cursor *cur)
+{
+    struct virtio_console *c = d->opaque;
+    uint8_t buf[VIRTIO_CONSOLE_INPUT_BUF];
+    uint32_t len;
+    if (snapshot_get_u32(cur, &len) < 0)
+        return -1;
+    if (len > VIRTIO_CONSOLE_INPUT_BUF)
+        return error_set("%u bytes of input waiting, more than the %u a console buffers", len,
+                         VIRTIO_CONSOLE_INPUT_BUF);
+    if (snapshot_get_bytes(cur, buf, len) < 0)
+        return -1;
+    /* The saved input comes first; anything the host sent this process already follows, as
+     * far as it fits. */
+    pthread_mutex_lock(&c->input_lock);
+    size_t kept = c->input_len, dropped = 0;
+    if (kept > VIRTIO_CONSOLE_INPUT_BUF - len) {
+        dropped = kept - (VIRTIO_CONSOLE_INPUT_BUF - len);
+        kept -= dropped;
+    }
+    uint8_t later[VIRTIO_CONSOLE_INPUT_BUF];
+    for (size_t i = 0; i < kept; i++)
+        later[i] = c->input[(c->input_head + i) % VIRTIO_CONSOLE_INPUT_BUF];
+    memcpy(c->input, buf, len);
+    memcpy(c->input + len, later, kept);
+    c->input_head = 0;
+    c->input_len = len + kept;
+    pthread_mutex_unlock(&c->input_lock);
+    if (dropped)
+        log_warn("%s: %zu bytes of input that came before the restore dropped for the saved "
+                 "input",
+                 d->name, dropped);
+    return 0;
+}
+
 static const struct virtio_dev_ops console_ops = {
     .read_config = read_config,
     .activate = activate,
     .quiesce = quiesce,
     .queue_notify = queue_notify,
+    .save = save,
+    .restore = restore,
 };
 
 int virtio_console_init(struct virtio_console *c, const struct guest_memory *mem,

@@ -116,8 +116,8 @@ static void on_mmds_timer(void *opaque, uint32_t events)
     uint64_t v;
     ssize_t ignored = read(n->mmds_timer_fd, &v, sizeof(v));
     (void)ignored;
-    if (!n->dev.active)
-        return;
+    if (!n->dev.active || n->frozen)
+        return; /* thaw arms it again */
     /* The timers run even when the guest takes no frames (no receive buffers): the next
      * deadline is then later, never one already past, which would spin this thread. */
     mmds_stack_run_timers(n->mmds, mmds_now_ms());
@@ -361,8 +361,8 @@ static void process_tx_queue(struct virtio_net *n)
 {
     struct virtio_dev *d = &n->dev;
     struct virtq *q = &d->queues[TXQ].vq;
-    if (n->tx_handler || !virtio_dev_queue_live(d, TXQ))
-        return; /* waiting for room (on_tx_room comes back), or no transmit queue */
+    if (n->tx_handler || !virtio_dev_queue_live(d, TXQ) || n->frozen)
+        return; /* waiting for room (on_tx_room comes back), no transmit queue, or frozen */
     bool pushed = false;
     n->tx_throttled = false;
     n->tx_consumed = 0;
@@ -474,6 +474,8 @@ static void process_rx(struct virtio_net *n)
 {
     struct virtio_dev *d = &n->dev;
     struct virtq *q = &d->queues[RXQ].vq;
+    if (n->frozen)
+        return; /* thaw comes back */
     if (!virtio_dev_queue_live(d, RXQ)) {
         /* No receive queue: frames stay with the host, which drops (and
          * counts) what does not fit; the tap is not watched meanwhile. */
@@ -557,7 +559,7 @@ static void on_timer(void *opaque, uint32_t events)
     (void)ignored;
     /* One timer serves both directions: the fire counts for the one that waited on it. */
     (*(n->tx_throttled ? &n->tx_limiter_wakeups : &n->rx_limiter_wakeups))++;
-    if (!n->dev.active)
+    if (!n->dev.active || n->frozen)
         return;
     if (virtio_dev_queue_live(&n->dev, RXQ))
         watch_rx(n, true);
@@ -568,6 +570,8 @@ static void on_timer(void *opaque, uint32_t events)
 static void queue_notify(struct virtio_dev *d, unsigned q)
 {
     struct virtio_net *n = d->opaque;
+    if (n->frozen)
+        return; /* thaw looks at both queues */
     if (q == TXQ) {
         process_tx(n);
     } else if (q == RXQ) {
@@ -630,7 +634,10 @@ static int start_vhost(struct virtio_net *n)
         struct virtq *q = &d->queues[i].vq;
         if (!virtio_dev_queue_live(d, i))
             return error_set("queue %u is not enabled, and vhost-net needs both", i);
+        struct virtq_position pos;
+        virtq_get_position(q, &pos);
         rings[i] = (struct vhost_ring){.size = q->size,
+                                       .next_avail = pos.next_avail,
                                        .desc = q->desc,
                                        .avail = q->avail,
                                        .used = q->used,
@@ -640,28 +647,17 @@ static int start_vhost(struct virtio_net *n)
     if (vhost_net_start(&n->vhost, d->mem, d->driver_features, rings, 2, n->be.rx_fd) < 0)
         return -1;
     n->vhost_running = true;
+    /* Buffers the driver made available while no one served the rings (a restored or
+     * thawed device) were kicked for already: the kernel looks at them now. */
+    for (unsigned i = 0; i < 2; i++)
+        virtio_dev_kick(d, i);
     return 0;
 }
 
-static int activate(struct virtio_dev *d)
+/* ember moves the frames: the host side and the timers watched, the queues looked at. */
+static int serve_in_user_space(struct virtio_net *n)
 {
-    struct virtio_net *n = d->opaque;
-    if (n->use_vhost) {
-        for (unsigned i = 0; i < 2; i++) {
-            n->calls[i].handler =
-                event_loop_add(&d->io.loop, n->calls[i].fd, EPOLLIN, on_vhost_call, &n->calls[i]);
-            if (!n->calls[i].handler)
-                return -1;
-        }
-        if (start_vhost(n) == 0)
-            return 0;
-        log_limited(&n->log_host, LOG_WARN,
-                    "%s: vhost-net failed (%s); serving the queues in user space", d->name,
-                    error_get());
-        d->kicks_external = false;
-        if (virtio_dev_watch_kicks(d) < 0)
-            return -1;
-    }
+    struct virtio_dev *d = &n->dev;
     n->tx_held = 0;
     n->tx_throttled = false;
     n->rx_pending = 0;
@@ -681,12 +677,44 @@ static int activate(struct virtio_dev *d)
     return 0;
 }
 
+/* vhost-net could not start: ember serves the queues itself. */
+static int fall_back_to_user_space(struct virtio_net *n)
+{
+    struct virtio_dev *d = &n->dev;
+    log_limited(&n->log_host, LOG_WARN,
+                "%s: vhost-net failed (%s); serving the queues in user space", d->name,
+                error_get());
+    d->kicks_external = false;
+    if (virtio_dev_watch_kicks(d) < 0)
+        return -1;
+    return serve_in_user_space(n);
+}
+
+static int activate(struct virtio_dev *d)
+{
+    struct virtio_net *n = d->opaque;
+    n->frozen = n->vhost_paused = false;
+    if (n->use_vhost) {
+        for (unsigned i = 0; i < 2; i++) {
+            n->calls[i].handler =
+                event_loop_add(&d->io.loop, n->calls[i].fd, EPOLLIN, on_vhost_call, &n->calls[i]);
+            if (!n->calls[i].handler)
+                return -1;
+        }
+        if (start_vhost(n) == 0)
+            return 0;
+        return fall_back_to_user_space(n);
+    }
+    return serve_in_user_space(n);
+}
+
 static void quiesce(struct virtio_dev *d)
 {
     struct virtio_net *n = d->opaque;
     if (n->vhost_running)
-        vhost_net_stop(&n->vhost);
-    n->vhost_running = false;
+        vhost_net_stop(&n->vhost, NULL);
+    n->vhost_running = n->vhost_paused = false;
+    n->frozen = false;
     for (unsigned i = 0; i < 2; i++) {
         if (n->calls[i].handler)
             event_loop_del(&d->io.loop, n->calls[i].handler);
@@ -718,6 +746,127 @@ static void quiesce(struct virtio_dev *d)
     n->tx_throttled = false;
 }
 
+/* ---- snapshots ---------------------------------------------------------- */
+
+/* The kernel's data path stops and hands its positions over, so that the queues' state
+ * (saved by virtio_dev_save) says where the device stands. */
+static void pause_vhost(struct virtio_net *n)
+{
+    struct virtio_dev *d = &n->dev;
+    uint16_t next_avail[2];
+    int r = vhost_net_stop(&n->vhost, next_avail);
+    n->vhost_running = false;
+    n->vhost_paused = true;
+    if (r < 0) {
+        log_limited(&n->log_host, LOG_ERROR, "%s: %s", d->name, error_get());
+        virtio_dev_fail(d, "vhost-net did not say where it stopped in its rings");
+        return;
+    }
+    for (unsigned i = 0; i < 2; i++) {
+        struct virtq *q = &d->queues[i].vq;
+        /* The kernel wrote the used index itself; ember's copy of it is stale. */
+        struct virtq_position pos = {
+            .next_avail = next_avail[i],
+            .next_used = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE),
+        };
+        if (virtq_set_position(q, &pos) < 0) {
+            log_limited(&n->log_host, LOG_ERROR, "%s: vhost-net's ring %u: %s", d->name, i,
+                        error_get());
+            virtio_dev_fail(d, "vhost-net left its rings in a state ember cannot take over");
+            return;
+        }
+        /* An interrupt the kernel asked for that ember has not raised yet: raised now,
+         * before the snapshot holds the interrupt controller's state. */
+        uint64_t v;
+        if (read(n->calls[i].fd, &v, sizeof(v)) == sizeof(v) && v) {
+            d->interrupts++;
+            d->transport->notify_queue(d, i);
+        }
+    }
+}
+
+/* Transmit frames taken from the ring are answered: those the host still has no room for
+ * are dropped (and counted), as a full tap drops them. A frame read from the host and not
+ * yet delivered stays with this process: it is not guest state. */
+static void freeze(struct virtio_dev *d)
+{
+    struct virtio_net *n = d->opaque;
+    if (n->vhost_running) {
+        pause_vhost(n);
+        n->frozen = true;
+        return;
+    }
+    if (n->tx_handler)
+        event_loop_del(&d->io.loop, n->tx_handler);
+    n->tx_handler = NULL;
+    bool pushed = false;
+    if (n->tx_held && virtio_dev_queue_live(d, TXQ)) {
+        pushed = send_held(n) > 0;
+        if (n->tx_handler)
+            event_loop_del(&d->io.loop, n->tx_handler);
+        n->tx_handler = NULL;
+        struct virtq *q = &d->queues[TXQ].vq;
+        for (unsigned i = 0; i < n->tx_held; i++) {
+            n->tx_frozen_drops++;
+            count_drop(n, &n->tx_dropped, "no room on the host when a snapshot was taken");
+            virtq_push(q, n->tx_chains[i].head, 0);
+            pushed = true;
+        }
+    }
+    n->tx_held = 0;
+    if (pushed)
+        virtio_dev_signal_used(d, TXQ);
+    n->frozen = true;
+    watch_rx(n, false);
+    struct itimerspec off = {0};
+    timerfd_settime(n->timer_fd, 0, &off, NULL);
+    if (n->mmds)
+        timerfd_settime(n->mmds_timer_fd, 0, &off, NULL);
+}
+
+static void thaw(struct virtio_dev *d)
+{
+    struct virtio_net *n = d->opaque;
+    n->frozen = false;
+    if (n->vhost_paused) {
+        n->vhost_paused = false;
+        if (start_vhost(n) == 0)
+            return;
+        /* It worked before the snapshot; should it fail now, the queues are served
+         * anyway. */
+        if (fall_back_to_user_space(n) < 0)
+            virtio_dev_fail(d, "cannot serve the queues again after a snapshot");
+        return;
+    }
+    if (virtio_dev_queue_live(d, RXQ))
+        watch_rx(n, true);
+    process_tx(n);
+    process_rx(n);
+    if (n->mmds)
+        mmds_arm_timer(n);
+}
+
+/* The rate limiters' budgets, receive then transmit, bytes then frames. */
+static void save(struct virtio_dev *d, struct snapshot_writer *w)
+{
+    struct virtio_net *n = d->opaque;
+    token_bucket_snapshot_save(w, &n->rx_bytes_tb);
+    token_bucket_snapshot_save(w, &n->rx_ops_tb);
+    token_bucket_snapshot_save(w, &n->tx_bytes_tb);
+    token_bucket_snapshot_save(w, &n->tx_ops_tb);
+}
+
+static int restore(struct virtio_dev *d, struct snapshot_cursor *c)
+{
+    struct virtio_net *n = d->opaque;
+    if (token_bucket_snapshot_restore(c, &n->rx_bytes_tb, "receive bandwidth") < 0 ||
+        token_bucket_snapshot_restore(c, &n->rx_ops_tb, "receive frames") < 0 ||
+        token_bucket_snapshot_restore(c, &n->tx_bytes_tb, "transmit bandwidth") < 0 ||
+        token_bucket_snapshot_restore(c, &n->tx_ops_tb, "transmit frames") < 0)
+        return -1;
+    return 0;
+}
+
 static void read_config(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len)
 {
     struct virtio_net *n = d->opaque;
@@ -730,6 +879,10 @@ static const struct virtio_dev_ops net_ops = {
     .quiesce = quiesce,
     .queue_notify = queue_notify,
     .features_ok = features_ok,
+    .freeze = freeze,
+    .save = save,
+    .restore = restore,
+    .thaw = thaw,
 };
 
 static void set_limits(struct virtio_net *n, const struct rate_limit_config *rx,

@@ -66,6 +66,8 @@ struct virtio_net {
     struct vhost_net vhost;
     bool use_vhost; /* /dev/vhost-net opened */
     bool vhost_running;
+    bool frozen;       /* a snapshot is being taken: nothing moves */
+    bool vhost_paused; /* the kernel's data path stopped for it, to start again at thaw */
     struct vhost_call {
         struct virtio_net *net;
         unsigned queue;
@@ -91,6 +93,7 @@ struct virtio_net {
     uint64_t rx_limited, tx_limited;                 /* the rate limiter held a direction back */
     uint64_t rx_limiter_wakeups, tx_limiter_wakeups; /* its timer fired */
     uint64_t rx_host_events;                         /* the host side became readable */
+    uint64_t tx_frozen_drops; /* frames the host had no room for when a snapshot was taken */
     struct log_limit log_drop, log_host; /* malformed or refused frames; host-side trouble */
 };
 

@@ -1,5 +1,6 @@
 #include "virtio/pmem.h"
 
+#include "snapshot/format.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -107,7 +108,7 @@ static void serve(struct virtio_pmem *p)
     struct virtio_dev *d = &p->dev;
     struct virtq *q = &d->queues[0].vq;
     /* Tokens are spent on batches, not on kicks that find nothing. */
-    if (!virtq_has_avail(q))
+    if (p->frozen || !virtq_has_avail(q))
         return;
     if (!rate_allow(p))
         return;
@@ -178,6 +179,7 @@ static int activate(struct virtio_dev *d)
 {
     struct virtio_pmem *p = d->opaque;
     p->throttled = false;
+    p->frozen = false;
     p->timer_handler = event_loop_add(&d->io.loop, p->timer_fd, EPOLLIN, on_timer, p);
     if (!p->timer_handler) {
         p->activate_fails++;
@@ -197,6 +199,54 @@ static void quiesce(struct virtio_dev *d)
         event_loop_del(&d->io.loop, p->timer_handler);
     p->timer_handler = NULL;
     p->throttled = false;
+    p->frozen = false;
+}
+
+/* ---- snapshots ---------------------------------------------------------- */
+
+/* A batch is taken, flushed and answered within one call on this thread: none is ever in
+ * flight when freeze runs. Nothing more is taken until thaw. The file itself is not part of
+ * a snapshot (as a drive's image is not); what the guest wrote is in it (a shared mapping). */
+static void freeze(struct virtio_dev *d)
+{
+    struct virtio_pmem *p = d->opaque;
+    p->frozen = true;
+    arm_timer(p, 0);
+}
+
+static void thaw(struct virtio_dev *d)
+{
+    struct virtio_pmem *p = d->opaque;
+    p->frozen = false;
+    serve(p);
+}
+
+/* Where the guest found the memory and how large (its driver mapped it there), and the rate
+ * limiter's budgets. */
+static void save(struct virtio_dev *d, struct snapshot_writer *w)
+{
+    struct virtio_pmem *p = d->opaque;
+    snapshot_put_u64(w, p->gpa);
+    snapshot_put_u64(w, p->map_len);
+    token_bucket_snapshot_save(w, &p->bytes_bucket);
+    token_bucket_snapshot_save(w, &p->ops_bucket);
+}
+
+static int restore(struct virtio_dev *d, struct snapshot_cursor *c)
+{
+    struct virtio_pmem *p = d->opaque;
+    uint64_t gpa, len;
+    if (snapshot_get_u64(c, &gpa) < 0 || snapshot_get_u64(c, &len) < 0)
+        return -1;
+    if (gpa != p->gpa || len != p->map_len)
+        return error_set("the guest knows its memory at 0x%llx, %llu MiB; this device's is at "
+                         "0x%llx, %llu MiB (another file size or device layout)",
+                         (unsigned long long)gpa, (unsigned long long)(len >> 20),
+                         (unsigned long long)p->gpa, (unsigned long long)(p->map_len >> 20));
+    if (token_bucket_snapshot_restore(c, &p->bytes_bucket, "bandwidth") < 0 ||
+        token_bucket_snapshot_restore(c, &p->ops_bucket, "operations") < 0)
+        return -1;
+    return 0;
 }
 
 static void read_config(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len)
@@ -223,6 +273,10 @@ static const struct virtio_dev_ops pmem_ops = {
     .activate = activate,
     .quiesce = quiesce,
     .queue_notify = queue_notify,
+    .freeze = freeze,
+    .save = save,
+    .restore = restore,
+    .thaw = thaw,
 };
 
 /* The file, then anonymous memory up to the next 2 MiB: one reservation of

@@ -57,6 +57,7 @@ struct virtio_pmem {
     int timer_fd; /* the rate limiter's wait, or a yield after a full batch */
     struct event_handler *timer_handler;
     bool throttled;
+    bool frozen;                   /* a snapshot is being taken: nothing is taken from the ring */
     struct log_limit log_flush;    /* msync failures */
     struct log_limit log_ro_write; /* guest writes to a read-only mapping */
     /* Counters for metrics (iothread writes, others read; ro_writes and

@@ -1,5 +1,6 @@
 #include "virtio/rng.h"
 
+#include "snapshot/format.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -28,6 +29,8 @@ static void serve(struct virtio_rng *r)
     struct virtio_dev *d = &r->dev;
     struct virtq *q = &d->queues[0].vq;
     bool pushed = false;
+    if (r->frozen)
+        return; /* thaw comes back */
     for (;;) {
         if (!r->chain_pending) {
             int got = virtio_dev_pop(d, 0, &r->chain);
@@ -106,6 +109,7 @@ static int activate(struct virtio_dev *d)
 {
     struct virtio_rng *r = d->opaque;
     r->chain_pending = false;
+    r->frozen = false;
     r->timer_handler = event_loop_add(&d->io.loop, r->timer_fd, EPOLLIN, on_timer, r);
     if (!r->timer_handler)
         return -1;
@@ -126,12 +130,50 @@ static void quiesce(struct virtio_dev *d)
     /* A request waiting for tokens is dropped with the queue: after a
      * reset the driver owns its buffers again. */
     r->chain_pending = false;
+    r->frozen = false;
+}
+
+/* ---- snapshots ---------------------------------------------------------- */
+
+/* A request waiting for tokens is the last one taken from the ring: it goes back there, to be
+ * taken again after thaw or in the restored VM. */
+static void freeze(struct virtio_dev *d)
+{
+    struct virtio_rng *r = d->opaque;
+    if (r->chain_pending && virtio_dev_queue_live(d, 0))
+        virtq_unpop(&d->queues[0].vq, 1);
+    r->chain_pending = false;
+    r->frozen = true;
+    arm_timer(r, 0);
+}
+
+static void thaw(struct virtio_dev *d)
+{
+    struct virtio_rng *r = d->opaque;
+    r->frozen = false;
+    serve(r);
+}
+
+static void save(struct virtio_dev *d, struct snapshot_writer *w)
+{
+    struct virtio_rng *r = d->opaque;
+    token_bucket_snapshot_save(w, &r->bucket);
+}
+
+static int restore(struct virtio_dev *d, struct snapshot_cursor *c)
+{
+    struct virtio_rng *r = d->opaque;
+    return token_bucket_snapshot_restore(c, &r->bucket, "bandwidth");
 }
 
 static const struct virtio_dev_ops rng_ops = {
     .activate = activate,
     .quiesce = quiesce,
     .queue_notify = queue_notify,
+    .freeze = freeze,
+    .save = save,
+    .restore = restore,
+    .thaw = thaw,
 };
 
 int virtio_rng_init(struct virtio_rng *r, const struct guest_memory *mem, uint64_t rate,

@@ -13,6 +13,7 @@ struct virtio_rng {
     struct virtio_dev dev;
     struct virtq_chain chain;
     bool chain_pending; /* popped, waiting for tokens */
+    bool frozen;        /* a snapshot is being taken: nothing is taken from the ring */
     struct token_bucket bucket;
     int timer_fd;
     struct event_handler *timer_handler;

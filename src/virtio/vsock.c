@@ -1,6 +1,7 @@
 #include "virtio/vsock.h"
 
 #include "backends/uds.h"
+#include "snapshot/format.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -30,6 +31,8 @@
  * packets than one update per write, and never a stall (see flush()). */
 #define CREDIT_THRESHOLD (VSOCK_CONN_BUF / 4)
 #define HELLO_MAX        24 /* "CONNECT 4294967295\n" fits */
+/* Local ports of host-initiated connections count from here, as Firecracker's do. */
+#define VSOCK_FIRST_HOST_PORT (1u << 30)
 
 enum conn_state {
     CONN_HELLO,      /* the host program connected; its CONNECT line is due */
@@ -493,6 +496,8 @@ static void process_rx(struct virtio_vsock *v)
     struct virtq *q = &d->queues[RXQ].vq;
     bool pushed = false;
     unsigned round = 0;
+    if (v->frozen || v->reset_unacked)
+        return; /* thaw, or the driver's acknowledgement, comes back */
     while (d->active && (v->ctrl_len || v->pend_head)) {
         int got = virtio_dev_pop(d, RXQ, &v->rx_chain);
         if (got < 0)
@@ -576,7 +581,7 @@ static void read_hello(struct virtio_vsock *v, struct vsock_conn *c)
     do {
         host_port = v->next_host_port++;
         if (v->next_host_port == 0)
-            v->next_host_port = 1u << 30;
+            v->next_host_port = VSOCK_FIRST_HOST_PORT;
     } while (conn_find(v, (uint32_t)port, host_port));
     conn_set_key(v, c, (uint32_t)port, host_port);
     c->state = CONN_CONNECTING;
@@ -865,6 +870,8 @@ static void process_tx(struct virtio_vsock *v)
     struct virtq *q = &d->queues[TXQ].vq;
     bool pushed = false;
     unsigned round = 0;
+    if (v->frozen)
+        return; /* thaw comes back */
     virtq_enable_kicks(q, false);
     while (d->active) {
         int got = virtio_dev_pop(d, TXQ, &v->tx_chain);
@@ -892,9 +899,125 @@ static void queue_notify(struct virtio_dev *d, unsigned q)
     } else if (q == RXQ) {
         virtq_enable_kicks(&d->queues[RXQ].vq, false);
         process_rx(v);
+    } else if (q == EVQ && v->reset_unacked && !v->frozen) {
+        /* The driver handled the reset and gave its event buffer back. */
+        v->reset_unacked = false;
+        process_rx(v);
     }
-    /* The event queue's buffers stay with us: ember sends no events (a
-     * transport reset only follows a snapshot restore). */
+}
+
+/* ---- snapshots -------------------------------------------------------------- */
+
+/* Tells the driver that every connection is gone (TRANSPORT_RESET on the event queue).
+ * False when it could not be told: no event queue, or no buffer in it. */
+static bool send_transport_reset(struct virtio_vsock *v)
+{
+    struct virtio_dev *d = &v->dev;
+    if (!virtio_dev_queue_live(d, EVQ)) {
+        v->reset_fails++;
+        log_limited(&v->log_host, LOG_WARN,
+                    "%s: no event queue: the guest is not told its connections were reset",
+                    d->name);
+        return false;
+    }
+    struct virtq *q = &d->queues[EVQ].vq;
+    struct virtq_chain *ch = &v->ev_chain;
+    int got = virtq_pop(q, ch);
+    if (got < 0) {
+        virtio_dev_fail(d, q->error);
+        return false;
+    }
+    if (got == 0) {
+        v->reset_fails++;
+        log_limited(&v->log_host, LOG_WARN,
+                    "%s: no event buffer: the guest is not told its connections were reset",
+                    d->name);
+        return false;
+    }
+    uint32_t event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET; /* le32 id */
+    if (ch->nout || ch->in_len < sizeof(event)) {
+        virtq_unpop(q, 1);
+        virtio_dev_fail(d, "event buffer not writable or shorter than an event");
+        return false;
+    }
+    virtq_chain_write(ch, 0, &event, sizeof(event));
+    /* Linux takes an event whose used length is exactly its size. */
+    virtq_push(q, ch->head, sizeof(event));
+    /* The driver's kick when it gives the buffer back is its acknowledgement: asked for
+     * beyond the buffers in the ring now (Linux keeps eight there, so a kick for the next
+     * one alone would never come). The vCPUs are paused: nothing is added meanwhile. */
+    (void)virtq_enable_kicks_for_more(q);
+    v->reset_unacked = true;
+    v->resets_sent++;
+    virtio_dev_signal_used(d, EVQ);
+    return true;
+}
+
+/* Connections do not survive a snapshot, as in Firecracker: the host programs' sockets are
+ * closed and the driver told to drop its side, here, in the VM that goes on, and, from its
+ * saved memory, in every VM restored from the snapshot. */
+static void freeze(struct virtio_dev *d)
+{
+    struct virtio_vsock *v = d->opaque;
+    while (v->conns)
+        conn_free(v, v->conns);
+    v->ctrl_len = v->ctrl_head = 0;
+    struct itimerspec off = {0};
+    timerfd_settime(v->timer_fd, 0, &off, NULL);
+    v->timer_armed = false;
+    send_transport_reset(v);
+    v->frozen = true;
+}
+
+static void thaw(struct virtio_dev *d)
+{
+    struct virtio_vsock *v = d->opaque;
+    v->frozen = false;
+    process_tx(v);
+}
+
+/* The restored used ring holds the reset sent when the snapshot was taken, whose interrupt
+ * the restored guest may not have taken yet: raised again (a second one is harmless). If
+ * that reset could not be sent, it is tried now. */
+static void restored(struct virtio_dev *d)
+{
+    struct virtio_vsock *v = d->opaque;
+    if (v->reset_unacked && virtio_dev_queue_live(d, EVQ)) {
+        d->interrupts++;
+        d->transport->notify_queue(d, EVQ);
+        /* Asked for again (the restored guest memory holds the request already). */
+        if (virtq_enable_kicks_for_more(&d->queues[EVQ].vq))
+            v->reset_unacked = false;
+        return;
+    }
+    send_transport_reset(v);
+}
+
+static void save(struct virtio_dev *d, struct snapshot_writer *w)
+{
+    struct virtio_vsock *v = d->opaque;
+    snapshot_put_u8(w, v->reset_unacked);
+    snapshot_put_u32(w, v->next_host_port);
+}
+
+static int restore(struct virtio_dev *d, struct snapshot_cursor *c)
+{
+    struct virtio_vsock *v = d->opaque;
+    uint8_t unacked;
+    uint32_t port;
+    if (snapshot_get_u8(c, &unacked) < 0 || snapshot_get_u32(c, &port) < 0)
+        return -1;
+    if (unacked > 1)
+        return error_set("reset flag %u is neither 0 nor 1", unacked);
+    if (unacked && !d->queues[EVQ].has_restore_position)
+        return error_set("a transport reset awaits acknowledgement on an event queue that was "
+                         "not being served");
+    if (port < VSOCK_FIRST_HOST_PORT)
+        return error_set("next host port %u is below the first one, %u", port,
+                         VSOCK_FIRST_HOST_PORT);
+    v->reset_unacked = unacked != 0;
+    v->next_host_port = port;
+    return 0;
 }
 
 /* ---- lifecycle -------------------------------------------------------------- */
@@ -902,6 +1025,8 @@ static void queue_notify(struct virtio_dev *d, unsigned q)
 static int activate(struct virtio_dev *d)
 {
     struct virtio_vsock *v = d->opaque;
+    /* reset_unacked stays: a restored device keeps waiting for the driver's answer. */
+    v->frozen = false;
     v->listen_handler = event_loop_add(&d->io.loop, v->listen_fd, EPOLLIN, on_accept, v);
     v->timer_handler = event_loop_add(&d->io.loop, v->timer_fd, EPOLLIN, on_timer, v);
     if (!v->listen_handler || !v->timer_handler)
@@ -918,6 +1043,7 @@ static void quiesce(struct virtio_dev *d)
     while (v->conns)
         conn_free(v, v->conns);
     v->ctrl_len = v->ctrl_head = 0;
+    v->frozen = v->reset_unacked = false;
     struct event_handler **hs[] = {&v->listen_handler, &v->timer_handler};
     for (unsigned i = 0; i < 2; i++) {
         if (*hs[i])
@@ -941,6 +1067,11 @@ static const struct virtio_dev_ops vsock_ops = {
     .activate = activate,
     .quiesce = quiesce,
     .queue_notify = queue_notify,
+    .freeze = freeze,
+    .save = save,
+    .restore = restore,
+    .thaw = thaw,
+    .restored = restored,
 };
 
 int virtio_vsock_init(struct virtio_vsock *v, uint64_t guest_cid, const char *uds_path,
@@ -956,7 +1087,7 @@ int virtio_vsock_init_listening(struct virtio_vsock *v, uint64_t guest_cid, cons
     /* Owned from here: the device's destroy closes it, whatever fails. */
     v->listen_fd = listen_fd;
     v->timer_fd = -1;
-    v->next_host_port = 1u << 30;
+    v->next_host_port = VSOCK_FIRST_HOST_PORT;
     /* The host never addresses the guest by its CID (it connects through PATH), so any
      * 32-bit CID works; the API takes 0-2 and 2^32-1 as Firecracker does (--vsock does not). */
     if (guest_cid > 0xffffffffULL)
@@ -977,7 +1108,8 @@ int virtio_vsock_init_listening(struct virtio_vsock *v, uint64_t guest_cid, cons
     if (v->timer_fd < 0)
         return error_errno("vsock: timerfd");
     if (virtq_chain_alloc(&v->rx_chain, VSOCK_QUEUE_SIZE) < 0 ||
-        virtq_chain_alloc(&v->tx_chain, VSOCK_QUEUE_SIZE) < 0)
+        virtq_chain_alloc(&v->tx_chain, VSOCK_QUEUE_SIZE) < 0 ||
+        virtq_chain_alloc(&v->ev_chain, VSOCK_QUEUE_SIZE) < 0)
         return -1;
     return virtio_dev_init(&v->dev, "vsock", VIRTIO_ID_VSOCK, 1ULL << VIRTIO_VSOCK_F_STREAM, 3,
                            VSOCK_QUEUE_SIZE, sizeof(uint64_t), &vsock_ops, v, mem);
@@ -1000,7 +1132,7 @@ void virtio_vsock_destroy(struct virtio_vsock *v)
                  (unsigned long long)v->unknown_conn_packets, (unsigned long long)v->rsts_dropped);
     if (v->listen_fd >= 0) {
         close(v->listen_fd);
-        if (v->uds_path)
+        if (v->uds_path && !v->keep_path)
             unlink(v->uds_path);
     }
     if (v->timer_fd >= 0)
@@ -1008,6 +1140,7 @@ void virtio_vsock_destroy(struct virtio_vsock *v)
     v->listen_fd = v->timer_fd = -1;
     virtq_chain_free(&v->rx_chain);
     virtq_chain_free(&v->tx_chain);
+    virtq_chain_free(&v->ev_chain);
     free(v->uds_path);
     v->uds_path = NULL;
 }

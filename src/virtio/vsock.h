@@ -37,6 +37,10 @@
 
 #define VSOCK_TYPE_STREAM 1
 
+/* The event queue's one event (5.10.6.7): the driver drops every connection and reads the
+ * guest CID again. Sent when a snapshot is taken (connections do not survive one). */
+#define VIRTIO_VSOCK_EVENT_TRANSPORT_RESET 0
+
 #define VSOCK_SHUTDOWN_RCV  1
 #define VSOCK_SHUTDOWN_SEND 2
 
@@ -75,11 +79,17 @@ struct virtio_vsock {
     uint64_t guest_cid;
     char *uds_path;
     int listen_fd;
+    bool keep_path; /* uds_path is another process's too: not removed at the end */
     struct event_handler *listen_handler;
     int timer_fd;
     struct event_handler *timer_handler;
     bool timer_armed;
-    struct virtq_chain rx_chain, tx_chain;
+    struct virtq_chain rx_chain, tx_chain, ev_chain;
+    bool frozen; /* a snapshot is being taken: nothing moves */
+    /* A TRANSPORT_RESET is in the event queue's used ring and the driver has not given the
+     * buffer back (its kick of the event queue): nothing goes to the guest meanwhile, or it
+     * could take a new connection's packets as old ones and reset them too. */
+    bool reset_unacked;
     /* Connections: every one in a list, the addressed ones in a hash. */
     struct vsock_conn *conns;
     struct vsock_conn *hash[64];
@@ -97,6 +107,8 @@ struct virtio_vsock {
     uint64_t conns_removed, conns_timed_out; /* closed for any reason; of those, by a deadline */
     /* The host program's socket failed: buffered bytes, bytes written directly, a read. */
     uint64_t flush_fails, write_fails, read_fails;
+    /* TRANSPORT_RESET events sent; not sent for want of an event buffer. */
+    uint64_t resets_sent, reset_fails;
     struct log_limit log_bad, log_host; /* refused guest packets; host-side trouble */
 };
 

@@ -363,10 +363,13 @@ int vm_create_virtio_devices(struct vm *vm)
         }
         if (virtio_vsock_init_listening(vs, cfg->vsock.guest_cid, cfg->vsock.uds_path, listen_fd,
                                         &vm->mem) < 0) {
+            /* Not the device's to remove: a shared path stays with its owner. */
+            vs->keep_path = cfg->vsock.path_shared;
             virtio_vsock_destroy(vs);
             free(vs);
             return -1;
         }
+        vs->keep_path = cfg->vsock.path_shared;
         if (attach(vm, &vs->dev, vs, destroy_vsock) < 0)
             return -1;
         log_info("vsock: guest CID %llu, host socket %s", (unsigned long long)cfg->vsock.guest_cid,
@@ -445,4 +448,51 @@ uint32_t vm_pci_slots(const struct vm *vm)
             slots |= 1u << vm->virtio[i]->pci.fn.slot;
     }
     return slots;
+}
+
+int vm_set_drive_locks(struct vm *vm, bool held)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        struct vm_virtio *v = vm->virtio[i];
+        if (v->dev->device_id != VIRTIO_ID_BLOCK)
+            continue;
+        struct virtio_blk *blk = v->model;
+        if (blk_backend_set_lock(&blk->backend, held) < 0)
+            return error_prefix("%s", v->dev->name);
+    }
+    return 0;
+}
+
+int vm_net_tap_fd(const struct vm *vm, unsigned index)
+{
+    unsigned seen = 0;
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        const struct vm_virtio *v = vm->virtio[i];
+        if (v->dev->device_id != VIRTIO_ID_NET)
+            continue;
+        if (seen++ != index)
+            continue;
+        const struct virtio_net *n = v->model;
+        return n->be.kind && !strcmp(n->be.kind, "tap") ? n->be.rx_fd : -1;
+    }
+    return -1;
+}
+
+void vm_vsock_own_path(struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        struct vm_virtio *v = vm->virtio[i];
+        if (v->dev->device_id == VIRTIO_ID_VSOCK)
+            ((struct virtio_vsock *)v->model)->keep_path = false;
+    }
+}
+
+int vm_vsock_listen_fd(const struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        const struct vm_virtio *v = vm->virtio[i];
+        if (v->dev->device_id == VIRTIO_ID_VSOCK)
+            return ((const struct virtio_vsock *)v->model)->listen_fd;
+    }
+    return -1;
 }

@@ -27,6 +27,18 @@ int vm_create_pmem_regions(struct vm *vm);
  * vm->full_cmdline. Call after memory and the irqchip exist. */
 int vm_create_virtio_devices(struct vm *vm);
 void vm_destroy_virtio_devices(struct vm *vm);
+/* Every drive's image lock released (held false) or taken again: a live migration on one
+ * host hands the images over. Stops at the first failure. */
+int vm_set_drive_locks(struct vm *vm, bool held);
+/* The descriptors a live migration on one host hands over, so that the new ember need not
+ * open what this one holds (a tap attaches to one process; the vsock socket is bound here):
+ * the tap of interface index (its position in the configuration), the vsock listener; -1
+ * where there is none. */
+int vm_net_tap_fd(const struct vm *vm, unsigned index);
+int vm_vsock_listen_fd(const struct vm *vm);
+/* The vsock socket handed over is this ember's alone now (the migration succeeded): its
+ * path is removed when the device ends. */
+void vm_vsock_own_path(struct vm *vm);
 /* PCI slots in use (bitmap), for the MP table's interrupt entries. */
 uint32_t vm_pci_slots(const struct vm *vm);
 

@@ -1,6 +1,7 @@
 #include "vmm/memory.h"
 
 #include "util/error.h"
+#include "util/fdpass.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -298,24 +299,13 @@ static int uffd_connect(const char *path, int timeout_ms)
  * otherwise show only as a guest hanging at its first fault. */
 static int uffd_send(int sock, const char *path, const char *json, int uffd, int timeout_ms)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } ctl;
-    memset(&ctl, 0, sizeof(ctl));
+    union fdpass_control ctl;
     size_t len = strlen(json), sent = 0;
     while (sent < len) {
         struct iovec iov = {.iov_base = (char *)json + sent, .iov_len = len - sent};
         struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-        if (sent == 0) { /* the descriptor travels with the first byte */
-            msg.msg_control = ctl.buf;
-            msg.msg_controllen = sizeof(ctl.buf);
-            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int));
-            memcpy(CMSG_DATA(c), &uffd, sizeof(int));
-        }
+        if (sent == 0) /* the descriptor travels with the first byte */
+            fdpass_attach(&msg, &ctl, uffd);
         ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)

@@ -92,6 +92,16 @@ static inline void guest_memory_mark_dirty(const struct guest_memory *mem, const
         guest_memory_mark_dirty_range(mem, hva, len);
 }
 
+/* Whether the GUEST_PAGE_SIZE bytes at p are all zero (snapshots and migration skip them). */
+static inline bool guest_page_is_zero(const uint8_t *p)
+{
+    const uint64_t *w = (const uint64_t *)(const void *)p;
+    uint64_t acc = 0;
+    for (unsigned i = 0; i < GUEST_PAGE_SIZE / 8; i++)
+        acc |= w[i];
+    return acc == 0;
+}
+
 /* Host pointer for [gpa, gpa+len) or NULL when any byte of it is not RAM
  * (or the range wraps). len 0 is treated as 1. */
 void *gpa_to_hva(const struct guest_memory *mem, uint64_t gpa, uint64_t len);

@@ -5,6 +5,7 @@
 #include "snapshot/memfile.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/ratelimit.h"
 #include "util/version.h"
 #include "vmm/devices.h"
 #include "vmm/dirty.h"
@@ -26,9 +27,7 @@
 
 static uint64_t now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
+    return monotonic_ns() / 1000;
 }
 
 /* ---- the configuration ------------------------------------------------------------------- */
@@ -396,12 +395,12 @@ static int restore_vcpu(const struct snapshot_reader *r, struct vcpu *vcpu,
     if (snapshot_get_bytes(&c, l.msr_indices, l.nmsrs * sizeof(l.msr_indices[0])) < 0)
         return -1;
     l.sregs2 = sregs2 != 0;
-    if (l.sregs2 != host->sregs2 || l.xsave_size != host->xsave_size || l.nmsrs != host->nmsrs ||
-        memcmp(l.msr_indices, host->msr_indices, l.nmsrs * sizeof(l.msr_indices[0])))
+    /* The MSRs go back as saved: KVM_SET_MSRS names the first one this KVM refuses. */
+    if (l.sregs2 != host->sregs2 || l.xsave_size != host->xsave_size)
         return error_set("%s: saved by a KVM with another vCPU state layout (SREGS2 %d, XSAVE %u "
-                         "bytes, %u MSRs; here %d, %u, %u)",
-                         name, l.sregs2, l.xsave_size, l.nmsrs, host->sregs2, host->xsave_size,
-                         host->nmsrs);
+                         "bytes; here %d, %u)",
+                         name, l.sregs2, l.xsave_size, host->sregs2, host->xsave_size);
+    l.kvmclock_ctrl = host->kvmclock_ctrl;
     struct vcpu_state s;
     if (vcpu_state_init(&s, &l) < 0)
         return -1;
@@ -746,6 +745,19 @@ static int apply_overrides(struct vm_config *cfg, const struct vm_snapshot_load_
         if (!cfg->nets[k].tap)
             return error_set("out of memory");
     }
+    for (unsigned i = 0; i < cfg->nnets; i++) {
+        if (!p->has_tap_fd[i] || cfg->nets[i].user)
+            continue;
+        /* The device makes its own copy (vmm/devices.c). */
+        cfg->nets[i].tap_fd = p->tap_fd[i];
+        cfg->nets[i].has_tap_fd = true;
+    }
+    if (p->has_vsock_listen_fd && cfg->vsock.uds_path && !p->vsock_uds_path) {
+        cfg->vsock.listen_fd = p->vsock_listen_fd;
+        cfg->vsock.has_listen_fd = true;
+        /* Its path is the source's until the migration has succeeded. */
+        cfg->vsock.path_shared = true;
+    }
     if (p->vsock_uds_path) {
         if (!cfg->vsock.uds_path)
             return error_set("vsock_override: the snapshot has no vsock device");
@@ -765,7 +777,7 @@ static int restore_machine(const struct snapshot_reader *r, struct vm *vm, bool 
     struct vcpu_state_layout *host = calloc(1, sizeof(*host));
     if (!host)
         return error_set("out of memory");
-    int ret = vcpu_state_layout_probe(host, vm->kvm.fd, vm->vm_fd, vm->vcpus[0].fd);
+    int ret = vcpu_state_layout_caps(host, vm->kvm.fd, vm->vm_fd);
     for (unsigned i = 0; ret == 0 && i < vm->ncpus; i++)
         ret = restore_vcpu(r, &vm->vcpus[i], host);
     free(host);

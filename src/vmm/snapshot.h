@@ -46,6 +46,12 @@ struct vm_snapshot_load_params {
     struct mmds_store *mmds;        /* the process's metadata store, configured as saved */
     const char *instance_id;        /* what its tokens are bound to */
     struct guest_memory *ram_given; /* VM_RAM_GIVEN: guest RAM received (taken over) */
+    /* A live migration on one host: the source's tap of each interface and its vsock
+     * listener, used (duplicated) instead of opening them again. */
+    bool has_tap_fd[VM_MAX_NETS];
+    int tap_fd[VM_MAX_NETS];
+    bool has_vsock_listen_fd;
+    int vsock_listen_fd;
 };
 
 /* Writes a snapshot of a started, paused machine (it stays paused). On

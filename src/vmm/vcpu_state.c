@@ -104,6 +104,13 @@ static int probe_msrs(struct vcpu_state_layout *layout, int kvm_fd, int vcpu_fd)
 
 int vcpu_state_layout_probe(struct vcpu_state_layout *layout, int kvm_fd, int vm_fd, int vcpu_fd)
 {
+    if (vcpu_state_layout_caps(layout, kvm_fd, vm_fd) < 0)
+        return -1;
+    return probe_msrs(layout, kvm_fd, vcpu_fd);
+}
+
+int vcpu_state_layout_caps(struct vcpu_state_layout *layout, int kvm_fd, int vm_fd)
+{
     memset(layout, 0, sizeof(*layout));
     for (size_t i = 0; i < sizeof(required_caps) / sizeof(required_caps[0]); i++) {
         if (ioctl(kvm_fd, KVM_CHECK_EXTENSION, required_caps[i].cap) <= 0)
@@ -117,7 +124,7 @@ int vcpu_state_layout_probe(struct vcpu_state_layout *layout, int kvm_fd, int vm
     layout->xsave_size = sizeof(struct kvm_xsave);
     if (xsave2 > (int)sizeof(struct kvm_xsave))
         layout->xsave_size = (uint32_t)xsave2;
-    return probe_msrs(layout, kvm_fd, vcpu_fd);
+    return 0;
 }
 
 int vcpu_state_init(struct vcpu_state *state, const struct vcpu_state_layout *layout)

@@ -45,6 +45,9 @@ struct vcpu_state {
 /* Checks the capabilities a save needs and fills the layout; vcpu_fd is any
  * vCPU of vm_fd, on which each listed MSR is tried (some cannot be read). */
 int vcpu_state_layout_probe(struct vcpu_state_layout *layout, int kvm_fd, int vm_fd, int vcpu_fd);
+/* The same without the MSR list (nmsrs 0): a restore takes the list it saved and lets
+ * KVM_SET_MSRS say which MSR it refuses, instead of trying each one first. */
+int vcpu_state_layout_caps(struct vcpu_state_layout *layout, int kvm_fd, int vm_fd);
 /* Allocates the state's buffers for the layout; vcpu_state_free releases them. */
 int vcpu_state_init(struct vcpu_state *state, const struct vcpu_state_layout *layout);
 void vcpu_state_free(struct vcpu_state *state);

@@ -520,7 +520,11 @@ void vm_vcpu_park(struct vm *vm, struct vcpu *vcpu)
 int vm_run_on_vcpus(struct vm *vm, int (*fn)(struct vcpu *vcpu, void *arg), void *arg)
 {
     pthread_mutex_lock(&vm->stop_lock);
-    if (!vm->paused || vm->parked < vm->ncpus) {
+    /* A machine loaded paused answers before its vCPU threads have parked: they park before
+     * their first KVM_RUN, at once. */
+    while (vm->paused && !vm->stopping && vm->parked < vm->ncpus)
+        pthread_cond_wait(&vm->pause_cond, &vm->stop_lock);
+    if (!vm->paused || vm->stopping) {
         pthread_mutex_unlock(&vm->stop_lock);
         return error_set("the machine is not paused");
     }

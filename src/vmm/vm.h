@@ -87,6 +87,8 @@ struct vsock_config {
                            * guest connections */
     bool has_listen_fd;   /* PATH bound and listening already (the API's PUT): a */
     int listen_fd;        /* descriptor of it, which the device takes over */
+    bool path_shared;     /* another process's socket too (a migration's source): the device
+                           * leaves PATH in place when it ends, until vm_vsock_own_path */
 };
 
 /* Where guest RAM comes from: fresh memory for a boot, or a snapshot's memory

@@ -1217,8 +1217,6 @@ UNSUPPORTED = [
     ("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 1}),
     ("PATCH", "/balloon/hinting/start", {}), ("GET", "/balloon/hinting/status", None),
     ("PATCH", "/balloon/hinting/stop", {}),
-    ("PUT", "/snapshot/create", {"mem_file_path": "m", "snapshot_path": "s"}),
-    ("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m"}),
     ("GET", "/hotplug/memory", None), ("PUT", "/hotplug/memory", {"total_size_mib": 128}),
     ("PATCH", "/hotplug/memory", {"requested_size_mib": 128}),
 ]

@@ -5,19 +5,33 @@
 
 int main(void)
 {
-    Suite *(*const suites[])(void) = {boot_suite,         bus_suite,
-                                      cli_suite,          cpuid_suite,
-                                      memory_suite,       mptable_suite,
-                                      serial_suite,       legacy_suite,
-                                      virtq_suite,        virtio_blk_suite,
-                                      ratelimit_suite,    api_suite,
-                                      keyboard_suite,     virtio_vsock_suite,
-                                      virtq_packed_suite, virtio_lifecycle_suite,
-                                      seccomp_suite,      cpu_template_suite,
-                                      mmds_suite,         mmds_stack_suite,
-                                      virtio_pmem_suite,  snapshot_format_suite,
-                                      vcpu_state_suite,   devices_snapshot_suite,
-                                      uffd_suite,         dirty_suite};
+    Suite *(*const suites[])(void) = {boot_suite,
+                                      bus_suite,
+                                      cli_suite,
+                                      cpuid_suite,
+                                      memory_suite,
+                                      mptable_suite,
+                                      serial_suite,
+                                      legacy_suite,
+                                      virtq_suite,
+                                      virtio_blk_suite,
+                                      ratelimit_suite,
+                                      api_suite,
+                                      keyboard_suite,
+                                      virtio_vsock_suite,
+                                      virtq_packed_suite,
+                                      virtio_lifecycle_suite,
+                                      seccomp_suite,
+                                      cpu_template_suite,
+                                      mmds_suite,
+                                      mmds_stack_suite,
+                                      virtio_pmem_suite,
+                                      snapshot_format_suite,
+                                      vcpu_state_suite,
+                                      devices_snapshot_suite,
+                                      uffd_suite,
+                                      dirty_suite,
+                                      snapshot_devices_suite};
     /* Tests provoke guest errors on purpose; their log lines would only
      * clutter the report. EMBER_TEST_LOG=1 shows them. */
     if (!getenv("EMBER_TEST_LOG"))

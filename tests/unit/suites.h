@@ -30,5 +30,6 @@ Suite *vcpu_state_suite(void);
 Suite *devices_snapshot_suite(void);
 Suite *uffd_suite(void);
 Suite *dirty_suite(void);
+Suite *snapshot_devices_suite(void);
 
 #endif
