@@ -366,7 +366,7 @@ function med(t, name, f) { return median(t SUBSEP name SUBSEP f) }
 function ms(t, name, f) { return has(t, name, f) ? sprintf("%.1f", med(t, name, f)) : "n/a" }
 function mib(t, name, f) { return has(t, name, f) ? sprintf("%.2f", med(t, name, f) / 1024) : "n/a" }
 function c(s) { return sprintf("%15s", s) }
-function w(s) { return sprintf("%17s", s) }
+function w(s) { return sprintf(" %17s", s) }
 FILENAME ~ /create.txt$/ {
     if ($1 == "misc") { k = $2; $1 = ""; $2 = ""; sub(/^ +/, ""); misc[k] = misc[k] (k == "migfail" ? "\n     " : "") $0; next }
     k = $2 SUBSEP $3; $1 = ""; $2 = ""; $3 = ""; sub(/^ +/, ""); cr[k] = $0; next
