@@ -15,7 +15,7 @@
 #     QEMU's live migration over a unix socket.
 # Parts whose pieces are missing (the Uffd handler, Diff snapshots, the merge tool, migration
 # routes) print "n/a (reason)". Medians of RUNS interleaved runs per point.
-#   bench/snapshot.sh [RUNS]      (default 7; ~4 minutes here)
+#   bench/snapshot.sh [RUNS]      (default 7; ~4 minutes on an idle 2-core host, 15 at load 8)
 # Environment: QEMU (qemu-system-x86_64); SIZES ("128:1 1024:2 128:1:0": MiB:vCPUs[:FILL], FILL
 # the MiB the guest writes before it is saved, default all of its RAM); DIRTY_MIB (16);
 # DIR (the snapshot files; default build/bench-snapshot, removed at the end unless KEEP=1);
