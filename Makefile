@@ -53,7 +53,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 .PHONY: all demo test unit-test guest-test console-test api-test snapshot-test seccomp-test jailer-test \
         jailer-test-sanitize linux-smoke-test test-linux \
         migration-test test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer \
-        bench-linux-boot \
+        bench-linux-boot bench-snapshot \
         clang guests format format-check clean bench install uninstall go-sdk-test clients-test
 
 all: $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-uffd-handler $(BUILD)/ember-snapshot-merge
@@ -116,6 +116,14 @@ $(BUILD)/jailbench: bench/jailbench.c bench/timing.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
+$(BUILD)/restorebench: bench/restorebench.c bench/timing.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+
+$(BUILD)/migratebench: bench/migratebench.c bench/timing.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+
 bench-jailer:
 	bench/jailer.sh
 
@@ -129,6 +137,9 @@ bench-startup:
 
 bench-linux-boot:
 	bench/linux-boot.sh
+
+bench-snapshot:
+	bench/snapshot.sh
 
 # A real Linux guest under ember (virtio-mmio and virtio-pci) and, as the
 # reference, under QEMU: every device checked from inside the guest and from
