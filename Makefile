@@ -116,11 +116,11 @@ $(BUILD)/jailbench: bench/jailbench.c bench/timing.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
-$(BUILD)/restorebench: bench/restorebench.c bench/timing.h
+$(BUILD)/restorebench: bench/restorebench.c bench/timing.h bench/spawn.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
-$(BUILD)/migratebench: bench/migratebench.c bench/timing.h
+$(BUILD)/migratebench: bench/migratebench.c bench/timing.h bench/spawn.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 

@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "spawn.h"
 #include "timing.h"
 
 static int timeout_ms = 60000;
@@ -71,19 +72,9 @@ __attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt,
 
 static pid_t spawn(char **argv, int in_fd, int out_fd, const char *log)
 {
-    pid_t pid = fork();
+    pid_t pid = bench_spawn("restorebench", argv, in_fd, out_fd, log);
     if (pid < 0)
         die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        int err = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        int null = open("/dev/null", O_RDWR);
-        dup2(in_fd >= 0 ? in_fd : null, 0);
-        dup2(out_fd >= 0 ? out_fd : null, 1);
-        dup2(err >= 0 ? err : null, 2);
-        execvp(argv[0], argv);
-        fprintf(stderr, "restorebench: cannot run %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
     return pid;
 }
 
