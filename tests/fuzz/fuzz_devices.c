@@ -30,6 +30,7 @@
 #include "bus/bus.h"
 #include "bus/pci.h"
 #include "support/net_pair.h"
+#include "support/virtio_harness.h"
 #include "util/eventloop.h"
 #include "util/log.h"
 #include "virtio/blk.h"
@@ -75,12 +76,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 #define MAX_HOST_FDS   8
 #define MAX_LOG_LINES  64 /* per input: every line a guest can cause is rate limited */
 
-#define MMIO_BASE        LAYOUT_VIRTIO_MMIO_BASE
-#define PCI_WINDOW_START 0xe0000000ULL
-#define PCI_WINDOW_END   0xfec00000ULL
-#define OTHER_DEVICE     0xe0100000ULL /* another device's range, for BARs moved onto it */
-
-enum kind { BLK, NET, CONSOLE, RNG, VSOCK, PMEM, KIND_COUNT };
+#define OTHER_DEVICE 0xe0100000ULL /* another device's range, for BARs moved onto it */
 
 /* Process-wide: made once. */
 static struct {
@@ -98,24 +94,8 @@ static struct {
 
 /* One input's machine. */
 static struct {
-    enum kind kind;
-    bool pci;
+    struct virtio_harness vh; /* the device and its transport */
     struct guest_memory mem;
-    union {
-        struct virtio_blk blk;
-        struct virtio_net net;
-        struct virtio_console console;
-        struct virtio_rng rng;
-        struct virtio_vsock vsock;
-        struct virtio_pmem pmem;
-    } u;
-    struct virtio_dev *dev;
-    bool dev_made, loop_made, transport_made;
-    struct bus mmio, pio;
-    struct pci_bus pcibus;
-    struct virtio_pci vpci;
-    struct virtio_mmio vmmio;
-    int net_host_fd;
     int clients[MAX_HOST_FDS];  /* vsock: host programs connected to PATH */
     int accepted[MAX_HOST_FDS]; /* vsock: guest connections accepted on PATH_1/PATH_2 */
     /* The driver's view of each queue. */
@@ -261,12 +241,12 @@ static uint64_t place(uint8_t sel, uint64_t len)
 
 static void mmio_rw(uint64_t addr, void *data, uint32_t len, bool is_write)
 {
-    bus_dispatch(&h.mmio, addr, data, len, is_write);
+    bus_dispatch(&h.vh.mmio, addr, data, len, is_write);
 }
 
 static uint64_t bar0(void)
 {
-    return h.vpci.fn.bars[0].addr;
+    return h.vh.vpci.fn.bars[0].addr;
 }
 
 /* ---- the life-cycle rule, checked around every register write ------------------------- */
@@ -288,11 +268,11 @@ static int epoll_registrations(bool print);
 
 static void snapshot(struct state *s)
 {
-    struct virtio_dev *d = h.dev;
+    struct virtio_dev *d = h.vh.dev;
     s->status = __atomic_load_n(&d->status, __ATOMIC_SEQ_CST);
     s->active = d->active;
     s->config_generation = __atomic_load_n(&d->config_generation, __ATOMIC_SEQ_CST);
-    s->command = h.pci ? pci_command() : 0;
+    s->command = h.vh.pci ? pci_command() : 0;
     for (unsigned q = 0; q < d->nqueues && q < MAX_QUEUES; q++) {
         s->q[q].cfg = d->queues[q].cfg;
         s->q[q].enabled = d->queues[q].enabled;
@@ -310,7 +290,7 @@ static bool same_queue(const struct state *a, const struct state *b, unsigned q)
  * in must be one the rule allows. */
 static void check_state(const char *after)
 {
-    struct virtio_dev *d = h.dev;
+    struct virtio_dev *d = h.vh.dev;
     uint8_t st = __atomic_load_n(&d->status, __ATOMIC_SEQ_CST);
     if ((st & VIRTIO_STATUS_DRIVER_OK) && !(st & VIRTIO_STATUS_FEATURES_OK))
         die("%s: status 0x%02x (DRIVER_OK without FEATURES_OK) after %s", d->name, st, after);
@@ -331,7 +311,7 @@ static void check_state(const char *after)
  * was one to the status register (-1 otherwise). */
 static void check_transition(const struct state *b, int status_written, const char *what)
 {
-    struct virtio_dev *d = h.dev;
+    struct virtio_dev *d = h.vh.dev;
     struct state a;
     snapshot(&a);
     check_state(what);
@@ -384,7 +364,7 @@ static void check_transition(const struct state *b, int status_written, const ch
                 b->status);
     }
     /* PCI: Bus Master Enable cleared while live stops the device, without an interrupt. */
-    if (h.pci && (b->command & PCI_COMMAND_MASTER) && !(a.command & PCI_COMMAND_MASTER) &&
+    if (h.vh.pci && (b->command & PCI_COMMAND_MASTER) && !(a.command & PCI_COMMAND_MASTER) &&
         (b->status & VIRTIO_STATUS_DRIVER_OK) && !(b->status & VIRTIO_STATUS_NEEDS_RESET) &&
         !(a.status & VIRTIO_STATUS_NEEDS_RESET))
         die("%s: bus mastering off while live, yet no NEEDS_RESET (status 0x%02x)", d->name,
@@ -394,7 +374,7 @@ static void check_transition(const struct state *b, int status_written, const ch
 /* The status value a write of len bytes at BAR/window offset off writes, or -1. */
 static int status_value(uint64_t off, const void *data, uint32_t len)
 {
-    if (!(h.pci ? off == 0x14 && len == 1 : off == 0x70 && len == 4))
+    if (!(h.vh.pci ? off == 0x14 && len == 1 : off == 0x70 && len == 4))
         return -1;
     uint8_t v;
     memcpy(&v, data, 1);
@@ -404,7 +384,7 @@ static int status_value(uint64_t off, const void *data, uint32_t len)
 /* A register of the device's window (virtio-mmio) or BAR 0 (virtio-pci). */
 static void reg_rw(uint64_t off, void *data, uint32_t len, bool is_write)
 {
-    uint64_t addr = (h.pci ? bar0() : MMIO_BASE) + off;
+    uint64_t addr = (h.vh.pci ? bar0() : MMIO_BASE) + off;
     if (!is_write) {
         mmio_rw(addr, data, len, false);
         return;
@@ -412,9 +392,9 @@ static void reg_rw(uint64_t off, void *data, uint32_t len, bool is_write)
     struct state before;
     snapshot(&before);
     /* Where the BAR is, the window is not: a miss is no status write. */
-    bool hits = h.pci ? (h.vpci.fn.bars[0].mapped && h.vpci.fn.bars[0].mapped_addr == bar0() &&
-                         off < VIRTIO_PCI_BAR_SIZE)
-                      : off < VIRTIO_MMIO_WINDOW;
+    bool hits = h.vh.pci ? (h.vh.vpci.fn.bars[0].mapped &&
+                            h.vh.vpci.fn.bars[0].mapped_addr == bar0() && off < VIRTIO_PCI_BAR_SIZE)
+                         : off < VIRTIO_MMIO_WINDOW;
     int status = hits ? status_value(off, data, len) : -1;
     if (status > 0 && (status & VIRTIO_STATUS_NEEDS_RESET) &&
         !(before.status & VIRTIO_STATUS_NEEDS_RESET))
@@ -442,8 +422,8 @@ static void cfg_rw(uint32_t address, uint32_t reg, uint32_t len, uint32_t *v, bo
     struct state before;
     if (is_write)
         snapshot(&before);
-    bus_dispatch(&h.pio, PCI_CONFIG_ADDRESS_PORT, (uint8_t *)&a, 4, true);
-    bus_dispatch(&h.pio, PCI_CONFIG_DATA_PORT + (reg & 3), (uint8_t *)v, len, is_write);
+    bus_dispatch(&h.vh.pio, PCI_CONFIG_ADDRESS_PORT, (uint8_t *)&a, 4, true);
+    bus_dispatch(&h.vh.pio, PCI_CONFIG_DATA_PORT + (reg & 3), (uint8_t *)v, len, is_write);
     if (is_write)
         check_transition(&before, -1, "a PCI configuration write");
 }
@@ -451,13 +431,13 @@ static void cfg_rw(uint32_t address, uint32_t reg, uint32_t len, uint32_t *v, bo
 static uint16_t pci_command(void)
 {
     uint16_t v;
-    memcpy(&v, h.vpci.fn.config + PCI_COMMAND, 2);
+    memcpy(&v, h.vh.vpci.fn.config + PCI_COMMAND, 2);
     return v;
 }
 
 static uint32_t cfg_address(void)
 {
-    return 0x80000000u | h.vpci.fn.slot << 11;
+    return 0x80000000u | h.vh.vpci.fn.slot << 11;
 }
 
 static void cfg_write(uint32_t reg, uint32_t len, uint32_t v)
@@ -507,7 +487,7 @@ static void reset_driver_model(void);
 
 static void status_write(uint8_t v)
 {
-    if (h.pci)
+    if (h.vh.pci)
         reg_write(P_STATUS, 1, v);
     else
         reg_write(M_STATUS, 4, v);
@@ -515,24 +495,24 @@ static void status_write(uint8_t v)
 
 static uint8_t status_read(void)
 {
-    return (uint8_t)(h.pci ? reg_read(P_STATUS, 1) : reg_read(M_STATUS, 4));
+    return (uint8_t)(h.vh.pci ? reg_read(P_STATUS, 1) : reg_read(M_STATUS, 4));
 }
 
 static uint32_t device_features(uint32_t sel)
 {
-    reg_write(h.pci ? P_DFSELECT : M_DEVICE_FEATURES_SEL, 4, sel);
-    return (uint32_t)reg_read(h.pci ? P_DF : M_DEVICE_FEATURES, 4);
+    reg_write(h.vh.pci ? P_DFSELECT : M_DEVICE_FEATURES_SEL, 4, sel);
+    return (uint32_t)reg_read(h.vh.pci ? P_DF : M_DEVICE_FEATURES, 4);
 }
 
 static void driver_features(uint32_t sel, uint32_t v)
 {
-    reg_write(h.pci ? P_GFSELECT : M_DRIVER_FEATURES_SEL, 4, sel);
-    reg_write(h.pci ? P_GF : M_DRIVER_FEATURES, 4, v);
+    reg_write(h.vh.pci ? P_GFSELECT : M_DRIVER_FEATURES_SEL, 4, sel);
+    reg_write(h.vh.pci ? P_GF : M_DRIVER_FEATURES, 4, v);
 }
 
 static void queue_select(uint32_t q)
 {
-    if (h.pci)
+    if (h.vh.pci)
         reg_write(P_QUEUE_SELECT, 2, q);
     else
         reg_write(M_QUEUE_SEL, 4, q);
@@ -548,17 +528,17 @@ static void queue_write(enum queue_reg r, uint64_t v, bool split)
     static const uint32_t pci_off[] = {P_QUEUE_SIZE,   P_QUEUE_DESC,   P_QUEUE_DRIVER,
                                        P_QUEUE_DEVICE, P_QUEUE_ENABLE, P_QUEUE_MSIX};
     if (r == Q_SIZE || r == Q_ENABLE || r == Q_VECTOR) {
-        if (h.pci)
+        if (h.vh.pci)
             reg_write(pci_off[r], 2, v);
         else if (r != Q_VECTOR)
             reg_write(mmio_off[r], 4, v);
         return;
     }
-    if (h.pci && !split) {
+    if (h.vh.pci && !split) {
         reg_write(pci_off[r], 8, v);
         return;
     }
-    uint32_t off = h.pci ? pci_off[r] : mmio_off[r];
+    uint32_t off = h.vh.pci ? pci_off[r] : mmio_off[r];
     reg_write(off, 4, (uint32_t)v);
     reg_write(off + 4, 4, v >> 32);
 }
@@ -568,14 +548,14 @@ static uint64_t queue_read(enum queue_reg r)
     static const uint32_t mmio_off[] = {M_QUEUE_NUM_MAX, 0, 0, 0, M_QUEUE_READY, 0};
     static const uint32_t pci_off[] = {P_QUEUE_SIZE,   P_QUEUE_DESC,   P_QUEUE_DRIVER,
                                        P_QUEUE_DEVICE, P_QUEUE_ENABLE, P_QUEUE_MSIX};
-    if (h.pci)
+    if (h.vh.pci)
         return reg_read(pci_off[r], r >= Q_DESC && r <= Q_DEVICE ? 8 : 2);
     return mmio_off[r] ? reg_read(mmio_off[r], 4) : 0;
 }
 
 static void notify(uint32_t q, uint8_t how)
 {
-    if (!h.pci) {
+    if (!h.vh.pci) {
         reg_write(M_QUEUE_NOTIFY, 4, how & 1 ? q | (uint32_t)u16() << 16 : q);
         return;
     }
@@ -586,7 +566,7 @@ static void notify(uint32_t q, uint8_t how)
 
 static void config_rw(uint32_t off, void *data, uint32_t len, bool is_write)
 {
-    reg_rw((h.pci ? VIRTIO_PCI_DEVICE_OFF : M_CONFIG) + (uint64_t)off, data, len, is_write);
+    reg_rw((h.vh.pci ? VIRTIO_PCI_DEVICE_OFF : M_CONFIG) + (uint64_t)off, data, len, is_write);
 }
 
 /* ---- the event loop, run by the harness ---------------------------------------------- */
@@ -602,12 +582,10 @@ static uint64_t now_ns(void)
  * or the idle hook wants another round at once. */
 static bool loop_round(int timeout_ms)
 {
-    struct iothread *io = &h.dev->io;
-    int n = event_loop_run_once(&io->loop, timeout_ms);
+    int n = vh_loop_round(&h.vh, timeout_ms);
     if (n < 0)
         die("event loop failed");
-    int next = io->idle ? io->idle(io->idle_opaque) : -1;
-    return n > 0 || next == 0;
+    return n > 0;
 }
 
 /* Handlers registered in the device's epoll set, from /proc (the loop keeps its list
@@ -615,7 +593,7 @@ static bool loop_round(int timeout_ms)
 static int epoll_registrations(bool print)
 {
     char path[64];
-    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", h.dev->io.loop.epoll_fd);
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", h.vh.dev->io.loop.epoll_fd);
     FILE *f = fopen(path, "re");
     if (!f)
         die("%s: %s", path, strerror(errno));
@@ -646,7 +624,7 @@ static void run_until_idle(void)
         if (rounds > SPIN_ROUNDS && now_ns() - start > SPIN_NS) {
             epoll_registrations(true);
             die("%s: the event loop is still busy after %u rounds with no input (spinning)",
-                h.dev->name, rounds);
+                h.vh.dev->name, rounds);
         }
     }
 }
@@ -795,9 +773,8 @@ static int make_blk(uint16_t opt, uint8_t lim)
         .poll_us = (opt & 0x200) ? 30 : 0,
         .rate_limit = limit_from(lim),
     };
-    h.dev = &h.u.blk.dev;
-    h.dev_made = true;
-    return virtio_blk_init(&h.u.blk, "blk0", &o, &h.mem);
+    vh_dev(&h.vh);
+    return virtio_blk_init(&h.vh.u.blk, "blk0", &o, &h.mem);
 }
 
 static int make_net(uint16_t opt, uint8_t lim)
@@ -808,7 +785,7 @@ static int make_net(uint16_t opt, uint8_t lim)
                                   .batch = opt & 8,
                                   .sndbuf = (opt & 16) ? 4096 : 0};
     struct net_backend be;
-    if (net_pair_open(&be, &po, &h.net_host_fd) < 0)
+    if (net_pair_open(&be, &po, &h.vh.net_host_fd) < 0)
         return -1;
     struct net_options o = {.backend = &be, .vhost = VHOST_OFF};
     if (opt & 32)
@@ -819,15 +796,14 @@ static int make_net(uint16_t opt, uint8_t lim)
     }
     o.rx_limit = limit_from(lim);
     o.tx_limit = limit_from((uint8_t)(lim * 37 + (opt >> 8)));
-    h.dev = &h.u.net.dev;
-    h.dev_made = true;
-    return virtio_net_init(&h.u.net, "net0", &o, &h.mem);
+    vh_dev(&h.vh);
+    return virtio_net_init(&h.vh.u.net, "net0", &o, &h.mem);
 }
 
 static int make_device(uint16_t opt, uint8_t lim)
 {
     int r = -1;
-    switch (h.kind) {
+    switch (h.vh.kind) {
     case BLK:
         r = make_blk(opt, lim);
         break;
@@ -835,15 +811,13 @@ static int make_device(uint16_t opt, uint8_t lim)
         r = make_net(opt, lim);
         break;
     case CONSOLE:
-        h.dev = &h.u.console.dev;
-        h.dev_made = true;
-        r = virtio_console_init(&h.u.console, &h.mem, console_output, console_input_space, NULL);
+        vh_dev(&h.vh);
+        r = virtio_console_init(&h.vh.u.console, &h.mem, console_output, console_input_space, NULL);
         break;
     case RNG: {
         static const uint64_t rates[] = {0, 1 << 20, 4096, 1000000};
-        h.dev = &h.u.rng.dev;
-        h.dev_made = true;
-        r = virtio_rng_init(&h.u.rng, &h.mem, rates[opt & 3], (opt & 4) ? 512 : 0);
+        vh_dev(&h.vh);
+        r = virtio_rng_init(&h.vh.u.rng, &h.mem, rates[opt & 3], (opt & 4) ? 512 : 0);
         break;
     }
     case PMEM: {
@@ -855,20 +829,18 @@ static int make_device(uint16_t opt, uint8_t lim)
                                  .path = g.pmem_path,
                                  .readonly = opt & 1,
                                  .rate_limit = limit_from(lim)};
-        h.dev = &h.u.pmem.dev;
-        h.dev_made = true;
-        r = virtio_pmem_init(&h.u.pmem, "pmem0", &o, &h.mem);
+        vh_dev(&h.vh);
+        r = virtio_pmem_init(&h.vh.u.pmem, "pmem0", &o, &h.mem);
         if (r == 0)
-            virtio_pmem_set_region(&h.u.pmem, 1ULL << 40);
+            virtio_pmem_set_region(&h.vh.u.pmem, 1ULL << 40);
         break;
     }
     case VSOCK:
     default: {
         /* The last one is refused: the device is never made. */
         static const uint64_t cids[] = {3, 0, 3, 52, 0xfffffffe, 0xffffffff, 3, 0x100000000ULL};
-        h.dev = &h.u.vsock.dev;
-        h.dev_made = true;
-        r = virtio_vsock_init(&h.u.vsock, cids[opt & 7], g.vsock_path, &h.mem);
+        vh_dev(&h.vh);
+        r = virtio_vsock_init(&h.vh.u.vsock, cids[opt & 7], g.vsock_path, &h.mem);
         break;
     }
     }
@@ -876,35 +848,9 @@ static int make_device(uint16_t opt, uint8_t lim)
         return -1;
     /* The harness is the I/O thread from here on: iothread_call() runs inline (the thread
      * is not running) and the loop is run by run_until_idle(). */
-    iothread_stop(&h.dev->io);
-    if (event_loop_init(&h.dev->io.loop) < 0)
+    if (vh_take_loop(&h.vh) < 0)
         die("event_loop_init");
-    h.loop_made = true;
     return 0;
-}
-
-static void destroy_device(void)
-{
-    switch (h.kind) {
-    case BLK:
-        virtio_blk_destroy(&h.u.blk);
-        break;
-    case NET:
-        virtio_net_destroy(&h.u.net);
-        break;
-    case CONSOLE:
-        virtio_console_destroy(&h.u.console);
-        break;
-    case RNG:
-        virtio_rng_destroy(&h.u.rng);
-        break;
-    case PMEM:
-        virtio_pmem_destroy(&h.u.pmem);
-        break;
-    default:
-        virtio_vsock_destroy(&h.u.vsock);
-        break;
-    }
 }
 
 static void other_device_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len,
@@ -918,32 +864,10 @@ static void other_device_io(void *opaque, uint64_t offset, uint8_t *data, uint32
 
 static int make_transport(void)
 {
-    bus_init(&h.mmio, "mmio");
-    bus_init(&h.pio, "pio");
-    h.transport_made = true;
-    if (bus_register(&h.mmio, OTHER_DEVICE, PAGE, other_device_io, NULL, "other") < 0)
+    vh_buses_init(&h.vh);
+    if (bus_register(&h.vh.mmio, OTHER_DEVICE, PAGE, other_device_io, NULL, "other") < 0)
         return -1;
-    if (!h.pci) {
-        if (virtio_mmio_init(&h.vmmio, h.dev, -1, MMIO_BASE, 5) < 0)
-            return -1;
-        return bus_register(&h.mmio, MMIO_BASE, VIRTIO_MMIO_WINDOW, virtio_mmio_io, &h.vmmio,
-                            h.dev->name);
-    }
-    if (pci_bus_init(&h.pcibus, &h.pio, &h.mmio, PCI_WINDOW_START, PCI_WINDOW_END) < 0)
-        return -1;
-    return virtio_pci_init(&h.vpci, h.dev, &h.pcibus, NULL, -1);
-}
-
-static void destroy_transport(void)
-{
-    if (h.pci) {
-        virtio_pci_destroy(&h.vpci);
-        pci_bus_destroy(&h.pcibus);
-    } else {
-        virtio_mmio_destroy(&h.vmmio);
-    }
-    bus_destroy(&h.mmio);
-    bus_destroy(&h.pio);
+    return vh_transport_init(&h.vh);
 }
 
 /* ---- rings, the driver's side ------------------------------------------------------------ */
@@ -979,7 +903,7 @@ static uint64_t add_buf(struct chain *c, uint8_t sel, const void *src, uint32_t 
 
 static bool queue_packed(void)
 {
-    return (h.dev->driver_features >> VIRTIO_F_RING_PACKED) & 1;
+    return (h.vh.dev->driver_features >> VIRTIO_F_RING_PACKED) & 1;
 }
 
 static void reset_driver_model(void)
@@ -1005,9 +929,9 @@ static unsigned chain_pieces(uint8_t flags)
 /* Makes the chain available on queue q, as the driver programmed the queue, and kicks. */
 static void publish(unsigned q, const struct chain *c, uint8_t flags)
 {
-    if (q >= h.dev->nqueues || q >= MAX_QUEUES || c->n == 0)
+    if (q >= h.vh.dev->nqueues || q >= MAX_QUEUES || c->n == 0)
         return;
-    const struct virtq_config *cfg = &h.dev->queues[q].cfg;
+    const struct virtq_config *cfg = &h.vh.dev->queues[q].cfg;
     uint16_t size = cfg->size;
     if (size == 0)
         return;
@@ -1218,7 +1142,7 @@ static void vsock_request(unsigned q, struct chain *c, uint8_t flags)
     if (len > VSOCK_MAX_PKT + 16)
         len = VSOCK_MAX_PKT + 16;
     struct vsock_hdr hd = {
-        .src_cid = h.u.vsock.guest_cid,
+        .src_cid = h.vh.u.vsock.guest_cid,
         .dst_cid = VSOCK_HOST_CID,
         .src_port = guest_ports[psel2 & 3],
         .dst_port = host_ports[psel2 >> 2 & 7],
@@ -1297,12 +1221,12 @@ static void raw_chain(struct chain *c)
 static void op_chain(void)
 {
     uint8_t qsel = u8(), flags = u8();
-    unsigned q = qsel % h.dev->nqueues;
+    unsigned q = qsel % h.vh.dev->nqueues;
     struct chain c = {.n = 0};
     if (qsel & 0x80) {
         raw_chain(&c);
     } else {
-        switch (h.kind) {
+        switch (h.vh.kind) {
         case BLK:
             blk_request(&c, flags);
             break;
@@ -1336,12 +1260,12 @@ static void op_init(void)
     uint8_t feat = u8();
     uint16_t qmask = u16();
     uint8_t size_sel = u8(), ring_sel = u8(), misc = u8();
-    if (h.pci) {
+    if (h.vh.pci) {
         cfg_write(PCI_COMMAND, 2, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
         if (misc & 2) {
             /* MSI-X on, every vector aimed at the LAPIC and unmasked. */
-            cfg_write((uint32_t)h.vpci.msix_cap + 2, 2, 0x8000);
-            for (unsigned v = 0; v < h.vpci.nvectors; v++) {
+            cfg_write((uint32_t)h.vh.vpci.msix_cap + 2, 2, 0x8000);
+            for (unsigned v = 0; v < h.vh.vpci.nvectors; v++) {
                 reg_write(VIRTIO_PCI_MSIX_OFF + 16 * v, 4, 0xfee00000u);
                 reg_write(VIRTIO_PCI_MSIX_OFF + 16 * v + 8, 4, 0x40 + v);
                 reg_write(VIRTIO_PCI_MSIX_OFF + 16 * v + 12, 4, 0);
@@ -1373,7 +1297,7 @@ static void op_init(void)
     reset_driver_model();
     memset(h.bump, 0, sizeof(h.bump));
     bool packed = (want >> VIRTIO_F_RING_PACKED) & 1;
-    for (unsigned q = 0; q < h.dev->nqueues && q < MAX_QUEUES; q++) {
+    for (unsigned q = 0; q < h.vh.dev->nqueues && q < MAX_QUEUES; q++) {
         if (!((qmask >> q) & 1))
             continue;
         queue_select(q);
@@ -1455,7 +1379,7 @@ static void op_reg(bool is_write)
 static void op_queue_reg(void)
 {
     uint8_t qsel = u8(), which = u8();
-    uint32_t q = qsel < 0xf0 ? qsel % (h.dev->nqueues + 1) : (qsel == 0xff ? 0xffff : qsel);
+    uint32_t q = qsel < 0xf0 ? qsel % (h.vh.dev->nqueues + 1) : (qsel == 0xff ? 0xffff : qsel);
     queue_select(q);
     enum queue_reg r = which % Q_REG_COUNT;
     if (which & 0x80) {
@@ -1493,9 +1417,9 @@ static void op_config(void)
     uint64_t v = (mode & 1) ? u64() : 0;
     if (mode & 0x40) {
         /* What the transports call, with any offset and length. */
-        pthread_mutex_lock(&h.dev->lock);
-        virtio_dev_config_access(h.dev, off, &v, len, mode & 1);
-        pthread_mutex_unlock(&h.dev->lock);
+        pthread_mutex_lock(&h.vh.dev->lock);
+        virtio_dev_config_access(h.vh.dev, off, &v, len, mode & 1);
+        pthread_mutex_unlock(&h.vh.dev->lock);
         return;
     }
     config_rw(off, &v, len, mode & 1);
@@ -1509,8 +1433,8 @@ static void op_mem(void)
     if (target & 0x80) {
         gpa = u64();
     } else {
-        unsigned q = (target & 0xf) % h.dev->nqueues;
-        const struct virtq_config *cfg = &h.dev->queues[q].cfg;
+        unsigned q = (target & 0xf) % h.vh.dev->nqueues;
+        const struct virtq_config *cfg = &h.vh.dev->queues[q].cfg;
         uint64_t base = (target >> 4 & 3) == 0   ? cfg->desc_gpa
                         : (target >> 4 & 3) == 1 ? cfg->avail_gpa
                                                  : cfg->used_gpa;
@@ -1531,23 +1455,23 @@ static void op_host_net(uint8_t sub)
             len = sizeof(frame);
         memset(frame, 0, 12);
         take(frame, len < 40 ? len : 40);
-        ssize_t ignored = send(h.net_host_fd, frame, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t ignored = send(h.vh.net_host_fd, frame, len, MSG_DONTWAIT | MSG_NOSIGNAL);
         (void)ignored;
         break;
     }
     case 1: /* the host takes what was sent */
-        drain_fd(h.net_host_fd);
+        drain_fd(h.vh.net_host_fd);
         break;
     case 2: { /* new limits from the API */
         struct rate_limit_config rx = limit_from(u8()), tx = limit_from(u8());
         uint8_t which = u8();
-        virtio_net_change_limits(&h.u.net, (which & 1) ? &rx : NULL, (which & 2) ? &tx : NULL);
+        virtio_net_change_limits(&h.vh.u.net, (which & 1) ? &rx : NULL, (which & 2) ? &tx : NULL);
         break;
     }
     default: /* a burst of frames */
         for (unsigned i = 0, n = 1 + (u8() & 31); i < n; i++) {
             uint8_t frame[74] = {0};
-            ssize_t ignored = send(h.net_host_fd, frame, sizeof(frame), MSG_DONTWAIT);
+            ssize_t ignored = send(h.vh.net_host_fd, frame, sizeof(frame), MSG_DONTWAIT);
             (void)ignored;
         }
         break;
@@ -1621,18 +1545,18 @@ static void op_host_vsock(uint8_t sub)
 static void op_host(void)
 {
     uint8_t sub = u8();
-    switch (h.kind) {
+    switch (h.vh.kind) {
     case BLK: {
         if (sub & 1) {
             struct rate_limit_config rl = limit_from(u8());
-            virtio_blk_change_limits(&h.u.blk, &rl);
+            virtio_blk_change_limits(&h.vh.u.blk, &rl);
         } else if (sub & 2) {
             /* Another image, the same one again (maybe resized), or one that is not there. */
             uint8_t which = u8();
             const char *path = (which & 3) == 3 ? "/nonexistent/image" : g.blk_path[which & 1];
             if ((which & 4) && (which & 3) != 3)
                 truncate(path, (off_t)disk_sizes[which >> 3 & 7]);
-            virtio_blk_change_backing(&h.u.blk, path);
+            virtio_blk_change_backing(&h.vh.u.blk, path);
         } else {
             /* The image shrinks or grows under the device. */
             truncate(g.blk_path[0], (off_t)disk_sizes[u8() & 7]);
@@ -1646,7 +1570,7 @@ static void op_host(void)
         static uint8_t text[6000];
         uint32_t len = (sub & 1) ? sizeof(text) : 1u + u8();
         take(text, len < 64 ? len : 64);
-        virtio_console_receive(&h.u.console, text, len);
+        virtio_console_receive(&h.vh.u.console, text, len);
         break;
     }
     case RNG:
@@ -1656,10 +1580,10 @@ static void op_host(void)
          * mapping coming back as an MMIO exit. */
         if (sub & 1) {
             struct rate_limit_config rl = limit_from(u8());
-            virtio_pmem_change_limits(&h.u.pmem, &rl);
+            virtio_pmem_change_limits(&h.vh.u.pmem, &rl);
         } else {
             uint8_t bytes[8] = {0};
-            virtio_pmem_readonly_io(&h.u.pmem, (uint64_t)u32() << 8, bytes, 1u << (u8() & 3),
+            virtio_pmem_readonly_io(&h.vh.u.pmem, (uint64_t)u32() << 8, bytes, 1u << (u8() & 3),
                                     (sub & 2) != 0);
         }
         break;
@@ -1681,7 +1605,8 @@ static void op_pci_config(void)
         address = u32(); /* other functions, buses, or the enable bit off */
     if (sel & 0x20) {
         /* The ports themselves, at any offset and width. */
-        bus_dispatch(&h.pio, PCI_CONFIG_ADDRESS_PORT + (reg & 7), (uint8_t *)&v, len, sel & 0x40);
+        bus_dispatch(&h.vh.pio, PCI_CONFIG_ADDRESS_PORT + (reg & 7), (uint8_t *)&v, len,
+                     sel & 0x40);
         return;
     }
     cfg_rw(address, reg, len, &v, sel & 0x40);
@@ -1714,7 +1639,7 @@ static void op_msix(void)
         reg_write(VIRTIO_PCI_MSIX_OFF + 16ULL * (vec % 40) + 4 * (sub >> 3 & 3), 4, v);
         break;
     case 1: /* enable and function mask */
-        cfg_write((uint32_t)h.vpci.msix_cap + 2, 2, v & 0xc000);
+        cfg_write((uint32_t)h.vh.vpci.msix_cap + 2, 2, v & 0xc000);
         break;
     case 2:
         reg_read(VIRTIO_PCI_PBA_OFF + (vec & 15), access_len(sub >> 3));
@@ -1733,7 +1658,7 @@ static void op_msix(void)
 static void op_cfg_window(void)
 {
     uint8_t sel = u8();
-    uint32_t cap = (uint32_t)h.vpci.cfg_cap;
+    uint32_t cap = (uint32_t)h.vh.vpci.cfg_cap;
     uint32_t off = (sel & 1) ? u32() : (uint32_t)u16();
     uint32_t len = (sel & 2) ? u32() : 1u << (sel >> 2 & 3);
     uint8_t bar = (sel & 0x10) ? u8() : 0;
@@ -1810,7 +1735,7 @@ static void run_op(enum op op)
         break;
     case OP_KICK: {
         uint8_t how = u8();
-        notify((how & 0x80) ? u16() : how % (h.dev->nqueues + 1), how >> 4);
+        notify((how & 0x80) ? u16() : how % (h.vh.dev->nqueues + 1), how >> 4);
         break;
     }
     case OP_RUN:
@@ -1826,23 +1751,23 @@ static void run_op(enum op op)
         op_host();
         break;
     case OP_PCI_CONFIG:
-        if (h.pci)
+        if (h.vh.pci)
             op_pci_config();
         break;
     case OP_PCI_COMMAND:
-        if (h.pci)
+        if (h.vh.pci)
             cfg_write(PCI_COMMAND, 2, u16());
         break;
     case OP_PCI_BAR:
-        if (h.pci)
+        if (h.vh.pci)
             op_pci_bar();
         break;
     case OP_MSIX:
-        if (h.pci)
+        if (h.vh.pci)
             op_msix();
         break;
     case OP_CFG_WINDOW:
-        if (h.pci)
+        if (h.vh.pci)
             op_cfg_window();
         break;
     case OP_RESET:
@@ -1860,7 +1785,7 @@ static void run_op(enum op op)
  * (the loop's own wake-up descriptor is the one registration left). */
 static void check_reset(void)
 {
-    if (h.pci) {
+    if (h.vh.pci) {
         /* The BAR where the driver reaches it, as a driver would make sure of. */
         cfg_write(PCI_BAR0, 4, PCI_WINDOW_START);
         cfg_write(PCI_COMMAND, 2, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
@@ -1868,20 +1793,20 @@ static void check_reset(void)
     status_write(0);
     uint8_t status = status_read();
     if (status != 0)
-        die("%s: status reads 0x%02x after a reset", h.dev->name, status);
-    for (unsigned q = 0; q < h.dev->nqueues; q++) {
+        die("%s: status reads 0x%02x after a reset", h.vh.dev->name, status);
+    for (unsigned q = 0; q < h.vh.dev->nqueues; q++) {
         queue_select(q);
         if (queue_read(Q_ENABLE) != 0)
-            die("%s: queue %u still enabled after a reset", h.dev->name, q);
-        if (queue_read(Q_SIZE) != h.dev->queue_max_size)
-            die("%s: queue %u size %llu after a reset (maximum %u)", h.dev->name, q,
-                (unsigned long long)queue_read(Q_SIZE), h.dev->queue_max_size);
-        if (h.pci && (queue_read(Q_DESC) || queue_read(Q_DRIVER) || queue_read(Q_DEVICE)))
-            die("%s: queue %u addresses not cleared by a reset", h.dev->name, q);
+            die("%s: queue %u still enabled after a reset", h.vh.dev->name, q);
+        if (queue_read(Q_SIZE) != h.vh.dev->queue_max_size)
+            die("%s: queue %u size %llu after a reset (maximum %u)", h.vh.dev->name, q,
+                (unsigned long long)queue_read(Q_SIZE), h.vh.dev->queue_max_size);
+        if (h.vh.pci && (queue_read(Q_DESC) || queue_read(Q_DRIVER) || queue_read(Q_DEVICE)))
+            die("%s: queue %u addresses not cleared by a reset", h.vh.dev->name, q);
     }
     int regs = epoll_registrations(false);
     if (regs != 1 && epoll_registrations(true))
-        die("%s: %d descriptors still registered in the event loop after a reset", h.dev->name,
+        die("%s: %d descriptors still registered in the event loop after a reset", h.vh.dev->name,
             regs - 1);
     reset_driver_model();
 }
@@ -1891,10 +1816,10 @@ static void check_reset(void)
 static void check_quiet_after_reset(void)
 {
     guest_protect(PROT_NONE);
-    switch (h.kind) {
+    switch (h.vh.kind) {
     case NET: {
         uint8_t frame[74] = {0};
-        ssize_t ignored = send(h.net_host_fd, frame, sizeof(frame), MSG_DONTWAIT);
+        ssize_t ignored = send(h.vh.net_host_fd, frame, sizeof(frame), MSG_DONTWAIT);
         (void)ignored;
         break;
     }
@@ -1909,7 +1834,7 @@ static void check_quiet_after_reset(void)
         break;
     }
     case CONSOLE:
-        virtio_console_receive(&h.u.console, (const uint8_t *)"late", 4);
+        virtio_console_receive(&h.vh.u.console, (const uint8_t *)"late", 4);
         break;
     default:
         break;
@@ -1923,13 +1848,13 @@ static void check_quiet_after_reset(void)
 /* What the device did, for checking that seeds reach what they mean to. */
 static void print_trace(void)
 {
-    struct virtio_dev *d = h.dev;
+    struct virtio_dev *d = h.vh.dev;
     fprintf(stderr, "%s on %s: status 0x%02x, %llu kicks, %llu interrupts; ", d->name,
-            h.pci ? "pci" : "mmio", d->status, (unsigned long long)d->kicks,
+            h.vh.pci ? "pci" : "mmio", d->status, (unsigned long long)d->kicks,
             (unsigned long long)d->interrupts);
-    switch (h.kind) {
+    switch (h.vh.kind) {
     case BLK: {
-        const struct virtio_blk *b = &h.u.blk;
+        const struct virtio_blk *b = &h.vh.u.blk;
         fprintf(stderr,
                 "%llu reads, %llu writes, %llu flushes, %llu discards, %llu errors, %llu "
                 "unsupported, %llu throttled\n",
@@ -1940,7 +1865,7 @@ static void print_trace(void)
         break;
     }
     case NET: {
-        const struct virtio_net *n = &h.u.net;
+        const struct virtio_net *n = &h.vh.u.net;
         fprintf(stderr,
                 "rx %llu frames (%llu dropped), tx %llu frames (%llu dropped, %llu waits)\n",
                 (unsigned long long)n->rx_frames, (unsigned long long)n->rx_dropped,
@@ -1950,21 +1875,21 @@ static void print_trace(void)
     }
     case CONSOLE:
         fprintf(stderr, "output %llu bytes, input %llu bytes\n",
-                (unsigned long long)h.console_bytes, (unsigned long long)h.u.console.rx_bytes);
+                (unsigned long long)h.console_bytes, (unsigned long long)h.vh.u.console.rx_bytes);
         break;
     case RNG:
-        fprintf(stderr, "%llu requests, %llu bytes\n", (unsigned long long)h.u.rng.requests,
-                (unsigned long long)h.u.rng.bytes);
+        fprintf(stderr, "%llu requests, %llu bytes\n", (unsigned long long)h.vh.u.rng.requests,
+                (unsigned long long)h.vh.u.rng.bytes);
         break;
     case PMEM: {
-        const struct virtio_pmem *p = &h.u.pmem;
+        const struct virtio_pmem *p = &h.vh.u.pmem;
         fprintf(stderr, "%llu requests, %llu msyncs, %llu bad, %llu throttled\n",
                 (unsigned long long)p->requests, (unsigned long long)p->flushes,
                 (unsigned long long)p->bad_requests, (unsigned long long)p->throttled_events);
         break;
     }
     default: {
-        const struct virtio_vsock *v = &h.u.vsock;
+        const struct virtio_vsock *v = &h.vh.u.vsock;
         fprintf(stderr,
                 "%llu connections, guest sent %llu packets %llu bytes, got %llu packets "
                 "%llu bytes, %llu refused, %llu RSTs\n",
@@ -1997,7 +1922,7 @@ static unsigned log_lines(void)
 static void begin(const uint8_t *data, size_t size)
 {
     memset(&h, 0, sizeof(h));
-    h.net_host_fd = -1;
+    h.vh.net_host_fd = -1;
     for (unsigned i = 0; i < MAX_HOST_FDS; i++)
         h.clients[i] = h.accepted[i] = -1;
     h.wait_left_us = WAIT_BUDGET_US;
@@ -2011,13 +1936,7 @@ static void begin(const uint8_t *data, size_t size)
 
 static void end(void)
 {
-    if (h.transport_made)
-        destroy_transport();
-    if (h.dev_made)
-        destroy_device();
-    if (h.loop_made)
-        event_loop_destroy(&h.dev->io.loop);
-    close_fd(&h.net_host_fd);
+    vh_end(&h.vh);
     for (unsigned i = 0; i < MAX_HOST_FDS; i++) {
         close_fd(&h.clients[i]);
         close_fd(&h.accepted[i]);
@@ -2041,8 +1960,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t h0 = u8();
     uint16_t opt = u16();
     uint8_t lim = u8();
-    h.kind = (enum kind)((h0 & 7) % KIND_COUNT);
-    h.pci = h0 & 8;
+    h.vh.kind = (enum kind)((h0 & 7) % KIND_COUNT);
+    h.vh.pci = h0 & 8;
     /* RAM below the hole and above 4 GiB, or below only. */
     guest_memory_layout(&h.mem, g.region[0], (h0 & 16) ? REGION_SIZE : 2 * REGION_SIZE, REGION_SIZE,
                         HIGH_GPA);

@@ -31,6 +31,7 @@
 #include "devices/serial.h"
 #include "snapshot/format.h"
 #include "support/net_pair.h"
+#include "support/virtio_harness.h"
 #include "util/error.h"
 #include "util/eventloop.h"
 #include "util/log.h"
@@ -71,14 +72,8 @@ enum {
     T_VIRTIO,
     T_COUNT = T_VIRTIO + 12
 };
-enum kind { BLK, NET, CONSOLE, RNG, VSOCK, PMEM, KIND_COUNT };
-static const char *const kind_names[] = {"blk", "net", "console", "rng", "vsock", "pmem"};
-
-#define MEM_SIZE         (2u << 20)
-#define MMIO_BASE        LAYOUT_VIRTIO_MMIO_BASE
-#define PCI_WINDOW_START 0xe0000000ULL
-#define PCI_WINDOW_END   0xfec00000ULL
-#define SPIN_ROUNDS      4096
+#define MEM_SIZE    (2u << 20)
+#define SPIN_ROUNDS 4096
 
 static struct {
     char dir[64];
@@ -86,25 +81,7 @@ static struct {
     struct guest_memory mem;
 } g;
 
-static struct {
-    enum kind kind;
-    bool pci;
-    union {
-        struct virtio_blk blk;
-        struct virtio_net net;
-        struct virtio_console console;
-        struct virtio_rng rng;
-        struct virtio_vsock vsock;
-        struct virtio_pmem pmem;
-    } u;
-    struct virtio_dev *dev;
-    bool dev_made, loop_made, transport_made;
-    struct bus mmio, pio;
-    struct pci_bus pcibus;
-    struct virtio_pci vpci;
-    struct virtio_mmio vmmio;
-    int net_host_fd;
-} h;
+static struct virtio_harness h;
 
 static void cleanup(void);
 static bool trace; /* FUZZ_RESTORE_TRACE set: each input's outcome on stderr */
@@ -429,8 +406,7 @@ static int make_device(uint8_t opt)
                                 .engine = BLK_ENGINE_SYNC,
                                 .queues = 1 + (opt >> 2 & 1),
                                 .rate_limit = limit};
-        h.dev = &h.u.blk.dev;
-        h.dev_made = true;
+        vh_dev(&h);
         r = virtio_blk_init(&h.u.blk, "blk0", &o, &g.mem);
         break;
     }
@@ -444,19 +420,16 @@ static int make_device(uint8_t opt)
             o.mtu = 1500;
         o.rx_limit = limit;
         o.tx_limit = limit;
-        h.dev = &h.u.net.dev;
-        h.dev_made = true;
+        vh_dev(&h);
         r = virtio_net_init(&h.u.net, "net0", &o, &g.mem);
         break;
     }
     case CONSOLE:
-        h.dev = &h.u.console.dev;
-        h.dev_made = true;
+        vh_dev(&h);
         r = virtio_console_init(&h.u.console, &g.mem, console_output, NULL, NULL);
         break;
     case RNG:
-        h.dev = &h.u.rng.dev;
-        h.dev_made = true;
+        vh_dev(&h);
         r = virtio_rng_init(&h.u.rng, &g.mem, (opt & 2) ? 1 << 20 : 0, (opt & 2) ? 512 : 0);
         break;
     case PMEM: {
@@ -464,96 +437,36 @@ static int make_device(uint8_t opt)
             die("%s: %s", g.pmem_path, strerror(errno));
         struct pmem_options o = {
             .id = "pmem_fuzz", .path = g.pmem_path, .readonly = opt & 1, .rate_limit = limit};
-        h.dev = &h.u.pmem.dev;
-        h.dev_made = true;
+        vh_dev(&h);
         r = virtio_pmem_init(&h.u.pmem, "pmem0", &o, &g.mem);
         if (r == 0)
             virtio_pmem_set_region(&h.u.pmem, 1ULL << 40);
         break;
     }
     default:
-        h.dev = &h.u.vsock.dev;
-        h.dev_made = true;
+        vh_dev(&h);
         r = virtio_vsock_init(&h.u.vsock, 3, g.vsock_path, &g.mem);
         break;
     }
     if (r < 0)
         return -1;
-    iothread_stop(&h.dev->io);
-    if (event_loop_init(&h.dev->io.loop) < 0)
+    if (vh_take_loop(&h) < 0)
         die("event_loop_init");
-    h.loop_made = true;
     return 0;
 }
 
 static int make_transport(void)
 {
-    bus_init(&h.mmio, "mmio");
-    bus_init(&h.pio, "pio");
-    h.transport_made = true;
-    if (!h.pci) {
-        if (virtio_mmio_init(&h.vmmio, h.dev, -1, MMIO_BASE, 5) < 0)
-            return -1;
-        return bus_register(&h.mmio, MMIO_BASE, VIRTIO_MMIO_WINDOW, virtio_mmio_io, &h.vmmio,
-                            h.dev->name);
-    }
-    if (pci_bus_init(&h.pcibus, &h.pio, &h.mmio, PCI_WINDOW_START, PCI_WINDOW_END) < 0)
-        return -1;
-    return virtio_pci_init(&h.vpci, h.dev, &h.pcibus, NULL, -1);
-}
-
-static void destroy_device(void)
-{
-    switch (h.kind) {
-    case BLK:
-        virtio_blk_destroy(&h.u.blk);
-        break;
-    case NET:
-        virtio_net_destroy(&h.u.net);
-        break;
-    case CONSOLE:
-        virtio_console_destroy(&h.u.console);
-        break;
-    case RNG:
-        virtio_rng_destroy(&h.u.rng);
-        break;
-    case PMEM:
-        virtio_pmem_destroy(&h.u.pmem);
-        break;
-    default:
-        virtio_vsock_destroy(&h.u.vsock);
-        break;
-    }
-}
-
-static void end_device(void)
-{
-    if (h.transport_made) {
-        if (h.pci) {
-            virtio_pci_destroy(&h.vpci);
-            pci_bus_destroy(&h.pcibus);
-        } else {
-            virtio_mmio_destroy(&h.vmmio);
-        }
-        bus_destroy(&h.mmio);
-        bus_destroy(&h.pio);
-    }
-    if (h.dev_made)
-        destroy_device();
-    if (h.loop_made)
-        event_loop_destroy(&h.dev->io.loop);
-    if (h.net_host_fd >= 0)
-        close(h.net_host_fd);
+    vh_buses_init(&h);
+    return vh_transport_init(&h);
 }
 
 static bool loop_round(void)
 {
-    struct iothread *io = &h.dev->io;
-    int n = event_loop_run_once(&io->loop, 0);
+    int n = vh_loop_round(&h, 0);
     if (n < 0)
         die("event loop failed");
-    int next = io->idle ? io->idle(io->idle_opaque) : -1;
-    return n > 0 || next == 0;
+    return n > 0;
 }
 
 /* The restored device serves what its rings hold; a loop still busy after this many rounds
@@ -643,7 +556,7 @@ static void fuzz_virtio(unsigned k, uint8_t opt, const uint8_t *data, size_t len
     if (rc < 0) {
         if (!error_get()[0])
             die("%s: refused without a reason", h.dev->name);
-        end_device();
+        vh_end(&h);
         return;
     }
     /* A status the driver could have reached: DRIVER_OK only after FEATURES_OK, which the
@@ -669,7 +582,7 @@ static void fuzz_virtio(unsigned k, uint8_t opt, const uint8_t *data, size_t len
     run_until_idle();
     driver_reset();
     run_until_idle();
-    end_device();
+    vh_end(&h);
 }
 
 /* ---- seeds --------------------------------------------------------------------------------- */
@@ -839,7 +752,7 @@ static void write_seeds(void)
             free(s);
             if (variant)
                 virtio_dev_thaw(h.dev);
-            end_device();
+            vh_end(&h);
         }
     }
 }
