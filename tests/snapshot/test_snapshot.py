@@ -615,6 +615,24 @@ def test_diff_alone_is_not_enough(case):
         time.sleep(0.05)
 
 
+def test_live_migration(case):
+    """ember migrate of the running SMP guest to a new ember: the source ends, every vCPU's
+    counter and timer and the memory pattern carry on at the destination."""
+    cpus = 2
+    src = running(case, "source", cpus)
+    dst = case.ember("destination")
+    url = "unix:" + case.path("migration.sock")
+    r = subprocess.run([EMBER, "migrate", "--from", src.sock, "--to", dst.sock, "--url", url,
+                        "--timeout-s", "60"], capture_output=True, text=True, timeout=2 * PATIENCE_S)
+    check(r.returncode == 0, "ember migrate: status %d: %s %s" % (r.returncode, r.stdout, r.stderr))
+    status = src.wait()
+    check(status == 0, "the source ended with status %r: %s" % (status, tail(src.stderr())))
+    out = src.stdout()
+    lines = statuses(out)
+    check(lines, "the source printed no status line")
+    verify_continues(dst, Saved(None, None, lines[-1], cpus, out), "migrated")
+
+
 def uffd(case, mode):
     if not os.access(UFFD_HANDLER, os.X_OK):
         raise Skip("no userfaultfd handler at %s (EMBER_UFFD_HANDLER=)" % UFFD_HANDLER)
@@ -923,7 +941,7 @@ TESTS = [
     test_devices_and_overrides, test_config_after_load,
     test_memory_file_layout_and_corruption, test_diff_merged, test_diff_chain, test_diff_of_restored,
     test_diff_needs_tracking, test_diff_alone_is_not_enough,
-    test_uffd_on_demand, test_uffd_all_at_once,
+    test_uffd_on_demand, test_uffd_all_at_once, test_live_migration,
     test_create_not_started, test_create_not_paused, test_create_bad_path, test_create_bad_requests,
     test_load_after_machine_config, test_load_truncated, test_load_flipped_byte, test_load_bad_magic,
     test_load_other_version, test_load_short_memory_file, test_load_missing_memory_file,
