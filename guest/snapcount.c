@@ -11,11 +11,10 @@
  *
  * Output (COM1), one line every 10th tick of the BSP (~100 ms), from its timer interrupt:
  *   snapcount: start cpus=N pages=P first=0xA last=0xB
- *   snapcount: round R cpu0=C ticks0=T cpu1=C ticks1=T ... ok
- * R is the last completed round, C and T each vCPU's counter and tick count. On a failure:
- *   snapcount: MISMATCH page 0xADDR index I round R word W expected 0xX got 0xY
- *   snapcount: FAIL reason
- * then debug-exit 1 (without a debug-exit port the guest halts).
+ *   snapcount: round R cpu0=C ticks0=T cpu1=C ticks1=T ... tsc=S ok
+ * R is the last completed round, C and T each vCPU's counter and tick count, S the BSP's TSC. On a
+ * failure: snapcount: MISMATCH page 0xADDR index I round R word W expected 0xX got 0xY snapcount:
+ * FAIL reason then debug-exit 1 (without a debug-exit port the guest halts).
  */
 #include "guest.h"
 #include "io.h"
@@ -170,7 +169,7 @@ static void print_status(void)
     for (unsigned i = 0; i < cpu_count && n < sizeof(line); i++)
         n += (size_t)snprintf(line + n, sizeof(line) - n, " cpu%u=%lu ticks%u=%lu", i,
                               cpus[i].count, i, cpus[i].ticks);
-    printf("%s ok\n", line);
+    printf("%s tsc=%lu ok\n", line, rdtsc());
 }
 
 static void timer_tick(struct interrupt_frame *frame)

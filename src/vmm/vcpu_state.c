@@ -1,8 +1,10 @@
 #include "vmm/vcpu_state.h"
 
 #include "util/error.h"
+#include "util/log.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -252,6 +254,34 @@ static int restore_msrs(int vcpu_fd, const struct vcpu_state *state)
     return r;
 }
 
+/* Some hosts' KVM (this project's nested test machines among them) accept a
+ * write of IA32_TSC and ignore it: the guest keeps reading the host's TSC,
+ * so a restored guest without kvmclock sees all the time since its snapshot
+ * pass at once. Nothing ember can change; said once so that a guest's
+ * reaction to the jump (an RCU stall report, a watchdog) can be explained. */
+static void check_tsc_held(int vcpu_fd, const struct vcpu_state *state)
+{
+    static atomic_bool said;
+    if (state->nmsrs == 0 || state->msrs[0].index != VCPU_STATE_MSR_IA32_TSC ||
+        state->tsc_khz == 0 || atomic_load(&said))
+        return;
+    struct kvm_msrs *one = msrs_alloc(1);
+    if (!one)
+        return;
+    if (msr_readable(vcpu_fd, one, VCPU_STATE_MSR_IA32_TSC)) {
+        uint64_t saved = state->msrs[0].data, now = one->entries[0].data;
+        uint64_t apart = now > saved ? now - saved : saved - now;
+        /* Read microseconds after the write: a second apart is no rounding. */
+        if (apart > (uint64_t)state->tsc_khz * 1000 && !atomic_exchange(&said, true))
+            log_warn("this host's KVM ignored the restored guest TSC (KVM_SET_MSRS IA32_TSC): "
+                     "the guest's TSC is %s by %llu s, and a guest that keeps time with it "
+                     "sees that much time pass at once",
+                     now > saved ? "ahead" : "behind",
+                     (unsigned long long)(apart / ((uint64_t)state->tsc_khz * 1000)));
+    }
+    free(one);
+}
+
 int vcpu_state_restore(int vcpu_fd, const struct vcpu_state_layout *layout,
                        const struct vcpu_state *state)
 {
@@ -289,6 +319,7 @@ int vcpu_state_restore(int vcpu_fd, const struct vcpu_state_layout *layout,
         return error_errno("KVM_SET_DEBUGREGS");
     if (restore_msrs(vcpu_fd, state) < 0)
         return -1;
+    check_tsc_held(vcpu_fd, state);
     struct kvm_vcpu_events events = state->events;
     /* GET leaves these flags clear, yet SET applies the pending NMI and the
      * SIPI vector only when they are set. */

@@ -53,7 +53,7 @@ TRAILER = 8
 
 # ---- the guest's output ------------------------------------------------------------------
 
-STATUS_RE = re.compile(r"^snapcount: round (\d+)((?: cpu\d+=\d+ ticks\d+=\d+)+) ok\r?$", re.M)
+STATUS_RE = re.compile(r"^snapcount: round (\d+)((?: cpu\d+=\d+ ticks\d+=\d+)+) tsc=(\d+) ok\r?$", re.M)
 PAIR_RE = re.compile(r" cpu(\d+)=(\d+) ticks(\d+)=(\d+)")
 START_RE = re.compile(r"^snapcount: start cpus=(\d+) pages=(\d+) first=0x([0-9a-f]+) last=0x([0-9a-f]+)", re.M)
 TROUBLE_RE = re.compile(r"^.*(?:snapcount: (?:MISMATCH|FAIL)|# exception|Bail out).*$", re.M)
@@ -65,6 +65,7 @@ class Status:
         pairs = PAIR_RE.findall(m.group(2))
         self.counts = [int(c) for _, c, _, _ in pairs]
         self.ticks = [int(t) for _, _, _, t in pairs]
+        self.tsc = int(m.group(3))
         self.text = m.group(0).strip()
 
     def __repr__(self):
@@ -338,6 +339,28 @@ def test_full_4cpus(case):
 
 def test_full_paused_then_resumed(case):
     full_restore(case, 2, resume_vm=False)
+
+
+TSC_GAP_S = 3  # between the save and the restore of test_tsc_after_a_gap
+TSC_WARNING = "ignored the restored guest TSC"
+
+
+def test_tsc_after_a_gap(case):
+    """The guest's TSC continues from its snapshot, or ember says that this host's KVM ignored
+    the TSC it restored (the guest then sees the gap pass at once), and the guest says the same."""
+    saved = snapshot(case, 1)
+    khz = int(re.search(r"tsc_khz=(\d+)", saved.out).group(1))
+    time.sleep(TSC_GAP_S)
+    e = restore(case, saved, "restored")
+    first = wait_status(e, lambda s: True, "restored: a status line")
+    ahead_s = (first.tsc - saved.status.tsc) / (khz * 1000.0)
+    warned = TSC_WARNING in e.stderr()
+    what = "the guest's TSC moved %.2f s over one status line (%d s after the save)" % (ahead_s, TSC_GAP_S)
+    if warned:
+        check(ahead_s >= TSC_GAP_S - 0.5, "ember warned that the TSC was ignored, yet %s" % what)
+        print("# this host's KVM ignores a restored TSC, and ember said so: %s" % what)
+    else:
+        check(0 <= ahead_s < 1, "ember did not warn, yet %s" % what)
 
 
 def test_restore_five_times(case):
@@ -936,7 +959,7 @@ def test_describe_bad_snapshot(case):
 
 TESTS = [
     test_full_1cpu, test_full_2cpus, test_full_4cpus, test_full_paused_then_resumed,
-    test_restore_five_times, test_two_clones_in_parallel, test_source_continues, test_load_options,
+    test_tsc_after_a_gap, test_restore_five_times, test_two_clones_in_parallel, test_source_continues, test_load_options,
     test_snapshot_of_restored, test_saved_again_before_resuming,
     test_devices_and_overrides, test_config_after_load,
     test_memory_file_layout_and_corruption, test_diff_merged, test_diff_chain, test_diff_of_restored,
