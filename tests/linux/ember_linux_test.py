@@ -66,7 +66,7 @@ VSOCK_GUEST_PORT = 5200  # the host connects here
 # added. Feature name in ember's warning -> kernel parameter.
 EMBER_LEAK_PARAMS = {"POPCNT": "clearcpuid=popcnt", "SMAP": "clearcpuid=smap",
                      "ERMS": "clearcpuid=erms", "FSRM": "clearcpuid=fsrm",
-                     "CX16": "clearcpuid=cx16", "XSAVE": "noxsave",
+                     "CX16": "clearcpuid=cx16", "XSAVE": "noxsave", "FSGSBASE": "nofsgsbase",
                      "PV_UNHALT": "nopvspin", "kvmclock": "no-kvmclock"}
 
 

@@ -95,6 +95,7 @@ START_TEST(baseline_hides_what_nested_hosts_cannot_run)
     ck_assert(ecx1 & (1u << 0));     /* SSE3 stays */
     struct kvm_cpuid_entry2 *l7 = leaf(c, 7, 0);
     ck_assert(!(l7->ebx & (1u << 20))); /* SMAP */
+    ck_assert(!(l7->ebx & (1u << 0)));  /* FSGSBASE */
     ck_assert(!(l7->ebx & (1u << 9)));  /* ERMS */
     ck_assert(!(l7->ebx & (1u << 5)));  /* AVX2 */
     ck_assert(!(l7->edx & (1u << 4)));  /* FSRM */

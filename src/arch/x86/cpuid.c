@@ -23,10 +23,11 @@
 #define ECX_HYPERVISOR BIT(31)
 #define EDX_HTT        BIT(28)
 /* Leaf 7.0 */
-#define EBX7_AVX2    BIT(5)
-#define EBX7_ERMS    BIT(9)
-#define EBX7_AVX512F BIT(16)
-#define EBX7_SMAP    BIT(20)
+#define EBX7_FSGSBASE BIT(0)
+#define EBX7_AVX2     BIT(5)
+#define EBX7_ERMS     BIT(9)
+#define EBX7_AVX512F  BIT(16)
+#define EBX7_SMAP     BIT(20)
 #define EBX7_AVX512_ALL                                                                            \
     (BIT(16) | BIT(17) | BIT(21) | BIT(26) | BIT(27) | BIT(28) | BIT(30) | BIT(31))
 /* AVX-512 VBMI/VBMI2/VNNI/BITALG/VPOPCNTDQ, PKU/OSPKE, VAES, VPCLMULQDQ */
@@ -194,6 +195,10 @@ static const struct hidden_feature {
     {1, 0, REG_ECX, ECX_XSAVE, "XSAVE"},
     {1, 0, REG_ECX, ECX_AVX | ECX_FMA | ECX_F16C, "AVX"},
     {7, 0, REG_EBX, EBX7_SMAP, "SMAP"},
+    /* With FSGSBASE, Linux's NMI/#DB/#MC entry finds its per-CPU base with
+     * LSL (or RDPID), which a CPL0 emulator without them cannot run: the
+     * first NMI (an RCU stall report's backtrace, say) would stop the guest. */
+    {7, 0, REG_EBX, EBX7_FSGSBASE, "FSGSBASE"},
     {7, 0, REG_EBX, EBX7_ERMS, "ERMS"},
     {7, 0, REG_EDX, EDX7_FSRM, "FSRM"},
     {7, 0, REG_EBX, EBX7_AVX2 | EBX7_AVX512_ALL, "AVX2/AVX-512"},
