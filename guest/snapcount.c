@@ -11,8 +11,9 @@
  *
  * Output (COM1), one line every 10th tick of the BSP (~100 ms), from its timer interrupt:
  *   snapcount: start cpus=N pages=P first=0xA last=0xB
- *   snapcount: round R cpu0=C ticks0=T cpu1=C ticks1=T ... tsc=S ok
- * R is the last completed round, C and T each vCPU's counter and tick count, S the BSP's TSC. On a
+ *   snapcount: round R cpu0=C ticks0=T cpu1=C ticks1=T ... nmis=N tsc=S ok
+ * R is the last completed round, C and T each vCPU's counter and tick count, N the NMIs all
+ * vCPUs took, S the BSP's TSC. On a
  * failure: snapcount: MISMATCH page 0xADDR index I round R word W expected 0xX got 0xY snapcount:
  * FAIL reason then debug-exit 1 (without a debug-exit port the guest halts).
  */
@@ -27,6 +28,7 @@
 #define PAGE_WORDS         (PAGE_SIZE / 8)
 #define KERNEL_STACK_SIZE  16384
 #define USER_STACK_SIZE    16384
+#define VECTOR_NMI         2
 #define VECTOR_UD          6
 #define RFLAGS_IF          0x200
 #define RFLAGS_RESERVED    0x2
@@ -47,6 +49,7 @@ struct __attribute__((packed)) tss64 {
 struct cpu_slot {
     volatile uint64_t count;
     volatile uint64_t ticks;
+    volatile uint64_t nmis;
     uint64_t kernel_stack_top, user_stack_top;
     uint64_t gdt[8];
     struct tss64 tss;
@@ -169,7 +172,10 @@ static void print_status(void)
     for (unsigned i = 0; i < cpu_count && n < sizeof(line); i++)
         n += (size_t)snprintf(line + n, sizeof(line) - n, " cpu%u=%lu ticks%u=%lu", i,
                               cpus[i].count, i, cpus[i].ticks);
-    printf("%s tsc=%lu ok\n", line, rdtsc());
+    uint64_t nmis = 0;
+    for (unsigned i = 0; i < cpu_count; i++)
+        nmis += cpus[i].nmis;
+    printf("%s nmis=%lu tsc=%lu ok\n", line, nmis, rdtsc());
 }
 
 static void timer_tick(struct interrupt_frame *frame)
@@ -181,6 +187,13 @@ static void timer_tick(struct interrupt_frame *frame)
     if (cpu == 0 && ticks % STATUS_EVERY_TICKS == 0)
         print_status();
     apic_write(LAPIC_EOI, 0);
+}
+
+/* An NMI from the VMM (PUT /vm/nmi), counted: one per vCPU per request. */
+static void nmi_handler(struct interrupt_frame *frame)
+{
+    (void)frame;
+    cpus[this_cpu()].nmis++;
 }
 
 static void ud_handler(struct interrupt_frame *frame)
@@ -334,6 +347,7 @@ void guest_main(void)
     choose_pages();
     interrupt_set_handler(VECTOR_LAPIC_TIMER, timer_tick);
     interrupt_set_handler(VECTOR_UD, ud_handler);
+    interrupt_set_handler(VECTOR_NMI, nmi_handler);
 
     smp_ap_continue = ap_continue;
     struct smp_result result;

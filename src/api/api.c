@@ -334,6 +334,20 @@ static int patch_vm(struct api *a, const cJSON *body, char **out)
     return 204;
 }
 
+/* ember's own, as Cloud Hypervisor's vm.nmi: an NMI to every vCPU (a hung Linux guest
+ * answers with its backtraces, or panics if told to). */
+static int put_vm_nmi(struct api *a, const cJSON *body, char **out)
+{
+    if (!cJSON_IsObject(body) || body->child)
+        return fault(out, "PUT /vm/nmi takes an empty object: {}");
+    if (!api_instance_started(a))
+        return not_before_start(out);
+    if (vm_inject_nmi(a->vm) < 0)
+        return fault_from_error(out);
+    log_info("NMI sent to every vCPU");
+    return 204;
+}
+
 __attribute__((format(printf, 2, 3))) static void deprecated(struct api *a, const char *fmt, ...);
 
 static int put_snapshot_create(struct api *a, const cJSON *body, char **out)
@@ -1061,6 +1075,11 @@ static int route(struct route_ctx *r)
         if (!patch)
             return invalid_route(r);
         return patch_vm(a, r->body, out);
+    }
+    if (!strcmp(p, "/vm/nmi")) {
+        if (!put)
+            return invalid_route(r);
+        return put_vm_nmi(a, r->body, out);
     }
     if (!strcmp(p, "/snapshot/create")) {
         if (!put)

@@ -207,6 +207,8 @@ static const struct sc_rule vcpu_rules[] = {
     IOCTL(KVM_GET_VCPU_EVENTS),
     IOCTL(KVM_GET_TSC_KHZ),
     IOCTL(KVM_GET_CPUID2),
+    /* PUT /vm/nmi: each vCPU queues the NMI on itself */
+    IOCTL(KVM_NMI),
 };
 
 /* ---- virtio I/O threads ---------------------------------------------------- */

@@ -545,6 +545,25 @@ int vm_run_on_vcpus(struct vm *vm, int (*fn)(struct vcpu *vcpu, void *arg), void
     return 0;
 }
 
+static int nmi_on_vcpu(struct vcpu *vcpu, void *arg)
+{
+    (void)arg;
+    if (ioctl(vcpu->fd, KVM_NMI) < 0)
+        return error_errno("KVM_NMI");
+    return 0;
+}
+
+int vm_inject_nmi(struct vm *vm)
+{
+    bool was_paused = vm_is_paused(vm);
+    if (!was_paused && vm_pause(vm) < 0)
+        return -1;
+    int r = vm_run_on_vcpus(vm, nmi_on_vcpu, NULL);
+    if (!was_paused)
+        vm_resume(vm);
+    return r;
+}
+
 void vm_destroy(struct vm *vm)
 {
     /* Devices first: disk images, taps and sockets are released now, so a

@@ -218,6 +218,9 @@ void vm_vcpu_park(struct vm *vm, struct vcpu *vcpu);
  * there, under its seccomp filter). Returns when all have, -1 with the first
  * failure's error. */
 int vm_run_on_vcpus(struct vm *vm, int (*fn)(struct vcpu *vcpu, void *arg), void *arg);
+/* An NMI to every vCPU (each queues it on its own thread, the machine paused for the
+ * moment if it was running): what a user sends a hung guest for its backtraces. */
+int vm_inject_nmi(struct vm *vm);
 /* Ends the run with status (the first request wins). Any thread. */
 void vm_request_stop(struct vm *vm, int status);
 bool vm_is_stopping(const struct vm *vm);

@@ -1352,6 +1352,9 @@ def test_unsupported_and_unknown_routes(tmp):
         expect(e.req("PUT", "/actions", {"action_type": "Explode"}), 400, "unknown action", "action_type")
         expect(e.req("PATCH", "/vm", {"state": "Paused"}), 400, "pause before start", "InstanceStart")
         expect(e.req("PATCH", "/vm", {"state": "Sleeping"}), 400, "unknown state", "state")
+        expect(e.req("PUT", "/vm/nmi", {}), 400, "NMI before start", "InstanceStart")
+        expect(e.req("PUT", "/vm/nmi", {"vcpu": 0}), 400, "NMI with fields", "empty object")
+        expect(e.req("GET", "/vm/nmi"), 400, "GET /vm/nmi", "invalid request method and/or path")
         expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 400, "Ctrl+Alt+Del before start",
                "InstanceStart")
         expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 400, "start without a kernel",

@@ -53,7 +53,7 @@ TRAILER = 8
 
 # ---- the guest's output ------------------------------------------------------------------
 
-STATUS_RE = re.compile(r"^snapcount: round (\d+)((?: cpu\d+=\d+ ticks\d+=\d+)+) tsc=(\d+) ok\r?$", re.M)
+STATUS_RE = re.compile(r"^snapcount: round (\d+)((?: cpu\d+=\d+ ticks\d+=\d+)+) nmis=(\d+) tsc=(\d+) ok\r?$", re.M)
 PAIR_RE = re.compile(r" cpu(\d+)=(\d+) ticks(\d+)=(\d+)")
 START_RE = re.compile(r"^snapcount: start cpus=(\d+) pages=(\d+) first=0x([0-9a-f]+) last=0x([0-9a-f]+)", re.M)
 TROUBLE_RE = re.compile(r"^.*(?:snapcount: (?:MISMATCH|FAIL)|# exception|Bail out).*$", re.M)
@@ -65,7 +65,8 @@ class Status:
         pairs = PAIR_RE.findall(m.group(2))
         self.counts = [int(c) for _, c, _, _ in pairs]
         self.ticks = [int(t) for _, _, _, t in pairs]
-        self.tsc = int(m.group(3))
+        self.nmis = int(m.group(3))
+        self.tsc = int(m.group(4))
         self.text = m.group(0).strip()
 
     def __repr__(self):
@@ -361,6 +362,22 @@ def test_tsc_after_a_gap(case):
         print("# this host's KVM ignores a restored TSC, and ember said so: %s" % what)
     else:
         check(0 <= ahead_s < 1, "ember did not warn, yet %s" % what)
+
+
+def test_nmi(case):
+    """PUT /vm/nmi: every vCPU takes one NMI, running or paused, and one queued on a paused
+    machine is saved with it and taken after the restore."""
+    e = running(case, "source", 2)
+    expect(e.req("PUT", "/vm/nmi", {}), 204, "PUT /vm/nmi on a running machine")
+    wait_status(e, lambda s: s.nmis == 2, "running: the NMI on both vCPUs")
+    pause(e)
+    expect(e.req("PUT", "/vm/nmi", {}), 204, "PUT /vm/nmi on a paused machine")
+    saved = take(case, e, 2, paused=True)
+    check(saved.status.nmis == 2, "paused: no NMI taken before the resume: %r" % saved.status)
+    e.kill()
+    r = restore(case, saved, "restored")
+    wait_status(r, lambda s: s.nmis == 4, "restored: the queued NMI on both vCPUs")
+    verify_continues(r, saved, "restored")
 
 
 def test_restore_five_times(case):
@@ -959,7 +976,7 @@ def test_describe_bad_snapshot(case):
 
 TESTS = [
     test_full_1cpu, test_full_2cpus, test_full_4cpus, test_full_paused_then_resumed,
-    test_tsc_after_a_gap, test_restore_five_times, test_two_clones_in_parallel, test_source_continues, test_load_options,
+    test_tsc_after_a_gap, test_nmi, test_restore_five_times, test_two_clones_in_parallel, test_source_continues, test_load_options,
     test_snapshot_of_restored, test_saved_again_before_resuming,
     test_devices_and_overrides, test_config_after_load,
     test_memory_file_layout_and_corruption, test_diff_merged, test_diff_chain, test_diff_of_restored,
