@@ -4,7 +4,9 @@
 #include "backends/net.h"
 #include "backends/uds.h"
 #include "devices/i8042.h"
+#include "migration/migration.h"
 #include "sandbox/seccomp.h"
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/version.h"
@@ -13,7 +15,6 @@
 #include "virtio/pmem.h"
 #include "vmm/devices.h"
 #include "vmm/exit_status.h"
-#include "migration/migration.h"
 #include "vmm/snapshot.h"
 
 #include <fcntl.h>
@@ -307,13 +308,6 @@ static int do_action(struct api *a, const cJSON *body, char **out)
     return fault(out, "unknown action");
 }
 
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 static int patch_vm(struct api *a, const cJSON *body, char **out)
 {
     bool pause;
@@ -321,11 +315,11 @@ static int patch_vm(struct api *a, const cJSON *body, char **out)
         return fault_from_error(out);
     if (!api_instance_started(a))
         return not_before_start(out);
-    uint64_t start = now_us();
+    uint64_t start = monotonic_us();
     if ((pause ? vm_pause(a->vm) : vm_resume(a->vm)) < 0)
         return fault_from_error(out);
     /* Firecracker's latencies: the machine's part, and the request's (from its dispatch). */
-    uint64_t end = now_us();
+    uint64_t end = monotonic_us();
     api_metrics_set_latency(
         &a->metrics, pause ? API_LATENCY_VMM_PAUSE_VM : API_LATENCY_VMM_RESUME_VM, end - start);
     api_metrics_set_latency(&a->metrics, pause ? API_LATENCY_PAUSE_VM : API_LATENCY_RESUME_VM,
@@ -363,10 +357,10 @@ static int put_snapshot_create(struct api *a, const cJSON *body, char **out)
         .mem_file_path = req.mem_file_path,
     };
     struct vm_snapshot_create_stats st;
-    uint64_t start = now_us();
+    uint64_t start = monotonic_us();
     if (vm_snapshot_create(a->vm, &p, &st) < 0)
         return fault_from_error(out);
-    uint64_t end = now_us();
+    uint64_t end = monotonic_us();
     api_metrics_set_latency(&a->metrics,
                             req.diff ? API_LATENCY_VMM_DIFF_CREATE_SNAPSHOT
                                      : API_LATENCY_VMM_FULL_CREATE_SNAPSHOT,
@@ -437,7 +431,7 @@ static int put_snapshot_load(struct api *a, const cJSON *body, char **out)
     };
     overrides_to_load(&req.overrides, &p);
     struct load l = {.a = a, .p = &p};
-    uint64_t start = now_us();
+    uint64_t start = monotonic_us();
     if (a->builder)
         iothread_call(a->builder, load_machine, &l);
     else
@@ -454,7 +448,7 @@ static int put_snapshot_load(struct api *a, const cJSON *body, char **out)
     a->vm_cfg = l.cfg;
     api_config_adopt_vm(&a->cfg, &a->vm_cfg, &a->mmds);
     builder_done(a);
-    uint64_t end = now_us();
+    uint64_t end = monotonic_us();
     api_metrics_set_latency(&a->metrics, API_LATENCY_VMM_LOAD_SNAPSHOT, end - start);
     api_metrics_set_latency(&a->metrics, API_LATENCY_LOAD_SNAPSHOT, end - a->request_start_us);
     log_info("snapshot %s loaded in %llu us: %u vCPU(s), %llu MiB, %s", req.snapshot_path,
@@ -1248,7 +1242,7 @@ int api_dispatch(struct api *a, const char *method, const char *raw_path, const 
     *out = NULL;
     error_clear();
     a->deprecated_request = false;
-    a->request_start_us = now_us();
+    a->request_start_us = monotonic_us();
     char path[HTTP_MAX_PATH];
     normalize_path(raw_path, path, sizeof(path));
     struct route_ctx r = {.a = a, .method = method, .path = path, .out = out};

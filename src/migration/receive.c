@@ -3,6 +3,7 @@
 
 #include "arch/x86/layout.h"
 #include "snapshot/format.h"
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/ratelimit.h"
@@ -17,11 +18,6 @@
 /* What a HELLO may ask for: guest RAM a whole number of pages up to 4 TiB, vCPUs KVM counts. */
 #define MAX_RAM_BYTES (4ULL << 40)
 #define MAX_VCPUS     255
-
-static uint64_t now_us(void)
-{
-    return monotonic_ns() / 1000;
-}
 
 struct receiver {
     int fd;
@@ -249,7 +245,7 @@ int migration_receive_vm(struct vm *vm, struct event_loop *loop,
 {
     memset(st, 0, sizeof(*st));
     *status = EXIT_USAGE;
-    uint64_t start = now_us();
+    uint64_t start = monotonic_us();
     struct migration_url url;
     if (migration_parse_url(p->url, &url) < 0)
         return -1;
@@ -270,7 +266,7 @@ int migration_receive_vm(struct vm *vm, struct event_loop *loop,
     close(fd);
     if (rc < 0)
         return -1;
-    st->total_us = now_us() - start;
+    st->total_us = monotonic_us() - start;
     st->completed = true;
     log_info("migration received: %llu pages, machine running", (unsigned long long)st->pages_sent);
     return 0;

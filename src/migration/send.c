@@ -1,6 +1,7 @@
 #include "migration/channel.h"
 #include "migration/migration.h"
 
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/ratelimit.h"
@@ -14,11 +15,6 @@
 #define DEFAULT_DOWNTIME_MS 300
 #define DEFAULT_TIMEOUT_MS  120000
 #define DEFAULT_MAX_ROUNDS  30
-
-static uint64_t now_us(void)
-{
-    return monotonic_ns() / 1000;
-}
 
 struct sender {
     struct vm *vm;
@@ -93,13 +89,13 @@ static int precopy(struct sender *s, const struct migration_send_params *p)
     unsigned max_rounds = p->max_rounds ? p->max_rounds : DEFAULT_MAX_ROUNDS;
     bool all = true;
     for (;;) {
-        uint64_t start = now_us();
+        uint64_t start = monotonic_us();
         uint64_t before = s->st->bytes_sent;
         if (send_pages(s, all) < 0)
             return -1;
         all = false;
         s->st->rounds++;
-        uint64_t took = now_us() - start;
+        uint64_t took = monotonic_us() - start;
         uint64_t bytes = s->st->bytes_sent - before;
         if (took > 0 && bytes > 0)
             s->st->bandwidth_bps = bytes * 1000000ULL / took;
@@ -184,7 +180,7 @@ int migration_send_vm(struct vm *vm, const struct migration_send_params *p,
                       struct migration_stats *st)
 {
     memset(st, 0, sizeof(*st));
-    uint64_t start = now_us();
+    uint64_t start = monotonic_us();
     if (!vm->started || vm_is_stopping(vm))
         return error_set("the machine is not running");
     if (vm->cfg.ram_source == VM_RAM_UFFD)
@@ -237,7 +233,7 @@ int migration_send_vm(struct vm *vm, const struct migration_send_params *p,
         if (dirty_reset(vm->vm_fd, &vm->mem) < 0 || precopy(&s, p) < 0)
             goto fail;
     }
-    uint64_t paused_at = now_us();
+    uint64_t paused_at = monotonic_us();
     if (!vm_is_paused(vm)) {
         if (vm_pause(vm) < 0)
             goto fail;
@@ -248,8 +244,8 @@ int migration_send_vm(struct vm *vm, const struct migration_send_params *p,
     frozen = true;
     if (stop_and_copy(&s, p->local, !url.tcp) < 0)
         goto fail;
-    st->downtime_us = now_us() - paused_at;
-    st->total_us = now_us() - start;
+    st->downtime_us = monotonic_us() - paused_at;
+    st->total_us = monotonic_us() - start;
     st->completed = true;
     close(s.fd);
     free(s.bitmap);
@@ -279,7 +275,7 @@ fail:;
     if (logging_on && !vm->cfg.track_dirty_pages)
         vm_set_dirty_logging(vm, false);
     free(s.bitmap);
-    st->total_us = now_us() - start;
+    st->total_us = monotonic_us() - start;
     (void)r;
     return error_set("%s; the machine keeps running here", why);
 }

@@ -1,5 +1,6 @@
 #include "mmds/token.h"
 
+#include "util/clock.h"
 #include "util/error.h"
 
 #include <nettle/memops.h>
@@ -66,9 +67,7 @@ static bool b64_decode(const char *in, size_t len, uint8_t *out)
 
 uint64_t mmds_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return monotonic_ns() / 1000000u;
 }
 
 int mmds_tokens_init(struct mmds_tokens *t)

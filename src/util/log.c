@@ -1,5 +1,6 @@
 #include "util/log.h"
 
+#include "util/clock.h"
 #include "util/error.h"
 
 #include <fcntl.h>
@@ -137,18 +138,11 @@ void log_msg_at(enum log_level level, const char *file, int line, const char *fm
     va_end(ap);
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 void log_limited_at(struct log_limit *limit, enum log_level level, const char *file, int line,
                     const char *fmt, ...)
 {
     __atomic_add_fetch(&limit->total, 1, __ATOMIC_RELAXED);
-    uint64_t now = now_ns();
+    uint64_t now = monotonic_ns();
     uint64_t next = __atomic_load_n(&limit->next_ns, __ATOMIC_RELAXED);
     /* One thread wins the slot; the others count themselves suppressed. */
     if (now < next || !__atomic_compare_exchange_n(&limit->next_ns, &next,

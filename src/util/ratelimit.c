@@ -5,13 +5,6 @@
 
 #include <time.h>
 
-uint64_t monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 void token_bucket_init(struct token_bucket *b, uint64_t rate, uint64_t burst)
 {
     b->rate = rate;

@@ -3,6 +3,8 @@
 #ifndef EMBER_UTIL_RATELIMIT_H
 #define EMBER_UTIL_RATELIMIT_H
 
+#include "util/clock.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -37,7 +39,6 @@ bool token_bucket_unlimited(const struct token_bucket *b);
 uint64_t token_bucket_take(struct token_bucket *b, uint64_t want);
 /* Nanoseconds until at least `want` tokens (capped at burst) are there. */
 uint64_t token_bucket_wait_ns(struct token_bucket *b, uint64_t want);
-uint64_t monotonic_ns(void);
 
 /* A bucket's budget, for snapshots: its limits (to check against the configuration of the
  * bucket it is restored onto), the whole tokens it holds and the refill time it has earned

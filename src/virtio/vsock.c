@@ -2,6 +2,7 @@
 
 #include "backends/uds.h"
 #include "snapshot/format.h"
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -73,13 +74,6 @@ struct vsock_conn {
     uint8_t *buf; /* VSOCK_CONN_BUF bytes, allocated on first need */
     uint32_t buf_head, buf_len;
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- packet checks ------------------------------------------------------ */
 
@@ -298,7 +292,7 @@ static void arm_timer(struct virtio_vsock *v)
 
 static void set_deadline(struct virtio_vsock *v, struct vsock_conn *c, uint64_t ns)
 {
-    c->deadline = now_ns() + ns;
+    c->deadline = monotonic_ns() + ns;
     arm_timer(v);
 }
 
@@ -651,7 +645,7 @@ static void on_timer(void *opaque, uint32_t events)
     uint64_t ticks;
     ssize_t ignored = read(v->timer_fd, &ticks, sizeof(ticks));
     (void)ignored;
-    uint64_t now = now_ns();
+    uint64_t now = monotonic_ns();
     bool more = false;
     for (struct vsock_conn *c = v->conns, *next; c; c = next) {
         next = c->next;

@@ -1,5 +1,6 @@
 #include "vmm/memory.h"
 
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/fdpass.h"
 
@@ -256,13 +257,6 @@ static int uffd_open(void)
     return fd;
 }
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* A connection to the handler's socket, connect and send bounded by timeout_ms. */
 static int uffd_connect(const char *path, int timeout_ms)
 {
@@ -334,7 +328,7 @@ static int uffd_send(int sock, const char *path, const char *json, int uffd, int
         }
         sent += (size_t)n;
     }
-    int64_t deadline = now_ns() + (int64_t)timeout_ms * 1000000;
+    int64_t deadline = (int64_t)monotonic_ns() + (int64_t)timeout_ms * 1000000;
     long pause_ns = 20000;
     for (;;) {
         int queued = 0, soerr = 0;
@@ -350,7 +344,7 @@ static int uffd_send(int sock, const char *path, const char *json, int uffd, int
                              path, strerror(soerr));
         if (queued == 0)
             return 0;
-        if (now_ns() >= deadline)
+        if ((int64_t)monotonic_ns() >= deadline)
             return error_set("the page-fault handler at %s did not read the guest memory "
                              "layout within %d ms",
                              path, timeout_ms);

@@ -3,6 +3,7 @@
 #include "mmds/store.h"
 #include "snapshot/format.h"
 #include "snapshot/memfile.h"
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/ratelimit.h"
@@ -24,11 +25,6 @@
 #include <unistd.h>
 
 #define PATH_FIELD_MAX 4096
-
-static uint64_t now_us(void)
-{
-    return monotonic_ns() / 1000;
-}
 
 /* ---- the configuration ------------------------------------------------------------------- */
 
@@ -706,7 +702,7 @@ int vm_snapshot_create(struct vm *vm, const struct vm_snapshot_create_params *p,
         close(state_fd);
         return -1;
     }
-    uint64_t start = now_us();
+    uint64_t start = monotonic_us();
     int r = vm_snapshot_freeze_devices(vm);
     if (r == 0) {
         r = write_snapshot(vm, p, state_fd, mem_fd, stats);
@@ -718,7 +714,7 @@ int vm_snapshot_create(struct vm *vm, const struct vm_snapshot_create_params *p,
     }
     char why[512];
     snprintf(why, sizeof(why), "%s", r < 0 ? error_get() : "");
-    stats->pause_us = now_us() - start;
+    stats->pause_us = monotonic_us() - start;
     close(state_fd);
     close(mem_fd);
     if (r < 0)

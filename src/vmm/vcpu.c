@@ -2,6 +2,7 @@
 
 #include "arch/x86/regs.h"
 #include "sandbox/seccomp.h"
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "vmm/exit_status.h"
@@ -254,18 +255,10 @@ static void handle_mmio(struct vcpu *vcpu)
     }
 }
 
-/* The monotonic clock through the vDSO: no system call, as on the device threads. */
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 /* Records the time handling an exit of this kind took (from start). */
 static void exit_done(struct vcpu *vcpu, enum vcpu_exit_kind kind, uint64_t start)
 {
-    latency_record(&vcpu->exit_times[kind], now_ns() - start);
+    latency_record(&vcpu->exit_times[kind], monotonic_ns() - start);
 }
 
 /* Returns true while the vCPU should keep running. */
@@ -276,7 +269,7 @@ static bool handle_exit(struct vcpu *vcpu)
     char detail[256];
     switch (run->exit_reason) {
     case KVM_EXIT_IO: {
-        uint64_t start = now_ns();
+        uint64_t start = monotonic_ns();
         bool out = run->io.direction == KVM_EXIT_IO_OUT;
         (*(out ? &vcpu->io_out_exits : &vcpu->io_in_exits))++;
         handle_io(vcpu);
@@ -284,7 +277,7 @@ static bool handle_exit(struct vcpu *vcpu)
         return true;
     }
     case KVM_EXIT_MMIO: {
-        uint64_t start = now_ns();
+        uint64_t start = monotonic_ns();
         bool write = run->mmio.is_write;
         (*(write ? &vcpu->mmio_write_exits : &vcpu->mmio_read_exits))++;
         handle_mmio(vcpu);
