@@ -31,5 +31,6 @@ Suite *devices_snapshot_suite(void);
 Suite *uffd_suite(void);
 Suite *dirty_suite(void);
 Suite *snapshot_devices_suite(void);
+Suite *vhost_user_suite(void);
 
 #endif

@@ -1,0 +1,79 @@
+/* The front-end side of the vhost-user protocol (QEMU's docs/interop/vhost-user.rst): a
+ * device's data path runs in a back-end process that maps guest memory itself, while ember
+ * sets it up over a unix socket and hands it the queues' kick and call eventfds.
+ *
+ * The back-end is another process and may be buggy or hostile: every reply is checked
+ * (header, request, exact size, no descriptors), every wait for one is bounded by
+ * timeout_ms, and a closed socket is an error. After any protocol error the connection is
+ * broken: every later call fails at once (the two ends no longer agree on where a message
+ * starts). One thread at a time uses a connection. */
+#ifndef EMBER_VHOST_USER_VHOST_USER_H
+#define EMBER_VHOST_USER_VHOST_USER_H
+
+#include "vmm/memory.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define VHOST_USER_TIMEOUT_MS 5000
+
+/* A virtio feature bit that is the protocol's, never the guest's: the back-end speaks the
+ * protocol features (GET/SET_PROTOCOL_FEATURES), and its rings start disabled. */
+#define VHOST_USER_F_PROTOCOL_FEATURES 30
+
+/* Protocol features ember uses. */
+#define VHOST_USER_PROTOCOL_F_MQ        0
+#define VHOST_USER_PROTOCOL_F_REPLY_ACK 3
+#define VHOST_USER_PROTOCOL_F_CONFIG    9
+
+/* The largest device configuration space GET_CONFIG/SET_CONFIG carry. */
+#define VHOST_USER_MAX_CONFIG 256
+
+struct vhost_user {
+    int fd;
+    int timeout_ms;
+    bool broken;                /* a protocol error or a closed socket */
+    uint64_t features;          /* the back-end's virtio features (GET_FEATURES) */
+    uint64_t protocol_features; /* negotiated (both sides) */
+    char name[32];              /* for messages: the device's name */
+};
+
+/* Connects to the back-end listening on path (ember is the client); -1 with a message. */
+int vhost_user_connect(struct vhost_user *vu, const char *name, const char *path, int timeout_ms);
+/* An already connected socket (tests); taken over. */
+int vhost_user_from_fd(struct vhost_user *vu, const char *name, int fd, int timeout_ms);
+void vhost_user_close(struct vhost_user *vu);
+
+/* GET_FEATURES; with VHOST_USER_F_PROTOCOL_FEATURES, GET_PROTOCOL_FEATURES and
+ * SET_PROTOCOL_FEATURES (what both know of `wanted`); then SET_OWNER. */
+int vhost_user_handshake(struct vhost_user *vu, uint64_t wanted_protocol);
+bool vhost_user_has_protocol(const struct vhost_user *vu, unsigned bit);
+
+/* The messages, one call each. Those that can fail are acknowledged (REPLY_ACK) when the
+ * back-end offers it: a non-zero acknowledgement is an error. */
+int vhost_user_get_features(struct vhost_user *vu, uint64_t *features);
+/* VHOST_USER_F_PROTOCOL_FEATURES is added when the back-end offered it. */
+int vhost_user_set_features(struct vhost_user *vu, uint64_t features);
+int vhost_user_get_protocol_features(struct vhost_user *vu, uint64_t *features);
+int vhost_user_set_protocol_features(struct vhost_user *vu, uint64_t features);
+int vhost_user_set_owner(struct vhost_user *vu);
+/* The back-end's queue count (needs PROTOCOL_F_MQ); 1 to 0xffff. */
+int vhost_user_get_queue_num(struct vhost_user *vu, uint64_t *num);
+/* The device's configuration space [offset, offset + len), len <= VHOST_USER_MAX_CONFIG
+ * (needs PROTOCOL_F_CONFIG). */
+int vhost_user_get_config(struct vhost_user *vu, uint32_t offset, void *buf, uint32_t len);
+int vhost_user_set_config(struct vhost_user *vu, uint32_t offset, const void *buf, uint32_t len);
+/* Guest RAM's regions, each with the memfd it lives in (mem->has_memfd required). */
+int vhost_user_set_mem_table(struct vhost_user *vu, const struct guest_memory *mem);
+int vhost_user_set_vring_num(struct vhost_user *vu, unsigned index, unsigned num);
+/* Host addresses in ember's mapping of guest RAM (as in the memory table). */
+int vhost_user_set_vring_addr(struct vhost_user *vu, unsigned index, const void *desc,
+                              const void *avail, const void *used);
+int vhost_user_set_vring_base(struct vhost_user *vu, unsigned index, unsigned base);
+/* Stops ring index; *base is where the back-end stopped in the avail ring. */
+int vhost_user_get_vring_base(struct vhost_user *vu, unsigned index, unsigned *base);
+int vhost_user_set_vring_kick(struct vhost_user *vu, unsigned index, int fd);
+int vhost_user_set_vring_call(struct vhost_user *vu, unsigned index, int fd);
+int vhost_user_set_vring_enable(struct vhost_user *vu, unsigned index, bool enable);
+
+#endif
