@@ -298,6 +298,14 @@ static const struct sc_rule pmem_rules[] = {
     R1(msync, EQ(2, MS_SYNC)),
 };
 
+/* A vhost-user device: its data path is the back-end's; the thread sets the back-end up at
+ * activation and takes the rings back at reset (messages on the socket, descriptors
+ * attached), waits at most 5 s for each reply (poll), closes descriptors a hostile back-end
+ * attaches to a reply, and relays the back-end's interrupts (eventfd reads). */
+static const struct sc_rule vhost_user_rules[] = {
+    BASE, MEMORY, EVENT_LOOP, INTX, R(sendmsg), R(recvmsg), R(poll), R(close),
+};
+
 /* ---- the others ------------------------------------------------------------ */
 
 /* libslirp's poll loop and the host sockets it opens for the guest: its
@@ -352,19 +360,23 @@ static const struct sc_rule teardown_rules[] = {
 };
 
 static const struct sc_filter builtin[SECCOMP_NKINDS] = {
-    [SECCOMP_PREBOOT] = FILTER(preboot_rules), [SECCOMP_MAIN] = FILTER(main_rules),
-    [SECCOMP_VCPU] = FILTER(vcpu_rules),       [SECCOMP_BLK] = FILTER(blk_rules),
-    [SECCOMP_NET] = FILTER(net_rules),         [SECCOMP_CONSOLE] = FILTER(console_rules),
-    [SECCOMP_RNG] = FILTER(rng_rules),         [SECCOMP_VSOCK] = FILTER(vsock_rules),
-    [SECCOMP_PMEM] = FILTER(pmem_rules),       [SECCOMP_SLIRP] = FILTER(slirp_rules),
-    [SECCOMP_STDIN] = FILTER(stdin_rules),     [SECCOMP_TEARDOWN] = FILTER(teardown_rules),
+    [SECCOMP_PREBOOT] = FILTER(preboot_rules),   [SECCOMP_MAIN] = FILTER(main_rules),
+    [SECCOMP_VCPU] = FILTER(vcpu_rules),         [SECCOMP_BLK] = FILTER(blk_rules),
+    [SECCOMP_NET] = FILTER(net_rules),           [SECCOMP_CONSOLE] = FILTER(console_rules),
+    [SECCOMP_RNG] = FILTER(rng_rules),           [SECCOMP_VSOCK] = FILTER(vsock_rules),
+    [SECCOMP_PMEM] = FILTER(pmem_rules),         [SECCOMP_VHOST_USER] = FILTER(vhost_user_rules),
+    [SECCOMP_SLIRP] = FILTER(slirp_rules),       [SECCOMP_STDIN] = FILTER(stdin_rules),
+    [SECCOMP_TEARDOWN] = FILTER(teardown_rules),
 };
 
 static const char *const kind_names[SECCOMP_NKINDS] = {
-    [SECCOMP_PREBOOT] = "preboot", [SECCOMP_MAIN] = "main",   [SECCOMP_VCPU] = "vcpu",
-    [SECCOMP_BLK] = "blk",         [SECCOMP_NET] = "net",     [SECCOMP_CONSOLE] = "console",
-    [SECCOMP_RNG] = "rng",         [SECCOMP_VSOCK] = "vsock", [SECCOMP_PMEM] = "pmem",
-    [SECCOMP_SLIRP] = "slirp",     [SECCOMP_STDIN] = "stdin", [SECCOMP_TEARDOWN] = "teardown",
+    [SECCOMP_PREBOOT] = "preboot",   [SECCOMP_MAIN] = "main",
+    [SECCOMP_VCPU] = "vcpu",         [SECCOMP_BLK] = "blk",
+    [SECCOMP_NET] = "net",           [SECCOMP_CONSOLE] = "console",
+    [SECCOMP_RNG] = "rng",           [SECCOMP_VSOCK] = "vsock",
+    [SECCOMP_PMEM] = "pmem",         [SECCOMP_VHOST_USER] = "vhost_user",
+    [SECCOMP_SLIRP] = "slirp",       [SECCOMP_STDIN] = "stdin",
+    [SECCOMP_TEARDOWN] = "teardown",
 };
 
 const char *seccomp_kind_name(enum seccomp_kind kind)

@@ -310,6 +310,7 @@ static unsigned parts_for(const struct policy *p, enum seccomp_kind kind,
     case SECCOMP_RNG:
     case SECCOMP_VSOCK:
     case SECCOMP_PMEM:
+    case SECCOMP_VHOST_USER:
         if (p->category[CAT_VMM].present)
             parts[n++] = &p->category[CAT_VMM].filter;
         break;

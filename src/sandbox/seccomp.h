@@ -13,18 +13,19 @@
 #include <stdint.h>
 
 enum seccomp_kind {
-    SECCOMP_PREBOOT,  /* main thread, API mode, until InstanceStart */
-    SECCOMP_MAIN,     /* main thread while the machine runs */
-    SECCOMP_VCPU,     /* vcpuN */
-    SECCOMP_BLK,      /* virtio-blk I/O thread */
-    SECCOMP_NET,      /* virtio-net I/O thread */
-    SECCOMP_CONSOLE,  /* virtio-console I/O thread */
-    SECCOMP_RNG,      /* virtio-rng I/O thread */
-    SECCOMP_VSOCK,    /* virtio-vsock I/O thread */
-    SECCOMP_PMEM,     /* virtio-pmem I/O thread */
-    SECCOMP_SLIRP,    /* user networking (libslirp) */
-    SECCOMP_STDIN,    /* copies a console input that epoll cannot watch */
-    SECCOMP_TEARDOWN, /* the helper process that outlives ember's exit */
+    SECCOMP_PREBOOT,    /* main thread, API mode, until InstanceStart */
+    SECCOMP_MAIN,       /* main thread while the machine runs */
+    SECCOMP_VCPU,       /* vcpuN */
+    SECCOMP_BLK,        /* virtio-blk I/O thread */
+    SECCOMP_NET,        /* virtio-net I/O thread */
+    SECCOMP_CONSOLE,    /* virtio-console I/O thread */
+    SECCOMP_RNG,        /* virtio-rng I/O thread */
+    SECCOMP_VSOCK,      /* virtio-vsock I/O thread */
+    SECCOMP_PMEM,       /* virtio-pmem I/O thread */
+    SECCOMP_VHOST_USER, /* I/O thread of a vhost-user device */
+    SECCOMP_SLIRP,      /* user networking (libslirp) */
+    SECCOMP_STDIN,      /* copies a console input that epoll cannot watch */
+    SECCOMP_TEARDOWN,   /* the helper process that outlives ember's exit */
     SECCOMP_NKINDS,
     SECCOMP_NONE = -1, /* a thread that installs nothing (unit tests) */
 };

@@ -332,6 +332,30 @@ void vhost_user_close(struct vhost_user *vu)
     vu->broken = true;
 }
 
+int vhost_user_fd(const struct vhost_user *vu)
+{
+    return vu->fd;
+}
+
+int vhost_user_check_idle(struct vhost_user *vu)
+{
+    if (vu->broken || vu->fd < 0)
+        return error_set("the connection is broken");
+    char c;
+    struct iovec iov = {.iov_base = &c, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    ssize_t n = recvmsg(vu->fd, &msg, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    vu->broken = true;
+    if (n < 0)
+        return error_errno("its socket failed");
+    if (n == 0)
+        return error_set("it closed its socket");
+    /* No back-end request channel was agreed on: nothing may come unasked. */
+    return error_set("it sent a message nobody asked for");
+}
+
 bool vhost_user_has_protocol(const struct vhost_user *vu, unsigned bit)
 {
     return (vu->protocol_features >> bit) & 1;

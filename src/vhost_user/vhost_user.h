@@ -43,6 +43,12 @@ int vhost_user_connect(struct vhost_user *vu, const char *name, const char *path
 /* An already connected socket (tests); taken over. */
 int vhost_user_from_fd(struct vhost_user *vu, const char *name, int fd, int timeout_ms);
 void vhost_user_close(struct vhost_user *vu);
+/* The socket's descriptor, to watch between messages: readable means the back-end closed
+ * it or sent what nobody asked for. */
+int vhost_user_fd(const struct vhost_user *vu);
+/* Called when that descriptor is readable between messages: -1 (connection broken) with
+ * why. */
+int vhost_user_check_idle(struct vhost_user *vu);
 
 /* GET_FEATURES; with VHOST_USER_F_PROTOCOL_FEATURES, GET_PROTOCOL_FEATURES and
  * SET_PROTOCOL_FEATURES (what both know of `wanted`); then SET_OWNER. */

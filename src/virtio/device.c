@@ -16,6 +16,16 @@ int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id, 
                     unsigned nqueues, uint16_t queue_max_size, uint32_t config_size,
                     const struct virtio_dev_ops *ops, void *opaque, const struct guest_memory *mem)
 {
+    return virtio_dev_init_confined(d, name, device_id, features, nqueues, queue_max_size,
+                                    config_size, ops, opaque, mem,
+                                    seccomp_kind_of_device(device_id));
+}
+
+int virtio_dev_init_confined(struct virtio_dev *d, const char *name, uint32_t device_id,
+                             uint64_t features, unsigned nqueues, uint16_t queue_max_size,
+                             uint32_t config_size, const struct virtio_dev_ops *ops, void *opaque,
+                             const struct guest_memory *mem, int confinement)
+{
     memset(d, 0, sizeof(*d));
     snprintf(d->name, sizeof(d->name), "%s", name);
     d->device_id = device_id;
@@ -45,7 +55,7 @@ int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id, 
         if (d->queues[i].kick_fd < 0)
             return error_errno("%s: eventfd", name);
     }
-    if (iothread_start(&d->io, name, seccomp_kind_of_device(device_id)) < 0)
+    if (iothread_start(&d->io, name, confinement) < 0)
         return -1;
     return 0;
 }
@@ -415,6 +425,17 @@ void virtio_dev_fail(struct virtio_dev *d, const char *why)
                     "%s: guest error: %s; device stopped until the driver resets it", d->name, why);
     quiesce_on_io(d);
     /* Not under d->lock: a vCPU holding it may be waiting for this thread. */
+    if (!needs_reset(d))
+        mark_needs_reset(d, true);
+}
+
+void virtio_dev_fail_host(struct virtio_dev *d, const char *why)
+{
+    /* As virtio_dev_fail, but the host side broke: one line, not rate limited per guest
+     * episode (the host side breaks once). */
+    if (!needs_reset(d))
+        log_error("%s: %s; device stopped until the driver resets it", d->name, why);
+    quiesce_on_io(d);
     if (!needs_reset(d))
         mark_needs_reset(d, true);
 }

@@ -149,6 +149,13 @@ struct virtio_dev {
 int virtio_dev_init(struct virtio_dev *d, const char *name, uint32_t device_id, uint64_t features,
                     unsigned nqueues, uint16_t queue_max_size, uint32_t config_size,
                     const struct virtio_dev_ops *ops, void *opaque, const struct guest_memory *mem);
+/* The same, its I/O thread confined by the seccomp filter of kind `confinement` (enum
+ * seccomp_kind) instead of its device type's: a device whose thread does other work (a
+ * vhost-user back-end's socket). */
+int virtio_dev_init_confined(struct virtio_dev *d, const char *name, uint32_t device_id,
+                             uint64_t features, unsigned nqueues, uint16_t queue_max_size,
+                             uint32_t config_size, const struct virtio_dev_ops *ops, void *opaque,
+                             const struct guest_memory *mem, int confinement);
 void virtio_dev_destroy(struct virtio_dev *d);
 
 /* ---- for transports (hold d->lock) ---------------------------------- */
@@ -210,6 +217,8 @@ void virtio_dev_signal_used(struct virtio_dev *d, unsigned q);
 /* A guest error: log once, set DEVICE_NEEDS_RESET, stop serving, raise a
  * configuration interrupt. Other devices are unaffected. */
 void virtio_dev_fail(struct virtio_dev *d, const char *why);
+/* The same when the host side failed (a back-end process gone): logged once as such. */
+void virtio_dev_fail_host(struct virtio_dev *d, const char *why);
 /* The next chain of queue q, for a device that serves a queue until it is empty: 1 with a
  * chain; 0 when empty, the driver's kicks then enabled (and the ring looked at once more, so
  * that a chain added meanwhile does not wait for a kick that will not come); -1 when the

@@ -215,9 +215,10 @@ START_TEST(policy_categories_map_onto_kinds)
                        "{\"errno\": 1}, \"filter\": []}}";
     ck_assert_msg(compile(text, progs, covered) == 0, "%s", error_get());
     bool want[SECCOMP_NKINDS] = {
-        [SECCOMP_MAIN] = true,  [SECCOMP_VCPU] = true,    [SECCOMP_BLK] = true,
-        [SECCOMP_NET] = true,   [SECCOMP_CONSOLE] = true, [SECCOMP_RNG] = true,
-        [SECCOMP_VSOCK] = true, [SECCOMP_PMEM] = true,    [SECCOMP_SLIRP] = true};
+        [SECCOMP_MAIN] = true,      [SECCOMP_VCPU] = true,    [SECCOMP_BLK] = true,
+        [SECCOMP_NET] = true,       [SECCOMP_CONSOLE] = true, [SECCOMP_RNG] = true,
+        [SECCOMP_VSOCK] = true,     [SECCOMP_PMEM] = true,    [SECCOMP_SLIRP] = true,
+        [SECCOMP_VHOST_USER] = true};
     for (int k = 0; k < SECCOMP_NKINDS; k++)
         ck_assert_msg(covered[k] == want[k], "%s covered %d", seccomp_kind_name(k), covered[k]);
     sc_policy_free(progs, covered);
