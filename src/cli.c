@@ -78,6 +78,9 @@ void cli_usage(FILE *f)
         "  --debug-exit          add an exit port at 0xf4: a guest write of v ends ember\n"
         "                        with status (v << 1) | 1\n"
         "  --drive SPEC          a virtio-blk disk (repeatable); SPEC is path=FILE and any of\n"
+        "                        the keys below, or socket=PATH (a vhost-user-blk back-end\n"
+        "                        listening there serves the disk) with id, root, partuuid\n"
+        "                        and cache=writeback|unsafe\n"
         "                          id=NAME          serial the guest reads (max 20 bytes)\n"
         "                          readonly=on      writes fail, VIRTIO_BLK_F_RO offered\n"
         "                          cache=MODE       writeback (default), none (O_DIRECT),\n"
@@ -306,6 +309,8 @@ int cli_parse_drive(const char *spec, struct drive_config *d)
         const char *key = item, *val = eq + 1;
         if (!strcmp(key, "path") || !strcmp(key, "file")) {
             d->path = val;
+        } else if (!strcmp(key, "socket")) {
+            d->socket = val;
         } else if (!strcmp(key, "id")) {
             if (strlen(val) > 20)
                 return error_set("--drive id '%s' is longer than the 20 bytes virtio allows", val);
@@ -350,11 +355,31 @@ int cli_parse_drive(const char *spec, struct drive_config *d)
             if (cli_parse_uint(val, 16, &d->queues) < 0 || d->queues == 0)
                 return error_set("--drive queues=%s: use 1 to 16", val);
         } else {
-            return error_set("--drive: unknown key '%s' (path, id, readonly, cache, queues)", key);
+            return error_set("--drive: unknown key '%s' (path, socket, id, readonly, cache, "
+                             "queues)",
+                             key);
         }
+        /* What a vhost-user back-end decides itself (or ember cannot do on its data path). */
+        if (d->socket && strcmp(key, "socket") && strcmp(key, "id") && strcmp(key, "root") &&
+            strcmp(key, "partuuid") && strcmp(key, "cache") && strcmp(key, "path") &&
+            strcmp(key, "file"))
+            return error_set("--drive %s: %s= does not apply to a vhost-user drive (socket=); "
+                             "it takes id, root, partuuid and cache=writeback|unsafe",
+                             spec, key);
+    }
+    if (d->socket && d->path)
+        return error_set("--drive %s: give path=FILE or socket=PATH, not both", spec);
+    if (d->socket) {
+        if (!*d->socket)
+            return error_set("--drive %s: socket= is empty", spec);
+        if (d->direct)
+            return error_set("--drive %s: cache=none does not apply to a vhost-user drive "
+                             "(the back-end opens the image)",
+                             spec);
+        return 0;
     }
     if (!d->path || !*d->path)
-        return error_set("--drive %s: needs path=FILE", spec);
+        return error_set("--drive %s: needs path=FILE (or socket=PATH)", spec);
     return 0;
 }
 

@@ -563,7 +563,7 @@ static int put_migration_receive(struct api *a, const cJSON *body, char **out)
 static struct virtio_blk *find_blk(struct vm *vm, const char *id)
 {
     for (unsigned i = 0; i < vm->nvirtio; i++) {
-        if (vm->virtio[i]->dev->device_id != VIRTIO_ID_BLOCK)
+        if (vm->virtio[i]->dev->device_id != VIRTIO_ID_BLOCK || vm->virtio[i]->vhost_user)
             continue;
         struct virtio_blk *b = vm->virtio[i]->model;
         if (b->opts.id && !strcmp(b->opts.id, id))

@@ -207,6 +207,7 @@ static void free_drive(struct api_drive *d)
 {
     free(d->id);
     free(d->path);
+    free(d->socket);
     free(d->partuuid);
     memset(d, 0, sizeof(*d));
 }
@@ -418,6 +419,67 @@ static int check_path_id(const char *what, const char *path_id, const char *body
     return 0;
 }
 
+static int store_drive(struct api_config *c, struct api_drive *d)
+{
+    struct api_drive *old = find_drive(c, d->id);
+    for (unsigned i = 0; d->is_root && i < c->npmem; i++) {
+        if (c->pmem[i].is_root)
+            return error_set("Drive config error: Attempt to add block as a root device while the "
+                             "root device defined as a pmem device");
+    }
+    if (d->is_root) {
+        for (unsigned i = 0; i < c->ndrives; i++) {
+            if (c->drives[i].is_root && &c->drives[i] != old)
+                return error_set("drive '%s': drive '%s' is already the root device", d->id,
+                                 c->drives[i].id);
+        }
+    }
+    if (!old && c->ndrives == VM_MAX_DRIVES)
+        return error_set("drive '%s': at most %d drives", d->id, VM_MAX_DRIVES);
+    if (old) {
+        free_drive(old);
+        *old = *d;
+    } else {
+        c->drives[c->ndrives++] = *d;
+    }
+    return 0;
+}
+
+/* A drive served by a vhost-user back-end listening at sock (connected at InstanceStart). */
+static int put_vhost_user_drive(struct api_config *c, const char *id, const char *sock,
+                                const cJSON *body, bool is_root, const char *partuuid,
+                                const char *cache, bool ro_given)
+{
+    if (ro_given || field(body, "rate_limiter") || field(body, "io_engine"))
+        return error_set("drive '%s': a vhost-user drive (`socket`) takes no `is_read_only`, "
+                         "`rate_limiter` or `io_engine`: its back-end decides them",
+                         id);
+    if (!*sock)
+        return error_set("drive '%s': `socket` is empty", id);
+    struct stat st;
+    if (stat(sock, &st) < 0)
+        return error_errno("drive '%s': vhost-user socket '%s'", id, sock);
+    if (!S_ISSOCK(st.st_mode))
+        return error_set("drive '%s': '%s' is not a socket", id, sock);
+    struct api_drive d = {.is_root = is_root, .cache_unsafe = true};
+    if (cache && !strcmp(cache, "Writeback"))
+        d.cache_unsafe = false;
+    else if (cache && strcmp(cache, "Unsafe") != 0)
+        return error_set("drive '%s': unknown `cache_type` '%s' (Unsafe, Writeback)", id, cache);
+    d.id = strdup(id);
+    d.socket = strdup(sock);
+    d.partuuid = dup_str(is_root ? partuuid : NULL);
+    if (!d.id || !d.socket || (is_root && partuuid && !d.partuuid)) {
+        free_drive(&d);
+        return error_set("out of memory");
+    }
+    if (store_drive(c, &d) < 0) {
+        free_drive(&d);
+        return -1;
+    }
+    return 0;
+}
+
 int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body)
 {
     static const char *const fields[] = {
@@ -437,9 +499,12 @@ int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body)
         get_string(body, what, "io_engine", false, &engine) < 0 ||
         get_string(body, what, "socket", false, &sock) < 0)
         return -1;
+    /* Firecracker's rules: exactly one of the two; a vhost-user drive's back-end decides
+     * what a file's drive sets here. */
+    if (sock && path)
+        return error_set("drive '%s': give exactly one of `path_on_host` and `socket`", id);
     if (sock)
-        return error_set("drive '%s': vhost-user block devices (`socket`) are not supported yet",
-                         id);
+        return put_vhost_user_drive(c, id, sock, body, d.is_root, partuuid, cache, ro_given);
     if (!path || !*path)
         return error_set("drive '%s': missing field `path_on_host`", id);
     if (access(path, d.readonly ? R_OK : R_OK | W_OK) < 0)
@@ -1311,6 +1376,7 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
         const struct api_drive *d = &c->drives[i];
         vm->drives[i] = (struct drive_config){
             .path = d->path,
+            .socket = d->socket,
             .id = d->id,
             .readonly = d->readonly,
             .unsafe = d->cache_unsafe,
@@ -1374,12 +1440,12 @@ static cJSON *drive_json(const struct api_drive *d)
     cJSON_AddBoolToObject(o, "is_root_device", d->is_root);
     cJSON_AddStringToObject(o, "cache_type", d->cache_unsafe ? "Unsafe" : "Writeback");
     cJSON_AddBoolToObject(o, "is_read_only", d->readonly);
-    cJSON_AddStringToObject(o, "path_on_host", d->path);
+    add_string_or_null(o, "path_on_host", d->path);
     cJSON_AddItemToObject(o, "rate_limiter",
                           d->has_rate_limiter ? api_rate_limiter_json(&d->rate_limit)
                                               : cJSON_CreateNull());
     cJSON_AddStringToObject(o, "io_engine", d->io_sync ? "Sync" : "Async");
-    cJSON_AddNullToObject(o, "socket");
+    add_string_or_null(o, "socket", d->socket);
     return o;
 }
 
@@ -1501,6 +1567,7 @@ int api_config_adopt_vm(struct api_config *c, const struct vm_config *vm,
         c->drives[i] = (struct api_drive){
             .id = dup_str(d->id ? d->id : ""),
             .path = dup_str(d->path),
+            .socket = dup_str(d->socket),
             .partuuid = dup_str(d->partuuid),
             .is_root = d->is_root,
             .readonly = d->readonly,

@@ -26,7 +26,8 @@
 
 struct api_drive {
     char *id;
-    char *path;
+    char *path;   /* a file, or */
+    char *socket; /* a vhost-user back-end's socket */
     char *partuuid;
     bool is_root;
     bool readonly;

@@ -1047,7 +1047,7 @@ static void add_devices(struct emitter *e, struct vm *vm)
         struct virtio_dev *d = vm->virtio[i]->dev;
         interrupts += load(&d->interrupts);
         char name[80];
-        if (d->device_id == VIRTIO_ID_BLOCK) {
+        if (d->device_id == VIRTIO_ID_BLOCK && !vm->virtio[i]->vhost_user) {
             struct virtio_blk *b = vm->virtio[i]->model;
             snprintf(name, sizeof(name), "block_%.64s", b->opts.id ? b->opts.id : d->name);
             blk_values(b, v);

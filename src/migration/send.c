@@ -185,6 +185,12 @@ int migration_send_vm(struct vm *vm, const struct migration_send_params *p,
         return error_set("the machine is not running");
     if (vm->cfg.ram_source == VM_RAM_UFFD)
         return error_set("a machine whose memory a page-fault handler serves cannot migrate");
+    const char *vhu = vm_vhost_user_device(vm);
+    if (vhu)
+        return error_set("a machine with a vhost-user device (%s) cannot migrate yet: its "
+                         "back-end's writes to guest memory are not logged and its state is "
+                         "not ember's to move",
+                         vhu);
     if (p->local && !vm->mem.has_memfd)
         return error_set("local migration hands guest memory over and needs it shared: start "
                          "the machine with --memory SIZE,shared=on");

@@ -8,6 +8,7 @@
 #include "virtio/net.h"
 #include "virtio/pmem.h"
 #include "virtio/rng.h"
+#include "virtio/vhost_user_blk.h"
 #include "virtio/vsock.h"
 #include "vmm/vm.h"
 
@@ -62,6 +63,32 @@ static void destroy_blk(void *model)
 {
     virtio_blk_destroy(model);
     free(model);
+}
+
+static void destroy_vhost_user_blk(void *model)
+{
+    vhost_user_blk_destroy(model);
+    free(model);
+}
+
+/* A drive whose data path is a vhost-user back-end. */
+static int create_vhost_user_drive(struct vm *vm, const struct drive_config *dc, const char *name)
+{
+    struct vhost_user_blk *b = calloc(1, sizeof(*b));
+    if (!b)
+        return error_set("out of memory");
+    struct vhost_user_blk_options o = {.socket = dc->socket, .unsafe = dc->unsafe};
+    if (vhost_user_blk_init(b, name, &o, &vm->mem) < 0) {
+        vhost_user_blk_destroy(b);
+        free(b);
+        return -1;
+    }
+    if (attach(vm, &b->dev, b, destroy_vhost_user_blk) < 0)
+        return -1;
+    vm->virtio[vm->nvirtio - 1]->vhost_user = true;
+    log_info("%s: vhost-user back-end at %s, %llu sectors, %u queue(s)", name, dc->socket,
+             (unsigned long long)b->capacity, b->dev.nqueues);
+    return 0;
 }
 
 static void destroy_net(void *model)
@@ -253,11 +280,16 @@ int vm_create_virtio_devices(struct vm *vm)
     for (unsigned k = 0; k < cfg->ndrives; k++) {
         unsigned i = order[k];
         const struct drive_config *dc = &cfg->drives[i];
+        char name[16];
+        snprintf(name, sizeof(name), "blk%u", k);
+        if (dc->socket) {
+            if (create_vhost_user_drive(vm, dc, name) < 0)
+                return -1;
+            continue;
+        }
         struct virtio_blk *b = calloc(1, sizeof(*b));
         if (!b)
             return error_set("out of memory");
-        char name[16];
-        snprintf(name, sizeof(name), "blk%u", k);
         struct blk_options o = {.path = dc->path,
                                 .id = dc->id,
                                 .readonly = dc->readonly,
@@ -440,6 +472,24 @@ void vm_destroy_virtio_devices(struct vm *vm)
     vm->has_pci = false;
 }
 
+const char *vm_vhost_user_device(const struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        if (vm->virtio[i]->vhost_user)
+            return vm->virtio[i]->dev->name;
+    }
+    return NULL;
+}
+
+bool vm_config_wants_vhost_user(const struct vm_config *cfg)
+{
+    for (unsigned i = 0; i < cfg->ndrives; i++) {
+        if (cfg->drives[i].socket)
+            return true;
+    }
+    return false;
+}
+
 uint32_t vm_pci_slots(const struct vm *vm)
 {
     uint32_t slots = 0;
@@ -454,7 +504,7 @@ int vm_set_drive_locks(struct vm *vm, bool held)
 {
     for (unsigned i = 0; i < vm->nvirtio; i++) {
         struct vm_virtio *v = vm->virtio[i];
-        if (v->dev->device_id != VIRTIO_ID_BLOCK)
+        if (v->dev->device_id != VIRTIO_ID_BLOCK || v->vhost_user)
             continue;
         struct virtio_blk *blk = v->model;
         if (blk_backend_set_lock(&blk->backend, held) < 0)

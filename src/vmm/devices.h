@@ -9,12 +9,14 @@
 #include "virtio/pci.h"
 
 struct vm;
+struct vm_config;
 
 struct vm_virtio {
     struct virtio_dev *dev;
     void *model;
     void (*destroy)(void *model);
     bool on_pci;
+    bool vhost_user; /* the data path is a vhost-user back-end's (model: vhost_user_blk) */
     struct virtio_mmio mmio;
     struct virtio_pci pci;
 };
@@ -39,6 +41,11 @@ int vm_vsock_listen_fd(const struct vm *vm);
 /* The vsock socket handed over is this ember's alone now (the migration succeeded): its
  * path is removed when the device ends. */
 void vm_vsock_own_path(struct vm *vm);
+/* The first vhost-user device's name, NULL without one: snapshots and live migration refuse
+ * such a machine (the back-end's state is not ember's to save). */
+const char *vm_vhost_user_device(const struct vm *vm);
+/* Whether the configuration asks for a vhost-user device (guest memory must be shared). */
+bool vm_config_wants_vhost_user(const struct vm_config *cfg);
 /* PCI slots in use (bitmap), for the MP table's interrupt entries. */
 uint32_t vm_pci_slots(const struct vm *vm);
 

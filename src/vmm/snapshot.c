@@ -694,6 +694,11 @@ int vm_snapshot_create(struct vm *vm, const struct vm_snapshot_create_params *p,
     if (vm->cfg.ram_source == VM_RAM_UFFD)
         return error_set("a machine whose memory a page-fault handler serves cannot be "
                          "snapshotted");
+    const char *vhu = vm_vhost_user_device(vm);
+    if (vhu)
+        return error_set("a machine with a vhost-user device (%s) cannot be snapshotted yet: "
+                         "its back-end's state is not ember's to save",
+                         vhu);
     int state_fd = open_output("snapshot file", p->snapshot_path);
     if (state_fd < 0)
         return -1;

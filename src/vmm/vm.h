@@ -35,6 +35,7 @@ enum console_kind { CONSOLE_SERIAL, CONSOLE_VIRTIO };
 
 struct drive_config {
     const char *path;
+    const char *socket; /* instead of path: a vhost-user-blk back-end listening here */
     const char *id;
     bool readonly;
     bool direct;  /* cache=none: O_DIRECT */

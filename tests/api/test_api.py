@@ -726,7 +726,7 @@ def test_drives(tmp):
             ("/drives/x", {"drive_id": "x", "path_on_host": data, "is_root_device": False,
                            "rate_limiter": {"bandwidth": {"size": -1, "refill_time": 1}}}, "size"),
             ("/drives/x", {"drive_id": "x", "path_on_host": data, "is_root_device": False,
-                           "socket": "/tmp/vhost"}, "not supported"),
+                           "socket": "/tmp/vhost"}, "exactly one"),
             ("/drives/b%20d", {"drive_id": "b%20d", "path_on_host": data, "is_root_device": False}, "id"),
         ]
         for path, body, msg in bad:

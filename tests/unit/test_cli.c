@@ -136,6 +136,27 @@ START_TEST(net_specs)
 }
 END_TEST
 
+/* socket= instead of path=: a vhost-user drive, which takes only what its back-end does not
+ * decide. */
+START_TEST(vhost_user_drive_specs)
+{
+    struct drive_config d;
+    ck_assert_msg(cli_parse_drive("socket=/run/vub.sock,id=data,root=on,cache=unsafe", &d) == 0,
+                  "%s", error_get());
+    ck_assert_str_eq(d.socket, "/run/vub.sock");
+    ck_assert_ptr_null(d.path);
+    ck_assert_str_eq(d.id, "data");
+    ck_assert(d.is_root && d.unsafe);
+    expect_error(cli_parse_drive("socket=/s,path=/img", &d), "not both");
+    expect_error(cli_parse_drive("socket=", &d), "socket= is empty");
+    expect_error(cli_parse_drive("socket=/s,readonly=on", &d), "readonly= does not apply");
+    expect_error(cli_parse_drive("socket=/s,queues=2", &d), "queues= does not apply");
+    expect_error(cli_parse_drive("socket=/s,bw=1M", &d), "bw= does not apply");
+    expect_error(cli_parse_drive("socket=/s,cache=none", &d), "cache=none does not apply");
+    expect_error(cli_parse_drive("id=x", &d), "needs path=FILE (or socket=PATH)");
+}
+END_TEST
+
 /* What the jailer passes ember, kept for the start-up metrics. */
 START_TEST(jailer_flags)
 {
@@ -212,6 +233,7 @@ Suite *cli_suite(void)
     tcase_add_test(t, bad_input_gets_one_clear_error);
     tcase_add_test(t, size_parsing);
     tcase_add_test(t, net_specs);
+    tcase_add_test(t, vhost_user_drive_specs);
     tcase_add_test(t, jailer_flags);
     tcase_add_test(t, named_firecracker);
     tcase_add_test(t, flintlock_flags);
