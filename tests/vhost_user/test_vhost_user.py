@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""vhost-user-blk end to end: Debian's qemu-storage-daemon serves a disk image as a
+vhost-user-blk export, and ember's front-end hands it a freestanding guest's rings
+(guest/vhost-user-blk.c) on virtio-pci and virtio-mmio, from the command line and from
+Firecracker's API (PUT /drives with `socket`).
+
+The image starts with a known pattern (the 8-byte word at byte offset o is mix64(o ^ HOST_SEED));
+the guest reads and checks it, writes its own pattern over [1 MiB, 3 MiB) and flushes; this test
+then checks the image file block by block (512-byte sectors). Also: the daemon killed while the
+guest does I/O (ember logs one line, the device needs a reset, ember keeps running and the guest
+ends normally), snapshot and migration refused, and back-ends that are absent or never answer
+(ember fails at start within its reply timeout, never hangs).
+
+Standard library only. Usage: tests/vhost_user/test_vhost_user.py [-v] [NAME...]
+Environment: EMBER (default build/ember), GUEST_DIR (default build/guest), QSD (default
+qemu-storage-daemon on PATH). Without qemu-storage-daemon the tests that need it are skipped with
+the reason. Prints one line per check and ends with "vhost-user: N passed, N failed, N skipped";
+exits 1 if any check failed.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "api"))
+import test_api as api  # noqa: E402 - ember's API client and process helpers
+from test_api import EMBER, GUEST_DIR, PATIENCE_S, Ember, Failure, check, expect  # noqa: E402
+
+GUEST = os.path.join(GUEST_DIR, "vhost-user-blk.elf")
+QSD = os.environ.get("QSD") or shutil.which("qemu-storage-daemon")
+HOST_SEED = 0x686F73742D766275
+GUEST_SEED = 0x67756573742D7662
+DISK_BYTES = 4 << 20
+WRITE_START, WRITE_LEN = 1 << 20, 2 << 20
+SECTOR = 512
+M64 = (1 << 64) - 1
+
+
+class Skip(Exception):
+    pass
+
+
+def mix64(x):
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def pattern(offset, length, seed):
+    return b"".join(struct.pack("<Q", mix64((offset + i) ^ seed)) for i in range(0, length, 8))
+
+
+HOST_DATA = pattern(0, DISK_BYTES, HOST_SEED)
+EXPECTED = HOST_DATA[:WRITE_START] + pattern(WRITE_START, WRITE_LEN, GUEST_SEED) + \
+    HOST_DATA[WRITE_START + WRITE_LEN:]
+
+
+def check_image(path, what):
+    """The image, block by block: the guest's data where it wrote, the host's elsewhere."""
+    with open(path, "rb") as f:
+        data = f.read()
+    check(len(data) == DISK_BYTES, "%s: the image is %d bytes, not %d" % (what, len(data), DISK_BYTES))
+    bad = [i for i in range(DISK_BYTES // SECTOR)
+           if data[i * SECTOR:(i + 1) * SECTOR] != EXPECTED[i * SECTOR:(i + 1) * SECTOR]]
+    check(not bad, "%s: %d of %d blocks differ, the first at sector %d (%s)" %
+          (what, len(bad), DISK_BYTES // SECTOR, bad[0] if bad else 0,
+           "in the guest's range" if bad and WRITE_START <= bad[0] * SECTOR < WRITE_START + WRITE_LEN
+           else "outside the guest's range"))
+
+
+class Daemon:
+    """qemu-storage-daemon exporting an image as vhost-user-blk on a unix socket."""
+
+    def __init__(self, tmp, name="vub"):
+        if not QSD:
+            raise Skip("qemu-storage-daemon is not installed (Debian: qemu-system-common)")
+        self.image = os.path.join(tmp, name + ".img")
+        with open(self.image, "wb") as f:
+            f.write(HOST_DATA)
+        self.sock = os.path.join(tmp, name + ".sock")
+        self.log = open(os.path.join(tmp, name + ".qsd.log"), "wb")
+        self.proc = subprocess.Popen(
+            [QSD, "--blockdev", "driver=file,node-name=f,filename=" + self.image,
+             "--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=%s,writable=on"
+             % self.sock], stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + PATIENCE_S
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise Failure("qemu-storage-daemon did not open %s" % self.sock)
+            time.sleep(0.02)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+def tap_lines(out):
+    return [line.strip() for line in out.splitlines() if line.startswith("ok ") or line.startswith("not ok ")]
+
+
+def check_guest(out, what, want=6):
+    tap = tap_lines(out)
+    check(len(tap) == want and all(t.startswith("ok ") for t in tap),
+          "%s: the guest's checks: %r" % (what, tap))
+
+
+def run_cli(tmp, transport, extra_cmdline="", drive_extra=""):
+    d = Daemon(tmp)
+    try:
+        cmd = [EMBER, "run", "--kernel", GUEST, "--debug-exit", "--transport", transport,
+               "--drive", "socket=%s,id=vub%s" % (d.sock, drive_extra),
+               "--cmdline", "console=ttyS0 vub_sectors=%d %s" % (DISK_BYTES // SECTOR, extra_cmdline),
+               "--log-level", "info"]
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+    finally:
+        d.stop()
+    return d, p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+def test_cli_pci(tmp):
+    d, status, out, err = run_cli(tmp, "pci")
+    check(status == 1, "exit status %d (the guest's debug-exit 0 is 1)\n%s" % (status, err))
+    check_guest(out, "pci")
+    check("vhost-user back-end at %s, %d sectors" % (d.sock, DISK_BYTES // SECTOR) in err,
+          "ember names the back-end and its capacity: %s" % err)
+    check_image(d.image, "pci")
+
+
+def test_cli_mmio(tmp):
+    d, status, out, err = run_cli(tmp, "mmio")
+    check(status == 1, "exit status %d\n%s" % (status, err))
+    check_guest(out, "mmio")
+    check_image(d.image, "mmio")
+
+
+def test_api_drive(tmp):
+    """Firecracker's PUT /drives with `socket`; GET /vm/config shows it."""
+    d = Daemon(tmp)
+    e = Ember(tmp)
+    try:
+        img = os.path.join(tmp, "file.img")
+        with open(img, "wb") as f:
+            f.truncate(1 << 20)
+        bad = [
+            ({"drive_id": "v", "is_root_device": False, "socket": d.sock, "path_on_host": img},
+             "exactly one"),
+            ({"drive_id": "v", "is_root_device": False, "socket": d.sock, "is_read_only": True},
+             "is_read_only"),
+            ({"drive_id": "v", "is_root_device": False, "socket": d.sock, "io_engine": "Sync"},
+             "io_engine"),
+            ({"drive_id": "v", "is_root_device": False, "socket": d.sock,
+              "rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}, "rate_limiter"),
+            ({"drive_id": "v", "is_root_device": False, "socket": img}, "not a socket"),
+            ({"drive_id": "v", "is_root_device": False, "socket": os.path.join(tmp, "none")},
+             "No such file"),
+            ({"drive_id": "v", "is_root_device": False}, "path_on_host"),
+        ]
+        for body, msg in bad:
+            expect(e.req("PUT", "/drives/v", body), 400, "PUT /drives %r" % body, msg)
+        expect(e.req("PUT", "/boot-source", {
+            "kernel_image_path": GUEST,
+            "boot_args": "console=ttyS0 vub_sectors=%d" % (DISK_BYTES // SECTOR)}), 204, "boot source")
+        expect(e.req("PUT", "/drives/vub", {"drive_id": "vub", "is_root_device": False,
+                                            "cache_type": "Writeback", "socket": d.sock}),
+               204, "PUT /drives with socket")
+        r = e.req("GET", "/vm/config")
+        drive = r.json()["drives"][0]
+        check(drive["socket"] == d.sock and drive["path_on_host"] is None,
+              "GET /vm/config shows the socket: %r" % drive)
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        # Without a debug-exit port the guest halts after its last check.
+        deadline = time.monotonic() + PATIENCE_S
+        while len(tap_lines(e.stdout())) < 6 and e.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        check_guest(e.stdout(), "API")
+    finally:
+        e.kill()
+        d.stop()
+    check_image(d.image, "API")
+
+
+def api_conn(path):
+    return api.Conn(path)
+
+
+def test_backend_killed(tmp):
+    """The daemon dies while the guest reads: one log line, the device needs a reset, ember and
+    the guest go on. Snapshots and migration were refused before."""
+    d = Daemon(tmp)
+    sock = os.path.join(tmp, "api.sock")
+    out_path, err_path = os.path.join(tmp, "ember.out"), os.path.join(tmp, "ember.err")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        p = subprocess.Popen([EMBER, "run", "--kernel", GUEST, "--debug-exit", "--api-sock", sock,
+                              "--drive", "socket=%s,id=vub" % d.sock, "--cmdline",
+                              "console=ttyS0 vub_sectors=%d vub_hold=1" % (DISK_BYTES // SECTOR)],
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    try:
+        deadline = time.monotonic() + PATIENCE_S
+        while b"# vub: holding" not in open(out_path, "rb").read():
+            check(p.poll() is None and time.monotonic() < deadline,
+                  "the guest did not start holding: %s" % open(out_path, "rb").read().decode()[-2000:])
+            time.sleep(0.05)
+        c = api_conn(sock)
+        try:
+            expect(c.request("PATCH", "/vm", {"state": "Paused"}), 204, "pause")
+            expect(c.request("PUT", "/snapshot/create", {
+                "snapshot_path": os.path.join(tmp, "s"), "mem_file_path": os.path.join(tmp, "m")}),
+                400, "snapshot of a machine with a vhost-user drive", "vhost-user device (blk0)")
+            expect(c.request("PUT", "/migration/send", {"destination_url": "unix:" + os.path.join(tmp, "mig")}),
+                   400, "migration of a machine with a vhost-user drive", "cannot migrate yet")
+            expect(c.request("PATCH", "/vm", {"state": "Resumed"}), 204, "resume")
+        finally:
+            c.close()
+        time.sleep(0.3)
+        d.kill()
+        try:
+            status = p.wait(PATIENCE_S)
+        except subprocess.TimeoutExpired:
+            raise Failure("ember hangs after its back-end died")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        d.stop()
+    out, err = open(out_path).read(), open(err_path).read()
+    check(status == 1, "exit status %d (the guest's debug-exit 0 is 1): %s" % (status, err[-2000:]))
+    check_guest(out, "back-end killed")
+    lines = [line for line in err.splitlines() if "vhost-user back-end" in line and "closed its socket" in line]
+    check(len(lines) == 1, "one log line says the back-end went away: %r" % err[-2000:])
+
+
+def test_no_backend(tmp):
+    """Nobody listening: ember says so at start, usage error."""
+    p = subprocess.run([EMBER, "run", "--kernel", GUEST, "--drive",
+                        "socket=%s,id=x" % os.path.join(tmp, "nothing.sock")],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+    err = p.stderr.decode(errors="replace")
+    check(p.returncode == 2 and "cannot connect to the vhost-user back-end" in err,
+          "status %d: %s" % (p.returncode, err))
+
+
+def hostile_backend(tmp, name, behave):
+    """A back-end that accepts and then does `behave(conn)`: ember must fail within its 5 s
+    reply timeout with a message, never hang or crash."""
+    path = os.path.join(tmp, name + ".sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    held = []
+
+    def serve():
+        try:
+            conn, _ = srv.accept()
+            held.append(conn)
+            behave(conn)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    start = time.monotonic()
+    p = subprocess.run([EMBER, "run", "--kernel", GUEST, "--drive", "socket=%s,id=x" % path],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+    took = time.monotonic() - start
+    for c in held:
+        c.close()
+    srv.close()
+    return p.returncode, p.stderr.decode(errors="replace"), took
+
+
+def test_silent_backend(tmp):
+    status, err, took = hostile_backend(tmp, "silent", lambda c: c.recv(4096) and time.sleep(15))
+    check(status == 2 and "no answer within 5000 ms" in err, "status %d: %s" % (status, err))
+    check(took < 12, "ember gave up after %.1f s" % took)
+
+
+def test_garbage_backend(tmp):
+    def garbage(c):
+        c.recv(4096)
+        # A reply to GET_FEATURES that claims 4 GiB of payload.
+        c.sendall(struct.pack("<III", 1, 0x5, 0xFFFFFFFF) + b"x" * 64)
+        time.sleep(2)
+    status, err, _ = hostile_backend(tmp, "garbage", garbage)
+    check(status == 2 and "4294967295 bytes of payload, not 8" in err, "status %d: %s" % (status, err))
+
+
+def test_fd_passing_backend(tmp):
+    def with_fds(c):
+        c.recv(4096)
+        r, w = os.pipe()
+        socket.send_fds(c, [struct.pack("<IIIQ", 1, 0x5, 8, 1 << 32)], [r, w])
+        os.close(r)
+        os.close(w)
+        time.sleep(2)
+    status, err, _ = hostile_backend(tmp, "fds", with_fds)
+    check(status == 2 and "descriptors" in err, "status %d: %s" % (status, err))
+
+
+TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_no_backend,
+         test_silent_backend, test_garbage_backend, test_fd_passing_backend]
+
+
+def main():
+    args = sys.argv[1:]
+    if "-v" in args:
+        api.VERBOSE = True
+        args.remove("-v")
+    selected = [t for t in TESTS if not args or t.__name__ in args or t.__name__[5:] in args]
+    for path in (EMBER, GUEST):
+        if not os.path.exists(path):
+            print("vhost-user: missing %s (build with make all guests)" % path)
+            return 1
+    passed = failed = skipped = 0
+    for test in selected:
+        tmp = tempfile.mkdtemp(prefix="ember-vhost-user-")
+        start = time.monotonic()
+        try:
+            test(tmp)
+            print("ok   %s (%.1f s)" % (test.__name__, time.monotonic() - start))
+            passed += 1
+        except Skip as s:
+            print("skip %s: %s" % (test.__name__, s))
+            skipped += 1
+        except (Failure, OSError, subprocess.TimeoutExpired) as f:
+            print("FAIL %s: %s" % (test.__name__, f))
+            failed += 1
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        sys.stdout.flush()
+    print("vhost-user: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
