@@ -39,6 +39,19 @@ for f in "$EMBER" "$GUEST" "$TRIGGER"; do
 done
 
 truncate -s 1M "$tmp/disk.img"
+
+# A vhost-user device's thread needs a back-end: Debian's qemu-storage-daemon, when there.
+qsd_pid=
+QSD=$(command -v qemu-storage-daemon)
+if [ -n "$QSD" ]; then
+    truncate -s 1M "$tmp/vub.img"
+    "$QSD" --blockdev "driver=file,node-name=f,filename=$tmp/vub.img" \
+        --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$tmp/vub.sock,writable=on" \
+        </dev/null >"$tmp/qsd.log" 2>&1 &
+    qsd_pid=$!
+    for _ in $(seq 100); do [ -S "$tmp/vub.sock" ] && break; sleep 0.05; done
+fi
+trap '[ -n "$qsd_pid" ] && kill "$qsd_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
 printf 'console input that epoll cannot watch\n' >"$tmp/stdin.txt"
 
 # The ember command line that starts a thread of each kind.
@@ -50,6 +63,7 @@ args_for() {
     console) echo "--console virtio" ;;
     rng) echo "--rng" ;;
     vsock) echo "--vsock cid=3,uds=$tmp/vsock.sock" ;;
+    vhost_user) echo "--drive socket=$tmp/vub.sock" ;;
     stdin) echo "" ;;
     esac
 }
@@ -97,6 +111,19 @@ call_name() {
 }
 
 kinds=(main vcpu blk net console rng vsock slirp stdin teardown)
+if [ -S "$tmp/vub.sock" ]; then
+    kinds+=(vhost_user)
+else
+    report ok "vhost_user: its filter # SKIP no qemu-storage-daemon to serve as the back-end"
+fi
+
+# The thread a kind's trigger names: a vhost-user drive's I/O thread is blkN too.
+thread_of() {
+    case $1 in
+    vhost_user) echo blk ;;
+    *) echo "$1" ;;
+    esac
+}
 calls=(open execve socket-inet ptrace kvm-create-vm clone-process)
 
 # Without a trigger each configuration lives until stopped: the filters
@@ -126,7 +153,8 @@ for kind in "${kinds[@]}"; do
             [ "$call" = open ] && call=create
         fi
         # shellcheck disable=SC2046
-        run_ember "$kind-$call" "$input" "$kind:$call" run --kernel "$GUEST" $(args_for "$kind")
+        run_ember "$kind-$call" "$input" "$(thread_of "$kind"):$call" run --kernel "$GUEST" \
+            $(args_for "$kind")
         expect_violation "$kind: $call is refused and ends ember" "$kind" "$(call_name "$call")"
     done
 done
