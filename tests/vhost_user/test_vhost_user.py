@@ -118,7 +118,7 @@ def tap_lines(out):
     return [line.strip() for line in out.splitlines() if line.startswith("ok ") or line.startswith("not ok ")]
 
 
-def check_guest(out, what, want=6):
+def check_guest(out, what, want=8):
     tap = tap_lines(out)
     check(len(tap) == want and all(t.startswith("ok ") for t in tap),
           "%s: the guest's checks: %r" % (what, tap))
@@ -190,7 +190,7 @@ def test_api_drive(tmp):
         expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
         # Without a debug-exit port the guest halts after its last check.
         deadline = time.monotonic() + PATIENCE_S
-        while len(tap_lines(e.stdout())) < 6 and e.alive() and time.monotonic() < deadline:
+        while len(tap_lines(e.stdout())) < 8 and e.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         check_guest(e.stdout(), "API")
     finally:
