@@ -13,6 +13,7 @@
 #include "virtio/blk.h"
 #include "virtio/net.h"
 #include "virtio/pmem.h"
+#include "virtio/vhost_user_blk.h"
 #include "vmm/devices.h"
 #include "vmm/exit_status.h"
 #include "vmm/snapshot.h"
@@ -572,6 +573,41 @@ static struct virtio_blk *find_blk(struct vm *vm, const char *id)
     return NULL;
 }
 
+static struct vhost_user_blk *find_vhost_user_blk(struct vm *vm, const char *id)
+{
+    for (unsigned i = 0; i < vm->nvirtio; i++) {
+        if (!vm->virtio[i]->vhost_user || vm->virtio[i]->dev->device_id != VIRTIO_ID_BLOCK)
+            continue;
+        const char *dev_id = vm->virtio[i]->drive_id;
+        if (dev_id && !strcmp(dev_id, id))
+            return vm->virtio[i]->model;
+    }
+    return NULL;
+}
+
+/* Firecracker's PATCH of a vhost-user drive: drive_id alone, the back-end's configuration
+ * space read again. */
+static int refresh_vhost_user_drive(struct api *a, const char *id, const struct api_drive_update *u,
+                                    char **out)
+{
+    struct vhost_user_blk *v = find_vhost_user_blk(a->vm, id);
+    if (!v)
+        error_set("no drive '%s'", id);
+    else if (u->path || u->has_rate_limiter)
+        error_set("drive '%s' is served by a vhost-user back-end: neither `path_on_host` nor "
+                  "`rate_limiter` can change (a PATCH with `drive_id` alone reads its "
+                  "configuration again)",
+                  id);
+    else if (vhost_user_blk_refresh(v) < 0)
+        error_prefix("drive '%s'", id);
+    else {
+        log_info("drive '%s': the vhost-user back-end's configuration read again: %llu sectors", id,
+                 (unsigned long long)v->capacity);
+        return 204;
+    }
+    return fault_from_error(out);
+}
+
 static int patch_drive(struct api *a, const char *id, const cJSON *body, char **out)
 {
     struct api_drive_update u;
@@ -589,6 +625,10 @@ static int patch_drive(struct api *a, const char *id, const cJSON *body, char **
             d = &a->cfg.drives[i];
             index = i;
         }
+    }
+    if (d && d->socket) {
+        status = refresh_vhost_user_drive(a, id, &u, out);
+        goto done;
     }
     struct virtio_blk *b = d ? find_blk(a->vm, id) : NULL;
     if (!b) {

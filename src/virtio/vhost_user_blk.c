@@ -250,6 +250,40 @@ int vhost_user_blk_init(struct vhost_user_blk *b, const char *name,
     return 0;
 }
 
+struct refresh_call {
+    struct vhost_user_blk *b;
+    int result;
+    char error[256];
+};
+
+static void refresh_on_io(void *arg)
+{
+    struct refresh_call *c = arg;
+    struct vhost_user_blk *b = c->b;
+    uint8_t config[VHOST_USER_BLK_CONFIG];
+    c->result = vhost_user_get_config(&b->vu, 0, config, sizeof(config));
+    if (c->result < 0) {
+        snprintf(c->error, sizeof(c->error), "%s", error_get());
+        return;
+    }
+    /* The queues the guest has stay as they are. */
+    memcpy(config + CONFIG_NUM_QUEUES, b->config + CONFIG_NUM_QUEUES, 2);
+    memcpy(b->config, config, sizeof(config));
+    memcpy(&b->capacity, config, sizeof(b->capacity));
+    __atomic_add_fetch(&b->dev.config_generation, 1, __ATOMIC_SEQ_CST);
+    if (b->dev.transport && b->dev.transport->notify_config)
+        b->dev.transport->notify_config(&b->dev);
+}
+
+int vhost_user_blk_refresh(struct vhost_user_blk *b)
+{
+    struct refresh_call c = {.b = b};
+    iothread_call(&b->dev.io, refresh_on_io, &c);
+    if (c.result < 0)
+        return error_set("%s", c.error);
+    return 0;
+}
+
 void vhost_user_blk_destroy(struct vhost_user_blk *b)
 {
     if (b->dev.queues)

@@ -46,5 +46,9 @@ struct vhost_user_blk {
 int vhost_user_blk_init(struct vhost_user_blk *b, const char *name,
                         const struct vhost_user_blk_options *opts, const struct guest_memory *mem);
 void vhost_user_blk_destroy(struct vhost_user_blk *b);
+/* Reads the back-end's configuration space again (a disk it resized) and tells the driver
+ * (configuration interrupt); on the device's thread, which owns the connection. Any other
+ * thread. */
+int vhost_user_blk_refresh(struct vhost_user_blk *b);
 
 #endif

@@ -9,6 +9,7 @@
 #include "suites.h"
 #include "util/error.h"
 #include "util/eventloop.h"
+#include "vmm/devices.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -580,6 +581,74 @@ START_TEST(drives_map_onto_the_machine)
     ck_assert_uint_eq(vm.nets[0].mtu, 1400);
     ck_assert_uint_eq(vm.nets[0].tx_limit.ops.size, 100);
     api_config_free(&c);
+    unlink(image);
+}
+END_TEST
+
+/* A vhost-user drive (`socket`), from a configuration file as from PUT /drives. */
+START_TEST(vhost_user_drive_in_config)
+{
+    make_image();
+    char sock_path[64];
+    snprintf(sock_path, sizeof(sock_path), "/tmp/ember-test-vub-%d.sock", (int)getpid());
+    unlink(sock_path);
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+    ck_assert_int_eq(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    char doc[1024];
+    snprintf(doc, sizeof(doc),
+             "{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},"
+             "\"drives\":[{\"drive_id\":\"v\",\"socket\":\"%s\",\"is_root_device\":true,"
+             "\"cache_type\":\"Writeback\"}]}",
+             sock_path);
+    struct api_config c;
+    api_config_init(&c);
+    ck_assert_msg(api_config_parse_document(&c, doc, strlen(doc)) == 0, "%s", error_get());
+    struct vm_config vm;
+    vm_config_defaults(&vm);
+    ck_assert_int_eq(api_config_to_vm(&c, &vm), 0);
+    ck_assert_uint_eq(vm.ndrives, 1);
+    ck_assert_str_eq(vm.drives[0].socket, sock_path);
+    ck_assert_ptr_null(vm.drives[0].path);
+    ck_assert(vm.drives[0].is_root && !vm.drives[0].unsafe);
+    ck_assert(vm_config_wants_vhost_user(&vm));
+    api_config_free(&c);
+
+    char text[512];
+    static const struct {
+        const char *fmt, *error;
+    } bad[] = {
+        {"{\"drive_id\":\"v\",\"is_root_device\":false,\"socket\":\"%s\",\"path_on_host\":"
+         "\"%s\"}",
+         "exactly one"},
+        {"{\"drive_id\":\"v\",\"is_root_device\":false,\"socket\":\"%s\",\"is_read_only\":"
+         "false}",
+         "is_read_only"},
+        {"{\"drive_id\":\"v\",\"is_root_device\":false,\"socket\":\"%s\",\"io_engine\":"
+         "\"Async\"}",
+         "io_engine"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        api_config_init(&c);
+        snprintf(text, sizeof(text), bad[i].fmt, sock_path, image);
+        cJSON *j = cJSON_Parse(text);
+        ck_assert_ptr_nonnull(j);
+        ck_assert_int_eq(api_put_drive(&c, "v", j), -1);
+        ck_error_has(bad[i].error);
+        cJSON_Delete(j);
+        api_config_free(&c);
+    }
+    /* A path that is no socket. */
+    api_config_init(&c);
+    ck_assert_int_eq(put_drive(&c, "v",
+                               "{\"drive_id\":\"v\",\"is_root_device\":false,"
+                               "\"socket\":\"%s\"}"),
+                     -1);
+    ck_error_has("not a socket");
+    api_config_free(&c);
+    close(s);
+    unlink(sock_path);
     unlink(image);
 }
 END_TEST
@@ -1243,6 +1312,7 @@ Suite *api_suite(void)
     t = tcase_create("config");
     tcase_add_test(t, machine_config_rules);
     tcase_add_test(t, drives_map_onto_the_machine);
+    tcase_add_test(t, vhost_user_drive_in_config);
     tcase_add_test(t, pmem_maps_onto_the_machine);
     tcase_add_test(t, config_document);
     tcase_add_test(t, cpu_config_parsing);

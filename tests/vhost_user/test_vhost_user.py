@@ -156,7 +156,7 @@ def test_cli_mmio(tmp):
 def test_api_drive(tmp):
     """Firecracker's PUT /drives with `socket`; GET /vm/config shows it."""
     d = Daemon(tmp)
-    e = Ember(tmp)
+    e = Ember(tmp, args=["--level", "Info"])
     try:
         img = os.path.join(tmp, "file.img")
         with open(img, "wb") as f:
@@ -193,6 +193,12 @@ def test_api_drive(tmp):
         while len(tap_lines(e.stdout())) < 8 and e.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         check_guest(e.stdout(), "API")
+        # A PATCH with drive_id alone reads the back-end's configuration space again.
+        expect(e.req("PATCH", "/drives/vub", {"drive_id": "vub"}), 204, "PATCH: refresh")
+        expect(e.req("PATCH", "/drives/vub", {"drive_id": "vub", "path_on_host": img}), 400,
+               "PATCH: a new path", "vhost-user back-end")
+        check("configuration read again: %d sectors" % (DISK_BYTES // SECTOR) in e.stderr(),
+              "the refresh is logged with the capacity: %s" % e.stderr()[-1000:])
     finally:
         e.kill()
         d.stop()
