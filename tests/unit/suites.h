@@ -32,5 +32,6 @@ Suite *uffd_suite(void);
 Suite *dirty_suite(void);
 Suite *snapshot_devices_suite(void);
 Suite *vhost_user_suite(void);
+Suite *vhost_user_blk_suite(void);
 
 #endif

@@ -1,0 +1,400 @@
+/* vhost-user-blk (virtio/vhost_user_blk.c) through its virtio-mmio window, without KVM, against
+ * a fake back-end on a unix socket (a thread answering every request as a back-end would and
+ * recording it): the features and configuration space the guest sees, the messages of an
+ * activation and their order, kicks reaching the back-end, its interrupts reaching the
+ * transport, a reset taking the rings back, and a back-end that goes away. */
+#include "suites.h"
+#include "util/error.h"
+#include "vhost_user/proto.h"
+#include "virtio/mmio.h"
+#include "virtio/vhost_user_blk.h"
+#include "virtq_fake.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+enum {
+    REG_DEVICE_FEATURES = 0x010,
+    REG_DEVICE_FEATURES_SEL = 0x014,
+    REG_DRIVER_FEATURES = 0x020,
+    REG_DRIVER_FEATURES_SEL = 0x024,
+    REG_QUEUE_SEL = 0x030,
+    REG_QUEUE_NUM = 0x038,
+    REG_QUEUE_READY = 0x044,
+    REG_QUEUE_NOTIFY = 0x050,
+    REG_INTERRUPT_STATUS = 0x060,
+    REG_INTERRUPT_ACK = 0x064,
+    REG_STATUS = 0x070,
+    REG_QUEUE_DESC_LOW = 0x080,
+    REG_QUEUE_DRIVER_LOW = 0x090,
+    REG_QUEUE_DEVICE_LOW = 0x0a0,
+    REG_CONFIG = 0x100,
+};
+
+#define LIVE_STATUS                                                                                \
+    (VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK |                \
+     VIRTIO_STATUS_DRIVER_OK)
+#define QSIZE 16
+
+/* The fake back-end. */
+static struct {
+    int listen_fd, conn;
+    pthread_t thread;
+    char path[64];
+    uint64_t features, protocol;
+    uint8_t config[60];
+    pthread_mutex_t lock;
+    uint32_t log[128]; /* requests in the order they came */
+    unsigned nlog;
+    uint64_t set_features;
+    unsigned mem_fds;
+    int kick_fd, call_fd;
+} be;
+
+static struct fake_queue f;
+static struct virtio_mmio m;
+static struct vhost_user_blk b;
+
+static bool recv_all(int fd, void *buf, size_t len, int *fds, unsigned *nfds)
+{
+    size_t got = 0;
+    while (got < len) {
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(sizeof(int) * 8)];
+        } ctl;
+        struct iovec iov = {(char *)buf + got, len - got};
+        struct msghdr msg = {.msg_iov = &iov,
+                             .msg_iovlen = 1,
+                             .msg_control = ctl.buf,
+                             .msg_controllen = sizeof(ctl)};
+        ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+        if (n <= 0)
+            return false;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < count; i++) {
+                int d;
+                memcpy(&d, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                if (fds && *nfds < 8)
+                    fds[(*nfds)++] = d;
+                else
+                    close(d);
+            }
+        }
+        got += (size_t)n;
+    }
+    return true;
+}
+
+static void answer(uint32_t req, const void *payload, uint32_t size)
+{
+    struct vhu_header h = {.request = req, .flags = VHU_VERSION | VHU_FLAG_REPLY, .size = size};
+    ck_assert_int_eq(send(be.conn, &h, sizeof(h), MSG_NOSIGNAL), sizeof(h));
+    if (size)
+        ck_assert_int_eq(send(be.conn, payload, size, MSG_NOSIGNAL), (ssize_t)size);
+}
+
+static void *backend_thread(void *arg)
+{
+    (void)arg;
+    be.conn = accept4(be.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (be.conn < 0)
+        return NULL;
+    for (;;) {
+        struct vhu_header h;
+        union {
+            struct vhu_config config;
+            struct vhu_vring_state state;
+            uint64_t u64;
+            uint8_t bytes[512];
+        } p;
+        int fds[8];
+        unsigned nfds = 0;
+        if (!recv_all(be.conn, &h, sizeof(h), fds, &nfds) || h.size > sizeof(p) ||
+            !recv_all(be.conn, &p, h.size, fds, &nfds))
+            break;
+        pthread_mutex_lock(&be.lock);
+        if (be.nlog < 128)
+            be.log[be.nlog++] = h.request;
+        if (h.request == VHU_SET_FEATURES)
+            be.set_features = p.u64;
+        if (h.request == VHU_SET_MEM_TABLE)
+            be.mem_fds = nfds;
+        for (unsigned i = 0; i < nfds; i++) {
+            if (h.request == VHU_SET_VRING_KICK && be.kick_fd < 0)
+                be.kick_fd = fds[i];
+            else if (h.request == VHU_SET_VRING_CALL && be.call_fd < 0)
+                be.call_fd = fds[i];
+            else
+                close(fds[i]);
+        }
+        pthread_mutex_unlock(&be.lock);
+        switch (h.request) {
+        case VHU_GET_FEATURES:
+            answer(h.request, &be.features, 8);
+            break;
+        case VHU_GET_PROTOCOL_FEATURES:
+            answer(h.request, &be.protocol, 8);
+            break;
+        case VHU_GET_QUEUE_NUM: {
+            uint64_t one = 1;
+            answer(h.request, &one, 8);
+            break;
+        }
+        case VHU_GET_CONFIG:
+            memcpy(p.config.payload, be.config + p.config.offset, p.config.size);
+            answer(h.request, &p.config, h.size);
+            break;
+        case VHU_GET_VRING_BASE:
+            p.state.num = 0;
+            answer(h.request, &p.state, sizeof(p.state));
+            break;
+        default:
+            if (h.flags & VHU_FLAG_NEED_ACK) {
+                uint64_t ok = 0;
+                answer(h.request, &ok, 8);
+            }
+        }
+    }
+    return NULL;
+}
+
+static void backend_start(void)
+{
+    memset(&be, 0, sizeof(be));
+    pthread_mutex_init(&be.lock, NULL);
+    be.kick_fd = be.call_fd = be.conn = -1;
+    be.features = (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VHOST_USER_F_PROTOCOL_FEATURES) |
+                  (1ULL << VIRTIO_F_EVENT_IDX) | (1ULL << VIRTIO_F_RING_PACKED) |
+                  (1ULL << 9) /* FLUSH */ | (1ULL << 11) /* CONFIG_WCE */ | (1ULL << 6);
+    be.protocol = (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
+                  (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) | (1ULL << 12);
+    uint64_t capacity = 4096;
+    memcpy(be.config, &capacity, 8);
+    uint32_t blk_size = 4096;
+    memcpy(be.config + 20, &blk_size, 4);
+    snprintf(be.path, sizeof(be.path), "/tmp/ember-test-vub-%d.sock", (int)getpid());
+    unlink(be.path);
+    be.listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", be.path);
+    ck_assert_int_eq(bind(be.listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(be.listen_fd, 1), 0);
+    ck_assert_int_eq(pthread_create(&be.thread, NULL, backend_thread, NULL), 0);
+}
+
+/* The back-end goes away: its end of the connection closes. */
+static void backend_die(void)
+{
+    shutdown(be.conn, SHUT_RDWR);
+    pthread_join(be.thread, NULL);
+    be.thread = 0;
+}
+
+static void backend_stop(void)
+{
+    if (be.thread) {
+        if (be.conn >= 0)
+            shutdown(be.conn, SHUT_RDWR);
+        else
+            shutdown(be.listen_fd, SHUT_RDWR);
+        pthread_join(be.thread, NULL);
+    }
+    if (be.conn >= 0)
+        close(be.conn);
+    close(be.listen_fd);
+    if (be.kick_fd >= 0)
+        close(be.kick_fd);
+    if (be.call_fd >= 0)
+        close(be.call_fd);
+    unlink(be.path);
+    pthread_mutex_destroy(&be.lock);
+}
+
+static bool logged(uint32_t req)
+{
+    pthread_mutex_lock(&be.lock);
+    bool found = false;
+    for (unsigned i = 0; i < be.nlog; i++)
+        found |= be.log[i] == req;
+    pthread_mutex_unlock(&be.lock);
+    return found;
+}
+
+static void wr(uint32_t reg, uint32_t v)
+{
+    virtio_mmio_io(&m, reg, (uint8_t *)&v, 4, true);
+}
+
+static uint32_t rd(uint32_t reg)
+{
+    uint32_t v = 0;
+    virtio_mmio_io(&m, reg, (uint8_t *)&v, 4, false);
+    return v;
+}
+
+static void setup(void)
+{
+    backend_start();
+    /* A back-end maps guest RAM: shared memory, as ember gives it with a vhost-user drive. */
+    memset(&f, 0, sizeof(f));
+    ck_assert_int_eq(
+        guest_memory_map_memfd(&f.mem, FAKE_MEM, LAYOUT_MMIO_HOLE_START, LAYOUT_MMIO_HOLE_END), 0);
+    f.size = QSIZE;
+    f.cfg = (struct virtq_config){
+        .size = QSIZE, .desc_gpa = FAKE_DESC, .avail_gpa = FAKE_AVAIL, .used_gpa = FAKE_USED};
+    struct vhost_user_blk_options o = {.socket = be.path};
+    ck_assert_msg(vhost_user_blk_init(&b, "blk0", &o, &f.mem) == 0, "%s", error_get());
+    ck_assert_int_eq(virtio_mmio_init(&m, &b.dev, -1, 0xd0000000, 5), 0);
+}
+
+static void teardown(void)
+{
+    virtio_mmio_destroy(&m);
+    vhost_user_blk_destroy(&b);
+    backend_stop();
+    fake_queue_free(&f);
+}
+
+static void live(void)
+{
+    wr(REG_STATUS, 0);
+    wr(REG_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
+    wr(REG_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
+    wr(REG_DRIVER_FEATURES_SEL, 1);
+    wr(REG_DRIVER_FEATURES, 1); /* VERSION_1 */
+    wr(REG_DRIVER_FEATURES_SEL, 0);
+    wr(REG_DRIVER_FEATURES, 1u << 9); /* FLUSH */
+    wr(REG_STATUS, LIVE_STATUS & ~VIRTIO_STATUS_DRIVER_OK);
+    wr(REG_QUEUE_SEL, 0);
+    wr(REG_QUEUE_NUM, QSIZE);
+    wr(REG_QUEUE_DESC_LOW, (uint32_t)FAKE_DESC);
+    wr(REG_QUEUE_DRIVER_LOW, (uint32_t)FAKE_AVAIL);
+    wr(REG_QUEUE_DEVICE_LOW, (uint32_t)FAKE_USED);
+    wr(REG_QUEUE_READY, 1);
+    wr(REG_STATUS, LIVE_STATUS);
+}
+
+/* Waits (bounded) for cond. */
+#define EVENTUALLY(cond)                                                                           \
+    do {                                                                                           \
+        int tries_ = 0;                                                                            \
+        while (!(cond) && tries_++ < 2000)                                                         \
+            usleep(1000);                                                                          \
+        ck_assert_msg((cond), "never: %s", #cond);                                                 \
+    } while (0)
+
+START_TEST(features_and_config)
+{
+    wr(REG_DEVICE_FEATURES_SEL, 0);
+    uint32_t lo = rd(REG_DEVICE_FEATURES);
+    wr(REG_DEVICE_FEATURES_SEL, 1);
+    uint32_t hi = rd(REG_DEVICE_FEATURES);
+    /* What the back-end offers and ember passes on: not the protocol bit, packed rings or
+     * CONFIG_WCE. */
+    ck_assert_uint_eq(lo, (1u << 9) | (1u << 6) | (1u << VIRTIO_F_EVENT_IDX));
+    ck_assert_uint_eq(hi, 1);                     /* VERSION_1 */
+    ck_assert_uint_eq(rd(REG_CONFIG), 4096);      /* capacity, low half */
+    ck_assert_uint_eq(rd(REG_CONFIG + 20), 4096); /* blk_size */
+    ck_assert_uint_eq(b.capacity, 4096);
+}
+END_TEST
+
+START_TEST(activation_hands_over_the_rings)
+{
+    live();
+    ck_assert_uint_eq(rd(REG_STATUS), LIVE_STATUS);
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
+    /* In order: features (with the protocol bit), memory, then the ring. */
+    static const uint32_t want[] = {VHU_SET_FEATURES,   VHU_SET_MEM_TABLE,   VHU_SET_VRING_NUM,
+                                    VHU_SET_VRING_BASE, VHU_SET_VRING_ADDR,  VHU_SET_VRING_KICK,
+                                    VHU_SET_VRING_CALL, VHU_SET_VRING_ENABLE};
+    pthread_mutex_lock(&be.lock);
+    unsigned first = 0;
+    while (first < be.nlog && be.log[first] != VHU_SET_FEATURES)
+        first++;
+    ck_assert_uint_ge(be.nlog - first, 8);
+    for (unsigned i = 0; i < 8; i++)
+        ck_assert_uint_eq(be.log[first + i], want[i]);
+    ck_assert_uint_eq(be.set_features, (1ULL << VIRTIO_F_VERSION_1) | (1ULL << 9) |
+                                           (1ULL << VHOST_USER_F_PROTOCOL_FEATURES));
+    ck_assert_uint_eq(be.mem_fds, f.mem.nregions);
+    int kick = be.kick_fd, call = be.call_fd;
+    pthread_mutex_unlock(&be.lock);
+    ck_assert_int_ge(kick, 0);
+    ck_assert_int_ge(call, 0);
+
+    /* The driver's notification reaches the back-end's kick descriptor (drain the one
+     * activation sent first). */
+    uint64_t v;
+    ssize_t ignored = read(kick, &v, sizeof(v));
+    (void)ignored;
+    wr(REG_QUEUE_NOTIFY, 0);
+    struct pollfd p = {.fd = kick, .events = POLLIN};
+    ck_assert_int_eq(poll(&p, 1, 2000), 1);
+    /* The back-end's interrupt reaches the transport. */
+    ck_assert_uint_eq(rd(REG_INTERRUPT_STATUS) & 1, 0);
+    v = 1;
+    ck_assert_int_eq(write(call, &v, sizeof(v)), sizeof(v));
+    EVENTUALLY(rd(REG_INTERRUPT_STATUS) & 1);
+    wr(REG_INTERRUPT_ACK, 1);
+
+    /* A reset takes the ring back. */
+    wr(REG_STATUS, 0);
+    ck_assert(logged(VHU_GET_VRING_BASE));
+    /* And a second activation hands it over again. */
+    live();
+    ck_assert_uint_eq(rd(REG_STATUS), LIVE_STATUS);
+}
+END_TEST
+
+START_TEST(backend_gone)
+{
+    live();
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
+    backend_die();
+    /* The device needs a reset and tells the driver; nothing else breaks. */
+    EVENTUALLY(rd(REG_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
+    EVENTUALLY(rd(REG_INTERRUPT_STATUS) & 2);
+    ck_assert(b.vu.broken);
+    /* The reset is answered without the back-end; a new activation fails cleanly. */
+    wr(REG_STATUS, 0);
+    ck_assert_uint_eq(rd(REG_STATUS), 0);
+    live();
+    ck_assert(rd(REG_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
+    wr(REG_STATUS, 0);
+}
+END_TEST
+
+START_TEST(refused_without_shared_memory)
+{
+    struct guest_memory anon;
+    ck_assert_int_eq(guest_memory_map(&anon, 4 << 20, 1ULL << 32, 1ULL << 32), 0);
+    struct vhost_user_blk other;
+    struct vhost_user_blk_options o = {.socket = be.path};
+    ck_assert_int_eq(vhost_user_blk_init(&other, "blk1", &o, &anon), -1);
+    ck_assert_ptr_nonnull(strstr(error_get(), "shared"));
+    vhost_user_blk_destroy(&other);
+    guest_memory_free(&anon);
+}
+END_TEST
+
+Suite *vhost_user_blk_suite(void)
+{
+    Suite *s = suite_create("vhost_user_blk");
+    TCase *tc = tcase_create("device");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, features_and_config);
+    tcase_add_test(tc, activation_hands_over_the_rings);
+    tcase_add_test(tc, backend_gone);
+    tcase_add_test(tc, refused_without_shared_memory);
+    suite_add_tcase(s, tc);
+    return s;
+}
