@@ -40,7 +40,9 @@
 static void read_config(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len)
 {
     struct vhost_user_blk *b = d->opaque;
+    pthread_mutex_lock(&b->config_lock);
     memcpy(data, b->config + offset, len);
+    pthread_mutex_unlock(&b->config_lock);
 }
 
 /* The back-end used buffers on a queue: the transport interrupts the driver (MSI-X vector
@@ -208,6 +210,7 @@ int vhost_user_blk_init(struct vhost_user_blk *b, const char *name,
                         const struct vhost_user_blk_options *opts, const struct guest_memory *mem)
 {
     memset(b, 0, sizeof(*b));
+    pthread_mutex_init(&b->config_lock, NULL);
     b->vu.fd = -1;
     b->socket = opts->socket;
     for (unsigned i = 0; i < VHOST_USER_BLK_MAX_QUEUES; i++)
@@ -267,9 +270,11 @@ static void refresh_on_io(void *arg)
         return;
     }
     /* The queues the guest has stay as they are. */
+    pthread_mutex_lock(&b->config_lock);
     memcpy(config + CONFIG_NUM_QUEUES, b->config + CONFIG_NUM_QUEUES, 2);
     memcpy(b->config, config, sizeof(config));
     memcpy(&b->capacity, config, sizeof(b->capacity));
+    pthread_mutex_unlock(&b->config_lock);
     __atomic_add_fetch(&b->dev.config_generation, 1, __ATOMIC_SEQ_CST);
     if (b->dev.transport && b->dev.transport->notify_config)
         b->dev.transport->notify_config(&b->dev);
@@ -297,4 +302,5 @@ void vhost_user_blk_destroy(struct vhost_user_blk *b)
             close(b->calls[i].fd);
         b->calls[i].fd = -1;
     }
+    pthread_mutex_destroy(&b->config_lock);
 }

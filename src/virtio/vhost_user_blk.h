@@ -12,6 +12,8 @@
 #include "vhost_user/vhost_user.h"
 #include "virtio/device.h"
 
+#include <pthread.h>
+
 #define VHOST_USER_BLK_MAX_QUEUES 16
 #define VHOST_USER_BLK_CONFIG     60
 
@@ -33,6 +35,9 @@ struct vhost_user_blk {
     struct virtio_dev dev;
     struct vhost_user vu;
     const char *socket;
+    /* The back-end's configuration space: read by vCPUs, replaced by the I/O thread on a
+     * refresh; config_lock keeps a read whole (the I/O thread may not take dev.lock). */
+    pthread_mutex_t config_lock;
     uint8_t config[VHOST_USER_BLK_CONFIG];
     uint64_t capacity; /* 512-byte sectors, as the back-end said */
     uint64_t backend_features;
