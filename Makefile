@@ -242,7 +242,8 @@ test:
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 test-sanitize:
 	$(MAKE) BUILD=build/sanitize CC=clang EXTRA_CFLAGS="$(SANITIZE_FLAGS)" \
-	  unit-test guest-test console-test api-test snapshot-test migration-test clients-test
+	  unit-test guest-test console-test api-test snapshot-test migration-test vhost-user-test \
+	  clients-test
 	$(MAKE) jailer-test-sanitize
 
 # The jailer built with the sanitizers, jailing the plain ember: a jail has no /proc, which
