@@ -288,6 +288,8 @@ static bool is_on(const char *v, bool *out)
 
 /* --drive path=FILE[,id=NAME][,readonly=on][,cache=none|writeback][,queues=N]
  * (a bare FILE is path=FILE). Values cannot contain commas. */
+static int parse_drive_items(const char *spec, char *copy, struct drive_config *d);
+
 int cli_parse_drive(const char *spec, struct drive_config *d)
 {
     memset(d, 0, sizeof(*d));
@@ -295,7 +297,24 @@ int cli_parse_drive(const char *spec, struct drive_config *d)
     char *copy = strdup(spec);
     if (!copy)
         return error_set("out of memory");
-    /* The strings stay referenced by the config for the process's life. */
+    /* The strings stay referenced by the config for the process's life (cli_free_drive). */
+    d->storage = copy;
+    if (parse_drive_items(spec, copy, d) < 0) {
+        free(copy);
+        memset(d, 0, sizeof(*d));
+        return -1;
+    }
+    return 0;
+}
+
+void cli_free_drive(struct drive_config *d)
+{
+    free(d->storage);
+    memset(d, 0, sizeof(*d));
+}
+
+static int parse_drive_items(const char *spec, char *copy, struct drive_config *d)
+{
     char *save = NULL;
     for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(item, '=');

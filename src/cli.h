@@ -76,6 +76,8 @@ void cli_print_version(FILE *f);
  * installed under Firecracker's name). */
 bool cli_named_firecracker(const char *argv0);
 int cli_parse_drive(const char *spec, struct drive_config *d);
+/* What a parsed drive's strings point into, freed (tests; ember keeps it). */
+void cli_free_drive(struct drive_config *d);
 int cli_parse_pmem(const char *spec, struct pmem_config *p);
 /* The strings it keeps (tap, id, forwards) are the caller's: cli_free_net. */
 int cli_parse_net(const char *spec, struct net_config *n);

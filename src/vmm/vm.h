@@ -46,6 +46,7 @@ struct drive_config {
     unsigned queues;
     unsigned poll_us; /* iothread polls the rings this long after work */
     struct rate_limit_config rate_limit;
+    char *storage; /* --drive: the copy of its spec the strings point into */
 };
 
 #define VM_MAX_NETS 16

@@ -147,6 +147,7 @@ START_TEST(vhost_user_drive_specs)
     ck_assert_ptr_null(d.path);
     ck_assert_str_eq(d.id, "data");
     ck_assert(d.is_root && d.unsafe);
+    cli_free_drive(&d);
     expect_error(cli_parse_drive("socket=/s,path=/img", &d), "not both");
     expect_error(cli_parse_drive("socket=", &d), "socket= is empty");
     expect_error(cli_parse_drive("socket=/s,readonly=on", &d), "readonly= does not apply");
