@@ -80,7 +80,7 @@ def check_image(path, what):
 class Daemon:
     """qemu-storage-daemon exporting an image as vhost-user-blk on a unix socket."""
 
-    def __init__(self, tmp, name="vub"):
+    def __init__(self, tmp, name="vub", queues=1):
         if not QSD:
             raise Skip("qemu-storage-daemon is not installed (Debian: qemu-system-common)")
         self.image = os.path.join(tmp, name + ".img")
@@ -90,8 +90,8 @@ class Daemon:
         self.log = open(os.path.join(tmp, name + ".qsd.log"), "wb")
         self.proc = subprocess.Popen(
             [QSD, "--blockdev", "driver=file,node-name=f,filename=" + self.image,
-             "--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=%s,writable=on"
-             % self.sock], stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+             "--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=%s,writable=on,"
+             "num-queues=%d" % (self.sock, queues)], stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + PATIENCE_S
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -124,8 +124,8 @@ def check_guest(out, what, want=8):
           "%s: the guest's checks: %r" % (what, tap))
 
 
-def run_cli(tmp, transport, extra_cmdline="", drive_extra=""):
-    d = Daemon(tmp)
+def run_cli(tmp, transport, extra_cmdline="", drive_extra="", queues=1):
+    d = Daemon(tmp, queues=queues)
     try:
         cmd = [EMBER, "run", "--kernel", GUEST, "--debug-exit", "--transport", transport,
                "--drive", "socket=%s,id=vub%s" % (d.sock, drive_extra),
@@ -147,9 +147,12 @@ def test_cli_pci(tmp):
 
 
 def test_cli_mmio(tmp):
-    d, status, out, err = run_cli(tmp, "mmio")
+    """Also a back-end with two queues (GET_QUEUE_NUM): the device has both, the guest uses one."""
+    d, status, out, err = run_cli(tmp, "mmio", queues=2)
     check(status == 1, "exit status %d\n%s" % (status, err))
     check_guest(out, "mmio")
+    check("%d sectors, 2 queue(s)" % (DISK_BYTES // SECTOR) in err,
+          "ember takes the back-end's two queues: %s" % err)
     check_image(d.image, "mmio")
 
 
