@@ -1,5 +1,6 @@
 #include "vhost_user/vhost_user.h"
 
+#include "util/clock.h"
 #include "util/error.h"
 #include "vhost_user/proto.h"
 
@@ -12,7 +13,6 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 /* ---- checks of what the back-end sends (pure: the fuzzer's target) ------------ */
@@ -101,9 +101,7 @@ int vhu_check_ack(uint64_t ack, uint32_t request)
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)(monotonic_ns() / 1000000);
 }
 
 /* A protocol error: the connection is no longer usable. */
