@@ -159,8 +159,9 @@ def test_cli_mmio(tmp):
 def test_api_drive(tmp):
     """Firecracker's PUT /drives with `socket`; GET /vm/config shows it."""
     d = Daemon(tmp)
-    e = Ember(tmp, args=["--level", "Info"])
+    e = None
     try:
+        e = Ember(tmp, args=["--level", "Info"])
         img = os.path.join(tmp, "file.img")
         with open(img, "wb") as f:
             f.truncate(1 << 20)
@@ -203,7 +204,8 @@ def test_api_drive(tmp):
         check("configuration read again: %d sectors" % (DISK_BYTES // SECTOR) in e.stderr(),
               "the refresh is logged with the capacity: %s" % e.stderr()[-1000:])
     finally:
-        e.kill()
+        if e:
+            e.kill()
         d.stop()
     check_image(d.image, "API")
 
