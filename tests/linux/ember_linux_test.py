@@ -136,6 +136,8 @@ class Setup:
         self.skips = {}  # check -> reason
         self.metadata = None  # mmds: the --metadata file
         self.pmem = {}  # pmem: files, tokens, the read-only file's sha256
+        self.qsd = None  # blk with --blk-backend vhost-user: qemu-storage-daemon
+        self.blk_sock = None
 
     # --- disks -------------------------------------------------------------
     def make_disks(self):
@@ -147,6 +149,8 @@ class Setup:
             self.blk_seed = f"s{self.tag}"
             self.cmdline.update({"blk": "ember-rw", "blk_seed": self.blk_seed,
                                  "blk_kib": str(self.args.blk_kib)})
+            if self.args.blk_backend == "vhost-user":
+                self.start_storage_daemon()
         if "ro" in self.checks:
             rodir = os.path.join(self.work, "ro")
             os.mkdir(rodir)
@@ -158,6 +162,35 @@ class Setup:
                 f.truncate(8 << 20)
             run(["mkfs.ext4", "-q", "-F", "-L", "ember-ro", "-d", rodir, self.ro_img])
             self.cmdline.update({"ro": "ember-ro", "ro_token": self.ro_token})
+
+    def start_storage_daemon(self):
+        """qemu-storage-daemon serves rw.img as a vhost-user-blk back-end; the guest finds
+        the disk by the serial it answers with (its own, fixed)."""
+        self.blk_sock = os.path.join(self.work, "vhost-user-blk.sock")
+        log_path = os.path.join(self.work, "qemu-storage-daemon.log")
+        self.qsd = subprocess.Popen(
+            ["qemu-storage-daemon", "--blockdev",
+             f"driver=file,node-name=rw,filename={self.rw_img}",
+             "--export", "type=vhost-user-blk,id=rw,node-name=rw,addr.type=unix,"
+             f"addr.path={self.blk_sock},writable=on"],
+            stdin=subprocess.DEVNULL, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while not os.path.exists(self.blk_sock):
+            if self.qsd.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"qemu-storage-daemon did not listen on {self.blk_sock} "
+                                   f"(see {log_path})")
+            time.sleep(0.02)
+        self.cmdline["blk"] = "vhost_user_blk"
+
+    def stop_storage_daemon(self):
+        """Ends the daemon (it has flushed what the guest synced) before the image is read."""
+        if self.qsd and self.qsd.poll() is None:
+            self.qsd.terminate()
+            try:
+                self.qsd.wait(10)
+            except subprocess.TimeoutExpired:
+                self.qsd.kill()
+                self.qsd.wait()
 
     # --- pmem --------------------------------------------------------------
     def make_pmem(self):
@@ -504,6 +537,7 @@ class Setup:
                 s.close()
 
     def cleanup(self):
+        self.stop_storage_daemon()
         for h in self.httpds:
             h.kill()
             h.wait()
@@ -544,7 +578,13 @@ def vmm_qemu(a, st, cmdline):
         "-no-reboot", "-device", "i8042",
         "-kernel", a.kernel, "-initrd", a.initrd,
         "-append", f"{cmdline} {QEMU_CMDLINE_EXTRA}"]
-    if "blk" in st.checks:
+    if "blk" in st.checks and st.blk_sock:
+        vhost_dev = "vhost-user-blk" if a.transport == "mmio" else "vhost-user-blk-pci"
+        cmd += ["-object", f"memory-backend-memfd,id=ram,size={a.mem}M,share=on",
+                "-machine", "memory-backend=ram",
+                "-chardev", f"socket,id=vub,path={st.blk_sock}",
+                "-device", f"{vhost_dev},chardev=vub"]
+    elif "blk" in st.checks:
         cmd += ["-drive", f"file={st.rw_img},if=none,id=rw,format=raw,cache=unsafe",
                 "-device", f"{dev('blk')},drive=rw,serial=ember-rw"]
     if "ro" in st.checks:
@@ -636,7 +676,9 @@ def vmm_ember(a, st, cmdline):
     cmd = [a.ember, "run", "--log-level", "info", "--kernel", a.kernel, "--initrd", a.initrd,
            "--memory", str(a.mem), "--cpus", str(a.cpus), "--cpu-template", "baseline",
            "--transport", a.transport, "--cmdline", f"{cmdline} {extra}".strip()]
-    if "blk" in st.checks:
+    if "blk" in st.checks and st.blk_sock:
+        cmd += ["--drive", f"socket={st.blk_sock},id=ember-rw"]
+    elif "blk" in st.checks:
         cmd += ["--drive", f"path={st.rw_img},id=ember-rw"]
     if "ro" in st.checks:
         cmd += ["--drive", f"path={st.ro_img},id=ember-ro,readonly=on"]
@@ -696,6 +738,9 @@ def main():
     p.add_argument("--net", choices=["tap", "user"], default="tap",
                    help="tap: tap0 in a new network namespace (root); user: the VMM's slirp")
     p.add_argument("--blk-kib", type=int, default=64)
+    p.add_argument("--blk-backend", choices=["file", "vhost-user"], default="file",
+                   help="the rw disk: the image file, or qemu-storage-daemon serving it as a "
+                        "vhost-user-blk back-end (guest RAM then shared)")
     p.add_argument("--net-kib", type=int, default=64)
     p.add_argument("--vsock-bytes", type=int, default=300000,
                    help="bytes each way per vsock stream (default: more than the 256 KiB "
@@ -845,6 +890,7 @@ def run_vm(a, st, res, work):
     # Host-side checks.
     pre = f"{a.vmm}/{a.transport}: host"
     if "blk" in guest_checks:
+        st.stop_storage_daemon()
         check_blk_image(st, res, pre, a)
     if "net2" in guest_checks and st.dns_log:
         n = st.dns_answers()

@@ -10,7 +10,8 @@
 # --checks, two more ember runs check MMDS from the guest (busybox wget and nc
 # to 169.254.169.254): V1 on the first transport, V2 on the last, with the net
 # check beside it, in ember's API mode (a Firecracker configuration file); and
-# then snapshot_test.py on the first transport (one boot, snapshots, restores and
+# then, with each VMM and transport, the disk check with qemu-storage-daemon as
+# a vhost-user-blk back-end; then snapshot_test.py on the first transport (one boot, snapshots, restores and
 # a live migration, the checks rerun after each; --no-snapshot leaves it out). Needs root (apt-get on
 # a fresh machine, a network namespace and a tap device for the net check).
 # Prints TAP per run and a total line; the exit status is 0 when every run
@@ -97,6 +98,17 @@ for vmm in "${vmms[@]}"; do
             "${extra[@]}" --checks net,mmds --mmds-version V1
         run_one ember "${transports[-1]}" "ember/${transports[-1]}/mmds-V2" \
             "${extra[@]}" --checks net,mmds --mmds-version V2
+    fi
+    # The rw disk from qemu-storage-daemon through each VMM's vhost-user-blk front-end.
+    if [[ $checks_given == 0 ]]; then
+        if command -v qemu-storage-daemon >/dev/null; then
+            for t in "${transports[@]}"; do
+                run_one "$vmm" "$t" "$vmm/$t/vhost-user-blk" "${extra[@]}" --checks smp,blk \
+                    --blk-backend vhost-user --blk-kib 1024
+            done
+        else
+            summary+=("# $vmm/vhost-user-blk: skipped: qemu-storage-daemon is not installed (Debian: qemu-system-common)")
+        fi
     fi
     # Snapshots, restores and migration: ember's own, on a tap (not with --net user or
     # a chosen subset of checks, which it does not take).
