@@ -80,7 +80,7 @@ fi
 tmp=$out/initramfs/$key.tmp
 rm -rf "$tmp"
 stage=$tmp/root
-mkdir -p "$stage"/{bin,dev,etc,proc,sys,tmp,mnt,ro}
+mkdir -p "$stage"/{bin,dev,etc,proc,sys,tmp,mnt,ro,fs}
 cp "$busybox" "$stage/bin/busybox"
 for a in "${applets[@]}"; do
     ln -s busybox "$stage/bin/$a"

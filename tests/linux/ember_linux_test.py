@@ -28,10 +28,15 @@ import tempfile
 import threading
 import time
 
-ALL_CHECKS = ["smp", "blk", "ro", "rng", "console", "net", "net2", "vsock", "mmds", "pmem"]
+ALL_CHECKS = ["smp", "blk", "ro", "rng", "console", "net", "net2", "vsock", "mmds", "pmem", "fs"]
 # mmds needs its own run: ember serves it in its API mode (Firecracker's configuration file,
 # vmm_ember_config), which carries the net check's interface and nothing else here.
-DEFAULT_CHECKS = [c for c in ALL_CHECKS if c != "mmds"]
+# fs needs virtiofsd: run.sh runs it on its own (with smp) where virtiofsd is installed.
+DEFAULT_CHECKS = [c for c in ALL_CHECKS if c not in ("mmds", "fs")]
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+FS_TAG = "ember-fs"
+FS_FILES = 32
+FS_KIB = 256
 MMDS_CHECKS = {"smp", "net", "mmds"}
 
 # Host-specific, see shared ENVIRONMENT.md: this host's KVM is nested and
@@ -77,6 +82,13 @@ def log(msg):
 def blk_data(seed, kib):
     """The file the guest writes on the rw disk (same rule as its /init)."""
     unit = f"ember blk data, seed {seed}\n".encode()
+    n = kib * 1024
+    return (unit * (n // len(unit) + 1))[:n]
+
+
+def fs_data(seed, kib):
+    """The large file the guest writes on the virtio-fs share (same rule as its /init)."""
+    unit = f"ember fs data, seed {seed}\n".encode()
     n = kib * 1024
     return (unit * (n // len(unit) + 1))[:n]
 
@@ -136,6 +148,8 @@ class Setup:
         self.skips = {}  # check -> reason
         self.metadata = None  # mmds: the --metadata file
         self.pmem = {}  # pmem: files, tokens, the read-only file's sha256
+        self.virtiofsd = None  # fs: the back-end, its socket and shared directory
+        self.fs_sock = self.fs_dir = self.fs_seed = None
         self.qsd = None  # blk with --blk-backend vhost-user: qemu-storage-daemon
         self.blk_sock = None
 
@@ -181,6 +195,34 @@ class Setup:
                                    f"(see {log_path})")
             time.sleep(0.02)
         self.cmdline["blk"] = "vhost_user_blk"
+
+    def make_fs(self):
+        """A directory shared by virtiofsd (vhost-user-fs back-end), with the token the guest
+        reads; the guest writes guest-dir/ and guest-big.bin there."""
+        if "fs" not in self.checks:
+            return
+        if not os.access(VIRTIOFSD, os.X_OK):
+            self.skips["fs"] = f"{VIRTIOFSD} is not installed (Debian: qemu-system-common)"
+            return
+        self.fs_dir = os.path.join(self.work, "share")
+        os.mkdir(self.fs_dir)
+        token = f"fs-{self.tag}"
+        with open(os.path.join(self.fs_dir, "host-token"), "w") as f:
+            f.write(token + "\n")
+        self.fs_sock = os.path.join(self.work, "virtiofsd.sock")
+        log_path = os.path.join(self.work, "virtiofsd.log")
+        self.virtiofsd = subprocess.Popen(
+            [VIRTIOFSD, f"--socket-path={self.fs_sock}", "-o", f"source={self.fs_dir}",
+             "-o", "cache=none"],
+            stdin=subprocess.DEVNULL, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while not os.path.exists(self.fs_sock):
+            if self.virtiofsd.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"virtiofsd did not listen on {self.fs_sock} (see {log_path})")
+            time.sleep(0.02)
+        self.fs_seed = f"fs{self.tag}"
+        self.cmdline.update({"fs": FS_TAG, "fs_token": token, "fs_seed": self.fs_seed,
+                             "fs_files": str(FS_FILES), "fs_kib": str(FS_KIB)})
 
     def stop_storage_daemon(self):
         """Ends the daemon (it has flushed what the guest synced) before the image is read."""
@@ -538,6 +580,9 @@ class Setup:
 
     def cleanup(self):
         self.stop_storage_daemon()
+        if self.virtiofsd and self.virtiofsd.poll() is None:
+            self.virtiofsd.kill()
+            self.virtiofsd.wait()
         for h in self.httpds:
             h.kill()
             h.wait()
@@ -578,11 +623,16 @@ def vmm_qemu(a, st, cmdline):
         "-no-reboot", "-device", "i8042",
         "-kernel", a.kernel, "-initrd", a.initrd,
         "-append", f"{cmdline} {QEMU_CMDLINE_EXTRA}"]
+    if st.blk_sock or st.fs_sock:  # vhost-user back-ends map guest RAM: shared
+        cmd += ["-object", f"memory-backend-memfd,id=ram,size={a.mem}M,share=on",
+                "-machine", "memory-backend=ram"]
+    if st.fs_sock:
+        cmd += ["-chardev", f"socket,id=vfs,path={st.fs_sock}",
+                "-device", f"vhost-user-fs-{'device' if a.transport == 'mmio' else 'pci'},"
+                f"chardev=vfs,tag={FS_TAG}"]
     if "blk" in st.checks and st.blk_sock:
         vhost_dev = "vhost-user-blk" if a.transport == "mmio" else "vhost-user-blk-pci"
-        cmd += ["-object", f"memory-backend-memfd,id=ram,size={a.mem}M,share=on",
-                "-machine", "memory-backend=ram",
-                "-chardev", f"socket,id=vub,path={st.blk_sock}",
+        cmd += ["-chardev", f"socket,id=vub,path={st.blk_sock}",
                 "-device", f"{vhost_dev},chardev=vub"]
     elif "blk" in st.checks:
         cmd += ["-drive", f"file={st.rw_img},if=none,id=rw,format=raw,cache=unsafe",
@@ -676,6 +726,8 @@ def vmm_ember(a, st, cmdline):
     cmd = [a.ember, "run", "--log-level", "info", "--kernel", a.kernel, "--initrd", a.initrd,
            "--memory", str(a.mem), "--cpus", str(a.cpus), "--cpu-template", "baseline",
            "--transport", a.transport, "--cmdline", f"{cmdline} {extra}".strip()]
+    if st.fs_sock:
+        cmd += ["--fs", f"tag={FS_TAG},socket={st.fs_sock}"]
     if "blk" in st.checks and st.blk_sock:
         cmd += ["--drive", f"socket={st.blk_sock},id=ember-rw"]
     elif "blk" in st.checks:
@@ -794,6 +846,7 @@ def run_vm(a, st, res, work):
     st.make_console()
     st.make_mmds()
     st.make_pmem()
+    st.make_fs()
     guest_checks = [c for c in a.checks if c not in st.skips]
     st.cmdline.update({"checks": ",".join(guest_checks), "expect_cpus": str(a.cpus)})
     cmdline = BASE_CMDLINE + "".join(f" ember.{k}={v}" for k, v in st.cmdline.items())
@@ -927,6 +980,8 @@ def run_vm(a, st, res, work):
                     "no counters from ember" if vsock_counters is None else
                     "refused %d, credit violations %d, unknown connections %d, RSTs dropped %d"
                     % tuple(vsock_counters))
+    if "fs" in guest_checks:
+        check_fs_share(st, res, pre)
     if "pmem" in guest_checks:
         check_pmem_files(st, res, pre)
         if a.vmm == "ember":
@@ -964,6 +1019,31 @@ def check_pmem_files(st, res, pre):
         sha = hashlib.sha256(f.read()).hexdigest()
     res.add(sha == pm["ro_sha"], f"{pre} the read-only pmem file is unchanged",
             f"sha256 {sha}, was {pm['ro_sha']}")
+
+
+def check_fs_share(st, res, pre):
+    """What the guest wrote to the virtio-fs share, as the host sees it."""
+    d = os.path.join(st.fs_dir, "guest-dir")
+    bad = []
+    for n in range(FS_FILES):
+        try:
+            with open(os.path.join(d, f"f{n}")) as f:
+                got = f.read()
+        except OSError as e:
+            got = str(e)
+        if got != f"ember fs file {n} seed {st.fs_seed}\n":
+            bad.append(f"f{n}: {got[:60]!r}")
+    res.add(os.path.isdir(d) and not bad,
+            f"{pre} the share has the guest's directory and its {FS_FILES} files",
+            "; ".join(bad[:3]) or "no guest-dir")
+    want = hashlib.sha256(fs_data(st.fs_seed, FS_KIB)).hexdigest()
+    try:
+        with open(os.path.join(st.fs_dir, "guest-big.bin"), "rb") as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+    except OSError as e:
+        got = str(e)
+    res.add(got == want, f"{pre} the share's guest-big.bin has the guest's {FS_KIB} KiB",
+            f"sha256 {got[:16]}, expected {want[:16]}")
 
 
 def check_blk_image(st, res, pre, a):

@@ -11,7 +11,7 @@
 # to 169.254.169.254): V1 on the first transport, V2 on the last, with the net
 # check beside it, in ember's API mode (a Firecracker configuration file); and
 # then, with each VMM and transport, the disk check with qemu-storage-daemon as
-# a vhost-user-blk back-end; then snapshot_test.py on the first transport (one boot, snapshots, restores and
+# a vhost-user-blk back-end, and a virtio-fs share from virtiofsd; then snapshot_test.py on the first transport (one boot, snapshots, restores and
 # a live migration, the checks rerun after each; --no-snapshot leaves it out). Needs root (apt-get on
 # a fresh machine, a network namespace and a tap device for the net check).
 # Prints TAP per run and a total line; the exit status is 0 when every run
@@ -108,6 +108,16 @@ for vmm in "${vmms[@]}"; do
             done
         else
             summary+=("# $vmm/vhost-user-blk: skipped: qemu-storage-daemon is not installed (Debian: qemu-system-common)")
+        fi
+    fi
+    # A virtio-fs share from virtiofsd through each VMM's vhost-user-fs device.
+    if [[ $checks_given == 0 ]]; then
+        if [[ -x /usr/lib/qemu/virtiofsd ]]; then
+            for t in "${transports[@]}"; do
+                run_one "$vmm" "$t" "$vmm/$t/virtio-fs" "${extra[@]}" --checks smp,fs
+            done
+        else
+            summary+=("# $vmm/virtio-fs: skipped: /usr/lib/qemu/virtiofsd is not installed (Debian: qemu-system-common)")
         fi
     fi
     # Snapshots, restores and migration: ember's own, on a tap (not with --net user or
