@@ -57,8 +57,12 @@ int guest_memory_map(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_
     return 0;
 }
 
-int guest_memory_map_given_memfd(struct guest_memory *mem, int fd, uint64_t ram_size,
-                                 uint64_t hole_start, uint64_t hole_end)
+static int pool_shortfall_error(uint64_t ram_size);
+
+/* Maps a sealed memfd shared; the fd is the memory's from now on (closed on failure). Pages
+ * of a hugetlbfs memfd are reserved from the pool now (no MAP_NORESERVE). */
+static int map_sealed_memfd(struct guest_memory *mem, int fd, uint64_t ram_size,
+                            uint64_t hole_start, uint64_t hole_end, bool hugetlb)
 {
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < ram_size) {
@@ -73,10 +77,13 @@ int guest_memory_map_given_memfd(struct guest_memory *mem, int fd, uint64_t ram_
         close(fd);
         return error_set("the shared guest memory given is not sealed against shrinking");
     }
-    void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | (hugetlb ? 0 : MAP_NORESERVE), fd, 0);
     if (p == MAP_FAILED) {
         int e = errno;
         close(fd);
+        if (hugetlb && e == ENOMEM)
+            return pool_shortfall_error(ram_size);
         errno = e;
         return error_errno("cannot map %llu MiB of shared guest memory",
                            (unsigned long long)(ram_size >> 20));
@@ -88,12 +95,24 @@ int guest_memory_map_given_memfd(struct guest_memory *mem, int fd, uint64_t ram_
     return 0;
 }
 
-int guest_memory_map_memfd(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
-                           uint64_t hole_end)
+int guest_memory_map_given_memfd(struct guest_memory *mem, int fd, uint64_t ram_size,
+                                 uint64_t hole_start, uint64_t hole_end)
 {
-    int fd = memfd_create("ember-guest-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    return map_sealed_memfd(mem, fd, ram_size, hole_start, hole_end, false);
+}
+
+static int map_new_memfd(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
+                         uint64_t hole_end, bool hugetlb)
+{
+    if (hugetlb && ram_size % SZ_2M)
+        return error_set("guest memory of %llu MiB is not a whole number of 2 MiB huge pages",
+                         (unsigned long long)(ram_size >> 20));
+    /* MFD_HUGE_2MB is linux/memfd.h's, whose other names clash with glibc's: the size is
+     * encoded as for mmap (HUGETLB_FLAG_ENCODE_2MB both). */
+    unsigned flags = MFD_CLOEXEC | MFD_ALLOW_SEALING | (hugetlb ? MFD_HUGETLB | MAP_HUGE_2MB : 0);
+    int fd = memfd_create("ember-guest-ram", flags);
     if (fd < 0)
-        return error_errno("memfd_create for guest memory");
+        return error_errno("memfd_create for %sguest memory", hugetlb ? "huge-page " : "");
     /* Its size is fixed for good: whoever maps it (the destination of a local migration)
      * can trust it. */
     if (ftruncate(fd, (off_t)ram_size) < 0 ||
@@ -104,7 +123,19 @@ int guest_memory_map_memfd(struct guest_memory *mem, uint64_t ram_size, uint64_t
         return error_errno("cannot size shared guest memory to %llu MiB",
                            (unsigned long long)(ram_size >> 20));
     }
-    return guest_memory_map_given_memfd(mem, fd, ram_size, hole_start, hole_end);
+    return map_sealed_memfd(mem, fd, ram_size, hole_start, hole_end, hugetlb);
+}
+
+int guest_memory_map_memfd(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
+                           uint64_t hole_end)
+{
+    return map_new_memfd(mem, ram_size, hole_start, hole_end, false);
+}
+
+int guest_memory_map_memfd_hugetlb(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
+                                   uint64_t hole_end)
+{
+    return map_new_memfd(mem, ram_size, hole_start, hole_end, true);
 }
 
 int guest_memory_map_file(struct guest_memory *mem, int fd, uint64_t ram_size, uint64_t hole_start,
@@ -147,6 +178,23 @@ static long long meminfo_field(const char *name)
     return v;
 }
 
+/* Mapping huge pages failed with ENOMEM: how many the host's pool lacks. */
+static int pool_shortfall_error(uint64_t ram_size)
+{
+    long long free_pages = meminfo_field("HugePages_Free");
+    long long reserved = meminfo_field("HugePages_Rsvd");
+    if (free_pages < 0 || reserved < 0) {
+        errno = ENOMEM;
+        return error_errno("cannot map %llu MiB of guest memory from 2 MiB huge pages",
+                           (unsigned long long)(ram_size >> 20));
+    }
+    return error_set("cannot back %llu MiB of guest memory with 2 MiB huge pages: it "
+                     "needs %llu, the host has %lld free and not promised elsewhere "
+                     "(reserve more in /proc/sys/vm/nr_hugepages)",
+                     (unsigned long long)(ram_size >> 20), (unsigned long long)(ram_size / SZ_2M),
+                     free_pages > reserved ? free_pages - reserved : 0);
+}
+
 int guest_memory_map_hugetlb(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
                              uint64_t hole_end)
 {
@@ -158,15 +206,8 @@ int guest_memory_map_hugetlb(struct guest_memory *mem, uint64_t ram_size, uint64
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
     if (p == MAP_FAILED) {
         int err = errno;
-        long long free_pages = meminfo_field("HugePages_Free");
-        long long reserved = meminfo_field("HugePages_Rsvd");
-        if (err == ENOMEM && free_pages >= 0 && reserved >= 0)
-            return error_set("cannot back %llu MiB of guest memory with 2 MiB huge pages: it "
-                             "needs %llu, the host has %lld free and not promised elsewhere "
-                             "(reserve more in /proc/sys/vm/nr_hugepages)",
-                             (unsigned long long)(ram_size >> 20),
-                             (unsigned long long)(ram_size / SZ_2M),
-                             free_pages > reserved ? free_pages - reserved : 0);
+        if (err == ENOMEM)
+            return pool_shortfall_error(ram_size);
         errno = err;
         return error_errno("cannot map %llu MiB of guest memory from 2 MiB huge pages",
                            (unsigned long long)(ram_size >> 20));

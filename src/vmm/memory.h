@@ -49,6 +49,11 @@ int guest_memory_map_hugetlb(struct guest_memory *mem, uint64_t ram_size, uint64
  * memory cost more than on anonymous memory: only when asked for. */
 int guest_memory_map_memfd(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
                            uint64_t hole_end);
+/* The same from the host's hugetlbfs pool of 2 MiB pages (huge pages asked for with a
+ * vhost-user device): ram_size a multiple of 2 MiB, every page reserved now, a short pool
+ * named. */
+int guest_memory_map_memfd_hugetlb(struct guest_memory *mem, uint64_t ram_size, uint64_t hole_start,
+                                   uint64_t hole_end);
 /* An existing memfd (of at least ram_size bytes) as guest RAM, shared; the descriptor is
  * taken over. */
 int guest_memory_map_given_memfd(struct guest_memory *mem, int fd, uint64_t ram_size,

@@ -356,10 +356,13 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
                                   &vm->uffd_socket) < 0)
             return -1;
         vm->create_status = EXIT_HOST_ERROR;
-    } else if (cfg->hugetlb && vm_config_wants_vhost_user(cfg)) {
-        vm->create_status = EXIT_USAGE;
-        return error_set("huge pages with a vhost-user device are not supported yet (its "
-                         "back-end needs guest memory shared from a memfd)");
+    } else if (cfg->hugetlb && (cfg->ram_shared || vm_config_wants_vhost_user(cfg))) {
+        /* Shared and huge: a memfd from the hugetlbfs pool. */
+        vm->create_status = EXIT_USAGE; /* the host's pool is the operator's to fill */
+        if (guest_memory_map_memfd_hugetlb(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,
+                                           LAYOUT_MMIO_HOLE_END) < 0)
+            return -1;
+        vm->create_status = EXIT_HOST_ERROR;
     } else if (cfg->ram_shared || vm_config_wants_vhost_user(cfg)) {
         /* A vhost-user back-end maps guest RAM itself: it must be a shared memfd. */
         if (guest_memory_map_memfd(&vm->mem, cfg->memory_mib << 20, LAYOUT_MMIO_HOLE_START,

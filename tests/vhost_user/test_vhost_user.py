@@ -19,6 +19,7 @@ exits 1 if any check failed.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -210,6 +211,68 @@ def test_api_drive(tmp):
     check_image(d.image, "API")
 
 
+HUGE_MIB = 128  # the huge-page guest's RAM (as the other tests')
+
+
+def huge_start(tmp, d):
+    """An ember configured with huge pages and the daemon's drive; InstanceStart's answer."""
+    e = Ember(tmp, args=["--level", "Info"])
+    expect(e.req("PUT", "/boot-source", {
+        "kernel_image_path": GUEST,
+        "boot_args": "console=ttyS0 vub_sectors=%d" % (DISK_BYTES // SECTOR)}), 204, "boot source")
+    expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": HUGE_MIB,
+                                            "huge_pages": "2M"}), 204, "machine-config 2M")
+    expect(e.req("PUT", "/drives/vub", {"drive_id": "vub", "is_root_device": False,
+                                        "cache_type": "Writeback", "socket": d.sock}),
+           204, "PUT /drives with socket")
+    return e, e.req("PUT", "/actions", {"action_type": "InstanceStart"})
+
+
+def test_huge_pages(tmp):
+    """Huge pages with a vhost-user device: guest RAM a memfd from the hugetlbfs pool, shared
+    with the back-end; a pool too small is named at InstanceStart."""
+    path = "/proc/sys/vm/nr_hugepages"
+    if not os.access(path, os.W_OK):
+        raise Skip("cannot reserve huge pages (%s is not writable)" % path)
+    with open(path) as f:
+        before = int(f.read())
+    d = Daemon(tmp)
+    e = None
+    try:
+        # Whatever is free now, minus the guest's need, so that the pool is short.
+        with open(path, "w") as f:
+            f.write("0")
+        e, r = huge_start(tmp, d)
+        check(r.status == 400 and "reserve more" in r.fault(),
+              "InstanceStart with an empty pool: %r" % r)
+        e.kill()
+        with open(path, "w") as f:
+            f.write(str(HUGE_MIB // 2))
+        with open(path) as f:
+            if int(f.read()) < HUGE_MIB // 2:
+                raise Skip("the host gave fewer than %d huge pages" % (HUGE_MIB // 2))
+        e, r = huge_start(tmp, d)
+        check(r.status == 204, "InstanceStart with %d huge pages reserved: %r" % (HUGE_MIB // 2, r))
+        deadline = time.monotonic() + PATIENCE_S
+        while len(tap_lines(e.stdout())) < 8 and e.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        check_guest(e.stdout(), "huge pages")
+        with open("/proc/meminfo") as f:
+            info = f.read()
+        free, rsvd = (int(re.search(r"HugePages_%s:\s+(\d+)" % k, info).group(1))
+                      for k in ("Free", "Rsvd"))
+        # Reserved at the mapping, allocated as the guest (or the back-end) touches them.
+        check(free == rsvd, "the guest's RAM holds or reserves all %d huge pages (%d free, %d "
+              "of them reserved)" % (HUGE_MIB // 2, free, rsvd))
+    finally:
+        if e:
+            e.kill()
+        d.stop()
+        with open(path, "w") as f:
+            f.write(str(before))
+    check_image(d.image, "huge pages")
+
+
 def api_conn(path):
     return api.Conn(path)
 
@@ -328,7 +391,7 @@ def test_fd_passing_backend(tmp):
 
 
 TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_no_backend,
-         test_silent_backend, test_garbage_backend, test_fd_passing_backend]
+         test_silent_backend, test_garbage_backend, test_fd_passing_backend, test_huge_pages]
 
 
 def main():
