@@ -479,6 +479,39 @@ def test_boot_unprivileged(t):
     check("received Ctrl+Alt+Del" in j.stdout(), "the guest saw the keys: %r" % j.stdout()[-300:])
 
 
+def test_vhost_user_socket(t):
+    """A vhost-user back-end for a jailed ember: it listens inside the jail (its socket in the
+    chroot, owned by the jail's user), and the drive names the socket by its path in the jail."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "vhost_user"))
+    import test_vhost_user as vhu  # its qemu-storage-daemon, guest and image check
+    if not vhu.QSD:
+        raise Skip("qemu-storage-daemon is not installed (Debian: qemu-system-common)")
+    j = Jail(t)
+    d = vhu.Daemon(j.root)  # the image and the socket in the jail's directory
+    try:
+        os.chown(d.sock, UID, GID)
+        expect(j.put("/boot-source", {"kernel_image_path": j.link_in(vhu.GUEST),
+                                      "boot_args": "console=ttyS0 vub_sectors=%d" %
+                                      (vhu.DISK_BYTES // vhu.SECTOR)}), 204, "boot-source")
+        expect(j.put("/machine-config", {"vcpu_count": 1, "mem_size_mib": 128}), 204,
+               "machine-config")
+        expect(j.put("/drives/vub", {"drive_id": "vub", "is_root_device": False,
+                                     "cache_type": "Writeback",
+                                     "socket": "/" + os.path.basename(d.sock)}),
+               204, "PUT /drives with the socket's path in the jail")
+        expect(j.put("/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        deadline = time.monotonic() + PATIENCE_S
+        while len(vhu.tap_lines(j.stdout())) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tap = vhu.tap_lines(j.stdout())
+        check(len(tap) == 8 and all(x.startswith("ok ") for x in tap),
+              "the jailed guest's disk checks: %r; %s" % (tap, j.stderr()[-500:]))
+    finally:
+        j.kill()
+        d.stop()
+    vhu.check_image(d.image, "jailed")
+
+
 def test_installed_as_firecracker(t):
     """Kata Containers jails the file it was given as Firecracker under its own name and then
     looks for <base>/firecracker/<id>/root/firecracker.pid and .../run/firecracker.socket,
@@ -1302,7 +1335,7 @@ def test_kata_run_base(t):
 
 
 TESTS = [
-    test_boot_unprivileged, test_installed_as_firecracker, test_host_paths_unreachable, test_pids_max, test_memory_limit,
+    test_boot_unprivileged, test_vhost_user_socket, test_installed_as_firecracker, test_host_paths_unreachable, test_pids_max, test_memory_limit,
     test_netns_tap, test_same_id_refused, test_bad_input, test_failure_midway, test_daemonize,
     test_new_pid_ns, test_resource_limits, test_cgroup_v2, test_kata_runtime_rs, test_kata_go_runtime,
     test_kata_symlink_refused, test_kata_mount_point_refused, test_kata_run_base,
