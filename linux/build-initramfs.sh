@@ -1,6 +1,7 @@
 #!/bin/bash
 # Build ember's test initramfs: Debian's busybox-static, the /init of
-# linux/initramfs/init and the vsock helper linux/initramfs/ember-vsock.c,
+# linux/initramfs/init and its freestanding helpers linux/initramfs/ember-vsock.c
+# (the vsock check) and ember-fsbench.c (bench/virtiofs.sh),
 # as an uncompressed newc cpio archive.
 #
 # Usage: linux/build-initramfs.sh [--gzip] [--force]
@@ -68,7 +69,8 @@ key=$(
         echo "busybox $(dpkg-query -W -f='${Version}' busybox-static)"
         echo "gcc $(gcc -dumpfullversion)"
         echo "applets ${applets[*]}"
-        cat "$here/initramfs/init" "$here/initramfs/ember-vsock.c" "${BASH_SOURCE[0]}"
+        cat "$here/initramfs/init" "$here/initramfs/freestanding.h" \
+            "$here/initramfs/ember-vsock.c" "$here/initramfs/ember-fsbench.c" "${BASH_SOURCE[0]}"
     } | sha256sum | cut -c1-16
 )
 result=$out/initramfs/$key
@@ -86,9 +88,11 @@ for a in "${applets[@]}"; do
     ln -s busybox "$stage/bin/$a"
 done
 install -m 0755 "$here/initramfs/init" "$stage/init"
-gcc -static -nostdlib -ffreestanding -fno-stack-protector -fno-pie -no-pie \
-    -fno-asynchronous-unwind-tables -O2 -Wall -Wextra -Werror -s \
-    -Wl,--build-id=none -o "$stage/bin/ember-vsock" "$here/initramfs/ember-vsock.c"
+for helper in ember-vsock ember-fsbench; do
+    gcc -static -nostdlib -ffreestanding -fno-stack-protector -fno-pie -no-pie \
+        -fno-asynchronous-unwind-tables -fno-builtin -O2 -Wall -Wextra -Werror -s \
+        -Wl,--build-id=none -o "$stage/bin/$helper" "$here/initramfs/$helper.c"
+done
 cat >"$stage/etc/fstab" <<'EOF'
 proc /proc proc defaults 0 0
 sysfs /sys sysfs defaults 0 0

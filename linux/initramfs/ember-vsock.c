@@ -23,74 +23,14 @@
  * Freestanding (no libc): a static glibc binary would be ~750 KB, and every
  * KB of the initramfs costs boot time on the emulating test hosts.
  */
-#include <stddef.h>
+#include "freestanding.h"
+
 #include <linux/vm_sockets.h>
-#include <asm/unistd.h>
 
 #define AF_VSOCK_ 40
 #define SOCK_STREAM_ 1
 #define SHUT_WR_ 1
 #define EINTR_ 4
-
-static long sys6(long n, long a, long b, long c, long d, long e, long f)
-{
-    long ret;
-    register long r10 __asm__("r10") = d;
-    register long r8 __asm__("r8") = e;
-    register long r9 __asm__("r9") = f;
-    __asm__ volatile("syscall"
-                     : "=a"(ret)
-                     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-                     : "rcx", "r11", "memory");
-    return ret;
-}
-
-#define sys3(n, a, b, c) sys6(n, (long)(a), (long)(b), (long)(c), 0, 0, 0)
-
-void *memset(void *d, int c, size_t n)
-{
-    unsigned char *p = d;
-    while (n--)
-        *p++ = (unsigned char)c;
-    return d;
-}
-
-void *memcpy(void *d, const void *s, size_t n)
-{
-    unsigned char *p = d;
-    const unsigned char *q = s;
-    while (n--)
-        *p++ = *q++;
-    return d;
-}
-
-static char out[512];
-static size_t outlen;
-
-static void put(const char *s)
-{
-    while (*s && outlen < sizeof(out) - 1)
-        out[outlen++] = *s++;
-}
-
-static void putnum(unsigned long v)
-{
-    char b[24];
-    int i = sizeof(b);
-    b[--i] = 0;
-    do {
-        b[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    put(b + i);
-}
-
-static void flush(void)
-{
-    put("\n");
-    sys3(__NR_write, 1, out, outlen);
-    outlen = 0;
-}
 
 static unsigned char pattern(unsigned long i)
 {
@@ -257,19 +197,6 @@ static int do_listen(unsigned int port, unsigned long n, unsigned long k)
     return 0;
 }
 
-static int parse(const char *s, unsigned long *v)
-{
-    *v = 0;
-    if (!*s)
-        return -1;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9' || *v > 0xffffffffUL)
-            return -1;
-        *v = *v * 10 + (unsigned long)(*s - '0');
-    }
-    return 0;
-}
-
 static int usage(void)
 {
     put("usage: ember-vsock [-C cid] [-c port] [-l port] [-k conns] [-n bytes] [-t seconds]");
@@ -338,21 +265,4 @@ static int run(int argc, char **argv)
     put(" bytes each way on each matched");
     flush();
     return 0;
-}
-
-__attribute__((used)) void ember_main(long *sp)
-{
-    int rc = run((int)sp[0], (char **)(sp + 1));
-    sys3(__NR_exit_group, rc, 0, 0);
-    for (;;)
-        ;
-}
-
-__attribute__((naked, noreturn)) void _start(void)
-{
-    __asm__ volatile("xor %ebp, %ebp\n\t"
-                     "mov %rsp, %rdi\n\t"
-                     "and $-16, %rsp\n\t"
-                     "call ember_main\n\t"
-                     "ud2\n\t");
 }

@@ -223,6 +223,8 @@ class Setup:
         self.fs_seed = f"fs{self.tag}"
         self.cmdline.update({"fs": FS_TAG, "fs_token": token, "fs_seed": self.fs_seed,
                              "fs_files": str(FS_FILES), "fs_kib": str(FS_KIB)})
+        if self.args.fs_bench:
+            self.cmdline["fs_bench"] = self.args.fs_bench
 
     def stop_storage_daemon(self):
         """Ends the daemon (it has flushed what the guest synced) before the image is read."""
@@ -790,6 +792,9 @@ def main():
     p.add_argument("--net", choices=["tap", "user"], default="tap",
                    help="tap: tap0 in a new network namespace (root); user: the VMM's slirp")
     p.add_argument("--blk-kib", type=int, default=64)
+    p.add_argument("--fs-bench", metavar="FILES,KIB",
+                   help="fs: also time FILES creates and a KIB KiB write and read in the share "
+                        "(bench/virtiofs.sh reads the guest's '# fsbench:' line)")
     p.add_argument("--blk-backend", choices=["file", "vhost-user"], default="file",
                    help="the rw disk: the image file, or qemu-storage-daemon serving it as a "
                         "vhost-user-blk back-end (guest RAM then shared)")
