@@ -11,8 +11,9 @@
  * then spins S ms at CPL3, runs R ms, spins S ms more (quiet periods in which bench/blk.sh
  * reads KVM's exit counters; perf_settle_ms=, default 300), and prints
  *   blk-perf: result NAME ios=N bytes=B us=T iops=I mbps=M.MM errors=E kicks=K
- * perf_only=NAME runs one workload; perf_misalign=BYTES (below 4096) shifts every data buffer
- * off its page by that much, so that a VMM with O_DIRECT storage has to copy (bounce) them.
+ * perf_only=NAME[,NAME...] runs only the workloads named; perf_misalign=BYTES (below 4096) shifts
+ * every data buffer off its page by that much, so that a VMM with O_DIRECT storage has to copy
+ * (bounce) them.
  */
 #include "guest.h"
 #include "io.h"
@@ -160,8 +161,8 @@ void guest_main(void)
     uint64_t run_ms = 2000;
     cmdline_get_u64("perf_ms", &run_ms);
     cmdline_get_u64("perf_settle_ms", &settle_ms);
-    char only[32] = "";
-    cmdline_get("perf_only", only, sizeof(only));
+    char only[2] = ""; /* only whether it is there and not empty: cmdline_list_has matches */
+    bool all = !cmdline_get("perf_only", only, sizeof(only)) || !only[0];
     printf("blk-perf: device %s transport=%s features=0x%lx queue_size=%u capacity_mib=%lu "
            "tsc_khz=%lu misalign=%lu\n",
            disk->name, disk->transport == VIRTIO_PCI ? "pci" : "mmio", disk->features,
@@ -170,7 +171,7 @@ void guest_main(void)
         bail_out("the disk is too small (%lu sectors)", capacity);
     bool ok = true;
     for (size_t i = 0; i < ARRAY_SIZE(workloads); i++) {
-        if (!only[0] || !strncmp(only, workloads[i].name, sizeof(only)))
+        if (all || cmdline_list_has("perf_only", workloads[i].name))
             ok = run_workload(&workloads[i], run_ms) && ok;
     }
     virtio_reset(disk);
