@@ -83,12 +83,12 @@ static int create_vhost_user_drive(struct vm *vm, const struct drive_config *dc,
         free(b);
         return -1;
     }
-    if (attach(vm, &b->dev, b, destroy_vhost_user_blk) < 0)
+    if (attach(vm, &b->vud.dev, b, destroy_vhost_user_blk) < 0)
         return -1;
     vm->virtio[vm->nvirtio - 1]->vhost_user = true;
     vm->virtio[vm->nvirtio - 1]->drive_id = dc->id;
     log_info("%s: vhost-user back-end at %s, %llu sectors, %u queue(s)", name, dc->socket,
-             (unsigned long long)b->capacity, b->dev.nqueues);
+             (unsigned long long)b->capacity, b->vud.dev.nqueues);
     return 0;
 }
 

@@ -251,7 +251,7 @@ static void setup(void)
         .size = QSIZE, .desc_gpa = FAKE_DESC, .avail_gpa = FAKE_AVAIL, .used_gpa = FAKE_USED};
     struct vhost_user_blk_options o = {.socket = be.path};
     ck_assert_msg(vhost_user_blk_init(&b, "blk0", &o, &f.mem) == 0, "%s", error_get());
-    ck_assert_int_eq(virtio_mmio_init(&m, &b.dev, -1, 0xd0000000, 5), 0);
+    ck_assert_int_eq(virtio_mmio_init(&m, &b.vud.dev, -1, 0xd0000000, 5), 0);
 }
 
 static void teardown(void)
@@ -362,7 +362,7 @@ START_TEST(backend_gone)
     /* The device needs a reset and tells the driver; nothing else breaks. */
     EVENTUALLY(rd(REG_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
     EVENTUALLY(rd(REG_INTERRUPT_STATUS) & 2);
-    ck_assert(b.vu.broken);
+    ck_assert(b.vud.vu.broken);
     /* The reset is answered without the back-end; a new activation fails cleanly. */
     wr(REG_STATUS, 0);
     ck_assert_uint_eq(rd(REG_STATUS), 0);
