@@ -20,6 +20,7 @@ the reason; the same for virtiofsd (VIRTIOFSD, default /usr/lib/qemu/virtiofsd).
 exits 1 if any check failed.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -501,6 +502,32 @@ def test_fs_api(tmp):
     v.check_host("API")
 
 
+def test_fs_config_file(tmp):
+    """The configuration file's "fs" list (ember --no-api --config-file)."""
+    v = Virtiofsd(tmp)
+    cfg = os.path.join(tmp, "vm.json")
+    with open(cfg, "w") as f:
+        json.dump({"boot-source": {"kernel_image_path": FS_GUEST, "boot_args": "console=ttyS0 vfs_tag=cf"},
+                   "fs": [{"fs_id": "cf", "tag": "cf", "socket": v.sock, "num_queues": 1}]}, f)
+    out_path = os.path.join(tmp, "ember.out")
+    with open(out_path, "wb") as out:
+        p = subprocess.Popen([EMBER, "--no-api", "--config-file", cfg], stdin=subprocess.DEVNULL,
+                             stdout=out, stderr=subprocess.STDOUT)
+    try:
+        # Without a debug-exit port the guest halts after its last check.
+        deadline = time.monotonic() + PATIENCE_S
+        while len(tap_lines(open(out_path).read())) < FS_TAP and p.poll() is None and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        v.stop()
+    check_guest(open(out_path).read(), "configuration file", FS_TAP)
+    v.check_host("configuration file")
+
+
 def test_fs_backend_killed(tmp):
     """virtiofsd dies while the guest asks: one log line, the device needs a reset, ember and the
     guest go on. Snapshots and migration were refused before."""
@@ -551,7 +578,7 @@ def test_fs_backend_killed(tmp):
 TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_no_backend,
          test_silent_backend, test_garbage_backend, test_fd_passing_backend,
          test_fs_cli_pci, test_fs_cli_mmio, test_fs_too_many_queues, test_fs_cli_bad, test_fs_api,
-         test_fs_backend_killed]
+         test_fs_config_file, test_fs_backend_killed]
 
 
 def main():
