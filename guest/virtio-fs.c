@@ -5,7 +5,8 @@
  * HOST_TEXT in it and puts vfs_tag=TAG on the command line. The guest checks the tag and
  * the queue count in the configuration space, then FUSE_INIT, LOOKUP + OPEN + READ of
  * HOST_FILE (content checked), MKDIR of GUEST_DIR and CREATE + WRITE of GUEST_FILE with
- * GUEST_TEXT, which the harness then looks for on the host.
+ * GUEST_TEXT, which the harness then looks for on the host; then a request while its MSI-X
+ * vector is masked (virtio-pci), and a reset followed by a new FUSE session.
  * With vfs_hold=1 the guest then keeps asking (GETATTR of the root), saying "# vfs: holding"
  * once, until the device says it needs a reset (the harness kills the back-end) or 60 s pass.
  */
@@ -123,24 +124,29 @@ static void *payload(void)
     return resp + sizeof(struct fuse_out_header);
 }
 
-static enum test_result bring_up(void)
+static bool set_up(void)
 {
-    virtio_discover();
-    fs = virtio_find(VIRTIO_ID_FS, 0);
-    if (!fs)
-        return TEST_FAIL;
     uint64_t wanted = VIRTIO_BIT(VIRTIO_F_INDIRECT_DESC) | VIRTIO_BIT(VIRTIO_F_EVENT_IDX);
     if (!virtio_begin(fs, wanted, true))
-        return TEST_FAIL;
+        return false;
     diag("%s: offered 0x%lx, negotiated 0x%lx", fs->name, fs->device_features, fs->features);
     if (!virtio_queue_setup(fs, 0, 0, true) || !virtio_queue_setup(fs, 1, 0, true))
-        return TEST_FAIL;
+        return false;
     virtio_driver_ok(fs);
     uint8_t status = virtio_get_status(fs);
     if (status & (VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED)) {
         diag("status 0x%x after DRIVER_OK", status);
-        return TEST_FAIL;
+        return false;
     }
+    return true;
+}
+
+static enum test_result bring_up(void)
+{
+    virtio_discover();
+    fs = virtio_find(VIRTIO_ID_FS, 0);
+    if (!fs || !set_up())
+        return TEST_FAIL;
     req = phys_alloc_zeroed(4096, 4096);
     resp = phys_alloc_zeroed(4096, 4096);
     return TEST_PASS;
@@ -253,6 +259,63 @@ static enum test_result create_write(void)
     return TEST_PASS;
 }
 
+/* The back-end signals ember's call eventfd; ember relays it to the transport, which keeps
+ * a masked vector's interrupt pending in the PBA until it is unmasked. */
+static enum test_result msix_masking(void)
+{
+    if (!inited)
+        return skip("no FUSE session");
+    if (fs->transport != VIRTIO_PCI)
+        return skip("MSI-X is virtio-pci's");
+    struct virtq *q = &fs->queues[1];
+    struct fuse_in_header *h = (struct fuse_in_header *)req;
+    memset(req, 0, 4096);
+    *h = (struct fuse_in_header){
+        .len = sizeof(*h) + 16, .opcode = FUSE_GETATTR, .unique = unique++, .nodeid = FUSE_ROOT_ID};
+    struct vbuf bufs[2] = {
+        {.addr = (uint64_t)req, .len = h->len},
+        {.addr = (uint64_t)resp, .len = 1024, .write = true},
+    };
+    static char token;
+    virtio_irq_window(20000);
+    uint64_t before = q->irq_count;
+    virtio_msix_mask(fs, q->vector, true);
+    bool done = virtq_add(q, bufs, 2, &token) >= 0;
+    virtq_kick(q);
+    uint64_t start = time_us();
+    while (done && !virtq_has_used(q)) {
+        if (time_us() - start > WAIT_US)
+            done = false;
+        cpu_relax();
+    }
+    done = done && virtq_get(q, NULL) == &token && ((struct fuse_out_header *)resp)->error == 0;
+    virtio_irq_window(20000);
+    bool quiet = q->irq_count == before;
+    bool pending = virtio_msix_pending(fs, q->vector);
+    virtio_msix_mask(fs, q->vector, false);
+    bool delivered = virtq_wait_irq(q, before, WAIT_US);
+    bool cleared = !virtio_msix_pending(fs, q->vector);
+    diag("GETATTR %s, %s while masked, PBA bit %s; on unmask the interrupt %s, PBA bit %s",
+         done ? "answered" : "lost", quiet ? "no interrupt" : "an interrupt",
+         pending ? "set" : "clear", delivered ? "arrived" : "did not arrive",
+         cleared ? "cleared" : "still set");
+    return done && quiet && pending && delivered && cleared ? TEST_PASS : TEST_FAIL;
+}
+
+/* A reset takes the rings back from the back-end (GET_VRING_BASE); the next DRIVER_OK hands
+ * them over again from the start, and a new FUSE session reads the host's file again. */
+static enum test_result reset_and_again(void)
+{
+    if (!inited)
+        return skip("no FUSE session");
+    inited = false;
+    if (!virtio_reset(fs) || !set_up())
+        return TEST_FAIL;
+    if (fuse_init() != TEST_PASS)
+        return TEST_FAIL;
+    return lookup_open_read();
+}
+
 /* The back-end is killed meanwhile: requests stop being answered and the device, told by
  * ember, sets DEVICE_NEEDS_RESET. */
 static enum test_result hold_until_gone(void)
@@ -286,6 +349,8 @@ static const struct guest_test tests[] = {
     {"LOOKUP, OPEN, READ of the host's file: its text", lookup_open_read},
     {"MKDIR", make_dir},
     {"CREATE and WRITE of a file, RELEASE", create_write},
+    {"MSI-X: a masked vector's interrupt waits in the PBA, arrives on unmask", msix_masking},
+    {"reset, set up again: a new FUSE session reads the host's file", reset_and_again},
     {"back-end gone: the device needs a reset, ember answers the reset", hold_until_gone},
 };
 

@@ -384,7 +384,7 @@ class Virtiofsd:
         check(data == FS_GUEST_TEXT, "%s: the guest's file on the host holds %r" % (what, data))
 
 
-FS_TAP = 7
+FS_TAP = 9
 
 
 def run_fs_cli(tmp, transport, fs_extra="", tag="share"):
