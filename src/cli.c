@@ -1146,7 +1146,15 @@ int cli_parse(int argc, char **argv, struct cli *out)
     }
     if (strcmp(cmd, "run") == 0) {
         out->action = CLI_RUN;
-        return parse_run(argc - 2, argv + 2, out);
+        if (parse_run(argc - 2, argv + 2, out) == 0)
+            return 0;
+        /* What the options parsed so far hold (ember ends with the usage error). */
+        for (unsigned i = 0; i < out->vm.ndrives; i++)
+            cli_free_drive(&out->vm.drives[i]);
+        for (unsigned i = 0; i < out->vm.nfs; i++)
+            cli_free_fs(&out->vm.fs[i]);
+        out->vm.ndrives = out->vm.nfs = 0;
+        return -1;
     }
     if (cmd[0] == '-' && cmd[1] == '-')
         return parse_top_level(argc - 1, argv + 1, out);

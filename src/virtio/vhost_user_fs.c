@@ -49,11 +49,12 @@ int vhost_user_fs_init(struct vhost_user_fs *f, const char *name,
                        const struct vhost_user_fs_options *opts, const struct guest_memory *mem)
 {
     memset(f, 0, sizeof(*f));
-    unsigned n = opts->num_queues ? opts->num_queues : 1;
-    /* Checked before anything is connected (the caller's parsers check too). */
+    /* Refused before connecting is destroyed as connected: no descriptors yet. */
     f->vud.vu.fd = -1;
     for (unsigned i = 0; i < VHOST_USER_DEV_MAX_QUEUES; i++)
         f->vud.calls[i].fd = -1;
+    /* The parsers (--fs, PUT /fs) check these too; a device never trusts its caller. */
+    unsigned n = opts->num_queues ? opts->num_queues : 1;
     if (vhost_user_fs_check_tag(opts->tag) < 0)
         return error_prefix("%s", name);
     if (n > VHOST_USER_FS_MAX_QUEUES)
