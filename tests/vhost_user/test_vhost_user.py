@@ -417,6 +417,29 @@ def test_fs_cli_mmio(tmp):
     v.check_host("mmio")
 
 
+def test_fs_two_devices(tmp):
+    """--fs is repeatable: two shares from two virtiofsd, each device with its tag; the guest
+    uses the first."""
+    v1, v2 = Virtiofsd(tmp, "one"), None
+    try:
+        v2 = Virtiofsd(tmp, "two")
+        cmd = [EMBER, "run", "--kernel", FS_GUEST, "--debug-exit", "--transport", "pci",
+               "--fs", "tag=one,socket=" + v1.sock, "--fs", "tag=two,socket=%s" % v2.sock,
+               "--cmdline", "console=ttyS0 vfs_tag=one", "--log-level", "info"]
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+    finally:
+        v1.stop()
+        if v2:
+            v2.stop()
+    out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+    check(p.returncode == 1, "exit status %d\n%s" % (p.returncode, err))
+    check_guest(out, "two devices", FS_TAP)
+    check("fs0: virtio-fs 'one'" in err and "fs1: virtio-fs 'two'" in err,
+          "both devices made, in order: %s" % err)
+    v1.check_host("two devices")
+    check(sorted(os.listdir(v2.dir)) == [FS_HOST_FILE], "the second share untouched: %r" % os.listdir(v2.dir))
+
+
 def test_fs_too_many_queues(tmp):
     """virtiofsd serves 2 queues (GET_QUEUE_NUM): 2 request queues + hiprio are refused at start."""
     v, status, out, err = run_fs_cli(tmp, "pci", ",queues=2")
@@ -577,7 +600,7 @@ def test_fs_backend_killed(tmp):
 
 TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_no_backend,
          test_silent_backend, test_garbage_backend, test_fd_passing_backend,
-         test_fs_cli_pci, test_fs_cli_mmio, test_fs_too_many_queues, test_fs_cli_bad, test_fs_api,
+         test_fs_cli_pci, test_fs_cli_mmio, test_fs_two_devices, test_fs_too_many_queues, test_fs_cli_bad, test_fs_api,
          test_fs_config_file, test_fs_backend_killed]
 
 
