@@ -16,8 +16,10 @@ ends normally), snapshot and migration refused, and back-ends that are absent or
 Standard library only. Usage: tests/vhost_user/test_vhost_user.py [-v] [NAME...]
 Environment: EMBER (default build/ember), GUEST_DIR (default build/guest), QSD (default
 qemu-storage-daemon on PATH). Without qemu-storage-daemon the tests that need it are skipped with
-the reason; the same for virtiofsd (VIRTIOFSD, default /usr/lib/qemu/virtiofsd). Prints one line per check and ends with "vhost-user: N passed, N failed, N skipped";
-exits 1 if any check failed.
+the reason; the same for virtiofsd (VIRTIOFSD, default /usr/lib/qemu/virtiofsd) and for QEMU
+(QEMU, default qemu-system-x86_64 on PATH: the reference front-end for virtio-fs). Prints one
+line per check and ends with "vhost-user: N passed, N failed, N skipped"; exits 1 if any check
+failed.
 """
 
 import json
@@ -440,6 +442,49 @@ def test_fs_two_devices(tmp):
     check(sorted(os.listdir(v2.dir)) == [FS_HOST_FILE], "the second share untouched: %r" % os.listdir(v2.dir))
 
 
+QEMU = os.environ.get("QEMU") or shutil.which("qemu-system-x86_64")
+QBOOT = "/usr/share/qemu/qboot.rom"
+
+
+def test_fs_qemu_reference(tmp):
+    """The same guest under QEMU's vhost-user-fs front-end with the same virtiofsd, on each
+    transport: ember's TAP lines are QEMU's."""
+    if not QEMU:
+        raise Skip("qemu-system-x86_64 is not installed")
+    for transport in ("mmio", "pci"):
+        sub = os.path.join(tmp, transport)
+        os.mkdir(sub)
+        v = Virtiofsd(sub)
+        try:
+            if transport == "mmio":
+                machine = ["-M", "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem",
+                           "-global", "virtio-mmio.force-legacy=false"]
+                dev = "vhost-user-fs-device"
+            else:
+                machine = ["-M", "q35,memory-backend=mem"] + (["-bios", QBOOT] if os.path.exists(QBOOT) else [])
+                dev = "vhost-user-fs-pci"
+            p = subprocess.run([QEMU] + machine + [
+                "-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-m", "128M",
+                "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-enable-kvm",
+                "-cpu", "host,-arch-capabilities", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+                "-chardev", "socket,id=vfs,path=" + v.sock, "-device", dev + ",chardev=vfs,tag=share",
+                "-kernel", FS_GUEST, "-append", "console=ttyS0 vfs_tag=share"],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+        finally:
+            v.stop()
+        qemu_out = p.stdout.decode(errors="replace")
+        check(p.returncode == 1, "QEMU %s: exit status %d: %s" % (transport, p.returncode, p.stderr.decode()[-1000:]))
+        check_guest(qemu_out, "QEMU " + transport, FS_TAP)
+        v.check_host("QEMU " + transport)
+        sub = os.path.join(tmp, transport + "-ember")
+        os.mkdir(sub)
+        v, status, out, err = run_fs_cli(sub, transport, tag="share")
+        check(status == 1, "ember %s: exit status %d\n%s" % (transport, status, err))
+        check(tap_lines(out) == tap_lines(qemu_out), "%s: ember's TAP lines %r, QEMU's %r" %
+              (transport, tap_lines(out), tap_lines(qemu_out)))
+        v.check_host("ember " + transport)
+
+
 def test_fs_too_many_queues(tmp):
     """virtiofsd serves 2 queues (GET_QUEUE_NUM): 2 request queues + hiprio are refused at start."""
     v, status, out, err = run_fs_cli(tmp, "pci", ",queues=2")
@@ -600,7 +645,8 @@ def test_fs_backend_killed(tmp):
 
 TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_no_backend,
          test_silent_backend, test_garbage_backend, test_fd_passing_backend,
-         test_fs_cli_pci, test_fs_cli_mmio, test_fs_two_devices, test_fs_too_many_queues, test_fs_cli_bad, test_fs_api,
+         test_fs_cli_pci, test_fs_cli_mmio, test_fs_two_devices, test_fs_qemu_reference,
+         test_fs_too_many_queues, test_fs_cli_bad, test_fs_api,
          test_fs_config_file, test_fs_backend_killed]
 
 
