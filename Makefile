@@ -191,9 +191,11 @@ api-test: all guests
 migration-test: all guests
 	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/migration/test_migration.py
 
-# vhost-user-blk end to end (Python 3, standard library): Debian's qemu-storage-daemon serves a
+# vhost-user end to end (Python 3, standard library): Debian's qemu-storage-daemon serves a
 # freestanding guest's disk through ember's vhost-user front-end on both transports (the image
-# checked block by block), the daemon killed under I/O, hostile back-ends; skipped without it.
+# checked block by block), the daemon killed under I/O, hostile back-ends; Debian's virtiofsd
+# serves a directory as virtio-fs to a guest speaking FUSE (what it writes checked on the host),
+# virtiofsd killed mid-run; each skipped without its back-end.
 vhost-user-test: all guests
 	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/vhost_user/test_vhost_user.py
 

@@ -4,6 +4,7 @@
 #include "backends/block.h"
 #include "util/error.h"
 #include "util/version.h"
+#include "virtio/vhost_user_fs.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -126,6 +127,10 @@ void cli_usage(FILE *f)
         "                        guest's physical memory (/dev/pmemN), and any of id=NAME,\n"
         "                        readonly=on (a read-only mapping; guest writes dropped),\n"
         "                        root=on (root=/dev/pmemN on the command line)\n"
+        "  --fs SPEC             a virtio-fs device (repeatable) served by a vhost-user back-end\n"
+        "                        (virtiofsd): tag=NAME,socket=PATH[,queues=N]; the guest\n"
+        "                        mounts it by NAME (1-36 printable bytes, no space or ','),\n"
+        "                        N request queues (1-16, default 1)\n"
         "  --log-level LEVEL     error, warn (default), info or debug; logs go to stderr\n"
         "  --boot-timer          as in the API mode\n"
         "  --api-sock PATH       also serve the API's runtime routes on PATH: pause and\n"
@@ -230,6 +235,7 @@ enum opt_id {
     OPT_SECCOMP_FILTER,
     OPT_VSOCK,
     OPT_PMEM,
+    OPT_FS,
     OPT_BOOT_TIMER,
     OPT_API_SOCK,
     OPT_TRACK_DIRTY_PAGES,
@@ -261,6 +267,7 @@ static const struct {
     {"seccomp-filter", OPT_SECCOMP_FILTER, true},
     {"vsock", OPT_VSOCK, true},
     {"pmem", OPT_PMEM, true},
+    {"fs", OPT_FS, true},
     {"boot-timer", OPT_BOOT_TIMER, false},
     {"api-sock", OPT_API_SOCK, true},
     {"track-dirty-pages", OPT_TRACK_DIRTY_PAGES, false},
@@ -400,6 +407,67 @@ static int parse_drive_items(const char *spec, char *copy, struct drive_config *
     if (!d->path || !*d->path)
         return error_set("--drive %s: needs path=FILE (or socket=PATH)", spec);
     return 0;
+}
+
+/* --fs tag=NAME,socket=PATH[,queues=N]. Values cannot contain commas. */
+int cli_parse_fs(const char *spec, struct fs_config *f)
+{
+    memset(f, 0, sizeof(*f));
+    char *copy = strdup(spec);
+    if (!copy)
+        return error_set("out of memory");
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            error_set("--fs %s: '%s' is not key=value", spec, item);
+            goto fail;
+        }
+        *eq = '\0';
+        const char *key = item, *val = eq + 1;
+        if (!strcmp(key, "tag")) {
+            f->tag = val;
+        } else if (!strcmp(key, "socket")) {
+            f->socket = val;
+        } else if (!strcmp(key, "queues")) {
+            if (cli_parse_uint(val, VHOST_USER_FS_MAX_QUEUES, &f->num_queues) < 0 ||
+                f->num_queues == 0) {
+                error_set("--fs queues=%s: use 1 to %d", val, VHOST_USER_FS_MAX_QUEUES);
+                goto fail;
+            }
+        } else {
+            error_set("--fs: unknown key '%s' (tag, socket, queues)", key);
+            goto fail;
+        }
+    }
+    if (!f->tag) {
+        error_set("--fs %s: needs tag=NAME", spec);
+        goto fail;
+    }
+    if (vhost_user_fs_check_tag(f->tag) < 0) {
+        error_prefix("--fs %s", spec);
+        goto fail;
+    }
+    if (!f->socket || !*f->socket) {
+        error_set("--fs %s: needs socket=PATH (the vhost-user back-end's)", spec);
+        goto fail;
+    }
+    if (!f->num_queues)
+        f->num_queues = 1;
+    f->id = f->tag;
+    /* The strings stay referenced by the config for the process's life (cli_free_fs). */
+    f->storage = copy;
+    return 0;
+fail:
+    free(copy);
+    memset(f, 0, sizeof(*f));
+    return -1;
+}
+
+void cli_free_fs(struct fs_config *f)
+{
+    free(f->storage);
+    memset(f, 0, sizeof(*f));
 }
 
 /* --pmem path=FILE[,id=NAME][,readonly=on][,root=on] (a bare FILE is path=FILE). */
@@ -733,6 +801,19 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
             return -1;
         vm->npmem++;
         return 0;
+    case OPT_FS:
+        if (vm->nfs == VM_MAX_FS)
+            return error_set("at most %d --fs options", VM_MAX_FS);
+        if (cli_parse_fs(value, &vm->fs[vm->nfs]) < 0)
+            return -1;
+        for (unsigned i = 0; i < vm->nfs; i++) {
+            if (!strcmp(vm->fs[i].tag, vm->fs[vm->nfs].tag)) {
+                cli_free_fs(&vm->fs[vm->nfs]);
+                return error_set("--fs %s: another --fs has that tag already", value);
+            }
+        }
+        vm->nfs++;
+        return 0;
     case OPT_BOOT_TIMER:
         vm->boot_timer = true;
         return 0;
@@ -1065,7 +1146,15 @@ int cli_parse(int argc, char **argv, struct cli *out)
     }
     if (strcmp(cmd, "run") == 0) {
         out->action = CLI_RUN;
-        return parse_run(argc - 2, argv + 2, out);
+        if (parse_run(argc - 2, argv + 2, out) == 0)
+            return 0;
+        /* What the options parsed so far hold (ember ends with the usage error). */
+        for (unsigned i = 0; i < out->vm.ndrives; i++)
+            cli_free_drive(&out->vm.drives[i]);
+        for (unsigned i = 0; i < out->vm.nfs; i++)
+            cli_free_fs(&out->vm.fs[i]);
+        out->vm.ndrives = out->vm.nfs = 0;
+        return -1;
     }
     if (cmd[0] == '-' && cmd[1] == '-')
         return parse_top_level(argc - 1, argv + 1, out);

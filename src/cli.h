@@ -79,6 +79,10 @@ int cli_parse_drive(const char *spec, struct drive_config *d);
 /* What a parsed drive's strings point into, freed (tests; ember keeps it). */
 void cli_free_drive(struct drive_config *d);
 int cli_parse_pmem(const char *spec, struct pmem_config *p);
+/* --fs: the tag checked (vhost_user_fs_check_tag), queues 1-16 (default 1); id is the tag. */
+int cli_parse_fs(const char *spec, struct fs_config *f);
+/* What a parsed fs's strings point into, freed (tests; ember keeps it). */
+void cli_free_fs(struct fs_config *f);
 /* The strings it keeps (tap, id, forwards) are the caller's: cli_free_net. */
 int cli_parse_net(const char *spec, struct net_config *n);
 void cli_free_net(struct net_config *n);

@@ -916,7 +916,7 @@ static const char *path_param(const char *path, const char *prefix)
 static int mmio_room_for_one_more(const struct api *a, const char *what)
 {
     const struct api_config *c = &a->cfg;
-    unsigned devices = c->ndrives + c->nnets + c->npmem + c->vsock.set + c->entropy.set;
+    unsigned devices = c->ndrives + c->nnets + c->npmem + c->nfs + c->vsock.set + c->entropy.set;
     if (a->enable_pci || devices < VM_MAX_MMIO_DEVICES)
         return 0;
     return error_set("%s: the machine has %u virtio-mmio devices already, as many as have an "
@@ -1089,6 +1089,19 @@ static int route(struct route_ctx *r)
             return fault_from_error(out);
         return api_put_pmem(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
     }
+    if ((id = path_param(p, "/fs/"))) {
+        /* ember's own route: Firecracker has no virtio-fs. */
+        if (!put)
+            return invalid_route(r);
+        if (api_instance_started(a))
+            return not_after_start(out);
+        bool known = false;
+        for (unsigned i = 0; i < a->cfg.nfs; i++)
+            known = known || !strcmp(a->cfg.fs[i].id, id);
+        if (!known && mmio_room_for_one_more(a, "fs") < 0)
+            return fault_from_error(out);
+        return api_put_fs(&a->cfg, id, r->body) < 0 ? fault_from_error(out) : 204;
+    }
     if ((id = path_param(p, "/network-interfaces/"))) {
         if (patch)
             return patch_net(a, id, r->body, out);
@@ -1252,6 +1265,8 @@ static const char *route_template(const char *method, const char *path)
         return "/network-interfaces/{iface_id}";
     if (path_param(path, "/pmem/"))
         return "/pmem/{id}";
+    if (path_param(path, "/fs/"))
+        return "/fs/{id}";
     for (size_t i = 0; i < sizeof(unsupported_routes) / sizeof(unsupported_routes[0]); i++) {
         if (!strcmp(path, unsupported_routes[i].path))
             return unsupported_routes[i].path;

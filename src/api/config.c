@@ -5,6 +5,7 @@
 #include "backends/block.h"
 #include "mmds/store.h"
 #include "util/error.h"
+#include "virtio/vhost_user_fs.h"
 
 #include <ctype.h>
 #include <fcntl.h>
@@ -219,6 +220,14 @@ static void free_pmem(struct api_pmem *p)
     memset(p, 0, sizeof(*p));
 }
 
+static void free_fs(struct api_fs *f)
+{
+    free(f->id);
+    free(f->tag);
+    free(f->socket);
+    memset(f, 0, sizeof(*f));
+}
+
 static void free_net(struct api_net *n)
 {
     if (n->tap_fd >= 0)
@@ -240,6 +249,8 @@ void api_config_free(struct api_config *c)
         free_net(&c->nets[i]);
     for (unsigned i = 0; i < c->npmem; i++)
         free_pmem(&c->pmem[i]);
+    for (unsigned i = 0; i < c->nfs; i++)
+        free_fs(&c->fs[i]);
     free(c->logger.log_path);
     free(c->logger.module);
     free(c->metrics_path);
@@ -627,6 +638,58 @@ int api_put_pmem(struct api_config *c, const char *path_id, const cJSON *body)
         *old = p;
     } else {
         c->pmem[c->npmem++] = p;
+    }
+    return 0;
+}
+
+int api_put_fs(struct api_config *c, const char *path_id, const cJSON *body)
+{
+    static const char *const fields[] = {"fs_id", "tag", "socket", "num_queues", NULL};
+    const char *what = "fs", *id, *tag, *sock;
+    uint64_t queues = 1;
+    if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
+        get_string(body, what, "fs_id", true, &id) < 0 ||
+        check_path_id(what, path_id, id, "fs_id") < 0 ||
+        get_string(body, what, "tag", true, &tag) < 0 ||
+        get_string(body, what, "socket", true, &sock) < 0 ||
+        get_u64(body, what, "num_queues", false, UINT32_MAX, &queues, NULL) < 0)
+        return -1;
+    if (queues == 0 || queues > VHOST_USER_FS_MAX_QUEUES)
+        return error_set("fs '%s': `num_queues` (request queues) must be 1 to %d", id,
+                         VHOST_USER_FS_MAX_QUEUES);
+    if (vhost_user_fs_check_tag(tag) < 0)
+        return error_prefix("fs '%s'", id);
+    struct api_fs *old = NULL;
+    for (unsigned i = 0; i < c->nfs; i++) {
+        if (!strcmp(c->fs[i].id, id))
+            old = &c->fs[i];
+    }
+    for (unsigned i = 0; i < c->nfs; i++) {
+        if (&c->fs[i] != old && !strcmp(c->fs[i].tag, tag))
+            return error_set("fs '%s': the tag '%s' is fs '%s''s already", id, tag, c->fs[i].id);
+    }
+    if (!old && c->nfs == VM_MAX_FS)
+        return error_set("fs '%s': at most %d virtio-fs devices", id, VM_MAX_FS);
+    if (!*sock)
+        return error_set("fs '%s': `socket` is empty", id);
+    struct stat st;
+    if (stat(sock, &st) < 0)
+        return error_errno("fs '%s': vhost-user socket '%s'", id, sock);
+    if (!S_ISSOCK(st.st_mode))
+        return error_set("fs '%s': '%s' is not a socket", id, sock);
+    struct api_fs f = {.id = strdup(id),
+                       .tag = strdup(tag),
+                       .socket = strdup(sock),
+                       .num_queues = (unsigned)queues};
+    if (!f.id || !f.tag || !f.socket) {
+        free_fs(&f);
+        return error_set("out of memory");
+    }
+    if (old) {
+        free_fs(old);
+        *old = f;
+    } else {
+        c->fs[c->nfs++] = f;
     }
     return 0;
 }
@@ -1226,9 +1289,10 @@ static int put_cpu_config_section(struct api_config *c, const cJSON *v)
 int api_config_parse_document(struct api_config *c, const char *text, size_t len)
 {
     static const char *const sections[] = {
-        "boot-source", "machine-config", "drives",  "network-interfaces", "logger",     "metrics",
-        "entropy",     "vsock",          "balloon", "mmds-config",        "cpu-config", "serial",
-        "pmem",        "memory-hotplug", NULL};
+        "boot-source", "machine-config", "drives",     "network-interfaces",
+        "logger",      "metrics",        "entropy",    "vsock",
+        "balloon",     "mmds-config",    "cpu-config", "serial",
+        "pmem",        "memory-hotplug", "fs",         NULL};
     cJSON *doc = cJSON_ParseWithLength(text, len);
     if (!doc)
         return error_set("the configuration is not valid JSON (near byte %zu)",
@@ -1302,6 +1366,16 @@ int api_config_parse_document(struct api_config *c, const char *text, size_t len
         }
         for (const cJSON *d = v->child; d; d = d->next) {
             if (api_put_pmem(c, NULL, d) < 0)
+                goto out;
+        }
+    }
+    if ((v = field(doc, "fs"))) {
+        if (!cJSON_IsArray(v)) {
+            error_set("\"fs\" must be an array");
+            goto out;
+        }
+        for (const cJSON *d = v->child; d; d = d->next) {
+            if (api_put_fs(c, NULL, d) < 0)
                 goto out;
         }
     }
@@ -1395,6 +1469,12 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
                                            .readonly = p->readonly,
                                            .is_root = p->is_root,
                                            .rate_limit = p->rate_limit};
+    }
+    vm->nfs = c->nfs;
+    for (unsigned i = 0; i < c->nfs; i++) {
+        const struct api_fs *f = &c->fs[i];
+        vm->fs[i] = (struct fs_config){
+            .id = f->id, .tag = f->tag, .socket = f->socket, .num_queues = f->num_queues};
     }
     vm->rng = c->entropy.set;
     if (c->entropy.set) {
@@ -1538,6 +1618,17 @@ cJSON *api_config_json(const struct api_config *c)
     for (unsigned i = 0; i < c->npmem; i++)
         cJSON_AddItemToArray(pmem, pmem_json(&c->pmem[i]));
     cJSON_AddNullToObject(o, "memory-hotplug");
+    /* ember's own (PUT /fs/{id}), shown only when there is one: Firecracker's clients see
+     * Firecracker's sections. */
+    cJSON *fs = c->nfs ? cJSON_AddArrayToObject(o, "fs") : NULL;
+    for (unsigned i = 0; i < c->nfs; i++) {
+        cJSON *f = cJSON_CreateObject();
+        cJSON_AddStringToObject(f, "fs_id", c->fs[i].id);
+        cJSON_AddStringToObject(f, "tag", c->fs[i].tag);
+        cJSON_AddStringToObject(f, "socket", c->fs[i].socket);
+        cJSON_AddNumberToObject(f, "num_queues", c->fs[i].num_queues);
+        cJSON_AddItemToArray(fs, f);
+    }
     return o;
 }
 
@@ -1612,6 +1703,14 @@ int api_config_adopt_vm(struct api_config *c, const struct vm_config *vm,
                                        .readonly = p->readonly,
                                        .has_rate_limiter = limit_set(&p->rate_limit),
                                        .rate_limit = p->rate_limit};
+    }
+    c->nfs = vm->nfs;
+    for (unsigned i = 0; i < vm->nfs; i++) {
+        const struct fs_config *f = &vm->fs[i];
+        c->fs[i] = (struct api_fs){.id = dup_str(f->id ? f->id : f->tag),
+                                   .tag = dup_str(f->tag),
+                                   .socket = dup_str(f->socket),
+                                   .num_queues = f->num_queues ? f->num_queues : 1};
     }
     c->entropy.set = vm->rng;
     c->entropy.has_rate_limiter = vm->rng && vm->rng_limit.size;

@@ -47,6 +47,14 @@ struct api_pmem {
     struct rate_limit_config rate_limit;
 };
 
+/* PUT /fs/{id} (ember's own: Firecracker has no virtio-fs), the configuration file's "fs". */
+struct api_fs {
+    char *id;
+    char *tag;
+    char *socket;        /* the vhost-user back-end's (virtiofsd) */
+    unsigned num_queues; /* request queues */
+};
+
 struct api_net {
     char *id;
     char *host_dev_name;
@@ -116,6 +124,8 @@ struct api_config {
     struct api_net nets[API_MAX_NETS];
     unsigned npmem; /* in the order configured: the guest's pmem0, pmem1, ... */
     struct api_pmem pmem[VM_MAX_PMEM];
+    unsigned nfs; /* in the order configured: fs0, fs1, ... */
+    struct api_fs fs[VM_MAX_FS];
     struct api_logger logger;
     char *metrics_path;
     struct api_entropy entropy;
@@ -165,6 +175,10 @@ int api_parse_drive_update(const char *path_id, const cJSON *body, struct api_dr
  * read_only). */
 int api_put_pmem(struct api_config *c, const char *path_id, const cJSON *body);
 int api_parse_pmem_update(const char *path_id, const cJSON *body, struct api_pmem_update *u);
+/* PUT /fs/{id}: {"fs_id", "tag", "socket", "num_queues"}; the tag is checked
+ * (vhost_user_fs_check_tag) and unique, the socket must be one now (connected at
+ * InstanceStart), num_queues 1-16 (default 1). */
+int api_put_fs(struct api_config *c, const char *path_id, const cJSON *body);
 int api_put_net(struct api_config *c, const char *path_id, const cJSON *body);
 /* Every check of api_put_net, changing nothing. */
 int api_check_net(const struct api_config *c, const char *path_id, const cJSON *body);

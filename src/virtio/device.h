@@ -50,6 +50,7 @@
 #define VIRTIO_ID_RNG     4
 #define VIRTIO_ID_BALLOON 5
 #define VIRTIO_ID_VSOCK   19
+#define VIRTIO_ID_FS      26
 #define VIRTIO_ID_PMEM    27
 
 #define VIRTIO_NO_VECTOR 0xffff

@@ -9,6 +9,7 @@
 #include "virtio/pmem.h"
 #include "virtio/rng.h"
 #include "virtio/vhost_user_blk.h"
+#include "virtio/vhost_user_fs.h"
 #include "virtio/vsock.h"
 #include "vmm/vm.h"
 
@@ -83,12 +84,38 @@ static int create_vhost_user_drive(struct vm *vm, const struct drive_config *dc,
         free(b);
         return -1;
     }
-    if (attach(vm, &b->dev, b, destroy_vhost_user_blk) < 0)
+    if (attach(vm, &b->vud.dev, b, destroy_vhost_user_blk) < 0)
         return -1;
     vm->virtio[vm->nvirtio - 1]->vhost_user = true;
     vm->virtio[vm->nvirtio - 1]->drive_id = dc->id;
     log_info("%s: vhost-user back-end at %s, %llu sectors, %u queue(s)", name, dc->socket,
-             (unsigned long long)b->capacity, b->dev.nqueues);
+             (unsigned long long)b->capacity, b->vud.dev.nqueues);
+    return 0;
+}
+
+static void destroy_vhost_user_fs(void *model)
+{
+    vhost_user_fs_destroy(model);
+    free(model);
+}
+
+static int create_vhost_user_fs(struct vm *vm, const struct fs_config *fc, const char *name)
+{
+    struct vhost_user_fs *f = calloc(1, sizeof(*f));
+    if (!f)
+        return error_set("out of memory");
+    struct vhost_user_fs_options o = {
+        .tag = fc->tag, .socket = fc->socket, .num_queues = fc->num_queues};
+    if (vhost_user_fs_init(f, name, &o, &vm->mem) < 0) {
+        vhost_user_fs_destroy(f);
+        free(f);
+        return -1;
+    }
+    if (attach(vm, &f->vud.dev, f, destroy_vhost_user_fs) < 0)
+        return -1;
+    vm->virtio[vm->nvirtio - 1]->vhost_user = true;
+    log_info("%s: virtio-fs '%s', vhost-user back-end at %s, %u request queue(s)", name, fc->tag,
+             fc->socket, f->vud.dev.nqueues - 1);
     return 0;
 }
 
@@ -383,6 +410,14 @@ int vm_create_virtio_devices(struct vm *vm)
         if (attach(vm, &p->dev, p, destroy_pmem) < 0)
             return -1;
     }
+    if (cfg->nfs > VM_MAX_FS)
+        return error_set("at most %d virtio-fs devices", VM_MAX_FS);
+    for (unsigned i = 0; i < cfg->nfs; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "fs%u", i);
+        if (create_vhost_user_fs(vm, &cfg->fs[i], name) < 0)
+            return -1;
+    }
     if (cfg->vsock.uds_path) {
         struct virtio_vsock *vs = calloc(1, sizeof(*vs));
         if (!vs)
@@ -488,7 +523,7 @@ bool vm_config_wants_vhost_user(const struct vm_config *cfg)
         if (cfg->drives[i].socket)
             return true;
     }
-    return false;
+    return cfg->nfs > 0;
 }
 
 uint32_t vm_pci_slots(const struct vm *vm)

@@ -79,6 +79,16 @@ struct pmem_config {
     struct rate_limit_config rate_limit;
 };
 
+/* virtio-fs through a vhost-user back-end (virtio/vhost_user_fs.h). */
+#define VM_MAX_FS 8
+struct fs_config {
+    const char *id;      /* the API's fs_id */
+    const char *tag;     /* what the guest mounts by */
+    const char *socket;  /* the back-end (virtiofsd) listening here */
+    unsigned num_queues; /* request queues; 0: 1 */
+    char *storage;       /* --fs: the copy of its spec the strings point into */
+};
+
 struct mmds_store;
 
 /* Firecracker's vsock: guest CID and the host's unix socket. */
@@ -130,6 +140,8 @@ struct vm_config {
     struct vsock_config vsock;
     unsigned npmem;
     struct pmem_config pmem[VM_MAX_PMEM];
+    unsigned nfs;
+    struct fs_config fs[VM_MAX_FS];
     struct mmds_store *mmds; /* the metadata the interfaces with mmds_ipv4 serve */
     /* Restoring a snapshot: RAM from ram_fd (VM_RAM_FILE) or through the handler listening
      * on ram_uffd_path (VM_RAM_UFFD); no kernel is loaded; each vCPU gets the CPUID it had

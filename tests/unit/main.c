@@ -33,7 +33,8 @@ int main(void)
                                       dirty_suite,
                                       snapshot_devices_suite,
                                       vhost_user_suite,
-                                      vhost_user_blk_suite};
+                                      vhost_user_blk_suite,
+                                      vhost_user_fs_suite};
     /* Tests provoke guest errors on purpose; their log lines would only
      * clutter the report. EMBER_TEST_LOG=1 shows them. */
     if (!getenv("EMBER_TEST_LOG"))

@@ -33,5 +33,6 @@ Suite *dirty_suite(void);
 Suite *snapshot_devices_suite(void);
 Suite *vhost_user_suite(void);
 Suite *vhost_user_blk_suite(void);
+Suite *vhost_user_fs_suite(void);
 
 #endif

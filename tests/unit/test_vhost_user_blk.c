@@ -8,6 +8,7 @@
 #include "vhost_user/proto.h"
 #include "virtio/mmio.h"
 #include "virtio/vhost_user_blk.h"
+#include "vhu_fake.h"
 #include "virtq_fake.h"
 
 #include <poll.h>
@@ -41,191 +42,9 @@ enum {
      VIRTIO_STATUS_DRIVER_OK)
 #define QSIZE 16
 
-/* The fake back-end. */
-static struct {
-    int listen_fd, conn;
-    pthread_t thread;
-    char path[64];
-    uint64_t features, protocol;
-    uint8_t config[60];
-    pthread_mutex_t lock;
-    uint32_t log[128]; /* requests in the order they came */
-    unsigned nlog;
-    uint64_t set_features;
-    unsigned mem_fds;
-    int kick_fd, call_fd;
-} be;
-
 static struct fake_queue f;
 static struct virtio_mmio m;
 static struct vhost_user_blk b;
-
-static bool recv_all(int fd, void *buf, size_t len, int *fds, unsigned *nfds)
-{
-    size_t got = 0;
-    while (got < len) {
-        union {
-            struct cmsghdr align;
-            char buf[CMSG_SPACE(sizeof(int) * 8)];
-        } ctl;
-        struct iovec iov = {(char *)buf + got, len - got};
-        struct msghdr msg = {.msg_iov = &iov,
-                             .msg_iovlen = 1,
-                             .msg_control = ctl.buf,
-                             .msg_controllen = sizeof(ctl)};
-        ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-        if (n <= 0)
-            return false;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < count; i++) {
-                int d;
-                memcpy(&d, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                if (fds && *nfds < 8)
-                    fds[(*nfds)++] = d;
-                else
-                    close(d);
-            }
-        }
-        got += (size_t)n;
-    }
-    return true;
-}
-
-static void answer(uint32_t req, const void *payload, uint32_t size)
-{
-    struct vhu_header h = {.request = req, .flags = VHU_VERSION | VHU_FLAG_REPLY, .size = size};
-    ck_assert_int_eq(send(be.conn, &h, sizeof(h), MSG_NOSIGNAL), sizeof(h));
-    if (size)
-        ck_assert_int_eq(send(be.conn, payload, size, MSG_NOSIGNAL), (ssize_t)size);
-}
-
-static void *backend_thread(void *arg)
-{
-    (void)arg;
-    be.conn = accept4(be.listen_fd, NULL, NULL, SOCK_CLOEXEC);
-    if (be.conn < 0)
-        return NULL;
-    for (;;) {
-        struct vhu_header h;
-        union {
-            struct vhu_config config;
-            struct vhu_vring_state state;
-            uint64_t u64;
-            uint8_t bytes[512];
-        } p;
-        int fds[8];
-        unsigned nfds = 0;
-        if (!recv_all(be.conn, &h, sizeof(h), fds, &nfds) || h.size > sizeof(p) ||
-            !recv_all(be.conn, &p, h.size, fds, &nfds))
-            break;
-        pthread_mutex_lock(&be.lock);
-        if (be.nlog < 128)
-            be.log[be.nlog++] = h.request;
-        if (h.request == VHU_SET_FEATURES)
-            be.set_features = p.u64;
-        if (h.request == VHU_SET_MEM_TABLE)
-            be.mem_fds = nfds;
-        for (unsigned i = 0; i < nfds; i++) {
-            if (h.request == VHU_SET_VRING_KICK && be.kick_fd < 0)
-                be.kick_fd = fds[i];
-            else if (h.request == VHU_SET_VRING_CALL && be.call_fd < 0)
-                be.call_fd = fds[i];
-            else
-                close(fds[i]);
-        }
-        pthread_mutex_unlock(&be.lock);
-        switch (h.request) {
-        case VHU_GET_FEATURES:
-            answer(h.request, &be.features, 8);
-            break;
-        case VHU_GET_PROTOCOL_FEATURES:
-            answer(h.request, &be.protocol, 8);
-            break;
-        case VHU_GET_QUEUE_NUM: {
-            uint64_t one = 1;
-            answer(h.request, &one, 8);
-            break;
-        }
-        case VHU_GET_CONFIG:
-            memcpy(p.config.payload, be.config + p.config.offset, p.config.size);
-            answer(h.request, &p.config, h.size);
-            break;
-        case VHU_GET_VRING_BASE:
-            p.state.num = 0;
-            answer(h.request, &p.state, sizeof(p.state));
-            break;
-        default:
-            if (h.flags & VHU_FLAG_NEED_ACK) {
-                uint64_t ok = 0;
-                answer(h.request, &ok, 8);
-            }
-        }
-    }
-    return NULL;
-}
-
-static void backend_start(void)
-{
-    memset(&be, 0, sizeof(be));
-    pthread_mutex_init(&be.lock, NULL);
-    be.kick_fd = be.call_fd = be.conn = -1;
-    be.features = (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VHOST_USER_F_PROTOCOL_FEATURES) |
-                  (1ULL << VIRTIO_F_EVENT_IDX) | (1ULL << VIRTIO_F_RING_PACKED) |
-                  (1ULL << 9) /* FLUSH */ | (1ULL << 11) /* CONFIG_WCE */ | (1ULL << 6);
-    be.protocol = (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
-                  (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) | (1ULL << 12);
-    uint64_t capacity = 4096;
-    memcpy(be.config, &capacity, 8);
-    uint32_t blk_size = 4096;
-    memcpy(be.config + 20, &blk_size, 4);
-    snprintf(be.path, sizeof(be.path), "/tmp/ember-test-vub-%d.sock", (int)getpid());
-    unlink(be.path);
-    be.listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", be.path);
-    ck_assert_int_eq(bind(be.listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    ck_assert_int_eq(listen(be.listen_fd, 1), 0);
-    ck_assert_int_eq(pthread_create(&be.thread, NULL, backend_thread, NULL), 0);
-}
-
-/* The back-end goes away: its end of the connection closes. */
-static void backend_die(void)
-{
-    shutdown(be.conn, SHUT_RDWR);
-    pthread_join(be.thread, NULL);
-    be.thread = 0;
-}
-
-static void backend_stop(void)
-{
-    if (be.thread) {
-        if (be.conn >= 0)
-            shutdown(be.conn, SHUT_RDWR);
-        else
-            shutdown(be.listen_fd, SHUT_RDWR);
-        pthread_join(be.thread, NULL);
-    }
-    if (be.conn >= 0)
-        close(be.conn);
-    close(be.listen_fd);
-    if (be.kick_fd >= 0)
-        close(be.kick_fd);
-    if (be.call_fd >= 0)
-        close(be.call_fd);
-    unlink(be.path);
-    pthread_mutex_destroy(&be.lock);
-}
-
-static bool logged(uint32_t req)
-{
-    pthread_mutex_lock(&be.lock);
-    bool found = false;
-    for (unsigned i = 0; i < be.nlog; i++)
-        found |= be.log[i] == req;
-    pthread_mutex_unlock(&be.lock);
-    return found;
-}
 
 static void wr(uint32_t reg, uint32_t v)
 {
@@ -241,7 +60,17 @@ static uint32_t rd(uint32_t reg)
 
 static void setup(void)
 {
-    backend_start();
+    uint64_t features = (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VHOST_USER_F_PROTOCOL_FEATURES) |
+                        (1ULL << VIRTIO_F_EVENT_IDX) | (1ULL << VIRTIO_F_RING_PACKED) |
+                        (1ULL << 9) /* FLUSH */ | (1ULL << 11) /* CONFIG_WCE */ | (1ULL << 6);
+    uint64_t protocol = (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
+                        (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) | (1ULL << 12);
+    uint8_t config[60] = {0};
+    uint64_t capacity = 4096;
+    memcpy(config, &capacity, 8);
+    uint32_t blk_size = 4096;
+    memcpy(config + 20, &blk_size, 4);
+    backend_start("vub", features, protocol, config, sizeof(config), 1);
     /* A back-end maps guest RAM: shared memory, as ember gives it with a vhost-user drive. */
     memset(&f, 0, sizeof(f));
     ck_assert_int_eq(
@@ -251,7 +80,7 @@ static void setup(void)
         .size = QSIZE, .desc_gpa = FAKE_DESC, .avail_gpa = FAKE_AVAIL, .used_gpa = FAKE_USED};
     struct vhost_user_blk_options o = {.socket = be.path};
     ck_assert_msg(vhost_user_blk_init(&b, "blk0", &o, &f.mem) == 0, "%s", error_get());
-    ck_assert_int_eq(virtio_mmio_init(&m, &b.dev, -1, 0xd0000000, 5), 0);
+    ck_assert_int_eq(virtio_mmio_init(&m, &b.vud.dev, -1, 0xd0000000, 5), 0);
 }
 
 static void teardown(void)
@@ -362,7 +191,7 @@ START_TEST(backend_gone)
     /* The device needs a reset and tells the driver; nothing else breaks. */
     EVENTUALLY(rd(REG_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
     EVENTUALLY(rd(REG_INTERRUPT_STATUS) & 2);
-    ck_assert(b.vu.broken);
+    ck_assert(b.vud.vu.broken);
     /* The reset is answered without the back-end; a new activation fails cleanly. */
     wr(REG_STATUS, 0);
     ck_assert_uint_eq(rd(REG_STATUS), 0);

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""vhost-user-blk end to end: Debian's qemu-storage-daemon serves a disk image as a
+"""vhost-user end to end: Debian's qemu-storage-daemon serves a disk image as a
 vhost-user-blk export, and ember's front-end hands it a freestanding guest's rings
 (guest/vhost-user-blk.c) on virtio-pci and virtio-mmio, from the command line and from
-Firecracker's API (PUT /drives with `socket`).
+Firecracker's API (PUT /drives with `socket`). Debian's virtiofsd serves a directory as
+virtio-fs (--fs, PUT /fs/{id}) to a guest that speaks FUSE (guest/virtio-fs.c): it reads a file
+the test wrote, makes a directory and writes a file, which the test checks on the host.
 
 The image starts with a known pattern (the 8-byte word at byte offset o is mix64(o ^ HOST_SEED));
 the guest reads and checks it, writes its own pattern over [1 MiB, 3 MiB) and flushes; this test
@@ -14,10 +16,13 @@ ends normally), snapshot and migration refused, and back-ends that are absent or
 Standard library only. Usage: tests/vhost_user/test_vhost_user.py [-v] [NAME...]
 Environment: EMBER (default build/ember), GUEST_DIR (default build/guest), QSD (default
 qemu-storage-daemon on PATH). Without qemu-storage-daemon the tests that need it are skipped with
-the reason. Prints one line per check and ends with "vhost-user: N passed, N failed, N skipped";
-exits 1 if any check failed.
+the reason; the same for virtiofsd (VIRTIOFSD, default /usr/lib/qemu/virtiofsd) and for QEMU
+(QEMU, default qemu-system-x86_64 on PATH: the reference front-end for virtio-fs). Prints one
+line per check and ends with "vhost-user: N passed, N failed, N skipped"; exits 1 if any check
+failed.
 """
 
+import json
 import os
 import re
 import shutil
@@ -36,6 +41,12 @@ from test_api import EMBER, GUEST_DIR, PATIENCE_S, Ember, Failure, check, expect
 
 GUEST = os.path.join(GUEST_DIR, "vhost-user-blk.elf")
 QSD = os.environ.get("QSD") or shutil.which("qemu-storage-daemon")
+FS_GUEST = os.path.join(GUEST_DIR, "virtio-fs.elf")
+VIRTIOFSD = os.environ.get("VIRTIOFSD") or "/usr/lib/qemu/virtiofsd"
+# What guest/virtio-fs.c expects and writes.
+FS_HOST_FILE, FS_HOST_TEXT = "from-host.txt", b"ember virtio-fs: written by the host\n"
+FS_GUEST_DIR = "made-by-guest"
+FS_GUEST_FILE, FS_GUEST_TEXT = "from-guest.txt", b"ember virtio-fs: written by the guest\n"
 HOST_SEED = 0x686F73742D766275
 GUEST_SEED = 0x67756573742D7662
 DISK_BYTES = 4 << 20
@@ -390,8 +401,316 @@ def test_fd_passing_backend(tmp):
     check(status == 2 and "descriptors" in err, "status %d: %s" % (status, err))
 
 
+class Virtiofsd:
+    """virtiofsd sharing a fresh directory (with FS_HOST_FILE in it) on a unix socket."""
+
+    def __init__(self, tmp, name="vfs"):
+        if not os.access(VIRTIOFSD, os.X_OK):
+            raise Skip("%s is not installed (Debian: qemu-system-common)" % VIRTIOFSD)
+        if os.geteuid() != 0:
+            raise Skip("virtiofsd needs root here (its namespace sandbox)")
+        self.dir = os.path.join(tmp, name + ".share")
+        os.mkdir(self.dir)
+        with open(os.path.join(self.dir, FS_HOST_FILE), "wb") as f:
+            f.write(FS_HOST_TEXT)
+        self.sock = os.path.join(tmp, name + ".sock")
+        self.log_path = os.path.join(tmp, name + ".virtiofsd.log")
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([VIRTIOFSD, "--socket-path=" + self.sock, "-o", "source=" + self.dir,
+                                      "-o", "cache=none"],
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + PATIENCE_S
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise Failure("virtiofsd did not open %s: %s" % (self.sock, open(self.log_path).read()))
+            time.sleep(0.02)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+    def check_host(self, what):
+        """What the guest made, seen on the host."""
+        check(os.path.isdir(os.path.join(self.dir, FS_GUEST_DIR)),
+              "%s: the guest's directory is on the host: %r" % (what, os.listdir(self.dir)))
+        path = os.path.join(self.dir, FS_GUEST_FILE)
+        data = open(path, "rb").read() if os.path.exists(path) else None
+        check(data == FS_GUEST_TEXT, "%s: the guest's file on the host holds %r" % (what, data))
+
+
+FS_TAP = 9
+
+
+def run_fs_cli(tmp, transport, fs_extra="", tag="share"):
+    v = Virtiofsd(tmp)
+    try:
+        cmd = [EMBER, "run", "--kernel", FS_GUEST, "--debug-exit", "--transport", transport,
+               "--fs", "tag=%s,socket=%s%s" % (tag, v.sock, fs_extra),
+               "--cmdline", "console=ttyS0 vfs_tag=%s" % tag, "--log-level", "info"]
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+    finally:
+        v.stop()
+    return v, p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+def test_fs_cli_pci(tmp):
+    v, status, out, err = run_fs_cli(tmp, "pci")
+    check(status == 1, "exit status %d (the guest's debug-exit 0 is 1)\n%s" % (status, err))
+    check_guest(out, "pci", FS_TAP)
+    check("virtio-fs 'share', vhost-user back-end at %s, 1 request queue(s)" % v.sock in err,
+          "ember names the tag, the back-end and the queues: %s" % err)
+    v.check_host("pci")
+
+
+def test_fs_cli_mmio(tmp):
+    """Also queues=1 given, and a tag of the full 36 bytes."""
+    tag = "t" * 36
+    v, status, out, err = run_fs_cli(tmp, "mmio", ",queues=1", tag=tag)
+    check(status == 1, "exit status %d\n%s" % (status, err))
+    check_guest(out, "mmio", FS_TAP)
+    v.check_host("mmio")
+
+
+def test_fs_two_devices(tmp):
+    """--fs is repeatable: two shares from two virtiofsd, each device with its tag; the guest
+    uses the first."""
+    v1, v2 = Virtiofsd(tmp, "one"), None
+    try:
+        v2 = Virtiofsd(tmp, "two")
+        cmd = [EMBER, "run", "--kernel", FS_GUEST, "--debug-exit", "--transport", "pci",
+               "--fs", "tag=one,socket=" + v1.sock, "--fs", "tag=two,socket=%s" % v2.sock,
+               "--cmdline", "console=ttyS0 vfs_tag=one", "--log-level", "info"]
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+    finally:
+        v1.stop()
+        if v2:
+            v2.stop()
+    out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+    check(p.returncode == 1, "exit status %d\n%s" % (p.returncode, err))
+    check_guest(out, "two devices", FS_TAP)
+    check("fs0: virtio-fs 'one'" in err and "fs1: virtio-fs 'two'" in err,
+          "both devices made, in order: %s" % err)
+    v1.check_host("two devices")
+    check(sorted(os.listdir(v2.dir)) == [FS_HOST_FILE], "the second share untouched: %r" % os.listdir(v2.dir))
+
+
+QEMU = os.environ.get("QEMU") or shutil.which("qemu-system-x86_64")
+QBOOT = "/usr/share/qemu/qboot.rom"
+
+
+def test_fs_qemu_reference(tmp):
+    """The same guest under QEMU's vhost-user-fs front-end with the same virtiofsd, on each
+    transport: ember's TAP lines are QEMU's."""
+    if not QEMU:
+        raise Skip("qemu-system-x86_64 is not installed")
+    for transport in ("mmio", "pci"):
+        sub = os.path.join(tmp, transport)
+        os.mkdir(sub)
+        v = Virtiofsd(sub)
+        try:
+            if transport == "mmio":
+                machine = ["-M", "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem",
+                           "-global", "virtio-mmio.force-legacy=false"]
+                dev = "vhost-user-fs-device"
+            else:
+                machine = ["-M", "q35,memory-backend=mem"] + (["-bios", QBOOT] if os.path.exists(QBOOT) else [])
+                dev = "vhost-user-fs-pci"
+            p = subprocess.run([QEMU] + machine + [
+                "-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-m", "128M",
+                "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-enable-kvm",
+                "-cpu", "host,-arch-capabilities", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+                "-chardev", "socket,id=vfs,path=" + v.sock, "-device", dev + ",chardev=vfs,tag=share",
+                "-kernel", FS_GUEST, "-append", "console=ttyS0 vfs_tag=share"],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+        finally:
+            v.stop()
+        qemu_out = p.stdout.decode(errors="replace")
+        check(p.returncode == 1, "QEMU %s: exit status %d: %s" % (transport, p.returncode, p.stderr.decode()[-1000:]))
+        check_guest(qemu_out, "QEMU " + transport, FS_TAP)
+        v.check_host("QEMU " + transport)
+        sub = os.path.join(tmp, transport + "-ember")
+        os.mkdir(sub)
+        v, status, out, err = run_fs_cli(sub, transport, tag="share")
+        check(status == 1, "ember %s: exit status %d\n%s" % (transport, status, err))
+        check(tap_lines(out) == tap_lines(qemu_out), "%s: ember's TAP lines %r, QEMU's %r" %
+              (transport, tap_lines(out), tap_lines(qemu_out)))
+        v.check_host("ember " + transport)
+
+
+def test_fs_too_many_queues(tmp):
+    """virtiofsd serves 2 queues (GET_QUEUE_NUM): 2 request queues + hiprio are refused at start."""
+    v, status, out, err = run_fs_cli(tmp, "pci", ",queues=2")
+    check(status == 2 and "serves 2 queue(s): 2 request queue(s) and the high-priority queue need 3"
+          in err, "status %d: %s" % (status, err))
+
+
+def test_fs_cli_bad(tmp):
+    """Bad --fs values: usage errors before anything starts."""
+    sock = os.path.join(tmp, "none.sock")
+    bad = [("tag=,socket=" + sock, "tag is empty"),
+           ("tag=%s,socket=%s" % ("x" * 37, sock), "37 bytes long (at most 36)"),
+           ("tag=a\tb,socket=" + sock, "printable ASCII"),
+           ("tag=a,socket=%s,queues=0" % sock, "use 1 to 16"),
+           ("tag=a,socket=%s,queues=17" % sock, "use 1 to 16"),
+           ("tag=a,socket=%s,queues=x" % sock, "use 1 to 16"),
+           ("socket=" + sock, "needs tag=NAME"),
+           ("tag=a", "needs socket=PATH"),
+           ("tag=a,socket=%s,cache=none" % sock, "unknown key 'cache'")]
+    for spec, msg in bad:
+        p = subprocess.run([EMBER, "run", "--kernel", FS_GUEST, "--fs", spec],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+        err = p.stderr.decode(errors="replace")
+        check(p.returncode == 2 and msg in err, "--fs %r: status %d: %s" % (spec, p.returncode, err))
+    p = subprocess.run([EMBER, "run", "--kernel", FS_GUEST, "--fs", "tag=a,socket=" + sock,
+                        "--fs", "tag=a,socket=" + sock],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+    err = p.stderr.decode(errors="replace")
+    check(p.returncode == 2 and "another --fs has that tag" in err, "same tag twice: %s" % err)
+    p = subprocess.run([EMBER, "run", "--kernel", FS_GUEST, "--fs", "tag=a,socket=" + sock],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+    err = p.stderr.decode(errors="replace")
+    check(p.returncode == 2 and "cannot connect to the vhost-user back-end" in err,
+          "nobody listening: %d %s" % (p.returncode, err))
+
+
+def test_fs_api(tmp):
+    """ember's own PUT /fs/{id}: bad values refused, GET /vm/config shows it, the guest runs."""
+    v = Virtiofsd(tmp)
+    e = None
+    try:
+        e = Ember(tmp, args=["--level", "Info"])
+        plain = os.path.join(tmp, "plain")
+        open(plain, "w").close()
+        ok = {"fs_id": "share", "tag": "share", "socket": v.sock}
+        bad = [
+            (dict(ok, tag=""), "tag is empty"),
+            (dict(ok, tag="y" * 37), "at most 36"),
+            (dict(ok, tag="a b"), "printable ASCII"),
+            (dict(ok, tag=7), "tag"),
+            (dict(ok, num_queues=0), "must be 1 to 16"),
+            (dict(ok, num_queues=17), "must be 1 to 16"),
+            (dict(ok, num_queues=-1), "num_queues"),
+            (dict(ok, num_queues=1.5), "num_queues"),
+            (dict(ok, socket=plain), "not a socket"),
+            (dict(ok, socket=os.path.join(tmp, "none")), "No such file"),
+            (dict(ok, fs_id="other"), "differs"),
+            (dict(ok, cache="none"), "cache"),
+            ({"fs_id": "share", "socket": v.sock}, "missing field `tag`"),
+            ({"fs_id": "share", "tag": "share"}, "missing field `socket`"),
+        ]
+        for body, msg in bad:
+            expect(e.req("PUT", "/fs/share", body), 400, "PUT /fs %r" % body, msg)
+        check("fs" not in e.req("GET", "/vm/config").json(), "no fs section before one is configured")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": FS_GUEST,
+                                             "boot_args": "console=ttyS0 vfs_tag=share"}), 204, "boot source")
+        expect(e.req("PUT", "/fs/share", dict(ok, num_queues=1)), 204, "PUT /fs")
+        expect(e.req("PUT", "/fs/other", {"fs_id": "other", "tag": "share", "socket": v.sock}), 400,
+               "a second fs with the same tag", "already")
+        fs = e.req("GET", "/vm/config").json()["fs"]
+        check(fs == [{"fs_id": "share", "tag": "share", "socket": v.sock, "num_queues": 1}],
+              "GET /vm/config shows the fs: %r" % fs)
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        deadline = time.monotonic() + PATIENCE_S
+        while len(tap_lines(e.stdout())) < FS_TAP and e.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        check_guest(e.stdout(), "API", FS_TAP)
+        expect(e.req("PUT", "/fs/share", ok), 400, "PUT /fs after start")
+    finally:
+        if e:
+            e.kill()
+        v.stop()
+    v.check_host("API")
+
+
+def test_fs_config_file(tmp):
+    """The configuration file's "fs" list (ember --no-api --config-file)."""
+    v = Virtiofsd(tmp)
+    cfg = os.path.join(tmp, "vm.json")
+    with open(cfg, "w") as f:
+        json.dump({"boot-source": {"kernel_image_path": FS_GUEST, "boot_args": "console=ttyS0 vfs_tag=cf"},
+                   "fs": [{"fs_id": "cf", "tag": "cf", "socket": v.sock, "num_queues": 1}]}, f)
+    out_path = os.path.join(tmp, "ember.out")
+    with open(out_path, "wb") as out:
+        p = subprocess.Popen([EMBER, "--no-api", "--config-file", cfg], stdin=subprocess.DEVNULL,
+                             stdout=out, stderr=subprocess.STDOUT)
+    try:
+        # Without a debug-exit port the guest halts after its last check.
+        deadline = time.monotonic() + PATIENCE_S
+        while len(tap_lines(open(out_path).read())) < FS_TAP and p.poll() is None and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        v.stop()
+    check_guest(open(out_path).read(), "configuration file", FS_TAP)
+    v.check_host("configuration file")
+
+
+def test_fs_backend_killed(tmp):
+    """virtiofsd dies while the guest asks: one log line, the device needs a reset, ember and the
+    guest go on. Snapshots and migration were refused before."""
+    v = Virtiofsd(tmp)
+    sock = os.path.join(tmp, "api.sock")
+    out_path, err_path = os.path.join(tmp, "ember.out"), os.path.join(tmp, "ember.err")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        p = subprocess.Popen([EMBER, "run", "--kernel", FS_GUEST, "--debug-exit", "--api-sock", sock,
+                              "--fs", "tag=share,socket=" + v.sock, "--cmdline",
+                              "console=ttyS0 vfs_tag=share vfs_hold=1"],
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    try:
+        deadline = time.monotonic() + PATIENCE_S
+        while b"# vfs: holding" not in open(out_path, "rb").read():
+            check(p.poll() is None and time.monotonic() < deadline,
+                  "the guest did not start holding: %s" % open(out_path, "rb").read().decode()[-2000:])
+            time.sleep(0.05)
+        c = api_conn(sock)
+        try:
+            expect(c.request("PATCH", "/vm", {"state": "Paused"}), 204, "pause")
+            expect(c.request("PUT", "/snapshot/create", {
+                "snapshot_path": os.path.join(tmp, "s"), "mem_file_path": os.path.join(tmp, "m")}),
+                400, "snapshot of a machine with a virtio-fs device", "vhost-user device (fs0)")
+            expect(c.request("PUT", "/migration/send", {"destination_url": "unix:" + os.path.join(tmp, "mig")}),
+                   400, "migration of a machine with a virtio-fs device", "cannot migrate yet")
+            expect(c.request("PATCH", "/vm", {"state": "Resumed"}), 204, "resume")
+        finally:
+            c.close()
+        time.sleep(0.3)
+        v.kill()
+        try:
+            status = p.wait(PATIENCE_S)
+        except subprocess.TimeoutExpired:
+            raise Failure("ember hangs after its back-end died")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        v.stop()
+    out, err = open(out_path).read(), open(err_path).read()
+    check(status == 1, "exit status %d (the guest's debug-exit 0 is 1): %s" % (status, err[-2000:]))
+    check_guest(out, "back-end killed", FS_TAP)
+    lines = [line for line in err.splitlines() if "vhost-user back-end" in line and "closed its socket" in line]
+    check(len(lines) == 1, "one log line says the back-end went away: %r" % err[-2000:])
+    v.check_host("back-end killed")
+
+
 TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_no_backend,
-         test_silent_backend, test_garbage_backend, test_fd_passing_backend, test_huge_pages]
+         test_silent_backend, test_garbage_backend, test_fd_passing_backend,
+         test_fs_cli_pci, test_fs_cli_mmio, test_fs_two_devices, test_fs_qemu_reference,
+         test_fs_too_many_queues, test_fs_cli_bad, test_fs_api,
+         test_fs_config_file, test_fs_backend_killed, test_huge_pages]
 
 
 def main():
@@ -400,7 +719,7 @@ def main():
         api.VERBOSE = True
         args.remove("-v")
     selected = [t for t in TESTS if not args or t.__name__ in args or t.__name__[5:] in args]
-    for path in (EMBER, GUEST):
+    for path in (EMBER, GUEST, FS_GUEST):
         if not os.path.exists(path):
             print("vhost-user: missing %s (build with make all guests)" % path)
             return 1
