@@ -590,7 +590,8 @@ int vhost_user_get_inflight_fd(struct vhost_user *vu, unsigned nqueues, unsigned
     int64_t deadline = now_ms() + vu->timeout_ms;
     struct vhu_header h;
     int fd = -1, nfds = 0;
-    if (recv_exact(vu, &h, sizeof(h), deadline) < 0 ||
+    /* The descriptor comes with the message's first byte, the header's. */
+    if (recv_exact_fd(vu, &h, sizeof(h), deadline, &fd, &nfds) < 0 ||
         vhu_check_reply_header(&h, VHU_GET_INFLIGHT_FD, sizeof(in)) < 0 ||
         recv_exact_fd(vu, &in, sizeof(in), deadline, &fd, &nfds) < 0) {
         if (fd >= 0)

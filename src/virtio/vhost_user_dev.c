@@ -82,11 +82,15 @@ static int start_backend(struct vhost_user_dev *v, bool resume)
         virtq_get_position(q, &pos);
         if (resume)
             pos.next_avail = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
+        /* The call descriptor before the kick: a back-end may serve the ring as soon as it has
+         * the kick (libvhost-user does, ring enabled or not), and after a reconnection the
+         * kick eventfd holds the driver's notifications already; answering without a call
+         * descriptor, qemu-storage-daemon gives up the connection. */
         if (vhost_user_set_vring_num(vu, i, q->size) < 0 ||
             vhost_user_set_vring_base(vu, i, pos.next_avail) < 0 ||
             vhost_user_set_vring_addr(vu, i, q->desc, q->avail, q->used) < 0 ||
-            vhost_user_set_vring_kick(vu, i, d->queues[i].kick_fd) < 0 ||
-            vhost_user_set_vring_call(vu, i, v->calls[i].fd) < 0)
+            vhost_user_set_vring_call(vu, i, v->calls[i].fd) < 0 ||
+            vhost_user_set_vring_kick(vu, i, d->queues[i].kick_fd) < 0)
             return error_prefix("ring %u", i);
         /* With protocol features a ring starts disabled (and without, SET_VRING_ENABLE is
          * not part of the protocol). */
@@ -240,6 +244,7 @@ static void on_timer(void *opaque, uint32_t events)
         return;
     }
     bool retry = r == -1;
+    log_info("%s: reconnection attempt after %u ms: %s", v->dev.name, elapsed_ms(v), error_get());
     if (v->socket_handler)
         event_loop_del(&v->dev.io.loop, v->socket_handler);
     v->socket_handler = NULL;
