@@ -193,6 +193,12 @@ def test_api_drive(tmp):
             ({"drive_id": "v", "is_root_device": False, "socket": os.path.join(tmp, "none")},
              "No such file"),
             ({"drive_id": "v", "is_root_device": False}, "path_on_host"),
+            ({"drive_id": "v", "is_root_device": False, "socket": d.sock, "reconnect_s": 3601},
+             "reconnect_s"),
+            ({"drive_id": "v", "is_root_device": False, "socket": d.sock, "reconnect_s": -1},
+             "reconnect_s"),
+            ({"drive_id": "v", "is_root_device": False, "path_on_host": img, "reconnect_s": 5},
+             "reconnect_s"),
         ]
         for body, msg in bad:
             expect(e.req("PUT", "/drives/v", body), 400, "PUT /drives %r" % body, msg)
@@ -200,16 +206,17 @@ def test_api_drive(tmp):
             "kernel_image_path": GUEST,
             "boot_args": "console=ttyS0 vub_sectors=%d" % (DISK_BYTES // SECTOR)}), 204, "boot source")
         expect(e.req("PUT", "/drives/vub", {"drive_id": "vub", "is_root_device": False,
-                                            "cache_type": "Writeback", "socket": d.sock}),
+                                            "cache_type": "Writeback", "socket": d.sock,
+                                            "reconnect_s": 0}),
                204, "PUT /drives with socket")
         r = e.req("GET", "/vm/config")
         drive = r.json()["drives"][0]
-        check(drive["socket"] == d.sock and drive["path_on_host"] is None,
+        check(drive["socket"] == d.sock and drive["path_on_host"] is None and drive["reconnect_s"] == 0,
               "GET /vm/config shows the socket: %r" % drive)
         expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
         # Without a debug-exit port the guest halts after its last check.
         deadline = time.monotonic() + PATIENCE_S
-        while len(tap_lines(e.stdout())) < 8 and e.alive() and time.monotonic() < deadline:
+        while len(tap_lines(e.stdout())) < 9 and e.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         check_guest(e.stdout(), "API")
         # A PATCH with drive_id alone reads the back-end's configuration space again.
@@ -268,7 +275,7 @@ def test_huge_pages(tmp):
         e, r = huge_start(tmp, d)
         check(r.status == 204, "InstanceStart with %d huge pages reserved: %r" % (HUGE_MIB // 2, r))
         deadline = time.monotonic() + PATIENCE_S
-        while len(tap_lines(e.stdout())) < 8 and e.alive() and time.monotonic() < deadline:
+        while len(tap_lines(e.stdout())) < 9 and e.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         check_guest(e.stdout(), "huge pages")
         with open("/proc/meminfo") as f:
@@ -709,11 +716,14 @@ def test_fs_api(tmp):
         check("fs" not in e.req("GET", "/vm/config").json(), "no fs section before one is configured")
         expect(e.req("PUT", "/boot-source", {"kernel_image_path": FS_GUEST,
                                              "boot_args": "console=ttyS0 vfs_tag=share"}), 204, "boot source")
-        expect(e.req("PUT", "/fs/share", dict(ok, num_queues=1)), 204, "PUT /fs")
+        expect(e.req("PUT", "/fs/share", dict(ok, num_queues=1, reconnect_s=3601)), 400,
+               "PUT /fs with reconnect_s 3601", "reconnect_s")
+        expect(e.req("PUT", "/fs/share", dict(ok, num_queues=1, reconnect_s=3)), 204, "PUT /fs")
         expect(e.req("PUT", "/fs/other", {"fs_id": "other", "tag": "share", "socket": v.sock}), 400,
                "a second fs with the same tag", "already")
         fs = e.req("GET", "/vm/config").json()["fs"]
-        check(fs == [{"fs_id": "share", "tag": "share", "socket": v.sock, "num_queues": 1}],
+        check(fs == [{"fs_id": "share", "tag": "share", "socket": v.sock, "num_queues": 1,
+                      "reconnect_s": 3}],
               "GET /vm/config shows the fs: %r" % fs)
         expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
         deadline = time.monotonic() + PATIENCE_S
