@@ -436,6 +436,154 @@ def test_backend_never_returns(tmp):
     check(len(why) == 1, "one line says the back-end did not come back: %r" % err[-2000:])
 
 
+class ScriptedBlk:
+    """A vhost-user-blk back-end in a thread that answers the set-up messages and never serves
+    a ring, but offers INFLIGHT_SHMFD (Debian's qemu-storage-daemon does not): GET_INFLIGHT_FD
+    gets a memfd. Each connection's requests are recorded; drop() closes the current one (the
+    back-end died), after which the next connection is answered (restarted)."""
+
+    def __init__(self, tmp):
+        self.path = os.path.join(tmp, "inflight.sock")
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(self.path)
+        self.srv.listen(4)
+        self.conns, self.logs, self.inflight_fds = [], [], []
+        self.lock = threading.Lock()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def recv_exact(self, c, n, fds):
+        data = b""
+        while len(data) < n:
+            msg, got, _, _ = socket.recv_fds(c, n - len(data), 8)
+            if not msg:
+                raise OSError("closed")
+            data += msg
+            fds.extend(got)
+        return data
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            log = []
+            with self.lock:
+                self.conns.append(c)
+                self.logs.append(log)
+            try:
+                self.answer(c, log)
+            except OSError:
+                pass
+
+    def answer(self, c, log):
+        while True:
+            fds = []
+            req, flags, size = struct.unpack("<III", self.recv_exact(c, 12, fds))
+            payload = self.recv_exact(c, size, fds) if size else b""
+            with self.lock:
+                log.append((req, len(fds)))
+            for fd in fds:
+                os.close(fd)
+
+            def reply(body, fds=()):
+                data = struct.pack("<III", req, 0x5, len(body)) + body
+                if fds:
+                    socket.send_fds(c, [data], list(fds))
+                else:
+                    c.sendall(data)
+
+            if req == 1:  # GET_FEATURES: VERSION_1, PROTOCOL_FEATURES
+                reply(struct.pack("<Q", (1 << 32) | (1 << 30) | (1 << 9)))  # and FLUSH
+            elif req == 15:  # GET_PROTOCOL_FEATURES: REPLY_ACK, CONFIG, INFLIGHT_SHMFD
+                reply(struct.pack("<Q", (1 << 3) | (1 << 9) | (1 << 12)))
+            elif req == 24:  # GET_CONFIG: capacity only
+                offset, length, cflags = struct.unpack_from("<III", payload)
+                config = struct.pack("<Q", DISK_BYTES // SECTOR).ljust(256, b"\0")
+                reply(struct.pack("<III", offset, length, cflags) + config[offset:offset + length])
+            elif req == 31:  # GET_INFLIGHT_FD
+                fd = os.memfd_create("inflight")
+                os.ftruncate(fd, 8192)
+                with self.lock:
+                    self.inflight_fds.append(fd)
+                num_queues, queue_size = struct.unpack_from("<HH", payload, 16)
+                reply(struct.pack("<QQHH", 8192, 0, num_queues, queue_size), [fd])
+            elif req == 11:  # GET_VRING_BASE
+                reply(struct.pack("<II", struct.unpack_from("<I", payload)[0], 0))
+            elif flags & 0x8:
+                reply(struct.pack("<Q", 0))
+
+    def log(self, i):
+        with self.lock:
+            return list(self.logs[i]) if i < len(self.logs) else []
+
+    def drop(self):
+        with self.lock:
+            self.conns[-1].shutdown(socket.SHUT_RDWR)
+            self.conns[-1].close()
+
+    def close(self):
+        self.srv.close()
+        with self.lock:
+            for fd in self.inflight_fds:
+                os.close(fd)
+
+
+def test_inflight_reconnect(tmp):
+    """A back-end that offers INFLIGHT_SHMFD (scripted: it answers the set-up, never serves the
+    ring): at DRIVER_OK ember gets its inflight buffer (GET_INFLIGHT_FD, the memfd checked and
+    mapped under the vhost_user seccomp filter) and hands it over (SET_INFLIGHT_FD); the
+    back-end dies with the guest's reads in flight and a new one on the same socket gets the
+    same buffer again (no GET_INFLIGHT_FD) and the rings, while the guest's device is never
+    reset and no request is failed on its behalf."""
+    b = ScriptedBlk(tmp)
+    out_path, err_path = os.path.join(tmp, "ember.out"), os.path.join(tmp, "ember.err")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        p = subprocess.Popen([EMBER, "run", "--kernel", GUEST, "--log-level", "info", "--drive",
+                              "socket=%s,id=vub,reconnect=10" % b.path, "--cmdline",
+                              "console=ttyS0 vub_sectors=%d" % (DISK_BYTES // SECTOR)],
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    try:
+        def enabled(i):
+            return any(r == 18 for r, _ in b.log(i))  # SET_VRING_ENABLE
+
+        deadline = time.monotonic() + PATIENCE_S
+        while not enabled(0):
+            check(p.poll() is None and time.monotonic() < deadline,
+                  "the first back-end never got its ring: %s" % open(err_path).read()[-2000:])
+            time.sleep(0.05)
+        first = b.log(0)
+        reqs = [r for r, _ in first]
+        check(31 in reqs and (32, 1) in first and reqs.index(31) < reqs.index(32) < reqs.index(8),
+              "GET_INFLIGHT_FD, then SET_INFLIGHT_FD with its descriptor, before the ring: %r" % reqs)
+        time.sleep(0.5)  # the guest's first read is in flight, unanswered
+        check(p.poll() is None, "ember runs with the inflight buffer mapped: %s" % open(err_path).read()[-2000:])
+        b.drop()
+        while not enabled(1):
+            check(p.poll() is None and time.monotonic() < deadline,
+                  "no reconnection: %s" % open(err_path).read()[-2000:])
+            time.sleep(0.05)
+        second = b.log(1)
+        reqs = [r for r, _ in second]
+        check(31 not in reqs and (32, 1) in second and reqs.index(32) < reqs.index(8),
+              "the new back-end gets the same buffer (SET_INFLIGHT_FD, no GET_INFLIGHT_FD): %r" % reqs)
+        time.sleep(0.3)
+        check(p.poll() is None, "ember runs on: %s" % open(err_path).read()[-2000:])
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(PATIENCE_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        b.close()
+    err = open(err_path).read()
+    check("is back after" in err and "resubmitted" in err, "ember says the back-end is back: %r" % err[-2000:])
+    check("request(s) in flight failed" not in err and "NEEDS_RESET" not in err and "seccomp" not in err,
+          "nothing failed, no seccomp violation: %r" % err[-2000:])
+
+
 def test_no_backend(tmp):
     """Nobody listening: ember says so at start, usage error."""
     p = subprocess.run([EMBER, "run", "--kernel", GUEST, "--drive",
@@ -812,7 +960,7 @@ def test_fs_backend_killed(tmp):
 
 
 TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_backend_restarted,
-         test_backend_never_returns, test_no_backend,
+         test_backend_never_returns, test_inflight_reconnect, test_no_backend,
          test_silent_backend, test_garbage_backend, test_fd_passing_backend,
          test_fs_cli_pci, test_fs_cli_mmio, test_fs_two_devices, test_fs_qemu_reference,
          test_fs_too_many_queues, test_fs_cli_bad, test_fs_api,
