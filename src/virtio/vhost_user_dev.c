@@ -141,7 +141,9 @@ static int fail_outstanding(struct vhost_user_dev *v, unsigned *failed)
     return 0;
 }
 
-static void give_up(struct vhost_user_dev *v, const char *why)
+/* The device needs a reset: the requests in flight failed where the type can, one line with
+ * why. late: the back-end did not come back within the limit. */
+static void give_up(struct vhost_user_dev *v, const char *why, bool late)
 {
     struct virtio_dev *d = &v->dev;
     char msg[512];
@@ -150,11 +152,13 @@ static void give_up(struct vhost_user_dev *v, const char *why)
     vhost_user_close(&v->vu);
     vhost_user_inflight_free(&v->inflight);
     int r = fail_outstanding(v, &failed);
-    snprintf(msg, sizeof(msg),
-             "vhost-user back-end at %s: %s%s; %u request(s) in flight failed with an I/O "
-             "error%s",
-             v->socket, why, v->reconnect_ms ? " (not back in time)" : "", failed,
-             r < 0 ? ", others could not be" : "");
+    char errors[96] = "";
+    if (failed)
+        snprintf(errors, sizeof(errors), "; %u request(s) in flight failed with an I/O error",
+                 failed);
+    snprintf(msg, sizeof(msg), "vhost-user back-end at %s: %s%s%s%s", v->socket, why,
+             late ? " (not back in time)" : "", errors,
+             r < 0 ? "; requests in flight left unanswered until the reset" : "");
     virtio_dev_fail_host(d, msg);
 }
 
@@ -169,7 +173,7 @@ static void backend_lost(struct vhost_user_dev *v, const char *why, bool taken)
     v->socket_handler = NULL;
     v->running = false; /* nobody to take the rings back from */
     if (!v->reconnect_ms) {
-        give_up(v, v->gone_why);
+        give_up(v, v->gone_why, false);
         return;
     }
     vhost_user_close(&v->vu);
@@ -178,7 +182,7 @@ static void backend_lost(struct vhost_user_dev *v, const char *why, bool taken)
      * used index the old one took (and maybe carried out): each is failed now, or, where the
      * type cannot, the device needs a reset. */
     if (taken && v->inflight.fd < 0 && fail_outstanding(v, &failed) < 0) {
-        give_up(v, "it went away with requests in flight, no INFLIGHT_SHMFD to resume them");
+        give_up(v, "it went away with requests in flight, no INFLIGHT_SHMFD to resume them", false);
         return;
     }
     log_limited(&v->log_backend, LOG_WARN,
@@ -254,7 +258,7 @@ static void on_timer(void *opaque, uint32_t events)
     snprintf(why, sizeof(why), "%s", error_get());
     unsigned spent = elapsed_ms(v);
     if (!retry || spent >= v->reconnect_ms) {
-        give_up(v, retry ? v->gone_why : why);
+        give_up(v, retry ? v->gone_why : why, retry);
         if (retry)
             log_limited(&v->log_back, LOG_ERROR, "%s: last reconnection attempt: %s", v->dev.name,
                         why);

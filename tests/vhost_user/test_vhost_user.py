@@ -17,7 +17,8 @@ Standard library only. Usage: tests/vhost_user/test_vhost_user.py [-v] [NAME...]
 Environment: EMBER (default build/ember), GUEST_DIR (default build/guest), QSD (default
 qemu-storage-daemon on PATH). Without qemu-storage-daemon the tests that need it are skipped with
 the reason; the same for virtiofsd (VIRTIOFSD, default /usr/lib/qemu/virtiofsd) and for QEMU
-(QEMU, default qemu-system-x86_64 on PATH: the reference front-end for virtio-fs). Prints one
+(QEMU, default qemu-system-x86_64 on PATH: the reference front-end for virtio-fs). KEEP_TMP=1
+keeps each test's directory (logs, images) for a look afterwards. Prints one
 line per check and ends with "vhost-user: N passed, N failed, N skipped"; exits 1 if any check
 failed.
 """
@@ -580,7 +581,7 @@ def test_inflight_reconnect(tmp):
         b.close()
     err = open(err_path).read()
     check("is back after" in err and "resubmitted" in err, "ember says the back-end is back: %r" % err[-2000:])
-    check("request(s) in flight failed" not in err and "NEEDS_RESET" not in err and "seccomp" not in err,
+    check("request(s) in flight failed" not in err and "device stopped" not in err and "seccomp" not in err,
           "nothing failed, no seccomp violation: %r" % err[-2000:])
 
 
@@ -912,7 +913,7 @@ def test_fs_config_file(tmp):
     v.check_host("configuration file")
 
 
-def test_fs_backend_killed(tmp):
+def test_fs_backend_killed(tmp, reconnect=0):
     """virtiofsd dies while the guest asks: one log line, the device needs a reset, ember and the
     guest go on. Snapshots and migration were refused before."""
     v = Virtiofsd(tmp)
@@ -920,7 +921,7 @@ def test_fs_backend_killed(tmp):
     out_path, err_path = os.path.join(tmp, "ember.out"), os.path.join(tmp, "ember.err")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         p = subprocess.Popen([EMBER, "run", "--kernel", FS_GUEST, "--debug-exit", "--api-sock", sock,
-                              "--fs", "tag=share,reconnect=0,socket=" + v.sock, "--cmdline",
+                              "--fs", "tag=share,reconnect=%d,socket=%s" % (reconnect, v.sock), "--cmdline",
                               "console=ttyS0 vfs_tag=share vfs_hold=1"],
                              stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     try:
@@ -955,8 +956,20 @@ def test_fs_backend_killed(tmp):
     check(status == 1, "exit status %d (the guest's debug-exit 0 is 1): %s" % (status, err[-2000:]))
     check_guest(out, "back-end killed", FS_TAP)
     lines = [line for line in err.splitlines() if "vhost-user back-end" in line and "closed its socket" in line]
-    check(len(lines) == 1, "one log line says the back-end went away: %r" % err[-2000:])
+    if reconnect:
+        # Killed with a request in flight: virtio-fs cannot fail it for the back-end, so the
+        # device needs a reset at once; killed idle: not back within the limit.
+        why = [line for line in err.splitlines() if "no INFLIGHT_SHMFD to resume them" in line or
+               "not back in time" in line]
+        check(len(why) == 1, "one log line says why the device needs a reset: %r" % err[-2000:])
+    else:
+        check(len(lines) == 1, "one log line says the back-end went away: %r" % err[-2000:])
     v.check_host("back-end killed")
+
+
+def test_fs_backend_killed_reconnect(tmp):
+    """The same with reconnect=2: the device needs a reset within the limit, one line says why."""
+    test_fs_backend_killed(tmp, reconnect=2)
 
 
 TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_backend_restarted,
@@ -964,7 +977,7 @@ TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_
          test_silent_backend, test_garbage_backend, test_fd_passing_backend,
          test_fs_cli_pci, test_fs_cli_mmio, test_fs_two_devices, test_fs_qemu_reference,
          test_fs_too_many_queues, test_fs_cli_bad, test_fs_api,
-         test_fs_config_file, test_fs_backend_killed, test_huge_pages]
+         test_fs_config_file, test_fs_backend_killed, test_fs_backend_killed_reconnect, test_huge_pages]
 
 
 def main():
