@@ -10,8 +10,11 @@ The image starts with a known pattern (the 8-byte word at byte offset o is mix64
 the guest reads and checks it, writes its own pattern over [1 MiB, 3 MiB) and flushes; this test
 then checks the image file block by block (512-byte sectors). Also: the daemon killed while the
 guest does I/O (ember logs one line, the device needs a reset, ember keeps running and the guest
-ends normally), snapshot and migration refused, and back-ends that are absent or never answer
-(ember fails at start within its reply timeout, never hangs).
+ends normally), snapshot and migration refused; the daemon killed and restarted under a guest
+writing sequenced blocks (ember reconnects, the device resumes without a guest reset, every block
+checked on the host) and killed for good (errors within the reconnection limit); a scripted
+back-end offering INFLIGHT_SHMFD restarted; and back-ends that are absent or never answer (ember
+fails at start within its reply timeout, never hangs).
 
 Standard library only. Usage: tests/vhost_user/test_vhost_user.py [-v] [NAME...]
 Environment: EMBER (default build/ember), GUEST_DIR (default build/guest), QSD (default
