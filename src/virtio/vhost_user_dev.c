@@ -249,13 +249,23 @@ static void on_timer(void *opaque, uint32_t events)
     }
     bool retry = r == -1;
     log_info("%s: reconnection attempt after %u ms: %s", v->dev.name, elapsed_ms(v), error_get());
+    char why[256];
+    snprintf(why, sizeof(why), "%s", error_get());
+    /* Rings handed to a back-end that failed half way: it may have taken requests. */
+    bool handed = v->running;
     if (v->socket_handler)
         event_loop_del(&v->dev.io.loop, v->socket_handler);
     v->socket_handler = NULL;
     v->running = false;
     vhost_user_close(&v->vu);
-    char why[256];
-    snprintf(why, sizeof(why), "%s", error_get());
+    unsigned failed;
+    if (handed && v->inflight.fd < 0 && fail_outstanding(v, &failed) < 0) {
+        give_up(v,
+                "the new back-end went away with requests in flight, no INFLIGHT_SHMFD to "
+                "resume them",
+                false);
+        return;
+    }
     unsigned spent = elapsed_ms(v);
     if (!retry || spent >= v->reconnect_ms) {
         give_up(v, retry ? v->gone_why : why, retry);

@@ -311,6 +311,25 @@ START_TEST(reconnect_gives_up)
 }
 END_TEST
 
+/* A back-end that comes back without a feature the driver took cannot have the device: the
+ * device needs a reset, without waiting out the limit. */
+START_TEST(reconnect_refuses_fewer_features)
+{
+    vhost_user_dev_set_reconnect(&b.vud, 30);
+    live();
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
+    backend_die();
+    pthread_mutex_lock(&be.lock);
+    be.features &= ~(1ULL << 9); /* FLUSH, which the driver took */
+    pthread_mutex_unlock(&be.lock);
+    backend_revive(be.protocol);
+    EVENTUALLY(rd(REG_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
+    ck_assert(!logged(VHU_SET_MEM_TABLE));
+    ck_assert(!b.vud.reconnecting);
+    wr(REG_STATUS, 0);
+}
+END_TEST
+
 /* A back-end whose inflight buffer is not what it says: the activation fails, nothing
  * crashes. */
 START_TEST(bad_inflight_reply)
@@ -370,6 +389,7 @@ Suite *vhost_user_blk_suite(void)
     tcase_add_test(tc, reconnect_with_inflight);
     tcase_add_test(tc, reconnect_without_inflight_fails_requests);
     tcase_add_test(tc, reconnect_gives_up);
+    tcase_add_test(tc, reconnect_refuses_fewer_features);
     tcase_add_test(tc, bad_inflight_reply);
     suite_add_tcase(s, tc);
     return s;
