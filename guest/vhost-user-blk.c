@@ -6,6 +6,13 @@
  * and reads that back. The harness then checks the image file block by block.
  * With vub_hold=1 the guest then keeps reading, saying "# vub: holding" once, until the
  * device says it needs a reset (the harness kills the back-end) or 60 s pass.
+ * With vub_stream=S the guest instead writes sequenced 4 KiB blocks for S seconds, 16 at a
+ * time, over the whole disk (sequence number s into block s % blocks; the block's first word
+ * is s, the others mix64((s << 9 | word) ^ STREAM_SEED)), says "# vub: streaming" once and
+ * carries on while the harness kills and restarts the back-end; then it reads every block
+ * back and checks that each holds the last sequence number it wrote there, and prints
+ * "# vub: stream last=S errors=E". With vub_stream_fail=1 the back-end never comes back: the
+ * guest expects I/O errors or DEVICE_NEEDS_RESET instead, and no request left unanswered.
  */
 #include "guest.h"
 #include "io.h"
@@ -17,6 +24,9 @@
 #define WRITE_LEN   (2u << 20)
 #define CHUNK       (64 * 1024)
 #define WAIT_US     5000000
+#define STREAM_SEED 0x73747265616d2d76ull /* "stream-v" */
+#define STREAM_QD   16
+#define BLOCK       4096
 
 static struct virtio_device *disk;
 static uint64_t disk_bytes;
@@ -239,6 +249,152 @@ static enum test_result hold_until_gone(void)
     return TEST_FAIL;
 }
 
+static void stream_fill(uint64_t *w, uint64_t seq)
+{
+    w[0] = seq;
+    for (uint64_t j = 1; j < BLOCK / 8; j++)
+        w[j] = mix64((seq << 9 | j) ^ STREAM_SEED);
+}
+
+static bool in_flight(const bool *busy, const uint64_t *block_of, uint64_t b)
+{
+    for (unsigned k = 0; k < STREAM_QD; k++) {
+        if (busy[k] && block_of[k] == b)
+            return true;
+    }
+    return false;
+}
+
+/* Writes sequenced blocks while the harness kills and restarts the back-end. Every write is
+ * answered; the ones in flight when it died fail with VIRTIO_BLK_S_IOERR when the back-end
+ * cannot resume them (no INFLIGHT_SHMFD), and their blocks are written again, as a file
+ * system would. Afterwards each block holds the last sequence number written there with
+ * success. vub_stream_fail=1: the back-end never comes back; errors or DEVICE_NEEDS_RESET
+ * expected, never a request left unanswered. */
+static enum test_result stream(void)
+{
+    uint64_t seconds = 0, expect_fail = 0;
+    if (!cmdline_get_u64("vub_stream", &seconds) || !seconds)
+        return skip("no vub_stream=S");
+    if (!buf)
+        return skip("no disk");
+    cmdline_get_u64("vub_stream_fail", &expect_fail);
+    struct virtq *q = &disk->queues[0];
+    static struct vblk_req reqs[STREAM_QD];
+    static uint64_t seq_of[STREAM_QD], block_of[STREAM_QD];
+    uint64_t blocks = disk_bytes / BLOCK;
+    uint64_t *last_ok = phys_alloc(blocks * sizeof(uint64_t), 8);
+    bool *redo = phys_alloc(blocks, 8);
+    for (uint64_t b = 0; b < blocks; b++) {
+        last_ok[b] = UINT64_MAX;
+        redo[b] = false;
+    }
+    uint8_t *data = phys_alloc(STREAM_QD * BLOCK, 4096);
+    uint64_t seq = 0, errors = 0, outstanding = 0, next_block = 0, redo_left = 0;
+    bool busy[STREAM_QD] = {false}, needs_reset = false;
+    uint64_t start = time_us(), end = start + seconds * 1000000;
+    printf("# vub: streaming\n");
+    for (;;) {
+        bool more =
+            !needs_reset && (time_us() < end || next_block % blocks || redo_left || seq < blocks);
+        if (expect_fail && errors)
+            more = false;
+        if (!more && !outstanding)
+            break;
+        for (unsigned k = 0; k < STREAM_QD && more; k++) {
+            if (busy[k])
+                continue;
+            /* Failed blocks first, then the next in turn; once time is up, only to the end of
+             * the pass and the failed ones. */
+            uint64_t b = UINT64_MAX;
+            if (redo_left) {
+                for (uint64_t i = 0; i < blocks && b == UINT64_MAX; i++)
+                    if (redo[i] && !in_flight(busy, block_of, i))
+                        b = i;
+                if (b == UINT64_MAX)
+                    break;
+                redo[b] = false;
+                redo_left--;
+            } else if (in_flight(busy, block_of, next_block % blocks)) {
+                break; /* never two writes of one block at once: either could land last */
+            } else if (time_us() < end || next_block % blocks || seq < blocks) {
+                b = next_block++ % blocks;
+            } else {
+                break;
+            }
+            uint8_t *p = data + k * BLOCK;
+            stream_fill((uint64_t *)p, seq);
+            if (vblk_submit(q, &reqs[k], VIRTIO_BLK_T_OUT, b * (BLOCK / SECTOR_SIZE), p, BLOCK, 0) <
+                0)
+                break;
+            seq_of[k] = seq++;
+            block_of[k] = b;
+            busy[k] = true;
+            outstanding++;
+        }
+        if (!outstanding)
+            continue;
+        virtq_kick(q);
+        uint64_t wait_start = time_us();
+        while (!virtq_has_used(q)) {
+            if (virtio_get_status(disk) & VIRTIO_STATUS_NEEDS_RESET)
+                needs_reset = true;
+            if (time_us() - wait_start > 30000000) {
+                diag("%lu write(s) unanswered for 30 s", outstanding);
+                return TEST_FAIL;
+            }
+            if (needs_reset && !virtq_has_used(q)) {
+                diag("DEVICE_NEEDS_RESET with %lu write(s) unanswered", outstanding);
+                return expect_fail ? TEST_PASS : TEST_FAIL;
+            }
+            cpu_relax();
+        }
+        struct vblk_req *r;
+        while ((r = virtq_get(q, NULL))) {
+            unsigned k = (unsigned)(r - reqs);
+            uint64_t b = block_of[k];
+            if (r->status == VIRTIO_BLK_S_OK) {
+                /* Completions may come out of order: the newest write of the block counts. */
+                if (last_ok[b] == UINT64_MAX || seq_of[k] > last_ok[b])
+                    last_ok[b] = seq_of[k];
+            } else {
+                if (!errors)
+                    diag("write %lu (block %lu): status %u", seq_of[k], b, r->status);
+                errors++;
+                if (!redo[b]) {
+                    redo[b] = true;
+                    redo_left++;
+                }
+            }
+            busy[k] = false;
+            outstanding--;
+        }
+    }
+    needs_reset = needs_reset || (virtio_get_status(disk) & VIRTIO_STATUS_NEEDS_RESET);
+    uint64_t sum = 0;
+    for (uint64_t b = 0; b < blocks; b++)
+        sum += last_ok[b];
+    printf("# vub: stream writes=%lu errors=%lu needs_reset=%d sum=%lu\n", seq, errors, needs_reset,
+           sum);
+    if (expect_fail)
+        return errors || needs_reset ? TEST_PASS : TEST_FAIL;
+    if (needs_reset)
+        return TEST_FAIL;
+    if (vblk_sync(q, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0) != VIRTIO_BLK_S_OK)
+        return TEST_FAIL;
+    if (!io(VIRTIO_BLK_T_IN, 0, buf, disk_bytes))
+        return TEST_FAIL;
+    for (uint64_t b = 0; b < blocks; b++) {
+        stream_fill((uint64_t *)want, last_ok[b]);
+        if (!same(buf + b * BLOCK, want, BLOCK, b * BLOCK)) {
+            diag("block %lu holds sequence %lu, not %lu", b, *(uint64_t *)(buf + b * BLOCK),
+                 last_ok[b]);
+            return TEST_FAIL;
+        }
+    }
+    return TEST_PASS;
+}
+
 static const struct guest_test tests[] = {
     {"vhost-user disk found, features negotiated, DRIVER_OK", bring_up},
     {"capacity from the back-end's configuration space", capacity},
@@ -248,6 +404,9 @@ static const struct guest_test tests[] = {
     {"MSI-X: a masked vector's interrupt waits in the PBA, arrives on unmask", msix_masking},
     {"reset, set up again: the whole disk still reads back", reset_and_again},
     {"back-end gone: the device needs a reset, ember answers the reset", hold_until_gone},
+    {"sequenced writes across a back-end restart: all answered, the last of each block read "
+     "back",
+     stream},
 };
 
 void guest_main(void)

@@ -81,8 +81,10 @@ void cli_usage(FILE *f)
         "  --drive SPEC          a virtio-blk disk (repeatable); SPEC is path=FILE and any of\n"
         "                        the keys below, or socket=PATH (a vhost-user-blk back-end\n"
         "                        listening there serves the disk) with id, root, partuuid\n"
-        "                        and cache=writeback|unsafe\n"
+        "                        cache=writeback|unsafe and reconnect\n"
         "                          id=NAME          serial the guest reads (max 20 bytes)\n"
+        "                          reconnect=S      vhost-user: seconds to wait for a back-end\n"
+        "                                           that went away (default 10, 0: never)\n"
         "                          readonly=on      writes fail, VIRTIO_BLK_F_RO offered\n"
         "                          cache=MODE       writeback (default), none (O_DIRECT),\n"
         "                                           unsafe (flushes not offered)\n"
@@ -323,6 +325,7 @@ void cli_free_drive(struct drive_config *d)
 static int parse_drive_items(const char *spec, char *copy, struct drive_config *d)
 {
     char *save = NULL;
+    bool reconnect_given = false;
     for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(item, '=');
         if (!eq) {
@@ -380,19 +383,28 @@ static int parse_drive_items(const char *spec, char *copy, struct drive_config *
         } else if (!strcmp(key, "queues")) {
             if (cli_parse_uint(val, 16, &d->queues) < 0 || d->queues == 0)
                 return error_set("--drive queues=%s: use 1 to 16", val);
+        } else if (!strcmp(key, "reconnect")) {
+            if (cli_parse_uint(val, VHOST_USER_RECONNECT_MAX_S, &d->reconnect_s) < 0)
+                return error_prefix("--drive reconnect");
+            reconnect_given = true;
         } else {
             return error_set("--drive: unknown key '%s' (path, socket, id, readonly, cache, "
-                             "queues)",
+                             "queues, reconnect)",
                              key);
         }
         /* What a vhost-user back-end decides itself (or ember cannot do on its data path). */
         if (d->socket && strcmp(key, "socket") && strcmp(key, "id") && strcmp(key, "root") &&
             strcmp(key, "partuuid") && strcmp(key, "cache") && strcmp(key, "path") &&
-            strcmp(key, "file"))
+            strcmp(key, "file") && strcmp(key, "reconnect"))
             return error_set("--drive %s: %s= does not apply to a vhost-user drive (socket=); "
-                             "it takes id, root, partuuid and cache=writeback|unsafe",
+                             "it takes id, root, partuuid, cache=writeback|unsafe and "
+                             "reconnect=SECONDS",
                              spec, key);
     }
+    if (reconnect_given && !d->socket)
+        return error_set("--drive %s: reconnect= is for a vhost-user drive (socket=)", spec);
+    if (!reconnect_given)
+        d->reconnect_s = VHOST_USER_RECONNECT_DEFAULT_S;
     if (d->socket && d->path)
         return error_set("--drive %s: give path=FILE or socket=PATH, not both", spec);
     if (d->socket) {
@@ -413,6 +425,7 @@ static int parse_drive_items(const char *spec, char *copy, struct drive_config *
 int cli_parse_fs(const char *spec, struct fs_config *f)
 {
     memset(f, 0, sizeof(*f));
+    bool reconnect_given = false;
     char *copy = strdup(spec);
     if (!copy)
         return error_set("out of memory");
@@ -435,8 +448,14 @@ int cli_parse_fs(const char *spec, struct fs_config *f)
                 error_set("--fs queues=%s: use 1 to %d", val, VHOST_USER_FS_MAX_QUEUES);
                 goto fail;
             }
+        } else if (!strcmp(key, "reconnect")) {
+            if (cli_parse_uint(val, VHOST_USER_RECONNECT_MAX_S, &f->reconnect_s) < 0) {
+                error_prefix("--fs reconnect");
+                goto fail;
+            }
+            reconnect_given = true;
         } else {
-            error_set("--fs: unknown key '%s' (tag, socket, queues)", key);
+            error_set("--fs: unknown key '%s' (tag, socket, queues, reconnect)", key);
             goto fail;
         }
     }
@@ -454,6 +473,8 @@ int cli_parse_fs(const char *spec, struct fs_config *f)
     }
     if (!f->num_queues)
         f->num_queues = 1;
+    if (!reconnect_given)
+        f->reconnect_s = VHOST_USER_RECONNECT_DEFAULT_S;
     f->id = f->tag;
     /* The strings stay referenced by the config for the process's life (cli_free_fs). */
     f->storage = copy;

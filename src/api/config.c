@@ -461,6 +461,10 @@ static int put_vhost_user_drive(struct api_config *c, const char *id, const char
                                 const cJSON *body, bool is_root, const char *partuuid,
                                 const char *cache, bool ro_given)
 {
+    uint64_t reconnect = VHOST_USER_RECONNECT_DEFAULT_S;
+    if (get_u64(body, "drive", "reconnect_s", false, VHOST_USER_RECONNECT_MAX_S, &reconnect, NULL) <
+        0)
+        return -1;
     if (ro_given || field(body, "rate_limiter") || field(body, "io_engine"))
         return error_set("drive '%s': a vhost-user drive (`socket`) takes no `is_read_only`, "
                          "`rate_limiter` or `io_engine`: its back-end decides them",
@@ -472,7 +476,8 @@ static int put_vhost_user_drive(struct api_config *c, const char *id, const char
         return error_errno("drive '%s': vhost-user socket '%s'", id, sock);
     if (!S_ISSOCK(st.st_mode))
         return error_set("drive '%s': '%s' is not a socket", id, sock);
-    struct api_drive d = {.is_root = is_root, .cache_unsafe = true};
+    struct api_drive d = {
+        .is_root = is_root, .cache_unsafe = true, .reconnect_s = (unsigned)reconnect};
     if (cache && !strcmp(cache, "Writeback"))
         d.cache_unsafe = false;
     else if (cache && strcmp(cache, "Unsafe") != 0)
@@ -495,7 +500,8 @@ int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body)
 {
     static const char *const fields[] = {
         "drive_id",   "path_on_host", "is_root_device", "partuuid", "is_read_only",
-        "cache_type", "rate_limiter", "io_engine",      "socket",   NULL};
+        "cache_type", "rate_limiter", "io_engine",      "socket",   "reconnect_s",
+        NULL};
     const char *what = "drive", *id, *path, *partuuid, *cache, *engine, *sock;
     struct api_drive d = {0};
     bool ro_given;
@@ -516,6 +522,8 @@ int api_put_drive(struct api_config *c, const char *path_id, const cJSON *body)
         return error_set("drive '%s': give exactly one of `path_on_host` and `socket`", id);
     if (sock)
         return put_vhost_user_drive(c, id, sock, body, d.is_root, partuuid, cache, ro_given);
+    if (field(body, "reconnect_s"))
+        return error_set("drive '%s': `reconnect_s` is for a vhost-user drive (`socket`)", id);
     if (!path || !*path)
         return error_set("drive '%s': missing field `path_on_host`", id);
     if (access(path, d.readonly ? R_OK : R_OK | W_OK) < 0)
@@ -644,15 +652,17 @@ int api_put_pmem(struct api_config *c, const char *path_id, const cJSON *body)
 
 int api_put_fs(struct api_config *c, const char *path_id, const cJSON *body)
 {
-    static const char *const fields[] = {"fs_id", "tag", "socket", "num_queues", NULL};
+    static const char *const fields[] = {"fs_id",      "tag",         "socket",
+                                         "num_queues", "reconnect_s", NULL};
     const char *what = "fs", *id, *tag, *sock;
-    uint64_t queues = 1;
+    uint64_t queues = 1, reconnect = VHOST_USER_RECONNECT_DEFAULT_S;
     if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
         get_string(body, what, "fs_id", true, &id) < 0 ||
         check_path_id(what, path_id, id, "fs_id") < 0 ||
         get_string(body, what, "tag", true, &tag) < 0 ||
         get_string(body, what, "socket", true, &sock) < 0 ||
-        get_u64(body, what, "num_queues", false, UINT32_MAX, &queues, NULL) < 0)
+        get_u64(body, what, "num_queues", false, UINT32_MAX, &queues, NULL) < 0 ||
+        get_u64(body, what, "reconnect_s", false, VHOST_USER_RECONNECT_MAX_S, &reconnect, NULL) < 0)
         return -1;
     if (queues == 0 || queues > VHOST_USER_FS_MAX_QUEUES)
         return error_set("fs '%s': `num_queues` (request queues) must be 1 to %d", id,
@@ -680,7 +690,8 @@ int api_put_fs(struct api_config *c, const char *path_id, const cJSON *body)
     struct api_fs f = {.id = strdup(id),
                        .tag = strdup(tag),
                        .socket = strdup(sock),
-                       .num_queues = (unsigned)queues};
+                       .num_queues = (unsigned)queues,
+                       .reconnect_s = (unsigned)reconnect};
     if (!f.id || !f.tag || !f.socket) {
         free_fs(&f);
         return error_set("out of memory");
@@ -1458,6 +1469,7 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
             .is_root = d->is_root,
             .partuuid = d->partuuid,
             .queues = 1,
+            .reconnect_s = d->reconnect_s,
             .rate_limit = d->rate_limit,
         };
     }
@@ -1473,8 +1485,11 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
     vm->nfs = c->nfs;
     for (unsigned i = 0; i < c->nfs; i++) {
         const struct api_fs *f = &c->fs[i];
-        vm->fs[i] = (struct fs_config){
-            .id = f->id, .tag = f->tag, .socket = f->socket, .num_queues = f->num_queues};
+        vm->fs[i] = (struct fs_config){.id = f->id,
+                                       .tag = f->tag,
+                                       .socket = f->socket,
+                                       .num_queues = f->num_queues,
+                                       .reconnect_s = f->reconnect_s};
     }
     vm->rng = c->entropy.set;
     if (c->entropy.set) {
@@ -1526,6 +1541,8 @@ static cJSON *drive_json(const struct api_drive *d)
                                               : cJSON_CreateNull());
     cJSON_AddStringToObject(o, "io_engine", d->io_sync ? "Sync" : "Async");
     add_string_or_null(o, "socket", d->socket);
+    if (d->socket)
+        cJSON_AddNumberToObject(o, "reconnect_s", d->reconnect_s);
     return o;
 }
 
@@ -1627,6 +1644,7 @@ cJSON *api_config_json(const struct api_config *c)
         cJSON_AddStringToObject(f, "tag", c->fs[i].tag);
         cJSON_AddStringToObject(f, "socket", c->fs[i].socket);
         cJSON_AddNumberToObject(f, "num_queues", c->fs[i].num_queues);
+        cJSON_AddNumberToObject(f, "reconnect_s", c->fs[i].reconnect_s);
         cJSON_AddItemToArray(fs, f);
     }
     return o;
@@ -1663,6 +1681,7 @@ int api_config_adopt_vm(struct api_config *c, const struct vm_config *vm,
             .is_root = d->is_root,
             .readonly = d->readonly,
             .cache_unsafe = d->unsafe,
+            .reconnect_s = d->reconnect_s,
             .io_sync = d->engine == BLK_ENGINE_SYNC,
             .has_rate_limiter = limit_set(&d->rate_limit),
             .rate_limit = d->rate_limit,
@@ -1710,7 +1729,8 @@ int api_config_adopt_vm(struct api_config *c, const struct vm_config *vm,
         c->fs[i] = (struct api_fs){.id = dup_str(f->id ? f->id : f->tag),
                                    .tag = dup_str(f->tag),
                                    .socket = dup_str(f->socket),
-                                   .num_queues = f->num_queues ? f->num_queues : 1};
+                                   .num_queues = f->num_queues ? f->num_queues : 1,
+                                   .reconnect_s = f->reconnect_s};
     }
     c->entropy.set = vm->rng;
     c->entropy.has_rate_limiter = vm->rng && vm->rng_limit.size;

@@ -31,8 +31,9 @@ struct api_drive {
     char *partuuid;
     bool is_root;
     bool readonly;
-    bool cache_unsafe; /* cache_type "Unsafe" (Firecracker's default) or "Writeback" */
-    bool io_sync;      /* io_engine "Sync" (Firecracker's default) or "Async" */
+    bool cache_unsafe;    /* cache_type "Unsafe" (Firecracker's default) or "Writeback" */
+    unsigned reconnect_s; /* vhost-user: reconnect_s, how long to wait for a lost back-end */
+    bool io_sync;         /* io_engine "Sync" (Firecracker's default) or "Async" */
     bool has_rate_limiter;
     struct rate_limit_config rate_limit;
 };
@@ -51,8 +52,9 @@ struct api_pmem {
 struct api_fs {
     char *id;
     char *tag;
-    char *socket;        /* the vhost-user back-end's (virtiofsd) */
-    unsigned num_queues; /* request queues */
+    char *socket;         /* the vhost-user back-end's (virtiofsd) */
+    unsigned num_queues;  /* request queues */
+    unsigned reconnect_s; /* how long to wait for a back-end that went away; 0: never */
 };
 
 struct api_net {

@@ -301,9 +301,27 @@ static const struct sc_rule pmem_rules[] = {
 /* A vhost-user device: its data path is the back-end's; the thread sets the back-end up at
  * activation and takes the rings back at reset (messages on the socket, descriptors
  * attached), waits at most 5 s for each reply (poll), closes descriptors a hostile back-end
- * attaches to a reply, and relays the back-end's interrupts (eventfd reads). */
+ * attaches to a reply, relays the back-end's interrupts (eventfd reads) and reconnects. */
 static const struct sc_rule vhost_user_rules[] = {
-    BASE, MEMORY, EVENT_LOOP, INTX, R(sendmsg), R(recvmsg), R(poll), R(close),
+    BASE,
+    MEMORY,
+    EVENT_LOOP,
+    INTX,
+    R(sendmsg),
+    R(recvmsg),
+    R(poll),
+    R(close),
+    /* reconnecting to a back-end that went away: a new unix socket, its send timeout, the
+     * connect, then non-blocking (vhost_user_connect) */
+    R2(socket, EQ(0, AF_UNIX), BITS(1, 0xf, SOCK_STREAM)),
+    R2(setsockopt, EQ(1, SOL_SOCKET), EQ(2, SO_SNDTIMEO)),
+    R(connect),
+    R1(fcntl, EQ(1, F_GETFL)),
+    R1(fcntl, EQ(1, F_SETFL)),
+    /* the back-end's inflight buffer (GET_INFLIGHT_FD): its file's size checked, then mapped
+     * shared, never executable */
+    R(newfstatat),
+    R2(mmap, NONE_OF(2, PROT_EXEC), BITS(3, MAP_SHARED | MAP_ANONYMOUS, MAP_SHARED)),
 };
 
 /* ---- the others ------------------------------------------------------------ */

@@ -22,6 +22,8 @@ enum vhu_request {
     VHU_SET_VRING_ENABLE = 18,
     VHU_GET_CONFIG = 24,
     VHU_SET_CONFIG = 25,
+    VHU_GET_INFLIGHT_FD = 31,
+    VHU_SET_INFLIGHT_FD = 32,
 };
 
 #define VHU_VERSION       0x1u
@@ -71,6 +73,17 @@ struct vhu_config {
 };
 #define VHU_CONFIG_HEADER 12u
 
+/* GET_INFLIGHT_FD / SET_INFLIGHT_FD: the shared buffer where the back-end records the
+ * requests it took, so that a restarted back-end can submit them again. */
+struct vhu_inflight {
+    uint64_t mmap_size, mmap_offset;
+    uint16_t num_queues, queue_size;
+} __attribute__((packed));
+
+/* The largest inflight buffer ember accepts: a split ring's record is 16 bytes per descriptor
+ * plus a header, so 17 queues of 32768 descriptors stay far below. */
+#define VHU_INFLIGHT_MAX (64ull << 20)
+
 /* The largest payload of any reply the front-end reads. */
 #define VHU_MAX_REPLY_PAYLOAD ((uint32_t)sizeof(struct vhu_config))
 
@@ -83,6 +96,9 @@ int vhu_check_config_reply(const struct vhu_config *c, uint32_t offset, uint32_t
 int vhu_check_vring_base_reply(const struct vhu_vring_state *s, unsigned index);
 /* An acknowledgement: 0 success, anything else the back-end's failure. */
 int vhu_check_ack(uint64_t ack, uint32_t request);
+/* A GET_INFLIGHT_FD reply: a size within (0, VHU_INFLIGHT_MAX], a page-aligned offset; the
+ * descriptor's file holds [offset, offset + size) (file_size: its size). */
+int vhu_check_inflight_reply(const struct vhu_inflight *in, int nfds, uint64_t file_size);
 const char *vhu_request_name(uint32_t request);
 
 #endif

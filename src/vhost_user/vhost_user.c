@@ -10,7 +10,9 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -48,6 +50,10 @@ const char *vhu_request_name(uint32_t request)
         return "GET_QUEUE_NUM";
     case VHU_SET_VRING_ENABLE:
         return "SET_VRING_ENABLE";
+    case VHU_GET_INFLIGHT_FD:
+        return "GET_INFLIGHT_FD";
+    case VHU_SET_INFLIGHT_FD:
+        return "SET_INFLIGHT_FD";
     case VHU_GET_CONFIG:
         return "GET_CONFIG";
     case VHU_SET_CONFIG:
@@ -86,6 +92,24 @@ int vhu_check_vring_base_reply(const struct vhu_vring_state *s, unsigned index)
     if (s->num > 0xffff)
         return error_set("reply to GET_VRING_BASE: position %u of ring %u is not a 16-bit index",
                          s->num, index);
+    return 0;
+}
+
+int vhu_check_inflight_reply(const struct vhu_inflight *in, int nfds, uint64_t file_size)
+{
+    if (nfds != 1)
+        return error_set("reply to GET_INFLIGHT_FD: %d descriptors, not 1", nfds);
+    if (in->mmap_size == 0 || in->mmap_size > VHU_INFLIGHT_MAX)
+        return error_set("reply to GET_INFLIGHT_FD: a buffer of %llu bytes (1 to %llu)",
+                         (unsigned long long)in->mmap_size, (unsigned long long)VHU_INFLIGHT_MAX);
+    if (in->mmap_offset % 4096 || in->mmap_offset > UINT64_MAX - in->mmap_size)
+        return error_set("reply to GET_INFLIGHT_FD: offset %llu",
+                         (unsigned long long)in->mmap_offset);
+    /* Mapping past the file's end would fault (SIGBUS) where the mapping is touched. */
+    if (in->mmap_offset + in->mmap_size > file_size)
+        return error_set("reply to GET_INFLIGHT_FD: bytes %llu+%llu of a file of %llu",
+                         (unsigned long long)in->mmap_offset, (unsigned long long)in->mmap_size,
+                         (unsigned long long)file_size);
     return 0;
 }
 
@@ -182,8 +206,11 @@ static int send_msg(struct vhost_user *vu, uint32_t request, uint32_t flags, con
     return 0;
 }
 
-/* Reads exactly len bytes. Descriptors that come along are closed: no reply carries one. */
-static int recv_exact(struct vhost_user *vu, void *buf, size_t len, int64_t deadline)
+/* Reads exactly len bytes. Descriptors that come along are closed: no reply carries one,
+ * except where keep_fd is given (GET_INFLIGHT_FD), which takes one (*keep_fd starts at -1);
+ * *nkept counts every descriptor that came. */
+static int recv_exact_fd(struct vhost_user *vu, void *buf, size_t len, int64_t deadline,
+                         int *keep_fd, int *nkept)
 {
     size_t got = 0;
     while (got < len) {
@@ -214,17 +241,29 @@ static int recv_exact(struct vhost_user *vu, void *buf, size_t len, int64_t dead
             for (size_t i = 0; i < count; i++) {
                 int fd;
                 memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                close(fd);
+                if (keep_fd && *keep_fd < 0)
+                    *keep_fd = fd;
+                else
+                    close(fd);
                 fds++;
             }
         }
-        if (fds || (msg.msg_flags & MSG_CTRUNC))
+        if (msg.msg_flags & MSG_CTRUNC)
+            return error_set("the reply carries too many descriptors");
+        if (keep_fd)
+            *nkept += (int)fds;
+        else if (fds)
             return error_set("the reply carries descriptors, which none should");
         if (n == 0)
             return error_set("the back-end closed its socket");
         got += (size_t)n;
     }
     return 0;
+}
+
+static int recv_exact(struct vhost_user *vu, void *buf, size_t len, int64_t deadline)
+{
+    return recv_exact_fd(vu, buf, len, deadline, NULL, NULL);
 }
 
 /* The reply to request, payload exactly size bytes into out. */
@@ -532,4 +571,77 @@ int vhost_user_set_vring_kick(struct vhost_user *vu, unsigned index, int fd)
 int vhost_user_set_vring_call(struct vhost_user *vu, unsigned index, int fd)
 {
     return vring_fd(vu, VHU_SET_VRING_CALL, index, fd);
+}
+
+/* ---- inflight tracking (PROTOCOL_F_INFLIGHT_SHMFD) ----------------------------- */
+
+int vhost_user_get_inflight_fd(struct vhost_user *vu, unsigned nqueues, unsigned queue_size,
+                               struct vhost_user_inflight *out)
+{
+    out->fd = -1;
+    out->addr = NULL;
+    if (!vhost_user_has_protocol(vu, VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD))
+        return error_set("vhost-user back-end of %s: no INFLIGHT_SHMFD", vu->name);
+    if (vu->broken || vu->fd < 0)
+        return error_set("vhost-user back-end of %s: the connection is broken", vu->name);
+    struct vhu_inflight in = {.num_queues = (uint16_t)nqueues, .queue_size = (uint16_t)queue_size};
+    if (send_msg(vu, VHU_GET_INFLIGHT_FD, 0, &in, sizeof(in), NULL, 0) < 0)
+        return broken(vu);
+    int64_t deadline = now_ms() + vu->timeout_ms;
+    struct vhu_header h;
+    int fd = -1, nfds = 0;
+    /* The descriptor comes with the message's first byte, the header's. */
+    if (recv_exact_fd(vu, &h, sizeof(h), deadline, &fd, &nfds) < 0 ||
+        vhu_check_reply_header(&h, VHU_GET_INFLIGHT_FD, sizeof(in)) < 0 ||
+        recv_exact_fd(vu, &in, sizeof(in), deadline, &fd, &nfds) < 0) {
+        if (fd >= 0)
+            close(fd);
+        error_prefix("reply to GET_INFLIGHT_FD");
+        return broken(vu);
+    }
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) < 0) {
+        error_errno("the inflight buffer's descriptor");
+        close(fd);
+        return broken(vu);
+    }
+    if (vhu_check_inflight_reply(&in, nfds, fd >= 0 ? (uint64_t)st.st_size : 0) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return broken(vu);
+    }
+    void *addr =
+        mmap(NULL, in.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)in.mmap_offset);
+    if (addr == MAP_FAILED) {
+        error_errno("vhost-user back-end of %s: mapping its inflight buffer (%llu bytes)", vu->name,
+                    (unsigned long long)in.mmap_size);
+        close(fd);
+        return -1;
+    }
+    *out = (struct vhost_user_inflight){.fd = fd,
+                                        .addr = addr,
+                                        .size = in.mmap_size,
+                                        .offset = in.mmap_offset,
+                                        .nqueues = nqueues,
+                                        .queue_size = queue_size};
+    return 0;
+}
+
+int vhost_user_set_inflight_fd(struct vhost_user *vu, const struct vhost_user_inflight *in)
+{
+    struct vhu_inflight m = {.mmap_size = in->size,
+                             .mmap_offset = in->offset,
+                             .num_queues = (uint16_t)in->nqueues,
+                             .queue_size = (uint16_t)in->queue_size};
+    return request(vu, VHU_SET_INFLIGHT_FD, &m, sizeof(m), &in->fd, 1);
+}
+
+void vhost_user_inflight_free(struct vhost_user_inflight *in)
+{
+    if (in->addr)
+        munmap(in->addr, in->size);
+    if (in->fd >= 0)
+        close(in->fd);
+    in->addr = NULL;
+    in->fd = -1;
 }

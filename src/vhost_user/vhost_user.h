@@ -22,9 +22,10 @@
 #define VHOST_USER_F_PROTOCOL_FEATURES 30
 
 /* Protocol features ember uses. */
-#define VHOST_USER_PROTOCOL_F_MQ        0
-#define VHOST_USER_PROTOCOL_F_REPLY_ACK 3
-#define VHOST_USER_PROTOCOL_F_CONFIG    9
+#define VHOST_USER_PROTOCOL_F_MQ             0
+#define VHOST_USER_PROTOCOL_F_REPLY_ACK      3
+#define VHOST_USER_PROTOCOL_F_CONFIG         9
+#define VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD 12
 
 /* The largest device configuration space GET_CONFIG/SET_CONFIG carry. */
 #define VHOST_USER_MAX_CONFIG 256
@@ -81,5 +82,22 @@ int vhost_user_get_vring_base(struct vhost_user *vu, unsigned index, unsigned *b
 int vhost_user_set_vring_kick(struct vhost_user *vu, unsigned index, int fd);
 int vhost_user_set_vring_call(struct vhost_user *vu, unsigned index, int fd);
 int vhost_user_set_vring_enable(struct vhost_user *vu, unsigned index, bool enable);
+
+/* The back-end's inflight buffer (PROTOCOL_F_INFLIGHT_SHMFD): shared memory where it
+ * records the requests it took, handed to it again after it restarted so that it submits
+ * them once more. ember maps it (proving it is what the back-end says) but never reads it. */
+struct vhost_user_inflight {
+    int fd; /* -1: none */
+    void *addr;
+    uint64_t size, offset;
+    unsigned nqueues, queue_size;
+};
+/* GET_INFLIGHT_FD for nqueues rings of queue_size: the reply checked (one descriptor, a
+ * bounded size the file holds), then mapped; -1 with why. */
+int vhost_user_get_inflight_fd(struct vhost_user *vu, unsigned nqueues, unsigned queue_size,
+                               struct vhost_user_inflight *out);
+/* SET_INFLIGHT_FD: the buffer a back-end (maybe a restarted one) is to track requests in. */
+int vhost_user_set_inflight_fd(struct vhost_user *vu, const struct vhost_user_inflight *in);
+void vhost_user_inflight_free(struct vhost_user_inflight *in);
 
 #endif

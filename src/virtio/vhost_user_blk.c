@@ -28,7 +28,8 @@
      (1ULL << VIRTIO_F_INDIRECT_DESC) | (1ULL << VIRTIO_F_EVENT_IDX) |                             \
      (1ULL << VIRTIO_F_VERSION_1))
 
-#define VUB_QUEUE_SIZE 256
+#define VUB_QUEUE_SIZE     256
+#define VIRTIO_BLK_S_IOERR 1
 /* Offset of num_queues in virtio-blk's configuration space (5.2.4). */
 #define CONFIG_NUM_QUEUES 34
 
@@ -70,13 +71,46 @@ static int read_backend_config(struct vhost_user_blk *b, const char *name, unsig
     return 0;
 }
 
+/* Completes every request past the used index of queue qi with VIRTIO_BLK_S_IOERR (the status
+ * byte, the last byte the device may write): the back-end that took them is gone and no
+ * other will know of them. At most a ring's worth; -1 on a ring the driver broke. [io] */
+static int fail_requests(struct vhost_user_dev *v, unsigned qi)
+{
+    struct virtq *q = &v->dev.queues[qi].vq;
+    if (q->packed)
+        return -1; /* never offered */
+    uint16_t used = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
+    struct virtq_position pos = {.next_avail = used, .next_used = used};
+    if (virtq_set_position(q, &pos) < 0)
+        return -1;
+    struct virtq_chain c;
+    if (virtq_chain_alloc(&c, q->size) < 0)
+        return -1;
+    int n = 0, r = 0;
+    while (n < q->size && (r = virtq_pop(q, &c)) == 1) {
+        uint32_t written = 0;
+        if (c.nin) {
+            struct virtq_buf *status = &c.bufs[c.nout + c.nin - 1];
+            if (status->len) {
+                status->hva[status->len - 1] = VIRTIO_BLK_S_IOERR;
+                written = 1;
+            }
+        }
+        virtq_push(q, c.head, written);
+        n++;
+    }
+    virtq_chain_free(&c);
+    return r < 0 ? -1 : n;
+}
+
 int vhost_user_blk_init(struct vhost_user_blk *b, const char *name,
                         const struct vhost_user_blk_options *opts, const struct guest_memory *mem)
 {
     memset(b, 0, sizeof(*b));
     pthread_mutex_init(&b->config_lock, NULL);
     uint64_t wanted = (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
-                      (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) | (1ULL << VHOST_USER_PROTOCOL_F_MQ);
+                      (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) | (1ULL << VHOST_USER_PROTOCOL_F_MQ) |
+                      (1ULL << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD);
     if (vhost_user_dev_connect(&b->vud, name, opts->socket, mem, wanted) < 0)
         return -1;
     if (!vhost_user_has_protocol(&b->vud.vu, VHOST_USER_PROTOCOL_F_CONFIG))
@@ -89,6 +123,8 @@ int vhost_user_blk_init(struct vhost_user_blk *b, const char *name,
     uint64_t offered = b->vud.backend_features & SUPPORTED_FEATURES;
     if (opts->unsafe)
         offered &= ~(1ULL << VIRTIO_BLK_F_FLUSH);
+    b->vud.fail_requests = fail_requests;
+    vhost_user_dev_set_reconnect(&b->vud, opts->reconnect_s);
     return vhost_user_dev_init(&b->vud, name, VIRTIO_ID_BLOCK, offered, nqueues, VUB_QUEUE_SIZE,
                                sizeof(b->config), read_config, b, mem);
 }

@@ -14,7 +14,8 @@
 
 struct vhost_user_blk_options {
     const char *socket;
-    bool unsafe; /* flushes not offered (Firecracker's cache_type Unsafe) */
+    bool unsafe;          /* flushes not offered (Firecracker's cache_type Unsafe) */
+    unsigned reconnect_s; /* how long to wait for a back-end that went away; 0: never */
 };
 
 struct vhost_user_blk {

@@ -1,6 +1,7 @@
 #include "virtio/vhost_user_dev.h"
 
 #include "sandbox/seccomp.h"
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -8,7 +9,10 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
+
+static void backend_lost(struct vhost_user_dev *v, const char *why, bool taken);
 
 /* The back-end used buffers on a queue: the transport interrupts the driver (MSI-X vector
  * with its mask and pending bit, or INTx, or the mmio interrupt status). The back-end
@@ -35,22 +39,40 @@ static void on_socket(void *opaque, uint32_t events)
     (void)events;
     if (vhost_user_check_idle(&v->vu) == 0)
         return;
-    char why[256];
-    snprintf(why, sizeof(why), "vhost-user back-end at %s: %s", v->socket, error_get());
-    /* Level-triggered: unwatched now, or it would fire again. */
-    event_loop_del(&v->dev.io.loop, v->socket_handler);
-    v->socket_handler = NULL;
-    v->running = false; /* nobody to take the rings back from */
-    virtio_dev_fail_host(&v->dev, why);
+    backend_lost(v, error_get(), true);
 }
 
-static int start_backend(struct vhost_user_dev *v)
+unsigned vhost_user_dev_outstanding(const struct vhost_user_dev *v, unsigned q)
+{
+    const struct virtq *vq = &v->dev.queues[q].vq;
+    if (!virtio_dev_queue_live(&v->dev, q) || !vq->avail || !vq->used)
+        return 0;
+    uint16_t avail = __atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE);
+    uint16_t used = __atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE);
+    return (uint16_t)(avail - used);
+}
+
+/* Gives the back-end the device as it stands. resume: a new back-end after the old one went
+ * away, which continues each ring from its used index (what the guest was answered): the
+ * requests past it were either failed already or are in the inflight buffer, from which the
+ * back-end submits them again. */
+static int start_backend(struct vhost_user_dev *v, bool resume)
 {
     struct virtio_dev *d = &v->dev;
     struct vhost_user *vu = &v->vu;
     if (vhost_user_set_features(vu, d->driver_features) < 0 ||
         vhost_user_set_mem_table(vu, d->mem) < 0)
         return -1;
+    if (vhost_user_has_protocol(vu, VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD)) {
+        /* The buffer lives as long as the guest's requests may: from DRIVER_OK to the reset,
+         * across back-ends. */
+        if (v->inflight.fd < 0 &&
+            vhost_user_get_inflight_fd(vu, d->nqueues, d->queue_max_size, &v->inflight) < 0)
+            return -1;
+        if (vhost_user_set_inflight_fd(vu, &v->inflight) < 0)
+            return -1;
+    }
+
     v->running = true;
     for (unsigned i = 0; i < d->nqueues; i++) {
         if (!virtio_dev_queue_live(d, i))
@@ -58,11 +80,17 @@ static int start_backend(struct vhost_user_dev *v)
         struct virtq *q = &d->queues[i].vq;
         struct virtq_position pos;
         virtq_get_position(q, &pos);
+        if (resume)
+            pos.next_avail = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
+        /* The call descriptor before the kick: a back-end may serve the ring as soon as it has
+         * the kick (libvhost-user does, ring enabled or not), and after a reconnection the
+         * kick eventfd holds the driver's notifications already; answering without a call
+         * descriptor, qemu-storage-daemon gives up the connection. */
         if (vhost_user_set_vring_num(vu, i, q->size) < 0 ||
             vhost_user_set_vring_base(vu, i, pos.next_avail) < 0 ||
             vhost_user_set_vring_addr(vu, i, q->desc, q->avail, q->used) < 0 ||
-            vhost_user_set_vring_kick(vu, i, d->queues[i].kick_fd) < 0 ||
-            vhost_user_set_vring_call(vu, i, v->calls[i].fd) < 0)
+            vhost_user_set_vring_call(vu, i, v->calls[i].fd) < 0 ||
+            vhost_user_set_vring_kick(vu, i, d->queues[i].kick_fd) < 0)
             return error_prefix("ring %u", i);
         /* With protocol features a ring starts disabled (and without, SET_VRING_ENABLE is
          * not part of the protocol). */
@@ -79,23 +107,212 @@ static int start_backend(struct vhost_user_dev *v)
     return 0;
 }
 
+/* ---- reconnection ------------------------------------------------------------ */
+
+static unsigned elapsed_ms(const struct vhost_user_dev *v)
+{
+    return (unsigned)((monotonic_ns() - v->gone_ns) / 1000000);
+}
+
+static void arm_timer(struct vhost_user_dev *v, unsigned ms)
+{
+    struct itimerspec t = {
+        .it_value = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000}};
+    if (timerfd_settime(v->timer_fd, 0, &t, NULL) < 0)
+        log_error("%s: arming the reconnection timer failed", v->dev.name);
+}
+
+/* The requests past each ring's used index that no back-end will answer: completed with an
+ * error by the device type where it can. -1 when some are left that it cannot. */
+static int fail_outstanding(struct vhost_user_dev *v, unsigned *failed)
+{
+    struct virtio_dev *d = &v->dev;
+    *failed = 0;
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        if (!vhost_user_dev_outstanding(v, i))
+            continue;
+        int n = v->fail_requests ? v->fail_requests(v, i) : -1;
+        if (n < 0)
+            return -1;
+        *failed += (unsigned)n;
+        if (n)
+            d->transport->notify_queue(d, i);
+    }
+    return 0;
+}
+
+/* The device needs a reset: the requests in flight failed where the type can, one line with
+ * why. late: the back-end did not come back within the limit. */
+static void give_up(struct vhost_user_dev *v, const char *why, bool late)
+{
+    struct virtio_dev *d = &v->dev;
+    char msg[512];
+    unsigned failed = 0;
+    v->reconnecting = false;
+    vhost_user_close(&v->vu);
+    vhost_user_inflight_free(&v->inflight);
+    int r = fail_outstanding(v, &failed);
+    char errors[96] = "";
+    if (failed)
+        snprintf(errors, sizeof(errors), "; %u request(s) in flight failed with an I/O error",
+                 failed);
+    snprintf(msg, sizeof(msg), "vhost-user back-end at %s: %s%s%s%s", v->socket, why,
+             late ? " (not back in time)" : "", errors,
+             r < 0 ? "; requests in flight left unanswered until the reset" : "");
+    virtio_dev_fail_host(d, msg);
+}
+
+/* The back-end went away (socket closed, a message failed). taken: it may have taken
+ * requests from the rings. */
+static void backend_lost(struct vhost_user_dev *v, const char *why, bool taken)
+{
+    struct virtio_dev *d = &v->dev;
+    snprintf(v->gone_why, sizeof(v->gone_why), "%s", why);
+    if (v->socket_handler)
+        event_loop_del(&d->io.loop, v->socket_handler); /* level-triggered: it would fire again */
+    v->socket_handler = NULL;
+    v->running = false; /* nobody to take the rings back from */
+    if (!v->reconnect_ms) {
+        give_up(v, v->gone_why, false);
+        return;
+    }
+    vhost_user_close(&v->vu);
+    unsigned failed = 0;
+    /* Without an inflight buffer a new back-end cannot know which of the requests past the
+     * used index the old one took (and maybe carried out): each is failed now, or, where the
+     * type cannot, the device needs a reset. */
+    if (taken && v->inflight.fd < 0 && fail_outstanding(v, &failed) < 0) {
+        give_up(v, "it went away with requests in flight, no INFLIGHT_SHMFD to resume them", false);
+        return;
+    }
+    log_limited(&v->log_backend, LOG_WARN,
+                "%s: vhost-user back-end at %s: %s; reconnecting for up to %u s%s%.0u%s", d->name,
+                v->socket, v->gone_why, v->reconnect_ms / 1000, failed ? " (" : "", failed,
+                failed ? " request(s) in flight failed)" : "");
+    v->reconnecting = true;
+    v->gone_ns = monotonic_ns();
+    v->backoff_ms = VHOST_USER_BACKOFF_FIRST_MS;
+    arm_timer(v, v->backoff_ms);
+}
+
+/* 0: the back-end has the device again; -1: not there (yet), to be tried again; -2: it
+ * answered but cannot take the device (a refusal, features missing): final. */
+static int try_reconnect(struct vhost_user_dev *v)
+{
+    struct virtio_dev *d = &v->dev;
+    if (vhost_user_connect(&v->vu, d->name, v->socket, VHOST_USER_TIMEOUT_MS) < 0 ||
+        vhost_user_handshake(&v->vu, v->wanted_protocol) < 0)
+        return -1;
+    uint64_t missing = d->driver_features & ~v->vu.features;
+    if (missing) {
+        error_set("the new back-end lacks features 0x%llx the driver uses",
+                  (unsigned long long)missing);
+        return -2;
+    }
+    if (v->inflight.fd >= 0 &&
+        !vhost_user_has_protocol(&v->vu, VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD)) {
+        /* The requests in flight cannot reach this back-end. */
+        unsigned failed;
+        vhost_user_inflight_free(&v->inflight);
+        if (fail_outstanding(v, &failed) < 0) {
+            error_set("the new back-end has no INFLIGHT_SHMFD for the requests in flight");
+            return -2;
+        }
+    }
+    v->socket_handler =
+        event_loop_add(&d->io.loop, vhost_user_fd(&v->vu), EPOLLIN | EPOLLRDHUP, on_socket, v);
+    if (!v->socket_handler)
+        return -2;
+    if (start_backend(v, true) < 0)
+        return v->vu.broken ? -1 : -2; /* gone again, or a refusal */
+    return 0;
+}
+
+static void on_timer(void *opaque, uint32_t events)
+{
+    struct vhost_user_dev *v = opaque;
+    (void)events;
+    uint64_t ticks;
+    ssize_t ignored = read(v->timer_fd, &ticks, sizeof(ticks));
+    (void)ignored;
+    if (!v->reconnecting)
+        return;
+    int r = try_reconnect(v);
+    if (r == 0) {
+        v->reconnecting = false;
+        v->reconnects++;
+        log_limited(&v->log_back, LOG_WARN,
+                    "%s: vhost-user back-end at %s is back after %u ms; the device resumed%s",
+                    v->dev.name, v->socket, elapsed_ms(v),
+                    v->inflight.fd >= 0 ? ", the requests in flight resubmitted by it" : "");
+        return;
+    }
+    bool retry = r == -1;
+    log_info("%s: reconnection attempt after %u ms: %s", v->dev.name, elapsed_ms(v), error_get());
+    char why[256];
+    snprintf(why, sizeof(why), "%s", error_get());
+    /* Rings handed to a back-end that failed half way: it may have taken requests. */
+    bool handed = v->running;
+    if (v->socket_handler)
+        event_loop_del(&v->dev.io.loop, v->socket_handler);
+    v->socket_handler = NULL;
+    v->running = false;
+    vhost_user_close(&v->vu);
+    unsigned failed;
+    if (handed && v->inflight.fd < 0 && fail_outstanding(v, &failed) < 0) {
+        give_up(v,
+                "the new back-end went away with requests in flight, no INFLIGHT_SHMFD to "
+                "resume them",
+                false);
+        return;
+    }
+    unsigned spent = elapsed_ms(v);
+    if (!retry || spent >= v->reconnect_ms) {
+        give_up(v, retry ? v->gone_why : why, retry);
+        if (retry)
+            log_limited(&v->log_back, LOG_ERROR, "%s: last reconnection attempt: %s", v->dev.name,
+                        why);
+        return;
+    }
+    v->backoff_ms = v->backoff_ms * 2 > VHOST_USER_BACKOFF_MAX_MS ? VHOST_USER_BACKOFF_MAX_MS
+                                                                  : v->backoff_ms * 2;
+    unsigned left = v->reconnect_ms - spent;
+    arm_timer(v, v->backoff_ms < left ? v->backoff_ms : left);
+}
+
 static int activate(struct virtio_dev *d)
 {
     struct vhost_user_dev *v = d->opaque;
-    if (v->vu.broken)
+    if (v->vu.broken && !v->reconnect_ms)
         return error_set("the vhost-user back-end at %s is gone", v->socket);
+    if (v->reconnect_ms) {
+        v->timer_handler = event_loop_add(&d->io.loop, v->timer_fd, EPOLLIN, on_timer, v);
+        if (!v->timer_handler)
+            return -1;
+    }
     for (unsigned i = 0; i < d->nqueues; i++) {
         v->calls[i].handler =
             event_loop_add(&d->io.loop, v->calls[i].fd, EPOLLIN, on_call, &v->calls[i]);
         if (!v->calls[i].handler)
             return -1;
     }
+    if (v->vu.broken) {
+        /* Gone while the device was not running: nothing was taken from the rings. */
+        backend_lost(v, "it went away while the device was stopped", false);
+        return 0;
+    }
     v->socket_handler =
         event_loop_add(&d->io.loop, vhost_user_fd(&v->vu), EPOLLIN | EPOLLRDHUP, on_socket, v);
     if (!v->socket_handler)
         return -1;
-    if (start_backend(v) < 0)
+    if (start_backend(v, false) < 0) {
+        /* A back-end that went away meanwhile is waited for; one that refused is an error. */
+        if (v->vu.broken && v->reconnect_ms) {
+            backend_lost(v, error_get(), true);
+            return 0;
+        }
         return error_prefix("vhost-user back-end at %s", v->socket);
+    }
     return 0;
 }
 
@@ -127,6 +344,15 @@ static void quiesce(struct virtio_dev *d)
     if (v->socket_handler)
         event_loop_del(&d->io.loop, v->socket_handler);
     v->socket_handler = NULL;
+    if (v->timer_handler) {
+        struct itimerspec off = {0};
+        timerfd_settime(v->timer_fd, 0, &off, NULL);
+        event_loop_del(&d->io.loop, v->timer_handler);
+    }
+    v->timer_handler = NULL;
+    v->reconnecting = false;
+    /* A reset: nothing is in flight any more; the next start asks for a new buffer. */
+    vhost_user_inflight_free(&v->inflight);
 }
 
 static bool features_ok(struct virtio_dev *d, uint64_t f)
@@ -141,7 +367,11 @@ int vhost_user_dev_connect(struct vhost_user_dev *v, const char *name, const cha
 {
     memset(v, 0, sizeof(*v));
     v->vu.fd = -1;
+    v->timer_fd = -1;
+    v->inflight.fd = -1;
     v->socket = socket;
+    v->wanted_protocol = wanted_protocol;
+    v->reconnect_ms = VHOST_USER_RECONNECT_DEFAULT_S * 1000;
     for (unsigned i = 0; i < VHOST_USER_DEV_MAX_QUEUES; i++)
         v->calls[i] = (struct vhost_user_dev_call){.owner = v, .queue = i, .fd = -1};
     if (!mem->has_memfd)
@@ -156,6 +386,13 @@ int vhost_user_dev_connect(struct vhost_user_dev *v, const char *name, const cha
                          "(ember's devices are modern only)",
                          name, socket);
     return 0;
+}
+
+void vhost_user_dev_set_reconnect(struct vhost_user_dev *v, unsigned seconds)
+{
+    if (seconds > VHOST_USER_RECONNECT_MAX_S)
+        seconds = VHOST_USER_RECONNECT_MAX_S;
+    v->reconnect_ms = seconds * 1000;
 }
 
 int vhost_user_dev_init(struct vhost_user_dev *v, const char *name, uint32_t device_id,
@@ -174,6 +411,10 @@ int vhost_user_dev_init(struct vhost_user_dev *v, const char *name, uint32_t dev
         .quiesce = quiesce,
         .features_ok = features_ok,
     };
+    /* Made here: the device's I/O thread may only arm it. */
+    v->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (v->timer_fd < 0)
+        return error_errno("%s: timerfd", name);
     for (unsigned i = 0; i < nqueues; i++) {
         v->calls[i].fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (v->calls[i].fd < 0)
@@ -195,7 +436,16 @@ void vhost_user_dev_destroy(struct vhost_user_dev *v)
     if (v->relayed)
         log_info("%s: %llu interrupts relayed from the back-end", v->dev.name,
                  (unsigned long long)v->relayed);
+    if (v->reconnects)
+        log_info("%s: resumed with %llu new back-end(s)", v->dev.name,
+                 (unsigned long long)v->reconnects);
+    log_limit_flush(&v->log_backend, LOG_WARN, "vhost-user back-end losses");
+    log_limit_flush(&v->log_back, LOG_WARN, "vhost-user back-end returns");
     vhost_user_close(&v->vu);
+    vhost_user_inflight_free(&v->inflight);
+    if (v->timer_fd >= 0)
+        close(v->timer_fd);
+    v->timer_fd = -1;
     for (unsigned i = 0; i < VHOST_USER_DEV_MAX_QUEUES; i++) {
         if (v->calls[i].fd >= 0)
             close(v->calls[i].fd);

@@ -4,7 +4,12 @@
  * memfd), the rings, each queue's kick eventfd (the one KVM signals) and a call eventfd per
  * queue, which ember relays to the transport's interrupt (so that MSI-X masking and INTx
  * stay the transport's business). A reset takes the rings back (GET_VRING_BASE). A back-end
- * that goes away makes the device need a reset (one log line); ember keeps running.
+ * that goes away is connected to again (reconnect_ms: bounded exponential back-off) and
+ * given the rings where they stand, the guest's device resumed without a reset; requests it
+ * had taken are resubmitted by the new back-end from the inflight buffer (INFLIGHT_SHMFD),
+ * or, without one, completed with an error by the device type (fail_requests) or the device
+ * made to need a reset. A back-end that does not come back in time: the same errors, then
+ * DEVICE_NEEDS_RESET. One rate-limited log line per event; ember keeps running.
  * The device type supplies its configuration space (read_config) and what it offers. */
 #ifndef EMBER_VIRTIO_VHOST_USER_DEV_H
 #define EMBER_VIRTIO_VHOST_USER_DEV_H
@@ -13,6 +18,12 @@
 #include "virtio/device.h"
 
 #define VHOST_USER_DEV_MAX_QUEUES 17 /* virtio-fs: hiprio + 16 request queues */
+
+/* Reconnection: the default total time, the limit of the option, the back-off's bounds. */
+#define VHOST_USER_RECONNECT_DEFAULT_S 10
+#define VHOST_USER_RECONNECT_MAX_S     3600
+#define VHOST_USER_BACKOFF_FIRST_MS    50
+#define VHOST_USER_BACKOFF_MAX_MS      2000
 
 struct vhost_user_dev;
 
@@ -34,6 +45,22 @@ struct vhost_user_dev {
     struct event_handler *socket_handler;
     bool running;     /* [io] the back-end has the rings */
     uint64_t relayed; /* [io] interrupts relayed from the back-end */
+
+    uint64_t wanted_protocol;
+    unsigned reconnect_ms; /* how long to try a back-end that went away; 0: never */
+    int timer_fd;          /* the back-off's timerfd */
+    struct event_handler *timer_handler;
+    bool reconnecting;                      /* [io] the back-end is gone, the timer armed */
+    uint64_t gone_ns;                       /* [io] when it went */
+    unsigned backoff_ms;                    /* [io] the next wait */
+    char gone_why[192];                     /* [io] why it went, for the give-up line */
+    uint64_t reconnects;                    /* [io] back-ends resumed */
+    struct vhost_user_inflight inflight;    /* [io] fd -1: none */
+    struct log_limit log_backend, log_back; /* the back-end lost; back (or not) */
+    /* The device type completes queue q's requests that no back-end will finish, with an
+     * error the driver understands (blk: VIRTIO_BLK_S_IOERR): how many, or -1 when it
+     * cannot. NULL: it never can (the device then needs a reset). [io] */
+    int (*fail_requests)(struct vhost_user_dev *v, unsigned q);
 };
 
 /* Connects to the back-end at socket, negotiates the protocol features of `wanted` it has,
@@ -41,6 +68,10 @@ struct vhost_user_dev {
  * vhost_user_dev_destroy afterwards in any case. */
 int vhost_user_dev_connect(struct vhost_user_dev *v, const char *name, const char *socket,
                            const struct guest_memory *mem, uint64_t wanted_protocol);
+/* Sets the reconnection time (seconds, 0: never), before the device starts. */
+void vhost_user_dev_set_reconnect(struct vhost_user_dev *v, unsigned seconds);
+/* Requests on queue q the driver made available and nobody answered (avail - used). [io] */
+unsigned vhost_user_dev_outstanding(const struct vhost_user_dev *v, unsigned q);
 /* The virtio device itself, offering `offered` (already the back-end's features that the
  * type passes on) with nqueues queues (at most VHOST_USER_DEV_MAX_QUEUES). */
 int vhost_user_dev_init(struct vhost_user_dev *v, const char *name, uint32_t device_id,

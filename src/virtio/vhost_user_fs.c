@@ -53,6 +53,8 @@ int vhost_user_fs_init(struct vhost_user_fs *f, const char *name,
     f->vud.vu.fd = -1;
     for (unsigned i = 0; i < VHOST_USER_DEV_MAX_QUEUES; i++)
         f->vud.calls[i].fd = -1;
+    f->vud.timer_fd = -1;
+    f->vud.inflight.fd = -1;
     /* The parsers (--fs, PUT /fs) check these too; a device never trusts its caller. */
     unsigned n = opts->num_queues ? opts->num_queues : 1;
     if (vhost_user_fs_check_tag(opts->tag) < 0)
@@ -73,6 +75,7 @@ int vhost_user_fs_init(struct vhost_user_fs *f, const char *name,
                              "queue(s) and the high-priority queue need %u",
                              name, opts->socket, (unsigned long long)backend_queues, n, n + 1);
     }
+    vhost_user_dev_set_reconnect(&f->vud, opts->reconnect_s);
     vhost_user_fs_make_config(f->config, opts->tag, n);
     uint64_t offered = f->vud.backend_features & SUPPORTED_FEATURES;
     return vhost_user_dev_init(&f->vud, name, VIRTIO_ID_FS, offered, n + 1, VUF_QUEUE_SIZE,

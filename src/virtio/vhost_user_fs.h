@@ -19,7 +19,8 @@
 struct vhost_user_fs_options {
     const char *tag;
     const char *socket;
-    unsigned num_queues; /* request queues; 0: 1 */
+    unsigned num_queues;  /* request queues; 0: 1 */
+    unsigned reconnect_s; /* how long to wait for a back-end that went away; 0: never */
 };
 
 struct vhost_user_fs {

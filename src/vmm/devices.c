@@ -78,7 +78,8 @@ static int create_vhost_user_drive(struct vm *vm, const struct drive_config *dc,
     struct vhost_user_blk *b = calloc(1, sizeof(*b));
     if (!b)
         return error_set("out of memory");
-    struct vhost_user_blk_options o = {.socket = dc->socket, .unsafe = dc->unsafe};
+    struct vhost_user_blk_options o = {
+        .socket = dc->socket, .unsafe = dc->unsafe, .reconnect_s = dc->reconnect_s};
     if (vhost_user_blk_init(b, name, &o, &vm->mem) < 0) {
         vhost_user_blk_destroy(b);
         free(b);
@@ -104,8 +105,10 @@ static int create_vhost_user_fs(struct vm *vm, const struct fs_config *fc, const
     struct vhost_user_fs *f = calloc(1, sizeof(*f));
     if (!f)
         return error_set("out of memory");
-    struct vhost_user_fs_options o = {
-        .tag = fc->tag, .socket = fc->socket, .num_queues = fc->num_queues};
+    struct vhost_user_fs_options o = {.tag = fc->tag,
+                                      .socket = fc->socket,
+                                      .num_queues = fc->num_queues,
+                                      .reconnect_s = fc->reconnect_s};
     if (vhost_user_fs_init(f, name, &o, &vm->mem) < 0) {
         vhost_user_fs_destroy(f);
         free(f);

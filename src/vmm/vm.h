@@ -44,7 +44,8 @@ struct drive_config {
     bool is_root; /* becomes /dev/vda and root= on the command line */
     const char *partuuid;
     unsigned queues;
-    unsigned poll_us; /* iothread polls the rings this long after work */
+    unsigned poll_us;     /* iothread polls the rings this long after work */
+    unsigned reconnect_s; /* vhost-user: how long to wait for a back-end that went away */
     struct rate_limit_config rate_limit;
     char *storage; /* --drive: the copy of its spec the strings point into */
 };
@@ -82,11 +83,12 @@ struct pmem_config {
 /* virtio-fs through a vhost-user back-end (virtio/vhost_user_fs.h). */
 #define VM_MAX_FS 8
 struct fs_config {
-    const char *id;      /* the API's fs_id */
-    const char *tag;     /* what the guest mounts by */
-    const char *socket;  /* the back-end (virtiofsd) listening here */
-    unsigned num_queues; /* request queues; 0: 1 */
-    char *storage;       /* --fs: the copy of its spec the strings point into */
+    const char *id;       /* the API's fs_id */
+    const char *tag;      /* what the guest mounts by */
+    const char *socket;   /* the back-end (virtiofsd) listening here */
+    unsigned num_queues;  /* request queues; 0: 1 */
+    unsigned reconnect_s; /* how long to wait for a back-end that went away; 0: never */
+    char *storage;        /* --fs: the copy of its spec the strings point into */
 };
 
 struct mmds_store;

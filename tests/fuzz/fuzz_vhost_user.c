@@ -2,7 +2,8 @@
  * what a hostile back-end sends, queued in a socketpair whose far end then stops writing; the
  * front-end runs its handshake and the messages a device start and stop make. Whatever the
  * bytes, every call returns (no wait: the stream ends), no descriptor leaks, and a connection
- * that failed stays failed. The pure checks get the raw bytes too. */
+ * that failed stays failed. The pure checks get the raw bytes too (GET_INFLIGHT_FD's reply
+ * with a descriptor count and a file size). */
 #include "vhost_user/proto.h"
 #include "vhost_user/vhost_user.h"
 
@@ -27,6 +28,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(&s, data, sizeof(s));
         vhu_check_vring_base_reply(&s, 0);
     }
+    if (size >= sizeof(struct vhu_inflight) + 9) {
+        /* GET_INFLIGHT_FD's reply, its descriptor count and its file's size from the input:
+         * whatever is accepted is a bounded buffer the file holds. */
+        struct vhu_inflight in;
+        uint64_t file;
+        memcpy(&in, data, sizeof(in));
+        memcpy(&file, data + sizeof(in), sizeof(file));
+        int nfds = data[sizeof(in) + 8] % 4;
+        if (vhu_check_inflight_reply(&in, nfds, file) == 0 &&
+            (nfds != 1 || in.mmap_size == 0 || in.mmap_size > VHU_INFLIGHT_MAX ||
+             in.mmap_offset % 4096 || in.mmap_offset + in.mmap_size > file ||
+             in.mmap_offset + in.mmap_size < in.mmap_offset))
+            abort();
+    }
 
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
@@ -43,7 +58,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (vhost_user_from_fd(&vu, "fuzz", sv[0], 50) < 0)
         abort();
     uint64_t wanted = (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
-                      (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) | (1ULL << VHOST_USER_PROTOCOL_F_MQ);
+                      (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) | (1ULL << VHOST_USER_PROTOCOL_F_MQ) |
+                      (1ULL << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD);
     if (vhost_user_handshake(&vu, wanted) == 0) {
         if (vu.protocol_features & ~wanted)
             abort();
@@ -54,6 +70,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (vhost_user_get_queue_num(&vu, &n) == 0 && (n == 0 || n > 0xffff))
             abort();
         vhost_user_set_features(&vu, 1ULL << 32);
+        /* A stream carries no descriptor: a reply, whatever it says, is refused, and
+         * nothing is left mapped or open. */
+        struct vhost_user_inflight inflight;
+        if (vhost_user_get_inflight_fd(&vu, 1, 256, &inflight) == 0)
+            abort();
+        if (inflight.fd >= 0 || inflight.addr)
+            abort();
         vhost_user_set_vring_num(&vu, 0, 256);
         vhost_user_set_vring_base(&vu, 0, 0);
         vhost_user_set_vring_enable(&vu, 0, true);

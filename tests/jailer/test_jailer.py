@@ -501,10 +501,10 @@ def test_vhost_user_socket(t):
                204, "PUT /drives with the socket's path in the jail")
         expect(j.put("/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
         deadline = time.monotonic() + PATIENCE_S
-        while len(vhu.tap_lines(j.stdout())) < 8 and time.monotonic() < deadline:
+        while len(vhu.tap_lines(j.stdout())) < 9 and time.monotonic() < deadline:
             time.sleep(0.05)
         tap = vhu.tap_lines(j.stdout())
-        check(len(tap) == 8 and all(x.startswith("ok ") for x in tap),
+        check(len(tap) == 9 and all(x.startswith("ok ") for x in tap),
               "the jailed guest's disk checks: %r; %s" % (tap, j.stderr()[-500:]))
     finally:
         j.kill()

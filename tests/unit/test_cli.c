@@ -1,6 +1,7 @@
 #include "cli.h"
 #include "suites.h"
 #include "util/error.h"
+#include "virtio/vhost_user_dev.h"
 
 #include <string.h>
 
@@ -147,7 +148,16 @@ START_TEST(vhost_user_drive_specs)
     ck_assert_ptr_null(d.path);
     ck_assert_str_eq(d.id, "data");
     ck_assert(d.is_root && d.unsafe);
+    ck_assert_uint_eq(d.reconnect_s, VHOST_USER_RECONNECT_DEFAULT_S);
     cli_free_drive(&d);
+    ck_assert_msg(cli_parse_drive("socket=/s,reconnect=0", &d) == 0, "%s", error_get());
+    ck_assert_uint_eq(d.reconnect_s, 0);
+    cli_free_drive(&d);
+    ck_assert_msg(cli_parse_drive("socket=/s,reconnect=3600", &d) == 0, "%s", error_get());
+    ck_assert_uint_eq(d.reconnect_s, 3600);
+    cli_free_drive(&d);
+    expect_error(cli_parse_drive("socket=/s,reconnect=3601", &d), "--drive reconnect");
+    expect_error(cli_parse_drive("path=/img,reconnect=5", &d), "reconnect= is for a vhost-user");
     expect_error(cli_parse_drive("socket=/s,path=/img", &d), "not both");
     expect_error(cli_parse_drive("socket=", &d), "socket= is empty");
     expect_error(cli_parse_drive("socket=/s,readonly=on", &d), "readonly= does not apply");

@@ -2,7 +2,8 @@
  * a fake back-end on a unix socket (a thread answering every request as a back-end would and
  * recording it): the features and configuration space the guest sees, the messages of an
  * activation and their order, kicks reaching the back-end, its interrupts reaching the
- * transport, a reset taking the rings back, and a back-end that goes away. */
+ * transport, a reset taking the rings back, and a back-end that goes away: for good, or
+ * restarted (reconnection, with and without the inflight buffer). */
 #include "suites.h"
 #include "util/error.h"
 #include "vhost_user/proto.h"
@@ -141,16 +142,20 @@ START_TEST(activation_hands_over_the_rings)
     ck_assert_uint_eq(rd(REG_STATUS), LIVE_STATUS);
     EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
     /* In order: features (with the protocol bit), memory, then the ring. */
-    static const uint32_t want[] = {VHU_SET_FEATURES,   VHU_SET_MEM_TABLE,   VHU_SET_VRING_NUM,
-                                    VHU_SET_VRING_BASE, VHU_SET_VRING_ADDR,  VHU_SET_VRING_KICK,
-                                    VHU_SET_VRING_CALL, VHU_SET_VRING_ENABLE};
+    static const uint32_t want[] = {VHU_SET_FEATURES,    VHU_SET_MEM_TABLE,  VHU_GET_INFLIGHT_FD,
+                                    VHU_SET_INFLIGHT_FD, VHU_SET_VRING_NUM,  VHU_SET_VRING_BASE,
+                                    VHU_SET_VRING_ADDR,  VHU_SET_VRING_CALL, VHU_SET_VRING_KICK,
+                                    VHU_SET_VRING_ENABLE};
+    unsigned nwant = sizeof(want) / sizeof(want[0]);
     pthread_mutex_lock(&be.lock);
     unsigned first = 0;
     while (first < be.nlog && be.log[first] != VHU_SET_FEATURES)
         first++;
-    ck_assert_uint_ge(be.nlog - first, 8);
-    for (unsigned i = 0; i < 8; i++)
+    ck_assert_uint_ge(be.nlog - first, nwant);
+    for (unsigned i = 0; i < nwant; i++)
         ck_assert_uint_eq(be.log[first + i], want[i]);
+    ck_assert_uint_eq(be.set_inflight, 1);
+    ck_assert_int_ge(b.vud.inflight.fd, 0);
     ck_assert_uint_eq(be.set_features, (1ULL << VIRTIO_F_VERSION_1) | (1ULL << 9) |
                                            (1ULL << VHOST_USER_F_PROTOCOL_FEATURES));
     ck_assert_uint_eq(be.mem_fds, f.mem.nregions);
@@ -201,6 +206,163 @@ START_TEST(backend_gone)
 }
 END_TEST
 
+/* Two virtio-blk requests (header, status byte) made available on the ring: heads 0 and 2. */
+static void two_requests(void)
+{
+    for (uint16_t i = 0; i < 2; i++) {
+        uint64_t hdr = FAKE_DATA + 0x1000 * i;
+        fake_set_desc(&f, (uint16_t)(2 * i), hdr, 16, VIRTQ_DESC_F_NEXT, (uint16_t)(2 * i + 1));
+        fake_set_desc(&f, (uint16_t)(2 * i + 1), hdr + 0x100, 1, VIRTQ_DESC_F_WRITE, 0);
+        *fake_ptr(&f, hdr + 0x100, 1) = 0xff;
+        fake_publish(&f, (uint16_t)(2 * i));
+    }
+}
+
+static uint8_t request_status(unsigned i)
+{
+    return *fake_ptr(&f, FAKE_DATA + 0x1000 * i + 0x100, 1);
+}
+
+/* With the inflight buffer, the back-end restarted on the same socket gets the device again
+ * where it stands: the buffer handed over again (not a new one), each ring from its used
+ * index; the requests it had taken are its to resubmit; the guest sees no reset. */
+START_TEST(reconnect_with_inflight)
+{
+    vhost_user_dev_set_reconnect(&b.vud, 5);
+    live();
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
+    int inflight_fd = b.vud.inflight.fd;
+    ck_assert_int_ge(inflight_fd, 0);
+    two_requests();
+    /* The back-end took both and answered none. */
+    backend_die();
+    backend_revive(be.protocol);
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
+    ck_assert_uint_eq(__atomic_load_n(&be.connections, __ATOMIC_SEQ_CST), 2);
+    ck_assert(!logged(VHU_GET_INFLIGHT_FD));
+    ck_assert(logged(VHU_SET_INFLIGHT_FD));
+    ck_assert_uint_eq(be.set_inflight, 2);
+    ck_assert_uint_eq(be.vring_base[0], 0); /* the used index: both requests are the back-end's */
+    ck_assert_uint_eq(fake_used(&f)->idx, 0);
+    ck_assert_uint_eq(request_status(0), 0xff);
+    ck_assert_uint_eq(rd(REG_STATUS), LIVE_STATUS);
+    ck_assert(!b.vud.reconnecting);
+    ck_assert_uint_eq(b.vud.reconnects, 1);
+    /* The reset frees the buffer: a later activation asks for a new one. */
+    wr(REG_STATUS, 0);
+    ck_assert_int_lt(b.vud.inflight.fd, 0);
+}
+END_TEST
+
+/* Without the inflight buffer the new back-end could not know which requests the old one
+ * took: ember completes them with VIRTIO_BLK_S_IOERR at once, and the rings resume after
+ * them. */
+START_TEST(reconnect_without_inflight_fails_requests)
+{
+    uint64_t protocol =
+        (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) | (1ULL << VHOST_USER_PROTOCOL_F_CONFIG);
+    vhost_user_dev_set_reconnect(&b.vud, 5);
+    live();
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
+    backend_die();
+    backend_revive(protocol);
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
+    /* Reset and live again with the back-end that lacks it; then the requests, and its death. */
+    wr(REG_STATUS, 0);
+    ck_assert_int_lt(b.vud.inflight.fd, 0);
+    live();
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE) && b.vud.running);
+    ck_assert_int_lt(b.vud.inflight.fd, 0);
+    two_requests();
+    backend_die();
+    EVENTUALLY(fake_used(&f)->idx == 2);
+    ck_assert_uint_eq(request_status(0), 1); /* VIRTIO_BLK_S_IOERR */
+    ck_assert_uint_eq(request_status(1), 1);
+    ck_assert_uint_eq(fake_used(&f)->ring[0].len, 1);
+    EVENTUALLY(rd(REG_INTERRUPT_STATUS) & 1);
+    backend_revive(protocol);
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
+    ck_assert_uint_eq(be.vring_base[0], 2);
+    ck_assert_uint_eq(rd(REG_STATUS) & VIRTIO_STATUS_NEEDS_RESET, 0);
+}
+END_TEST
+
+/* A back-end that never comes back: within the limit the requests in flight fail and the
+ * device needs a reset; ember goes on. */
+START_TEST(reconnect_gives_up)
+{
+    vhost_user_dev_set_reconnect(&b.vud, 1);
+    live();
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
+    two_requests();
+    backend_die();
+    /* Gone for good: nobody listens any more. */
+    close(be.listen_fd);
+    unlink(be.path);
+    be.listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); /* for backend_stop */
+    ck_assert_uint_eq(rd(REG_STATUS) & VIRTIO_STATUS_NEEDS_RESET, 0);
+    EVENTUALLY(rd(REG_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
+    ck_assert_uint_eq(fake_used(&f)->idx, 2);
+    ck_assert_uint_eq(request_status(0), 1);
+    ck_assert_uint_eq(request_status(1), 1);
+    ck_assert(!b.vud.reconnecting);
+    wr(REG_STATUS, 0);
+    ck_assert_uint_eq(rd(REG_STATUS), 0);
+}
+END_TEST
+
+/* A back-end that comes back without a feature the driver took cannot have the device: the
+ * device needs a reset, without waiting out the limit. */
+START_TEST(reconnect_refuses_fewer_features)
+{
+    vhost_user_dev_set_reconnect(&b.vud, 30);
+    live();
+    EVENTUALLY(logged(VHU_SET_VRING_ENABLE));
+    backend_die();
+    pthread_mutex_lock(&be.lock);
+    be.features &= ~(1ULL << 9); /* FLUSH, which the driver took */
+    pthread_mutex_unlock(&be.lock);
+    backend_revive(be.protocol);
+    EVENTUALLY(rd(REG_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
+    ck_assert(!logged(VHU_SET_MEM_TABLE));
+    ck_assert(!b.vud.reconnecting);
+    wr(REG_STATUS, 0);
+}
+END_TEST
+
+/* A back-end whose inflight buffer is not what it says: the activation fails, nothing
+ * crashes. */
+START_TEST(bad_inflight_reply)
+{
+    static const struct {
+        uint64_t size, offset, file;
+        int nfds;
+    } bad[] = {
+        {1ULL << 40, 0, 4096, -1}, /* too large */
+        {8192, 0, 4096, -1},       /* beyond the file's end */
+        {4096, 100, 0, -1},        /* unaligned offset */
+        {4096, 0, 0, 0},           /* no descriptor */
+        {4096, 0, 0, 2},           /* two */
+    };
+    for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        be.inflight_size = bad[i].size;
+        be.inflight_offset = bad[i].offset;
+        be.inflight_file = bad[i].file;
+        be.inflight_nfds = bad[i].nfds;
+        live();
+        ck_assert_msg(rd(REG_STATUS) & VIRTIO_STATUS_NEEDS_RESET, "case %u accepted", i);
+        ck_assert_int_lt(b.vud.inflight.fd, 0);
+        wr(REG_STATUS, 0);
+        /* The connection is broken after a bad reply: a new back-end for the next case. */
+        backend_die();
+        backend_revive(be.protocol);
+        vhost_user_close(&b.vud.vu);
+        ck_assert_int_eq(vhost_user_connect(&b.vud.vu, "blk0", be.path, 2000), 0);
+        ck_assert_int_eq(vhost_user_handshake(&b.vud.vu, b.vud.wanted_protocol), 0);
+    }
+}
+END_TEST
+
 START_TEST(refused_without_shared_memory)
 {
     struct guest_memory anon;
@@ -224,6 +386,11 @@ Suite *vhost_user_blk_suite(void)
     tcase_add_test(tc, activation_hands_over_the_rings);
     tcase_add_test(tc, backend_gone);
     tcase_add_test(tc, refused_without_shared_memory);
+    tcase_add_test(tc, reconnect_with_inflight);
+    tcase_add_test(tc, reconnect_without_inflight_fails_requests);
+    tcase_add_test(tc, reconnect_gives_up);
+    tcase_add_test(tc, reconnect_refuses_fewer_features);
+    tcase_add_test(tc, bad_inflight_reply);
     suite_add_tcase(s, tc);
     return s;
 }

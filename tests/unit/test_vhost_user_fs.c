@@ -170,9 +170,11 @@ START_TEST(cli_specs)
     ck_assert_str_eq(f.tag, "share");
     ck_assert_str_eq(f.socket, "/run/v.sock");
     ck_assert_uint_eq(f.num_queues, 1);
+    ck_assert_uint_eq(f.reconnect_s, VHOST_USER_RECONNECT_DEFAULT_S);
     cli_free_fs(&f);
-    ck_assert_int_eq(cli_parse_fs("socket=/s,queues=16,tag=x", &f), 0);
+    ck_assert_int_eq(cli_parse_fs("socket=/s,queues=16,tag=x,reconnect=0", &f), 0);
     ck_assert_uint_eq(f.num_queues, 16);
+    ck_assert_uint_eq(f.reconnect_s, 0);
     cli_free_fs(&f);
     static const char *const bad[] = {"tag=x",
                                       "socket=/s",
@@ -184,6 +186,8 @@ START_TEST(cli_specs)
                                       "tag=a b,socket=/s",
                                       "tag=1234567890123456789012345678901234567,socket=/s",
                                       "tag=x,socket=/s,path=/p",
+                                      "tag=x,socket=/s,reconnect=3601",
+                                      "tag=x,socket=/s,reconnect=-1",
                                       "x"};
     for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ck_assert_msg(cli_parse_fs(bad[i], &f) == -1, "%s accepted", bad[i]);

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -28,7 +29,55 @@ static struct {
     uint64_t set_features;
     unsigned mem_fds;
     int kick_fd, call_fd;
+    /* GET_INFLIGHT_FD: the buffer's size and offset answered (0: 4096, 0), how many
+     * descriptors come with it (-1: one), and its file's size (0: offset + size). */
+    uint64_t inflight_size, inflight_offset, inflight_file;
+    int inflight_nfds;
+    unsigned set_inflight;  /* SET_INFLIGHT_FDs received with a descriptor */
+    uint32_t vring_base[4]; /* the last SET_VRING_BASE of rings 0-3 */
+    unsigned connections;   /* accepted so far */
 } be;
+
+static inline void answer_fd(uint32_t req, const void *payload, uint32_t size, const int *fds,
+                             unsigned nfds)
+{
+    struct vhu_header h = {.request = req, .flags = VHU_VERSION | VHU_FLAG_REPLY, .size = size};
+    char buf[sizeof(h) + 64];
+    memcpy(buf, &h, sizeof(h));
+    memcpy(buf + sizeof(h), payload, size);
+    struct iovec iov = {buf, sizeof(h) + size};
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * 2)];
+    } ctl;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds) {
+        memset(&ctl, 0, sizeof(ctl));
+        msg.msg_control = ctl.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    ck_assert_int_eq(sendmsg(be.conn, &msg, MSG_NOSIGNAL), (ssize_t)(sizeof(h) + size));
+}
+
+/* The GET_INFLIGHT_FD answer: a memfd as the back-end's (libvhost-user's) would be. */
+static inline void answer_inflight(struct vhu_inflight *in)
+{
+    in->mmap_size = be.inflight_size ? be.inflight_size : 4096;
+    in->mmap_offset = be.inflight_offset;
+    uint64_t file = be.inflight_file ? be.inflight_file : in->mmap_offset + in->mmap_size;
+    int fd = memfd_create("fake-inflight", MFD_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(ftruncate(fd, (off_t)file), 0);
+    int fds[2] = {fd, fd};
+    unsigned n = be.inflight_nfds < 0 ? 1 : (unsigned)be.inflight_nfds;
+    answer_fd(VHU_GET_INFLIGHT_FD, in, sizeof(*in), fds, n > 2 ? 2 : n);
+    close(fd);
+}
 
 static inline bool recv_all(int fd, void *buf, size_t len, int *fds, unsigned *nfds)
 {
@@ -76,11 +125,13 @@ static inline void *backend_thread(void *arg)
     be.conn = accept4(be.listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (be.conn < 0)
         return NULL;
+    __atomic_add_fetch(&be.connections, 1, __ATOMIC_SEQ_CST);
     for (;;) {
         struct vhu_header h;
         union {
             struct vhu_config config;
             struct vhu_vring_state state;
+            struct vhu_inflight inflight;
             uint64_t u64;
             uint8_t bytes[512];
         } p;
@@ -96,6 +147,10 @@ static inline void *backend_thread(void *arg)
             be.set_features = p.u64;
         if (h.request == VHU_SET_MEM_TABLE)
             be.mem_fds = nfds;
+        if (h.request == VHU_SET_INFLIGHT_FD && nfds == 1)
+            be.set_inflight++;
+        if (h.request == VHU_SET_VRING_BASE && p.state.index < 4)
+            be.vring_base[p.state.index] = p.state.num;
         for (unsigned i = 0; i < nfds; i++) {
             if (h.request == VHU_SET_VRING_KICK && be.kick_fd < 0)
                 be.kick_fd = fds[i];
@@ -122,6 +177,9 @@ static inline void *backend_thread(void *arg)
             memcpy(p.config.payload, be.config + p.config.offset, p.config.size);
             answer(h.request, &p.config, h.size);
             break;
+        case VHU_GET_INFLIGHT_FD:
+            answer_inflight(&p.inflight);
+            break;
         case VHU_GET_VRING_BASE:
             p.state.num = 0;
             answer(h.request, &p.state, sizeof(p.state));
@@ -142,6 +200,7 @@ static inline void backend_start(const char *name, uint64_t features, uint64_t p
                                  const void *config, size_t config_len, uint64_t queue_num)
 {
     memset(&be, 0, sizeof(be));
+    be.inflight_nfds = -1;
     pthread_mutex_init(&be.lock, NULL);
     be.kick_fd = be.call_fd = be.conn = -1;
     be.features = features;
@@ -165,6 +224,24 @@ static inline void backend_die(void)
     shutdown(be.conn, SHUT_RDWR);
     pthread_join(be.thread, NULL);
     be.thread = 0;
+}
+
+/* A new back-end on the same socket (after backend_die): the next connection is answered.
+ * protocol: what it offers now. */
+static inline void backend_revive(uint64_t protocol)
+{
+    close(be.conn);
+    be.conn = -1;
+    pthread_mutex_lock(&be.lock);
+    be.protocol = protocol;
+    be.nlog = 0;
+    if (be.kick_fd >= 0)
+        close(be.kick_fd);
+    if (be.call_fd >= 0)
+        close(be.call_fd);
+    be.kick_fd = be.call_fd = -1;
+    pthread_mutex_unlock(&be.lock);
+    ck_assert_int_eq(pthread_create(&be.thread, NULL, backend_thread, NULL), 0);
 }
 
 static inline void backend_stop(void)

@@ -10,14 +10,18 @@ The image starts with a known pattern (the 8-byte word at byte offset o is mix64
 the guest reads and checks it, writes its own pattern over [1 MiB, 3 MiB) and flushes; this test
 then checks the image file block by block (512-byte sectors). Also: the daemon killed while the
 guest does I/O (ember logs one line, the device needs a reset, ember keeps running and the guest
-ends normally), snapshot and migration refused, and back-ends that are absent or never answer
-(ember fails at start within its reply timeout, never hangs).
+ends normally), snapshot and migration refused; the daemon killed and restarted under a guest
+writing sequenced blocks (ember reconnects, the device resumes without a guest reset, every block
+checked on the host) and killed for good (errors within the reconnection limit); a scripted
+back-end offering INFLIGHT_SHMFD restarted; and back-ends that are absent or never answer (ember
+fails at start within its reply timeout, never hangs).
 
 Standard library only. Usage: tests/vhost_user/test_vhost_user.py [-v] [NAME...]
 Environment: EMBER (default build/ember), GUEST_DIR (default build/guest), QSD (default
 qemu-storage-daemon on PATH). Without qemu-storage-daemon the tests that need it are skipped with
 the reason; the same for virtiofsd (VIRTIOFSD, default /usr/lib/qemu/virtiofsd) and for QEMU
-(QEMU, default qemu-system-x86_64 on PATH: the reference front-end for virtio-fs). Prints one
+(QEMU, default qemu-system-x86_64 on PATH: the reference front-end for virtio-fs). KEEP_TMP=1
+keeps each test's directory (logs, images) for a look afterwards. Prints one
 line per check and ends with "vhost-user: N passed, N failed, N skipped"; exits 1 if any check
 failed.
 """
@@ -92,14 +96,17 @@ def check_image(path, what):
 class Daemon:
     """qemu-storage-daemon exporting an image as vhost-user-blk on a unix socket."""
 
-    def __init__(self, tmp, name="vub", queues=1):
+    def __init__(self, tmp, name="vub", queues=1, fresh=True):
         if not QSD:
             raise Skip("qemu-storage-daemon is not installed (Debian: qemu-system-common)")
         self.image = os.path.join(tmp, name + ".img")
-        with open(self.image, "wb") as f:
-            f.write(HOST_DATA)
+        if fresh:
+            with open(self.image, "wb") as f:
+                f.write(HOST_DATA)
         self.sock = os.path.join(tmp, name + ".sock")
-        self.log = open(os.path.join(tmp, name + ".qsd.log"), "wb")
+        if not fresh and os.path.exists(self.sock):
+            os.unlink(self.sock)  # left by the daemon killed before: wait for the new one's
+        self.log = open(os.path.join(tmp, name + ".qsd.log"), "ab")
         self.proc = subprocess.Popen(
             [QSD, "--blockdev", "driver=file,node-name=f,filename=" + self.image,
              "--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=%s,writable=on,"
@@ -130,7 +137,7 @@ def tap_lines(out):
     return [line.strip() for line in out.splitlines() if line.startswith("ok ") or line.startswith("not ok ")]
 
 
-def check_guest(out, what, want=8):
+def check_guest(out, what, want=9):
     tap = tap_lines(out)
     check(len(tap) == want and all(t.startswith("ok ") for t in tap),
           "%s: the guest's checks: %r" % (what, tap))
@@ -190,6 +197,12 @@ def test_api_drive(tmp):
             ({"drive_id": "v", "is_root_device": False, "socket": os.path.join(tmp, "none")},
              "No such file"),
             ({"drive_id": "v", "is_root_device": False}, "path_on_host"),
+            ({"drive_id": "v", "is_root_device": False, "socket": d.sock, "reconnect_s": 3601},
+             "reconnect_s"),
+            ({"drive_id": "v", "is_root_device": False, "socket": d.sock, "reconnect_s": -1},
+             "reconnect_s"),
+            ({"drive_id": "v", "is_root_device": False, "path_on_host": img, "reconnect_s": 5},
+             "reconnect_s"),
         ]
         for body, msg in bad:
             expect(e.req("PUT", "/drives/v", body), 400, "PUT /drives %r" % body, msg)
@@ -197,16 +210,17 @@ def test_api_drive(tmp):
             "kernel_image_path": GUEST,
             "boot_args": "console=ttyS0 vub_sectors=%d" % (DISK_BYTES // SECTOR)}), 204, "boot source")
         expect(e.req("PUT", "/drives/vub", {"drive_id": "vub", "is_root_device": False,
-                                            "cache_type": "Writeback", "socket": d.sock}),
+                                            "cache_type": "Writeback", "socket": d.sock,
+                                            "reconnect_s": 0}),
                204, "PUT /drives with socket")
         r = e.req("GET", "/vm/config")
         drive = r.json()["drives"][0]
-        check(drive["socket"] == d.sock and drive["path_on_host"] is None,
+        check(drive["socket"] == d.sock and drive["path_on_host"] is None and drive["reconnect_s"] == 0,
               "GET /vm/config shows the socket: %r" % drive)
         expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
         # Without a debug-exit port the guest halts after its last check.
         deadline = time.monotonic() + PATIENCE_S
-        while len(tap_lines(e.stdout())) < 8 and e.alive() and time.monotonic() < deadline:
+        while len(tap_lines(e.stdout())) < 9 and e.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         check_guest(e.stdout(), "API")
         # A PATCH with drive_id alone reads the back-end's configuration space again.
@@ -265,7 +279,7 @@ def test_huge_pages(tmp):
         e, r = huge_start(tmp, d)
         check(r.status == 204, "InstanceStart with %d huge pages reserved: %r" % (HUGE_MIB // 2, r))
         deadline = time.monotonic() + PATIENCE_S
-        while len(tap_lines(e.stdout())) < 8 and e.alive() and time.monotonic() < deadline:
+        while len(tap_lines(e.stdout())) < 9 and e.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         check_guest(e.stdout(), "huge pages")
         with open("/proc/meminfo") as f:
@@ -296,7 +310,7 @@ def test_backend_killed(tmp):
     out_path, err_path = os.path.join(tmp, "ember.out"), os.path.join(tmp, "ember.err")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         p = subprocess.Popen([EMBER, "run", "--kernel", GUEST, "--debug-exit", "--api-sock", sock,
-                              "--drive", "socket=%s,id=vub" % d.sock, "--cmdline",
+                              "--drive", "socket=%s,id=vub,reconnect=0" % d.sock, "--cmdline",
                               "console=ttyS0 vub_sectors=%d vub_hold=1" % (DISK_BYTES // SECTOR)],
                              stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     try:
@@ -332,6 +346,246 @@ def test_backend_killed(tmp):
     check_guest(out, "back-end killed")
     lines = [line for line in err.splitlines() if "vhost-user back-end" in line and "closed its socket" in line]
     check(len(lines) == 1, "one log line says the back-end went away: %r" % err[-2000:])
+
+
+BLOCK = 4096
+STREAM_SEED = 0x73747265616D2D76
+
+
+def stream_block(seq):
+    """What guest/vhost-user-blk.c writes as sequence number seq."""
+    return struct.pack("<Q", seq) + b"".join(
+        struct.pack("<Q", mix64(((seq << 9) | j) ^ STREAM_SEED)) for j in range(1, BLOCK // 8))
+
+
+def run_stream(tmp, restart, reconnect_s, seconds, kill_after=1.0, down_s=0.5):
+    """The guest streams sequenced writes; the daemon is killed (SIGKILL) kill_after seconds
+    in, and restarted on the same socket and image down_s later when restart is set."""
+    d = Daemon(tmp)
+    out_path, err_path = os.path.join(tmp, "ember.out"), os.path.join(tmp, "ember.err")
+    cmdline = "console=ttyS0 vub_sectors=%d vub_stream=%d" % (DISK_BYTES // SECTOR, seconds)
+    if not restart:
+        cmdline += " vub_stream_fail=1"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        p = subprocess.Popen([EMBER, "run", "--kernel", GUEST, "--debug-exit", "--drive",
+                              "socket=%s,id=vub,reconnect=%d" % (d.sock, reconnect_s), "--log-level", "info",
+                              "--cmdline", cmdline],
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    start = None
+    try:
+        deadline = time.monotonic() + PATIENCE_S
+        while b"# vub: streaming" not in open(out_path, "rb").read():
+            check(p.poll() is None and time.monotonic() < deadline,
+                  "the guest did not start streaming: %s" % open(out_path, "rb").read().decode()[-2000:])
+            time.sleep(0.02)
+        time.sleep(kill_after)
+        d.kill()
+        start = time.monotonic()
+        if restart:
+            time.sleep(down_s)
+            d.stop()
+            d = Daemon(tmp, fresh=False)
+        try:
+            status = p.wait(PATIENCE_S + seconds + reconnect_s)
+        except subprocess.TimeoutExpired:
+            raise Failure("ember hangs after its back-end died")
+        took = time.monotonic() - start
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        d.stop()
+    out, err = open(out_path).read(), open(err_path).read()
+    check(status == 1, "exit status %d (the guest's debug-exit 0 is 1): %s" % (status, err[-2000:]))
+    check_guest(out, "stream")
+    m = re.search(r"# vub: stream writes=(\d+) errors=(\d+) needs_reset=(\d) sum=(\d+)", out)
+    check(m is not None, "the guest's summary: %s" % out[-1500:])
+    return d, out, err, [int(x) for x in m.groups()], took
+
+
+def test_backend_restarted(tmp):
+    """qemu-storage-daemon killed and restarted on the same socket while the guest writes
+    sequenced blocks: ember reconnects, the device resumes without a guest reset, and every
+    block holds the last write the guest completed there (no block stale, duplicated or torn),
+    checked on the host block by block. Debian 12's daemon (QEMU 7.2) offers no
+    INFLIGHT_SHMFD, so the writes it had taken fail with an I/O error (at most the guest's 16
+    in flight), which the guest writes again."""
+    d, out, err, (writes, errors, needs_reset, total), _ = run_stream(tmp, True, 10, 5)
+    check(needs_reset == 0, "the device never needed a reset")
+    check(errors <= 16, "%d writes failed, at most the 16 in flight may" % errors)
+    lost = [line for line in err.splitlines() if "it closed its socket; reconnecting" in line]
+    back = [line for line in err.splitlines() if "is back after" in line and "device resumed" in line]
+    check(len(lost) == 1 and len(back) == 1,
+          "one line says the back-end went away, one that it is back: %r" % err[-2000:])
+    with open(d.image, "rb") as f:
+        data = f.read()
+    blocks = DISK_BYTES // BLOCK
+    seqs = [struct.unpack_from("<Q", data, b * BLOCK)[0] for b in range(blocks)]
+    bad = [b for b in range(blocks) if seqs[b] >= writes or data[b * BLOCK:(b + 1) * BLOCK] != stream_block(seqs[b])]
+    check(not bad, "%d of %d blocks hold no whole write of the guest's, the first block %d" %
+          (len(bad), blocks, bad[0] if bad else 0))
+    check(sum(seqs) == total, "the blocks hold the last writes the guest completed (sum of sequence "
+          "numbers %d, the guest's %d): none stale or duplicated" % (sum(seqs), total))
+    check(len(set(seqs)) == blocks, "no write landed in two blocks")
+    print("     %d writes, %d failed and written again, resumed: %s" % (writes, errors, back[0].split("WARN: ")[-1]))
+
+
+def test_backend_never_returns(tmp):
+    """qemu-storage-daemon killed for good: within reconnect=2 s the guest's writes fail with I/O
+    errors and the device needs a reset; ember keeps running, says why, and ends normally."""
+    _, out, err, (writes, errors, needs_reset, _), took = run_stream(tmp, False, 2, 30)
+    check(errors > 0 or needs_reset, "the guest saw errors (%d) or DEVICE_NEEDS_RESET" % errors)
+    check(took < 2 + 5 + 10, "the guest's stream ended %.1f s after the kill" % took)
+    why = [line for line in err.splitlines() if "not back in time" in line]
+    check(len(why) == 1, "one line says the back-end did not come back: %r" % err[-2000:])
+
+
+class ScriptedBlk:
+    """A vhost-user-blk back-end in a thread that answers the set-up messages and never serves
+    a ring, but offers INFLIGHT_SHMFD (Debian's qemu-storage-daemon does not): GET_INFLIGHT_FD
+    gets a memfd. Each connection's requests are recorded; drop() closes the current one (the
+    back-end died), after which the next connection is answered (restarted)."""
+
+    def __init__(self, tmp):
+        self.path = os.path.join(tmp, "inflight.sock")
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(self.path)
+        self.srv.listen(4)
+        self.conns, self.logs, self.inflight_fds = [], [], []
+        self.lock = threading.Lock()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def recv_exact(self, c, n, fds):
+        data = b""
+        while len(data) < n:
+            msg, got, _, _ = socket.recv_fds(c, n - len(data), 8)
+            if not msg:
+                raise OSError("closed")
+            data += msg
+            fds.extend(got)
+        return data
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            log = []
+            with self.lock:
+                self.conns.append(c)
+                self.logs.append(log)
+            try:
+                self.answer(c, log)
+            except OSError:
+                pass
+
+    def answer(self, c, log):
+        while True:
+            fds = []
+            req, flags, size = struct.unpack("<III", self.recv_exact(c, 12, fds))
+            payload = self.recv_exact(c, size, fds) if size else b""
+            with self.lock:
+                log.append((req, len(fds)))
+            for fd in fds:
+                os.close(fd)
+
+            def reply(body, fds=()):
+                data = struct.pack("<III", req, 0x5, len(body)) + body
+                if fds:
+                    socket.send_fds(c, [data], list(fds))
+                else:
+                    c.sendall(data)
+
+            if req == 1:  # GET_FEATURES: VERSION_1, PROTOCOL_FEATURES
+                reply(struct.pack("<Q", (1 << 32) | (1 << 30) | (1 << 9)))  # and FLUSH
+            elif req == 15:  # GET_PROTOCOL_FEATURES: REPLY_ACK, CONFIG, INFLIGHT_SHMFD
+                reply(struct.pack("<Q", (1 << 3) | (1 << 9) | (1 << 12)))
+            elif req == 24:  # GET_CONFIG: capacity only
+                offset, length, cflags = struct.unpack_from("<III", payload)
+                config = struct.pack("<Q", DISK_BYTES // SECTOR).ljust(256, b"\0")
+                reply(struct.pack("<III", offset, length, cflags) + config[offset:offset + length])
+            elif req == 31:  # GET_INFLIGHT_FD
+                fd = os.memfd_create("inflight")
+                os.ftruncate(fd, 8192)
+                with self.lock:
+                    self.inflight_fds.append(fd)
+                num_queues, queue_size = struct.unpack_from("<HH", payload, 16)
+                reply(struct.pack("<QQHH", 8192, 0, num_queues, queue_size), [fd])
+            elif req == 11:  # GET_VRING_BASE
+                reply(struct.pack("<II", struct.unpack_from("<I", payload)[0], 0))
+            elif flags & 0x8:
+                reply(struct.pack("<Q", 0))
+
+    def log(self, i):
+        with self.lock:
+            return list(self.logs[i]) if i < len(self.logs) else []
+
+    def drop(self):
+        with self.lock:
+            self.conns[-1].shutdown(socket.SHUT_RDWR)
+            self.conns[-1].close()
+
+    def close(self):
+        self.srv.close()
+        with self.lock:
+            for fd in self.inflight_fds:
+                os.close(fd)
+
+
+def test_inflight_reconnect(tmp):
+    """A back-end that offers INFLIGHT_SHMFD (scripted: it answers the set-up, never serves the
+    ring): at DRIVER_OK ember gets its inflight buffer (GET_INFLIGHT_FD, the memfd checked and
+    mapped under the vhost_user seccomp filter) and hands it over (SET_INFLIGHT_FD); the
+    back-end dies with the guest's reads in flight and a new one on the same socket gets the
+    same buffer again (no GET_INFLIGHT_FD) and the rings, while the guest's device is never
+    reset and no request is failed on its behalf."""
+    b = ScriptedBlk(tmp)
+    out_path, err_path = os.path.join(tmp, "ember.out"), os.path.join(tmp, "ember.err")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        p = subprocess.Popen([EMBER, "run", "--kernel", GUEST, "--log-level", "info", "--drive",
+                              "socket=%s,id=vub,reconnect=10" % b.path, "--cmdline",
+                              "console=ttyS0 vub_sectors=%d" % (DISK_BYTES // SECTOR)],
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    try:
+        def enabled(i):
+            return any(r == 18 for r, _ in b.log(i))  # SET_VRING_ENABLE
+
+        deadline = time.monotonic() + PATIENCE_S
+        while not enabled(0):
+            check(p.poll() is None and time.monotonic() < deadline,
+                  "the first back-end never got its ring: %s" % open(err_path).read()[-2000:])
+            time.sleep(0.05)
+        first = b.log(0)
+        reqs = [r for r, _ in first]
+        check(31 in reqs and (32, 1) in first and reqs.index(31) < reqs.index(32) < reqs.index(8),
+              "GET_INFLIGHT_FD, then SET_INFLIGHT_FD with its descriptor, before the ring: %r" % reqs)
+        time.sleep(0.5)  # the guest's first read is in flight, unanswered
+        check(p.poll() is None, "ember runs with the inflight buffer mapped: %s" % open(err_path).read()[-2000:])
+        b.drop()
+        while not enabled(1):
+            check(p.poll() is None and time.monotonic() < deadline,
+                  "no reconnection: %s" % open(err_path).read()[-2000:])
+            time.sleep(0.05)
+        second = b.log(1)
+        reqs = [r for r, _ in second]
+        check(31 not in reqs and (32, 1) in second and reqs.index(32) < reqs.index(8),
+              "the new back-end gets the same buffer (SET_INFLIGHT_FD, no GET_INFLIGHT_FD): %r" % reqs)
+        time.sleep(0.3)
+        check(p.poll() is None, "ember runs on: %s" % open(err_path).read()[-2000:])
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(PATIENCE_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        b.close()
+    err = open(err_path).read()
+    check("is back after" in err and "resubmitted" in err, "ember says the back-end is back: %r" % err[-2000:])
+    check("request(s) in flight failed" not in err and "device stopped" not in err and "seccomp" not in err,
+          "nothing failed, no seccomp violation: %r" % err[-2000:])
 
 
 def test_no_backend(tmp):
@@ -614,11 +868,14 @@ def test_fs_api(tmp):
         check("fs" not in e.req("GET", "/vm/config").json(), "no fs section before one is configured")
         expect(e.req("PUT", "/boot-source", {"kernel_image_path": FS_GUEST,
                                              "boot_args": "console=ttyS0 vfs_tag=share"}), 204, "boot source")
-        expect(e.req("PUT", "/fs/share", dict(ok, num_queues=1)), 204, "PUT /fs")
+        expect(e.req("PUT", "/fs/share", dict(ok, num_queues=1, reconnect_s=3601)), 400,
+               "PUT /fs with reconnect_s 3601", "reconnect_s")
+        expect(e.req("PUT", "/fs/share", dict(ok, num_queues=1, reconnect_s=3)), 204, "PUT /fs")
         expect(e.req("PUT", "/fs/other", {"fs_id": "other", "tag": "share", "socket": v.sock}), 400,
                "a second fs with the same tag", "already")
         fs = e.req("GET", "/vm/config").json()["fs"]
-        check(fs == [{"fs_id": "share", "tag": "share", "socket": v.sock, "num_queues": 1}],
+        check(fs == [{"fs_id": "share", "tag": "share", "socket": v.sock, "num_queues": 1,
+                      "reconnect_s": 3}],
               "GET /vm/config shows the fs: %r" % fs)
         expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
         deadline = time.monotonic() + PATIENCE_S
@@ -659,7 +916,7 @@ def test_fs_config_file(tmp):
     v.check_host("configuration file")
 
 
-def test_fs_backend_killed(tmp):
+def test_fs_backend_killed(tmp, reconnect=0):
     """virtiofsd dies while the guest asks: one log line, the device needs a reset, ember and the
     guest go on. Snapshots and migration were refused before."""
     v = Virtiofsd(tmp)
@@ -667,7 +924,7 @@ def test_fs_backend_killed(tmp):
     out_path, err_path = os.path.join(tmp, "ember.out"), os.path.join(tmp, "ember.err")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         p = subprocess.Popen([EMBER, "run", "--kernel", FS_GUEST, "--debug-exit", "--api-sock", sock,
-                              "--fs", "tag=share,socket=" + v.sock, "--cmdline",
+                              "--fs", "tag=share,reconnect=%d,socket=%s" % (reconnect, v.sock), "--cmdline",
                               "console=ttyS0 vfs_tag=share vfs_hold=1"],
                              stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     try:
@@ -702,15 +959,28 @@ def test_fs_backend_killed(tmp):
     check(status == 1, "exit status %d (the guest's debug-exit 0 is 1): %s" % (status, err[-2000:]))
     check_guest(out, "back-end killed", FS_TAP)
     lines = [line for line in err.splitlines() if "vhost-user back-end" in line and "closed its socket" in line]
-    check(len(lines) == 1, "one log line says the back-end went away: %r" % err[-2000:])
+    if reconnect:
+        # Killed with a request in flight: virtio-fs cannot fail it for the back-end, so the
+        # device needs a reset at once; killed idle: not back within the limit.
+        why = [line for line in err.splitlines() if "no INFLIGHT_SHMFD to resume them" in line or
+               "not back in time" in line]
+        check(len(why) == 1, "one log line says why the device needs a reset: %r" % err[-2000:])
+    else:
+        check(len(lines) == 1, "one log line says the back-end went away: %r" % err[-2000:])
     v.check_host("back-end killed")
 
 
-TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_no_backend,
+def test_fs_backend_killed_reconnect(tmp):
+    """The same with reconnect=2: the device needs a reset within the limit, one line says why."""
+    test_fs_backend_killed(tmp, reconnect=2)
+
+
+TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_backend_restarted,
+         test_backend_never_returns, test_inflight_reconnect, test_no_backend,
          test_silent_backend, test_garbage_backend, test_fd_passing_backend,
          test_fs_cli_pci, test_fs_cli_mmio, test_fs_two_devices, test_fs_qemu_reference,
          test_fs_too_many_queues, test_fs_cli_bad, test_fs_api,
-         test_fs_config_file, test_fs_backend_killed, test_huge_pages]
+         test_fs_config_file, test_fs_backend_killed, test_fs_backend_killed_reconnect, test_huge_pages]
 
 
 def main():
@@ -738,7 +1008,8 @@ def main():
             print("FAIL %s: %s" % (test.__name__, f))
             failed += 1
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not os.environ.get("KEEP_TMP"):
+                shutil.rmtree(tmp, ignore_errors=True)
         sys.stdout.flush()
     print("vhost-user: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
     return 1 if failed else 0
