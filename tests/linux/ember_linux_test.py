@@ -163,7 +163,7 @@ class Setup:
             self.blk_seed = f"s{self.tag}"
             self.cmdline.update({"blk": "ember-rw", "blk_seed": self.blk_seed,
                                  "blk_kib": str(self.args.blk_kib)})
-            if self.args.blk_backend == "vhost-user":
+            if getattr(self.args, "blk_backend", "file") == "vhost-user":
                 self.start_storage_daemon()
         if "ro" in self.checks:
             rodir = os.path.join(self.work, "ro")
@@ -223,7 +223,7 @@ class Setup:
         self.fs_seed = f"fs{self.tag}"
         self.cmdline.update({"fs": FS_TAG, "fs_token": token, "fs_seed": self.fs_seed,
                              "fs_files": str(FS_FILES), "fs_kib": str(FS_KIB)})
-        if self.args.fs_bench:
+        if getattr(self.args, "fs_bench", None):
             self.cmdline["fs_bench"] = self.args.fs_bench
 
     def stop_storage_daemon(self):
@@ -629,6 +629,10 @@ def vmm_qemu(a, st, cmdline):
         cmd += ["-object", f"memory-backend-memfd,id=ram,size={a.mem}M,share=on",
                 "-machine", "memory-backend=ram"]
     if st.fs_sock:
+        if a.transport == "pci":
+            # vhost-user-fs-pci is modern only: it has no disable-legacy for the global to set.
+            i = cmd.index("virtio-pci.disable-legacy=on")
+            del cmd[i - 1:i + 1]
         cmd += ["-chardev", f"socket,id=vfs,path={st.fs_sock}",
                 "-device", f"vhost-user-fs-{'device' if a.transport == 'mmio' else 'pci'},"
                 f"chardev=vfs,tag={FS_TAG}"]
