@@ -38,7 +38,7 @@ int migration_parse_url(const char *url, struct migration_url *u)
         u->tcp = true;
         if (*hp == '[') {
             const char *end = strchr(hp, ']');
-            if (!end || end[1] != ':')
+            if (!end || end == hp + 1 || end[1] != ':')
                 return error_set("migration URL '%s': tcp:[ADDRESS]:PORT", url);
             if ((size_t)(end - hp - 1) >= sizeof(u->host))
                 return error_set("migration URL '%s': host too long", url);
