@@ -43,6 +43,7 @@ GUEST=$ROOT/build/guest/blk-perf.elf
 RUN_MS=2000
 SETTLE_MS=800 # quiet time around each workload: the counters are read in its middle
 RUNS=1
+WORKLOADS=(randread-4k-qd1 randread-4k-qd32 seqread-128k-qd16 seqwrite-128k-qd16)
 OUT_DIR=$ROOT/build/bench-blk
 COUNTERS=(exits mmio_exits io_exits irq_exits halt_exits irq_injections)
 
@@ -99,7 +100,7 @@ QEMU_BASE=(-nodefaults -no-user-config -display none -enable-kvm -cpu host,-arch
 QEMU_DRIVE=(-drive "file=$IMAGE,if=none,id=d0,format=raw,cache=$CACHE,aio=io_uring")
 
 start_vmm() { # start_vmm VMM OUT -> VMM_PID
-    local cmdline="console=ttyS0 perf_ms=$RUN_MS perf_settle_ms=$SETTLE_MS perf_misalign=$MISALIGN"
+    local cmdline="console=ttyS0 perf_ms=$RUN_MS perf_settle_ms=$SETTLE_MS perf_misalign=$MISALIGN perf_only=$(IFS=,; echo "${WORKLOADS[*]}")"
     if [ "$have_counters" = 1 ]; then export LD_PRELOAD=$PRELOAD; fi
     case $1 in
     ember-pci | ember-mmio | ember-pci-noseccomp | ember-mmio-noseccomp)
@@ -221,7 +222,6 @@ best() { # best VMM WORKLOAD -> the result line with the highest IOPS over the r
     cat "$OUT_DIR/$1".*.results 2>/dev/null | awk -v w="$2" '$1 == w' | sort -k3,3n | tail -n1 || true
 }
 
-WORKLOADS=(randread-4k-qd1 randread-4k-qd32 seqread-128k-qd16 seqwrite-128k-qd16)
 printf '\ncache=%s, guest buffers %s bytes past a page boundary, image %s\n' "$CACHE" "$MISALIGN" "$IMAGE"
 printf '\n%-19s' ""
 for vmm in "${VMMS[@]}"; do printf ' | %-27s' "$vmm"; done

@@ -4,7 +4,10 @@
 # qemu-storage-daemon (a vhost-user-blk export), with ember's front-end beside QEMU's front-end,
 # and beside ember's built-in virtio-blk on the same image. 4 KiB random reads at queue depth 1
 # and 32, 128 KiB sequential reads at depth 16; no writes (the image stays the same for every
-# run). Medians over interleaved runs, ratios ember / QEMU.
+# run); and 4 KiB random reads at depth 1 taken by interrupt (randread-4k-qd1-irq: every
+# request interrupts the guest, which looks at the used ring only when the interrupt came: the
+# interrupt path, the daemon's call eventfd to the guest, is in every request's latency).
+# Medians over interleaved runs, ratios ember / QEMU.
 #
 # Usage: bench/vhost_user.sh [-t MS] [-r RUNS] [-o OUT_DIR] [VMM...]
 #   -t MS    time per workload (default 2000)
@@ -15,7 +18,7 @@
 #            (microvm), and qemu-blk (QEMU's virtio-blk-pci, aio=io_uring).
 # Environment: EMBER (default build/ember), QEMU (qemu-system-x86_64), QSD
 #   (qemu-storage-daemon), QBOOT (/usr/share/qemu/qboot.rom), IMAGE (build/ember-vhu-bench.img:
-#   on the file system of build/, ext4 here), WORKLOADS (a subset of the three, space-separated).
+#   on the file system of build/, ext4 here), WORKLOADS (a subset of the four, space-separated).
 #
 # The daemon: a fresh qemu-storage-daemon per run, the same command line for both front-ends:
 # the file driver with aio=io_uring over the page cache, one queue, its main loop (no iothread).
@@ -35,7 +38,8 @@
 #           its time is the run's length and not shown.
 #   QSD us  qemu-storage-daemon's CPU time, all its threads
 # ember's log also says how many interrupts it relayed from the daemon's call eventfd to the
-# guest: none are expected (the guest polls and keeps used_event behind).
+# guest: none are expected on virtio-pci, where the daemon is handed the MSI-X vector's KVM
+# irqfd itself; on virtio-mmio (ember-vhu-mmio) each interrupt of the -irq workload is.
 #
 # Noise: the benchmark needs both CPUs (the vCPU spins, the daemon or ember's I/O thread serves);
 # whatever else runs on the host (or steals from it, nested) cuts the figures by up to 4x here.
@@ -55,7 +59,7 @@ RUN_MS=2000
 SETTLE_MS=800 # quiet time around each workload: the counters are read in its middle
 RUNS=5
 OUT_DIR=$ROOT/build/bench-vhost-user
-read -ra WORKLOADS <<<"${WORKLOADS:-randread-4k-qd1 randread-4k-qd32 seqread-128k-qd16}"
+read -ra WORKLOADS <<<"${WORKLOADS:-randread-4k-qd1 randread-4k-qd32 seqread-128k-qd16 randread-4k-qd1-irq}"
 
 while getopts "t:r:o:h" opt; do
     case $opt in

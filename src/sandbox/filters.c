@@ -182,6 +182,9 @@ static const struct sc_rule vcpu_rules[] = {
     IOCTL(KVM_SET_GSI_ROUTING),
     IOCTL(KVM_IRQFD),
     IOCTL(KVM_IOEVENTFD),
+    /* the guest reads the PBA: what a vhost-user back-end signalled on a masked vector's
+     * eventfd (8 bytes, never blocking) becomes its pending bit */
+    R1(read, EQ(2, 8)),
     /* the serial port's output waits for a slow stdout */
     R(poll),
     /* the guest's FEATURES_OK on virtio-net tells the tap which offloads it takes */

@@ -100,6 +100,12 @@ struct virtio_dev_ops {
 struct virtio_transport_ops {
     void (*notify_queue)(struct virtio_dev *d, unsigned q);
     void (*notify_config)(struct virtio_dev *d);
+    /* Optional: an eventfd that, written by anyone, interrupts the driver for queue q as
+     * notify_queue does, masking honoured with no hop through ember (PCI with MSI-X on:
+     * the queue's vector, bound in KVM while deliverable); -1 when there is none now (INTx,
+     * no vector, mmio, whose interrupt status register ember must set). For data paths
+     * outside ember (a vhost-user back-end). Valid until the device is reset. */
+    int (*queue_irqfd)(struct virtio_dev *d, unsigned q);
 };
 
 struct virtio_queue {

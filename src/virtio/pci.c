@@ -63,6 +63,57 @@ static bool msix_enabled(const struct virtio_pci *p)
     return msix_control(p) & MSIX_CTRL_ENABLE;
 }
 
+/* ---- vector eventfds ---------------------------------------------------- */
+
+/* Whether vector vec's interrupt reaches the guest now: MSI-X on, neither the function nor
+ * the entry masked, an address in the LAPIC window. Under msix_lock. */
+static bool vector_deliverable(const struct virtio_pci *p, unsigned vec)
+{
+    const struct msix_entry *e = &p->table[vec];
+    return msix_enabled(p) && !(msix_control(p) & MSIX_CTRL_MASK) &&
+           !(e->ctrl & MSIX_ENTRY_MASKED) && (e->addr_lo & 0xfff00000u) == 0xfee00000u &&
+           !e->addr_hi;
+}
+
+/* Each vector's eventfd is bound to its GSI in KVM (KVM_IRQFD) exactly while the vector is
+ * deliverable, so that a writer outside ember (a vhost-user back-end handed the eventfd)
+ * interrupts the guest with no hop through ember, and masking holds: an unbound eventfd
+ * keeps what is written to it, which is the vector's pending bit (collect_pending), and
+ * KVM delivers it when the eventfd is bound again. Under msix_lock. */
+static void sync_irqfd(struct virtio_pci *p, unsigned vec)
+{
+    bool want = vector_deliverable(p, vec);
+    if (!p->irqchip || p->vector_fd[vec] < 0 || p->irqfd_bound[vec] == want)
+        return;
+    struct kvm_irqfd irqfd = {.fd = (uint32_t)p->vector_fd[vec],
+                              .gsi = (uint32_t)p->vector_gsi[vec],
+                              .flags = want ? 0 : KVM_IRQFD_FLAG_DEASSIGN};
+    if (ioctl(p->vm_fd, KVM_IRQFD, &irqfd) < 0) {
+        log_limited(&p->log_irqfd, LOG_ERROR, "%s: KVM_IRQFD %s for MSI-X vector %u: %s",
+                    p->dev->name, want ? "binding" : "unbinding", vec, strerror(errno));
+        return;
+    }
+    p->irqfd_bound[vec] = want;
+}
+
+static void sync_irqfds(struct virtio_pci *p)
+{
+    for (unsigned v = 0; v < p->nvectors; v++)
+        sync_irqfd(p, v);
+}
+
+/* What outside writers signalled on vectors that are not deliverable becomes their pending
+ * bits (the PBA as the guest reads it, a snapshot). Under msix_lock. */
+static void collect_pending(struct virtio_pci *p)
+{
+    for (unsigned v = 0; v < p->nvectors; v++) {
+        uint64_t n;
+        if (p->vector_fd[v] >= 0 && !p->irqfd_bound[v] &&
+            read(p->vector_fd[v], &n, sizeof(n)) == (ssize_t)sizeof(n) && n)
+            p->pending |= 1ULL << v;
+    }
+}
+
 /* ---- interrupts ------------------------------------------------------ */
 
 static void set_intx(struct virtio_pci *p, bool level)
@@ -130,9 +181,22 @@ static void notify_config(struct virtio_dev *d)
     interrupt(p, __atomic_load_n(&p->config_vector, __ATOMIC_ACQUIRE), ISR_CONFIG);
 }
 
+/* With MSI-X on, queue q's vector's eventfd: written by anyone, it interrupts the guest as
+ * notify_queue would (sync_irqfd). */
+static int queue_irqfd(struct virtio_dev *d, unsigned q)
+{
+    struct virtio_pci *p = d->transport_opaque;
+    uint16_t vec = __atomic_load_n(&d->queues[q].msix_vector, __ATOMIC_ACQUIRE);
+    pthread_mutex_lock(&p->msix_lock);
+    int fd = p->irqchip && msix_enabled(p) && vec < p->nvectors ? p->vector_fd[vec] : -1;
+    pthread_mutex_unlock(&p->msix_lock);
+    return fd;
+}
+
 static const struct virtio_transport_ops pci_transport = {
     .notify_queue = notify_queue,
     .notify_config = notify_config,
+    .queue_irqfd = queue_irqfd,
 };
 
 /* Delivers what was held back while masked (under msix_lock). */
@@ -179,8 +243,10 @@ static void msix_table_io(struct virtio_pci *p, uint64_t off, uint8_t *data, uin
             irqchip_update_msi_route(p->irqchip, (unsigned)p->vector_gsi[vec],
                                      (uint64_t)e->addr_hi << 32 | e->addr_lo, e->data);
     }
-    if (is_write)
+    if (is_write) {
+        sync_irqfds(p);
         deliver_pending(p);
+    }
     pthread_mutex_unlock(&p->msix_lock);
 }
 
@@ -362,6 +428,7 @@ void virtio_pci_bar_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t le
     if (offset >= VIRTIO_PCI_PBA_OFF) {
         if (!is_write) {
             pthread_mutex_lock(&p->msix_lock);
+            collect_pending(p);
             uint64_t pba = p->pending;
             pthread_mutex_unlock(&p->msix_lock);
             uint64_t off = offset - VIRTIO_PCI_PBA_OFF;
@@ -491,6 +558,7 @@ static void config_written(struct pci_function *f, uint32_t offset, uint32_t len
         pthread_mutex_lock(&p->msix_lock);
         if (msix_enabled(p))
             set_intx(p, false);
+        sync_irqfds(p);
         deliver_pending(p);
         pthread_mutex_unlock(&p->msix_lock);
     }
@@ -599,9 +667,7 @@ int virtio_pci_init(struct virtio_pci *p, struct virtio_dev *dev, struct pci_bus
             p->vector_fd[v] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
             if (p->vector_fd[v] < 0)
                 return error_errno("%s: eventfd", dev->name);
-            struct kvm_irqfd irqfd = {.fd = (uint32_t)p->vector_fd[v], .gsi = (uint32_t)gsi};
-            if (ioctl(vm_fd, KVM_IRQFD, &irqfd) < 0)
-                return error_errno("%s: KVM_IRQFD for MSI-X vector %u", dev->name, v);
+            /* Bound to the GSI once the guest makes the vector deliverable (sync_irqfd). */
         }
     }
     int slot = pci_bus_add(bus, &p->fn, 0);
@@ -620,8 +686,9 @@ void virtio_pci_destroy(struct virtio_pci *p)
         struct kvm_irqfd irqfd = {.fd = (uint32_t)p->vector_fd[v],
                                   .gsi = (uint32_t)p->vector_gsi[v],
                                   .flags = KVM_IRQFD_FLAG_DEASSIGN};
-        if (!async_teardown_active())
+        if (p->irqfd_bound[v] && !async_teardown_active())
             ioctl(p->vm_fd, KVM_IRQFD, &irqfd);
+        p->irqfd_bound[v] = false;
         close(p->vector_fd[v]);
         p->vector_fd[v] = -1;
     }
@@ -633,6 +700,7 @@ void virtio_pci_destroy(struct virtio_pci *p)
 void virtio_pci_save(struct virtio_pci *p, struct snapshot_writer *w)
 {
     pthread_mutex_lock(&p->msix_lock);
+    collect_pending(p);
     pci_function_save(&p->fn, w);
     snapshot_put_u32(w, p->nvectors);
     for (unsigned v = 0; v < p->nvectors; v++) {
@@ -715,6 +783,8 @@ int virtio_pci_restore(struct virtio_pci *p, struct snapshot_cursor *c)
         }
         if (r == 0)
             r = irqchip_commit_routes(p->irqchip);
+        if (r == 0)
+            sync_irqfds(p);
     }
     /* The line as it was: KVM's IOAPIC state comes back separately, but the sharing of the
      * line among functions is ember's. */

@@ -29,6 +29,8 @@ struct virtio_pci {
     uint64_t pending; /* PBA bits */
     int vector_gsi[VIRTIO_PCI_MAX_VECTORS];
     int vector_fd[VIRTIO_PCI_MAX_VECTORS];
+    bool irqfd_bound[VIRTIO_PCI_MAX_VECTORS]; /* vector_fd bound to its GSI in KVM */
+    struct log_limit log_irqfd;
     uint16_t config_vector;
     uint8_t isr; /* atomic */
     bool intx_asserted;

@@ -74,9 +74,18 @@ static int start_backend(struct vhost_user_dev *v, bool resume)
     }
 
     v->running = true;
+    v->direct_rings = 0;
     for (unsigned i = 0; i < d->nqueues; i++) {
         if (!virtio_dev_queue_live(d, i))
             continue;
+        /* The back-end signals the transport's own eventfd where there is one (an MSI-X
+         * vector: KVM interrupts the guest, masking included, with ember on no path);
+         * otherwise ember's, relayed by on_call. */
+        int call = d->transport->queue_irqfd ? d->transport->queue_irqfd(d, i) : -1;
+        if (call >= 0)
+            v->direct_rings++;
+        else
+            call = v->calls[i].fd;
         struct virtq *q = &d->queues[i].vq;
         struct virtq_position pos;
         virtq_get_position(q, &pos);
@@ -89,7 +98,7 @@ static int start_backend(struct vhost_user_dev *v, bool resume)
         if (vhost_user_set_vring_num(vu, i, q->size) < 0 ||
             vhost_user_set_vring_base(vu, i, pos.next_avail) < 0 ||
             vhost_user_set_vring_addr(vu, i, q->desc, q->avail, q->used) < 0 ||
-            vhost_user_set_vring_call(vu, i, v->calls[i].fd) < 0 ||
+            vhost_user_set_vring_call(vu, i, call) < 0 ||
             vhost_user_set_vring_kick(vu, i, d->queues[i].kick_fd) < 0)
             return error_prefix("ring %u", i);
         /* With protocol features a ring starts disabled (and without, SET_VRING_ENABLE is
@@ -433,6 +442,9 @@ void vhost_user_dev_destroy(struct vhost_user_dev *v)
 {
     if (v->dev.queues)
         virtio_dev_destroy(&v->dev);
+    if (v->direct_rings)
+        log_info("%s: interrupts of %u ring(s) straight from the back-end to KVM", v->dev.name,
+                 v->direct_rings);
     if (v->relayed)
         log_info("%s: %llu interrupts relayed from the back-end", v->dev.name,
                  (unsigned long long)v->relayed);

@@ -2,15 +2,17 @@
  * vhost_user_fs.c): a virtio device whose data path is a back-end process reached over a
  * unix socket (vhost_user/). At DRIVER_OK it hands the back-end guest memory (shared
  * memfd), the rings, each queue's kick eventfd (the one KVM signals) and a call eventfd per
- * queue, which ember relays to the transport's interrupt (so that MSI-X masking and INTx
- * stay the transport's business). A reset takes the rings back (GET_VRING_BASE). A back-end
- * that goes away is connected to again (reconnect_ms: bounded exponential back-off) and
- * given the rings where they stand, the guest's device resumed without a reset; requests it
- * had taken are resubmitted by the new back-end from the inflight buffer (INFLIGHT_SHMFD),
- * or, without one, completed with an error by the device type (fail_requests) or the device
- * made to need a reset. A back-end that does not come back in time: the same errors, then
- * DEVICE_NEEDS_RESET. One rate-limited log line per event; ember keeps running.
- * The device type supplies its configuration space (read_config) and what it offers. */
+ * queue: the transport's own where it has one (virtio-pci with MSI-X: the vector's KVM
+ * irqfd, which the transport unbinds while the vector is masked), so that kicks and
+ * interrupts go between KVM and the back-end alone; otherwise (INTx, virtio-mmio, whose
+ * interrupt status ember sets) one that ember relays to the transport's interrupt. A reset takes
+ * the rings back (GET_VRING_BASE). A back-end that goes away is connected to again (reconnect_ms:
+ * bounded exponential back-off) and given the rings where they stand, the guest's device resumed
+ * without a reset; requests it had taken are resubmitted by the new back-end from the inflight
+ * buffer (INFLIGHT_SHMFD), or, without one, completed with an error by the device type
+ * (fail_requests) or the device made to need a reset. A back-end that does not come back in time:
+ * the same errors, then DEVICE_NEEDS_RESET. One rate-limited log line per event; ember keeps
+ * running. The device type supplies its configuration space (read_config) and what it offers. */
 #ifndef EMBER_VIRTIO_VHOST_USER_DEV_H
 #define EMBER_VIRTIO_VHOST_USER_DEV_H
 
@@ -43,8 +45,9 @@ struct vhost_user_dev {
     struct virtio_dev_ops ops;
     struct vhost_user_dev_call calls[VHOST_USER_DEV_MAX_QUEUES];
     struct event_handler *socket_handler;
-    bool running;     /* [io] the back-end has the rings */
-    uint64_t relayed; /* [io] interrupts relayed from the back-end */
+    bool running;          /* [io] the back-end has the rings */
+    uint64_t relayed;      /* [io] interrupts relayed from the back-end */
+    unsigned direct_rings; /* [io] rings whose back-end signals the transport's irqfd itself */
 
     uint64_t wanted_protocol;
     unsigned reconnect_ms; /* how long to try a back-end that went away; 0: never */

@@ -47,7 +47,7 @@ static void no_config_irq(struct virtio_dev *d)
     (void)d;
 }
 
-static const struct virtio_transport_ops transport = {no_irq, no_config_irq};
+static const struct virtio_transport_ops transport = {no_irq, no_config_irq, NULL};
 
 static uint64_t desc_of(unsigned q)
 {

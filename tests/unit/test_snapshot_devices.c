@@ -53,7 +53,7 @@ static void notify_config(struct virtio_dev *d)
     (void)d;
 }
 
-static const struct virtio_transport_ops transport = {notify_queue, notify_config};
+static const struct virtio_transport_ops transport = {notify_queue, notify_config, NULL};
 
 static void *ptr(uint64_t gpa, uint64_t len)
 {

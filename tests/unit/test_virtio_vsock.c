@@ -54,7 +54,8 @@ static void fake_notify_config(struct virtio_dev *d)
     __atomic_add_fetch(&config_irqs, 1, __ATOMIC_SEQ_CST);
 }
 
-static const struct virtio_transport_ops fake_transport = {fake_notify_queue, fake_notify_config};
+static const struct virtio_transport_ops fake_transport = {fake_notify_queue, fake_notify_config,
+                                                           NULL};
 
 static void *ptr(uint64_t gpa, uint64_t len)
 {

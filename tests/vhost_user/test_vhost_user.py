@@ -156,10 +156,23 @@ def run_cli(tmp, transport, extra_cmdline="", drive_extra="", queues=1):
     return d, p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
+def check_interrupt_path(err, transport, what):
+    """virtio-pci with MSI-X: the back-end signals the vector's KVM irqfd itself, ember relays
+    nothing (a masked vector's interrupt included: the guest's masking check reads it from the
+    PBA); virtio-mmio: ember relays each interrupt (it sets the interrupt status)."""
+    direct = re.search(r"interrupts of (\d+) ring\(s\) straight from the back-end to KVM", err)
+    relayed = re.search(r"(\d+) interrupts relayed from the back-end", err)
+    if transport == "pci":
+        check(direct and not relayed, "%s: interrupts straight to KVM, none relayed: %s" % (what, err))
+    else:
+        check(relayed and not direct, "%s: interrupts relayed by ember: %s" % (what, err))
+
+
 def test_cli_pci(tmp):
     d, status, out, err = run_cli(tmp, "pci")
     check(status == 1, "exit status %d (the guest's debug-exit 0 is 1)\n%s" % (status, err))
     check_guest(out, "pci")
+    check_interrupt_path(err, "pci", "blk pci")
     check("vhost-user back-end at %s, %d sectors" % (d.sock, DISK_BYTES // SECTOR) in err,
           "ember names the back-end and its capacity: %s" % err)
     check_image(d.image, "pci")
@@ -170,6 +183,7 @@ def test_cli_mmio(tmp):
     d, status, out, err = run_cli(tmp, "mmio", queues=2)
     check(status == 1, "exit status %d\n%s" % (status, err))
     check_guest(out, "mmio")
+    check_interrupt_path(err, "mmio", "blk mmio")
     check("%d sectors, 2 queue(s)" % (DISK_BYTES // SECTOR) in err,
           "ember takes the back-end's two queues: %s" % err)
     check_image(d.image, "mmio")
@@ -722,6 +736,7 @@ def test_fs_cli_pci(tmp):
     v, status, out, err = run_fs_cli(tmp, "pci")
     check(status == 1, "exit status %d (the guest's debug-exit 0 is 1)\n%s" % (status, err))
     check_guest(out, "pci", FS_TAP)
+    check_interrupt_path(err, "pci", "fs pci")
     check("virtio-fs 'share', vhost-user back-end at %s, 1 request queue(s)" % v.sock in err,
           "ember names the tag, the back-end and the queues: %s" % err)
     v.check_host("pci")
@@ -733,6 +748,7 @@ def test_fs_cli_mmio(tmp):
     v, status, out, err = run_fs_cli(tmp, "mmio", ",queues=1", tag=tag)
     check(status == 1, "exit status %d\n%s" % (status, err))
     check_guest(out, "mmio", FS_TAP)
+    check_interrupt_path(err, "mmio", "fs mmio")
     v.check_host("mmio")
 
 
