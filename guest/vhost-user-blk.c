@@ -178,8 +178,8 @@ static enum test_result read_back(void)
     return same(buf, want, disk_bytes, 0) ? TEST_PASS : TEST_FAIL;
 }
 
-/* The back-end signals ember's call eventfd; ember relays it to the transport, which keeps
- * a masked vector's interrupt pending in the PBA until it is unmasked. */
+/* The back-end signals the vector's eventfd, which ember unbinds from KVM while the vector is
+ * masked: its interrupt is pending in the PBA until the vector is unmasked. */
 static enum test_result msix_masking(void)
 {
     if (!buf)

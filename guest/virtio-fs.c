@@ -259,8 +259,8 @@ static enum test_result create_write(void)
     return TEST_PASS;
 }
 
-/* The back-end signals ember's call eventfd; ember relays it to the transport, which keeps
- * a masked vector's interrupt pending in the PBA until it is unmasked. */
+/* The back-end signals the vector's eventfd, which ember unbinds from KVM while the vector is
+ * masked: its interrupt is pending in the PBA until the vector is unmasked. */
 static enum test_result msix_masking(void)
 {
     if (!inited)
