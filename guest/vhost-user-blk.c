@@ -186,30 +186,18 @@ static enum test_result msix_masking(void)
         return skip("no disk");
     if (disk->transport != VIRTIO_PCI)
         return skip("MSI-X is virtio-pci's");
-    struct virtq *q = &disk->queues[0];
-    static struct vblk_req req;
-    virtio_irq_window(20000);
-    uint64_t before = q->irq_count;
-    virtio_msix_mask(disk, q->vector, true);
-    bool done = vblk_submit(q, &req, VIRTIO_BLK_T_IN, 0, buf, 4096, 0) >= 0;
-    virtq_kick(q);
-    uint64_t start = time_us();
-    while (done && !virtq_has_used(q)) {
-        if (time_us() - start > WAIT_US)
-            done = false;
-        cpu_relax();
-    }
-    done = done && virtq_get(q, NULL) == &req && req.status == VIRTIO_BLK_S_OK;
-    virtio_irq_window(20000);
-    bool quiet = q->irq_count == before;
-    bool pending = virtio_msix_pending(disk, q->vector);
-    virtio_msix_mask(disk, q->vector, false);
-    bool delivered = virtq_wait_irq(q, before, WAIT_US);
-    bool cleared = !virtio_msix_pending(disk, q->vector);
+    static struct vblk_req req = {.type = VIRTIO_BLK_T_IN, .sector = 0};
+    req.status = 0xff;
+    struct vbuf bufs[3] = {
+        {(uint64_t)&req, 16, false}, {(uint64_t)buf, 4096, true}, {(uint64_t)&req.status, 1, true}};
+    struct msix_masked_request r;
+    bool ok = virtq_msix_masked_request(disk, &disk->queues[0], bufs, 3, &req, WAIT_US, &r);
+    bool done = r.done && req.status == VIRTIO_BLK_S_OK;
     diag("request %s, %s while masked, PBA bit %s; on unmask the interrupt %s, PBA bit %s",
-         done ? "done" : "lost", quiet ? "no interrupt" : "an interrupt", pending ? "set" : "clear",
-         delivered ? "arrived" : "did not arrive", cleared ? "cleared" : "still set");
-    return done && quiet && pending && delivered && cleared ? TEST_PASS : TEST_FAIL;
+         done ? "done" : "lost", r.quiet ? "no interrupt" : "an interrupt",
+         r.pending ? "set" : "clear", r.delivered ? "arrived" : "did not arrive",
+         r.cleared ? "cleared" : "still set");
+    return ok && done ? TEST_PASS : TEST_FAIL;
 }
 
 /* A reset takes the rings back from the back-end (GET_VRING_BASE); the next DRIVER_OK hands

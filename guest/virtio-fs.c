@@ -277,29 +277,14 @@ static enum test_result msix_masking(void)
         {.addr = (uint64_t)resp, .len = 1024, .write = true},
     };
     static char token;
-    virtio_irq_window(20000);
-    uint64_t before = q->irq_count;
-    virtio_msix_mask(fs, q->vector, true);
-    bool done = virtq_add(q, bufs, 2, &token) >= 0;
-    virtq_kick(q);
-    uint64_t start = time_us();
-    while (done && !virtq_has_used(q)) {
-        if (time_us() - start > WAIT_US)
-            done = false;
-        cpu_relax();
-    }
-    done = done && virtq_get(q, NULL) == &token && ((struct fuse_out_header *)resp)->error == 0;
-    virtio_irq_window(20000);
-    bool quiet = q->irq_count == before;
-    bool pending = virtio_msix_pending(fs, q->vector);
-    virtio_msix_mask(fs, q->vector, false);
-    bool delivered = virtq_wait_irq(q, before, WAIT_US);
-    bool cleared = !virtio_msix_pending(fs, q->vector);
+    struct msix_masked_request r;
+    bool ok = virtq_msix_masked_request(fs, q, bufs, 2, &token, WAIT_US, &r);
+    bool done = r.done && ((struct fuse_out_header *)resp)->error == 0;
     diag("GETATTR %s, %s while masked, PBA bit %s; on unmask the interrupt %s, PBA bit %s",
-         done ? "answered" : "lost", quiet ? "no interrupt" : "an interrupt",
-         pending ? "set" : "clear", delivered ? "arrived" : "did not arrive",
-         cleared ? "cleared" : "still set");
-    return done && quiet && pending && delivered && cleared ? TEST_PASS : TEST_FAIL;
+         done ? "answered" : "lost", r.quiet ? "no interrupt" : "an interrupt",
+         r.pending ? "set" : "clear", r.delivered ? "arrived" : "did not arrive",
+         r.cleared ? "cleared" : "still set");
+    return ok && done ? TEST_PASS : TEST_FAIL;
 }
 
 /* A reset takes the rings back from the back-end (GET_VRING_BASE); the next DRIVER_OK hands

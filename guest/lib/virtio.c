@@ -1229,6 +1229,32 @@ bool virtio_wait_config_irq(struct virtio_device *d, uint64_t seen, uint64_t tim
     return wait_count_change(&d->config_irqs, seen, timeout_us);
 }
 
+bool virtq_msix_masked_request(struct virtio_device *d, struct virtq *q, const struct vbuf *bufs,
+                               unsigned count, void *token, uint64_t timeout_us,
+                               struct msix_masked_request *r)
+{
+    *r = (struct msix_masked_request){0};
+    virtio_irq_window(20000); /* whatever was pending arrives before counting */
+    uint64_t before = q->irq_count;
+    virtio_msix_mask(d, q->vector, true);
+    r->done = virtq_add(q, bufs, count, token) >= 0;
+    virtq_kick(q);
+    uint64_t start = time_us();
+    while (r->done && !virtq_has_used(q)) {
+        if (time_us() - start > timeout_us)
+            r->done = false;
+        cpu_relax();
+    }
+    r->done = r->done && virtq_get(q, NULL) == token;
+    virtio_irq_window(20000);
+    r->quiet = q->irq_count == before;
+    r->pending = virtio_msix_pending(d, q->vector);
+    virtio_msix_mask(d, q->vector, false);
+    r->delivered = virtq_wait_irq(q, before, timeout_us);
+    r->cleared = !virtio_msix_pending(d, q->vector);
+    return r->done && r->quiet && r->pending && r->delivered && r->cleared;
+}
+
 int64_t virtq_transfer(struct virtq *q, const struct vbuf *bufs, unsigned count,
                        uint64_t timeout_us)
 {

@@ -256,6 +256,17 @@ void virtio_irq_window(uint64_t us);
 /* Waits for a configuration interrupt newer than `seen` (CPL0). */
 bool virtio_wait_config_irq(struct virtio_device *d, uint64_t seen, uint64_t timeout_us);
 
+/* A request made while queue q's MSI-X vector is masked (virtio-pci), as the spec has it: the
+ * device answers it, no interrupt comes while masked, the vector's PBA bit is set, and
+ * unmasking delivers the interrupt and clears the bit. The fields say what happened (done:
+ * answered with token in time); ok when all of it did. CPL0. */
+struct msix_masked_request {
+    bool done, quiet, pending, delivered, cleared;
+};
+bool virtq_msix_masked_request(struct virtio_device *d, struct virtq *q, const struct vbuf *bufs,
+                               unsigned count, void *token, uint64_t timeout_us,
+                               struct msix_masked_request *r);
+
 /* Submits bufs, kicks, waits for it, returns the bytes written (or -1 on timeout/mix-up). */
 int64_t virtq_transfer(struct virtq *q, const struct vbuf *bufs, unsigned count,
                        uint64_t timeout_us);
