@@ -84,16 +84,8 @@ if [ ! -f "$IMAGE" ] || [ "$(stat -c %s "$IMAGE")" != $((256 << 20)) ]; then
     [ "${KEEP_IMAGE:-0}" = 1 ] || trap 'rm -f "$IMAGE"' EXIT
 fi
 
-KVMSTAT=$ROOT/build/kvmstat
-PRELOAD=$ROOT/build/kvmstat-preload.so
-have_counters=0
-if cc -std=c11 -Wall -Wextra -Werror -O2 -o "$KVMSTAT" "$ROOT/bench/kvmstat.c" &&
-    cc -std=c11 -Wall -Wextra -Werror -O2 -shared -fPIC -o "$PRELOAD" \
-        "$ROOT/bench/kvmstat-preload.c" -ldl; then
-    have_counters=1
-else
-    echo "# cannot build bench/kvmstat: exits not measured"
-fi
+. "$ROOT/bench/counters.sh"
+counters_build
 
 QEMU_BASE=(-nodefaults -no-user-config -display none -enable-kvm -cpu host,-arch-capabilities
     -device isa-debug-exit,iobase=0xf4,iosize=4 -m 128 -serial stdio)
@@ -133,7 +125,6 @@ start_vmm() { # start_vmm VMM OUT -> VMM_PID
     unset LD_PRELOAD
 }
 
-ms_to_s() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
 
 read_counters() { # read_counters PID -> "exits mmio_exits ..." (one number each), or nothing
     local c stats values=()

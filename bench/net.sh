@@ -82,18 +82,10 @@ make -s -C "$ROOT/guest" O="$ROOT/build/guest" >/dev/null
 mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR"/*.results "$OUT_DIR"/*.raw "$OUT_DIR"/*.out "$OUT_DIR"/*.err "$OUT_DIR"/*.gen
 
-KVMSTAT=$ROOT/build/kvmstat
-PRELOAD=$ROOT/build/kvmstat-preload.so
 NETGEN=$ROOT/build/netgen
 cc -std=c11 -Wall -Wextra -Werror -O2 -o "$NETGEN" "$ROOT/bench/netgen.c"
-have_counters=0
-if cc -std=c11 -Wall -Wextra -Werror -O2 -o "$KVMSTAT" "$ROOT/bench/kvmstat.c" &&
-    cc -std=c11 -Wall -Wextra -Werror -O2 -shared -fPIC -o "$PRELOAD" \
-        "$ROOT/bench/kvmstat-preload.c" -ldl; then
-    have_counters=1
-else
-    echo "# cannot build bench/kvmstat: exits not measured"
-fi
+. "$ROOT/bench/counters.sh"
+counters_build
 
 # The namespace and its tap: no address (nothing is routed), IPv6 off (no chatter).
 NS=ember-bench-$$

@@ -110,16 +110,8 @@ if [ ! -f "$IMAGE" ] || [ "$(stat -c %s "$IMAGE")" != $((256 << 20)) ]; then
     MADE_IMAGE=1
 fi
 
-KVMSTAT=$ROOT/build/kvmstat
-PRELOAD=$ROOT/build/kvmstat-preload.so
-have_counters=0
-if cc -std=c11 -Wall -Wextra -Werror -O2 -o "$KVMSTAT" "$ROOT/bench/kvmstat.c" &&
-    cc -std=c11 -Wall -Wextra -Werror -O2 -shared -fPIC -o "$PRELOAD" \
-        "$ROOT/bench/kvmstat-preload.c" -ldl; then
-    have_counters=1
-else
-    echo "# cannot build bench/kvmstat: exits not measured"
-fi
+. "$ROOT/bench/counters.sh"
+counters_build
 
 SOCK=$OUT_DIR/qsd.sock
 start_qsd() { # start_qsd LOG -> QSD_PID
@@ -187,31 +179,13 @@ start_vmm() { # start_vmm VMM OUT -> VMM_PID
     unset LD_PRELOAD
 }
 
-ms_to_s() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
-
-# cpu_ns PID own|all: CPU time (ns) of the process's threads, all of them or all but its vCPUs.
-cpu_ns() {
-    local t comm ns sum=0
-    for t in /proc/"$1"/task/*; do
-        comm=$(cat "$t/comm" 2>/dev/null) || continue
-        if [ "$2" = own ] && [[ $comm =~ ^vcpu[0-9]+$|^CPU\ [0-9]+/KVM$ ]]; then continue; fi
-        read -r ns _ <"$t/schedstat" 2>/dev/null || continue
-        sum=$((sum + ns))
-    done
-    echo "$sum"
-}
 
 TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
 # snapshot VMM_PID -> "EXITS VMM_OWN_NS QSD_NS VMM_ALL_NS BUSY_TICKS STEAL_TICKS NOW_NS", x where
 # not measured: BUSY (user, nice, system, irq, softirq; guest time is part of user) and STEAL
 # are the host's, from /proc/stat, so that the CPU others used in the window can be told.
 snapshot() {
-    local exits=x
-    if [ "$have_counters" = 1 ]; then
-        exits=$("$KVMSTAT" "$1" 2>/dev/null | awk '$1 == "exits" {print $2}' || true)
-        [ -n "$exits" ] || exits=x
-    fi
-    echo "$exits $(cpu_ns "$1" own) $([ -n "$QSD_PID" ] && cpu_ns "$QSD_PID" all || echo x)" \
+    echo "$(kvm_exits "$1") $(cpu_ns "$1" own) $([ -n "$QSD_PID" ] && cpu_ns "$QSD_PID" all || echo x)" \
         "$(cpu_ns "$1" all) $(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat)" \
         "$(date +%s%N)"
 }

@@ -622,6 +622,7 @@ def vmm_qemu(a, st, cmdline):
     cmd = ["qemu-system-x86_64"] + machine + [
         "-enable-kvm", "-cpu", QEMU_CPU, "-smp", str(a.cpus), "-m", f"{a.mem}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+        "-name", "ember-linux-test,debug-threads=on",  # vCPU threads named "CPU N/KVM"
         "-no-reboot", "-device", "i8042",
         "-kernel", a.kernel, "-initrd", a.initrd,
         "-append", f"{cmdline} {QEMU_CMDLINE_EXTRA}"]
@@ -799,6 +800,9 @@ def main():
     p.add_argument("--fs-bench", metavar="FILES,KIB",
                    help="fs: also time FILES creates and a KIB KiB write and read in the share "
                         "(bench/virtiofs.sh reads the guest's '# fsbench:' line)")
+    p.add_argument("--vmm-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the VMM only (bench/virtiofs.sh: LD_PRELOAD "
+                        "of bench/kvmstat-preload.so); repeatable")
     p.add_argument("--blk-backend", choices=["file", "vhost-user"], default="file",
                    help="the rw disk: the image file, or qemu-storage-daemon serving it as a "
                         "vhost-user-blk back-end (guest RAM then shared)")
@@ -871,8 +875,15 @@ def run_vm(a, st, res, work):
     serial_log = open(os.path.join(work, "serial.log"), "w")
     t0 = time.time()
     hvc_stdin = a.vmm == "ember" and "console" in guest_checks
+    vmm_env = dict(os.environ)
+    for kv in a.vmm_env:
+        name, _, value = kv.partition("=")
+        vmm_env[name] = value
     vm = subprocess.Popen(cmd, stdin=subprocess.PIPE if hvc_stdin else subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=vmm_env)
+    # For benchmarks that read the VMM's counters while it runs (bench/virtiofs.sh).
+    with open(os.path.join(work, "vmm.pid"), "w") as f:
+        f.write(f"{vm.pid}\n")
     marks = {}
     guest = {}  # TAP number -> (ok, text)
     plan = None
