@@ -325,6 +325,8 @@ static const struct sc_rule vhost_user_rules[] = {
      * shared, never executable */
     R(newfstatat),
     R2(mmap, NONE_OF(2, PROT_EXEC), BITS(3, MAP_SHARED | MAP_ANONYMOUS, MAP_SHARED)),
+    /* the request channel a reconnected back-end gets (BACKEND_REQ): a unix stream socketpair */
+    R2(socketpair, EQ(0, AF_UNIX), BITS(1, 0xf, SOCK_STREAM)),
 };
 
 /* ---- the others ------------------------------------------------------------ */

@@ -3,6 +3,7 @@
 #define EMBER_VHOST_USER_PROTO_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum vhu_request {
@@ -20,10 +21,20 @@ enum vhu_request {
     VHU_SET_PROTOCOL_FEATURES = 16,
     VHU_GET_QUEUE_NUM = 17,
     VHU_SET_VRING_ENABLE = 18,
+    VHU_SET_BACKEND_REQ_FD = 21,
     VHU_GET_CONFIG = 24,
     VHU_SET_CONFIG = 25,
     VHU_GET_INFLIGHT_FD = 31,
     VHU_SET_INFLIGHT_FD = 32,
+    VHU_GET_MAX_MEM_SLOTS = 36,
+    VHU_ADD_MEM_REG = 37,
+};
+
+/* What a back-end may ask on its request channel (PROTOCOL_F_BACKEND_REQ). */
+enum vhu_backend_request {
+    VHU_BACKEND_IOTLB_MSG = 1,
+    VHU_BACKEND_CONFIG_CHANGE_MSG = 2,
+    VHU_BACKEND_VRING_HOST_NOTIFIER_MSG = 3,
 };
 
 #define VHU_VERSION       0x1u
@@ -61,6 +72,18 @@ struct vhu_mem_region {
     uint64_t guest_addr, size, user_addr, mmap_offset;
 };
 
+/* ADD_MEM_REG: one region, its memfd attached. */
+struct vhu_mem_region_msg {
+    uint64_t padding;
+    struct vhu_mem_region region;
+};
+
+/* The most memory slots a back-end may claim (GET_MAX_MEM_SLOTS): KVM's user memory slots on
+ * x86 (KVM_USER_MEM_SLOTS, 32764). No guest has more RAM regions than KVM has slots, so a
+ * larger number counts nothing and is taken as a broken reply (Debian 12's qemu-storage-daemon
+ * and virtiofsd, libvhost-user, say 32; QEMU as a front-end uses at most 512). */
+#define VHU_MAX_MEM_SLOTS_LIMIT 32764u
+
 struct vhu_mem_table {
     uint32_t nregions;
     uint32_t padding;
@@ -84,6 +107,11 @@ struct vhu_inflight {
  * plus a header, so 17 queues of 32768 descriptors stay far below. */
 #define VHU_INFLIGHT_MAX (64ull << 20)
 
+/* The largest payload of a request on the back-end's channel ember reads (the largest the
+ * protocol defines, an IOTLB message or a vring area, is 32 bytes); a larger one is a broken
+ * channel. */
+#define VHU_BACKEND_MAX_PAYLOAD 256u
+
 /* The largest payload of any reply the front-end reads. */
 #define VHU_MAX_REPLY_PAYLOAD ((uint32_t)sizeof(struct vhu_config))
 
@@ -99,6 +127,13 @@ int vhu_check_ack(uint64_t ack, uint32_t request);
 /* A GET_INFLIGHT_FD reply: a size within (0, VHU_INFLIGHT_MAX], a page-aligned offset; the
  * descriptor's file holds [offset, offset + size) (file_size: its size). */
 int vhu_check_inflight_reply(const struct vhu_inflight *in, int nfds, uint64_t file_size);
+/* GET_MAX_MEM_SLOTS' answer: 1 to VHU_MAX_MEM_SLOTS_LIMIT, and room for `needed` regions. */
+int vhu_check_max_mem_slots(uint64_t slots, unsigned needed);
+/* The back-end's request at the start of buf (len bytes read so far): 0 when its header or
+ * payload is not all there yet, else the message's length (header and payload) with *h its
+ * header; -1 with why for a message that breaks the channel (another version, the reply
+ * flag, unknown flags, a payload over VHU_BACKEND_MAX_PAYLOAD). */
+int vhu_parse_backend_request(const uint8_t *buf, size_t len, struct vhu_header *h);
 const char *vhu_request_name(uint32_t request);
 
 #endif

@@ -58,6 +58,12 @@ const char *vhu_request_name(uint32_t request)
         return "GET_CONFIG";
     case VHU_SET_CONFIG:
         return "SET_CONFIG";
+    case VHU_SET_BACKEND_REQ_FD:
+        return "SET_BACKEND_REQ_FD";
+    case VHU_GET_MAX_MEM_SLOTS:
+        return "GET_MAX_MEM_SLOTS";
+    case VHU_ADD_MEM_REG:
+        return "ADD_MEM_REG";
     default:
         return "an unknown request";
     }
@@ -111,6 +117,37 @@ int vhu_check_inflight_reply(const struct vhu_inflight *in, int nfds, uint64_t f
                          (unsigned long long)in->mmap_offset, (unsigned long long)in->mmap_size,
                          (unsigned long long)file_size);
     return 0;
+}
+
+int vhu_check_max_mem_slots(uint64_t slots, unsigned needed)
+{
+    if (slots == 0 || slots > VHU_MAX_MEM_SLOTS_LIMIT)
+        return error_set("reply to GET_MAX_MEM_SLOTS: %llu memory slots (1 to %u)",
+                         (unsigned long long)slots, VHU_MAX_MEM_SLOTS_LIMIT);
+    if (slots < needed)
+        return error_set("the back-end has %llu memory slot(s), guest RAM is %u region(s)",
+                         (unsigned long long)slots, needed);
+    return 0;
+}
+
+int vhu_parse_backend_request(const uint8_t *buf, size_t len, struct vhu_header *h)
+{
+    if (len < sizeof(*h))
+        return 0;
+    memcpy(h, buf, sizeof(*h));
+    if ((h->flags & VHU_VERSION_MASK) != VHU_VERSION)
+        return error_set("a request of protocol version %u, not %u", h->flags & VHU_VERSION_MASK,
+                         VHU_VERSION);
+    if (h->flags & VHU_FLAG_REPLY)
+        return error_set("a reply (flags 0x%x) nobody asked for", h->flags);
+    if (h->flags & ~(VHU_VERSION_MASK | VHU_FLAG_NEED_ACK))
+        return error_set("request %u with unknown flags 0x%x", h->request, h->flags);
+    if (h->size > VHU_BACKEND_MAX_PAYLOAD)
+        return error_set("request %u with %u bytes of payload (at most %u)", h->request, h->size,
+                         VHU_BACKEND_MAX_PAYLOAD);
+    if (len - sizeof(*h) < h->size)
+        return 0;
+    return (int)(sizeof(*h) + h->size);
 }
 
 int vhu_check_ack(uint64_t ack, uint32_t request)
@@ -389,7 +426,7 @@ int vhost_user_check_idle(struct vhost_user *vu)
         return error_errno("its socket failed");
     if (n == 0)
         return error_set("it closed its socket");
-    /* No back-end request channel was agreed on: nothing may come unasked. */
+    /* Nothing comes unasked on this socket (a back-end's own requests go on its channel). */
     return error_set("it sent a message nobody asked for");
 }
 
@@ -511,6 +548,60 @@ int vhost_user_set_mem_table(struct vhost_user *vu, const struct guest_memory *m
     uint32_t size = (uint32_t)(offsetof(struct vhu_mem_table, regions) +
                                mem->nregions * sizeof(struct vhu_mem_region));
     return request(vu, VHU_SET_MEM_TABLE, &t, size, fds, mem->nregions);
+}
+
+int vhost_user_get_max_mem_slots(struct vhost_user *vu, unsigned needed, uint64_t *slots)
+{
+    if (!vhost_user_has_protocol(vu, VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS))
+        return error_set("vhost-user back-end of %s: no CONFIGURE_MEM_SLOTS", vu->name);
+    if (query(vu, VHU_GET_MAX_MEM_SLOTS, NULL, 0, slots, sizeof(*slots)) < 0)
+        return -1;
+    if (vhu_check_max_mem_slots(*slots, needed) < 0)
+        return error_prefix("vhost-user back-end of %s", vu->name);
+    vu->max_mem_slots = *slots;
+    return 0;
+}
+
+static bool same_region(const struct guest_region *a, const struct guest_region *b)
+{
+    return a->gpa == b->gpa && a->size == b->size && a->hva == b->hva;
+}
+
+int vhost_user_give_memory(struct vhost_user *vu, const struct guest_memory *mem, bool *by_region)
+{
+    *by_region = false;
+    if (!vhost_user_has_protocol(vu, VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS))
+        return vhost_user_set_mem_table(vu, mem);
+    *by_region = true;
+    if (!mem->has_memfd)
+        return error_set("%s: guest memory is not shared (a memfd), which a vhost-user back-end "
+                         "needs",
+                         vu->name);
+    if (mem->nregions == 0 || mem->nregions > GUEST_MEM_MAX_REGIONS)
+        return error_set("%s: %u memory regions", vu->name, mem->nregions);
+    uint64_t slots;
+    if (!vu->max_mem_slots && vhost_user_get_max_mem_slots(vu, mem->nregions, &slots) < 0)
+        return -1;
+    for (unsigned i = 0; i < mem->nregions; i++) {
+        const struct guest_region *r = &mem->regions[i];
+        if (i < vu->nmem_added) {
+            /* Given on this connection already (an earlier DRIVER_OK): the back-end keeps its
+             * regions across a reset of the rings. */
+            if (!same_region(r, &vu->mem_added[i]))
+                return error_set("%s: guest memory region %u changed, which it never does",
+                                 vu->name, i);
+            continue;
+        }
+        struct vhu_mem_region_msg m = {.region = {.guest_addr = r->gpa,
+                                                  .size = r->size,
+                                                  .user_addr = (uintptr_t)r->hva,
+                                                  .mmap_offset = (uint64_t)(r->hva - mem->base)}};
+        if (request(vu, VHU_ADD_MEM_REG, &m, sizeof(m), &mem->memfd, 1) < 0)
+            return error_prefix("region %u", i);
+        vu->mem_added[i] = *r;
+        vu->nmem_added = i + 1;
+    }
+    return 0;
 }
 
 static int vring_state(struct vhost_user *vu, uint32_t req, unsigned index, unsigned num)
@@ -644,4 +735,141 @@ void vhost_user_inflight_free(struct vhost_user_inflight *in)
         close(in->fd);
     in->addr = NULL;
     in->fd = -1;
+}
+
+/* ---- the back-end's request channel (PROTOCOL_F_BACKEND_REQ) ------------------- */
+
+int vhost_user_open_channel(struct vhost_user *vu, struct vhost_user_channel *ch)
+{
+    ch->fd = -1;
+    ch->have = 0;
+    if (!vhost_user_has_protocol(vu, VHOST_USER_PROTOCOL_F_BACKEND_REQ))
+        return error_set("vhost-user back-end of %s: no BACKEND_REQ", vu->name);
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
+        return error_errno("%s: the back-end's request channel (socketpair)", vu->name);
+    /* The back-end's end goes over the socket; ember keeps no copy of it, so that the channel
+     * reads as closed once the back-end is gone. */
+    int r = request(vu, VHU_SET_BACKEND_REQ_FD, NULL, 0, &sv[1], 1);
+    close(sv[1]);
+    if (r < 0) {
+        close(sv[0]);
+        return -1;
+    }
+    ch->fd = sv[0];
+    return 0;
+}
+
+void vhost_user_channel_close(struct vhost_user_channel *ch)
+{
+    if (ch->fd >= 0)
+        close(ch->fd);
+    ch->fd = -1;
+    ch->have = 0;
+}
+
+/* An answer to the back-end's request: u64 0 for success, 1 for a failure. Never waits: a
+ * back-end that does not read its answers breaks the channel. */
+static int channel_reply(struct vhost_user_channel *ch, uint32_t request, uint64_t status)
+{
+    struct {
+        struct vhu_header h;
+        uint64_t status;
+    } __attribute__((packed))
+    m = {.h = {.request = request, .flags = VHU_VERSION | VHU_FLAG_REPLY, .size = sizeof(uint64_t)},
+         .status = status};
+    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    ssize_t n;
+    do {
+        n = sendmsg(ch->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return error_errno("answering its request %u", request);
+    if ((size_t)n != sizeof(m))
+        return error_set("it does not read the answers it asks for");
+    return 0;
+}
+
+static void refuse(struct vhost_user_channel_stats *st, const char *fmt, uint32_t request)
+{
+    if (!st->refused++)
+        snprintf(st->why, sizeof(st->why), fmt, request);
+}
+
+int vhost_user_channel_serve(struct vhost_user_channel *ch, int (*config_changed)(void *opaque),
+                             void *opaque, struct vhost_user_channel_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (ch->fd < 0)
+        return error_set("the channel is closed");
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * VHU_MAX_FDS)];
+    } ctl;
+    struct iovec iov = {.iov_base = ch->buf + ch->have, .iov_len = sizeof(ch->buf) - ch->have};
+    struct msghdr msg = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl)};
+    ssize_t n = recvmsg(ch->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    if (n < 0)
+        return error_errno("its request channel failed");
+    unsigned fds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            close(fd);
+            fds++;
+        }
+    }
+    /* No request ember serves carries one (BACKEND_SEND_FD is never agreed on). */
+    if (fds || (msg.msg_flags & MSG_CTRUNC))
+        return error_set("it attached descriptors to a request on its channel");
+    if (n == 0) {
+        st->closed = true;
+        return error_set("it closed its request channel");
+    }
+    ch->have += (uint32_t)n;
+
+    /* The whole requests read: the configuration is read again once for all of them. */
+    size_t off = 0, end = 0;
+    struct vhu_header h;
+    int len;
+    while ((len = vhu_parse_backend_request(ch->buf + end, ch->have - end, &h)) > 0) {
+        if (h.request == VHU_BACKEND_CONFIG_CHANGE_MSG && h.size == 0)
+            st->config_changes++;
+        st->requests++;
+        end += (size_t)len;
+    }
+    if (len < 0)
+        return error_prefix("on its request channel");
+    int status = 0;
+    if (st->config_changes)
+        status = config_changed ? config_changed(opaque) : -1;
+    for (off = 0; off < end; off += sizeof(h) + h.size) {
+        memcpy(&h, ch->buf + off, sizeof(h));
+        uint64_t answer = 0;
+        if (h.request == VHU_BACKEND_CONFIG_CHANGE_MSG && h.size == 0) {
+            if (!config_changed)
+                refuse(st, "CONFIG_CHANGE_MSG (%u) for a device whose configuration is ember's",
+                       h.request);
+            answer = status < 0;
+        } else if (h.request == VHU_BACKEND_CONFIG_CHANGE_MSG) {
+            refuse(st, "CONFIG_CHANGE_MSG (%u) with a payload", h.request);
+            answer = 1;
+        } else {
+            refuse(st, "request %u, which ember does not serve", h.request);
+            answer = 1;
+        }
+        if ((h.flags & VHU_FLAG_NEED_ACK) && channel_reply(ch, h.request, answer) < 0)
+            return -1;
+    }
+    memmove(ch->buf, ch->buf + end, ch->have - end);
+    ch->have -= (uint32_t)end;
+    return 0;
 }

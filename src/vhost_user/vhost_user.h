@@ -22,10 +22,12 @@
 #define VHOST_USER_F_PROTOCOL_FEATURES 30
 
 /* Protocol features ember uses. */
-#define VHOST_USER_PROTOCOL_F_MQ             0
-#define VHOST_USER_PROTOCOL_F_REPLY_ACK      3
-#define VHOST_USER_PROTOCOL_F_CONFIG         9
-#define VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD 12
+#define VHOST_USER_PROTOCOL_F_MQ                  0
+#define VHOST_USER_PROTOCOL_F_REPLY_ACK           3
+#define VHOST_USER_PROTOCOL_F_BACKEND_REQ         5
+#define VHOST_USER_PROTOCOL_F_CONFIG              9
+#define VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD      12
+#define VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS 15
 
 /* The largest device configuration space GET_CONFIG/SET_CONFIG carry. */
 #define VHOST_USER_MAX_CONFIG 256
@@ -37,6 +39,11 @@ struct vhost_user {
     uint64_t features;          /* the back-end's virtio features (GET_FEATURES) */
     uint64_t protocol_features; /* negotiated (both sides) */
     char name[32];              /* for messages: the device's name */
+    /* CONFIGURE_MEM_SLOTS: GET_MAX_MEM_SLOTS' answer (0: not asked yet) and the regions this
+     * back-end was given by ADD_MEM_REG, both for this connection only. */
+    uint64_t max_mem_slots;
+    unsigned nmem_added;
+    struct guest_region mem_added[GUEST_MEM_MAX_REGIONS];
 };
 
 /* Connects to the back-end listening on path (ember is the client); -1 with a message. */
@@ -70,8 +77,17 @@ int vhost_user_get_queue_num(struct vhost_user *vu, uint64_t *num);
  * (needs PROTOCOL_F_CONFIG). */
 int vhost_user_get_config(struct vhost_user *vu, uint32_t offset, void *buf, uint32_t len);
 int vhost_user_set_config(struct vhost_user *vu, uint32_t offset, const void *buf, uint32_t len);
-/* Guest RAM's regions, each with the memfd it lives in (mem->has_memfd required). */
+/* Guest RAM's regions, each with the memfd it lives in (mem->has_memfd required), in one
+ * SET_MEM_TABLE. */
 int vhost_user_set_mem_table(struct vhost_user *vu, const struct guest_memory *mem);
+/* GET_MAX_MEM_SLOTS (needs CONFIGURE_MEM_SLOTS): the back-end's memory slots, checked (1 to
+ * VHU_MAX_MEM_SLOTS_LIMIT, at least `needed`) and kept in vu->max_mem_slots. */
+int vhost_user_get_max_mem_slots(struct vhost_user *vu, unsigned needed, uint64_t *slots);
+/* Guest RAM to the back-end: with CONFIGURE_MEM_SLOTS, one ADD_MEM_REG per region it does not
+ * have yet on this connection (its slots asked first; *by_region set), else SET_MEM_TABLE.
+ * ember's regions never change while it runs, so a back-end never has one to remove
+ * (REM_MEM_REG); a region that differs from the one given is refused. */
+int vhost_user_give_memory(struct vhost_user *vu, const struct guest_memory *mem, bool *by_region);
 int vhost_user_set_vring_num(struct vhost_user *vu, unsigned index, unsigned num);
 /* Host addresses in ember's mapping of guest RAM (as in the memory table). */
 int vhost_user_set_vring_addr(struct vhost_user *vu, unsigned index, const void *desc,
@@ -99,5 +115,35 @@ int vhost_user_get_inflight_fd(struct vhost_user *vu, unsigned nqueues, unsigned
 /* SET_INFLIGHT_FD: the buffer a back-end (maybe a restarted one) is to track requests in. */
 int vhost_user_set_inflight_fd(struct vhost_user *vu, const struct vhost_user_inflight *in);
 void vhost_user_inflight_free(struct vhost_user_inflight *in);
+
+/* The back-end's request channel (PROTOCOL_F_BACKEND_REQ): a socketpair whose other end the
+ * back-end got with SET_BACKEND_REQ_FD, on which it sends requests of its own (its
+ * configuration changed, ...) and reads the answers it asked for (NEED_REPLY). Read in
+ * bounded bites without blocking: a message not all there yet waits in buf. */
+#define VHOST_USER_CHANNEL_BUF 4096
+struct vhost_user_channel {
+    int fd; /* ember's end, non-blocking; -1: none */
+    uint32_t have;
+    uint8_t buf[VHOST_USER_CHANNEL_BUF];
+};
+/* What one vhost_user_channel_serve did. */
+struct vhost_user_channel_stats {
+    unsigned requests;       /* whole requests read */
+    unsigned config_changes; /* CONFIG_CHANGE_MSG among them */
+    unsigned refused;        /* answered with a failure or ignored */
+    bool closed;             /* the back-end closed its end */
+    char why[128];           /* the first refusal's reason */
+};
+/* Makes the channel and hands the back-end its end (needs BACKEND_REQ); -1 with why. */
+int vhost_user_open_channel(struct vhost_user *vu, struct vhost_user_channel *ch);
+void vhost_user_channel_close(struct vhost_user_channel *ch);
+/* Reads once (at most the buffer's room) and serves every whole request read: the
+ * CONFIG_CHANGE_MSGs among them by one call of config_changed (NULL: refused), after the
+ * read, so that what it reads covers each of them; every other request refused; an answer
+ * (0, or 1 for a failure) to each that asks for one. -1 with why when the channel is of no
+ * more use (closed, a message that breaks it, descriptors attached, answers not read): close
+ * it. */
+int vhost_user_channel_serve(struct vhost_user_channel *ch, int (*config_changed)(void *opaque),
+                             void *opaque, struct vhost_user_channel_stats *st);
 
 #endif

@@ -1,6 +1,7 @@
 #include "virtio/vhost_user_blk.h"
 
 #include "util/error.h"
+#include "util/log.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -32,6 +33,8 @@
 #define VIRTIO_BLK_S_IOERR 1
 /* Offset of num_queues in virtio-blk's configuration space (5.2.4). */
 #define CONFIG_NUM_QUEUES 34
+
+static int config_changed(struct vhost_user_dev *v);
 
 static void read_config(struct virtio_dev *d, uint32_t offset, void *data, uint32_t len)
 {
@@ -110,7 +113,9 @@ int vhost_user_blk_init(struct vhost_user_blk *b, const char *name,
     pthread_mutex_init(&b->config_lock, NULL);
     uint64_t wanted = (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
                       (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) | (1ULL << VHOST_USER_PROTOCOL_F_MQ) |
-                      (1ULL << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD);
+                      (1ULL << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
+                      (1ULL << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) |
+                      (1ULL << VHOST_USER_PROTOCOL_F_BACKEND_REQ);
     if (vhost_user_dev_connect(&b->vud, name, opts->socket, mem, wanted) < 0)
         return -1;
     if (!vhost_user_has_protocol(&b->vud.vu, VHOST_USER_PROTOCOL_F_CONFIG))
@@ -124,9 +129,30 @@ int vhost_user_blk_init(struct vhost_user_blk *b, const char *name,
     if (opts->unsafe)
         offered &= ~(1ULL << VIRTIO_BLK_F_FLUSH);
     b->vud.fail_requests = fail_requests;
+    b->vud.config_changed = config_changed;
     vhost_user_dev_set_reconnect(&b->vud, opts->reconnect_s);
     return vhost_user_dev_init(&b->vud, name, VIRTIO_ID_BLOCK, offered, nqueues, VUB_QUEUE_SIZE,
                                sizeof(b->config), read_config, b, mem);
+}
+
+/* Reads the back-end's configuration space again (a resized disk) and gives the driver a
+ * configuration interrupt: for PATCH /drives and for the back-end's CONFIG_CHANGE_MSG. [io] */
+static int refresh(struct vhost_user_blk *b)
+{
+    uint8_t config[VHOST_USER_BLK_CONFIG];
+    if (vhost_user_get_config(&b->vud.vu, 0, config, sizeof(config)) < 0)
+        return -1;
+    /* The queues the guest has stay as they are. */
+    pthread_mutex_lock(&b->config_lock);
+    memcpy(config + CONFIG_NUM_QUEUES, b->config + CONFIG_NUM_QUEUES, 2);
+    memcpy(b->config, config, sizeof(config));
+    memcpy(&b->capacity, config, sizeof(b->capacity));
+    pthread_mutex_unlock(&b->config_lock);
+    __atomic_add_fetch(&b->vud.dev.config_generation, 1, __ATOMIC_SEQ_CST);
+    struct virtio_dev *d = &b->vud.dev;
+    if (d->transport && d->transport->notify_config)
+        d->transport->notify_config(d);
+    return 0;
 }
 
 struct refresh_call {
@@ -138,23 +164,25 @@ struct refresh_call {
 static void refresh_on_io(void *arg)
 {
     struct refresh_call *c = arg;
-    struct vhost_user_blk *b = c->b;
-    uint8_t config[VHOST_USER_BLK_CONFIG];
-    c->result = vhost_user_get_config(&b->vud.vu, 0, config, sizeof(config));
-    if (c->result < 0) {
+    c->result = refresh(c->b);
+    if (c->result < 0)
         snprintf(c->error, sizeof(c->error), "%s", error_get());
-        return;
+}
+
+/* The back-end's own notice (its request channel) that its configuration changed. [io] */
+static int config_changed(struct vhost_user_dev *v)
+{
+    struct vhost_user_blk *b = v->model;
+    if (refresh(b) < 0) {
+        log_limited(&b->log_config, LOG_WARN,
+                    "%s: reading the vhost-user back-end's changed configuration: %s", v->dev.name,
+                    error_get());
+        return -1;
     }
-    /* The queues the guest has stay as they are. */
-    pthread_mutex_lock(&b->config_lock);
-    memcpy(config + CONFIG_NUM_QUEUES, b->config + CONFIG_NUM_QUEUES, 2);
-    memcpy(b->config, config, sizeof(config));
-    memcpy(&b->capacity, config, sizeof(b->capacity));
-    pthread_mutex_unlock(&b->config_lock);
-    __atomic_add_fetch(&b->vud.dev.config_generation, 1, __ATOMIC_SEQ_CST);
-    struct virtio_dev *d = &b->vud.dev;
-    if (d->transport && d->transport->notify_config)
-        d->transport->notify_config(d);
+    log_limited(&b->log_config, LOG_INFO,
+                "%s: the vhost-user back-end's configuration changed: %llu sectors", v->dev.name,
+                (unsigned long long)b->capacity);
+    return 0;
 }
 
 int vhost_user_blk_refresh(struct vhost_user_blk *b)
@@ -169,5 +197,6 @@ int vhost_user_blk_refresh(struct vhost_user_blk *b)
 void vhost_user_blk_destroy(struct vhost_user_blk *b)
 {
     vhost_user_dev_destroy(&b->vud);
+    log_limit_flush(&b->log_config, LOG_INFO, "vhost-user configuration changes");
     pthread_mutex_destroy(&b->config_lock);
 }

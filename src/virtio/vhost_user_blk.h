@@ -24,7 +24,8 @@ struct vhost_user_blk {
      * refresh; config_lock keeps a read whole (the I/O thread may not take dev.lock). */
     pthread_mutex_t config_lock;
     uint8_t config[VHOST_USER_BLK_CONFIG];
-    uint64_t capacity; /* 512-byte sectors, as the back-end said */
+    uint64_t capacity;           /* 512-byte sectors, as the back-end said */
+    struct log_limit log_config; /* the back-end's configuration changes */
 };
 
 /* Connects to the back-end and learns its features and configuration; -1 with why. */

@@ -14,6 +14,74 @@
 
 static void backend_lost(struct vhost_user_dev *v, const char *why, bool taken);
 
+/* ---- the back-end's request channel -------------------------------------------- */
+
+static int channel_config_changed(void *opaque)
+{
+    struct vhost_user_dev *v = opaque;
+    return v->config_changed(v);
+}
+
+static void close_channel(struct vhost_user_dev *v)
+{
+    if (v->channel_handler)
+        event_loop_del(&v->dev.io.loop, v->channel_handler);
+    v->channel_handler = NULL;
+    vhost_user_channel_close(&v->channel);
+}
+
+/* The back-end sent requests of its own. Each wake-up reads at most a buffer's worth and reads
+ * the configuration again at most once, so a back-end that floods the channel costs bounded
+ * work per message and no memory; one that breaks it loses it (the device goes on). */
+static void on_channel(void *opaque, uint32_t events)
+{
+    struct vhost_user_dev *v = opaque;
+    (void)events;
+    struct vhost_user_channel_stats st;
+    int r = vhost_user_channel_serve(&v->channel, v->config_changed ? channel_config_changed : NULL,
+                                     v, &st);
+    v->channel_requests += st.requests;
+    if (st.refused)
+        log_limited(&v->log_channel, LOG_WARN,
+                    "%s: vhost-user back-end at %s: %u request(s) on its channel refused: %s",
+                    v->dev.name, v->socket, st.refused, st.why);
+    if (r == 0)
+        return;
+    if (st.closed)
+        log_debug("%s: the vhost-user back-end closed its request channel", v->dev.name);
+    else
+        log_limited(&v->log_channel, LOG_WARN,
+                    "%s: vhost-user back-end at %s: %s; its request channel closed", v->dev.name,
+                    v->socket, error_get());
+    close_channel(v);
+}
+
+/* The channel to a back-end that offers it, made on a new connection (the back-end's end
+ * handed over); its handler added where the I/O thread runs (watch: now). */
+static int open_channel(struct vhost_user_dev *v, bool watch)
+{
+    v->channel.fd = -1;
+    if (!vhost_user_has_protocol(&v->vu, VHOST_USER_PROTOCOL_F_BACKEND_REQ))
+        return 0;
+    if (vhost_user_open_channel(&v->vu, &v->channel) < 0)
+        return -1;
+    if (watch) {
+        v->channel_handler =
+            event_loop_add(&v->dev.io.loop, v->channel.fd, EPOLLIN | EPOLLRDHUP, on_channel, v);
+        if (!v->channel_handler)
+            return -1;
+    }
+    return 0;
+}
+
+static void watch_channel(void *arg)
+{
+    struct vhost_user_dev *v = arg;
+    if (v->channel.fd >= 0 && !v->channel_handler)
+        v->channel_handler =
+            event_loop_add(&v->dev.io.loop, v->channel.fd, EPOLLIN | EPOLLRDHUP, on_channel, v);
+}
+
 /* The back-end used buffers on a queue: the transport interrupts the driver (MSI-X vector
  * with its mask and pending bit, or INTx, or the mmio interrupt status). The back-end
  * already applied the driver's notification suppression. */
@@ -60,9 +128,17 @@ static int start_backend(struct vhost_user_dev *v, bool resume)
 {
     struct virtio_dev *d = &v->dev;
     struct vhost_user *vu = &v->vu;
+    bool by_region;
     if (vhost_user_set_features(vu, d->driver_features) < 0 ||
-        vhost_user_set_mem_table(vu, d->mem) < 0)
+        vhost_user_give_memory(vu, d->mem, &by_region) < 0)
         return -1;
+    if (by_region)
+        log_debug("%s: guest memory given by ADD_MEM_REG: %u region(s), the back-end has %llu "
+                  "slots",
+                  d->name, vu->nmem_added, (unsigned long long)vu->max_mem_slots);
+    else
+        log_debug("%s: guest memory given by SET_MEM_TABLE: %u region(s)", d->name,
+                  d->mem->nregions);
     if (vhost_user_has_protocol(vu, VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD)) {
         /* The buffer lives as long as the guest's requests may: from DRIVER_OK to the reset,
          * across back-ends. */
@@ -158,6 +234,7 @@ static void give_up(struct vhost_user_dev *v, const char *why, bool late)
     char msg[512];
     unsigned failed = 0;
     v->reconnecting = false;
+    close_channel(v);
     vhost_user_close(&v->vu);
     vhost_user_inflight_free(&v->inflight);
     int r = fail_outstanding(v, &failed);
@@ -185,6 +262,7 @@ static void backend_lost(struct vhost_user_dev *v, const char *why, bool taken)
         give_up(v, v->gone_why, false);
         return;
     }
+    close_channel(v);
     vhost_user_close(&v->vu);
     unsigned failed = 0;
     /* Without an inflight buffer a new back-end cannot know which of the requests past the
@@ -232,6 +310,8 @@ static int try_reconnect(struct vhost_user_dev *v)
         event_loop_add(&d->io.loop, vhost_user_fd(&v->vu), EPOLLIN | EPOLLRDHUP, on_socket, v);
     if (!v->socket_handler)
         return -2;
+    if (open_channel(v, true) < 0)
+        return v->vu.broken ? -1 : -2;
     if (start_backend(v, true) < 0)
         return v->vu.broken ? -1 : -2; /* gone again, or a refusal */
     return 0;
@@ -266,6 +346,7 @@ static void on_timer(void *opaque, uint32_t events)
         event_loop_del(&v->dev.io.loop, v->socket_handler);
     v->socket_handler = NULL;
     v->running = false;
+    close_channel(v);
     vhost_user_close(&v->vu);
     unsigned failed;
     if (handed && v->inflight.fd < 0 && fail_outstanding(v, &failed) < 0) {
@@ -378,6 +459,7 @@ int vhost_user_dev_connect(struct vhost_user_dev *v, const char *name, const cha
     v->vu.fd = -1;
     v->timer_fd = -1;
     v->inflight.fd = -1;
+    v->channel.fd = -1;
     v->socket = socket;
     v->wanted_protocol = wanted_protocol;
     v->reconnect_ms = VHOST_USER_RECONNECT_DEFAULT_S * 1000;
@@ -394,6 +476,12 @@ int vhost_user_dev_connect(struct vhost_user_dev *v, const char *name, const cha
         return error_set("%s: the vhost-user back-end at %s does not offer VIRTIO_F_VERSION_1 "
                          "(ember's devices are modern only)",
                          name, socket);
+    uint64_t slots;
+    if (vhost_user_has_protocol(&v->vu, VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) &&
+        vhost_user_get_max_mem_slots(&v->vu, mem->nregions, &slots) < 0)
+        return error_prefix("%s: %s", name, socket);
+    if (open_channel(v, false) < 0)
+        return error_prefix("%s: %s", name, socket);
     return 0;
 }
 
@@ -435,6 +523,9 @@ int vhost_user_dev_init(struct vhost_user_dev *v, const char *name, uint32_t dev
     /* virtio_dev_init adds what ember's own rings do; only what the back-end does stays. */
     v->dev.host_features = offered;
     v->dev.kicks_external = true;
+    iothread_call(&v->dev.io, watch_channel, v);
+    if (v->channel.fd >= 0 && !v->channel_handler)
+        return error_set("%s: watching the back-end's request channel failed", name);
     return 0;
 }
 
@@ -451,8 +542,13 @@ void vhost_user_dev_destroy(struct vhost_user_dev *v)
     if (v->reconnects)
         log_info("%s: resumed with %llu new back-end(s)", v->dev.name,
                  (unsigned long long)v->reconnects);
+    if (v->channel_requests)
+        log_info("%s: %llu request(s) from the back-end on its channel", v->dev.name,
+                 (unsigned long long)v->channel_requests);
+    log_limit_flush(&v->log_channel, LOG_WARN, "vhost-user back-end channel lines");
     log_limit_flush(&v->log_backend, LOG_WARN, "vhost-user back-end losses");
     log_limit_flush(&v->log_back, LOG_WARN, "vhost-user back-end returns");
+    vhost_user_channel_close(&v->channel);
     vhost_user_close(&v->vu);
     vhost_user_inflight_free(&v->inflight);
     if (v->timer_fd >= 0)

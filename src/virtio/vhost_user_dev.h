@@ -64,6 +64,17 @@ struct vhost_user_dev {
      * error the driver understands (blk: VIRTIO_BLK_S_IOERR): how many, or -1 when it
      * cannot. NULL: it never can (the device then needs a reset). [io] */
     int (*fail_requests)(struct vhost_user_dev *v, unsigned q);
+
+    /* The back-end's request channel (BACKEND_REQ, when the type wants it and the back-end
+     * offers it), one per connection, served on the I/O thread. */
+    struct vhost_user_channel channel; /* fd -1: none */
+    struct event_handler *channel_handler;
+    struct log_limit log_channel;
+    uint64_t channel_requests; /* [io] requests the back-ends sent on it */
+    /* The back-end said its configuration space changed (CONFIG_CHANGE_MSG): the device type
+     * reads it again and gives the driver a configuration interrupt; 0, or -1 with why.
+     * NULL: the configuration is ember's, the request is refused. [io] */
+    int (*config_changed)(struct vhost_user_dev *v);
 };
 
 /* Connects to the back-end at socket, negotiates the protocol features of `wanted` it has,

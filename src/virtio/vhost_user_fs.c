@@ -55,14 +55,18 @@ int vhost_user_fs_init(struct vhost_user_fs *f, const char *name,
         f->vud.calls[i].fd = -1;
     f->vud.timer_fd = -1;
     f->vud.inflight.fd = -1;
+    f->vud.channel.fd = -1;
     /* The parsers (--fs, PUT /fs) check these too; a device never trusts its caller. */
     unsigned n = opts->num_queues ? opts->num_queues : 1;
     if (vhost_user_fs_check_tag(opts->tag) < 0)
         return error_prefix("%s", name);
     if (n > VHOST_USER_FS_MAX_QUEUES)
         return error_set("%s: %u request queues (1 to %d)", name, n, VHOST_USER_FS_MAX_QUEUES);
-    uint64_t wanted =
-        (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) | (1ULL << VHOST_USER_PROTOCOL_F_MQ);
+    /* Not BACKEND_REQ: virtiofsd's requests of its own map files into a DAX window ember does
+     * not have, and the configuration space is ember's. */
+    uint64_t wanted = (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
+                      (1ULL << VHOST_USER_PROTOCOL_F_MQ) |
+                      (1ULL << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
     if (vhost_user_dev_connect(&f->vud, name, opts->socket, mem, wanted) < 0)
         return -1;
     struct vhost_user *vu = &f->vud.vu;
