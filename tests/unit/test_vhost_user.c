@@ -116,14 +116,12 @@ static unsigned open_fds(void)
     return n;
 }
 
-/* GET_FEATURES, the protocol features and SET_OWNER, with REPLY_ACK agreed. */
-static void handshake(uint64_t protocol)
+/* GET_FEATURES, the protocol features of `wanted` and SET_OWNER. */
+static void handshake_wanting(uint64_t protocol, uint64_t wanted)
 {
     reply_u64(VHU_GET_FEATURES, (1ULL << 32) | (1ULL << VHOST_USER_F_PROTOCOL_FEATURES) | 0x246);
     reply_u64(VHU_GET_PROTOCOL_FEATURES, protocol | (1ULL << 40));
     reply_u64(VHU_SET_OWNER, 0);
-    uint64_t wanted = (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
-                      (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) | (1ULL << VHOST_USER_PROTOCOL_F_MQ);
     ck_assert_msg(vhost_user_handshake(&vu, wanted) == 0, "%s", error_get());
     uint64_t v;
     ck_assert_uint_eq(take(&v, sizeof(v), NULL, NULL).request, VHU_GET_FEATURES);
@@ -137,6 +135,14 @@ static void handshake(uint64_t protocol)
     ck_assert_uint_eq(h.size, 0);
     ck_assert_uint_eq(!!(h.flags & VHU_FLAG_NEED_ACK),
                       !!(protocol & (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK)));
+}
+
+/* The same with REPLY_ACK, CONFIG and MQ wanted. */
+static void handshake(uint64_t protocol)
+{
+    handshake_wanting(protocol, (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
+                                    (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) |
+                                    (1ULL << VHOST_USER_PROTOCOL_F_MQ));
 }
 
 #define ALL_PROTOCOL                                                                               \
@@ -410,6 +416,302 @@ START_TEST(test_refusal_keeps_connection)
 }
 END_TEST
 
+#define SLOTS_PROTOCOL                                                                             \
+    ((1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |                                                   \
+     (1ULL << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS))
+
+/* Nothing more was sent. */
+static void nothing_sent(void)
+{
+    char c;
+    ck_assert_int_eq(recv(peer, &c, 1, MSG_DONTWAIT | MSG_PEEK), -1);
+    ck_assert_int_eq(errno, EAGAIN);
+}
+
+/* With CONFIGURE_MEM_SLOTS: GET_MAX_MEM_SLOTS, then one acknowledged ADD_MEM_REG per region
+ * (padding, the region, its memfd), once per connection. */
+START_TEST(test_add_mem_reg)
+{
+    handshake_wanting(SLOTS_PROTOCOL, SLOTS_PROTOCOL);
+    struct guest_memory mem;
+    ck_assert_int_eq(guest_memory_map_memfd(&mem, 8 << 20, 4 << 20, 6 << 20), 0);
+    ck_assert_uint_eq(mem.nregions, 2);
+    reply_u64(VHU_GET_MAX_MEM_SLOTS, 32);
+    reply_u64(VHU_ADD_MEM_REG, 0);
+    reply_u64(VHU_ADD_MEM_REG, 0);
+    bool by_region = false;
+    ck_assert_msg(vhost_user_give_memory(&vu, &mem, &by_region) == 0, "%s", error_get());
+    ck_assert(by_region);
+    ck_assert_uint_eq(vu.max_mem_slots, 32);
+    uint64_t v;
+    struct vhu_header h = take(&v, sizeof(v), NULL, NULL);
+    ck_assert_uint_eq(h.request, VHU_GET_MAX_MEM_SLOTS);
+    ck_assert_uint_eq(h.size, 0);
+    for (unsigned i = 0; i < 2; i++) {
+        struct vhu_mem_region_msg m;
+        int fds[8];
+        unsigned nfds;
+        h = take(&m, sizeof(m), fds, &nfds);
+        ck_assert_uint_eq(h.request, VHU_ADD_MEM_REG);
+        ck_assert(h.flags & VHU_FLAG_NEED_ACK);
+        ck_assert_uint_eq(h.size, 40);
+        ck_assert_uint_eq(nfds, 1);
+        ck_assert_uint_eq(m.padding, 0);
+        ck_assert_uint_eq(m.region.guest_addr, i ? 6 << 20 : 0);
+        ck_assert_uint_eq(m.region.size, 4 << 20);
+        ck_assert_uint_eq(m.region.mmap_offset, i ? 4 << 20 : 0);
+        ck_assert_uint_eq(m.region.user_addr, (uintptr_t)mem.base + m.region.mmap_offset);
+        /* The descriptor holds the region. */
+        off_t end = lseek(fds[0], 0, SEEK_END);
+        ck_assert_int_ge(end, (off_t)(m.region.mmap_offset + m.region.size));
+        close(fds[0]);
+    }
+    /* Again on the same connection (the driver reset the device): the back-end has them. */
+    ck_assert_int_eq(vhost_user_give_memory(&vu, &mem, &by_region), 0);
+    nothing_sent();
+    /* A region that changed is refused, never added twice. */
+    mem.regions[1].size -= 4096;
+    ck_assert_int_eq(vhost_user_give_memory(&vu, &mem, &by_region), -1);
+    ck_assert_ptr_nonnull(strstr(error_get(), "changed"));
+    mem.regions[1].size += 4096;
+    nothing_sent();
+    guest_memory_free(&mem);
+}
+END_TEST
+
+/* Without CONFIGURE_MEM_SLOTS (or not wanted): one SET_MEM_TABLE, as before. */
+START_TEST(test_give_memory_table)
+{
+    handshake_wanting(SLOTS_PROTOCOL, 1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK);
+    struct guest_memory mem;
+    ck_assert_int_eq(guest_memory_map_memfd(&mem, 4 << 20, 1ULL << 32, 1ULL << 32), 0);
+    reply_u64(VHU_SET_MEM_TABLE, 0);
+    bool by_region = true;
+    ck_assert_int_eq(vhost_user_give_memory(&vu, &mem, &by_region), 0);
+    ck_assert(!by_region);
+    struct vhu_mem_table t;
+    ck_assert_uint_eq(take(&t, sizeof(t), NULL, NULL).request, VHU_SET_MEM_TABLE);
+    ck_assert_uint_eq(t.nregions, 1);
+    guest_memory_free(&mem);
+}
+END_TEST
+
+/* GET_MAX_MEM_SLOTS' answer: 0, over KVM's slot count, or fewer than the regions: refused. */
+START_TEST(test_bad_max_mem_slots)
+{
+    static const uint64_t bad[] = {0, VHU_MAX_MEM_SLOTS_LIMIT + 1, UINT64_MAX, 1};
+    for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (i) {
+            teardown();
+            setup();
+        }
+        handshake_wanting(SLOTS_PROTOCOL, SLOTS_PROTOCOL);
+        reply_u64(VHU_GET_MAX_MEM_SLOTS, bad[i]);
+        uint64_t slots;
+        ck_assert_int_eq(vhost_user_get_max_mem_slots(&vu, 2, &slots), -1);
+        ck_assert_ptr_nonnull(strstr(error_get(), bad[i] == 1 ? "guest RAM is 2 region(s)"
+                                                              : "memory slots (1 to 32764)"));
+        ck_assert_uint_eq(vu.max_mem_slots, 0);
+    }
+    ck_assert_int_eq(vhu_check_max_mem_slots(VHU_MAX_MEM_SLOTS_LIMIT, 2), 0);
+    ck_assert_int_eq(vhu_check_max_mem_slots(2, 2), 0);
+}
+END_TEST
+
+/* ---- the back-end's request channel --------------------------------------------- */
+
+static int changes;
+static int change_result;
+
+static int on_change(void *opaque)
+{
+    (void)opaque;
+    changes++;
+    return change_result;
+}
+
+/* The channel made and handed over; *backend is the back-end's end. */
+static void open_channel(struct vhost_user_channel *ch, int *backend)
+{
+    uint64_t wanted =
+        (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) | (1ULL << VHOST_USER_PROTOCOL_F_BACKEND_REQ);
+    handshake_wanting(wanted, wanted);
+    reply_u64(VHU_SET_BACKEND_REQ_FD, 0);
+    ck_assert_msg(vhost_user_open_channel(&vu, ch) == 0, "%s", error_get());
+    int fds[8];
+    unsigned nfds;
+    uint64_t v;
+    struct vhu_header h = take(&v, sizeof(v), fds, &nfds);
+    ck_assert_uint_eq(h.request, VHU_SET_BACKEND_REQ_FD);
+    ck_assert_uint_eq(h.size, 0);
+    ck_assert_uint_eq(nfds, 1);
+    *backend = fds[0];
+    ck_assert_int_ge(ch->fd, 0);
+    ck_assert(fcntl(ch->fd, F_GETFL) & O_NONBLOCK);
+}
+
+static void backend_send(int fd, uint32_t req, uint32_t flags, const void *payload, uint32_t size)
+{
+    struct vhu_header h = {.request = req, .flags = flags, .size = size};
+    ck_assert_int_eq(send(fd, &h, sizeof(h), MSG_DONTWAIT), sizeof(h));
+    if (size)
+        ck_assert_int_eq(send(fd, payload, size, MSG_DONTWAIT), (ssize_t)size);
+}
+
+/* The answer the back-end reads for its request req. */
+static uint64_t backend_answer(int fd, uint32_t req)
+{
+    struct {
+        struct vhu_header h;
+        uint64_t v;
+    } __attribute__((packed)) m;
+    ck_assert_int_eq(recv(fd, &m, sizeof(m), MSG_DONTWAIT), sizeof(m));
+    ck_assert_uint_eq(m.h.request, req);
+    ck_assert_uint_eq(m.h.flags, VHU_VERSION | VHU_FLAG_REPLY);
+    ck_assert_uint_eq(m.h.size, 8);
+    return m.v;
+}
+
+START_TEST(test_channel_config_change)
+{
+    static struct vhost_user_channel ch;
+    int be;
+    open_channel(&ch, &be);
+    struct vhost_user_channel_stats st;
+    /* Nothing there: nothing done. */
+    changes = change_result = 0;
+    ck_assert_int_eq(vhost_user_channel_serve(&ch, on_change, NULL, &st), 0);
+    ck_assert_uint_eq(st.requests, 0);
+    /* Three notices, one asking for an answer, an unknown request asking for one, an IOTLB
+     * message that does not, and half of the next header: the configuration is read once. */
+    backend_send(be, VHU_BACKEND_CONFIG_CHANGE_MSG, VHU_VERSION, NULL, 0);
+    backend_send(be, VHU_BACKEND_CONFIG_CHANGE_MSG, VHU_VERSION | VHU_FLAG_NEED_ACK, NULL, 0);
+    backend_send(be, 99, VHU_VERSION | VHU_FLAG_NEED_ACK, "abcd", 4);
+    backend_send(be, VHU_BACKEND_IOTLB_MSG, VHU_VERSION, "0123456789abcdef", 16);
+    backend_send(be, VHU_BACKEND_CONFIG_CHANGE_MSG, VHU_VERSION, NULL, 0);
+    struct vhu_header half = {.request = VHU_BACKEND_CONFIG_CHANGE_MSG,
+                              .flags = VHU_VERSION | VHU_FLAG_NEED_ACK};
+    ck_assert_int_eq(send(be, &half, 6, MSG_DONTWAIT), 6);
+    ck_assert_int_eq(vhost_user_channel_serve(&ch, on_change, NULL, &st), 0);
+    ck_assert_int_eq(changes, 1);
+    ck_assert_uint_eq(st.requests, 5);
+    ck_assert_uint_eq(st.config_changes, 3);
+    ck_assert_uint_eq(st.refused, 2);
+    ck_assert_ptr_nonnull(strstr(st.why, "request 99"));
+    ck_assert_uint_eq(backend_answer(be, VHU_BACKEND_CONFIG_CHANGE_MSG), 0);
+    ck_assert_uint_eq(backend_answer(be, 99), 1);
+    char c;
+    ck_assert_int_eq(recv(be, &c, 1, MSG_DONTWAIT), -1);
+    /* The rest of the half message: served, its answer the refresh's failure. */
+    change_result = -1;
+    ck_assert_int_eq(send(be, (char *)&half + 6, 6, MSG_DONTWAIT), 6);
+    ck_assert_int_eq(vhost_user_channel_serve(&ch, on_change, NULL, &st), 0);
+    ck_assert_int_eq(changes, 2);
+    ck_assert_uint_eq(backend_answer(be, VHU_BACKEND_CONFIG_CHANGE_MSG), 1);
+    /* A device whose configuration is ember's refuses the notice. */
+    backend_send(be, VHU_BACKEND_CONFIG_CHANGE_MSG, VHU_VERSION | VHU_FLAG_NEED_ACK, NULL, 0);
+    ck_assert_int_eq(vhost_user_channel_serve(&ch, NULL, NULL, &st), 0);
+    ck_assert_uint_eq(st.refused, 1);
+    ck_assert_uint_eq(backend_answer(be, VHU_BACKEND_CONFIG_CHANGE_MSG), 1);
+    /* A notice with a payload is not one. */
+    backend_send(be, VHU_BACKEND_CONFIG_CHANGE_MSG, VHU_VERSION | VHU_FLAG_NEED_ACK, "x", 1);
+    ck_assert_int_eq(vhost_user_channel_serve(&ch, on_change, NULL, &st), 0);
+    ck_assert_int_eq(changes, 2);
+    ck_assert_uint_eq(backend_answer(be, VHU_BACKEND_CONFIG_CHANGE_MSG), 1);
+    /* The back-end closes its end. */
+    close(be);
+    ck_assert_int_eq(vhost_user_channel_serve(&ch, on_change, NULL, &st), -1);
+    ck_assert(st.closed);
+    vhost_user_channel_close(&ch);
+    ck_assert_int_eq(ch.fd, -1);
+}
+END_TEST
+
+/* Messages that break the channel: another version, a reply, unknown flags, a payload over
+ * the limit, descriptors (closed). */
+START_TEST(test_channel_broken)
+{
+    static struct vhost_user_channel ch;
+    struct {
+        uint32_t flags, size;
+        int with_fd;
+        const char *why;
+    } bad[] = {
+        {2, 0, 0, "version 2"},
+        {VHU_VERSION | VHU_FLAG_REPLY, 0, 0, "nobody asked for"},
+        {VHU_VERSION | 0x10, 0, 0, "unknown flags"},
+        {VHU_VERSION, VHU_BACKEND_MAX_PAYLOAD + 1, 0, "bytes of payload"},
+        {VHU_VERSION, 0, 1, "descriptors"},
+    };
+    unsigned before = open_fds();
+    for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (i) {
+            teardown();
+            setup();
+        }
+        int be;
+        open_channel(&ch, &be);
+        struct vhu_header h = {.request = 2, .flags = bad[i].flags, .size = bad[i].size};
+        if (bad[i].with_fd) {
+            int e = eventfd(0, EFD_CLOEXEC);
+            union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int))];
+            } ctl;
+            memset(&ctl, 0, sizeof(ctl));
+            struct iovec iov = {&h, sizeof(h)};
+            struct msghdr msg = {.msg_iov = &iov,
+                                 .msg_iovlen = 1,
+                                 .msg_control = ctl.buf,
+                                 .msg_controllen = sizeof(ctl.buf)};
+            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(c), &e, sizeof(int));
+            ck_assert_int_eq(sendmsg(be, &msg, 0), sizeof(h));
+            close(e);
+        } else {
+            ck_assert_int_eq(send(be, &h, sizeof(h), 0), sizeof(h));
+        }
+        struct vhost_user_channel_stats st;
+        changes = 0;
+        ck_assert_int_eq(vhost_user_channel_serve(&ch, on_change, NULL, &st), -1);
+        ck_assert_msg(strstr(error_get(), bad[i].why), "'%s' lacks '%s'", error_get(), bad[i].why);
+        ck_assert_int_eq(changes, 0);
+        vhost_user_channel_close(&ch);
+        close(be);
+    }
+    teardown();
+    setup();
+    ck_assert_uint_eq(open_fds(), before);
+}
+END_TEST
+
+/* A back-end that asks for answers and never reads them: the channel breaks, nothing waits. */
+START_TEST(test_channel_unread_answers)
+{
+    static struct vhost_user_channel ch;
+    int be;
+    open_channel(&ch, &be);
+    struct vhost_user_channel_stats st;
+    int r = 0;
+    changes = change_result = 0;
+    for (unsigned i = 0; i < 100000 && r == 0; i++) {
+        struct vhu_header h[16];
+        for (unsigned k = 0; k < 16; k++)
+            h[k] = (struct vhu_header){.request = VHU_BACKEND_CONFIG_CHANGE_MSG,
+                                       .flags = VHU_VERSION | VHU_FLAG_NEED_ACK};
+        ck_assert_int_eq(send(be, h, sizeof(h), MSG_DONTWAIT), sizeof(h));
+        r = vhost_user_channel_serve(&ch, on_change, NULL, &st);
+    }
+    ck_assert_int_eq(r, -1);
+    ck_assert_ptr_nonnull(strstr(error_get(), "answer"));
+    vhost_user_channel_close(&ch);
+    close(be);
+}
+END_TEST
+
 START_TEST(test_connect_errors)
 {
     struct vhost_user c;
@@ -444,6 +746,12 @@ Suite *vhost_user_suite(void)
     tcase_add_test(tc, test_half_reply_then_silence);
     tcase_add_test(tc, test_refusal_keeps_connection);
     tcase_add_test(tc, test_connect_errors);
+    tcase_add_test(tc, test_add_mem_reg);
+    tcase_add_test(tc, test_give_memory_table);
+    tcase_add_test(tc, test_bad_max_mem_slots);
+    tcase_add_test(tc, test_channel_config_change);
+    tcase_add_test(tc, test_channel_broken);
+    tcase_add_test(tc, test_channel_unread_answers);
     suite_add_tcase(s, tc);
     return s;
 }
