@@ -13,6 +13,9 @@
  * back and checks that each holds the last sequence number it wrote there, and prints
  * "# vub: stream last=S errors=E". With vub_stream_fail=1 the back-end never comes back: the
  * guest expects I/O errors or DEVICE_NEEDS_RESET instead, and no request left unanswered.
+ * With vub_resize=N the guest, once it read the capacity, says "# vub: waiting for a resize"
+ * and waits (20 s at most) for a configuration interrupt after which the capacity is N sectors
+ * (the back-end resized the disk and said so on its request channel), then skips the I/O.
  */
 #include "guest.h"
 #include "io.h"
@@ -133,6 +136,18 @@ static enum test_result capacity(void)
     diag("capacity %lu sectors", sectors);
     if (!cmdline_get_u64("vub_sectors", &want_sectors))
         return skip("no vub_sectors= on the command line");
+    uint64_t resized = 0;
+    if (sectors == want_sectors && cmdline_get_u64("vub_resize", &resized) && resized) {
+        uint64_t seen = disk->config_irqs;
+        uint32_t generation = virtio_config_generation(disk);
+        printf("# vub: waiting for a resize\n");
+        bool irq = virtio_wait_config_irq(disk, seen, 20000000);
+        sectors = virtio_config_read64(disk, VIRTIO_BLK_CFG_CAPACITY);
+        printf("# vub: %s, generation %s, capacity %lu sectors\n",
+               irq ? "a configuration interrupt" : "no configuration interrupt",
+               virtio_config_generation(disk) != generation ? "changed" : "unchanged", sectors);
+        return irq && sectors == resized ? TEST_PASS : TEST_FAIL;
+    }
     disk_bytes = sectors * SECTOR_SIZE;
     if (sectors != want_sectors || disk_bytes < WRITE_START + WRITE_LEN || disk_bytes > 64 * MIB ||
         disk_bytes % CHUNK)

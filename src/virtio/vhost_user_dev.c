@@ -129,13 +129,17 @@ static int start_backend(struct vhost_user_dev *v, bool resume)
     struct virtio_dev *d = &v->dev;
     struct vhost_user *vu = &v->vu;
     bool by_region;
+    unsigned had = vu->nmem_added;
     if (vhost_user_set_features(vu, d->driver_features) < 0 ||
         vhost_user_give_memory(vu, d->mem, &by_region) < 0)
         return -1;
-    if (by_region)
+    if (by_region && had == vu->nmem_added)
+        log_debug("%s: the back-end has guest memory already (ADD_MEM_REG on this connection)",
+                  d->name);
+    else if (by_region)
         log_debug("%s: guest memory given by ADD_MEM_REG: %u region(s), the back-end has %llu "
                   "slots",
-                  d->name, vu->nmem_added, (unsigned long long)vu->max_mem_slots);
+                  d->name, vu->nmem_added - had, (unsigned long long)vu->max_mem_slots);
     else
         log_debug("%s: guest memory given by SET_MEM_TABLE: %u region(s)", d->name,
                   d->mem->nregions);

@@ -3,7 +3,9 @@
  * front-end runs its handshake and the messages a device start and stop make. Whatever the
  * bytes, every call returns (no wait: the stream ends), no descriptor leaks, and a connection
  * that failed stays failed. The pure checks get the raw bytes too (GET_INFLIGHT_FD's reply
- * with a descriptor count and a file size). */
+ * with a descriptor count and a file size, GET_MAX_MEM_SLOTS' answer). With CONFIGURE_MEM_SLOTS
+ * agreed, guest memory (a memfd of two regions) is given by ADD_MEM_REG, the slots asked
+ * first. */
 #include "vhost_user/proto.h"
 #include "vhost_user/vhost_user.h"
 
@@ -14,6 +16,17 @@
 #include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Guest RAM shared with the "back-end": two regions around a hole, made once. */
+static struct guest_memory *memory(void)
+{
+    static struct guest_memory mem;
+    static bool made;
+    if (!made && guest_memory_map_memfd(&mem, 2 << 20, 1 << 20, 3 << 20) < 0)
+        abort();
+    made = true;
+    return &mem;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -27,6 +40,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct vhu_vring_state s;
         memcpy(&s, data, sizeof(s));
         vhu_check_vring_base_reply(&s, 0);
+    }
+    if (size >= 9) {
+        /* GET_MAX_MEM_SLOTS' answer for up to 255 regions: whatever is accepted has room for
+         * them and stays within KVM's slot count. */
+        uint64_t slots;
+        memcpy(&slots, data, sizeof(slots));
+        unsigned needed = data[8];
+        if (vhu_check_max_mem_slots(slots, needed) == 0 &&
+            (slots == 0 || slots < needed || slots > VHU_MAX_MEM_SLOTS_LIMIT))
+            abort();
     }
     if (size >= sizeof(struct vhu_inflight) + 9) {
         /* GET_INFLIGHT_FD's reply, its descriptor count and its file's size from the input:
@@ -59,7 +82,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     uint64_t wanted = (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
                       (1ULL << VHOST_USER_PROTOCOL_F_CONFIG) | (1ULL << VHOST_USER_PROTOCOL_F_MQ) |
-                      (1ULL << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD);
+                      (1ULL << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
+                      (1ULL << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
     if (vhost_user_handshake(&vu, wanted) == 0) {
         if (vu.protocol_features & ~wanted)
             abort();
@@ -70,6 +94,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (vhost_user_get_queue_num(&vu, &n) == 0 && (n == 0 || n > 0xffff))
             abort();
         vhost_user_set_features(&vu, 1ULL << 32);
+        if (vhost_user_has_protocol(&vu, VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)) {
+            /* The slots checked before any region goes; never more regions than given. */
+            bool by_region;
+            const struct guest_memory *mem = memory();
+            int r = vhost_user_give_memory(&vu, mem, &by_region);
+            if (!by_region || vu.nmem_added > mem->nregions ||
+                (vu.nmem_added && (vu.max_mem_slots < mem->nregions ||
+                                   vu.max_mem_slots > VHU_MAX_MEM_SLOTS_LIMIT)) ||
+                (r == 0 && vu.nmem_added != mem->nregions))
+                abort();
+        }
         /* A stream carries no descriptor: a reply, whatever it says, is refused, and
          * nothing is left mapped or open. */
         struct vhost_user_inflight inflight;
