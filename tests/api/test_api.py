@@ -565,19 +565,30 @@ def test_smt_and_machine_config_rules(tmp):
         serving(e)
     finally:
         e.kill()
+    # The cache topology: Intel's deterministic cache leaf 4 (cores per package, threads sharing
+    # L1); AMD has no leaf 4 (its caches are leaf 0x8000001d, left as the host's) but says the
+    # threads of a core in 0x8000001e (with TOPOEXT).
+    with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    amd = "AuthenticAMD" in cpuinfo
+    if amd:
+        topoext = " topoext" in cpuinfo
+        smt_cache = ["0x8000001e.0.b:0xff00:0x100"] if topoext else []
+        no_smt_cache = ["0x8000001e.0.b:0xff00:0"] if topoext else []
+    else:
+        smt_cache = ["4.0.a:0xfc000000:0", "4.0.a:0x3ffc000:0x4000"]
+        no_smt_cache = ["4.0.a:0xfc000000:0x4000000", "4.0.a:0x3ffc000:0"]
     # Two vCPUs as the two threads of one core.
     expect_topology = ",".join([
         "0xb.0.b:0xffff:2", "0xb.0.a:0x1f:1", "0xb.0.c:0xff00:0x100",
         "0xb.1.b:0xffff:2", "0xb.1.c:0xff00:0x200",
         "1.0.b:0xff0000:0x20000", "1.0.d:0x10000000:0x10000000",
-        "4.0.a:0xfc000000:0", "4.0.a:0x3ffc000:0x4000",
-    ])
+    ] + smt_cache)
     boot_cpuid_guest(tmp, "smt", lambda e: expect(
         e.req("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 64, "smt": True}), 204, "smt"),
         boot_args="cpuid_expect=" + expect_topology)
     # Without smt: two cores of one thread each.
-    expect_topology = ",".join(["0xb.0.b:0xffff:1", "0xb.0.a:0x1f:0", "4.0.a:0xfc000000:0x4000000",
-                                "4.0.a:0x3ffc000:0"])
+    expect_topology = ",".join(["0xb.0.b:0xffff:1", "0xb.0.a:0x1f:0"] + no_smt_cache)
     boot_cpuid_guest(tmp, "no-smt", lambda e: expect(
         e.req("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 64}), 204, "no smt"),
         boot_args="cpuid_expect=" + expect_topology)
