@@ -76,6 +76,11 @@ void cli_usage(FILE *f)
         "XSAVE\n"
         "                        family and KVM paravirtual features that need hypercalls),\n"
         "                        or Firecracker's C3, T2, T2S, T2CL (Intel), T2A (AMD)\n"
+        "  --cpu-placement vmm=LIST,vcpu=LIST\n"
+        "                        host CPUs (cpulists, e.g. 0-3,5): vmm, reserved for every\n"
+        "                        thread of ember that is not a vCPU; vcpu, one per vCPU in\n"
+        "                        vCPU order; the two must not overlap and must be CPUs ember\n"
+        "                        may run on (its affinity at start, bounded by any cpuset)\n"
         "  --debug-exit          add an exit port at 0xf4: a guest write of v ends ember\n"
         "                        with status (v << 1) | 1\n"
         "  --drive SPEC          a virtio-blk disk (repeatable); SPEC is path=FILE and any of\n"
@@ -241,6 +246,7 @@ enum opt_id {
     OPT_BOOT_TIMER,
     OPT_API_SOCK,
     OPT_TRACK_DIRTY_PAGES,
+    OPT_CPU_PLACEMENT,
     OPT_HELP,
 };
 
@@ -273,6 +279,7 @@ static const struct {
     {"boot-timer", OPT_BOOT_TIMER, false},
     {"api-sock", OPT_API_SOCK, true},
     {"track-dirty-pages", OPT_TRACK_DIRTY_PAGES, false},
+    {"cpu-placement", OPT_CPU_PLACEMENT, true},
     {"help", OPT_HELP, false},
 };
 
@@ -841,6 +848,12 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
     case OPT_TRACK_DIRTY_PAGES:
         vm->track_dirty_pages = true;
         return 0;
+    case OPT_CPU_PLACEMENT:
+        if (vm->placement.set)
+            return error_set("only one --cpu-placement");
+        if (cpu_placement_parse(value, &vm->placement) < 0)
+            return error_prefix("--cpu-placement %.80s", value);
+        return 0;
     case OPT_API_SOCK:
         if (!*value)
             return error_set("--api-sock needs a path");
@@ -851,6 +864,13 @@ static int apply_option(struct cli *cli, enum opt_id id, const char *name, const
         return 0;
     }
     return error_set("internal: unhandled option --%s", name);
+}
+
+int cli_check_placement(const struct vm_config *vm)
+{
+    if (vm->placement.set && cpu_placement_check_host(&vm->placement, vm->ncpus) < 0)
+        return error_prefix("--cpu-placement");
+    return 0;
 }
 
 static int parse_run(int argc, char **argv, struct cli *cli)
@@ -887,6 +907,9 @@ static int parse_run(int argc, char **argv, struct cli *cli)
     }
     if (cli->action == CLI_RUN && !cli->vm.kernel_path)
         return error_set("ember run needs --kernel FILE (see ember --help)");
+    /* Once --cpus is known, wherever it came on the line. */
+    if (cli_check_placement(&cli->vm) < 0)
+        return -1;
     return 0;
 }
 

@@ -63,6 +63,8 @@ struct cli {
 
 /* Parses argv into *out. On error, returns -1 with error_get() set. */
 int cli_parse(int argc, char **argv, struct cli *out);
+/* --cpu-placement against --cpus and the CPUs ember may run on (vmm/placement.h). */
+int cli_check_placement(const struct vm_config *vm);
 void cli_usage(FILE *f);
 /* Parses a decimal count with an optional K/M/G/T suffix relative to
  * unit_shift (20 for MiB: "512" = 512 MiB, "2G" = 2048). */

@@ -300,6 +300,8 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "migrate"))
         return migration_command(argc - 2, argv + 2);
+    /* The CPUs a CPU placement may use: those ember starts with, before it moves anything. */
+    cpu_placement_note_host();
     struct cli cli;
     if (cli_parse(argc, argv, &cli) < 0) {
         fprintf(stderr, "ember: %s\n", error_get());

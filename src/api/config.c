@@ -319,10 +319,30 @@ void api_set_custom_cpu(struct api_config *c, struct cpu_custom_template *t)
     strcpy(c->machine.cpu_template, "None");
 }
 
+/* ember's `cpu_placement`: {"vmm": LIST, "vcpu": LIST}, both cpulists (vmm/placement.h). */
+static int get_placement(const cJSON *body, const char *what, struct cpu_placement *out)
+{
+    static const char *const fields[] = {"vmm", "vcpu", NULL};
+    const cJSON *v = field(body, "cpu_placement");
+    if (!v)
+        return 0;
+    char inner[64];
+    snprintf(inner, sizeof(inner), "%s: `cpu_placement`", what);
+    const char *vmm, *vcpu;
+    if (expect_object(v, inner) < 0 || only_fields(v, inner, fields) < 0 ||
+        get_string(v, inner, "vmm", true, &vmm) < 0 ||
+        get_string(v, inner, "vcpu", true, &vcpu) < 0)
+        return -1;
+    if (cpu_placement_from_lists(vmm, vcpu, out) < 0)
+        return error_prefix("%s", inner);
+    return 0;
+}
+
 int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial)
 {
-    static const char *const fields[] = {"vcpu_count",        "mem_size_mib", "smt", "cpu_template",
-                                         "track_dirty_pages", "huge_pages",   NULL};
+    static const char *const fields[] = {
+        "vcpu_count",        "mem_size_mib", "smt",           "cpu_template",
+        "track_dirty_pages", "huge_pages",   "cpu_placement", NULL};
     const char *what = "machine-config";
     if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0)
         return -1;
@@ -335,6 +355,7 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
     if (!partial) {
         m.smt = m.track_dirty_pages = false;
         strcpy(m.huge_pages, "None");
+        m.placement.set = false;
     }
     uint64_t vcpus = m.vcpu_count, mem = m.mem_size_mib;
     const char *tmpl, *huge;
@@ -378,6 +399,12 @@ int api_put_machine_config(struct api_config *c, const cJSON *body, bool partial
         return error_set("%s: `mem_size_mib` %llu is not a multiple of the 2 MiB page size "
                          "`huge_pages` %s uses",
                          what, (unsigned long long)mem, m.huge_pages);
+    if (get_placement(body, what, &m.placement) < 0)
+        return -1;
+    /* Against the vCPU count this request leaves (a PATCH of either must keep them agreeing),
+     * and the CPUs ember was given at start. */
+    if (cpu_placement_check_host(&m.placement, (unsigned)vcpus) < 0)
+        return error_prefix("%s: `cpu_placement`", what);
     m.vcpu_count = (unsigned)vcpus;
     m.mem_size_mib = mem;
     c->machine = m;
@@ -1417,6 +1444,7 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
     vm->has_serial_out = c->serial_out_fd >= 0;
     vm->serial_out_fd = c->serial_out_fd;
     vm->ncpus = c->machine.vcpu_count;
+    vm->placement = c->machine.placement;
     vm->cpu_template = CPU_TEMPLATE_HOST;
     if (strcmp(c->machine.cpu_template, "None") != 0 &&
         cpu_template_parse(c->machine.cpu_template, &vm->cpu_template) < 0)
@@ -1516,6 +1544,17 @@ cJSON *api_machine_config_json(const struct api_config *c)
         cJSON_AddStringToObject(o, "cpu_template", c->machine.cpu_template);
     cJSON_AddBoolToObject(o, "track_dirty_pages", c->machine.track_dirty_pages);
     cJSON_AddStringToObject(o, "huge_pages", c->machine.huge_pages);
+    /* ember's own, shown only when set: a Firecracker client that never sets it sees
+     * Firecracker's fields alone. */
+    const struct cpu_placement *pl = &c->machine.placement;
+    if (pl->set) {
+        char vmm[PLACEMENT_MAX_TEXT], vcpu[PLACEMENT_MAX_TEXT];
+        cpulist_format_set(&pl->vmm, vmm, sizeof(vmm));
+        cpulist_format_ordered(pl->vcpu, pl->nvcpu, vcpu, sizeof(vcpu));
+        cJSON *p = cJSON_AddObjectToObject(o, "cpu_placement");
+        cJSON_AddStringToObject(p, "vmm", vmm);
+        cJSON_AddStringToObject(p, "vcpu", vcpu);
+    }
     return o;
 }
 

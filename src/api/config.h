@@ -76,6 +76,9 @@ struct api_machine {
     bool track_dirty_pages;
     char cpu_template[16]; /* as given: "None", "host", "baseline", "C3", "T2", ... */
     char huge_pages[16];   /* "None", "Transparent" or "2M" (hugetlbfs) */
+    /* ember's own `cpu_placement` {"vmm": LIST, "vcpu": LIST}: the host CPUs of ember's
+     * threads (vmm/placement.h); not set unless given */
+    struct cpu_placement placement;
 };
 
 struct api_logger {

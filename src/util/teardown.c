@@ -22,6 +22,7 @@
 #endif
 
 static bool active;
+static pid_t helper_pid = -1;
 static int handover = -1; /* ember's end of the socket to the helper */
 
 struct helper_args {
@@ -110,6 +111,7 @@ int async_teardown_start(void)
         return error_errno("cannot start the teardown helper");
     }
     handover = sv[0];
+    helper_pid = pid;
     active = true;
     return 0;
 }
@@ -131,4 +133,9 @@ void async_teardown_keep(int fd)
 bool async_teardown_active(void)
 {
     return active;
+}
+
+int async_teardown_pid(void)
+{
+    return helper_pid;
 }

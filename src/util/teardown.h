@@ -14,5 +14,7 @@ int async_teardown_start(void);
 /* Hands the helper a copy of `fd` (the VM's) to hold until ember is gone. */
 void async_teardown_keep(int fd);
 bool async_teardown_active(void);
+/* The helper's process id (ember moves it with its own threads: vmm/placement.h), or -1. */
+int async_teardown_pid(void);
 
 #endif

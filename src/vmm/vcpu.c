@@ -351,12 +351,41 @@ static bool handle_exit(struct vcpu *vcpu)
     }
 }
 
+/* With a CPU placement, before the guest runs and before the filter goes on. KVM starts a worker
+ * thread of its own in ember's process (huge page recovery) at the VM's first KVM_RUN, with the
+ * CPUs of the thread that made that call: this thread makes a first KVM_RUN that returns at once
+ * (immediate_exit: the guest does not run) while it is still on the reserved CPUs it got from
+ * its creator, so that the worker stays off the vCPUs' CPUs; then it moves to its own CPU. */
+static int enter_placement(struct vcpu *vcpu)
+{
+    const struct cpu_placement *p = &vcpu->vm->cfg.placement;
+    if (!p->set)
+        return 0;
+    __atomic_store_n(&vcpu->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    int r = ioctl(vcpu->fd, KVM_RUN, 0);
+    int e = errno;
+    /* A kick meanwhile is not lost: what it asks (stop, pause) is in the VM's state, which the
+     * loop reads before it runs the guest. */
+    __atomic_store_n(&vcpu->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+    if (r == 0 || (e != EINTR && e != EAGAIN)) {
+        errno = e;
+        return error_errno("vCPU %u: KVM_RUN with immediate_exit", vcpu->id);
+    }
+    return cpu_placement_pin_vcpu(p, vcpu->id);
+}
+
 static void *vcpu_main(void *arg)
 {
     struct vcpu *vcpu = arg;
     struct vm *vm = vcpu->vm;
     char name[16];
     snprintf(name, sizeof(name), "vcpu%u", vcpu->id);
+    if (enter_placement(vcpu) < 0) {
+        vcpu->failures++;
+        fprintf(stderr, "ember: %s\n", error_get());
+        vm_request_stop(vm, EXIT_HOST_ERROR);
+        return NULL;
+    }
     /* Before the first KVM_RUN: every exit after it is the guest's doing. */
     seccomp_enter(SECCOMP_VCPU, name);
     sigset_t kick;

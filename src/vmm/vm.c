@@ -320,7 +320,13 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
     vm->create_status = EXIT_USAGE; /* what the user asked for cannot be done */
     if (cfg->ncpus == 0 || cfg->ncpus > max_cpus)
         return error_set("--cpus %u: this host allows 1 to %u vCPUs", cfg->ncpus, max_cpus);
+    if (cpu_placement_check_host(&cfg->placement, cfg->ncpus) < 0)
+        return error_prefix("CPU placement");
     vm->create_status = EXIT_HOST_ERROR;
+    /* Before any of the machine's threads exists: each inherits the reserved CPUs from the
+     * thread that makes it (the vCPUs get their own, vcpu_start). */
+    if (cpu_placement_apply(&cfg->placement) < 0)
+        return -1;
     vm->supported_cpuid = cpuid_get_supported(vm->kvm.fd, 8, &vm->cpuid_capacity);
     if (!vm->supported_cpuid)
         return -1;

@@ -19,6 +19,7 @@
 #include "util/ratelimit.h"
 #include "vmm/kvm.h"
 #include "vmm/memory.h"
+#include "vmm/placement.h"
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -153,6 +154,9 @@ struct vm_config {
     const char *ram_uffd_path;
     struct guest_memory *ram_given; /* VM_RAM_GIVEN (live migration): taken over */
     struct kvm_cpuid2 *const *restore_cpuid;
+    /* --cpu-placement, machine-config's cpu_placement: the host CPUs of ember's threads
+     * (vmm/placement.h); not set: affinity left as ember started with */
+    struct cpu_placement placement;
 };
 
 void vm_config_defaults(struct vm_config *cfg);
