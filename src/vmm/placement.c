@@ -178,6 +178,7 @@ int cpu_placement_from_lists(const char *vmm, const char *vcpu, struct cpu_place
 
 int cpu_placement_parse(const char *spec, struct cpu_placement *p)
 {
+    memset(p, 0, sizeof(*p));
     size_t len = strlen(spec);
     if (len > 2 * PLACEMENT_MAX_TEXT)
         return error_set("longer than %d characters", 2 * PLACEMENT_MAX_TEXT);
@@ -238,6 +239,20 @@ out:
     return r;
 }
 
+/* One CPU of the placement against the host. */
+static int check_cpu(unsigned cpu, const cpu_set_t *allowed, unsigned host_cpus)
+{
+    if (cpu >= host_cpus)
+        return error_set("CPU %u does not exist: this host has %u (0-%u)", cpu, host_cpus,
+                         host_cpus - 1);
+    if (!CPU_ISSET(cpu, allowed)) {
+        char list[256];
+        cpulist_format_set(allowed, list, sizeof(list));
+        return error_set("CPU %u is not one ember may run on (its CPUs: %s)", cpu, list);
+    }
+    return 0;
+}
+
 int cpu_placement_check(const struct cpu_placement *p, unsigned ncpus, const cpu_set_t *allowed,
                         unsigned host_cpus)
 {
@@ -246,21 +261,13 @@ int cpu_placement_check(const struct cpu_placement *p, unsigned ncpus, const cpu
     if (p->nvcpu != ncpus)
         return error_set("%u vcpu CPU(s) for %u vCPU(s): give one host CPU per vCPU", p->nvcpu,
                          ncpus);
-    char list[256];
-    cpulist_format_set(allowed, list, sizeof(list));
-    for (unsigned i = 0; i < p->nvcpu + PLACEMENT_MAX_CPU; i++) {
-        unsigned cpu;
-        if (i < p->nvcpu)
-            cpu = p->vcpu[i];
-        else if (CPU_ISSET(i - p->nvcpu, &p->vmm))
-            cpu = i - p->nvcpu;
-        else
-            continue;
-        if (cpu >= host_cpus)
-            return error_set("CPU %u does not exist: this host has %u (0-%u)", cpu, host_cpus,
-                             host_cpus - 1);
-        if (!CPU_ISSET(cpu, allowed))
-            return error_set("CPU %u is not one ember may run on (its CPUs: %s)", cpu, list);
+    for (unsigned c = 0; c < PLACEMENT_MAX_CPU; c++) {
+        if (CPU_ISSET(c, &p->vmm) && check_cpu(c, allowed, host_cpus) < 0)
+            return -1;
+    }
+    for (unsigned i = 0; i < p->nvcpu; i++) {
+        if (check_cpu(p->vcpu[i], allowed, host_cpus) < 0)
+            return -1;
     }
     return 0;
 }

@@ -2291,6 +2291,179 @@ class Skip(Exception):
     pass
 
 
+# ---- CPU placement ------------------------------------------------------------------------
+
+
+def placement_cpus():
+    """Two CPUs this process may run on (the first for ember's own threads, the second for the
+    vCPU), or a Skip."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        raise Skip("CPU placement needs 2 CPUs to run on, this process has %r" % allowed)
+    return allowed[0], allowed[1]
+
+
+def cpus_of_list(text):
+    out = set()
+    for item in text.split(","):
+        lo, _, hi = item.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def thread_cpus(pid):
+    """{tid: (name, set of CPUs)} for every thread of pid (those that end meanwhile left out)."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                name = f.read().strip()
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                status = f.read()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                out[int(tid)] = (name, cpus_of_list(line.split(":", 1)[1].strip()))
+    return out
+
+
+def teardown_helper_of(pid):
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(os.path.dirname(stat) + "/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and comm == "ember-teardown":
+            return int(os.path.basename(os.path.dirname(stat)))
+    return None
+
+
+def check_placed(pid, vmm, vcpus, what):
+    """Every vCPU thread on its CPU, every other thread (and the teardown helper) on vmm.
+    Returns the names of the threads seen."""
+    threads = thread_cpus(pid)
+    helper = teardown_helper_of(pid)
+    if helper is not None:
+        threads.update({helper: (name, cpus) for name, cpus in thread_cpus(helper).values()})
+    for tid, (name, cpus) in threads.items():
+        m = re.fullmatch(r"vcpu(\d+)", name)
+        want = {vcpus[int(m.group(1))]} if m else {vmm}
+        check(cpus == want, "%s: thread %d (%s) runs on %s, not %s" %
+              (what, tid, name, sorted(cpus), sorted(want)))
+    return sorted(name for name, _ in threads.values())
+
+
+def test_cpu_placement_api(tmp):
+    """machine-config's `cpu_placement` (ember's own): shown by GET only when set, cleared by a
+    PUT without it, kept by a PATCH; bad sets refused with 400; and a machine started with it
+    has every thread where it says."""
+    vmm, vcpu = placement_cpus()
+    e = Ember(tmp)
+    try:
+        mc = e.req("GET", "/machine-config").json()
+        check("cpu_placement" not in mc, "no placement unless set: %r" % mc)
+        place = {"vmm": str(vmm), "vcpu": str(vcpu)}
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 32,
+                                                 "cpu_placement": place}), 204, "PUT with cpu_placement")
+        mc = e.req("GET", "/machine-config").json()
+        check(mc.get("cpu_placement") == place, "GET shows the placement: %r" % mc)
+        expect(e.req("PATCH", "/machine-config", {"mem_size_mib": 64}), 204, "PATCH keeps it")
+        check(e.req("GET", "/machine-config").json().get("cpu_placement") == place, "kept by PATCH")
+        expect(e.req("PATCH", "/machine-config", {"vcpu_count": 2}), 400,
+               "PATCH vcpu_count away from the placement", "one host CPU per vCPU")
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 32}), 204, "PUT without")
+        check("cpu_placement" not in e.req("GET", "/machine-config").json(), "a PUT without it clears it")
+        gone = max(os.sched_getaffinity(0)) + 1000
+        bad = [
+            ({"vmm": str(vmm), "vcpu": str(vmm)}, "must not overlap"),
+            ({"vmm": "%d,%d" % (vmm, vcpu), "vcpu": str(vcpu)}, "must not overlap"),
+            ({"vmm": str(vmm), "vcpu": "%d,%d" % (vcpu, vcpu)}, "listed twice"),
+            ({"vmm": str(vmm), "vcpu": str(gone)}, "does not exist"),
+            ({"vmm": str(vmm), "vcpu": "%d-%d" % (vcpu, vcpu + 1)}, "one host CPU per vCPU"),
+            ({"vmm": "", "vcpu": str(vcpu)}, "empty"),
+            ({"vmm": "0-", "vcpu": str(vcpu)}, "empty"),
+            ({"vmm": "x", "vcpu": str(vcpu)}, "not a CPU number"),
+            ({"vmm": "2-1", "vcpu": str(vcpu)}, "goes down"),
+            ({"vmm": "99999", "vcpu": str(vcpu)}, "below"),
+            ({"vmm": str(vmm)}, "vcpu"),
+            ({"vmm": vmm, "vcpu": str(vcpu)}, "must be a string"),
+            ({"vmm": str(vmm), "vcpu": str(vcpu), "poll": "on"}, "unknown field"),
+            ("0", "must be a JSON object"),
+        ]
+        for place_bad, msg in bad:
+            expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 32,
+                                                     "cpu_placement": place_bad}),
+                   400, "cpu_placement %r" % place_bad, msg)
+        check("cpu_placement" not in e.req("GET", "/machine-config").json(), "a refused PUT changed it")
+        # A machine started with it: the keyboard guest idles, the entropy device's I/O thread
+        # beside it.
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 32,
+                                                 "cpu_placement": place}), 204, "PUT again")
+        expect(e.req("PUT", "/entropy", {}), 204, "entropy")
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": KEYBOARD,
+                                              "boot_args": "console=ttyS0"}), 204, "boot source")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        check(e.wait_output("waiting for Ctrl+Alt+Del"), "the guest runs: %r" % e.stdout())
+        names = check_placed(e.proc.pid, vmm, [vcpu], "API")
+        check("vcpu0" in names and "rng" in names and "ember-teardown" in names,
+              "the vCPU, the rng I/O thread and the teardown helper were seen: %r" % names)
+        vc = e.req("GET", "/vm/config").json()
+        check(vc["machine-config"].get("cpu_placement") == place, "in /vm/config: %r" % vc)
+    finally:
+        e.kill()
+
+
+def test_cpu_placement_run(tmp):
+    """`ember run --cpu-placement`: the virtio-blk guest fills and checks its disk while every
+    sample of ember's threads (the I/O threads, io_uring workers and KVM's own worker
+    included) finds the vCPU on its CPU and all else on the reserved one; bad sets refused."""
+    vmm, vcpu = placement_cpus()
+    guest = os.path.join(GUEST_DIR, "virtio-blk.elf")
+    if not os.path.exists(guest):
+        raise Skip("no %s (make guests)" % guest)
+    for spec, msg in [("vmm=%d,vcpu=%d" % (vmm, vmm), "must not overlap"),
+                      ("vmm=%d,vcpu=%d,%d" % (vmm, vcpu, vcpu), "listed twice"),
+                      ("vmm=%d" % vmm, "no vcpu CPUs"),
+                      ("vmm=%d,vcpu=%d,poll=on" % (vmm, vcpu), "unknown key"),
+                      ("vmm=%d,vcpu=%d" % (vmm, max(os.sched_getaffinity(0)) + 1000), "does not exist")]:
+        r = subprocess.run([EMBER, "run", "--kernel", HELLO, "--cpu-placement", spec],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+        check(r.returncode == 2 and msg in r.stderr.decode(),
+              "--cpu-placement %s: status %d, %r" % (spec, r.returncode, r.stderr))
+    r = subprocess.run([EMBER, "run", "--kernel", HELLO, "--cpus", "2", "--cpu-placement",
+                        "vmm=%d,vcpu=%d" % (vmm, vcpu)], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=PATIENCE_S)
+    check(r.returncode == 2 and "one host CPU per vCPU" in r.stderr.decode(), "2 vCPUs, 1 CPU: %r" % r.stderr)
+    disk = make_image(tmp, "disk.img", 8 << 20)
+    ro = os.path.join(tmp, "ro.img")
+    with open(ro, "wb") as f:
+        f.write(os.urandom(1 << 20))
+    ro_sum = subprocess.run(["cksum"], stdin=open(ro, "rb"), capture_output=True).stdout.split()[0].decode()
+    cmdline = ("console=ttyS0 blk_id=d0 ro_id=r0 blk_queues=2 blk_sectors=16384 ro_cksum=%s" % ro_sum)
+    e = Ember(tmp, ["run", "--kernel", guest, "--debug-exit", "--cmdline", cmdline,
+                    "--drive", "path=%s,id=d0,queues=2" % disk, "--drive", "path=%s,id=r0,readonly=on" % ro,
+                    "--cpu-placement", "vmm=%d,vcpu=%d" % (vmm, vcpu)], api=False)
+    try:
+        check(e.wait_output("virtio-blk", timeout=PATIENCE_S), "the guest starts: %r" % e.stdout())
+        seen = set()
+        while e.alive():
+            seen.update(check_placed(e.proc.pid, vmm, [vcpu], "run"))
+            time.sleep(0.01)
+        status = e.wait()
+        check(status == 1 and "not ok" not in e.stdout(), "the guest passes (%d): %r" % (status, e.stdout()[-500:]))
+        check({"vcpu0", "blk0", "blk1", "ember-teardown"} <= seen, "threads seen: %r" % sorted(seen))
+    finally:
+        e.kill()
+
+
 TESTS = [
     test_instance_info, test_names_and_versions, test_machine_config,
     test_machine_config_as_firecracker, test_boot_source, test_drives, test_network_interfaces,
@@ -2302,7 +2475,7 @@ TESTS = [
     test_dribbler_does_not_starve, test_max_payload_flag, test_getting_started_with_curl,
     test_config_file, test_teardown_helper_holds_only_the_vm, test_pci_off_without_pci, test_flags, test_cpu_templates_in_guest,
     test_custom_cpu_config_in_guest, test_smt_and_machine_config_rules, test_mmds_routes,
-    test_mmds_flags_and_config_file, test_mmds_guest,
+    test_mmds_flags_and_config_file, test_mmds_guest, test_cpu_placement_api, test_cpu_placement_run,
 ]
 
 

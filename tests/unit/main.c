@@ -23,6 +23,7 @@ int main(void)
                                       virtio_lifecycle_suite,
                                       seccomp_suite,
                                       cpu_template_suite,
+                                      placement_suite,
                                       mmds_suite,
                                       mmds_stack_suite,
                                       virtio_pmem_suite,

@@ -9,6 +9,7 @@ Suite *bus_suite(void);
 Suite *cli_suite(void);
 Suite *cpuid_suite(void);
 Suite *cpu_template_suite(void);
+Suite *placement_suite(void);
 Suite *memory_suite(void);
 Suite *mptable_suite(void);
 Suite *serial_suite(void);

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -432,6 +433,103 @@ static int put_drive(struct api_config *c, const char *id, const char *fmt)
 }
 
 #define ck_error_has(s) ck_assert_msg(strstr(error_get(), s), "'%s' lacks '%s'", error_get(), s)
+
+/* Two CPUs this process may run on, or false (one CPU: only the refusals are tested). */
+static bool two_cpus(unsigned *a, unsigned *b)
+{
+    cpu_set_t s;
+    if (sched_getaffinity(0, sizeof(s), &s) < 0 || CPU_COUNT(&s) < 2)
+        return false;
+    unsigned n = 0;
+    for (unsigned c = 0; c < CPU_SETSIZE && n < 2; c++) {
+        if (CPU_ISSET(c, &s))
+            *(n++ ? b : a) = c;
+    }
+    return true;
+}
+
+START_TEST(machine_config_cpu_placement)
+{
+    struct api_config c;
+    api_config_init(&c);
+    char text[256];
+    unsigned vmm, vcpu;
+    if (two_cpus(&vmm, &vcpu)) {
+        snprintf(text, sizeof(text),
+                 "{\"vcpu_count\":1,\"mem_size_mib\":64,\"cpu_placement\":{\"vmm\":\"%u\","
+                 "\"vcpu\":\"%u\"}}",
+                 vmm, vcpu);
+        ck_assert_msg(put_machine(&c, text, false) == 0, "%s", error_get());
+        ck_assert(c.machine.placement.set);
+        ck_assert_uint_eq(c.machine.placement.vcpu[0], vcpu);
+        /* GET shows it back in the same words. */
+        cJSON *j = api_machine_config_json(&c);
+        const cJSON *pl = cJSON_GetObjectItem(j, "cpu_placement");
+        ck_assert_ptr_nonnull(pl);
+        char want[16];
+        snprintf(want, sizeof(want), "%u", vmm);
+        ck_assert_str_eq(cJSON_GetObjectItem(pl, "vmm")->valuestring, want);
+        snprintf(want, sizeof(want), "%u", vcpu);
+        ck_assert_str_eq(cJSON_GetObjectItem(pl, "vcpu")->valuestring, want);
+        cJSON_Delete(j);
+        /* Onto the machine. */
+        struct vm_config vm;
+        vm_config_defaults(&vm);
+        c.has_boot_source = true;
+        c.kernel_path = strdup("k");
+        ck_assert_int_eq(api_config_to_vm(&c, &vm), 0);
+        ck_assert(vm.placement.set);
+        ck_assert_uint_eq(vm.placement.vcpu[0], vcpu);
+        /* A PATCH keeps it, and must keep the vCPU count agreeing with it. */
+        ck_assert_int_eq(put_machine(&c, "{\"mem_size_mib\":128}", true), 0);
+        ck_assert(c.machine.placement.set);
+        ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":2}", true), -1);
+        ck_error_has("1 vcpu CPU(s) for 2 vCPU(s)");
+        ck_assert_uint_eq(c.machine.vcpu_count, 1);
+        /* The configuration file's machine-config takes it the same way. */
+        struct api_config doc;
+        api_config_init(&doc);
+        snprintf(text, sizeof(text),
+                 "{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"machine-config\":"
+                 "{\"vcpu_count\":1,\"mem_size_mib\":64,\"cpu_placement\":{\"vmm\":\"%u\","
+                 "\"vcpu\":\"%u\"}}}",
+                 vmm, vcpu);
+        ck_assert_msg(api_config_parse_document(&doc, text, strlen(text)) == 0, "%s", error_get());
+        ck_assert(doc.machine.placement.set);
+        ck_assert_uint_eq(doc.machine.placement.vcpu[0], vcpu);
+        api_config_free(&doc);
+        /* A PUT without it clears it; GET then shows Firecracker's fields alone. */
+        ck_assert_int_eq(put_machine(&c, "{\"vcpu_count\":2,\"mem_size_mib\":64}", false), 0);
+        ck_assert(!c.machine.placement.set);
+        j = api_machine_config_json(&c);
+        ck_assert_ptr_null(cJSON_GetObjectItem(j, "cpu_placement"));
+        cJSON_Delete(j);
+    }
+    static const struct {
+        const char *placement, *error;
+    } bad[] = {
+        {"{\"vmm\":\"0\",\"vcpu\":\"0\"}", "must not overlap"},
+        {"{\"vmm\":\"0\",\"vcpu\":\"1,1\"}", "listed twice"},
+        {"{\"vmm\":\"0\",\"vcpu\":\"1000\"}", "does not exist"},
+        {"{\"vmm\":\"0\",\"vcpu\":\"5000\"}", "below 1024"},
+        {"{\"vmm\":\"0\",\"vcpu\":\"1-2\"}", "for 1 vCPU"},
+        {"{\"vmm\":\"0-\",\"vcpu\":\"1\"}", "`cpu_placement`: vmm: an empty item"},
+        {"{\"vmm\":\"0\"}", "missing field `vcpu`"},
+        {"{\"vmm\":0,\"vcpu\":\"1\"}", "`vmm` must be a string"},
+        {"{\"vmm\":\"0\",\"vcpu\":\"1\",\"poll\":\"on\"}", "unknown field `poll`"},
+        {"[\"0\",\"1\"]", "`cpu_placement` must be a JSON object"},
+    };
+    for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(text, sizeof(text), "{\"vcpu_count\":1,\"mem_size_mib\":64,\"cpu_placement\":%s}",
+                 bad[i].placement);
+        ck_assert_msg(put_machine(&c, text, false) == -1, "%s taken", bad[i].placement);
+        ck_assert_msg(strstr(error_get(), bad[i].error), "%s: '%s' lacks '%s'", bad[i].placement,
+                      error_get(), bad[i].error);
+        ck_assert(!c.machine.placement.set);
+    }
+    api_config_free(&c);
+}
+END_TEST
 
 START_TEST(machine_config_rules)
 {
@@ -1311,6 +1409,7 @@ Suite *api_suite(void)
     suite_add_tcase(s, t);
     t = tcase_create("config");
     tcase_add_test(t, machine_config_rules);
+    tcase_add_test(t, machine_config_cpu_placement);
     tcase_add_test(t, drives_map_onto_the_machine);
     tcase_add_test(t, vhost_user_drive_in_config);
     tcase_add_test(t, pmem_maps_onto_the_machine);

@@ -3,6 +3,7 @@
 #include "util/error.h"
 #include "virtio/vhost_user_dev.h"
 
+#include <sched.h>
 #include <string.h>
 
 static int parse(struct cli *cli, const char *const *args, int n)
@@ -60,6 +61,42 @@ static void expect_error(int r, const char *needle)
     ck_assert_int_eq(r, -1);
     ck_assert_msg(strstr(error_get(), needle), "'%s' lacks '%s'", error_get(), needle);
 }
+
+START_TEST(cpu_placement_option)
+{
+    struct cli c;
+    ck_assert_int_eq(PARSE(&c, "run", "--kernel", "k"), 0);
+    ck_assert(!c.vm.placement.set);
+    cpu_set_t s;
+    ck_assert_int_eq(sched_getaffinity(0, sizeof(s), &s), 0);
+    if (CPU_COUNT(&s) >= 2) {
+        unsigned a = 0, b;
+        while (!CPU_ISSET(a, &s))
+            a++;
+        for (b = a + 1; !CPU_ISSET(b, &s); b++)
+            ;
+        char spec[64];
+        snprintf(spec, sizeof(spec), "vmm=%u,vcpu=%u", a, b);
+        /* Checked against --cpus wherever that comes on the line. */
+        ck_assert_msg(PARSE(&c, "run", "--cpu-placement", spec, "--kernel", "k") == 0, "%s",
+                      error_get());
+        ck_assert(c.vm.placement.set);
+        ck_assert_uint_eq(c.vm.placement.vcpu[0], b);
+        expect_error(PARSE(&c, "run", "--cpu-placement", spec, "--kernel", "k", "--cpus", "2"),
+                     "1 vcpu CPU(s) for 2 vCPU(s)");
+        expect_error(
+            PARSE(&c, "run", "--kernel", "k", "--cpu-placement", spec, "--cpu-placement", spec),
+            "only one --cpu-placement");
+    }
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-placement", "vmm=0,vcpu=0"),
+                 "--cpu-placement vmm=0,vcpu=0: CPU 0 is both");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-placement", "vmm=0,vcpu=1000"),
+                 "CPU 1000 does not exist");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-placement", "vmm=0"), "no vcpu CPUs");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-placement", ""), "before any key");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-placement"), "needs a value");
+}
+END_TEST
 
 START_TEST(bad_input_gets_one_clear_error)
 {
@@ -242,6 +279,7 @@ Suite *cli_suite(void)
     tcase_add_test(t, run_with_every_option);
     tcase_add_test(t, defaults);
     tcase_add_test(t, bad_input_gets_one_clear_error);
+    tcase_add_test(t, cpu_placement_option);
     tcase_add_test(t, size_parsing);
     tcase_add_test(t, net_specs);
     tcase_add_test(t, vhost_user_drive_specs);
