@@ -43,6 +43,8 @@ static void run_calls(void *opaque, uint32_t events)
 static void *iothread_main(void *arg)
 {
     struct iothread *t = arg;
+    /* Named by itself (prctl): naming another thread goes through /proc, which a jail lacks. */
+    pthread_setname_np(pthread_self(), t->name);
     /* Termination signals belong to the main thread. A seccomp violation's
      * SIGSYS must get through: blocked, the kernel would kill the process
      * without the report. */
@@ -84,7 +86,6 @@ int iothread_start(struct iothread *t, const char *name, int confinement)
         errno = r;
         return error_errno("cannot start I/O thread %s", name);
     }
-    pthread_setname_np(t->thread, t->name);
     t->running = true;
     return 0;
 }

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
-#include <sys/sysinfo.h>
 #include <unistd.h>
 
 /* One number of a list: decimal digits only, below PLACEMENT_MAX_CPU. */
@@ -278,6 +277,30 @@ static struct {
     unsigned cpus;
 } host;
 
+/* How many CPUs the host can have (the highest in /sys's "possible" list, plus one), or
+ * PLACEMENT_MAX_CPU when that cannot be read (a jail without /sys): then only the CPUs ember may
+ * run on are checked. */
+static unsigned host_possible_cpus(void)
+{
+    char text[PLACEMENT_MAX_TEXT + 2];
+    FILE *f = fopen("/sys/devices/system/cpu/possible", "re");
+    if (!f)
+        return PLACEMENT_MAX_CPU;
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    text[strcspn(text, "\n")] = '\0';
+    cpu_set_t possible;
+    if (cpulist_parse_set(text, &possible) < 0)
+        return PLACEMENT_MAX_CPU;
+    unsigned count = 0;
+    for (unsigned c = 0; c < PLACEMENT_MAX_CPU; c++) {
+        if (CPU_ISSET(c, &possible))
+            count = c + 1;
+    }
+    return count;
+}
+
 void cpu_placement_note_host(void)
 {
     if (host.noted)
@@ -285,9 +308,8 @@ void cpu_placement_note_host(void)
     CPU_ZERO(&host.allowed);
     if (sched_getaffinity(0, sizeof(host.allowed), &host.allowed) < 0)
         CPU_SET(0, &host.allowed);
-    int n = get_nprocs_conf();
-    host.cpus = n > 0 ? (unsigned)n : 1;
-    /* A CPU ember may run on exists, whatever the count says (a jail without /sys). */
+    host.cpus = host_possible_cpus();
+    /* A CPU ember may run on exists, whatever the count says. */
     for (unsigned c = host.cpus; c < PLACEMENT_MAX_CPU; c++) {
         if (CPU_ISSET(c, &host.allowed))
             host.cpus = c + 1;

@@ -380,6 +380,8 @@ static void *vcpu_main(void *arg)
     struct vm *vm = vcpu->vm;
     char name[16];
     snprintf(name, sizeof(name), "vcpu%u", vcpu->id);
+    /* Named by itself (prctl): naming another thread goes through /proc, which a jail lacks. */
+    pthread_setname_np(pthread_self(), name);
     if (enter_placement(vcpu) < 0) {
         vcpu->failures++;
         fprintf(stderr, "ember: %s\n", error_get());
@@ -420,14 +422,11 @@ static void *vcpu_main(void *arg)
 
 int vcpu_start(struct vcpu *vcpu)
 {
-    char name[16];
     int r = pthread_create(&vcpu->thread, NULL, vcpu_main, vcpu);
     if (r != 0) {
         errno = r;
         return error_errno("cannot start vCPU %u thread", vcpu->id);
     }
-    snprintf(name, sizeof(name), "vcpu%u", vcpu->id);
-    pthread_setname_np(vcpu->thread, name);
     vcpu->started = true;
     return 0;
 }

@@ -479,6 +479,52 @@ def test_boot_unprivileged(t):
     check("received Ctrl+Alt+Del" in j.stdout(), "the guest saw the keys: %r" % j.stdout()[-300:])
 
 
+
+def thread_cpus(pid):
+    """{tid: (name, Cpus_allowed_list)} of every thread of pid."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            name = read("/proc/%d/task/%s/comm" % (pid, tid)).strip()
+            status = read("/proc/%d/task/%s/status" % (pid, tid))
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                out[int(tid)] = (name, line.split(":", 1)[1].strip())
+    return out
+
+
+def test_cpuset_and_cpu_placement(t):
+    """The CPU placement within the jail's cpuset: a CPU outside it is refused (ember checks
+    against the CPUs it started with, which the cpuset bounds); with both CPUs in it, the
+    machine runs placed although the jail has no /proc to list ember's threads."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        raise Skip("CPU placement needs 2 CPUs, this process may run on %r" % allowed)
+    vmm, vcpu = allowed[0], allowed[1]
+    cpuset = t.hierarchy("cpuset", (1,))
+    place = {"vcpu_count": 1, "mem_size_mib": 32, "cpu_placement": {"vmm": str(vmm), "vcpu": str(vcpu)}}
+    j = Jail(t, [], cpuset.args("cpuset.mems=0", "cpuset.cpus=%d" % vmm))
+    t.cgroup_dirs.append(cpuset.group(j.id))
+    expect(j.put("/machine-config", place), 400, "a vCPU CPU outside the jail's cpuset",
+           "CPU %d is not one ember may run on (its CPUs: %d)" % (vcpu, vmm))
+    j.kill()
+    j = Jail(t, [], cpuset.args("cpuset.mems=0", "cpuset.cpus=%d,%d" % (vmm, vcpu)))
+    t.cgroup_dirs.append(cpuset.group(j.id))
+    expect(j.put("/machine-config", place), 204, "the placement within the cpuset")
+    expect(j.put("/entropy", {}), 204, "entropy")
+    expect(j.put("/boot-source", {"kernel_image_path": j.link_in(KEYBOARD)}), 204, "boot-source")
+    expect(j.put("/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+    check(j.wait_output("tick 1"), "the guest runs in the jail: %r %r" % (j.stdout()[-300:], j.stderr()))
+    threads = thread_cpus(j.pid())
+    for tid, (name, cpus) in threads.items():
+        want = str(vcpu) if name.startswith("vcpu") else str(vmm)
+        check(cpus == want, "thread %d (%s) runs on %s, not %s: %r" % (tid, name, cpus, want, threads))
+    names = sorted(name for name, _ in threads.values())
+    check("vcpu0" in names and "rng" in names, "the vCPU and the rng I/O thread were seen: %r" % names)
+    j.kill()
+
 def test_vhost_user_socket(t):
     """A vhost-user back-end for a jailed ember: it listens inside the jail (its socket in the
     chroot, owned by the jail's user), and the drive names the socket by its path in the jail."""
@@ -1339,6 +1385,7 @@ TESTS = [
     test_netns_tap, test_same_id_refused, test_bad_input, test_failure_midway, test_daemonize,
     test_new_pid_ns, test_resource_limits, test_cgroup_v2, test_kata_runtime_rs, test_kata_go_runtime,
     test_kata_symlink_refused, test_kata_mount_point_refused, test_kata_run_base,
+    test_cpuset_and_cpu_placement,
 ]
 
 
