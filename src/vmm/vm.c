@@ -324,7 +324,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
         return error_prefix("CPU placement");
     vm->create_status = EXIT_HOST_ERROR;
     /* Before any of the machine's threads exists: each inherits the reserved CPUs from the
-     * thread that makes it (the vCPUs get their own, vcpu_start). */
+     * thread that makes it (each vCPU thread then moves itself to its own: vcpu.c). */
     if (cpu_placement_apply(&cfg->placement) < 0)
         return -1;
     vm->supported_cpuid = cpuid_get_supported(vm->kvm.fd, 8, &vm->cpuid_capacity);
