@@ -4,6 +4,7 @@
 #include "backends/block.h"
 #include "util/error.h"
 #include "util/version.h"
+#include "virtio/vhost_user_dev.h"
 #include "virtio/vhost_user_fs.h"
 
 #include <ctype.h>
@@ -119,6 +120,13 @@ void cli_usage(FILE *f)
         "                          user             user-mode networking (libslirp): guest\n"
         "                                           10.0.2.15, host 10.0.2.2 (the host's\n"
         "                                           loopback), DNS 10.0.2.3, DHCP\n"
+        "                          vhost-user=PATH  a vhost-user-net back-end (DPDK, a switch)\n"
+        "                                           on unix socket PATH, with mode=client\n"
+        "                                           (default: it listens) or mode=server\n"
+        "                                           (ember listens, it connects within 10 s)\n"
+        "                                           and reconnect=S (seconds to wait for a\n"
+        "                                           back-end that went away, default 10, 0\n"
+        "                                           never); only mac= and queues=1 besides\n"
         "                        and any of mac=XX:XX:XX:XX:XX:XX, queues=1 (one queue pair;\n"
         "                        no multiqueue yet), hostfwd=tcp:HOST:GUEST\n"
         "                        (user only, several joined with +), rx-bw=BYTES, tx-bw=BYTES,\n"
@@ -555,6 +563,7 @@ static int parse_mac(const char *s, uint8_t mac[6])
 static int parse_net_items(char *copy, const char *spec, struct net_config *n)
 {
     char *save = NULL;
+    bool mode_given = false, reconnect_given = false;
     for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(item, '=');
         if (!eq) {
@@ -568,6 +577,20 @@ static int parse_net_items(char *copy, const char *spec, struct net_config *n)
         const char *key = item, *val = eq + 1;
         if (!strcmp(key, "tap")) {
             n->tap = val;
+        } else if (!strcmp(key, "vhost-user")) {
+            n->vhost_user_socket = val;
+        } else if (!strcmp(key, "mode")) {
+            if (!strcmp(val, "client"))
+                n->vhost_user_server = false;
+            else if (!strcmp(val, "server"))
+                n->vhost_user_server = true;
+            else
+                return error_set("--net mode=%s: use client or server", val);
+            mode_given = true;
+        } else if (!strcmp(key, "reconnect")) {
+            if (cli_parse_uint(val, VHOST_USER_RECONNECT_MAX_S, &n->reconnect_s) < 0)
+                return error_prefix("--net reconnect");
+            reconnect_given = true;
         } else if (!strcmp(key, "id")) {
             n->id = val;
         } else if (!strcmp(key, "mac")) {
@@ -605,13 +628,40 @@ static int parse_net_items(char *copy, const char *spec, struct net_config *n)
             struct token_bucket_config *tb = strstr(key, "bw") ? &rl->bandwidth : &rl->ops;
             *tb = (struct token_bucket_config){.size = rate, .refill_ms = 1000};
         } else {
-            return error_set("--net: unknown key '%s' (tap, user, mac, queues, hostfwd, rx-bw, "
-                             "tx-bw, rx-pps, tx-pps, vhost, sndbuf)",
+            return error_set("--net: unknown key '%s' (tap, user, vhost-user, mac, queues, "
+                             "hostfwd, rx-bw, tx-bw, rx-pps, tx-pps, vhost, sndbuf, mode, "
+                             "reconnect)",
                              key);
         }
+        /* What a vhost-user back-end's data path decides (or ember cannot do on it). */
+        if (n->vhost_user_socket && strcmp(key, "vhost-user") && strcmp(key, "mode") &&
+            strcmp(key, "reconnect") && strcmp(key, "mac") && strcmp(key, "id") &&
+            strcmp(key, "queues"))
+            return error_set("--net %s: %s= does not apply to a vhost-user interface; it takes "
+                             "mac=, queues=1, mode=client|server and reconnect=SECONDS",
+                             spec, key);
+    }
+    if ((mode_given || reconnect_given) && !n->vhost_user_socket)
+        return error_set("--net %s: mode= and reconnect= are for a vhost-user interface "
+                         "(vhost-user=PATH)",
+                         spec);
+    if (n->vhost_user_socket) {
+        if (n->tap || n->user)
+            return error_set("--net %s: give one of tap=NAME, user and vhost-user=PATH", spec);
+        if (!*n->vhost_user_socket)
+            return error_set("--net %s: vhost-user= is empty", spec);
+        /* Given before vhost-user=: the same refusal. */
+        if (n->forwards || n->sndbuf || n->vhost || n->rx_limit.bandwidth.size ||
+            n->rx_limit.ops.size || n->tx_limit.bandwidth.size || n->tx_limit.ops.size)
+            return error_set("--net %s: rate limits, hostfwd=, sndbuf= and vhost= do not apply "
+                             "to a vhost-user interface",
+                             spec);
+        if (!reconnect_given)
+            n->reconnect_s = VHOST_USER_RECONNECT_DEFAULT_S;
+        return 0;
     }
     if (!n->tap == !n->user)
-        return error_set("--net %s: give either tap=NAME or user", spec);
+        return error_set("--net %s: give either tap=NAME, user or vhost-user=PATH", spec);
     if (n->forwards && !n->user)
         return error_set("--net hostfwd= works with user networking only");
     if (n->sndbuf && !n->tap)
@@ -629,16 +679,20 @@ int cli_parse_net(const char *spec, struct net_config *n)
     if (r == 0) {
         /* The strings the configuration keeps get their own copies. */
         char *tap = n->tap ? strdup(n->tap) : NULL, *id = n->id ? strdup(n->id) : NULL,
-             *forwards = n->forwards ? strdup(n->forwards) : NULL;
-        if ((n->tap && !tap) || (n->id && !id) || (n->forwards && !forwards)) {
+             *forwards = n->forwards ? strdup(n->forwards) : NULL,
+             *vus = n->vhost_user_socket ? strdup(n->vhost_user_socket) : NULL;
+        if ((n->tap && !tap) || (n->id && !id) || (n->forwards && !forwards) ||
+            (n->vhost_user_socket && !vus)) {
             free(tap);
             free(id);
             free(forwards);
+            free(vus);
             r = error_set("out of memory");
         } else {
             n->tap = tap;
             n->id = id;
             n->forwards = forwards;
+            n->vhost_user_socket = vus;
         }
     }
     free(copy);
@@ -652,7 +706,8 @@ void cli_free_net(struct net_config *n)
     free((char *)n->tap);
     free((char *)n->id);
     free((char *)n->forwards);
-    n->tap = n->id = n->forwards = NULL;
+    free((char *)n->vhost_user_socket);
+    n->tap = n->id = n->forwards = n->vhost_user_socket = NULL;
 }
 
 /* --vsock cid=N,uds=PATH[,id=NAME]. The strings kept are the caller's to

@@ -85,7 +85,7 @@ int cli_parse_pmem(const char *spec, struct pmem_config *p);
 int cli_parse_fs(const char *spec, struct fs_config *f);
 /* What a parsed fs's strings point into, freed (tests; ember keeps it). */
 void cli_free_fs(struct fs_config *f);
-/* The strings it keeps (tap, id, forwards) are the caller's: cli_free_net. */
+/* The strings it keeps (tap, id, forwards, vhost_user_socket) are the caller's: cli_free_net. */
 int cli_parse_net(const char *spec, struct net_config *n);
 void cli_free_net(struct net_config *n);
 int cli_parse_vsock(const char *spec, struct vsock_config *v);

@@ -671,7 +671,7 @@ done:
 static struct virtio_net *find_net(struct vm *vm, const char *id)
 {
     for (unsigned i = 0; i < vm->nvirtio; i++) {
-        if (vm->virtio[i]->dev->device_id != VIRTIO_ID_NET)
+        if (vm->virtio[i]->dev->device_id != VIRTIO_ID_NET || vm->virtio[i]->vhost_user)
             continue;
         struct virtio_net *n = vm->virtio[i]->model;
         if (n->opts.id && !strcmp(n->opts.id, id))

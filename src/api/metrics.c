@@ -1059,7 +1059,7 @@ static void add_devices(struct emitter *e, struct vm *vm)
             latency_add(&blk_time[1], &b->write_time);
             for (int k = 0; k < BM_NFIELDS; k++)
                 blk_total[k] += v[k];
-        } else if (d->device_id == VIRTIO_ID_NET) {
+        } else if (d->device_id == VIRTIO_ID_NET && !vm->virtio[i]->vhost_user) {
             struct virtio_net *nd = vm->virtio[i]->model;
             snprintf(name, sizeof(name), "net_%.64s", nd->opts.id ? nd->opts.id : d->name);
             net_values(nd, v);

@@ -321,6 +321,9 @@ static const struct sc_rule vhost_user_rules[] = {
     R(connect),
     R1(fcntl, EQ(1, F_GETFL)),
     R1(fcntl, EQ(1, F_SETFL)),
+    /* server mode: a back-end connecting again, and connections beyond the one served
+     * (accepted and closed), on the listener made at configuration time */
+    R2(accept4, EQ(1, 0), EQ(3, SOCK_NONBLOCK | SOCK_CLOEXEC)),
     /* the back-end's inflight buffer (GET_INFLIGHT_FD): its file's size checked, then mapped
      * shared, never executable */
     R(newfstatat),

@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define VHOST_USER_TIMEOUT_MS 5000
 
@@ -145,5 +146,28 @@ void vhost_user_channel_close(struct vhost_user_channel *ch);
  * it. */
 int vhost_user_channel_serve(struct vhost_user_channel *ch, int (*config_changed)(void *opaque),
                              void *opaque, struct vhost_user_channel_stats *st);
+
+/* ---- server mode (listen.c) --------------------------------------------------
+ * ember listens on a unix socket and the back-end connects (DPDK's vhost PMD with client=1).
+ * One connection at a time: the listener's backlog is 1, and connections beyond the one
+ * served are accepted and closed at once. */
+struct vhost_user_listener {
+    int fd; /* -1: none */
+    dev_t dev;
+    ino_t ino; /* the socket file ember made: removed at close only if it is still that file */
+    char path[108];
+};
+
+/* Listens on path: a socket file left there by a process that is gone is replaced; anything
+ * else there (a file, a socket someone listens on) is refused. -1 with why. */
+int vhost_user_listen(struct vhost_user_listener *l, const char *name, const char *path);
+/* Accepts the back-end's connection, waiting at most wait_ms (0: only one already waiting);
+ * -1 with why (nobody came: errno EAGAIN). */
+int vhost_user_accept(struct vhost_user *vu, const char *name, struct vhost_user_listener *l,
+                      int wait_ms, int timeout_ms);
+/* Accepts and closes connections waiting on the listener (at most 16): how many. */
+unsigned vhost_user_listener_refuse(struct vhost_user_listener *l);
+/* Closes the listener and removes its socket file. */
+void vhost_user_listener_close(struct vhost_user_listener *l);
 
 #endif

@@ -130,7 +130,7 @@ static int start_backend(struct vhost_user_dev *v, bool resume)
     struct vhost_user *vu = &v->vu;
     bool by_region;
     unsigned had = vu->nmem_added;
-    if (vhost_user_set_features(vu, d->driver_features) < 0 ||
+    if (vhost_user_set_features(vu, d->driver_features & ~v->emulated_features) < 0 ||
         vhost_user_give_memory(vu, d->mem, &by_region) < 0)
         return -1;
     if (by_region && had == vu->nmem_added)
@@ -211,6 +211,15 @@ static void arm_timer(struct vhost_user_dev *v, unsigned ms)
         log_error("%s: arming the reconnection timer failed", v->dev.name);
 }
 
+/* Server mode: whether the listener wakes the I/O thread (off while an attempt is due from
+ * the timer, and after a listener that stays readable without a connection to take). */
+static void watch_listener(struct vhost_user_dev *v, bool on)
+{
+    if (v->listen_handler &&
+        event_loop_mod(&v->dev.io.loop, v->listen_handler, on ? EPOLLIN : 0) < 0)
+        log_error("%s: watching %s: %s", v->dev.name, v->socket, error_get());
+}
+
 /* The requests past each ring's used index that no back-end will answer: completed with an
  * error by the device type where it can. -1 when some are left that it cannot. */
 static int fail_outstanding(struct vhost_user_dev *v, unsigned *failed)
@@ -281,6 +290,7 @@ static void backend_lost(struct vhost_user_dev *v, const char *why, bool taken)
                 v->socket, v->gone_why, v->reconnect_ms / 1000, failed ? " (" : "", failed,
                 failed ? " request(s) in flight failed)" : "");
     v->reconnecting = true;
+    watch_listener(v, true);
     v->gone_ns = monotonic_ns();
     v->backoff_ms = VHOST_USER_BACKOFF_FIRST_MS;
     arm_timer(v, v->backoff_ms);
@@ -291,10 +301,12 @@ static void backend_lost(struct vhost_user_dev *v, const char *why, bool taken)
 static int try_reconnect(struct vhost_user_dev *v)
 {
     struct virtio_dev *d = &v->dev;
-    if (vhost_user_connect(&v->vu, d->name, v->socket, VHOST_USER_TIMEOUT_MS) < 0 ||
+    if ((v->listener.fd >= 0
+             ? vhost_user_accept(&v->vu, d->name, &v->listener, 0, VHOST_USER_TIMEOUT_MS)
+             : vhost_user_connect(&v->vu, d->name, v->socket, VHOST_USER_TIMEOUT_MS)) < 0 ||
         vhost_user_handshake(&v->vu, v->wanted_protocol) < 0)
         return -1;
-    uint64_t missing = d->driver_features & ~v->vu.features;
+    uint64_t missing = d->driver_features & ~v->emulated_features & ~v->vu.features;
     if (missing) {
         error_set("the new back-end lacks features 0x%llx the driver uses",
                   (unsigned long long)missing);
@@ -334,6 +346,7 @@ static void on_timer(void *opaque, uint32_t events)
     if (r == 0) {
         v->reconnecting = false;
         v->reconnects++;
+        watch_listener(v, true);
         log_limited(&v->log_back, LOG_WARN,
                     "%s: vhost-user back-end at %s is back after %u ms; the device resumed%s",
                     v->dev.name, v->socket, elapsed_ms(v),
@@ -374,6 +387,27 @@ static void on_timer(void *opaque, uint32_t events)
     arm_timer(v, v->backoff_ms < left ? v->backoff_ms : left);
 }
 
+/* Server mode: a connection waits on the listener. While the back-end is wanted back it is
+ * tried at once (the timer's next attempt accepts it; the listener is watched again when a
+ * back-end is served or lost); otherwise it is refused: one back-end at a time. */
+static void on_listen(void *opaque, uint32_t events)
+{
+    struct vhost_user_dev *v = opaque;
+    (void)events;
+    watch_listener(v, false);
+    if (v->reconnecting) {
+        arm_timer(v, 1);
+        return;
+    }
+    unsigned n = vhost_user_listener_refuse(&v->listener);
+    if (n)
+        log_limited(&v->log_refused, LOG_WARN, "%s: %u connection(s) to %s refused: %s",
+                    v->dev.name, n, v->socket,
+                    v->vu.fd >= 0 ? "a vhost-user back-end is connected already"
+                                  : "the device needs a reset first");
+    watch_listener(v, n > 0); /* none taken from a readable listener: not watched again */
+}
+
 static int activate(struct virtio_dev *d)
 {
     struct vhost_user_dev *v = d->opaque;
@@ -382,6 +416,11 @@ static int activate(struct virtio_dev *d)
     if (v->reconnect_ms) {
         v->timer_handler = event_loop_add(&d->io.loop, v->timer_fd, EPOLLIN, on_timer, v);
         if (!v->timer_handler)
+            return -1;
+    }
+    if (v->listener.fd >= 0) {
+        v->listen_handler = event_loop_add(&d->io.loop, v->listener.fd, EPOLLIN, on_listen, v);
+        if (!v->listen_handler)
             return -1;
     }
     for (unsigned i = 0; i < d->nqueues; i++) {
@@ -438,6 +477,9 @@ static void quiesce(struct virtio_dev *d)
     if (v->socket_handler)
         event_loop_del(&d->io.loop, v->socket_handler);
     v->socket_handler = NULL;
+    if (v->listen_handler)
+        event_loop_del(&d->io.loop, v->listen_handler);
+    v->listen_handler = NULL;
     if (v->timer_handler) {
         struct itimerspec off = {0};
         timerfd_settime(v->timer_fd, 0, &off, NULL);
@@ -456,8 +498,7 @@ static bool features_ok(struct virtio_dev *d, uint64_t f)
     return true;
 }
 
-int vhost_user_dev_connect(struct vhost_user_dev *v, const char *name, const char *socket,
-                           const struct guest_memory *mem, uint64_t wanted_protocol)
+static void prepare(struct vhost_user_dev *v, const char *socket, uint64_t wanted_protocol)
 {
     memset(v, 0, sizeof(*v));
     v->vu.fd = -1;
@@ -469,10 +510,13 @@ int vhost_user_dev_connect(struct vhost_user_dev *v, const char *name, const cha
     v->reconnect_ms = VHOST_USER_RECONNECT_DEFAULT_S * 1000;
     for (unsigned i = 0; i < VHOST_USER_DEV_MAX_QUEUES; i++)
         v->calls[i] = (struct vhost_user_dev_call){.owner = v, .queue = i, .fd = -1};
-    if (!mem->has_memfd)
-        return error_set("%s: a vhost-user back-end needs guest memory it can map (shared)", name);
-    if (vhost_user_connect(&v->vu, name, socket, VHOST_USER_TIMEOUT_MS) < 0)
-        return -1;
+    v->listener.fd = -1;
+}
+
+/* The handshake with a back-end just connected (either mode). */
+static int handshake(struct vhost_user_dev *v, const char *name, const char *socket,
+                     const struct guest_memory *mem, uint64_t wanted_protocol)
+{
     if (vhost_user_handshake(&v->vu, wanted_protocol) < 0)
         return error_prefix("%s: %s", name, socket);
     v->backend_features = v->vu.features;
@@ -487,6 +531,35 @@ int vhost_user_dev_connect(struct vhost_user_dev *v, const char *name, const cha
     if (open_channel(v, false) < 0)
         return error_prefix("%s: %s", name, socket);
     return 0;
+}
+
+int vhost_user_dev_connect(struct vhost_user_dev *v, const char *name, const char *socket,
+                           const struct guest_memory *mem, uint64_t wanted_protocol)
+{
+    prepare(v, socket, wanted_protocol);
+    if (!mem->has_memfd)
+        return error_set("%s: a vhost-user back-end needs guest memory it can map (shared)", name);
+    if (vhost_user_connect(&v->vu, name, socket, VHOST_USER_TIMEOUT_MS) < 0)
+        return -1;
+    return handshake(v, name, socket, mem, wanted_protocol);
+}
+
+int vhost_user_dev_listen(struct vhost_user_dev *v, const char *name, const char *socket,
+                          const struct guest_memory *mem, uint64_t wanted_protocol,
+                          unsigned wait_ms)
+{
+    prepare(v, socket, wanted_protocol);
+    if (!mem->has_memfd)
+        return error_set("%s: a vhost-user back-end needs guest memory it can map (shared)", name);
+    if (vhost_user_listen(&v->listener, name, socket) < 0)
+        return -1;
+    log_info("%s: waiting up to %u s for a vhost-user back-end to connect to %s", name,
+             wait_ms / 1000, socket);
+    if (vhost_user_accept(&v->vu, name, &v->listener, (int)wait_ms, VHOST_USER_TIMEOUT_MS) < 0)
+        return error_set("%s: no vhost-user back-end connected to %s within %u s (server "
+                         "mode: the back-end connects, e.g. DPDK's vhost PMD with client=1)",
+                         name, socket, wait_ms / 1000);
+    return handshake(v, name, socket, mem, wanted_protocol);
 }
 
 void vhost_user_dev_set_reconnect(struct vhost_user_dev *v, unsigned seconds)
@@ -554,6 +627,8 @@ void vhost_user_dev_destroy(struct vhost_user_dev *v)
     log_limit_flush(&v->log_back, LOG_WARN, "vhost-user back-end returns");
     vhost_user_channel_close(&v->channel);
     vhost_user_close(&v->vu);
+    vhost_user_listener_close(&v->listener);
+    log_limit_flush(&v->log_refused, LOG_WARN, "refused vhost-user connections");
     vhost_user_inflight_free(&v->inflight);
     if (v->timer_fd >= 0)
         close(v->timer_fd);

@@ -75,6 +75,15 @@ struct vhost_user_dev {
      * reads it again and gives the driver a configuration interrupt; 0, or -1 with why.
      * NULL: the configuration is ember's, the request is refused. [io] */
     int (*config_changed)(struct vhost_user_dev *v);
+    /* Server mode (listener.fd >= 0): ember listens on socket and the back-end connects; one
+     * that went away is waited for on the listener (reconnect_ms as in client mode), and
+     * while one is served, further connections are refused. */
+    struct vhost_user_listener listener;
+    struct event_handler *listen_handler;
+    struct log_limit log_refused;
+    /* Features the device type serves itself (net: MAC, STATUS from its configuration
+     * space): offered to the driver, never sent to the back-end. */
+    uint64_t emulated_features;
 };
 
 /* Connects to the back-end at socket, negotiates the protocol features of `wanted` it has,
@@ -82,6 +91,12 @@ struct vhost_user_dev {
  * vhost_user_dev_destroy afterwards in any case. */
 int vhost_user_dev_connect(struct vhost_user_dev *v, const char *name, const char *socket,
                            const struct guest_memory *mem, uint64_t wanted_protocol);
+/* Server mode: listens on socket (a stale socket file replaced) and waits at most wait_ms
+ * for the back-end to connect, then as vhost_user_dev_connect; -1 with why. The socket file
+ * is removed by vhost_user_dev_destroy. */
+int vhost_user_dev_listen(struct vhost_user_dev *v, const char *name, const char *socket,
+                          const struct guest_memory *mem, uint64_t wanted_protocol,
+                          unsigned wait_ms);
 /* Sets the reconnection time (seconds, 0: never), before the device starts. */
 void vhost_user_dev_set_reconnect(struct vhost_user_dev *v, unsigned seconds);
 /* Requests on queue q the driver made available and nobody answered (avail - used). [io] */

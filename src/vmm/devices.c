@@ -10,6 +10,7 @@
 #include "virtio/rng.h"
 #include "virtio/vhost_user_blk.h"
 #include "virtio/vhost_user_fs.h"
+#include "virtio/vhost_user_net.h"
 #include "virtio/vsock.h"
 #include "vmm/vm.h"
 
@@ -119,6 +120,41 @@ static int create_vhost_user_fs(struct vm *vm, const struct fs_config *fc, const
     vm->virtio[vm->nvirtio - 1]->vhost_user = true;
     log_info("%s: virtio-fs '%s', vhost-user back-end at %s, %u request queue(s)", name, fc->tag,
              fc->socket, f->vud.dev.nqueues - 1);
+    return 0;
+}
+
+static void destroy_vhost_user_net(void *model)
+{
+    vhost_user_net_destroy(model);
+    free(model);
+}
+
+/* A network interface whose data path is a vhost-user back-end. */
+static int create_vhost_user_net(struct vm *vm, const struct net_config *nc, const char *name)
+{
+    struct vhost_user_net *n = calloc(1, sizeof(*n));
+    if (!n)
+        return error_set("out of memory");
+    struct vhost_user_net_options o = {.id = nc->id,
+                                       .socket = nc->vhost_user_socket,
+                                       .server = nc->vhost_user_server,
+                                       .has_mac = nc->has_mac,
+                                       .reconnect_s = nc->reconnect_s};
+    memcpy(o.mac, nc->mac, 6);
+    if (vhost_user_net_init(n, name, &o, &vm->mem) < 0) {
+        vhost_user_net_destroy(n);
+        free(n);
+        return -1;
+    }
+    if (attach(vm, &n->vud.dev, n, destroy_vhost_user_net) < 0)
+        return -1;
+    vm->virtio[vm->nvirtio - 1]->vhost_user = true;
+    const uint8_t *m = n->opts.mac;
+    log_info("%s: vhost-user back-end at %s (%s mode), MAC %02x:%02x:%02x:%02x:%02x:%02x, "
+             "features 0x%llx of the back-end's 0x%llx",
+             name, nc->vhost_user_socket, nc->vhost_user_server ? "server" : "client", m[0], m[1],
+             m[2], m[3], m[4], m[5], (unsigned long long)n->vud.dev.host_features,
+             (unsigned long long)n->vud.backend_features);
     return 0;
 }
 
@@ -345,6 +381,13 @@ int vm_create_virtio_devices(struct vm *vm)
     }
     for (unsigned i = 0; i < cfg->nnets; i++) {
         const struct net_config *nc = &cfg->nets[i];
+        if (nc->vhost_user_socket) {
+            char name[16];
+            snprintf(name, sizeof(name), "net%u", i);
+            if (create_vhost_user_net(vm, nc, name) < 0)
+                return -1;
+            continue;
+        }
         struct virtio_net *net = calloc(1, sizeof(*net));
         if (!net)
             return error_set("out of memory");
@@ -526,6 +569,10 @@ bool vm_config_wants_vhost_user(const struct vm_config *cfg)
         if (cfg->drives[i].socket)
             return true;
     }
+    for (unsigned i = 0; i < cfg->nnets; i++) {
+        if (cfg->nets[i].vhost_user_socket)
+            return true;
+    }
     return cfg->nfs > 0;
 }
 
@@ -561,6 +608,8 @@ int vm_net_tap_fd(const struct vm *vm, unsigned index)
             continue;
         if (seen++ != index)
             continue;
+        if (v->vhost_user)
+            return -1;
         const struct virtio_net *n = v->model;
         return n->be.kind && !strcmp(n->be.kind, "tap") ? n->be.rx_fd : -1;
     }

@@ -16,8 +16,8 @@ struct vm_virtio {
     void *model;
     void (*destroy)(void *model);
     bool on_pci;
-    bool vhost_user;      /* the data path is a vhost-user back-end's (model: vhost_user_blk or
-                             vhost_user_fs) */
+    bool vhost_user;      /* the data path is a vhost-user back-end's (model: vhost_user_blk,
+                             vhost_user_fs or vhost_user_net) */
     const char *drive_id; /* a drive's id (the configuration's), NULL for other devices */
     struct virtio_mmio mmio;
     struct virtio_pci pci;

@@ -69,6 +69,10 @@ struct net_config {
     uint64_t sndbuf; /* tap: the socket's send buffer in bytes; 0: the kernel's (unlimited) */
     struct rate_limit_config rx_limit, tx_limit;
     uint32_t mmds_ipv4; /* MMDS answers at this address (host order) on this interface; 0: no */
+    /* instead of tap/user: a vhost-user-net back-end's socket (virtio/vhost_user_net.h) */
+    const char *vhost_user_socket;
+    bool vhost_user_server; /* ember listens on it, the back-end connects */
+    unsigned reconnect_s;   /* vhost-user: how long to wait for a back-end that went away */
 };
 
 /* virtio-pmem: a host file as guest persistent memory (virtio/pmem.h). */

@@ -1,0 +1,304 @@
+/*
+ * vhost-user-net against a back-end that sends every frame back with its MAC addresses swapped
+ * (DPDK testpmd's macswap forwarding on a vhost PMD port). The guest sends raw Ethernet frames
+ * of the local experimental ethertype, each holding a sequence number and a pattern derived
+ * from it, and checks that each comes back once, macswapped (to its own MAC, from the peer it
+ * was sent to) and otherwise intact:
+ *   - one frame at a time, a kick for each;
+ *   - bursts of 128 frames with a kick after every 16 (the transmit queue's notifications
+ *     suppressed in between), every echo waited for by interrupt;
+ *   - frames of 60 to 1514 bytes, with mergeable receive buffers of 1 KiB (big frames span two).
+ *
+ * Command line: vun_mac= (the MAC the VMM was given). With vun_resume=S the guest then sends
+ * one frame at a time for up to S seconds, each given 300 ms to come back: it prints
+ * "# vun: streaming" first (the harness then kills the back-end and starts it again), and
+ * passes once frames were lost and then 50 came back in a row: the traffic resumed.
+ */
+#include "guest.h"
+#include "inet.h"
+#include "io.h"
+#include "vnet.h"
+
+#define ETH_P_LOCAL   0x88b5 /* IEEE 802 local experimental */
+#define REPLY_US      3000000
+#define BURST         128
+#define KICK_EVERY    16
+#define BURST_ROUNDS  4
+#define SINGLE_FRAMES 64
+#define RESUME_WAIT   300000 /* per frame while streaming */
+#define RESUME_RUN    50
+
+static struct vnet net;
+static struct virtio_device *dev;
+static uint8_t want_mac[6];
+static const uint8_t peer_mac[6] = {0x02, 0x00, 0x00, 0x00, 0x00, 0x01};
+static uint8_t *frame, *rx;
+static uint64_t resume_s;
+static uint32_t next_seq = 1;
+static uint64_t strays; /* frames received that were not an expected echo */
+
+static const uint16_t sizes[] = {60,   61,   64,   100,  128,  256,  511,  512,  1000,
+                                 1011, 1012, 1013, 1024, 1025, 1400, 1500, 1513, 1514};
+
+static uint8_t pattern_byte(uint32_t seq, uint32_t i)
+{
+    uint32_t x = seq * 2654435761u + i * 40503u;
+    return (uint8_t)(x >> 13);
+}
+
+/* A frame of len bytes (at least 60): to the peer from us, sequence number and length, then
+ * the pattern. */
+static void build(uint8_t *f, uint32_t seq, uint32_t len)
+{
+    memcpy(f, peer_mac, 6);
+    memcpy(f + 6, net.mac, 6);
+    f[12] = ETH_P_LOCAL >> 8;
+    f[13] = ETH_P_LOCAL & 0xff;
+    memcpy(f + 14, &seq, 4);
+    memcpy(f + 18, &len, 4);
+    for (uint32_t i = 22; i < len; i++)
+        f[i] = pattern_byte(seq, i);
+}
+
+/* The echo of a frame built by build(): its sequence number, or 0 when it is none. */
+static uint32_t echo_seq(const uint8_t *f, int32_t len)
+{
+    uint32_t seq, flen;
+    if (len < 60 || memcmp(f, net.mac, 6) || memcmp(f + 6, peer_mac, 6) || f[12] != 0x88 ||
+        f[13] != 0xb5)
+        return 0;
+    memcpy(&seq, f + 14, 4);
+    memcpy(&flen, f + 18, 4);
+    if (flen != (uint32_t)len || seq == 0)
+        return 0;
+    for (uint32_t i = 22; i < flen; i++) {
+        if (f[i] != pattern_byte(seq, i)) {
+            diag("frame %u: byte %u is 0x%02x, not 0x%02x", seq, i, f[i], pattern_byte(seq, i));
+            return 0;
+        }
+    }
+    return seq;
+}
+
+/* The next echo within timeout_us: its sequence number, 0 on timeout, -1 (as ~0) on a device
+ * error. */
+static int64_t receive_echo(uint64_t timeout_us)
+{
+    uint64_t start = time_us();
+    while (time_us() - start < timeout_us) {
+        int32_t len = vnet_recv_wait(&net, rx, 2048, NULL, timeout_us - (time_us() - start));
+        if (len == -2)
+            return -1;
+        if (len < 0)
+            break;
+        vnet_tx_reclaim(&net);
+        if (len > 2048) {
+            diag("a %d-byte frame: larger than any sent", len);
+            return -1;
+        }
+        uint32_t seq = echo_seq(rx, len);
+        if (seq)
+            return seq;
+        strays++;
+    }
+    return 0;
+}
+
+static bool send_frame(uint32_t seq, uint32_t len, bool kick)
+{
+    build(frame, seq, len);
+    uint64_t start = time_us();
+    while ((kick ? vnet_send(&net, NULL, frame, len) : vnet_queue_tx(&net, NULL, frame, len)) < 0) {
+        if (time_us() - start > REPLY_US) {
+            diag("no transmit buffer came back in %u ms", REPLY_US / 1000);
+            return false;
+        }
+        cpu_relax();
+    }
+    return true;
+}
+
+/* ---- the checks ---------------------------------------------------------------------------- */
+
+static enum test_result find_device(void)
+{
+    dev = virtio_find(VIRTIO_ID_NET, 0);
+    if (!dev)
+        return TEST_FAIL;
+    frame = phys_alloc(4096, 4096);
+    rx = phys_alloc(4096, 4096);
+    return TEST_PASS;
+}
+
+static enum test_result negotiate(void)
+{
+    if (!dev)
+        return skip("no device");
+    struct vnet_options o = {
+        .features = VIRTIO_BIT(VIRTIO_NET_F_MAC) | VIRTIO_BIT(VIRTIO_NET_F_STATUS) |
+                    VIRTIO_BIT(VIRTIO_NET_F_MRG_RXBUF) | VIRTIO_BIT(VIRTIO_F_EVENT_IDX),
+        .rx_interrupts = true,
+        .rx_buf_size = 1024,
+    };
+    if (!vnet_open(&net, dev, &o))
+        return TEST_FAIL;
+    uint64_t want = o.features | VIRTIO_BIT(VIRTIO_F_VERSION_1);
+    diag("negotiated 0x%lx, queues of %u", dev->features, net.rxq->size);
+    return (dev->features & want) == want ? TEST_PASS : TEST_FAIL;
+}
+
+static enum test_result mac_from_config(void)
+{
+    if (!net.dev)
+        return skip("no device");
+    char got[18], want[18];
+    format_mac(got, net.mac);
+    format_mac(want, want_mac);
+    diag("MAC %s, expected %s", got, want);
+    return memcmp(net.mac, want_mac, 6) ? TEST_FAIL : TEST_PASS;
+}
+
+static enum test_result link_up(void)
+{
+    if (!net.dev)
+        return skip("no device");
+    return vnet_link_up(&net) ? TEST_PASS : TEST_FAIL;
+}
+
+static enum test_result one_at_a_time(void)
+{
+    if (!net.dev)
+        return skip("no device");
+    for (unsigned k = 0; k < SINGLE_FRAMES; k++) {
+        uint32_t seq = next_seq++;
+        if (!send_frame(seq, 64 + k, true))
+            return TEST_FAIL;
+        int64_t got = receive_echo(REPLY_US);
+        if (got != seq) {
+            diag("frame %u of %u: %s %ld (%lu stray frames)", k + 1, SINGLE_FRAMES,
+                 got ? "got the echo of" : "no echo", got, strays);
+            return TEST_FAIL;
+        }
+    }
+    diag("%u frames echoed, %lu stray", SINGLE_FRAMES, strays);
+    return TEST_PASS;
+}
+
+/* 128 frames, a kick after each 16: every one comes back exactly once. */
+static enum test_result kick_every_16(void)
+{
+    if (!net.dev)
+        return skip("no device");
+    static uint8_t seen[BURST];
+    uint64_t kicks = 0;
+    for (unsigned round = 0; round < BURST_ROUNDS; round++) {
+        uint32_t first = next_seq;
+        next_seq += BURST;
+        memset(seen, 0, sizeof(seen));
+        for (unsigned k = 0; k < BURST; k++) {
+            if (!send_frame(first + k, 60 + (k % 8) * 100, false))
+                return TEST_FAIL;
+            if ((k + 1) % KICK_EVERY == 0)
+                kicks += virtq_kick(net.txq);
+        }
+        unsigned got = 0;
+        while (got < BURST) {
+            int64_t seq = receive_echo(REPLY_US);
+            if (seq <= 0) {
+                diag("round %u: %u of %u frames came back, then %s", round + 1, got, BURST,
+                     seq ? "a device error" : "none for 3 s");
+                return TEST_FAIL;
+            }
+            if (seq < first || seq >= first + BURST || seen[seq - first]++) {
+                diag("round %u: frame %ld unexpected or twice", round + 1, seq);
+                return TEST_FAIL;
+            }
+            got++;
+        }
+    }
+    diag("%u rounds of %u frames, %lu kicks the device asked for", BURST_ROUNDS, BURST, kicks);
+    return TEST_PASS;
+}
+
+static enum test_result frame_sizes(void)
+{
+    if (!net.dev)
+        return skip("no device");
+    unsigned merged_before = (unsigned)net.rx_merged;
+    for (unsigned k = 0; k < ARRAY_SIZE(sizes); k++) {
+        uint32_t seq = next_seq++;
+        if (!send_frame(seq, sizes[k], true))
+            return TEST_FAIL;
+        int64_t got = receive_echo(REPLY_US);
+        if (got != seq) {
+            diag("a %u-byte frame: %s", sizes[k], got ? "another came back" : "no echo");
+            return TEST_FAIL;
+        }
+    }
+    diag("%u sizes, %u echoes spanned two receive buffers", (unsigned)ARRAY_SIZE(sizes),
+         (unsigned)net.rx_merged - merged_before);
+    return TEST_PASS;
+}
+
+/* One frame at a time for up to resume_s seconds: lost ones (the back-end gone), then
+ * RESUME_RUN in a row that came back. */
+static enum test_result resume(void)
+{
+    if (!net.dev)
+        return skip("no device");
+    if (!resume_s)
+        return skip("no vun_resume=");
+    printf("# vun: streaming\n");
+    uint64_t start = time_us(), lost = 0, echoed = 0, run = 0, gap_start = 0, gap_us = 0;
+    while (time_us() - start < resume_s * 1000000) {
+        uint32_t seq = next_seq++;
+        if (!send_frame(seq, 128, true))
+            continue; /* the ring is full while nobody serves it */
+        int64_t got;
+        do
+            got = receive_echo(RESUME_WAIT);
+        while (got > 0 && got < seq); /* late echoes of frames given up on */
+        if (got < 0)
+            return TEST_FAIL;
+        if (got == seq) {
+            echoed++;
+            run++;
+            if (lost && !gap_us)
+                gap_us = time_us() - gap_start;
+            if (lost && run >= RESUME_RUN) {
+                diag("%lu frames echoed, %lu lost over %lu ms, then %u in a row", echoed, lost,
+                     gap_us / 1000, RESUME_RUN);
+                return TEST_PASS;
+            }
+        } else {
+            if (!lost)
+                gap_start = time_us();
+            lost++;
+            run = 0;
+            gap_us = 0;
+        }
+    }
+    diag("%lu echoed, %lu lost, %lu in a row at the end", echoed, lost, run);
+    return TEST_FAIL;
+}
+
+static const struct guest_test tests[] = {
+    {"virtio-net device found", find_device},
+    {"VERSION_1, MAC, STATUS, MRG_RXBUF, EVENT_IDX negotiated", negotiate},
+    {"MAC address from the configuration space", mac_from_config},
+    {"link up", link_up},
+    {"frames one at a time come back macswapped", one_at_a_time},
+    {"bursts of 128 frames, a kick every 16: every frame comes back once", kick_every_16},
+    {"frames of 60 to 1514 bytes come back intact", frame_sizes},
+    {"traffic resumes after the back-end came back", resume},
+};
+
+void guest_main(void)
+{
+    tsc_calibrate();
+    char text[32];
+    if (!cmdline_get("vun_mac", text, sizeof(text)) || !parse_mac(text, want_mac))
+        bail_out("no valid vun_mac= on the command line");
+    cmdline_get_u64("vun_resume", &resume_s);
+    tap_run(tests, ARRAY_SIZE(tests));
+}
