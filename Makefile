@@ -195,9 +195,13 @@ migration-test: all guests
 # freestanding guest's disk through ember's vhost-user front-end on both transports (the image
 # checked block by block), the daemon killed under I/O, hostile back-ends; Debian's virtiofsd
 # serves a directory as virtio-fs to a guest speaking FUSE (what it writes checked on the host),
-# virtiofsd killed mid-run; each skipped without its back-end.
+# virtiofsd killed mid-run; DPDK's testpmd (macswap) echoes a guest's frames through
+# vhost-user-net in client and server mode, QEMU as the reference, testpmd killed and restarted
+# under traffic; each skipped without its back-end.
 vhost-user-test: all guests
-	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/vhost_user/test_vhost_user.py
+	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/vhost_user/test_vhost_user.py; \
+	a=$$?; EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest \
+	tests/vhost_user/test_vhost_user_net.py; b=$$?; test $$a = 0 -a $$b = 0
 
 # Snapshots end to end (Python 3, standard library): guest/snapcount saved, killed and restored
 # (File and Uffd backends, Full and Diff), and the refusals of bad snapshots and requests.

@@ -695,6 +695,12 @@ static int patch_net(struct api *a, const char *id, const cJSON *body, char **ou
             index = i;
         }
     }
+    if (cfg && cfg->vhost_user_socket) {
+        error_set("network interface '%s' is served by a vhost-user back-end: its rate limits "
+                  "are the back-end's",
+                  id);
+        return fault_from_error(out);
+    }
     struct virtio_net *n = cfg ? find_net(a->vm, id) : NULL;
     if (!n) {
         error_set("no network interface '%s'", id);
@@ -949,6 +955,12 @@ static int put_net(struct api *a, const char *id, const cJSON *body, char **out)
 {
     if (api_check_net(&a->cfg, id, body) < 0)
         return fault_from_error(out);
+    if (!cJSON_GetObjectItemCaseSensitive(body, "host_dev_name")) {
+        /* A vhost-user interface: its back-end is reached at InstanceStart. */
+        if (api_put_net(&a->cfg, id, body) < 0)
+            return fault_from_error(out);
+        return 204;
+    }
     const char *dev = cJSON_GetObjectItemCaseSensitive(body, "host_dev_name")->valuestring;
     struct api_net *old = NULL;
     for (unsigned i = 0; i < a->cfg.nnets; i++) {
@@ -956,7 +968,7 @@ static int put_net(struct api *a, const char *id, const cJSON *body, char **out)
             old = &a->cfg.nets[i];
     }
     int fd;
-    if (old && old->tap_fd >= 0 && !strcmp(old->host_dev_name, dev)) {
+    if (old && old->tap_fd >= 0 && old->host_dev_name && !strcmp(old->host_dev_name, dev)) {
         fd = old->tap_fd;
         old->tap_fd = -1;
     } else if ((fd = net_tap_attach(dev)) < 0) {

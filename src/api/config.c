@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* ---- JSON helpers ----------------------------------------------------- */
@@ -234,6 +235,7 @@ static void free_net(struct api_net *n)
         close(n->tap_fd);
     free(n->id);
     free(n->host_dev_name);
+    free(n->vhost_user_socket);
     free(n->guest_mac);
     memset(n, 0, sizeof(*n));
 }
@@ -805,23 +807,82 @@ static bool mac_valid(const char *s)
     return true;
 }
 
+/* An interface served by a vhost-user back-end: what only a tap takes is refused; the path
+ * checked as far as it can be before InstanceStart (client mode: the back-end listens there
+ * already; server mode: ember will make the socket there). */
+static int check_vhost_user_net(const cJSON *body, const char *id, const char *sock,
+                                const char *mode, bool *server)
+{
+    const char *what = "network interface";
+    if (field(body, "rx_rate_limiter") || field(body, "tx_rate_limiter") || field(body, "mtu"))
+        return error_set("%s '%s': a vhost-user interface (`vhost_user_socket`) takes no "
+                         "`rx_rate_limiter`, `tx_rate_limiter` or `mtu`: its back-end's data "
+                         "path decides them",
+                         what, id);
+    if (!*sock)
+        return error_set("%s '%s': `vhost_user_socket` is empty", what, id);
+    if (strlen(sock) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return error_set("%s '%s': `vhost_user_socket` is longer than %zu bytes", what, id,
+                         sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+    *server = false;
+    if (mode && !strcmp(mode, "server"))
+        *server = true;
+    else if (mode && strcmp(mode, "client"))
+        return error_set("%s '%s': unknown `vhost_user_mode` '%s' (client, server)", what, id,
+                         mode);
+    struct stat st;
+    if (!*server) {
+        if (stat(sock, &st) < 0)
+            return error_errno("%s '%s': vhost-user socket '%s'", what, id, sock);
+        if (!S_ISSOCK(st.st_mode))
+            return error_set("%s '%s': '%s' is not a socket", what, id, sock);
+    } else if (lstat(sock, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+        return error_set("%s '%s': '%s' exists and is not a socket (server mode: ember makes "
+                         "the socket)",
+                         what, id, sock);
+    }
+    return 0;
+}
+
 static int put_net(struct api_config *c, const char *path_id, const cJSON *body, bool apply)
 {
-    static const char *const fields[] = {
-        "iface_id",        "host_dev_name",   "guest_mac",           "mtu",
-        "rx_rate_limiter", "tx_rate_limiter", "allow_mmds_requests", NULL};
-    const char *what = "network interface", *id, *dev, *mac;
+    static const char *const fields[] = {"iface_id",
+                                         "host_dev_name",
+                                         "guest_mac",
+                                         "mtu",
+                                         "rx_rate_limiter",
+                                         "tx_rate_limiter",
+                                         "allow_mmds_requests",
+                                         "vhost_user_socket",
+                                         "vhost_user_mode",
+                                         "reconnect_s",
+                                         NULL};
+    const char *what = "network interface", *id, *dev, *mac, *sock, *mode;
     struct api_net n = {0};
-    uint64_t mtu = 0;
-    bool mtu_given;
+    uint64_t mtu = 0, reconnect = VHOST_USER_RECONNECT_DEFAULT_S;
+    bool mtu_given, server = false;
     if (expect_object(body, what) < 0 || only_fields(body, what, fields) < 0 ||
         get_string(body, what, "iface_id", true, &id) < 0 ||
         check_path_id(what, path_id, id, "iface_id") < 0 ||
-        get_string(body, what, "host_dev_name", true, &dev) < 0 ||
+        get_string(body, what, "host_dev_name", false, &dev) < 0 ||
+        get_string(body, what, "vhost_user_socket", false, &sock) < 0 ||
+        get_string(body, what, "vhost_user_mode", false, &mode) < 0 ||
+        get_u64(body, what, "reconnect_s", false, VHOST_USER_RECONNECT_MAX_S, &reconnect, NULL) <
+            0 ||
         get_string(body, what, "guest_mac", false, &mac) < 0 ||
         get_u64(body, what, "mtu", false, 65535, &mtu, &mtu_given) < 0)
         return -1;
-    if (!*dev || strlen(dev) >= 16)
+    if (!dev == !sock)
+        return error_set("%s '%s': give exactly one of `host_dev_name` (a tap) and "
+                         "`vhost_user_socket`",
+                         what, id);
+    if (!sock && (mode || field(body, "reconnect_s")))
+        return error_set("%s '%s': `vhost_user_mode` and `reconnect_s` are for a vhost-user "
+                         "interface (`vhost_user_socket`)",
+                         what, id);
+    if (sock && check_vhost_user_net(body, id, sock, mode, &server) < 0)
+        return -1;
+    if (dev && (!*dev || strlen(dev) >= 16))
         return error_set("%s '%s': `host_dev_name` must be a tap device name of 1 to 15 bytes",
                          what, id);
     if (mac && !mac_valid(mac))
@@ -841,9 +902,13 @@ static int put_net(struct api_config *c, const char *path_id, const cJSON *body,
     for (unsigned i = 0; i < c->nnets; i++) {
         if (!strcmp(c->nets[i].id, id))
             old = &c->nets[i];
-        else if (!strcmp(c->nets[i].host_dev_name, dev))
+        else if (dev && c->nets[i].host_dev_name && !strcmp(c->nets[i].host_dev_name, dev))
             return error_set("%s '%s': tap device '%s' is already used by '%s'", what, id, dev,
                              c->nets[i].id);
+        else if (sock && c->nets[i].vhost_user_socket &&
+                 !strcmp(c->nets[i].vhost_user_socket, sock))
+            return error_set("%s '%s': vhost-user socket '%s' is already used by '%s'", what, id,
+                             sock, c->nets[i].id);
         else if (mac && c->nets[i].guest_mac && !strcasecmp(c->nets[i].guest_mac, mac))
             return error_set("%s '%s': MAC address %s is already used by '%s'", what, id, mac,
                              c->nets[i].id);
@@ -854,9 +919,13 @@ static int put_net(struct api_config *c, const char *path_id, const cJSON *body,
         return 0;
     n.tap_fd = -1;
     n.id = strdup(id);
-    n.host_dev_name = strdup(dev);
+    n.host_dev_name = dup_str(dev);
+    n.vhost_user_socket = dup_str(sock);
+    n.vhost_user_server = server;
+    n.reconnect_s = sock ? (unsigned)reconnect : 0;
     n.guest_mac = dup_str(mac);
-    if (!n.id || !n.host_dev_name || (mac && !n.guest_mac)) {
+    if (!n.id || (dev && !n.host_dev_name) || (sock && !n.vhost_user_socket) ||
+        (mac && !n.guest_mac)) {
         free_net(&n);
         return error_set("out of memory");
     }
@@ -1464,6 +1533,9 @@ int api_config_to_vm(const struct api_config *c, struct vm_config *vm)
         struct net_config *nc = &vm->nets[i];
         *nc = (struct net_config){.id = n->id,
                                   .tap = n->host_dev_name,
+                                  .vhost_user_socket = n->vhost_user_socket,
+                                  .vhost_user_server = n->vhost_user_server,
+                                  .reconnect_s = n->reconnect_s,
                                   .mtu = n->mtu,
                                   .has_tap_fd = n->tap_fd >= 0,
                                   .tap_fd = n->tap_fd};
@@ -1603,7 +1675,13 @@ static cJSON *net_json(const struct api_net *n)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "iface_id", n->id);
-    cJSON_AddStringToObject(o, "host_dev_name", n->host_dev_name);
+    add_string_or_null(o, "host_dev_name", n->host_dev_name);
+    if (n->vhost_user_socket) {
+        /* ember's own fields, only on a vhost-user interface */
+        cJSON_AddStringToObject(o, "vhost_user_socket", n->vhost_user_socket);
+        cJSON_AddStringToObject(o, "vhost_user_mode", n->vhost_user_server ? "server" : "client");
+        cJSON_AddNumberToObject(o, "reconnect_s", n->reconnect_s);
+    }
     add_string_or_null(o, "guest_mac", n->guest_mac);
     if (n->mtu)
         cJSON_AddNumberToObject(o, "mtu", n->mtu);
@@ -1736,6 +1814,9 @@ int api_config_adopt_vm(struct api_config *c, const struct vm_config *vm,
         c->nets[i] = (struct api_net){
             .id = dup_str(n->id ? n->id : ""),
             .host_dev_name = dup_str(n->tap),
+            .vhost_user_socket = dup_str(n->vhost_user_socket),
+            .vhost_user_server = n->vhost_user_server,
+            .reconnect_s = n->reconnect_s,
             .guest_mac = n->has_mac ? dup_str(mac) : NULL,
             .mtu = n->mtu,
             .has_rx = limit_set(&n->rx_limit),

@@ -59,7 +59,10 @@ struct api_fs {
 
 struct api_net {
     char *id;
-    char *host_dev_name;
+    char *host_dev_name;     /* a tap, or NULL with: */
+    char *vhost_user_socket; /* ember's own field: a vhost-user-net back-end's socket */
+    bool vhost_user_server;  /* vhost_user_mode "server": ember listens on it */
+    unsigned reconnect_s;    /* vhost-user: how long to wait for a back-end that went away */
     char *guest_mac;
     unsigned mtu; /* 0: not given */
     bool has_rx, has_tx;

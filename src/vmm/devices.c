@@ -132,6 +132,10 @@ static void destroy_vhost_user_net(void *model)
 /* A network interface whose data path is a vhost-user back-end. */
 static int create_vhost_user_net(struct vm *vm, const struct net_config *nc, const char *name)
 {
+    if (nc->mmds_ipv4)
+        return error_set("%s: MMDS answers on ember's own network data path, not on a vhost-user "
+                         "back-end's",
+                         nc->id ? nc->id : name);
     struct vhost_user_net *n = calloc(1, sizeof(*n));
     if (!n)
         return error_set("out of memory");
