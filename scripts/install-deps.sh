@@ -9,7 +9,7 @@ set -euo pipefail
 build_pkgs=(gcc make pkg-config libc6-dev liburing-dev libcjson-dev libslirp-dev libseccomp-dev
             nettle-dev)
 test_pkgs=(clang libclang-rt-14-dev check qemu-system-x86 clang-format
-           busybox-static cpio e2fsprogs xz-utils zstd iproute2 socat python3 curl)
+           busybox-static cpio e2fsprogs xz-utils zstd iproute2 socat python3 curl dpdk-dev)
 
 go_sdk_pkgs=(golang-go golang-github-go-openapi-errors-dev golang-github-go-openapi-runtime-dev
              golang-github-go-openapi-strfmt-dev golang-github-go-openapi-swag-dev

@@ -8,6 +8,7 @@
 #include "backends/block.h"
 #include "suites.h"
 #include "util/error.h"
+#include "virtio/vhost_user_dev.h"
 #include "util/eventloop.h"
 #include "vmm/devices.h"
 
@@ -751,6 +752,77 @@ START_TEST(vhost_user_drive_in_config)
 }
 END_TEST
 
+/* A vhost-user network interface (`vhost_user_socket`), from a configuration file as from PUT
+ * /network-interfaces: exactly one of it and host_dev_name, no rate limiters or mtu. */
+START_TEST(vhost_user_net_in_config)
+{
+    char sock_path[64];
+    snprintf(sock_path, sizeof(sock_path), "/tmp/ember-test-vun-%d.sock", (int)getpid());
+    unlink(sock_path);
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+    ck_assert_int_eq(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    char doc[1024];
+    snprintf(doc, sizeof(doc),
+             "{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},"
+             "\"network-interfaces\":[{\"iface_id\":\"a\",\"vhost_user_socket\":\"%s\","
+             "\"guest_mac\":\"02:00:00:00:00:2a\",\"reconnect_s\":7},"
+             "{\"iface_id\":\"b\",\"vhost_user_socket\":\"/tmp/ember-test-vun-none\","
+             "\"vhost_user_mode\":\"server\"}]}",
+             sock_path);
+    struct api_config c;
+    api_config_init(&c);
+    ck_assert_msg(api_config_parse_document(&c, doc, strlen(doc)) == 0, "%s", error_get());
+    struct vm_config vm;
+    vm_config_defaults(&vm);
+    ck_assert_int_eq(api_config_to_vm(&c, &vm), 0);
+    ck_assert_uint_eq(vm.nnets, 2);
+    ck_assert_str_eq(vm.nets[0].vhost_user_socket, sock_path);
+    ck_assert(!vm.nets[0].vhost_user_server && !vm.nets[0].tap);
+    ck_assert_uint_eq(vm.nets[0].reconnect_s, 7);
+    ck_assert(vm.nets[0].has_mac && vm.nets[0].mac[5] == 0x2a);
+    ck_assert(vm.nets[1].vhost_user_server);
+    ck_assert_uint_eq(vm.nets[1].reconnect_s, VHOST_USER_RECONNECT_DEFAULT_S);
+    ck_assert(vm_config_wants_vhost_user(&vm));
+    api_config_free(&c);
+
+    char text[512];
+    static const struct {
+        const char *fmt, *error;
+    } bad[] = {
+        {"{\"iface_id\":\"v\",\"vhost_user_socket\":\"%s\",\"host_dev_name\":\"t\"}",
+         "exactly one"},
+        {"{\"iface_id\":\"v\"}", "exactly one"},
+        {"{\"iface_id\":\"v\",\"vhost_user_socket\":\"%s\",\"mtu\":1500}", "mtu"},
+        {"{\"iface_id\":\"v\",\"vhost_user_socket\":\"%s\",\"rx_rate_limiter\":"
+         "{\"ops\":{\"size\":1,\"refill_time\":1}}}",
+         "rx_rate_limiter"},
+        {"{\"iface_id\":\"v\",\"vhost_user_socket\":\"%s\",\"vhost_user_mode\":\"x\"}",
+         "vhost_user_mode"},
+        {"{\"iface_id\":\"v\",\"vhost_user_socket\":\"%s\",\"reconnect_s\":3601}", "reconnect_s"},
+        {"{\"iface_id\":\"v\",\"host_dev_name\":\"t\",\"reconnect_s\":1}", "reconnect_s"},
+        {"{\"iface_id\":\"v\",\"vhost_user_socket\":\"/etc/hostname\"}", "not a socket"},
+        {"{\"iface_id\":\"v\",\"vhost_user_socket\":\"/etc/hostname\",\"vhost_user_mode\":"
+         "\"server\"}",
+         "not a socket"},
+        {"{\"iface_id\":\"v\",\"vhost_user_socket\":\"\"}", "empty"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        api_config_init(&c);
+        snprintf(text, sizeof(text), bad[i].fmt, sock_path);
+        cJSON *j = cJSON_Parse(text);
+        ck_assert_ptr_nonnull(j);
+        ck_assert_int_eq(api_put_net(&c, "v", j), -1);
+        ck_error_has(bad[i].error);
+        cJSON_Delete(j);
+        api_config_free(&c);
+    }
+    close(s);
+    unlink(sock_path);
+}
+END_TEST
+
 static int put_pmem(struct api_config *c, const char *id, const char *fmt)
 {
     char text[1024];
@@ -1412,6 +1484,7 @@ Suite *api_suite(void)
     tcase_add_test(t, machine_config_cpu_placement);
     tcase_add_test(t, drives_map_onto_the_machine);
     tcase_add_test(t, vhost_user_drive_in_config);
+    tcase_add_test(t, vhost_user_net_in_config);
     tcase_add_test(t, pmem_maps_onto_the_machine);
     tcase_add_test(t, config_document);
     tcase_add_test(t, cpu_config_parsing);

@@ -165,12 +165,42 @@ START_TEST(net_specs)
     expect_error(cli_parse_net("tap=t,vhost=maybe", &n), "auto, on or off");
     expect_error(cli_parse_net("tap=t,hostfwd=tcp:1:2", &n), "user networking only");
     expect_error(cli_parse_net("tap=t,mac=01:00:00:00:00:01", &n), "multicast");
-    expect_error(cli_parse_net("mac=52:54:00:12:34:56", &n), "either tap=NAME or user");
+    expect_error(cli_parse_net("mac=52:54:00:12:34:56", &n),
+                 "either tap=NAME, user or vhost-user=PATH");
     expect_error(cli_parse_net("tap=t,speed=10G", &n), "unknown key 'speed'");
     ck_assert_int_eq(cli_parse_net("tap=t,queues=1", &n), 0);
     cli_free_net(&n);
     expect_error(cli_parse_net("tap=t,queues=0", &n), "1 or more");
     expect_error(cli_parse_net("tap=t,queues=4", &n), "one queue pair");
+}
+END_TEST
+
+/* vhost-user=PATH: a vhost-user-net back-end, which takes only mac=, id=, queues=1, mode= and
+ * reconnect=. */
+START_TEST(vhost_user_net_specs)
+{
+    struct net_config n;
+    ck_assert_msg(cli_parse_net("vhost-user=/run/vun.sock,mac=52:54:00:12:34:56", &n) == 0, "%s",
+                  error_get());
+    ck_assert_str_eq(n.vhost_user_socket, "/run/vun.sock");
+    ck_assert(!n.vhost_user_server && n.has_mac && !n.tap && !n.user);
+    ck_assert_uint_eq(n.reconnect_s, VHOST_USER_RECONNECT_DEFAULT_S);
+    cli_free_net(&n);
+    ck_assert_int_eq(cli_parse_net("mode=server,vhost-user=/s,reconnect=0,queues=1", &n), 0);
+    ck_assert(n.vhost_user_server);
+    ck_assert_uint_eq(n.reconnect_s, 0);
+    cli_free_net(&n);
+    expect_error(cli_parse_net("vhost-user=/s,mode=maybe", &n), "client or server");
+    expect_error(cli_parse_net("vhost-user=/s,tap=t", &n), "does not apply");
+    expect_error(cli_parse_net("tap=t,vhost-user=/s", &n), "one of tap=NAME, user and vhost-user");
+    expect_error(cli_parse_net("vhost-user=/s,rx-bw=1M", &n), "does not apply");
+    expect_error(cli_parse_net("rx-pps=5,vhost-user=/s", &n), "rate limits");
+    expect_error(cli_parse_net("vhost-user=/s,sndbuf=1M", &n), "does not apply");
+    expect_error(cli_parse_net("vhost-user=/s,queues=2", &n), "one queue pair");
+    expect_error(cli_parse_net("vhost-user=/s,reconnect=3601", &n), "reconnect");
+    expect_error(cli_parse_net("vhost-user=", &n), "is empty");
+    expect_error(cli_parse_net("tap=t,mode=client", &n), "for a vhost-user interface");
+    expect_error(cli_parse_net("user,reconnect=1", &n), "for a vhost-user interface");
 }
 END_TEST
 
@@ -282,6 +312,7 @@ Suite *cli_suite(void)
     tcase_add_test(t, cpu_placement_option);
     tcase_add_test(t, size_parsing);
     tcase_add_test(t, net_specs);
+    tcase_add_test(t, vhost_user_net_specs);
     tcase_add_test(t, vhost_user_drive_specs);
     tcase_add_test(t, jailer_flags);
     tcase_add_test(t, named_firecracker);

@@ -11,9 +11,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -725,6 +727,77 @@ START_TEST(test_connect_errors)
 }
 END_TEST
 
+/* Server mode's listener: a stale socket replaced, a file or a live listener refused, bounded
+ * accepts, extra connections closed, only its own socket file removed. */
+START_TEST(test_listener)
+{
+    char path[64], other[80];
+    snprintf(path, sizeof(path), "/tmp/ember-test-vul-%d.sock", (int)getpid());
+    unlink(path);
+    struct vhost_user_listener l;
+    struct vhost_user conn;
+
+    /* A regular file stays and is refused. */
+    int f = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    ck_assert_int_ge(f, 0);
+    close(f);
+    ck_assert_int_eq(vhost_user_listen(&l, "t", path), -1);
+    ck_assert_ptr_nonnull(strstr(error_get(), "is not a socket"));
+    ck_assert_int_eq(access(path, F_OK), 0);
+    unlink(path);
+
+    /* A live listener is refused; once it is gone, its socket file is stale and replaced. */
+    ck_assert_int_eq(vhost_user_listen(&l, "t", path), 0);
+    struct vhost_user_listener l2;
+    ck_assert_int_eq(vhost_user_listen(&l2, "t", path), -1);
+    ck_assert_ptr_nonnull(strstr(error_get(), "another process listens"));
+    close(l.fd); /* as a process that died: the file stays */
+    ck_assert_int_eq(access(path, F_OK), 0);
+    ck_assert_int_eq(vhost_user_listen(&l, "t", path), 0);
+
+    /* Nobody connecting: a bounded wait. */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ck_assert_int_eq(vhost_user_accept(&conn, "t", &l, 100, 1000), -1);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    ck_assert_int_ge(ms, 90);
+    ck_assert_int_lt(ms, 1000);
+    ck_assert_int_eq(vhost_user_accept(&conn, "t", &l, 0, 1000), -1);
+
+    /* A back-end connects and is served; a second connection is closed at once. */
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    int c1 = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_eq(connect(c1, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(vhost_user_accept(&conn, "t", &l, 1000, 1000), 0);
+    ck_assert_int_ge(vhost_user_fd(&conn), 0);
+    int c2 = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_eq(connect(c2, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_uint_eq(vhost_user_listener_refuse(&l), 1);
+    char b;
+    ck_assert_int_eq(read(c2, &b, 1), 0);
+    ck_assert_uint_eq(vhost_user_listener_refuse(&l), 0);
+    close(c2);
+    close(c1);
+    vhost_user_close(&conn);
+
+    /* Closing removes the socket file ember made... */
+    vhost_user_listener_close(&l);
+    ck_assert_int_eq(access(path, F_OK), -1);
+    /* ...and not another file put at its path meanwhile. */
+    ck_assert_int_eq(vhost_user_listen(&l, "t", path), 0);
+    snprintf(other, sizeof(other), "%s.other", path);
+    f = open(other, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    ck_assert_int_ge(f, 0);
+    close(f);
+    ck_assert_int_eq(rename(other, path), 0);
+    vhost_user_listener_close(&l);
+    ck_assert_int_eq(access(path, F_OK), 0);
+    unlink(path);
+}
+END_TEST
+
 Suite *vhost_user_suite(void)
 {
     Suite *s = suite_create("vhost_user");
@@ -752,6 +825,7 @@ Suite *vhost_user_suite(void)
     tcase_add_test(tc, test_channel_config_change);
     tcase_add_test(tc, test_channel_broken);
     tcase_add_test(tc, test_channel_unread_answers);
+    tcase_add_test(tc, test_listener);
     suite_add_tcase(s, tc);
     return s;
 }
