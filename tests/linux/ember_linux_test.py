@@ -152,6 +152,8 @@ class Setup:
         self.fs_sock = self.fs_dir = self.fs_seed = None
         self.qsd = None  # blk with --blk-backend vhost-user: qemu-storage-daemon
         self.blk_sock = None
+        self.testpmd = None  # net with --net vhost-user: dpdk-testpmd (icmpecho) and its socket
+        self.vun_sock = self.vun_prefix = None
 
     # --- disks -------------------------------------------------------------
     def make_disks(self):
@@ -262,7 +264,46 @@ class Setup:
                              "pmem_ro_token": pm["ro_token"]})
 
     # --- network -----------------------------------------------------------
+    def make_vhost_user_net(self):
+        """dpdk-testpmd with a vhost PMD port in icmpecho mode: it answers ARP for any address
+        and ICMP echo; the guest's net check pings through it (no HTTP)."""
+        testpmd = shutil.which("dpdk-testpmd")
+        if not testpmd:
+            self.skips["net"] = "dpdk-testpmd is not installed (Debian: dpdk-dev)"
+            return
+        self.vun_sock = os.path.join(self.work, "vhost-user-net.sock")
+        self.vun_prefix = f"ember-lt-{self.tag}"
+        log_path = os.path.join(self.work, "testpmd.log")
+        # No huge pages, both lcores on CPU 0, no PCI scan, no telemetry socket.
+        self.testpmd = subprocess.Popen(
+            [testpmd, "--no-pci", "--no-huge", "-m", "256", "--no-shconf", "--no-telemetry",
+             "--file-prefix", self.vun_prefix, "--lcores", "0@0,1@0",
+             "--vdev", f"net_vhost0,iface={self.vun_sock}", "--", "--forward-mode=icmpecho",
+             "--auto-start", "--nb-cores=1", "--total-num-mbufs=4096"],
+            stdin=subprocess.PIPE, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while not os.path.exists(self.vun_sock):
+            if self.testpmd.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"testpmd did not listen on {self.vun_sock} (see {log_path})")
+            time.sleep(0.05)
+        self.cmdline.update({"net_ip": f"{NETNS_GUEST_IP}/24", "net_host": NETNS_HOST_IP})
+
+    def stop_testpmd(self):
+        if self.testpmd:
+            if self.testpmd.poll() is None:
+                try:
+                    self.testpmd.stdin.write(b"\n")
+                    self.testpmd.stdin.flush()
+                    self.testpmd.wait(10)
+                except (OSError, subprocess.TimeoutExpired):
+                    self.testpmd.kill()
+                    self.testpmd.wait()
+            shutil.rmtree(os.path.join("/var/run/dpdk", self.vun_prefix), ignore_errors=True)
+            self.testpmd = None
+
     def make_net(self):
+        if "net" in self.checks and self.args.net == "vhost-user":
+            return self.make_vhost_user_net()
         if "net" not in self.checks and "net2" not in self.checks:
             return
         www = os.path.join(self.work, "www")
@@ -582,6 +623,7 @@ class Setup:
 
     def cleanup(self):
         self.stop_storage_daemon()
+        self.stop_testpmd()
         if self.virtiofsd and self.virtiofsd.poll() is None:
             self.virtiofsd.kill()
             self.virtiofsd.wait()
@@ -626,7 +668,7 @@ def vmm_qemu(a, st, cmdline):
         "-no-reboot", "-device", "i8042",
         "-kernel", a.kernel, "-initrd", a.initrd,
         "-append", f"{cmdline} {QEMU_CMDLINE_EXTRA}"]
-    if st.blk_sock or st.fs_sock:  # vhost-user back-ends map guest RAM: shared
+    if st.blk_sock or st.fs_sock or st.vun_sock:  # vhost-user back-ends map guest RAM: shared
         cmd += ["-object", f"memory-backend-memfd,id=ram,size={a.mem}M,share=on",
                 "-machine", "memory-backend=ram"]
     if st.fs_sock:
@@ -652,7 +694,10 @@ def vmm_qemu(a, st, cmdline):
     if "console" in st.checks:
         cmd += ["-chardev", f"socket,id=hvc0,path={st.hvc_sock},server=on,wait=off",
                 "-device", f"{serial_dev},max_ports=1", "-device", "virtconsole,chardev=hvc0"]
-    if "net" in st.checks:
+    if "net" in st.checks and st.vun_sock:
+        cmd += ["-chardev", f"socket,id=vun,path={st.vun_sock}",
+                "-netdev", "vhost-user,id=n0,chardev=vun", "-device", f"{dev('net')},netdev=n0"]
+    elif "net" in st.checks and "net" not in st.skips:
         if a.net == "tap":
             cmd += ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]
         else:
@@ -745,7 +790,9 @@ def vmm_ember(a, st, cmdline):
         cmd += ["--rng"]
     if "console" in st.checks:
         cmd += ["--console", "virtio"]
-    if "net" in st.checks:
+    if "net" in st.checks and st.vun_sock:
+        cmd += ["--net", f"vhost-user={st.vun_sock}"]
+    elif "net" in st.checks and "net" not in st.skips:
         cmd += ["--net", "tap=tap0" if a.net == "tap" else "user"]
     if "net2" in st.checks and "net2" not in st.skips:
         cmd += ["--net", f"user,hostfwd=tcp:{FWD_HOST_PORT}:{FWD_GUEST_PORT}"]
@@ -794,8 +841,10 @@ def main():
     p.add_argument("--cpus", type=int, default=None,
                    help="vCPUs (default 2; QEMU over pci 1: see vmm_qemu)")
     p.add_argument("--mem", type=int, default=128, help="guest RAM in MiB")
-    p.add_argument("--net", choices=["tap", "user"], default="tap",
-                   help="tap: tap0 in a new network namespace (root); user: the VMM's slirp")
+    p.add_argument("--net", choices=["tap", "user", "vhost-user"], default="tap",
+                   help="tap: tap0 in a new network namespace (root); user: the VMM's slirp; "
+                   "vhost-user: dpdk-testpmd answering ARP and ping (icmpecho) through the "
+                   "VMM's vhost-user net front-end (ping only)")
     p.add_argument("--blk-kib", type=int, default=64)
     p.add_argument("--fs-bench", metavar="FILES,KIB",
                    help="fs: also time FILES creates and a KIB KiB write and read in the share "

@@ -11,7 +11,8 @@
 # to 169.254.169.254): V1 on the first transport, V2 on the last, with the net
 # check beside it, in ember's API mode (a Firecracker configuration file); and
 # then, with each VMM and transport, the disk check with qemu-storage-daemon as
-# a vhost-user-blk back-end, and a virtio-fs share from virtiofsd; then snapshot_test.py on the first transport (one boot, snapshots, restores and
+# a vhost-user-blk back-end, a virtio-fs share from virtiofsd, and a ping through
+# dpdk-testpmd (icmpecho) behind the vhost-user net front-end; then snapshot_test.py on the first transport (one boot, snapshots, restores and
 # a live migration, the checks rerun after each; --no-snapshot leaves it out). Needs root (apt-get on
 # a fresh machine, a network namespace and a tap device for the net check).
 # Prints TAP per run and a total line; the exit status is 0 when every run
@@ -118,6 +119,17 @@ for vmm in "${vmms[@]}"; do
             done
         else
             summary+=("# $vmm/virtio-fs: skipped: /usr/lib/qemu/virtiofsd is not installed (Debian: qemu-system-common)")
+        fi
+    fi
+    # Ping through DPDK's testpmd (icmpecho) behind each VMM's vhost-user net front-end.
+    if [[ $checks_given == 0 ]]; then
+        if command -v dpdk-testpmd >/dev/null; then
+            for t in "${transports[@]}"; do
+                run_one "$vmm" "$t" "$vmm/$t/vhost-user-net" "${extra[@]}" --checks smp,net \
+                    --net vhost-user
+            done
+        else
+            summary+=("# $vmm/vhost-user-net: skipped: dpdk-testpmd is not installed (Debian: dpdk-dev)")
         fi
     fi
     # Snapshots, restores and migration: ember's own, on a tap (not with --net user or
