@@ -46,6 +46,9 @@ QBOOT = "/usr/share/qemu/qboot.rom"
 MAC = "52:54:00:12:34:56"
 NTAP = 8  # the guest's checks
 DPDK_RUN = "/var/run/dpdk"
+# A guest's whole run: its CPL0 code is emulated here, and testpmd's polling lcore and other
+# tests share the two CPUs.
+GUEST_S = 2 * PATIENCE_S
 
 
 class Testpmd:
@@ -118,7 +121,7 @@ def run_ember(tmp, transport, sock, mode, extra_cmdline="", net_extra="", timeou
     cmd = [EMBER, "run", "--kernel", GUEST, "--debug-exit", "--transport", transport,
            "--net", "vhost-user=%s,mode=%s,mac=%s%s" % (sock, mode, MAC, net_extra),
            "--cmdline", "console=ttyS0 vun_mac=%s %s" % (MAC, extra_cmdline), "--log-level", "info"]
-    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout or PATIENCE_S)
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout or GUEST_S)
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
@@ -143,7 +146,7 @@ def cli_run(tmp, transport, mode):
                 time.sleep(0.02)
             check(os.path.exists(sock), "ember made the socket %s" % sock)
             t = Testpmd(tmp, sock, client=True)
-            o, e = p.communicate(timeout=PATIENCE_S)
+            o, e = p.communicate(timeout=GUEST_S)
             status, out, err = p.returncode, o.decode(errors="replace"), e.decode(errors="replace")
         finally:
             if p.poll() is None:
@@ -205,7 +208,7 @@ def test_qemu_reference(tmp):
                 "-chardev", "socket,id=vun,path=" + sock, "-netdev", "vhost-user,id=n0,chardev=vun",
                 "-device", dev + ",netdev=n0,mac=" + MAC,
                 "-kernel", GUEST, "-append", "console=ttyS0 vun_mac=" + MAC],
-                stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=GUEST_S)
         finally:
             t.stop()
         qemu_out = p.stdout.decode(errors="replace")
@@ -312,7 +315,7 @@ def test_server_extra_connection(tmp):
         t.stop()
         time.sleep(0.5)
         t = Testpmd(tmp, sock, client=True, name="testpmd2")
-        status = p.wait(PATIENCE_S + 20)
+        status = p.wait(GUEST_S + 20)
     finally:
         if p.poll() is None:
             p.kill()
@@ -358,7 +361,7 @@ def restart_run(tmp, mode, transport="pci"):
         check(p.poll() is None, "ember runs on without its back-end")
         t = Testpmd(tmp, sock, client=server, name="testpmd2")
         try:
-            status = p.wait(PATIENCE_S + 40)
+            status = p.wait(GUEST_S + 40)
         except subprocess.TimeoutExpired:
             raise Failure("ember hangs after its back-end came back")
     finally:
@@ -426,7 +429,7 @@ def test_api(tmp):
                        "rx_rate_limiter": None, "tx_rate_limiter": None}],
               "GET /vm/config shows the interface: %r" % net)
         expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
-        deadline = time.monotonic() + PATIENCE_S
+        deadline = time.monotonic() + GUEST_S
         while len(tap_lines(e.stdout())) < NTAP and e.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         check_guest(e.stdout(), "API")
@@ -438,6 +441,34 @@ def test_api(tmp):
             400, "snapshot of a machine with a vhost-user interface", "vhost-user device (net0)")
         expect(e.req("PUT", "/migration/send", {"destination_url": "unix:" + os.path.join(tmp, "mig")}),
                400, "migration of a machine with a vhost-user interface", "cannot migrate yet")
+    finally:
+        if e:
+            e.kill()
+        t.stop()
+
+
+def test_api_server(tmp):
+    """PUT /network-interfaces in server mode: testpmd (client=1) started first keeps trying;
+    InstanceStart makes the socket and waits for it; the guest runs; the socket file goes
+    with ember."""
+    sock = os.path.join(tmp, "vun.sock")
+    t = Testpmd(tmp, sock, client=True)
+    e = None
+    try:
+        e = Ember(tmp, args=["--level", "Info"])
+        expect(e.req("PUT", "/boot-source", {"kernel_image_path": GUEST,
+                                             "boot_args": "console=ttyS0 vun_mac=" + MAC}), 204, "boot source")
+        expect(e.req("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "vhost_user_socket": sock,
+                                                          "vhost_user_mode": "server", "guest_mac": MAC}),
+               204, "PUT in server mode")
+        check(not os.path.exists(sock), "no socket before InstanceStart")
+        expect(e.req("PUT", "/actions", {"action_type": "InstanceStart"}), 204, "InstanceStart")
+        deadline = time.monotonic() + GUEST_S
+        while len(tap_lines(e.stdout())) < NTAP and e.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        check_guest(e.stdout(), "API server mode")
+        net = e.req("GET", "/vm/config").json()["network-interfaces"][0]
+        check(net["vhost_user_mode"] == "server" and net["reconnect_s"] == 10, "GET /vm/config: %r" % net)
     finally:
         if e:
             e.kill()
@@ -463,7 +494,7 @@ def test_config_file(tmp):
             time.sleep(0.02)
         t = Testpmd(tmp, sock, client=True)
         # Without a debug-exit port the guest halts after its last check.
-        deadline = time.monotonic() + PATIENCE_S
+        deadline = time.monotonic() + GUEST_S
         while len(tap_lines(open(out_path).read())) < NTAP and p.poll() is None and \
                 time.monotonic() < deadline:
             time.sleep(0.05)
@@ -483,7 +514,7 @@ def test_config_file(tmp):
 
 TESTS = [test_cli_bad, test_no_backend_client, test_server_path_taken, test_cli_client_pci,
          test_cli_client_mmio, test_cli_server_pci, test_cli_server_mmio, test_qemu_reference,
-         test_api, test_config_file, test_server_extra_connection, test_backend_restarted_client,
+         test_api, test_api_server, test_config_file, test_server_extra_connection, test_backend_restarted_client,
          test_backend_restarted_server, test_no_backend_server]
 
 
