@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "api"))
 import test_api as api  # noqa: E402
 from test_api import EMBER, GUEST_DIR, PATIENCE_S, Ember, Failure, check, expect  # noqa: E402
-from test_vhost_user import Skip, api_conn, tap_lines  # noqa: E402
+from test_vhost_user import Skip, tap_lines  # noqa: E402
 
 GUEST = os.path.join(GUEST_DIR, "vhost-user-net.elf")
 TESTPMD = os.environ.get("TESTPMD") or shutil.which("dpdk-testpmd")
