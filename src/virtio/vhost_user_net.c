@@ -89,7 +89,10 @@ int vhost_user_net_init(struct vhost_user_net *n, const char *name,
     memcpy(n->config + 6, &status, 2);
     memcpy(n->config + 8, &pairs, 2);
 
-    uint64_t wanted = 1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK;
+    /* Not BACKEND_REQ: the configuration space is ember's, a back-end has nothing to say
+     * about it. */
+    uint64_t wanted = (1ULL << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
+                      (1ULL << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
     int r = opts->server ? vhost_user_dev_listen(&n->vud, name, opts->socket, mem, wanted,
                                                  VHOST_USER_NET_ACCEPT_WAIT_S * 1000)
                          : vhost_user_dev_connect(&n->vud, name, opts->socket, mem, wanted);
