@@ -77,8 +77,20 @@ run_one() {
     echo "# --- $label"
     start=$(date +%s)
     out=$(mktemp)
+    local rc=0
     python3 "$here/${script:-ember_linux_test.py}" --vmm "$vmm" --transport "$t" \
-        --kernel "$kernel" --initrd "$initrd" "$@" | tee "$out" || status=1
+        --kernel "$kernel" --initrd "$initrd" "$@" | tee "$out" || rc=1
+    # QEMU is the reference, not what is tested: a run of it that fails (seen on a loaded AMD
+    # host: QEMU's microvm vhost-user-blk guest never finishing its disk check, then passing
+    # again) is run once more, and the summary says so. ember's runs are never repeated.
+    if [[ $vmm == qemu && $rc != 0 ]]; then
+        summary+=("# $label: QEMU's first run failed ($(grep -c '^not ok' "$out" || true) check(s)); run again")
+        echo "# $label: QEMU's first run failed; running it again"
+        rc=0
+        python3 "$here/${script:-ember_linux_test.py}" --vmm "$vmm" --transport "$t" \
+            --kernel "$kernel" --initrd "$initrd" "$@" | tee "$out" || rc=1
+    fi
+    [[ $rc == 0 ]] || status=1
     # "N passed, N failed, N skipped" of this run, added to the total.
     if read -r p f s < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped$/\1 \2 \3/p' "$out" | tail -1); then
         passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
