@@ -1353,19 +1353,21 @@ TESTS = [test_cli_pci, test_cli_mmio, test_api_drive, test_backend_killed, test_
          test_fs_config_file, test_fs_backend_killed, test_fs_backend_killed_reconnect, test_huge_pages]
 
 
-def main():
+def run_suite(name, tests, needed):
+    """Runs the tests named on the command line (all without any; -v: the API's traffic), each
+    in a temporary directory; a summary line; the exit status."""
     args = sys.argv[1:]
     if "-v" in args:
         api.VERBOSE = True
         args.remove("-v")
-    selected = [t for t in TESTS if not args or t.__name__ in args or t.__name__[5:] in args]
-    for path in (EMBER, GUEST, FS_GUEST):
+    selected = [t for t in tests if not args or t.__name__ in args or t.__name__[5:] in args]
+    for path in needed:
         if not os.path.exists(path):
-            print("vhost-user: missing %s (build with make all guests)" % path)
+            print("%s: missing %s (build with make all guests)" % (name, path))
             return 1
     passed = failed = skipped = 0
     for test in selected:
-        tmp = tempfile.mkdtemp(prefix="ember-vhost-user-")
+        tmp = tempfile.mkdtemp(prefix="ember-%s-" % name)
         start = time.monotonic()
         try:
             test(tmp)
@@ -1381,9 +1383,9 @@ def main():
             if not os.environ.get("KEEP_TMP"):
                 shutil.rmtree(tmp, ignore_errors=True)
         sys.stdout.flush()
-    print("vhost-user: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
+    print("%s: %d passed, %d failed, %d skipped" % (name, passed, failed, skipped))
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_suite("vhost-user", TESTS, (EMBER, GUEST, FS_GUEST)))

@@ -30,14 +30,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "api"))
 import test_api as api  # noqa: E402
 from test_api import EMBER, GUEST_DIR, PATIENCE_S, Ember, Failure, check, expect  # noqa: E402
-from test_vhost_user import Skip, tap_lines  # noqa: E402
+from test_vhost_user import Skip, run_suite, tap_lines  # noqa: E402
 
 GUEST = os.path.join(GUEST_DIR, "vhost-user-net.elf")
 TESTPMD = os.environ.get("TESTPMD") or shutil.which("dpdk-testpmd")
@@ -518,37 +517,5 @@ TESTS = [test_cli_bad, test_no_backend_client, test_server_path_taken, test_cli_
          test_backend_restarted_server, test_no_backend_server]
 
 
-def main():
-    args = sys.argv[1:]
-    if "-v" in args:
-        api.VERBOSE = True
-        args.remove("-v")
-    selected = [t for t in TESTS if not args or t.__name__ in args or t.__name__[5:] in args]
-    for path in (EMBER, GUEST):
-        if not os.path.exists(path):
-            print("vhost-user-net: missing %s (build with make all guests)" % path)
-            return 1
-    passed = failed = skipped = 0
-    for test in selected:
-        tmp = tempfile.mkdtemp(prefix="ember-vhost-user-net-")
-        start = time.monotonic()
-        try:
-            test(tmp)
-            print("ok   %s (%.1f s)" % (test.__name__, time.monotonic() - start))
-            passed += 1
-        except Skip as s:
-            print("skip %s: %s" % (test.__name__, s))
-            skipped += 1
-        except (Failure, OSError, subprocess.TimeoutExpired) as f:
-            print("FAIL %s: %s" % (test.__name__, f))
-            failed += 1
-        finally:
-            if not os.environ.get("KEEP_TMP"):
-                shutil.rmtree(tmp, ignore_errors=True)
-        sys.stdout.flush()
-    print("vhost-user-net: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_suite("vhost-user-net", TESTS, (EMBER, GUEST)))
