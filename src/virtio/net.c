@@ -2,6 +2,7 @@
 
 #include "util/error.h"
 #include "util/log.h"
+#include "virtio/net_features.h"
 
 #include <errno.h>
 #include <linux/if_tun.h>
@@ -19,24 +20,6 @@
 #define TXQ            1
 #define BATCH          64  /* frames per round before interrupting the guest */
 #define BUDGET         256 /* frames one way before the other way (and timers) get a turn */
-
-/* Feature bits (5.1.3). */
-#define VIRTIO_NET_F_CSUM       0
-#define VIRTIO_NET_F_GUEST_CSUM 1
-#define VIRTIO_NET_F_MTU        3
-#define VIRTIO_NET_F_MAC        5
-#define VIRTIO_NET_F_GUEST_TSO4 7
-#define VIRTIO_NET_F_GUEST_TSO6 8
-#define VIRTIO_NET_F_GUEST_ECN  9
-#define VIRTIO_NET_F_GUEST_UFO  10
-#define VIRTIO_NET_F_HOST_TSO4  11
-#define VIRTIO_NET_F_HOST_TSO6  12
-#define VIRTIO_NET_F_HOST_ECN   13
-#define VIRTIO_NET_F_HOST_UFO   14
-#define VIRTIO_NET_F_MRG_RXBUF  15
-#define VIRTIO_NET_F_STATUS     16
-
-#define VIRTIO_NET_S_LINK_UP 1
 
 #define HDR_F_NEEDS_CSUM 1
 #define GSO_NONE         0

@@ -1,24 +1,10 @@
 #include "virtio/vhost_user_net.h"
 
 #include "util/error.h"
+#include "virtio/net_features.h"
 
 #include <string.h>
 #include <sys/random.h>
-
-#define VIRTIO_NET_F_CSUM       0
-#define VIRTIO_NET_F_GUEST_CSUM 1
-#define VIRTIO_NET_F_MAC        5
-#define VIRTIO_NET_F_GUEST_TSO4 7
-#define VIRTIO_NET_F_GUEST_TSO6 8
-#define VIRTIO_NET_F_GUEST_ECN  9
-#define VIRTIO_NET_F_GUEST_UFO  10
-#define VIRTIO_NET_F_HOST_TSO4  11
-#define VIRTIO_NET_F_HOST_TSO6  12
-#define VIRTIO_NET_F_HOST_ECN   13
-#define VIRTIO_NET_F_HOST_UFO   14
-#define VIRTIO_NET_F_MRG_RXBUF  15
-#define VIRTIO_NET_F_STATUS     16
-#define VIRTIO_NET_S_LINK_UP    1
 
 /* What ember passes on from a back-end: the offloads and mergeable receive buffers (the data
  * path's business alone). Not CTRL_VQ (nor what needs it: CTRL_RX, GUEST_ANNOUNCE, MQ's
