@@ -258,8 +258,12 @@ run_vmm() {
     fi
 }
 
+# Interleaved, and the order rotated each round, so that no VMM always runs first (after the
+# image was read in) or right after the same other one.
 for run in $(seq 1 "$RUNS"); do
-    for vmm in "${VMMS[@]}"; do
+    n=${#VMMS[@]}
+    for ((k = 0; k < n; k++)); do
+        vmm=${VMMS[$(((k + run - 1) % n))]}
         echo "# running $vmm ($run/$RUNS)" >&2
         run_vmm "$vmm" "$run"
     done
