@@ -52,7 +52,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
 .PHONY: all demo test unit-test guest-test console-test api-test snapshot-test seccomp-test jailer-test \
         jailer-test-sanitize linux-smoke-test test-linux \
-        migration-test vhost-user-test test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer \
+        migration-test vhost-user-test vhost-user-net-test test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer \
         bench-linux-boot bench-snapshot bench-vhost-user bench-virtiofs \
         clang guests format format-check clean bench install uninstall go-sdk-test clients-test
 
@@ -199,9 +199,12 @@ migration-test: all guests
 # vhost-user-net in client and server mode, QEMU as the reference, testpmd killed and restarted
 # under traffic; each skipped without its back-end.
 vhost-user-test: all guests
-	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/vhost_user/test_vhost_user.py; \
-	a=$$?; EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest \
-	tests/vhost_user/test_vhost_user_net.py; b=$$?; test $$a = 0 -a $$b = 0
+	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/vhost_user/test_vhost_user.py
+
+# vhost-user-net against DPDK's testpmd: ~20 s a test (the guest's bursts run at the emulated
+# CPL0 here), so the sanitizer pass leaves it out (its parsers and listener are unit-tested there).
+vhost-user-net-test: all guests
+	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/vhost_user/test_vhost_user_net.py
 
 # Snapshots end to end (Python 3, standard library): guest/snapcount saved, killed and restored
 # (File and Uffd backends, Full and Diff), and the refusals of bad snapshots and requests.
@@ -243,7 +246,7 @@ test:
 	@scripts/install-deps.sh test
 	$(MAKE) format-check
 	$(MAKE) all unit-test guest-test console-test api-test snapshot-test migration-test \
-	  vhost-user-test clients-test seccomp-test jailer-test go-sdk-test linux-smoke-test
+	  vhost-user-test vhost-user-net-test clients-test seccomp-test jailer-test go-sdk-test linux-smoke-test
 	$(MAKE) test-sanitize
 	$(MAKE) clang
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
