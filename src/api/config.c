@@ -5,6 +5,7 @@
 #include "backends/block.h"
 #include "mmds/store.h"
 #include "util/error.h"
+#include "virtio/poll_window.h"
 #include "virtio/vhost_user_fs.h"
 
 #include <ctype.h>
@@ -321,10 +322,11 @@ void api_set_custom_cpu(struct api_config *c, struct cpu_custom_template *t)
     strcpy(c->machine.cpu_template, "None");
 }
 
-/* ember's `cpu_placement`: {"vmm": LIST, "vcpu": LIST}, both cpulists (vmm/placement.h). */
+/* ember's `cpu_placement`: {"vmm": LIST, "vcpu": LIST, "poll_us": N}, both cpulists and the
+ * I/O threads' polling bound (0: off; absent: the default) (vmm/placement.h). */
 static int get_placement(const cJSON *body, const char *what, struct cpu_placement *out)
 {
-    static const char *const fields[] = {"vmm", "vcpu", NULL};
+    static const char *const fields[] = {"vmm", "vcpu", "poll_us", NULL};
     const cJSON *v = field(body, "cpu_placement");
     if (!v)
         return 0;
@@ -335,8 +337,12 @@ static int get_placement(const cJSON *body, const char *what, struct cpu_placeme
         get_string(v, inner, "vmm", true, &vmm) < 0 ||
         get_string(v, inner, "vcpu", true, &vcpu) < 0)
         return -1;
+    uint64_t poll_us = PLACEMENT_POLL_DEFAULT_US;
+    if (get_u64(v, inner, "poll_us", false, POLL_WINDOW_MAX_US, &poll_us, NULL) < 0)
+        return -1;
     if (cpu_placement_from_lists(vmm, vcpu, out) < 0)
         return error_prefix("%s", inner);
+    out->poll_us = (unsigned)poll_us;
     return 0;
 }
 
@@ -1626,6 +1632,7 @@ cJSON *api_machine_config_json(const struct api_config *c)
         cJSON *p = cJSON_AddObjectToObject(o, "cpu_placement");
         cJSON_AddStringToObject(p, "vmm", vmm);
         cJSON_AddStringToObject(p, "vcpu", vcpu);
+        cJSON_AddNumberToObject(p, "poll_us", pl->poll_us);
     }
     return o;
 }

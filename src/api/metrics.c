@@ -749,6 +749,8 @@ enum {
     BM_IO_ERRORS,
     BM_UNSUPPORTED,
     BM_INTERRUPTS,
+    BM_POLL_HITS,
+    BM_POLL_RACES,
     BM_NFIELDS
 };
 
@@ -775,6 +777,8 @@ static const char *const blk_names[BM_NFIELDS] = {
     "io_errors",
     "unsupported",
     "interrupts",
+    "poll_hits",
+    "poll_races",
 };
 
 static void blk_values(struct virtio_blk *b, uint64_t *v)
@@ -806,6 +810,10 @@ static void blk_values(struct virtio_blk *b, uint64_t *v)
     v[BM_IO_ERRORS] = errors;
     v[BM_UNSUPPORTED] = load(&b->unsupported);
     v[BM_INTERRUPTS] = load(&b->dev.interrupts);
+    /* Polling (a drive's poll=US, or a CPU placement's): rounds that found work, and work
+     * found right after kicks were asked for again. */
+    v[BM_POLL_HITS] = load(&b->poll_hits);
+    v[BM_POLL_RACES] = load(&b->poll_races);
 }
 
 /* time: reads' and writes', from the ring to their completion. */

@@ -558,7 +558,7 @@ static void process_queue(struct virtio_blk *b, unsigned index)
                 b->slots_full++;
             break; /* every slot busy: completions bring us back */
         }
-        if (b->polling)
+        if (b->poll.polling)
             break; /* no kicks while the iothread polls the ring */
         /* While requests are in flight, their completions bring us back to
          * look at the ring: the guest need not kick (each kick is an exit).
@@ -593,9 +593,6 @@ static void serve(struct virtio_blk *b)
     signal_queues(b);
 }
 
-/* Polling: after work, the iothread keeps looking at the rings and the
- * completion queue for poll_us before it enables kicks and sleeps. A busy
- * guest then submits without exits, and completions need no wake-up. */
 /* Whether queue i could take a request now: enabled, a free slot, nothing held back by the
  * rate limiter. A queue that cannot is woken by a completion or the throttle timer, and
  * polling it would spin until then. */
@@ -604,10 +601,14 @@ static bool queue_can_take(const struct virtio_blk *b, unsigned i)
     return b->dev.queues[i].enabled && b->queues[i].free_list && !b->queues[i].held;
 }
 
+/* Polling (poll_window.h): after work, the iothread keeps looking at the rings and the
+ * completion queue for a window before it enables kicks and sleeps. A busy guest then submits
+ * without exits, and completions need no wake-up. Returns the iothread's next wait: 0 while
+ * polling, -1 (until an event) once it stopped. */
 static int poll_idle(void *opaque)
 {
     struct virtio_blk *b = opaque;
-    if (!b->dev.active || !b->polling || b->frozen)
+    if (!b->dev.active || !b->poll.polling || b->frozen)
         return -1;
     b->poll_rounds++;
     bool work = blk_backend_reap(&b->backend, io_done, b) > 0;
@@ -616,19 +617,18 @@ static int poll_idle(void *opaque)
     if (work) {
         b->poll_hits++;
         serve(b);
-        b->last_work_ns = monotonic_ns();
+        poll_window_work(&b->poll, monotonic_ns());
         return 0;
     }
-    if (monotonic_ns() - b->last_work_ns < (uint64_t)b->opts.poll_us * 1000)
+    if (poll_window_keep(&b->poll, monotonic_ns()))
         return 0;
-    /* Quiet long enough: ask for kicks again, and look once more for work
-     * that raced with that. */
-    b->polling = false;
+    /* The window closed: ask for kicks again, and look once more for work that raced with
+     * that (the driver may have added a request before it saw kicks were wanted). */
     for (unsigned i = 0; i < b->opts.queues; i++) {
         struct virtq *vq = &b->dev.queues[i].vq;
         if (queue_can_take(b, i) && virtq_enable_kicks(vq, true)) {
-            b->polling = true;
-            b->last_work_ns = monotonic_ns();
+            b->poll_races++;
+            poll_window_resume(&b->poll, monotonic_ns());
             return 0;
         }
     }
@@ -637,10 +637,10 @@ static int poll_idle(void *opaque)
 
 static void start_polling(struct virtio_blk *b)
 {
-    if (!b->opts.poll_us)
-        return;
-    b->polling = true;
-    b->last_work_ns = monotonic_ns();
+    if (poll_window_on(&b->poll) && !b->poll.polling) {
+        /* serve() takes the requests with kicks off and leaves them off while this polls. */
+        poll_window_start(&b->poll, monotonic_ns());
+    }
 }
 
 static void queue_notify(struct virtio_dev *d, unsigned index)
@@ -714,8 +714,8 @@ static int activate(struct virtio_dev *d)
         if (!b->completion_handler)
             return -1;
     }
-    b->polling = false;
-    if (b->opts.poll_us) {
+    poll_window_init(&b->poll, b->opts.poll_us, b->opts.poll_adaptive);
+    if (poll_window_on(&b->poll)) {
         d->io.idle = poll_idle;
         d->io.idle_opaque = b;
     }
@@ -727,7 +727,7 @@ static void quiesce(struct virtio_dev *d)
 {
     struct virtio_blk *b = d->opaque;
     d->io.idle = NULL;
-    b->polling = false;
+    poll_window_stop(&b->poll, monotonic_ns());
     /* In-flight requests finish (their data reaches the image) before the
      * rings are given up. */
     blk_backend_drain(&b->backend, io_done, b);
@@ -758,7 +758,7 @@ static void freeze(struct virtio_dev *d)
     struct virtio_blk *b = d->opaque;
     b->frozen = true;
     d->io.idle = NULL;
-    b->polling = false;
+    poll_window_stop(&b->poll, monotonic_ns());
     blk_backend_drain(&b->backend, io_done, b);
     for (unsigned i = 0; i < b->opts.queues; i++) {
         /* A chain held back by the rate limiter is the last one taken from its ring: it
@@ -778,7 +778,7 @@ static void thaw(struct virtio_dev *d)
 {
     struct virtio_blk *b = d->opaque;
     b->frozen = false;
-    if (b->opts.poll_us) {
+    if (poll_window_on(&b->poll)) {
         d->io.idle = poll_idle;
         d->io.idle_opaque = b;
     }

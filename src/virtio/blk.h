@@ -8,6 +8,7 @@
 #include "util/latency.h"
 #include "util/ratelimit.h"
 #include "virtio/device.h"
+#include "virtio/poll_window.h"
 
 #define VIRTIO_BLK_ID_BYTES   20
 #define VIRTIO_BLK_MAX_QUEUES 16
@@ -21,6 +22,7 @@ struct blk_options {
     unsigned queues;
     enum blk_engine engine; /* default: io_uring unless synchronous I/O is faster */
     unsigned poll_us;       /* after work, poll the rings this long before sleeping */
+    bool poll_adaptive;     /* poll_us is the bound of an adaptive window (poll_window.h) */
     struct rate_limit_config rate_limit;
 };
 
@@ -46,18 +48,18 @@ struct virtio_blk {
     int throttle_fd; /* timerfd: tokens will be there */
     struct event_handler *throttle_handler;
     bool throttled;
-    bool polling;      /* kicks off, the iothread watches the rings */
-    int kick_timer_fd; /* timerfd: kicks back on if completions are slow */
+    struct poll_window poll; /* kicks off while it polls: the iothread watches the rings */
+    int kick_timer_fd;       /* timerfd: kicks back on if completions are slow */
     struct event_handler *kick_timer_handler;
     bool kick_timer_armed;
     bool frozen; /* a snapshot is being taken: nothing is taken from the rings */
-    uint64_t last_work_ns;
     struct blk_queue *queues;
     uint8_t config[60];
     struct log_limit log_io_error, log_refusal[BLK_REFUSALS];
     /* Counters (iothread). */
     uint64_t reads, writes, read_bytes, write_bytes, flushes, discards, errors, unsupported;
     uint64_t throttle_events, poll_hits, poll_rounds, merges;
+    uint64_t poll_races;         /* work found right after kicks were asked for again */
     uint64_t completion_wakeups; /* the backend's eventfd fired (edge-triggered: once per batch) */
     uint64_t refused[BLK_REFUSALS]; /* also counted in errors */
     uint64_t throttle_wakeups;      /* the rate limiter's timer fired */

@@ -61,6 +61,12 @@ static int attach(struct vm *vm, struct virtio_dev *dev, void *model, void (*des
     return bus_register(&vm->mmio, base, VIRTIO_MMIO_WINDOW, virtio_mmio_io, &v->mmio, dev->name);
 }
 
+/* The machine-wide polling bound of the I/O threads: a CPU placement's (0: none). */
+static unsigned machine_poll_us(const struct vm_config *cfg)
+{
+    return cfg->placement.set ? cfg->placement.poll_us : 0;
+}
+
 static void destroy_blk(void *model)
 {
     virtio_blk_destroy(model);
@@ -367,7 +373,8 @@ int vm_create_virtio_devices(struct vm *vm)
                                 .direct = dc->direct,
                                 .unsafe = dc->unsafe,
                                 .queues = dc->queues,
-                                .poll_us = dc->poll_us,
+                                .poll_us = dc->poll_us ? dc->poll_us : machine_poll_us(cfg),
+                                .poll_adaptive = !dc->poll_us,
                                 .engine =
                                     cfg->blk_sync ? BLK_ENGINE_SYNC : (enum blk_engine)dc->engine,
                                 .rate_limit = dc->rate_limit};

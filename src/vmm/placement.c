@@ -3,6 +3,7 @@
 #include "util/error.h"
 #include "util/log.h"
 #include "util/teardown.h"
+#include "virtio/poll_window.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -171,7 +172,25 @@ int cpu_placement_from_lists(const char *vmm, const char *vcpu, struct cpu_place
             return error_set("CPU %u is both a vmm and a vcpu CPU: the two sets must not overlap",
                              p->vcpu[i]);
     }
+    p->poll_us = PLACEMENT_POLL_DEFAULT_US;
     p->set = true;
+    return 0;
+}
+
+/* poll=US (1..POLL_WINDOW_MAX_US) or poll=off. */
+static int parse_poll(const char *v, unsigned *out)
+{
+    if (!strcmp(v, "off")) {
+        *out = 0;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long us = strtoul(v, &end, 10);
+    if (v[0] < '0' || v[0] > '9' || *end || errno || us == 0 || us > POLL_WINDOW_MAX_US)
+        return error_set("poll '%.20s': give the polling bound in microseconds (1-%u) or off", v,
+                         POLL_WINDOW_MAX_US);
+    *out = (unsigned)us;
     return 0;
 }
 
@@ -190,7 +209,8 @@ int cpu_placement_parse(const char *spec, struct cpu_placement *p)
         goto out;
     }
     char *current = NULL;
-    bool have_vmm = false, have_vcpu = false;
+    bool have_vmm = false, have_vcpu = false, have_poll = false;
+    unsigned poll_us = PLACEMENT_POLL_DEFAULT_US;
     /* Walked by hand, not with strtok, which would skip the empty items of ",,". */
     char *item = copy;
     for (;;) {
@@ -201,6 +221,17 @@ int cpu_placement_parse(const char *spec, struct cpu_placement *p)
         if (eq) {
             *eq = '\0';
             bool *have;
+            if (!strcmp(item, "poll")) {
+                if (have_poll) {
+                    error_set("poll given twice");
+                    goto out;
+                }
+                have_poll = true;
+                if (parse_poll(eq + 1, &poll_us) < 0)
+                    goto out;
+                current = NULL; /* nothing continues a poll value */
+                goto next;
+            }
             if (!strcmp(item, "vmm")) {
                 current = vmm;
                 have = &have_vmm;
@@ -208,7 +239,7 @@ int cpu_placement_parse(const char *spec, struct cpu_placement *p)
                 current = vcpu;
                 have = &have_vcpu;
             } else {
-                error_set("unknown key '%.20s' (vmm=LIST,vcpu=LIST)", item);
+                error_set("unknown key '%.20s' (vmm=LIST,vcpu=LIST[,poll=US|off])", item);
                 goto out;
             }
             if (*have) {
@@ -218,7 +249,7 @@ int cpu_placement_parse(const char *spec, struct cpu_placement *p)
             *have = true;
             strcpy(current, eq + 1);
         } else if (!current) {
-            error_set("'%.20s' before any key (vmm=LIST,vcpu=LIST)", item);
+            error_set("'%.20s' is not part of a CPU list (vmm=LIST,vcpu=LIST[,poll=US|off])", item);
             goto out;
         } else {
             /* Another item of the current list, after its comma (an empty item stays empty
@@ -226,11 +257,14 @@ int cpu_placement_parse(const char *spec, struct cpu_placement *p)
             strcat(current, ",");
             strcat(current, item);
         }
+    next:
         if (!comma)
             break;
         item = comma + 1;
     }
     r = cpu_placement_from_lists(have_vmm ? vmm : NULL, have_vcpu ? vcpu : NULL, p);
+    if (r == 0)
+        p->poll_us = poll_us;
 out:
     free(vmm);
     free(vcpu);

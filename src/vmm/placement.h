@@ -4,6 +4,9 @@
  * API and the event loop, every device I/O thread, user networking, the console copier, the
  * teardown helper); each vCPU thread runs on its own CPU of `vcpu`, given in vCPU order. A LIST
  * is Linux's cpulist format ("0-3,5"). Without a placement ember leaves affinity alone.
+ * With one, the device I/O threads (on the reserved CPUs) also poll their rings after work, in
+ * an adaptive window bounded by `poll=US` (default PLACEMENT_POLL_DEFAULT_US; `poll=off` or
+ * API `poll_us` 0 turns polling off): virtio/poll_window.h.
  * docs/architecture.md ("Threads and host CPUs") has the why. */
 #ifndef EMBER_VMM_PLACEMENT_H
 #define EMBER_VMM_PLACEMENT_H
@@ -20,8 +23,12 @@
 /* The longest list or spec taken (ample for any real list). */
 #define PLACEMENT_MAX_TEXT 4096
 
+/* The bound of the machine-wide polling window when a placement does not say. */
+#define PLACEMENT_POLL_DEFAULT_US 1000u
+
 struct cpu_placement {
     bool set;
+    unsigned poll_us;                   /* bound of the I/O threads' polling; 0: off */
     cpu_set_t vmm;                      /* reserved for every thread that is not a vCPU */
     unsigned nvcpu;                     /* how many vCPU CPUs were given */
     uint16_t vcpu[PLACEMENT_MAX_VCPUS]; /* host CPU of vCPU i */
@@ -36,11 +43,12 @@ int cpulist_parse_ordered(const char *s, uint16_t *out, unsigned max, unsigned *
 void cpulist_format_set(const cpu_set_t *set, char *buf, size_t size);
 void cpulist_format_ordered(const uint16_t *cpus, unsigned n, char *buf, size_t size);
 
-/* The two lists into *p (p->set true): each well formed, no vCPU CPU twice, and no CPU in both.
- * Whether the CPUs exist and match the vCPU count is cpu_placement_check's. */
+/* The two lists into *p (p->set true, polling at its default bound): each well formed, no vCPU
+ * CPU twice, and no CPU in both. Whether the CPUs exist and match the vCPU count is
+ * cpu_placement_check's. */
 int cpu_placement_from_lists(const char *vmm, const char *vcpu, struct cpu_placement *p);
-/* `vmm=LIST,vcpu=LIST` (the --cpu-placement spec): items are split at the commas, and an item
- * without '=' continues the list of the key before it ("vmm=0,2,vcpu=1,3"). */
+/* `vmm=LIST,vcpu=LIST[,poll=US|off]` (the --cpu-placement spec): items are split at the commas,
+ * and an item without '=' continues the list of the key before it ("vmm=0,2,vcpu=1,3"). */
 int cpu_placement_parse(const char *spec, struct cpu_placement *p);
 /* Against the machine and host: one vCPU CPU per vCPU (ncpus), and every CPU one that exists
  * (below host_cpus) and that ember may run on (in allowed). */

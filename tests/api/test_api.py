@@ -2374,9 +2374,15 @@ def test_cpu_placement_api(tmp):
         expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 32,
                                                  "cpu_placement": place}), 204, "PUT with cpu_placement")
         mc = e.req("GET", "/machine-config").json()
-        check(mc.get("cpu_placement") == place, "GET shows the placement: %r" % mc)
+        shown = dict(place, poll_us=1000)  # the I/O threads' polling bound: its default
+        check(mc.get("cpu_placement") == shown, "GET shows the placement: %r" % mc)
         expect(e.req("PATCH", "/machine-config", {"mem_size_mib": 64}), 204, "PATCH keeps it")
-        check(e.req("GET", "/machine-config").json().get("cpu_placement") == place, "kept by PATCH")
+        check(e.req("GET", "/machine-config").json().get("cpu_placement") == shown, "kept by PATCH")
+        expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 32,
+                                                 "cpu_placement": dict(place, poll_us=0)}), 204,
+               "PUT with polling off")
+        mc = e.req("GET", "/machine-config").json()
+        check(mc.get("cpu_placement") == dict(place, poll_us=0), "GET shows polling off: %r" % mc)
         expect(e.req("PATCH", "/machine-config", {"vcpu_count": 2}), 400,
                "PATCH vcpu_count away from the placement", "one host CPU per vCPU")
         expect(e.req("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 32}), 204, "PUT without")
@@ -2396,6 +2402,10 @@ def test_cpu_placement_api(tmp):
             ({"vmm": str(vmm)}, "vcpu"),
             ({"vmm": vmm, "vcpu": str(vcpu)}, "must be a string"),
             ({"vmm": str(vmm), "vcpu": str(vcpu), "poll": "on"}, "unknown field"),
+            ({"vmm": str(vmm), "vcpu": str(vcpu), "poll_us": -1}, "whole number"),
+            ({"vmm": str(vmm), "vcpu": str(vcpu), "poll_us": 1000001}, "whole number"),
+            ({"vmm": str(vmm), "vcpu": str(vcpu), "poll_us": 2.5}, "whole number"),
+            ({"vmm": str(vmm), "vcpu": str(vcpu), "poll_us": "5"}, "whole number"),
             ("0", "must be a JSON object"),
         ]
         for place_bad, msg in bad:
@@ -2416,7 +2426,8 @@ def test_cpu_placement_api(tmp):
         check("vcpu0" in names and "rng" in names and "ember-teardown" in names,
               "the vCPU, the rng I/O thread and the teardown helper were seen: %r" % names)
         vc = e.req("GET", "/vm/config").json()
-        check(vc["machine-config"].get("cpu_placement") == place, "in /vm/config: %r" % vc)
+        check(vc["machine-config"].get("cpu_placement") == dict(place, poll_us=1000),
+              "in /vm/config: %r" % vc)
     finally:
         e.kill()
 
@@ -2432,7 +2443,12 @@ def test_cpu_placement_run(tmp):
     for spec, msg in [("vmm=%d,vcpu=%d" % (vmm, vmm), "must not overlap"),
                       ("vmm=%d,vcpu=%d,%d" % (vmm, vcpu, vcpu), "listed twice"),
                       ("vmm=%d" % vmm, "no vcpu CPUs"),
-                      ("vmm=%d,vcpu=%d,poll=on" % (vmm, vcpu), "unknown key"),
+                      ("vmm=%d,vcpu=%d,polling=on" % (vmm, vcpu), "unknown key"),
+                      ("vmm=%d,vcpu=%d,poll=on" % (vmm, vcpu), "polling bound"),
+                      ("vmm=%d,vcpu=%d,poll=0" % (vmm, vcpu), "polling bound"),
+                      ("vmm=%d,vcpu=%d,poll=1000001" % (vmm, vcpu), "polling bound"),
+                      ("vmm=%d,vcpu=%d,poll=5,poll=6" % (vmm, vcpu), "given twice"),
+                      ("vmm=%d,vcpu=%d,poll=5,6" % (vmm, vcpu), "not part of a CPU list"),
                       ("vmm=%d,vcpu=%d" % (vmm, max(os.sched_getaffinity(0)) + 1000), "does not exist")]:
         r = subprocess.run([EMBER, "run", "--kernel", HELLO, "--cpu-placement", spec],
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)

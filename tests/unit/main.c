@@ -35,7 +35,8 @@ int main(void)
                                       snapshot_devices_suite,
                                       vhost_user_suite,
                                       vhost_user_blk_suite,
-                                      vhost_user_fs_suite};
+                                      vhost_user_fs_suite,
+                                      poll_window_suite};
     /* Tests provoke guest errors on purpose; their log lines would only
      * clutter the report. EMBER_TEST_LOG=1 shows them. */
     if (!getenv("EMBER_TEST_LOG"))

@@ -35,5 +35,6 @@ Suite *snapshot_devices_suite(void);
 Suite *vhost_user_suite(void);
 Suite *vhost_user_blk_suite(void);
 Suite *vhost_user_fs_suite(void);
+Suite *poll_window_suite(void);
 
 #endif

@@ -95,6 +95,14 @@ START_TEST(spec_parse)
     ck_assert_uint_eq(set_count(&p.vmm), 1);
     ck_assert_uint_eq(p.nvcpu, 1);
     ck_assert_uint_eq(p.vcpu[0], 1);
+    ck_assert_uint_eq(p.poll_us, PLACEMENT_POLL_DEFAULT_US); /* polling on by default */
+    ck_assert_int_eq(cpu_placement_parse("vmm=0,poll=off,vcpu=1", &p), 0);
+    ck_assert_uint_eq(p.poll_us, 0);
+    ck_assert_uint_eq(p.nvcpu, 1);
+    ck_assert_int_eq(cpu_placement_parse("poll=250,vmm=0,vcpu=1", &p), 0);
+    ck_assert_uint_eq(p.poll_us, 250);
+    ck_assert_int_eq(cpu_placement_parse("vmm=0,vcpu=1,poll=1000000", &p), 0);
+    ck_assert_uint_eq(p.poll_us, 1000000);
     /* Items without a key continue the list before them; keys in either order. */
     ck_assert_int_eq(cpu_placement_parse("vcpu=7,3,4-5,vmm=0-1,8", &p), 0);
     ck_assert_uint_eq(p.nvcpu, 4);
@@ -106,12 +114,20 @@ START_TEST(spec_parse)
     static const struct {
         const char *spec, *error;
     } bad[] = {
-        {"", "before any key"},
-        {"0,vcpu=1", "before any key"},
+        {"", "not part of a CPU list"},
+        {"0,vcpu=1", "not part of a CPU list"},
         {"vmm=0", "no vcpu CPUs"},
         {"vcpu=1", "no vmm CPUs"},
         {"vmm=0,vcpu=1,vmm=2", "vmm given twice"},
-        {"vmm=0,vcpu=1,poll=on", "unknown key"},
+        {"vmm=0,vcpu=1,polling=on", "unknown key"},
+        {"vmm=0,vcpu=1,poll=on", "polling bound"},
+        {"vmm=0,vcpu=1,poll=0", "polling bound"},
+        {"vmm=0,vcpu=1,poll=-5", "polling bound"},
+        {"vmm=0,vcpu=1,poll=1000001", "polling bound"},
+        {"vmm=0,vcpu=1,poll=99999999999999999999", "polling bound"},
+        {"vmm=0,vcpu=1,poll=", "polling bound"},
+        {"vmm=0,vcpu=1,poll=5,poll=5", "poll given twice"},
+        {"vmm=0,vcpu=1,poll=5,2", "not part of a CPU list"},
         {"vmm=0,vcpu=0", "must not overlap"},
         {"vmm=0-3,vcpu=5,2", "CPU 2 is both"},
         {"vmm=0,vcpu=1,1", "listed twice"},

@@ -2,6 +2,7 @@
  * the real device model, its iothread and both block backends. */
 #include "suites.h"
 #include "util/error.h"
+#include "util/clock.h"
 #include "virtio/blk.h"
 #include "virtq_fake.h"
 
@@ -35,6 +36,7 @@ static bool sync_backend;
 static struct rate_limit_config test_limit;
 static bool test_unsafe;
 static unsigned test_poll_us;
+static bool test_poll_adaptive;
 static bool test_direct;
 static const char *test_dir = "/tmp"; /* where setup makes the image */
 static uint64_t test_mem = FAKE_MEM;  /* guest RAM */
@@ -99,6 +101,7 @@ static void setup_opts(bool readonly)
                             .direct = test_direct,
                             .queues = 1,
                             .poll_us = test_poll_us,
+                            .poll_adaptive = test_poll_adaptive,
                             .engine = sync_backend ? BLK_ENGINE_SYNC : BLK_ENGINE_URING,
                             .rate_limit = test_limit};
     ck_assert_msg(virtio_blk_init(&blk, "blk0", &o, &f.mem) == 0, "%s", error_get());
@@ -414,15 +417,15 @@ static void setup_limited(void)
 static void shorten_poll_window(void *arg)
 {
     (void)arg;
-    blk.opts.poll_us = 1000;
+    blk.poll.window_ns = blk.poll.bound_ns = 1000000;
 }
 
 START_TEST(polling_serves_without_kicks)
 {
-    /* The poll window is long (10 s): polling cannot end, however slow this machine, before
+    /* The poll window is long (1 s): polling cannot end, however slow this machine, before
      * the request below shows that it needs no kick. */
     ck_assert_int_eq(request(0, 0, 512, true, NULL), 0); /* the first kick starts polling */
-    ck_assert(__atomic_load_n(&blk.polling, __ATOMIC_ACQUIRE));
+    ck_assert(__atomic_load_n(&blk.poll.polling, __ATOMIC_ACQUIRE));
     uint32_t hdr[4] = {0, 0, 3, 0};
     memcpy(fake_ptr(&f, HDR, 16), hdr, 16);
     *fake_ptr(&f, STATUS, 1) = 0xee;
@@ -436,9 +439,9 @@ START_TEST(polling_serves_without_kicks)
     ck_assert_uint_gt(blk.poll_hits, 0);
     /* A short window now: once quiet for longer, polling stops and kicks are asked for. */
     iothread_call(&blk.dev.io, shorten_poll_window, NULL);
-    for (int i = 0; i < 50000 && __atomic_load_n(&blk.polling, __ATOMIC_ACQUIRE); i++)
+    for (int i = 0; i < 50000 && __atomic_load_n(&blk.poll.polling, __ATOMIC_ACQUIRE); i++)
         usleep(100);
-    ck_assert(!__atomic_load_n(&blk.polling, __ATOMIC_ACQUIRE));
+    ck_assert(!__atomic_load_n(&blk.poll.polling, __ATOMIC_ACQUIRE));
     /* EVENT_IDX was negotiated: the device asks for a kick at its next index. */
     uint16_t avail_event;
     memcpy(&avail_event, &fake_used(&f)->ring[16], 2);
@@ -450,9 +453,99 @@ END_TEST
 static void setup_polling(void)
 {
     sync_backend = false;
-    test_poll_us = 10000000;
+    test_poll_us = POLL_WINDOW_MAX_US;
     setup();
     test_poll_us = 0;
+}
+
+/* Busy-waits ns (usleep is far coarser than a poll window). */
+static void spin_ns(uint64_t ns)
+{
+    uint64_t end = monotonic_ns() + ns;
+    while (monotonic_ns() < end)
+        ;
+}
+
+/* A driver that kicks only when the device asks (EVENT_IDX: the new index passed avail_event),
+ * submitting at gaps around the poll window's length, so that requests land while the device
+ * polls, just as it stops and asks for kicks again, and while it sleeps. A request that raced
+ * with the switch and was neither seen by the last look nor kicked for would never complete. */
+static void race_polling_switch(unsigned requests)
+{
+    unsigned lost = 0;
+    uint64_t seed = 0x9e3779b97f4a7c15u;
+    for (unsigned i = 0; i < requests && !lost; i++) {
+        uint32_t hdr[4] = {0 /* IN */, 0, i % (DISK_SIZE / 512), 0};
+        memcpy(fake_ptr(&f, HDR, 16), hdr, 16);
+        *fake_ptr(&f, STATUS, 1) = 0xee;
+        fake_set_desc(&f, 0, HDR, 16, VIRTQ_DESC_F_NEXT, 1);
+        fake_set_desc(&f, 1, BUF, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2);
+        fake_set_desc(&f, 2, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+        uint16_t before = __atomic_load_n(&fake_used(&f)->idx, __ATOMIC_ACQUIRE);
+        uint16_t old_idx = f.avail_idx;
+        fake_publish(&f, 0);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        uint16_t event;
+        memcpy(&event, &fake_used(&f)->ring[f.size], sizeof(event));
+        if ((uint16_t)(f.avail_idx - event - 1) < (uint16_t)(f.avail_idx - old_idx))
+            virtio_dev_kick(&blk.dev, 0);
+        uint64_t deadline = monotonic_ns() + 2000000000ull;
+        while (__atomic_load_n(&fake_used(&f)->idx, __ATOMIC_ACQUIRE) == before) {
+            if (monotonic_ns() > deadline) {
+                lost++;
+                break;
+            }
+        }
+        ck_assert_msg(!lost, "request %u never completed (device polling: %d, kick asked at %u)", i,
+                      __atomic_load_n(&blk.poll.polling, __ATOMIC_ACQUIRE), event);
+        ck_assert_uint_eq(*fake_ptr(&f, STATUS, 1), 0);
+        /* Every other gap anywhere in 0 to 3 windows, the others within a tenth of the
+         * window's end, where the switch is. */
+        seed = seed * 6364136223846793005u + 1442695040888963407u;
+        uint64_t w = blk.poll.bound_ns;
+        spin_ns(i % 2 ? (seed >> 33) % (3 * w) : w - w / 10 + (seed >> 33) % (w / 5));
+    }
+}
+
+START_TEST(polling_switch_loses_no_request)
+{
+    race_polling_switch(6000);
+    printf("blk polling race: %llu request(s) found right after kicks were asked for again, "
+           "%llu polled, %llu kicked\n",
+           (unsigned long long)blk.poll_races, (unsigned long long)blk.poll_hits,
+           (unsigned long long)blk.dev.kicks);
+    /* Both paths ran: some requests came while it polled, some woke it by a kick. */
+    ck_assert_uint_gt(blk.poll_hits, 0);
+    ck_assert_uint_gt(blk.dev.kicks, 0);
+}
+END_TEST
+
+START_TEST(adaptive_window_adapts)
+{
+    /* Requests every ~3 windows' minimum: the window grows to catch them, within its bound. */
+    race_polling_switch(500);
+    ck_assert_uint_gt(blk.poll.grows, 0);
+    ck_assert_uint_le(blk.poll.window_ns, blk.poll.bound_ns);
+    ck_assert_uint_ge(blk.poll.window_ns, POLL_WINDOW_MIN_NS);
+}
+END_TEST
+
+static void setup_short_poll(void)
+{
+    sync_backend = false;
+    test_poll_us = 200;
+    setup();
+    test_poll_us = 0;
+}
+
+static void setup_adaptive_poll(void)
+{
+    sync_backend = false;
+    test_poll_us = 200;
+    test_poll_adaptive = true;
+    setup();
+    test_poll_us = 0;
+    test_poll_adaptive = false;
 }
 
 /* ---- cache=none: O_DIRECT, the bounce pool and the request limits ------------------------ */
@@ -1134,6 +1227,17 @@ Suite *virtio_blk_suite(void)
     tcase_add_test(polling, polling_serves_without_kicks);
     tcase_add_test(polling, read_write_flush);
     suite_add_tcase(s, polling);
+    TCase *race = tcase_create("polling_race");
+    tcase_add_checked_fixture(race, setup_short_poll, teardown);
+    tcase_add_test(race, polling_switch_loses_no_request);
+    tcase_set_timeout(race, 60);
+    suite_add_tcase(s, race);
+    TCase *adaptive = tcase_create("polling_adaptive");
+    tcase_add_checked_fixture(adaptive, setup_adaptive_poll, teardown);
+    tcase_add_test(adaptive, adaptive_window_adapts);
+    tcase_add_test(adaptive, read_write_flush);
+    tcase_set_timeout(adaptive, 60);
+    suite_add_tcase(s, adaptive);
     TCase *direct = tcase_create("cache=none");
     tcase_add_checked_fixture(direct, setup_direct, teardown_direct);
     tcase_add_test(direct, direct_io_announces_the_storage_block);
