@@ -455,8 +455,9 @@ case_bad_insn() {
 
 # jitter: bench/jitter.sh's guest. Only the report's shape is checked, never its figures (they
 # are the host's): the result line is there with every field, the loop ran, and the histogram's
-# counts nest (each bucket holds the next). A jitter.ms= out of 1-60000 or not a number
-# (one that would wrap around 64 bits too) is refused with a bail-out and debug-exit 1.
+# counts nest (each bucket holds the next). A jitter.ms= out of 1-60000 or not a number (one
+# that would wrap around 64 bits too), or a jitter.settle_ms= over 10000, is refused with a
+# bail-out and debug-exit 1.
 JITTER_FIELDS=(ms iters max_gap_ns gaps_over_10us gt1us gt100us gt1ms stolen_us tsc_backwards)
 
 check_jitter_report() { # check_jitter_report LOG MS -> prints the reason on failure
@@ -520,22 +521,22 @@ case_jitter() {
     run_ember jitter "$GUEST_DIR/jitter.elf" "--debug-exit" "console=ttyS0 jitter.ms=$ms"
     jitter_report "ember: jitter" "$ms"
     same_tap "ember: jitter: same TAP lines as QEMU" "$qemu_ref"
-    for bad in 0 60001 18446744073709551617 2x; do
-        run_ember "jitter-bad-$bad" "$GUEST_DIR/jitter.elf" "--debug-exit" \
-            "console=ttyS0 jitter.ms=$bad"
+    for bad in jitter.ms=0 jitter.ms=60001 jitter.ms=18446744073709551617 jitter.ms=2x \
+        jitter.settle_ms=10001; do
+        run_ember "jitter-bad-$bad" "$GUEST_DIR/jitter.elf" "--debug-exit" "console=ttyS0 $bad"
         why=""
         if [ "$RUN_STATUS" != "$DEBUG_EXIT_FAIL" ]; then
             why="exit status $RUN_STATUS, expected $DEBUG_EXIT_FAIL (debug-exit 1)"
-        elif ! tr -d '\r' <"$RUN_OUT" | grep -qF "Bail out! jitter.ms=$bad:"; then
-            why="no bail-out naming jitter.ms=$bad"
+        elif ! tr -d '\r' <"$RUN_OUT" | grep -qF "Bail out! $bad:"; then
+            why="no bail-out naming $bad"
         elif tr -d '\r' <"$RUN_OUT" | grep -q '^jitter: '; then
             why="the loop ran anyway"
         fi
         if [ -n "$why" ]; then
-            report fail "ember: jitter: jitter.ms=$bad refused" "$why"
+            report fail "ember: jitter: $bad refused" "$why"
             show_log "$RUN_OUT" "$RUN_ERR"
         else
-            report pass "ember: jitter: jitter.ms=$bad refused"
+            report pass "ember: jitter: $bad refused"
         fi
     done
 }
