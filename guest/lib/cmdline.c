@@ -57,6 +57,8 @@ bool parse_u64(const char *s, uint64_t *value)
             digit = *s - 'A' + 10;
         else
             return false;
+        if (v > (UINT64_MAX - digit) / base)
+            return false; /* too large: refused, not wrapped around to a small value */
         v = v * base + digit;
     }
     *value = v;

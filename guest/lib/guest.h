@@ -65,7 +65,7 @@ void boot_info_parse(int protocol, uint64_t info_addr);
 /* cmdline.c: key=value words of the command line; values may be "double quoted" */
 bool cmdline_get(const char *key, char *value, size_t size);
 bool cmdline_get_u64(const char *key, uint64_t *value);
-bool parse_u64(const char *s, uint64_t *value); /* decimal or 0x hex, whole string */
+bool parse_u64(const char *s, uint64_t *value); /* decimal or 0x hex, whole string, no overflow */
 /* Whether the comma-separated words of key= hold word (no key=: false). */
 bool cmdline_list_has(const char *key, const char *word);
 

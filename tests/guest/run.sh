@@ -453,6 +453,94 @@ case_bad_insn() {
     done
 }
 
+# jitter: bench/jitter.sh's guest. Only the report's shape is checked, never its figures (they
+# are the host's): the result line is there with every field, the loop ran, and the histogram's
+# counts nest (each bucket holds the next). A jitter.ms= out of 1-60000 or not a number (one
+# that would wrap around 64 bits too), or a jitter.settle_ms= over 10000, is refused with a
+# bail-out and debug-exit 1.
+JITTER_FIELDS=(ms iters max_gap_ns gaps_over_10us gt1us gt100us gt1ms stolen_us tsc_backwards)
+
+check_jitter_report() { # check_jitter_report LOG MS -> prints the reason on failure
+    local line f v
+    line=$(tr -d '\r' <"$1" | grep -E '^jitter: ms=' | tail -n1)
+    if [ -z "$line" ]; then
+        echo "no 'jitter: ms=' line"
+        return 1
+    fi
+    declare -A val
+    for f in "${JITTER_FIELDS[@]}"; do
+        v=$(printf '%s\n' "$line" | sed -nE "s/.* $f=([0-9]+)( .*)?$/\1/p")
+        if [ -z "$v" ]; then
+            echo "no $f= in '$line'"
+            return 1
+        fi
+        val[$f]=$v
+    done
+    if [ "${val[ms]}" != "$2" ]; then
+        echo "ms=${val[ms]}, asked for $2"
+    elif [ "${val[iters]}" -le 0 ] || [ "${val[max_gap_ns]}" -le 0 ]; then
+        echo "iters=${val[iters]} max_gap_ns=${val[max_gap_ns]}: the loop did not run"
+    elif ! [ "${val[gt1us]}" -ge "${val[gaps_over_10us]}" ] ||
+        ! [ "${val[gaps_over_10us]}" -ge "${val[gt100us]}" ] ||
+        ! [ "${val[gt100us]}" -ge "${val[gt1ms]}" ]; then
+        echo "buckets do not nest: $line"
+    elif [ "${val[gt1ms]}" -gt 0 ] && [ "${val[max_gap_ns]}" -le 1000000 ]; then
+        echo "a gap over 1 ms counted, but max_gap_ns=${val[max_gap_ns]}"
+    elif [ "${val[gaps_over_10us]}" -gt 0 ] && [ "${val[stolen_us]}" -lt 10 ]; then
+        echo "gaps over 10 us counted, but stolen_us=${val[stolen_us]}"
+    else
+        return 0
+    fi
+    return 1
+}
+
+jitter_report() { # jitter_report DESC MS: expect_pass, then the report's shape
+    local why
+    expect_pass "$1: passes"
+    if ! why=$(check_jitter_report "$RUN_OUT" "$2"); then
+        report fail "$1: report is well formed" "$why"
+        show_log "$RUN_OUT" "$RUN_ERR"
+    else
+        report pass "$1: report is well formed"
+    fi
+}
+
+case_jitter() {
+    local ms=200 qemu_ref="" bad why
+    if [ "$have_qemu" = 1 ]; then
+        run_qemu jitter "$GUEST_DIR/jitter.elf" rtc=off "-m 128" "console=ttyS0 jitter.ms=$ms"
+        qemu_ref=$RUN_OUT
+        jitter_report "qemu: jitter" "$ms"
+    else
+        report skip "qemu: jitter" "$qemu_missing"
+    fi
+    if [ "$have_ember" != 1 ]; then
+        report skip "ember: jitter" "$(ember_skip_reason)"
+        return
+    fi
+    run_ember jitter "$GUEST_DIR/jitter.elf" "--debug-exit" "console=ttyS0 jitter.ms=$ms"
+    jitter_report "ember: jitter" "$ms"
+    same_tap "ember: jitter: same TAP lines as QEMU" "$qemu_ref"
+    for bad in jitter.ms=0 jitter.ms=60001 jitter.ms=18446744073709551617 jitter.ms=2x \
+        jitter.settle_ms=10001; do
+        run_ember "jitter-bad-$bad" "$GUEST_DIR/jitter.elf" "--debug-exit" "console=ttyS0 $bad"
+        why=""
+        if [ "$RUN_STATUS" != "$DEBUG_EXIT_FAIL" ]; then
+            why="exit status $RUN_STATUS, expected $DEBUG_EXIT_FAIL (debug-exit 1)"
+        elif ! tr -d '\r' <"$RUN_OUT" | grep -qF "Bail out! $bad:"; then
+            why="no bail-out naming $bad"
+        elif tr -d '\r' <"$RUN_OUT" | grep -q '^jitter: '; then
+            why="the loop ran anyway"
+        fi
+        if [ -n "$why" ]; then
+            report fail "ember: jitter: $bad refused" "$why"
+            show_log "$RUN_OUT" "$RUN_ERR"
+        else
+            report pass "ember: jitter: $bad refused"
+        fi
+    done
+}
+
 # shellcheck source=tests/guest/virtio.sh
 . "$ROOT/tests/guest/virtio.sh"
 # shellcheck source=tests/guest/net.sh
@@ -465,7 +553,7 @@ case_bad_insn() {
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
     virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost
     net-perf net-backpressure virtio-lifecycle rss-blk rss-net rss-vsock rss-console
-    log-flood intx-shared bounds)
+    log-flood intx-shared bounds jitter)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -524,6 +612,7 @@ for c in "${cases[@]}"; do
     log-flood) case_log_flood ;;
     intx-shared) case_intx_shared ;;
     bounds) case_bounds ;;
+    jitter) case_jitter ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1
