@@ -9,6 +9,11 @@
 #   linux-source version, the compiler, the fragment, the patches and this
 #   script; a rerun with nothing changed only prints the cached path.
 #   EMBER_LINUX_BUILD=<dir> puts everything in <dir> instead of build/linux.
+#   Finished kernels are also kept, under the same key, in a cache of the
+#   machine's (EMBER_LINUX_CACHE, default /var/cache/ember/linux-kernel as
+#   root, else ~/.cache/ember/linux-kernel; "none" turns it off), so that a
+#   fresh clone (CI) reuses a kernel built from the same inputs instead of
+#   spending a quarter of an hour rebuilding it; --force rebuilds anyway.
 #
 # Needs root only when packages are missing (it installs them with apt-get).
 set -euo pipefail
@@ -24,7 +29,7 @@ for arg in "$@"; do
     case $arg in
     --force) force=1 ;;
     -h | --help)
-        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -84,6 +89,27 @@ key=$(
 )
 result=$out/kernel/$key
 if ((!force)) && [[ -s $result/vmlinux ]]; then
+    echo "$result/vmlinux"
+    exit 0
+fi
+
+# --- the machine's cache ----------------------------------------------------
+if [[ -n ${EMBER_LINUX_CACHE:-} ]]; then
+    cache=$EMBER_LINUX_CACHE
+elif ((EUID == 0)); then
+    cache=/var/cache/ember/linux-kernel
+else
+    cache=${XDG_CACHE_HOME:-$HOME/.cache}/ember/linux-kernel
+fi
+[[ $cache == none ]] && cache=
+if ((!force)) && [[ -n $cache && -s $cache/$key/vmlinux && -s $cache/$key/config ]]; then
+    log "kernel $key from the machine's cache $cache (same source, compiler, fragment, patches and script)"
+    mkdir -p "$out/kernel"
+    rm -rf "$result.tmp"
+    cp -r "$cache/$key" "$result.tmp"
+    rm -rf "$result"
+    mv "$result.tmp" "$result"
+    ln -sfn "kernel/$key/vmlinux" "$out/vmlinux"
     echo "$result/vmlinux"
     exit 0
 fi
@@ -187,4 +213,13 @@ printf 'source %s %s\ngcc %s\n' "$srcpkg" "$srcver" "$(gcc -dumpfullversion)" >"
 rm -rf "$result"
 mv "$result.tmp" "$result"
 ln -sfn "kernel/$key/vmlinux" "$out/vmlinux"
+if [[ -n $cache ]]; then
+    # Best effort: a cache that cannot be written only means the next clone builds again.
+    if mkdir -p "$cache" 2>/dev/null && rm -rf "$cache/$key.tmp" && cp -r "$result" "$cache/$key.tmp" 2>/dev/null; then
+        rm -rf "${cache:?}/$key"
+        mv "$cache/$key.tmp" "$cache/$key" && log "kept in the machine's cache: $cache/$key"
+    else
+        log "could not keep the kernel in $cache (next time it is built again)"
+    fi
+fi
 echo "$result/vmlinux"
