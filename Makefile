@@ -244,16 +244,21 @@ go-sdk-test: all guests
 	  scripts/install-deps.sh go-sdk; fi
 	EMBER=$(abspath $(BUILD))/ember GUEST_DIR=$(abspath $(BUILD))/guest tests/clients/run-go-sdk.sh
 
-# The whole suite; CI runs exactly this.
+# The whole suite; CI runs exactly this. Each stage's time is printed as it ends and all of
+# them at the end (CI must stay well under an hour).
+TEST_STAGES := format-check all unit-test guest-test console-test api-test snapshot-test \
+  migration-test vhost-user-test vhost-user-net-test clients-test seccomp-test jailer-test \
+  go-sdk-test linux-smoke-test test-sanitize clang fuzz test-linux
 test:
 	@scripts/install-deps.sh test
-	$(MAKE) format-check
-	$(MAKE) all unit-test guest-test console-test api-test snapshot-test migration-test \
-	  vhost-user-test vhost-user-net-test clients-test seccomp-test jailer-test go-sdk-test linux-smoke-test
-	$(MAKE) test-sanitize
-	$(MAKE) clang
-	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
-	$(MAKE) test-linux
+	@set -e; times=""; start=$$(date +%s); \
+	for stage in $(TEST_STAGES); do \
+	  t=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$stage FUZZ_SECONDS=$(TEST_FUZZ_SECONDS); \
+	  took="$$stage $$(( $$(date +%s) - t ))s"; times="$$times $$took"; \
+	  echo "make test: $$took"; \
+	done; \
+	echo "make test: passed in $$(( $$(date +%s) - start )) s:$$times"
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build, running the unit and
 # guest tests.
