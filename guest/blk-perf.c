@@ -17,7 +17,10 @@
  *   blk-perf: begin NAME settle_ms=S run_ms=R
  * then spins S ms at CPL3, runs R ms, spins S ms more (quiet periods in which bench/blk.sh
  * reads KVM's exit counters; perf_settle_ms=, default 300), and prints
- *   blk-perf: result NAME ios=N bytes=B us=T iops=I mbps=M.MM errors=E kicks=K
+ *   blk-perf: result NAME ios=N bytes=B us=T iops=I mbps=M.MM errors=E kicks=K lat_mean_ns=L
+ *             lat_p99_ns=P
+ * where the latencies are each request's, from its submission to the driver seeing it used
+ * (TSC; p99 from a histogram with 16 buckets per power of two, so within 6.25% above).
  * perf_only=NAME[,NAME...] runs only the workloads named; perf_misalign=BYTES (below 4096) shifts
  * every data buffer off its page by that much, so that a VMM with O_DIRECT storage has to copy
  * (bounce) them.
@@ -49,6 +52,27 @@ static const struct workload workloads[] = {
 /* An interrupt-driven run gives up when a completion's interrupt has not come in this long. */
 #define IRQ_WAIT_MS 1000
 
+/* Request latencies in TSC cycles: below 16 one bucket each, above 16 buckets per power of
+ * two. */
+#define LAT_BUCKETS (61 * 16)
+
+static unsigned lat_bucket(uint64_t v)
+{
+    if (v < 16)
+        return (unsigned)v;
+    unsigned msb = 63 - (unsigned)__builtin_clzll(v);
+    return (msb - 3) * 16 + (unsigned)((v >> (msb - 4)) & 15);
+}
+
+/* The largest value of bucket i. */
+static uint64_t lat_bucket_top(unsigned i)
+{
+    if (i < 16)
+        return i;
+    unsigned msb = i / 16 + 3;
+    return ((uint64_t)(16 + i % 16) << (msb - 4)) + (1ull << (msb - 4)) - 1;
+}
+
 /* Everything the CPL3 loop touches. */
 struct run {
     struct virtq *q;
@@ -57,7 +81,10 @@ struct run {
     uint64_t settle_cycles, run_cycles;
     uint8_t *buffers; /* MAX_DEPTH of 128 KiB */
     struct vblk_req reqs[MAX_DEPTH];
+    uint64_t submitted[MAX_DEPTH]; /* TSC at each slot's submission */
     uint64_t ios, errors, cycles, kicks;
+    uint64_t lat_sum;
+    uint32_t lat_hist[LAT_BUCKETS];
     uint64_t next_block, rng;
     uint64_t irq_wait_cycles;
     bool irq_lost; /* a used buffer whose interrupt never came */
@@ -90,6 +117,7 @@ static uint64_t next_sector(struct run *r)
 
 static bool submit(struct run *r, unsigned slot)
 {
+    r->submitted[slot] = rdtsc();
     return vblk_submit(r->q, &r->reqs[slot], r->w->type, next_sector(r),
                        r->buffers + (size_t)slot * 128 * 1024, r->w->block, 0) >= 0;
 }
@@ -128,6 +156,9 @@ static uint64_t user_run(uint64_t arg)
         }
         while ((req = virtq_get(r->q, NULL))) {
             last = rdtsc();
+            uint64_t lat = last - r->submitted[req - r->reqs];
+            r->lat_sum += lat;
+            r->lat_hist[lat_bucket(lat)]++;
             r->ios++;
             r->errors += req->status != VIRTIO_BLK_S_OK;
             inflight--;
@@ -155,7 +186,9 @@ static bool run_workload(const struct workload *w, uint64_t run_ms)
     run.blocks = capacity * SECTOR_SIZE / w->block;
     run.settle_cycles = settle_ms * ms_cycles;
     run.run_cycles = run_ms * ms_cycles;
-    run.ios = run.errors = run.cycles = run.kicks = 0;
+    run.ios = run.errors = run.cycles = run.kicks = run.lat_sum = 0;
+    for (unsigned i = 0; i < LAT_BUCKETS; i++)
+        run.lat_hist[i] = 0;
     run.next_block = 0;
     run.rng = 0x9e3779b97f4a7c15ull;
     run.irq_wait_cycles = IRQ_WAIT_MS * ms_cycles;
@@ -177,10 +210,21 @@ static bool run_workload(const struct workload *w, uint64_t run_ms)
     uint64_t bytes = run.ios * w->block;
     uint64_t iops = us ? run.ios * 1000000 / us : 0;
     uint64_t centi_mbps = us ? bytes * 100 / us : 0; /* bytes/us = MB/s */
+    uint64_t p99 = 0, below = 0;
+    for (unsigned i = 0; i < LAT_BUCKETS && run.ios; i++) {
+        below += run.lat_hist[i];
+        if (below * 100 >= run.ios * 99) {
+            p99 = lat_bucket_top(i);
+            break;
+        }
+    }
+    uint64_t khz = tsc_hz / 1000;
+    uint64_t mean_ns = run.ios && khz ? run.lat_sum / run.ios * 1000000 / khz : 0;
+    uint64_t p99_ns = khz ? p99 * 1000000 / khz : 0;
     printf("blk-perf: result %s ios=%lu bytes=%lu us=%lu iops=%lu mbps=%lu.%02lu errors=%lu "
-           "kicks=%lu\n",
+           "kicks=%lu lat_mean_ns=%lu lat_p99_ns=%lu\n",
            w->name, run.ios, bytes, us, iops, centi_mbps / 100, centi_mbps % 100, run.errors,
-           run.kicks);
+           run.kicks, mean_ns, p99_ns);
     return run.errors == 0 && run.ios > 0 && !run.irq_lost;
 }
 

@@ -620,7 +620,10 @@ static int poll_idle(void *opaque)
         poll_window_work(&b->poll, monotonic_ns());
         return 0;
     }
-    if (poll_window_keep(&b->poll, monotonic_ns()))
+    bool pending = false;
+    for (unsigned i = 0; i < b->opts.queues; i++)
+        pending = pending || b->queues[i].inflight;
+    if (poll_window_keep(&b->poll, monotonic_ns(), pending))
         return 0;
     /* The window closed: ask for kicks again, and look once more for work that raced with
      * that (the driver may have added a request before it saw kicks were wanted). */

@@ -52,13 +52,13 @@ void poll_window_stop(struct poll_window *w, uint64_t now_ns)
     w->polling = false;
 }
 
-bool poll_window_keep(struct poll_window *w, uint64_t now_ns)
+bool poll_window_keep(struct poll_window *w, uint64_t now_ns, bool pending)
 {
     if (!w->polling)
         return false;
-    if (now_ns - w->last_work_ns < w->window_ns)
+    if (now_ns - w->last_work_ns < (pending ? w->bound_ns : w->window_ns))
         return true;
-    if (w->adaptive && w->window_ns > POLL_WINDOW_MIN_NS) {
+    if (!pending && w->adaptive && w->window_ns > POLL_WINDOW_MIN_NS) {
         w->window_ns /= 2;
         if (w->window_ns < POLL_WINDOW_MIN_NS)
             w->window_ns = POLL_WINDOW_MIN_NS;

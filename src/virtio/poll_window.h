@@ -41,8 +41,9 @@ void poll_window_start(struct poll_window *w, uint64_t now_ns);
 void poll_window_work(struct poll_window *w, uint64_t now_ns);
 /* Polling found nothing: true while the window is still open; false when it closed (polling
  * stops: the caller asks for kicks again, then looks once more for work that raced with that
- * and calls poll_window_start if it found some). */
-bool poll_window_keep(struct poll_window *w, uint64_t now_ns);
+ * and calls poll_window_resume if it found some). With requests still in flight (pending),
+ * their completions are work to come: the window is then the bound, and it does not shrink. */
+bool poll_window_keep(struct poll_window *w, uint64_t now_ns, bool pending);
 /* Work that raced with poll_window_keep's false was found after kicks were asked for: polling
  * goes on, the window as it is. */
 void poll_window_resume(struct poll_window *w, uint64_t now_ns);

@@ -10,7 +10,7 @@ START_TEST(off_never_polls)
     ck_assert(!poll_window_on(&w));
     poll_window_start(&w, 1000);
     ck_assert(!w.polling);
-    ck_assert(!poll_window_keep(&w, 1000));
+    ck_assert(!poll_window_keep(&w, 1000, false));
 }
 END_TEST
 
@@ -21,10 +21,10 @@ START_TEST(fixed_window)
     ck_assert_uint_eq(w.window_ns, 50000);
     poll_window_start(&w, 1000000);
     ck_assert(w.polling);
-    ck_assert(poll_window_keep(&w, 1049999));
+    ck_assert(poll_window_keep(&w, 1049999, false));
     poll_window_work(&w, 1040000); /* work restarts the window */
-    ck_assert(poll_window_keep(&w, 1089999));
-    ck_assert(!poll_window_keep(&w, 1090000));
+    ck_assert(poll_window_keep(&w, 1089999, false));
+    ck_assert(!poll_window_keep(&w, 1090000, false));
     ck_assert(!w.polling);
     /* A fixed window never changes, whenever kicks come. */
     poll_window_start(&w, 1090001);
@@ -46,7 +46,7 @@ START_TEST(adaptive_grows_to_catch_kicks)
     /* The first window closes; a kick 30 us later would have been caught by a window of 38 us
      * or more: it doubles up to 64 us. */
     t += POLL_WINDOW_MIN_NS;
-    ck_assert(!poll_window_keep(&w, t));
+    ck_assert(!poll_window_keep(&w, t, false));
     ck_assert_uint_eq(w.window_ns, POLL_WINDOW_MIN_NS); /* already the least */
     t += 30000;
     poll_window_start(&w, t);
@@ -55,20 +55,20 @@ START_TEST(adaptive_grows_to_catch_kicks)
     /* Work every 40 us is now caught without a kick, and the window stays. */
     for (int i = 0; i < 10; i++) {
         t += 40000;
-        ck_assert(poll_window_keep(&w, t - 1));
+        ck_assert(poll_window_keep(&w, t - 1, false));
         poll_window_work(&w, t);
     }
     ck_assert_uint_eq(w.window_ns, 64000);
     /* A kick further after the window than the bound allows does not grow it. */
     t += 64000;
-    ck_assert(!poll_window_keep(&w, t));
+    ck_assert(!poll_window_keep(&w, t, false));
     ck_assert_uint_eq(w.window_ns, 32000); /* closed without work: halved */
     t += 2000000;
     poll_window_start(&w, t);
     ck_assert_uint_eq(w.window_ns, 32000);
     /* Never beyond the bound. */
     t += 32000;
-    ck_assert(!poll_window_keep(&w, t));
+    ck_assert(!poll_window_keep(&w, t, false));
     t += 990000;
     poll_window_start(&w, t);
     ck_assert_uint_le(w.window_ns, 1000000);
@@ -84,11 +84,25 @@ START_TEST(adaptive_shrinks_when_idle)
     for (int i = 0; i < 20; i++) {
         poll_window_start(&w, t);
         t += w.window_ns;
-        ck_assert(!poll_window_keep(&w, t));
+        ck_assert(!poll_window_keep(&w, t, false));
         t += 10000000; /* idle long after each window: nothing to catch */
     }
     ck_assert_uint_eq(w.window_ns, POLL_WINDOW_MIN_NS);
     ck_assert_uint_eq(w.grows, 0);
+}
+END_TEST
+
+START_TEST(pending_keeps_to_the_bound)
+{
+    struct poll_window w;
+    poll_window_init(&w, 100, true);
+    poll_window_start(&w, 1000);
+    /* Requests in flight: polling goes on past the window, up to the bound, and the window is
+     * not shrunk for it. */
+    ck_assert(poll_window_keep(&w, 1000 + 99999, true));
+    ck_assert(!poll_window_keep(&w, 1000 + 100000, true));
+    ck_assert_uint_eq(w.window_ns, POLL_WINDOW_MIN_NS);
+    ck_assert_uint_eq(w.shrinks, 0);
 }
 END_TEST
 
@@ -97,7 +111,7 @@ START_TEST(resume_and_stop)
     struct poll_window w;
     poll_window_init(&w, 100, true);
     poll_window_start(&w, 1000);
-    ck_assert(!poll_window_keep(&w, 1000 + POLL_WINDOW_MIN_NS));
+    ck_assert(!poll_window_keep(&w, 1000 + POLL_WINDOW_MIN_NS, false));
     /* A request that raced with the switch: polling resumes, the window unchanged. */
     poll_window_resume(&w, 1000 + POLL_WINDOW_MIN_NS + 1);
     ck_assert(w.polling);
@@ -105,7 +119,7 @@ START_TEST(resume_and_stop)
     ck_assert_uint_eq(w.grows, 0);
     poll_window_stop(&w, 50000);
     ck_assert(!w.polling);
-    ck_assert(!poll_window_keep(&w, 50001));
+    ck_assert(!poll_window_keep(&w, 50001, false));
 }
 END_TEST
 
@@ -117,6 +131,7 @@ Suite *poll_window_suite(void)
     tcase_add_test(tc, fixed_window);
     tcase_add_test(tc, adaptive_grows_to_catch_kicks);
     tcase_add_test(tc, adaptive_shrinks_when_idle);
+    tcase_add_test(tc, pending_keeps_to_the_bound);
     tcase_add_test(tc, resume_and_stop);
     suite_add_tcase(s, tc);
     return s;
