@@ -582,6 +582,10 @@ static void serve(struct virtio_blk *b)
 {
     if (b->frozen)
         return; /* thaw serves what came meanwhile */
+    /* Whatever brought us here (a kick, the completion eventfd, a timer) is work the polling
+     * window counts from, not only what poll_idle finds itself. */
+    if (b->poll.polling)
+        poll_window_work(&b->poll, monotonic_ns());
     for (int round = 0; round < 64 && b->dev.active; round++) {
         for (unsigned i = 0; i < b->opts.queues && b->dev.active; i++) {
             if (b->dev.queues[i].enabled)
