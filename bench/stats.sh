@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the benchmarks that keep one result line per workload and run in
 # OUT_DIR/VMM.RUN.results (bench/vhost_user.sh, reserved_core.sh): field 1 the workload, 3 its
 # IOPS, 9 and 10 the CPU others (processes, steal) took in its window in % of one CPU.
