@@ -27,7 +27,7 @@
 #           guest time; tick-coarse, 10 ms): host work on the guest's core
 #   R us    host CPU time on the reserved CPU (everything that ran there: the VMM's threads
 #           and anything else)
-# and, after the run, while the guest spins without I/O (from 0.5 to 0.95 of the quiet period
+# and, after the run, while the guest spins without I/O (from 0.5 to about 0.8 of the quiet period
 # after it): idle: the VMM's non-vCPU CPU time in ms per second, what polling costs when the
 # guest is idle. Without a placement the vCPU and the VMM's threads go where the scheduler
 # puts them, so G and R are then just the two CPUs' figures.
@@ -190,7 +190,7 @@ run_vmm() {
             before=$(snapshot "$pid")
             sleep "$(ms_to_s $((settle + run)))"
             after=$(snapshot "$pid")
-            sleep "$(ms_to_s $((settle * 45 / 100)))"
+            sleep "$(ms_to_s $((settle * 30 / 100)))"
             idle=$(snapshot "$pid")
             echo "$name $before | $after | $idle" >>"$res.raw"
         fi
