@@ -13,7 +13,10 @@
 #   -r RUNS  runs per VMM, interleaved, the order rotated each round (default 5)
 #   VMM      ember, ember-reserved, qemu, qemu-poll (default: these four; virtio-pci, QEMU on
 #            q35 with qboot), and ember-mmio, ember-mmio-reserved, qemu-mmio, qemu-mmio-poll
-#            (virtio-mmio; QEMU's microvm)
+#            (virtio-mmio; QEMU's microvm); ember-vhu-reserved: ember placed as ember-reserved
+#            with a vhost-user-blk disk served by qemu-storage-daemon on the reserved CPU, its
+#            export on an iothread polling for up to QEMU_POLL_NS (the back-end polls instead
+#            of ember: ember is on no data path; QSD's CPU is then in "R us")
 # Environment: EMBER, QEMU, QBOOT, IMAGE (build/ember-reserved-bench.img), RESERVED (the host
 #   CPU reserved for the VMM, default 1) and GUEST_CPU (the vCPU's, default 0); QEMU_POLL_NS
 #   (QEMU's iothread poll-max-ns, default 262144: the best of 32768 (QEMU's default), 262144
@@ -45,6 +48,7 @@ GUEST=$ROOT/build/guest/blk-perf.elf
 RESERVED=${RESERVED:-1}
 GUEST_CPU=${GUEST_CPU:-0}
 QEMU_POLL_NS=${QEMU_POLL_NS:-262144}
+QSD=${QSD:-qemu-storage-daemon}
 RUN_MS=2000
 SETTLE_MS=1000
 RUNS=5
@@ -72,6 +76,12 @@ VMMS=("$@")
 for vmm in "${VMMS[@]}"; do
     case $vmm in
     ember | ember-reserved | qemu | qemu-poll | ember-mmio | ember-mmio-reserved | qemu-mmio | qemu-mmio-poll) ;;
+    ember-vhu-reserved)
+        command -v "$QSD" >/dev/null || {
+            echo "# skipped: $QSD is not installed (Debian: qemu-system-common)"
+            exit 0
+        }
+        ;;
     *)
         echo "unknown VMM '$vmm'" >&2
         exit 2
@@ -88,7 +98,11 @@ make -s -C "$ROOT/guest" O="$ROOT/build/guest" >/dev/null
 mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR"/*.results "$OUT_DIR"/*.raw "$OUT_DIR"/*.out "$OUT_DIR"/*.err
 
+QSD_PID=
+SOCK=$OUT_DIR/qsd.sock
+. "$ROOT/bench/qsd.sh"
 cleanup() {
+    stop_qsd
     if [ "${MADE_IMAGE:-0}" = 1 ] && [ "${KEEP_IMAGE:-0}" != 1 ]; then rm -f "$IMAGE"; fi
 }
 trap cleanup EXIT
@@ -121,6 +135,10 @@ start_vmm() { # start_vmm VMM OUT -> VMM_PID
     case $1 in
     ember) "${ember[@]}" --transport pci </dev/null >"$2" 2>"$2.err" & ;;
     ember-reserved) "${ember[@]}" --transport pci "${placed[@]}" </dev/null >"$2" 2>"$2.err" & ;;
+    ember-vhu-reserved)
+        "$EMBER" run --kernel "$GUEST" --debug-exit --cmdline "$cmdline" --drive "socket=$SOCK" \
+            --transport pci "${placed[@]}" </dev/null >"$2" 2>"$2.err" &
+        ;;
     ember-mmio) "${ember[@]}" --transport mmio </dev/null >"$2" 2>"$2.err" & ;;
     ember-mmio-reserved) "${ember[@]}" --transport mmio "${placed[@]}" </dev/null >"$2" 2>"$2.err" & ;;
     qemu)
@@ -168,6 +186,7 @@ run_vmm() {
     : >"$res"
     : >"$out"
     cat "$IMAGE" >/dev/null
+    [ "$vmm" = ember-vhu-reserved ] && start_qsd "$out.qsd.log" "$RESERVED" "$QEMU_POLL_NS"
     start_vmm "$vmm" "$out"
     local pid=$VMM_PID seen=0 deadline=$((SECONDS + 60 + 6 * (RUN_MS + 2 * SETTLE_MS) / 1000))
     while kill -0 "$pid" 2>/dev/null; do
@@ -197,6 +216,7 @@ run_vmm() {
         sleep 0.02
     done
     wait "$pid" || true
+    stop_qsd
     local name ios iops mbps kicks lmean lp99
     while read -r name ios iops mbps kicks lmean lp99; do
         local raw b a c d=() e=() i
@@ -261,7 +281,7 @@ echo
 echo "IOPS ratios, of medians (of bests):"
 for w in "${WORKLOADS[@]}"; do
     printf '  %-18s' "$w"
-    for pair in ember:qemu ember-reserved:qemu ember-reserved:qemu-poll ember-mmio:qemu-mmio \
+    for pair in ember:qemu ember-reserved:qemu ember-reserved:qemu-poll ember-vhu-reserved:qemu-poll ember-mmio:qemu-mmio \
         ember-mmio-reserved:qemu-mmio ember-mmio-reserved:qemu-mmio-poll; do
         a=${pair%:*}
         b=${pair#*:}

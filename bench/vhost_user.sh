@@ -114,28 +114,7 @@ fi
 counters_build
 
 SOCK=$OUT_DIR/qsd.sock
-start_qsd() { # start_qsd LOG -> QSD_PID
-    rm -f "$SOCK"
-    "$QSD" --blockdev "driver=file,node-name=f,filename=$IMAGE,aio=io_uring,cache.direct=off" \
-        --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$SOCK,writable=off,num-queues=1" \
-        </dev/null >"$1" 2>&1 &
-    QSD_PID=$!
-    local deadline=$((SECONDS + 10))
-    while [ ! -S "$SOCK" ]; do
-        if ! kill -0 "$QSD_PID" 2>/dev/null || [ $SECONDS -gt $deadline ]; then
-            echo "qemu-storage-daemon did not open $SOCK; see $1" >&2
-            exit 1
-        fi
-        sleep 0.02
-    done
-}
-
-stop_qsd() {
-    [ -n "$QSD_PID" ] || return 0
-    kill "$QSD_PID" 2>/dev/null || true
-    wait "$QSD_PID" 2>/dev/null || true
-    QSD_PID=
-}
+. "$ROOT/bench/qsd.sh"
 
 QEMU_BASE=(-nodefaults -no-user-config -display none -enable-kvm -cpu "host,-arch-capabilities"
     -device "isa-debug-exit,iobase=0xf4,iosize=4" -m 128 -serial stdio -name "bench,debug-threads=on")
