@@ -93,7 +93,8 @@ START_TEST(cpu_placement_option)
     expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-placement", "vmm=0,vcpu=1000"),
                  "CPU 1000 does not exist");
     expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-placement", "vmm=0"), "no vcpu CPUs");
-    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-placement", ""), "not part of a CPU list");
+    expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-placement", ""),
+                 "not part of a CPU list");
     expect_error(PARSE(&c, "run", "--kernel", "k", "--cpu-placement"), "needs a value");
 }
 END_TEST
