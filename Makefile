@@ -53,7 +53,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 .PHONY: all demo test unit-test guest-test console-test api-test snapshot-test seccomp-test jailer-test \
         jailer-test-sanitize linux-smoke-test test-linux \
         migration-test vhost-user-test vhost-user-net-test test-sanitize fuzz fuzz-build bench bench-startup bench-api bench-jailer \
-        bench-linux-boot bench-snapshot bench-vhost-user bench-virtiofs bench-jitter \
+        bench-linux-boot bench-snapshot bench-vhost-user bench-virtiofs bench-jitter bench-reserved-core \
         clang guests format format-check clean bench install uninstall go-sdk-test clients-test
 
 all: $(BUILD)/ember $(BUILD)/ember-jailer $(BUILD)/ember-uffd-handler $(BUILD)/ember-snapshot-merge
@@ -146,6 +146,9 @@ bench-vhost-user:
 
 bench-virtiofs:
 	bench/virtiofs.sh
+
+bench-reserved-core:
+	bench/reserved_core.sh
 
 bench-jitter:
 	bench/jitter.sh
