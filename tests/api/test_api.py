@@ -800,7 +800,8 @@ def test_network_interfaces(tmp):
         with open(metrics) as f:
             line = json.loads(f.read().splitlines()[-1])
         fields = ("rx_packets_count", "rx_bytes_count", "rx_dropped_count", "rx_tap_dropped_count",
-                  "tx_packets_count", "tx_bytes_count", "tx_dropped_count", "tx_waits_for_room")
+                  "tx_packets_count", "tx_bytes_count", "tx_dropped_count", "tx_waits_for_room",
+                  "poll_hits", "poll_races")
         check(all(isinstance(line.get(k, {}).get(f), (int, float)) for k in ("net_eth0", "net") for f in fields),
               "network metrics per interface and in total: %r" % {k: line.get(k) for k in ("net_eth0", "net")})
         expect(e.req("PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204, "Ctrl+Alt+Del")
