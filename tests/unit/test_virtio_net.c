@@ -308,6 +308,28 @@ START_TEST(rx_buffers_polled_without_kicks)
 }
 END_TEST
 
+/* A snapshot stops polling with kicks off; thaw serves what came meanwhile and asks for kicks
+ * again, so the next frame is kicked for and polling starts over. */
+START_TEST(freeze_stops_polling_thaw_asks_for_kicks)
+{
+    ck_assert(send_frame(0, 0x50, true));
+    ck_assert_int_eq(host_read(2000), 0x50);
+    ck_assert(polling());
+    ck_assert_int_eq(virtio_dev_freeze(&net.dev), 0);
+    ck_assert(!polling());
+    ck_assert(!send_frame(1, 0x51, true)); /* kicks were off: none asked for */
+    ck_assert_int_eq(host_read(50), -1);   /* frozen: nothing moves */
+    virtio_dev_thaw(&net.dev);
+    ck_assert_int_eq(host_read(2000), 0x51);
+    ck_assert(wait_used(TXQ, 2, 2000));
+    ck_assert(!polling());
+    ck_assert_uint_eq(avail_event(TXQ), 2);
+    ck_assert(send_frame(2, 0x52, true));
+    ck_assert_int_eq(host_read(2000), 0x52);
+    ck_assert(polling());
+}
+END_TEST
+
 /* A driver that kicks only when the device asks, sending at gaps around the poll window's
  * length, so that frames land while the device polls, just as it stops and asks for kicks
  * again, and while it sleeps. A frame that raced with the switch and was neither seen by the
@@ -412,6 +434,7 @@ Suite *virtio_net_suite(void)
     tcase_add_checked_fixture(t, setup_long_poll, teardown);
     tcase_add_test(t, tx_polled_without_kicks);
     tcase_add_test(t, rx_buffers_polled_without_kicks);
+    tcase_add_test(t, freeze_stops_polling_thaw_asks_for_kicks);
     tcase_set_timeout(t, 30);
     suite_add_tcase(s, t);
     TCase *race = tcase_create("polling_race");
