@@ -862,6 +862,8 @@ enum {
     NM_TX_WAITS,
     NM_INTERRUPTS,
     NM_TAP_DROPPED,
+    NM_POLL_HITS,
+    NM_POLL_RACES,
     NM_NFIELDS
 };
 
@@ -899,6 +901,8 @@ static const char *const net_names[NM_NFIELDS] = {
     "tx_waits_for_room",
     "interrupts",
     "rx_tap_dropped_count",
+    "poll_hits",
+    "poll_races",
 };
 
 static void net_values(struct virtio_net *n, uint64_t *v)
@@ -931,6 +935,10 @@ static void net_values(struct virtio_net *n, uint64_t *v)
     v[NM_TX_SPOOFED] = load(&n->tx_spoofed_mac);
     v[NM_TX_WAITS] = load(&n->tx_pushback);
     v[NM_INTERRUPTS] = load(&n->dev.interrupts);
+    /* Polling (a CPU placement's): rounds that found frames or receive buffers, and those found
+     * right after kicks were asked for again. */
+    v[NM_POLL_HITS] = load(&n->poll_hits);
+    v[NM_POLL_RACES] = load(&n->poll_races);
     /* Frames the guest had no buffers for wait in the tap, and the kernel drops them there. */
     uint64_t host_drops;
     if (n->opts.tap && net_tap_host_drops(n->opts.tap, &host_drops) == 0)
@@ -1023,6 +1031,8 @@ static void add_vsock(struct emitter *e, struct virtio_vsock *v)
     inc(e, "rsts_sent", v ? load(&v->rsts_sent) : 0);
     inc(e, "bad_packets", v ? load(&v->bad_packets) : 0);
     inc(e, "credit_violations", v ? load(&v->credit_violations) : 0);
+    inc(e, "poll_hits", v ? load(&v->poll_hits) : 0); /* polling, as the net groups' */
+    inc(e, "poll_races", v ? load(&v->poll_races) : 0);
     end(e);
 }
 

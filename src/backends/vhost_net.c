@@ -87,6 +87,15 @@ int vhost_net_start(struct vhost_net *v, const struct guest_memory *mem, uint64_
             ioctl(v->fd, VHOST_SET_VRING_KICK, &kick) < 0 ||
             ioctl(v->fd, VHOST_SET_VRING_CALL, &call) < 0)
             return error_errno("vhost-net ring %u setup", i);
+        struct vhost_vring_state busyloop = {.index = i, .num = v->busyloop_us};
+        if (v->busyloop_us && !v->busyloop_refused &&
+            ioctl(v->fd, VHOST_SET_VRING_BUSYLOOP_TIMEOUT, &busyloop) < 0) {
+            /* Busy polling is an optimisation: the rings work without it. */
+            log_warn("vhost-net: the kernel refused busy polling of the rings "
+                     "(VHOST_SET_VRING_BUSYLOOP_TIMEOUT %u us): %s; they are served on kicks",
+                     v->busyloop_us, strerror(errno));
+            v->busyloop_refused = true;
+        }
     }
     for (unsigned i = 0; i < nrings; i++) {
         struct vhost_vring_file backend = {.index = i, .fd = tap_fd};

@@ -23,6 +23,11 @@ struct vhost_net {
     uint64_t features; /* what the kernel offers */
     bool running;
     unsigned nrings;
+    /* Set before vhost_net_start: how long the kernel's worker busy-polls a ring after work
+     * before it waits for a kick (VHOST_SET_VRING_BUSYLOOP_TIMEOUT, microseconds); 0: not
+     * asked for. A kernel that refuses it is logged once and runs without. */
+    unsigned busyloop_us;
+    bool busyloop_refused;
 };
 
 /* Opens /dev/vhost-net; -1 with a message saying why not (e.g. missing). */

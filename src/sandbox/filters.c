@@ -252,6 +252,8 @@ static const struct sc_rule net_rules[] = {
     IOCTL(VHOST_SET_VRING_KICK),
     IOCTL(VHOST_SET_VRING_CALL),
     IOCTL(VHOST_NET_SET_BACKEND),
+    /* the kernel's busy polling of each ring, a CPU placement's polling bound */
+    IOCTL(VHOST_SET_VRING_BUSYLOOP_TIMEOUT),
 };
 
 static const struct sc_rule console_rules[] = {

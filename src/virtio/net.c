@@ -1,5 +1,6 @@
 #include "virtio/net.h"
 
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "virtio/net_features.h"
@@ -331,6 +332,10 @@ static void process_tx_queue(struct virtio_net *n);
 
 static void process_tx(struct virtio_net *n)
 {
+    /* Whatever brought us here (a kick, room on the host, the rate limiter's timer) is work
+     * the polling window counts from, not only what poll_idle finds itself. */
+    if (n->poll.polling)
+        poll_window_work(&n->poll, monotonic_ns());
     process_tx_queue(n);
     if (n->mmds_detoured && n->dev.active) {
         /* MMDS may have answers: they go to the receive queue now. */
@@ -362,6 +367,8 @@ static void process_tx_queue(struct virtio_net *n)
         if (n->tx_held == 0) {
             if (n->tx_throttled)
                 break; /* the timer comes back, kicks stay off meanwhile */
+            if (n->poll.polling)
+                break; /* no kicks while the I/O thread polls the ring (poll_idle) */
             if (virtq_enable_kicks(q, true)) {
                 virtq_enable_kicks(q, false);
                 continue;
@@ -501,20 +508,29 @@ static void process_rx(struct virtio_net *n)
                 memset(n->rx_buf, 0, sizeof(struct net_hdr)); /* no offload info */
             n->rx_pending = (size_t)r + skip;
         }
-        if (!tokens(n, &n->rx_bytes_tb, &n->rx_ops_tb, n->rx_pending - sizeof(struct net_hdr))) {
-            watch_rx(n, false);
-            break;
+        /* A frame that waited for buffers paid for itself when it first tried. */
+        if (!n->rx_charged) {
+            if (!tokens(n, &n->rx_bytes_tb, &n->rx_ops_tb,
+                        n->rx_pending - sizeof(struct net_hdr))) {
+                watch_rx(n, false);
+                break;
+            }
+            n->rx_charged = true;
         }
         if (!deliver(n)) {
-            n->no_rx_buffers++;
+            if (!n->rx_starved)
+                n->no_rx_buffers++;
+            n->rx_starved = true;
             /* Not enough buffers: stop reading the host until the guest adds more (its kick
-             * on the receive queue), which pushes back on it. The ring may still hold the
-             * buffers just given back, too few for this frame: only new ones count. */
-            if (virtq_enable_kicks_for_more(q))
+             * on the receive queue, or, while the I/O thread polls, poll_idle finding them),
+             * which pushes back on it. The ring may still hold the buffers just given back,
+             * too few for this frame: only new ones count. */
+            if (!n->poll.polling && virtq_enable_kicks_for_more(q))
                 continue;
             watch_rx(n, false);
             break;
         }
+        n->rx_charged = n->rx_starved = false;
         if (!d->active)
             return;
         pushed = true;
@@ -525,13 +541,89 @@ static void process_rx(struct virtio_net *n)
         virtio_dev_signal_used(d, RXQ);
 }
 
+/* ---- polling (user-space data path) ------------------------------------ */
+
+/* Whether the transmit ring is worth looking at: live, and not waiting for the host's room
+ * (on_tx_room comes back) or for the rate limiter's tokens (its timer comes back), which
+ * polling would only spin on. */
+static bool tx_can_take(const struct virtio_net *n)
+{
+    return virtio_dev_queue_live(&n->dev, TXQ) && !n->tx_handler && !n->tx_throttled;
+}
+
+/* Whether a frame waits for receive buffers the guest has yet to give (its tokens taken). */
+static bool rx_wants_buffers(const struct virtio_net *n)
+{
+    return virtio_dev_queue_live(&n->dev, RXQ) && n->rx_starved && n->rx_pending;
+}
+
+/* Work came (a kick, or frames from the host): the I/O thread polls for what follows. */
+static void start_polling(struct virtio_net *n)
+{
+    if (!poll_window_on(&n->poll))
+        return;
+    if (n->poll.polling)
+        poll_window_work(&n->poll, monotonic_ns());
+    else
+        poll_window_start(&n->poll, monotonic_ns());
+}
+
+/* After each round of the I/O thread's events while polling (poll_window.h): the transmit
+ * ring, and the receive ring when a frame waits for buffers, are looked at with kicks off.
+ * Frames from the host are not read here: the loop's epoll_wait, which a polling thread calls
+ * without a timeout at least every 20 us (util/iothread.c), reports the backend's descriptor,
+ * and a read per look would cost the system call the thread saves. Returns the iothread's next
+ * wait: 0 while polling, -1 (until an event) once it stopped. */
+static int poll_idle(void *opaque)
+{
+    struct virtio_net *n = opaque;
+    struct virtio_dev *d = &n->dev;
+    if (!d->active || !n->poll.polling || n->frozen)
+        return -1;
+    bool work = false;
+    if (tx_can_take(n) && virtq_has_avail(&d->queues[TXQ].vq)) {
+        process_tx(n);
+        work = true;
+    }
+    if (d->active && rx_wants_buffers(n) && virtq_has_avail(&d->queues[RXQ].vq)) {
+        /* As a kick of the receive queue would: the host read again (process_rx stops
+         * watching it if the frame still finds too few buffers: mergeable ones can be). */
+        watch_rx(n, true);
+        process_rx(n);
+        work = work || !n->rx_starved;
+    }
+    if (!d->active)
+        return -1;
+    if (work) {
+        n->poll_hits++;
+        poll_window_work(&n->poll, monotonic_ns());
+        return 0;
+    }
+    if (poll_window_keep(&n->poll, monotonic_ns(), false))
+        return 0;
+    /* The window closed: ask for kicks again, and look once more for work that raced with
+     * that (the driver may have added a buffer before it saw kicks were wanted). */
+    if ((tx_can_take(n) && virtq_enable_kicks(&d->queues[TXQ].vq, true)) ||
+        (rx_wants_buffers(n) && virtq_enable_kicks_for_more(&d->queues[RXQ].vq))) {
+        n->poll_races++;
+        poll_window_resume(&n->poll, monotonic_ns());
+        return 0;
+    }
+    return -1;
+}
+
 static void on_rx(void *opaque, uint32_t events)
 {
     struct virtio_net *n = opaque;
     (void)events;
     n->rx_host_events++;
-    if (n->dev.active)
-        process_rx(n);
+    if (!n->dev.active)
+        return;
+    uint64_t before = n->rx_frames;
+    process_rx(n);
+    /* The guest answers what it receives (a stream's acknowledgements): polled for. */
+    if (n->rx_frames != before && n->dev.active)
+        start_polling(n);
 }
 
 static void on_timer(void *opaque, uint32_t events)
@@ -556,6 +648,8 @@ static void queue_notify(struct virtio_dev *d, unsigned q)
     struct virtio_net *n = d->opaque;
     if (n->frozen)
         return; /* thaw looks at both queues */
+    /* Before the queue is served: what it takes, it takes with kicks left off. */
+    start_polling(n);
     if (q == TXQ) {
         process_tx(n);
     } else if (q == RXQ) {
@@ -645,6 +739,12 @@ static int serve_in_user_space(struct virtio_net *n)
     n->tx_held = 0;
     n->tx_throttled = false;
     n->rx_pending = 0;
+    n->rx_charged = n->rx_starved = false;
+    poll_window_init(&n->poll, n->opts.poll_us, n->opts.poll_adaptive);
+    if (poll_window_on(&n->poll)) {
+        d->io.idle = poll_idle;
+        d->io.idle_opaque = n;
+    }
     n->rx_handler = event_loop_add(&d->io.loop, n->be.rx_fd, EPOLLIN, on_rx, n);
     n->timer_handler = event_loop_add(&d->io.loop, n->timer_fd, EPOLLIN, on_timer, n);
     if (!n->rx_handler || !n->timer_handler)
@@ -678,6 +778,7 @@ static int activate(struct virtio_dev *d)
 {
     struct virtio_net *n = d->opaque;
     n->frozen = n->vhost_paused = false;
+    poll_window_init(&n->poll, 0, false); /* serve_in_user_space turns it on */
     if (n->use_vhost) {
         for (unsigned i = 0; i < 2; i++) {
             n->calls[i].handler =
@@ -695,6 +796,8 @@ static int activate(struct virtio_dev *d)
 static void quiesce(struct virtio_dev *d)
 {
     struct virtio_net *n = d->opaque;
+    d->io.idle = NULL;
+    poll_window_stop(&n->poll, monotonic_ns());
     if (n->vhost_running)
         vhost_net_stop(&n->vhost, NULL);
     n->vhost_running = n->vhost_paused = false;
@@ -726,6 +829,7 @@ static void quiesce(struct virtio_dev *d)
     /* A frame read from the host but not delivered is lost with the
      * reset, as on a real NIC. */
     n->rx_pending = 0;
+    n->rx_charged = n->rx_starved = false;
     n->tx_held = 0;
     n->tx_throttled = false;
 }
@@ -775,6 +879,9 @@ static void pause_vhost(struct virtio_net *n)
 static void freeze(struct virtio_dev *d)
 {
     struct virtio_net *n = d->opaque;
+    /* Polling stops with kicks off: thaw serves both queues, which asks for them again. */
+    d->io.idle = NULL;
+    poll_window_stop(&n->poll, monotonic_ns());
     if (n->vhost_running) {
         pause_vhost(n);
         n->frozen = true;
@@ -821,6 +928,10 @@ static void thaw(struct virtio_dev *d)
         if (fall_back_to_user_space(n) < 0)
             virtio_dev_fail(d, "cannot serve the queues again after a snapshot");
         return;
+    }
+    if (poll_window_on(&n->poll)) {
+        d->io.idle = poll_idle;
+        d->io.idle_opaque = n;
     }
     if (virtio_dev_queue_live(d, RXQ))
         watch_rx(n, true);
@@ -970,6 +1081,9 @@ int virtio_net_init(struct virtio_net *n, const char *name, const struct net_opt
             log_info("%s: rate limits are enforced in user space: not using vhost-net", name);
         } else if (vhost_net_open(&n->vhost) == 0) {
             n->use_vhost = true;
+            /* ember's thread is not on the kernel's data path: the polling bound becomes the
+             * kernel's own busy polling of the rings (fixed: vhost does not adapt it). */
+            n->vhost.busyloop_us = opts->poll_us;
             for (unsigned i = 0; i < 2; i++) {
                 n->calls[i].fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
                 if (n->calls[i].fd < 0)
@@ -1037,11 +1151,13 @@ void virtio_net_destroy(struct virtio_net *n)
     /* The iothread is gone: the counters hold still. Drops are the test of a hostile guest. */
     if (n->rx_frames || n->tx_frames || n->rx_dropped || n->tx_dropped)
         log_info("%s: received %llu frames, %llu bytes, %llu dropped; sent %llu frames, %llu "
-                 "bytes, %llu dropped; %llu waits for room on the host side",
+                 "bytes, %llu dropped; %llu waits for room on the host side; polling found "
+                 "work %llu times, %llu of them as it stopped",
                  n->dev.name, (unsigned long long)n->rx_frames, (unsigned long long)n->rx_bytes,
                  (unsigned long long)n->rx_dropped, (unsigned long long)n->tx_frames,
                  (unsigned long long)n->tx_bytes, (unsigned long long)n->tx_dropped,
-                 (unsigned long long)n->tx_pushback);
+                 (unsigned long long)n->tx_pushback, (unsigned long long)n->poll_hits,
+                 (unsigned long long)n->poll_races);
     if (n->be.ops && n->be.ops->close)
         n->be.ops->close(&n->be);
     if (n->timer_fd >= 0)

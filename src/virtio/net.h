@@ -12,6 +12,7 @@
 #include "mmds/stack.h"
 #include "util/ratelimit.h"
 #include "virtio/device.h"
+#include "virtio/poll_window.h"
 
 #define VIRTIO_NET_HDR_LEN   12
 #define VIRTIO_NET_MAX_FRAME 65550 /* a 64 KiB GSO frame and its Ethernet header */
@@ -32,6 +33,11 @@ struct net_options {
     enum vhost_mode vhost; /* tap only: the kernel's data path */
     uint64_t sndbuf;       /* tap only: its send buffer (0: unlimited) */
     struct rate_limit_config rx_limit, tx_limit;
+    /* After work, the I/O thread polls the rings this long (kicks off) before it sleeps; with
+     * vhost-net, the kernel's busy polling of each ring (its VHOST_SET_VRING_BUSYLOOP_TIMEOUT).
+     * 0: no polling. */
+    unsigned poll_us;
+    bool poll_adaptive; /* poll_us is the bound of an adaptive window (poll_window.h) */
     /* MMDS on this interface: frames to mmds_ipv4 (host order) are answered from this store
      * and never reach the backend. NULL: none. */
     struct mmds_store *mmds;
@@ -61,6 +67,13 @@ struct virtio_net {
     uint8_t *rx_buf;   /* one frame from the host, with its header */
     size_t rx_pending; /* bytes in rx_buf not yet given to the guest */
     bool rx_watching;  /* rx fd in the loop */
+    bool rx_charged;   /* the rate limiter's tokens were taken for the frame in rx_buf */
+    /* A frame waits in rx_buf and the ring had too few buffers for it: the guest's next ones
+     * are awaited (kicked for, or looked for while polling). */
+    bool rx_starved;
+    /* Polling (user-space data path): kicks off while it polls, the I/O thread watches the
+     * transmit ring, and the receive ring when a frame waits for buffers. */
+    struct poll_window poll;
     struct event_handler *rx_handler, *tx_handler, *timer_handler;
     int timer_fd;
     struct vhost_net vhost;
@@ -94,6 +107,8 @@ struct virtio_net {
     uint64_t rx_limiter_wakeups, tx_limiter_wakeups; /* its timer fired */
     uint64_t rx_host_events;                         /* the host side became readable */
     uint64_t tx_frozen_drops; /* frames the host had no room for when a snapshot was taken */
+    uint64_t poll_hits;       /* polling found frames to send or receive buffers */
+    uint64_t poll_races;      /* ... right after kicks were asked for again */
     struct log_limit log_drop, log_host; /* malformed or refused frames; host-side trouble */
 };
 

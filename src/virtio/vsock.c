@@ -484,6 +484,24 @@ static uint32_t serve_conn(struct virtio_vsock *v, struct vsock_conn *c, struct 
     return VSOCK_HDR_LEN + payload;
 }
 
+static void start_polling(struct virtio_vsock *v);
+
+/* The next chain of queue q, as virtio_dev_pop takes it, except that while the I/O thread
+ * polls an empty ring leaves the driver's kicks off: poll_idle looks at the ring instead. */
+static int pop(struct virtio_vsock *v, unsigned q, struct virtq_chain *ch)
+{
+    struct virtio_dev *d = &v->dev;
+    if (!v->poll.polling)
+        return virtio_dev_pop(d, q, ch);
+    if (!virtio_dev_queue_live(d, q))
+        return 0;
+    struct virtq *vq = &d->queues[q].vq;
+    int got = virtq_pop(vq, ch);
+    if (got < 0)
+        virtio_dev_fail(d, vq->error);
+    return got;
+}
+
 static void process_rx(struct virtio_vsock *v)
 {
     struct virtio_dev *d = &v->dev;
@@ -492,12 +510,17 @@ static void process_rx(struct virtio_vsock *v)
     unsigned round = 0;
     if (v->frozen || v->reset_unacked)
         return; /* thaw, or the driver's acknowledgement, comes back */
+    v->rx_starved = false;
     while (d->active && (v->ctrl_len || v->pend_head)) {
-        int got = virtio_dev_pop(d, RXQ, &v->rx_chain);
+        int got = pop(v, RXQ, &v->rx_chain);
         if (got < 0)
             return;
-        if (got == 0)
-            break; /* no buffers: host sockets wait (unread) until the guest's kick */
+        if (got == 0) {
+            /* No buffers: host sockets wait (unread) until the guest's kick, or until
+             * poll_idle finds buffers. */
+            v->rx_starved = true;
+            break;
+        }
         struct virtq_chain *ch = &v->rx_chain;
         if (ch->nout || ch->in_len <= VSOCK_HDR_LEN) {
             virtq_unpop(q, 1);
@@ -613,7 +636,11 @@ static void on_conn_event(void *opaque, uint32_t events)
         conn_update(v, c);
         break;
     }
+    uint64_t before = v->rx_packets;
     process_rx(v);
+    /* The guest answers what it receives (credit updates, replies): polled for. */
+    if (v->rx_packets != before && v->dev.active)
+        start_polling(v);
 }
 
 static void on_accept(void *opaque, uint32_t events)
@@ -867,9 +894,12 @@ static void process_tx(struct virtio_vsock *v)
     unsigned round = 0;
     if (v->frozen)
         return; /* thaw comes back */
+    /* Whatever brought us here (a kick, a thaw) is work the polling window counts from. */
+    if (v->poll.polling)
+        poll_window_work(&v->poll, monotonic_ns());
     virtq_enable_kicks(q, false);
     while (d->active) {
-        int got = virtio_dev_pop(d, TXQ, &v->tx_chain);
+        int got = pop(v, TXQ, &v->tx_chain);
         if (got < 0)
             return;
         if (got == 0)
@@ -886,9 +916,79 @@ static void process_tx(struct virtio_vsock *v)
     process_rx(v);
 }
 
+/* ---- polling --------------------------------------------------------------- */
+
+/* Work came (a kick, or packets for the guest from a host socket): the I/O thread polls for
+ * what follows. */
+static void start_polling(struct virtio_vsock *v)
+{
+    if (!poll_window_on(&v->poll))
+        return;
+    if (v->poll.polling)
+        poll_window_work(&v->poll, monotonic_ns());
+    else
+        poll_window_start(&v->poll, monotonic_ns());
+}
+
+/* Whether packets wait for receive buffers the guest has yet to give. */
+static bool rx_wants_buffers(const struct virtio_vsock *v)
+{
+    return v->rx_starved && !v->reset_unacked && virtio_dev_queue_live(&v->dev, RXQ);
+}
+
+/* After each round of the I/O thread's events while polling (poll_window.h): the transmit
+ * ring, and the receive ring while packets wait for buffers, looked at with kicks off (host
+ * sockets stay in the loop's epoll set, which a polling thread looks at every 20 us at least:
+ * util/iothread.c). The event queue carries only a snapshot's reset: never polled. Returns
+ * the iothread's next wait: 0 while polling, -1 (until an event) once it stopped. */
+static int poll_idle(void *opaque)
+{
+    struct virtio_vsock *v = opaque;
+    struct virtio_dev *d = &v->dev;
+    if (!d->active || !v->poll.polling || v->frozen)
+        return -1;
+    bool work = false;
+    if (virtio_dev_queue_live(d, TXQ) && virtq_has_avail(&d->queues[TXQ].vq)) {
+        process_tx(v); /* and what it has for the guest */
+        work = true;
+    }
+    if (d->active && rx_wants_buffers(v) && virtq_has_avail(&d->queues[RXQ].vq)) {
+        process_rx(v);
+        work = true;
+    }
+    if (!d->active)
+        return -1;
+    if (work) {
+        v->poll_hits++;
+        poll_window_work(&v->poll, monotonic_ns());
+        return 0;
+    }
+    if (poll_window_keep(&v->poll, monotonic_ns(), false))
+        return 0;
+    /* The window closed: ask for kicks again, and look once more for work that raced with
+     * that (the driver may have added a buffer before it saw kicks were wanted). */
+    if ((virtio_dev_queue_live(d, TXQ) && virtq_enable_kicks(&d->queues[TXQ].vq, true)) ||
+        (rx_wants_buffers(v) && virtq_enable_kicks(&d->queues[RXQ].vq, true))) {
+        v->poll_races++;
+        poll_window_resume(&v->poll, monotonic_ns());
+        return 0;
+    }
+    return -1;
+}
+
+static void set_polling(struct virtio_vsock *v)
+{
+    if (poll_window_on(&v->poll)) {
+        v->dev.io.idle = poll_idle;
+        v->dev.io.idle_opaque = v;
+    }
+}
+
 static void queue_notify(struct virtio_dev *d, unsigned q)
 {
     struct virtio_vsock *v = d->opaque;
+    if (q != EVQ && !v->frozen)
+        start_polling(v); /* before the queue is served: kicks stay off */
     if (q == TXQ) {
         process_tx(v);
     } else if (q == RXQ) {
@@ -955,6 +1055,9 @@ static bool send_transport_reset(struct virtio_vsock *v)
 static void freeze(struct virtio_dev *d)
 {
     struct virtio_vsock *v = d->opaque;
+    /* Polling stops with kicks off: thaw serves the transmit queue, which asks for them. */
+    d->io.idle = NULL;
+    poll_window_stop(&v->poll, monotonic_ns());
     while (v->conns)
         conn_free(v, v->conns);
     v->ctrl_len = v->ctrl_head = 0;
@@ -969,6 +1072,7 @@ static void thaw(struct virtio_dev *d)
 {
     struct virtio_vsock *v = d->opaque;
     v->frozen = false;
+    set_polling(v);
     process_tx(v);
 }
 
@@ -1022,7 +1126,9 @@ static int activate(struct virtio_dev *d)
 {
     struct virtio_vsock *v = d->opaque;
     /* reset_unacked stays: a restored device keeps waiting for the driver's answer. */
-    v->frozen = false;
+    v->frozen = v->rx_starved = false;
+    poll_window_init(&v->poll, v->poll_us, v->poll_adaptive);
+    set_polling(v);
     v->listen_handler = event_loop_add(&d->io.loop, v->listen_fd, EPOLLIN, on_accept, v);
     v->timer_handler = event_loop_add(&d->io.loop, v->timer_fd, EPOLLIN, on_timer, v);
     if (!v->listen_handler || !v->timer_handler)
@@ -1035,6 +1141,9 @@ static int activate(struct virtio_dev *d)
 static void quiesce(struct virtio_dev *d)
 {
     struct virtio_vsock *v = d->opaque;
+    d->io.idle = NULL;
+    poll_window_stop(&v->poll, monotonic_ns());
+    v->rx_starved = false;
     /* A reset forgets every connection, on both sides. */
     while (v->conns)
         conn_free(v, v->conns);
@@ -1120,12 +1229,14 @@ void virtio_vsock_destroy(struct virtio_vsock *v)
     if (v->tx_packets || v->rx_packets || v->bad_packets)
         log_info("vsock: %llu connections (%llu refused); guest sent %llu packets, %llu bytes, "
                  "received %llu packets, %llu bytes; refused packets %llu, credit violations %llu, "
-                 "packets for unknown connections %llu, RSTs dropped %llu",
+                 "packets for unknown connections %llu, RSTs dropped %llu; polling found work "
+                 "%llu times, %llu of them as it stopped",
                  (unsigned long long)v->conns_opened, (unsigned long long)v->conns_refused,
                  (unsigned long long)v->tx_packets, (unsigned long long)v->tx_bytes,
                  (unsigned long long)v->rx_packets, (unsigned long long)v->rx_bytes,
                  (unsigned long long)v->bad_packets, (unsigned long long)v->credit_violations,
-                 (unsigned long long)v->unknown_conn_packets, (unsigned long long)v->rsts_dropped);
+                 (unsigned long long)v->unknown_conn_packets, (unsigned long long)v->rsts_dropped,
+                 (unsigned long long)v->poll_hits, (unsigned long long)v->poll_races);
     if (v->listen_fd >= 0) {
         close(v->listen_fd);
         if (v->uds_path && !v->keep_path)

@@ -16,6 +16,7 @@
 #define EMBER_VIRTIO_VSOCK_H
 
 #include "virtio/device.h"
+#include "virtio/poll_window.h"
 
 #include <stdint.h>
 
@@ -86,6 +87,14 @@ struct virtio_vsock {
     bool timer_armed;
     struct virtq_chain rx_chain, tx_chain, ev_chain;
     bool frozen; /* a snapshot is being taken: nothing moves */
+    /* Set after init, before the driver starts the device: after work, the I/O thread polls
+     * the transmit ring (and the receive ring while packets wait for buffers) for at most
+     * poll_us, kicks off, before it sleeps; adaptive: the bound of an adaptive window
+     * (poll_window.h). 0: no polling. */
+    unsigned poll_us;
+    bool poll_adaptive;
+    struct poll_window poll;
+    bool rx_starved; /* packets wait for the guest's receive buffers */
     /* A TRANSPORT_RESET is in the event queue's used ring and the driver has not given the
      * buffer back (its kick of the event queue): nothing goes to the guest meanwhile, or it
      * could take a new connection's packets as old ones and reset them too. */
@@ -109,6 +118,9 @@ struct virtio_vsock {
     uint64_t flush_fails, write_fails, read_fails;
     /* TRANSPORT_RESET events sent; not sent for want of an event buffer. */
     uint64_t resets_sent, reset_fails;
+    /* Polling found packets or receive buffers; of those, right after kicks were asked for
+     * again. */
+    uint64_t poll_hits, poll_races;
     struct log_limit log_bad, log_host; /* refused guest packets; host-side trouble */
 };
 

@@ -412,7 +412,9 @@ int vm_create_virtio_devices(struct vm *vm)
                                 .rx_limit = nc->rx_limit,
                                 .tx_limit = nc->tx_limit,
                                 .mmds = nc->mmds_ipv4 ? cfg->mmds : NULL,
-                                .mmds_ipv4 = nc->mmds_ipv4};
+                                .mmds_ipv4 = nc->mmds_ipv4,
+                                .poll_us = machine_poll_us(cfg),
+                                .poll_adaptive = true};
         memcpy(o.mac, nc->mac, 6);
         /* The API attached the tap at its PUT and keeps its descriptor: the
          * device takes a copy. */
@@ -495,6 +497,8 @@ int vm_create_virtio_devices(struct vm *vm)
             return -1;
         }
         vs->keep_path = cfg->vsock.path_shared;
+        vs->poll_us = machine_poll_us(cfg);
+        vs->poll_adaptive = true;
         if (attach(vm, &vs->dev, vs, destroy_vsock) < 0)
             return -1;
         log_info("vsock: guest CID %llu, host socket %s", (unsigned long long)cfg->vsock.guest_cid,

@@ -794,6 +794,11 @@ static int make_net(uint16_t opt, uint8_t lim)
         o.has_mac = true;
         memcpy(o.mac, "\x52\x54\x00\x12\x34\x56", 6);
     }
+    if (opt & 128) {
+        /* A CPU placement's polling: kicks off while the harness's idle rounds poll. */
+        o.poll_us = 30;
+        o.poll_adaptive = opt & 0x4000;
+    }
     o.rx_limit = limit_from(lim);
     o.tx_limit = limit_from((uint8_t)(lim * 37 + (opt >> 8)));
     vh_dev(&h.vh);
@@ -841,6 +846,8 @@ static int make_device(uint16_t opt, uint8_t lim)
         static const uint64_t cids[] = {3, 0, 3, 52, 0xfffffffe, 0xffffffff, 3, 0x100000000ULL};
         vh_dev(&h.vh);
         r = virtio_vsock_init(&h.vh.u.vsock, cids[opt & 7], g.vsock_path, &h.mem);
+        h.vh.u.vsock.poll_us = (opt & 8) ? 30 : 0; /* a CPU placement's polling */
+        h.vh.u.vsock.poll_adaptive = opt & 16;
         break;
     }
     }

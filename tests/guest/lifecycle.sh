@@ -27,6 +27,10 @@ LC_NEVER_PRINTED="virtio-lifecycle: this line must never reach the console"
 LC_PEER_PID=""
 LC_NET=0
 LC_NET_WHY=""
+# A variant of the ember runs (polling.sh): its name in the checks and log files, and ember's
+# extra arguments.
+LC_VARIANT=""
+LC_EMBER_ARGS=()
 
 # What QEMU 7.2 does differently (the guest skips it under QEMU, lifecycle_skip=):
 #   vsock          QEMU's virtio-vsock is vhost-vsock: its host side is AF_VSOCK, not ember's
@@ -163,7 +167,8 @@ lifecycle_log_checks() { # TRANSPORT DEVICE
 
 lifecycle_run() { # VMM TRANSPORT DEVICE
     local vmm=$1 t=$2 dev=$3 name=virtio-lifecycle
-    local disk=$VT_DIR/lifecycle-$vmm-$t-$dev.img
+    local label=$dev${LC_VARIANT:+ $LC_VARIANT} tag=$dev${LC_VARIANT:+-$LC_VARIANT}
+    local disk=$VT_DIR/lifecycle-$vmm-$t-$tag.img
     cp "$VT_DIR/lifecycle.img" "$disk"
     local RUN_TIMEOUT=$LC_TIMEOUT
     local net_args=()
@@ -189,25 +194,26 @@ lifecycle_run() { # VMM TRANSPORT DEVICE
         [ "$LC_NET" = 1 ] && net_args=(--net "tap=$NET_TAP,mac=$NET_MAC")
         run_vember "$name" "$t" trickle "$(lifecycle_cmdline "$dev")" \
             --drive "path=$disk,queues=2" --rng --console virtio \
-            --vsock "cid=$LC_CID,uds=$VT_DIR/lc-vsock" ${net_args[@]+"${net_args[@]}"}
-        mv "$RUN_OUT" "$OUT_DIR/$name-$dev.ember-$t.out"
-        mv "$RUN_ERR" "$OUT_DIR/$name-$dev.ember-$t.err"
-        RUN_OUT=$OUT_DIR/$name-$dev.ember-$t.out
-        RUN_ERR=$OUT_DIR/$name-$dev.ember-$t.err
+            --vsock "cid=$LC_CID,uds=$VT_DIR/lc-vsock" ${net_args[@]+"${net_args[@]}"} \
+            ${LC_EMBER_ARGS[@]+"${LC_EMBER_ARGS[@]}"}
+        mv "$RUN_OUT" "$OUT_DIR/$name-$tag.ember-$t.out"
+        mv "$RUN_ERR" "$OUT_DIR/$name-$tag.ember-$t.err"
+        RUN_OUT=$OUT_DIR/$name-$tag.ember-$t.out
+        RUN_ERR=$OUT_DIR/$name-$tag.ember-$t.err
     fi
     local took
     took=$(tr -d '\r' <"$RUN_OUT" | grep -c '^ok \|^not ok ')
-    expect_pass "$vmm: virtio-lifecycle $dev ($t): every case passes ($took TAP lines)"
-    lifecycle_disk_checks "$vmm" "$t" "$dev" "$disk"
+    expect_pass "$vmm: virtio-lifecycle $label ($t): every case passes ($took TAP lines)"
+    lifecycle_disk_checks "$vmm" "$t" "$label" "$disk"
     if grep -qF "$LC_NEVER_PRINTED" "$RUN_OUT"; then
-        report fail "$vmm: virtio-lifecycle $dev ($t): no console line from a refused request" \
+        report fail "$vmm: virtio-lifecycle $label ($t): no console line from a refused request" \
             "it was printed"
     else
-        report pass "$vmm: virtio-lifecycle $dev ($t): no console line from a refused request"
+        report pass "$vmm: virtio-lifecycle $label ($t): no console line from a refused request"
     fi
     if [ "$vmm" = ember ]; then
         sleep 0.2 # the peer logs the last answer it read
-        lifecycle_log_checks "$t" "$dev"
+        lifecycle_log_checks "$t" "$label"
     fi
 }
 

@@ -549,11 +549,13 @@ case_jitter() {
 . "$ROOT/tests/guest/lifecycle.sh"
 # shellcheck source=tests/guest/resources.sh
 . "$ROOT/tests/guest/resources.sh"
+# shellcheck source=tests/guest/polling.sh
+. "$ROOT/tests/guest/polling.sh"
 
 ALL_CASES=(hello bootcheck bootcheck-highmem triple-fault bad-insn virtio-blk virtio-console
     virtio-rng virtio-hostile blk-perf virtio-net virtio-net-hostile net-rate net-vhost
     net-perf net-backpressure virtio-lifecycle rss-blk rss-net rss-vsock rss-console
-    log-flood intx-shared bounds jitter)
+    log-flood intx-shared bounds jitter placement-poll)
 
 # ---- main ----------------------------------------------------------------------------------
 
@@ -613,6 +615,7 @@ for c in "${cases[@]}"; do
     intx-shared) case_intx_shared ;;
     bounds) case_bounds ;;
     jitter) case_jitter ;;
+    placement-poll) case_placement_poll ;;
     *)
         echo "Bail out! unknown case '$c' (try -l)"
         exit 1

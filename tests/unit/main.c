@@ -19,6 +19,7 @@ int main(void)
                                       api_suite,
                                       keyboard_suite,
                                       virtio_vsock_suite,
+                                      virtio_net_suite,
                                       virtq_packed_suite,
                                       virtio_lifecycle_suite,
                                       seccomp_suite,

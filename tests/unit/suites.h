@@ -21,6 +21,7 @@ Suite *ratelimit_suite(void);
 Suite *api_suite(void);
 Suite *keyboard_suite(void);
 Suite *virtio_vsock_suite(void);
+Suite *virtio_net_suite(void);
 Suite *virtio_pmem_suite(void);
 Suite *virtio_lifecycle_suite(void);
 Suite *seccomp_suite(void);

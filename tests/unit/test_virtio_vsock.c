@@ -4,6 +4,7 @@
 #include "backends/uds.h"
 #include "cli.h"
 #include "suites.h"
+#include "util/clock.h"
 #include "util/error.h"
 #include "virtio/vsock.h"
 #include "virtq_fake.h"
@@ -41,6 +42,11 @@ static bool hold_rx; /* the driver keeps used receive buffers */
 static uint16_t held[NRX];
 static unsigned nheld;
 static int config_irqs;
+static unsigned test_poll_us; /* the device's polling bound (0: none) */
+static bool test_poll_adaptive;
+/* The driver kicks the transmit queue only when the device asks (EVENT_IDX), as Linux does;
+ * false: after every packet. */
+static bool kick_as_asked;
 
 static void fake_notify_queue(struct virtio_dev *d, unsigned q)
 {
@@ -95,7 +101,10 @@ static void setup(void)
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/v.sock", dir);
     ck_assert_msg(virtio_vsock_init(&vs, GUEST_CID, path, &mem) == 0, "%s", error_get());
+    vs.poll_us = test_poll_us;
+    vs.poll_adaptive = test_poll_adaptive;
     vs.dev.transport = &fake_transport;
+    kick_as_asked = false;
     config_irqs = 0;
     tx_next = 0;
     hold_rx = false;
@@ -155,13 +164,24 @@ static void tx_raw(const void *hdr, uint32_t hdr_len, const void *data, uint32_t
     }
     uint16_t target = (uint16_t)(dq[1].avail_idx + 1);
     publish(1, d0);
-    virtio_dev_kick(&vs.dev, 1);
-    for (int i = 0; i < 4000; i++) {
+    /* EVENT_IDX: the device asks for a kick when the index passes avail_event, after the
+     * used ring. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint16_t event;
+    memcpy(&event, &used_of(1)->ring[QSIZE], sizeof(event));
+    if (!kick_as_asked || (uint16_t)(target - event - 1) < 1)
+        virtio_dev_kick(&vs.dev, 1);
+    /* Busy at first (a polling device takes it within microseconds, and a sleep here would
+     * stretch the gaps between packets), then sleeping; 2 s in all. */
+    for (uint64_t start = monotonic_ns(), now = start; now - start < 2000000000ull;
+         now = monotonic_ns()) {
         if ((int16_t)(__atomic_load_n(&used_of(1)->idx, __ATOMIC_ACQUIRE) - target) >= 0)
             return;
-        usleep(250);
+        if (now - start > 2000000)
+            usleep(250);
     }
-    ck_abort_msg("transmit packet not completed");
+    ck_abort_msg("transmit packet not completed (device polling: %d, kick asked at %u)",
+                 __atomic_load_n(&vs.poll.polling, __ATOMIC_ACQUIRE), event);
 }
 
 static struct vsock_hdr hdr(uint16_t op, uint32_t src_port, uint32_t dst_port, uint32_t len)
@@ -780,6 +800,145 @@ START_TEST(any_32_bit_guest_cid)
 }
 END_TEST
 
+/* ---- polling (poll_window.h) ---------------------------------------------------------------- */
+
+static bool polling(void)
+{
+    return __atomic_load_n(&vs.poll.polling, __ATOMIC_ACQUIRE);
+}
+
+static uint64_t kicks_of(unsigned q)
+{
+    return __atomic_load_n(&vs.dev.queues[q].kicks, __ATOMIC_SEQ_CST);
+}
+
+/* While the device polls (a 1 s window: it cannot end, however slow this machine, before the
+ * packets show that they need no kick), the driver is not asked to kick for packets it sends,
+ * and they are served. */
+START_TEST(tx_polled_without_kicks)
+{
+    kick_as_asked = true;
+    int lfd = port_listener(5100);
+    int fd = open_guest_conn(lfd, 1u << 20); /* its REQUEST's kick starts polling */
+    ck_assert(polling());
+    uint64_t kicks = kicks_of(1);
+    char buf[64];
+    for (int i = 0; i < 20; i++) {
+        tx(hdr(VSOCK_OP_RW, 1234, 5100, 5), "hello");
+        ck_assert_int_eq(read_wait(fd, buf, sizeof(buf)), 5);
+        ck_assert_mem_eq(buf, "hello", 5);
+    }
+    ck_assert_uint_eq(kicks_of(1), kicks);
+    ck_assert_uint_gt(__atomic_load_n(&vs.poll_hits, __ATOMIC_SEQ_CST), 0);
+    close(fd);
+    close(lfd);
+}
+END_TEST
+
+/* Data waits in the host socket for receive buffers: those the driver gives back are found
+ * while the device polls, with no kick of the receive queue. */
+START_TEST(rx_buffers_polled_without_kicks)
+{
+    int lfd = port_listener(5100);
+    int fd = open_guest_conn(lfd, 1u << 20);
+    ck_assert_int_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    static uint8_t data[NRX * 4096 + 8192];
+    size_t written = 0;
+    hold_rx = true;
+    for (int round = 0; round < 400 && nheld < NRX; round++) {
+        ssize_t w = write(fd, data + written, sizeof(data) - written);
+        if (w > 0)
+            written += (size_t)w;
+        struct vsock_hdr h;
+        while (nheld < NRX && rx(&h, NULL, NULL, 5))
+            ck_assert_uint_eq(h.op, VSOCK_OP_RW);
+    }
+    ck_assert_uint_eq(nheld, NRX);
+    for (int i = 0; i < 20000 && !__atomic_load_n(&vs.rx_starved, __ATOMIC_SEQ_CST); i++) {
+        ssize_t w = write(fd, data + written, sizeof(data) - written);
+        if (w > 0)
+            written += (size_t)w;
+        usleep(100);
+    }
+    ck_assert(__atomic_load_n(&vs.rx_starved, __ATOMIC_SEQ_CST));
+    ck_assert(polling());
+    uint64_t kicks = kicks_of(0);
+    uint16_t used = __atomic_load_n(&used_of(0)->idx, __ATOMIC_ACQUIRE);
+    post_rx(held[0]); /* no kick */
+    nheld = 0;
+    struct vsock_hdr h;
+    ck_assert(rx(&h, NULL, NULL, 2000));
+    ck_assert_uint_eq(h.op, VSOCK_OP_RW);
+    ck_assert_uint_eq(__atomic_load_n(&used_of(0)->idx, __ATOMIC_ACQUIRE), (uint16_t)(used + 1));
+    ck_assert_uint_eq(kicks_of(0), kicks);
+    close(fd);
+    close(lfd);
+}
+END_TEST
+
+/* The driver kicks only when the device asks, sending at gaps around the poll window's
+ * length, so that packets land while the device polls, just as it stops and asks for kicks
+ * again, and while it sleeps: a packet neither seen by the last look nor kicked for would
+ * never be taken (tx_raw fails). */
+static void race_polling_switch(unsigned packets)
+{
+    kick_as_asked = true;
+    uint64_t seed = 0x9e3779b97f4a7c15u;
+    for (unsigned i = 0; i < packets; i++) {
+        /* An RST for no connection: taken and dropped, nothing answered. */
+        tx(hdr(VSOCK_OP_RST, 40000 + i % 1000, 5555, 0), NULL);
+        seed = seed * 6364136223846793005u + 1442695040888963407u;
+        uint64_t end = monotonic_ns() + (seed >> 33) % (3 * vs.poll.bound_ns); /* 0-3 windows */
+        while (monotonic_ns() < end)
+            ;
+    }
+    ck_assert_uint_eq(vs.tx_packets, packets);
+}
+
+START_TEST(polling_switch_loses_no_packet)
+{
+    race_polling_switch(3000);
+    printf("vsock polling race: %llu packet(s) found right after kicks were asked for again, "
+           "%llu polled, %llu kicked\n",
+           (unsigned long long)vs.poll_races, (unsigned long long)vs.poll_hits,
+           (unsigned long long)kicks_of(1));
+    ck_assert_uint_gt(vs.poll_hits, 0);
+    ck_assert_uint_gt(kicks_of(1), 0);
+}
+END_TEST
+
+START_TEST(adaptive_window_adapts)
+{
+    race_polling_switch(500);
+    ck_assert_uint_gt(vs.poll.grows, 0);
+    ck_assert_uint_le(vs.poll.window_ns, vs.poll.bound_ns);
+    ck_assert_uint_ge(vs.poll.window_ns, POLL_WINDOW_MIN_NS);
+}
+END_TEST
+
+static void setup_long_poll(void)
+{
+    test_poll_us = POLL_WINDOW_MAX_US;
+    setup();
+    test_poll_us = 0;
+}
+
+static void setup_short_poll(void)
+{
+    test_poll_us = 200;
+    setup();
+    test_poll_us = 0;
+}
+
+static void setup_adaptive_poll(void)
+{
+    test_poll_us = 200;
+    test_poll_adaptive = true;
+    setup();
+    test_poll_us = 0;
+    test_poll_adaptive = false;
+}
+
 Suite *virtio_vsock_suite(void)
 {
     Suite *s = suite_create("virtio_vsock");
@@ -798,6 +957,26 @@ Suite *virtio_vsock_suite(void)
     tcase_add_test(tc, hostile_packets);
     tcase_add_test(tc, reset_closes_connections);
     suite_add_tcase(s, tc);
+    TCase *poll = tcase_create("polling");
+    tcase_add_checked_fixture(poll, setup_long_poll, teardown);
+    tcase_set_timeout(poll, 60);
+    tcase_add_test(poll, tx_polled_without_kicks);
+    tcase_add_test(poll, rx_buffers_polled_without_kicks);
+    /* Everything else works the same while the device polls. */
+    tcase_add_test(poll, streams_both_ways);
+    tcase_add_test(poll, no_rx_buffers_pushes_back);
+    tcase_add_test(poll, reset_closes_connections);
+    suite_add_tcase(s, poll);
+    TCase *race = tcase_create("polling_race");
+    tcase_add_checked_fixture(race, setup_short_poll, teardown);
+    tcase_add_test(race, polling_switch_loses_no_packet);
+    tcase_set_timeout(race, 60);
+    suite_add_tcase(s, race);
+    TCase *adaptive = tcase_create("polling_adaptive");
+    tcase_add_checked_fixture(adaptive, setup_adaptive_poll, teardown);
+    tcase_add_test(adaptive, adaptive_window_adapts);
+    tcase_set_timeout(adaptive, 60);
+    suite_add_tcase(s, adaptive);
     TCase *cli = tcase_create("cli");
     tcase_add_test(cli, cli_vsock);
     tcase_add_test(cli, any_32_bit_guest_cid);
