@@ -7,7 +7,9 @@
 # Usage: bench/net.sh [-t MS] [-r RUNS] [-o OUT_DIR] [VMM...]
 #   -t MS    time per workload (default 2000)
 #   -r RUNS  runs per VMM, interleaved; the table shows each workload's best (default 1)
-#   VMM      ember-pci ember-mmio qemu-pci qemu-mmio (default: all four)
+#   VMM      ember-pci ember-mmio qemu-pci qemu-mmio (default: all four); ember-pci-reserved and
+#            ember-mmio-reserved: ember placing its threads itself as PIN does (--cpu-placement
+#            vmm=IO_CPU,vcpu=VCPU_CPU), its I/O threads then polling the rings
 # Environment: EMBER (default build/ember), QEMU (qemu-system-x86_64), QBOOT
 #   (/usr/share/qemu/qboot.rom), NETGEN_NICE (the generator's nice value, default 19),
 #   PIN (1: pin threads as below, the default; 0: leave them to the scheduler),
@@ -114,9 +116,12 @@ start_vmm() { # start_vmm VMM OUT -> VMM_PID
     [ -z "${PERF_ONLY:-}" ] || cmdline="$cmdline perf_only=$PERF_ONLY"
     if [ "$have_counters" = 1 ]; then export LD_PRELOAD=$PRELOAD; fi
     case $1 in
-    ember-pci | ember-mmio)
+    ember-pci | ember-mmio | ember-pci-reserved | ember-mmio-reserved)
+        local transport=${1#ember-} placed=()
+        transport=${transport%-reserved}
+        [[ $1 == *-reserved ]] && placed=(--cpu-placement "vmm=$IO_CPU,vcpu=$VCPU_CPU")
         ip netns exec "$NS" "$EMBER" run --kernel "$GUEST" --debug-exit \
-            --transport "${1#ember-}" --log-level info \
+            --transport "$transport" --log-level info "${placed[@]}" \
             --net "tap=$TAP,mac=$GUEST_MAC${EMBER_NET_OPTS:-}" \
             --cmdline "$cmdline" </dev/null >"$2" 2>"$2.err" &
         ;;
@@ -368,12 +373,12 @@ for w in "${WORKLOADS[@]}"; do
     done
 done
 echo
-echo "ember / QEMU packets per second:"
+echo "ember / QEMU packets per second (ember-TRANSPORT-reserved: ember's own placement with polling):"
 for w in "${WORKLOADS[@]}"; do
     printf '  %-8s' "$w"
-    for t in pci mmio; do
+    for t in pci mmio pci-reserved mmio-reserved; do
         e=$(best "ember-$t" "$w" | awk '{print $3}')
-        q=$(best "qemu-$t" "$w" | awk '{print $3}')
+        q=$(best "qemu-${t%-reserved}" "$w" | awk '{print $3}')
         if [ -n "$e" ] && [ -n "$q" ] && [ "$q" != 0 ]; then
             printf '  %s %.2fx' "$t" "$(awk "BEGIN {print $e / $q}")"
         fi
