@@ -2,6 +2,7 @@
 
 #include "util/clock.h"
 #include "util/error.h"
+#include "util/fdpass.h"
 #include "vhost_user/proto.h"
 
 #include <errno.h>
@@ -243,28 +244,6 @@ static int send_msg(struct vhost_user *vu, uint32_t request, uint32_t flags, con
     return 0;
 }
 
-/* Goes through the descriptors a received message carried: the first goes to *keep_fd when
- * keep_fd is given and *keep_fd is still -1, every other one is closed. Returns how many came. */
-static unsigned take_received_fds(struct msghdr *msg, int *keep_fd)
-{
-    unsigned fds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-            continue;
-        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < count; i++) {
-            int fd;
-            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-            if (keep_fd && *keep_fd < 0)
-                *keep_fd = fd;
-            else
-                close(fd);
-            fds++;
-        }
-    }
-    return fds;
-}
-
 /* Reads exactly len bytes. Descriptors that come along are closed: no reply carries one,
  * except where keep_fd is given (GET_INFLIGHT_FD), which takes one (*keep_fd starts at -1);
  * *nkept counts every descriptor that came. */
@@ -292,7 +271,7 @@ static int recv_exact_fd(struct vhost_user *vu, void *buf, size_t len, int64_t d
         }
         if (n < 0)
             return error_errno("receiving");
-        unsigned fds = take_received_fds(&msg, keep_fd);
+        unsigned fds = fdpass_take(&msg, keep_fd);
         if (msg.msg_flags & MSG_CTRUNC)
             return error_set("the reply carries too many descriptors");
         if (keep_fd)
@@ -823,7 +802,7 @@ int vhost_user_channel_serve(struct vhost_user_channel *ch, int (*config_changed
         return 0;
     if (n < 0)
         return error_errno("its request channel failed");
-    unsigned fds = take_received_fds(&msg, NULL);
+    unsigned fds = fdpass_take(&msg, NULL);
     /* No request ember serves carries one (BACKEND_SEND_FD is never agreed on). */
     if (fds || (msg.msg_flags & MSG_CTRUNC))
         return error_set("it attached descriptors to a request on its channel");
