@@ -37,9 +37,6 @@ static uint64_t resume_s, burst = BURST_MAX, burst_len;
 static uint32_t next_seq = 1;
 static uint64_t strays; /* frames received that were not an expected echo */
 
-static const uint16_t sizes[] = {60,   61,   64,   100,  128,  256,  511,  512,  1000,
-                                 1011, 1012, 1013, 1024, 1025, 1400, 1500, 1513, 1514};
-
 static uint8_t pattern_byte(uint32_t seq, uint32_t i)
 {
     uint32_t x = seq * 2654435761u + i * 40503u;
@@ -84,24 +81,15 @@ static uint32_t echo_seq(const uint8_t *f, int32_t len)
  * error. */
 static int64_t receive_echo(uint64_t timeout_us)
 {
-    uint64_t start = time_us();
-    while (time_us() - start < timeout_us) {
-        int32_t len = vnet_recv_wait(&net, rx, 2048, NULL, timeout_us - (time_us() - start));
-        if (len == -2)
-            return -1;
-        if (len < 0)
-            break;
-        vnet_tx_reclaim(&net);
-        if (len > 2048) {
-            diag("a %d-byte frame: larger than any sent", len);
-            return -1;
-        }
+    uint64_t deadline = time_us() + timeout_us;
+    int32_t len;
+    while ((len = vnet_recv_until(&net, rx, 2048, NULL, deadline)) >= 0) {
         uint32_t seq = echo_seq(rx, len);
         if (seq)
             return seq;
         strays++;
     }
-    return 0;
+    return len == -2 ? -1 : 0;
 }
 
 static bool send_frame(uint32_t seq, uint32_t len, bool kick)
@@ -151,11 +139,7 @@ static enum test_result mac_from_config(void)
 {
     if (!net.dev)
         return skip("no device");
-    char got[18], want[18];
-    format_mac(got, net.mac);
-    format_mac(want, want_mac);
-    diag("MAC %s, expected %s", got, want);
-    return memcmp(net.mac, want_mac, 6) ? TEST_FAIL : TEST_PASS;
+    return vnet_mac_is(&net, want_mac) ? TEST_PASS : TEST_FAIL;
 }
 
 static enum test_result link_up(void)
@@ -251,17 +235,17 @@ static enum test_result frame_sizes(void)
     if (!net.dev)
         return skip("no device");
     unsigned merged_before = (unsigned)net.rx_merged;
-    for (unsigned k = 0; k < ARRAY_SIZE(sizes); k++) {
+    for (unsigned k = 0; k < VNET_CHECK_SIZES; k++) {
         uint32_t seq = next_seq++;
-        if (!send_frame(seq, sizes[k], true))
+        if (!send_frame(seq, vnet_check_sizes[k], true))
             return TEST_FAIL;
         int64_t got = receive_echo(REPLY_US);
         if (got != seq) {
-            diag("a %u-byte frame: %s", sizes[k], got ? "another came back" : "no echo");
+            diag("a %u-byte frame: %s", vnet_check_sizes[k], got ? "another came back" : "no echo");
             return TEST_FAIL;
         }
     }
-    diag("%u sizes, %u echoes spanned two receive buffers", (unsigned)ARRAY_SIZE(sizes),
+    diag("%u sizes, %u echoes spanned two receive buffers", (unsigned)VNET_CHECK_SIZES,
          (unsigned)net.rx_merged - merged_before);
     return TEST_PASS;
 }

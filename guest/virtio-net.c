@@ -44,9 +44,6 @@ static uint64_t others;          /* frames received that no check waited for */
 static unsigned unmerged_frames; /* echoes received without MRG_RXBUF */
 static unsigned bad_num_buffers; /* of those, headers whose num_buffers is not 1 */
 
-static const uint16_t sizes[] = {60,   61,   64,   100,  128,  256,  511,  512,  1000,
-                                 1011, 1012, 1013, 1024, 1025, 1400, 1500, 1513, 1514};
-
 static void required(const char *key, char *buf, size_t size)
 {
     if (!cmdline_get(key, buf, size))
@@ -82,24 +79,15 @@ static void read_parameters(void)
 static int32_t receive_matching(bool (*want)(const uint8_t *f, int32_t len, void *ctx), void *ctx,
                                 struct virtio_net_hdr *hdr)
 {
-    uint64_t start = time_us();
-    while (time_us() - start < REPLY_US) {
-        int32_t len = vnet_recv_wait(&net, rx, 2048, hdr, REPLY_US - (time_us() - start));
-        if (len == -2)
-            return -2;
-        if (len < 0)
-            break;
-        vnet_tx_reclaim(&net);
-        if (len > 2048) {
-            diag("a %d-byte frame: larger than any sent", len);
-            return -2;
-        }
+    uint64_t deadline = time_us() + REPLY_US;
+    int32_t len;
+    while ((len = vnet_recv_until(&net, rx, 2048, hdr, deadline)) >= 0) {
         if (want(rx, len, ctx))
             return len;
         if (!vnet_answer_arp(&net, guest_ip, rx, len))
             others++;
     }
-    return -1;
+    return len;
 }
 
 static struct vnet_options merged_options(void)
@@ -143,11 +131,7 @@ static enum test_result mac_from_config(void)
 {
     if (!net.dev)
         return skip("no device");
-    char got[18], want[18];
-    format_mac(got, net.mac);
-    format_mac(want, want_mac);
-    diag("MAC %s, expected %s", got, want);
-    return memcmp(net.mac, want_mac, 6) ? TEST_FAIL : TEST_PASS;
+    return vnet_mac_is(&net, want_mac) ? TEST_PASS : TEST_FAIL;
 }
 
 static enum test_result link_up(void)
@@ -260,10 +244,11 @@ static bool echo_all_sizes(void)
 {
     bool ok = true;
     uint64_t merged = net.rx_merged;
-    for (size_t i = 0; i < ARRAY_SIZE(sizes); i++)
-        ok = echo_once(sizes[i], (unsigned)i) && ok;
-    diag("%zu sizes from %u to %u bytes; %lu echoes spanned several buffers", ARRAY_SIZE(sizes),
-         sizes[0], sizes[ARRAY_SIZE(sizes) - 1], net.rx_merged - merged);
+    for (size_t i = 0; i < VNET_CHECK_SIZES; i++)
+        ok = echo_once(vnet_check_sizes[i], (unsigned)i) && ok;
+    diag("%zu sizes from %u to %u bytes; %lu echoes spanned several buffers",
+         (size_t)VNET_CHECK_SIZES, vnet_check_sizes[0], vnet_check_sizes[VNET_CHECK_SIZES - 1],
+         net.rx_merged - merged);
     return ok;
 }
 
@@ -273,14 +258,14 @@ static enum test_result echo_merged(void)
         return skip("no device");
     uint64_t irqs = net.rxq->irq_count, merged = net.rx_merged, want = 0;
     /* 1 KiB buffers: the echoes of frames above 1012 bytes need two. */
-    for (size_t i = 0; i < ARRAY_SIZE(sizes); i++)
-        want += VNET_HDR_LEN + (uint32_t)sizes[i] > net.rx_buf_size;
+    for (size_t i = 0; i < VNET_CHECK_SIZES; i++)
+        want += VNET_HDR_LEN + (uint32_t)vnet_check_sizes[i] > net.rx_buf_size;
     bool ok = echo_all_sizes();
     bool spans = net.rx_merged - merged == want;
     /* Echoes that arrived before the guest waited leave their interrupt pending (interrupts
      * are on only while it waits): one more echo, then a wait for its interrupt. */
     uint64_t before = net.rxq->irq_count;
-    ok = echo_once(sizes[0], 99) && ok;
+    ok = echo_once(vnet_check_sizes[0], 99) && ok;
     bool interrupts = virtq_wait_irq(net.rxq, before, REPLY_US);
     diag("receive interrupts: %lu", net.rxq->irq_count - irqs);
     if (!spans)

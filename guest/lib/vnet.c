@@ -255,6 +255,36 @@ int32_t vnet_recv_wait(struct vnet *n, void *buf, uint32_t size, struct virtio_n
     }
 }
 
+int32_t vnet_recv_until(struct vnet *n, void *buf, uint32_t size, struct virtio_net_hdr *hdr,
+                        uint64_t deadline_us)
+{
+    uint64_t now = time_us();
+    if (now >= deadline_us)
+        return -1;
+    int32_t len = vnet_recv_wait(n, buf, size, hdr, deadline_us - now);
+    if (len < 0)
+        return len;
+    vnet_tx_reclaim(n);
+    if ((uint32_t)len > size) {
+        diag("a %d-byte frame: larger than any sent", len);
+        return -2;
+    }
+    return len;
+}
+
+bool vnet_mac_is(const struct vnet *n, const uint8_t want[6])
+{
+    char got_text[18], want_text[18];
+    format_mac(got_text, n->mac);
+    format_mac(want_text, want);
+    diag("MAC %s, expected %s", got_text, want_text);
+    return !memcmp(n->mac, want, 6);
+}
+
+const uint16_t vnet_check_sizes[VNET_CHECK_SIZES] = {60,   61,   64,   100,  128,  256,
+                                                     511,  512,  1000, 1011, 1012, 1013,
+                                                     1024, 1025, 1400, 1500, 1513, 1514};
+
 bool vnet_answer_arp(struct vnet *n, uint32_t ip, const uint8_t *f, int32_t len)
 {
     struct arp_view a;

@@ -105,6 +105,20 @@ int32_t vnet_recv(struct vnet *n, void *buf, uint32_t size, struct virtio_net_hd
 /* vnet_recv, waiting up to timeout_us (with an interrupt when the queue asked for them). */
 int32_t vnet_recv_wait(struct vnet *n, void *buf, uint32_t size, struct virtio_net_hdr *hdr,
                        uint64_t timeout_us);
+/* The next received frame before time_us() reaches deadline_us, copied into buf (size bytes),
+ * with the transmit buffers the device has used meanwhile taken back: its length; -1 when none
+ * came in time; -2 when the device broke a rule or the frame is longer than size (with a
+ * diagnostic). For loops that wait for one frame among others. */
+int32_t vnet_recv_until(struct vnet *n, void *buf, uint32_t size, struct virtio_net_hdr *hdr,
+                        uint64_t deadline_us);
+/* Whether the MAC address read from the configuration space is want (with a diagnostic). */
+bool vnet_mac_is(const struct vnet *n, const uint8_t want[6]);
+
+/* Frame lengths that the echo checks send: the shortest and longest Ethernet frames and those
+ * around the edges of 512-byte and 1 KiB receive buffers once the 12-byte header is counted. */
+#define VNET_CHECK_SIZES 18
+extern const uint16_t vnet_check_sizes[VNET_CHECK_SIZES];
+
 /* If frame f (len bytes, as vnet_recv returned it) is an ARP request for ip, sends the reply
  * from n's MAC address and returns true. */
 bool vnet_answer_arp(struct vnet *n, uint32_t ip, const uint8_t *f, int32_t len);

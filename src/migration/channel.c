@@ -292,20 +292,8 @@ static int recv_some(int fd, void *buf, size_t len, int *received_fd, uint64_t d
         }
         if (n == 0)
             return error_set("migration: the peer closed the connection");
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < nfds; i++) {
-                int got;
-                memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                /* One descriptor, and only where one is expected. */
-                if (received_fd && *received_fd < 0)
-                    *received_fd = got;
-                else
-                    close(got);
-            }
-        }
+        /* One descriptor, and only where one is expected. */
+        fdpass_take(&msg, received_fd);
         done += (size_t)n;
     }
     return 0;

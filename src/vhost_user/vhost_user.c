@@ -2,6 +2,7 @@
 
 #include "util/clock.h"
 #include "util/error.h"
+#include "util/fdpass.h"
 #include "vhost_user/proto.h"
 
 #include <errno.h>
@@ -270,21 +271,7 @@ static int recv_exact_fd(struct vhost_user *vu, void *buf, size_t len, int64_t d
         }
         if (n < 0)
             return error_errno("receiving");
-        unsigned fds = 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < count; i++) {
-                int fd;
-                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                if (keep_fd && *keep_fd < 0)
-                    *keep_fd = fd;
-                else
-                    close(fd);
-                fds++;
-            }
-        }
+        unsigned fds = fdpass_take(&msg, keep_fd);
         if (msg.msg_flags & MSG_CTRUNC)
             return error_set("the reply carries too many descriptors");
         if (keep_fd)
@@ -815,18 +802,7 @@ int vhost_user_channel_serve(struct vhost_user_channel *ch, int (*config_changed
         return 0;
     if (n < 0)
         return error_errno("its request channel failed");
-    unsigned fds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-            continue;
-        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < count; i++) {
-            int fd;
-            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-            close(fd);
-            fds++;
-        }
-    }
+    unsigned fds = fdpass_take(&msg, NULL);
     /* No request ember serves carries one (BACKEND_SEND_FD is never agreed on). */
     if (fds || (msg.msg_flags & MSG_CTRUNC))
         return error_set("it attached descriptors to a request on its channel");

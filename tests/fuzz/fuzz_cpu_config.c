@@ -3,6 +3,7 @@
  * a CPUID table. Invariant: right after applying, reading the table back
  * finds every decided bit as the template set it. */
 #include "api/cpu_config.h"
+#include "support/input.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -33,11 +34,9 @@ static struct kvm_cpuid2 *sample_cpuid(void)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char *text = malloc(size + 1);
+    char *text = fuzz_input_string(data, size);
     if (!text)
         return 0;
-    memcpy(text, data, size);
-    text[size] = '\0';
     uint64_t mask, value;
     if (cpu_bitmap_parse(text, 32, &mask, &value) == 0 && (mask >> 32 || value & ~mask))
         abort(); /* a 32-bit bitmap decides at most 32 bits, and only those it sets */

@@ -3,6 +3,7 @@
  * list that parses to the same CPUs, and a placement taken never has a CPU in both sets or a
  * vCPU CPU twice. */
 #include "vmm/placement.h"
+#include "support/input.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,11 +37,9 @@ static void check_ordered_round_trip(const uint16_t *cpus, unsigned n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char *text = malloc(size + 1);
+    char *text = fuzz_input_string(data, size);
     if (!text)
         return 0;
-    memcpy(text, data, size);
-    text[size] = '\0';
     cpu_set_t s;
     if (cpulist_parse_set(text, &s) == 0)
         check_set_round_trip(&s);

@@ -449,18 +449,23 @@ static bool two_cpus(unsigned *a, unsigned *b)
     return true;
 }
 
+/* A machine-config body for one vCPU and 64 MiB whose cpu_placement is the JSON value placement. */
+static void machine_with_placement(char *text, size_t size, const char *placement)
+{
+    snprintf(text, size, "{\"vcpu_count\":1,\"mem_size_mib\":64,\"cpu_placement\":%s}", placement);
+}
+
 START_TEST(machine_config_cpu_placement)
 {
     struct api_config c;
     api_config_init(&c);
-    char text[256];
+    char text[256], machine[128];
     unsigned vmm, vcpu;
     if (two_cpus(&vmm, &vcpu)) {
-        snprintf(text, sizeof(text),
-                 "{\"vcpu_count\":1,\"mem_size_mib\":64,\"cpu_placement\":{\"vmm\":\"%u\","
-                 "\"vcpu\":\"%u\"}}",
-                 vmm, vcpu);
-        ck_assert_msg(put_machine(&c, text, false) == 0, "%s", error_get());
+        char placement[64];
+        snprintf(placement, sizeof(placement), "{\"vmm\":\"%u\",\"vcpu\":\"%u\"}", vmm, vcpu);
+        machine_with_placement(machine, sizeof(machine), placement);
+        ck_assert_msg(put_machine(&c, machine, false) == 0, "%s", error_get());
         ck_assert(c.machine.placement.set);
         ck_assert_uint_eq(c.machine.placement.vcpu[0], vcpu);
         /* GET shows it back in the same words. */
@@ -490,11 +495,10 @@ START_TEST(machine_config_cpu_placement)
         /* The configuration file's machine-config takes it the same way. */
         struct api_config doc;
         api_config_init(&doc);
-        snprintf(text, sizeof(text),
-                 "{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"machine-config\":"
-                 "{\"vcpu_count\":1,\"mem_size_mib\":64,\"cpu_placement\":{\"vmm\":\"%u\","
-                 "\"vcpu\":\"%u\"}}}",
-                 vmm, vcpu);
+        snprintf(
+            text, sizeof(text),
+            "{\"boot-source\":{\"kernel_image_path\":\"/etc/hostname\"},\"machine-config\":%s}",
+            machine);
         ck_assert_msg(api_config_parse_document(&doc, text, strlen(text)) == 0, "%s", error_get());
         ck_assert(doc.machine.placement.set);
         ck_assert_uint_eq(doc.machine.placement.vcpu[0], vcpu);
@@ -521,9 +525,8 @@ START_TEST(machine_config_cpu_placement)
         {"[\"0\",\"1\"]", "`cpu_placement` must be a JSON object"},
     };
     for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        snprintf(text, sizeof(text), "{\"vcpu_count\":1,\"mem_size_mib\":64,\"cpu_placement\":%s}",
-                 bad[i].placement);
-        ck_assert_msg(put_machine(&c, text, false) == -1, "%s taken", bad[i].placement);
+        machine_with_placement(machine, sizeof(machine), bad[i].placement);
+        ck_assert_msg(put_machine(&c, machine, false) == -1, "%s taken", bad[i].placement);
         ck_assert_msg(strstr(error_get(), bad[i].error), "%s: '%s' lacks '%s'", bad[i].placement,
                       error_get(), bad[i].error);
         ck_assert(!c.machine.placement.set);

@@ -1120,6 +1120,27 @@ QEMU = os.environ.get("QEMU") or shutil.which("qemu-system-x86_64")
 QBOOT = "/usr/share/qemu/qboot.rom"
 
 
+def qemu_reference_command(transport, sock, device, device_opts, kernel, append, netdev=()):
+    """QEMU's command line for a reference run of a test guest whose vhost-user front-end is
+    device (its name without the transport's suffix: virtio-net, vhost-user-fs) with device_opts,
+    the back-end on unix socket sock as chardev "vu"; netdev: arguments before the device (a
+    -netdev on that chardev). mmio: microvm; pci: q35, with qboot when installed. Guest RAM, 128
+    MiB, is a shared memfd (the back-end maps it); the guest ends QEMU through isa-debug-exit."""
+    if transport == "mmio":
+        machine = ["-M", "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem",
+                   "-global", "virtio-mmio.force-legacy=false"]
+        suffix = "-device"
+    else:
+        machine = ["-M", "q35,memory-backend=mem"] + (["-bios", QBOOT] if os.path.exists(QBOOT) else [])
+        suffix = "-pci"
+    return [QEMU] + machine + [
+        "-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-m", "128M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-enable-kvm",
+        "-cpu", "host,-arch-capabilities", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-chardev", "socket,id=vu,path=" + sock] + list(netdev) + [
+        "-device", device + suffix + "," + device_opts, "-kernel", kernel, "-append", append]
+
+
 def test_fs_qemu_reference(tmp):
     """The same guest under QEMU's vhost-user-fs front-end with the same virtiofsd, on each
     transport: ember's TAP lines are QEMU's."""
@@ -1130,20 +1151,9 @@ def test_fs_qemu_reference(tmp):
         os.mkdir(sub)
         v = Virtiofsd(sub)
         try:
-            if transport == "mmio":
-                machine = ["-M", "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem",
-                           "-global", "virtio-mmio.force-legacy=false"]
-                dev = "vhost-user-fs-device"
-            else:
-                machine = ["-M", "q35,memory-backend=mem"] + (["-bios", QBOOT] if os.path.exists(QBOOT) else [])
-                dev = "vhost-user-fs-pci"
-            p = subprocess.run([QEMU] + machine + [
-                "-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-m", "128M",
-                "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-enable-kvm",
-                "-cpu", "host,-arch-capabilities", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-                "-chardev", "socket,id=vfs,path=" + v.sock, "-device", dev + ",chardev=vfs,tag=share",
-                "-kernel", FS_GUEST, "-append", "console=ttyS0 vfs_tag=share"],
-                stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
+            cmd = qemu_reference_command(transport, v.sock, "vhost-user-fs", "chardev=vu,tag=share",
+                                         FS_GUEST, "console=ttyS0 vfs_tag=share")
+            p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=PATIENCE_S)
         finally:
             v.stop()
         qemu_out = p.stdout.decode(errors="replace")

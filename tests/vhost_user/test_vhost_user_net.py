@@ -36,12 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "api"))
 import test_api as api  # noqa: E402
 from test_api import EMBER, GUEST_DIR, PATIENCE_S, Ember, Failure, check, expect  # noqa: E402
-from test_vhost_user import Skip, run_suite, tap_lines  # noqa: E402
+from test_vhost_user import QEMU, Skip, qemu_reference_command, run_suite, tap_lines  # noqa: E402
 
 GUEST = os.path.join(GUEST_DIR, "vhost-user-net.elf")
 TESTPMD = os.environ.get("TESTPMD") or shutil.which("dpdk-testpmd")
-QEMU = os.environ.get("QEMU") or shutil.which("qemu-system-x86_64")
-QBOOT = "/usr/share/qemu/qboot.rom"
 MAC = "52:54:00:12:34:56"
 NTAP = 8  # the guest's checks
 DPDK_RUN = "/var/run/dpdk"
@@ -193,21 +191,10 @@ def test_qemu_reference(tmp):
         sock = os.path.join(sub, "vun.sock")
         t = Testpmd(sub, sock)
         try:
-            if transport == "mmio":
-                machine = ["-M", "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem",
-                           "-global", "virtio-mmio.force-legacy=false"]
-                dev = "virtio-net-device"
-            else:
-                machine = ["-M", "q35,memory-backend=mem"] + (["-bios", QBOOT] if os.path.exists(QBOOT) else [])
-                dev = "virtio-net-pci"
-            p = subprocess.run([QEMU] + machine + [
-                "-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-m", "128M",
-                "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-enable-kvm",
-                "-cpu", "host,-arch-capabilities", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-                "-chardev", "socket,id=vun,path=" + sock, "-netdev", "vhost-user,id=n0,chardev=vun",
-                "-device", dev + ",netdev=n0,mac=" + MAC,
-                "-kernel", GUEST, "-append", "console=ttyS0 vun_mac=" + MAC],
-                stdin=subprocess.DEVNULL, capture_output=True, timeout=GUEST_S)
+            cmd = qemu_reference_command(transport, sock, "virtio-net", "netdev=n0,mac=" + MAC, GUEST,
+                                         "console=ttyS0 vun_mac=" + MAC,
+                                         netdev=["-netdev", "vhost-user,id=n0,chardev=vu"])
+            p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=GUEST_S)
         finally:
             t.stop()
         qemu_out = p.stdout.decode(errors="replace")
