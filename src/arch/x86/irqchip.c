@@ -76,7 +76,17 @@ int irqchip_create(struct irqchip *chip, int vm_fd)
             return -1;
     }
     chip->next_msi_gsi = IRQCHIP_FIRST_MSI_GSI;
-    return commit_routes(chip);
+    chip->setting_up = true;
+    return 0;
+}
+
+int irqchip_finish_setup(struct irqchip *chip)
+{
+    pthread_mutex_lock(&chip->lock);
+    chip->setting_up = false;
+    int r = commit_routes(chip);
+    pthread_mutex_unlock(&chip->lock);
+    return r;
 }
 
 void irqchip_destroy(struct irqchip *chip)
@@ -119,7 +129,7 @@ int irqchip_add_msi_route(struct irqchip *chip, uint64_t addr, uint32_t data)
         .u.msi = {.address_lo = (uint32_t)addr, .address_hi = (uint32_t)(addr >> 32), .data = data},
     };
     int r = add_route(chip, &e);
-    if (r == 0)
+    if (r == 0 && !chip->setting_up)
         r = commit_routes(chip);
     pthread_mutex_unlock(&chip->lock);
     return r < 0 ? -1 : (int)gsi;
