@@ -2,7 +2,8 @@
  * process start to exit and peak resident memory (ru_maxrss) for each,
  * with the CPU time and the time off CPU (wall - CPU: waiting, whether
  * asleep, in a run queue or stolen by the hypervisor under this host) and
- * how often each command blocked (voluntary context switches). A last
+ * how often each command blocked (voluntary context switches) and
+ * faulted pages in from disk (major faults: page cache the host evicted). A last
  * line gives the state of the host over the whole run from /proc/stat:
  * how busy its CPUs were, with and without the commands' own CPU time,
  * the time the hypervisor under it took (steal) and the load average, so
@@ -37,6 +38,7 @@ struct cmd {
     double cpu_ms[MAX_RUNS];
     double wait_ms[MAX_RUNS];
     double vcsw[MAX_RUNS];
+    double majflt[MAX_RUNS];
     long rss_kib[MAX_RUNS];
 };
 
@@ -136,6 +138,7 @@ static int run_once(struct cmd *c, int slot)
         c->cpu_ms[slot] = cpu;
         c->wait_ms[slot] = end - start - cpu;
         c->vcsw[slot] = (double)ru.ru_nvcsw;
+        c->majflt[slot] = (double)ru.ru_majflt;
         c->rss_kib[slot] = ru.ru_maxrss;
     }
     return 0;
@@ -216,8 +219,8 @@ int main(int argc, char **argv)
     have_ticks = have_ticks && read_host_ticks(&after) == 0;
     read_loadavg(load_after, sizeof(load_after));
     /* The columns up to RSS x keep their places: scripts read them by position. */
-    printf("%-12s %10s %10s %10s %10s %12s %10s %10s %10s %8s\n", "command", "wall ms", "min",
-           "max", "cpu ms", "peak RSS KiB", "wall x", "RSS x", "off-cpu ms", "blocked");
+    printf("%-12s %10s %10s %10s %10s %12s %10s %10s %10s %8s %8s\n", "command", "wall ms", "min",
+           "max", "cpu ms", "peak RSS KiB", "wall x", "RSS x", "off-cpu ms", "blocked", "majflt");
     double ref_wall = median_d(cmds[0].wall_ms, runs);
     long ref_rss = median_l(cmds[0].rss_kib, runs);
     for (int c = 0; c < ncmds; c++) {
@@ -228,13 +231,16 @@ int main(int argc, char **argv)
             mx = cmds[c].wall_ms[r] > mx ? cmds[c].wall_ms[r] : mx;
         }
         long rss = median_l(cmds[c].rss_kib, runs);
-        printf("%-12s %10.1f %10.1f %10.1f %10.1f %12ld %10.2f %10.2f %10.1f %8.0f\n", cmds[c].name,
-               w, mn, mx, median_d(cmds[c].cpu_ms, runs), rss, w / ref_wall,
+        double majflt = 0;
+        for (int r = 0; r < runs; r++)
+            majflt += cmds[c].majflt[r];
+        printf("%-12s %10.1f %10.1f %10.1f %10.1f %12ld %10.2f %10.2f %10.1f %8.0f %8.0f\n",
+               cmds[c].name, w, mn, mx, median_d(cmds[c].cpu_ms, runs), rss, w / ref_wall,
                (double)rss / (double)ref_rss, median_d(cmds[c].wait_ms, runs),
-               median_d(cmds[c].vcsw, runs));
+               median_d(cmds[c].vcsw, runs), majflt);
     }
     printf("(medians of %d interleaved runs; x = relative to %s; off-cpu = wall - cpu; blocked = "
-           "voluntary context switches)\n",
+           "voluntary context switches; majflt = major page faults, all runs)\n",
            runs, cmds[0].name);
     if (have_ticks && after.total > before.total) {
         double total = (double)(after.total - before.total);

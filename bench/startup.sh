@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Start-to-exit time and peak RSS of the hello guest (128 MiB, 1 vCPU),
 # ember beside QEMU microvm booting the same ELF, interleaved runs.
-#   bench/startup.sh [RUNS]        (default 21)
+#   bench/startup.sh [RUNS]        (default 21; QUIET=PERCENT, default 25)
 # Targets (issue 2): ember at least 3x faster; ember's peak RSS at most 4 MiB.
+# Start-up depends on the host's state (issue 15): on a busy host every
+# sleep in the kernel (grace periods of memory slot and routing changes, the
+# PIT worker's creation) ends in a run queue, and the VM's destruction waits
+# for a normal SRCU grace period (kvm_free_pit, 5-12 ms). Hence the CPU and
+# off-CPU medians, the host line (busy, steal, load) and the warning below;
+# bench/startup_waits.sh shows where the time goes; README, Benchmarks, has
+# the findings.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -11,8 +18,8 @@ make --no-print-directory -s all guests build/runbench >/dev/null
 GUEST=build/guest/hello.elf
 QEMU=${QEMU:-qemu-system-x86_64}
 
-# Both VMMs can leave the VM's destruction (several RCU grace periods in
-# the kernel) to a helper process after they exit: ember does by default,
+# Both VMMs can leave the VM's destruction (SRCU grace periods in the
+# kernel, one of them a normal one) to a helper process after they exit: ember does by default,
 # QEMU with -async-teardown. Both ways are timed, with a pause between runs
 # so that one run's leftover teardown does not slow the next.
 QEMU_ARGS=(-M microvm,x-option-roms=off,rtc=off -nodefaults -no-user-config -display none
