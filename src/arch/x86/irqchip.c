@@ -135,8 +135,7 @@ int irqchip_add_msi_route(struct irqchip *chip, uint64_t addr, uint32_t data)
     return r < 0 ? -1 : (int)gsi;
 }
 
-static int set_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data,
-                         bool commit)
+int irqchip_stage_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data)
 {
     pthread_mutex_lock(&chip->lock);
     int r = error_set("no MSI route for GSI %u", gsi);
@@ -146,22 +145,12 @@ static int set_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint
             e->u.msi.address_lo = (uint32_t)addr;
             e->u.msi.address_hi = (uint32_t)(addr >> 32);
             e->u.msi.data = data;
-            r = commit ? commit_routes(chip) : 0;
+            r = 0;
             break;
         }
     }
     pthread_mutex_unlock(&chip->lock);
     return r;
-}
-
-int irqchip_update_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data)
-{
-    return set_msi_route(chip, gsi, addr, data, true);
-}
-
-int irqchip_stage_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data)
-{
-    return set_msi_route(chip, gsi, addr, data, false);
 }
 
 int irqchip_commit_routes(struct irqchip *chip)

@@ -44,9 +44,9 @@ int irqchip_set_shared_line(struct irqchip *chip, unsigned gsi, unsigned source,
 /* Allocates a GSI that delivers the given MSI; returns it or -1. During setup the route
  * reaches KVM with the others at irqchip_finish_setup. */
 int irqchip_add_msi_route(struct irqchip *chip, uint64_t addr, uint32_t data);
-int irqchip_update_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data);
-/* The same without handing the table to KVM yet (each hand-over costs KVM a grace period):
- * a restore stages every vector, then commits once. */
+/* Changes an MSI route without handing the table to KVM yet (each hand-over costs KVM a grace
+ * period): a restore stages every vector, a guest's MSI-X entry waits until it is unmasked
+ * (virtio/pci.c), then one commit. */
 int irqchip_stage_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data);
 int irqchip_commit_routes(struct irqchip *chip);
 
