@@ -385,6 +385,8 @@ static const struct sc_rule teardown_rules[] = {
     /* standard error, closed once the filter is on; the VM's descriptor received and kept */
     R(close),
     R(recvmsg),
+    /* ember's pidfd: the helper ends after the last thread of ember's group (util/teardown.c) */
+    R(ppoll),
 };
 
 static const struct sc_filter builtin[SECCOMP_NKINDS] = {

@@ -5,6 +5,7 @@
 #include "util/fdpass.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -20,14 +21,17 @@
 #ifndef SYS_close_range
 #define SYS_close_range 436
 #endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
 
 static bool active;
 static pid_t helper_pid = -1;
 static int handover = -1; /* ember's end of the socket to the helper */
 
 struct helper_args {
-    pid_t parent;
-    int sock; /* the helper's end */
+    int sock;  /* the helper's end */
+    int pidfd; /* ember's, or -1 (a kernel without pidfd_open) */
 };
 static struct helper_args helper_args;
 
@@ -40,34 +44,63 @@ static void close_span(unsigned lo, unsigned hi)
         syscall(SYS_close, fd);
 }
 
+/* Closes every descriptor but `keep_a`, `keep_b` (either may be -1) and standard error. */
+static void close_all_but(int keep_a, int keep_b)
+{
+    unsigned keep[3] = {2, (unsigned)keep_a, (unsigned)keep_b}; /* -1: ~0U, sorted last */
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2 - i; j++)
+            if (keep[j] > keep[j + 1]) {
+                unsigned t = keep[j];
+                keep[j] = keep[j + 1];
+                keep[j + 1] = t;
+            }
+    unsigned from = 0;
+    for (int i = 0; i < 3 && keep[i] != ~0U; i++) {
+        if (keep[i] > from)
+            close_span(from, keep[i] - 1);
+        if (keep[i] >= from)
+            from = keep[i] + 1;
+    }
+    close_span(from, ~0U);
+}
+
+/* Waits until ember's whole thread group is gone. KVM makes a thread in ember's group (the
+ * huge-page recovery worker, a vhost task) that shares ember's memory: if the helper ended first,
+ * that thread would be the memory's last user and the VM's destruction (its RCU and SRCU grace
+ * periods, the PIT's worker stopped) would run in ember's group, before ember's exit is
+ * reported, which the helper is there to avoid. A pidfd is readable once the group is empty. */
+static void wait_for_ember(int pidfd)
+{
+    if (pidfd < 0)
+        return;
+    struct pollfd p = {.fd = pidfd, .events = POLLIN};
+    for (int tries = 0; tries < 16; tries++) {
+        if (syscall(SYS_ppoll, &p, 1, NULL, NULL, 0) == 1)
+            return;
+    }
+}
+
 /* Runs in the helper, on its own stack, in ember's address space: only
  * raw system calls, no library state. */
 static int helper_main(void *arg)
 {
     const struct helper_args *a = arg;
-    syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     syscall(SYS_prctl, PR_SET_NAME, "ember-teardown", 0, 0, 0);
-    /* Ember may have died before the line above took effect. */
-    if (syscall(SYS_getppid) != a->parent)
-        syscall(SYS_exit, 0);
+    /* No parent-death signal: it would end the helper as ember's main thread exits, while KVM's
+     * thread in ember's group may still hold the memory (wait_for_ember). The helper ends when
+     * ember's end of the socket closes, which happens however ember dies. */
     /* The copy of ember's files taken at the clone goes: the helper keeps only what ember hands
-     * over (the VM), so that ember's sockets, taps, images and pipes close when ember dies, as a
-     * client that waited for ember expects (a new machine on the same socket path, tap or image
-     * must not find the old one still holding it). Standard error goes last: the filter's
-     * failure message may need it. */
-    unsigned sock = (unsigned)a->sock;
-    if (sock > 2) {
-        close_span(0, 1);
-        close_span(3, sock - 1);
-    } else if (sock > 0) { /* ember started without standard streams */
-        close_span(0, sock - 1);
-    }
-    close_span(sock + 1, ~0U);
+     * over (the VM) and ember's pidfd, so that ember's sockets, taps, images and pipes close when
+     * ember dies, as a client that waited for ember expects (a new machine on the same socket
+     * path, tap or image must not find the old one still holding it). Standard error goes last:
+     * the filter's failure message may need it. */
+    close_all_but(a->sock, a->pidfd);
     seccomp_enter_teardown();
-    if (sock != 2)
+    if (a->sock != 2 && a->pidfd != 2)
         syscall(SYS_close, 2);
     /* Receive and keep: the descriptors arrive with the messages. Ember's end closes when ember
-     * dies (or the parent-death signal comes first); either way the helper ends, and what it
+     * dies; the helper then waits for the rest of ember's thread group and ends, and what it
      * kept is released by its exit, which nobody waits for. */
     for (;;) {
         char data;
@@ -81,8 +114,10 @@ static int helper_main(void *arg)
                              .msg_control = control.buf,
                              .msg_controllen = sizeof(control.buf)};
         long n = syscall(SYS_recvmsg, a->sock, &msg, MSG_CMSG_CLOEXEC);
-        if (n == 0)
+        if (n == 0) {
+            wait_for_ember(a->pidfd);
             syscall(SYS_exit, 0);
+        }
     }
     return 0;
 }
@@ -101,10 +136,17 @@ int async_teardown_start(void)
     }
     /* No exit signal: nobody needs to reap it while ember lives, and init
      * reaps it afterwards. Its own table of files (no CLONE_FILES): see helper_main. */
-    helper_args = (struct helper_args){.parent = getpid(), .sock = sv[1]};
+    int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (pidfd >= 0 && fcntl(pidfd, F_SETFD, FD_CLOEXEC) < 0) {
+        close(pidfd);
+        pidfd = -1;
+    }
+    helper_args = (struct helper_args){.sock = sv[1], .pidfd = pidfd};
     seccomp_note_teardown(stack, HELPER_STACK, getpid());
     pid_t pid = clone(helper_main, (char *)stack + HELPER_STACK, CLONE_VM, &helper_args);
     close(sv[1]);
+    if (pidfd >= 0)
+        close(pidfd);
     if (pid < 0) {
         close(sv[0]);
         munmap(stack, HELPER_STACK);

@@ -96,8 +96,29 @@ static void sync_irqfd(struct virtio_pci *p, unsigned vec)
     p->irqfd_bound[vec] = want;
 }
 
+/* Hands KVM the routes of the deliverable vectors whose entry changed, in one call: each
+ * KVM_SET_GSI_ROUTING waits for a grace period, and a driver writes an entry's address and
+ * data (three dwords) while it is masked, then unmasks it. A vector that is not deliverable
+ * is not bound to its GSI, so its route is not used until then. Under msix_lock. */
+static void commit_stale_routes(struct virtio_pci *p)
+{
+    uint64_t due = 0;
+    for (unsigned v = 0; v < p->nvectors; v++) {
+        if ((p->route_stale >> v & 1) && vector_deliverable(p, v))
+            due |= 1ULL << v;
+    }
+    if (!due || !p->irqchip)
+        return;
+    if (irqchip_commit_routes(p->irqchip) < 0) {
+        log_limited(&p->log_irqfd, LOG_ERROR, "%s: MSI-X routes: %s", p->dev->name, error_get());
+        return;
+    }
+    p->route_stale &= ~due;
+}
+
 static void sync_irqfds(struct virtio_pci *p)
 {
+    commit_stale_routes(p);
     for (unsigned v = 0; v < p->nvectors; v++)
         sync_irqfd(p, v);
 }
@@ -239,9 +260,10 @@ static void msix_table_io(struct virtio_pci *p, uint64_t off, uint8_t *data, uin
         if (word == 3)
             v &= MSIX_ENTRY_MASKED;
         *field = v;
-        if (word < 3 && p->irqchip && p->vector_gsi[vec] >= 0)
-            irqchip_update_msi_route(p->irqchip, (unsigned)p->vector_gsi[vec],
-                                     (uint64_t)e->addr_hi << 32 | e->addr_lo, e->data);
+        if (word < 3 && p->irqchip && p->vector_gsi[vec] >= 0 &&
+            irqchip_stage_msi_route(p->irqchip, (unsigned)p->vector_gsi[vec],
+                                    (uint64_t)e->addr_hi << 32 | e->addr_lo, e->data) == 0)
+            p->route_stale |= 1ULL << vec; /* to KVM by sync_irqfds, once deliverable */
     }
     if (is_write) {
         sync_irqfds(p);
@@ -783,8 +805,10 @@ int virtio_pci_restore(struct virtio_pci *p, struct snapshot_cursor *c)
         }
         if (r == 0)
             r = irqchip_commit_routes(p->irqchip);
-        if (r == 0)
+        if (r == 0) {
+            p->route_stale = 0;
             sync_irqfds(p);
+        }
     }
     /* The line as it was: KVM's IOAPIC state comes back separately, but the sharing of the
      * line among functions is ember's. */

@@ -30,6 +30,7 @@ struct virtio_pci {
     int vector_gsi[VIRTIO_PCI_MAX_VECTORS];
     int vector_fd[VIRTIO_PCI_MAX_VECTORS];
     bool irqfd_bound[VIRTIO_PCI_MAX_VECTORS]; /* vector_fd bound to its GSI in KVM */
+    uint64_t route_stale; /* vectors whose entry changed since KVM last got their route */
     struct log_limit log_irqfd;
     uint16_t config_vector;
     uint8_t isr; /* atomic */

@@ -395,6 +395,11 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, struct event_loop *loo
     vm->create_status = EXIT_USAGE; /* bad drive files, bad images */
     if (create_devices(vm) < 0 || vm_create_virtio_devices(vm) < 0)
         return -1;
+    vm->create_status = EXIT_HOST_ERROR;
+    /* Every device's interrupt routes in one call (one grace period). */
+    if (irqchip_finish_setup(&vm->irqchip) < 0)
+        return -1;
+    vm->create_status = EXIT_USAGE;
     /* A restored machine's memory holds its kernel and tables already. */
     if (cfg->ram_source == VM_RAM_FRESH && load_kernel(vm) < 0)
         return -1;

@@ -2174,7 +2174,7 @@ def test_config_file(tmp):
 
 def test_teardown_helper_holds_only_the_vm(tmp):
     """The teardown helper (which destroys the VM after ember's exit) keeps only the VM's
-    descriptor and its socket to ember, none of ember's other files: once a client has waited
+    descriptor, its socket to ember and ember's pidfd, none of ember's other files: once a client has waited
     for ember, the API socket, taps, images and pipes are free, as with Firecracker."""
     e = Ember(tmp, ["--config-file", keyboard_config(tmp)])
     try:
@@ -2193,8 +2193,15 @@ def test_teardown_helper_holds_only_the_vm(tmp):
         check(len(helpers) == 1, "one teardown helper: %r" % helpers)
         targets = sorted(os.readlink(os.path.join(helpers[0], "fd", fd))
                          for fd in os.listdir(os.path.join(helpers[0], "fd")))
-        check(len(targets) == 2 and targets[0] == "anon_inode:kvm-vm" and targets[1].startswith("socket:"),
-              "the helper holds %r" % targets)
+        # and ember's pidfd, to outlive the last thread of ember's group (util/teardown.c)
+        kinds = sorted("vm" if t == "anon_inode:kvm-vm" else "socket" if t.startswith("socket:")
+                       else "pidfd" if "pidfd" in t else t for t in targets)
+        check(kinds == ["pidfd", "socket", "vm"], "the helper holds %r" % targets)
+        for fd in os.listdir(os.path.join(helpers[0], "fd")):
+            if "pidfd" in os.readlink(os.path.join(helpers[0], "fd", fd)):
+                with open(os.path.join(helpers[0], "fdinfo", fd)) as f:
+                    pid_line = [l.split() for l in f if l.startswith("Pid:")]
+                check(pid_line == [["Pid:", str(e.proc.pid)]], "the helper's pidfd is ember's: %r" % pid_line)
     finally:
         e.kill()
     # Waited for: nothing listens on the socket any more.

@@ -76,7 +76,17 @@ int irqchip_create(struct irqchip *chip, int vm_fd)
             return -1;
     }
     chip->next_msi_gsi = IRQCHIP_FIRST_MSI_GSI;
-    return commit_routes(chip);
+    chip->setting_up = true;
+    return 0;
+}
+
+int irqchip_finish_setup(struct irqchip *chip)
+{
+    pthread_mutex_lock(&chip->lock);
+    chip->setting_up = false;
+    int r = commit_routes(chip);
+    pthread_mutex_unlock(&chip->lock);
+    return r;
 }
 
 void irqchip_destroy(struct irqchip *chip)
@@ -119,14 +129,13 @@ int irqchip_add_msi_route(struct irqchip *chip, uint64_t addr, uint32_t data)
         .u.msi = {.address_lo = (uint32_t)addr, .address_hi = (uint32_t)(addr >> 32), .data = data},
     };
     int r = add_route(chip, &e);
-    if (r == 0)
+    if (r == 0 && !chip->setting_up)
         r = commit_routes(chip);
     pthread_mutex_unlock(&chip->lock);
     return r < 0 ? -1 : (int)gsi;
 }
 
-static int set_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data,
-                         bool commit)
+int irqchip_stage_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data)
 {
     pthread_mutex_lock(&chip->lock);
     int r = error_set("no MSI route for GSI %u", gsi);
@@ -136,22 +145,12 @@ static int set_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint
             e->u.msi.address_lo = (uint32_t)addr;
             e->u.msi.address_hi = (uint32_t)(addr >> 32);
             e->u.msi.data = data;
-            r = commit ? commit_routes(chip) : 0;
+            r = 0;
             break;
         }
     }
     pthread_mutex_unlock(&chip->lock);
     return r;
-}
-
-int irqchip_update_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data)
-{
-    return set_msi_route(chip, gsi, addr, data, true);
-}
-
-int irqchip_stage_msi_route(struct irqchip *chip, unsigned gsi, uint64_t addr, uint32_t data)
-{
-    return set_msi_route(chip, gsi, addr, data, false);
 }
 
 int irqchip_commit_routes(struct irqchip *chip)
