@@ -19,7 +19,7 @@
 #            of ember: ember is on no data path; QSD's CPU is then in "R us")
 # Environment: EMBER, QEMU, QBOOT, IMAGE (build/ember-reserved-bench.img), RESERVED (the host
 #   CPU reserved for the VMM, default 1) and GUEST_CPU (the vCPU's, default 0); QEMU_POLL_NS
-#   (QEMU's iothread poll-max-ns, default 262144: the best of 32768 (QEMU's default), 262144
+#   (QEMU's iothread poll-max-ns, default 32768, QEMU's own: the best of it, 262144
 #   and 1048576 measured here, see README), WORKLOADS.
 #
 # Per request, in the run window (read in the quiet periods the guest leaves around it):
@@ -47,7 +47,7 @@ IMAGE=${IMAGE:-$ROOT/build/ember-reserved-bench.img}
 GUEST=$ROOT/build/guest/blk-perf.elf
 RESERVED=${RESERVED:-1}
 GUEST_CPU=${GUEST_CPU:-0}
-QEMU_POLL_NS=${QEMU_POLL_NS:-262144}
+QEMU_POLL_NS=${QEMU_POLL_NS:-32768}
 QSD=${QSD:-qemu-storage-daemon}
 RUN_MS=2000
 SETTLE_MS=1000
