@@ -4,6 +4,7 @@
 #include "util/error.h"
 #include "util/clock.h"
 #include "virtio/blk.h"
+#include "poll_race.h"
 #include "virtq_fake.h"
 
 #include <errno.h>
@@ -458,14 +459,6 @@ static void setup_polling(void)
     test_poll_us = 0;
 }
 
-/* Busy-waits ns (usleep is far coarser than a poll window). */
-static void spin_ns(uint64_t ns)
-{
-    uint64_t end = monotonic_ns() + ns;
-    while (monotonic_ns() < end)
-        ;
-}
-
 /* A driver that kicks only when the device asks (EVENT_IDX: the new index passed avail_event),
  * submitting at gaps around the poll window's length, so that requests land while the device
  * polls, just as it stops and asks for kicks again, and while it sleeps. A request that raced
@@ -487,7 +480,7 @@ static void race_polling_switch(unsigned requests)
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         uint16_t event;
         memcpy(&event, &fake_used(&f)->ring[f.size], sizeof(event));
-        if ((uint16_t)(f.avail_idx - event - 1) < (uint16_t)(f.avail_idx - old_idx))
+        if (race_driver_needs_kick(event, f.avail_idx, old_idx))
             virtio_dev_kick(&blk.dev, 0);
         uint64_t deadline = monotonic_ns() + 2000000000ull;
         while (__atomic_load_n(&fake_used(&f)->idx, __ATOMIC_ACQUIRE) == before) {
@@ -501,9 +494,8 @@ static void race_polling_switch(unsigned requests)
         ck_assert_uint_eq(*fake_ptr(&f, STATUS, 1), 0);
         /* Every other gap anywhere in 0 to 3 windows, the others within a tenth of the
          * window's end, where the switch is. */
-        seed = seed * 6364136223846793005u + 1442695040888963407u;
-        uint64_t w = blk.poll.bound_ns;
-        spin_ns(i % 2 ? (seed >> 33) % (3 * w) : w - w / 10 + (seed >> 33) % (w / 5));
+        uint64_t w = blk.poll.bound_ns, r = race_next(&seed);
+        race_spin_ns(i % 2 ? r % (3 * w) : w - w / 10 + r % (w / 5));
     }
 }
 

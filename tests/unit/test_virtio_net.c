@@ -4,6 +4,7 @@
  * other end as the host's side. The cases are about polling (poll_window.h): frames served
  * while the driver is told not to kick, and none lost when polling starts or stops. */
 #include "suites.h"
+#include "poll_race.h"
 #include "util/clock.h"
 #include "util/error.h"
 #include "virtio/net.h"
@@ -115,7 +116,7 @@ static bool publish(unsigned q, uint16_t head, bool may_kick)
     __atomic_store_n(&a->idx, dq[q].avail_idx, __ATOMIC_RELEASE);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     uint16_t event = avail_event(q);
-    if (!may_kick || (uint16_t)(dq[q].avail_idx - event - 1) >= (uint16_t)(dq[q].avail_idx - old))
+    if (!may_kick || !race_driver_needs_kick(event, dq[q].avail_idx, old))
         return false;
     virtio_dev_kick(&net.dev, q);
     return true;
@@ -233,14 +234,6 @@ static void shorten_poll_window(void *arg)
     net.poll.window_ns = net.poll.bound_ns = 1000000;
 }
 
-/* Busy-waits ns (usleep is far coarser than a poll window). */
-static void spin_ns(uint64_t ns)
-{
-    uint64_t end = monotonic_ns() + ns;
-    while (monotonic_ns() < end)
-        ;
-}
-
 /* ---- cases ---------------------------------------------------------------------------------- */
 
 START_TEST(tx_polled_without_kicks)
@@ -349,8 +342,7 @@ static void race_polling_switch(unsigned frames)
             for (; read <= i; read++)
                 ck_assert_int_eq(host_read(2000), (uint8_t)read);
         }
-        seed = seed * 6364136223846793005u + 1442695040888963407u;
-        spin_ns((seed >> 33) % (3 * net.poll.bound_ns)); /* 0 to 3 windows */
+        race_spin_ns(race_next(&seed) % (3 * net.poll.bound_ns)); /* 0 to 3 windows */
     }
 }
 

@@ -4,6 +4,7 @@
 #include "backends/uds.h"
 #include "cli.h"
 #include "suites.h"
+#include "poll_race.h"
 #include "util/clock.h"
 #include "util/error.h"
 #include "virtio/vsock.h"
@@ -169,7 +170,7 @@ static void tx_raw(const void *hdr, uint32_t hdr_len, const void *data, uint32_t
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     uint16_t event;
     memcpy(&event, &used_of(1)->ring[QSIZE], sizeof(event));
-    if (!kick_as_asked || (uint16_t)(target - event - 1) < 1)
+    if (!kick_as_asked || race_driver_needs_kick(event, target, (uint16_t)(target - 1)))
         virtio_dev_kick(&vs.dev, 1);
     /* Busy at first (a polling device takes it within microseconds, and a sleep here would
      * stretch the gaps between packets), then sleeping; 2 s in all. */
@@ -887,10 +888,7 @@ static void race_polling_switch(unsigned packets)
     for (unsigned i = 0; i < packets; i++) {
         /* An RST for no connection: taken and dropped, nothing answered. */
         tx(hdr(VSOCK_OP_RST, 40000 + i % 1000, 5555, 0), NULL);
-        seed = seed * 6364136223846793005u + 1442695040888963407u;
-        uint64_t end = monotonic_ns() + (seed >> 33) % (3 * vs.poll.bound_ns); /* 0-3 windows */
-        while (monotonic_ns() < end)
-            ;
+        race_spin_ns(race_next(&seed) % (3 * vs.poll.bound_ns)); /* 0-3 windows */
     }
     ck_assert_uint_eq(vs.tx_packets, packets);
 }
