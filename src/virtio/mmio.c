@@ -121,6 +121,12 @@ int virtio_mmio_init(struct virtio_mmio *m, struct virtio_dev *dev, int vm_fd, u
 
 void virtio_mmio_destroy(struct virtio_mmio *m)
 {
+    /* The device model may be gone already: only the transport's own state here. A driver that
+     * stopped answering its interrupts: worth a line when a guest hung. */
+    uint32_t isr = __atomic_load_n(&m->interrupt_status, __ATOMIC_SEQ_CST);
+    if (isr)
+        log_info("virtio-mmio at %#llx: interrupt status %#x unacknowledged at exit",
+                 (unsigned long long)m->base, isr);
     if (m->irq_fd >= 0) {
         struct kvm_irqfd irqfd = {
             .fd = (uint32_t)m->irq_fd, .gsi = m->gsi, .flags = KVM_IRQFD_FLAG_DEASSIGN};

@@ -606,10 +606,35 @@ int vhost_user_dev_init(struct vhost_user_dev *v, const char *name, uint32_t dev
     return 0;
 }
 
+/* At exit, the rings with requests the back-end had not answered (a receive ring's posted
+ * buffers are such requests too): what a hung guest was waiting for. */
+static void log_unanswered(struct vhost_user_dev *v)
+{
+    char line[512];
+    size_t n = 0;
+    for (unsigned i = 0; i < v->dev.nqueues && n < sizeof(line); i++) {
+        unsigned left = vhost_user_dev_outstanding(v, i);
+        if (!left)
+            continue;
+        const struct virtq *vq = &v->dev.queues[i].vq;
+        int w =
+            snprintf(line + n, sizeof(line) - n, "%s ring %u: %u (avail %u, used %u)", n ? "," : "",
+                     i, left, (unsigned)__atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE),
+                     (unsigned)__atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE));
+        if (w < 0)
+            break;
+        n += (size_t)w;
+    }
+    if (n)
+        log_info("%s: requests left unanswered by the back-end at exit:%s", v->dev.name, line);
+}
+
 void vhost_user_dev_destroy(struct vhost_user_dev *v)
 {
-    if (v->dev.queues)
+    if (v->dev.queues) {
+        log_unanswered(v);
         virtio_dev_destroy(&v->dev);
+    }
     if (v->direct_rings)
         log_info("%s: interrupts of %u ring(s) straight from the back-end to KVM", v->dev.name,
                  v->direct_rings);

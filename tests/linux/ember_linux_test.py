@@ -942,7 +942,12 @@ def run_vm(a, st, res, work):
     def watchdog():
         if vm.poll() is None:
             killed.append(True)
-            vm.kill()
+            # SIGTERM first: ember's exit lines say what its devices were left waiting for.
+            vm.terminate()
+            try:
+                vm.wait(5)
+            except subprocess.TimeoutExpired:
+                vm.kill()
 
     timer = threading.Timer(a.timeout, watchdog)
     timer.start()
