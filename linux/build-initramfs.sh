@@ -62,7 +62,7 @@ readelf -l "$busybox" | grep -q INTERP && die "$busybox is not a static binary"
 # The applets /init uses, and a few for a person at the debug shell
 # (ember.noreboot=1). Each link costs a little unpacking time at boot.
 applets=(sh mount umount sync cmp od timeout ifconfig ping wget sha256sum reboot poweroff
-    kill cat ls mkdir rm dmesg ip ps mknod sleep uname hexdump dd nc)
+    kill cat ls mkdir rm dmesg ip ps mknod sleep uname hexdump dd nc wc)
 
 key=$(
     {

@@ -10,9 +10,10 @@
 # --checks, two more ember runs check MMDS from the guest (busybox wget and nc
 # to 169.254.169.254): V1 on the first transport, V2 on the last, with the net
 # check beside it, in ember's API mode (a Firecracker configuration file); and
-# then, with each VMM and transport, the disk check with qemu-storage-daemon as
-# a vhost-user-blk back-end, a virtio-fs share from virtiofsd, and a ping through
-# dpdk-testpmd (icmpecho) behind the vhost-user net front-end; then snapshot_test.py on the first transport (one boot, snapshots, restores and
+# then, with each VMM and transport, one boot with the vhost-user back-ends: the disk
+# check with qemu-storage-daemon as a vhost-user-blk back-end, a virtio-fs share
+# from virtiofsd, and a ping through dpdk-testpmd (icmpecho) behind the vhost-user
+# net front-end; then snapshot_test.py on the first transport (one boot, snapshots, restores and
 # a live migration, the checks rerun after each; --no-snapshot leaves it out). Needs root (apt-get on
 # a fresh machine, a network namespace and a tap device for the net check).
 # Prints TAP per run and a total line; the exit status is 0 when every run
@@ -43,7 +44,7 @@ while (($#)); do
         ;;
     --no-snapshot) snapshot=0; shift ;;
     --) shift; extra+=("$@"); break ;;
-    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -116,36 +117,31 @@ for vmm in "${vmms[@]}"; do
     # only (pci when both: CI's time; its microvm front-ends relay every interrupt).
     vu_transports=("${transports[@]}")
     [[ $vmm == qemu ]] && vu_transports=("${transports[-1]}")
-    # The rw disk from qemu-storage-daemon through each VMM's vhost-user-blk front-end.
+    # The vhost-user back-ends in one boot per transport: the rw disk from qemu-storage-daemon
+    # through the VMM's vhost-user-blk front-end, a virtio-fs share from virtiofsd, and a ping
+    # through DPDK's testpmd (icmpecho) behind the vhost-user net front-end.
     if [[ $checks_given == 0 ]]; then
+        vu_checks=smp vu_args=()
         if command -v qemu-storage-daemon >/dev/null; then
-            for t in "${vu_transports[@]}"; do
-                run_one "$vmm" "$t" "$vmm/$t/vhost-user-blk" "${extra[@]}" --checks smp,blk \
-                    --blk-backend vhost-user --blk-kib 1024
-            done
+            vu_checks+=,blk vu_args+=(--blk-backend vhost-user --blk-kib 1024)
         else
             summary+=("# $vmm/vhost-user-blk: skipped: qemu-storage-daemon is not installed (Debian: qemu-system-common)")
         fi
-    fi
-    # A virtio-fs share from virtiofsd through each VMM's vhost-user-fs device.
-    if [[ $checks_given == 0 ]]; then
         if [[ -x /usr/lib/qemu/virtiofsd ]]; then
-            for t in "${vu_transports[@]}"; do
-                run_one "$vmm" "$t" "$vmm/$t/virtio-fs" "${extra[@]}" --checks smp,fs
-            done
+            vu_checks+=,fs
         else
             summary+=("# $vmm/virtio-fs: skipped: /usr/lib/qemu/virtiofsd is not installed (Debian: qemu-system-common)")
         fi
-    fi
-    # Ping through DPDK's testpmd (icmpecho) behind each VMM's vhost-user net front-end.
-    if [[ $checks_given == 0 ]]; then
         if command -v dpdk-testpmd >/dev/null; then
-            for t in "${vu_transports[@]}"; do
-                run_one "$vmm" "$t" "$vmm/$t/vhost-user-net" "${extra[@]}" --checks smp,net \
-                    --net vhost-user
-            done
+            vu_checks+=,net vu_args+=(--net vhost-user)
         else
             summary+=("# $vmm/vhost-user-net: skipped: dpdk-testpmd is not installed (Debian: dpdk-dev)")
+        fi
+        if [[ $vu_checks != smp ]]; then
+            for t in "${vu_transports[@]}"; do
+                run_one "$vmm" "$t" "$vmm/$t/vhost-user" "${extra[@]}" --checks "$vu_checks" \
+                    "${vu_args[@]}"
+            done
         fi
     fi
     # Snapshots, restores and migration: ember's own, on a tap (not with --net user or
