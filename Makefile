@@ -266,8 +266,10 @@ test:
 # AddressSanitizer + UndefinedBehaviorSanitizer build, running the unit and
 # guest tests.
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+# QEMU's reference runs of the guest tests once per make test: not again beside the
+# sanitized ember.
 test-sanitize:
-	$(MAKE) BUILD=build/sanitize CC=clang EXTRA_CFLAGS="$(SANITIZE_FLAGS)" \
+	QEMU_REFERENCE=off $(MAKE) BUILD=build/sanitize CC=clang EXTRA_CFLAGS="$(SANITIZE_FLAGS)" \
 	  unit-test guest-test console-test api-test snapshot-test migration-test vhost-user-test \
 	  clients-test
 	$(MAKE) jailer-test-sanitize
